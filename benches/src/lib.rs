@@ -1,0 +1,1 @@
+//! Benchmarks for Popbridge live under `benches/`; this crate has no library code.

@@ -1,0 +1,448 @@
+//! Dot-stuffing (sending) and dot-unstuffing (receiving) of multi-line data:
+//! POP3 multi-line responses and SMTP DATA share the same rules.
+//!
+//! Responsible for: a streaming, resumable decoder that ends only on
+//! `CRLF . CRLF` (a bare `LF . LF` never ends the data early) and a streaming
+//! stuffer that can normalise bare CR and LF to CRLF (SMTP smuggling defence).
+//! Must never: hold more than the caller's limit, or look further than the terminator.
+
+use bytes::{BufMut, BytesMut};
+use thiserror::Error;
+
+/// Why multi-line data could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DotError {
+    /// The data grew beyond the caller's limit before its terminator.
+    #[error("multi-line data exceeds {limit} octets")]
+    TooLarge {
+        /// The limit in octets of unstuffed data.
+        limit: u64,
+    },
+}
+
+/// What one call to [`DotDecoder::decode`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Input bytes consumed; bytes after the terminator are left for the caller.
+    pub consumed: usize,
+    /// True once the terminating `CRLF . CRLF` was consumed.
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line; `crlf` tells whether the previous line ended in CRLF.
+    Start { crlf: bool },
+    /// Saw `.` at the start of a line after CRLF: terminator or stuffing.
+    Dot,
+    /// Saw `.` CR at the start of a line after CRLF.
+    DotCr,
+    /// Inside a line.
+    Body,
+    /// Inside a line, just after CR.
+    Cr,
+    /// The terminator was consumed.
+    Done,
+}
+
+/// Resumable decoder of dot-stuffed data up to `CRLF . CRLF`.
+///
+/// The start counts as following a CRLF (the status line or the DATA command ended in one),
+/// so `.\r\n` alone is empty data.
+#[derive(Debug, Clone)]
+pub struct DotDecoder {
+    state: State,
+    limit: u64,
+    total: u64,
+    discard: bool,
+}
+
+impl DotDecoder {
+    /// A decoder that fails with [`DotError::TooLarge`] past `limit` octets of unstuffed data.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            state: State::Start { crlf: true },
+            limit,
+            total: 0,
+            discard: false,
+        }
+    }
+
+    /// A decoder that counts but never stores, for reading past a size limit to the terminator.
+    pub fn discarding() -> Self {
+        Self {
+            discard: true,
+            ..Self::new(u64::MAX)
+        }
+    }
+
+    /// Stops storing output from now on; counting and terminator detection go on.
+    pub fn start_discarding(&mut self) {
+        self.discard = true;
+        self.limit = u64::MAX;
+    }
+
+    /// Octets of unstuffed data seen so far (stored or not).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// True once the terminator was seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn emit(&mut self, out: &mut BytesMut, bytes: &[u8]) -> Result<(), DotError> {
+        self.total += bytes.len() as u64;
+        if self.total > self.limit {
+            return Err(DotError::TooLarge { limit: self.limit });
+        }
+        if !self.discard {
+            out.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// Decodes as much of `input` as possible, appending unstuffed data to `out`.
+    ///
+    /// Stops right after the terminator; the remaining input belongs to whatever follows.
+    pub fn decode(&mut self, input: &[u8], out: &mut BytesMut) -> Result<Progress, DotError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::Done => break,
+                State::Start { crlf } => {
+                    if b == b'.' {
+                        // After CRLF a dot may start the terminator; after a bare LF it is
+                        // only ever stuffing (never end early on LF . LF).
+                        self.state = if crlf { State::Dot } else { State::Body };
+                        i += 1;
+                        continue;
+                    }
+                    self.state = State::Body;
+                }
+                State::Dot => {
+                    if b == b'\r' {
+                        self.state = State::DotCr;
+                        i += 1;
+                        continue;
+                    }
+                    // A stuffed dot: drop it, the byte belongs to the line.
+                    self.state = State::Body;
+                }
+                State::DotCr => {
+                    if b == b'\n' {
+                        self.state = State::Done;
+                        i += 1;
+                        break;
+                    }
+                    // `.` CR then something else: the dot was stuffing, the CR is data.
+                    self.emit(out, b"\r")?;
+                    self.state = State::Cr;
+                }
+                State::Body => {
+                    let rest = &input[i..];
+                    let n = rest
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(rest.len());
+                    if n > 0 {
+                        self.emit(out, &rest[..n])?;
+                        i += n;
+                        continue;
+                    }
+                    self.emit(out, &rest[..1])?;
+                    self.state = if b == b'\r' {
+                        State::Cr
+                    } else {
+                        State::Start { crlf: false }
+                    };
+                    i += 1;
+                }
+                State::Cr => {
+                    self.emit(out, &input[i..=i])?;
+                    self.state = match b {
+                        b'\n' => State::Start { crlf: true },
+                        b'\r' => State::Cr,
+                        _ => State::Body,
+                    };
+                    i += 1;
+                }
+            }
+        }
+        Ok(Progress {
+            consumed: i,
+            done: self.state == State::Done,
+        })
+    }
+}
+
+/// Streaming dot-stuffer for sending multi-line data.
+///
+/// With `normalize`, bare CR and bare LF become CRLF (required for SMTP DATA);
+/// without it the bytes go out as they are, a dot added at each line start.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    normalize: bool,
+    at_line_start: bool,
+    pending_cr: bool,
+    ends_crlf: bool,
+}
+
+impl DotStuffer {
+    /// A stuffer; `normalize` turns bare CR and LF into CRLF.
+    pub fn new(normalize: bool) -> Self {
+        Self {
+            normalize,
+            at_line_start: true,
+            pending_cr: false,
+            ends_crlf: true,
+        }
+    }
+
+    /// Appends the stuffed form of `input` to `out`.
+    pub fn stuff(&mut self, input: &[u8], out: &mut BytesMut) {
+        out.reserve(input.len() + input.len() / 64 + 8);
+        if self.normalize {
+            self.stuff_normalized(input, out);
+        } else {
+            self.stuff_raw(input, out);
+        }
+    }
+
+    fn stuff_raw(&mut self, input: &[u8], out: &mut BytesMut) {
+        let mut i = 0;
+        while i < input.len() {
+            if self.at_line_start && input[i] == b'.' {
+                out.put_u8(b'.');
+            }
+            let rest = &input[i..];
+            let n = rest
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(rest.len(), |p| p + 1);
+            let chunk = &rest[..n];
+            out.extend_from_slice(chunk);
+            self.at_line_start = chunk.last() == Some(&b'\n');
+            self.ends_crlf = if chunk.len() >= 2 {
+                chunk.ends_with(b"\r\n")
+            } else {
+                self.pending_cr && chunk == b"\n"
+            };
+            self.pending_cr = chunk.last() == Some(&b'\r');
+            i += n;
+        }
+    }
+
+    fn stuff_normalized(&mut self, input: &[u8], out: &mut BytesMut) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            if self.pending_cr {
+                self.pending_cr = false;
+                out.put_slice(b"\r\n");
+                self.at_line_start = true;
+                if b == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => {
+                    self.pending_cr = true;
+                    i += 1;
+                }
+                b'\n' => {
+                    out.put_slice(b"\r\n");
+                    self.at_line_start = true;
+                    i += 1;
+                }
+                _ => {
+                    if self.at_line_start && b == b'.' {
+                        out.put_u8(b'.');
+                    }
+                    let rest = &input[i..];
+                    let n = rest
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(rest.len());
+                    out.extend_from_slice(&rest[..n]);
+                    self.at_line_start = false;
+                    i += n;
+                }
+            }
+        }
+        self.ends_crlf = self.at_line_start && !self.pending_cr;
+    }
+
+    /// Ends the data: a CRLF if the last line lacks one, then `.` CRLF.
+    pub fn finish(&mut self, out: &mut BytesMut) {
+        if self.pending_cr && self.normalize {
+            out.put_slice(b"\r\n");
+        } else if !self.ends_crlf {
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b".\r\n");
+        *self = Self::new(self.normalize);
+    }
+
+    /// Stuffs a whole message and its terminator in one go.
+    pub fn stuff_all(input: &[u8], normalize: bool) -> BytesMut {
+        let mut out = BytesMut::with_capacity(input.len() + input.len() / 64 + 8);
+        let mut s = Self::new(normalize);
+        s.stuff(input, &mut out);
+        s.finish(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> (Vec<u8>, usize) {
+        let mut d = DotDecoder::new(1 << 20);
+        let mut out = BytesMut::new();
+        let p = d.decode(input, &mut out).unwrap();
+        assert!(p.done, "not done: {:?}", String::from_utf8_lossy(input));
+        (out.to_vec(), p.consumed)
+    }
+
+    #[test]
+    fn hand_written_wire_bytes_decode() {
+        let (out, used) = decode_all(b"line 1\r\n..dot\r\n\r\n.\r\nNEXT");
+        assert_eq!(out, b"line 1\r\n.dot\r\n\r\n");
+        assert_eq!(used, 20);
+        assert_eq!(decode_all(b".\r\n").0, b"");
+    }
+
+    #[test]
+    fn bare_lf_dot_lf_does_not_end_the_data() {
+        let (out, _) = decode_all(b"a\n.\nb\r\n.\r\n");
+        assert_eq!(out, b"a\n\nb\r\n");
+        let (out, _) = decode_all(b"a\r\n.\nb\r\n.\r\n");
+        assert_eq!(out, b"a\r\n\nb\r\n");
+    }
+
+    #[test]
+    fn keeps_nul_8bit_and_bare_cr() {
+        let (out, _) = decode_all(b"a\0b\xff\rc\r\r\n.\r\n");
+        assert_eq!(out, b"a\0b\xff\rc\r\r\n");
+        let (out, _) = decode_all(b".\rx\r\n.\r\n");
+        assert_eq!(out, b"\rx\r\n");
+    }
+
+    #[test]
+    fn stuffing_then_unstuffing_round_trips() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"a",
+            b".",
+            b"..\r\n.\r\n",
+            b"x\r\n.\r\n.y\r\n",
+            b"hello\r\nworld\r\n",
+            b"\r\n\r\n",
+            b".\r",
+        ];
+        for &c in cases {
+            let wire = DotStuffer::stuff_all(c, false);
+            let (out, used) = decode_all(&wire);
+            assert_eq!(used, wire.len());
+            let mut expect = c.to_vec();
+            if !expect.is_empty() && !expect.ends_with(b"\r\n") {
+                expect.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(out, expect, "case {:?}", String::from_utf8_lossy(c));
+        }
+    }
+
+    #[test]
+    fn stuffer_hand_written_bytes() {
+        assert_eq!(
+            &DotStuffer::stuff_all(b".a\r\nb", false)[..],
+            b"..a\r\nb\r\n.\r\n"
+        );
+        assert_eq!(&DotStuffer::stuff_all(b"", false)[..], b".\r\n");
+        assert_eq!(&DotStuffer::stuff_all(b"a\r\n", false)[..], b"a\r\n.\r\n");
+        assert_eq!(
+            &DotStuffer::stuff_all(b"a\n.b\n", false)[..],
+            b"a\n..b\n\r\n.\r\n"
+        );
+        assert_eq!(
+            &DotStuffer::stuff_all(b"a\n.b\rc\r", true)[..],
+            b"a\r\n..b\r\nc\r\n.\r\n"
+        );
+        assert_eq!(
+            &DotStuffer::stuff_all(b"a\r\n\n.", true)[..],
+            b"a\r\n\r\n..\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn stuffer_chunking_does_not_change_output() {
+        let input = b"a\r\n.b\n.\r\r\n..\rx\ny\r";
+        for normalize in [false, true] {
+            let whole = DotStuffer::stuff_all(input, normalize);
+            for split in 0..=input.len() {
+                let mut s = DotStuffer::new(normalize);
+                let mut out = BytesMut::new();
+                s.stuff(&input[..split], &mut out);
+                s.stuff(&input[split..], &mut out);
+                s.finish(&mut out);
+                assert_eq!(out, whole, "normalize {normalize} split {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn decoder_split_at_every_byte_gives_the_same_result() {
+        let input = b"x\r\n..y\r\n.\rz\r\na\n.\n\r\n.\r\nLEFTOVER";
+        let (whole, used) = decode_all(input);
+        for split in 0..=input.len() {
+            let mut d = DotDecoder::new(1 << 20);
+            let mut out = BytesMut::new();
+            let p1 = d.decode(&input[..split], &mut out).unwrap();
+            assert_eq!(p1.consumed, split.min(used));
+            let p2 = if p1.done {
+                p1
+            } else {
+                let p = d.decode(&input[split..], &mut out).unwrap();
+                assert_eq!(split + p.consumed, used, "split {split}");
+                p
+            };
+            assert!(p2.done);
+            assert_eq!(out.to_vec(), whole, "split {split}");
+        }
+    }
+
+    #[test]
+    fn data_that_never_ends_hits_the_limit() {
+        let mut d = DotDecoder::new(1000);
+        let mut out = BytesMut::new();
+        let chunk = b"0123456789\r\n".repeat(10);
+        let mut fed = 0;
+        let err = loop {
+            match d.decode(&chunk, &mut out) {
+                Ok(p) => {
+                    assert!(!p.done);
+                    fed += p.consumed;
+                    assert!(fed < 10_000);
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, DotError::TooLarge { limit: 1000 });
+        assert!(out.len() <= 1000);
+    }
+
+    #[test]
+    fn discarding_counts_but_stores_nothing() {
+        let mut d = DotDecoder::discarding();
+        let mut out = BytesMut::new();
+        let p = d.decode(b"abc\r\n..\r\n.\r\n", &mut out).unwrap();
+        assert!(p.done);
+        assert!(out.is_empty());
+        assert_eq!(d.total(), 8);
+    }
+}

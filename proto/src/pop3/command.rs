@@ -1,0 +1,441 @@
+//! POP3 commands: `Display` writes the exact wire line, `parse` reads one.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::excerpt;
+use crate::line::trim_eol;
+
+/// A POP3 command.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pop3Command {
+    /// `USER name`
+    User(String),
+    /// `PASS secret` (the rest of the line, spaces included).
+    Pass(String),
+    /// `APOP name digest`
+    Apop {
+        /// Mailbox name.
+        name: String,
+        /// Lower-case hex MD5 of the greeting timestamp and the secret.
+        digest: String,
+    },
+    /// `AUTH mechanism [initial-response]` (RFC 5034); bare `AUTH` lists mechanisms on some servers.
+    Auth {
+        /// SASL mechanism name, upper case.
+        mechanism: String,
+        /// Base64 initial response, `=` for an empty one.
+        initial: Option<String>,
+    },
+    /// `STLS` (RFC 2595)
+    Stls,
+    /// `CAPA` (RFC 2449)
+    Capa,
+    /// `STAT`
+    Stat,
+    /// `LIST [msg]`
+    List(Option<u32>),
+    /// `UIDL [msg]`
+    Uidl(Option<u32>),
+    /// `RETR msg`
+    Retr(u32),
+    /// `TOP msg lines`
+    Top {
+        /// Message number.
+        msg: u32,
+        /// Body lines to send after the header.
+        lines: u32,
+    },
+    /// `DELE msg`
+    Dele(u32),
+    /// `RSET`
+    Rset,
+    /// `NOOP`
+    Noop,
+    /// `QUIT`
+    Quit,
+}
+
+/// Why a command line could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CommandError {
+    /// An empty line.
+    #[error("empty command")]
+    Empty,
+    /// A keyword this codec does not know.
+    #[error("unknown command {0:?}")]
+    Unknown(String),
+    /// A known keyword with missing, extra or malformed arguments.
+    #[error("{keyword}: {reason}")]
+    Syntax {
+        /// The command's keyword.
+        keyword: &'static str,
+        /// What is wrong with the arguments.
+        reason: &'static str,
+    },
+}
+
+impl Pop3Command {
+    /// The command's keyword, upper case (`RETR`, `AUTH`, ...).
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Self::User(_) => "USER",
+            Self::Pass(_) => "PASS",
+            Self::Apop { .. } => "APOP",
+            Self::Auth { .. } => "AUTH",
+            Self::Stls => "STLS",
+            Self::Capa => "CAPA",
+            Self::Stat => "STAT",
+            Self::List(_) => "LIST",
+            Self::Uidl(_) => "UIDL",
+            Self::Retr(_) => "RETR",
+            Self::Top { .. } => "TOP",
+            Self::Dele(_) => "DELE",
+            Self::Rset => "RSET",
+            Self::Noop => "NOOP",
+            Self::Quit => "QUIT",
+        }
+    }
+
+    /// True when the server's answer is multi-line on success.
+    pub fn expects_multiline(&self) -> bool {
+        matches!(
+            self,
+            Self::Capa | Self::List(None) | Self::Uidl(None) | Self::Retr(_) | Self::Top { .. }
+        )
+    }
+
+    /// The command line with secrets replaced by `***`, for transcripts and logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Pass(_) => "PASS ***".into(),
+            Self::Apop { name, .. } => format!("APOP {name} ***"),
+            Self::Auth {
+                mechanism,
+                initial: Some(_),
+            } => format!("AUTH {mechanism} ***"),
+            other => other.to_string().trim_end().to_string(),
+        }
+    }
+
+    /// Parses one command line (with or without its CRLF). Keywords are case-insensitive.
+    pub fn parse(line: &[u8]) -> Result<Self, CommandError> {
+        let line = trim_eol(line);
+        if line.is_empty() {
+            return Err(CommandError::Empty);
+        }
+        let (kw, rest) = match line.iter().position(|&b| b == b' ') {
+            Some(p) => (&line[..p], &line[p + 1..]),
+            None => (line, &b""[..]),
+        };
+        let kw_upper = kw.to_ascii_uppercase();
+        let args = || {
+            rest.split(|&b| b == b' ')
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+        };
+        let text = |b: &[u8], keyword| {
+            String::from_utf8(b.to_vec()).map_err(|_| CommandError::Syntax {
+                keyword,
+                reason: "argument is not UTF-8",
+            })
+        };
+        let cmd = match &kw_upper[..] {
+            b"USER" => {
+                let a = args();
+                if a.len() != 1 {
+                    return Err(CommandError::Syntax {
+                        keyword: "USER",
+                        reason: "expects one name",
+                    });
+                }
+                Self::User(text(a[0], "USER")?)
+            }
+            b"PASS" => {
+                if rest.is_empty() {
+                    return Err(CommandError::Syntax {
+                        keyword: "PASS",
+                        reason: "expects a secret",
+                    });
+                }
+                Self::Pass(text(rest, "PASS")?)
+            }
+            b"APOP" => {
+                let a = args();
+                if a.len() != 2 {
+                    return Err(CommandError::Syntax {
+                        keyword: "APOP",
+                        reason: "expects name and digest",
+                    });
+                }
+                Self::Apop {
+                    name: text(a[0], "APOP")?,
+                    digest: text(a[1], "APOP")?,
+                }
+            }
+            b"AUTH" => {
+                let a = args();
+                match a.len() {
+                    0 => Self::Auth {
+                        mechanism: String::new(),
+                        initial: None,
+                    },
+                    1 | 2 => Self::Auth {
+                        mechanism: text(a[0], "AUTH")?.to_ascii_uppercase(),
+                        initial: a.get(1).map(|i| text(i, "AUTH")).transpose()?,
+                    },
+                    _ => {
+                        return Err(CommandError::Syntax {
+                            keyword: "AUTH",
+                            reason: "too many arguments",
+                        })
+                    }
+                }
+            }
+            b"STLS" => no_args(rest, Self::Stls)?,
+            b"CAPA" => no_args(rest, Self::Capa)?,
+            b"STAT" => no_args(rest, Self::Stat)?,
+            b"RSET" => no_args(rest, Self::Rset)?,
+            b"NOOP" => no_args(rest, Self::Noop)?,
+            b"QUIT" => no_args(rest, Self::Quit)?,
+            b"LIST" => Self::List(optional_number(&args(), "LIST")?),
+            b"UIDL" => Self::Uidl(optional_number(&args(), "UIDL")?),
+            b"RETR" => Self::Retr(one_number(&args(), "RETR")?),
+            b"DELE" => Self::Dele(one_number(&args(), "DELE")?),
+            b"TOP" => {
+                let a = args();
+                if a.len() != 2 {
+                    return Err(CommandError::Syntax {
+                        keyword: "TOP",
+                        reason: "expects message and line count",
+                    });
+                }
+                Self::Top {
+                    msg: number(a[0], "TOP")?,
+                    lines: number(a[1], "TOP")?,
+                }
+            }
+            _ => return Err(CommandError::Unknown(excerpt(kw, 16))),
+        };
+        Ok(cmd)
+    }
+}
+
+fn no_args(rest: &[u8], cmd: Pop3Command) -> Result<Pop3Command, CommandError> {
+    if rest.iter().all(|&b| b == b' ') {
+        Ok(cmd)
+    } else {
+        Err(CommandError::Syntax {
+            keyword: cmd.keyword(),
+            reason: "takes no argument",
+        })
+    }
+}
+
+fn number(arg: &[u8], keyword: &'static str) -> Result<u32, CommandError> {
+    if arg.is_empty() || arg.len() > 10 || !arg.iter().all(u8::is_ascii_digit) {
+        return Err(CommandError::Syntax {
+            keyword,
+            reason: "expects a number",
+        });
+    }
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(CommandError::Syntax {
+            keyword,
+            reason: "number out of range",
+        })
+}
+
+fn one_number(args: &[&[u8]], keyword: &'static str) -> Result<u32, CommandError> {
+    match args {
+        [a] => number(a, keyword),
+        _ => Err(CommandError::Syntax {
+            keyword,
+            reason: "expects one message number",
+        }),
+    }
+}
+
+fn optional_number(args: &[&[u8]], keyword: &'static str) -> Result<Option<u32>, CommandError> {
+    match args {
+        [] => Ok(None),
+        [a] => number(a, keyword).map(Some),
+        _ => Err(CommandError::Syntax {
+            keyword,
+            reason: "expects at most one message number",
+        }),
+    }
+}
+
+impl fmt::Display for Pop3Command {
+    /// The exact wire line, CRLF included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(n) => write!(f, "USER {n}\r\n"),
+            Self::Pass(p) => write!(f, "PASS {p}\r\n"),
+            Self::Apop { name, digest } => write!(f, "APOP {name} {digest}\r\n"),
+            Self::Auth {
+                mechanism,
+                initial: None,
+            } if mechanism.is_empty() => f.write_str("AUTH\r\n"),
+            Self::Auth {
+                mechanism,
+                initial: None,
+            } => write!(f, "AUTH {mechanism}\r\n"),
+            Self::Auth {
+                mechanism,
+                initial: Some(i),
+            } => write!(f, "AUTH {mechanism} {i}\r\n"),
+            Self::List(None) => f.write_str("LIST\r\n"),
+            Self::List(Some(n)) => write!(f, "LIST {n}\r\n"),
+            Self::Uidl(None) => f.write_str("UIDL\r\n"),
+            Self::Uidl(Some(n)) => write!(f, "UIDL {n}\r\n"),
+            Self::Retr(n) => write!(f, "RETR {n}\r\n"),
+            Self::Top { msg, lines } => write!(f, "TOP {msg} {lines}\r\n"),
+            Self::Dele(n) => write!(f, "DELE {n}\r\n"),
+            other => write!(f, "{}\r\n", other.keyword()),
+        }
+    }
+}
+
+impl fmt::Debug for Pop3Command {
+    /// Like the redacted wire line: secrets never reach debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pop3Command({})", self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_lines_are_exact() {
+        let cases: Vec<(Pop3Command, &str)> = vec![
+            (Pop3Command::User("bob".into()), "USER bob\r\n"),
+            (Pop3Command::Pass("s3 cret".into()), "PASS s3 cret\r\n"),
+            (
+                Pop3Command::Apop {
+                    name: "bob".into(),
+                    digest: "c4c9".into(),
+                },
+                "APOP bob c4c9\r\n",
+            ),
+            (
+                Pop3Command::Auth {
+                    mechanism: "PLAIN".into(),
+                    initial: Some("AGJvYgBz".into()),
+                },
+                "AUTH PLAIN AGJvYgBz\r\n",
+            ),
+            (
+                Pop3Command::Auth {
+                    mechanism: "LOGIN".into(),
+                    initial: None,
+                },
+                "AUTH LOGIN\r\n",
+            ),
+            (Pop3Command::Stls, "STLS\r\n"),
+            (Pop3Command::Capa, "CAPA\r\n"),
+            (Pop3Command::Stat, "STAT\r\n"),
+            (Pop3Command::List(None), "LIST\r\n"),
+            (Pop3Command::List(Some(3)), "LIST 3\r\n"),
+            (Pop3Command::Uidl(None), "UIDL\r\n"),
+            (Pop3Command::Uidl(Some(7)), "UIDL 7\r\n"),
+            (Pop3Command::Retr(1), "RETR 1\r\n"),
+            (Pop3Command::Top { msg: 2, lines: 0 }, "TOP 2 0\r\n"),
+            (Pop3Command::Dele(9), "DELE 9\r\n"),
+            (Pop3Command::Rset, "RSET\r\n"),
+            (Pop3Command::Noop, "NOOP\r\n"),
+            (Pop3Command::Quit, "QUIT\r\n"),
+        ];
+        for (cmd, wire) in cases {
+            assert_eq!(cmd.to_string(), wire);
+            assert_eq!(
+                Pop3Command::parse(wire.as_bytes()).unwrap(),
+                cmd,
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive_and_bare_lf_is_accepted() {
+        assert_eq!(
+            Pop3Command::parse(b"retr 12\n").unwrap(),
+            Pop3Command::Retr(12)
+        );
+        assert_eq!(Pop3Command::parse(b"Quit").unwrap(), Pop3Command::Quit);
+        assert_eq!(
+            Pop3Command::parse(b"auth plain\r\n").unwrap(),
+            Pop3Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: None
+            }
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_syntax_errors_and_unknown_words_unknown() {
+        assert!(matches!(
+            Pop3Command::parse(b"RETR\r\n"),
+            Err(CommandError::Syntax {
+                keyword: "RETR",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Pop3Command::parse(b"RETR x\r\n"),
+            Err(CommandError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Pop3Command::parse(b"RETR 99999999999\r\n"),
+            Err(CommandError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Pop3Command::parse(b"RETR 4294967296\r\n"),
+            Err(CommandError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Pop3Command::parse(b"TOP 1\r\n"),
+            Err(CommandError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Pop3Command::parse(b"QUIT now\r\n"),
+            Err(CommandError::Syntax { .. })
+        ));
+        assert!(matches!(
+            Pop3Command::parse(b"USER\r\n"),
+            Err(CommandError::Syntax { .. })
+        ));
+        assert_eq!(Pop3Command::parse(b"\r\n"), Err(CommandError::Empty));
+        assert_eq!(
+            Pop3Command::parse(b"XYZZY 1\r\n"),
+            Err(CommandError::Unknown("XYZZY".into()))
+        );
+        assert!(Pop3Command::parse(b"USER \xff\xfe\r\n").is_err());
+        assert!(Pop3Command::parse(b"\0\0\0").is_err());
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_or_redacted_forms() {
+        let cmds = [
+            Pop3Command::Pass("hunter2".into()),
+            Pop3Command::Apop {
+                name: "bob".into(),
+                digest: "hunter2".into(),
+            },
+            Pop3Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("hunter2".into()),
+            },
+        ];
+        for c in cmds {
+            assert!(!format!("{c:?}").contains("hunter2"));
+            assert!(!c.redacted().contains("hunter2"));
+        }
+    }
+}

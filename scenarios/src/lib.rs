@@ -1,0 +1,5 @@
+//! poplab: scenario files, their runner and report (built by the scenarios issue).
+//!
+//! Must never: contain connector logic.
+
+pub use mock_pop3;
