@@ -278,9 +278,8 @@ impl DotStuffer {
 
     /// Ends the data: a CRLF if the last line lacks one, then `.` CRLF.
     pub fn finish(&mut self, out: &mut BytesMut) {
-        if self.pending_cr && self.normalize {
-            out.put_slice(b"\r\n");
-        } else if !self.ends_crlf {
+        // A pending bare CR (normalising) or a last line without CRLF both need one.
+        if !self.ends_crlf {
             out.put_slice(b"\r\n");
         }
         out.put_slice(b".\r\n");

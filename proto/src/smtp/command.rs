@@ -242,7 +242,11 @@ fn path_and_params(
     verb: &'static str,
 ) -> Result<(String, Vec<Param>), CommandError> {
     let syntax = |reason| CommandError::Syntax { verb, reason };
-    if rest.len() < prefix.len() || !rest[..prefix.len()].eq_ignore_ascii_case(prefix) {
+    // `get` rather than indexing: the prefix may end inside a multi-byte character.
+    if !rest
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    {
         return Err(syntax("expects FROM:/TO: and an address"));
     }
     let rest = rest[prefix.len()..].trim_start();
@@ -251,10 +255,14 @@ fn path_and_params(
         (&inner[..end], &inner[end + 1..])
     } else {
         // Without brackets (sloppy clients): the address runs to the first space.
-        match rest.find(' ') {
+        let (path, params) = match rest.find(' ') {
             Some(p) => (&rest[..p], &rest[p..]),
             None => (rest, ""),
+        };
+        if path.contains(['<', '>']) {
+            return Err(syntax("unbalanced angle brackets"));
         }
+        (path, params)
     };
     if !params.is_empty() && !params.starts_with(' ') {
         return Err(syntax("text after the address"));
