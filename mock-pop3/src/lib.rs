@@ -27,7 +27,9 @@ mod mailbox;
 pub mod pki;
 mod server;
 mod session;
+pub mod standalone;
 pub mod stream;
+pub mod tracker;
 
 pub use caps::{Capabilities, Expire};
 pub use fault::{FaultAction, FaultPlan, FaultRule, Hook};

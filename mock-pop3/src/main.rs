@@ -3,16 +3,14 @@
 //! Prints its address as one JSON line, serves until standard input closes or Ctrl-C,
 //! then prints every mailbox's final state as JSON. Must never listen off loopback.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use mock_pop3::pki::TestPki;
 use mock_pop3::{Capabilities, Mailbox, Message, MockPop3, TlsMode};
-use tokio::io::AsyncReadExt;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Tls {
@@ -44,8 +42,8 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     messages: usize,
     /// Size of each generated message, e.g. 2048, 10KB, 1MB.
-    #[arg(long, default_value = "4KB", value_parser = parse_size)]
-    size: usize,
+    #[arg(long, default_value = "4KB", value_parser = mock_pop3::standalone::parse_size)]
+    size: u64,
     /// Also load every `*.eml` file of this folder as a message (sorted by name).
     #[arg(long)]
     eml_dir: Option<PathBuf>,
@@ -69,39 +67,17 @@ struct Args {
     exit_after: u64,
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim().to_ascii_uppercase();
-    let (num, mul) = if let Some(n) = t.strip_suffix("MB") {
-        (n, 1024 * 1024)
-    } else if let Some(n) = t.strip_suffix("KB") {
-        (n, 1024)
-    } else if let Some(n) = t.strip_suffix('B') {
-        (n, 1)
-    } else {
-        (t.as_str(), 1)
-    };
-    let n: usize = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a size: {s:?} (try 2048, 10KB or 1MB)"))?;
-    n.checked_mul(mul)
-        .filter(|&v| v <= 512 * 1024 * 1024)
-        .ok_or_else(|| format!("size too large: {s}"))
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.is_loopback()
-}
-
 async fn run(args: Args) -> Result<()> {
-    if !is_loopback(args.listen.ip()) {
+    if !args.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {}: only loopback addresses are allowed",
             args.listen
         );
     }
-    let mut mailbox =
-        Mailbox::new(&args.user, &args.password).with_demo_messages(args.messages, args.size);
+    let mut mailbox = Mailbox::new(&args.user, &args.password).with_demo_messages(
+        args.messages,
+        usize::try_from(args.size).context("--size too large")?,
+    );
     if let Some(dir) = &args.eml_dir {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
@@ -155,27 +131,7 @@ async fn run(args: Args) -> Result<()> {
         })
     );
     eprintln!("mock-pop3 listening on {addr}; close stdin (Ctrl-D) or press Ctrl-C to stop and print the final state");
-    let stdin_eof = async {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    let deadline = async {
-        if args.exit_after == 0 {
-            std::future::pending::<()>().await
-        } else {
-            tokio::time::sleep(Duration::from_secs(args.exit_after)).await
-        }
-    };
-    tokio::select! {
-        _ = stdin_eof => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = deadline => {}
-    }
+    mock_pop3::standalone::wait_for_stop(args.exit_after).await;
     let state =
         serde_json::json!({ "mailboxes": server.mailboxes(), "sessions": server.sessions().len() });
     println!("{state}");
@@ -184,22 +140,5 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mock-pop3: cannot start runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mock-pop3: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    mock_pop3::standalone::run_main("mock-pop3", run(Args::parse()))
 }

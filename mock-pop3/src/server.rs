@@ -10,13 +10,12 @@ use popbridge_proto::DotStuffer;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::caps::Capabilities;
 use crate::fault::{FaultPlan, FaultRule};
 use crate::mailbox::{AuthMethod, Mailbox, Message};
+use crate::tracker::Tracker;
 
 /// How the server offers TLS.
 #[derive(Clone, Default)]
@@ -183,17 +182,12 @@ pub(crate) struct Shared {
     pub cfg: Config,
     state: Mutex<State>,
     pub faults: FaultPlan,
-    active: watch::Sender<usize>,
-    tasks: Mutex<Vec<AbortHandle>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    tracker: Arc<Tracker>,
 }
 
 impl Shared {
     pub fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a new session; returns its id.
@@ -362,7 +356,6 @@ impl Builder {
                 state.store(&user, m);
             }
         }
-        let (active, _) = watch::channel(0);
         Arc::new(Shared {
             cfg: Config {
                 before: self.before,
@@ -376,8 +369,7 @@ impl Builder {
             },
             state: Mutex::new(state),
             faults: FaultPlan::new(self.faults, self.seed),
-            active,
-            tasks: Mutex::new(Vec::new()),
+            tracker: Arc::new(Tracker::new()),
         })
     }
 
@@ -385,17 +377,10 @@ impl Builder {
     pub fn spawn(self, listener: TcpListener) -> MockPop3Handle {
         let shared = self.build();
         let addr = listener.local_addr().ok();
-        let accept_shared = shared.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _peer)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = sock.set_nodelay(true);
-                spawn_session(&accept_shared, sock);
-            }
-        });
-        lock(&shared.tasks).push(accept.abort_handle());
+        let s = shared.clone();
+        shared
+            .tracker
+            .accept_loop(listener, move |sock, _peer| spawn_session(&s, sock));
         MockPop3Handle { addr, shared }
     }
 
@@ -412,26 +397,10 @@ fn spawn_session<S>(shared: &Arc<Shared>, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    shared.active.send_modify(|n| *n += 1);
     let id = shared.open_session();
-    let s = shared.clone();
-    let task = tokio::spawn(async move {
-        let guard = ActiveGuard(s.clone());
-        crate::session::run(s, stream, id).await;
-        drop(guard);
-    });
-    let mut tasks = lock(&shared.tasks);
-    tasks.retain(|t| !t.is_finished());
-    tasks.push(task.abort_handle());
-}
-
-/// Decrements the active-session count however the session task ends.
-struct ActiveGuard(Arc<Shared>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n = n.saturating_sub(1));
-    }
+    shared
+        .tracker
+        .spawn_session(crate::session::run(shared.clone(), stream, id));
 }
 
 /// A running mock POP3 server.
@@ -513,16 +482,11 @@ impl MockPop3Handle {
 
     /// Waits until no session is running (after a client left, before inspecting).
     pub async fn wait_idle(&self) {
-        let mut rx = self.shared.active.subscribe();
-        let _ = rx.wait_for(|n| *n == 0).await;
+        self.shared.tracker.wait_idle().await;
     }
 
     /// Stops accepting and ends every session (without applying their deletions).
     pub async fn shutdown(self) {
-        let tasks: Vec<AbortHandle> = std::mem::take(&mut *lock(&self.shared.tasks));
-        for t in &tasks {
-            t.abort();
-        }
-        self.wait_idle().await;
+        self.shared.tracker.shutdown().await;
     }
 }

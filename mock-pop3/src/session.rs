@@ -21,7 +21,7 @@ use crate::caps::{Capabilities, Expire};
 use crate::fault::{FaultAction, Hook};
 use crate::mailbox::AuthMethod;
 use crate::server::{SessionEnd, Shared, Stored, TlsMode};
-use crate::stream::MaybeTls;
+use crate::stream::{is_disconnect, MaybeTls};
 
 /// Messages at most this big are copied into the output buffer to batch with other replies;
 /// bigger ones go out from their shared bytes in a vectored write.
@@ -128,17 +128,6 @@ where
         let _ = timeout(shared.cfg.idle_timeout, s.stream.shutdown()).await;
     }
     shared.with_record(id, |r| r.end = Some(end));
-}
-
-fn is_disconnect(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::NotConnected
-    )
 }
 
 fn md5_hex(data: &[u8]) -> String {

@@ -12,7 +12,9 @@ use thiserror::Error;
 /// Why multi-line data could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DotError {
-    /// The data grew beyond the caller's limit before its terminator.
+    /// The data grew beyond the caller's limit before its terminator. The decoder is spent:
+    /// callers that must read on to the terminator use an unbounded or discarding decoder
+    /// and check [`DotDecoder::total`] themselves.
     #[error("multi-line data exceeds {limit} octets")]
     TooLarge {
         /// The limit in octets of unstuffed data.

@@ -1,0 +1,420 @@
+//! The server: builder, shared state, accept loop and the handle tests inspect.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mock_pop3::fault::{FaultPlan, FaultRule};
+use mock_pop3::tracker::Tracker;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::net::TcpListener;
+
+use crate::capture::{SessionStats, Transaction};
+use crate::config::{Extensions, Limits, MailboxSpec, Replies, SpamRule};
+
+/// How much of each message the server keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureMode {
+    /// Every transaction with its bytes.
+    #[default]
+    Full,
+    /// Counters only (benchmarks): no transaction records, no bytes kept.
+    CountOnly,
+}
+
+/// Totals kept in every capture mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Messages answered 2xx at the end of data.
+    pub accepted: u64,
+    /// Of those, delivered to every recipient.
+    pub delivered: u64,
+    /// Of those, bounced for at least one recipient after acceptance.
+    pub ndr: u64,
+    /// Transactions refused in the session.
+    pub rejected: u64,
+    /// Messages refused by anti-spam rules (kept as badmail).
+    pub badmail: u64,
+    /// Octets of accepted message data.
+    pub bytes: u64,
+}
+
+/// Everything immutable about a server instance.
+pub(crate) struct Config {
+    pub hostname: String,
+    pub greeting: String,
+    pub ext: Extensions,
+    pub limits: Limits,
+    pub replies: Replies,
+    pub mailboxes: BTreeMap<String, MailboxSpec>,
+    pub domains: BTreeSet<String>,
+    pub default_domain: Option<String>,
+    pub org_limit: Option<u64>,
+    pub spam: Vec<SpamRule>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub credentials: Option<(String, String)>,
+    pub capture: CaptureMode,
+    pub spool: Option<PathBuf>,
+    pub throttle: Option<u64>,
+    pub record: bool,
+}
+
+pub(crate) struct State {
+    pub transactions: Vec<Transaction>,
+    pub sessions: Vec<SessionStats>,
+    pub used: BTreeMap<String, u64>,
+    pub counts: Counts,
+    pub next_txn: u64,
+}
+
+pub(crate) struct Shared {
+    pub cfg: Config,
+    state: Mutex<State>,
+    pub faults: FaultPlan,
+    tracker: Arc<Tracker>,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stats(&self, id: u64, f: impl FnOnce(&mut SessionStats)) {
+        if let Some(s) = self.state().sessions.get_mut(id as usize - 1) {
+            f(s);
+        }
+    }
+
+    pub fn log(&self, id: u64, line: String) {
+        if self.cfg.record {
+            self.stats(id, |s| s.transcript.push(line));
+        }
+    }
+}
+
+/// Builds a mock Exchange-like SMTP server.
+pub struct Builder {
+    hostname: String,
+    greeting: Option<String>,
+    ext: Extensions,
+    limits: Limits,
+    replies: Replies,
+    mailboxes: Vec<MailboxSpec>,
+    domains: Vec<String>,
+    default_domain: Option<String>,
+    org_limit: Option<u64>,
+    spam: Vec<SpamRule>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    credentials: Option<(String, String)>,
+    capture: CaptureMode,
+    spool: Option<PathBuf>,
+    throttle: Option<u64>,
+    faults: Vec<FaultRule>,
+    seed: u64,
+    record: bool,
+}
+
+/// Entry point: `MockSmtp::builder()`.
+pub struct MockSmtp;
+
+impl MockSmtp {
+    /// An Exchange 2010 hub receive connector with default limits, accepting any recipient
+    /// until mailboxes are declared.
+    pub fn builder() -> Builder {
+        Builder {
+            hostname: "exchange.contoso.local".into(),
+            greeting: None,
+            ext: Extensions::default(),
+            limits: Limits::default(),
+            replies: Replies::default(),
+            mailboxes: Vec::new(),
+            domains: Vec::new(),
+            default_domain: None,
+            org_limit: None,
+            spam: Vec::new(),
+            tls: None,
+            credentials: None,
+            capture: CaptureMode::Full,
+            spool: None,
+            throttle: None,
+            faults: Vec::new(),
+            seed: 0,
+            record: true,
+        }
+    }
+}
+
+impl Builder {
+    /// The server's FQDN (greeting, EHLO, queue ids).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = name.into();
+        self
+    }
+
+    /// The 220 greeting text (default: `<fqdn> Microsoft ESMTP MAIL Service ready`).
+    pub fn greeting(mut self, text: impl Into<String>) -> Self {
+        self.greeting = Some(text.into());
+        self
+    }
+
+    /// EHLO extensions.
+    pub fn extensions(mut self, ext: Extensions) -> Self {
+        self.ext = ext;
+        self
+    }
+
+    /// Receive-connector limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Reply texts.
+    pub fn replies(mut self, replies: Replies) -> Self {
+        self.replies = replies;
+        self
+    }
+
+    /// A local mailbox; once any is declared, unknown recipients are refused.
+    pub fn mailbox(mut self, mailbox: MailboxSpec) -> Self {
+        self.mailboxes.push(mailbox);
+        self
+    }
+
+    /// An accepted domain besides those of the mailboxes (for `550 5.1.1` vs relay denied).
+    pub fn accepted_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domains.push(domain.into());
+        self
+    }
+
+    /// Exchange's `DefaultDomain`: appended to a sender without a domain.
+    pub fn default_domain(mut self, domain: impl Into<String>) -> Self {
+        self.default_domain = Some(domain.into());
+        self
+    }
+
+    /// The organisation's receive limit, applied after acceptance (an NDR, not a 552).
+    pub fn organization_receive_limit(mut self, octets: u64) -> Self {
+        self.org_limit = Some(octets);
+        self
+    }
+
+    /// An anti-spam rule.
+    pub fn spam_rule(mut self, rule: SpamRule) -> Self {
+        self.spam.push(rule);
+        self
+    }
+
+    /// Enables STARTTLS with this configuration.
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Accepts AUTH PLAIN / LOGIN with these credentials (advertised when `extensions.auth`).
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Capture mode.
+    pub fn capture(mut self, mode: CaptureMode) -> Self {
+        self.capture = mode;
+        self
+    }
+
+    /// Writes every accepted message to `dir` as `.eml` (badmail under `dir/badmail`).
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool = Some(dir.into());
+        self
+    }
+
+    /// Limits each session's sending speed.
+    pub fn throttle(mut self, bytes_per_second: u64) -> Self {
+        self.throttle = Some(bytes_per_second.max(1));
+        self
+    }
+
+    /// Adds a fault rule (hooks: greeting, a verb, any command, end of data).
+    pub fn fault(mut self, rule: FaultRule) -> Self {
+        self.faults.push(rule);
+        self
+    }
+
+    /// Seeds probabilistic faults.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Turns transcripts off (benchmarks).
+    pub fn record_transcript(mut self, on: bool) -> Self {
+        self.record = on;
+        self
+    }
+
+    fn build(self) -> Arc<Shared> {
+        let mut domains: BTreeSet<String> = self
+            .domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        let mut mailboxes = BTreeMap::new();
+        for m in self.mailboxes {
+            if let Some((_, d)) = m.address.rsplit_once('@') {
+                domains.insert(d.to_ascii_lowercase());
+            }
+            mailboxes.insert(m.address.to_ascii_lowercase(), m);
+        }
+        if let Some(d) = &self.default_domain {
+            domains.insert(d.to_ascii_lowercase());
+        }
+        let greeting = self
+            .greeting
+            .unwrap_or_else(|| format!("{} Microsoft ESMTP MAIL Service ready", self.hostname));
+        Arc::new(Shared {
+            cfg: Config {
+                hostname: self.hostname,
+                greeting,
+                ext: self.ext,
+                limits: self.limits,
+                replies: self.replies,
+                mailboxes,
+                domains,
+                default_domain: self.default_domain,
+                org_limit: self.org_limit,
+                spam: self.spam,
+                tls: self.tls,
+                credentials: self.credentials,
+                capture: self.capture,
+                spool: self.spool,
+                throttle: self.throttle,
+                record: self.record,
+            },
+            state: Mutex::new(State {
+                transactions: Vec::new(),
+                sessions: Vec::new(),
+                used: BTreeMap::new(),
+                counts: Counts::default(),
+                next_txn: 1,
+            }),
+            faults: FaultPlan::new(self.faults, self.seed),
+            tracker: Arc::new(Tracker::new()),
+        })
+    }
+
+    /// Starts serving on a listener the caller bound (tests bind `127.0.0.1:0`).
+    pub fn spawn(self, listener: TcpListener) -> MockSmtpHandle {
+        let shared = self.build();
+        let addr = listener.local_addr().ok();
+        let s = shared.clone();
+        shared.tracker.accept_loop(listener, move |sock, peer| {
+            spawn_session(&s, sock, peer.to_string())
+        });
+        MockSmtpHandle { addr, shared }
+    }
+
+    /// Starts a server without a listener: connect with [`MockSmtpHandle::connect_duplex`].
+    pub fn spawn_in_memory(self) -> MockSmtpHandle {
+        MockSmtpHandle {
+            addr: None,
+            shared: self.build(),
+        }
+    }
+}
+
+fn spawn_session<S>(shared: &Arc<Shared>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let id = {
+        let mut st = shared.state();
+        let id = st.sessions.len() as u64 + 1;
+        st.sessions.push(SessionStats {
+            id,
+            ..Default::default()
+        });
+        id
+    };
+    shared
+        .tracker
+        .spawn_session(crate::session::run(shared.clone(), stream, id, peer));
+}
+
+/// A running mock SMTP server.
+pub struct MockSmtpHandle {
+    addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+}
+
+impl MockSmtpHandle {
+    /// The bound address (`None` for an in-memory server).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Serves one session over any stream.
+    pub fn serve<S>(&self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        spawn_session(&self.shared, stream, "127.0.0.1".into());
+    }
+
+    /// A client end of an in-memory connection to this server.
+    pub fn connect_duplex(&self) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        self.serve(server);
+        client
+    }
+
+    /// Every transaction so far (empty in count-only mode).
+    pub fn captured(&self) -> Vec<Transaction> {
+        self.shared.state().transactions.clone()
+    }
+
+    /// Totals, kept in every capture mode.
+    pub fn counts(&self) -> Counts {
+        self.shared.state().counts
+    }
+
+    /// Per-session counters and transcripts.
+    pub fn sessions(&self) -> Vec<SessionStats> {
+        self.shared.state().sessions.clone()
+    }
+
+    /// All transcripts, one block per session.
+    pub fn transcript(&self) -> String {
+        let mut out = String::new();
+        for s in self.sessions() {
+            out.push_str(&format!("-- session {} --\n", s.id));
+            for l in &s.transcript {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Octets stored so far in a mailbox (for quota tests).
+    pub fn mailbox_usage(&self, address: &str) -> u64 {
+        self.shared
+            .state()
+            .used
+            .get(&address.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until no session is running.
+    pub async fn wait_idle(&self) {
+        self.shared.tracker.wait_idle().await;
+    }
+
+    /// Stops accepting and ends every session.
+    pub async fn shutdown(self) {
+        self.shared.tracker.shutdown().await;
+    }
+}

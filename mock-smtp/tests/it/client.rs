@@ -1,0 +1,133 @@
+//! A small SMTP test client built on `proto`, plus server helpers.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mock_smtp::{Builder, MockSmtpHandle};
+use popbridge_proto::smtp::{Reply, ReplyParser};
+use popbridge_proto::DotStuffer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+/// Every read is bounded: a hang fails the test instead of stalling CI.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Spawns the server on a fresh loopback port.
+pub async fn spawn(builder: Builder) -> MockSmtpHandle {
+    builder.spawn(TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+pub struct Client<S> {
+    pub stream: S,
+    pub buf: BytesMut,
+    parser: ReplyParser,
+    /// Bound on each read; raise it for paused-clock tests.
+    pub step: Duration,
+}
+
+impl Client<TcpStream> {
+    /// Connects and reads the greeting.
+    pub async fn connect(server: &MockSmtpHandle) -> (Self, Reply) {
+        let s = TcpStream::connect(server.addr().unwrap()).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        Self::over(s).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub fn resume(stream: S) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            parser: ReplyParser::new(),
+            step: STEP,
+        }
+    }
+
+    pub async fn over(stream: S) -> (Self, Reply) {
+        let mut c = Self::resume(stream);
+        let g = c.reply().await;
+        (c, g)
+    }
+
+    /// Writes raw bytes in one write.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes()).await;
+    }
+
+    /// The next reply, or `None` when the server closed.
+    pub async fn try_reply(&mut self) -> Option<Reply> {
+        loop {
+            if let Some(r) = self.parser.parse(&mut self.buf).unwrap() {
+                return Some(r);
+            }
+            let n = timeout(self.step, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server stalled")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    pub async fn reply(&mut self) -> Reply {
+        self.try_reply()
+            .await
+            .expect("connection closed before a reply")
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> Reply {
+        self.send(line).await;
+        self.reply().await
+    }
+
+    /// Sends a message body dot-stuffed with its terminator (one write) and reads the reply.
+    pub async fn data_body(&mut self, body: &[u8]) -> Reply {
+        let wire = DotStuffer::stuff_all(body, true);
+        self.send_raw(&wire).await;
+        self.reply().await
+    }
+
+    /// EHLO, MAIL, RCPT, DATA, body; returns the final reply (panics if an earlier step fails).
+    pub async fn deliver(&mut self, from: &str, to: &str, body: &[u8]) -> Reply {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        assert!(r.is_positive(), "MAIL: {r:?}");
+        let r = self.cmd(&format!("RCPT TO:<{to}>")).await;
+        assert!(r.is_positive(), "RCPT: {r:?}");
+        let r = self.cmd("DATA").await;
+        assert_eq!(r.code, 354);
+        self.data_body(body).await
+    }
+
+    /// True once the server closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            let n = timeout(self.step, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("server stalled")
+                .unwrap_or(0);
+            if n == 0 {
+                return true;
+            }
+            self.buf.clear();
+        }
+    }
+}
+
+/// A small message with a header and `size` octets in all (at least the header).
+pub fn message(subject: &str, size: usize) -> Vec<u8> {
+    let mut m = format!("From: a@example.net\r\nTo: b@contoso.local\r\nSubject: {subject}\r\n\r\n")
+        .into_bytes();
+    while m.len() + 2 < size {
+        let n = (size - 2 - m.len()).min(76);
+        m.extend(std::iter::repeat_n(b'x', n));
+        m.extend_from_slice(b"\r\n");
+    }
+    m
+}

@@ -1,0 +1,7 @@
+//! mock-smtp integration tests: one binary, shared helpers in `client`.
+#![allow(missing_docs)]
+
+mod behaviour;
+mod client;
+mod interop;
+mod transcripts;
