@@ -831,6 +831,26 @@ async fn a_421_at_message_k_closes_the_connection_and_the_message_is_not_taken()
 }
 
 #[tokio::test]
+async fn a_421_at_command_n_counts_every_command() {
+    let server = spawn(MockSmtp::builder().fault(
+        FaultRule::new(Hook::AnyCommand, FaultAction::ReplyAndClose("421 4.4.2 Message submission rate for this client has exceeded the configured limit".into())).nth(4),
+    ))
+    .await;
+    let (mut c, _) = ehlo(&server).await;
+    assert!(c.cmd("MAIL FROM:<a@example.net>").await.is_positive());
+    assert!(c.cmd("RCPT TO:<bob@contoso.local>").await.is_positive());
+    let r = c.cmd("DATA").await;
+    assert_eq!(
+        r.first_line(),
+        "421 4.4.2 Message submission rate for this client has exceeded the configured limit"
+    );
+    assert!(c.closed().await);
+    server.wait_idle().await;
+    assert_eq!(server.captured()[0].outcome, Outcome::Abandoned);
+    assert_eq!(server.counts().accepted, 0);
+}
+
+#[tokio::test]
 async fn close_without_reply_at_command_n() {
     let server = spawn(
         MockSmtp::builder()
