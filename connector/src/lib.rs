@@ -1,6 +1,19 @@
-//! The Popbridge connector library: configuration, POP3 and SMTP clients, delivery
-//! targets, the ledger and the pass engine (built by the connector-core issue).
+//! The Popbridge connector: POP3 mailboxes in, SMTP out, nothing lost, nothing twice.
 //!
-//! Must never: know about mocks or scenarios, lose a message, or log a secret.
+//! Responsible for: configuration, the POP3 and SMTP clients, the ledger that makes
+//! delivery idempotent, and the pass engine that applies the invariants of design.md.
+//! Must never: know about mocks or scenarios, delete a message before the SMTP server
+//! accepted it and the ledger recorded it, or write a secret anywhere.
+
+pub mod body;
+pub mod config;
+pub mod events;
+pub mod ledger;
+pub mod message;
+pub mod net;
+pub mod pass;
+pub mod pop3;
+pub mod secret;
+pub mod smtp;
 
 pub use popbridge_proto as proto;

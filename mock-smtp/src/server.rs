@@ -53,6 +53,7 @@ pub(crate) struct Config {
     pub default_domain: Option<String>,
     pub org_limit: Option<u64>,
     pub spam: Vec<SpamRule>,
+    pub reject_senders: Vec<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub credentials: Option<(String, String)>,
     pub capture: CaptureMode,
@@ -106,6 +107,7 @@ pub struct Builder {
     default_domain: Option<String>,
     org_limit: Option<u64>,
     spam: Vec<SpamRule>,
+    reject_senders: Vec<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
     credentials: Option<(String, String)>,
     capture: CaptureMode,
@@ -134,6 +136,7 @@ impl MockSmtp {
             default_domain: None,
             org_limit: None,
             spam: Vec::new(),
+            reject_senders: Vec::new(),
             tls: None,
             credentials: None,
             capture: CaptureMode::Full,
@@ -204,6 +207,14 @@ impl Builder {
     /// An anti-spam rule.
     pub fn spam_rule(mut self, rule: SpamRule) -> Self {
         self.spam.push(rule);
+        self
+    }
+
+    /// Refuses senders containing `pattern` (case-insensitive) with `501 5.1.7` at MAIL FROM,
+    /// as Exchange does for addresses it finds invalid where RFC 5321 parsing does not.
+    pub fn reject_sender(mut self, pattern: impl Into<String>) -> Self {
+        self.reject_senders
+            .push(pattern.into().to_ascii_lowercase());
         self
     }
 
@@ -286,6 +297,7 @@ impl Builder {
                 default_domain: self.default_domain,
                 org_limit: self.org_limit,
                 spam: self.spam,
+                reject_senders: self.reject_senders,
                 tls: self.tls,
                 credentials: self.credentials,
                 capture: self.capture,

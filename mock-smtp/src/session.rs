@@ -636,6 +636,16 @@ where
             },
             Err(_) => return refuse(self, record, &replies.invalid_sender),
         };
+        let lower = sender.to_ascii_lowercase();
+        if self
+            .shared
+            .cfg
+            .reject_senders
+            .iter()
+            .any(|p| lower.contains(p.as_str()))
+        {
+            return refuse(self, record, &replies.invalid_sender);
+        }
         record.sender = Some(sender);
         self.send(&replies.sender_ok);
         self.txn = Some(Txn {

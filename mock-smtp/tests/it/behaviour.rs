@@ -306,6 +306,20 @@ async fn five_malformed_senders_end_the_session_with_421() {
 }
 
 #[tokio::test]
+async fn senders_exchange_refuses_get_501_and_count_as_protocol_errors() {
+    let server = spawn(MockSmtp::builder().reject_sender("@Refused.example")).await;
+    let (mut c, _) = ehlo(&server).await;
+    assert_eq!(
+        c.cmd("MAIL FROM:<x@refused.example>").await.first_line(),
+        "501 5.1.7 Invalid address"
+    );
+    assert_eq!(c.cmd("MAIL FROM:<x@fine.example>").await.code, 250);
+    c.cmd("QUIT").await;
+    server.wait_idle().await;
+    assert_eq!(server.sessions()[0].protocol_errors, 1);
+}
+
+#[tokio::test]
 async fn which_codes_count_and_the_limit_are_configurable() {
     let limits = Limits {
         max_protocol_errors: Some(2),

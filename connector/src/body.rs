@@ -1,0 +1,236 @@
+//! A downloaded message: in memory when small, spooled to a file under the state
+//! directory when large, so memory does not grow with message size.
+//!
+//! Must never: leave spool files behind (they are removed on drop) or hold more than the
+//! threshold in memory (plus the header copy).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+/// Header bytes kept in memory even for spooled messages (enough for any sane header).
+pub const HEAD_MAX: usize = 256 * 1024;
+
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A removable spool file.
+#[derive(Debug)]
+struct SpoolFile {
+    path: PathBuf,
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[derive(Debug)]
+enum Storage {
+    Memory(Bytes),
+    File(SpoolFile),
+}
+
+/// A complete message as downloaded (dot-unstuffed), with facts learnt while reading it.
+#[derive(Debug)]
+pub struct Body {
+    storage: Storage,
+    head: Bytes,
+    len: u64,
+    has_8bit: bool,
+}
+
+impl Body {
+    /// A body held in memory.
+    pub fn from_bytes(data: Bytes) -> Self {
+        let head = data.slice(..data.len().min(HEAD_MAX));
+        let has_8bit = data.iter().any(|&b| b >= 0x80);
+        Self {
+            len: data.len() as u64,
+            storage: Storage::Memory(data),
+            head,
+            has_8bit,
+        }
+    }
+
+    /// Octets in the message.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty message.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first octets (up to [`HEAD_MAX`]): the header and maybe some body.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// True when any octet is 8-bit (BODY=8BITMIME is needed).
+    pub fn has_8bit(&self) -> bool {
+        self.has_8bit
+    }
+
+    /// The whole message when it is in memory.
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.storage {
+            Storage::Memory(b) => Some(b),
+            Storage::File(_) => None,
+        }
+    }
+
+    /// A reader over the whole message.
+    pub async fn reader(&self) -> io::Result<Box<dyn AsyncRead + Unpin + Send>> {
+        match &self.storage {
+            Storage::Memory(b) => Ok(Box::new(io::Cursor::new(b.clone()))),
+            Storage::File(f) => Ok(Box::new(tokio::fs::File::open(&f.path).await?)),
+        }
+    }
+
+    /// Writes the message durably to `path` (temporary name, fsync, rename).
+    pub async fn persist(&self, path: &Path) -> io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        tokio::fs::create_dir_all(dir).await?;
+        let tmp = path.with_extension("tmp");
+        let mut out = tokio::fs::File::create(&tmp).await?;
+        let mut r = self.reader().await?;
+        tokio::io::copy(&mut r, &mut out).await?;
+        out.sync_all().await?;
+        drop(out);
+        tokio::fs::rename(&tmp, path).await?;
+        if let Ok(d) = tokio::fs::File::open(dir).await {
+            let _ = d.sync_all().await;
+        }
+        Ok(())
+    }
+}
+
+/// Collects a message as it arrives, spilling to a spool file past a threshold.
+pub struct BodyBuilder {
+    spool_dir: PathBuf,
+    threshold: u64,
+    mem: BytesMut,
+    head: BytesMut,
+    file: Option<(tokio::fs::File, SpoolFile)>,
+    len: u64,
+    has_8bit: bool,
+}
+
+impl BodyBuilder {
+    /// A builder spilling into `spool_dir` once more than `threshold` octets arrived.
+    pub fn new(spool_dir: &Path, threshold: u64) -> Self {
+        Self {
+            spool_dir: spool_dir.to_path_buf(),
+            threshold,
+            mem: BytesMut::new(),
+            head: BytesMut::new(),
+            file: None,
+            len: 0,
+            has_8bit: false,
+        }
+    }
+
+    /// Octets so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True before any octet arrived.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends decoded message bytes.
+    pub async fn push(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.len += data.len() as u64;
+        self.has_8bit |= data.iter().any(|&b| b >= 0x80);
+        if self.head.len() < HEAD_MAX {
+            let n = (HEAD_MAX - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+        }
+        if let Some((f, _)) = self.file.as_mut() {
+            return f.write_all(data).await;
+        }
+        self.mem.extend_from_slice(data);
+        if self.mem.len() as u64 > self.threshold {
+            tokio::fs::create_dir_all(&self.spool_dir).await?;
+            let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
+            let path = self
+                .spool_dir
+                .join(format!("spool-{}-{seq}.part", std::process::id()));
+            let guard = SpoolFile { path: path.clone() };
+            let mut f = tokio::fs::File::create(&path).await?;
+            f.write_all(&self.mem).await?;
+            self.mem = BytesMut::new();
+            self.file = Some((f, guard));
+        }
+        Ok(())
+    }
+
+    /// The finished body.
+    pub async fn finish(self) -> io::Result<Body> {
+        let storage = match self.file {
+            Some((mut f, guard)) => {
+                f.flush().await?;
+                Storage::File(guard)
+            }
+            None => Storage::Memory(self.mem.freeze()),
+        };
+        Ok(Body {
+            storage,
+            head: self.head.freeze(),
+            len: self.len,
+            has_8bit: self.has_8bit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn small_bodies_stay_in_memory_and_large_ones_spill_then_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = BodyBuilder::new(dir.path(), 100);
+        b.push(b"Subject: x\r\n\r\n").await.unwrap();
+        let small = b.finish().await.unwrap();
+        assert!(small.as_bytes().is_some());
+        let mut b = BodyBuilder::new(dir.path(), 100);
+        for _ in 0..50 {
+            b.push(b"0123456789\xe9").await.unwrap();
+        }
+        let big = b.finish().await.unwrap();
+        assert!(big.as_bytes().is_none());
+        assert_eq!(big.len(), 550);
+        assert!(big.has_8bit());
+        let mut all = Vec::new();
+        big.reader()
+            .await
+            .unwrap()
+            .read_to_end(&mut all)
+            .await
+            .unwrap();
+        assert_eq!(all, b"0123456789\xe9".repeat(50));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let q = dir.path().join("q/copy.eml");
+        big.persist(&q).await.unwrap();
+        assert_eq!(std::fs::read(&q).unwrap(), all);
+        drop(big);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .collect();
+        assert!(left.is_empty(), "spool file removed on drop: {left:?}");
+    }
+}

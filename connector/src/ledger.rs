@@ -1,0 +1,1170 @@
+//! The delivery ledger: a durable record, per account and message key (POP3 UIDL or a
+//! `sha256:...` digest), of what happened to each message: delivered (with time, size and
+//! the SMTP reply), failed (count and last reply), quarantined (local copy path), and
+//! whether it was deleted from the server. It is what makes delivery idempotent
+//! (design.md invariants 1-3): the pass engine DELEs a message only after
+//! [`Ledger::record_delivered`] returned, and never submits a message again that the
+//! ledger knows as delivered.
+//!
+//! Storage: SQLite at `<state_dir>/ledger.sqlite3`, WAL journal, `synchronous = FULL`, a
+//! 5 s busy timeout, schema versioned by `PRAGMA user_version` with ordered migrations.
+//!
+//! Must never: return from a `record_*` call before the change is committed durably,
+//! downgrade a Delivered row (to Failed, Quarantined or New), prune a Delivered row whose
+//! message is still on the server, open a database written by a newer schema (no silent
+//! downgrade), format a caller's string into SQL, or panic on a corrupt row.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+/// File name of the ledger database inside the state directory.
+pub const FILE_NAME: &str = "ledger.sqlite3";
+
+/// How long a connection waits for another connection's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema migrations, in order: entry `i` takes `user_version` from `i` to `i + 1`.
+/// Never edit a released entry; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // v1: one row per (account, key) that something was recorded for. No row means New.
+    "CREATE TABLE messages (
+        account         TEXT    NOT NULL,
+        key             TEXT    NOT NULL,
+        state           TEXT    NOT NULL
+                        CHECK (state IN ('delivered', 'failed', 'quarantined')),
+        delivered_at    INTEGER,
+        size            INTEGER CHECK (size IS NULL OR size >= 0),
+        delivery_reply  TEXT,
+        failures        INTEGER NOT NULL DEFAULT 0
+                        CHECK (failures BETWEEN 0 AND 4294967295),
+        last_reply      TEXT,
+        quarantine_path TEXT,
+        deleted_at      INTEGER,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        PRIMARY KEY (account, key),
+        CHECK (state <> 'delivered'   OR delivered_at IS NOT NULL),
+        CHECK (state <> 'failed'      OR last_reply IS NOT NULL),
+        CHECK (state <> 'quarantined' OR quarantine_path IS NOT NULL)
+    ) STRICT;",
+];
+
+/// The newest schema version this code knows (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// What the ledger knows about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Nothing recorded: the message has never been delivered, failed or quarantined.
+    New,
+    /// Accepted by the SMTP server and recorded; never submit again, only DELE (or keep).
+    Delivered {
+        /// When the delivery was recorded, unix seconds.
+        at: i64,
+    },
+    /// Refused at least once and not delivered since.
+    Failed {
+        /// Number of recorded failures.
+        failures: u32,
+        /// The SMTP reply (or error text) of the last failure.
+        last_reply: String,
+    },
+    /// Given up on: a durable local copy exists at `path`.
+    Quarantined {
+        /// Where the quarantined copy was written.
+        path: PathBuf,
+    },
+}
+
+/// Errors of the ledger; every variant that involves the database names its file.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// SQLite failed on the ledger database.
+    #[error("ledger {}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A file system operation on the state directory failed.
+    #[error("ledger {}: {source}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database was written by a newer Popbridge; refusing to use (or downgrade) it.
+    #[error(
+        "ledger schema version {found} is newer than this build supports ({supported}); \
+         upgrade popbridge instead of downgrading the ledger"
+    )]
+    TooNew {
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The database's schema version is impossible (negative).
+    #[error("ledger {}: invalid schema version {found}", path.display())]
+    BadVersion {
+        /// The database file.
+        path: PathBuf,
+        /// The `PRAGMA user_version` found.
+        found: i64,
+    },
+    /// A setting the ledger's durability relies on did not take effect.
+    #[error("ledger {}: PRAGMA {pragma} is {found:?}, expected {expected:?}", path.display())]
+    Pragma {
+        /// The database file.
+        path: PathBuf,
+        /// The pragma's name.
+        pragma: &'static str,
+        /// The value the ledger requires.
+        expected: &'static str,
+        /// The value SQLite reported.
+        found: String,
+    },
+    /// A row could not be decoded; the database was damaged or edited by hand.
+    #[error("ledger {}: corrupt row for account {account:?} key {key:?}: {detail}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// The row's account.
+        account: String,
+        /// The row's key.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A quarantine path that is not valid UTF-8 (the ledger stores paths as text).
+    #[error("quarantine path {} is not valid UTF-8", path.display())]
+    NonUtf8Path {
+        /// The offending path.
+        path: PathBuf,
+    },
+}
+
+/// Attach the database path to a rusqlite result.
+trait At<T> {
+    fn at(self, path: &Path) -> Result<T, LedgerError>;
+}
+
+impl<T> At<T> for rusqlite::Result<T> {
+    fn at(self, path: &Path) -> Result<T, LedgerError> {
+        self.map_err(|source| LedgerError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The columns a [`Status`] is decoded from, read untyped so that a bad value becomes a
+/// [`LedgerError::Corrupt`] rather than a panic or a bare type error.
+struct RawStatus {
+    state: Value,
+    delivered_at: Value,
+    failures: Value,
+    last_reply: Value,
+    quarantine_path: Value,
+}
+
+impl RawStatus {
+    /// Read from a row whose columns start at `first` in the order of `status_columns!()`.
+    fn read(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<RawStatus> {
+        Ok(RawStatus {
+            state: row.get(first)?,
+            delivered_at: row.get(first + 1)?,
+            failures: row.get(first + 2)?,
+            last_reply: row.get(first + 3)?,
+            quarantine_path: row.get(first + 4)?,
+        })
+    }
+}
+
+/// The column list [`RawStatus::read`] expects (a macro so queries stay `&'static str`).
+macro_rules! status_columns {
+    () => {
+        "state, delivered_at, failures, last_reply, quarantine_path"
+    };
+}
+
+/// The three stored states (no row means [`Status::New`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Delivered,
+    Failed,
+    Quarantined,
+}
+
+/// The durable delivery ledger of one state directory (one SQLite connection).
+#[derive(Debug)]
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Open (creating if needed) `<state_dir>/ledger.sqlite3` and bring its schema up to date.
+    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| LedgerError::Io {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(FILE_NAME);
+        // No SQLITE_OPEN_URI: a state directory named "file:..." must stay a plain path.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).at(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT).at(&path)?;
+
+        // Refuse a newer schema before changing anything in the file (not even the journal mode).
+        let found = user_version(&conn).at(&path)?;
+        check_version(&path, found)?;
+
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .at(&path)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(LedgerError::Pragma {
+                path,
+                pragma: "journal_mode",
+                expected: "wal",
+                found: mode,
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL").at(&path)?;
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .at(&path)?;
+        if sync != 2 {
+            return Err(LedgerError::Pragma {
+                path,
+                pragma: "synchronous",
+                expected: "2 (FULL)",
+                found: sync.to_string(),
+            });
+        }
+        // macOS only (a no-op elsewhere): plain fsync there does not flush the drive's cache.
+        conn.pragma_update(None, "fullfsync", true).at(&path)?;
+        conn.pragma_update(None, "checkpoint_fullfsync", true)
+            .at(&path)?;
+
+        let mut ledger = Ledger { conn, path };
+        ledger.migrate()?;
+        sync_dir(state_dir);
+        Ok(ledger)
+    }
+
+    /// Apply the missing migrations in one transaction (re-checking the version under the lock).
+    fn migrate(&mut self) -> Result<(), LedgerError> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let current = user_version(&tx).at(path)?;
+        check_version(path, current)?;
+        if current == SCHEMA_VERSION {
+            return Ok(()); // dropping tx rolls back the empty transaction
+        }
+        // check_version guarantees 0 <= current < SCHEMA_VERSION.
+        let start = usize::try_from(current).unwrap_or(0);
+        for (i, batch) in MIGRATIONS.iter().enumerate().skip(start) {
+            tracing::info!(db = %path.display(), to = i + 1, "migrating ledger schema");
+            tx.execute_batch(batch).at(path)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .at(path)?;
+        tx.commit().at(path)
+    }
+
+    /// What the ledger knows about one message (`New` when nothing was recorded).
+    pub fn status(&self, account: &str, key: &str) -> Result<Status, LedgerError> {
+        let sql = concat!(
+            "SELECT ",
+            status_columns!(),
+            " FROM messages WHERE account = ?1 AND key = ?2"
+        );
+        let raw = self
+            .conn
+            .prepare_cached(sql)
+            .at(&self.path)?
+            .query_row(params![account, key], |row| RawStatus::read(row, 0))
+            .optional()
+            .at(&self.path)?;
+        match raw {
+            None => Ok(Status::New),
+            Some(raw) => decode(&self.path, account, key, &raw),
+        }
+    }
+
+    /// All recorded rows of one account, by key (keys absent from the map are `New`).
+    pub fn statuses(&self, account: &str) -> Result<HashMap<String, Status>, LedgerError> {
+        let sql = concat!(
+            "SELECT key, ",
+            status_columns!(),
+            " FROM messages WHERE account = ?1"
+        );
+        let mut stmt = self.conn.prepare_cached(sql).at(&self.path)?;
+        let rows = stmt
+            .query_map(params![account], |row| {
+                Ok((row.get::<_, Value>(0)?, RawStatus::read(row, 1)?))
+            })
+            .at(&self.path)?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (key, raw) = row.at(&self.path)?;
+            let key = match key {
+                Value::Text(key) => key,
+                other => {
+                    return Err(corrupt(
+                        &self.path,
+                        account,
+                        &format!("{other:?}"),
+                        "key is not text",
+                    ))
+                }
+            };
+            let status = decode(&self.path, account, &key, &raw)?;
+            out.insert(key, status);
+        }
+        Ok(out)
+    }
+
+    /// Record an accepted delivery; durable when it returns, overrides Failed/Quarantined,
+    /// and a repeat keeps the first record.
+    pub fn record_delivered(
+        &mut self,
+        account: &str,
+        key: &str,
+        size: u64,
+        reply: &str,
+    ) -> Result<(), LedgerError> {
+        let now = now();
+        // Sizes beyond i64::MAX cannot occur; clamp rather than fail the record that
+        // prevents a duplicate.
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        // One statement in autocommit mode: committed (and, with synchronous = FULL, the
+        // WAL fsynced) before execute returns.
+        let changed = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO messages
+                    (account, key, state, delivered_at, size, delivery_reply,
+                     failures, created_at, updated_at)
+                 VALUES (?1, ?2, 'delivered', ?3, ?4, ?5, 0, ?3, ?3)
+                 ON CONFLICT (account, key) DO UPDATE SET
+                    state = 'delivered',
+                    delivered_at = excluded.delivered_at,
+                    size = excluded.size,
+                    delivery_reply = excluded.delivery_reply,
+                    updated_at = excluded.updated_at
+                 WHERE state <> 'delivered'",
+            )
+            .at(&self.path)?
+            .execute(params![account, key, now, size, reply])
+            .at(&self.path)?;
+        if changed == 0 {
+            tracing::debug!(account, key, "already recorded as delivered");
+        }
+        Ok(())
+    }
+
+    /// Count a failed attempt and keep its reply; returns the new count. Delivered and
+    /// Quarantined rows are left as they are (their stored count is returned).
+    pub fn record_failure(
+        &mut self,
+        account: &str,
+        key: &str,
+        reply: &str,
+    ) -> Result<u32, LedgerError> {
+        let now = now();
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let existing = tx
+            .prepare_cached("SELECT state, failures FROM messages WHERE account = ?1 AND key = ?2")
+            .at(path)?
+            .query_row(params![account, key], |row| {
+                Ok((row.get::<_, Value>(0)?, row.get::<_, Value>(1)?))
+            })
+            .optional()
+            .at(path)?;
+        let count = match existing {
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO messages
+                        (account, key, state, failures, last_reply, created_at, updated_at)
+                     VALUES (?1, ?2, 'failed', 1, ?3, ?4, ?4)",
+                )
+                .at(path)?
+                .execute(params![account, key, reply, now])
+                .at(path)?;
+                1
+            }
+            Some((state, failures)) => {
+                let state = decode_state(path, account, key, &state)?;
+                let failures = decode_failures(path, account, key, &failures)?;
+                if state != State::Failed {
+                    tracing::warn!(
+                        account,
+                        key,
+                        ?state,
+                        "failure not recorded: the message is already {state:?}"
+                    );
+                    return Ok(failures); // dropping tx rolls back (nothing was written)
+                }
+                let count = failures.saturating_add(1);
+                tx.prepare_cached(
+                    "UPDATE messages SET failures = ?3, last_reply = ?4, updated_at = ?5
+                     WHERE account = ?1 AND key = ?2",
+                )
+                .at(path)?
+                .execute(params![account, key, count, reply, now])
+                .at(path)?;
+                count
+            }
+        };
+        tx.commit().at(path)?;
+        Ok(count)
+    }
+
+    /// Record that a durable local copy of the message is at `path`; never downgrades Delivered.
+    pub fn record_quarantined(
+        &mut self,
+        account: &str,
+        key: &str,
+        path: &Path,
+    ) -> Result<(), LedgerError> {
+        let text = path.to_str().ok_or_else(|| LedgerError::NonUtf8Path {
+            path: path.to_owned(),
+        })?;
+        let now = now();
+        let changed = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO messages
+                    (account, key, state, failures, quarantine_path, created_at, updated_at)
+                 VALUES (?1, ?2, 'quarantined', 0, ?3, ?4, ?4)
+                 ON CONFLICT (account, key) DO UPDATE SET
+                    state = 'quarantined',
+                    quarantine_path = excluded.quarantine_path,
+                    updated_at = excluded.updated_at
+                 WHERE state <> 'delivered'",
+            )
+            .at(&self.path)?
+            .execute(params![account, key, text, now])
+            .at(&self.path)?;
+        if changed == 0 {
+            tracing::warn!(
+                account,
+                key,
+                "quarantine not recorded: the message is already delivered"
+            );
+        }
+        Ok(())
+    }
+
+    /// Mark keys as deleted from the server (after a successful QUIT), in one transaction.
+    pub fn record_deleted(&mut self, account: &str, keys: &[String]) -> Result<(), LedgerError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now = now();
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let mut unknown = 0usize;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE messages SET deleted_at = ?3, updated_at = ?3
+                     WHERE account = ?1 AND key = ?2 AND deleted_at IS NULL",
+                )
+                .at(path)?;
+            let mut exists = tx
+                .prepare_cached("SELECT 1 FROM messages WHERE account = ?1 AND key = ?2")
+                .at(path)?;
+            for key in keys {
+                if update.execute(params![account, key, now]).at(path)? == 0
+                    && !exists.exists(params![account, key]).at(path)?
+                {
+                    unknown += 1;
+                }
+            }
+        }
+        tx.commit().at(path)?;
+        if unknown > 0 {
+            tracing::warn!(
+                account,
+                unknown,
+                "deleted messages the ledger had no record of"
+            );
+        }
+        Ok(())
+    }
+
+    /// Forget rows of messages that are gone from the server (deleted or no longer listed)
+    /// and unchanged for `older_than_secs`; returns how many. `present` must be the
+    /// complete listing of a successful session. A Delivered row still listed is kept.
+    pub fn prune(
+        &mut self,
+        account: &str,
+        present: &HashSet<String>,
+        older_than_secs: i64,
+    ) -> Result<usize, LedgerError> {
+        let cutoff = now().saturating_sub(older_than_secs.max(0));
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let mut doomed = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT key, state, deleted_at FROM messages
+                     WHERE account = ?1 AND updated_at <= ?2",
+                )
+                .at(path)?;
+            let rows = stmt
+                .query_map(params![account, cutoff], |row| {
+                    Ok((
+                        row.get::<_, Value>(0)?,
+                        row.get::<_, Value>(1)?,
+                        row.get::<_, Value>(2)?,
+                    ))
+                })
+                .at(path)?;
+            for row in rows {
+                let (key, state, deleted_at) = row.at(path)?;
+                let Value::Text(key) = key else {
+                    return Err(corrupt(path, account, "?", "key is not text"));
+                };
+                let state = decode_state(path, account, &key, &state)?;
+                let deleted = !matches!(deleted_at, Value::Null);
+                let eligible = if present.contains(&key) {
+                    // Still on the server: only a deletion the server has not applied
+                    // yet, and never for a delivered message (that would redeliver it).
+                    deleted && state != State::Delivered
+                } else {
+                    true
+                };
+                if eligible {
+                    doomed.push(key);
+                }
+            }
+        }
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM messages WHERE account = ?1 AND key = ?2")
+                .at(path)?;
+            for key in &doomed {
+                delete.execute(params![account, key]).at(path)?;
+            }
+        }
+        tx.commit().at(path)?;
+        if !doomed.is_empty() {
+            tracing::debug!(account, pruned = doomed.len(), "pruned ledger rows");
+        }
+        Ok(doomed.len())
+    }
+
+    /// The database file (`<state_dir>/ledger.sqlite3`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `PRAGMA user_version` of the main database.
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Refuse versions this code cannot handle.
+fn check_version(path: &Path, found: i64) -> Result<(), LedgerError> {
+    if found > SCHEMA_VERSION {
+        return Err(LedgerError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 0 {
+        return Err(LedgerError::BadVersion {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Current time in unix seconds (0 if the clock is before 1970).
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Best effort: make the directory entries of a freshly created ledger durable.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    {
+        let result = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        if let Err(err) = result {
+            tracing::debug!(dir = %dir.display(), %err, "could not fsync the state directory");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+fn corrupt(path: &Path, account: &str, key: &str, detail: &str) -> LedgerError {
+    LedgerError::Corrupt {
+        path: path.to_owned(),
+        account: account.to_owned(),
+        key: key.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+fn decode_state(path: &Path, account: &str, key: &str, v: &Value) -> Result<State, LedgerError> {
+    match v {
+        Value::Text(s) if s == "delivered" => Ok(State::Delivered),
+        Value::Text(s) if s == "failed" => Ok(State::Failed),
+        Value::Text(s) if s == "quarantined" => Ok(State::Quarantined),
+        other => Err(corrupt(
+            path,
+            account,
+            key,
+            &format!("unknown state {other:?}"),
+        )),
+    }
+}
+
+fn decode_failures(path: &Path, account: &str, key: &str, v: &Value) -> Result<u32, LedgerError> {
+    match v {
+        Value::Integer(n) => u32::try_from(*n).map_err(|_| {
+            corrupt(
+                path,
+                account,
+                key,
+                &format!("failure count {n} out of range"),
+            )
+        }),
+        other => Err(corrupt(
+            path,
+            account,
+            key,
+            &format!("failure count is {other:?}"),
+        )),
+    }
+}
+
+fn decode(path: &Path, account: &str, key: &str, raw: &RawStatus) -> Result<Status, LedgerError> {
+    match decode_state(path, account, key, &raw.state)? {
+        State::Delivered => match raw.delivered_at {
+            Value::Integer(at) => Ok(Status::Delivered { at }),
+            ref other => Err(corrupt(
+                path,
+                account,
+                key,
+                &format!("delivered_at is {other:?}"),
+            )),
+        },
+        State::Failed => {
+            let failures = decode_failures(path, account, key, &raw.failures)?;
+            match &raw.last_reply {
+                Value::Text(reply) => Ok(Status::Failed {
+                    failures,
+                    last_reply: reply.clone(),
+                }),
+                other => Err(corrupt(
+                    path,
+                    account,
+                    key,
+                    &format!("last_reply is {other:?}"),
+                )),
+            }
+        }
+        State::Quarantined => match &raw.quarantine_path {
+            Value::Text(p) => Ok(Status::Quarantined {
+                path: PathBuf::from(p),
+            }),
+            other => Err(corrupt(
+                path,
+                account,
+                key,
+                &format!("quarantine_path is {other:?}"),
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    const A: &str = "alice@pop.example";
+    const B: &str = "bob@pop.example";
+
+    fn open() -> (TempDir, Ledger) {
+        let dir = TempDir::new().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        (dir, ledger)
+    }
+
+    fn set(keys: &[&str]) -> HashSet<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    /// Make a row look as if it was last changed `secs` ago.
+    fn age(ledger: &Ledger, account: &str, key: &str, secs: i64) {
+        ledger
+            .conn
+            .execute(
+                "UPDATE messages SET updated_at = updated_at - ?3 WHERE account = ?1 AND key = ?2",
+                params![account, key, secs],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn open_creates_file_with_wal_and_full_sync() {
+        let dir = TempDir::new().unwrap();
+        let state = dir.path().join("nested").join("state");
+        let ledger = Ledger::open(&state).unwrap();
+        assert_eq!(ledger.path(), state.join(FILE_NAME));
+        assert!(ledger.path().is_file());
+        let mode: String = ledger
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = ledger
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2);
+        assert_eq!(user_version(&ledger.conn).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn round_trip_every_state() {
+        let (dir, mut l) = open();
+        assert_eq!(l.status(A, "new").unwrap(), Status::New);
+
+        let before = now();
+        l.record_delivered(A, "d", 1234, "250 2.6.0 queued as X")
+            .unwrap();
+        match l.status(A, "d").unwrap() {
+            Status::Delivered { at } => assert!(at >= before && at <= now()),
+            other => panic!("expected Delivered, got {other:?}"),
+        }
+
+        assert_eq!(l.record_failure(A, "f", "550 5.7.1 rejected").unwrap(), 1);
+        assert_eq!(
+            l.status(A, "f").unwrap(),
+            Status::Failed {
+                failures: 1,
+                last_reply: "550 5.7.1 rejected".into()
+            }
+        );
+
+        let q = dir.path().join("quarantine").join("q.eml");
+        l.record_quarantined(A, "q", &q).unwrap();
+        assert_eq!(
+            l.status(A, "q").unwrap(),
+            Status::Quarantined { path: q.clone() }
+        );
+
+        // The other columns are kept too.
+        let (size, reply): (i64, String) = l
+            .conn
+            .query_row(
+                "SELECT size, delivery_reply FROM messages WHERE account = ?1 AND key = 'd'",
+                params![A],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((size, reply.as_str()), (1234, "250 2.6.0 queued as X"));
+    }
+
+    #[test]
+    fn failures_count_up() {
+        let (_dir, mut l) = open();
+        assert_eq!(l.record_failure(A, "k", "550 one").unwrap(), 1);
+        assert_eq!(l.record_failure(A, "k", "550 two").unwrap(), 2);
+        assert_eq!(l.record_failure(A, "k", "554 three").unwrap(), 3);
+        assert_eq!(
+            l.status(A, "k").unwrap(),
+            Status::Failed {
+                failures: 3,
+                last_reply: "554 three".into()
+            }
+        );
+        // Another key and another account count separately.
+        assert_eq!(l.record_failure(A, "other", "550").unwrap(), 1);
+        assert_eq!(l.record_failure(B, "k", "550").unwrap(), 1);
+    }
+
+    #[test]
+    fn failure_never_downgrades_delivered_or_quarantined() {
+        let (dir, mut l) = open();
+        l.record_delivered(A, "d", 10, "250 ok").unwrap();
+        let delivered = l.status(A, "d").unwrap();
+        assert_eq!(l.record_failure(A, "d", "550 late").unwrap(), 0);
+        assert_eq!(l.status(A, "d").unwrap(), delivered);
+
+        let q = dir.path().join("q.eml");
+        l.record_failure(A, "q", "550 a").unwrap();
+        l.record_failure(A, "q", "550 b").unwrap();
+        l.record_quarantined(A, "q", &q).unwrap();
+        assert_eq!(l.record_failure(A, "q", "550 c").unwrap(), 2);
+        assert_eq!(
+            l.status(A, "q").unwrap(),
+            Status::Quarantined { path: q.clone() }
+        );
+
+        // Quarantine does not downgrade Delivered either.
+        l.record_quarantined(A, "d", &q).unwrap();
+        assert_eq!(l.status(A, "d").unwrap(), delivered);
+    }
+
+    #[test]
+    fn delivered_after_failures_and_idempotent() {
+        let (dir, mut l) = open();
+        l.record_failure(A, "k", "451 later").unwrap();
+        l.record_failure(A, "k", "451 later").unwrap();
+        l.record_delivered(A, "k", 99, "250 ok").unwrap();
+        let first = l.status(A, "k").unwrap();
+        assert!(matches!(first, Status::Delivered { .. }));
+
+        // A repeat keeps the first record.
+        l.conn
+            .execute("UPDATE messages SET delivered_at = 1 WHERE key = 'k'", [])
+            .unwrap();
+        l.record_delivered(A, "k", 99, "250 again").unwrap();
+        assert_eq!(l.status(A, "k").unwrap(), Status::Delivered { at: 1 });
+
+        // Delivered wins over Quarantined (a delivery must never be forgotten).
+        l.record_quarantined(A, "q", &dir.path().join("q")).unwrap();
+        l.record_delivered(A, "q", 5, "250 ok").unwrap();
+        assert!(matches!(
+            l.status(A, "q").unwrap(),
+            Status::Delivered { .. }
+        ));
+    }
+
+    #[test]
+    fn reopen_keeps_everything() {
+        let dir = TempDir::new().unwrap();
+        let q = dir.path().join("q.eml");
+        let expected = {
+            let mut l = Ledger::open(dir.path()).unwrap();
+            l.record_delivered(A, "d", 1, "250 ok").unwrap();
+            l.record_failure(A, "f", "550 no").unwrap();
+            l.record_failure(A, "f", "550 no").unwrap();
+            l.record_quarantined(B, "q", &q).unwrap();
+            l.record_deleted(A, &["d".to_string()]).unwrap();
+            (l.statuses(A).unwrap(), l.statuses(B).unwrap())
+        };
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!((l.statuses(A).unwrap(), l.statuses(B).unwrap()), expected);
+        assert_eq!(
+            l.status(A, "f").unwrap(),
+            Status::Failed {
+                failures: 2,
+                last_reply: "550 no".into()
+            }
+        );
+        let deleted: Option<i64> = l
+            .conn
+            .query_row("SELECT deleted_at FROM messages WHERE key = 'd'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(deleted.is_some());
+    }
+
+    #[test]
+    fn statuses_are_per_account() {
+        let (dir, mut l) = open();
+        l.record_delivered(A, "1", 1, "250").unwrap();
+        l.record_failure(A, "2", "550").unwrap();
+        l.record_quarantined(A, "3", &dir.path().join("3")).unwrap();
+        l.record_delivered(B, "1", 1, "250").unwrap();
+        l.record_delivered(B, "9", 1, "250").unwrap();
+
+        let a = l.statuses(A).unwrap();
+        assert_eq!(a.len(), 3);
+        assert!(matches!(a["1"], Status::Delivered { .. }));
+        assert!(matches!(a["2"], Status::Failed { failures: 1, .. }));
+        assert!(matches!(a["3"], Status::Quarantined { .. }));
+        assert!(!a.contains_key("9"));
+
+        let b = l.statuses(B).unwrap();
+        assert_eq!(b.len(), 2);
+        assert!(l.statuses("nobody").unwrap().is_empty());
+        assert_eq!(l.status(B, "2").unwrap(), Status::New);
+    }
+
+    #[test]
+    fn record_deleted_then_prune_removes_only_eligible_rows() {
+        let (dir, mut l) = open();
+        let q = dir.path().join("q");
+        // Delivered and deleted, still listed in this session's listing: kept.
+        l.record_delivered(A, "del-listed", 1, "250").unwrap();
+        // Delivered and deleted, gone from the server: pruned.
+        l.record_delivered(A, "del-gone", 1, "250").unwrap();
+        // Delivered, left on the server (never deleted): kept however old.
+        l.record_delivered(A, "kept", 1, "250").unwrap();
+        // Quarantined and deleted by policy, still listed: pruned.
+        l.record_quarantined(A, "quar-deleted", &q).unwrap();
+        // Failed and no longer listed (deleted by someone else): pruned.
+        l.record_failure(A, "fail-gone", "550").unwrap();
+        // Failed, still listed: kept.
+        l.record_failure(A, "fail-listed", "550").unwrap();
+        // Gone but changed recently: kept until old enough.
+        l.record_delivered(A, "recent-gone", 1, "250").unwrap();
+        // Another account: untouched.
+        l.record_delivered(B, "del-gone", 1, "250").unwrap();
+
+        l.record_deleted(
+            A,
+            &[
+                "del-listed".into(),
+                "del-gone".into(),
+                "quar-deleted".into(),
+                "unknown".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(l.status(A, "unknown").unwrap(), Status::New);
+
+        for key in [
+            "del-listed",
+            "del-gone",
+            "kept",
+            "quar-deleted",
+            "fail-gone",
+            "fail-listed",
+        ] {
+            age(&l, A, key, 7200);
+        }
+        age(&l, B, "del-gone", 7200);
+
+        let present = set(&["del-listed", "kept", "quar-deleted", "fail-listed"]);
+        assert_eq!(l.prune(A, &present, 3600).unwrap(), 2 + 1);
+        let left = l.statuses(A).unwrap();
+        let mut keys: Vec<_> = left.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["del-listed", "fail-listed", "kept", "recent-gone"].to_vec()
+        );
+        assert_eq!(l.statuses(B).unwrap().len(), 1);
+
+        // Once the deleted message is no longer listed, its row goes too.
+        assert_eq!(l.prune(A, &set(&["kept", "fail-listed"]), 3600).unwrap(), 1);
+        // A second identical prune has nothing left to do.
+        assert_eq!(l.prune(A, &set(&["kept", "fail-listed"]), 3600).unwrap(), 0);
+        // A delivered row still listed survives even a zero age.
+        assert_eq!(
+            l.prune(A, &set(&["kept", "fail-listed", "recent-gone"]), 0)
+                .unwrap(),
+            0
+        );
+        assert!(matches!(
+            l.status(A, "kept").unwrap(),
+            Status::Delivered { .. }
+        ));
+    }
+
+    #[test]
+    fn record_deleted_is_idempotent() {
+        let (_dir, mut l) = open();
+        l.record_delivered(A, "k", 1, "250").unwrap();
+        l.record_deleted(A, &["k".into()]).unwrap();
+        l.conn
+            .execute("UPDATE messages SET deleted_at = 5, updated_at = 5", [])
+            .unwrap();
+        l.record_deleted(A, &["k".into()]).unwrap();
+        l.record_deleted(A, &[]).unwrap();
+        let (deleted, updated): (i64, i64) = l
+            .conn
+            .query_row("SELECT deleted_at, updated_at FROM messages", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((deleted, updated), (5, 5));
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_alone() {
+        let dir = TempDir::new().unwrap();
+        drop(Ledger::open(dir.path()).unwrap());
+        let file = dir.path().join(FILE_NAME);
+        {
+            let conn = Connection::open(&file).unwrap();
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        match Ledger::open(dir.path()) {
+            Err(LedgerError::TooNew { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected TooNew, got {other:?}"),
+        }
+        let conn = Connection::open(&file).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION + 1);
+    }
+
+    #[test]
+    fn hostile_keys_are_plain_data() {
+        let (dir, mut l) = open();
+        let keys = [
+            "x'); DROP TABLE messages; --",
+            "\"quoted\" 'single'",
+            "ünïcødé ✉ 郵便",
+            "",
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ];
+        let account = "a'; DELETE FROM messages; --";
+        for (i, key) in keys.iter().enumerate() {
+            match i % 3 {
+                0 => l.record_delivered(account, key, 1, "250 'ok'; --").unwrap(),
+                1 => {
+                    l.record_failure(account, key, "550 x'); DROP TABLE messages; --")
+                        .unwrap();
+                }
+                _ => l
+                    .record_quarantined(account, key, &dir.path().join("ü ' \".eml"))
+                    .unwrap(),
+            }
+        }
+        let all = l.statuses(account).unwrap();
+        assert_eq!(all.len(), keys.len());
+        for key in keys {
+            assert_ne!(l.status(account, key).unwrap(), Status::New, "{key:?}");
+        }
+        assert_eq!(
+            l.status(account, keys[1]).unwrap(),
+            Status::Failed {
+                failures: 1,
+                last_reply: "550 x'); DROP TABLE messages; --".into()
+            }
+        );
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        l.record_deleted(account, &keys).unwrap();
+        assert_eq!(l.prune(account, &HashSet::new(), 0).unwrap(), keys.len());
+    }
+
+    #[test]
+    fn second_connection_reads_concurrently() {
+        let dir = TempDir::new().unwrap();
+        let mut writer = Ledger::open(dir.path()).unwrap();
+        let reader = Ledger::open(dir.path()).unwrap();
+        writer.record_delivered(A, "k", 1, "250").unwrap();
+        assert!(matches!(
+            reader.status(A, "k").unwrap(),
+            Status::Delivered { .. }
+        ));
+
+        // A reader in the middle of a read transaction does not block the writer (WAL).
+        let mut stmt = reader
+            .conn
+            .prepare("SELECT key FROM messages WHERE account = ?1")
+            .unwrap();
+        let mut rows = stmt.query(params![A]).unwrap();
+        assert!(rows.next().unwrap().is_some());
+        assert_eq!(writer.record_failure(A, "f", "550").unwrap(), 1);
+        drop(rows);
+        drop(stmt);
+        assert_eq!(reader.statuses(A).unwrap().len(), 2);
+
+        // And the second connection can write too.
+        let mut second = reader;
+        second.record_delivered(B, "x", 1, "250").unwrap();
+        assert!(matches!(
+            writer.status(B, "x").unwrap(),
+            Status::Delivered { .. }
+        ));
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors_not_panics() {
+        let (_dir, l) = open();
+        l.conn
+            .pragma_update(None, "ignore_check_constraints", true)
+            .unwrap();
+        l.conn
+            .execute(
+                "INSERT INTO messages (account, key, state, failures, created_at, updated_at)
+                 VALUES (?1, 'bad-state', 'lost', 0, 0, 0),
+                        (?1, 'no-reply', 'failed', 3, 0, 0),
+                        (?1, 'neg', 'failed', -1, 0, 0)",
+                params![A],
+            )
+            .unwrap();
+        for key in ["bad-state", "no-reply", "neg"] {
+            match l.status(A, key) {
+                Err(LedgerError::Corrupt { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: expected Corrupt, got {other:?}"),
+            }
+        }
+        let err = l.statuses(A).unwrap_err();
+        assert!(matches!(err, LedgerError::Corrupt { .. }));
+        assert!(err.to_string().contains(FILE_NAME), "{err}");
+    }
+
+    #[test]
+    fn sqlite_errors_name_the_file() {
+        let dir = TempDir::new().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            b"this is not a database, just text padding it out to more than a header's length",
+        )
+        .unwrap();
+        let err = Ledger::open(dir.path()).unwrap_err();
+        assert!(matches!(err, LedgerError::Sqlite { .. }), "{err:?}");
+        assert!(err.to_string().contains(FILE_NAME), "{err}");
+    }
+
+    #[test]
+    fn state_dir_that_is_a_file_is_an_io_error() {
+        let dir = TempDir::new().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Ledger::open(&file).unwrap_err();
+        assert!(matches!(err, LedgerError::Io { .. }), "{err:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_quarantine_path_is_refused() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let (_dir, mut l) = open();
+        let bad = Path::new(OsStr::from_bytes(b"/tmp/\xff.eml"));
+        assert!(matches!(
+            l.record_quarantined(A, "k", bad),
+            Err(LedgerError::NonUtf8Path { .. })
+        ));
+        assert_eq!(l.status(A, "k").unwrap(), Status::New);
+    }
+}

@@ -1,0 +1,191 @@
+//! `popbridge`: the command line. Thin: parses arguments, loads the configuration, runs
+//! the library, prints a summary, and maps the outcome to the documented exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use popbridge::config::Config;
+use popbridge::events::EventSink;
+use popbridge::ledger::Ledger;
+use popbridge::net::TcpDialer;
+use popbridge::pass::{self, AccountFailure, Summary};
+
+/// Moves mail from POP3 mailboxes to an SMTP server (Exchange, Postfix...), deleting each
+/// message from the POP3 server only after the SMTP server accepted it and the local
+/// ledger recorded it, so nothing is lost and nothing is delivered twice.
+///
+/// Exit codes: 0 everything due was delivered; 1 some messages stay on the server (see the
+/// summary and events); 2 configuration error; 3 could not connect or authenticate.
+#[derive(Parser, Debug)]
+#[command(name = "popbridge", version, about, long_about)]
+struct Cli {
+    /// The configuration file (TOML; see popbridge.example.toml).
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        default_value = "/etc/popbridge/popbridge.toml"
+    )]
+    config: PathBuf,
+    /// Add the protocol transcript (secrets redacted) to the log on standard error.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
+    /// Append one JSON object per event to this file.
+    #[arg(long, global = true)]
+    events: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One pass now over every account, or one ("Retrieve now").
+    Fetch {
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+    },
+}
+
+fn exit_code(summaries: &[Summary]) -> u8 {
+    let mut code = 0;
+    for s in summaries {
+        let c = match &s.failure {
+            Some(AccountFailure::Config(_)) => 2,
+            Some(AccountFailure::Connect(_) | AccountFailure::Auth(_)) => 3,
+            None if s.remaining() > 0 || s.aborted.is_some() => 1,
+            None => 0,
+        };
+        // Configuration errors outrank connection failures, which outrank leftovers.
+        let rank = |c: u8| match c {
+            2 => 3,
+            3 => 2,
+            1 => 1,
+            _ => 0,
+        };
+        if rank(c) > rank(code) {
+            code = c;
+        }
+    }
+    code
+}
+
+fn print_summary(s: &Summary) {
+    if let Some(f) = &s.failure {
+        println!("{}: FAILED: {f}", s.account);
+        return;
+    }
+    let mut kept = Vec::new();
+    for (n, what) in [
+        (s.rejected, "rejected"),
+        (s.deferred, "deferred"),
+        (s.skipped, "over the size limit"),
+        (s.quarantined, "quarantined"),
+        (s.postponed, "for the next pass"),
+    ] {
+        if n > 0 {
+            kept.push(format!("{n} {what}"));
+        }
+    }
+    let kept = if kept.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} left on the server ({})",
+            s.remaining(),
+            kept.join(", ")
+        )
+    };
+    println!(
+        "{}: {} listed, {} delivered, {} deleted{kept}",
+        s.account, s.listed, s.delivered, s.deleted
+    );
+    if let Some(a) = &s.aborted {
+        println!("{}: pass stopped early: {a}", s.account);
+    }
+}
+
+async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<u8> {
+    let accounts = match only {
+        Some(name) => match config.account(name) {
+            Some(a) => vec![a.clone()],
+            None => {
+                eprintln!(
+                    "popbridge: {}: no account named {name:?}",
+                    config.path.display()
+                );
+                return Ok(2);
+            }
+        },
+        None => config.accounts.clone(),
+    };
+    let events = match &cli.events {
+        Some(p) => EventSink::file(p)
+            .with_context(|| format!("opening the events file {}", p.display()))?,
+        None => EventSink::none(),
+    };
+    let ledger = match Ledger::open(&config.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("popbridge: {e}");
+            return Ok(2);
+        }
+    };
+    let summaries = pass::run_accounts(
+        Arc::new(config),
+        Arc::new(TcpDialer),
+        Arc::new(events),
+        Arc::new(Mutex::new(ledger)),
+        accounts,
+    )
+    .await;
+    for s in &summaries {
+        print_summary(s);
+    }
+    Ok(exit_code(&summaries))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.verbose {
+        "info,popbridge::wire=debug"
+    } else {
+        "warn"
+    };
+    let filter = std::env::var("POPBRIDGE_LOG").unwrap_or_else(|_| filter.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("popbridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("popbridge: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &cli.command {
+        Command::Fetch { account } => rt.block_on(fetch(&cli, config, account.as_deref())),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("popbridge: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,741 @@
+//! One pass over one account: the invariants of design.md in code.
+//!
+//! Order of work for a message: download (bounded, spooled when large), submit over SMTP,
+//! record the delivery durably in the ledger, and only then DELE; deletions take effect at
+//! QUIT. A message already recorded as delivered is never submitted again, only deleted.
+//! Permanent refusals leave the message and count towards quarantine; temporary ones
+//! leave it for the next pass; a lost SMTP session is replaced (bounded) and the pass goes
+//! on. Must never: DELE before the ledger has the delivery, or stop the whole account
+//! because one message is poison.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::body::Body;
+use crate::config::{Account, Config, Profile, TlsMode};
+use crate::events::{Event, EventSink};
+use crate::ledger::{Ledger, Status};
+use crate::message;
+use crate::net::{self, Dialer};
+use crate::pop3::{self, Pending, Pop3Error, Response, Transaction};
+use crate::smtp::{self, Envelope, SmtpClient, SmtpError};
+
+/// The old SBS connector's fixed limit, used by `profile = "sbs2008"`.
+const SBS_LIMIT: u64 = 10 * 1024 * 1024;
+/// The old SBS connector's per-session cap.
+const SBS_MAX_PER_SESSION: usize = 500;
+/// RETRs kept in flight when the server offers PIPELINING.
+const RETR_WINDOW: usize = 8;
+
+/// Why an account could not be processed at all (exit codes 2 and 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountFailure {
+    /// A configuration problem found at run time (secret source, CA file).
+    Config(String),
+    /// Could not connect to or talk to a server.
+    Connect(String),
+    /// The POP3 server refused the credentials.
+    Auth(String),
+}
+
+impl std::fmt::Display for AccountFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "configuration: {e}"),
+            Self::Connect(e) => write!(f, "{e}"),
+            Self::Auth(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What a pass did for one account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Account name.
+    pub account: String,
+    /// Messages on the server at login.
+    pub listed: u32,
+    /// Delivered this pass.
+    pub delivered: u32,
+    /// Deleted from the server at QUIT (this pass's deliveries and earlier ones).
+    pub deleted: u32,
+    /// Permanently refused this pass (left on the server).
+    pub rejected: u32,
+    /// Temporarily failed this pass (left for the next pass).
+    pub deferred: u32,
+    /// Oversize, not downloaded (left on the server).
+    pub skipped: u32,
+    /// Quarantined this pass.
+    pub quarantined: u32,
+    /// Not reached because of the per-session cap.
+    pub postponed: u32,
+    /// Set when the account could not be processed.
+    pub failure: Option<AccountFailure>,
+    /// Set when the pass stopped early for a reason other than `failure`.
+    pub aborted: Option<String>,
+}
+
+impl Summary {
+    /// Messages that still need delivery and stay on the server.
+    pub fn remaining(&self) -> u32 {
+        self.rejected + self.deferred + self.skipped + self.quarantined + self.postponed
+    }
+}
+
+/// What a pass needs besides the configuration.
+pub struct Context<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// How to open connections.
+    pub dialer: &'a dyn Dialer,
+    /// Where events go.
+    pub events: &'a EventSink,
+    /// The ledger, shared by the accounts of a run.
+    pub ledger: &'a Mutex<Ledger>,
+}
+
+fn lock(l: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A file-system-safe name for a key (UIDs may hold `/`).
+fn safe_name(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect()
+}
+
+struct Run<'a> {
+    cx: &'a Context<'a>,
+    account: &'a Account,
+    summary: Summary,
+    smtp: Option<SmtpClient>,
+    reconnects: u32,
+    sbs: bool,
+    spool: PathBuf,
+    /// Message number → ledger key, for DELEs confirmed at QUIT.
+    deleting: HashMap<u32, String>,
+    stop_smtp: Option<String>,
+    /// Header digests met in this pass (servers without UIDL).
+    digests: HashSet<String>,
+}
+
+/// Runs one pass over `account`.
+pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
+    let mut run = Run {
+        cx,
+        account,
+        summary: Summary {
+            account: account.name.clone(),
+            ..Summary::default()
+        },
+        smtp: None,
+        reconnects: 0,
+        sbs: cx.config.profile == Profile::Sbs2008,
+        spool: cx.config.state_dir.join("spool"),
+        deleting: HashMap::new(),
+        stop_smtp: None,
+        digests: HashSet::new(),
+    };
+    cx.events.emit(Event::PassStarted {
+        account: account.name.clone(),
+    });
+    if let Err(f) = run.pass().await {
+        cx.events.emit(Event::AccountFailed {
+            account: account.name.clone(),
+            error: f.to_string(),
+        });
+        run.summary.failure = Some(f);
+    }
+    if let Some(s) = run.smtp.take() {
+        s.quit().await;
+    }
+    let s = &run.summary;
+    cx.events.emit(Event::PassFinished {
+        account: account.name.clone(),
+        delivered: s.delivered,
+        deleted: s.deleted,
+        remaining: s.remaining(),
+        rejected: s.rejected,
+        deferred: s.deferred,
+        skipped: s.skipped,
+        quarantined: s.quarantined,
+    });
+    run.summary
+}
+
+fn pop3_failure(e: Pop3Error) -> AccountFailure {
+    match e {
+        Pop3Error::Auth { .. } => AccountFailure::Auth(e.to_string()),
+        other => AccountFailure::Connect(other.to_string()),
+    }
+}
+
+impl Run<'_> {
+    fn emit(&self, e: Event) {
+        self.cx.events.emit(e);
+    }
+
+    async fn pass(&mut self) -> Result<(), AccountFailure> {
+        let cfg = self.cx.config;
+        let a = self.account;
+        let secret = a
+            .secret
+            .resolve(cfg.timeouts.command)
+            .await
+            .map_err(|e| AccountFailure::Config(e.to_string()))?;
+        let tls_config = if a.tls == TlsMode::None {
+            None
+        } else {
+            Some(
+                net::client_config(a.ca_file.as_deref(), a.tls_accept_invalid_certs)
+                    .map_err(|e| AccountFailure::Config(e.to_string()))?,
+            )
+        };
+        let server_name = a.tls_server_name.clone().unwrap_or_else(|| a.host.clone());
+        let settings = pop3::Settings {
+            account: &a.name,
+            host: &a.host,
+            port: a.port,
+            tls: a.tls,
+            server_name: &server_name,
+            tls_config,
+            allow_plaintext: a.allow_plaintext,
+            connect_timeout: cfg.timeouts.connect,
+            command_timeout: cfg.timeouts.command,
+            data_timeout: cfg.timeouts.data,
+        };
+        let auth = pop3::connect(self.cx.dialer, &settings)
+            .await
+            .map_err(pop3_failure)?;
+        let mut txn = match auth.authenticate(a.auth, &a.username, &secret).await {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(r) = e.reply().filter(|_| e.is_auth()) {
+                    self.emit(Event::AuthFailed {
+                        account: a.name.clone(),
+                        reply: r.to_string().trim_end().to_string(),
+                    });
+                }
+                return Err(pop3_failure(e));
+            }
+        };
+        let listing = txn.list().await.map_err(pop3_failure)?;
+        self.summary.listed = listing.len() as u32;
+        let uids = txn.uidl().await.map_err(pop3_failure)?;
+        let keys = self.keys(&listing, uids);
+        let known = lock(self.cx.ledger)
+            .statuses(&a.name)
+            .map_err(|e| AccountFailure::Config(e.to_string()))?;
+
+        // Decide per message: delete what was delivered before, collect what needs work.
+        let cap = if self.sbs {
+            SBS_MAX_PER_SESSION
+        } else {
+            cfg.limits.max_messages_per_session
+        };
+        let mut work: Vec<(u32, u64, Option<String>)> = Vec::new();
+        for &(n, size) in &listing {
+            let key = keys.get(&n).cloned();
+            match key.as_ref().and_then(|k| known.get(k)) {
+                Some(Status::Delivered { .. }) => {
+                    let key = key.clone().unwrap_or_default();
+                    self.emit(Event::AlreadyDelivered {
+                        account: a.name.clone(),
+                        uid: key.clone(),
+                    });
+                    if !a.leave_on_server {
+                        txn.send(Pending::Dele(n));
+                        self.deleting.insert(n, key);
+                    }
+                }
+                Some(Status::Quarantined { .. }) => {
+                    if cfg.limits.quarantine_delete && !a.leave_on_server {
+                        txn.send(Pending::Dele(n));
+                        self.deleting.insert(n, key.clone().unwrap_or_default());
+                    }
+                }
+                _ if work.len() >= cap => self.summary.postponed += 1,
+                _ => work.push((n, size, key)),
+            }
+        }
+        let result = self.process(&mut txn, work).await;
+        // Drain replies (DELEs) and QUIT: only a successful QUIT applies the deletions.
+        match result {
+            Ok(()) => match txn.quit().await {
+                Ok(_) => self.confirm_deleted(),
+                Err(e) => {
+                    self.summary.aborted = Some(format!("QUIT failed, deletions not applied: {e}"))
+                }
+            },
+            Err(e) => {
+                // The POP3 session is unusable: drop it without QUIT. Nothing is deleted;
+                // what was delivered is in the ledger and will only be deleted next time.
+                self.summary.aborted = Some(e.to_string());
+                return Err(AccountFailure::Connect(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn confirm_deleted(&mut self) {
+        let keys: Vec<String> = self.deleting.values().cloned().collect();
+        self.summary.deleted = keys.len() as u32;
+        if let Err(e) = lock(self.cx.ledger).record_deleted(&self.account.name, &keys) {
+            tracing::warn!(account = %self.account.name, "ledger: {e}");
+        }
+    }
+
+    /// Ledger keys by message number: the UIDL, except where the server lists a UID more
+    /// than once (then the header digest decides, after TOP or RETR).
+    fn keys(
+        &self,
+        listing: &[(u32, u64)],
+        uids: Option<Vec<(u32, String)>>,
+    ) -> HashMap<u32, String> {
+        let Some(uids) = uids else {
+            return HashMap::new();
+        };
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for (_, u) in &uids {
+            *count.entry(u.as_str()).or_default() += 1;
+        }
+        let listed: HashSet<u32> = listing.iter().map(|(n, _)| *n).collect();
+        uids.iter()
+            .filter(|(n, u)| listed.contains(n) && count.get(u.as_str()) == Some(&1))
+            .map(|(n, u)| (*n, u.clone()))
+            .collect()
+    }
+
+    /// The limit a message must fit: the smaller of the configured one and the SMTP
+    /// server's SIZE (learnt by connecting), or the fixed SBS limit.
+    async fn limit(&mut self) -> Result<Option<u64>, SmtpError> {
+        if self.sbs {
+            return Ok(Some(SBS_LIMIT));
+        }
+        let configured = self.cx.config.limits.max_message_size;
+        let server = self.session().await?.ext.max_size();
+        Ok(match (configured, server) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// The SMTP session, connecting (or reconnecting before the error limit) as needed.
+    async fn session(&mut self) -> Result<&mut SmtpClient, SmtpError> {
+        let max = self.cx.config.limits.smtp_max_protocol_errors;
+        // Each transaction can add up to two protocol errors (MAIL and RCPT refused):
+        // replace the session while two more still fit under the server's limit.
+        let worn = self
+            .smtp
+            .as_ref()
+            .is_some_and(|s| s.protocol_errors() + 2 >= max);
+        if worn && !self.sbs {
+            if let Some(s) = self.smtp.take() {
+                let errors = s.protocol_errors();
+                s.quit().await;
+                self.emit(Event::Reconnected {
+                    account: self.account.name.clone(),
+                    reason: format!(
+                        "{errors} protocol errors in this session (server limit {max})"
+                    ),
+                });
+            }
+        }
+        if self.smtp.is_none() {
+            let cfg = self.cx.config;
+            let t = &cfg.transport;
+            let starttls = if t.starttls {
+                Some(
+                    net::client_config(t.ca_file.as_deref(), t.tls_accept_invalid_certs)
+                        .map_err(SmtpError::Tls)?,
+                )
+            } else {
+                None
+            };
+            let s = smtp::Settings {
+                host: &t.host,
+                port: t.port,
+                helo: &t.helo,
+                starttls,
+                connect_timeout: cfg.timeouts.connect,
+                command_timeout: cfg.timeouts.command,
+                data_timeout: cfg.timeouts.data,
+                pipelining: !self.sbs,
+            };
+            self.smtp = Some(SmtpClient::connect(self.cx.dialer, &s).await?);
+        }
+        Ok(self.smtp.as_mut().expect("connected above"))
+    }
+
+    async fn process(
+        &mut self,
+        txn: &mut Transaction,
+        work: Vec<(u32, u64, Option<String>)>,
+    ) -> Result<(), Pop3Error> {
+        if work.is_empty() {
+            return Ok(());
+        }
+        let a = self.account;
+        let limit = match self.limit().await {
+            Ok(l) => l,
+            Err(e) => {
+                // No SMTP server: nothing can be delivered; everything stays.
+                self.summary.deferred += work.len() as u32;
+                for (_, _, key) in &work {
+                    self.emit(Event::Deferred {
+                        account: a.name.clone(),
+                        uid: key.clone().unwrap_or_default(),
+                        reason: e.to_string(),
+                    });
+                }
+                self.summary.aborted = Some(e.to_string());
+                return Ok(());
+            }
+        };
+        // Oversize messages are never downloaded.
+        let mut todo = Vec::new();
+        for (n, size, key) in work {
+            match limit {
+                Some(l) if size > l => {
+                    self.summary.skipped += 1;
+                    self.emit(Event::SkippedOversize {
+                        account: a.name.clone(),
+                        uid: key.unwrap_or_else(|| format!("#{n}")),
+                        size,
+                        limit: l,
+                    });
+                }
+                _ => todo.push((n, size, key)),
+            }
+        }
+        let window = if txn.capabilities.pipelining {
+            RETR_WINDOW
+        } else {
+            1
+        };
+        // A lying server is bounded: a body may exceed its LIST size by a margin only.
+        let read_limit = |size: u64| {
+            (size.saturating_mul(2))
+                .max(size + 64 * 1024)
+                .min(limit.map_or(u64::MAX, |l| l + 64 * 1024))
+        };
+        let keys_by_n: HashMap<u32, (u64, Option<String>)> =
+            todo.iter().map(|(n, s, k)| (*n, (*s, k.clone()))).collect();
+        let mut queue = todo.into_iter().map(|(n, _, _)| n);
+        let mut in_flight_retr = 0usize;
+        let threshold = self.cx.config.limits.memory_threshold;
+        loop {
+            while in_flight_retr < window {
+                match queue.next() {
+                    Some(n) => {
+                        txn.send(Pending::Retr(n));
+                        in_flight_retr += 1;
+                    }
+                    None => break,
+                }
+            }
+            if txn.in_flight() == 0 {
+                break;
+            }
+            // The oldest pending command is answered next; a RETR is bounded by its LIST size.
+            let bound = match txn.peek() {
+                Some(Pending::Retr(n)) => {
+                    keys_by_n.get(&n).map_or(u64::MAX, |(s, _)| read_limit(*s))
+                }
+                _ => u64::MAX,
+            };
+            match txn.next(bound, &self.spool, threshold).await? {
+                Response::Retr { msg, body } => {
+                    in_flight_retr -= 1;
+                    let (size, key) = keys_by_n.get(&msg).cloned().unwrap_or((0, None));
+                    if self.stop_smtp.is_some() {
+                        self.defer(
+                            key.unwrap_or_else(|| format!("#{msg}")),
+                            self.stop_smtp.clone().unwrap_or_default(),
+                        );
+                        continue;
+                    }
+                    self.handle(txn, msg, size, key, body).await;
+                }
+                Response::Deleted { .. } => {}
+                Response::Refused {
+                    pending: Pending::Retr(msg),
+                    reply,
+                } => {
+                    in_flight_retr -= 1;
+                    let key = keys_by_n
+                        .get(&msg)
+                        .and_then(|(_, k)| k.clone())
+                        .unwrap_or_else(|| format!("#{msg}"));
+                    self.defer(
+                        key,
+                        format!("RETR refused: {}", reply.to_string().trim_end()),
+                    );
+                }
+                Response::Refused {
+                    pending: Pending::Dele(msg),
+                    reply,
+                } => {
+                    // Delivered and recorded; the next pass deletes it.
+                    self.deleting.remove(&msg);
+                    tracing::warn!(account = %a.name, "DELE {msg} refused: {}", reply.to_string().trim_end());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn defer(&mut self, uid: String, reason: String) {
+        self.summary.deferred += 1;
+        self.emit(Event::Deferred {
+            account: self.account.name.clone(),
+            uid,
+            reason,
+        });
+    }
+
+    /// One downloaded message: submit, record, delete, or keep with a reason.
+    async fn handle(
+        &mut self,
+        txn: &mut Transaction,
+        msg: u32,
+        size: u64,
+        key: Option<String>,
+        body: Body,
+    ) {
+        let a = self.account;
+        let key = match key {
+            Some(k) => k,
+            None => {
+                // No usable UIDL: the header digest is the key; it may show this message
+                // was delivered before.
+                let k = message::header_digest(body.head(), body.len(), crate::body::HEAD_MAX);
+                if !self.digests.insert(k.clone()) {
+                    // Two messages of this listing look the same: never take the second for
+                    // "already delivered" (that could delete mail unseen); deliver it under
+                    // its own key. A true duplicate costs a duplicate, never a loss.
+                    let k = format!("{k}#{msg}");
+                    return self.deliver(txn, msg, k, body).await;
+                }
+                let status = lock(self.cx.ledger).status(&a.name, &k);
+                if let Ok(Status::Delivered { .. }) = status {
+                    self.emit(Event::AlreadyDelivered {
+                        account: a.name.clone(),
+                        uid: k.clone(),
+                    });
+                    if !a.leave_on_server {
+                        txn.send(Pending::Dele(msg));
+                        self.deleting.insert(msg, k);
+                    }
+                    return;
+                }
+                if let Ok(Status::Quarantined { .. }) = status {
+                    return;
+                }
+                k
+            }
+        };
+        let _ = size;
+        self.deliver(txn, msg, key, body).await;
+    }
+
+    /// Submits a downloaded message under `key` and acts on the outcome.
+    async fn deliver(&mut self, txn: &mut Transaction, msg: u32, key: String, body: Body) {
+        let cfg = self.cx.config;
+        let a = self.account;
+        let info = message::parse_headers(body.head(), crate::body::HEAD_MAX);
+        let smtputf8 = self.smtp.as_ref().is_some_and(|s| s.ext.smtputf8);
+        let sender = message::envelope_sender(
+            &info,
+            cfg.limits.default_domain.as_deref(),
+            &cfg.limits.fallback_sender,
+            smtputf8,
+            !self.sbs,
+        );
+        if let Some(r) = &sender.repair {
+            self.emit(Event::SenderRepaired {
+                account: a.name.clone(),
+                uid: key.clone(),
+                original: r.original.clone(),
+                used: sender.address.clone(),
+                reason: r.reason.clone(),
+            });
+        }
+        let prefix = if cfg.received_header {
+            message::received_header(
+                &a.host,
+                &cfg.transport.helo,
+                &key,
+                &a.deliver_to,
+                SystemTime::now(),
+            )
+        } else {
+            String::new()
+        };
+        let env = Envelope {
+            from: sender.address.clone(),
+            to: vec![a.deliver_to.clone()],
+        };
+        loop {
+            let attempt = match self.session().await {
+                Ok(s) => s.send(&env, prefix.as_bytes(), &body).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(accepted) => {
+                    let reply = accepted.reply.first_line();
+                    // Durable before DELE: this is the no-loss, no-duplicate point.
+                    if let Err(e) =
+                        lock(self.cx.ledger).record_delivered(&a.name, &key, body.len(), &reply)
+                    {
+                        // Delivered but not recorded: keep the message on the server rather
+                        // than risk losing track; the worst case is one duplicate later.
+                        tracing::error!(account = %a.name, "ledger: {e}");
+                        self.defer(key, format!("delivered but the ledger failed: {e}"));
+                        return;
+                    }
+                    self.summary.delivered += 1;
+                    self.emit(Event::Delivered {
+                        account: a.name.clone(),
+                        uid: key.clone(),
+                        size: body.len(),
+                        sender: sender.address.clone(),
+                        reply,
+                    });
+                    if !a.leave_on_server {
+                        txn.send(Pending::Dele(msg));
+                        self.deleting.insert(msg, key);
+                    }
+                    return;
+                }
+                Err(e) if e.session_lost() => {
+                    self.smtp = None;
+                    let max = if self.sbs {
+                        0
+                    } else {
+                        cfg.limits.smtp_reconnects
+                    };
+                    if self.reconnects < max {
+                        self.reconnects += 1;
+                        self.emit(Event::Reconnected {
+                            account: a.name.clone(),
+                            reason: e.to_string(),
+                        });
+                        continue;
+                    }
+                    // Out of reconnects: this and every later message waits for the next pass.
+                    self.stop_smtp = Some(e.to_string());
+                    self.defer(key, e.to_string());
+                    return;
+                }
+                Err(e) if e.is_permanent() => {
+                    let reply = e
+                        .reply()
+                        .map(|r| r.first_line())
+                        .unwrap_or_else(|| e.to_string());
+                    let failures = lock(self.cx.ledger)
+                        .record_failure(&a.name, &key, &reply)
+                        .unwrap_or(1);
+                    if failures >= cfg.limits.poison_after {
+                        self.quarantine(txn, msg, &key, &body).await;
+                    } else {
+                        self.summary.rejected += 1;
+                        self.emit(Event::Rejected {
+                            account: a.name.clone(),
+                            uid: key,
+                            reply,
+                            failures,
+                        });
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.defer(key, e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn quarantine(&mut self, txn: &mut Transaction, msg: u32, key: &str, body: &Body) {
+        let cfg = self.cx.config;
+        let a = self.account;
+        let path: PathBuf = cfg
+            .state_dir
+            .join("quarantine")
+            .join(safe_name(&a.name))
+            .join(format!("{}.eml", safe_name(key)));
+        if let Err(e) = body.persist(&path).await {
+            // Without a durable copy the message must stay where it is.
+            self.summary.rejected += 1;
+            self.emit(Event::Rejected {
+                account: a.name.clone(),
+                uid: key.into(),
+                reply: format!("quarantine failed: {e}"),
+                failures: 0,
+            });
+            return;
+        }
+        let _ = lock(self.cx.ledger).record_quarantined(&a.name, key, &path);
+        let delete = cfg.limits.quarantine_delete && !a.leave_on_server;
+        if delete {
+            txn.send(Pending::Dele(msg));
+            self.deleting.insert(msg, key.to_string());
+        }
+        self.summary.quarantined += 1;
+        self.emit(Event::Quarantined {
+            account: a.name.clone(),
+            uid: key.into(),
+            path: path.display().to_string(),
+            deleted: delete,
+        });
+    }
+}
+
+/// Runs a pass over several accounts, at most `config.parallel_accounts` at once.
+pub async fn run_accounts(
+    config: Arc<Config>,
+    dialer: Arc<dyn Dialer>,
+    events: Arc<EventSink>,
+    ledger: Arc<Mutex<Ledger>>,
+    accounts: Vec<Account>,
+) -> Vec<Summary> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(config.parallel_accounts.max(1)));
+    let mut tasks = Vec::new();
+    for account in accounts {
+        let (config, dialer, events, ledger, sem) = (
+            config.clone(),
+            dialer.clone(),
+            events.clone(),
+            ledger.clone(),
+            sem.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.ok();
+            let cx = Context {
+                config: &config,
+                dialer: dialer.as_ref(),
+                events: &events,
+                ledger: &ledger,
+            };
+            run_account(&cx, &account).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            out.push(s);
+        }
+    }
+    out
+}

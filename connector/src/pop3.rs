@@ -1,0 +1,851 @@
+//! The POP3 client: connect (plain, STLS, implicit TLS), authenticate, list, and retrieve
+//! and delete through a bounded pipeline.
+//!
+//! The protocol states are types: [`connect`] gives an [`Authorization`], whose
+//! `authenticate` gives a [`Transaction`]; only a `Transaction` can RETR, DELE or QUIT.
+//! Must never: send a password in clear unless allowed, continue in clear when STLS was
+//! required, keep bytes received before a TLS handshake, read an unbounded reply, or log
+//! a secret.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::BytesMut;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use popbridge_proto::pop3::{
+    Pop3Command, Pop3Reply, Pop3Response, RespCode, Status, MAX_RESPONSE_LINE,
+};
+use popbridge_proto::{DotDecoder, LineDecoder};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::body::{Body, BodyBuilder};
+use crate::config::{AuthMethod, TlsMode};
+use crate::net::{self, BoxIo, Dialer, TlsError};
+use crate::secret::Secret;
+
+/// Longest status line accepted (RFC 2449 says 512; some servers are longer).
+const MAX_LINE: usize = 8 * 1024;
+/// Bound on a listing (CAPA, LIST, UIDL, TOP): generous, finite.
+const MAX_LISTING: u64 = 64 * 1024 * 1024;
+/// RFC 2449: a command line is at most 255 octets with CRLF.
+const MAX_COMMAND: usize = 255;
+
+/// Why a POP3 operation failed. Every variant that comes from the server keeps its reply.
+#[derive(Debug, Error)]
+pub enum Pop3Error {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to POP3 server {addr}: {source}")]
+    Connect {
+        /// host:port
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The connection broke.
+    #[error("POP3 connection lost: {0}")]
+    Io(#[from] io::Error),
+    /// The server did not answer in time.
+    #[error("POP3 server did not answer {command} within {secs} s")]
+    Timeout {
+        /// The command waited for.
+        command: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// TLS failed (certificate, handshake).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The server sent something that is not POP3.
+    #[error("POP3 server sent an invalid reply to {command}: {detail}")]
+    Protocol {
+        /// The command.
+        command: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The server answered `-ERR`.
+    #[error("POP3 server refused {command}: {}", reply_text(.reply))]
+    Refused {
+        /// The command.
+        command: String,
+        /// The full reply.
+        reply: Pop3Reply,
+    },
+    /// The credentials were refused.
+    #[error("POP3 authentication failed: {}", reply_text(.reply))]
+    Auth {
+        /// The full reply.
+        reply: Pop3Reply,
+    },
+    /// `tls = "starttls"` but the server would not: nothing was sent in clear.
+    #[error("STLS required but {0}; nothing was sent in clear")]
+    StlsUnavailable(String),
+    /// A password would have crossed an unencrypted connection.
+    #[error("refusing to send credentials in clear to {0}: use tls = \"starttls\" or \"implicit\", or set allow_plaintext = true")]
+    Plaintext(String),
+    /// APOP needs a timestamp in the greeting.
+    #[error("APOP impossible: the server's greeting has no timestamp")]
+    NoApopTimestamp,
+    /// The server does not offer the configured SASL mechanism.
+    #[error("POP3 server does not offer AUTH {0}")]
+    MechanismUnavailable(String),
+    /// A message was larger than allowed while being read (the connection is unusable).
+    #[error("message {msg} exceeds {limit} octets while being retrieved")]
+    TooLarge {
+        /// Message number.
+        msg: u32,
+        /// The bound applied.
+        limit: u64,
+    },
+}
+
+fn reply_text(r: &Pop3Reply) -> String {
+    r.to_string().trim_end().to_string()
+}
+
+impl Pop3Error {
+    /// True for failures worth retrying on a later pass without changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Io(_) | Self::Timeout { .. } => true,
+            Self::Refused { reply, .. } => reply.code.as_ref().is_some_and(RespCode::is_transient),
+            _ => false,
+        }
+    }
+
+    /// True when the credentials were refused (do not hammer the account).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Self::Auth { .. })
+    }
+
+    /// The server's reply, when the failure carries one.
+    pub fn reply(&self) -> Option<&Pop3Reply> {
+        match self {
+            Self::Refused { reply, .. } | Self::Auth { reply } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+/// What CAPA listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// CAPA itself worked.
+    pub known: bool,
+    /// UIDL
+    pub uidl: bool,
+    /// TOP
+    pub top: bool,
+    /// USER
+    pub user: bool,
+    /// PIPELINING
+    pub pipelining: bool,
+    /// STLS
+    pub stls: bool,
+    /// SASL mechanisms, upper case.
+    pub sasl: Vec<String>,
+    /// LOGIN-DELAY seconds.
+    pub login_delay: Option<u64>,
+    /// EXPIRE value (`NEVER` or days).
+    pub expire: Option<String>,
+    /// Every line as sent.
+    pub lines: Vec<String>,
+}
+
+impl Capabilities {
+    fn parse(listing: &[u8]) -> Self {
+        let mut c = Self {
+            known: true,
+            ..Self::default()
+        };
+        for line in String::from_utf8_lossy(listing).lines() {
+            let line = line.trim();
+            let mut words = line.split_whitespace();
+            match words.next().map(str::to_ascii_uppercase).as_deref() {
+                Some("UIDL") => c.uidl = true,
+                Some("TOP") => c.top = true,
+                Some("USER") => c.user = true,
+                Some("PIPELINING") => c.pipelining = true,
+                Some("STLS") => c.stls = true,
+                Some("SASL") => c.sasl = words.map(str::to_ascii_uppercase).collect(),
+                Some("LOGIN-DELAY") => c.login_delay = words.next().and_then(|w| w.parse().ok()),
+                Some("EXPIRE") => c.expire = words.next().map(str::to_string),
+                _ => {}
+            }
+            if !line.is_empty() {
+                c.lines.push(line.to_string());
+            }
+        }
+        c
+    }
+
+    /// True when the server deletes messages once retrieved (`EXPIRE 0`).
+    pub fn expires_on_retrieval(&self) -> bool {
+        self.expire.as_deref() == Some("0")
+    }
+}
+
+/// Where and how to connect and log in.
+#[derive(Clone)]
+pub struct Settings<'a> {
+    /// Account name for logs.
+    pub account: &'a str,
+    /// Server host.
+    pub host: &'a str,
+    /// Server port.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// Name to verify in the certificate.
+    pub server_name: &'a str,
+    /// TLS client configuration (required unless `tls` is none).
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// Whether credentials may cross an unencrypted connection.
+    pub allow_plaintext: bool,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-command timeout.
+    pub command_timeout: Duration,
+    /// Whole-message timeout.
+    pub data_timeout: Duration,
+}
+
+/// The framed connection: owns the stream, the input buffer and the output buffer.
+struct Wire {
+    io: BoxIo,
+    inbuf: BytesMut,
+    out: BytesMut,
+    lines: LineDecoder,
+    account: String,
+    command_timeout: Duration,
+    data_timeout: Duration,
+}
+
+impl Wire {
+    /// Queues a command; `shown` is what the transcript says (secrets redacted).
+    fn queue(&mut self, line: &str, shown: &str) {
+        tracing::debug!(target: "popbridge::wire", account = %self.account, "POP3 C: {shown}");
+        self.out.extend_from_slice(line.as_bytes());
+    }
+
+    async fn flush(&mut self, command: &str) -> Result<(), Pop3Error> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.out);
+        let write = async {
+            self.io.write_all(&data).await?;
+            self.io.flush().await
+        };
+        tokio::time::timeout(self.command_timeout, write)
+            .await
+            .map_err(|_| Pop3Error::Timeout {
+                command: command.into(),
+                secs: self.command_timeout.as_secs(),
+            })??;
+        self.out = data;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Reads more input; an end of stream is an error here.
+    async fn fill(&mut self, command: &str, limit: Duration) -> Result<(), Pop3Error> {
+        self.inbuf.reserve(16 * 1024);
+        let n = tokio::time::timeout(limit, self.io.read_buf(&mut self.inbuf))
+            .await
+            .map_err(|_| Pop3Error::Timeout {
+                command: command.into(),
+                secs: limit.as_secs(),
+            })??;
+        if n == 0 {
+            return Err(Pop3Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("server closed the connection (waiting for the reply to {command})"),
+            )));
+        }
+        Ok(())
+    }
+
+    async fn response(&mut self, command: &str) -> Result<Pop3Response, Pop3Error> {
+        self.flush(command).await?;
+        loop {
+            let found = self
+                .lines
+                .next_line(&mut self.inbuf)
+                .map_err(|e| Pop3Error::Protocol {
+                    command: command.into(),
+                    detail: e.to_string(),
+                })?;
+            if let Some(line) = found {
+                let r = Pop3Response::parse(&line).map_err(|e| Pop3Error::Protocol {
+                    command: command.into(),
+                    detail: e.to_string(),
+                })?;
+                match &r {
+                    Pop3Response::Status(s) => {
+                        tracing::debug!(target: "popbridge::wire", account = %self.account, "POP3 S: {}", reply_text(s))
+                    }
+                    Pop3Response::Continue(_) => {
+                        tracing::debug!(target: "popbridge::wire", account = %self.account, "POP3 S: + (challenge)")
+                    }
+                }
+                return Ok(r);
+            }
+            let t = self.command_timeout;
+            self.fill(command, t).await?;
+        }
+    }
+
+    /// A status reply; `-ERR` becomes `Refused`.
+    async fn ok(&mut self, command: &str) -> Result<Pop3Reply, Pop3Error> {
+        match self.response(command).await? {
+            Pop3Response::Status(r) if r.status == Status::Ok => Ok(r),
+            Pop3Response::Status(reply) => Err(Pop3Error::Refused {
+                command: command.into(),
+                reply,
+            }),
+            Pop3Response::Continue(_) => Err(Pop3Error::Protocol {
+                command: command.into(),
+                detail: "unexpected continuation".into(),
+            }),
+        }
+    }
+
+    /// Reads a multi-line body into `sink`, bounded by `limit` octets.
+    async fn multiline(
+        &mut self,
+        command: &str,
+        limit: u64,
+        sink: &mut BodyBuilder,
+    ) -> Result<(), Pop3Error> {
+        let mut dec = DotDecoder::new(limit);
+        let mut chunk = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + self.data_timeout;
+        loop {
+            let p = dec
+                .decode(&self.inbuf, &mut chunk)
+                .map_err(|_| Pop3Error::Protocol {
+                    command: command.into(),
+                    detail: format!("response larger than {limit} octets"),
+                })?;
+            let _ = self.inbuf.split_to(p.consumed);
+            sink.push(&chunk).await?;
+            chunk.clear();
+            if p.done {
+                self.lines.reset();
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let t = left.min(self.command_timeout);
+            self.fill(command, t).await?;
+        }
+    }
+
+    async fn listing(&mut self, command: &str) -> Result<Vec<u8>, Pop3Error> {
+        let mut dec = DotDecoder::new(MAX_LISTING);
+        let mut out = BytesMut::new();
+        loop {
+            let p = dec
+                .decode(&self.inbuf, &mut out)
+                .map_err(|_| Pop3Error::Protocol {
+                    command: command.into(),
+                    detail: format!("listing larger than {MAX_LISTING} octets"),
+                })?;
+            let _ = self.inbuf.split_to(p.consumed);
+            if p.done {
+                self.lines.reset();
+                return Ok(out.to_vec());
+            }
+            let t = self.command_timeout;
+            self.fill(command, t).await?;
+        }
+    }
+
+    async fn capa(&mut self) -> Result<Capabilities, Pop3Error> {
+        self.queue("CAPA\r\n", "CAPA");
+        match self.response("CAPA").await? {
+            Pop3Response::Status(r) if r.is_ok() => {
+                Ok(Capabilities::parse(&self.listing("CAPA").await?))
+            }
+            _ => Ok(Capabilities::default()),
+        }
+    }
+}
+
+/// Connected, not yet logged in.
+pub struct Authorization {
+    wire: Wire,
+    /// The greeting's APOP timestamp, if any.
+    timestamp: Option<String>,
+    /// Capabilities before login (after STLS when used).
+    pub capabilities: Capabilities,
+    /// True when the connection is encrypted.
+    pub tls: bool,
+    host: String,
+    allow_plaintext: bool,
+}
+
+/// Connects, reads the greeting, upgrades to TLS as configured, and asks CAPA.
+pub async fn connect(dialer: &dyn Dialer, s: &Settings<'_>) -> Result<Authorization, Pop3Error> {
+    let addr = format!("{}:{}", s.host, s.port);
+    let mut io = net::dial(dialer, s.host, s.port, s.connect_timeout)
+        .await
+        .map_err(|source| Pop3Error::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    let tls_config = || {
+        s.tls_config.clone().ok_or(TlsError::Handshake {
+            server: s.server_name.into(),
+            reason: "no TLS configuration".into(),
+        })
+    };
+    let mut tls = false;
+    if s.tls == TlsMode::Implicit {
+        io = net::handshake(tls_config()?, s.server_name, io, s.connect_timeout).await?;
+        tls = true;
+    }
+    let mut wire = Wire {
+        io,
+        inbuf: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::new(),
+        lines: LineDecoder::new(MAX_LINE),
+        account: s.account.to_string(),
+        command_timeout: s.command_timeout,
+        data_timeout: s.data_timeout,
+    };
+    let greeting = wire.ok("greeting").await?;
+    let timestamp = greeting
+        .text
+        .find('<')
+        .and_then(|a| {
+            greeting.text[a..]
+                .find('>')
+                .map(|b| greeting.text[a..a + b + 1].to_string())
+        })
+        .filter(|t| t.contains('@'));
+    let mut capabilities = wire.capa().await?;
+    if s.tls == TlsMode::StartTls {
+        // Sent even when CAPA did not list STLS: a refusal is the server's to give, and we
+        // fail closed either way.
+        wire.queue("STLS\r\n", "STLS");
+        match wire.response("STLS").await {
+            Ok(Pop3Response::Status(r)) if r.is_ok() => {}
+            Ok(Pop3Response::Status(r)) => {
+                return Err(Pop3Error::StlsUnavailable(format!(
+                    "the server refused STLS: {}",
+                    reply_text(&r)
+                )))
+            }
+            Ok(Pop3Response::Continue(_)) => {
+                return Err(Pop3Error::StlsUnavailable(
+                    "the server answered STLS with a continuation".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        // Anything that arrived before the handshake came in clear: drop it.
+        wire.inbuf.clear();
+        wire.lines.reset();
+        wire.io = net::handshake(tls_config()?, s.server_name, wire.io, s.connect_timeout).await?;
+        tls = true;
+        capabilities = wire.capa().await?;
+    }
+    Ok(Authorization {
+        wire,
+        timestamp,
+        capabilities,
+        tls,
+        host: addr,
+        allow_plaintext: s.allow_plaintext,
+    })
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    hex::encode(Md5::digest(data))
+}
+
+impl Authorization {
+    /// Logs in; `Auth` for refused credentials, `Refused` for a locked or busy mailbox.
+    pub async fn authenticate(
+        mut self,
+        method: AuthMethod,
+        user: &str,
+        secret: &Secret,
+    ) -> Result<Transaction, Pop3Error> {
+        let sends_secret = matches!(
+            method,
+            AuthMethod::User | AuthMethod::Plain | AuthMethod::Login | AuthMethod::Xoauth2
+        );
+        if sends_secret && !self.tls && !self.allow_plaintext {
+            return Err(Pop3Error::Plaintext(self.host.clone()));
+        }
+        let w = &mut self.wire;
+        let result = match method {
+            AuthMethod::User => {
+                w.queue(
+                    &Pop3Command::User(user.into()).to_string(),
+                    &format!("USER {user}"),
+                );
+                let r = w.ok("USER").await;
+                match r {
+                    Ok(_) => {
+                        w.queue(
+                            &Pop3Command::Pass(secret.expose().into()).to_string(),
+                            "PASS ***",
+                        );
+                        w.ok("PASS").await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            AuthMethod::Apop => {
+                let ts = self.timestamp.clone().ok_or(Pop3Error::NoApopTimestamp)?;
+                let digest = md5_hex(format!("{ts}{}", secret.expose()).as_bytes());
+                w.queue(
+                    &format!("APOP {user} {digest}\r\n"),
+                    &format!("APOP {user} ***"),
+                );
+                w.ok("APOP").await
+            }
+            AuthMethod::Plain => {
+                let payload = B64.encode(format!("\0{user}\0{}", secret.expose()));
+                sasl(w, &self.capabilities, "PLAIN", Some(payload)).await
+            }
+            AuthMethod::Login => {
+                sasl_start(w, &self.capabilities, "LOGIN", None).await?;
+                w.queue(&format!("{}\r\n", B64.encode(user)), "(username)");
+                expect_continue(w, "AUTH LOGIN").await?;
+                w.queue(&format!("{}\r\n", B64.encode(secret.expose())), "***");
+                w.ok("AUTH LOGIN").await
+            }
+            AuthMethod::CramMd5 => {
+                let challenge = sasl_start(w, &self.capabilities, "CRAM-MD5", None).await?;
+                let challenge = B64
+                    .decode(challenge.trim())
+                    .map_err(|_| Pop3Error::Protocol {
+                        command: "AUTH CRAM-MD5".into(),
+                        detail: "challenge is not base64".into(),
+                    })?;
+                let mut mac =
+                    Hmac::<Md5>::new_from_slice(secret.expose().as_bytes()).map_err(|_| {
+                        Pop3Error::Protocol {
+                            command: "AUTH CRAM-MD5".into(),
+                            detail: "bad key".into(),
+                        }
+                    })?;
+                mac.update(&challenge);
+                let resp = format!("{user} {}", hex::encode(mac.finalize().into_bytes()));
+                w.queue(&format!("{}\r\n", B64.encode(resp)), "***");
+                w.ok("AUTH CRAM-MD5").await
+            }
+            AuthMethod::Xoauth2 => {
+                let payload = B64.encode(format!(
+                    "user={user}\x01auth=Bearer {}\x01\x01",
+                    secret.expose()
+                ));
+                sasl(w, &self.capabilities, "XOAUTH2", Some(payload)).await
+            }
+        };
+        match result {
+            Ok(_) => {}
+            Err(Pop3Error::Refused { reply, .. }) => {
+                let transient = reply.code.as_ref().is_some_and(RespCode::is_transient);
+                return Err(if transient {
+                    Pop3Error::Refused {
+                        command: "login".into(),
+                        reply,
+                    }
+                } else {
+                    Pop3Error::Auth { reply }
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        let mut w = self.wire;
+        let capabilities = if self.capabilities.known {
+            w.capa().await?
+        } else {
+            self.capabilities
+        };
+        Ok(Transaction {
+            wire: w,
+            capabilities,
+            pending: VecDeque::new(),
+        })
+    }
+}
+
+/// Starts a SASL exchange: returns the first challenge.
+async fn sasl_start(
+    w: &mut Wire,
+    caps: &Capabilities,
+    mech: &str,
+    initial: Option<String>,
+) -> Result<String, Pop3Error> {
+    if caps.known && !caps.sasl.is_empty() && !caps.sasl.iter().any(|m| m == mech) {
+        return Err(Pop3Error::MechanismUnavailable(mech.into()));
+    }
+    match initial {
+        // RFC 5034: an initial response that would make the line longer than 255 octets
+        // goes after the continuation instead (long XOAUTH2 tokens).
+        Some(i) if format!("AUTH {mech} {i}\r\n").len() <= MAX_COMMAND => {
+            w.queue(&format!("AUTH {mech} {i}\r\n"), &format!("AUTH {mech} ***"));
+            Ok(String::new())
+        }
+        Some(i) => {
+            w.queue(&format!("AUTH {mech}\r\n"), &format!("AUTH {mech}"));
+            expect_continue(w, &format!("AUTH {mech}")).await?;
+            w.queue(&format!("{i}\r\n"), "***");
+            Ok(String::new())
+        }
+        None => {
+            w.queue(&format!("AUTH {mech}\r\n"), &format!("AUTH {mech}"));
+            expect_continue(w, &format!("AUTH {mech}")).await
+        }
+    }
+}
+
+/// A one-step SASL mechanism (PLAIN, XOAUTH2): a continuation instead of the final
+/// reply is an error challenge, answered with an empty line.
+async fn sasl(
+    w: &mut Wire,
+    caps: &Capabilities,
+    mech: &str,
+    initial: Option<String>,
+) -> Result<Pop3Reply, Pop3Error> {
+    sasl_start(w, caps, mech, initial).await?;
+    let command = format!("AUTH {mech}");
+    match w.response(&command).await? {
+        Pop3Response::Status(r) if r.is_ok() => Ok(r),
+        Pop3Response::Status(reply) => Err(Pop3Error::Refused { command, reply }),
+        Pop3Response::Continue(_) => {
+            w.queue("\r\n", "(empty)");
+            w.ok(&command).await
+        }
+    }
+}
+
+async fn expect_continue(w: &mut Wire, command: &str) -> Result<String, Pop3Error> {
+    match w.response(command).await? {
+        Pop3Response::Continue(c) => Ok(c),
+        Pop3Response::Status(reply) if !reply.is_ok() => Err(Pop3Error::Refused {
+            command: command.into(),
+            reply,
+        }),
+        Pop3Response::Status(_) => Err(Pop3Error::Protocol {
+            command: command.into(),
+            detail: "expected a continuation".into(),
+        }),
+    }
+}
+
+/// A command whose reply is still to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// RETR n
+    Retr(u32),
+    /// DELE n
+    Dele(u32),
+}
+
+/// The reply to a pipelined command.
+#[derive(Debug)]
+pub enum Response {
+    /// RETR succeeded.
+    Retr {
+        /// Message number.
+        msg: u32,
+        /// The message.
+        body: Body,
+    },
+    /// A command answered `-ERR` (the pipeline goes on).
+    Refused {
+        /// The command.
+        pending: Pending,
+        /// The reply.
+        reply: Pop3Reply,
+    },
+    /// DELE succeeded.
+    Deleted {
+        /// Message number.
+        msg: u32,
+    },
+}
+
+/// Logged in: the maildrop is locked for this session.
+pub struct Transaction {
+    wire: Wire,
+    /// Capabilities after login.
+    pub capabilities: Capabilities,
+    pending: VecDeque<Pending>,
+}
+
+impl Transaction {
+    /// `(number, size)` of every message, from LIST.
+    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
+        self.wire.queue("LIST\r\n", "LIST");
+        self.wire.ok("LIST").await?;
+        let body = self.wire.listing("LIST").await?;
+        let mut v = Vec::new();
+        for line in String::from_utf8_lossy(&body).lines() {
+            let mut it = line.split_whitespace();
+            let parsed = it
+                .next()
+                .and_then(|n| n.parse().ok())
+                .zip(it.next().and_then(|s| s.parse().ok()));
+            match parsed {
+                Some(p) => v.push(p),
+                None => {
+                    return Err(Pop3Error::Protocol {
+                        command: "LIST".into(),
+                        detail: format!("bad line {:?}", line.chars().take(80).collect::<String>()),
+                    })
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// `(number, uid)` from UIDL, or `None` when the server has no UIDL.
+    pub async fn uidl(&mut self) -> Result<Option<Vec<(u32, String)>>, Pop3Error> {
+        if self.capabilities.known && !self.capabilities.uidl {
+            return Ok(None);
+        }
+        self.wire.queue("UIDL\r\n", "UIDL");
+        match self.wire.ok("UIDL").await {
+            Ok(_) => {}
+            Err(Pop3Error::Refused { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let body = self.wire.listing("UIDL").await?;
+        let mut v = Vec::new();
+        for line in String::from_utf8_lossy(&body).lines() {
+            let mut it = line.split_whitespace();
+            let n = it.next().and_then(|n| n.parse().ok());
+            let uid = it.next().filter(|u| {
+                !u.is_empty() && u.len() <= 70 && u.bytes().all(|b| (0x21..=0x7e).contains(&b))
+            });
+            match (n, uid) {
+                (Some(n), Some(u)) => v.push((n, u.to_string())),
+                _ => {
+                    return Err(Pop3Error::Protocol {
+                        command: "UIDL".into(),
+                        detail: format!("bad line {:?}", line.chars().take(80).collect::<String>()),
+                    })
+                }
+            }
+        }
+        Ok(Some(v))
+    }
+
+    /// The header of message `n` (TOP n 0), bounded; `None` when TOP is unavailable.
+    pub async fn top(&mut self, n: u32, spool: &Path) -> Result<Option<Body>, Pop3Error> {
+        if self.capabilities.known && !self.capabilities.top {
+            return Ok(None);
+        }
+        self.wire.queue(
+            &Pop3Command::Top { msg: n, lines: 0 }.to_string(),
+            &format!("TOP {n} 0"),
+        );
+        match self.wire.ok("TOP").await {
+            Ok(_) => {}
+            Err(Pop3Error::Refused { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let mut b = BodyBuilder::new(spool, u64::MAX);
+        self.wire
+            .multiline("TOP", crate::body::HEAD_MAX as u64 * 4, &mut b)
+            .await?;
+        Ok(Some(b.finish().await?))
+    }
+
+    /// The command whose reply comes next.
+    pub fn peek(&self) -> Option<Pending> {
+        self.pending.front().copied()
+    }
+
+    /// Commands sent whose replies are not read yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends RETR or DELE without waiting (the reply comes from [`Transaction::next`]).
+    pub fn send(&mut self, p: Pending) {
+        let line = match p {
+            Pending::Retr(n) => Pop3Command::Retr(n).to_string(),
+            Pending::Dele(n) => Pop3Command::Dele(n).to_string(),
+        };
+        let shown = line.trim_end().to_string();
+        self.wire.queue(&line, &shown);
+        self.pending.push_back(p);
+    }
+
+    /// Reads the reply to the oldest pending command. A RETR body is bounded by `limit`
+    /// (past it the connection is unusable: `TooLarge`); bodies over `threshold` spill to
+    /// `spool`.
+    pub async fn next(
+        &mut self,
+        limit: u64,
+        spool: &Path,
+        threshold: u64,
+    ) -> Result<Response, Pop3Error> {
+        let Some(p) = self.pending.pop_front() else {
+            return Err(Pop3Error::Protocol {
+                command: "(pipeline)".into(),
+                detail: "no command pending".into(),
+            });
+        };
+        let command = match p {
+            Pending::Retr(n) => format!("RETR {n}"),
+            Pending::Dele(n) => format!("DELE {n}"),
+        };
+        let reply = match self.wire.ok(&command).await {
+            Ok(r) => r,
+            Err(Pop3Error::Refused { reply, .. }) => {
+                return Ok(Response::Refused { pending: p, reply })
+            }
+            Err(e) => return Err(e),
+        };
+        let _ = reply;
+        match p {
+            Pending::Dele(msg) => Ok(Response::Deleted { msg }),
+            Pending::Retr(msg) => {
+                let mut b = BodyBuilder::new(spool, threshold);
+                match self.wire.multiline(&command, limit, &mut b).await {
+                    Ok(()) => Ok(Response::Retr {
+                        msg,
+                        body: b.finish().await?,
+                    }),
+                    Err(Pop3Error::Protocol { detail, .. })
+                        if detail.starts_with("response larger") =>
+                    {
+                        Err(Pop3Error::TooLarge { msg, limit })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// QUIT: the server applies the deletions (UPDATE state). Pending replies are read first.
+    pub async fn quit(mut self) -> Result<Pop3Reply, Pop3Error> {
+        while !self.pending.is_empty() {
+            self.next(u64::MAX, Path::new("."), u64::MAX).await?;
+        }
+        self.wire.queue("QUIT\r\n", "QUIT");
+        let r = self.wire.ok("QUIT").await?;
+        let _ = tokio::time::timeout(self.wire.command_timeout, self.wire.io.shutdown()).await;
+        Ok(r)
+    }
+}
+
+/// The MAX_RESPONSE_LINE constant is the RFC's; ours is larger on purpose.
+const _: () = assert!(MAX_LINE >= MAX_RESPONSE_LINE);

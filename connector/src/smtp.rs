@@ -1,0 +1,593 @@
+//! The SMTP client: EHLO (HELO fallback), STARTTLS, SIZE, PIPELINING, BDAT or DATA, and a
+//! count of protocol errors so the caller can reconnect before the server's limit.
+//!
+//! Must never: report a message as delivered unless the server answered 2xx to the end of
+//! its data for a recipient, send a bare CR or LF in DATA, or wait without a timeout.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use popbridge_proto::smtp::{Param, Reply, ReplyParser, SmtpCommand};
+use popbridge_proto::DotStuffer;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::body::Body;
+use crate::net::{self, BoxIo, Dialer, TlsError};
+
+/// Chunk size for BDAT and for streaming DATA.
+const CHUNK: usize = 1024 * 1024;
+
+/// Where in the transaction a reply came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The greeting.
+    Greeting,
+    /// EHLO or HELO.
+    Hello,
+    /// STARTTLS.
+    StartTls,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// DATA (the 354).
+    Data,
+    /// The end of the data (final dot or last BDAT): the reply that decides delivery.
+    EndOfData,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Greeting => "greeting",
+            Self::Hello => "EHLO",
+            Self::StartTls => "STARTTLS",
+            Self::Mail => "MAIL FROM",
+            Self::Rcpt => "RCPT TO",
+            Self::Data => "DATA",
+            Self::EndOfData => "end of data",
+        })
+    }
+}
+
+/// Why an SMTP operation failed. Server refusals keep the whole reply.
+#[derive(Debug, Error)]
+pub enum SmtpError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to SMTP server {addr}: {source}")]
+    Connect {
+        /// host:port
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The connection broke or the server closed it.
+    #[error("SMTP connection lost at {stage}: {source}")]
+    Io {
+        /// Where.
+        stage: Stage,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No reply in time.
+    #[error("SMTP server did not answer {stage} within {secs} s")]
+    Timeout {
+        /// Where.
+        stage: Stage,
+        /// The limit.
+        secs: u64,
+    },
+    /// TLS failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// STARTTLS was required but not possible.
+    #[error("STARTTLS required but {0}")]
+    StartTlsUnavailable(String),
+    /// The server sent something that is not SMTP.
+    #[error("SMTP server sent an invalid reply at {stage}: {detail}")]
+    Protocol {
+        /// Where.
+        stage: Stage,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The server refused (4xx or 5xx).
+    #[error("SMTP server refused {stage}: {}", .reply.first_line())]
+    Refused {
+        /// Where.
+        stage: Stage,
+        /// The full reply.
+        reply: Reply,
+    },
+}
+
+impl SmtpError {
+    /// The server's reply, if it gave one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Self::Refused { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// True for 5xx refusals: the same message will be refused again.
+    pub fn is_permanent(&self) -> bool {
+        self.reply().is_some_and(Reply::is_permanent)
+    }
+
+    /// True for everything worth retrying later: 4xx, lost connections, timeouts.
+    pub fn is_transient(&self) -> bool {
+        !self.is_permanent() && !matches!(self, Self::Tls(_) | Self::StartTlsUnavailable(_))
+    }
+
+    /// True when the session is gone (421, I/O, timeout): reconnect before going on.
+    pub fn session_lost(&self) -> bool {
+        match self {
+            Self::Refused { reply, .. } => reply.code == 421,
+            Self::Io { .. } | Self::Timeout { .. } | Self::Protocol { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What EHLO advertised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// True when EHLO worked (false after a HELO fallback).
+    pub esmtp: bool,
+    /// SIZE and its value (`Some(0)` or bare SIZE: no fixed limit given).
+    pub size: Option<u64>,
+    /// PIPELINING
+    pub pipelining: bool,
+    /// CHUNKING
+    pub chunking: bool,
+    /// 8BITMIME
+    pub eightbitmime: bool,
+    /// SMTPUTF8
+    pub smtputf8: bool,
+    /// STARTTLS
+    pub starttls: bool,
+    /// Every line after the first.
+    pub lines: Vec<String>,
+}
+
+impl Extensions {
+    fn parse(reply: &Reply) -> Self {
+        let mut e = Self {
+            esmtp: true,
+            ..Self::default()
+        };
+        for line in reply.lines.iter().skip(1) {
+            let mut w = line.split_whitespace();
+            match w.next().map(str::to_ascii_uppercase).as_deref() {
+                Some("SIZE") => e.size = Some(w.next().and_then(|v| v.parse().ok()).unwrap_or(0)),
+                Some("PIPELINING") => e.pipelining = true,
+                Some("CHUNKING") => e.chunking = true,
+                Some("8BITMIME") => e.eightbitmime = true,
+                Some("SMTPUTF8") => e.smtputf8 = true,
+                Some("STARTTLS") => e.starttls = true,
+                _ => {}
+            }
+            e.lines.push(line.clone());
+        }
+        e
+    }
+
+    /// The server's fixed maximum message size, if it gave one.
+    pub fn max_size(&self) -> Option<u64> {
+        self.size.filter(|&s| s > 0)
+    }
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Settings<'a> {
+    /// Server host.
+    pub host: &'a str,
+    /// Server port.
+    pub port: u16,
+    /// EHLO name.
+    pub helo: &'a str,
+    /// STARTTLS configuration when required.
+    pub starttls: Option<Arc<rustls::ClientConfig>>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-command timeout.
+    pub command_timeout: Duration,
+    /// Whole-message timeout.
+    pub data_timeout: Duration,
+    /// Pipeline MAIL and RCPT when the server allows it.
+    pub pipelining: bool,
+}
+
+/// One message's envelope.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Reverse path (`""` for `<>`).
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+}
+
+/// A successful submission.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The reply to the end of data.
+    pub reply: Reply,
+}
+
+/// An SMTP session.
+pub struct SmtpClient {
+    io: BoxIo,
+    inbuf: BytesMut,
+    parser: ReplyParser,
+    /// What the server advertised.
+    pub ext: Extensions,
+    protocol_errors: u32,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    pipelining: bool,
+    /// True when encrypted.
+    pub tls: bool,
+}
+
+fn counts_as_protocol_error(code: u16) -> bool {
+    matches!(code, 500 | 501 | 503)
+}
+
+impl SmtpClient {
+    /// Connects, reads the greeting, says EHLO (HELO if refused), and does STARTTLS when
+    /// configured (failing closed).
+    pub async fn connect(dialer: &dyn Dialer, s: &Settings<'_>) -> Result<Self, SmtpError> {
+        let addr = format!("{}:{}", s.host, s.port);
+        let io = net::dial(dialer, s.host, s.port, s.connect_timeout)
+            .await
+            .map_err(|source| SmtpError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let mut c = Self {
+            io,
+            inbuf: BytesMut::with_capacity(8192),
+            parser: ReplyParser::new(),
+            ext: Extensions::default(),
+            protocol_errors: 0,
+            command_timeout: s.command_timeout,
+            data_timeout: s.data_timeout,
+            pipelining: s.pipelining,
+            tls: false,
+        };
+        let greeting = c.reply(Stage::Greeting).await?;
+        if !greeting.is_positive() {
+            return Err(SmtpError::Refused {
+                stage: Stage::Greeting,
+                reply: greeting,
+            });
+        }
+        c.hello(s.helo).await?;
+        if let Some(cfg) = &s.starttls {
+            if !c.ext.starttls {
+                return Err(SmtpError::StartTlsUnavailable(format!(
+                    "{addr} does not offer it"
+                )));
+            }
+            c.write(b"STARTTLS\r\n", "STARTTLS", Stage::StartTls)
+                .await?;
+            let r = c.reply(Stage::StartTls).await?;
+            if r.code != 220 {
+                return Err(SmtpError::StartTlsUnavailable(format!(
+                    "the server answered {}",
+                    r.first_line()
+                )));
+            }
+            c.inbuf.clear();
+            c.parser = ReplyParser::new();
+            let io = std::mem::replace(&mut c.io, Box::new(tokio::io::duplex(1).0));
+            c.io = net::handshake(cfg.clone(), s.host, io, s.connect_timeout).await?;
+            c.tls = true;
+            c.hello(s.helo).await?;
+        }
+        Ok(c)
+    }
+
+    async fn hello(&mut self, helo: &str) -> Result<(), SmtpError> {
+        let line = SmtpCommand::Ehlo(helo.into()).to_string();
+        self.write(line.as_bytes(), line.trim_end(), Stage::Hello)
+            .await?;
+        let r = self.reply(Stage::Hello).await?;
+        if r.is_positive() {
+            self.ext = Extensions::parse(&r);
+            return Ok(());
+        }
+        let line = SmtpCommand::Helo(helo.into()).to_string();
+        self.write(line.as_bytes(), line.trim_end(), Stage::Hello)
+            .await?;
+        let r = self.reply(Stage::Hello).await?;
+        if !r.is_positive() {
+            return Err(SmtpError::Refused {
+                stage: Stage::Hello,
+                reply: r,
+            });
+        }
+        self.ext = Extensions::default();
+        Ok(())
+    }
+
+    /// Replies this session counted as protocol errors (500, 501, 503).
+    pub fn protocol_errors(&self) -> u32 {
+        self.protocol_errors
+    }
+
+    async fn write(&mut self, data: &[u8], shown: &str, stage: Stage) -> Result<(), SmtpError> {
+        for l in shown.lines() {
+            tracing::debug!(target: "popbridge::wire", "SMTP C: {l}");
+        }
+        let t = self.command_timeout;
+        let w = async {
+            self.io.write_all(data).await?;
+            self.io.flush().await
+        };
+        tokio::time::timeout(t, w)
+            .await
+            .map_err(|_| SmtpError::Timeout {
+                stage,
+                secs: t.as_secs(),
+            })?
+            .map_err(|source| SmtpError::Io { stage, source })
+    }
+
+    async fn reply(&mut self, stage: Stage) -> Result<Reply, SmtpError> {
+        loop {
+            match self.parser.parse(&mut self.inbuf) {
+                Ok(Some(r)) => {
+                    tracing::debug!(target: "popbridge::wire", "SMTP S: {}", r.first_line());
+                    if counts_as_protocol_error(r.code) {
+                        self.protocol_errors += 1;
+                    }
+                    return Ok(r);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(SmtpError::Protocol {
+                        stage,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+            self.inbuf.reserve(8192);
+            let t = self.command_timeout;
+            let n = tokio::time::timeout(t, self.io.read_buf(&mut self.inbuf))
+                .await
+                .map_err(|_| SmtpError::Timeout {
+                    stage,
+                    secs: t.as_secs(),
+                })?
+                .map_err(|source| SmtpError::Io { stage, source })?;
+            if n == 0 {
+                return Err(SmtpError::Io {
+                    stage,
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Submits one message: `prefix` (a trace header) then `body`. Succeeds only on 2xx at the
+    /// end of data with every recipient accepted.
+    pub async fn send(
+        &mut self,
+        env: &Envelope,
+        prefix: &[u8],
+        body: &Body,
+    ) -> Result<Accepted, SmtpError> {
+        let size = prefix.len() as u64 + body.len();
+        let mut params = Vec::new();
+        if self.ext.size.is_some() {
+            params.push(Param::new("SIZE", size.to_string()));
+        }
+        if body.has_8bit() && self.ext.eightbitmime {
+            params.push(Param::new("BODY", "8BITMIME"));
+        }
+        let utf8 = !env.from.is_ascii() || env.to.iter().any(|t| !t.is_ascii());
+        if utf8 && self.ext.smtputf8 {
+            params.push(Param::flag("SMTPUTF8"));
+        }
+        let mail = SmtpCommand::Mail {
+            from: env.from.clone(),
+            params,
+        }
+        .to_string();
+        let rcpts: Vec<String> = env
+            .to
+            .iter()
+            .map(|t| {
+                SmtpCommand::Rcpt {
+                    to: t.clone(),
+                    params: vec![],
+                }
+                .to_string()
+            })
+            .collect();
+        if self.pipelining && self.ext.pipelining {
+            // MAIL and RCPT together; DATA only once they are known to be accepted, so a
+            // refused sender costs at most one protocol error per recipient plus one.
+            let mut batch = mail.clone();
+            rcpts.iter().for_each(|r| batch.push_str(r));
+            self.write(batch.as_bytes(), batch.trim_end(), Stage::Mail)
+                .await?;
+            let m = self.reply(Stage::Mail).await?;
+            let mut refused = None;
+            for _ in &rcpts {
+                let r = self.reply(Stage::Rcpt).await?;
+                if !r.is_positive() && refused.is_none() {
+                    refused = Some(r);
+                }
+            }
+            if !m.is_positive() {
+                return Err(SmtpError::Refused {
+                    stage: Stage::Mail,
+                    reply: m,
+                });
+            }
+            if let Some(reply) = refused {
+                self.rset().await?;
+                return Err(SmtpError::Refused {
+                    stage: Stage::Rcpt,
+                    reply,
+                });
+            }
+        } else {
+            self.write(mail.as_bytes(), mail.trim_end(), Stage::Mail)
+                .await?;
+            let m = self.reply(Stage::Mail).await?;
+            if !m.is_positive() {
+                return Err(SmtpError::Refused {
+                    stage: Stage::Mail,
+                    reply: m,
+                });
+            }
+            for r in &rcpts {
+                self.write(r.as_bytes(), r.trim_end(), Stage::Rcpt).await?;
+                let reply = self.reply(Stage::Rcpt).await?;
+                if !reply.is_positive() {
+                    self.rset().await?;
+                    return Err(SmtpError::Refused {
+                        stage: Stage::Rcpt,
+                        reply,
+                    });
+                }
+            }
+        }
+        let fin = if self.ext.chunking {
+            self.bdat(prefix, body).await?
+        } else {
+            self.data(prefix, body).await?
+        };
+        if fin.is_positive() {
+            Ok(Accepted { reply: fin })
+        } else {
+            Err(SmtpError::Refused {
+                stage: Stage::EndOfData,
+                reply: fin,
+            })
+        }
+    }
+
+    async fn data(&mut self, prefix: &[u8], body: &Body) -> Result<Reply, SmtpError> {
+        self.write(b"DATA\r\n", "DATA", Stage::Data).await?;
+        let r = self.reply(Stage::Data).await?;
+        if r.code != 354 {
+            return Err(SmtpError::Refused {
+                stage: Stage::Data,
+                reply: r,
+            });
+        }
+        tracing::debug!(target: "popbridge::wire", "SMTP C: (message, {} octets)", prefix.len() as u64 + body.len());
+        let deadline = self.data_timeout;
+        let send = async {
+            let mut stuffer = DotStuffer::new(true);
+            let mut out = BytesMut::with_capacity(CHUNK + CHUNK / 16);
+            stuffer.stuff(prefix, &mut out);
+            let mut reader = body.reader().await?;
+            let mut buf = vec![0u8; CHUNK.min(body.len() as usize + 1).max(4096)];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                stuffer.stuff(&buf[..n], &mut out);
+                if out.len() >= CHUNK {
+                    self.io.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+            // The end marker goes out with the last data: one write, no delayed-ACK stall.
+            stuffer.finish(&mut out);
+            self.io.write_all(&out).await?;
+            self.io.flush().await
+        };
+        tokio::time::timeout(deadline, send)
+            .await
+            .map_err(|_| SmtpError::Timeout {
+                stage: Stage::EndOfData,
+                secs: deadline.as_secs(),
+            })?
+            .map_err(|source| SmtpError::Io {
+                stage: Stage::EndOfData,
+                source,
+            })?;
+        self.reply(Stage::EndOfData).await
+    }
+
+    async fn bdat(&mut self, prefix: &[u8], body: &Body) -> Result<Reply, SmtpError> {
+        let total = prefix.len() as u64 + body.len();
+        tracing::debug!(target: "popbridge::wire", "SMTP C: BDAT (message, {total} octets)");
+        if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
+            // Small message: command and data in one write.
+            let mut out = BytesMut::with_capacity(total as usize + 32);
+            out.extend_from_slice(format!("BDAT {total} LAST\r\n").as_bytes());
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(bytes);
+            self.write(&out, "", Stage::EndOfData).await?;
+            return self.reply(Stage::EndOfData).await;
+        }
+        let mut reader = body.reader().await.map_err(|source| SmtpError::Io {
+            stage: Stage::EndOfData,
+            source,
+        })?;
+        let mut pending: Vec<u8> = prefix.to_vec();
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            while pending.len() < CHUNK {
+                let n = reader
+                    .read(&mut buf[..CHUNK - pending.len()])
+                    .await
+                    .map_err(|source| SmtpError::Io {
+                        stage: Stage::EndOfData,
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                pending.extend_from_slice(&buf[..n]);
+            }
+            let last = sent + pending.len() as u64 >= total;
+            let head = if last {
+                format!("BDAT {} LAST\r\n", pending.len())
+            } else {
+                format!("BDAT {}\r\n", pending.len())
+            };
+            let mut out = BytesMut::with_capacity(head.len() + pending.len());
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(&pending);
+            self.write(&out, "", Stage::EndOfData).await?;
+            sent += pending.len() as u64;
+            pending.clear();
+            let r = self.reply(Stage::EndOfData).await?;
+            if last || !r.is_positive() {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// RSET, ignoring a refusal (the next MAIL will tell).
+    pub async fn rset(&mut self) -> Result<(), SmtpError> {
+        self.write(b"RSET\r\n", "RSET", Stage::Mail).await?;
+        self.reply(Stage::Mail).await.map(|_| ())
+    }
+
+    /// QUIT and close; errors are irrelevant at this point.
+    pub async fn quit(mut self) {
+        if self.write(b"QUIT\r\n", "QUIT", Stage::Hello).await.is_ok() {
+            let _ = self.reply(Stage::Hello).await;
+        }
+        let _ = tokio::time::timeout(self.command_timeout, self.io.shutdown()).await;
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared set-up: mocks on loopback, a configuration pointing at them, a pass runner.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mock_pop3::{Message, MockPop3Handle};
+use mock_smtp::MockSmtpHandle;
+use popbridge::config::Config;
+use popbridge::events::{Event, EventSink};
+use popbridge::ledger::Ledger;
+use popbridge::net::TcpDialer;
+use popbridge::pass::{self, Summary};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+pub const PASSWORD: &str = "Sw0rdfish-s3cret!";
+
+pub async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+pub async fn pop3(builder: mock_pop3::Builder) -> MockPop3Handle {
+    builder.spawn(listener().await)
+}
+
+pub async fn smtp(builder: mock_smtp::Builder) -> MockSmtpHandle {
+    builder.spawn(listener().await)
+}
+
+/// A message with the given sender header and a body of about `size` octets.
+pub fn mail(i: usize, from: &str, size: usize) -> Message {
+    let mut m = format!(
+        "Return-Path: <{from}>\r\nFrom: Sender <{from}>\r\nTo: info@isp.example\r\nSubject: message {i}\r\nMessage-ID: <m{i}@isp.example>\r\n\r\n"
+    )
+    .into_bytes();
+    while m.len() + 2 < size {
+        let n = (size - 2 - m.len()).min(70);
+        m.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, n));
+        m.extend_from_slice(b"\r\n");
+    }
+    Message::new(m)
+}
+
+/// A raw message from its exact bytes.
+pub fn raw(bytes: &[u8]) -> Message {
+    Message::new(bytes.to_vec())
+}
+
+/// A state directory and a configuration for one account `info` on the POP3 mock
+/// delivering to `info@contoso.local` through the SMTP mock; `extra` is appended to the
+/// account, `limits` to the `[limits]` table.
+pub struct Setup {
+    pub dir: TempDir,
+    pub config: Config,
+}
+
+pub fn setup(
+    pop3: &MockPop3Handle,
+    smtp: &MockSmtpHandle,
+    account_extra: &str,
+    limits: &str,
+) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+state_dir = "{state}"
+[transport]
+host = "127.0.0.1"
+port = {smtp_port}
+helo = "popbridge.test"
+[limits]
+{limits}
+[timeouts]
+connect = "10s"
+command = "10s"
+data = "60s"
+[[account]]
+name = "info"
+host = "127.0.0.1"
+port = {pop3_port}
+tls = "none"
+allow_plaintext = true
+auth = "user"
+username = "info"
+password = "{PASSWORD}"
+deliver_to = "info@contoso.local"
+{account_extra}
+"#,
+        state = dir.path().join("state").display(),
+        smtp_port = smtp.addr().unwrap().port(),
+        pop3_port = pop3.addr().unwrap().port(),
+    );
+    let config = Config::from_str(&text, &dir.path().join("popbridge.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    Setup { dir, config }
+}
+
+impl Setup {
+    pub fn state(&self) -> PathBuf {
+        self.config.state_dir.clone()
+    }
+
+    /// One pass over every account; waits until both mocks saw the sessions end.
+    pub async fn pass(
+        &self,
+        pop3: &MockPop3Handle,
+        smtp: &MockSmtpHandle,
+    ) -> (Summary, Vec<Event>) {
+        let events = Arc::new(EventSink::memory());
+        let ledger = Arc::new(Mutex::new(Ledger::open(&self.config.state_dir).unwrap()));
+        let mut s = pass::run_accounts(
+            Arc::new(self.config.clone()),
+            Arc::new(TcpDialer),
+            events.clone(),
+            ledger,
+            self.config.accounts.clone(),
+        )
+        .await;
+        pop3.wait_idle().await;
+        smtp.wait_idle().await;
+        (s.remove(0), events.collected())
+    }
+}
+
+pub fn count(events: &[Event], kind: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| serde_json::to_value(e).unwrap()["kind"] == kind)
+        .count()
+}
+
+/// Message-IDs delivered to the SMTP mock, in order.
+pub fn delivered_ids(smtp: &MockSmtpHandle) -> Vec<String> {
+    smtp.captured()
+        .iter()
+        .filter(|t| t.delivered())
+        .filter_map(|t| {
+            let text = String::from_utf8_lossy(&t.data).into_owned();
+            text.lines()
+                .find(|l| l.starts_with("Message-ID:"))
+                .map(|l| l["Message-ID:".len()..].trim().to_string())
+        })
+        .collect()
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,5 @@
+//! The connector against the mocks: the acceptance behaviours of the connector core.
+#![allow(missing_docs)]
+
+mod harness;
+mod pass;

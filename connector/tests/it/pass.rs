@@ -1,0 +1,512 @@
+//! The connector core's acceptance behaviours, each against the mocks on loopback.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use mock_pop3::pki::TestPki;
+use mock_pop3::{
+    AuthMethod, FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Mailbox, MockPop3,
+    TlsMode,
+};
+use mock_smtp::{FaultAction, FaultRule, Hook, Limits, MailboxSpec, MockSmtp};
+use popbridge::pass::AccountFailure;
+
+use crate::harness::*;
+
+fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Mailbox {
+    let mut mb = Mailbox::new("info", PASSWORD);
+    for m in messages {
+        mb = mb.with_message(m);
+    }
+    mb
+}
+
+fn exactly_once(ids: &[String], expected: usize) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for id in ids {
+        *seen.entry(id).or_default() += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "delivered more than once: {dups:?}");
+    assert_eq!(seen.len(), expected, "distinct messages delivered");
+}
+
+#[tokio::test]
+async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
+    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(
+        (0..1200).map(|i| mail(i, "a@example.net", 600)),
+    )))
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let mut per_pass = Vec::new();
+    for _ in 0..3 {
+        let (sum, _) = s.pass(&pop, &smtp).await;
+        assert!(sum.failure.is_none(), "{sum:?}");
+        per_pass.push((sum.delivered, sum.deleted, sum.postponed));
+    }
+    assert_eq!(per_pass, [(500, 500, 700), (500, 500, 200), (200, 200, 0)]);
+    exactly_once(&delivered_ids(&smtp), 1200);
+    let mb = pop.mailbox("info").unwrap();
+    assert!(mb.remaining.is_empty());
+    assert_eq!(mb.retrievals, 1200, "nothing downloaded twice");
+}
+
+#[tokio::test]
+async fn a_drop_after_dele_before_quit_costs_nothing() {
+    let pop = pop3(
+        MockPop3::builder()
+            .mailbox(mailbox_with((0..10).map(|i| mail(i, "a@example.net", 800))))
+            .fault(PopRule::new(
+                PopHook::command("QUIT"),
+                PopFault::CloseBeforeReply,
+            )),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let (first, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(first.delivered, 10);
+    assert_eq!(first.deleted, 0, "no QUIT, no deletion");
+    assert!(
+        first.aborted.as_deref().unwrap_or("").contains("QUIT"),
+        "{first:?}"
+    );
+    assert_eq!(
+        pop.mailbox("info").unwrap().remaining.len(),
+        10,
+        "the server kept everything"
+    );
+    let (second, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((second.delivered, second.deleted), (0, 10));
+    assert_eq!(count(&events, "message.already_delivered"), 10);
+    exactly_once(&delivered_ids(&smtp), 10);
+    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_return_paths_are_repaired_and_never_stall_the_mailbox() {
+    let bad = [
+        "user one@example.net",
+        "@example.net",
+        "a..b@example.net",
+        "x@-bad-.example",
+        "q\"@example.net",
+        "no domain",
+        "a@b@c.example",
+    ];
+    let mut msgs = Vec::new();
+    for (i, b) in bad.iter().enumerate() {
+        let raw = format!("Return-Path: <{b}>\r\nFrom: {b}\r\nSubject: bad {i}\r\nMessage-ID: <bad{i}@x>\r\n\r\nbody\r\n");
+        msgs.push(raw.into_bytes());
+    }
+    let mut all: Vec<mock_pop3::Message> = msgs.into_iter().map(mock_pop3::Message::new).collect();
+    all.extend((0..40).map(|i| mail(100 + i, "good@example.net", 500)));
+    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(all))).await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert_eq!(sum.delivered, 47, "{sum:?}");
+    assert_eq!(count(&events, "sender.repaired"), 7);
+    let nulls = smtp
+        .captured()
+        .iter()
+        .filter(|t| t.mail_from.is_empty())
+        .count();
+    assert_eq!(nulls, 7, "unusable return paths fall back to <>");
+    assert!(smtp.sessions().iter().all(|s| s.protocol_errors == 0));
+}
+
+#[tokio::test]
+async fn senders_exchange_refuses_do_not_block_the_40_good_ones_and_end_in_quarantine() {
+    // Five refused senders first, as in the SBS customer case, two more further down.
+    let mut all = Vec::new();
+    for i in 0..47usize {
+        let bad = i < 5 || i == 20 || i == 40;
+        let from = if bad {
+            format!("sender{i}@refused.example")
+        } else {
+            format!("ok{i}@example.net")
+        };
+        all.push(mail(i, &from, 400));
+    }
+    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(all))).await;
+    let smtp = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
+    let s = setup(&pop, &smtp, "", "poison_after = 3");
+    let (first, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((first.delivered, first.rejected), (40, 7), "{first:?}");
+    assert_eq!(count(&events, "message.rejected"), 7);
+    assert!(
+        smtp.sessions()
+            .iter()
+            .all(|s| s.protocol_errors < 5 && s.end.as_deref() != Some("too many errors")),
+        "the connector reconnects before Exchange's limit: {:?}",
+        smtp.sessions()
+            .iter()
+            .map(|s| (s.protocol_errors, s.end.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(count(&events, "session.reconnected") >= 1);
+    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 7);
+    let (second, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(
+        (second.delivered, second.rejected, second.quarantined),
+        (0, 7, 0)
+    );
+    let (third, events) = s.pass(&pop, &smtp).await;
+    assert_eq!(third.quarantined, 7, "{third:?}");
+    assert_eq!(count(&events, "message.quarantined"), 7);
+    let copies = files_under(&s.state().join("quarantine"));
+    assert_eq!(copies.len(), 7);
+    assert!(copies.iter().all(|p| std::fs::read_to_string(p)
+        .unwrap()
+        .contains("@refused.example")));
+    assert_eq!(
+        pop.mailbox("info").unwrap().remaining.len(),
+        7,
+        "quarantine keeps them on the server by default"
+    );
+    // A fourth pass leaves quarantined messages alone.
+    let (fourth, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(
+        (fourth.delivered, fourth.rejected, fourth.quarantined),
+        (0, 0, 0)
+    );
+    exactly_once(&delivered_ids(&smtp), 40);
+}
+
+#[tokio::test]
+async fn a_sender_without_domain_gets_the_default_domain() {
+    let msg = raw(b"Return-Path: <user>\r\nFrom: user\r\nSubject: local\r\nMessage-ID: <l1@x>\r\n\r\nhello\r\n");
+    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([msg]))).await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "default_domain = \"contoso.local\"");
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert_eq!(sum.delivered, 1);
+    assert_eq!(smtp.captured()[0].mail_from, "user@contoso.local");
+    assert_eq!(count(&events, "sender.repaired"), 1);
+    let data = String::from_utf8_lossy(&smtp.captured()[0].data).into_owned();
+    assert!(
+        data.starts_with("Received: from 127.0.0.1"),
+        "trace header first: {data}"
+    );
+}
+
+#[tokio::test]
+async fn a_421_at_message_10_of_30_reconnects_and_delivers_all() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(mailbox_with((0..30).map(|i| mail(i, "a@example.net", 700)))),
+    )
+    .await;
+    let smtp = smtp(
+        MockSmtp::builder().fault(
+            FaultRule::new(
+                Hook::EndOfData,
+                FaultAction::ReplyAndClose(
+                    "421 4.3.2 Service not available, closing transmission channel".into(),
+                ),
+            )
+            .nth(10),
+        ),
+    )
+    .await;
+    let s = setup(&pop, &smtp, "", "");
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert_eq!(sum.delivered, 30, "{sum:?}");
+    assert_eq!(count(&events, "session.reconnected"), 1);
+    exactly_once(&delivered_ids(&smtp), 30);
+    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert_eq!(smtp.sessions().len(), 2);
+}
+
+#[tokio::test]
+async fn an_oversize_message_is_never_retrieved_and_is_reported() {
+    let mut msgs: Vec<_> = (0..4).map(|i| mail(i, "a@example.net", 2000)).collect();
+    msgs.insert(2, mail(99, "big@example.net", 12 * 1024 * 1024));
+    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(10 * 1024 * 1024),
+        ..Limits::default()
+    }))
+    .await;
+    let s = setup(&pop, &smtp, "", "");
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((sum.delivered, sum.skipped), (4, 1), "{sum:?}");
+    assert_eq!(count(&events, "message.skipped_oversize"), 1);
+    let mb = pop.mailbox("info").unwrap();
+    assert_eq!(mb.remaining, vec!["info-000003"], "the big one stays");
+    assert!(
+        !mb.retrieved.contains(&"info-000003".to_string()),
+        "and was never downloaded"
+    );
+    assert!(pop
+        .sessions()
+        .iter()
+        .all(|s| !s.commands.contains(&"RETR 3".to_string())));
+}
+
+#[tokio::test]
+async fn stls_refused_means_nothing_in_clear_and_a_clear_error() {
+    let pop =
+        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 300)]))).await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "tls_server_name = \"localhost\"", "");
+    let mut cfg = s.config.clone();
+    cfg.accounts[0].tls = popbridge::config::TlsMode::StartTls;
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    let (sum, _) = s.pass(&pop, &smtp).await;
+    match &sum.failure {
+        Some(AccountFailure::Connect(e)) => assert!(e.contains("STLS required"), "{e}"),
+        other => panic!("expected a connection failure, got {other:?}"),
+    }
+    let cmds = &pop.sessions()[0].commands;
+    assert_eq!(
+        cmds,
+        &vec!["CAPA".to_string(), "STLS".to_string()],
+        "nothing else went out in clear"
+    );
+    assert!(smtp.captured().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
+    let pki = TestPki::localhost().unwrap();
+    let pop = pop3(
+        MockPop3::builder()
+            .mailbox(mailbox_with([mail(1, "a@example.net", 300)]))
+            .tls(TlsMode::Implicit(pki.server_config().unwrap())),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let mut cfg = s.config.clone();
+    cfg.accounts[0].tls = popbridge::config::TlsMode::Implicit;
+    cfg.accounts[0].allow_plaintext = false;
+    cfg.accounts[0].tls_server_name = Some("localhost".into());
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    let (sum, _) = s.pass(&pop, &smtp).await;
+    match &sum.failure {
+        Some(AccountFailure::Connect(e)) => assert!(e.contains("TLS handshake"), "{e}"),
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+    assert_eq!(pop.mailbox("info").unwrap().retrievals, 0);
+    let ca = s.dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let mut cfg = s.config.clone();
+    cfg.accounts[0].ca_file = Some(ca);
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    let (sum, _) = s.pass(&pop, &smtp).await;
+    assert!(sum.failure.is_none(), "{sum:?}");
+    assert_eq!(sum.delivered, 1);
+    assert!(pop.sessions().last().unwrap().tls);
+}
+
+#[tokio::test]
+async fn a_password_over_plain_text_is_refused_unless_allowed() {
+    let pop =
+        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 300)]))).await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let mut cfg = s.config.clone();
+    cfg.accounts[0].allow_plaintext = false;
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    let (sum, _) = s.pass(&pop, &smtp).await;
+    assert!(
+        matches!(&sum.failure, Some(AccountFailure::Connect(e)) if e.contains("in clear")),
+        "{sum:?}"
+    );
+    assert!(!pop.sessions()[0]
+        .commands
+        .iter()
+        .any(|c| c.starts_with("USER") || c.starts_with("PASS")));
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_failure_with_an_event() {
+    let pop = pop3(MockPop3::builder().mailbox(Mailbox::new("info", "another password"))).await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert!(
+        matches!(sum.failure, Some(AccountFailure::Auth(_))),
+        "{sum:?}"
+    );
+    assert_eq!(count(&events, "auth.failed"), 1);
+}
+
+/// A writer collecting every log line.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_in_any_log_line_event_or_transcript() {
+    use base64::Engine;
+    let token = "ya29.TOKEN-".to_string() + &"Z".repeat(300);
+    let logs = Captured::default();
+    let w = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(move || w.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut all_events = String::new();
+    let mut transcripts = String::new();
+    for (method, cfg_auth, secret) in [
+        (AuthMethod::User, "user", PASSWORD.to_string()),
+        (AuthMethod::Plain, "plain", PASSWORD.to_string()),
+        (AuthMethod::Login, "login", PASSWORD.to_string()),
+        (AuthMethod::Xoauth2, "xoauth2", token.clone()),
+    ] {
+        let mb = Mailbox::new("info", PASSWORD)
+            .with_token(token.clone())
+            .with_methods([method])
+            .with_demo_messages(2, 500);
+        let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+        let smtp = smtp(MockSmtp::builder()).await;
+        let s = setup(&pop, &smtp, "", "");
+        let mut cfg = s.config.clone();
+        cfg.accounts[0].auth = match cfg_auth {
+            "user" => popbridge::config::AuthMethod::User,
+            "plain" => popbridge::config::AuthMethod::Plain,
+            "login" => popbridge::config::AuthMethod::Login,
+            _ => popbridge::config::AuthMethod::Xoauth2,
+        };
+        cfg.accounts[0].secret =
+            popbridge::secret::SecretSource::Value(popbridge::secret::Secret::new(secret));
+        let s = Setup {
+            config: cfg,
+            dir: s.dir,
+        };
+        let (sum, events) = s.pass(&pop, &smtp).await;
+        assert_eq!(sum.delivered, 2, "{cfg_auth}: {sum:?}");
+        all_events.push_str(&serde_json::to_string(&events).unwrap());
+        all_events.push_str(&format!("{sum:?}{:?}", s.config));
+        transcripts.push_str(&pop.transcript());
+        transcripts.push_str(&smtp.transcript());
+    }
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("POP3 C: PASS ***"),
+        "the transcript is in the logs: {logs}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let forms = [
+        PASSWORD.to_string(),
+        b64.encode(PASSWORD),
+        b64.encode(format!("\0info\0{PASSWORD}")),
+        token.clone(),
+        token[..24].to_string(),
+        b64.encode(format!("user=info\x01auth=Bearer {token}\x01\x01")),
+    ];
+    for f in &forms {
+        assert!(!logs.contains(f.as_str()), "secret in logs");
+        assert!(
+            !all_events.contains(f.as_str()),
+            "secret in events or summaries"
+        );
+        assert!(
+            !transcripts.contains(f.as_str()),
+            "secret in mock transcripts"
+        );
+    }
+}
+
+#[tokio::test]
+async fn leave_on_server_delivers_once_and_keeps_everything() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(mailbox_with((0..5).map(|i| mail(i, "a@example.net", 500)))),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "leave_on_server = true", "");
+    let (a, _) = s.pass(&pop, &smtp).await;
+    let (b, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(
+        (a.delivered, a.deleted, b.delivered, b.deleted),
+        (5, 0, 0, 0)
+    );
+    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 5);
+    exactly_once(&delivered_ids(&smtp), 5);
+    assert_eq!(
+        pop.mailbox("info").unwrap().retrievals,
+        5,
+        "known UIDs are not downloaded again"
+    );
+}
+
+#[tokio::test]
+async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
+    let caps = mock_pop3::Capabilities {
+        uidl: false,
+        ..mock_pop3::Capabilities::full_after_login()
+    };
+    let pop = pop3(
+        MockPop3::builder()
+            .mailbox(mailbox_with((0..6).map(|i| mail(i, "a@example.net", 500))))
+            .capabilities_after_login(caps)
+            .fault(PopRule::new(
+                PopHook::command("QUIT"),
+                PopFault::CloseBeforeReply,
+            )),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let (a, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(a.delivered, 6);
+    let (b, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((b.delivered, b.deleted), (0, 6), "{b:?}");
+    assert_eq!(count(&events, "message.already_delivered"), 6);
+    exactly_once(&delivered_ids(&smtp), 6);
+}
+
+#[tokio::test]
+async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
+    )
+    .await;
+    let smtp = smtp(
+        MockSmtp::builder()
+            .mailbox(MailboxSpec::new("info@contoso.local"))
+            .fault(
+                FaultRule::new(
+                    Hook::EndOfData,
+                    FaultAction::Reply("451 4.3.0 Mail server temporarily rejected message".into()),
+                )
+                .nth(2),
+            ),
+    )
+    .await;
+    let s = setup(&pop, &smtp, "", "");
+    let (a, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((a.delivered, a.deferred), (2, 1), "{a:?}");
+    assert_eq!(count(&events, "message.deferred"), 1);
+    let (b, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(b.delivered, 1);
+    exactly_once(&delivered_ids(&smtp), 3);
+    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+}
