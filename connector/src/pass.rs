@@ -149,6 +149,19 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
     cx.events.emit(Event::PassStarted {
         account: account.name.clone(),
     });
+    // One pass per account at a time, across processes too: an advisory lock the kernel
+    // releases if this process dies, so it can never go stale.
+    let _lock = match lock_account(&cx.config.state_dir, &account.name) {
+        Ok(l) => l,
+        Err(reason) => {
+            cx.events.emit(Event::AccountFailed {
+                account: account.name.clone(),
+                error: reason.clone(),
+            });
+            run.summary.aborted = Some(reason);
+            return run.summary;
+        }
+    };
     if let Err(f) = run.pass().await {
         cx.events.emit(Event::AccountFailed {
             account: account.name.clone(),
@@ -171,6 +184,26 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         quarantined: s.quarantined,
     });
     run.summary
+}
+
+/// Takes the account's lock file under `state_dir/locks`, or says why not.
+fn lock_account(state_dir: &std::path::Path, account: &str) -> Result<std::fs::File, String> {
+    let dir = state_dir.join("locks");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{}.lock", safe_name(account)));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err("another pass of this account is running; this one was skipped".into())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
 }
 
 fn pop3_failure(e: Pop3Error) -> AccountFailure {

@@ -1,5 +1,7 @@
 //! The connector against the mocks: the acceptance behaviours of the connector core.
 #![allow(missing_docs)]
 
+mod cli;
 mod harness;
+mod interop;
 mod pass;

@@ -510,3 +510,73 @@ async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
     exactly_once(&delivered_ids(&smtp), 3);
     assert!(pop.mailbox("info").unwrap().remaining.is_empty());
 }
+
+#[tokio::test]
+async fn two_passes_of_one_account_never_overlap() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    // Another process (here: this test) holds the account's lock.
+    let locks = s.state().join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(locks.join("info.lock"))
+        .unwrap();
+    held.lock().unwrap();
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert!(
+        sum.aborted
+            .as_deref()
+            .unwrap_or("")
+            .contains("another pass"),
+        "{sum:?}"
+    );
+    assert_eq!(sum.delivered, 0);
+    assert_eq!(count(&events, "account.failed"), 1);
+    assert!(
+        pop.sessions().is_empty(),
+        "the POP3 server was not even contacted"
+    );
+    drop(held);
+    let (sum, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(sum.delivered, 3);
+}
+
+#[tokio::test]
+async fn apop_and_cram_md5_log_in() {
+    for (method, name) in [
+        (AuthMethod::Apop, "apop"),
+        (AuthMethod::CramMd5, "cram-md5"),
+    ] {
+        let mb = mailbox_with([mail(1, "a@example.net", 400)]).with_methods([method]);
+        let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+        let smtp = smtp(MockSmtp::builder()).await;
+        let s = setup(&pop, &smtp, "", "");
+        let mut cfg = s.config.clone();
+        cfg.accounts[0].auth = if name == "apop" {
+            popbridge::config::AuthMethod::Apop
+        } else {
+            popbridge::config::AuthMethod::CramMd5
+        };
+        cfg.accounts[0].allow_plaintext = false;
+        let s = Setup {
+            config: cfg,
+            dir: s.dir,
+        };
+        let (sum, _) = s.pass(&pop, &smtp).await;
+        assert_eq!(sum.delivered, 1, "{name}: {sum:?}");
+        let cmds = &pop.sessions()[0].commands;
+        let expected = if name == "apop" {
+            "APOP info ***"
+        } else {
+            "AUTH CRAM-MD5"
+        };
+        assert!(cmds.iter().any(|c| c == expected), "{name}: {cmds:?}");
+    }
+}

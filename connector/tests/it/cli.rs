@@ -1,0 +1,199 @@
+//! The `popbridge` binary: the exit codes and outputs scripts rely on.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use mock_pop3::{Mailbox, MockPop3};
+use mock_smtp::{Limits, MockSmtp};
+
+use crate::harness::*;
+
+async fn popbridge(args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("popbridge hung")
+        .unwrap()
+}
+
+fn write_config(dir: &Path, pop3_port: u16, smtp_port: u16, extra: &str) -> String {
+    let path = dir.join("popbridge.toml");
+    std::fs::write(dir.join("pass"), format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            r#"state_dir = "state"
+[transport]
+host = "127.0.0.1"
+port = {smtp_port}
+[timeouts]
+connect = "5s"
+command = "10s"
+[[account]]
+name = "info"
+host = "127.0.0.1"
+port = {pop3_port}
+tls = "none"
+allow_plaintext = true
+username = "info"
+password_file = "pass"
+deliver_to = "info@contoso.local"
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted_transcript() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(3, 800)),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    let events = dir.path().join("events.jsonl");
+    let out = popbridge(&[
+        "--config",
+        &cfg,
+        "--verbose",
+        "--events",
+        events.to_str().unwrap(),
+        "fetch",
+    ])
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("info: 3 listed, 3 delivered, 3 deleted"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("POP3 C: PASS ***"),
+        "--verbose shows the transcript: {stderr}"
+    );
+    assert!(stderr.contains("SMTP S: 250 2.6.0"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD) && !stdout.contains(PASSWORD));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"pass.started"));
+    assert_eq!(kinds.last(), Some(&"pass.finished"));
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "message.delivered").count(),
+        3
+    );
+    assert_eq!(lines.last().unwrap()["delivered"], 3);
+    assert!(!std::fs::read_to_string(&events).unwrap().contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_1_when_messages_stay_on_the_server() {
+    let mb = Mailbox::new("info", PASSWORD)
+        .with_demo_messages(2, 800)
+        .with_demo_messages(1, 50_000);
+    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(20_000),
+        ..Limits::default()
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("1 left on the server (1 over the size limit)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_2_for_configuration_errors_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 1, 1, "tls_mode = \"implicit\"");
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("popbridge.toml:17:") && stderr.contains("tls_mode"),
+        "{stderr}"
+    );
+    let cfg = write_config(dir.path(), 1, 1, "");
+    let out = popbridge(&["--config", &cfg, "fetch", "--account", "nope"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no account named \"nope\""));
+    let out = popbridge(&["--config", "/nonexistent/popbridge.toml", "fetch"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent/popbridge.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_3_when_the_server_cannot_be_reached_or_refuses_the_login() {
+    let smtp = smtp(MockSmtp::builder()).await;
+    let closed = {
+        let l = listener().await;
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), closed, smtp.addr().unwrap().port(), "");
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("cannot connect to POP3 server"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let pop = pop3(MockPop3::builder().mailbox(Mailbox::new("info", "different"))).await;
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stdout).contains("authentication failed"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[tokio::test]
+async fn help_explains_the_exit_codes() {
+    let out = popbridge(&["--help"]).await;
+    let help = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        help.contains("Exit codes: 0 everything due was delivered"),
+        "{help}"
+    );
+    assert!(help.contains("fetch"));
+}
