@@ -1605,7 +1605,7 @@ From:a@x.example\nTo: b@x.example\n\nother body";
             data.extend_from_slice(set[rng.below(set.len())]);
         };
         while data.len() < len {
-            if round % 2 == 0 {
+            if round.is_multiple_of(2) {
                 pick(NOISE, &mut data);
                 continue;
             }
