@@ -431,7 +431,9 @@ impl Run<'_> {
                         reason: e.to_string(),
                     });
                 }
-                self.summary.aborted = Some(e.to_string());
+                // Could not reach the SMTP server: an account failure (exit 3), after which the
+                // POP3 session still QUITs so earlier deliveries get deleted.
+                self.summary.failure = Some(AccountFailure::Connect(e.to_string()));
                 return Ok(());
             }
         };

@@ -580,3 +580,32 @@ async fn apop_and_cram_md5_log_in() {
         assert!(cmds.iter().any(|c| c == expected), "{name}: {cmds:?}");
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let mut cfg = s.config.clone();
+    cfg.transport.port = listener().await.local_addr().unwrap().port();
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert!(
+        matches!(&sum.failure, Some(AccountFailure::Connect(e)) if e.contains("SMTP")),
+        "{sum:?}"
+    );
+    assert_eq!((sum.delivered, sum.deferred), (0, 3));
+    assert_eq!(count(&events, "message.deferred"), 3);
+    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
+    assert_eq!(
+        pop.mailbox("info").unwrap().retrievals,
+        0,
+        "nothing downloaded without a place to put it"
+    );
+}
