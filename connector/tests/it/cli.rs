@@ -90,6 +90,10 @@ async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted
     );
     assert!(stderr.contains("SMTP S: 250 2.6.0"), "{stderr}");
     assert!(!stderr.contains(PASSWORD) && !stdout.contains(PASSWORD));
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes when stderr is not a terminal"
+    );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
         .unwrap()
         .lines()
