@@ -609,3 +609,66 @@ async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() 
         "nothing downloaded without a place to put it"
     );
 }
+
+#[tokio::test]
+async fn a_large_message_is_spooled_and_arrives_byte_exact_over_bdat_and_data() {
+    let big = {
+        let mut m =
+            b"Return-Path: <a@example.net>\r\nSubject: big\r\nMessage-ID: <big@x>\r\n\r\n".to_vec();
+        let mut i = 0u32;
+        while m.len() < 3 * 1024 * 1024 {
+            m.extend_from_slice(format!(".line {i} ").as_bytes());
+            m.extend_from_slice(b"\xe9 with a leading dot\r\n");
+            i += 1;
+        }
+        m
+    };
+    for chunking in [true, false] {
+        let pop = pop3(MockPop3::builder().mailbox(mailbox_with([raw(&big)]))).await;
+        let ext = mock_smtp::Extensions {
+            chunking,
+            ..mock_smtp::Extensions::default()
+        };
+        let smtp = smtp(MockSmtp::builder().extensions(ext)).await;
+        let s = setup(&pop, &smtp, "", "memory_threshold = \"256KB\"");
+        let (sum, _) = s.pass(&pop, &smtp).await;
+        assert_eq!(sum.delivered, 1, "chunking {chunking}: {sum:?}");
+        let t = &smtp.captured()[0];
+        assert_eq!(t.bdat, chunking);
+        let data = &t.data[..];
+        let body_start = data
+            .windows(big.len().min(64))
+            .position(|w| w == &big[..64])
+            .expect("original bytes follow the trace header");
+        assert_eq!(
+            &data[body_start..],
+            &big[..],
+            "chunking {chunking}: byte exact"
+        );
+        assert!(t.params.iter().any(|p| p.to_string() == "BODY=8BITMIME"));
+        assert!(
+            files_under(&s.state().join("spool")).is_empty(),
+            "spool files are removed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn helo_is_used_when_ehlo_is_refused() {
+    let pop =
+        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 400)]))).await;
+    let smtp = smtp(MockSmtp::builder().fault(FaultRule::new(
+        Hook::command("EHLO"),
+        FaultAction::Reply("500 5.3.3 Unrecognized command".into()),
+    )))
+    .await;
+    let s = setup(&pop, &smtp, "", "");
+    let (sum, _) = s.pass(&pop, &smtp).await;
+    assert_eq!(sum.delivered, 1, "{sum:?}");
+    let t = smtp.transcript();
+    assert!(t.contains("C: HELO popbridge.test"), "{t}");
+    assert!(
+        !smtp.captured()[0].bdat,
+        "no extensions after HELO: plain DATA"
+    );
+}
