@@ -32,6 +32,10 @@ const DEFAULT_MEMORY_THRESHOLD: u64 = 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+const MIN_INTERVAL: Duration = Duration::from_secs(5 * 60);
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_JITTER: Duration = Duration::from_secs(30);
 const PASSWORD_KEYS: &str = "password, password_env, password_file, password_command";
 
 // ---------------------------------------------------------------------------------------
@@ -59,6 +63,44 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// The POP3 mailboxes to fetch, in file order (at least one).
     pub accounts: Vec<Account>,
+    /// The daemon's time between passes (5 minutes to 24 hours).
+    pub interval: Duration,
+    /// The most a scheduled pass is delayed at random, so many connectors do not all
+    /// connect at the same second.
+    pub jitter: Duration,
+    /// Limits the Exchange server applies after accepting a message (not visible over SMTP).
+    pub exchange: Exchange,
+}
+
+/// Limits Exchange applies after it accepted a message over SMTP (the categoriser): they
+/// bounce mail with an NDR instead of refusing it, which is how SBS customers lost mail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exchange {
+    /// The organisation-wide receive limit (`Set-TransportConfig -MaxReceiveSize`).
+    pub organization_receive_limit: Option<u64>,
+}
+
+/// Where messages are delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// Submitted over SMTP to `host:port`.
+    Smtp,
+    /// Written as `.eml` files into an SMTP service's pickup folder (the SBS 2003 path).
+    Pickup {
+        /// The pickup folder.
+        dir: PathBuf,
+        /// Where messages that cannot be written go.
+        failed_dir: PathBuf,
+    },
+}
+
+/// Routing of a catch-all ("global") mailbox: one POP3 account for many local users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchAll {
+    /// Domains whose addresses are local (any local part).
+    pub local_domains: Vec<String>,
+    /// Individual local addresses (outside the local domains).
+    pub local_addresses: Vec<String>,
 }
 
 /// Behaviour profile.
@@ -87,6 +129,8 @@ pub struct Transport {
     pub ca_file: Option<PathBuf>,
     /// Accept any certificate (testing only).
     pub tls_accept_invalid_certs: bool,
+    /// SMTP or a pickup folder.
+    pub delivery: DeliveryKind,
 }
 
 /// Size, count and failure limits.
@@ -140,8 +184,13 @@ pub struct Account {
     pub username: String,
     /// Where the password (or token) comes from.
     pub secret: SecretSource,
-    /// The envelope recipient of every message of this mailbox.
+    /// The envelope recipient of every message of this mailbox (for a catch-all account:
+    /// of the messages no local recipient was found for, e.g. the postmaster).
     pub deliver_to: String,
+    /// The Exchange mailbox's receive limit (`MaxReceiveSize`), applied after acceptance.
+    pub mailbox_receive_limit: Option<u64>,
+    /// Catch-all routing by the message's recipient headers, when set.
+    pub catch_all: Option<CatchAll>,
     /// Keep messages on the POP3 server after delivery.
     pub leave_on_server: bool,
     /// Extra CA certificates (PEM) to trust.
@@ -404,12 +453,41 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     account: Vec<Spanned<RawAccount>>,
+    interval: Option<Spanned<DurationValue>>,
+    jitter: Option<Spanned<DurationValue>>,
+    #[serde(default)]
+    exchange: RawExchange,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "an [exchange] table")]
+struct RawExchange {
+    organization_receive_limit: Option<Spanned<SizeValue>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawDeliveryKind {
+    Smtp,
+    Pickup,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a catch_all table")]
+struct RawCatchAll {
+    #[serde(default)]
+    local_domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    local_addresses: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [transport] table")]
 struct RawTransport {
-    host: Spanned<String>,
+    kind: Option<RawDeliveryKind>,
+    host: Option<Spanned<String>>,
+    pickup_dir: Option<Spanned<String>>,
+    failed_dir: Option<Spanned<String>>,
     port: Option<Spanned<Int>>,
     helo: Option<Spanned<String>>,
     #[serde(default)]
@@ -456,6 +534,8 @@ struct RawAccount {
     password_file: Option<Spanned<String>>,
     password_command: Option<Spanned<String>>,
     deliver_to: Spanned<String>,
+    mailbox_receive_limit: Option<Spanned<SizeValue>>,
+    catch_all: Option<Spanned<RawCatchAll>>,
     #[serde(default)]
     leave_on_server: bool,
     ca_file: Option<Spanned<String>>,
@@ -551,6 +631,24 @@ struct Ctx<'a> {
 type Res<T> = Result<T, ConfigError>;
 
 impl Ctx<'_> {
+    /// The byte range of a `[name]` table header line, if the file has one.
+    fn table_header(&self, name: &str) -> Option<Range<usize>> {
+        let mut offset = 0;
+        for line in self.text.split_inclusive('\n') {
+            let t = line.trim();
+            if t.strip_prefix('[')
+                .and_then(|t| t.split(']').next())
+                .map(str::trim)
+                == Some(name)
+                && !t.starts_with("[[")
+            {
+                return Some(offset..offset + line.len());
+            }
+            offset += line.len();
+        }
+        None
+    }
+
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
         self.text.as_bytes()[..end]
@@ -732,8 +830,38 @@ impl Ctx<'_> {
         let Some(transport) = &raw.transport else {
             return Err(self.error(None, None, "missing [transport] section".into()));
         };
-        let transport = self.transport(transport)?;
+        let transport = self.transport(transport, &state_dir)?;
         let limits = self.limits(&raw.limits)?;
+        let interval = self.duration(raw.interval.as_ref(), "interval", DEFAULT_INTERVAL)?;
+        if let Some(v) = &raw.interval {
+            if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+                return Err(self.at(
+                    v,
+                    "interval",
+                    "must be between 5 minutes and 24 hours (as the SBS connector allowed)",
+                ));
+            }
+        }
+        let jitter = match &raw.jitter {
+            Some(v) if matches!(&v.get_ref().0, Scalar::Int(0)) => Duration::ZERO,
+            Some(v) if matches!(&v.get_ref().0, Scalar::Text(t) if t.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0") => {
+                Duration::ZERO
+            }
+            other => self.duration(other.as_ref(), "jitter", DEFAULT_JITTER)?,
+        };
+        if jitter > interval / 2 {
+            return Err(self.error(
+                None,
+                Some("jitter".into()),
+                "must be at most half the interval".into(),
+            ));
+        }
+        let exchange = Exchange {
+            organization_receive_limit: match &raw.exchange.organization_receive_limit {
+                Some(v) => Some(self.size(v, "exchange.organization_receive_limit")?),
+                None => None,
+            },
+        };
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             connect: self.duration(
@@ -785,12 +913,48 @@ impl Ctx<'_> {
             limits,
             timeouts,
             accounts,
+            interval,
+            jitter,
+            exchange,
         })
     }
 
-    fn transport(&self, raw: &RawTransport) -> Res<Transport> {
+    fn transport(&self, raw: &RawTransport, state_dir: &Path) -> Res<Transport> {
+        // The `[transport]` header's position, for keys missing from it.
+        let span = self.table_header("transport");
+        let kind = raw.kind.unwrap_or(RawDeliveryKind::Smtp);
+        let delivery = match kind {
+            RawDeliveryKind::Smtp => DeliveryKind::Smtp,
+            RawDeliveryKind::Pickup => {
+                let Some(dir) = &raw.pickup_dir else {
+                    return Err(self.error(
+                        span,
+                        Some("transport.pickup_dir".into()),
+                        "missing required key (kind = \"pickup\")".into(),
+                    ));
+                };
+                let dir = self.relative(&self.string(dir, "transport.pickup_dir")?);
+                let failed_dir = match &raw.failed_dir {
+                    Some(v) => self.relative(&self.string(v, "transport.failed_dir")?),
+                    None => state_dir.join("failed"),
+                };
+                DeliveryKind::Pickup { dir, failed_dir }
+            }
+        };
+        let host = match (&raw.host, kind) {
+            (Some(h), _) => self.host(h, "transport.host")?,
+            (None, RawDeliveryKind::Pickup) => String::new(),
+            (None, RawDeliveryKind::Smtp) => {
+                return Err(self.error(
+                    span,
+                    Some("transport.host".into()),
+                    "missing required key".into(),
+                ))
+            }
+        };
         Ok(Transport {
-            host: self.host(&raw.host, "transport.host")?,
+            delivery,
+            host,
             port: self.int(
                 raw.port.as_ref(),
                 "transport.port",
@@ -964,6 +1128,41 @@ impl Ctx<'_> {
             username: self.string(&raw.username, &key("username"))?,
             secret,
             deliver_to: self.mailbox(&raw.deliver_to, &key("deliver_to"))?,
+            mailbox_receive_limit: match &raw.mailbox_receive_limit {
+                Some(v) => Some(self.size(v, &key("mailbox_receive_limit"))?),
+                None => None,
+            },
+            catch_all: match &raw.catch_all {
+                Some(c) => {
+                    let c = c.get_ref();
+                    let mut local_domains = Vec::new();
+                    for d in &c.local_domains {
+                        local_domains.push(
+                            self.domain(d, &key("catch_all.local_domains"))?
+                                .to_ascii_lowercase(),
+                        );
+                    }
+                    let mut local_addresses = Vec::new();
+                    for a in &c.local_addresses {
+                        local_addresses.push(
+                            self.mailbox(a, &key("catch_all.local_addresses"))?
+                                .to_ascii_lowercase(),
+                        );
+                    }
+                    if local_domains.is_empty() && local_addresses.is_empty() {
+                        return Err(self.error(
+                            None,
+                            Some(key("catch_all")),
+                            "needs local_domains or local_addresses".into(),
+                        ));
+                    }
+                    Some(CatchAll {
+                        local_domains,
+                        local_addresses,
+                    })
+                }
+                None => None,
+            },
             leave_on_server: raw.leave_on_server,
             ca_file: match &raw.ca_file {
                 Some(v) => Some(self.relative(&self.string(v, &key("ca_file"))?)),
@@ -1309,6 +1508,11 @@ state_dir = "/var/lib/popbridge"
 profile = "sbs2008"
 parallel_accounts = 8
 received_header = false
+interval = "30m"
+jitter = "10s"
+
+[exchange]
+organization_receive_limit = "50MB"
 
 [transport]
 host = "mail.contoso.local"
@@ -1348,6 +1552,7 @@ ca_file = "/etc/popbridge/isp.pem"
 tls_accept_invalid_certs = true
 allow_plaintext = true
 tls_server_name = "pop.isp.example"
+mailbox_receive_limit = "10MB"
 
 [[account]]
 name = "sales"
@@ -1357,6 +1562,7 @@ auth = "xoauth2"
 username = "sales"
 password_command = "pass show isp/sales"
 deliver_to = "sales@contoso.local"
+catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.example"] }
 "#;
 
     #[test]
@@ -1375,6 +1581,7 @@ deliver_to = "sales@contoso.local"
                 starttls: true,
                 ca_file: Some(PathBuf::from("/etc/popbridge/ca.pem")),
                 tls_accept_invalid_certs: true,
+                delivery: DeliveryKind::Smtp,
             },
             limits: Limits {
                 max_message_size: Some(10 * 1024 * 1024),
@@ -1402,6 +1609,8 @@ deliver_to = "sales@contoso.local"
                     username: "info@isp.example".into(),
                     secret: SecretSource::Value(Secret::new("hunter2-secret".into())),
                     deliver_to: "info@contoso.local".into(),
+                    mailbox_receive_limit: Some(10 * 1024 * 1024),
+                    catch_all: None,
                     leave_on_server: true,
                     ca_file: Some(PathBuf::from("/etc/popbridge/isp.pem")),
                     tls_accept_invalid_certs: true,
@@ -1417,6 +1626,11 @@ deliver_to = "sales@contoso.local"
                     username: "sales".into(),
                     secret: SecretSource::Command("pass show isp/sales".into()),
                     deliver_to: "sales@contoso.local".into(),
+                    mailbox_receive_limit: None,
+                    catch_all: Some(CatchAll {
+                        local_domains: vec!["contoso.local".into()],
+                        local_addresses: vec!["boss@other.example".into()],
+                    }),
                     leave_on_server: false,
                     ca_file: None,
                     tls_accept_invalid_certs: false,
@@ -1424,6 +1638,11 @@ deliver_to = "sales@contoso.local"
                     tls_server_name: None,
                 },
             ],
+            interval: Duration::from_secs(30 * 60),
+            jitter: Duration::from_secs(10),
+            exchange: Exchange {
+                organization_receive_limit: Some(50 * 1024 * 1024),
+            },
         };
         assert_eq!(c, want);
         assert_eq!(c.account("sales").unwrap().port, 110);
@@ -1445,8 +1664,14 @@ deliver_to = "sales@contoso.local"
                 starttls: false,
                 ca_file: None,
                 tls_accept_invalid_certs: false,
+                delivery: DeliveryKind::Smtp,
             }
         );
+        assert_eq!(
+            (c.interval, c.jitter),
+            (Duration::from_secs(900), Duration::from_secs(30))
+        );
+        assert_eq!(c.exchange, Exchange::default());
         assert_eq!(
             c.limits,
             Limits {
@@ -1567,8 +1792,9 @@ deliver_to = "sales@contoso.local"
         let text = MINIMAL.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nbogus = 1");
         assert_eq!(
             err(&text),
-            "popbridge.toml:5: transport.bogus: unknown key \"bogus\", expected one of \"host\", \
-             \"port\", \"helo\", \"starttls\", \"ca_file\", \"tls_accept_invalid_certs\""
+            "popbridge.toml:5: transport.bogus: unknown key \"bogus\", expected one of \"kind\", \"host\", \
+             \"pickup_dir\", \"failed_dir\", \"port\", \"helo\", \"starttls\", \"ca_file\", \
+             \"tls_accept_invalid_certs\""
         );
         let text = format!("statedir = 1\n{MINIMAL}");
         assert!(
@@ -1946,5 +2172,62 @@ deliver_to = "sales@contoso.local"
         assert_eq!(at("g =").as_deref(), Some("e[1].g"));
         assert_eq!(at("'x'").as_deref(), Some("e[1].g"));
         assert_eq!(key_path_at("x = \"unterminated\n", 4), None);
+    }
+
+    #[test]
+    fn interval_is_bounded_like_the_sbs_connector() {
+        let with = |v: &str| format!("interval = {v}\n{MINIMAL}");
+        assert_eq!(
+            load(&with("\"5m\"")).unwrap().interval,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            load(&with("\"24h\"")).unwrap().interval,
+            Duration::from_secs(86_400)
+        );
+        for bad in ["\"4m\"", "\"25h\"", "60"] {
+            let e = load(&with(bad)).unwrap_err().to_string();
+            assert_eq!(e, "popbridge.toml:1: interval: must be between 5 minutes and 24 hours (as the SBS connector allowed)", "{bad}");
+        }
+        assert_eq!(
+            load(&format!("jitter = 0\n{MINIMAL}")).unwrap().jitter,
+            Duration::ZERO
+        );
+        assert!(load(&format!("interval = \"5m\"\njitter = \"3m\"\n{MINIMAL}")).is_err());
+    }
+
+    #[test]
+    fn pickup_transport_needs_its_folder_and_no_host() {
+        let text = MINIMAL.replace(
+            "host = \"127.0.0.1\"\n",
+            "kind = \"pickup\"\npickup_dir = \"pickup\"\n",
+        );
+        let c = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        match &c.transport.delivery {
+            DeliveryKind::Pickup { dir, failed_dir } => {
+                assert!(dir.ends_with("pickup"), "{dir:?}");
+                assert_eq!(failed_dir, &c.state_dir.join("failed"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = MINIMAL.replace("host = \"127.0.0.1\"\n", "kind = \"pickup\"\n");
+        assert!(load(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("transport.pickup_dir: missing required key"));
+    }
+
+    #[test]
+    fn catch_all_needs_something_local_and_valid_domains() {
+        let bad = format!("{MINIMAL}catch_all = {{ local_domains = [] }}\n");
+        assert!(load(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("catch_all: needs local_domains or local_addresses"));
+        let bad = format!("{MINIMAL}catch_all = {{ local_domains = [\"bad..domain\"] }}\n");
+        assert!(load(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid domain"));
     }
 }
