@@ -30,7 +30,8 @@ const SBS_MAX_PER_SESSION: usize = 500;
 const RETR_WINDOW: usize = 8;
 
 /// Why an account could not be processed at all (exit codes 2 and 3).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "error", rename_all = "snake_case")]
 pub enum AccountFailure {
     /// A configuration problem found at run time (secret source, CA file).
     Config(String),
@@ -51,7 +52,7 @@ impl std::fmt::Display for AccountFailure {
 }
 
 /// What a pass did for one account.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Account name.
     pub account: String,
@@ -94,6 +95,24 @@ pub struct Context<'a> {
     pub events: &'a EventSink,
     /// The ledger, shared by the accounts of a run.
     pub ledger: &'a Mutex<Ledger>,
+    /// Set to stop taking new messages (SIGTERM): in-flight ones finish, then QUIT.
+    pub stop: &'a StopFlag,
+}
+
+/// A request to stop a pass between messages, shared with whoever asks (the daemon).
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    /// Asks every pass using this flag to stop after the messages in flight.
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True once `stop` was called.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 fn lock(l: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
@@ -470,7 +489,8 @@ impl Run<'_> {
         let mut in_flight_retr = 0usize;
         let threshold = self.cx.config.limits.memory_threshold;
         loop {
-            while in_flight_retr < window {
+            // After a stop request, no new message is started; those in flight finish.
+            while in_flight_retr < window && !self.cx.stop.is_stopped() {
                 match queue.next() {
                     Some(n) => {
                         txn.send(Pending::Retr(n));
@@ -527,6 +547,8 @@ impl Run<'_> {
                 }
             }
         }
+        // Not started because a stop was requested: they wait for the next pass.
+        self.summary.postponed += queue.count() as u32;
         Ok(())
     }
 
@@ -745,15 +767,28 @@ pub async fn run_accounts(
     ledger: Arc<Mutex<Ledger>>,
     accounts: Vec<Account>,
 ) -> Vec<Summary> {
+    run_accounts_until(config, dialer, events, ledger, accounts, StopFlag::default()).await
+}
+
+/// [`run_accounts`] that stops taking new messages once `stop` is set.
+pub async fn run_accounts_until(
+    config: Arc<Config>,
+    dialer: Arc<dyn Dialer>,
+    events: Arc<EventSink>,
+    ledger: Arc<Mutex<Ledger>>,
+    accounts: Vec<Account>,
+    stop: StopFlag,
+) -> Vec<Summary> {
     let sem = Arc::new(tokio::sync::Semaphore::new(config.parallel_accounts.max(1)));
     let mut tasks = Vec::new();
     for account in accounts {
-        let (config, dialer, events, ledger, sem) = (
+        let (config, dialer, events, ledger, sem, stop) = (
             config.clone(),
             dialer.clone(),
             events.clone(),
             ledger.clone(),
             sem.clone(),
+            stop.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.ok();
@@ -762,6 +797,7 @@ pub async fn run_accounts(
                 dialer: dialer.as_ref(),
                 events: &events,
                 ledger: &ledger,
+                stop: &stop,
             };
             run_account(&cx, &account).await
         }));
