@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod config;
+pub mod daemon;
 pub mod events;
 pub mod ledger;
 pub mod message;

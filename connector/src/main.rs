@@ -42,8 +42,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// One pass now over every account, or one ("Retrieve now").
+    /// One pass now over every account, or one ("Retrieve now" without a daemon).
     Fetch {
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// The daemon: a pass every `interval` (5m to 24h, default 15m). SIGTERM lets the
+    /// messages in flight finish, QUITs and exits 0; SIGHUP reloads the configuration
+    /// (an invalid file is refused and the running one kept).
+    Run,
+    /// Asks the running daemon for a pass now ("Retrieve now") and prints its summary.
+    Trigger {
         /// Only this account.
         #[arg(long)]
         account: Option<String>,
@@ -148,6 +158,88 @@ async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<
     Ok(exit_code(&summaries))
 }
 
+#[cfg(unix)]
+async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
+    use popbridge::daemon::{self, Daemon};
+    use tokio::signal::unix::{signal, SignalKind};
+    let events = match &cli.events {
+        Some(p) => EventSink::file(p)
+            .with_context(|| format!("opening the events file {}", p.display()))?,
+        None => EventSink::none(),
+    };
+    let ledger = match Ledger::open(&config.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("popbridge: {e}");
+            return Ok(2);
+        }
+    };
+    let socket = daemon::socket_path(&config.state_dir);
+    let (daemon, handle) = Daemon::new(
+        config,
+        Arc::new(TcpDialer),
+        Arc::new(events),
+        Arc::new(Mutex::new(ledger)),
+    );
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let sock = socket.clone();
+    let h = handle.clone();
+    let server = tokio::spawn(async move { daemon::serve_trigger_socket(sock, h).await });
+    let path = cli.config.clone();
+    let h = handle.clone();
+    let signals = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let loaded = Config::load(&path).map_err(|e| e.to_string());
+                    match h.reload(loaded).await {
+                        Ok(()) => eprintln!("popbridge: configuration reloaded from {}", path.display()),
+                        Err(e) => eprintln!("popbridge: {e} (the running configuration stays in force)"),
+                    }
+                }
+            }
+        }
+        h.stop().await;
+    });
+    tracing::info!("daemon started; trigger socket {}", socket.display());
+    daemon.run().await;
+    signals.abort();
+    if server.is_finished() {
+        if let Ok(Err(e)) = server.await {
+            eprintln!("popbridge: trigger socket: {e}");
+        }
+    } else {
+        server.abort();
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(0)
+}
+
+#[cfg(unix)]
+async fn trigger(config: &Config, account: Option<String>) -> anyhow::Result<u8> {
+    use popbridge::daemon::{request_trigger, socket_path, TriggerResponse};
+    match request_trigger(&socket_path(&config.state_dir), account).await {
+        Ok(TriggerResponse::Done(summaries)) => {
+            for s in &summaries {
+                print_summary(s);
+            }
+            Ok(exit_code(&summaries))
+        }
+        Ok(TriggerResponse::Error(e)) => {
+            eprintln!("popbridge: {e}");
+            Ok(2)
+        }
+        Err(e) => {
+            eprintln!("popbridge: {e}");
+            Ok(3)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = if cli.verbose {
@@ -181,6 +273,8 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Fetch { account } => rt.block_on(fetch(&cli, config, account.as_deref())),
+        Command::Run => rt.block_on(run_daemon(&cli, config)),
+        Command::Trigger { account } => rt.block_on(trigger(&config, account.clone())),
     };
     match result {
         Ok(code) => ExitCode::from(code),

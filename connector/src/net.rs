@@ -213,3 +213,48 @@ impl ServerCertVerifier for AcceptAnything {
             .supported_schemes()
     }
 }
+
+/// Opens a stream for one route of a [`MemoryDialer`].
+pub type Connect = Arc<dyn Fn() -> BoxIo + Send + Sync>;
+
+/// A dialer over in-memory routes (host, port) → stream factory, for deterministic tests
+/// under a paused clock: real sockets would let tokio's auto-advance run ahead.
+#[derive(Default)]
+pub struct MemoryDialer {
+    routes: std::sync::Mutex<std::collections::HashMap<(String, u16), Connect>>,
+}
+
+impl MemoryDialer {
+    /// No routes yet: every dial is refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connections to `host:port` get a stream from `connect`.
+    pub fn route(&self, host: &str, port: u16, connect: Connect) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((host.to_string(), port), connect);
+    }
+}
+
+impl Dialer for MemoryDialer {
+    fn dial<'a>(&'a self, host: &'a str, port: u16) -> DialFuture<'a> {
+        let route = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(host.to_string(), port))
+            .cloned();
+        Box::pin(async move {
+            match route {
+                Some(connect) => Ok(connect()),
+                None => Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("no route to {host}:{port}"),
+                )),
+            }
+        })
+    }
+}

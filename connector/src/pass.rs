@@ -767,7 +767,15 @@ pub async fn run_accounts(
     ledger: Arc<Mutex<Ledger>>,
     accounts: Vec<Account>,
 ) -> Vec<Summary> {
-    run_accounts_until(config, dialer, events, ledger, accounts, StopFlag::default()).await
+    run_accounts_until(
+        config,
+        dialer,
+        events,
+        ledger,
+        accounts,
+        StopFlag::default(),
+    )
+    .await
 }
 
 /// [`run_accounts`] that stops taking new messages once `stop` is set.

@@ -201,3 +201,111 @@ async fn help_explains_the_exit_codes() {
     );
     assert!(help.contains("fetch"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_trigger_reload_and_sigterm() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(2, 800)),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    // Long interval, no jitter: one scheduled pass at start, then only triggers.
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("interval = \"24h\"\njitter = 0\n{original}")).unwrap();
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
+        .args(["--config", &cfg, "run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The socket is the daemon's only readiness signal: retry the trigger, bounded.
+    let mut out = None;
+    for _ in 0..200 {
+        let o = popbridge(&["--config", &cfg, "trigger"]).await;
+        if o.status.code() != Some(3) {
+            out = Some(o);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let out = out.expect("the daemon never listened");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).starts_with("info: "),
+        "{}",
+        text(&out.stdout)
+    );
+    pop.add_message(
+        "info",
+        mock_pop3::Message::new(&b"Subject: now\r\n\r\nx\r\n"[..]),
+    );
+    let out = popbridge(&["--config", &cfg, "trigger", "--account", "info"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("1 delivered"),
+        "{}",
+        text(&out.stdout)
+    );
+    // SIGHUP with a broken file: refused, the daemon goes on.
+    std::fs::write(&cfg, "this is not toml [").unwrap();
+    let pid = daemon.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = popbridge(&["--config", &cfg, "trigger"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the trigger itself needs a valid file"
+    );
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "still running after a bad reload"
+    );
+    // SIGTERM: clean exit 0, socket gone.
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let stderr = {
+        let mut s = String::new();
+        use tokio::io::AsyncReadExt;
+        daemon
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .await
+            .unwrap();
+        s
+    };
+    assert!(
+        stderr.contains("running configuration stays in force"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("state/popbridge.sock").exists());
+    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert_eq!(smtp.counts().accepted, 3);
+}

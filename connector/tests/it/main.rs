@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 mod cli;
+mod daemon;
 mod harness;
 mod interop;
 mod pass;

@@ -1,0 +1,400 @@
+//! The daemon: a pass every `interval` (plus a little jitter), "Retrieve now" triggers,
+//! configuration reloads and a clean stop.
+//!
+//! The core is driven through a [`DaemonHandle`] (channels), so it runs the same under
+//! tokio's paused clock in tests; signals and the trigger socket are thin adapters.
+//! Must never: run two passes of one account at once, apply an invalid configuration,
+//! or stop in the middle of a message (a stop lets in-flight messages finish and QUITs).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::events::EventSink;
+use crate::ledger::Ledger;
+use crate::net::Dialer;
+use crate::pass::{self, StopFlag, Summary};
+
+/// Why a pass ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The schedule.
+    Scheduled,
+    /// "Retrieve now".
+    Triggered,
+}
+
+/// One pass the daemon ran, for inspection.
+#[derive(Debug, Clone)]
+pub struct PassRecord {
+    /// Account name.
+    pub account: String,
+    /// Why it ran.
+    pub cause: Cause,
+    /// When it started (tokio clock).
+    pub started: Instant,
+    /// When it finished.
+    pub finished: Instant,
+    /// What it did.
+    pub summary: Summary,
+}
+
+enum Request {
+    Trigger {
+        account: Option<String>,
+        reply: oneshot::Sender<Result<Vec<Summary>, String>>,
+    },
+    Reload {
+        config: Box<Result<Config, String>>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Stop,
+}
+
+/// Controls a running daemon.
+#[derive(Clone)]
+pub struct DaemonHandle {
+    tx: mpsc::Sender<Request>,
+    config: watch::Receiver<Arc<Config>>,
+    history: Arc<Mutex<Vec<PassRecord>>>,
+    completed: watch::Receiver<u64>,
+    stop: StopFlag,
+}
+
+impl DaemonHandle {
+    /// Runs a pass now (all accounts, or one) and returns when it finished. If a pass of
+    /// that account is running, this one waits for it, then runs.
+    pub async fn trigger(&self, account: Option<String>) -> Result<Vec<Summary>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Trigger { account, reply })
+            .await
+            .map_err(|_| "the daemon is stopping".to_string())?;
+        rx.await
+            .map_err(|_| "the daemon stopped before the pass ended".to_string())?
+    }
+
+    /// Replaces the configuration; an invalid one (`Err`) is refused and the old one kept.
+    pub async fn reload(&self, config: Result<Config, String>) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Reload {
+                config: Box::new(config),
+                reply,
+            })
+            .await
+            .map_err(|_| "the daemon is stopping".to_string())?;
+        rx.await.map_err(|_| "the daemon stopped".to_string())?
+    }
+
+    /// Asks the daemon to stop: no new message is started, passes QUIT, `run` returns.
+    pub async fn stop(&self) {
+        self.stop.stop();
+        let _ = self.tx.send(Request::Stop).await;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Every pass so far, in order of completion.
+    pub fn history(&self) -> Vec<PassRecord> {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until at least `n` passes (per account) have completed.
+    pub async fn wait_completed(&self, n: u64) {
+        let mut rx = self.completed.clone();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+}
+
+/// The scheduler and everything a pass needs.
+pub struct Daemon {
+    rx: mpsc::Receiver<Request>,
+    config_tx: watch::Sender<Arc<Config>>,
+    dialer: Arc<dyn Dialer>,
+    events: Arc<EventSink>,
+    ledger: Arc<Mutex<Ledger>>,
+    busy: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    history: Arc<Mutex<Vec<PassRecord>>>,
+    completed: watch::Sender<u64>,
+    stop: StopFlag,
+}
+
+/// A random delay in `0..=jitter`.
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let ms = max.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(0..=ms))
+}
+
+impl Daemon {
+    /// A daemon for `config`, and the handle that controls it.
+    pub fn new(
+        config: Config,
+        dialer: Arc<dyn Dialer>,
+        events: Arc<EventSink>,
+        ledger: Arc<Mutex<Ledger>>,
+    ) -> (Daemon, DaemonHandle) {
+        let (tx, rx) = mpsc::channel(16);
+        let (config_tx, config_rx) = watch::channel(Arc::new(config));
+        let (completed, completed_rx) = watch::channel(0);
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let stop = StopFlag::default();
+        let handle = DaemonHandle {
+            tx,
+            config: config_rx,
+            history: history.clone(),
+            completed: completed_rx,
+            stop: stop.clone(),
+        };
+        let daemon = Daemon {
+            rx,
+            config_tx,
+            dialer,
+            events,
+            ledger,
+            busy: HashMap::new(),
+            history,
+            completed,
+            stop,
+        };
+        (daemon, handle)
+    }
+
+    fn lock_for(&mut self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.busy.entry(account.to_string()).or_default().clone()
+    }
+
+    /// Runs until stopped. The first pass starts after the jitter, then every interval.
+    pub async fn run(mut self) {
+        let mut tasks = JoinSet::new();
+        let mut next = Instant::now() + jitter(self.config_tx.borrow().jitter);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {
+                    let config = self.config_tx.borrow().clone();
+                    for account in config.accounts.clone() {
+                        let lock = self.lock_for(&account.name);
+                        // A pass still running when the next one is due: skip this turn.
+                        let Ok(guard) = lock.try_lock_owned() else {
+                            tracing::info!(account = %account.name, "previous pass still running; skipping this turn");
+                            continue;
+                        };
+                        let job = self.job(config.clone(), account.name.clone(), Cause::Scheduled);
+                        tasks.spawn(async move {
+                            let _ = job.run().await;
+                            drop(guard);
+                        });
+                    }
+                    next = Instant::now() + config.interval + jitter(config.jitter);
+                }
+                req = self.rx.recv() => match req {
+                    None | Some(Request::Stop) => break,
+                    Some(Request::Trigger { account, reply }) => {
+                        let config = self.config_tx.borrow().clone();
+                        let names: Vec<String> = match &account {
+                            Some(a) if config.account(a).is_none() => {
+                                let _ = reply.send(Err(format!("no account named {a:?}")));
+                                continue;
+                            }
+                            Some(a) => vec![a.clone()],
+                            None => config.accounts.iter().map(|a| a.name.clone()).collect(),
+                        };
+                        let jobs: Vec<_> = names
+                            .iter()
+                            .map(|n| (self.lock_for(n), self.job(config.clone(), n.clone(), Cause::Triggered)))
+                            .collect();
+                        tasks.spawn(async move {
+                            let mut out = Vec::new();
+                            for (lock, job) in jobs {
+                                // Waits for a running pass of the account, never overlaps it.
+                                let guard = lock.lock_owned().await;
+                                out.extend(job.run().await);
+                                drop(guard);
+                            }
+                            let _ = reply.send(Ok(out));
+                        });
+                    }
+                    Some(Request::Reload { config, reply }) => {
+                        let result = match *config {
+                            Ok(c) => {
+                                let interval = c.interval;
+                                self.config_tx.send_replace(Arc::new(c));
+                                tracing::info!("configuration reloaded; interval {}s", interval.as_secs());
+                                Ok(())
+                            }
+                            Err(e) => {
+                                tracing::error!("configuration not reloaded, the old one stays in force: {e}");
+                                Err(e)
+                            }
+                        };
+                        let _ = reply.send(result);
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        self.stop.stop();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn job(&self, config: Arc<Config>, account: String, cause: Cause) -> Job {
+        Job {
+            config,
+            account,
+            cause,
+            dialer: self.dialer.clone(),
+            events: self.events.clone(),
+            ledger: self.ledger.clone(),
+            history: self.history.clone(),
+            completed: self.completed.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+/// One account's pass, with what it needs to report back.
+struct Job {
+    config: Arc<Config>,
+    account: String,
+    cause: Cause,
+    dialer: Arc<dyn Dialer>,
+    events: Arc<EventSink>,
+    ledger: Arc<Mutex<Ledger>>,
+    history: Arc<Mutex<Vec<PassRecord>>>,
+    completed: watch::Sender<u64>,
+    stop: StopFlag,
+}
+
+impl Job {
+    async fn run(self) -> Vec<Summary> {
+        let Some(account) = self.config.account(&self.account).cloned() else {
+            return Vec::new();
+        };
+        if self.stop.is_stopped() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        let summaries = pass::run_accounts_until(
+            self.config.clone(),
+            self.dialer.clone(),
+            self.events.clone(),
+            self.ledger.clone(),
+            vec![account],
+            self.stop.clone(),
+        )
+        .await;
+        let finished = Instant::now();
+        {
+            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &summaries {
+                h.push(PassRecord {
+                    account: self.account.clone(),
+                    cause: self.cause,
+                    started,
+                    finished,
+                    summary: s.clone(),
+                });
+            }
+        }
+        self.completed.send_modify(|c| *c += 1);
+        summaries
+    }
+}
+
+/// The trigger socket's path for a state directory.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("popbridge.sock")
+}
+
+/// What `popbridge trigger` sends over the socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TriggerRequest {
+    /// One account, or all.
+    pub account: Option<String>,
+}
+
+/// What the daemon answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TriggerResponse {
+    /// The passes ran.
+    Done(Vec<Summary>),
+    /// They could not run.
+    Error(String),
+}
+
+/// Serves "Retrieve now" requests on a Unix socket (one JSON line each way) until the
+/// daemon stops. A stale socket file from a crashed daemon is replaced.
+#[cfg(unix)]
+pub async fn serve_trigger_socket(path: PathBuf, handle: DaemonHandle) -> std::io::Result<()> {
+    if tokio::net::UnixStream::connect(&path).await.is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another daemon is listening on {}", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(r.take(64 * 1024));
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<TriggerRequest>(&line) {
+                Ok(req) => match handle.trigger(req.account).await {
+                    Ok(s) => TriggerResponse::Done(s),
+                    Err(e) => TriggerResponse::Error(e),
+                },
+                Err(e) => TriggerResponse::Error(format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_string(&response).unwrap_or_else(|_| "\"Error\"".into());
+            out.push('\n');
+            let _ = w.write_all(out.as_bytes()).await;
+        });
+    }
+}
+
+/// Asks a running daemon for a pass and waits for its summaries.
+#[cfg(unix)]
+pub async fn request_trigger(
+    path: &Path,
+    account: Option<String>,
+) -> std::io::Result<TriggerResponse> {
+    let mut stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "no daemon is listening on {} ({e}); is `popbridge run` running?",
+                path.display()
+            ),
+        )
+    })?;
+    let mut req = serde_json::to_string(&TriggerRequest { account })?;
+    req.push('\n');
+    stream.write_all(req.as_bytes()).await?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).await?;
+    serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
