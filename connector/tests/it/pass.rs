@@ -672,3 +672,46 @@ async fn helo_is_used_when_ehlo_is_refused() {
         "no extensions after HELO: plain DATA"
     );
 }
+
+#[tokio::test]
+async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_profile_does_not() {
+    let build = || {
+        let mut all: Vec<mock_pop3::Message> = (0..5)
+            .map(|i| raw(format!("Return-Path: <bad sender{i}@example.net>\r\nFrom: x\r\nSubject: bad {i}\r\nMessage-ID: <bad{i}@x>\r\n\r\nbody\r\n").as_bytes()))
+            .collect();
+        all.extend((0..20).map(|i| mail(10 + i, "good@example.net", 500)));
+        MockPop3::builder().mailbox(mailbox_with(all))
+    };
+    // The old connector: no return-path repair, no reconnect before the error limit.
+    let pop = pop3(build()).await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let mut cfg = s.config.clone();
+    cfg.profile = popbridge::config::Profile::Sbs2008;
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    for pass in 1..=3 {
+        let (sum, _) = s.pass(&pop, &smtp).await;
+        assert_eq!(sum.delivered, 0, "sbs2008 pass {pass}: {sum:?}");
+    }
+    assert_eq!(
+        pop.mailbox("info").unwrap().remaining.len(),
+        25,
+        "the same five come first again, every pass"
+    );
+    assert!(smtp
+        .sessions()
+        .iter()
+        .all(|s| s.end.as_deref() == Some("too many errors")));
+    assert_eq!(smtp.counts().accepted, 0);
+    // Popbridge's own profile, same mailbox, same server: one pass.
+    let pop2 = pop3(build()).await;
+    let smtp2 = crate::harness::smtp(MockSmtp::builder()).await;
+    let s = setup(&pop2, &smtp2, "", "");
+    let (sum, _) = s.pass(&pop2, &smtp2).await;
+    assert_eq!(sum.delivered, 25, "{sum:?}");
+    assert!(pop2.mailbox("info").unwrap().remaining.is_empty());
+    assert!(smtp2.sessions().iter().all(|s| s.protocol_errors == 0));
+}
