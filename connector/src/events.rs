@@ -19,6 +19,16 @@ pub enum Event {
         /// Account name.
         account: String,
     },
+    /// The account's maildrop was listed: how much work the pass has.
+    #[serde(rename = "pass.listed")]
+    Listed {
+        /// Account name.
+        account: String,
+        /// Messages on the server.
+        messages: u32,
+        /// Their total size in octets (as LIST reports it).
+        octets: u64,
+    },
     /// A message was accepted by the SMTP server and recorded.
     #[serde(rename = "message.delivered")]
     Delivered {
@@ -147,11 +157,15 @@ pub enum Event {
     },
 }
 
+/// A callback that sees every event (a progress bar, the harness).
+pub type Observer = Box<dyn Fn(&Event) + Send + Sync>;
+
 /// Where events go.
 #[derive(Default)]
 pub struct EventSink {
     file: Option<Mutex<std::fs::File>>,
     memory: Option<Mutex<Vec<Event>>>,
+    observers: Vec<Observer>,
 }
 
 impl EventSink {
@@ -168,20 +182,29 @@ impl EventSink {
             .open(path)?;
         Ok(Self {
             file: Some(Mutex::new(f)),
-            memory: None,
+            ..Self::default()
         })
     }
 
     /// Events kept in memory (tests and the harness).
     pub fn memory() -> Self {
         Self {
-            file: None,
             memory: Some(Mutex::new(Vec::new())),
+            ..Self::default()
         }
+    }
+
+    /// Also calls `f` with every event.
+    pub fn with_observer(mut self, f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.observers.push(Box::new(f));
+        self
     }
 
     /// Records an event.
     pub fn emit(&self, e: Event) {
+        for o in &self.observers {
+            o(&e);
+        }
         let json = serde_json::to_string(&e).unwrap_or_else(|_| "{}".into());
         tracing::info!(target: "popbridge::events", "{json}");
         if let Some(f) = &self.file {

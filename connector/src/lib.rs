@@ -8,12 +8,16 @@
 pub mod body;
 pub mod config;
 pub mod daemon;
+pub mod diagnose;
 pub mod events;
 pub mod ledger;
+pub mod limits;
 pub mod message;
 pub mod net;
 pub mod pass;
+pub mod pickup;
 pub mod pop3;
+pub mod routing;
 pub mod secret;
 pub mod smtp;
 

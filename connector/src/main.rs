@@ -52,6 +52,20 @@ enum Command {
     /// messages in flight finish, QUITs and exits 0; SIGHUP reloads the configuration
     /// (an invalid file is refused and the running one kept).
     Run,
+    /// Validates the size-limit chain (popbridge, the receive connector's SIZE, Exchange's
+    /// organisation and mailbox limits) and shows, per size band, whether a message is
+    /// delivered, left on the server, or could be lost. Exit 1 when mail can be lost or
+    /// stuck forever.
+    CheckLimits {
+        /// Also ask the servers: the SMTP server's EHLO SIZE and the POP3 messages' sizes
+        /// (LIST; nothing is downloaded or deleted).
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Checks every account and the transport without changing anything: connection and
+    /// TLS, capabilities before and after login, login, message count and largest sizes,
+    /// the SMTP server's extensions and SIZE. Exit 3 on any failure.
+    Diagnose,
     /// Asks the running daemon for a pass now ("Retrieve now") and prints its summary.
     Trigger {
         /// Only this account.
@@ -81,6 +95,52 @@ fn exit_code(summaries: &[Summary]) -> u8 {
         }
     }
     code
+}
+
+/// One progress bar per account, fed by events.
+#[derive(Default)]
+struct Progress {
+    multi: indicatif::MultiProgress,
+    bars: Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Progress {
+    fn on(&self, e: &popbridge::events::Event) {
+        use popbridge::events::Event;
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            Event::Listed {
+                account, messages, ..
+            } => {
+                let bar = self
+                    .multi
+                    .add(indicatif::ProgressBar::new(u64::from(*messages)));
+                let style = indicatif::ProgressStyle::with_template(
+                    "{prefix:>12} [{bar:30}] {pos}/{len} messages ({per_sec})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                bar.set_style(style.progress_chars("=> "));
+                bar.set_prefix(account.clone());
+                bars.insert(account.clone(), bar);
+            }
+            Event::Delivered { account, .. }
+            | Event::AlreadyDelivered { account, .. }
+            | Event::Rejected { account, .. }
+            | Event::Deferred { account, .. }
+            | Event::SkippedOversize { account, .. }
+            | Event::Quarantined { account, .. } => {
+                if let Some(b) = bars.get(account) {
+                    b.inc(1);
+                }
+            }
+            Event::PassFinished { account, .. } => {
+                if let Some(b) = bars.remove(account) {
+                    b.finish_and_clear();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn print_summary(s: &Summary) {
@@ -136,6 +196,13 @@ async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<
         Some(p) => EventSink::file(p)
             .with_context(|| format!("opening the events file {}", p.display()))?,
         None => EventSink::none(),
+    };
+    // A progress bar for people at a terminal; scripts and logs get none.
+    let events = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        let progress = Progress::default();
+        events.with_observer(move |e| progress.on(e))
+    } else {
+        events
     };
     let ledger = match Ledger::open(&config.state_dir) {
         Ok(l) => l,
@@ -274,6 +341,16 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Fetch { account } => rt.block_on(fetch(&cli, config, account.as_deref())),
         Command::Run => rt.block_on(run_daemon(&cli, config)),
+        Command::CheckLimits { probe } => rt.block_on(async {
+            let report = popbridge::limits::check(&config, *probe, &TcpDialer).await;
+            print!("{}", report.render());
+            Ok(report.exit_code())
+        }),
+        Command::Diagnose => rt.block_on(async {
+            let report = popbridge::diagnose::diagnose(&config, &TcpDialer).await;
+            print!("{}", report.render());
+            Ok(report.exit_code())
+        }),
         Command::Trigger { account } => rt.block_on(trigger(&config, account.clone())),
     };
     match result {

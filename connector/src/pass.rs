@@ -1,11 +1,26 @@
 //! One pass over one account: the invariants of design.md in code.
 //!
-//! Order of work for a message: download (bounded, spooled when large), submit over SMTP,
-//! record the delivery durably in the ledger, and only then DELE; deletions take effect at
-//! QUIT. A message already recorded as delivered is never submitted again, only deleted.
-//! Permanent refusals leave the message and count towards quarantine; temporary ones
-//! leave it for the next pass; a lost SMTP session is replaced (bounded) and the pass goes
-//! on. Must never: DELE before the ledger has the delivery, or stop the whole account
+//! Order of work for a message: download (bounded, spooled when large), submit over SMTP
+//! (or write it into the pickup folder, see [`crate::pickup`]), record the delivery
+//! durably in the ledger, and only then DELE; deletions take effect at QUIT. A message
+//! already recorded as delivered is never submitted again, only deleted. Permanent
+//! refusals leave the message and count towards quarantine; temporary ones leave it for
+//! the next pass; a lost SMTP session is replaced (bounded) and the pass goes on.
+//!
+//! Envelope recipients: the account's `deliver_to`, or for a catch-all account the local
+//! recipients [`crate::routing`] finds in the header; a message with several is submitted
+//! once, with all of them.
+//!
+//! Pickup delivery: no SMTP connection is made; the size limit is the configured
+//! `max_message_size` alone. A published file (or one an earlier, interrupted attempt
+//! published) counts as delivered. A message the pickup folder cannot take stays on the
+//! POP3 server and is reported as `message.rejected` with a reply starting
+//! `pickup failed:`; a copy goes to the failed-mail folder when that can be written, for
+//! the administrator to see, and is removed again once a later pass delivers the message.
+//! Such a failure is the folder's fault, not the message's: it does not count towards
+//! quarantine and the message is retried on every pass.
+//!
+//! Must never: DELE before the ledger has the delivery, or stop the whole account
 //! because one message is poison.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +34,9 @@ use crate::events::{Event, EventSink};
 use crate::ledger::{Ledger, Status};
 use crate::message;
 use crate::net::{self, Dialer};
+use crate::pickup::{Pickup, PickupOutcome};
 use crate::pop3::{self, Pending, Pop3Error, Response, Transaction};
+use crate::routing;
 use crate::smtp::{self, Envelope, SmtpClient, SmtpError};
 
 /// The old SBS connector's fixed limit, used by `profile = "sbs2008"`.
@@ -146,6 +163,8 @@ struct Run<'a> {
     stop_smtp: Option<String>,
     /// Header digests met in this pass (servers without UIDL).
     digests: HashSet<String>,
+    /// Set when messages go to a pickup folder instead of over SMTP.
+    pickup: Option<Pickup>,
 }
 
 /// Runs one pass over `account`.
@@ -164,6 +183,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         deleting: HashMap::new(),
         stop_smtp: None,
         digests: HashSet::new(),
+        pickup: Pickup::from_config(cx.config),
     };
     cx.events.emit(Event::PassStarted {
         account: account.name.clone(),
@@ -181,6 +201,17 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
             return run.summary;
         }
     };
+    // Under the lock: files an interrupted earlier pass of this account left staged.
+    // Failing here is safe (a staged file is never mistaken for a published one).
+    if let Some(p) = &run.pickup {
+        match p.clean_stale(&account.name).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(account = %account.name, "removed {n} stale staged pickup file(s)")
+            }
+            Err(e) => tracing::warn!(account = %account.name, "pickup clean-up: {e}"),
+        }
+    }
     if let Err(f) = run.pass().await {
         cx.events.emit(Event::AccountFailed {
             account: account.name.clone(),
@@ -283,6 +314,11 @@ impl Run<'_> {
         };
         let listing = txn.list().await.map_err(pop3_failure)?;
         self.summary.listed = listing.len() as u32;
+        self.emit(Event::Listed {
+            account: a.name.clone(),
+            messages: self.summary.listed,
+            octets: listing.iter().map(|(_, s)| *s).sum(),
+        });
         let uids = txn.uidl().await.map_err(pop3_failure)?;
         let keys = self.keys(&listing, uids);
         let known = lock(self.cx.ledger)
@@ -371,15 +407,23 @@ impl Run<'_> {
     /// The limit a message must fit: the smaller of the configured one and the SMTP
     /// server's SIZE (learnt by connecting), or the fixed SBS limit.
     async fn limit(&mut self) -> Result<Option<u64>, SmtpError> {
-        if self.sbs {
-            return Ok(Some(SBS_LIMIT));
+        if self.pickup.is_some() {
+            // No SMTP server to ask: the configured limit alone.
+            return Ok(if self.sbs {
+                Some(SBS_LIMIT)
+            } else {
+                self.cx.config.limits.max_message_size
+            });
         }
-        let configured = self.cx.config.limits.max_message_size;
         let server = self.session().await?.ext.max_size();
-        Ok(match (configured, server) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        // The smallest of every limit on the way, Exchange's after-acceptance limits
+        // included: what the categoriser would bounce after a 250 is never downloaded.
+        // (Under sbs2008: the receive connector's SIZE, as the old connector read it.)
+        Ok(crate::limits::effective_limit(
+            self.cx.config,
+            self.account,
+            server,
+        ))
     }
 
     /// The SMTP session, connecting (or reconnecting before the error limit) as needed.
@@ -628,12 +672,26 @@ impl Run<'_> {
                 reason: r.reason.clone(),
             });
         }
+        let recipients = match &a.catch_all {
+            Some(c) => {
+                let r = routing::recipients(&info, c, &a.deliver_to);
+                tracing::debug!(account = %a.name, uid = %key, source = r.source, "recipients {:?}", r.recipients);
+                r.recipients
+            }
+            None => vec![a.deliver_to.clone()],
+        };
+        // The `for` clause names the recipient only when there is one: with several (some
+        // maybe Bcc'd), each would see the others.
+        let for_rcpt = match recipients.as_slice() {
+            [one] => one.as_str(),
+            _ => "",
+        };
         let prefix = if cfg.received_header {
             message::received_header(
                 &a.host,
                 &cfg.transport.helo,
                 &key,
-                &a.deliver_to,
+                for_rcpt,
                 SystemTime::now(),
             )
         } else {
@@ -641,8 +699,13 @@ impl Run<'_> {
         };
         let env = Envelope {
             from: sender.address.clone(),
-            to: vec![a.deliver_to.clone()],
+            to: recipients,
         };
+        if self.pickup.is_some() {
+            return self
+                .deliver_pickup(txn, msg, key, &env, prefix.as_bytes(), body)
+                .await;
+        }
         loop {
             let attempt = match self.session().await {
                 Ok(s) => s.send(&env, prefix.as_bytes(), &body).await,
@@ -703,7 +766,8 @@ impl Run<'_> {
                     let failures = lock(self.cx.ledger)
                         .record_failure(&a.name, &key, &reply)
                         .unwrap_or(1);
-                    if failures >= cfg.limits.poison_after {
+                    // The old connector never gave up on a message: no quarantine under sbs2008.
+                    if !self.sbs && failures >= cfg.limits.poison_after {
                         self.quarantine(txn, msg, &key, &body).await;
                     } else {
                         self.summary.rejected += 1;
@@ -721,6 +785,78 @@ impl Run<'_> {
                     return;
                 }
             }
+        }
+    }
+
+    /// Writes a downloaded message into the pickup folder and acts on the outcome (the
+    /// module header says how failures are handled).
+    async fn deliver_pickup(
+        &mut self,
+        txn: &mut Transaction,
+        msg: u32,
+        key: String,
+        env: &Envelope,
+        prefix: &[u8],
+        body: Body,
+    ) {
+        let a = self.account;
+        let Some(pickup) = self.pickup.clone() else {
+            return;
+        };
+        let outcome = pickup
+            .deliver(&a.name, &key, &env.from, &env.to, prefix, &body)
+            .await;
+        let reply = match outcome {
+            Ok(PickupOutcome::Delivered(path)) => format!("written to {}", path.display()),
+            Ok(PickupOutcome::AlreadyThere(path)) => format!(
+                "already written to {} by an interrupted earlier attempt",
+                path.display()
+            ),
+            Ok(PickupOutcome::Failed { path, error }) => {
+                self.summary.rejected += 1;
+                self.emit(Event::Rejected {
+                    account: a.name.clone(),
+                    uid: key,
+                    reply: format!(
+                        "pickup failed: {error}; kept on the server, a copy is in the \
+                         failed-mail folder: {}",
+                        path.display()
+                    ),
+                    failures: 0,
+                });
+                return;
+            }
+            Err(e) => {
+                self.summary.rejected += 1;
+                self.emit(Event::Rejected {
+                    account: a.name.clone(),
+                    uid: key,
+                    reply: format!("pickup failed: {e}; kept on the server"),
+                    failures: 0,
+                });
+                return;
+            }
+        };
+        // Durable before DELE: this is the no-loss, no-duplicate point.
+        if let Err(e) = lock(self.cx.ledger).record_delivered(&a.name, &key, body.len(), &reply) {
+            // Published but not recorded: the journal marker stays, so the next pass finds
+            // the message published and records it without writing it again.
+            tracing::error!(account = %a.name, "ledger: {e}");
+            self.defer(key, format!("delivered but the ledger failed: {e}"));
+            return;
+        }
+        pickup.settle(&a.name, &key).await;
+        self.summary.delivered += 1;
+        self.emit(Event::Delivered {
+            account: a.name.clone(),
+            uid: key.clone(),
+            size: body.len(),
+            sender: env.from.clone(),
+            reply,
+        });
+        if !a.leave_on_server {
+            txn.send(Pending::Dele(msg));
+            self.deleting.insert(msg, key);
         }
     }
 

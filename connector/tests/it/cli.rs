@@ -309,3 +309,119 @@ async fn run_trigger_reload_and_sigterm() {
     assert!(pop.mailbox("info").unwrap().remaining.is_empty());
     assert_eq!(smtp.counts().accepted, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_reports_and_changes_nothing() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(3, 900)),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    let out = popbridge(&["--config", &cfg, "diagnose"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("messages: 3") && stdout.contains("SIZE 10485760"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PASSWORD));
+    pop.wait_idle().await;
+    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
+    assert_eq!(pop.mailbox("info").unwrap().retrievals, 0);
+    let cfg = write_config(dir.path(), pop.addr().unwrap().port(), 1, "");
+    let out = popbridge(&["--config", &cfg, "diagnose"]).await;
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_limits_flags_the_two_sbs_losses() {
+    // The customer reports: a 20 MB message; the connector's receive connector at 50 MB.
+    let mb = Mailbox::new("info", PASSWORD)
+        .with_demo_messages(1, 20 * 1024 * 1024)
+        .with_demo_messages(1, 1000);
+    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(50 * 1024 * 1024),
+        ..Limits::default()
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pp, sp) = (pop.addr().unwrap().port(), smtp.addr().unwrap().port());
+    let run = |org: &'static str, account_extra: &'static str| {
+        let cfg = write_config(dir.path(), pp, sp, account_extra);
+        let original = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("profile = \"sbs2008\"\n{original}\n[exchange]\norganization_receive_limit = \"{org}\"\n")).unwrap();
+        async move { popbridge(&["--config", &cfg, "check-limits", "--probe"]).await }
+    };
+    // Case 1: global 10 MB, receive connector 50 MB, mailbox unlimited.
+    let out = run("10MB", "").await;
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    assert!(
+        so.contains("LOST") && so.contains("organization_receive_limit"),
+        "{so}"
+    );
+    // Case 2: global 50 MB, connector 50 MB, mailbox 10 MB.
+    let out = run("50MB", "mailbox_receive_limit = \"10MB\"").await;
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    assert!(
+        so.contains("LOST") && so.contains("mailbox_receive_limit"),
+        "{so}"
+    );
+    pop.wait_idle().await;
+    assert_eq!(
+        pop.mailbox("info").unwrap().remaining.len(),
+        2,
+        "probing deletes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_limits_with_probe_passes_a_safe_configuration() {
+    // Every limit agrees with the receive connector's SIZE (50 MB): nothing can be lost or stuck.
+    let pop = pop3(
+        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(2, 5000)),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(50 * 1024 * 1024),
+        ..Limits::default()
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "mailbox_receive_limit = \"50MB\"",
+    );
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    // [exchange] goes last: the account's keys belong to the [[account]] table above it.
+    std::fs::write(
+        &cfg,
+        format!("{original}\n[exchange]\norganization_receive_limit = \"50MB\"\n"),
+    )
+    .unwrap();
+    let out = popbridge(&["--config", &cfg, "check-limits", "--probe"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    pop.wait_idle().await;
+    assert_eq!(
+        pop.mailbox("info").unwrap().remaining.len(),
+        2,
+        "probing changes nothing"
+    );
+}

@@ -107,7 +107,12 @@ async fn passes_run_at_the_interval() {
     let gaps: Vec<Duration> = h.windows(2).map(|p| p[1].started - p[0].started).collect();
     assert_eq!(gaps, [Duration::from_secs(900), Duration::from_secs(900)]);
     assert!(h.iter().all(|r| r.cause == Cause::Scheduled));
-    assert_eq!(h.iter().map(|r| r.summary.delivered).sum::<u32>(), 3);
+    assert_eq!(
+        h.iter().map(|r| r.summary.delivered).sum::<u32>(),
+        3,
+        "{:#?}",
+        h.iter().map(|r| &r.summary).collect::<Vec<_>>()
+    );
     assert!(w.pop.mailbox("info").unwrap().remaining.is_empty());
     assert_eq!(w.smtp.counts().accepted, 3);
     w.handle.stop().await;

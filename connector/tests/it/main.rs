@@ -3,6 +3,7 @@
 
 mod cli;
 mod daemon;
+mod delivery;
 mod harness;
 mod interop;
 mod pass;

@@ -701,6 +701,10 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
         25,
         "the same five come first again, every pass"
     );
+    assert!(
+        files_under(&s.state().join("quarantine")).is_empty(),
+        "the old connector never gave up on a message"
+    );
     assert!(smtp
         .sessions()
         .iter()
@@ -714,4 +718,69 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
     assert_eq!(sum.delivered, 25, "{sum:?}");
     assert!(pop2.mailbox("info").unwrap().remaining.is_empty());
     assert!(smtp2.sessions().iter().all(|s| s.protocol_errors == 0));
+}
+
+#[tokio::test]
+async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
+    let mk = || {
+        let msgs = vec![
+            mail(1, "a@example.net", 20 * 1024 * 1024),
+            mail(2, "a@example.net", 1000),
+        ];
+        (
+            MockPop3::builder().mailbox(mailbox_with(msgs)),
+            MockSmtp::builder()
+                .limits(Limits {
+                    max_message_size: Some(50 * 1024 * 1024),
+                    ..Limits::default()
+                })
+                .organization_receive_limit(10 * 1024 * 1024),
+        )
+    };
+    // sbs2008: downloads up to the receive connector's 50 MB, Exchange says 250, then bounces.
+    let (p, m) = mk();
+    let (pop, smtp) = (pop3(p).await, crate::harness::smtp(m).await);
+    let s = setup(&pop, &smtp, "", "");
+    let mut cfg = s.config.clone();
+    cfg.profile = popbridge::config::Profile::Sbs2008;
+    cfg.exchange.organization_receive_limit = Some(10 * 1024 * 1024);
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    let (sum, _) = s.pass(&pop, &smtp).await;
+    assert_eq!((sum.delivered, sum.deleted), (2, 2));
+    assert!(
+        pop.mailbox("info").unwrap().remaining.is_empty(),
+        "gone from the POP3 server"
+    );
+    let ndrs: Vec<String> = smtp
+        .captured()
+        .iter()
+        .flat_map(|t| t.ndrs().into_iter().map(str::to_string))
+        .collect();
+    assert_eq!(
+        ndrs,
+        ["550 5.2.3 RESOLVER.RST.SendSizeLimit.Org; message too large for this organization"],
+        "and bounced: lost"
+    );
+    // Default profile, same servers: the organisation limit is known, the message is kept.
+    let (p, m) = mk();
+    let (pop, smtp) = (pop3(p).await, crate::harness::smtp(m).await);
+    let s = setup(&pop, &smtp, "", "");
+    let mut cfg = s.config.clone();
+    cfg.exchange.organization_receive_limit = Some(10 * 1024 * 1024);
+    let s = Setup {
+        config: cfg,
+        dir: s.dir,
+    };
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((sum.delivered, sum.skipped), (1, 1), "{sum:?}");
+    assert_eq!(count(&events, "message.skipped_oversize"), 1);
+    assert_eq!(
+        pop.mailbox("info").unwrap().remaining.len(),
+        1,
+        "kept on the server and reported"
+    );
+    assert!(smtp.captured().iter().all(|t| t.ndrs().is_empty()));
 }
