@@ -114,6 +114,9 @@ pub struct Context<'a> {
     pub ledger: &'a Mutex<Ledger>,
     /// Set to stop taking new messages (SIGTERM): in-flight ones finish, then QUIT.
     pub stop: &'a StopFlag,
+    /// Fault injection for harnesses: abort the pass like a crash (no DELE, no QUIT) right
+    /// after this many deliveries were recorded.
+    pub crash_after_deliveries: Option<u32>,
 }
 
 /// A request to stop a pass between messages, shared with whoever asks (the daemon).
@@ -165,6 +168,8 @@ struct Run<'a> {
     digests: HashSet<String>,
     /// Set when messages go to a pickup folder instead of over SMTP.
     pickup: Option<Pickup>,
+    /// Set by the crash fail point: the pass must end now, without DELE or QUIT.
+    crashed: bool,
 }
 
 /// Runs one pass over `account`.
@@ -184,6 +189,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         stop_smtp: None,
         digests: HashSet::new(),
         pickup: Pickup::from_config(cx.config),
+        crashed: false,
     };
     cx.events.emit(Event::PassStarted {
         account: account.name.clone(),
@@ -565,6 +571,10 @@ impl Run<'_> {
                         continue;
                     }
                     self.handle(txn, msg, size, key, body).await;
+                    if self.crashed {
+                        // Like a crash: no DELE for this one, no QUIT, nothing more.
+                        return Err(Pop3Error::Io(std::io::Error::other("simulated crash")));
+                    }
                 }
                 Response::Deleted { .. } => {}
                 Response::Refused {
@@ -594,6 +604,15 @@ impl Run<'_> {
         // Not started because a stop was requested: they wait for the next pass.
         self.summary.postponed += queue.count() as u32;
         Ok(())
+    }
+
+    /// True (and remembered) when the crash fail point is reached.
+    fn crash_due(&mut self) -> bool {
+        if self.cx.crash_after_deliveries == Some(self.summary.delivered) {
+            tracing::warn!(account = %self.account.name, "simulated crash after {} deliveries", self.summary.delivered);
+            self.crashed = true;
+        }
+        self.crashed
     }
 
     fn defer(&mut self, uid: String, reason: String) {
@@ -725,6 +744,12 @@ impl Run<'_> {
                         return;
                     }
                     self.summary.delivered += 1;
+                    if self.crash_due() {
+                        return;
+                    }
+                    if self.crash_due() {
+                        return;
+                    }
                     self.emit(Event::Delivered {
                         account: a.name.clone(),
                         uid: key.clone(),
@@ -923,6 +948,20 @@ pub async fn run_accounts_until(
     accounts: Vec<Account>,
     stop: StopFlag,
 ) -> Vec<Summary> {
+    run_accounts_with(config, dialer, events, ledger, accounts, stop, None).await
+}
+
+/// [`run_accounts_until`] with a simulated crash after `crash` recorded deliveries per
+/// account (harnesses reproducing "a crash after delivery and before DELE").
+pub async fn run_accounts_with(
+    config: Arc<Config>,
+    dialer: Arc<dyn Dialer>,
+    events: Arc<EventSink>,
+    ledger: Arc<Mutex<Ledger>>,
+    accounts: Vec<Account>,
+    stop: StopFlag,
+    crash: Option<u32>,
+) -> Vec<Summary> {
     let sem = Arc::new(tokio::sync::Semaphore::new(config.parallel_accounts.max(1)));
     let mut tasks = Vec::new();
     for account in accounts {
@@ -942,6 +981,7 @@ pub async fn run_accounts_until(
                 events: &events,
                 ledger: &ledger,
                 stop: &stop,
+                crash_after_deliveries: crash,
             };
             run_account(&cx, &account).await
         }));

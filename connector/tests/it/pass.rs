@@ -784,3 +784,49 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     );
     assert!(smtp.captured().iter().all(|t| t.ndrs().is_empty()));
 }
+
+#[tokio::test]
+async fn a_crash_after_delivery_and_before_dele_costs_nothing() {
+    use popbridge::events::EventSink;
+    use popbridge::ledger::Ledger;
+    use popbridge::net::TcpDialer;
+    use popbridge::pass::{run_accounts_with, StopFlag};
+    use std::sync::Arc;
+    let pop = pop3(
+        MockPop3::builder().mailbox(mailbox_with((0..10).map(|i| mail(i, "a@example.net", 500)))),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &smtp, "", "");
+    let ledger = || {
+        Arc::new(std::sync::Mutex::new(
+            Ledger::open(&s.config.state_dir).unwrap(),
+        ))
+    };
+    let cfg = Arc::new(s.config.clone());
+    let crashed = run_accounts_with(
+        cfg.clone(),
+        Arc::new(TcpDialer),
+        Arc::new(EventSink::none()),
+        ledger(),
+        cfg.accounts.clone(),
+        StopFlag::default(),
+        Some(3),
+    )
+    .await;
+    pop.wait_idle().await;
+    assert_eq!(crashed[0].delivered, 3);
+    assert_eq!(
+        pop.mailbox("info").unwrap().remaining.len(),
+        10,
+        "no QUIT: nothing deleted"
+    );
+    assert_eq!(
+        pop.sessions()[0].end,
+        Some(mock_pop3::SessionEnd::ClientClosed)
+    );
+    let (after, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((after.delivered, after.deleted), (7, 10));
+    assert_eq!(count(&events, "message.already_delivered"), 3);
+    exactly_once(&delivered_ids(&smtp), 10);
+}
