@@ -242,24 +242,72 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
     run.summary
 }
 
-/// Takes the account's lock file under `state_dir/locks`, or says why not.
-fn lock_account(state_dir: &std::path::Path, account: &str) -> Result<std::fs::File, String> {
+/// Lock files held by passes of this process.
+static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// An account's lock: the advisory file lock (other processes) and this process's entry.
+struct AccountLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for AccountLock {
+    fn drop(&mut self) {
+        HELD.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p != &self.path);
+    }
+}
+
+/// Takes the account's lock under `state_dir/locks`, or says why not.
+///
+/// Within this process a registry decides. Across processes an advisory `flock` does; a
+/// child process forked by another thread holds a copy of our descriptor until its `exec`,
+/// which keeps a released flock alive for a moment, so a busy flock is retried briefly
+/// before the account is declared busy.
+fn lock_account(state_dir: &std::path::Path, account: &str) -> Result<AccountLock, String> {
     let dir = state_dir.join("locks");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(format!("{}.lock", safe_name(account)));
-    let file = std::fs::OpenOptions::new()
+    {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if held.contains(&path) {
+            return Err("another pass of this account is running; this one was skipped".into());
+        }
+        held.push(path.clone());
+    }
+    let release = |path: &PathBuf| {
+        HELD.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p != path)
+    };
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err("another pass of this account is running; this one was skipped".into())
+    {
+        Ok(f) => f,
+        Err(e) => {
+            release(&path);
+            return Err(format!("cannot open {}: {e}", path.display()));
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    };
+    for attempt in 0..50 {
+        match file.try_lock() {
+            Ok(()) => return Ok(AccountLock { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) if attempt < 49 => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => break,
+            Err(std::fs::TryLockError::Error(e)) => {
+                release(&path);
+                return Err(format!("cannot lock {}: {e}", path.display()));
+            }
+        }
     }
+    release(&path);
+    Err("another pass of this account is running (another process); this one was skipped".into())
 }
 
 fn pop3_failure(e: Pop3Error) -> AccountFailure {
