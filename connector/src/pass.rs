@@ -792,12 +792,6 @@ impl Run<'_> {
                         return;
                     }
                     self.summary.delivered += 1;
-                    if self.crash_due() {
-                        return;
-                    }
-                    if self.crash_due() {
-                        return;
-                    }
                     self.emit(Event::Delivered {
                         account: a.name.clone(),
                         uid: key.clone(),
@@ -805,6 +799,10 @@ impl Run<'_> {
                         sender: sender.address.clone(),
                         reply,
                     });
+                    // Fault injection: die between the recorded delivery and its DELE.
+                    if self.crash_due() {
+                        return;
+                    }
                     if !a.leave_on_server {
                         txn.send(Pending::Dele(msg));
                         self.deleting.insert(msg, key);
@@ -927,6 +925,10 @@ impl Run<'_> {
             sender: env.from.clone(),
             reply,
         });
+        // Fault injection: die between the recorded delivery and its DELE.
+        if self.crash_due() {
+            return;
+        }
         if !a.leave_on_server {
             txn.send(Pending::Dele(msg));
             self.deleting.insert(msg, key);
