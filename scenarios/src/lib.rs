@@ -1,5 +1,79 @@
-//! poplab: scenario files, their runner and report (built by the scenarios issue).
+//! poplab: scenario files, their runner and report.
 //!
-//! Must never: contain connector logic.
+//! Responsible for: the scenario schema (`schema`, FORMAT.md), deterministic messages
+//! (`generate`), the world a scenario runs in (`world`: both mocks on loopback and
+//! popbridge in-process), deciding what became of each message (`outcome`) and the
+//! report (`report`). [`run_file`] is the front door; the `poplab` binary is a thin shell
+//! around it.
+//! Must never: contain connector logic (popbridge is driven through its public API only),
+//! or panic on a bad scenario file (every problem is an [`Error`] naming file, line, key).
+
+pub mod generate;
+mod locate;
+pub mod outcome;
+pub mod report;
+pub mod schema;
+pub mod world;
+
+use std::path::{Path, PathBuf};
+
+pub use report::{Check, ScenarioReport};
+pub use schema::{Error, Scenario};
 
 pub use mock_pop3;
+pub use mock_smtp;
+
+/// Loads, runs and checks one scenario file (bounded by its `[run] timeout`, 120 s by
+/// default; a run that does not finish is a failed report, not an error).
+pub async fn run_file(path: impl AsRef<Path>) -> Result<ScenarioReport, Error> {
+    let scenario = schema::load(path.as_ref())?;
+    Ok(run_scenario(&scenario).await)
+}
+
+/// Runs and checks a loaded scenario.
+pub async fn run_scenario(scenario: &Scenario) -> ScenarioReport {
+    let observed = world::run(scenario).await;
+    let decided = outcome::decide(&scenario.messages, &observed);
+    report::build(scenario, &observed, decided)
+}
+
+/// The scenario files `paths` name: files as given, and every `*.toml` directly inside a
+/// folder, sorted by name.
+pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|source| Error::Read {
+            path: p.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let read = std::fs::read_dir(p).map_err(|source| Error::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let mut found: Vec<PathBuf> = read
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        if found.is_empty() {
+            return Err(Error::Invalid {
+                path: p.clone(),
+                line: None,
+                key: None,
+                message: "no *.toml scenario files in this folder".into(),
+            });
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// The closing line of a run: `N passed, M failed`.
+pub fn summary_line(passed: usize, failed: usize) -> String {
+    format!("{passed} passed, {failed} failed")
+}

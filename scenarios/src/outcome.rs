@@ -1,0 +1,491 @@
+//! What became of each message: the POP3 server's final state and the SMTP capture,
+//! matched message by message, with the reply or event that explains it.
+//!
+//! Matching: a generated message by its `Message-ID` in the captured data; a raw fixture
+//! by the `id <uid>` of the connector's `Received:` header, else by its exact bytes at the
+//! end of the captured data. Transactions refused before their data (MAIL FROM refused,
+//! a faulted end of data) carry no bytes: such a transaction is attributed by its MAIL FROM
+//! when exactly one message's header sender (Return-Path, else Sender, else From) is that
+//! address, and listed as unattributed otherwise; the connector's events (account and UID)
+//! explain those messages too.
+//!
+//! Decision, per message copy, first match wins:
+//! 1. `delivered`: at least one transaction answered 2xx at the end of data and delivered
+//!    to every recipient;
+//! 2. `ndr`: accepted (250) but bounced by the categoriser for a recipient;
+//! 3. `quarantined`: a `message.quarantined` event whose durable copy exists;
+//! 4. `deleted`: gone from the POP3 server (not in its final maildrop);
+//! 5. `rejected`: still on the server, refused permanently (5xx) in an SMTP session (a
+//!    matched refused transaction or a `message.rejected` event);
+//! 6. `left`: still on the server, never refused permanently (oversize, deferred after a
+//!    4xx or a lost session, never fetched).
+//!
+//! `lost` counts copies gone from the POP3 server without a good delivery and without a
+//! quarantine copy; `duplicates` counts accepted transactions beyond the first per copy.
+//!
+//! Must never: contain connector logic (it reads the mocks and the events only).
+
+use std::collections::{BTreeMap, HashMap};
+
+use mock_pop3::MailboxReport;
+use mock_smtp::{Delivery, Outcome as SmtpOutcome, Transaction};
+use popbridge::events::Event;
+use serde::Serialize;
+
+use crate::generate::Planned;
+use crate::schema::Outcome;
+use crate::world::{Observed, Redactor};
+
+/// What became of one message copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageOutcome {
+    /// The label it was declared with.
+    pub label: String,
+    /// Its own name (`label` or `label-n`).
+    pub name: String,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The reply or event that explains it.
+    pub why: String,
+    /// Envelope recipients it was delivered to (good deliveries only).
+    pub recipients: Vec<String>,
+    /// Transactions answered 2xx at the end of its data.
+    pub accepted: u32,
+    /// Still in the POP3 maildrop at the end.
+    pub on_server: bool,
+    /// Counted as lost.
+    pub lost: bool,
+}
+
+/// Every message's outcome and the global counts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Decided {
+    /// Per message copy, in declaration order.
+    pub messages: Vec<MessageOutcome>,
+    /// Copies gone from the POP3 server without a good delivery (nor a quarantine copy).
+    pub lost: u64,
+    /// Accepted transactions beyond the first, summed over copies.
+    pub duplicates: u64,
+    /// Captured transactions no message could be matched to, described.
+    pub unmatched: Vec<String>,
+}
+
+/// Header fields of a message: (lower-case name, unfolded value), in order.
+fn header_fields(data: &[u8]) -> Vec<(String, String)> {
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .into_iter()
+        .chain(data.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
+        .min()
+        .unwrap_or(data.len());
+    let text = String::from_utf8_lossy(&data[..end.min(256 * 1024)]);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = out.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            out.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The UID the connector's own `Received:` header names (`... with POP3 id UID ...`).
+fn received_id(fields: &[(String, String)]) -> Option<String> {
+    let (_, v) = fields.iter().find(|(n, _)| n == "received")?;
+    if !v.contains("(Popbridge)") {
+        return None;
+    }
+    let mut words = v.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "id" {
+            return words.next().map(|s| s.trim_end_matches(';').to_string());
+        }
+    }
+    None
+}
+
+/// The address of the first of Return-Path, Sender, From (the part in angle brackets, or
+/// the whole value).
+fn header_sender(fields: &[(String, String)]) -> Option<String> {
+    let (_, v) = ["return-path", "sender", "from"]
+        .iter()
+        .find_map(|want| fields.iter().find(|(n, _)| n == want))?;
+    Some(match (v.find('<'), v.rfind('>')) {
+        (Some(a), Some(b)) if a < b => v[a + 1..b].trim().to_string(),
+        _ => v.trim().to_string(),
+    })
+}
+
+/// A UID as the connector writes it into `Received:` (printable, no specials, 70 max).
+fn received_form(uid: &str) -> String {
+    uid.chars()
+        .filter(|&c| ('\x21'..='\x7e').contains(&c) && !"()<>;\"\\".contains(c))
+        .take(70)
+        .collect()
+}
+
+fn strip_eol(d: &[u8]) -> &[u8] {
+    let mut d = d;
+    while let Some(rest) = d.strip_suffix(b"\n") {
+        d = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    d
+}
+
+/// Which planned message each transaction belongs to.
+fn match_transactions(planned: &[Planned], captured: &[Transaction]) -> Vec<Option<usize>> {
+    let by_id: HashMap<&str, usize> = planned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.message_id.as_deref().map(|m| (m, i)))
+        .collect();
+    let mut by_uid: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        by_uid.entry(received_form(&p.uid)).or_default().push(i);
+    }
+    let mut by_sender: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if let Some(a) = header_sender(&header_fields(&p.data)) {
+            by_sender.entry(a.to_ascii_lowercase()).or_default().push(i);
+        }
+    }
+    captured
+        .iter()
+        .map(|t| {
+            if t.data.is_empty() {
+                return match by_sender.get(&t.mail_from.to_ascii_lowercase()) {
+                    Some(v) if v.len() == 1 => Some(v[0]),
+                    _ => None,
+                };
+            }
+            let fields = header_fields(&t.data);
+            for (_, v) in fields.iter().filter(|(n, _)| n == "message-id") {
+                if let Some(i) = by_id.get(v.as_str()) {
+                    return Some(*i);
+                }
+            }
+            if let Some(uid) = received_id(&fields) {
+                if let Some([i]) = by_uid.get(&uid).map(Vec::as_slice) {
+                    return Some(*i);
+                }
+            }
+            let body = strip_eol(&t.data);
+            planned
+                .iter()
+                .position(|p| p.raw && !p.data.is_empty() && body.ends_with(strip_eol(&p.data)))
+        })
+        .collect()
+}
+
+/// The account/UID keys the connector may use for a planned message in its events.
+fn event_keys(p: &Planned, account: &str) -> Vec<(String, String)> {
+    let mut size = p.data.len() as u64;
+    if !p.data.is_empty() && !p.data.ends_with(b"\r\n") {
+        size += 2;
+    }
+    let digest = popbridge::message::header_digest(&p.data, size, popbridge::body::HEAD_MAX);
+    vec![
+        (account.to_string(), p.uid.clone()),
+        (account.to_string(), digest),
+    ]
+}
+
+fn event_account_uid(e: &Event) -> Option<(&str, &str)> {
+    match e {
+        Event::Delivered { account, uid, .. }
+        | Event::AlreadyDelivered { account, uid }
+        | Event::SkippedOversize { account, uid, .. }
+        | Event::Rejected { account, uid, .. }
+        | Event::Deferred { account, uid, .. }
+        | Event::Quarantined { account, uid, .. }
+        | Event::SenderRepaired { account, uid, .. } => Some((account, uid)),
+        _ => None,
+    }
+}
+
+/// Why a message that was not delivered stayed (or went): the latest telling event.
+fn explain_from_events(events: &[&Event]) -> Option<String> {
+    events.iter().rev().find_map(|e| match e {
+        Event::SkippedOversize { size, limit, .. } => Some(format!(
+            "message.skipped_oversize: {size} octets over the {limit}-octet limit, not downloaded"
+        )),
+        Event::Rejected {
+            reply, failures, ..
+        } => Some(if *failures > 0 {
+            format!("message.rejected: {reply} (failure {failures})")
+        } else {
+            format!("message.rejected: {reply}")
+        }),
+        Event::Deferred { reason, .. } => Some(format!("message.deferred: {reason}")),
+        _ => None,
+    })
+}
+
+/// A permanent (5xx) refusal of a transaction, described.
+fn smtp_refusal(t: &Transaction) -> Option<String> {
+    match &t.outcome {
+        SmtpOutcome::Rejected { reply } if reply.starts_with('5') => {
+            Some(format!("refused: {reply}"))
+        }
+        SmtpOutcome::Badmail { reply } => Some(format!("refused as spam (badmail): {reply}")),
+        _ => None,
+    }
+}
+
+/// A temporary (4xx) refusal or a cut-off transaction, described.
+fn smtp_transient(t: &Transaction) -> Option<String> {
+    match &t.outcome {
+        SmtpOutcome::Rejected { reply } if !reply.starts_with('5') => {
+            Some(format!("temporarily refused: {reply}"))
+        }
+        SmtpOutcome::Abandoned => Some("SMTP session ended before the data was taken".into()),
+        _ => None,
+    }
+}
+
+fn recipients_of(t: &Transaction) -> Vec<String> {
+    t.deliveries
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Delivered { recipient } => Some(recipient.clone()),
+            Delivery::Ndr { .. } => None,
+        })
+        .collect()
+}
+
+fn describe_transaction(t: &Transaction) -> String {
+    let to: Vec<&str> = t.recipients.iter().map(|r| r.address.as_str()).collect();
+    let what = match &t.outcome {
+        SmtpOutcome::Accepted => {
+            let ndr = t.ndrs();
+            if ndr.is_empty() {
+                "accepted".to_string()
+            } else {
+                format!("accepted then NDR: {}", ndr.join("; "))
+            }
+        }
+        SmtpOutcome::Rejected { reply } => format!("refused: {reply}"),
+        SmtpOutcome::Badmail { reply } => format!("badmail: {reply}"),
+        SmtpOutcome::Abandoned => "abandoned (session ended)".into(),
+    };
+    format!(
+        "transaction {} (session {}) MAIL FROM:<{}> to {}: {what}",
+        t.id,
+        t.session,
+        t.mail_from,
+        if to.is_empty() {
+            "nobody".to_string()
+        } else {
+            to.join(", ")
+        }
+    )
+}
+
+/// Decides every message's outcome from what a run observed.
+pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
+    let red: &Redactor = &obs.redactor;
+    let matched = match_transactions(planned, &obs.captured);
+    let mut per_msg: Vec<Vec<&Transaction>> = vec![Vec::new(); planned.len()];
+    let mut unmatched = Vec::new();
+    for (t, m) in obs.captured.iter().zip(&matched) {
+        match m {
+            Some(i) => per_msg[*i].push(t),
+            None => unmatched.push(red.apply(&describe_transaction(t))),
+        }
+    }
+    let account_of = |user: &str| {
+        obs.accounts
+            .iter()
+            .find(|(_, u)| u == user)
+            .map_or_else(|| user.to_string(), |(a, _)| a.clone())
+    };
+    // Events by (account, uid).
+    let mut events: HashMap<(String, String), Vec<&Event>> = HashMap::new();
+    for pe in &obs.events {
+        if let Some((a, u)) = event_account_uid(&pe.event) {
+            events
+                .entry((a.to_string(), u.to_string()))
+                .or_default()
+                .push(&pe.event);
+        }
+    }
+    let account_failure: BTreeMap<String, String> = obs
+        .events
+        .iter()
+        .filter_map(|pe| match &pe.event {
+            Event::AccountFailed { account, error } => Some((account.clone(), error.clone())),
+            _ => None,
+        })
+        .collect();
+    let mailbox =
+        |user: &str| -> Option<&MailboxReport> { obs.mailboxes.iter().find(|m| m.user == user) };
+    // UIDs several messages share: hand out the server's occurrences in order,
+    // delivered messages first to the deleted ones.
+    let mut remaining_left: HashMap<(String, String), usize> = HashMap::new();
+    for m in &obs.mailboxes {
+        for u in &m.remaining {
+            *remaining_left
+                .entry((m.user.clone(), u.clone()))
+                .or_default() += 1;
+        }
+    }
+
+    let mut out = Decided::default();
+    let mut order: Vec<usize> = (0..planned.len()).collect();
+    // Undelivered first, so shared UIDs still on the server go to them.
+    order.sort_by_key(|&i| {
+        per_msg[i]
+            .iter()
+            .any(|t| t.outcome == SmtpOutcome::Accepted)
+    });
+    let mut results: Vec<Option<MessageOutcome>> = vec![None; planned.len()];
+    for i in order {
+        let p = &planned[i];
+        let account = account_of(&p.user);
+        let txns = &per_msg[i];
+        let accepted: Vec<&&Transaction> = txns
+            .iter()
+            .filter(|t| t.outcome == SmtpOutcome::Accepted)
+            .collect();
+        let good: Vec<&&Transaction> = accepted.iter().copied().filter(|t| t.delivered()).collect();
+        let mut evs: Vec<&Event> = Vec::new();
+        let keys = event_keys(p, &account);
+        for key in &keys {
+            if let Some(v) = events.get(key) {
+                evs.extend(v.iter().copied());
+            }
+        }
+        let on_server = match remaining_left.get_mut(&(p.user.clone(), p.uid.clone())) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => mailbox(&p.user).is_none(),
+        };
+        let quarantined = keys.iter().any(|k| obs.quarantine_copies.contains(k));
+        let recipients: Vec<String> = good.iter().flat_map(|t| recipients_of(t)).collect();
+        let times = |n: usize| {
+            if n > 1 {
+                format!(" ({n} times)")
+            } else {
+                String::new()
+            }
+        };
+        let (outcome, why) = if !good.is_empty() {
+            (
+                Outcome::Delivered,
+                format!(
+                    "accepted, delivered to {}{}",
+                    recipients_of(good[0]).join(", "),
+                    times(accepted.len())
+                ),
+            )
+        } else if let Some(t) = accepted.first() {
+            (
+                Outcome::Ndr,
+                format!(
+                    "accepted (250), then NDR: {}{}",
+                    t.ndrs().join("; "),
+                    times(accepted.len())
+                ),
+            )
+        } else if quarantined {
+            let last = explain_from_events(&evs)
+                .map(|w| format!("; last {w}"))
+                .unwrap_or_default();
+            let gone = if on_server {
+                "kept on the server"
+            } else {
+                "deleted from the server"
+            };
+            (
+                Outcome::Quarantined,
+                format!("message.quarantined: copy in the quarantine, {gone}{last}"),
+            )
+        } else if !on_server {
+            let why = txns
+                .iter()
+                .rev()
+                .find_map(|t| smtp_refusal(t).or_else(|| smtp_transient(t)))
+                .or_else(|| explain_from_events(&evs))
+                .map(|w| format!(" (last: {w})"))
+                .unwrap_or_default();
+            (
+                Outcome::Deleted,
+                format!("deleted from the POP3 server without a good delivery{why}"),
+            )
+        } else if let Some(w) = txns.iter().rev().find_map(|t| smtp_refusal(t)).or_else(|| {
+            evs.iter().rev().find_map(|e| match e {
+                Event::Rejected { .. } => explain_from_events(&[*e]),
+                _ => None,
+            })
+        }) {
+            let refusals = txns.iter().filter(|t| smtp_refusal(t).is_some()).count();
+            (Outcome::Rejected, format!("{w}{}", times(refusals)))
+        } else {
+            let why = explain_from_events(&evs)
+                .or_else(|| txns.iter().rev().find_map(|t| smtp_transient(t)))
+                .or_else(|| {
+                    account_failure
+                        .get(&account)
+                        .map(|e| format!("account.failed: {e}"))
+                })
+                .unwrap_or_else(|| {
+                    let retrieved = mailbox(&p.user).is_some_and(|m| m.retrieved.contains(&p.uid));
+                    if retrieved {
+                        "retrieved, never submitted".into()
+                    } else {
+                        "never retrieved".into()
+                    }
+                });
+            (Outcome::Left, why)
+        };
+        let lost = !on_server && good.is_empty() && !quarantined;
+        results[i] = Some(MessageOutcome {
+            label: p.label.clone(),
+            name: p.name.clone(),
+            outcome,
+            why: red.apply(&why),
+            recipients,
+            accepted: accepted.len() as u32,
+            on_server,
+            lost,
+        });
+    }
+    for r in results.into_iter().flatten() {
+        out.lost += u64::from(r.lost);
+        out.duplicates += u64::from(r.accepted.saturating_sub(1));
+        out.messages.push(r);
+    }
+    out.unmatched = unmatched;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_unfold_and_stop_at_the_body() {
+        let f = header_fields(
+            b"Received: from a\r\n\t(Popbridge) with POP3 id u-1\r\n\tfor <x@y>; date\r\nMessage-ID: <m@poplab.invalid>\r\n\r\nMessage-ID: body\r\n",
+        );
+        assert_eq!(f.len(), 2);
+        assert_eq!(received_id(&f).as_deref(), Some("u-1"));
+        assert_eq!(f[1], ("message-id".into(), "<m@poplab.invalid>".into()));
+    }
+
+    #[test]
+    fn received_form_matches_the_connectors() {
+        assert_eq!(received_form("a b<c>;d"), "abcd");
+    }
+}

@@ -1,0 +1,1347 @@
+//! The scenario file format (`scenarios/FORMAT.md`): serde structs as written, and their
+//! validation into a [`Scenario`] ready to run.
+//!
+//! Responsible for: refusing unknown keys everywhere, applying the documented defaults,
+//! checking every value (sizes, durations, labels, faults, expectations, the connector's
+//! keys through popbridge's own configuration parser), and reporting each problem as an
+//! [`Error`] that names the file, the 1-based line and the key.
+//! Must never: contain connector logic, start a server, or panic on any file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mock_pop3::fault::{FaultAction, FaultRule, Hook};
+use mock_pop3::AuthMethod;
+use mock_smtp::{Extensions, Limits, MailboxSpec, SpamField, SpamRule};
+use popbridge::config::{parse_duration, parse_size};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::generate::{self, Planned};
+use crate::locate::{render, KeyPath, Locator, Seg};
+
+/// How long a scenario may run before it is reported as failed.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The most passes a scenario may ask for.
+const MAX_PASSES: u32 = 100;
+/// The most copies one message declaration may ask for.
+pub(crate) const MAX_COUNT: u32 = 100_000;
+/// The largest generated message.
+pub(crate) const MAX_SIZE: u64 = 256 * 1024 * 1024;
+
+/// A scenario file that cannot be used; Display reads `FILE:LINE: KEY: MESSAGE`.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The file (or a fixture it names) could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value is not acceptable.
+    #[error("{}", describe(path, *line, key.as_deref(), message))]
+    Invalid {
+        /// The scenario file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value, when known.
+        line: Option<usize>,
+        /// Key path such as `pop3.mailbox[0].message[2].size`, when known.
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The 1-based line the error points at, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Read { .. } => None,
+            Self::Invalid { line, .. } => *line,
+        }
+    }
+
+    /// The key path the error is about, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } => None,
+            Self::Invalid { key, .. } => key.as_deref(),
+        }
+    }
+}
+
+fn describe(path: &Path, line: Option<usize>, key: Option<&str>, message: &str) -> String {
+    let mut out = path.display().to_string();
+    if let Some(line) = line {
+        out.push_str(&format!(":{line}"));
+    }
+    if let Some(key) = key {
+        out.push_str(&format!(": {key}"));
+    }
+    out.push_str(&format!(": {message}"));
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// As written
+// ---------------------------------------------------------------------------------------
+
+/// A whole scenario file, as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScenarioFile {
+    /// One line saying what the scenario reproduces.
+    pub description: Option<String>,
+    /// The POP3 server.
+    pub pop3: Pop3,
+    /// The Exchange-like SMTP server.
+    pub smtp: Smtp,
+    /// popbridge's configuration keys (see FORMAT.md for what the runner fills in).
+    pub connector: toml::Table,
+    /// How the connector is run.
+    pub run: Run,
+    /// What must come of it.
+    pub expect: Expect,
+}
+
+/// How the POP3 mock offers TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsKind {
+    /// Plain text only.
+    #[default]
+    None,
+    /// Plain text with STLS.
+    Stls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+/// `[pop3]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// TLS mode.
+    pub tls: TlsKind,
+    /// UIDL works.
+    pub uidl: bool,
+    /// TOP works.
+    pub top: bool,
+    /// PIPELINING is advertised.
+    pub pipelining: bool,
+    /// RESP-CODES (`[IN-USE]`, `[LOGIN-DELAY]`, `[SYS/...]`).
+    pub resp_codes: bool,
+    /// The greeting carries an APOP timestamp.
+    pub apop_timestamp: bool,
+    /// LOGIN-DELAY seconds, enforced; 0 for none.
+    pub login_delay: u32,
+    /// Seed of probabilistic faults, timestamps and challenges.
+    pub seed: u64,
+    /// The mailboxes.
+    pub mailbox: Vec<Pop3Mailbox>,
+    /// Fault rules.
+    pub fault: Vec<Fault>,
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Self {
+            tls: TlsKind::None,
+            uidl: true,
+            top: true,
+            pipelining: true,
+            resp_codes: true,
+            apop_timestamp: true,
+            login_delay: 0,
+            seed: 0,
+            mailbox: Vec::new(),
+            fault: Vec::new(),
+        }
+    }
+}
+
+/// `[[pop3.mailbox]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Mailbox {
+    /// Login name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// Accepted authentication methods.
+    pub auth: Vec<AuthMethod>,
+    /// Messages in maildrop order.
+    pub message: Vec<MessageSpec>,
+}
+
+impl Default for Pop3Mailbox {
+    fn default() -> Self {
+        Self {
+            user: "info".into(),
+            password: "secret".into(),
+            auth: AuthMethod::ALL.to_vec(),
+            message: Vec::new(),
+        }
+    }
+}
+
+/// `[[pop3.mailbox.message]]`: a generated message (or copies of it), or a raw fixture.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSpec {
+    /// Names the message(s) in expectations.
+    pub label: String,
+    /// Copies, labelled `label-1` ... when more than 1.
+    pub count: Option<u32>,
+    /// From header.
+    pub from: Option<String>,
+    /// Return-Path header; `""` omits it.
+    pub return_path: Option<String>,
+    /// Sender header.
+    pub sender: Option<String>,
+    /// To header.
+    pub to: Option<String>,
+    /// Cc header.
+    pub cc: Option<String>,
+    /// Delivered-To headers.
+    pub delivered_to: Option<OneOrMany>,
+    /// X-Original-To header.
+    pub x_original_to: Option<String>,
+    /// Subject header.
+    pub subject: Option<String>,
+    /// Approximate total size.
+    pub size: Option<Scalar>,
+    /// A fixture file with the exact bytes, relative to the scenario's folder.
+    pub raw: Option<String>,
+    /// UIDL value.
+    pub uid: Option<String>,
+    /// The size LIST and STAT report instead of the true one.
+    pub list_size: Option<Scalar>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a string or an array of strings")]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several values.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// An integer or a string (sizes such as `"10MB"`, durations such as `"30s"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scalar {
+    /// A bare number (octets or seconds).
+    Int(i64),
+    /// Text with a unit.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a string such as \"10MB\" or \"30s\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                i64::try_from(v)
+                    .map(Scalar::Int)
+                    .map_err(|_| E::custom("number too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Close before the reply.
+    Close,
+    /// Reply with `reply` instead.
+    Reply,
+    /// Reply with `reply`, then close.
+    ReplyClose,
+    /// Wait `delay`, then reply normally.
+    Delay,
+    /// Send `reply` as a garbage line before the normal reply.
+    Garbage,
+    /// Send `bytes` octets of the reply, then close.
+    CloseAfter,
+}
+
+/// `[[pop3.fault]]` and `[[smtp.fault]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// `"greeting"`, `"any"`, a command keyword, or (SMTP) `"data-end"`.
+    pub on: String,
+    /// What happens.
+    pub action: FaultKind,
+    /// The line for reply / reply-close / garbage.
+    pub reply: Option<String>,
+    /// For delay.
+    pub delay: Option<Scalar>,
+    /// For close-after.
+    pub bytes: Option<u64>,
+    /// The first matching event that fires (1-based).
+    pub nth: Option<u32>,
+    /// How many times (0 = always).
+    pub times: Option<u32>,
+    /// Chance of firing, seeded.
+    pub probability: Option<f64>,
+}
+
+/// `[smtp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// MaxMessageSize (EHLO SIZE), or `"none"`.
+    pub max_message_size: Option<Scalar>,
+    /// MaxProtocolErrors; 0 = no limit.
+    pub max_protocol_errors: Option<u32>,
+    /// Exchange DefaultDomain.
+    pub default_domain: Option<String>,
+    /// The organisation's receive limit, applied after the 250.
+    pub organization_receive_limit: Option<Scalar>,
+    /// CHUNKING / BDAT.
+    pub chunking: bool,
+    /// PIPELINING.
+    pub pipelining: bool,
+    /// Senders refused with 501 5.1.7.
+    pub reject_senders: Vec<String>,
+    /// Accept every recipient (the default when no mailbox is declared).
+    pub accept_all: Option<bool>,
+    /// Seed of probabilistic faults.
+    pub seed: u64,
+    /// Local mailboxes.
+    pub mailbox: Vec<SmtpMailbox>,
+    /// Anti-spam rules.
+    pub spam_rule: Vec<SpamRuleSpec>,
+    /// Fault rules.
+    pub fault: Vec<Fault>,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Self {
+            max_message_size: None,
+            max_protocol_errors: None,
+            default_domain: None,
+            organization_receive_limit: None,
+            chunking: true,
+            pipelining: true,
+            reject_senders: Vec::new(),
+            accept_all: None,
+            seed: 0,
+            mailbox: Vec::new(),
+            spam_rule: Vec::new(),
+            fault: Vec::new(),
+        }
+    }
+}
+
+/// `[[smtp.mailbox]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpMailbox {
+    /// The SMTP address.
+    pub address: String,
+    /// Per-mailbox receive limit, applied after the 250.
+    pub receive_limit: Option<Scalar>,
+    /// Storage quota.
+    pub quota: Option<Scalar>,
+}
+
+/// `[[smtp.spam_rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpamRuleSpec {
+    /// `"subject"`, `"sender"` or a header name.
+    pub field: String,
+    /// Case-insensitive substring.
+    pub contains: String,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Run {
+    /// Connector passes, one after the other.
+    pub passes: u32,
+    /// A simulated crash of the connector.
+    pub crash: Option<Crash>,
+    /// How long the scenario may run (default 120 s).
+    pub timeout: Option<Scalar>,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self {
+            passes: 1,
+            crash: None,
+            timeout: None,
+        }
+    }
+}
+
+/// `[run] crash = { pass, after_deliveries }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    /// Which pass (1-based).
+    pub pass: u32,
+    /// The connector dies right after this many recorded deliveries.
+    pub after_deliveries: u32,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Accepted and delivered to every recipient.
+    Delivered,
+    /// Still on the POP3 server, not delivered.
+    Left,
+    /// Still on the server, refused in the SMTP session.
+    Rejected,
+    /// A copy in the quarantine (on the server, or deleted with quarantine_delete).
+    Quarantined,
+    /// Accepted (250), then bounced by Exchange.
+    Ndr,
+    /// Gone from the server, never delivered.
+    Deleted,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Delivered => "delivered",
+            Self::Left => "left",
+            Self::Rejected => "rejected",
+            Self::Quarantined => "quarantined",
+            Self::Ndr => "ndr",
+            Self::Deleted => "deleted",
+        })
+    }
+}
+
+/// `[expect]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expect {
+    /// Messages gone from the POP3 server without a good delivery.
+    pub lost: u64,
+    /// Extra deliveries.
+    pub duplicates: u64,
+    /// Per label (all copies).
+    pub labels: BTreeMap<String, Outcome>,
+    /// popbridge event counts by kind.
+    pub events: BTreeMap<String, u64>,
+    /// Per label: envelope recipients it was delivered to.
+    pub recipients: BTreeMap<String, Vec<String>>,
+    /// Expectations that hold only for popbridge.
+    pub popbridge_only: PopbridgeOnly,
+}
+
+/// `[expect.popbridge_only]`.
+#[derive(Debug, Clone, Deserialize, Default, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PopbridgeOnly {
+    /// Labels whose expectation holds only for popbridge.
+    pub labels: Vec<String>,
+    /// `lost` holds only for popbridge.
+    pub lost: bool,
+    /// `duplicates` holds only for popbridge.
+    pub duplicates: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated
+// ---------------------------------------------------------------------------------------
+
+/// A validated scenario, ready to run.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The file as written.
+    pub file: ScenarioFile,
+    /// The POP3 mailboxes (a default `info` mailbox when none is declared).
+    pub mailboxes: Vec<Pop3Mailbox>,
+    /// Every message copy, per mailbox in maildrop order.
+    pub messages: Vec<Planned>,
+    /// POP3 fault rules.
+    pub pop3_faults: Vec<FaultRule>,
+    /// The SMTP server.
+    pub smtp: SmtpPlan,
+    /// The connector's keys.
+    pub connector: ConnectorPlan,
+    /// Copy names by expectation key (a label names all its copies).
+    pub selectors: BTreeMap<String, Vec<String>>,
+    /// The run bound.
+    pub timeout: Duration,
+}
+
+/// The SMTP server's settings, resolved.
+#[derive(Debug, Clone)]
+pub struct SmtpPlan {
+    /// Receive-connector limits.
+    pub limits: Limits,
+    /// EHLO extensions.
+    pub extensions: Extensions,
+    /// DefaultDomain.
+    pub default_domain: Option<String>,
+    /// Organisation receive limit.
+    pub organization_receive_limit: Option<u64>,
+    /// Refused sender patterns.
+    pub reject_senders: Vec<String>,
+    /// Local mailboxes.
+    pub mailboxes: Vec<MailboxSpec>,
+    /// Refuse every recipient (accept_all = false without mailboxes).
+    pub refuse_all: bool,
+    /// Anti-spam rules.
+    pub spam_rules: Vec<SpamRule>,
+    /// Fault rules.
+    pub faults: Vec<FaultRule>,
+    /// Fault seed.
+    pub seed: u64,
+}
+
+/// The `[connector]` keys: everything but the accounts, and per mailbox user the extra keys
+/// of its `[[connector.account]]` (with their index in the file).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorPlan {
+    /// Top-level keys and tables (`profile`, `[limits]`, ...).
+    pub top: toml::Table,
+    /// Extra account keys by user: (index in `connector.account`, keys without `user`).
+    pub accounts: BTreeMap<String, (usize, toml::Table)>,
+}
+
+/// Keys the runner fills in.
+const RUNNER_TOP_KEYS: [&str; 1] = ["state_dir"];
+const RUNNER_TRANSPORT_KEYS: [&str; 2] = ["host", "port"];
+const RUNNER_ACCOUNT_KEYS: [&str; 3] = ["name", "host", "port"];
+
+/// Validation context: the file, its text positions.
+pub(crate) struct Ctx<'a> {
+    pub path: &'a Path,
+    pub loc: Locator<'a>,
+}
+
+impl Ctx<'_> {
+    /// An error at a key path.
+    pub(crate) fn err(&self, at: &KeyPath, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.loc.line(&at.0),
+            key: (!at.0.is_empty()).then(|| at.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn size(&self, v: &Scalar, at: &KeyPath) -> Result<u64, Error> {
+        let n = match v {
+            Scalar::Int(n) => {
+                u64::try_from(*n).map_err(|_| self.err(at, "must not be negative"))?
+            }
+            Scalar::Text(s) => parse_size(s).map_err(|m| self.err(at, m))?,
+        };
+        Ok(n)
+    }
+
+    fn duration(&self, v: &Scalar, at: &KeyPath) -> Result<Duration, Error> {
+        match v {
+            Scalar::Int(n) => u64::try_from(*n)
+                .map(Duration::from_secs)
+                .map_err(|_| self.err(at, "must not be negative")),
+            Scalar::Text(s) => parse_duration(s).map_err(|m| self.err(at, m)),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> Error {
+        let span = e.span();
+        let mut message = e.message().trim().lines().collect::<Vec<_>>().join("; ");
+        let mut key = span
+            .as_ref()
+            .and_then(|s| self.loc.path_at(s.start))
+            .map(|p| render(&p));
+        if let Some(field) = backticked(&message, "missing field ") {
+            key = Some(match key {
+                Some(k) => format!("{k}.{field}"),
+                None => field,
+            });
+            message = "missing required key".into();
+        } else if let Some(rest) = message.strip_prefix("unknown field ") {
+            message = format!("unknown key {rest}");
+        } else if let Some(rest) = message.strip_prefix("unknown variant ") {
+            message = format!("unknown value {rest}");
+        }
+        Error::Invalid {
+            path: self.path.to_path_buf(),
+            line: span.map(|s| self.loc.line_of(s.start)),
+            key,
+            message: message.replace('`', "\""),
+        }
+    }
+}
+
+fn backticked(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
+    let end = rest.find('`')?;
+    Some(rest[..end].to_string())
+}
+
+/// Reads and validates a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validates scenario text; `path` names it in errors and anchors relative fixture paths.
+pub fn parse(text: &str, path: &Path) -> Result<Scenario, Error> {
+    let cx = Ctx {
+        path,
+        loc: Locator::new(text),
+    };
+    let file: ScenarioFile = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
+    resolve(&cx, file)
+}
+
+fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
+    let root = KeyPath::root();
+    let base = cx.path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    // POP3 side.
+    let pop3_path = root.key("pop3");
+    let mailboxes = if file.pop3.mailbox.is_empty() {
+        vec![Pop3Mailbox::default()]
+    } else {
+        file.pop3.mailbox.clone()
+    };
+    let mut users = BTreeSet::new();
+    for (i, mb) in mailboxes.iter().enumerate() {
+        let at = pop3_path.key("mailbox").index(i);
+        if mb.user.trim().is_empty() || mb.user.chars().any(|c| c.is_whitespace()) {
+            return Err(cx.err(
+                &at.key("user"),
+                "must be a non-empty login name without spaces",
+            ));
+        }
+        if !users.insert(mb.user.clone()) {
+            return Err(cx.err(&at.key("user"), format!("duplicate mailbox {:?}", mb.user)));
+        }
+        if mb.auth.is_empty() {
+            return Err(cx.err(&at.key("auth"), "must allow at least one method"));
+        }
+    }
+    let messages = generate::plan(cx, &mailboxes, &base)?;
+    let pop3_faults = file
+        .pop3
+        .fault
+        .iter()
+        .enumerate()
+        .map(|(i, f)| fault_rule(cx, f, &pop3_path.key("fault").index(i), false))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let smtp = smtp_plan(cx, &file.smtp)?;
+    let connector = connector_plan(cx, &file.connector, &mailboxes)?;
+
+    // Run.
+    let run_path = root.key("run");
+    if !(1..=MAX_PASSES).contains(&file.run.passes) {
+        return Err(cx.err(
+            &run_path.key("passes"),
+            format!("must be between 1 and {MAX_PASSES}"),
+        ));
+    }
+    if let Some(c) = &file.run.crash {
+        if c.pass < 1 || c.pass > file.run.passes {
+            return Err(cx.err(
+                &run_path.key("crash"),
+                format!("pass must be between 1 and passes ({})", file.run.passes),
+            ));
+        }
+        if c.after_deliveries < 1 {
+            return Err(cx.err(
+                &run_path.key("crash"),
+                "after_deliveries must be at least 1",
+            ));
+        }
+    }
+    let timeout = match &file.run.timeout {
+        Some(v) => {
+            let at = run_path.key("timeout");
+            let d = cx.duration(v, &at)?;
+            if d.is_zero() {
+                return Err(cx.err(&at, "must be greater than 0"));
+            }
+            d
+        }
+        None => DEFAULT_TIMEOUT,
+    };
+
+    // Expectations.
+    let selectors = selectors(&messages);
+    let expect_path = root.key("expect");
+    for key in file.expect.labels.keys() {
+        check_selector(cx, &selectors, key, &expect_path.key("labels").key(key))?;
+    }
+    for (key, rcpts) in &file.expect.recipients {
+        let at = expect_path.key("recipients").key(key);
+        check_selector(cx, &selectors, key, &at)?;
+        if rcpts.is_empty() {
+            return Err(cx.err(&at, "name at least one recipient"));
+        }
+    }
+    for (i, key) in file.expect.popbridge_only.labels.iter().enumerate() {
+        let at = expect_path.key("popbridge_only").key("labels").index(i);
+        check_selector(cx, &selectors, key, &at)?;
+    }
+    let kinds = known_event_kinds();
+    for key in file.expect.events.keys() {
+        if !kinds.iter().any(|k| k == key) {
+            return Err(cx.err(
+                &expect_path.key("events").key(key),
+                format!("unknown event kind {key:?}; known: {}", kinds.join(", ")),
+            ));
+        }
+    }
+
+    let scenario = Scenario {
+        path: cx.path.to_path_buf(),
+        file,
+        mailboxes,
+        messages,
+        pop3_faults,
+        smtp,
+        connector,
+        selectors,
+        timeout,
+    };
+    // The connector's keys are checked by popbridge's own parser, with placeholder
+    // addresses, so a bad key is reported before anything starts.
+    crate::world::connector_config(&scenario, &crate::world::Endpoints::placeholder())
+        .map_err(|e| map_config_error(cx, &scenario, &e))?;
+    Ok(scenario)
+}
+
+fn check_selector(
+    cx: &Ctx<'_>,
+    selectors: &BTreeMap<String, Vec<String>>,
+    key: &str,
+    at: &KeyPath,
+) -> Result<(), Error> {
+    if selectors.contains_key(key) {
+        Ok(())
+    } else {
+        Err(cx.err(at, format!("no message is labelled {key:?}")))
+    }
+}
+
+/// Expectation keys: each label (all its copies) and each copy name.
+fn selectors(messages: &[Planned]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in messages {
+        out.entry(m.label.clone()).or_default().push(m.name.clone());
+        if m.name != m.label {
+            out.entry(m.name.clone()).or_default().push(m.name.clone());
+        }
+    }
+    out
+}
+
+fn fault_rule(cx: &Ctx<'_>, f: &Fault, at: &KeyPath, smtp: bool) -> Result<FaultRule, Error> {
+    let on = f.on.trim();
+    let hook = match on.to_ascii_lowercase().as_str() {
+        "greeting" => Hook::Greeting,
+        "any" => Hook::AnyCommand,
+        "data-end" if smtp => Hook::EndOfData,
+        "data-end" => {
+            return Err(cx.err(&at.key("on"), "\"data-end\" is an SMTP hook only"));
+        }
+        _ if !on.is_empty() && on.chars().all(|c| c.is_ascii_alphanumeric()) => Hook::command(on),
+        _ => {
+            return Err(cx.err(
+                &at.key("on"),
+                format!(
+                    "unknown hook {on:?}: use \"greeting\", \"any\", a command keyword{}",
+                    if smtp { " or \"data-end\"" } else { "" }
+                ),
+            ))
+        }
+    };
+    let needs = |key: &str, present: bool, what: FaultKind| -> Result<(), Error> {
+        let used = matches!(
+            (key, what),
+            (
+                "reply",
+                FaultKind::Reply | FaultKind::ReplyClose | FaultKind::Garbage
+            ) | ("delay", FaultKind::Delay)
+                | ("bytes", FaultKind::CloseAfter)
+        );
+        match (used, present) {
+            (true, false) => Err(cx.err(
+                &at.key("action"),
+                format!("this action needs `{key}`").replace('`', "\""),
+            )),
+            (false, true) => Err(cx.err(
+                &at.key(key),
+                "not used by this action (see FORMAT.md, [[pop3.fault]])",
+            )),
+            _ => Ok(()),
+        }
+    };
+    needs("reply", f.reply.is_some(), f.action)?;
+    needs("delay", f.delay.is_some(), f.action)?;
+    needs("bytes", f.bytes.is_some(), f.action)?;
+    let action = match f.action {
+        FaultKind::Close => FaultAction::CloseBeforeReply,
+        FaultKind::Reply => FaultAction::Reply(f.reply.clone().unwrap_or_default()),
+        FaultKind::ReplyClose => FaultAction::ReplyAndClose(f.reply.clone().unwrap_or_default()),
+        FaultKind::Garbage => {
+            FaultAction::GarbageLine(f.reply.clone().unwrap_or_default().into_bytes())
+        }
+        FaultKind::Delay => {
+            let d = f
+                .delay
+                .as_ref()
+                .map_or(Ok(Duration::ZERO), |d| cx.duration(d, &at.key("delay")))?;
+            FaultAction::Delay(d)
+        }
+        FaultKind::CloseAfter => FaultAction::CloseAfterBytes(f.bytes.unwrap_or(0) as usize),
+    };
+    let mut rule = FaultRule::new(hook, action);
+    if let Some(n) = f.nth {
+        if n < 1 {
+            return Err(cx.err(&at.key("nth"), "must be at least 1 (it is 1-based)"));
+        }
+        rule = rule.nth(n);
+    }
+    rule = match f.times {
+        Some(0) => rule.always(),
+        Some(t) => rule.times(t),
+        None => rule,
+    };
+    if let Some(p) = f.probability {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(cx.err(&at.key("probability"), "must be between 0 and 1"));
+        }
+        rule = rule.probability(p);
+    }
+    Ok(rule)
+}
+
+fn smtp_plan(cx: &Ctx<'_>, s: &Smtp) -> Result<SmtpPlan, Error> {
+    let at = KeyPath::root().key("smtp");
+    let defaults = Limits::default();
+    let max_message_size = match &s.max_message_size {
+        Some(Scalar::Text(t)) if t.trim().eq_ignore_ascii_case("none") => None,
+        Some(v) => {
+            let n = cx.size(v, &at.key("max_message_size"))?;
+            if n == 0 {
+                return Err(cx.err(
+                    &at.key("max_message_size"),
+                    "must be greater than 0 (or \"none\")",
+                ));
+            }
+            Some(n)
+        }
+        None => defaults.max_message_size,
+    };
+    let max_protocol_errors = match s.max_protocol_errors {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => defaults.max_protocol_errors,
+    };
+    let organization_receive_limit = match &s.organization_receive_limit {
+        Some(v) => Some(cx.size(v, &at.key("organization_receive_limit"))?),
+        None => None,
+    };
+    if let Some(d) = &s.default_domain {
+        if d.trim().is_empty() || d.contains(['@', ' ', '<', '>']) {
+            return Err(cx.err(&at.key("default_domain"), "must be a domain name"));
+        }
+    }
+    for (i, p) in s.reject_senders.iter().enumerate() {
+        if p.trim().is_empty() {
+            return Err(cx.err(&at.key("reject_senders").index(i), "must not be empty"));
+        }
+    }
+    let mut mailboxes = Vec::new();
+    for (i, m) in s.mailbox.iter().enumerate() {
+        let mat = at.key("mailbox").index(i);
+        if !m.address.contains('@') || m.address.contains(char::is_whitespace) {
+            return Err(cx.err(&mat.key("address"), "must be an address local@domain"));
+        }
+        let mut spec = MailboxSpec::new(m.address.clone());
+        if let Some(v) = &m.receive_limit {
+            spec = spec.receive_limit(cx.size(v, &mat.key("receive_limit"))?);
+        }
+        if let Some(v) = &m.quota {
+            spec = spec.quota(cx.size(v, &mat.key("quota"))?);
+        }
+        mailboxes.push(spec);
+    }
+    let refuse_all = match s.accept_all {
+        Some(true) if !mailboxes.is_empty() => {
+            return Err(cx.err(
+                &at.key("accept_all"),
+                "cannot be true with [[smtp.mailbox]]: like Exchange, the server refuses \
+                 unknown recipients once mailboxes are declared",
+            ))
+        }
+        Some(false) => mailboxes.is_empty(),
+        _ => false,
+    };
+    let mut spam_rules = Vec::new();
+    for (i, r) in s.spam_rule.iter().enumerate() {
+        let rat = at.key("spam_rule").index(i);
+        let field = match r.field.trim().to_ascii_lowercase().as_str() {
+            "subject" => SpamField::Subject,
+            "sender" => SpamField::Sender,
+            "" => return Err(cx.err(&rat.key("field"), "must not be empty")),
+            _ if r.field.chars().all(|c| c.is_ascii_graphic() && c != ':') => {
+                SpamField::Header(r.field.trim().to_string())
+            }
+            _ => {
+                return Err(cx.err(
+                    &rat.key("field"),
+                    "use \"subject\", \"sender\" or a header name",
+                ))
+            }
+        };
+        if r.contains.is_empty() {
+            return Err(cx.err(&rat.key("contains"), "must not be empty"));
+        }
+        spam_rules.push(SpamRule {
+            field,
+            contains: r.contains.clone(),
+        });
+    }
+    let faults = s
+        .fault
+        .iter()
+        .enumerate()
+        .map(|(i, f)| fault_rule(cx, f, &at.key("fault").index(i), true))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SmtpPlan {
+        limits: Limits {
+            max_message_size,
+            max_protocol_errors,
+            ..defaults
+        },
+        extensions: Extensions {
+            chunking: s.chunking,
+            pipelining: s.pipelining,
+            ..Extensions::default()
+        },
+        default_domain: s.default_domain.clone(),
+        organization_receive_limit,
+        reject_senders: s.reject_senders.clone(),
+        mailboxes,
+        refuse_all,
+        spam_rules,
+        faults,
+        seed: s.seed,
+    })
+}
+
+fn connector_plan(
+    cx: &Ctx<'_>,
+    table: &toml::Table,
+    mailboxes: &[Pop3Mailbox],
+) -> Result<ConnectorPlan, Error> {
+    let at = KeyPath::root().key("connector");
+    let mut top = table.clone();
+    for k in RUNNER_TOP_KEYS {
+        if top.contains_key(k) {
+            return Err(cx.err(
+                &at.key(k),
+                "is filled in by poplab (a temporary folder per run)",
+            ));
+        }
+    }
+    if let Some(t) = top.get("transport") {
+        let Some(t) = t.as_table() else {
+            return Err(cx.err(&at.key("transport"), "must be a table"));
+        };
+        for k in RUNNER_TRANSPORT_KEYS {
+            if t.contains_key(k) {
+                return Err(cx.err(
+                    &at.key("transport").key(k),
+                    "is filled in by poplab (the mock SMTP server's address)",
+                ));
+            }
+        }
+    }
+    let mut accounts = BTreeMap::new();
+    if let Some(list) = top.remove("account") {
+        let Some(list) = list.as_array() else {
+            return Err(cx.err(
+                &at.key("account"),
+                "write accounts as [[connector.account]] tables",
+            ));
+        };
+        for (i, item) in list.iter().enumerate() {
+            let aat = at.key("account").index(i);
+            let Some(extra) = item.as_table() else {
+                return Err(cx.err(&aat, "must be a table"));
+            };
+            let mut extra = extra.clone();
+            let user = match extra.remove("user") {
+                Some(toml::Value::String(u)) => u,
+                Some(_) => return Err(cx.err(&aat.key("user"), "must be a string")),
+                None => {
+                    return Err(cx.err(
+                        &aat,
+                        "missing required key \"user\" (which [[pop3.mailbox]] it is for)",
+                    ))
+                }
+            };
+            if !mailboxes.iter().any(|m| m.user == user) {
+                return Err(cx.err(
+                    &aat.key("user"),
+                    format!("no [[pop3.mailbox]] has user {user:?}"),
+                ));
+            }
+            for k in RUNNER_ACCOUNT_KEYS {
+                if extra.contains_key(k) {
+                    return Err(cx.err(
+                        &aat.key(k),
+                        "is filled in by poplab (the mock POP3 server and the mailbox)",
+                    ));
+                }
+            }
+            if accounts.insert(user.clone(), (i, extra)).is_some() {
+                return Err(cx.err(
+                    &aat.key("user"),
+                    format!("a second [[connector.account]] for {user:?}"),
+                ));
+            }
+        }
+    }
+    Ok(ConnectorPlan { top, accounts })
+}
+
+/// Maps an error of popbridge's configuration parser (about the text poplab generated) to
+/// the scenario key it comes from.
+fn map_config_error(
+    cx: &Ctx<'_>,
+    scenario: &Scenario,
+    e: &popbridge::config::ConfigError,
+) -> Error {
+    let message = match e {
+        popbridge::config::ConfigError::Invalid { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    let connector = KeyPath::root().key("connector");
+    let Some(key) = e.key() else {
+        return cx.err(&connector, message);
+    };
+    let segs = parse_key(key);
+    // account[i].rest → the [[connector.account]] of that mailbox, or the mailbox itself.
+    if let (Some(Seg::Key(first)), Some(Seg::Index(i))) = (segs.first(), segs.get(1)) {
+        if first == "account" {
+            let rest = &segs[2..];
+            let user = scenario.mailboxes.get(*i).map(|m| m.user.clone());
+            if let Some((j, extra)) = user
+                .as_ref()
+                .and_then(|u| scenario.connector.accounts.get(u))
+            {
+                if let Some(Seg::Key(k)) = rest.first() {
+                    if extra.contains_key(k) {
+                        let mut at = connector.key("account").index(*j);
+                        at.0.extend(rest.iter().cloned());
+                        return cx.err(&at, message);
+                    }
+                }
+            }
+            let mut at = KeyPath::root().key("pop3").key("mailbox").index(*i);
+            if scenario.file.pop3.mailbox.is_empty() {
+                at = KeyPath::root().key("pop3");
+            }
+            return cx.err(
+                &at,
+                format!(
+                    "in the account poplab made for this mailbox: {}: {message}",
+                    render(rest)
+                ),
+            );
+        }
+    }
+    let mut at = connector;
+    at.0.extend(segs);
+    cx.err(&at, message)
+}
+
+/// Splits a rendered key path (`account[0].catch_all."x.y"`) into segments.
+fn parse_key(key: &str) -> Vec<Seg> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = key.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(Seg::Key(std::mem::take(&mut cur)));
+                }
+            }
+            '[' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(Seg::Key(std::mem::take(&mut cur)));
+                }
+                let mut n = String::new();
+                for d in chars.by_ref() {
+                    if d == ']' {
+                        break;
+                    }
+                    n.push(d);
+                }
+                if let Ok(i) = n.parse() {
+                    out.push(Seg::Index(i));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(Seg::Key(cur));
+    }
+    out
+}
+
+/// Every event kind popbridge emits (`"message.delivered"`, ...).
+pub fn known_event_kinds() -> Vec<String> {
+    use popbridge::events::Event;
+    let s = String::new;
+    let all = [
+        Event::PassStarted { account: s() },
+        Event::Listed {
+            account: s(),
+            messages: 0,
+            octets: 0,
+        },
+        Event::Delivered {
+            account: s(),
+            uid: s(),
+            size: 0,
+            sender: s(),
+            reply: s(),
+        },
+        Event::AlreadyDelivered {
+            account: s(),
+            uid: s(),
+        },
+        Event::SkippedOversize {
+            account: s(),
+            uid: s(),
+            size: 0,
+            limit: 0,
+        },
+        Event::Rejected {
+            account: s(),
+            uid: s(),
+            reply: s(),
+            failures: 0,
+        },
+        Event::Deferred {
+            account: s(),
+            uid: s(),
+            reason: s(),
+        },
+        Event::Quarantined {
+            account: s(),
+            uid: s(),
+            path: s(),
+            deleted: false,
+        },
+        Event::SenderRepaired {
+            account: s(),
+            uid: s(),
+            original: s(),
+            used: s(),
+            reason: s(),
+        },
+        Event::Reconnected {
+            account: s(),
+            reason: s(),
+        },
+        Event::AuthFailed {
+            account: s(),
+            reply: s(),
+        },
+        Event::AccountFailed {
+            account: s(),
+            error: s(),
+        },
+        Event::PassFinished {
+            account: s(),
+            delivered: 0,
+            deleted: 0,
+            remaining: 0,
+            rejected: 0,
+            deferred: 0,
+            skipped: 0,
+            quarantined: 0,
+        },
+    ];
+    // A new variant must be added above: this match stops compiling until it is.
+    for e in &all {
+        match e {
+            Event::PassStarted { .. }
+            | Event::Listed { .. }
+            | Event::Delivered { .. }
+            | Event::AlreadyDelivered { .. }
+            | Event::SkippedOversize { .. }
+            | Event::Rejected { .. }
+            | Event::Deferred { .. }
+            | Event::Quarantined { .. }
+            | Event::SenderRepaired { .. }
+            | Event::Reconnected { .. }
+            | Event::AuthFailed { .. }
+            | Event::AccountFailed { .. }
+            | Event::PassFinished { .. } => {}
+        }
+    }
+    all.iter().map(event_kind).collect()
+}
+
+/// An event's `kind` (`"message.delivered"`).
+pub fn event_kind(e: &popbridge::events::Event) -> String {
+    serde_json::to_value(e)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> Error {
+        match parse(text, Path::new("cases/x.toml")) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_one_empty_info_mailbox() {
+        let s = parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(s.mailboxes.len(), 1);
+        assert_eq!(s.mailboxes[0].user, "info");
+        assert!(s.messages.is_empty());
+        assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let e = err("description = \"x\"\n\n[[pop3.mailbox]]\nuser = \"info\"\n\n[[pop3.mailbox.message]]\nlabel = \"a\"\nsizze = \"1KB\"\n");
+        assert_eq!(e.line(), Some(8), "{e}");
+        assert_eq!(e.key(), Some("pop3.mailbox[0].message[0].sizze"), "{e}");
+        assert!(e.to_string().starts_with("cases/x.toml:8: "), "{e}");
+        assert!(e.to_string().contains("unknown key"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = err("[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nlabel = \"a\"\nsize = \"12XB\"\n");
+        assert_eq!(e.line(), Some(4), "{e}");
+        assert_eq!(e.key(), Some("pop3.mailbox[0].message[0].size"), "{e}");
+        let e = err("[expect.labels]\nnope = \"delivered\"\n");
+        assert_eq!(e.line(), Some(2), "{e}");
+        assert_eq!(e.key(), Some("expect.labels.nope"), "{e}");
+        let e = err("[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nlabel = \"a\"\n[expect.labels]\na = \"gone\"\n");
+        assert_eq!(e.line(), Some(5), "{e}");
+        assert_eq!(e.key(), Some("expect.labels.a"), "{e}");
+        let e = err("[expect.events]\n\"message.delivred\" = 1\n");
+        assert_eq!(e.line(), Some(2), "{e}");
+        let e = err("[run]\npasses = 0\n");
+        assert_eq!((e.line(), e.key()), (Some(2), Some("run.passes")), "{e}");
+        let e = err("[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nfrom = \"a@b\"\n");
+        assert_eq!(e.key(), Some("pop3.mailbox[0].message[0].label"), "{e}");
+        assert!(e.to_string().contains("missing required key"), "{e}");
+    }
+
+    #[test]
+    fn connector_keys_are_checked_by_popbridge_and_mapped_back() {
+        let e = err("[connector]\nprofile = \"default\"\n[connector.limits]\npoison_after = 0\n");
+        assert_eq!(e.key(), Some("connector.limits.poison_after"), "{e}");
+        assert_eq!(e.line(), Some(4), "{e}");
+        let e = err("[connector.limits]\npoison_aftr = 1\n");
+        assert_eq!(e.key(), Some("connector.limits.poison_aftr"), "{e}");
+        assert_eq!(e.line(), Some(2), "{e}");
+        let e = err("[[pop3.mailbox]]\nuser = \"info\"\n[[connector.account]]\nuser = \"info\"\ndeliver_to = \"not an address\"\n");
+        assert_eq!(e.key(), Some("connector.account[0].deliver_to"), "{e}");
+        assert_eq!(e.line(), Some(5), "{e}");
+        let e = err("[connector]\nstate_dir = \"/tmp\"\n");
+        assert_eq!(
+            (e.line(), e.key()),
+            (Some(2), Some("connector.state_dir")),
+            "{e}"
+        );
+        let e = err("[[connector.account]]\nuser = \"nobody\"\n");
+        assert_eq!(e.key(), Some("connector.account[0].user"), "{e}");
+    }
+
+    #[test]
+    fn faults_need_their_arguments() {
+        let e = err("[[pop3.fault]]\non = \"QUIT\"\naction = \"reply\"\n");
+        assert_eq!(e.key(), Some("pop3.fault[0].action"), "{e}");
+        let e = err("[[pop3.fault]]\non = \"data-end\"\naction = \"close\"\n");
+        assert_eq!(e.key(), Some("pop3.fault[0].on"), "{e}");
+        let e = err("[[smtp.fault]]\non = \"data-end\"\naction = \"explode\"\n");
+        assert_eq!(e.key(), Some("smtp.fault[0].action"), "{e}");
+        assert_eq!(e.line(), Some(3), "{e}");
+        let ok = "[[smtp.fault]]\non = \"data-end\"\naction = \"reply-close\"\nreply = \"421 4.3.2 bye\"\nnth = 2\n";
+        let s = parse(ok, Path::new("x.toml")).unwrap();
+        assert_eq!(s.smtp.faults[0].nth, 2);
+        assert_eq!(s.smtp.faults[0].on, Hook::EndOfData);
+    }
+
+    #[test]
+    fn labels_must_be_unique_across_copies() {
+        let e = err("[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nlabel = \"a\"\ncount = 2\n[[pop3.mailbox.message]]\nlabel = \"a-2\"\n");
+        assert_eq!(e.key(), Some("pop3.mailbox[0].message[1].label"), "{e}");
+        assert_eq!(e.line(), Some(6), "{e}");
+    }
+
+    #[test]
+    fn event_kinds_are_popbridges() {
+        let k = known_event_kinds();
+        assert!(k.contains(&"message.delivered".to_string()));
+        assert!(k.contains(&"pass.finished".to_string()));
+        assert_eq!(k.len(), 13);
+    }
+}

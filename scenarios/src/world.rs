@@ -1,0 +1,453 @@
+//! The world a scenario runs in: both mocks on loopback, popbridge's configuration, the
+//! connector's passes in-process, and everything observed.
+//!
+//! Responsible for: starting mock-pop3 and mock-smtp on `127.0.0.1:0` as the scenario
+//! declares them, writing popbridge's configuration (a temporary state folder, the mocks'
+//! addresses, one account per mailbox plus the scenario's extra keys), running the passes
+//! one after the other with `pass::run_accounts_with` (each with a freshly opened ledger,
+//! like a restart, and the crash point of `[run] crash`), bounded by the scenario's
+//! timeout, and collecting the mocks' final state, the capture and the events.
+//! Must never: contain connector logic (it only calls popbridge's public API), leave a
+//! server running after it returns, or wait without a bound.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mock_pop3::pki::TestPki;
+use mock_pop3::{AuthMethod, Capabilities, Mailbox, MailboxReport, Message, MockPop3, TlsMode};
+use mock_smtp::{MockSmtp, Transaction};
+use popbridge::config::{Config, ConfigError};
+use popbridge::events::{Event, EventSink};
+use popbridge::ledger::Ledger;
+use popbridge::net::TcpDialer;
+use popbridge::pass::{run_accounts_with, StopFlag, Summary};
+use tokio::net::TcpListener;
+
+use crate::schema::{Scenario, TlsKind};
+
+/// The domain of the default `deliver_to` (`<user>@contoso.local`).
+pub const LOCAL_DOMAIN: &str = "contoso.local";
+/// How long the runner waits for the mocks to see their sessions end, or to shut down.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Where the connector's configuration points.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The POP3 mock's port.
+    pub pop3_port: u16,
+    /// The SMTP mock's port.
+    pub smtp_port: u16,
+    /// The connector's state folder.
+    pub state_dir: PathBuf,
+    /// The test CA (PEM) when the POP3 side speaks TLS.
+    pub ca_file: Option<PathBuf>,
+    /// The (never written) configuration file's path, for messages.
+    pub config_path: PathBuf,
+}
+
+impl Endpoints {
+    /// Placeholder addresses, to validate a scenario's connector keys before running.
+    pub fn placeholder() -> Self {
+        Self {
+            pop3_port: 110,
+            smtp_port: 25,
+            state_dir: PathBuf::from("/nonexistent/poplab/state"),
+            ca_file: Some(PathBuf::from("/nonexistent/poplab/ca.pem")),
+            config_path: PathBuf::from("/nonexistent/poplab/popbridge.toml"),
+        }
+    }
+}
+
+/// The connector account name for a mailbox user (`[A-Za-z0-9._-]`, others become `_`).
+pub fn account_name(user: &str) -> String {
+    let n: String = user
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if n.is_empty() {
+        "account".into()
+    } else {
+        n
+    }
+}
+
+fn auth_name(m: AuthMethod) -> &'static str {
+    match m {
+        AuthMethod::User => "user",
+        AuthMethod::Apop => "apop",
+        AuthMethod::Plain => "plain",
+        AuthMethod::Login => "login",
+        AuthMethod::CramMd5 => "cram-md5",
+        AuthMethod::Xoauth2 => "xoauth2",
+    }
+}
+
+/// popbridge's configuration text for a scenario at these endpoints.
+pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
+    use toml::Value;
+    let mut top = s.connector.top.clone();
+    top.insert(
+        "state_dir".into(),
+        Value::String(ep.state_dir.display().to_string()),
+    );
+    let mut transport = top
+        .remove("transport")
+        .and_then(|t| t.as_table().cloned())
+        .unwrap_or_default();
+    transport.insert("host".into(), Value::String("127.0.0.1".into()));
+    transport.insert("port".into(), Value::Integer(ep.smtp_port.into()));
+    top.insert("transport".into(), Value::Table(transport));
+    let mut timeouts = top
+        .remove("timeouts")
+        .and_then(|t| t.as_table().cloned())
+        .unwrap_or_default();
+    for (k, v) in [("connect", "10s"), ("command", "30s"), ("data", "120s")] {
+        timeouts.entry(k).or_insert_with(|| Value::String(v.into()));
+    }
+    top.insert("timeouts".into(), Value::Table(timeouts));
+    let tls = match s.file.pop3.tls {
+        TlsKind::None => "none",
+        TlsKind::Stls => "starttls",
+        TlsKind::Implicit => "implicit",
+    };
+    let mut accounts = Vec::new();
+    for mb in &s.mailboxes {
+        let mut a = toml::Table::new();
+        let local = mb.user.split('@').next().unwrap_or(&mb.user);
+        let auth = if mb.auth.contains(&AuthMethod::User) {
+            AuthMethod::User
+        } else {
+            mb.auth.first().copied().unwrap_or(AuthMethod::User)
+        };
+        let entries: [(&str, Value); 9] = [
+            ("name", Value::String(account_name(&mb.user))),
+            ("host", Value::String("127.0.0.1".into())),
+            ("port", Value::Integer(ep.pop3_port.into())),
+            ("tls", Value::String(tls.into())),
+            ("allow_plaintext", Value::Boolean(true)),
+            ("auth", Value::String(auth_name(auth).into())),
+            ("username", Value::String(mb.user.clone())),
+            ("password", Value::String(mb.password.clone())),
+            (
+                "deliver_to",
+                Value::String(format!("{local}@{LOCAL_DOMAIN}")),
+            ),
+        ];
+        for (k, v) in entries {
+            a.insert(k.into(), v);
+        }
+        if s.file.pop3.tls != TlsKind::None {
+            if let Some(ca) = &ep.ca_file {
+                a.insert("ca_file".into(), Value::String(ca.display().to_string()));
+            }
+        }
+        if let Some((_, extra)) = s.connector.accounts.get(&mb.user) {
+            for (k, v) in extra {
+                a.insert(k.clone(), v.clone());
+            }
+        }
+        accounts.push(Value::Table(a));
+    }
+    top.insert("account".into(), Value::Array(accounts));
+    toml::to_string(&top).unwrap_or_default()
+}
+
+/// popbridge's validated configuration for a scenario at these endpoints.
+pub fn connector_config(s: &Scenario, ep: &Endpoints) -> Result<Config, ConfigError> {
+    Config::from_str(&connector_text(s, ep), &ep.config_path)
+}
+
+/// One event with the pass it happened in.
+#[derive(Debug, Clone)]
+pub struct PassEvent {
+    /// The pass, from 1.
+    pub pass: u32,
+    /// The event.
+    pub event: Event,
+}
+
+/// Replaces run-specific text (temporary paths, ports) with stable placeholders.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    pairs: Vec<(String, String)>,
+}
+
+impl Redactor {
+    /// Adds a replacement (longer needles are applied first).
+    pub fn add(&mut self, needle: impl Into<String>, with: impl Into<String>) {
+        let needle = needle.into();
+        if !needle.is_empty() {
+            self.pairs.push((needle, with.into()));
+            self.pairs.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+        }
+    }
+
+    /// `text` with every needle replaced.
+    pub fn apply(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (n, w) in &self.pairs {
+            out = out.replace(n.as_str(), w);
+        }
+        out
+    }
+}
+
+/// Everything a run observed.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The POP3 mailboxes' final state.
+    pub mailboxes: Vec<MailboxReport>,
+    /// Every SMTP transaction.
+    pub captured: Vec<Transaction>,
+    /// The connector's events, with their pass.
+    pub events: Vec<PassEvent>,
+    /// Each pass's summaries.
+    pub summaries: Vec<(u32, Vec<Summary>)>,
+    /// (account, uid) of quarantined messages whose durable copy exists.
+    pub quarantine_copies: BTreeSet<(String, String)>,
+    /// Account name → mailbox user.
+    pub accounts: Vec<(String, String)>,
+    /// Run-specific text to hide in reports.
+    pub redactor: Redactor,
+    /// Set when the run could not start or did not finish in time.
+    pub error: Option<String>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+async fn listener() -> std::io::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0").await
+}
+
+/// Runs a scenario: mocks up, passes, state collected, mocks down.
+pub async fn run(s: &Scenario) -> Observed {
+    let started = Instant::now();
+    let mut obs = Observed {
+        accounts: s
+            .mailboxes
+            .iter()
+            .map(|m| (account_name(&m.user), m.user.clone()))
+            .collect(),
+        ..Observed::default()
+    };
+    if let Err(e) = run_inner(s, &mut obs).await {
+        obs.error = Some(obs.redactor.apply(&e));
+    }
+    obs.elapsed = started.elapsed();
+    obs
+}
+
+async fn run_inner(s: &Scenario, obs: &mut Observed) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("poplab-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+    obs.redactor.add(dir.path().display().to_string(), "[TMP]");
+    if let Ok(real) = dir.path().canonicalize() {
+        obs.redactor.add(real.display().to_string(), "[TMP]");
+    }
+
+    // POP3.
+    let p = &s.file.pop3;
+    let mut before = Capabilities::full();
+    let mut after = Capabilities::full_after_login();
+    for c in [&mut before, &mut after] {
+        c.uidl = p.uidl;
+        c.top = p.top;
+        c.pipelining = p.pipelining;
+        c.resp_codes = p.resp_codes;
+    }
+    after.login_delay = (p.login_delay > 0).then_some(p.login_delay);
+    // Offer what the mailboxes accept.
+    let accepted: BTreeSet<AuthMethod> = s.mailboxes.iter().flat_map(|m| m.auth.clone()).collect();
+    before.user = accepted.contains(&AuthMethod::User);
+    before.sasl = AuthMethod::ALL
+        .into_iter()
+        .filter(|m| m.sasl_name().is_some() && accepted.contains(m))
+        .collect();
+    let mut pop3 = MockPop3::builder()
+        .capabilities(before)
+        .capabilities_after_login(after)
+        .apop_timestamp(p.apop_timestamp)
+        .seed(p.seed);
+    let mut ca_file = None;
+    if p.tls != TlsKind::None {
+        let pki = TestPki::localhost().map_err(|e| format!("test PKI: {e}"))?;
+        let cfg = pki.server_config().map_err(|e| format!("test PKI: {e}"))?;
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, &pki.ca_pem).map_err(|e| format!("cannot write the CA: {e}"))?;
+        ca_file = Some(path);
+        pop3 = pop3.tls(match p.tls {
+            TlsKind::Stls => TlsMode::Stls(cfg),
+            _ => TlsMode::Implicit(cfg),
+        });
+    }
+    for mb in &s.mailboxes {
+        let mut m =
+            Mailbox::new(mb.user.clone(), mb.password.clone()).with_methods(mb.auth.clone());
+        for msg in s.messages.iter().filter(|m| m.user == mb.user) {
+            let mut message = Message::new(msg.data.clone()).with_uid(msg.uid.clone());
+            if let Some(n) = msg.list_size {
+                message = message.with_reported_size(n);
+            }
+            m = m.with_message(message);
+        }
+        pop3 = pop3.mailbox(m);
+    }
+    for f in &s.pop3_faults {
+        pop3 = pop3.fault(f.clone());
+    }
+
+    // SMTP.
+    let sp = &s.smtp;
+    let mut smtp = MockSmtp::builder()
+        .limits(sp.limits.clone())
+        .extensions(sp.extensions.clone())
+        .seed(sp.seed);
+    if let Some(d) = &sp.default_domain {
+        smtp = smtp.default_domain(d.clone());
+    }
+    if let Some(n) = sp.organization_receive_limit {
+        smtp = smtp.organization_receive_limit(n);
+    }
+    for r in &sp.reject_senders {
+        smtp = smtp.reject_sender(r.clone());
+    }
+    for m in &sp.mailboxes {
+        smtp = smtp.mailbox(m.clone());
+    }
+    if sp.refuse_all {
+        smtp = smtp.mailbox(mock_smtp::MailboxSpec::new("nobody@poplab.invalid"));
+    }
+    for r in &sp.spam_rules {
+        smtp = smtp.spam_rule(r.clone());
+    }
+    for f in &sp.faults {
+        smtp = smtp.fault(f.clone());
+    }
+
+    let pop3 = pop3.spawn(listener().await.map_err(|e| format!("bind: {e}"))?);
+    let smtp = smtp.spawn(listener().await.map_err(|e| format!("bind: {e}"))?);
+    let (pop3_port, smtp_port) = (
+        pop3.addr().map_or(0, |a| a.port()),
+        smtp.addr().map_or(0, |a| a.port()),
+    );
+    obs.redactor
+        .add(format!("127.0.0.1:{pop3_port}"), "127.0.0.1:[POP3-PORT]");
+    obs.redactor
+        .add(format!("127.0.0.1:{smtp_port}"), "127.0.0.1:[SMTP-PORT]");
+
+    let ep = Endpoints {
+        pop3_port,
+        smtp_port,
+        state_dir: dir.path().join("state"),
+        ca_file,
+        config_path: dir.path().join("popbridge.toml"),
+    };
+    let outcome = match connector_config(s, &ep) {
+        Ok(config) => {
+            let events: Arc<Mutex<Vec<PassEvent>>> = Arc::default();
+            let passes = tokio::time::timeout(
+                s.timeout,
+                passes(s, &config, &events, &pop3, &smtp, &mut obs.summaries),
+            )
+            .await;
+            obs.events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
+            match passes {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "timed out after {:?} (pass {} of {})",
+                    s.timeout,
+                    obs.summaries.len() + 1,
+                    s.file.run.passes
+                )),
+            }
+        }
+        Err(e) => Err(format!("connector configuration: {e}")),
+    };
+
+    // What is left, whatever happened.
+    obs.mailboxes = pop3.mailboxes();
+    obs.captured = smtp.captured();
+    for pe in &obs.events {
+        if let Event::Quarantined {
+            account, uid, path, ..
+        } = &pe.event
+        {
+            if Path::new(path).is_file() {
+                obs.quarantine_copies.insert((account.clone(), uid.clone()));
+            }
+        }
+    }
+    let _ = tokio::time::timeout(SETTLE, pop3.shutdown()).await;
+    let _ = tokio::time::timeout(SETTLE, smtp.shutdown()).await;
+    drop(dir);
+    outcome
+}
+
+async fn passes(
+    s: &Scenario,
+    config: &Config,
+    events: &Arc<Mutex<Vec<PassEvent>>>,
+    pop3: &mock_pop3::MockPop3Handle,
+    smtp: &mock_smtp::MockSmtpHandle,
+    summaries: &mut Vec<(u32, Vec<Summary>)>,
+) -> Result<(), String> {
+    let config = Arc::new(config.clone());
+    for pass in 1..=s.file.run.passes {
+        let sink = {
+            let events = events.clone();
+            EventSink::none().with_observer(move |e| {
+                events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(PassEvent {
+                        pass,
+                        event: e.clone(),
+                    });
+            })
+        };
+        // A fresh ledger handle each pass: every pass is a connector (re)start.
+        let ledger =
+            Ledger::open(&config.state_dir).map_err(|e| format!("pass {pass}: ledger: {e}"))?;
+        let crash = s
+            .file
+            .run
+            .crash
+            .filter(|c| c.pass == pass)
+            .map(|c| c.after_deliveries);
+        let out = run_accounts_with(
+            config.clone(),
+            Arc::new(TcpDialer),
+            Arc::new(sink),
+            Arc::new(Mutex::new(ledger)),
+            config.accounts.clone(),
+            StopFlag::default(),
+            crash,
+        )
+        .await;
+        summaries.push((pass, out));
+        // The mocks apply a session's end (QUIT's deletions, a dropped connection) when
+        // they see it: wait for that before the next pass or the inspection.
+        let settle = async {
+            pop3.wait_idle().await;
+            smtp.wait_idle().await;
+        };
+        if tokio::time::timeout(SETTLE, settle).await.is_err() {
+            return Err(format!(
+                "pass {pass}: a mock session was still open {} s after the pass",
+                SETTLE.as_secs()
+            ));
+        }
+    }
+    Ok(())
+}

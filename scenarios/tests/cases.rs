@@ -1,0 +1,233 @@
+//! Every scenario under `cases/` as a test (rstest `#[files]`), its report an insta
+//! snapshot (run time redacted; the runner already hides temporary paths and ports), and
+//! the harness's own acceptance: a wrong expectation fails, names expected and actual,
+//! and makes the `poplab` binary exit 1.
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rstest::rstest;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cases")
+}
+
+#[rstest]
+fn case(#[files("cases/*.toml")] path: PathBuf) {
+    let report = runtime()
+        .block_on(poplab::run_file(&path))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = report.render_table();
+    assert!(report.passed(), "{text}");
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    insta::with_settings!({
+        filters => vec![(r"\(\d+\.\d+ s\)", "([DURATION])")],
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+        description => format!("poplab run scenarios/cases/{name}.toml"),
+    }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// A copy of basic-delivery.toml in a temporary folder with `hello` expected to stay on
+/// the server (it is delivered).
+fn wrong_copy(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(cases_dir().join("basic-delivery.toml")).unwrap();
+    let wrong = text.replace("hello = \"delivered\"", "hello = \"left\"");
+    assert_ne!(text, wrong, "basic-delivery.toml changed: update this test");
+    let path = dir.join("basic-delivery-wrong.toml");
+    std::fs::write(&path, wrong).unwrap();
+    path
+}
+
+#[test]
+fn a_wrong_expectation_fails_and_says_expected_and_got() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = runtime()
+        .block_on(poplab::run_file(wrong_copy(dir.path())))
+        .unwrap();
+    assert!(!report.passed());
+    let failures = report.failures();
+    assert_eq!(
+        failures,
+        ["hello: expected left, got delivered (accepted, delivered to info@contoso.local)"]
+    );
+    let table = report.render_table();
+    assert!(
+        table.contains("FAIL: 1 of 13 expectations failed"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "    hello: expected left, got delivered (accepted, delivered to info@contoso.local)"
+        ),
+        "{table}"
+    );
+    let json = report.to_json();
+    assert_eq!(json["passed"], false);
+    let check = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "hello")
+        .unwrap();
+    assert_eq!(check["expected"], "left");
+    assert_eq!(check["actual"], "delivered");
+}
+
+fn poplab(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
+        .args(args)
+        .output()
+        .expect("run poplab");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_exits_1_on_a_wrong_expectation_and_0_on_a_good_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = wrong_copy(dir.path());
+    let (code, out, err) = poplab(&["run", wrong.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("hello: expected left, got delivered"), "{out}");
+    assert!(out.trim_end().ends_with("0 passed, 1 failed"), "{out}");
+
+    let good = cases_dir().join("basic-delivery.toml");
+    let (code, out, err) = poplab(&["run", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("PASS: 13 of 13 expectations hold"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 0 failed"), "{out}");
+
+    // A folder: every *.toml inside, sorted; one bad one fails the run.
+    std::fs::copy(&good, dir.path().join("a-good.toml")).unwrap();
+    let (code, out, err) = poplab(&["run", dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let (a, b) = (
+        out.find("== a-good").unwrap(),
+        out.find("== basic-delivery-wrong").unwrap(),
+    );
+    assert!(a < b, "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
+
+    // --json: one document on stdout, the closing line on stderr.
+    let (code, out, err) = poplab(&["run", "--json", wrong.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["failed"], 1);
+    assert_eq!(doc["scenarios"][0]["labels"][0]["label"], "hello");
+    assert!(err.contains("0 passed, 1 failed"), "{err}");
+}
+
+#[test]
+fn the_binary_exits_2_on_an_invalid_file_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(
+        &path,
+        "description = \"typo\"\n\n[[pop3.mailbox]]\nuser = \"info\"\n\n[[pop3.mailbox.message]]\nlabel = \"a\"\nsubjet = \"hi\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = poplab(&["run", path.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    let want = format!(
+        "{}:8: pop3.mailbox[0].message[0].subjet: unknown key \"subjet\"",
+        path.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    let (code, _, err) = poplab(&["run", "/nonexistent/poplab/case.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent/poplab/case.toml"), "{err}");
+}
+
+fn run_text(name: &str, text: &str) -> poplab::ScenarioReport {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    runtime()
+        .block_on(poplab::run_file(&path))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_run_past_its_timeout_is_a_failed_report() {
+    let report = run_text(
+        "slow.toml",
+        r#"
+[[pop3.mailbox]]
+[[pop3.mailbox.message]]
+label = "m"
+[[pop3.fault]]
+on = "greeting"
+action = "delay"
+delay = "20s"
+[run]
+timeout = "1s"
+[expect.labels]
+m = "delivered"
+"#,
+    );
+    assert!(!report.passed());
+    let table = report.render_table();
+    assert!(
+        table.contains(
+            "run: expected it to finish, got an error (timed out after 1s (pass 1 of 1))"
+        ),
+        "{table}"
+    );
+    assert!(report.elapsed_ms < 15_000, "{}", report.elapsed_ms);
+    // What the servers saw is still reported.
+    assert_eq!(report.messages[0].outcome, poplab::schema::Outcome::Left);
+}
+
+#[test]
+fn a_temporary_refusal_without_uidl_is_left_and_explained_by_its_event() {
+    // No UIDL: the connector keys the message by its header digest, and the report still
+    // finds the message's deferral event.
+    let report = run_text(
+        "defer.toml",
+        r#"
+[pop3]
+uidl = false
+[[pop3.mailbox]]
+[[pop3.mailbox.message]]
+label = "later"
+from = "later@example.net"
+[[pop3.mailbox.message]]
+label = "now"
+from = "now@example.net"
+[[smtp.fault]]
+on = "data-end"
+action = "reply"
+reply = "451 4.3.0 Try again later"
+[expect.labels]
+later = "left"
+now = "delivered"
+[expect.events]
+"message.deferred" = 1
+"#,
+    );
+    let table = report.render_table();
+    assert!(report.passed(), "{table}");
+    let later = &report.messages[0];
+    assert!(
+        later.why.starts_with("message.deferred: ") && later.why.contains("451 4.3.0"),
+        "{table}"
+    );
+}
