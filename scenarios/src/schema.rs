@@ -18,7 +18,6 @@ use mock_smtp::{Extensions, Limits, MailboxSpec, SpamField, SpamRule};
 use popbridge::config::{parse_duration, parse_size};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::generate::{self, Planned};
 use crate::locate::{render, KeyPath, Locator, Seg};
@@ -32,60 +31,9 @@ pub(crate) const MAX_COUNT: u32 = 100_000;
 /// The largest generated message.
 pub(crate) const MAX_SIZE: u64 = 256 * 1024 * 1024;
 
-/// A scenario file that cannot be used; Display reads `FILE:LINE: KEY: MESSAGE`.
-#[derive(Debug, Error)]
-pub enum Error {
-    /// The file (or a fixture it names) could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or a value is not acceptable.
-    #[error("{}", describe(path, *line, key.as_deref(), message))]
-    Invalid {
-        /// The scenario file.
-        path: PathBuf,
-        /// 1-based line of the offending key or value, when known.
-        line: Option<usize>,
-        /// Key path such as `pop3.mailbox[0].message[2].size`, when known.
-        key: Option<String>,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-impl Error {
-    /// The 1-based line the error points at, when known.
-    pub fn line(&self) -> Option<usize> {
-        match self {
-            Self::Read { .. } => None,
-            Self::Invalid { line, .. } => *line,
-        }
-    }
-
-    /// The key path the error is about, when known.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Self::Read { .. } => None,
-            Self::Invalid { key, .. } => key.as_deref(),
-        }
-    }
-}
-
-fn describe(path: &Path, line: Option<usize>, key: Option<&str>, message: &str) -> String {
-    let mut out = path.display().to_string();
-    if let Some(line) = line {
-        out.push_str(&format!(":{line}"));
-    }
-    if let Some(key) = key {
-        out.push_str(&format!(": {key}"));
-    }
-    out.push_str(&format!(": {message}"));
-    out
-}
+/// A scenario file that cannot be used; Display reads `FILE:LINE: KEY: MESSAGE`. The same
+/// type as popbridge's configuration errors: one shape for every file a user writes.
+pub use popbridge::config::ConfigError as Error;
 
 // ---------------------------------------------------------------------------------------
 // As written
