@@ -780,33 +780,16 @@ impl Run<'_> {
             };
             match attempt {
                 Ok(accepted) => {
-                    let reply = accepted.reply.first_line();
-                    // Durable before DELE: this is the no-loss, no-duplicate point.
-                    if let Err(e) =
-                        lock(self.cx.ledger).record_delivered(&a.name, &key, body.len(), &reply)
-                    {
-                        // Delivered but not recorded: keep the message on the server rather
-                        // than risk losing track; the worst case is one duplicate later.
-                        tracing::error!(account = %a.name, "ledger: {e}");
-                        self.defer(key, format!("delivered but the ledger failed: {e}"));
-                        return;
-                    }
-                    self.summary.delivered += 1;
-                    self.emit(Event::Delivered {
-                        account: a.name.clone(),
-                        uid: key.clone(),
-                        size: body.len(),
-                        sender: sender.address.clone(),
-                        reply,
-                    });
-                    // Fault injection: die between the recorded delivery and its DELE.
-                    if self.crash_due() {
-                        return;
-                    }
-                    if !a.leave_on_server {
-                        txn.send(Pending::Dele(msg));
-                        self.deleting.insert(msg, key);
-                    }
+                    // Delivered but not recorded (ledger failure): the message stays on the
+                    // server rather than risk losing track; the worst case is one duplicate.
+                    self.delivered(
+                        txn,
+                        msg,
+                        key,
+                        body.len(),
+                        &sender.address,
+                        accepted.reply.first_line(),
+                    );
                     return;
                 }
                 Err(e) if e.session_lost() => {
@@ -908,31 +891,48 @@ impl Run<'_> {
                 return;
             }
         };
-        // Durable before DELE: this is the no-loss, no-duplicate point.
-        if let Err(e) = lock(self.cx.ledger).record_delivered(&a.name, &key, body.len(), &reply) {
-            // Published but not recorded: the journal marker stays, so the next pass finds
-            // the message published and records it without writing it again.
+        // Published but not recorded (ledger failure): the journal marker stays, so the next
+        // pass finds the message published and records it without writing it again.
+        if self.delivered(txn, msg, key.clone(), body.len(), &env.from, reply) {
+            pickup.settle(&a.name, &key).await;
+        }
+    }
+
+    /// A delivery the server (or the pickup folder) accepted: record it durably, report it,
+    /// then queue its DELE. This order is the no-loss, no-duplicate point. Returns false when
+    /// the ledger failed: the message then stays on the server.
+    fn delivered(
+        &mut self,
+        txn: &mut Transaction,
+        msg: u32,
+        key: String,
+        size: u64,
+        sender: &str,
+        reply: String,
+    ) -> bool {
+        let a = self.account;
+        if let Err(e) = lock(self.cx.ledger).record_delivered(&a.name, &key, size, &reply) {
             tracing::error!(account = %a.name, "ledger: {e}");
             self.defer(key, format!("delivered but the ledger failed: {e}"));
-            return;
+            return false;
         }
-        pickup.settle(&a.name, &key).await;
         self.summary.delivered += 1;
         self.emit(Event::Delivered {
             account: a.name.clone(),
             uid: key.clone(),
-            size: body.len(),
-            sender: env.from.clone(),
+            size,
+            sender: sender.to_string(),
             reply,
         });
         // Fault injection: die between the recorded delivery and its DELE.
         if self.crash_due() {
-            return;
+            return true;
         }
         if !a.leave_on_server {
             txn.send(Pending::Dele(msg));
             self.deleting.insert(msg, key);
         }
+        true
     }
 
     async fn quarantine(&mut self, txn: &mut Transaction, msg: u32, key: &str, body: &Body) {
