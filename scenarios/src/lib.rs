@@ -8,16 +8,19 @@
 //! Must never: contain connector logic (popbridge is driven through its public API only),
 //! or panic on a bad scenario file (every problem is an [`Error`] naming file, line, key).
 
+pub mod external;
 pub mod generate;
 mod locate;
 pub mod outcome;
 pub mod report;
 pub mod schema;
+pub mod serve;
 pub mod world;
 
 use std::path::{Path, PathBuf};
 
-pub use report::{Check, ScenarioReport};
+pub use external::Connector;
+pub use report::{Check, CheckStatus, ScenarioReport};
 pub use schema::{Error, Scenario};
 
 pub use mock_pop3;
@@ -30,9 +33,24 @@ pub async fn run_file(path: impl AsRef<Path>) -> Result<ScenarioReport, Error> {
     Ok(run_scenario(&scenario).await)
 }
 
+/// Loads, runs and checks one scenario file against `connector` (popbridge in-process or
+/// an external command).
+pub async fn run_file_with(
+    path: impl AsRef<Path>,
+    connector: &Connector,
+) -> Result<ScenarioReport, Error> {
+    let scenario = schema::load(path.as_ref())?;
+    Ok(run_scenario_with(&scenario, connector).await)
+}
+
 /// Runs and checks a loaded scenario.
 pub async fn run_scenario(scenario: &Scenario) -> ScenarioReport {
-    let observed = world::run(scenario).await;
+    run_scenario_with(scenario, &Connector::Popbridge).await
+}
+
+/// Runs and checks a loaded scenario against `connector`.
+pub async fn run_scenario_with(scenario: &Scenario, connector: &Connector) -> ScenarioReport {
+    let observed = world::run_with(scenario, connector).await;
     let decided = outcome::decide(&scenario.messages, &observed);
     report::build(scenario, &observed, decided)
 }

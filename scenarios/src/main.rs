@@ -1,4 +1,6 @@
-//! `poplab`: runs scenario files and reports, per label, what became of every message.
+//! `poplab`: runs scenario files (against popbridge in-process or an external command) and
+//! reports, per label, what became of every message; `serve`, `mock-pop3`, `mock-smtp`
+//! start a scenario's mocks standalone.
 //!
 //! A thin shell over the library: arguments, the runtime, printing, exit codes
 //! (0 every expectation of every scenario held; 1 some did not; 2 a file could not be
@@ -30,7 +32,121 @@ enum Command {
         /// Print one JSON document instead of tables (the closing line goes to stderr).
         #[arg(long)]
         json: bool,
+        /// Run this command (`sh -c`) once per pass and mailbox instead of popbridge.
+        /// Placeholders, replaced by shell-quoted values: {pop3_host} {pop3_port}
+        /// {smtp_host} {smtp_port} {user} {password} {rcpt} {scratch} {pass}. Example:
+        /// 'scenarios/connectors/fetchmail.sh {pop3_host} {pop3_port} {user} {password}
+        /// {smtp_host} {smtp_port} {rcpt} {scratch}'.
+        #[arg(long, value_name = "TEMPLATE")]
+        connector_cmd: Option<String>,
     },
+    /// Starts a scenario's mocks on loopback and prints their addresses as one JSON line
+    /// ({"pop3","smtp","mailboxes":[{"user","password"}],"ca"}); on end of standard input
+    /// or Ctrl-C, prints the final state per message as one JSON line.
+    Serve {
+        /// The scenario file.
+        file: PathBuf,
+    },
+    /// Starts only the POP3 mock of a scenario (as `serve` does). For a mock from flags,
+    /// use the `mock-pop3` binary.
+    #[command(name = "mock-pop3")]
+    MockPop3 {
+        /// The scenario file whose [pop3] side to serve.
+        #[arg(long)]
+        scenario: PathBuf,
+    },
+    /// Starts only the SMTP mock of a scenario (as `serve` does). For a mock from flags,
+    /// use the `mock-smtp` binary.
+    #[command(name = "mock-smtp")]
+    MockSmtp {
+        /// The scenario file whose [smtp] side to serve.
+        #[arg(long)]
+        scenario: PathBuf,
+    },
+}
+
+/// Which mocks `serve` starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sides {
+    Both,
+    Pop3,
+    Smtp,
+}
+
+/// How long the mocks may take to see their sessions end, and to shut down, once stopped.
+const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn serve(file: PathBuf, sides: Sides) -> anyhow::Result<ExitCode> {
+    let scenario = match poplab::schema::load(&file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("poplab: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("poplab-serve-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let (pop3, ca) = if sides != Sides::Smtp {
+        let (h, ca) = poplab::world::start_pop3(&scenario, dir.path())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        (Some(h), ca)
+    } else {
+        (None, None)
+    };
+    let smtp = if sides != Sides::Pop3 {
+        Some(
+            poplab::world::start_smtp(&scenario)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    let line = poplab::serve::address_line(
+        &scenario,
+        pop3.as_ref().and_then(|h| h.addr()),
+        smtp.as_ref().and_then(|h| h.addr()),
+        ca.as_deref(),
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    eprintln!("poplab: serving {}; close stdin (Ctrl-D) or press Ctrl-C to stop and print the final state", file.display());
+    mock_pop3::standalone::wait_for_stop(0).await;
+    let idle = async {
+        if let Some(h) = &pop3 {
+            h.wait_idle().await;
+        }
+        if let Some(h) = &smtp {
+            h.wait_idle().await;
+        }
+    };
+    if tokio::time::timeout(STOP_BOUND, idle).await.is_err() {
+        eprintln!("poplab: a session was still open; its state is reported as it stands");
+    }
+    let state = poplab::serve::final_state(
+        &scenario,
+        pop3.as_ref().map(|h| h.mailboxes()).unwrap_or_default(),
+        smtp.as_ref().map(|h| h.captured()).unwrap_or_default(),
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{state}")?;
+        out.flush()?;
+    }
+    if let Some(h) = pop3 {
+        let _ = tokio::time::timeout(STOP_BOUND, h.shutdown()).await;
+    }
+    if let Some(h) = smtp {
+        let _ = tokio::time::timeout(STOP_BOUND, h.shutdown()).await;
+    }
+    drop(dir);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -44,11 +160,30 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
-    let Command::Run { paths, json } = Cli::parse().command;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let (paths, json, connector_cmd) = match Cli::parse().command {
+        Command::Run {
+            paths,
+            json,
+            connector_cmd,
+        } => (paths, json, connector_cmd),
+        Command::Serve { file } => return runtime.block_on(serve(file, Sides::Both)),
+        Command::MockPop3 { scenario } => return runtime.block_on(serve(scenario, Sides::Pop3)),
+        Command::MockSmtp { scenario } => return runtime.block_on(serve(scenario, Sides::Smtp)),
+    };
+    let connector = match connector_cmd {
+        None => poplab::Connector::Popbridge,
+        Some(template) => {
+            if let Err(e) = poplab::external::check_template(&template) {
+                eprintln!("poplab: --connector-cmd: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            poplab::Connector::External { template }
+        }
+    };
     let files = match poplab::scenario_files(&paths) {
         Ok(f) => f,
         Err(e) => {
@@ -59,7 +194,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let (mut reports, mut invalid) = (Vec::new(), Vec::new());
     for file in files {
-        match runtime.block_on(poplab::run_file(&file)) {
+        match runtime.block_on(poplab::run_file_with(&file, &connector)) {
             Ok(report) => {
                 if !json {
                     writeln!(out, "{}", report.render_table())?;
@@ -78,6 +213,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let line = poplab::summary_line(passed, failed);
     if json {
         let doc = serde_json::json!({
+            "connector": connector.name(),
             "scenarios": reports.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
             "invalid": invalid,
             "passed": passed,

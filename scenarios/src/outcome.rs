@@ -186,6 +186,31 @@ fn match_transactions(planned: &[Planned], captured: &[Transaction]) -> Vec<Opti
         .collect()
 }
 
+/// For each planned message, the indices of the captured transactions attributed to it
+/// (the same matching as [`decide`]); and the indices attributed to no message.
+pub fn transactions_by_message(
+    planned: &[Planned],
+    captured: &[Transaction],
+) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let mut per = vec![Vec::new(); planned.len()];
+    let mut none = Vec::new();
+    for (t, m) in match_transactions(planned, captured)
+        .into_iter()
+        .enumerate()
+    {
+        match m {
+            Some(i) => per[i].push(t),
+            None => none.push(t),
+        }
+    }
+    (per, none)
+}
+
+/// A captured transaction described in one line (for reports and `poplab serve`).
+pub fn describe(t: &Transaction) -> String {
+    describe_transaction(t)
+}
+
 /// The account/UID keys the connector may use for a planned message in its events.
 fn event_keys(p: &Planned, account: &str) -> Vec<(String, String)> {
     let mut size = p.data.len() as u64;

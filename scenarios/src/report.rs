@@ -13,9 +13,37 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::external::ExternalRun;
 use crate::outcome::{Decided, MessageOutcome};
 use crate::schema::{event_kind, Outcome, Scenario};
 use crate::world::Observed;
+
+/// How an expectation came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckStatus {
+    /// It held.
+    Held,
+    /// It did not hold: the scenario fails.
+    Failed,
+    /// Marked `[expect.popbridge_only]`, run against an external connector, and not held:
+    /// reported with expected and actual, not a failure.
+    DiffersFromPopbridge,
+    /// Cannot apply to this connector (popbridge's events, for an external connector).
+    NotApplicable,
+}
+
+impl CheckStatus {
+    /// `held`, `failed`, `differs from popbridge`, `not applicable`.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Failed => "failed",
+            Self::DiffersFromPopbridge => "differs from popbridge",
+            Self::NotApplicable => "not applicable",
+        }
+    }
+}
 
 /// One expectation and whether it held.
 #[derive(Debug, Clone, Serialize)]
@@ -28,10 +56,13 @@ pub struct Check {
     pub actual: String,
     /// The reply or event that explains the actual value (may be empty).
     pub why: String,
-    /// True when it held.
+    /// True unless it failed (a difference from popbridge, or an expectation that does not
+    /// apply to an external connector, does not fail the scenario).
     pub passed: bool,
     /// True when `[expect.popbridge_only]` marks it as holding for popbridge only.
     pub popbridge_only: bool,
+    /// How it came out.
+    pub status: CheckStatus,
 }
 
 impl Check {
@@ -39,6 +70,18 @@ impl Check {
     pub fn failure_line(&self) -> String {
         let mut s = format!(
             "{}: expected {}, got {}",
+            self.what, self.expected, self.actual
+        );
+        if !self.why.is_empty() {
+            let _ = write!(s, " ({})", self.why);
+        }
+        s
+    }
+
+    /// `what: expected X (popbridge), got Y (why)`, for a difference from popbridge.
+    pub fn difference_line(&self) -> String {
+        let mut s = format!(
+            "{}: popbridge {}, this connector {}",
             self.what, self.expected, self.actual
         );
         if !self.why.is_empty() {
@@ -95,6 +138,17 @@ pub struct ScenarioReport {
     pub error: Option<String>,
     /// Run time in milliseconds.
     pub elapsed_ms: u64,
+    /// The connector: `popbridge (in-process)` or the `--connector-cmd` template.
+    pub connector: String,
+    /// True for an external connector.
+    pub external: bool,
+    /// An external connector's runs (pass, mailbox, exit status, output).
+    pub external_runs: Vec<ExternalRun>,
+    /// Parts of the scenario that do not apply to this connector (`[run] crash` for an
+    /// external one), said in a sentence each.
+    pub not_applicable: Vec<String>,
+    /// The bound of each external run, in milliseconds.
+    pub timeout_ms: u64,
 }
 
 impl ScenarioReport {
@@ -127,6 +181,13 @@ impl ScenarioReport {
             let _ = write!(s, ": {d}");
         }
         s.push_str(" ==\n");
+        if self.external {
+            let _ = writeln!(
+                s,
+                "  connector: {} (external command, once per pass and mailbox)",
+                self.connector
+            );
+        }
         let rows: Vec<[String; 5]> = self
             .labels
             .iter()
@@ -163,14 +224,75 @@ impl ScenarioReport {
             );
         }
         let find = |what: &str| self.checks.iter().find(|c| c.what == what);
+        let against = |c: &Check| {
+            if c.status == CheckStatus::DiffersFromPopbridge {
+                format!(" (popbridge: {})", c.expected)
+            } else {
+                format!(" (expected {})", c.expected)
+            }
+        };
         let _ = writeln!(
             s,
             "  lost {}{}, duplicates {}{}",
             self.lost,
-            find("lost").map_or(String::new(), |c| format!(" (expected {})", c.expected)),
+            find("lost").map_or(String::new(), against),
             self.duplicates,
-            find("duplicates").map_or(String::new(), |c| format!(" (expected {})", c.expected)),
+            find("duplicates").map_or(String::new(), against),
         );
+        if self.external {
+            self.render_external(&mut s);
+        } else {
+            self.render_events(&mut s);
+        }
+        if !self.unmatched.is_empty() {
+            let _ = writeln!(s, "  SMTP transactions attributed to no message (no data to match, several candidates):");
+            for u in &self.unmatched {
+                let _ = writeln!(s, "    {u}");
+            }
+        }
+        let secs = self.elapsed_ms as f64 / 1000.0;
+        let failures = self.failures();
+        let count = |st: CheckStatus| self.checks.iter().filter(|c| c.status == st).count();
+        let (differ, na) = (
+            count(CheckStatus::DiffersFromPopbridge),
+            count(CheckStatus::NotApplicable),
+        );
+        let total = self.checks.len() - differ - na;
+        let mut aside = String::new();
+        if differ > 0 {
+            let verb = if differ == 1 { "differs" } else { "differ" };
+            let _ = write!(aside, ", {differ} {verb} from popbridge");
+        }
+        if na > 0 {
+            let _ = write!(aside, ", {na} not applicable");
+        }
+        for c in self
+            .checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::DiffersFromPopbridge)
+        {
+            let _ = writeln!(s, "  differs from popbridge: {}", c.difference_line());
+        }
+        if failures.is_empty() {
+            let _ = writeln!(
+                s,
+                "  PASS: {total} of {total} expectations hold{aside} ({secs:.2} s)"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  FAIL: {} of {} expectations failed{aside} ({secs:.2} s)",
+                failures.len(),
+                total + usize::from(self.error.is_some())
+            );
+            for f in failures {
+                let _ = writeln!(s, "    {f}");
+            }
+        }
+        s
+    }
+
+    fn render_events(&self, s: &mut String) {
         let events: Vec<String> = self
             .events
             .iter()
@@ -187,32 +309,42 @@ impl ScenarioReport {
                 events.join(", ")
             }
         );
-        if !self.unmatched.is_empty() {
-            let _ = writeln!(s, "  SMTP transactions attributed to no message (no data to match, several candidates):");
-            for u in &self.unmatched {
-                let _ = writeln!(s, "    {u}");
-            }
-        }
-        let secs = self.elapsed_ms as f64 / 1000.0;
-        let failures = self.failures();
-        let total = self.checks.len();
-        if failures.is_empty() {
+    }
+
+    /// What an external connector did: each run with its exit status and the last lines
+    /// of its output, and what did not apply.
+    fn render_external(&self, s: &mut String) {
+        const TAIL: usize = 6;
+        let bound = std::time::Duration::from_millis(self.timeout_ms);
+        for r in &self.external_runs {
             let _ = writeln!(
                 s,
-                "  PASS: {total} of {total} expectations hold ({secs:.2} s)"
+                "  pass {}, mailbox {}: {} ({:.2} s)",
+                r.pass,
+                r.user,
+                r.status_text(bound),
+                r.elapsed_ms as f64 / 1000.0
             );
-        } else {
-            let _ = writeln!(
-                s,
-                "  FAIL: {} of {} expectations failed ({secs:.2} s)",
-                failures.len(),
-                total + usize::from(self.error.is_some())
-            );
-            for f in failures {
-                let _ = writeln!(s, "    {f}");
+            let lines: Vec<&str> = r
+                .stdout
+                .lines()
+                .chain(r.stderr.lines())
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            if lines.len() > TAIL {
+                let _ = writeln!(
+                    s,
+                    "    | ... {} earlier lines (see --json)",
+                    lines.len() - TAIL
+                );
+            }
+            for l in lines.iter().skip(lines.len().saturating_sub(TAIL)) {
+                let _ = writeln!(s, "    | {l}");
             }
         }
-        s
+        for n in &self.not_applicable {
+            let _ = writeln!(s, "  not applicable: {n}");
+        }
     }
 
     /// The report as JSON.
@@ -247,6 +379,7 @@ fn norm(addrs: &[String]) -> Vec<String> {
 pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
     let expect = &s.file.expect;
     let only = &expect.popbridge_only;
+    let external = obs.external;
     let by_name: BTreeMap<&str, &MessageOutcome> = decided
         .messages
         .iter()
@@ -287,8 +420,9 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
             expected: expected.to_string(),
             actual,
             why: if passed { String::new() } else { why },
-            passed,
+            passed: status(passed, only.labels.contains(key), external) != CheckStatus::Failed,
             popbridge_only: only.labels.contains(key),
+            status: status(passed, only.labels.contains(key), external),
         });
     }
     // Recipients.
@@ -314,8 +448,9 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
             expected: shown(&want),
             actual,
             why,
-            passed,
+            passed: status(passed, only.labels.contains(key), external) != CheckStatus::Failed,
             popbridge_only: only.labels.contains(key),
+            status: status(passed, only.labels.contains(key), external),
         });
     }
     // Lost and duplicates.
@@ -334,8 +469,9 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         } else {
             summarise(&lost_names)
         },
-        passed: decided.lost == expect.lost,
+        passed: status(decided.lost == expect.lost, only.lost, external) != CheckStatus::Failed,
         popbridge_only: only.lost,
+        status: status(decided.lost == expect.lost, only.lost, external),
     });
     let dup_names: Vec<String> = decided
         .messages
@@ -352,8 +488,17 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         } else {
             summarise(&dup_names)
         },
-        passed: decided.duplicates == expect.duplicates,
+        passed: status(
+            decided.duplicates == expect.duplicates,
+            only.duplicates,
+            external,
+        ) != CheckStatus::Failed,
         popbridge_only: only.duplicates,
+        status: status(
+            decided.duplicates == expect.duplicates,
+            only.duplicates,
+            external,
+        ),
     });
     // Events.
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
@@ -362,13 +507,25 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
     }
     for (kind, want) in &expect.events {
         let got = events.get(kind).copied().unwrap_or(0);
+        let st = if external {
+            CheckStatus::NotApplicable
+        } else if got == *want {
+            CheckStatus::Held
+        } else {
+            CheckStatus::Failed
+        };
         checks.push(Check {
             what: format!("events.{kind:?}"),
             expected: want.to_string(),
-            actual: got.to_string(),
+            actual: if external {
+                "none (an external connector has no events)".into()
+            } else {
+                got.to_string()
+            },
             why: String::new(),
-            passed: got == *want,
+            passed: st != CheckStatus::Failed,
             popbridge_only: true,
+            status: st,
         });
     }
 
@@ -411,6 +568,20 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         .collect();
 
     let passed = obs.error.is_none() && checks.iter().all(|c| c.passed);
+    let mut not_applicable = Vec::new();
+    if external {
+        if let Some(c) = &s.file.run.crash {
+            not_applicable.push(format!(
+                "[run] crash (pass {}, after {} deliveries): crash points apply to popbridge only; \
+                 the external connector ran every pass to its end",
+                c.pass, c.after_deliveries
+            ));
+        }
+        if !expect.events.is_empty() {
+            not_applicable
+                .push("[expect.events]: an external connector has no popbridge events".to_string());
+        }
+    }
     let name = s
         .path
         .file_stem()
@@ -431,6 +602,21 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         unmatched: decided.unmatched,
         error: obs.error.clone(),
         elapsed_ms: obs.elapsed.as_millis() as u64,
+        connector: obs.connector.clone(),
+        external,
+        external_runs: obs.external_runs.clone(),
+        not_applicable,
+        timeout_ms: s.timeout.as_millis() as u64,
+    }
+}
+
+/// How an expectation came out: held or failed, except that a popbridge-only expectation
+/// that does not hold for an external connector is a difference, not a failure.
+fn status(held: bool, popbridge_only: bool, external: bool) -> CheckStatus {
+    match (held, popbridge_only && external) {
+        (true, _) => CheckStatus::Held,
+        (false, true) => CheckStatus::DiffersFromPopbridge,
+        (false, false) => CheckStatus::Failed,
     }
 }
 

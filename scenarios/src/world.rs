@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mock_pop3::pki::TestPki;
-use mock_pop3::{AuthMethod, Capabilities, Mailbox, MailboxReport, Message, MockPop3, TlsMode};
-use mock_smtp::{MockSmtp, Transaction};
+use mock_pop3::{
+    AuthMethod, Capabilities, Mailbox, MailboxReport, Message, MockPop3, MockPop3Handle, TlsMode,
+};
+use mock_smtp::{MockSmtp, MockSmtpHandle, Transaction};
 use popbridge::config::{Config, ConfigError};
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
@@ -25,6 +27,7 @@ use popbridge::net::TcpDialer;
 use popbridge::pass::{run_accounts_with, StopFlag, Summary};
 use tokio::net::TcpListener;
 
+use crate::external::{run_command, substitute, Connector, ExternalRun, Values};
 use crate::schema::{Scenario, TlsKind};
 
 /// The domain of the default `deliver_to` (`<user>@contoso.local`).
@@ -222,6 +225,12 @@ pub struct Observed {
     pub error: Option<String>,
     /// How long it took.
     pub elapsed: Duration,
+    /// The connector, as reports name it.
+    pub connector: String,
+    /// True when it was an external command (no events, no crash points).
+    pub external: bool,
+    /// Each run of the external command, by pass and mailbox.
+    pub external_runs: Vec<ExternalRun>,
 }
 
 async fn listener() -> std::io::Result<TcpListener> {
@@ -230,6 +239,11 @@ async fn listener() -> std::io::Result<TcpListener> {
 
 /// Runs a scenario: mocks up, passes, state collected, mocks down.
 pub async fn run(s: &Scenario) -> Observed {
+    run_with(s, &Connector::Popbridge).await
+}
+
+/// Runs a scenario against `connector`: mocks up, passes, state collected, mocks down.
+pub async fn run_with(s: &Scenario, connector: &Connector) -> Observed {
     let started = Instant::now();
     let mut obs = Observed {
         accounts: s
@@ -237,16 +251,18 @@ pub async fn run(s: &Scenario) -> Observed {
             .iter()
             .map(|m| (account_name(&m.user), m.user.clone()))
             .collect(),
+        connector: connector.name(),
+        external: connector.is_external(),
         ..Observed::default()
     };
-    if let Err(e) = run_inner(s, &mut obs).await {
+    if let Err(e) = run_inner(s, connector, &mut obs).await {
         obs.error = Some(obs.redactor.apply(&e));
     }
     obs.elapsed = started.elapsed();
     obs
 }
 
-async fn run_inner(s: &Scenario, obs: &mut Observed) -> Result<(), String> {
+async fn run_inner(s: &Scenario, connector: &Connector, obs: &mut Observed) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("poplab-")
         .tempdir()
@@ -256,6 +272,108 @@ async fn run_inner(s: &Scenario, obs: &mut Observed) -> Result<(), String> {
         obs.redactor.add(real.display().to_string(), "[TMP]");
     }
 
+    let mocks = start_mocks(s, dir.path()).await?;
+    let Mocks {
+        pop3,
+        smtp,
+        ca_file,
+    } = mocks;
+    let (pop3_port, smtp_port) = (
+        pop3.addr().map_or(0, |a| a.port()),
+        smtp.addr().map_or(0, |a| a.port()),
+    );
+    obs.redactor
+        .add(format!("127.0.0.1:{pop3_port}"), "127.0.0.1:[POP3-PORT]");
+    obs.redactor
+        .add(format!("127.0.0.1:{smtp_port}"), "127.0.0.1:[SMTP-PORT]");
+
+    let ep = Endpoints {
+        pop3_port,
+        smtp_port,
+        state_dir: dir.path().join("state"),
+        ca_file,
+        config_path: dir.path().join("popbridge.toml"),
+    };
+    let outcome = match connector {
+        Connector::Popbridge => match connector_config(s, &ep) {
+            Ok(config) => {
+                let events: Arc<Mutex<Vec<PassEvent>>> = Arc::default();
+                let passes = tokio::time::timeout(
+                    s.timeout,
+                    passes(s, &config, &events, &pop3, &smtp, &mut obs.summaries),
+                )
+                .await;
+                obs.events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
+                match passes {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "timed out after {:?} (pass {} of {})",
+                        s.timeout,
+                        obs.summaries.len() + 1,
+                        s.file.run.passes
+                    )),
+                }
+            }
+            Err(e) => Err(format!("connector configuration: {e}")),
+        },
+        Connector::External { template } => {
+            let runs = &mut obs.external_runs;
+            let r = external_passes(s, template, &ep, dir.path(), &pop3, &smtp, runs).await;
+            for run in runs.iter_mut() {
+                run.stdout = obs.redactor.apply(&run.stdout);
+                run.stderr = obs.redactor.apply(&run.stderr);
+            }
+            r
+        }
+    };
+
+    // What is left, whatever happened.
+    obs.mailboxes = pop3.mailboxes();
+    obs.captured = smtp.captured();
+    for pe in &obs.events {
+        if let Event::Quarantined {
+            account, uid, path, ..
+        } = &pe.event
+        {
+            if Path::new(path).is_file() {
+                obs.quarantine_copies.insert((account.clone(), uid.clone()));
+            }
+        }
+    }
+    let _ = tokio::time::timeout(SETTLE, pop3.shutdown()).await;
+    let _ = tokio::time::timeout(SETTLE, smtp.shutdown()).await;
+    drop(dir);
+    outcome
+}
+
+/// A scenario's mocks, running on loopback.
+pub struct Mocks {
+    /// The POP3 mock.
+    pub pop3: MockPop3Handle,
+    /// The SMTP mock.
+    pub smtp: MockSmtpHandle,
+    /// The test CA (PEM, written into the run's folder) when the POP3 side speaks TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Starts the scenario's POP3 and SMTP mocks on `127.0.0.1:0`; `dir` receives the test
+/// CA when the POP3 side speaks TLS.
+pub async fn start_mocks(s: &Scenario, dir: &Path) -> Result<Mocks, String> {
+    let (pop3, ca_file) = start_pop3(s, dir).await?;
+    let smtp = start_smtp(s).await?;
+    Ok(Mocks {
+        pop3,
+        smtp,
+        ca_file,
+    })
+}
+
+/// Starts the scenario's POP3 mock alone on `127.0.0.1:0`, with the test CA's path when it
+/// speaks TLS (written into `dir`).
+pub async fn start_pop3(
+    s: &Scenario,
+    dir: &Path,
+) -> Result<(MockPop3Handle, Option<PathBuf>), String> {
     // POP3.
     let p = &s.file.pop3;
     let mut before = Capabilities::full();
@@ -283,7 +401,7 @@ async fn run_inner(s: &Scenario, obs: &mut Observed) -> Result<(), String> {
     if p.tls != TlsKind::None {
         let pki = TestPki::localhost().map_err(|e| format!("test PKI: {e}"))?;
         let cfg = pki.server_config().map_err(|e| format!("test PKI: {e}"))?;
-        let path = dir.path().join("ca.pem");
+        let path = dir.join("ca.pem");
         std::fs::write(&path, &pki.ca_pem).map_err(|e| format!("cannot write the CA: {e}"))?;
         ca_file = Some(path);
         pop3 = pop3.tls(match p.tls {
@@ -307,6 +425,12 @@ async fn run_inner(s: &Scenario, obs: &mut Observed) -> Result<(), String> {
         pop3 = pop3.fault(f.clone());
     }
 
+    let pop3 = pop3.spawn(listener().await.map_err(|e| format!("bind: {e}"))?);
+    Ok((pop3, ca_file))
+}
+
+/// Starts the scenario's SMTP mock alone on `127.0.0.1:0`.
+pub async fn start_smtp(s: &Scenario) -> Result<MockSmtpHandle, String> {
     // SMTP.
     let sp = &s.smtp;
     let mut smtp = MockSmtp::builder()
@@ -335,63 +459,7 @@ async fn run_inner(s: &Scenario, obs: &mut Observed) -> Result<(), String> {
         smtp = smtp.fault(f.clone());
     }
 
-    let pop3 = pop3.spawn(listener().await.map_err(|e| format!("bind: {e}"))?);
-    let smtp = smtp.spawn(listener().await.map_err(|e| format!("bind: {e}"))?);
-    let (pop3_port, smtp_port) = (
-        pop3.addr().map_or(0, |a| a.port()),
-        smtp.addr().map_or(0, |a| a.port()),
-    );
-    obs.redactor
-        .add(format!("127.0.0.1:{pop3_port}"), "127.0.0.1:[POP3-PORT]");
-    obs.redactor
-        .add(format!("127.0.0.1:{smtp_port}"), "127.0.0.1:[SMTP-PORT]");
-
-    let ep = Endpoints {
-        pop3_port,
-        smtp_port,
-        state_dir: dir.path().join("state"),
-        ca_file,
-        config_path: dir.path().join("popbridge.toml"),
-    };
-    let outcome = match connector_config(s, &ep) {
-        Ok(config) => {
-            let events: Arc<Mutex<Vec<PassEvent>>> = Arc::default();
-            let passes = tokio::time::timeout(
-                s.timeout,
-                passes(s, &config, &events, &pop3, &smtp, &mut obs.summaries),
-            )
-            .await;
-            obs.events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
-            match passes {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "timed out after {:?} (pass {} of {})",
-                    s.timeout,
-                    obs.summaries.len() + 1,
-                    s.file.run.passes
-                )),
-            }
-        }
-        Err(e) => Err(format!("connector configuration: {e}")),
-    };
-
-    // What is left, whatever happened.
-    obs.mailboxes = pop3.mailboxes();
-    obs.captured = smtp.captured();
-    for pe in &obs.events {
-        if let Event::Quarantined {
-            account, uid, path, ..
-        } = &pe.event
-        {
-            if Path::new(path).is_file() {
-                obs.quarantine_copies.insert((account.clone(), uid.clone()));
-            }
-        }
-    }
-    let _ = tokio::time::timeout(SETTLE, pop3.shutdown()).await;
-    let _ = tokio::time::timeout(SETTLE, smtp.shutdown()).await;
-    drop(dir);
-    outcome
+    Ok(smtp.spawn(listener().await.map_err(|e| format!("bind: {e}"))?))
 }
 
 async fn passes(
@@ -445,6 +513,77 @@ async fn passes(
         if tokio::time::timeout(SETTLE, settle).await.is_err() {
             return Err(format!(
                 "pass {pass}: a mock session was still open {} s after the pass",
+                SETTLE.as_secs()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The envelope recipient a connector delivers a mailbox's mail to: the `deliver_to` of
+/// its `[[connector.account]]`, else `<local part of user>@contoso.local`.
+pub fn recipient_for(s: &Scenario, user: &str) -> String {
+    s.connector
+        .accounts
+        .get(user)
+        .and_then(|(_, extra)| extra.get("deliver_to"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let local = user.split('@').next().unwrap_or(user);
+            format!("{local}@{LOCAL_DOMAIN}")
+        })
+}
+
+/// The external connector's passes: the command once per pass and mailbox, each bounded
+/// by the scenario's timeout, the mocks settled after each pass.
+async fn external_passes(
+    s: &Scenario,
+    template: &str,
+    ep: &Endpoints,
+    dir: &Path,
+    pop3: &MockPop3Handle,
+    smtp: &MockSmtpHandle,
+    runs: &mut Vec<ExternalRun>,
+) -> Result<(), String> {
+    for pass in 1..=s.file.run.passes {
+        for mb in &s.mailboxes {
+            // One scratch folder per scenario (per mailbox when there are several), kept
+            // across passes: the connector's own memory (fetchmail's id file) survives.
+            let mut scratch = dir.join("scratch");
+            if s.mailboxes.len() > 1 {
+                scratch = scratch.join(account_name(&mb.user));
+            }
+            std::fs::create_dir_all(&scratch)
+                .map_err(|e| format!("cannot create the scratch folder: {e}"))?;
+            let values = Values {
+                pop3_host: "127.0.0.1".into(),
+                pop3_port: ep.pop3_port,
+                smtp_host: "127.0.0.1".into(),
+                smtp_port: ep.smtp_port,
+                user: mb.user.clone(),
+                password: mb.password.clone(),
+                rcpt: recipient_for(s, &mb.user),
+                scratch,
+                pass,
+            };
+            let run = run_command(&substitute(template, &values), s.timeout, pass, &mb.user).await;
+            let timed_out = run.timed_out;
+            runs.push(run);
+            if timed_out {
+                return Err(format!(
+                    "pass {pass} of {}, mailbox {}: the connector command was killed after {:?} (timeout)",
+                    s.file.run.passes, mb.user, s.timeout
+                ));
+            }
+        }
+        let settle = async {
+            pop3.wait_idle().await;
+            smtp.wait_idle().await;
+        };
+        if tokio::time::timeout(SETTLE, settle).await.is_err() {
+            return Err(format!(
+                "pass {pass}: a mock session was still open {} s after the connector command ended",
                 SETTLE.as_secs()
             ));
         }

@@ -1,0 +1,169 @@
+//! `poplab run --connector-cmd` with the fetchmail template (scenarios/connectors/
+//! fetchmail.sh) on the 1,200-message and drop-before-QUIT cases: every expectation that
+//! is not popbridge-only holds (exit 0), the report names fetchmail, and the duplicates
+//! fetchmail makes after a drop before QUIT are reported as a difference from popbridge.
+//!
+//! fetchmail missing skips the test (with the reason printed), unless
+//! `POPBRIDGE_REQUIRE_PEERS=1` (CI), in which case it fails.
+#![allow(missing_docs)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TEMPLATE: &str =
+    "{script} {pop3_host} {pop3_port} {user} {password} {smtp_host} {smtp_port} {rcpt} {scratch}";
+
+fn tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn require_fetchmail() -> bool {
+    if tool("fetchmail").is_some() {
+        return true;
+    }
+    assert!(
+        !std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1"),
+        "fetchmail is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"
+    );
+    eprintln!("skipping: fetchmail not installed (set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)");
+    false
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn fetchmail_through_the_twelve_hundred_and_drop_before_quit_cases() {
+    if !require_fetchmail() {
+        return;
+    }
+    let script = root().join("connectors/fetchmail.sh");
+    let template = TEMPLATE.replace("{script}", &script.display().to_string());
+    let cases = root().join("cases");
+    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
+        .arg("run")
+        .arg("--connector-cmd")
+        .arg(&template)
+        .arg(cases.join("twelve-hundred-three-passes.toml"))
+        .arg(cases.join("drop-before-quit.toml"))
+        .output()
+        .expect("run poplab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.trim_end().ends_with("2 passed, 0 failed"),
+        "{stdout}"
+    );
+
+    let (twelve, drop) = stdout
+        .split_once("== drop-before-quit")
+        .expect("both reports");
+    // The report names the connector.
+    for part in [twelve, drop] {
+        assert!(
+            part.contains("connector: ") && part.contains("fetchmail.sh"),
+            "{stdout}"
+        );
+        assert!(part.contains("not applicable: [expect.events]"), "{stdout}");
+    }
+    // 1,200: all delivered once, nothing differs from popbridge.
+    assert!(
+        twelve.contains("msg    1200  delivered  delivered"),
+        "{stdout}"
+    );
+    assert!(
+        twelve.contains("lost 0 (expected 0), duplicates 0 (expected 0)"),
+        "{stdout}"
+    );
+    assert!(!twelve.contains("differs from popbridge"), "{stdout}");
+    // Drop before QUIT: fetchmail delivers the three messages again, and says so.
+    assert!(drop.contains("duplicates 3 (popbridge: 0)"), "{stdout}");
+    assert!(
+        drop.contains("differs from popbridge: duplicates: popbridge 0, this connector 3"),
+        "{stdout}"
+    );
+    assert!(drop.contains("pass 2, mailbox info: exit 0"), "{stdout}");
+    assert!(drop.contains("1 differs from popbridge"), "{stdout}");
+}
+
+#[test]
+fn the_json_report_names_the_connector_and_each_checks_status() {
+    if !require_fetchmail() {
+        return;
+    }
+    let script = root().join("connectors/fetchmail.sh");
+    let template = TEMPLATE.replace("{script}", &script.display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
+        .args(["run", "--json", "--connector-cmd", &template])
+        .arg(root().join("cases/drop-before-quit.toml"))
+        .output()
+        .expect("run poplab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["connector"], template.as_str());
+    let sc = &doc["scenarios"][0];
+    assert_eq!(sc["external"], true);
+    assert_eq!(sc["duplicates"], 3);
+    assert_eq!(sc["external_runs"].as_array().unwrap().len(), 2);
+    let status = |what: &str| {
+        sc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["what"] == what)
+            .map(|c| c["status"].clone())
+            .unwrap()
+    };
+    assert_eq!(status("duplicates"), "differs-from-popbridge");
+    assert_eq!(status("lost"), "held");
+    assert_eq!(status("msg"), "held");
+    assert_eq!(status("events.\"message.delivered\""), "not-applicable");
+}
+
+#[test]
+fn a_connector_that_does_nothing_fails_the_other_expectations_and_crash_is_not_applicable() {
+    // Needs no peer: the "connector" only prints its arguments.
+    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
+        .args([
+            "run",
+            "--connector-cmd",
+            "echo pass {pass} for {user} at {pop3_host}:{pop3_port} to {rcpt}",
+        ])
+        .arg(root().join("cases/crash-after-delivery.toml"))
+        .output()
+        .expect("run poplab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("not applicable: [run] crash (pass 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pass 1, mailbox info: exit 0"), "{stdout}");
+    assert!(
+        stdout.contains("| pass 1 for info at 127.0.0.1:[POP3-PORT] to info@contoso.local"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(": expected delivered, got left"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("events.\""), "{stdout}");
+
+    // A template without a placeholder cannot reach the mocks: refused up front.
+    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
+        .args(["run", "--connector-cmd", "fetchmail"])
+        .arg(root().join("cases/basic-delivery.toml"))
+        .output()
+        .expect("run poplab");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no placeholder"));
+}
