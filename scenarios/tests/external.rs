@@ -7,37 +7,13 @@
 //! `POPBRIDGE_REQUIRE_PEERS=1` (CI), in which case it fails.
 #![allow(missing_docs)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
+use common::{require_fetchmail, root};
 
 const TEMPLATE: &str =
     "{script} {pop3_host} {pop3_port} {user} {password} {smtp_host} {smtp_port} {rcpt} {scratch}";
-
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-fn require_fetchmail() -> bool {
-    if tool("fetchmail").is_some() {
-        return true;
-    }
-    assert!(
-        !std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1"),
-        "fetchmail is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"
-    );
-    eprintln!("skipping: fetchmail not installed (set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)");
-    false
-}
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 #[test]
 fn fetchmail_through_the_twelve_hundred_and_drop_before_quit_cases() {
