@@ -10,12 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::external::ExternalRun;
 use crate::outcome::{Decided, MessageOutcome};
-use crate::schema::{event_kind, Outcome, Scenario};
+use crate::schema::{event_kind, Clock, Outcome, Scenario};
 use crate::world::Observed;
 
 /// How an expectation came out.
@@ -136,8 +137,14 @@ pub struct ScenarioReport {
     pub unmatched: Vec<String>,
     /// Why the run itself failed (setup, timeout), if it did.
     pub error: Option<String>,
-    /// Run time in milliseconds.
+    /// Run time in milliseconds (real time).
     pub elapsed_ms: u64,
+    /// The clock the run was on: `real`, or `paused` (tokio's paused clock, in-memory
+    /// streams).
+    pub clock: Clock,
+    /// On the paused clock: the run's virtual time in milliseconds (what its delays and
+    /// timeouts added up to); `null` on the real clock.
+    pub virtual_ms: Option<u64>,
     /// The connector: `popbridge (in-process)` or the `--connector-cmd` template.
     pub connector: String,
     /// True for an external connector.
@@ -243,6 +250,13 @@ impl ScenarioReport {
             self.render_external(&mut s);
         } else {
             self.render_events(&mut s);
+        }
+        if let (Clock::Paused, Some(ms)) = (self.clock, self.virtual_ms) {
+            let _ = writeln!(
+                s,
+                "  clock: paused, {} of virtual time",
+                virtual_text(Duration::from_millis(ms))
+            );
         }
         if !self.unmatched.is_empty() {
             let _ = writeln!(s, "  SMTP transactions attributed to no message (no data to match, several candidates):");
@@ -350,6 +364,23 @@ impl ScenarioReport {
     /// The report as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// `10m 0.5s`-style virtual time: minutes and seconds (hours when they are many).
+fn virtual_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    let millis = d.subsec_millis();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let sec = if millis == 0 {
+        format!("{s}s")
+    } else {
+        format!("{s}.{millis:03}s")
+    };
+    match (h, m) {
+        (0, 0) => sec,
+        (0, m) => format!("{m}m {sec}"),
+        (h, m) => format!("{h}h {m}m {sec}"),
     }
 }
 
@@ -569,6 +600,17 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
 
     let passed = obs.error.is_none() && checks.iter().all(|c| c.passed);
     let mut not_applicable = Vec::new();
+    if s.clock == Clock::Paused && obs.clock == Clock::Real {
+        not_applicable.push(format!(
+            "[run] clock = \"paused\"{}: an external connector needs real sockets, so the \
+             scenario ran on the real clock (every delay took its real time)",
+            if s.file.run.clock.is_none() {
+                " (the default: this scenario has delays)"
+            } else {
+                ""
+            }
+        ));
+    }
     if external {
         if let Some(c) = &s.file.run.crash {
             not_applicable.push(format!(
@@ -602,6 +644,8 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         unmatched: decided.unmatched,
         error: obs.error.clone(),
         elapsed_ms: obs.elapsed.as_millis() as u64,
+        clock: obs.clock,
+        virtual_ms: obs.virtual_elapsed.map(|d| d.as_millis() as u64),
         connector: obs.connector.clone(),
         external,
         external_runs: obs.external_runs.clone(),

@@ -346,6 +346,8 @@ pub struct Run {
     pub crash: Option<Crash>,
     /// How long the scenario may run (default 120 s).
     pub timeout: Option<Scalar>,
+    /// Real or paused (virtual) time; default paused when the scenario involves time.
+    pub clock: Option<Clock>,
 }
 
 impl Default for Run {
@@ -354,7 +356,29 @@ impl Default for Run {
             passes: 1,
             crash: None,
             timeout: None,
+            clock: None,
         }
+    }
+}
+
+/// `[run] clock`: the clock a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// Real time, both mocks on loopback TCP.
+    #[default]
+    Real,
+    /// tokio's paused clock on a runtime of its own, both mocks over in-memory streams:
+    /// delays and timeouts take no real time.
+    Paused,
+}
+
+impl fmt::Display for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Real => "real",
+            Self::Paused => "paused",
+        })
     }
 }
 
@@ -452,8 +476,35 @@ pub struct Scenario {
     pub connector: ConnectorPlan,
     /// Copy names by expectation key (a label names all its copies).
     pub selectors: BTreeMap<String, Vec<String>>,
-    /// The run bound.
+    /// The run bound (real time, whatever the clock).
     pub timeout: Duration,
+    /// The clock it runs on: `[run] clock`, else paused when it involves time (a delay
+    /// fault, a LOGIN-DELAY), else real.
+    pub clock: Clock,
+}
+
+impl Scenario {
+    /// True when the scenario involves time: a `delay` fault on either server, or a
+    /// `[pop3] login_delay`.
+    pub fn involves_time(&self) -> bool {
+        let delay = |f: &Fault| f.action == FaultKind::Delay;
+        self.file.pop3.login_delay > 0
+            || self.file.pop3.fault.iter().any(delay)
+            || self.file.smtp.fault.iter().any(delay)
+    }
+
+    /// The longest `delay` fault (zero without one).
+    pub fn longest_delay(&self) -> Duration {
+        self.pop3_faults
+            .iter()
+            .chain(&self.smtp.faults)
+            .filter_map(|f| match f.action {
+                FaultAction::Delay(d) => Some(d),
+                _ => None,
+            })
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// The SMTP server's settings, resolved.
@@ -694,6 +745,19 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         connector,
         selectors,
         timeout,
+        clock: Clock::Real,
+    };
+    let scenario = Scenario {
+        clock: scenario
+            .file
+            .run
+            .clock
+            .unwrap_or(if scenario.involves_time() {
+                Clock::Paused
+            } else {
+                Clock::Real
+            }),
+        ..scenario
     };
     // The connector's keys are checked by popbridge's own parser, with placeholder
     // addresses, so a bad key is reported before anything starts.
@@ -1283,6 +1347,24 @@ mod tests {
         let e = err("[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nlabel = \"a\"\ncount = 2\n[[pop3.mailbox.message]]\nlabel = \"a-2\"\n");
         assert_eq!(e.key(), Some("pop3.mailbox[0].message[1].label"), "{e}");
         assert_eq!(e.line(), Some(6), "{e}");
+    }
+
+    #[test]
+    fn the_clock_is_paused_when_the_scenario_involves_time() {
+        let clock = |text: &str| parse(text, Path::new("x.toml")).unwrap().clock;
+        assert_eq!(clock(""), Clock::Real);
+        let delay = "[[pop3.fault]]\non = \"RETR\"\naction = \"delay\"\ndelay = \"10m\"\n";
+        assert_eq!(clock(delay), Clock::Paused);
+        let smtp = delay.replace("pop3", "smtp").replace("RETR", "data-end");
+        assert_eq!(clock(&smtp), Clock::Paused);
+        assert_eq!(clock("[pop3]\nlogin_delay = 60\n"), Clock::Paused);
+        assert_eq!(
+            clock(&format!("{delay}[run]\nclock = \"real\"\n")),
+            Clock::Real
+        );
+        assert_eq!(clock("[run]\nclock = \"paused\"\n"), Clock::Paused);
+        let e = err("[run]\nclock = \"virtual\"\n");
+        assert_eq!((e.line(), e.key()), (Some(2), Some("run.clock")), "{e}");
     }
 
     #[test]

@@ -7,12 +7,18 @@
 //! one after the other with `pass::run_accounts_with` (each with a freshly opened ledger,
 //! like a restart, and the crash point of `[run] crash`), bounded by the scenario's
 //! timeout, and collecting the mocks' final state, the capture and the events.
+//! On the paused clock (`[run] clock`, see [`Scenario::clock`]) the same world runs on a
+//! current-thread runtime of its own with `start_paused`, on its own thread: the mocks
+//! are in memory (`spawn_in_memory`) and popbridge dials them through a `MemoryDialer`
+//! (real sockets would let the paused clock run ahead), and the run is bounded from the
+//! outside in real time.
 //! Must never: contain connector logic (it only calls popbridge's public API), leave a
 //! server running after it returns, or wait without a bound.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mock_pop3::pki::TestPki;
@@ -23,17 +29,31 @@ use mock_smtp::{MockSmtp, MockSmtpHandle, Transaction};
 use popbridge::config::{Config, ConfigError};
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
-use popbridge::net::TcpDialer;
+use popbridge::net::{BoxIo, Dialer, MemoryDialer, TcpDialer};
 use popbridge::pass::{run_accounts_with, StopFlag, Summary};
 use tokio::net::TcpListener;
 
 use crate::external::{run_command, substitute, Connector, ExternalRun, Values};
-use crate::schema::{Scenario, TlsKind};
+use crate::schema::{Clock, Scenario, TlsKind};
 
 /// The domain of the default `deliver_to` (`<user>@contoso.local`).
 pub const LOCAL_DOMAIN: &str = "contoso.local";
 /// How long the runner waits for the mocks to see their sessions end, or to shut down.
 const SETTLE: Duration = Duration::from_secs(10);
+/// The ports written into the connector's configuration on the paused clock (nothing
+/// listens there: the `MemoryDialer` routes `127.0.0.1` and these ports to the mocks).
+pub const MEMORY_POP3_PORT: u16 = 110;
+/// See [`MEMORY_POP3_PORT`].
+pub const MEMORY_SMTP_PORT: u16 = 25;
+
+/// How the mocks are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Net {
+    /// Loopback TCP on `127.0.0.1:0`.
+    Tcp,
+    /// In-memory streams through a `MemoryDialer` (the paused clock).
+    Memory,
+}
 
 /// Where the connector's configuration points.
 #[derive(Debug, Clone)]
@@ -223,8 +243,12 @@ pub struct Observed {
     pub redactor: Redactor,
     /// Set when the run could not start or did not finish in time.
     pub error: Option<String>,
-    /// How long it took.
+    /// How long it took (real time).
     pub elapsed: Duration,
+    /// The clock it ran on (real for an external connector, whatever the scenario says).
+    pub clock: Clock,
+    /// On the paused clock: how much virtual time the run took.
+    pub virtual_elapsed: Option<Duration>,
     /// The connector, as reports name it.
     pub connector: String,
     /// True when it was an external command (no events, no crash points).
@@ -243,9 +267,27 @@ pub async fn run(s: &Scenario) -> Observed {
 }
 
 /// Runs a scenario against `connector`: mocks up, passes, state collected, mocks down.
+/// A paused-clock scenario with popbridge in-process runs on a paused runtime of its own
+/// (see the module's documentation); with an external connector it falls back to the real
+/// clock (external programs need real sockets), which the report says.
 pub async fn run_with(s: &Scenario, connector: &Connector) -> Observed {
+    if s.clock == Clock::Paused && !connector.is_external() {
+        return run_paused(s).await;
+    }
     let started = Instant::now();
-    let mut obs = Observed {
+    let mut obs = observed_for(s, connector);
+    // Created when the passes start (an async block runs on its first poll).
+    let timeout = s.timeout;
+    let bound = async move { tokio::time::sleep(timeout).await };
+    if let Err(e) = run_inner(s, connector, Net::Tcp, bound, &mut obs).await {
+        obs.error = Some(obs.redactor.apply(&e));
+    }
+    obs.elapsed = started.elapsed();
+    obs
+}
+
+fn observed_for(s: &Scenario, connector: &Connector) -> Observed {
+    Observed {
         accounts: s
             .mailboxes
             .iter()
@@ -254,15 +296,97 @@ pub async fn run_with(s: &Scenario, connector: &Connector) -> Observed {
         connector: connector.name(),
         external: connector.is_external(),
         ..Observed::default()
-    };
-    if let Err(e) = run_inner(s, connector, &mut obs).await {
-        obs.error = Some(obs.redactor.apply(&e));
     }
+}
+
+/// The paused clock: the world on a current-thread runtime with `start_paused(true)` on a
+/// thread of its own, waited for in real time (a paused runtime cannot time itself out:
+/// its clock jumps ahead whenever it is idle). Past `[run] timeout` the run is told to
+/// stop, and reports what the servers saw so far like a real-clock timeout; a runtime
+/// that does not answer within [`SETTLE`] after that is abandoned (its thread is left
+/// to finish on its own) and the run is reported as timed out.
+async fn run_paused(s: &Scenario) -> Observed {
+    let started = Instant::now();
+    let connector = Connector::Popbridge;
+    let mut fallback = observed_for(s, &connector);
+    fallback.clock = Clock::Paused;
+    let (tx, rx) = mpsc::channel::<Observed>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let scenario = s.clone();
+    let spawned = std::thread::Builder::new()
+        .name("poplab-paused-clock".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build();
+            let mut obs = observed_for(&scenario, &connector);
+            obs.clock = Clock::Paused;
+            match runtime {
+                Ok(rt) => rt.block_on(async {
+                    let t0 = tokio::time::Instant::now();
+                    let bound = async {
+                        // A dropped sender (the waiting side gone) is no reason to stop.
+                        if stop_rx.await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    if let Err(e) =
+                        run_inner(&scenario, &connector, Net::Memory, bound, &mut obs).await
+                    {
+                        obs.error = Some(obs.redactor.apply(&e));
+                    }
+                    obs.virtual_elapsed = Some(t0.elapsed());
+                }),
+                Err(e) => obs.error = Some(format!("cannot start a paused-clock runtime: {e}")),
+            }
+            let _ = tx.send(obs);
+        });
+    if let Err(e) = spawned {
+        fallback.error = Some(format!("cannot start the paused-clock thread: {e}"));
+        fallback.elapsed = started.elapsed();
+        return fallback;
+    }
+    // Wait in real time, without blocking the caller's runtime.
+    let timeout = s.timeout;
+    let waited = tokio::task::spawn_blocking(move || match rx.recv_timeout(timeout) {
+        Ok(obs) => Ok(obs),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = stop_tx.send(());
+            rx.recv_timeout(SETTLE).map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => format!(
+                    "timed out after {timeout:?} (the paused-clock run did not stop within {} s \
+                     after being told to; abandoned)",
+                    SETTLE.as_secs()
+                ),
+                mpsc::RecvTimeoutError::Disconnected => "the paused-clock run panicked".into(),
+            })
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err("the paused-clock run panicked".into()),
+    })
+    .await;
+    let mut obs = match waited {
+        Ok(Ok(obs)) => obs,
+        Ok(Err(e)) => {
+            fallback.error = Some(e);
+            fallback
+        }
+        Err(e) => {
+            fallback.error = Some(format!("waiting for the paused-clock run: {e}"));
+            fallback
+        }
+    };
     obs.elapsed = started.elapsed();
     obs
 }
 
-async fn run_inner(s: &Scenario, connector: &Connector, obs: &mut Observed) -> Result<(), String> {
+async fn run_inner(
+    s: &Scenario,
+    connector: &Connector,
+    net: Net,
+    bound: impl Future<Output = ()>,
+    obs: &mut Observed,
+) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("poplab-")
         .tempdir()
@@ -272,16 +396,31 @@ async fn run_inner(s: &Scenario, connector: &Connector, obs: &mut Observed) -> R
         obs.redactor.add(real.display().to_string(), "[TMP]");
     }
 
-    let mocks = start_mocks(s, dir.path()).await?;
-    let Mocks {
-        pop3,
-        smtp,
-        ca_file,
-    } = mocks;
-    let (pop3_port, smtp_port) = (
-        pop3.addr().map_or(0, |a| a.port()),
-        smtp.addr().map_or(0, |a| a.port()),
-    );
+    let (pop3, ca_file) = start_pop3_on(s, dir.path(), net).await?;
+    let (pop3, smtp) = (Arc::new(pop3), Arc::new(start_smtp_on(s, net).await?));
+    let (pop3_port, smtp_port, dialer): (u16, u16, Arc<dyn Dialer>) = match net {
+        Net::Tcp => (
+            pop3.addr().map_or(0, |a| a.port()),
+            smtp.addr().map_or(0, |a| a.port()),
+            Arc::new(TcpDialer),
+        ),
+        Net::Memory => {
+            let dialer = MemoryDialer::new();
+            let p = pop3.clone();
+            dialer.route(
+                "127.0.0.1",
+                MEMORY_POP3_PORT,
+                Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
+            );
+            let m = smtp.clone();
+            dialer.route(
+                "127.0.0.1",
+                MEMORY_SMTP_PORT,
+                Arc::new(move || Box::new(m.connect_duplex()) as BoxIo),
+            );
+            (MEMORY_POP3_PORT, MEMORY_SMTP_PORT, Arc::new(dialer))
+        }
+    };
     obs.redactor
         .add(format!("127.0.0.1:{pop3_port}"), "127.0.0.1:[POP3-PORT]");
     obs.redactor
@@ -298,15 +437,23 @@ async fn run_inner(s: &Scenario, connector: &Connector, obs: &mut Observed) -> R
         Connector::Popbridge => match connector_config(s, &ep) {
             Ok(config) => {
                 let events: Arc<Mutex<Vec<PassEvent>>> = Arc::default();
-                let passes = tokio::time::timeout(
-                    s.timeout,
-                    passes(s, &config, &events, &pop3, &smtp, &mut obs.summaries),
-                )
-                .await;
+                let run = passes(
+                    s,
+                    &config,
+                    dialer.clone(),
+                    &events,
+                    &pop3,
+                    &smtp,
+                    &mut obs.summaries,
+                );
+                let passes = tokio::select! {
+                    r = run => Some(r),
+                    () = bound => None,
+                };
                 obs.events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
                 match passes {
-                    Ok(r) => r,
-                    Err(_) => Err(format!(
+                    Some(r) => r,
+                    None => Err(format!(
                         "timed out after {:?} (pass {} of {})",
                         s.timeout,
                         obs.summaries.len() + 1,
@@ -327,6 +474,7 @@ async fn run_inner(s: &Scenario, connector: &Connector, obs: &mut Observed) -> R
         }
     };
 
+    drop(dialer);
     // What is left, whatever happened.
     obs.mailboxes = pop3.mailboxes();
     obs.captured = smtp.captured();
@@ -340,8 +488,13 @@ async fn run_inner(s: &Scenario, connector: &Connector, obs: &mut Observed) -> R
             }
         }
     }
-    let _ = tokio::time::timeout(SETTLE, pop3.shutdown()).await;
-    let _ = tokio::time::timeout(SETTLE, smtp.shutdown()).await;
+    // The dialer's routes (the only other holders of the handles) are gone by now.
+    if let Ok(pop3) = Arc::try_unwrap(pop3) {
+        let _ = tokio::time::timeout(SETTLE, pop3.shutdown()).await;
+    }
+    if let Ok(smtp) = Arc::try_unwrap(smtp) {
+        let _ = tokio::time::timeout(SETTLE, smtp.shutdown()).await;
+    }
     drop(dir);
     outcome
 }
@@ -373,6 +526,14 @@ pub async fn start_mocks(s: &Scenario, dir: &Path) -> Result<Mocks, String> {
 pub async fn start_pop3(
     s: &Scenario,
     dir: &Path,
+) -> Result<(MockPop3Handle, Option<PathBuf>), String> {
+    start_pop3_on(s, dir, Net::Tcp).await
+}
+
+async fn start_pop3_on(
+    s: &Scenario,
+    dir: &Path,
+    net: Net,
 ) -> Result<(MockPop3Handle, Option<PathBuf>), String> {
     // POP3.
     let p = &s.file.pop3;
@@ -425,12 +586,19 @@ pub async fn start_pop3(
         pop3 = pop3.fault(f.clone());
     }
 
-    let pop3 = pop3.spawn(listener().await.map_err(|e| format!("bind: {e}"))?);
+    let pop3 = match net {
+        Net::Tcp => pop3.spawn(listener().await.map_err(|e| format!("bind: {e}"))?),
+        Net::Memory => pop3.spawn_in_memory(),
+    };
     Ok((pop3, ca_file))
 }
 
 /// Starts the scenario's SMTP mock alone on `127.0.0.1:0`.
 pub async fn start_smtp(s: &Scenario) -> Result<MockSmtpHandle, String> {
+    start_smtp_on(s, Net::Tcp).await
+}
+
+async fn start_smtp_on(s: &Scenario, net: Net) -> Result<MockSmtpHandle, String> {
     // SMTP.
     let sp = &s.smtp;
     let mut smtp = MockSmtp::builder()
@@ -459,18 +627,23 @@ pub async fn start_smtp(s: &Scenario) -> Result<MockSmtpHandle, String> {
         smtp = smtp.fault(f.clone());
     }
 
-    Ok(smtp.spawn(listener().await.map_err(|e| format!("bind: {e}"))?))
+    Ok(match net {
+        Net::Tcp => smtp.spawn(listener().await.map_err(|e| format!("bind: {e}"))?),
+        Net::Memory => smtp.spawn_in_memory(),
+    })
 }
 
 async fn passes(
     s: &Scenario,
     config: &Config,
+    dialer: Arc<dyn Dialer>,
     events: &Arc<Mutex<Vec<PassEvent>>>,
     pop3: &mock_pop3::MockPop3Handle,
     smtp: &mock_smtp::MockSmtpHandle,
     summaries: &mut Vec<(u32, Vec<Summary>)>,
 ) -> Result<(), String> {
     let config = Arc::new(config.clone());
+    let settle_bound = settle_bound(s);
     for pass in 1..=s.file.run.passes {
         let sink = {
             let events = events.clone();
@@ -495,7 +668,7 @@ async fn passes(
             .map(|c| c.after_deliveries);
         let out = run_accounts_with(
             config.clone(),
-            Arc::new(TcpDialer),
+            dialer.clone(),
             Arc::new(sink),
             Arc::new(Mutex::new(ledger)),
             config.accounts.clone(),
@@ -510,14 +683,25 @@ async fn passes(
             pop3.wait_idle().await;
             smtp.wait_idle().await;
         };
-        if tokio::time::timeout(SETTLE, settle).await.is_err() {
+        if tokio::time::timeout(settle_bound, settle).await.is_err() {
             return Err(format!(
                 "pass {pass}: a mock session was still open {} s after the pass",
-                SETTLE.as_secs()
+                settle_bound.as_secs()
             ));
         }
     }
     Ok(())
+}
+
+/// How long the mocks get to see their sessions end after a pass: [`SETTLE`]; on the
+/// paused clock also the longest delay fault, since a mock that is stalling on a session
+/// the connector gave up on only notices when its delay is over (virtual time costs no
+/// real time).
+fn settle_bound(s: &Scenario) -> Duration {
+    match s.clock {
+        Clock::Paused => SETTLE + s.longest_delay(),
+        Clock::Real => SETTLE,
+    }
 }
 
 /// The envelope recipient a connector delivers a mailbox's mail to: the `deliver_to` of

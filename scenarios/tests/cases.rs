@@ -179,6 +179,7 @@ action = "delay"
 delay = "20s"
 [run]
 timeout = "1s"
+clock = "real"
 [expect.labels]
 m = "delivered"
 "#,
@@ -229,5 +230,99 @@ now = "delivered"
     assert!(
         later.why.starts_with("message.deferred: ") && later.why.contains("451 4.3.0"),
         "{table}"
+    );
+}
+
+#[test]
+fn a_slow_server_runs_on_the_paused_clock_in_well_under_a_second() {
+    let path = cases_dir().join("slow-server-timeouts.toml");
+    let started = std::time::Instant::now();
+    let report = runtime()
+        .block_on(poplab::run_file(&path))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let real = started.elapsed();
+    let table = report.render_table();
+    assert!(report.passed(), "{table}");
+    assert!(real < std::time::Duration::from_secs(10), "{real:?}");
+    assert_eq!(report.clock, poplab::schema::Clock::Paused);
+    // The 10-minute stall happened, in virtual time.
+    let virtual_ms = report.virtual_ms.expect("virtual time on the paused clock");
+    assert!(virtual_ms >= 10 * 60 * 1000, "{virtual_ms}");
+    let json = report.to_json();
+    assert_eq!(json["clock"], "paused");
+    assert_eq!(json["virtual_ms"], virtual_ms);
+    assert!(
+        table.contains("clock: paused, 10m 0s of virtual time"),
+        "{table}"
+    );
+}
+
+#[test]
+fn after_the_first_pass_the_stalled_message_and_what_follows_are_left() {
+    let text = std::fs::read_to_string(cases_dir().join("slow-server-timeouts.toml")).unwrap();
+    let mut one = String::new();
+    for line in text.lines() {
+        // One pass, and the state it leaves: expectations rewritten, events dropped.
+        let line = match line.split('#').next().unwrap_or("").trim() {
+            "passes = 2" => "passes = 1",
+            "stalled = \"delivered\"" => "stalled = \"left\"",
+            "after = \"delivered\"" => "after = \"left\"",
+            "[expect.events]" => break,
+            _ => line,
+        };
+        one.push_str(line);
+        one.push('\n');
+    }
+    let report = run_text("slow-server-one-pass.toml", &one);
+    let table = report.render_table();
+    assert!(report.passed(), "{table}");
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.events.get("account.failed"), Some(&1), "{table}");
+    assert_eq!(report.events.get("message.delivered"), Some(&1), "{table}");
+    let before = &report.messages[0];
+    assert_eq!(before.outcome, poplab::schema::Outcome::Delivered);
+    assert!(
+        report.messages[1]
+            .why
+            .contains("did not answer RETR 2 within 300 s"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_real_clock_scenario_reports_no_virtual_time() {
+    let report = runtime()
+        .block_on(poplab::run_file(cases_dir().join("basic-delivery.toml")))
+        .unwrap();
+    assert_eq!(report.clock, poplab::schema::Clock::Real);
+    assert_eq!(report.virtual_ms, None);
+    assert_eq!(report.to_json()["clock"], "real");
+    assert!(!report.render_table().contains("clock:"));
+}
+
+#[test]
+fn an_external_connector_falls_back_to_the_real_clock_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ext.toml");
+    std::fs::write(
+        &path,
+        "[[pop3.fault]]\non = \"greeting\"\naction = \"delay\"\ndelay = \"1s\"\n",
+    )
+    .unwrap();
+    let connector = poplab::Connector::External {
+        template: "true {user}".into(),
+    };
+    let report = runtime()
+        .block_on(poplab::run_file_with(&path, &connector))
+        .unwrap();
+    assert_eq!(report.clock, poplab::schema::Clock::Real);
+    assert_eq!(report.virtual_ms, None);
+    assert!(
+        report
+            .not_applicable
+            .iter()
+            .any(|n| n.starts_with("[run] clock = \"paused\"") && n.contains("real clock")),
+        "{:?}",
+        report.not_applicable
     );
 }
