@@ -11,10 +11,9 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::config::{Account, Config, DeliveryKind, Profile, TlsMode};
-use crate::net::{self, Dialer};
+use crate::net::Dialer;
 use crate::pop3::{self, Pop3Error, Transaction};
 use crate::secret::Secret;
 use crate::smtp::{self, SmtpClient};
@@ -391,27 +390,6 @@ async fn diagnose_account(
     d
 }
 
-/// The POP3 settings the pass uses for `a` (same construction as `pass.rs`).
-fn pop3_settings<'a>(
-    config: &Config,
-    a: &'a Account,
-    server_name: &'a str,
-    tls_config: Option<Arc<rustls::ClientConfig>>,
-) -> pop3::Settings<'a> {
-    pop3::Settings {
-        account: &a.name,
-        host: &a.host,
-        port: a.port,
-        tls: a.tls,
-        server_name,
-        tls_config,
-        allow_plaintext: a.allow_plaintext,
-        connect_timeout: config.timeouts.connect,
-        command_timeout: config.timeouts.command,
-        data_timeout: config.timeouts.data,
-    }
-}
-
 /// Fills `d` step by step; an `Err` is a failure other than a refused login.
 async fn probe_account(
     config: &Config,
@@ -427,15 +405,7 @@ async fn probe_account(
         .await
         .map_err(|e| format!("password source: {e}"))?;
     secrets.push(secret.clone());
-    let tls_config = if a.tls == TlsMode::None {
-        None
-    } else {
-        Some(
-            net::client_config(a.ca_file.as_deref(), a.tls_accept_invalid_certs)
-                .map_err(|e| e.to_string())?,
-        )
-    };
-    let settings = pop3_settings(config, a, server_name, tls_config);
+    let settings = pop3::Settings::for_account(config, a).map_err(|e| e.to_string())?;
     let authorization = pop3::connect(dialer, &settings)
         .await
         .map_err(|e| e.to_string())?;
@@ -527,26 +497,12 @@ async fn diagnose_smtp(config: &Config, dialer: &dyn Dialer) -> TransportDiagnos
         size: None,
         tls: false,
     };
-    let starttls = if t.starttls {
-        match net::client_config(t.ca_file.as_deref(), t.tls_accept_invalid_certs) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                d.ok = Err(e.to_string());
-                return d;
-            }
+    let settings = match smtp::Settings::for_transport(config, config.profile != Profile::Sbs2008) {
+        Ok(s) => s,
+        Err(e) => {
+            d.ok = Err(e.to_string());
+            return d;
         }
-    } else {
-        None
-    };
-    let settings = smtp::Settings {
-        host: &t.host,
-        port: t.port,
-        helo: &t.helo,
-        starttls,
-        connect_timeout: config.timeouts.connect,
-        command_timeout: config.timeouts.command,
-        data_timeout: config.timeouts.data,
-        pipelining: config.profile != Profile::Sbs2008,
     };
     match SmtpClient::connect(dialer, &settings).await {
         Ok(client) => {

@@ -43,8 +43,8 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{Account, Config, DeliveryKind, Profile, TlsMode};
-use crate::net::{self, Dialer};
+use crate::config::{Account, Config, DeliveryKind, Profile};
+use crate::net::Dialer;
 use crate::pop3;
 use crate::smtp::{self, SmtpClient};
 
@@ -448,25 +448,7 @@ async fn probe_smtp(config: &Config, dialer: &dyn Dialer) -> Result<Option<u64>,
     if matches!(config.transport.delivery, DeliveryKind::Pickup { .. }) {
         return Ok(None);
     }
-    let t = &config.transport;
-    let starttls = if t.starttls {
-        Some(
-            net::client_config(t.ca_file.as_deref(), t.tls_accept_invalid_certs)
-                .map_err(|e| e.to_string())?,
-        )
-    } else {
-        None
-    };
-    let settings = smtp::Settings {
-        host: &t.host,
-        port: t.port,
-        helo: &t.helo,
-        starttls,
-        connect_timeout: config.timeouts.connect,
-        command_timeout: config.timeouts.command,
-        data_timeout: config.timeouts.data,
-        pipelining: false,
-    };
+    let settings = smtp::Settings::for_transport(config, false).map_err(|e| e.to_string())?;
     let client = SmtpClient::connect(dialer, &settings)
         .await
         .map_err(|e| e.to_string())?;
@@ -486,30 +468,7 @@ async fn probe_pop3(
         .resolve(config.timeouts.command)
         .await
         .map_err(|e| e.to_string())?;
-    let tls_config = if account.tls == TlsMode::None {
-        None
-    } else {
-        Some(
-            net::client_config(account.ca_file.as_deref(), account.tls_accept_invalid_certs)
-                .map_err(|e| e.to_string())?,
-        )
-    };
-    let server_name = account
-        .tls_server_name
-        .clone()
-        .unwrap_or_else(|| account.host.clone());
-    let settings = pop3::Settings {
-        account: &account.name,
-        host: &account.host,
-        port: account.port,
-        tls: account.tls,
-        server_name: &server_name,
-        tls_config,
-        allow_plaintext: account.allow_plaintext,
-        connect_timeout: config.timeouts.connect,
-        command_timeout: config.timeouts.command,
-        data_timeout: config.timeouts.data,
-    };
+    let settings = pop3::Settings::for_account(config, account).map_err(|e| e.to_string())?;
     let auth = pop3::connect(dialer, &settings)
         .await
         .map_err(|e| e.to_string())?;

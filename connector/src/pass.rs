@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::body::Body;
-use crate::config::{Account, Config, Profile, TlsMode};
+use crate::config::{Account, Config, Profile};
 use crate::events::{Event, EventSink};
 use crate::ledger::{Ledger, Status};
 use crate::message;
-use crate::net::{self, Dialer};
+use crate::net::Dialer;
 use crate::pickup::{Pickup, PickupOutcome};
 use crate::pop3::{self, Pending, Pop3Error, Response, Transaction};
 use crate::routing;
@@ -330,27 +330,8 @@ impl Run<'_> {
             .resolve(cfg.timeouts.command)
             .await
             .map_err(|e| AccountFailure::Config(e.to_string()))?;
-        let tls_config = if a.tls == TlsMode::None {
-            None
-        } else {
-            Some(
-                net::client_config(a.ca_file.as_deref(), a.tls_accept_invalid_certs)
-                    .map_err(|e| AccountFailure::Config(e.to_string()))?,
-            )
-        };
-        let server_name = a.tls_server_name.clone().unwrap_or_else(|| a.host.clone());
-        let settings = pop3::Settings {
-            account: &a.name,
-            host: &a.host,
-            port: a.port,
-            tls: a.tls,
-            server_name: &server_name,
-            tls_config,
-            allow_plaintext: a.allow_plaintext,
-            connect_timeout: cfg.timeouts.connect,
-            command_timeout: cfg.timeouts.command,
-            data_timeout: cfg.timeouts.data,
-        };
+        let settings = pop3::Settings::for_account(cfg, a)
+            .map_err(|e| AccountFailure::Config(e.to_string()))?;
         let auth = pop3::connect(self.cx.dialer, &settings)
             .await
             .map_err(pop3_failure)?;
@@ -503,25 +484,7 @@ impl Run<'_> {
         }
         if self.smtp.is_none() {
             let cfg = self.cx.config;
-            let t = &cfg.transport;
-            let starttls = if t.starttls {
-                Some(
-                    net::client_config(t.ca_file.as_deref(), t.tls_accept_invalid_certs)
-                        .map_err(SmtpError::Tls)?,
-                )
-            } else {
-                None
-            };
-            let s = smtp::Settings {
-                host: &t.host,
-                port: t.port,
-                helo: &t.helo,
-                starttls,
-                connect_timeout: cfg.timeouts.connect,
-                command_timeout: cfg.timeouts.command,
-                data_timeout: cfg.timeouts.data,
-                pipelining: !self.sbs,
-            };
+            let s = smtp::Settings::for_transport(cfg, !self.sbs).map_err(SmtpError::Tls)?;
             self.smtp = Some(SmtpClient::connect(self.cx.dialer, &s).await?);
         }
         Ok(self.smtp.as_mut().expect("connected above"))

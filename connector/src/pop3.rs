@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::{Body, BodyBuilder};
-use crate::config::{AuthMethod, TlsMode};
+use crate::config::{Account, AuthMethod, Config, TlsMode};
 use crate::net::{self, BoxIo, Dialer, TlsError};
 use crate::secret::Secret;
 
@@ -215,6 +215,33 @@ pub struct Settings<'a> {
     pub command_timeout: Duration,
     /// Whole-message timeout.
     pub data_timeout: Duration,
+}
+
+impl<'a> Settings<'a> {
+    /// How the pass, `diagnose` and `check-limits` reach `account`: its server and TLS
+    /// mode, the name its certificate must carry (`tls_server_name`, else the host), a TLS
+    /// configuration from its CA settings, and the configured timeouts.
+    pub fn for_account(config: &Config, account: &'a Account) -> Result<Self, TlsError> {
+        let tls_config = match account.tls {
+            TlsMode::None => None,
+            _ => Some(net::client_config(
+                account.ca_file.as_deref(),
+                account.tls_accept_invalid_certs,
+            )?),
+        };
+        Ok(Self {
+            account: &account.name,
+            host: &account.host,
+            port: account.port,
+            tls: account.tls,
+            server_name: account.tls_server_name.as_deref().unwrap_or(&account.host),
+            tls_config,
+            allow_plaintext: account.allow_plaintext,
+            connect_timeout: config.timeouts.connect,
+            command_timeout: config.timeouts.command,
+            data_timeout: config.timeouts.data,
+        })
+    }
 }
 
 /// The framed connection: owns the stream, the input buffer and the output buffer.

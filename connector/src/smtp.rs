@@ -15,6 +15,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::Body;
+use crate::config::Config;
 use crate::net::{self, BoxIo, Dialer, TlsError};
 
 /// Chunk size for BDAT and for streaming DATA.
@@ -201,6 +202,32 @@ pub struct Settings<'a> {
     pub data_timeout: Duration,
     /// Pipeline MAIL and RCPT when the server allows it.
     pub pipelining: bool,
+}
+
+impl<'a> Settings<'a> {
+    /// How the pass, `diagnose` and `check-limits` reach the transport: its server and EHLO
+    /// name, a STARTTLS configuration when required, and the configured timeouts;
+    /// `pipelining` says whether MAIL and RCPT may be pipelined.
+    pub fn for_transport(config: &'a Config, pipelining: bool) -> Result<Self, TlsError> {
+        let t = &config.transport;
+        let starttls = match t.starttls {
+            true => Some(net::client_config(
+                t.ca_file.as_deref(),
+                t.tls_accept_invalid_certs,
+            )?),
+            false => None,
+        };
+        Ok(Self {
+            host: &t.host,
+            port: t.port,
+            helo: &t.helo,
+            starttls,
+            connect_timeout: config.timeouts.connect,
+            command_timeout: config.timeouts.command,
+            data_timeout: config.timeouts.data,
+            pipelining,
+        })
+    }
 }
 
 /// One message's envelope.
