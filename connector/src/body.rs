@@ -34,6 +34,48 @@ enum Storage {
     File(SpoolFile),
 }
 
+/// How a message's lines end: what a server's LIST size may differ by (servers count
+/// sizes with CRLF, or as stored with bare LF, or as sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineEnds {
+    /// CR LF pairs.
+    pub crlf: u64,
+    /// LFs not preceded by CR.
+    pub bare_lf: u64,
+    /// CRs not followed by LF.
+    pub bare_cr: u64,
+}
+
+impl LineEnds {
+    /// Counts the line ends of `data`, continuing after a chunk that ended in CR when
+    /// `pending_cr`; returns whether this chunk ends in CR (not yet decided).
+    fn count(&mut self, data: &[u8], mut pending_cr: bool) -> bool {
+        for &b in data {
+            match b {
+                b'\n' if pending_cr => self.crlf += 1,
+                b'\n' => self.bare_lf += 1,
+                _ if pending_cr => self.bare_cr += 1,
+                _ => {}
+            }
+            pending_cr = b == b'\r';
+        }
+        pending_cr
+    }
+
+    /// The LIST sizes a server may truthfully give for a message of `len` octets with these
+    /// line ends: as sent, with every line end counted as one octet (LF storage), or with
+    /// bare ones counted as two (CRLF storage), two octets either way for a final line end
+    /// the server added or counted.
+    pub fn plausible_sizes(&self, len: u64) -> std::ops::RangeInclusive<u64> {
+        let low = len.saturating_sub(self.crlf + 2);
+        let high = len
+            .saturating_add(self.bare_lf)
+            .saturating_add(self.bare_cr)
+            .saturating_add(2);
+        low..=high
+    }
+}
+
 /// A complete message as downloaded (dot-unstuffed), with facts learnt while reading it.
 #[derive(Debug)]
 pub struct Body {
@@ -41,6 +83,7 @@ pub struct Body {
     head: Bytes,
     len: u64,
     has_8bit: bool,
+    line_ends: LineEnds,
 }
 
 impl Body {
@@ -48,12 +91,22 @@ impl Body {
     pub fn from_bytes(data: Bytes) -> Self {
         let head = data.slice(..data.len().min(HEAD_MAX));
         let has_8bit = data.iter().any(|&b| b >= 0x80);
+        let mut line_ends = LineEnds::default();
+        if line_ends.count(&data, false) {
+            line_ends.bare_cr += 1;
+        }
         Self {
             len: data.len() as u64,
             storage: Storage::Memory(data),
             head,
             has_8bit,
+            line_ends,
         }
+    }
+
+    /// How its lines end.
+    pub fn line_ends(&self) -> LineEnds {
+        self.line_ends
     }
 
     /// Octets in the message.
@@ -119,6 +172,9 @@ pub struct BodyBuilder {
     file: Option<(tokio::fs::File, SpoolFile)>,
     len: u64,
     has_8bit: bool,
+    line_ends: LineEnds,
+    pending_cr: bool,
+    discard: bool,
 }
 
 impl BodyBuilder {
@@ -132,7 +188,17 @@ impl BodyBuilder {
             file: None,
             len: 0,
             has_8bit: false,
+            line_ends: LineEnds::default(),
+            pending_cr: false,
+            discard: false,
         }
+    }
+
+    /// A builder that keeps nothing (reads a body only to skip it).
+    pub fn discarding() -> Self {
+        let mut b = Self::new(Path::new(""), u64::MAX);
+        b.discard = true;
+        b
     }
 
     /// Octets so far.
@@ -152,6 +218,10 @@ impl BodyBuilder {
         }
         self.len += data.len() as u64;
         self.has_8bit |= data.iter().any(|&b| b >= 0x80);
+        self.pending_cr = self.line_ends.count(data, self.pending_cr);
+        if self.discard {
+            return Ok(());
+        }
         if self.head.len() < HEAD_MAX {
             let n = (HEAD_MAX - self.head.len()).min(data.len());
             self.head.extend_from_slice(&data[..n]);
@@ -176,7 +246,10 @@ impl BodyBuilder {
     }
 
     /// The finished body.
-    pub async fn finish(self) -> io::Result<Body> {
+    pub async fn finish(mut self) -> io::Result<Body> {
+        if self.pending_cr {
+            self.line_ends.bare_cr += 1;
+        }
         let storage = match self.file {
             Some((mut f, guard)) => {
                 f.flush().await?;
@@ -189,6 +262,7 @@ impl BodyBuilder {
             head: self.head.freeze(),
             len: self.len,
             has_8bit: self.has_8bit,
+            line_ends: self.line_ends,
         })
     }
 }
@@ -232,5 +306,37 @@ mod tests {
             .filter(|e| e.path().is_file())
             .collect();
         assert!(left.is_empty(), "spool file removed on drop: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn line_ends_are_counted_across_chunks() {
+        let data = b"a\r\nb\nc\rd\r\r\ne\r";
+        let whole = Body::from_bytes(Bytes::from_static(data)).line_ends();
+        let expect = LineEnds {
+            crlf: 2,
+            bare_lf: 1,
+            bare_cr: 3,
+        };
+        assert_eq!(whole, expect);
+        let dir = tempfile::tempdir().unwrap();
+        for split in 0..=data.len() {
+            let mut b = BodyBuilder::new(dir.path(), 4);
+            b.push(&data[..split]).await.unwrap();
+            b.push(&data[split..]).await.unwrap();
+            assert_eq!(
+                b.finish().await.unwrap().line_ends(),
+                expect,
+                "split {split}"
+            );
+        }
+        // A CRLF message may be listed as sent, or with one octet per line end.
+        let r = LineEnds {
+            crlf: 10,
+            bare_lf: 0,
+            bare_cr: 0,
+        }
+        .plausible_sizes(500);
+        assert!(r.contains(&500) && r.contains(&490) && !r.contains(&487));
+        assert!(!r.contains(&503), "a truncated body is never plausible");
     }
 }

@@ -29,6 +29,9 @@ const DEFAULT_POISON_AFTER: u32 = 3;
 const DEFAULT_SMTP_MAX_PROTOCOL_ERRORS: u32 = 5;
 const DEFAULT_SMTP_RECONNECTS: u32 = 3;
 const DEFAULT_MEMORY_THRESHOLD: u64 = 1024 * 1024;
+/// The largest message ever downloaded, whatever the servers say: Office 365's largest
+/// message (150 MB) with room to spare. A body that runs past it is never spooled further.
+const DEFAULT_MAX_DOWNLOAD_SIZE: u64 = 256 * 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -154,6 +157,9 @@ pub struct Limits {
     pub smtp_reconnects: u32,
     /// Messages larger than this are spooled to a temporary file under `state_dir`.
     pub memory_threshold: u64,
+    /// The hard ceiling on what one message may take to download (and spool), whatever
+    /// the servers advertise or LIST says.
+    pub max_download_size: u64,
 }
 
 /// Network timeouts.
@@ -201,6 +207,9 @@ pub struct Account {
     pub allow_plaintext: bool,
     /// The name the server certificate is verified against (default: `host`).
     pub tls_server_name: Option<String>,
+    /// Check each retrieved message against its LIST size (the default); off for a server
+    /// that lists estimated sizes, which then also retrieves one message at a time.
+    pub verify_list_size: bool,
 }
 
 /// How a POP3 connection is protected.
@@ -323,13 +332,40 @@ fn describe(path: &Path, line: Option<usize>, key: Option<&str>, message: &str) 
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, including the CA files it names (which
+    /// must exist and hold a certificate).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_str(&text, path)
+        let config = Self::from_str(&text, path)?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// Checks the files the configuration names that must be there before any pass: every
+    /// `ca_file` (readable, holding at least one certificate).
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let t = &self.transport;
+        let named = std::iter::once(("transport.ca_file".to_string(), t.ca_file.as_ref())).chain(
+            self.accounts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("account[{i}].ca_file"), a.ca_file.as_ref())),
+        );
+        for (key, file) in named {
+            let Some(file) = file else { continue };
+            if let Err(e) = crate::net::client_config(Some(file), false) {
+                return Err(ConfigError::Invalid {
+                    path: self.path.clone(),
+                    line: None,
+                    key: Some(key),
+                    message: format!("{e}; fix the path or remove the key"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Parses and validates configuration text; `path` is used in messages and to
@@ -510,6 +546,7 @@ struct RawLimits {
     smtp_max_protocol_errors: Option<Spanned<Int>>,
     smtp_reconnects: Option<Spanned<Int>>,
     memory_threshold: Option<Spanned<SizeValue>>,
+    max_download_size: Option<Spanned<SizeValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -544,6 +581,7 @@ struct RawAccount {
     #[serde(default)]
     allow_plaintext: bool,
     tls_server_name: Option<Spanned<String>>,
+    verify_list_size: Option<bool>,
 }
 
 /// A TOML integer, with a readable type error.
@@ -1030,6 +1068,19 @@ impl Ctx<'_> {
                 Some(v) => self.size(v, "limits.memory_threshold")?,
                 None => DEFAULT_MEMORY_THRESHOLD,
             },
+            max_download_size: match &raw.max_download_size {
+                Some(v) => match self.size(v, "limits.max_download_size")? {
+                    0 => {
+                        return Err(self.error(
+                            Some(v.span()),
+                            Some("limits.max_download_size".into()),
+                            "must be larger than 0".into(),
+                        ))
+                    }
+                    n => n,
+                },
+                None => DEFAULT_MAX_DOWNLOAD_SIZE,
+            },
         })
     }
 
@@ -1171,6 +1222,7 @@ impl Ctx<'_> {
             tls_accept_invalid_certs: raw.tls_accept_invalid_certs,
             allow_plaintext: raw.allow_plaintext,
             tls_server_name,
+            verify_list_size: raw.verify_list_size.unwrap_or(true),
         })
     }
 }
@@ -1593,6 +1645,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                 smtp_max_protocol_errors: 10,
                 smtp_reconnects: 0,
                 memory_threshold: 512 * 1024,
+                max_download_size: DEFAULT_MAX_DOWNLOAD_SIZE,
             },
             timeouts: Timeouts {
                 connect: Duration::from_secs(5),
@@ -1616,6 +1669,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     tls_accept_invalid_certs: true,
                     allow_plaintext: true,
                     tls_server_name: Some("pop.isp.example".into()),
+                    verify_list_size: true,
                 },
                 Account {
                     name: "sales".into(),
@@ -1636,6 +1690,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     tls_accept_invalid_certs: false,
                     allow_plaintext: false,
                     tls_server_name: None,
+                    verify_list_size: true,
                 },
             ],
             interval: Duration::from_secs(30 * 60),
@@ -1684,6 +1739,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                 smtp_max_protocol_errors: 5,
                 smtp_reconnects: 3,
                 memory_threshold: 1024 * 1024,
+                max_download_size: DEFAULT_MAX_DOWNLOAD_SIZE,
             }
         );
         assert_eq!(

@@ -85,6 +85,37 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// What RETR sent did not match the message's LIST size: it was not delivered and is
+    /// never deleted; the session did not trust the server's later replies; later passes
+    /// retry it last, alone.
+    #[serde(rename = "message.size_mismatch")]
+    SizeMismatch {
+        /// Account name.
+        account: String,
+        /// UIDL, or `size:<octets>` when the server has no usable UIDL.
+        uid: String,
+        /// The size LIST gave.
+        listed: u64,
+        /// Octets received before the end of the reply (or before the bound, when the
+        /// reply ran past it).
+        received: u64,
+        /// True when the reply ran past its bound before its end.
+        overran: bool,
+        /// Mismatches so far.
+        failures: u32,
+    },
+    /// A message is being submitted again although its final data may already have reached
+    /// the SMTP server (a crash or a lost reply after the end of its data, in an earlier
+    /// pass or process): the recipient may get it twice.
+    #[serde(rename = "message.possible_duplicate")]
+    PossibleDuplicate {
+        /// Account name.
+        account: String,
+        /// UIDL or digest.
+        uid: String,
+        /// Its Message-ID header, when it has one.
+        message_id: Option<String>,
+    },
     /// After `poison_after` permanent failures a copy was kept under the state directory.
     #[serde(rename = "message.quarantined")]
     Quarantined {
@@ -134,6 +165,16 @@ pub enum Event {
         account: String,
         /// Why.
         error: String,
+    },
+    /// The POP3 session ended before the pass's work was done (the connection broke or
+    /// stalled, the server's replies stopped making sense, QUIT failed): what was not done
+    /// waits for the next pass; deletions of this session are not confirmed.
+    #[serde(rename = "pass.interrupted")]
+    PassInterrupted {
+        /// Account name.
+        account: String,
+        /// Why.
+        reason: String,
     },
     /// A pass over an account ended.
     #[serde(rename = "pass.finished")]

@@ -51,6 +51,21 @@ const MIGRATIONS: &[&str] = &[
         CHECK (state <> 'failed'      OR last_reply IS NOT NULL),
         CHECK (state <> 'quarantined' OR quarantine_path IS NOT NULL)
     ) STRICT;",
+    // v2: why a message failed (refused by the SMTP server, or its RETR did not match its
+    // LIST size); for header-digest keys, DELEs whose QUIT was never confirmed (the LIST
+    // size of the message and how many messages of that size the listing had, to tell
+    // next time whether the server applied them); and the messages whose final data may
+    // have reached the SMTP server without their outcome being recorded.
+    "ALTER TABLE messages ADD COLUMN failure_kind TEXT NOT NULL DEFAULT 'refused'
+        CHECK (failure_kind IN ('refused', 'mismatch'));
+     ALTER TABLE messages ADD COLUMN unconfirmed_size INTEGER;
+     ALTER TABLE messages ADD COLUMN unconfirmed_listed INTEGER;
+     CREATE TABLE submissions (
+        account TEXT    NOT NULL,
+        key     TEXT    NOT NULL,
+        since   INTEGER NOT NULL,
+        PRIMARY KEY (account, key)
+     ) STRICT;",
 ];
 
 /// The newest schema version this code knows (`PRAGMA user_version`).
@@ -65,6 +80,8 @@ pub enum Status {
     Delivered {
         /// When the delivery was recorded, unix seconds.
         at: i64,
+        /// True once a successful QUIT applied its DELE (the server no longer holds it).
+        deleted: bool,
     },
     /// Refused at least once and not delivered since.
     Failed {
@@ -72,12 +89,56 @@ pub enum Status {
         failures: u32,
         /// The SMTP reply (or error text) of the last failure.
         last_reply: String,
+        /// What the failures were.
+        kind: FailureKind,
     },
     /// Given up on: a durable local copy exists at `path`.
     Quarantined {
         /// Where the quarantined copy was written.
         path: PathBuf,
     },
+}
+
+/// Why a message failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The SMTP server (or the pickup folder) refused it permanently.
+    Refused,
+    /// What RETR sent did not match the message's LIST size: never delivered, never
+    /// deleted, retried last and alone on later passes.
+    Mismatch,
+}
+
+impl FailureKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// What else a delivery's commit records (see [`Ledger::record_delivered_then`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Along<'a> {
+    /// The message the pass submits next: marked as submitting (see
+    /// [`Ledger::begin_submission`]).
+    pub next: Option<&'a str>,
+    /// For a header-digest key whose DELE follows: its LIST size and how many messages of
+    /// that size the listing holds, recorded as an unconfirmed DELE until a QUIT confirms it.
+    pub dele: Option<(u64, u32)>,
+}
+
+/// A DELE of a header-digest message whose QUIT was never confirmed: the message's LIST
+/// size and how many messages of that size the session's listing held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unconfirmed {
+    /// The ledger key.
+    pub key: String,
+    /// Its LIST size.
+    pub size: u64,
+    /// Messages of that LIST size in the session's listing.
+    pub listed: u32,
 }
 
 /// Errors of the ledger; every variant that involves the database names its file.
@@ -174,6 +235,8 @@ struct RawStatus {
     failures: Value,
     last_reply: Value,
     quarantine_path: Value,
+    failure_kind: Value,
+    deleted_at: Value,
 }
 
 impl RawStatus {
@@ -185,6 +248,8 @@ impl RawStatus {
             failures: row.get(first + 2)?,
             last_reply: row.get(first + 3)?,
             quarantine_path: row.get(first + 4)?,
+            failure_kind: row.get(first + 5)?,
+            deleted_at: row.get(first + 6)?,
         })
     }
 }
@@ -192,7 +257,7 @@ impl RawStatus {
 /// The column list [`RawStatus::read`] expects (a macro so queries stay `&'static str`).
 macro_rules! status_columns {
     () => {
-        "state, delivered_at, failures, last_reply, quarantine_path"
+        "state, delivered_at, failures, last_reply, quarantine_path, failure_kind, deleted_at"
     };
 }
 
@@ -349,14 +414,31 @@ impl Ledger {
         size: u64,
         reply: &str,
     ) -> Result<(), LedgerError> {
+        self.record_delivered_then(account, key, size, reply, Along::default())
+    }
+
+    /// [`Ledger::record_delivered`], which also ends `key`'s submission mark and, in the
+    /// same commit (no extra fsync), records what `along` says.
+    pub fn record_delivered_then(
+        &mut self,
+        account: &str,
+        key: &str,
+        size: u64,
+        reply: &str,
+        along: Along<'_>,
+    ) -> Result<(), LedgerError> {
         let now = now();
         // Sizes beyond i64::MAX cannot occur; clamp rather than fail the record that
         // prevents a duplicate.
         let size = i64::try_from(size).unwrap_or(i64::MAX);
-        // One statement in autocommit mode: committed (and, with synchronous = FULL, the
-        // WAL fsynced) before execute returns.
-        let changed = self
+        let path = &self.path;
+        // One transaction: committed (and, with synchronous = FULL, the WAL fsynced) before
+        // commit returns.
+        let tx = self
             .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let changed = tx
             .prepare_cached(
                 "INSERT INTO messages
                     (account, key, state, delivered_at, size, delivery_reply,
@@ -370,22 +452,85 @@ impl Ledger {
                     updated_at = excluded.updated_at
                  WHERE state <> 'delivered'",
             )
-            .at(&self.path)?
+            .at(path)?
             .execute(params![account, key, now, size, reply])
-            .at(&self.path)?;
+            .at(path)?;
+        unmark(&tx, path, account, key)?;
+        if let Some(next) = along.next.filter(|n| *n != key) {
+            mark(&tx, path, account, next, now)?;
+        }
+        if let Some((size, listed)) = along.dele {
+            set_unconfirmed(&tx, path, account, key, size, listed)?;
+        }
+        tx.commit().at(path)?;
         if changed == 0 {
             tracing::debug!(account, key, "already recorded as delivered");
         }
         Ok(())
     }
 
-    /// Count a failed attempt and keep its reply; returns the new count. Delivered and
-    /// Quarantined rows are left as they are (their stored count is returned).
+    /// Marks `key` as submitting: its final data is about to go to the SMTP server, which
+    /// may accept it even if this process never learns so (a crash, a lost reply). A mark
+    /// that outlives its pass names a possible duplicate; [`Ledger::record_delivered_then`]
+    /// and [`Ledger::record_failure`] end it.
+    pub fn begin_submission(&mut self, account: &str, key: &str) -> Result<(), LedgerError> {
+        mark(&self.conn, &self.path, account, key, now())
+    }
+
+    /// The keys of `account` marked as submitting.
+    pub fn submitting(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key FROM submissions WHERE account = ?1")
+            .at(&self.path)?;
+        let rows = stmt
+            .query_map(params![account], |row| row.get::<_, String>(0))
+            .at(&self.path)?;
+        rows.map(|r| r.at(&self.path)).collect()
+    }
+
+    /// Ends the submission marks of `account`, except those in `keep` (messages whose final
+    /// data was sent without a reply: the server may have them).
+    pub fn clear_submissions(
+        &mut self,
+        account: &str,
+        keep: &HashSet<String>,
+    ) -> Result<(), LedgerError> {
+        let marked = self.submitting(account)?;
+        let doomed: Vec<&String> = marked.iter().filter(|k| !keep.contains(*k)).collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        for key in doomed {
+            unmark(&tx, path, account, key)?;
+        }
+        tx.commit().at(path)
+    }
+
+    /// Count a failed attempt (a permanent refusal) and keep its reply; returns the new
+    /// count. Delivered and Quarantined rows are left as they are (their stored count is
+    /// returned). Ends the message's submission mark.
     pub fn record_failure(
         &mut self,
         account: &str,
         key: &str,
         reply: &str,
+    ) -> Result<u32, LedgerError> {
+        self.record_failure_of(account, key, reply, FailureKind::Refused)
+    }
+
+    /// [`Ledger::record_failure`] for a failure of `kind`; the row takes the latest kind.
+    pub fn record_failure_of(
+        &mut self,
+        account: &str,
+        key: &str,
+        reply: &str,
+        kind: FailureKind,
     ) -> Result<u32, LedgerError> {
         let now = now();
         let path = &self.path;
@@ -405,11 +550,12 @@ impl Ledger {
             None => {
                 tx.prepare_cached(
                     "INSERT INTO messages
-                        (account, key, state, failures, last_reply, created_at, updated_at)
-                     VALUES (?1, ?2, 'failed', 1, ?3, ?4, ?4)",
+                        (account, key, state, failures, last_reply, failure_kind,
+                         created_at, updated_at)
+                     VALUES (?1, ?2, 'failed', 1, ?3, ?5, ?4, ?4)",
                 )
                 .at(path)?
-                .execute(params![account, key, reply, now])
+                .execute(params![account, key, reply, now, kind.as_str()])
                 .at(path)?;
                 1
             }
@@ -423,19 +569,23 @@ impl Ledger {
                         ?state,
                         "failure not recorded: the message is already {state:?}"
                     );
-                    return Ok(failures); // dropping tx rolls back (nothing was written)
+                    unmark(&tx, path, account, key)?;
+                    tx.commit().at(path)?;
+                    return Ok(failures);
                 }
                 let count = failures.saturating_add(1);
                 tx.prepare_cached(
-                    "UPDATE messages SET failures = ?3, last_reply = ?4, updated_at = ?5
+                    "UPDATE messages SET failures = ?3, last_reply = ?4, updated_at = ?5,
+                        failure_kind = ?6
                      WHERE account = ?1 AND key = ?2",
                 )
                 .at(path)?
-                .execute(params![account, key, count, reply, now])
+                .execute(params![account, key, count, reply, now, kind.as_str()])
                 .at(path)?;
                 count
             }
         };
+        unmark(&tx, path, account, key)?;
         tx.commit().at(path)?;
         Ok(count)
     }
@@ -491,7 +641,8 @@ impl Ledger {
         {
             let mut update = tx
                 .prepare_cached(
-                    "UPDATE messages SET deleted_at = ?3, updated_at = ?3
+                    "UPDATE messages SET deleted_at = ?3, updated_at = ?3,
+                        unconfirmed_size = NULL, unconfirmed_listed = NULL
                      WHERE account = ?1 AND key = ?2 AND deleted_at IS NULL",
                 )
                 .at(path)?;
@@ -515,6 +666,82 @@ impl Ledger {
             );
         }
         Ok(())
+    }
+
+    /// Remembers DELEs of header-digest messages whose QUIT was never confirmed (whether
+    /// the server applied them is decided next time by [`Ledger::resolve_unconfirmed`]).
+    pub fn record_unconfirmed(
+        &mut self,
+        account: &str,
+        dele: &[Unconfirmed],
+    ) -> Result<(), LedgerError> {
+        if dele.is_empty() {
+            return Ok(());
+        }
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        for u in dele {
+            set_unconfirmed(&tx, path, account, &u.key, u.size, u.listed)?;
+        }
+        tx.commit().at(path)
+    }
+
+    /// Decides the unconfirmed DELEs of `account` from a new listing, `listed` giving how
+    /// many messages it holds of each LIST size: where exactly the unconfirmed ones of a
+    /// size are missing, the server applied them (recorded as deleted); where as many as
+    /// before are listed, it did not; anything else (mail arrived or went meanwhile) counts
+    /// as applied, so that a look-alike still listed is delivered again rather than taken
+    /// for the deleted one (a possible duplicate, never a loss). Returns the keys now
+    /// recorded as deleted.
+    pub fn resolve_unconfirmed(
+        &mut self,
+        account: &str,
+        listed: &HashMap<u64, u32>,
+    ) -> Result<Vec<String>, LedgerError> {
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let rows: Vec<(String, i64, i64)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT key, unconfirmed_size, unconfirmed_listed FROM messages
+                     WHERE account = ?1 AND unconfirmed_size IS NOT NULL",
+                )
+                .at(path)?;
+            let rows = stmt
+                .query_map(params![account], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .at(path)?;
+            rows.collect::<rusqlite::Result<_>>().at(path)?
+        };
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now();
+        let mut deleted = Vec::new();
+        for (key, size, before) in rows {
+            let seen = i64::from(listed.get(&(size.max(0) as u64)).copied().unwrap_or(0));
+            let kept = seen == before;
+            if !kept {
+                deleted.push(key.clone());
+            }
+            tx.prepare_cached(
+                "UPDATE messages SET unconfirmed_size = NULL, unconfirmed_listed = NULL,
+                    deleted_at = CASE WHEN ?3 THEN deleted_at ELSE ?4 END
+                 WHERE account = ?1 AND key = ?2",
+            )
+            .at(path)?
+            .execute(params![account, key, kept, now])
+            .at(path)?;
+        }
+        tx.commit().at(path)?;
+        Ok(deleted)
     }
 
     /// Forget rows of messages that are gone from the server (deleted or no longer listed)
@@ -587,6 +814,54 @@ impl Ledger {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Records a DELE of `key` (LIST size `size`, `listed` messages of that size) as
+/// unconfirmed.
+fn set_unconfirmed(
+    conn: &Connection,
+    path: &Path,
+    account: &str,
+    key: &str,
+    size: u64,
+    listed: u32,
+) -> Result<(), LedgerError> {
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "UPDATE messages SET unconfirmed_size = ?3, unconfirmed_listed = ?4
+         WHERE account = ?1 AND key = ?2 AND deleted_at IS NULL",
+    )
+    .at(path)?
+    .execute(params![account, key, size, listed])
+    .at(path)
+    .map(|_| ())
+}
+
+/// Sets `key`'s submission mark (a repeat keeps the first time).
+fn mark(
+    conn: &Connection,
+    path: &Path,
+    account: &str,
+    key: &str,
+    now: i64,
+) -> Result<(), LedgerError> {
+    conn.prepare_cached(
+        "INSERT INTO submissions (account, key, since) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account, key) DO NOTHING",
+    )
+    .at(path)?
+    .execute(params![account, key, now])
+    .at(path)
+    .map(|_| ())
+}
+
+/// Ends `key`'s submission mark, if any.
+fn unmark(conn: &Connection, path: &Path, account: &str, key: &str) -> Result<(), LedgerError> {
+    conn.prepare_cached("DELETE FROM submissions WHERE account = ?1 AND key = ?2")
+        .at(path)?
+        .execute(params![account, key])
+        .at(path)
+        .map(|_| ())
 }
 
 /// `PRAGMA user_version` of the main database.
@@ -677,7 +952,10 @@ fn decode_failures(path: &Path, account: &str, key: &str, v: &Value) -> Result<u
 fn decode(path: &Path, account: &str, key: &str, raw: &RawStatus) -> Result<Status, LedgerError> {
     match decode_state(path, account, key, &raw.state)? {
         State::Delivered => match raw.delivered_at {
-            Value::Integer(at) => Ok(Status::Delivered { at }),
+            Value::Integer(at) => Ok(Status::Delivered {
+                at,
+                deleted: !matches!(raw.deleted_at, Value::Null),
+            }),
             ref other => Err(corrupt(
                 path,
                 account,
@@ -687,10 +965,23 @@ fn decode(path: &Path, account: &str, key: &str, raw: &RawStatus) -> Result<Stat
         },
         State::Failed => {
             let failures = decode_failures(path, account, key, &raw.failures)?;
+            let kind = match &raw.failure_kind {
+                Value::Text(k) if k == "refused" => FailureKind::Refused,
+                Value::Text(k) if k == "mismatch" => FailureKind::Mismatch,
+                other => {
+                    return Err(corrupt(
+                        path,
+                        account,
+                        key,
+                        &format!("failure_kind is {other:?}"),
+                    ))
+                }
+            };
             match &raw.last_reply {
                 Value::Text(reply) => Ok(Status::Failed {
                     failures,
                     last_reply: reply.clone(),
+                    kind,
                 }),
                 other => Err(corrupt(
                     path,
@@ -772,7 +1063,7 @@ mod tests {
         l.record_delivered(A, "d", 1234, "250 2.6.0 queued as X")
             .unwrap();
         match l.status(A, "d").unwrap() {
-            Status::Delivered { at } => assert!(at >= before && at <= now()),
+            Status::Delivered { at, .. } => assert!(at >= before && at <= now()),
             other => panic!("expected Delivered, got {other:?}"),
         }
 
@@ -781,7 +1072,8 @@ mod tests {
             l.status(A, "f").unwrap(),
             Status::Failed {
                 failures: 1,
-                last_reply: "550 5.7.1 rejected".into()
+                last_reply: "550 5.7.1 rejected".into(),
+                kind: FailureKind::Refused,
             }
         );
 
@@ -814,7 +1106,8 @@ mod tests {
             l.status(A, "k").unwrap(),
             Status::Failed {
                 failures: 3,
-                last_reply: "554 three".into()
+                last_reply: "554 three".into(),
+                kind: FailureKind::Refused,
             }
         );
         // Another key and another account count separately.
@@ -859,7 +1152,13 @@ mod tests {
             .execute("UPDATE messages SET delivered_at = 1 WHERE key = 'k'", [])
             .unwrap();
         l.record_delivered(A, "k", 99, "250 again").unwrap();
-        assert_eq!(l.status(A, "k").unwrap(), Status::Delivered { at: 1 });
+        assert_eq!(
+            l.status(A, "k").unwrap(),
+            Status::Delivered {
+                at: 1,
+                deleted: false
+            }
+        );
 
         // Delivered wins over Quarantined (a delivery must never be forgotten).
         l.record_quarantined(A, "q", &dir.path().join("q")).unwrap();
@@ -889,7 +1188,8 @@ mod tests {
             l.status(A, "f").unwrap(),
             Status::Failed {
                 failures: 2,
-                last_reply: "550 no".into()
+                last_reply: "550 no".into(),
+                kind: FailureKind::Refused,
             }
         );
         let deleted: Option<i64> = l
@@ -1066,7 +1366,8 @@ mod tests {
             l.status(account, keys[1]).unwrap(),
             Status::Failed {
                 failures: 1,
-                last_reply: "550 x'); DROP TABLE messages; --".into()
+                last_reply: "550 x'); DROP TABLE messages; --".into(),
+                kind: FailureKind::Refused,
             }
         );
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
@@ -1166,5 +1467,141 @@ mod tests {
             Err(LedgerError::NonUtf8Path { .. })
         ));
         assert_eq!(l.status(A, "k").unwrap(), Status::New);
+    }
+
+    #[test]
+    fn a_version_1_ledger_is_migrated_and_keeps_its_rows() {
+        let dir = TempDir::new().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        {
+            let conn = Connection::open(&file).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute(
+                "INSERT INTO messages (account, key, state, failures, last_reply,
+                    created_at, updated_at) VALUES (?1, 'old', 'failed', 2, '550 no', 1, 1)",
+                params![A],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let mut l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(user_version(&l.conn).unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            l.status(A, "old").unwrap(),
+            Status::Failed {
+                failures: 2,
+                last_reply: "550 no".into(),
+                kind: FailureKind::Refused,
+            }
+        );
+        l.begin_submission(A, "old").unwrap();
+        assert_eq!(l.submitting(A).unwrap(), set(&["old"]));
+    }
+
+    #[test]
+    fn submission_marks_end_with_the_outcome_and_chain_to_the_next() {
+        let (_dir, mut l) = open();
+        l.begin_submission(A, "m1").unwrap();
+        l.begin_submission(B, "m1").unwrap();
+        // Delivering m1 ends its mark and marks m2 in the same commit.
+        let along = Along {
+            next: Some("m2"),
+            dele: None,
+        };
+        l.record_delivered_then(A, "m1", 10, "250 ok", along)
+            .unwrap();
+        assert_eq!(l.submitting(A).unwrap(), set(&["m2"]));
+        assert_eq!(l.submitting(B).unwrap(), set(&["m1"]), "per account");
+        // A permanent refusal ends the mark too.
+        l.record_failure(A, "m2", "550 no").unwrap();
+        assert!(l.submitting(A).unwrap().is_empty());
+        // End of pass: every mark but the kept ones goes.
+        for k in ["x", "y", "z"] {
+            l.begin_submission(A, k).unwrap();
+        }
+        l.clear_submissions(A, &set(&["y"])).unwrap();
+        assert_eq!(l.submitting(A).unwrap(), set(&["y"]));
+        // A mark survives a reopen (that is its point: it outlives a crash).
+        drop(l);
+        let l = Ledger::open(_dir.path()).unwrap();
+        assert_eq!(l.submitting(A).unwrap(), set(&["y"]));
+    }
+
+    #[test]
+    fn mismatch_failures_are_told_apart_from_refusals() {
+        let (_dir, mut l) = open();
+        l.record_failure_of(
+            A,
+            "k",
+            "RETR gave 10 octets, LIST said 99",
+            FailureKind::Mismatch,
+        )
+        .unwrap();
+        assert!(matches!(
+            l.status(A, "k").unwrap(),
+            Status::Failed {
+                failures: 1,
+                kind: FailureKind::Mismatch,
+                ..
+            }
+        ));
+        // The latest kind wins; the count goes on.
+        l.record_failure(A, "k", "550 5.7.1 no").unwrap();
+        assert!(matches!(
+            l.status(A, "k").unwrap(),
+            Status::Failed {
+                failures: 2,
+                kind: FailureKind::Refused,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unconfirmed_deletions_are_decided_by_the_next_listing() {
+        let (_dir, mut l) = open();
+        for k in ["a", "b", "c"] {
+            l.record_delivered(A, k, 100, "250 ok").unwrap();
+        }
+        // a and b (size 100, 3 such messages listed) and c (size 7, 1 listed) were DELE'd
+        // in a session whose QUIT was never confirmed.
+        l.record_unconfirmed(
+            A,
+            &[
+                Unconfirmed {
+                    key: "a".into(),
+                    size: 100,
+                    listed: 3,
+                },
+                Unconfirmed {
+                    key: "b".into(),
+                    size: 100,
+                    listed: 3,
+                },
+                Unconfirmed {
+                    key: "c".into(),
+                    size: 7,
+                    listed: 1,
+                },
+            ],
+        )
+        .unwrap();
+        // Next listing: one message of size 100 (two fewer: applied), one of size 7 (as
+        // before: not applied).
+        let listed = HashMap::from([(100, 1), (7, 1)]);
+        let mut gone = l.resolve_unconfirmed(A, &listed).unwrap();
+        gone.sort();
+        assert_eq!(gone, ["a", "b"]);
+        let deleted = |l: &Ledger, k: &str| match l.status(A, k).unwrap() {
+            Status::Delivered { deleted, .. } => deleted,
+            other => panic!("{other:?}"),
+        };
+        assert!(deleted(&l, "a") && deleted(&l, "b") && !deleted(&l, "c"));
+        // Decided once: nothing left to decide.
+        assert!(l
+            .resolve_unconfirmed(A, &HashMap::new())
+            .unwrap()
+            .is_empty());
+        assert!(!deleted(&l, "c"));
     }
 }

@@ -10,6 +10,8 @@ pub mod config;
 pub mod daemon;
 pub mod diagnose;
 pub mod events;
+pub mod faults;
+pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod message;

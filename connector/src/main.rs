@@ -80,6 +80,8 @@ fn exit_code(summaries: &[Summary]) -> u8 {
         let c = match &s.failure {
             Some(AccountFailure::Config(_)) => 2,
             Some(AccountFailure::Connect(_) | AccountFailure::Auth(_)) => 3,
+            // A broken pass: whatever it did not deliver stays on the server.
+            Some(AccountFailure::Internal(_)) => 1,
             None if s.remaining() > 0 || s.aborted.is_some() => 1,
             None => 0,
         };

@@ -1,11 +1,28 @@
-//! One pass over one account: the invariants of design.md in code.
+//! One pass over one account: the connector's invariants in code (ARCHITECTURE.md,
+//! "Invariants").
 //!
-//! Order of work for a message: download (bounded, spooled when large), submit over SMTP
-//! (or write it into the pickup folder, see [`crate::pickup`]), record the delivery
-//! durably in the ledger, and only then DELE; deletions take effect at QUIT. A message
-//! already recorded as delivered is never submitted again, only deleted. Permanent
-//! refusals leave the message and count towards quarantine; temporary ones leave it for
-//! the next pass; a lost SMTP session is replaced (bounded) and the pass goes on.
+//! Order of work for a message: download (bounded, spooled when large), check it against
+//! what LIST promised, submit over SMTP (or write it into the pickup folder, see
+//! [`crate::pickup`]), record the delivery durably in the ledger, and only then DELE;
+//! deletions take effect at QUIT. A message already recorded as delivered is never
+//! submitted again, only deleted. Permanent refusals leave the message and count towards
+//! quarantine; temporary ones leave it for the next pass; a lost SMTP session is replaced
+//! (bounded) and the pass goes on.
+//!
+//! A server whose replies stop making sense: a retrieved message whose size does not match
+//! its LIST size (beyond what line ends explain, see [`crate::body::LineEnds`]) is never
+//! delivered or deleted; when it came back shorter than listed (its end may have come
+//! early, so what follows may be its rest) or ran past its bound, or when a reply is not
+//! POP3 at all, nothing more is read from the session: it ends with a QUIT sent blind,
+//! which applies only the DELEs sent before, each for a proven delivery. Such a message is
+//! retried last and alone on later passes, so it never holds up the others.
+//!
+//! Possible duplicates: before a message's final data goes to the SMTP server, the ledger
+//! marks it as submitting (in the commit of the delivery before it, so at no extra fsync);
+//! its delivery record ends the mark. A mark found at the start of a pass (a crash, a lost
+//! reply, a timeout after the final data) names a message the server may already have:
+//! it is reported as `message.possible_duplicate` when it is submitted again. A message
+//! whose final reply never came is not sent again in the same pass.
 //!
 //! Envelope recipients: the account's `deliver_to`, or for a catch-all account the local
 //! recipients [`crate::routing`] finds in the header; a message with several is submitted
@@ -20,8 +37,9 @@
 //! Such a failure is the folder's fault, not the message's: it does not count towards
 //! quarantine and the message is retried on every pass.
 //!
-//! Must never: DELE before the ledger has the delivery, or stop the whole account
-//! because one message is poison.
+//! Must never: DELE before the ledger has the delivery, DELE anything a ledger failure
+//! left unrecorded, trust a reply read after one that did not make sense, or stop the
+//! whole account because one message is poison.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -31,9 +49,11 @@ use std::time::SystemTime;
 use crate::body::Body;
 use crate::config::{Account, Config, Profile};
 use crate::events::{Event, EventSink};
-use crate::ledger::{Ledger, Status};
+pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
+use crate::keys::{self, DigestKeys};
+use crate::ledger::{Along, FailureKind, Ledger, Status};
 use crate::message;
-use crate::net::Dialer;
+use crate::net::{Dialer, TlsError};
 use crate::pickup::{Pickup, PickupOutcome};
 use crate::pop3::{self, Pending, Pop3Error, Response, Transaction};
 use crate::routing;
@@ -46,7 +66,7 @@ const SBS_MAX_PER_SESSION: usize = 500;
 /// RETRs kept in flight when the server offers PIPELINING.
 const RETR_WINDOW: usize = 8;
 
-/// Why an account could not be processed at all (exit codes 2 and 3).
+/// Why an account could not be processed at all (exit codes 2 and 3), or broke down.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "error", rename_all = "snake_case")]
 pub enum AccountFailure {
@@ -56,6 +76,8 @@ pub enum AccountFailure {
     Connect(String),
     /// The POP3 server refused the credentials.
     Auth(String),
+    /// The pass itself failed (a bug): nothing it had not recorded was deleted.
+    Internal(String),
 }
 
 impl std::fmt::Display for AccountFailure {
@@ -64,6 +86,11 @@ impl std::fmt::Display for AccountFailure {
             Self::Config(e) => write!(f, "configuration: {e}"),
             Self::Connect(e) => write!(f, "{e}"),
             Self::Auth(e) => write!(f, "{e}"),
+            Self::Internal(e) => write!(
+                f,
+                "internal error, please report it: {e}; messages not yet delivered stay on \
+                 the server"
+            ),
         }
     }
 }
@@ -87,8 +114,12 @@ pub struct Summary {
     pub skipped: u32,
     /// Quarantined this pass.
     pub quarantined: u32,
-    /// Not reached because of the per-session cap.
+    /// Not reached because of the per-session cap, a stop request, or a session that ended
+    /// early.
     pub postponed: u32,
+    /// Retrieved, but not as large as LIST said (left on the server, never deleted).
+    #[serde(default)]
+    pub mismatched: u32,
     /// Set when the account could not be processed.
     pub failure: Option<AccountFailure>,
     /// Set when the pass stopped early for a reason other than `failure`.
@@ -98,7 +129,12 @@ pub struct Summary {
 impl Summary {
     /// Messages that still need delivery and stay on the server.
     pub fn remaining(&self) -> u32 {
-        self.rejected + self.deferred + self.skipped + self.quarantined + self.postponed
+        self.rejected
+            + self.deferred
+            + self.skipped
+            + self.quarantined
+            + self.postponed
+            + self.mismatched
     }
 }
 
@@ -114,9 +150,8 @@ pub struct Context<'a> {
     pub ledger: &'a Mutex<Ledger>,
     /// Set to stop taking new messages (SIGTERM): in-flight ones finish, then QUIT.
     pub stop: &'a StopFlag,
-    /// Fault injection for harnesses: abort the pass like a crash (no DELE, no QUIT) right
-    /// after this many deliveries were recorded.
-    pub crash_after_deliveries: Option<u32>,
+    /// Fault injection for harnesses ([`Faults::NONE`] otherwise).
+    pub faults: Faults,
 }
 
 /// A request to stop a pass between messages, shared with whoever asks (the daemon).
@@ -153,6 +188,45 @@ fn safe_name(key: &str) -> String {
         .collect()
 }
 
+/// A message to retrieve this pass.
+#[derive(Debug, Clone)]
+struct Item {
+    /// Message number.
+    n: u32,
+    /// LIST size.
+    size: u64,
+    /// Its UID key, when the server gave a unique one.
+    key: Option<String>,
+    /// A size-mismatch suspect: retrieved last, alone.
+    alone: bool,
+    /// The UID key of the item after it (marked as submitting in advance).
+    next: Option<String>,
+}
+
+impl Item {
+    /// The key a size mismatch is recorded under.
+    fn mismatch_key(&self) -> String {
+        self.key
+            .clone()
+            .unwrap_or_else(|| keys::size_key(self.size))
+    }
+
+    /// How it is named in events before its key is known.
+    fn label(&self) -> String {
+        self.key.clone().unwrap_or_else(|| format!("#{}", self.n))
+    }
+}
+
+/// How a POP3 session ended before its work was done.
+enum Broken {
+    /// Replies stopped making sense: end with a QUIT sent blind.
+    OutOfStep(String),
+    /// The connection broke or stalled: drop it.
+    Lost(Pop3Error),
+    /// A simulated crash: stop dead.
+    Crashed,
+}
+
 struct Run<'a> {
     cx: &'a Context<'a>,
     account: &'a Account,
@@ -164,12 +238,24 @@ struct Run<'a> {
     /// Message number → ledger key, for DELEs confirmed at QUIT.
     deleting: HashMap<u32, String>,
     stop_smtp: Option<String>,
-    /// Header digests met in this pass (servers without UIDL).
-    digests: HashSet<String>,
+    /// Digest keys handed out this pass (servers without a usable UIDL).
+    digests: DigestKeys,
+    /// What the ledger knew at the start of the pass.
+    known: HashMap<String, Status>,
+    /// Messages per LIST size in this session's listing.
+    size_counts: HashMap<u64, u32>,
     /// Set when messages go to a pickup folder instead of over SMTP.
     pickup: Option<Pickup>,
-    /// Set by the crash fail point: the pass must end now, without DELE or QUIT.
-    crashed: bool,
+    /// Set by a simulated crash: the pass ends now, without DELE or QUIT.
+    crashed: Option<Step>,
+    /// How often each step was reached this pass (for the crash fail point).
+    steps: HashMap<Step, u32>,
+    /// Submission marks found at the start: possible duplicates when submitted again.
+    leftover: HashSet<String>,
+    /// Keys this pass marked as submitting.
+    marked: HashSet<String>,
+    /// Keys whose final data went out without a reply: not sent again this pass.
+    unknown: HashSet<String>,
 }
 
 /// Runs one pass over `account`.
@@ -187,9 +273,15 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         spool: cx.config.state_dir.join("spool"),
         deleting: HashMap::new(),
         stop_smtp: None,
-        digests: HashSet::new(),
+        digests: DigestKeys::default(),
+        known: HashMap::new(),
+        size_counts: HashMap::new(),
         pickup: Pickup::from_config(cx.config),
-        crashed: false,
+        crashed: None,
+        steps: HashMap::new(),
+        leftover: HashSet::new(),
+        marked: HashSet::new(),
+        unknown: HashSet::new(),
     };
     cx.events.emit(Event::PassStarted {
         account: account.name.clone(),
@@ -225,9 +317,22 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         });
         run.summary.failure = Some(f);
     }
+    if let Some(step) = run.crashed {
+        // Like a killed process: no SMTP QUIT, no clean-up, nothing more written.
+        tracing::warn!(account = %account.name, "simulated crash at {step}");
+        run.summary.aborted = Some(format!("simulated crash at {step}"));
+        return run.summary;
+    }
+    if let Some(reason) = &run.summary.aborted {
+        cx.events.emit(Event::PassInterrupted {
+            account: account.name.clone(),
+            reason: reason.clone(),
+        });
+    }
     if let Some(s) = run.smtp.take() {
         s.quit().await;
     }
+    run.end_marks();
     let s = &run.summary;
     cx.events.emit(Event::PassFinished {
         account: account.name.clone(),
@@ -317,9 +422,36 @@ fn pop3_failure(e: Pop3Error) -> AccountFailure {
     }
 }
 
+fn smtp_failure(e: SmtpError) -> AccountFailure {
+    match e {
+        SmtpError::Tls(TlsError::CaFile { .. }) => AccountFailure::Config(e.to_string()),
+        other => AccountFailure::Connect(other.to_string()),
+    }
+}
+
 impl Run<'_> {
     fn emit(&self, e: Event) {
         self.cx.events.emit(e);
+    }
+
+    /// Counts one arrival at `step`; true (and remembered) when the crash fail point is
+    /// there.
+    fn reached(&mut self, step: Step) -> bool {
+        let n = self.steps.entry(step).or_default();
+        *n += 1;
+        let due = self
+            .cx
+            .faults
+            .crash
+            .is_some_and(|fp| fp.step == step && (step == Step::DuringQuit || fp.nth == *n));
+        if due {
+            self.crashed = Some(step);
+        }
+        due
+    }
+
+    fn sabotaged(&self, s: Sabotage) -> bool {
+        self.cx.faults.sabotage == Some(s)
     }
 
     async fn pass(&mut self) -> Result<(), AccountFailure> {
@@ -354,22 +486,53 @@ impl Run<'_> {
             messages: self.summary.listed,
             octets: listing.iter().map(|(_, s)| *s).sum(),
         });
+        for (_, size) in &listing {
+            *self.size_counts.entry(*size).or_default() += 1;
+        }
         let uids = txn.uidl().await.map_err(pop3_failure)?;
-        let keys = self.keys(&listing, uids);
-        let known = lock(self.cx.ledger)
-            .statuses(&a.name)
-            .map_err(|e| AccountFailure::Config(e.to_string()))?;
+        let uid_keys = keys::uid_keys(&listing, uids);
+        let ledger_error = |e: crate::ledger::LedgerError| AccountFailure::Config(e.to_string());
+        {
+            let mut l = lock(self.cx.ledger);
+            if uid_keys.len() < listing.len() {
+                // Header-digest keys: settle the DELEs an earlier session could not confirm.
+                l.resolve_unconfirmed(&a.name, &self.size_counts)
+                    .map_err(ledger_error)?;
+            }
+            self.known = l.statuses(&a.name).map_err(ledger_error)?;
+            self.leftover = l.submitting(&a.name).map_err(ledger_error)?;
+        }
+        let suspect_sizes: HashSet<u64> = self
+            .known
+            .iter()
+            .filter(|(_, st)| {
+                matches!(
+                    st,
+                    Status::Failed {
+                        kind: FailureKind::Mismatch,
+                        ..
+                    }
+                )
+            })
+            .filter_map(|(k, _)| keys::size_of_key(k))
+            .collect();
 
-        // Decide per message: delete what was delivered before, collect what needs work.
+        // Decide per message: delete what was delivered before, collect what needs work
+        // (size-mismatch suspects last).
         let cap = if self.sbs {
             SBS_MAX_PER_SESSION
         } else {
             cfg.limits.max_messages_per_session
         };
-        let mut work: Vec<(u32, u64, Option<String>)> = Vec::new();
+        let (mut work, mut alone) = (Vec::new(), Vec::new());
         for &(n, size) in &listing {
-            let key = keys.get(&n).cloned();
-            match key.as_ref().and_then(|k| known.get(k)) {
+            let key = uid_keys.get(&n).cloned();
+            let status = key.as_ref().and_then(|k| self.known.get(k));
+            let status = status.filter(|st| {
+                !(matches!(st, Status::Delivered { .. })
+                    && self.sabotaged(Sabotage::SkipLedgerCheck))
+            });
+            match status {
                 Some(Status::Delivered { .. }) => {
                     let key = key.clone().unwrap_or_default();
                     self.emit(Event::AlreadyDelivered {
@@ -377,34 +540,79 @@ impl Run<'_> {
                         uid: key.clone(),
                     });
                     if !a.leave_on_server {
-                        txn.send(Pending::Dele(n));
+                        txn.send_dele(n);
                         self.deleting.insert(n, key);
                     }
                 }
                 Some(Status::Quarantined { .. }) => {
                     if cfg.limits.quarantine_delete && !a.leave_on_server {
-                        txn.send(Pending::Dele(n));
+                        txn.send_dele(n);
                         self.deleting.insert(n, key.clone().unwrap_or_default());
                     }
                 }
-                _ if work.len() >= cap => self.summary.postponed += 1,
-                _ => work.push((n, size, key)),
+                _ if work.len() + alone.len() >= cap => self.summary.postponed += 1,
+                st => {
+                    let suspect = match (&key, st) {
+                        (
+                            Some(_),
+                            Some(Status::Failed {
+                                kind: FailureKind::Mismatch,
+                                ..
+                            }),
+                        ) => true,
+                        (None, _) => suspect_sizes.contains(&size),
+                        _ => false,
+                    };
+                    let item = Item {
+                        n,
+                        size,
+                        key,
+                        alone: suspect,
+                        next: None,
+                    };
+                    if suspect {
+                        alone.push(item);
+                    } else {
+                        work.push(item);
+                    }
+                }
             }
+        }
+        work.append(&mut alone);
+        for i in 1..work.len() {
+            work[i - 1].next = work[i].key.clone();
         }
         let result = self.process(&mut txn, work).await;
         // Drain replies (DELEs) and QUIT: only a successful QUIT applies the deletions.
         match result {
-            Ok(()) => match txn.quit().await {
-                Ok(_) => self.confirm_deleted(),
-                Err(e) => {
-                    self.summary.aborted = Some(format!("QUIT failed, deletions not applied: {e}"))
+            Ok(()) => {
+                if self.reached(Step::DuringQuit) {
+                    txn.quit_and_vanish().await;
+                    return Ok(());
                 }
-            },
-            Err(e) => {
+                match txn.quit().await {
+                    Ok(_) => self.confirm_deleted(),
+                    Err(e) => {
+                        self.summary.aborted =
+                            Some(format!("QUIT failed, deletions not confirmed: {e}"))
+                    }
+                }
+            }
+            Err(Broken::Crashed) => {}
+            Err(Broken::OutOfStep(reason)) => {
+                // Only the DELEs sent before, each for a proven delivery, can take effect.
+                let quit = match txn.quit_blind().await {
+                    Ok(()) => "QUIT sent without reading further replies".to_string(),
+                    Err(e) => format!("the connection was then dropped: {e}"),
+                };
+                self.summary.aborted = Some(format!(
+                    "{reason}; {quit}; deletions of this session not confirmed"
+                ));
+            }
+            Err(Broken::Lost(e)) => {
                 // The POP3 session is unusable: drop it without QUIT. Nothing is deleted;
                 // what was delivered is in the ledger and will only be deleted next time.
-                self.summary.aborted = Some(e.to_string());
-                return Err(AccountFailure::Connect(e.to_string()));
+                self.summary.aborted = Some(format!("POP3 session lost: {e}"));
             }
         }
         Ok(())
@@ -418,25 +626,28 @@ impl Run<'_> {
         }
     }
 
-    /// Ledger keys by message number: the UIDL, except where the server lists a UID more
-    /// than once (then the header digest decides, after TOP or RETR).
-    fn keys(
-        &self,
-        listing: &[(u32, u64)],
-        uids: Option<Vec<(u32, String)>>,
-    ) -> HashMap<u32, String> {
-        let Some(uids) = uids else {
-            return HashMap::new();
-        };
-        let mut count: HashMap<&str, usize> = HashMap::new();
-        for (_, u) in &uids {
-            *count.entry(u.as_str()).or_default() += 1;
+    /// Ends this pass's submission marks, except those naming a message the SMTP server
+    /// may have without this pass knowing: its final data went out without a reply, or an
+    /// earlier one's did and the message was not submitted again.
+    fn end_marks(&mut self) {
+        let mut keep = self.unknown.clone();
+        keep.extend(
+            self.leftover
+                .iter()
+                .filter(|k| {
+                    !matches!(
+                        self.known.get(*k),
+                        Some(Status::Delivered { .. } | Status::Quarantined { .. })
+                    )
+                })
+                .cloned(),
+        );
+        if self.marked.is_empty() && self.leftover.is_empty() {
+            return;
         }
-        let listed: HashSet<u32> = listing.iter().map(|(n, _)| *n).collect();
-        uids.iter()
-            .filter(|(n, u)| listed.contains(n) && count.get(u.as_str()) == Some(&1))
-            .map(|(n, u)| (*n, u.clone()))
-            .collect()
+        if let Err(e) = lock(self.cx.ledger).clear_submissions(&self.account.name, &keep) {
+            tracing::warn!(account = %self.account.name, "ledger: {e}");
+        }
     }
 
     /// The limit a message must fit: the smaller of the configured one and the SMTP
@@ -490,11 +701,7 @@ impl Run<'_> {
         Ok(self.smtp.as_mut().expect("connected above"))
     }
 
-    async fn process(
-        &mut self,
-        txn: &mut Transaction,
-        work: Vec<(u32, u64, Option<String>)>,
-    ) -> Result<(), Pop3Error> {
+    async fn process(&mut self, txn: &mut Transaction, work: Vec<Item>) -> Result<(), Broken> {
         if work.is_empty() {
             return Ok(());
         }
@@ -504,126 +711,208 @@ impl Run<'_> {
             Err(e) => {
                 // No SMTP server: nothing can be delivered; everything stays.
                 self.summary.deferred += work.len() as u32;
-                for (_, _, key) in &work {
+                for item in &work {
                     self.emit(Event::Deferred {
                         account: a.name.clone(),
-                        uid: key.clone().unwrap_or_default(),
+                        uid: item.key.clone().unwrap_or_default(),
                         reason: e.to_string(),
                     });
                 }
-                // Could not reach the SMTP server: an account failure (exit 3), after which the
-                // POP3 session still QUITs so earlier deliveries get deleted.
-                self.summary.failure = Some(AccountFailure::Connect(e.to_string()));
+                // Could not reach the SMTP server: an account failure (exit 3, or 2 for a
+                // CA file), after which the POP3 session still QUITs so earlier deliveries
+                // get deleted.
+                self.summary.failure = Some(smtp_failure(e));
                 return Ok(());
             }
         };
+        // Nothing is downloaded past the hard ceiling, whatever the servers say.
+        let ceiling = self.cx.config.limits.max_download_size;
+        let limit = Some(limit.map_or(ceiling, |l| l.min(ceiling)));
         // Oversize messages are never downloaded.
         let mut todo = Vec::new();
-        for (n, size, key) in work {
+        for item in work {
             match limit {
-                Some(l) if size > l => {
+                Some(l) if item.size > l => {
                     self.summary.skipped += 1;
                     self.emit(Event::SkippedOversize {
                         account: a.name.clone(),
-                        uid: key.unwrap_or_else(|| format!("#{n}")),
-                        size,
+                        uid: item.label(),
+                        size: item.size,
                         limit: l,
                     });
                 }
-                _ => todo.push((n, size, key)),
+                _ => todo.push(item),
             }
         }
-        let window = if txn.capabilities.pipelining {
+        // Estimated LIST sizes prove nothing: one message at a time then.
+        let window = if txn.capabilities.pipelining && a.verify_list_size {
             RETR_WINDOW
         } else {
             1
         };
         // A lying server is bounded: a body may exceed its LIST size by a margin only.
-        let read_limit = |size: u64| {
+        let bound = |size: u64| {
             (size.saturating_mul(2))
                 .max(size + 64 * 1024)
-                .min(limit.map_or(u64::MAX, |l| l + 64 * 1024))
+                .min(limit.map_or(u64::MAX, |l| l.saturating_add(64 * 1024)))
+                .min(ceiling)
         };
-        let keys_by_n: HashMap<u32, (u64, Option<String>)> =
-            todo.iter().map(|(n, s, k)| (*n, (*s, k.clone()))).collect();
-        let mut queue = todo.into_iter().map(|(n, _, _)| n);
+        let by_n: HashMap<u32, Item> = todo.iter().map(|i| (i.n, i.clone())).collect();
+        let mut queue = todo.into_iter().peekable();
         let mut in_flight_retr = 0usize;
         let threshold = self.cx.config.limits.memory_threshold;
-        loop {
-            // After a stop request, no new message is started; those in flight finish.
+        let result = loop {
+            // After a stop request, no new message is started; those in flight finish. A
+            // suspect goes alone, once everything before it is answered.
             while in_flight_retr < window && !self.cx.stop.is_stopped() {
-                match queue.next() {
-                    Some(n) => {
-                        txn.send(Pending::Retr(n));
+                match queue.peek() {
+                    Some(item) if item.alone && txn.in_flight() > 0 => break,
+                    Some(_) => {
+                        let item = queue.next().expect("peeked");
+                        txn.send_retr(item.n, bound(item.size));
                         in_flight_retr += 1;
+                        if item.alone {
+                            break;
+                        }
                     }
                     None => break,
                 }
             }
             if txn.in_flight() == 0 {
-                break;
+                break Ok(());
             }
-            // The oldest pending command is answered next; a RETR is bounded by its LIST size.
-            let bound = match txn.peek() {
-                Some(Pending::Retr(n)) => {
-                    keys_by_n.get(&n).map_or(u64::MAX, |(s, _)| read_limit(*s))
-                }
-                _ => u64::MAX,
-            };
-            match txn.next(bound, &self.spool, threshold).await? {
-                Response::Retr { msg, body } => {
+            let answering = txn.peek();
+            match txn.next(&self.spool, threshold).await {
+                Ok(Response::Retr { msg, body }) => {
                     in_flight_retr -= 1;
-                    let (size, key) = keys_by_n.get(&msg).cloned().unwrap_or((0, None));
-                    if self.stop_smtp.is_some() {
-                        self.defer(
-                            key.unwrap_or_else(|| format!("#{msg}")),
-                            self.stop_smtp.clone().unwrap_or_default(),
-                        );
+                    let Some(item) = by_n.get(&msg).cloned() else {
                         continue;
-                    }
-                    self.handle(txn, msg, size, key, body).await;
-                    if self.crashed {
-                        // Like a crash: no DELE for this one, no QUIT, nothing more.
-                        return Err(Pop3Error::Io(std::io::Error::other("simulated crash")));
+                    };
+                    if let Err(b) = self.retrieved(txn, item, body).await {
+                        break Err(b);
                     }
                 }
-                Response::Deleted { .. } => {}
-                Response::Refused {
+                Ok(Response::Deleted { .. }) => {
+                    if self.reached(Step::AfterDele) {
+                        break Err(Broken::Crashed);
+                    }
+                }
+                Ok(Response::Refused {
                     pending: Pending::Retr(msg),
                     reply,
-                } => {
+                }) => {
                     in_flight_retr -= 1;
-                    let key = keys_by_n
+                    let key = by_n
                         .get(&msg)
-                        .and_then(|(_, k)| k.clone())
-                        .unwrap_or_else(|| format!("#{msg}"));
+                        .map_or_else(|| format!("#{msg}"), Item::label);
                     self.defer(
                         key,
                         format!("RETR refused: {}", reply.to_string().trim_end()),
                     );
                 }
-                Response::Refused {
+                Ok(Response::Refused {
                     pending: Pending::Dele(msg),
                     reply,
-                } => {
+                }) => {
                     // Delivered and recorded; the next pass deletes it.
                     self.deleting.remove(&msg);
                     tracing::warn!(account = %a.name, "DELE {msg} refused: {}", reply.to_string().trim_end());
                 }
+                Err(Pop3Error::TooLarge { limit, .. }) => {
+                    let Some(Pending::Retr(msg)) = answering else {
+                        break Err(Broken::OutOfStep(format!(
+                            "a reply ran past {limit} octets"
+                        )));
+                    };
+                    let item = by_n.get(&msg).cloned();
+                    if let Some(item) = &item {
+                        self.mismatch(item, limit, true);
+                    }
+                    break Err(Broken::OutOfStep(format!(
+                        "message {msg} ran past {limit} octets (LIST said {})",
+                        item.map_or(0, |i| i.size)
+                    )));
+                }
+                Err(e @ Pop3Error::Protocol { .. }) => break Err(Broken::OutOfStep(e.to_string())),
+                Err(e) => break Err(Broken::Lost(e)),
             }
+        };
+        // Not started (a stop request, or the session ended early): they wait for the next
+        // pass.
+        self.summary.postponed += queue.count() as u32 + in_flight_retr as u32;
+        result
+    }
+
+    /// A message came back from RETR: check it against its LIST size, then deliver it.
+    async fn retrieved(
+        &mut self,
+        txn: &mut Transaction,
+        item: Item,
+        body: Body,
+    ) -> Result<(), Broken> {
+        if self.reached(Step::AfterRetr) {
+            return Err(Broken::Crashed);
         }
-        // Not started because a stop was requested: they wait for the next pass.
-        self.summary.postponed += queue.count() as u32;
+        if self.sabotaged(Sabotage::DeleBeforeLedger) && !self.account.leave_on_server {
+            txn.send_dele(item.n);
+            self.deleting.insert(item.n, item.label());
+        }
+        let plausible = body.line_ends().plausible_sizes(body.len());
+        if self.account.verify_list_size && !plausible.contains(&item.size) {
+            self.mismatch(&item, body.len(), false);
+            if body.len() < item.size {
+                // Its end came early: what follows may be the rest of it.
+                return Err(Broken::OutOfStep(format!(
+                    "message {} came back with {} octets where LIST said {}",
+                    item.n,
+                    body.len(),
+                    item.size
+                )));
+            }
+            return Ok(());
+        }
+        if let Some(why) = self.stop_smtp.clone() {
+            self.defer(item.label(), why);
+            return Ok(());
+        }
+        self.handle(txn, item, body).await;
+        if self.crashed.is_some() {
+            return Err(Broken::Crashed);
+        }
         Ok(())
     }
 
-    /// True (and remembered) when the crash fail point is reached.
-    fn crash_due(&mut self) -> bool {
-        if self.cx.crash_after_deliveries == Some(self.summary.delivered) {
-            tracing::warn!(account = %self.account.name, "simulated crash after {} deliveries", self.summary.delivered);
-            self.crashed = true;
-        }
-        self.crashed
+    /// Records and reports a message whose retrieval did not match its LIST size.
+    fn mismatch(&mut self, item: &Item, received: u64, overran: bool) {
+        let a = self.account;
+        let key = item.mismatch_key();
+        let what = if overran {
+            format!("RETR ran past {received} octets")
+        } else {
+            format!("RETR gave {received} octets")
+        };
+        let reply = format!("{what}, LIST said {}", item.size);
+        let failures = match lock(self.cx.ledger).record_failure_of(
+            &a.name,
+            &key,
+            &reply,
+            FailureKind::Mismatch,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(account = %a.name, "ledger: {e}");
+                0
+            }
+        };
+        self.summary.mismatched += 1;
+        self.emit(Event::SizeMismatch {
+            account: a.name.clone(),
+            uid: key,
+            listed: item.size,
+            received,
+            overran,
+            failures,
+        });
     }
 
     fn defer(&mut self, uid: String, reason: String) {
@@ -635,53 +924,64 @@ impl Run<'_> {
         });
     }
 
-    /// One downloaded message: submit, record, delete, or keep with a reason.
-    async fn handle(
-        &mut self,
-        txn: &mut Transaction,
-        msg: u32,
-        size: u64,
-        key: Option<String>,
-        body: Body,
-    ) {
+    /// Queues the DELE of message `msg`, recorded under `key`.
+    fn dele(&mut self, txn: &mut Transaction, msg: u32, key: String) {
+        txn.send_dele(msg);
+        self.deleting.insert(msg, key);
+    }
+
+    /// One downloaded message: find its key, then submit, record, delete, or keep it.
+    async fn handle(&mut self, txn: &mut Transaction, item: Item, body: Body) {
         let a = self.account;
-        let key = match key {
+        let key = match item.key.clone() {
             Some(k) => k,
             None => {
-                // No usable UIDL: the header digest is the key; it may show this message
-                // was delivered before.
-                let k = message::header_digest(body.head(), body.len(), crate::body::HEAD_MAX);
-                if !self.digests.insert(k.clone()) {
-                    // Two messages of this listing look the same: never take the second for
-                    // "already delivered" (that could delete mail unseen); deliver it under
-                    // its own key. A true duplicate costs a duplicate, never a loss.
-                    let k = format!("{k}#{msg}");
-                    return self.deliver(txn, msg, k, body).await;
-                }
-                let status = lock(self.cx.ledger).status(&a.name, &k);
-                if let Ok(Status::Delivered { .. }) = status {
-                    self.emit(Event::AlreadyDelivered {
-                        account: a.name.clone(),
-                        uid: k.clone(),
-                    });
-                    if !a.leave_on_server {
-                        txn.send(Pending::Dele(msg));
-                        self.deleting.insert(msg, k);
+                // No usable UIDL: the header digest, numbered by occurrence, is the key; it
+                // may show this copy was delivered before.
+                let digest = message::header_digest(body.head(), body.len(), crate::body::HEAD_MAX);
+                let k = self.digests.assign(&digest, &self.known);
+                let status = self.known.get(&k).filter(|st| {
+                    !(matches!(st, Status::Delivered { .. })
+                        && self.sabotaged(Sabotage::SkipLedgerCheck))
+                });
+                match status {
+                    Some(Status::Delivered { .. }) => {
+                        self.emit(Event::AlreadyDelivered {
+                            account: a.name.clone(),
+                            uid: k.clone(),
+                        });
+                        if !a.leave_on_server {
+                            // Remembered before it is sent: whether a QUIT applied it must be
+                            // decided next time, even after a crash.
+                            let dele = [crate::ledger::Unconfirmed {
+                                key: k.clone(),
+                                size: item.size,
+                                listed: self.listed_of(item.size),
+                            }];
+                            match lock(self.cx.ledger).record_unconfirmed(&a.name, &dele) {
+                                Ok(()) => self.dele(txn, item.n, k),
+                                Err(e) => {
+                                    tracing::error!(account = %a.name, "ledger: {e}; not deleted")
+                                }
+                            }
+                        }
+                        return;
                     }
-                    return;
+                    Some(Status::Quarantined { .. }) => return,
+                    _ => k,
                 }
-                if let Ok(Status::Quarantined { .. }) = status {
-                    return;
-                }
-                k
             }
         };
-        let _ = size;
-        self.deliver(txn, msg, key, body).await;
+        self.deliver(txn, &item, key, body).await;
+    }
+
+    /// Messages of LIST size `size` in this session's listing.
+    fn listed_of(&self, size: u64) -> u32 {
+        self.size_counts.get(&size).copied().unwrap_or(0)
     }
 
     /// Submits a downloaded message under `key` and acts on the outcome.
-    async fn deliver(&mut self, txn: &mut Transaction, msg: u32, key: String, body: Body) {
+    async fn deliver(&mut self, txn: &mut Transaction, item: &Item, key: String, body: Body) {
         let cfg = self.cx.config;
         let a = self.account;
         let info = message::parse_headers(body.head(), crate::body::HEAD_MAX);
@@ -733,8 +1033,25 @@ impl Run<'_> {
         };
         if self.pickup.is_some() {
             return self
-                .deliver_pickup(txn, msg, key, &env, prefix.as_bytes(), body)
+                .deliver_pickup(txn, item, key, &env, prefix.as_bytes(), body)
                 .await;
+        }
+        if self.leftover.remove(&key) {
+            self.emit(Event::PossibleDuplicate {
+                account: a.name.clone(),
+                uid: key.clone(),
+                message_id: info.message_id.clone(),
+            });
+        }
+        if !self.marked.contains(&key) {
+            // Durable before the final data goes out (normally done in the commit of the
+            // delivery before this one).
+            if let Err(e) = lock(self.cx.ledger).begin_submission(&a.name, &key) {
+                tracing::error!(account = %a.name, "ledger: {e}");
+                self.defer(key, format!("not submitted: the ledger failed: {e}"));
+                return;
+            }
+            self.marked.insert(key.clone());
         }
         loop {
             let attempt = match self.session().await {
@@ -743,11 +1060,12 @@ impl Run<'_> {
             };
             match attempt {
                 Ok(accepted) => {
-                    // Delivered but not recorded (ledger failure): the message stays on the
-                    // server rather than risk losing track; the worst case is one duplicate.
+                    if self.reached(Step::AfterAccept) {
+                        return;
+                    }
                     self.delivered(
                         txn,
-                        msg,
+                        item,
                         key,
                         body.len(),
                         &sender.address,
@@ -755,23 +1073,32 @@ impl Run<'_> {
                     );
                     return;
                 }
+                Err(e) if e.outcome_unknown() => {
+                    // The server may have it: never sent again in this pass; the mark stays
+                    // and names it as a possible duplicate when it is sent next time.
+                    self.smtp = None;
+                    self.unknown.insert(key.clone());
+                    self.defer(
+                        key,
+                        format!(
+                            "{e}; the server may have accepted it: not sent again in this pass"
+                        ),
+                    );
+                    self.replace_session(&e.to_string());
+                    return;
+                }
+                Err(e) if e.is_local() => {
+                    // The message could not be read back: the connection was dropped
+                    // before its end, so the server does not have it.
+                    self.smtp = None;
+                    self.defer(key, e.to_string());
+                    return;
+                }
                 Err(e) if e.session_lost() => {
                     self.smtp = None;
-                    let max = if self.sbs {
-                        0
-                    } else {
-                        cfg.limits.smtp_reconnects
-                    };
-                    if self.reconnects < max {
-                        self.reconnects += 1;
-                        self.emit(Event::Reconnected {
-                            account: a.name.clone(),
-                            reason: e.to_string(),
-                        });
+                    if self.replace_session(&e.to_string()) {
                         continue;
                     }
-                    // Out of reconnects: this and every later message waits for the next pass.
-                    self.stop_smtp = Some(e.to_string());
                     self.defer(key, e.to_string());
                     return;
                 }
@@ -780,12 +1107,27 @@ impl Run<'_> {
                         .reply()
                         .map(|r| r.first_line())
                         .unwrap_or_else(|| e.to_string());
-                    let failures = lock(self.cx.ledger)
-                        .record_failure(&a.name, &key, &reply)
-                        .unwrap_or(1);
+                    let recorded = lock(self.cx.ledger).record_failure(&a.name, &key, &reply);
+                    self.marked.remove(&key);
+                    let failures = match recorded {
+                        Ok(n) => n,
+                        Err(le) => {
+                            // Without a count the message can never be quarantined safely:
+                            // it stays on the server, refused.
+                            tracing::error!(account = %a.name, "ledger: {le}");
+                            self.summary.rejected += 1;
+                            self.emit(Event::Rejected {
+                                account: a.name.clone(),
+                                uid: key,
+                                reply: format!("{reply} (not counted: the ledger failed: {le})"),
+                                failures: 0,
+                            });
+                            return;
+                        }
+                    };
                     // The old connector never gave up on a message: no quarantine under sbs2008.
                     if !self.sbs && failures >= cfg.limits.poison_after {
-                        self.quarantine(txn, msg, &key, &body).await;
+                        self.quarantine(txn, item.n, &key, &body).await;
                     } else {
                         self.summary.rejected += 1;
                         self.emit(Event::Rejected {
@@ -805,12 +1147,33 @@ impl Run<'_> {
         }
     }
 
+    /// After the SMTP session was lost: true when another may be opened this pass (bounded
+    /// by `smtp_reconnects`, none under sbs2008); otherwise every later message waits for
+    /// the next pass.
+    fn replace_session(&mut self, reason: &str) -> bool {
+        let max = if self.sbs {
+            0
+        } else {
+            self.cx.config.limits.smtp_reconnects
+        };
+        if self.reconnects < max {
+            self.reconnects += 1;
+            self.emit(Event::Reconnected {
+                account: self.account.name.clone(),
+                reason: reason.to_string(),
+            });
+            return true;
+        }
+        self.stop_smtp = Some(reason.to_string());
+        false
+    }
+
     /// Writes a downloaded message into the pickup folder and acts on the outcome (the
     /// module header says how failures are handled).
     async fn deliver_pickup(
         &mut self,
         txn: &mut Transaction,
-        msg: u32,
+        item: &Item,
         key: String,
         env: &Envelope,
         prefix: &[u8],
@@ -856,28 +1219,42 @@ impl Run<'_> {
         };
         // Published but not recorded (ledger failure): the journal marker stays, so the next
         // pass finds the message published and records it without writing it again.
-        if self.delivered(txn, msg, key.clone(), body.len(), &env.from, reply) {
+        if self.delivered(txn, item, key.clone(), body.len(), &env.from, reply) {
             pickup.settle(&a.name, &key).await;
         }
     }
 
-    /// A delivery the server (or the pickup folder) accepted: record it durably, report it,
-    /// then queue its DELE. This order is the no-loss, no-duplicate point. Returns false when
-    /// the ledger failed: the message then stays on the server.
+    /// A delivery the server (or the pickup folder) accepted: record it durably (with the
+    /// next message's submission mark, and for a digest key its coming DELE), report it,
+    /// then queue its DELE. This order is the no-loss, no-duplicate point. Returns false
+    /// when the ledger failed: the message then stays on the server.
     fn delivered(
         &mut self,
         txn: &mut Transaction,
-        msg: u32,
+        item: &Item,
         key: String,
         size: u64,
         sender: &str,
         reply: String,
     ) -> bool {
         let a = self.account;
-        if let Err(e) = lock(self.cx.ledger).record_delivered(&a.name, &key, size, &reply) {
+        let dele = !a.leave_on_server;
+        let along = Along {
+            next: item.next.as_deref().filter(|_| self.pickup.is_none()),
+            dele: (item.key.is_none() && dele).then(|| (item.size, self.listed_of(item.size))),
+        };
+        if let Err(e) =
+            lock(self.cx.ledger).record_delivered_then(&a.name, &key, size, &reply, along)
+        {
+            // Delivered but not recorded: the message stays on the server rather than risk
+            // losing track; its submission mark names it as a possible duplicate next time.
             tracing::error!(account = %a.name, "ledger: {e}");
             self.defer(key, format!("delivered but the ledger failed: {e}"));
             return false;
+        }
+        self.marked.remove(&key);
+        if let Some(next) = along.next {
+            self.marked.insert(next.to_string());
         }
         self.summary.delivered += 1;
         self.emit(Event::Delivered {
@@ -888,12 +1265,12 @@ impl Run<'_> {
             reply,
         });
         // Fault injection: die between the recorded delivery and its DELE.
-        if self.crash_due() {
+        if self.reached(Step::AfterRecord) {
             return true;
         }
-        if !a.leave_on_server {
-            txn.send(Pending::Dele(msg));
-            self.deleting.insert(msg, key);
+        let already = self.sabotaged(Sabotage::DeleBeforeLedger);
+        if dele && !already {
+            self.dele(txn, item.n, key);
         }
         true
     }
@@ -906,22 +1283,26 @@ impl Run<'_> {
             .join("quarantine")
             .join(safe_name(&a.name))
             .join(format!("{}.eml", safe_name(key)));
-        if let Err(e) = body.persist(&path).await {
-            // Without a durable copy the message must stay where it is.
+        let kept = match body.persist(&path).await {
+            Err(e) => Err(format!("quarantine failed: {e}")),
+            Ok(()) => lock(self.cx.ledger)
+                .record_quarantined(&a.name, key, &path)
+                .map_err(|e| format!("quarantine not recorded: the ledger failed: {e}")),
+        };
+        if let Err(reply) = kept {
+            // Without a durable, recorded copy the message must stay where it is.
             self.summary.rejected += 1;
             self.emit(Event::Rejected {
                 account: a.name.clone(),
                 uid: key.into(),
-                reply: format!("quarantine failed: {e}"),
+                reply: format!("{reply}; kept on the server"),
                 failures: 0,
             });
             return;
         }
-        let _ = lock(self.cx.ledger).record_quarantined(&a.name, key, &path);
         let delete = cfg.limits.quarantine_delete && !a.leave_on_server;
         if delete {
-            txn.send(Pending::Dele(msg));
-            self.deleting.insert(msg, key.to_string());
+            self.dele(txn, msg, key.to_string());
         }
         self.summary.quarantined += 1;
         self.emit(Event::Quarantined {
@@ -961,11 +1342,12 @@ pub async fn run_accounts_until(
     accounts: Vec<Account>,
     stop: StopFlag,
 ) -> Vec<Summary> {
-    run_accounts_with(config, dialer, events, ledger, accounts, stop, None).await
+    run_accounts_with(config, dialer, events, ledger, accounts, stop, Faults::NONE).await
 }
 
-/// [`run_accounts_until`] with a simulated crash after `crash` recorded deliveries per
-/// account (harnesses reproducing "a crash after delivery and before DELE").
+/// [`run_accounts_until`] with injected `faults` (harnesses: a simulated crash at a step of
+/// a message, a sabotage). A pass that panics is reported as that account's
+/// [`AccountFailure::Internal`] with an `account.failed` event, never dropped.
 pub async fn run_accounts_with(
     config: Arc<Config>,
     dialer: Arc<dyn Dialer>,
@@ -973,11 +1355,12 @@ pub async fn run_accounts_with(
     ledger: Arc<Mutex<Ledger>>,
     accounts: Vec<Account>,
     stop: StopFlag,
-    crash: Option<u32>,
+    faults: Faults,
 ) -> Vec<Summary> {
     let sem = Arc::new(tokio::sync::Semaphore::new(config.parallel_accounts.max(1)));
     let mut tasks = Vec::new();
     for account in accounts {
+        let name = account.name.clone();
         let (config, dialer, events, ledger, sem, stop) = (
             config.clone(),
             dialer.clone(),
@@ -986,7 +1369,7 @@ pub async fn run_accounts_with(
             sem.clone(),
             stop.clone(),
         );
-        tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.ok();
             let cx = Context {
                 config: &config,
@@ -994,15 +1377,39 @@ pub async fn run_accounts_with(
                 events: &events,
                 ledger: &ledger,
                 stop: &stop,
-                crash_after_deliveries: crash,
+                faults,
             };
             run_account(&cx, &account).await
-        }));
+        });
+        tasks.push((name, task));
     }
     let mut out = Vec::new();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            out.push(s);
+    for (account, t) in tasks {
+        match t.await {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                let why = if e.is_panic() {
+                    let p = e.into_panic();
+                    let text = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    format!("the pass panicked: {text}")
+                } else {
+                    "the pass was cancelled".to_string()
+                };
+                let failure = AccountFailure::Internal(why);
+                events.emit(Event::AccountFailed {
+                    account: account.clone(),
+                    error: failure.to_string(),
+                });
+                out.push(Summary {
+                    account,
+                    failure: Some(failure),
+                    ..Summary::default()
+                });
+            }
         }
     }
     out

@@ -21,7 +21,7 @@ use md5::{Digest, Md5};
 use popbridge_proto::pop3::{
     Pop3Command, Pop3Reply, Pop3Response, RespCode, Status, MAX_RESPONSE_LINE,
 };
-use popbridge_proto::{DotDecoder, LineDecoder};
+use popbridge_proto::{DotDecoder, DotError, LineDecoder};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -51,13 +51,18 @@ pub enum Pop3Error {
     /// The connection broke.
     #[error("POP3 connection lost: {0}")]
     Io(#[from] io::Error),
-    /// The server did not answer in time.
-    #[error("POP3 server did not answer {command} within {secs} s")]
+    /// The server did not complete its reply in time (the deadline covers the whole reply,
+    /// however it trickles in).
+    #[error(
+        "POP3 server did not complete its reply to {command} within {secs} s (timeouts.{setting})"
+    )]
     Timeout {
         /// The command waited for.
         command: String,
         /// The limit.
         secs: u64,
+        /// The setting that gave it (`command` or `data`).
+        setting: &'static str,
     },
     /// TLS failed (certificate, handshake).
     #[error(transparent)]
@@ -96,11 +101,12 @@ pub enum Pop3Error {
     /// The server does not offer the configured SASL mechanism.
     #[error("POP3 server does not offer AUTH {0}")]
     MechanismUnavailable(String),
-    /// A message was larger than allowed while being read (the connection is unusable).
-    #[error("message {msg} exceeds {limit} octets while being retrieved")]
+    /// A multi-line reply grew past its bound before its end (the connection is out of
+    /// step: the rest of the reply is still coming).
+    #[error("POP3 server's reply to {command} exceeds {limit} octets")]
     TooLarge {
-        /// Message number.
-        msg: u32,
+        /// The command.
+        command: String,
         /// The bound applied.
         limit: u64,
     },
@@ -276,20 +282,23 @@ impl Wire {
             .map_err(|_| Pop3Error::Timeout {
                 command: command.into(),
                 secs: self.command_timeout.as_secs(),
+                setting: "command",
             })??;
         self.out = data;
         self.out.clear();
         Ok(())
     }
 
-    /// Reads more input; an end of stream is an error here.
-    async fn fill(&mut self, command: &str, limit: Duration) -> Result<(), Pop3Error> {
+    /// Reads more input before `deadline` (the whole reply's); an end of stream is an
+    /// error here.
+    async fn fill(&mut self, command: &str, deadline: &Deadline) -> Result<(), Pop3Error> {
         self.inbuf.reserve(16 * 1024);
-        let n = tokio::time::timeout(limit, self.io.read_buf(&mut self.inbuf))
+        let n = tokio::time::timeout_at(deadline.at, self.io.read_buf(&mut self.inbuf))
             .await
             .map_err(|_| Pop3Error::Timeout {
                 command: command.into(),
-                secs: limit.as_secs(),
+                secs: deadline.limit.as_secs(),
+                setting: deadline.setting,
             })??;
         if n == 0 {
             return Err(Pop3Error::Io(io::Error::new(
@@ -300,8 +309,19 @@ impl Wire {
         Ok(())
     }
 
+    /// A deadline for a status line: the `command` timeout from now.
+    fn status_deadline(&self) -> Deadline {
+        Deadline::new(self.command_timeout, "command")
+    }
+
+    /// A deadline for a multi-line body: the `data` timeout from now.
+    fn data_deadline(&self) -> Deadline {
+        Deadline::new(self.data_timeout, "data")
+    }
+
     async fn response(&mut self, command: &str) -> Result<Pop3Response, Pop3Error> {
         self.flush(command).await?;
+        let deadline = self.status_deadline();
         loop {
             let found = self
                 .lines
@@ -325,8 +345,7 @@ impl Wire {
                 }
                 return Ok(r);
             }
-            let t = self.command_timeout;
-            self.fill(command, t).await?;
+            self.fill(command, &deadline).await?;
         }
     }
 
@@ -345,23 +364,24 @@ impl Wire {
         }
     }
 
-    /// Reads a multi-line body into `sink`, bounded by `limit` octets.
+    /// Reads a multi-line body into `sink`, bounded by `limit` octets and, as a whole, by
+    /// the `data` timeout. A bare-LF server's `LF . CRLF` ends it too.
     async fn multiline(
         &mut self,
         command: &str,
         limit: u64,
         sink: &mut BodyBuilder,
     ) -> Result<(), Pop3Error> {
-        let mut dec = DotDecoder::new(limit);
+        let mut dec = DotDecoder::new(limit).with_lf_terminator();
         let mut chunk = BytesMut::new();
-        let deadline = tokio::time::Instant::now() + self.data_timeout;
+        let deadline = self.data_deadline();
         loop {
-            let p = dec
-                .decode(&self.inbuf, &mut chunk)
-                .map_err(|_| Pop3Error::Protocol {
-                    command: command.into(),
-                    detail: format!("response larger than {limit} octets"),
-                })?;
+            let p =
+                dec.decode(&self.inbuf, &mut chunk)
+                    .map_err(|DotError::TooLarge { limit }| Pop3Error::TooLarge {
+                        command: command.into(),
+                        limit,
+                    })?;
             let _ = self.inbuf.split_to(p.consumed);
             sink.push(&chunk).await?;
             chunk.clear();
@@ -369,29 +389,46 @@ impl Wire {
                 self.lines.reset();
                 return Ok(());
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let t = left.min(self.command_timeout);
-            self.fill(command, t).await?;
+            self.fill(command, &deadline).await?;
         }
     }
 
+    /// Reads a listing (CAPA, LIST, UIDL), bounded by [`MAX_LISTING`] and, as a whole, by
+    /// the `data` timeout.
     async fn listing(&mut self, command: &str) -> Result<Vec<u8>, Pop3Error> {
-        let mut dec = DotDecoder::new(MAX_LISTING);
+        let mut dec = DotDecoder::new(MAX_LISTING).with_lf_terminator();
         let mut out = BytesMut::new();
+        let deadline = self.data_deadline();
         loop {
             let p = dec
                 .decode(&self.inbuf, &mut out)
-                .map_err(|_| Pop3Error::Protocol {
+                .map_err(|DotError::TooLarge { limit }| Pop3Error::TooLarge {
                     command: command.into(),
-                    detail: format!("listing larger than {MAX_LISTING} octets"),
+                    limit,
                 })?;
             let _ = self.inbuf.split_to(p.consumed);
             if p.done {
                 self.lines.reset();
                 return Ok(out.to_vec());
             }
-            let t = self.command_timeout;
-            self.fill(command, t).await?;
+            self.fill(command, &deadline).await?;
+        }
+    }
+
+    /// Reads and drops everything until the server closes, within `deadline`: what is
+    /// left of a session whose replies can no longer be matched to its commands.
+    async fn drain(&mut self, deadline: &Deadline) -> Result<u64, Pop3Error> {
+        let mut total = 0u64;
+        loop {
+            total += self.inbuf.len() as u64;
+            self.inbuf.clear();
+            match self.fill("QUIT", deadline).await {
+                Ok(()) => {}
+                Err(Pop3Error::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(total)
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -402,6 +439,23 @@ impl Wire {
                 Ok(Capabilities::parse(&self.listing("CAPA").await?))
             }
             _ => Ok(Capabilities::default()),
+        }
+    }
+}
+
+/// When a reply must be complete, and which setting said so (for the error).
+struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+    setting: &'static str,
+}
+
+impl Deadline {
+    fn new(limit: Duration, setting: &'static str) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + limit,
+            limit,
+            setting,
         }
     }
 }
@@ -712,7 +766,8 @@ pub struct Transaction {
     wire: Wire,
     /// Capabilities after login.
     pub capabilities: Capabilities,
-    pending: VecDeque<Pending>,
+    /// Commands sent whose replies are still to be read, each RETR with its bound.
+    pending: VecDeque<(Pending, u64)>,
 }
 
 impl Transaction {
@@ -796,7 +851,7 @@ impl Transaction {
 
     /// The command whose reply comes next.
     pub fn peek(&self) -> Option<Pending> {
-        self.pending.front().copied()
+        self.pending.front().map(|(p, _)| *p)
     }
 
     /// Commands sent whose replies are not read yet.
@@ -804,27 +859,32 @@ impl Transaction {
         self.pending.len()
     }
 
-    /// Sends RETR or DELE without waiting (the reply comes from [`Transaction::next`]).
-    pub fn send(&mut self, p: Pending) {
+    /// Sends `RETR n` without waiting; its body will be read up to `bound` octets (past it
+    /// the reply is `TooLarge`). The reply comes from [`Transaction::next`].
+    pub fn send_retr(&mut self, n: u32, bound: u64) {
+        self.send_with(Pending::Retr(n), bound);
+    }
+
+    /// Sends `DELE n` without waiting (the reply comes from [`Transaction::next`]).
+    pub fn send_dele(&mut self, n: u32) {
+        self.send_with(Pending::Dele(n), 0);
+    }
+
+    fn send_with(&mut self, p: Pending, bound: u64) {
         let line = match p {
             Pending::Retr(n) => Pop3Command::Retr(n).to_string(),
             Pending::Dele(n) => Pop3Command::Dele(n).to_string(),
         };
         let shown = line.trim_end().to_string();
         self.wire.queue(&line, &shown);
-        self.pending.push_back(p);
+        self.pending.push_back((p, bound));
     }
 
-    /// Reads the reply to the oldest pending command. A RETR body is bounded by `limit`
-    /// (past it the connection is unusable: `TooLarge`); bodies over `threshold` spill to
-    /// `spool`.
-    pub async fn next(
-        &mut self,
-        limit: u64,
-        spool: &Path,
-        threshold: u64,
-    ) -> Result<Response, Pop3Error> {
-        let Some(p) = self.pending.pop_front() else {
+    /// Reads the reply to the oldest pending command. A RETR body is bounded as given to
+    /// [`Transaction::send_retr`] (past it the connection is out of step: `TooLarge`);
+    /// bodies over `threshold` spill to `spool`.
+    pub async fn next(&mut self, spool: &Path, threshold: u64) -> Result<Response, Pop3Error> {
+        let Some((p, limit)) = self.pending.pop_front() else {
             return Err(Pop3Error::Protocol {
                 command: "(pipeline)".into(),
                 detail: "no command pending".into(),
@@ -846,31 +906,58 @@ impl Transaction {
             Pending::Dele(msg) => Ok(Response::Deleted { msg }),
             Pending::Retr(msg) => {
                 let mut b = BodyBuilder::new(spool, threshold);
-                match self.wire.multiline(&command, limit, &mut b).await {
-                    Ok(()) => Ok(Response::Retr {
-                        msg,
-                        body: b.finish().await?,
-                    }),
-                    Err(Pop3Error::Protocol { detail, .. })
-                        if detail.starts_with("response larger") =>
-                    {
-                        Err(Pop3Error::TooLarge { msg, limit })
-                    }
-                    Err(e) => Err(e),
-                }
+                self.wire.multiline(&command, limit, &mut b).await?;
+                Ok(Response::Retr {
+                    msg,
+                    body: b.finish().await?,
+                })
             }
         }
     }
 
-    /// QUIT: the server applies the deletions (UPDATE state). Pending replies are read first.
+    /// QUIT: the server applies the deletions (UPDATE state). Pending replies are read
+    /// first, each as bounded as when it was sent (bodies are dropped, never spooled).
     pub async fn quit(mut self) -> Result<Pop3Reply, Pop3Error> {
-        while !self.pending.is_empty() {
-            self.next(u64::MAX, Path::new("."), u64::MAX).await?;
+        while let Some((p, limit)) = self.pending.pop_front() {
+            if let Pending::Retr(n) = p {
+                let command = format!("RETR {n}");
+                if self.wire.ok(&command).await.is_ok() {
+                    let mut sink = BodyBuilder::discarding();
+                    self.wire.multiline(&command, limit, &mut sink).await?;
+                }
+            } else {
+                self.pending.push_front((p, limit));
+                self.next(Path::new("."), 0).await?;
+            }
         }
         self.wire.queue("QUIT\r\n", "QUIT");
         let r = self.wire.ok("QUIT").await?;
         let _ = tokio::time::timeout(self.wire.command_timeout, self.wire.io.shutdown()).await;
         Ok(r)
+    }
+
+    /// Sends QUIT and drops the connection without reading anything: what a process
+    /// killed right after writing QUIT leaves behind (harnesses' crash fail point). The
+    /// server applies the DELEs it was sent; this side never learns whether it did.
+    pub async fn quit_and_vanish(mut self) {
+        self.wire.queue("QUIT\r\n", "QUIT (then gone)");
+        let _ = self.wire.flush("QUIT").await;
+    }
+
+    /// QUIT for a session whose replies stopped making sense: sends QUIT without reading
+    /// the replies still owed (they cannot be matched to their commands any more) and drops
+    /// everything until the server closes, within the `data` timeout. The server applies
+    /// the DELEs it was sent, which were sent only for deliveries proven before; whether it
+    /// did is unknown (`Ok` only says it closed the connection after the QUIT).
+    pub async fn quit_blind(mut self) -> Result<(), Pop3Error> {
+        self.pending.clear();
+        self.wire
+            .queue("QUIT\r\n", "QUIT (replies no longer trusted)");
+        self.wire.flush("QUIT").await?;
+        let deadline = self.wire.data_deadline();
+        let dropped = self.wire.drain(&deadline).await?;
+        tracing::debug!(target: "popbridge::wire", account = %self.wire.account, "POP3 S: ({dropped} octets dropped, then closed)");
+        Ok(())
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Stage {
     Rcpt,
     /// DATA (the 354).
     Data,
+    /// A BDAT chunk before the last one: the server cannot have taken the message yet.
+    Chunk,
     /// The end of the data (final dot or last BDAT): the reply that decides delivery.
     EndOfData,
 }
@@ -49,6 +51,7 @@ impl std::fmt::Display for Stage {
             Self::Mail => "MAIL FROM",
             Self::Rcpt => "RCPT TO",
             Self::Data => "DATA",
+            Self::Chunk => "BDAT chunk",
             Self::EndOfData => "end of data",
         })
     }
@@ -73,14 +76,23 @@ pub enum SmtpError {
         /// The cause.
         source: io::Error,
     },
-    /// No reply in time.
-    #[error("SMTP server did not answer {stage} within {secs} s")]
+    /// No complete reply in time (the deadline covers the whole reply, however it
+    /// trickles in).
+    #[error(
+        "SMTP server did not complete its reply at {stage} within {secs} s (timeouts.{setting})"
+    )]
     Timeout {
         /// Where.
         stage: Stage,
         /// The limit.
         secs: u64,
+        /// The setting that gave it (`command` or `data`).
+        setting: &'static str,
     },
+    /// The message could not be read back from its spool (a local fault, not the server's):
+    /// nothing was submitted (the connection was dropped before the end of the data).
+    #[error("cannot read the message back from its spool: {0}; it stays on the POP3 server")]
+    Spool(io::Error),
     /// TLS failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -128,9 +140,34 @@ impl SmtpError {
     pub fn session_lost(&self) -> bool {
         match self {
             Self::Refused { reply, .. } => reply.code == 421,
-            Self::Io { .. } | Self::Timeout { .. } | Self::Protocol { .. } => true,
+            Self::Io { .. } | Self::Timeout { .. } | Self::Protocol { .. } | Self::Spool(_) => true,
             _ => false,
         }
+    }
+
+    /// True when the whole message, end marker included, may have reached the server but
+    /// its reply never came back (a lost connection or a timeout at the end of the data):
+    /// the server may have accepted it. Such a message must not be sent again in the same
+    /// pass, and sending it later is a possible duplicate.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::Io {
+                stage: Stage::EndOfData,
+                ..
+            } | Self::Timeout {
+                stage: Stage::EndOfData,
+                ..
+            } | Self::Protocol {
+                stage: Stage::EndOfData,
+                ..
+            }
+        )
+    }
+
+    /// True for a local fault (the spool), which retrying in this pass would repeat.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Spool(_))
     }
 }
 
@@ -261,6 +298,30 @@ pub struct SmtpClient {
     pub tls: bool,
 }
 
+/// A write failure before the end marker: the server cannot have the message.
+fn data_io(source: io::Error) -> SmtpError {
+    SmtpError::Io {
+        stage: Stage::Data,
+        source,
+    }
+}
+
+/// A write failure of the end marker: the server may have the message.
+fn end_io(source: io::Error) -> SmtpError {
+    SmtpError::Io {
+        stage: Stage::EndOfData,
+        source,
+    }
+}
+
+/// The spool gave `read` octets of a message of `expected`.
+fn short_spool(read: u64, expected: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the spool holds {read} of the message's {expected} octets"),
+    )
+}
+
 fn counts_as_protocol_error(code: u16) -> bool {
     matches!(code, 500 | 501 | 503)
 }
@@ -362,11 +423,32 @@ impl SmtpClient {
             .map_err(|_| SmtpError::Timeout {
                 stage,
                 secs: t.as_secs(),
+                setting: "command",
             })?
             .map_err(|source| SmtpError::Io { stage, source })
     }
 
+    /// The next reply, complete within the `command` timeout.
     async fn reply(&mut self, stage: Stage) -> Result<Reply, SmtpError> {
+        let limit = self.command_timeout;
+        self.reply_within(stage, limit, "command").await
+    }
+
+    /// The reply to the end of a message's data, complete within the `data` timeout (RFC
+    /// 5321 asks a client to wait ten minutes for it: content filters run before it).
+    async fn final_reply(&mut self) -> Result<Reply, SmtpError> {
+        let limit = self.data_timeout;
+        self.reply_within(Stage::EndOfData, limit, "data").await
+    }
+
+    /// The next reply, which must be complete within `limit` as a whole.
+    async fn reply_within(
+        &mut self,
+        stage: Stage,
+        limit: Duration,
+        setting: &'static str,
+    ) -> Result<Reply, SmtpError> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             match self.parser.parse(&mut self.inbuf) {
                 Ok(Some(r)) => {
@@ -385,12 +467,12 @@ impl SmtpClient {
                 }
             }
             self.inbuf.reserve(8192);
-            let t = self.command_timeout;
-            let n = tokio::time::timeout(t, self.io.read_buf(&mut self.inbuf))
+            let n = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.inbuf))
                 .await
                 .map_err(|_| SmtpError::Timeout {
                     stage,
-                    secs: t.as_secs(),
+                    secs: limit.as_secs(),
+                    setting,
                 })?
                 .map_err(|source| SmtpError::Io { stage, source })?;
             if n == 0 {
@@ -517,39 +599,43 @@ impl SmtpClient {
         }
         tracing::debug!(target: "popbridge::wire", "SMTP C: (message, {} octets)", prefix.len() as u64 + body.len());
         let deadline = self.data_timeout;
+        // Until the end marker is written, the server cannot have the message: a failure
+        // before it (the spool read short, the connection broke) is a known refusal.
         let send = async {
             let mut stuffer = DotStuffer::new(true);
             let mut out = BytesMut::with_capacity(CHUNK + CHUNK / 16);
             stuffer.stuff(prefix, &mut out);
-            let mut reader = body.reader().await?;
+            let mut reader = body.reader().await.map_err(SmtpError::Spool)?;
             let mut buf = vec![0u8; CHUNK.min(body.len() as usize + 1).max(4096)];
+            let mut read = 0u64;
             loop {
-                let n = reader.read(&mut buf).await?;
+                let n = reader.read(&mut buf).await.map_err(SmtpError::Spool)?;
                 if n == 0 {
                     break;
                 }
+                read += n as u64;
                 stuffer.stuff(&buf[..n], &mut out);
                 if out.len() >= CHUNK {
-                    self.io.write_all(&out).await?;
+                    self.io.write_all(&out).await.map_err(data_io)?;
                     out.clear();
                 }
             }
+            if read != body.len() {
+                return Err(SmtpError::Spool(short_spool(read, body.len())));
+            }
             // The end marker goes out with the last data: one write, no delayed-ACK stall.
             stuffer.finish(&mut out);
-            self.io.write_all(&out).await?;
-            self.io.flush().await
+            self.io.write_all(&out).await.map_err(end_io)?;
+            self.io.flush().await.map_err(end_io)
         };
         tokio::time::timeout(deadline, send)
             .await
             .map_err(|_| SmtpError::Timeout {
                 stage: Stage::EndOfData,
                 secs: deadline.as_secs(),
-            })?
-            .map_err(|source| SmtpError::Io {
-                stage: Stage::EndOfData,
-                source,
-            })?;
-        self.reply(Stage::EndOfData).await
+                setting: "data",
+            })??;
+        self.final_reply().await
     }
 
     async fn bdat(&mut self, prefix: &[u8], body: &Body) -> Result<Reply, SmtpError> {
@@ -562,42 +648,47 @@ impl SmtpClient {
             out.extend_from_slice(prefix);
             out.extend_from_slice(bytes);
             self.write(&out, "", Stage::EndOfData).await?;
-            return self.reply(Stage::EndOfData).await;
+            return self.final_reply().await;
         }
-        let mut reader = body.reader().await.map_err(|source| SmtpError::Io {
-            stage: Stage::EndOfData,
-            source,
-        })?;
+        let mut reader = body.reader().await.map_err(SmtpError::Spool)?;
         let mut pending: Vec<u8> = prefix.to_vec();
         let mut sent = 0u64;
+        let mut read = 0u64;
+        let mut eof = false;
         let mut buf = vec![0u8; CHUNK];
         loop {
-            while pending.len() < CHUNK {
+            while pending.len() < CHUNK && !eof {
                 let n = reader
                     .read(&mut buf[..CHUNK - pending.len()])
                     .await
-                    .map_err(|source| SmtpError::Io {
-                        stage: Stage::EndOfData,
-                        source,
-                    })?;
-                if n == 0 {
-                    break;
-                }
+                    .map_err(SmtpError::Spool)?;
+                read += n as u64;
+                eof = n == 0;
                 pending.extend_from_slice(&buf[..n]);
             }
+            if (eof && read != body.len()) || read > body.len() {
+                // The spool does not hold the message as downloaded: never announce a LAST
+                // chunk for it. The transaction is left open; the caller drops the
+                // connection.
+                return Err(SmtpError::Spool(short_spool(read, body.len())));
+            }
             let last = sent + pending.len() as u64 >= total;
-            let head = if last {
-                format!("BDAT {} LAST\r\n", pending.len())
+            let (head, stage) = if last {
+                (format!("BDAT {} LAST\r\n", pending.len()), Stage::EndOfData)
             } else {
-                format!("BDAT {}\r\n", pending.len())
+                (format!("BDAT {}\r\n", pending.len()), Stage::Chunk)
             };
             let mut out = BytesMut::with_capacity(head.len() + pending.len());
             out.extend_from_slice(head.as_bytes());
             out.extend_from_slice(&pending);
-            self.write(&out, "", Stage::EndOfData).await?;
+            self.write(&out, "", stage).await?;
             sent += pending.len() as u64;
             pending.clear();
-            let r = self.reply(Stage::EndOfData).await?;
+            let r = if last {
+                self.final_reply().await?
+            } else {
+                self.reply(Stage::Chunk).await?
+            };
             if last || !r.is_positive() {
                 return Ok(r);
             }

@@ -46,6 +46,11 @@ pub enum FaultAction {
     Delay(Duration),
     /// Send this line (CRLF added) before the normal reply.
     GarbageLine(Vec<u8>),
+    /// Perform the command, then close without sending its reply: the command took
+    /// effect (a QUIT applied its deletions, SMTP took the message) and the client cannot
+    /// know. On a command that goes on reading from the client (DATA, BDAT, AUTH, STLS,
+    /// STARTTLS) it closes before the reply instead.
+    LoseReply,
 }
 
 /// A fault: on the `nth` matching event (1-based, counted over the whole server) and the
@@ -115,6 +120,7 @@ struct ArmedRule {
 pub struct FaultPlan {
     rules: Mutex<Vec<ArmedRule>>,
     rng: Mutex<ChaCha8Rng>,
+    armed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,7 +142,14 @@ impl FaultPlan {
                     .collect(),
             ),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            armed: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Turns every rule off (`false`) or back on; while off, events are neither counted
+    /// nor drawn for, so turning them on again resumes where they stood.
+    pub fn set_armed(&self, on: bool) {
+        self.armed.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The seeded generator (also for timestamps and challenges, so a seed replays them).
@@ -147,6 +160,9 @@ impl FaultPlan {
     /// Counts one event on every rule matching any of `hooks`; returns the action of the
     /// first rule that fires.
     pub fn take(&self, hooks: &[Hook]) -> Option<FaultAction> {
+        if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let mut rules = lock(&self.rules);
         let mut chosen = None;
         for armed in rules.iter_mut().filter(|a| hooks.contains(&a.rule.on)) {
@@ -191,6 +207,20 @@ mod tests {
             })
             .collect();
         assert_eq!(fired, [false, true, true, false, false]);
+    }
+
+    #[test]
+    fn a_disarmed_plan_fires_nothing_and_counts_nothing() {
+        let plan = FaultPlan::new(
+            [FaultRule::new(Hook::command("RETR"), FaultAction::CloseBeforeReply).nth(2)],
+            0,
+        );
+        let retr = [Hook::command("RETR")];
+        assert!(plan.take(&retr).is_none());
+        plan.set_armed(false);
+        assert!(plan.take(&retr).is_none(), "would have been the 2nd");
+        plan.set_armed(true);
+        assert!(plan.take(&retr).is_some(), "the 2nd counted event");
     }
 
     #[test]

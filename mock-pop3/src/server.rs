@@ -132,6 +132,8 @@ pub(crate) struct State {
     pub mailboxes: BTreeMap<String, MailboxState>,
     pub sessions: Vec<SessionRecord>,
     pub next_message_id: u64,
+    /// False for a hostile server that sends message lines without dot-stuffing them.
+    pub dot_stuffing: bool,
 }
 
 impl State {
@@ -145,9 +147,22 @@ impl State {
         let uid = m
             .uid
             .unwrap_or_else(|| format!("{user}-{:06}", mb.next_uid));
-        let wire = DotStuffer::stuff_all(&m.data, false).freeze();
+        let wire = if self.dot_stuffing {
+            DotStuffer::stuff_all(&m.data, false).freeze()
+        } else {
+            // The lines as they are, then the terminator: a line holding a lone dot ends
+            // the reply early, and what follows it reads as further replies.
+            let mut w = m.data.to_vec();
+            if !w.is_empty() && !w.ends_with(b"\n") {
+                w.extend_from_slice(b"\r\n");
+            }
+            w.extend_from_slice(b".\r\n");
+            Bytes::from(w)
+        };
+        // The octets RETR sends before the terminator (a last line without a line end gets
+        // a CRLF).
         let mut size = m.data.len() as u64;
-        if !m.data.is_empty() && !m.data.ends_with(b"\r\n") {
+        if !m.data.is_empty() && !m.data.ends_with(b"\n") {
             size += 2;
         }
         if let Some(r) = m.reported_size {
@@ -233,6 +248,7 @@ pub struct Builder {
     throttle: Option<u64>,
     idle_timeout: Duration,
     record: bool,
+    dot_stuffing: bool,
 }
 
 /// Entry point: `MockPop3::builder()`.
@@ -253,6 +269,7 @@ impl MockPop3 {
             throttle: None,
             idle_timeout: Duration::from_secs(600),
             record: true,
+            dot_stuffing: true,
         }
     }
 }
@@ -306,6 +323,14 @@ impl Builder {
         self
     }
 
+    /// A hostile server when `false`: message lines go out without dot-stuffing, so a line
+    /// holding a lone dot ends a RETR early and the rest of the message reads as further
+    /// replies.
+    pub fn dot_stuffing(mut self, on: bool) -> Self {
+        self.dot_stuffing = on;
+        self
+    }
+
     /// Limits every session's sending speed to `bytes_per_second`.
     pub fn throttle(mut self, bytes_per_second: u64) -> Self {
         self.throttle = Some(bytes_per_second.max(1));
@@ -329,6 +354,7 @@ impl Builder {
             mailboxes: BTreeMap::new(),
             sessions: Vec::new(),
             next_message_id: 1,
+            dot_stuffing: self.dot_stuffing,
         };
         for mb in self.mailboxes {
             let messages = mb.messages.clone();
@@ -413,6 +439,11 @@ impl MockPop3Handle {
     /// The bound address (`None` for an in-memory server).
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// Turns the scripted faults off (`false`) or back on (a harness's clean passes).
+    pub fn set_faults_armed(&self, on: bool) {
+        self.shared.faults.set_armed(on);
     }
 
     /// Serves one session over any stream (an in-memory duplex, a socket accepted elsewhere).

@@ -250,6 +250,11 @@ where
                 self.flush().await?;
                 cut = Some(n);
             }
+            Some(FaultAction::LoseReply) => {
+                // Performed below, then not one octet of its reply is sent.
+                self.flush().await?;
+                cut = Some(0);
+            }
             None => {}
         }
         let flow = match produce {

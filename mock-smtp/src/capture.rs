@@ -80,6 +80,13 @@ pub struct Transaction {
     pub outcome: Outcome,
     /// Per-recipient result for accepted messages.
     pub deliveries: Vec<Delivery>,
+    /// The server took the message but a fault kept its reply from leaving: the client
+    /// cannot know it was accepted.
+    pub reply_lost: bool,
+    /// The client sent another command on the session after the final reply (so it could
+    /// have read it). An accepted transaction that is not acknowledged is one whose
+    /// acceptance the client may never have seen (it vanished, or its reply was lost).
+    pub acknowledged: bool,
 }
 
 fn ser_params<S: serde::Serializer>(p: &[Param], s: S) -> Result<S::Ok, S::Error> {
@@ -87,6 +94,12 @@ fn ser_params<S: serde::Serializer>(p: &[Param], s: S) -> Result<S::Ok, S::Error
 }
 
 impl Transaction {
+    /// True when the server accepted it but the client may never have learnt so: its reply
+    /// was lost, or the client sent nothing more on the session after it.
+    pub fn unconfirmed(&self) -> bool {
+        self.outcome == Outcome::Accepted && (self.reply_lost || !self.acknowledged)
+    }
+
     /// True when every recipient got the message.
     pub fn delivered(&self) -> bool {
         self.outcome == Outcome::Accepted

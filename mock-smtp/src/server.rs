@@ -367,6 +367,11 @@ impl MockSmtpHandle {
         self.addr
     }
 
+    /// Turns the scripted faults off (`false`) or back on (a harness's clean passes).
+    pub fn set_faults_armed(&self, on: bool) {
+        self.shared.faults.set_armed(on);
+    }
+
     /// Serves one session over any stream.
     pub fn serve<S>(&self, stream: S)
     where

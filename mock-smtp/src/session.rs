@@ -70,6 +70,10 @@ struct Session<S> {
     limit_hit: bool,
     /// After an over-long line: drop input up to its end before reading commands again.
     skip_line: bool,
+    /// Set by a `LoseReply` fault on the command being answered.
+    lose_reply: bool,
+    /// The last accepted transaction of this session, until the client sends more.
+    unacknowledged: Option<u64>,
     _guard: Guard,
 }
 
@@ -92,6 +96,8 @@ where
         authenticated: false,
         limit_hit: false,
         skip_line: false,
+        lose_reply: false,
+        unacknowledged: None,
         _guard: Guard {
             shared: shared.clone(),
             id,
@@ -190,6 +196,13 @@ where
                 Err(e) => return Err(e),
             };
             self.shared.stats(self.id, |s| s.commands += 1);
+            if let Some(id) = self.unacknowledged.take() {
+                // More from the client after the final reply: it could have read it.
+                let mut st = self.shared.state();
+                if let Some(t) = st.transactions.iter_mut().rev().find(|t| t.id == id) {
+                    t.acknowledged = true;
+                }
+            }
             let parsed = SmtpCommand::parse(&line);
             let verb = match &parsed {
                 Ok(c) => c.verb().to_string(),
@@ -214,8 +227,18 @@ where
                 ),
             };
             self.shared.log(self.id, format!("C: {shown}"));
+            let answered = self.out.len();
+            let reads_on = matches!(verb.as_str(), "DATA" | "BDAT" | "AUTH" | "STARTTLS");
             let flow = match self.fault(&[Hook::Command(verb), Hook::AnyCommand]).await? {
                 Some((flow, _)) => flow,
+                None if self.lose_reply && reads_on => {
+                    // It would go on reading from a client still waiting for this reply.
+                    self.lose_reply = false;
+                    self.shared
+                        .log(self.id, "S: (fault: connection closed)".into());
+                    self.flush().await?;
+                    return Ok("fault: closed");
+                }
                 None => match parsed {
                     Ok(cmd) => self.dispatch(cmd).await?,
                     Err(popbridge_proto::smtp::CommandError::Unknown(_)) => {
@@ -230,6 +253,15 @@ where
                     }
                 },
             };
+            if self.lose_reply {
+                // Performed; its reply never leaves.
+                self.lose_reply = false;
+                self.out.truncate(answered);
+                self.shared
+                    .log(self.id, "S: (fault: reply lost, connection closed)".into());
+                self.flush().await?;
+                return Ok("fault: reply lost");
+            }
             if self.limit_hit {
                 return self.too_many_errors().await;
             }
@@ -288,6 +320,10 @@ where
                 self.shared.log(self.id, "S: (fault: garbage line)".into());
                 self.out.extend_from_slice(&g);
                 self.out.extend_from_slice(b"\r\n");
+                Ok(None)
+            }
+            FaultAction::LoseReply => {
+                self.lose_reply = true;
                 Ok(None)
             }
         }
@@ -538,6 +574,8 @@ where
             bdat: false,
             outcome: Outcome::Abandoned,
             deliveries: Vec::new(),
+            reply_lost: false,
+            acknowledged: false,
         }
     }
 
@@ -904,16 +942,29 @@ where
             }
             (r, Outcome::Accepted)
         };
-        self.send(&reply);
+        let lost = std::mem::take(&mut self.lose_reply);
+        if lost {
+            // Taken, but the reply never leaves: the client cannot know.
+            self.shared
+                .log(self.id, "S: (fault: reply lost, connection closed)".into());
+            record.reply_lost = true;
+        } else {
+            self.send(&reply);
+        }
         if outcome == Outcome::Accepted {
             self.shared.stats(self.id, |s| s.accepted += 1);
             record.deliveries = self.categorise(&txn.accepted_rcpts, size);
+            self.unacknowledged = Some(record.id);
         }
         if self.shared.cfg.capture == CaptureMode::Full {
             record.data = data;
         }
         self.spool(&record, &outcome);
         self.record(record, outcome);
+        if lost {
+            self.flush().await?;
+            return Ok(Flow::End("fault: reply lost"));
+        }
         Ok(Flow::Continue)
     }
 

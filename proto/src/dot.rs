@@ -1,9 +1,15 @@
 //! Dot-stuffing (sending) and dot-unstuffing (receiving) of multi-line data:
 //! POP3 multi-line responses and SMTP DATA share the same rules.
 //!
-//! Responsible for: a streaming, resumable decoder that ends only on
-//! `CRLF . CRLF` (a bare `LF . LF` never ends the data early) and a streaming
-//! stuffer that can normalise bare CR and LF to CRLF (SMTP smuggling defence).
+//! Responsible for: a streaming, resumable decoder that ends on `CRLF . CRLF` (a bare
+//! `LF . LF` never ends the data early), and, for a POP3 client only, also on `LF . CRLF`
+//! (how a server that keeps bare-LF line ends finishes its data; an SMTP server must never
+//! accept it, that is the SMTP smuggling shape); and a streaming stuffer that can
+//! normalise bare CR and LF to CRLF (SMTP smuggling defence).
+//!
+//! Lines after a bare LF: such servers stuff a leading dot there as they would after
+//! CRLF, so `LF . .` unstuffs to `LF .`; a single dot followed by anything else (a bare
+//! LF, text) was never stuffed and is kept as data.
 //! Must never: hold more than the caller's limit, or look further than the terminator.
 
 use bytes::{BufMut, BytesMut};
@@ -27,7 +33,7 @@ pub enum DotError {
 pub struct Progress {
     /// Input bytes consumed; bytes after the terminator are left for the caller.
     pub consumed: usize,
-    /// True once the terminating `CRLF . CRLF` was consumed.
+    /// True once the terminator (`CRLF . CRLF`, or `LF . CRLF`) was consumed.
     pub done: bool,
 }
 
@@ -39,6 +45,10 @@ enum State {
     Dot,
     /// Saw `.` CR at the start of a line after CRLF.
     DotCr,
+    /// Saw `.` at the start of a line after a bare LF: terminator, stuffing or data.
+    LfDot,
+    /// Saw `.` CR at the start of a line after a bare LF.
+    LfDotCr,
     /// Inside a line.
     Body,
     /// Inside a line, just after CR.
@@ -47,7 +57,7 @@ enum State {
     Done,
 }
 
-/// Resumable decoder of dot-stuffed data up to `CRLF . CRLF`.
+/// Resumable decoder of dot-stuffed data up to `CRLF . CRLF` (or `LF . CRLF`).
 ///
 /// The start counts as following a CRLF (the status line or the DATA command ended in one),
 /// so `.\r\n` alone is empty data.
@@ -57,6 +67,7 @@ pub struct DotDecoder {
     limit: u64,
     total: u64,
     discard: bool,
+    lf_end: bool,
 }
 
 impl DotDecoder {
@@ -67,7 +78,15 @@ impl DotDecoder {
             limit,
             total: 0,
             discard: false,
+            lf_end: false,
         }
+    }
+
+    /// Also ends on `LF . CRLF`, the end a server that keeps bare-LF line ends sends (for a
+    /// POP3 client; an SMTP server must never accept it).
+    pub fn with_lf_terminator(mut self) -> Self {
+        self.lf_end = true;
+        self
     }
 
     /// A decoder that counts but never stores, for reading past a size limit to the terminator.
@@ -116,13 +135,39 @@ impl DotDecoder {
                 State::Done => break,
                 State::Start { crlf } => {
                     if b == b'.' {
-                        // After CRLF a dot may start the terminator; after a bare LF it is
-                        // only ever stuffing (never end early on LF . LF).
-                        self.state = if crlf { State::Dot } else { State::Body };
+                        // A dot may start the terminator or be stuffing, after CRLF and
+                        // after a bare LF alike; the next byte tells.
+                        self.state = if crlf { State::Dot } else { State::LfDot };
                         i += 1;
                         continue;
                     }
                     self.state = State::Body;
+                }
+                State::LfDot => match b {
+                    b'.' => {
+                        // `LF . .`: stuffing, one dot is data.
+                        self.emit(out, b".")?;
+                        self.state = State::Body;
+                        i += 1;
+                    }
+                    b'\r' => {
+                        self.state = State::LfDotCr;
+                        i += 1;
+                    }
+                    _ => {
+                        // Never stuffed (a lone-dot line ended by a bare LF, or text): data.
+                        self.emit(out, b".")?;
+                        self.state = State::Body;
+                    }
+                },
+                State::LfDotCr => {
+                    if b == b'\n' && self.lf_end {
+                        self.state = State::Done;
+                        i += 1;
+                        break;
+                    }
+                    self.emit(out, b".\r")?;
+                    self.state = State::Cr;
                 }
                 State::Dot => {
                     if b == b'\r' {
@@ -278,10 +323,17 @@ impl DotStuffer {
         self.ends_crlf = self.at_line_start && !self.pending_cr;
     }
 
-    /// Ends the data: a CRLF if the last line lacks one, then `.` CRLF.
+    /// Ends the data: a CRLF if the last line is unfinished, then `.` CRLF. Without
+    /// normalising, a last line ended by a bare LF is finished (`LF . CRLF` follows, as
+    /// servers that keep bare-LF line ends send it).
     pub fn finish(&mut self, out: &mut BytesMut) {
-        // A pending bare CR (normalising) or a last line without CRLF both need one.
-        if !self.ends_crlf {
+        // A pending bare CR (normalising) or an unfinished last line both need one.
+        let finished = if self.normalize {
+            self.ends_crlf
+        } else {
+            self.at_line_start
+        };
+        if !finished {
             out.put_slice(b"\r\n");
         }
         out.put_slice(b".\r\n");
@@ -320,10 +372,29 @@ mod tests {
 
     #[test]
     fn bare_lf_dot_lf_does_not_end_the_data() {
+        // A lone dot ended by a bare LF was never stuffed: it stays, with its line.
         let (out, _) = decode_all(b"a\n.\nb\r\n.\r\n");
-        assert_eq!(out, b"a\n\nb\r\n");
+        assert_eq!(out, b"a\n.\nb\r\n");
         let (out, _) = decode_all(b"a\r\n.\nb\r\n.\r\n");
         assert_eq!(out, b"a\r\n\nb\r\n");
+    }
+
+    #[test]
+    fn after_a_bare_lf_dots_unstuff_end_or_stay() {
+        // `LF . CRLF` ends the data of a server that keeps bare-LF line ends, for a POP3
+        // client that asks for it; it is data otherwise.
+        let input = b"a\nb\n.\r\nNEXT";
+        let mut d = DotDecoder::new(100).with_lf_terminator();
+        let mut out = BytesMut::new();
+        let p = d.decode(input, &mut out).unwrap();
+        assert_eq!((&out[..], p.consumed, p.done), (&b"a\nb\n"[..], 7, true));
+        let mut out = BytesMut::new();
+        let p = DotDecoder::new(100).decode(input, &mut out).unwrap();
+        assert_eq!((&out[..], p.done), (&b"a\nb\n.\r\nNEXT"[..], false));
+        // `LF . .` is a stuffed dot; `LF . x` and `LF . CR x` are data.
+        assert_eq!(decode_all(b"a\n..x\r\n.\r\n").0, b"a\n.x\r\n");
+        assert_eq!(decode_all(b"a\n.x\r\n.\r\n").0, b"a\n.x\r\n");
+        assert_eq!(decode_all(b"a\n.\rx\r\n.\r\n").0, b"a\n.\rx\r\n");
     }
 
     #[test]
@@ -351,7 +422,7 @@ mod tests {
             let (out, used) = decode_all(&wire);
             assert_eq!(used, wire.len());
             let mut expect = c.to_vec();
-            if !expect.is_empty() && !expect.ends_with(b"\r\n") {
+            if !expect.is_empty() && !expect.ends_with(b"\n") {
                 expect.extend_from_slice(b"\r\n");
             }
             assert_eq!(out, expect, "case {:?}", String::from_utf8_lossy(c));
@@ -368,7 +439,7 @@ mod tests {
         assert_eq!(&DotStuffer::stuff_all(b"a\r\n", false)[..], b"a\r\n.\r\n");
         assert_eq!(
             &DotStuffer::stuff_all(b"a\n.b\n", false)[..],
-            b"a\n..b\n\r\n.\r\n"
+            b"a\n..b\n.\r\n"
         );
         assert_eq!(
             &DotStuffer::stuff_all(b"a\n.b\rc\r", true)[..],

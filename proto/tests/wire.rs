@@ -80,7 +80,14 @@ fn random_pieces<'a>(rng: &mut XorShift, input: &'a [u8]) -> Vec<&'a [u8]> {
 /// Decodes dot-stuffed `pieces` with a fresh decoder; returns the data and the bytes
 /// consumed, asserting the decoder never claims more than it was given.
 fn dot_decode_pieces(pieces: &[&[u8]], limit: u64) -> Result<(Vec<u8>, usize, bool), DotError> {
-    let mut d = DotDecoder::new(limit);
+    dot_decode_pieces_with(DotDecoder::new(limit), pieces)
+}
+
+/// [`dot_decode_pieces`] with a given decoder (the POP3 client's accepts `LF . CRLF`).
+fn dot_decode_pieces_with(
+    mut d: DotDecoder,
+    pieces: &[&[u8]],
+) -> Result<(Vec<u8>, usize, bool), DotError> {
     let mut out = BytesMut::new();
     let mut used = 0;
     for piece in pieces {
@@ -300,17 +307,18 @@ fn retr_body_pieces() -> Vec<(Vec<u8>, Vec<u8>)> {
         (b"\r\n", b"\r\n"),
         // The body holds "\n.\n" (stuffed after the bare LF as DotStuffer does).
         (b"a\n..\nb\r\n", b"a\n.\nb\r\n"),
-        // An unstuffed "\n.\n": only CRLF . CRLF ends data, the dot is dropped
-        // as stuffing (documented decoder rule).
-        (b"c\n.\nd\r\n", b"c\n\nd\r\n"),
+        // An unstuffed "\n.\n": only CRLF . CRLF ends data, and a lone dot after a bare
+        // LF was never stuffed: it stays (documented decoder rule).
+        (b"c\n.\nd\r\n", b"c\n.\nd\r\n"),
         // CRLF . LF does not end the data either.
         (b"e\r\n.\nf\r\n", b"e\r\n\nf\r\n"),
         // Bare CR before and after a dot.
         (b"g\r.\rh\r\n", b"g\r.\rh\r\n"),
         // Unstuffed "." CR x after CRLF: the dot goes, the CR is data.
         (b".\rj\r\n", b"\rj\r\n"),
-        // LF . CRLF (the SMTP smuggling shape) does not end the data.
-        (b"k\n.\r\nl\r\n", b"k\n\r\nl\r\n"),
+        // LF . CRLF (the SMTP smuggling shape) does not end the data of a strict
+        // decoder; the dot, never stuffed, stays.
+        (b"k\n.\r\nl\r\n", b"k\n.\r\nl\r\n"),
         (b"last line\r\n", b"last line\r\n"),
     ];
     pairs
@@ -599,9 +607,9 @@ fn smtp_pipelined_commands_and_data_as_the_server_reads_them() {
             .dot-stuffed\r\n\
             .\r\n\
             \n not the end\r\n\
-            mid\n\nline\r\n\
+            mid\n.\nline\r\n\
             x\r\n\
-            smuggle\n\r\nMAIL FROM:<evil@x.example>\r\n\
+            smuggle\n.\r\nMAIL FROM:<evil@x.example>\r\n\
             8bit \xff\0\r\n\
             last\r\n"
                 .to_vec(),
@@ -1016,10 +1024,11 @@ fn valid_multibyte_utf8_after_mail_or_rcpt_never_panics() {
 // ---------------------------------------------------------------------------
 
 /// What `DotStuffer::finish` (raw) makes of a message: a CRLF is added unless the
-/// message is empty or already ends in CRLF (a bare LF or bare CR ending gets one too).
+/// message is empty or already ends in a line end (CRLF or a bare LF; a bare CR ending
+/// gets one).
 fn raw_expected(msg: &[u8]) -> Vec<u8> {
     let mut v = msg.to_vec();
-    if !v.is_empty() && !v.ends_with(b"\r\n") {
+    if !v.is_empty() && !v.ends_with(b"\n") {
         v.extend_from_slice(b"\r\n");
     }
     v
@@ -1046,6 +1055,18 @@ fn normalized(msg: &[u8]) -> Vec<u8> {
 
 fn check_round_trip(rng: &mut XorShift, msg: &[u8]) {
     for normalize in [false, true] {
+        // Raw stuffing (a POP3 server) ends a bare-LF last line with `LF . CRLF`, which the
+        // POP3 client's decoder reads; normalised stuffing (SMTP DATA) needs no such thing.
+        let decoder = |limit: u64| {
+            let d = DotDecoder::new(limit);
+            if normalize {
+                d
+            } else {
+                d.with_lf_terminator()
+            }
+        };
+        let dot_decode_pieces =
+            |pieces: &[&[u8]], limit: u64| dot_decode_pieces_with(decoder(limit), pieces);
         let wire = DotStuffer::stuff_all(msg, normalize);
         let expect = if normalize {
             normalized(msg)
@@ -1104,7 +1125,11 @@ fn check_round_trip(rng: &mut XorShift, msg: &[u8]) {
         }
 
         // Discarding counts the same and stores nothing.
-        let mut d = DotDecoder::discarding();
+        let mut d = if normalize {
+            DotDecoder::discarding()
+        } else {
+            DotDecoder::discarding().with_lf_terminator()
+        };
         let mut sink = BytesMut::new();
         let p = d.decode(&with_tail, &mut sink).unwrap();
         assert!(p.done && p.consumed == wire.len() && sink.is_empty());
@@ -1162,13 +1187,16 @@ fn stuffing_round_trips_over_generated_messages() {
     assert!(count >= 2000);
 }
 
-/// What the decoder must make of wire bytes up to its terminator: the dot at the
-/// start of the input or after any LF is dropped, every other byte kept.
+/// What the (strict) decoder must make of wire bytes up to its terminator: a dot at the
+/// start of the input or after CRLF is dropped; a dot after a bare LF is dropped only
+/// when another dot follows (stuffing); every other byte is kept.
 fn unstuff_model(wire: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(wire.len());
     for (i, &b) in wire.iter().enumerate() {
-        let line_start = i == 0 || wire[i - 1] == b'\n';
-        if !(line_start && b == b'.') {
+        let after_crlf = i == 0 || (i >= 2 && &wire[i - 2..i] == b"\r\n");
+        let after_lf = i >= 1 && wire[i - 1] == b'\n' && !after_crlf;
+        let stuffing = b == b'.' && (after_crlf || (after_lf && wire.get(i + 1) == Some(&b'.')));
+        if !stuffing {
             out.push(b);
         }
     }
@@ -1183,6 +1211,49 @@ fn terminator_end(wire: &[u8]) -> Option<usize> {
         .windows(5)
         .position(|w| w == b"\r\n.\r\n")
         .map(|p| p + 3)
+}
+
+/// Where the data ends for the POP3 client's decoder: just after the first `LF . CRLF`
+/// (that LF bare or part of a CRLF), the start counting as a CRLF.
+fn lenient_terminator_end(wire: &[u8]) -> Option<usize> {
+    let mut with_start = b"\r\n".to_vec();
+    with_start.extend_from_slice(wire);
+    with_start
+        .windows(4)
+        .position(|w| w == b"\n.\r\n")
+        .map(|p| p + 2)
+}
+
+#[test]
+fn lenient_dot_decoder_also_ends_on_lf_dot_crlf() {
+    let mut rng = XorShift::new(0x1e_d07);
+    let alphabet: &[u8] = &[b'.', b'.', b'\r', b'\r', b'\n', b'\n', b'a', 0];
+    let mut ended_on_bare_lf = 0;
+    for i in 0..5000 {
+        let len = rng.below(if i % 10 == 0 { 200 } else { 30 });
+        let mut wire: Vec<u8> = (0..len).map(|_| *rng.pick(alphabet)).collect();
+        if i % 3 == 0 {
+            wire.extend_from_slice(b"x\n.\r\n+OK");
+        }
+        let decode = |pieces: &[&[u8]]| {
+            dot_decode_pieces_with(DotDecoder::new(1 << 20).with_lf_terminator(), pieces).unwrap()
+        };
+        let whole = decode(&[&wire]);
+        match lenient_terminator_end(&wire) {
+            Some(end) => {
+                assert_eq!((whole.1, whole.2), (end, true), "{wire:?}");
+                assert_eq!(whole.0, unstuff_model(&wire[..end - 3]), "{wire:?}");
+                if terminator_end(&wire) != Some(end) {
+                    ended_on_bare_lf += 1;
+                }
+            }
+            None => assert!(!whole.2 && whole.1 == wire.len(), "{wire:?}"),
+        }
+        let cut = rng.below(wire.len() + 1);
+        assert_eq!(decode(&[&wire[..cut], &wire[cut..]]), whole, "{wire:?}");
+        assert_eq!(decode(&random_pieces(&mut rng, &wire)), whole, "{wire:?}");
+    }
+    assert!(ended_on_bare_lf > 500, "{ended_on_bare_lf}");
 }
 
 #[test]
@@ -1207,10 +1278,11 @@ fn dot_decoder_matches_a_model_on_random_wire_bytes() {
             None => {
                 assert!(!whole.2, "{wire:?}");
                 assert_eq!(whole.1, wire.len());
-                // At most the CR of a line-start "." CR can still be held back.
+                // At most the CR of a line-start "." CR, or a dot after a bare LF and the
+                // CR after it, can still be held back.
                 let model = unstuff_model(&wire);
                 assert!(model.starts_with(&whole.0), "{wire:?}");
-                assert!(model.len() - whole.0.len() <= 1, "{wire:?}");
+                assert!(model.len() - whole.0.len() <= 2, "{wire:?}");
             }
         }
         let pieces = random_pieces(&mut rng, &wire);
@@ -1233,11 +1305,11 @@ fn stuffer_rules_by_hand() {
         (b"", b".\r\n"),
         (b"a", b"a\r\n.\r\n"),
         (b"a\r\n", b"a\r\n.\r\n"),
-        (b"a\n", b"a\n\r\n.\r\n"),
+        (b"a\n", b"a\n.\r\n"),
         (b"a\r", b"a\r\r\n.\r\n"),
         (b".", b"..\r\n.\r\n"),
         (b"\r\n.\r\n", b"\r\n..\r\n.\r\n"),
-        (b"x\n.\n", b"x\n..\n\r\n.\r\n"),
+        (b"x\n.\n", b"x\n..\n.\r\n"),
     ];
     for (msg, wire) in raw {
         assert_eq!(&DotStuffer::stuff_all(msg, false)[..], *wire, "{msg:?}");

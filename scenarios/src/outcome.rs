@@ -348,6 +348,9 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
         .iter()
         .filter_map(|pe| match &pe.event {
             Event::AccountFailed { account, error } => Some((account.clone(), error.clone())),
+            Event::PassInterrupted { account, reason } => {
+                Some((account.clone(), format!("pass interrupted: {reason}")))
+            }
             _ => None,
         })
         .collect();

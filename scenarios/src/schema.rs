@@ -1192,6 +1192,19 @@ pub fn known_event_kinds() -> Vec<String> {
             uid: s(),
             reason: s(),
         },
+        Event::SizeMismatch {
+            account: s(),
+            uid: s(),
+            listed: 0,
+            received: 0,
+            overran: false,
+            failures: 0,
+        },
+        Event::PossibleDuplicate {
+            account: s(),
+            uid: s(),
+            message_id: None,
+        },
         Event::Quarantined {
             account: s(),
             uid: s(),
@@ -1217,6 +1230,10 @@ pub fn known_event_kinds() -> Vec<String> {
             account: s(),
             error: s(),
         },
+        Event::PassInterrupted {
+            account: s(),
+            reason: s(),
+        },
         Event::PassFinished {
             account: s(),
             delivered: 0,
@@ -1238,11 +1255,14 @@ pub fn known_event_kinds() -> Vec<String> {
             | Event::SkippedOversize { .. }
             | Event::Rejected { .. }
             | Event::Deferred { .. }
+            | Event::SizeMismatch { .. }
+            | Event::PossibleDuplicate { .. }
             | Event::Quarantined { .. }
             | Event::SenderRepaired { .. }
             | Event::Reconnected { .. }
             | Event::AuthFailed { .. }
             | Event::AccountFailed { .. }
+            | Event::PassInterrupted { .. }
             | Event::PassFinished { .. } => {}
         }
     }
@@ -1372,6 +1392,6 @@ mod tests {
         let k = known_event_kinds();
         assert!(k.contains(&"message.delivered".to_string()));
         assert!(k.contains(&"pass.finished".to_string()));
-        assert_eq!(k.len(), 13);
+        assert_eq!(k.len(), 16);
     }
 }

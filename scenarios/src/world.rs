@@ -30,7 +30,7 @@ use popbridge::config::{Config, ConfigError};
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
 use popbridge::net::{BoxIo, Dialer, MemoryDialer, TcpDialer};
-use popbridge::pass::{run_accounts_with, StopFlag, Summary};
+use popbridge::pass::{run_accounts_with, Faults, Step, StopFlag, Summary};
 use tokio::net::TcpListener;
 
 use crate::external::{run_command, substitute, Connector, ExternalRun, Values};
@@ -665,7 +665,8 @@ async fn passes(
             .run
             .crash
             .filter(|c| c.pass == pass)
-            .map(|c| c.after_deliveries);
+            .map(|c| Faults::crash(Step::AfterRecord, c.after_deliveries))
+            .unwrap_or(Faults::NONE);
         let out = run_accounts_with(
             config.clone(),
             dialer.clone(),
