@@ -13,22 +13,37 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ledger::Status;
 
-/// Ledger keys by message number: the UIDL, except where the server lists a UID more than
-/// once or gives none (those are keyed by header digest once downloaded, see
-/// [`DigestKeys`]).
-pub fn uid_keys(listing: &[(u32, u64)], uids: Option<Vec<(u32, String)>>) -> HashMap<u32, String> {
+/// Ledger keys by message number: the UIDL, except where the server gives none or lists a
+/// UID more than once, now or ever before (`shared`): those are keyed by header digest
+/// once downloaded (see [`DigestKeys`]), so a message's key never changes when its twin
+/// goes. Also returns the UIDs newly found shared, for the ledger to remember.
+pub fn uid_keys(
+    listing: &[(u32, u64)],
+    uids: Option<Vec<(u32, String)>>,
+    shared: &HashSet<String>,
+) -> (HashMap<u32, String>, Vec<String>) {
     let Some(uids) = uids else {
-        return HashMap::new();
+        return (HashMap::new(), Vec::new());
     };
     let mut count: HashMap<&str, usize> = HashMap::new();
     for (_, u) in &uids {
         *count.entry(u.as_str()).or_default() += 1;
     }
+    let mut fresh: Vec<String> = count
+        .iter()
+        .filter(|(u, n)| **n > 1 && !shared.contains(**u))
+        .map(|(u, _)| u.to_string())
+        .collect();
+    fresh.sort();
     let listed: HashSet<u32> = listing.iter().map(|(n, _)| *n).collect();
-    uids.iter()
-        .filter(|(n, u)| listed.contains(n) && count.get(u.as_str()) == Some(&1))
+    let keys = uids
+        .iter()
+        .filter(|(n, u)| {
+            listed.contains(n) && count.get(u.as_str()) == Some(&1) && !shared.contains(u)
+        })
         .map(|(n, u)| (*n, u.clone()))
-        .collect()
+        .collect();
+    (keys, fresh)
 }
 
 /// The key a size mismatch of a message without a UID is remembered by: its LIST size,
@@ -70,12 +85,22 @@ fn key_for(digest: &str, occurrence: u32) -> String {
 
 impl DigestKeys {
     /// The key for the next copy of `digest` met in this pass, given what the ledger knew
-    /// at its start: an undelivered key of the family first, then a delivered one whose
-    /// deletion no QUIT confirmed, else a new one.
-    pub fn assign(&mut self, digest: &str, known: &HashMap<String, Status>) -> String {
+    /// at its start (`known`, and the keys `marked` as possibly submitted): an undelivered
+    /// key of the family first (a marked one counts as undelivered: its fate is unknown),
+    /// then a delivered one whose deletion no QUIT confirmed, else a new one.
+    pub fn assign(
+        &mut self,
+        digest: &str,
+        known: &HashMap<String, Status>,
+        marked: &HashSet<String>,
+    ) -> String {
         let mut best: Option<(u8, u32)> = None;
         let mut highest = 0;
-        for (key, status) in known {
+        let unrecorded = marked
+            .iter()
+            .filter(|k| !known.contains_key(*k))
+            .map(|k| (k, &Status::New));
+        for (key, status) in known.iter().chain(unrecorded) {
             let Some(occ) = occurrence(digest, key) else {
                 continue;
             };
@@ -118,19 +143,34 @@ mod tests {
     #[test]
     fn duplicate_or_missing_uids_are_left_to_digests() {
         let listing = [(1, 10), (2, 10), (3, 10), (4, 10)];
-        let uids = vec![(1, "a".into()), (2, "b".into()), (3, "b".into())];
-        let keys = uid_keys(&listing, Some(uids));
+        let uids = vec![
+            (1, "a".into()),
+            (2, "b".into()),
+            (3, "b".into()),
+            (4, "c".into()),
+        ];
+        let (keys, fresh) = uid_keys(&listing, Some(uids.clone()), &HashSet::new());
+        assert_eq!(
+            keys,
+            HashMap::from([(1, "a".to_string()), (4, "c".to_string())])
+        );
+        assert_eq!(fresh, ["b"]);
+        assert!(uid_keys(&listing, None, &HashSet::new()).0.is_empty());
+        // Once shared, always digest-keyed: even alone, "c" stays out.
+        let shared = HashSet::from(["c".to_string(), "b".to_string()]);
+        let (keys, fresh) = uid_keys(&listing, Some(uids), &shared);
         assert_eq!(keys, HashMap::from([(1, "a".to_string())]));
-        assert!(uid_keys(&listing, None).is_empty());
+        assert!(fresh.is_empty());
     }
 
     #[test]
     fn copies_get_their_own_keys_and_the_same_ones_next_pass() {
         let known = HashMap::new();
+        let none = HashSet::new();
         let mut pass = DigestKeys::default();
-        assert_eq!(pass.assign("d", &known), "d");
-        assert_eq!(pass.assign("d", &known), "d#2");
-        assert_eq!(pass.assign("e", &known), "e");
+        assert_eq!(pass.assign("d", &known, &none), "d");
+        assert_eq!(pass.assign("d", &known, &none), "d#2");
+        assert_eq!(pass.assign("e", &known, &none), "e");
         // Next pass, both delivered and kept on the server: the same keys, so neither is
         // delivered again (leave_on_server).
         let known = HashMap::from([
@@ -138,10 +178,17 @@ mod tests {
             ("d#2".to_string(), delivered(false)),
         ]);
         let mut next = DigestKeys::default();
-        let mut got = [next.assign("d", &known), next.assign("d", &known)];
+        let mut got = [
+            next.assign("d", &known, &none),
+            next.assign("d", &known, &none),
+        ];
         got.sort();
         assert_eq!(got, ["d", "d#2"]);
-        assert_eq!(next.assign("d", &known), "d#3", "a third copy is new");
+        assert_eq!(
+            next.assign("d", &known, &none),
+            "d#3",
+            "a third copy is new"
+        );
     }
 
     #[test]
@@ -160,16 +207,30 @@ mod tests {
                 },
             ),
         ]);
-        assert_eq!(DigestKeys::default().assign("d", &known), "d#2");
+        assert_eq!(
+            DigestKeys::default().assign("d", &known, &HashSet::new()),
+            "d#2"
+        );
     }
 
     #[test]
     fn a_key_whose_dele_was_applied_is_not_reused() {
+        let none = HashSet::new();
         let known = HashMap::from([("d".to_string(), delivered(true))]);
-        assert_eq!(DigestKeys::default().assign("d", &known), "d#2");
+        assert_eq!(DigestKeys::default().assign("d", &known, &none), "d#2");
         // Unrelated families and look-alike prefixes are not counted.
         let known = HashMap::from([("dd".to_string(), delivered(false))]);
-        assert_eq!(DigestKeys::default().assign("d", &known), "d");
+        assert_eq!(DigestKeys::default().assign("d", &known, &none), "d");
+    }
+
+    #[test]
+    fn a_copy_whose_submission_was_cut_short_keeps_its_key() {
+        // d's final data went out without a reply (marked, never recorded); d#2 was
+        // delivered and deleted. The copy still listed is d's: same key, so it is reported
+        // as a possible duplicate when sent again.
+        let known = HashMap::from([("d#2".to_string(), delivered(true))]);
+        let marked = HashSet::from(["d".to_string()]);
+        assert_eq!(DigestKeys::default().assign("d", &known, &marked), "d");
     }
 
     #[test]

@@ -55,7 +55,8 @@ const MIGRATIONS: &[&str] = &[
     // LIST size); for header-digest keys, DELEs whose QUIT was never confirmed (the LIST
     // size of the message and how many messages of that size the listing had, to tell
     // next time whether the server applied them); and the messages whose final data may
-    // have reached the SMTP server without their outcome being recorded.
+    // have reached the SMTP server without their outcome being recorded; and the UIDs a
+    // server ever listed for more than one message (keyed by header digest from then on).
     "ALTER TABLE messages ADD COLUMN failure_kind TEXT NOT NULL DEFAULT 'refused'
         CHECK (failure_kind IN ('refused', 'mismatch'));
      ALTER TABLE messages ADD COLUMN unconfirmed_size INTEGER;
@@ -65,6 +66,11 @@ const MIGRATIONS: &[&str] = &[
         key     TEXT    NOT NULL,
         since   INTEGER NOT NULL,
         PRIMARY KEY (account, key)
+     ) STRICT;
+     CREATE TABLE shared_uids (
+        account TEXT    NOT NULL,
+        uid     TEXT    NOT NULL,
+        PRIMARY KEY (account, uid)
      ) STRICT;",
 ];
 
@@ -666,6 +672,45 @@ impl Ledger {
             );
         }
         Ok(())
+    }
+
+    /// The UIDs the server listed for more than one message at some point.
+    pub fn shared_uids(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT uid FROM shared_uids WHERE account = ?1")
+            .at(&self.path)?;
+        let rows = stmt
+            .query_map(params![account], |row| row.get::<_, String>(0))
+            .at(&self.path)?;
+        rows.map(|r| r.at(&self.path)).collect()
+    }
+
+    /// Remembers UIDs listed for more than one message: their messages stay keyed by header
+    /// digest even once the UID is unique again, so their keys never change.
+    pub fn record_shared_uids(
+        &mut self,
+        account: &str,
+        uids: &[String],
+    ) -> Result<(), LedgerError> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        for uid in uids {
+            tx.prepare_cached(
+                "INSERT INTO shared_uids (account, uid) VALUES (?1, ?2)
+                 ON CONFLICT (account, uid) DO NOTHING",
+            )
+            .at(path)?
+            .execute(params![account, uid])
+            .at(path)?;
+        }
+        tx.commit().at(path)
     }
 
     /// Remembers DELEs of header-digest messages whose QUIT was never confirmed (whether

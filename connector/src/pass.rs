@@ -65,6 +65,9 @@ const SBS_LIMIT: u64 = 10 * 1024 * 1024;
 const SBS_MAX_PER_SESSION: usize = 500;
 /// RETRs kept in flight when the server offers PIPELINING.
 const RETR_WINDOW: usize = 8;
+/// New POP3 sessions a pass may start after one ended on a message whose size did not
+/// match its LIST size (it goes last from then on, so each new session gets further).
+const MAX_RESTARTS: u32 = 8;
 
 /// Why an account could not be processed at all (exit codes 2 and 3), or broke down.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -211,6 +214,15 @@ impl Item {
             .unwrap_or_else(|| keys::size_key(self.size))
     }
 
+    /// What tells it apart when its session is restarted within a pass: its UID (message
+    /// numbers move once deletions apply), else its size key and number.
+    fn tried_id(&self) -> (String, u32) {
+        match &self.key {
+            Some(k) => (k.clone(), 0),
+            None => (keys::size_key(self.size), self.n),
+        }
+    }
+
     /// How it is named in events before its key is known.
     fn label(&self) -> String {
         self.key.clone().unwrap_or_else(|| format!("#{}", self.n))
@@ -219,8 +231,14 @@ impl Item {
 
 /// How a POP3 session ended before its work was done.
 enum Broken {
-    /// Replies stopped making sense: end with a QUIT sent blind.
-    OutOfStep(String),
+    /// Replies stopped making sense: end with a QUIT sent blind. `suspect` when a message
+    /// that did not match its LIST size was recorded (it goes last from now on).
+    OutOfStep {
+        /// Why.
+        reason: String,
+        /// A size-mismatch suspect was recorded.
+        suspect: bool,
+    },
     /// The connection broke or stalled: drop it.
     Lost(Pop3Error),
     /// A simulated crash: stop dead.
@@ -256,6 +274,10 @@ struct Run<'a> {
     marked: HashSet<String>,
     /// Keys whose final data went out without a reply: not sent again this pass.
     unknown: HashSet<String>,
+    /// Messages submitted (or refused, or deferred) this pass: what the cap bounds.
+    attempts: usize,
+    /// Size-mismatch suspects retrieved this pass (see [`Item::tried_id`]): not again.
+    tried_alone: HashSet<(String, u32)>,
 }
 
 /// Runs one pass over `account`.
@@ -282,6 +304,8 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         leftover: HashSet::new(),
         marked: HashSet::new(),
         unknown: HashSet::new(),
+        attempts: 0,
+        tried_alone: HashSet::new(),
     };
     cx.events.emit(Event::PassStarted {
         account: account.name.clone(),
@@ -464,10 +488,42 @@ impl Run<'_> {
             .map_err(|e| AccountFailure::Config(e.to_string()))?;
         let settings = pop3::Settings::for_account(cfg, a)
             .map_err(|e| AccountFailure::Config(e.to_string()))?;
-        let auth = pop3::connect(self.cx.dialer, &settings)
+        let mut restarts = 0;
+        while let Some(reason) = self.pop3_session(&settings, &secret, restarts).await? {
+            // The message that ended it goes last next time: a new session gets further.
+            if restarts >= MAX_RESTARTS || self.cx.stop.is_stopped() {
+                self.summary.aborted = Some(format!(
+                    "{reason}; no further POP3 session this pass ({restarts} already)"
+                ));
+                break;
+            }
+            restarts += 1;
+            self.emit(Event::Reconnected {
+                account: a.name.clone(),
+                reason: format!("new POP3 session: {reason}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// One POP3 session of the pass (`restarts` before it): login, listing, the work, QUIT.
+    /// `Some(reason)` when it ended on a message that did not match its LIST size, with
+    /// work left that another session can reach.
+    async fn pop3_session(
+        &mut self,
+        settings: &pop3::Settings<'_>,
+        secret: &crate::secret::Secret,
+        restarts: u32,
+    ) -> Result<Option<String>, AccountFailure> {
+        let cfg = self.cx.config;
+        let a = self.account;
+        self.deleting.clear();
+        self.size_counts.clear();
+        self.digests = DigestKeys::default();
+        let auth = pop3::connect(self.cx.dialer, settings)
             .await
             .map_err(pop3_failure)?;
-        let mut txn = match auth.authenticate(a.auth, &a.username, &secret).await {
+        let mut txn = match auth.authenticate(a.auth, &a.username, secret).await {
             Ok(t) => t,
             Err(e) => {
                 if let Some(r) = e.reply().filter(|_| e.is_auth()) {
@@ -480,7 +536,9 @@ impl Run<'_> {
             }
         };
         let listing = txn.list().await.map_err(pop3_failure)?;
-        self.summary.listed = listing.len() as u32;
+        if restarts == 0 {
+            self.summary.listed = listing.len() as u32;
+        }
         self.emit(Event::Listed {
             account: a.name.clone(),
             messages: self.summary.listed,
@@ -490,8 +548,15 @@ impl Run<'_> {
             *self.size_counts.entry(*size).or_default() += 1;
         }
         let uids = txn.uidl().await.map_err(pop3_failure)?;
-        let uid_keys = keys::uid_keys(&listing, uids);
         let ledger_error = |e: crate::ledger::LedgerError| AccountFailure::Config(e.to_string());
+        let uid_keys = {
+            let mut l = lock(self.cx.ledger);
+            let shared = l.shared_uids(&a.name).map_err(ledger_error)?;
+            let (keys, fresh) = keys::uid_keys(&listing, uids, &shared);
+            l.record_shared_uids(&a.name, &fresh)
+                .map_err(ledger_error)?;
+            keys
+        };
         {
             let mut l = lock(self.cx.ledger);
             if uid_keys.len() < listing.len() {
@@ -519,11 +584,6 @@ impl Run<'_> {
 
         // Decide per message: delete what was delivered before, collect what needs work
         // (size-mismatch suspects last).
-        let cap = if self.sbs {
-            SBS_MAX_PER_SESSION
-        } else {
-            cfg.limits.max_messages_per_session
-        };
         let (mut work, mut alone) = (Vec::new(), Vec::new());
         for &(n, size) in &listing {
             let key = uid_keys.get(&n).cloned();
@@ -550,7 +610,6 @@ impl Run<'_> {
                         self.deleting.insert(n, key.clone().unwrap_or_default());
                     }
                 }
-                _ if work.len() + alone.len() >= cap => self.summary.postponed += 1,
                 st => {
                     let suspect = match (&key, st) {
                         (
@@ -578,17 +637,30 @@ impl Run<'_> {
                 }
             }
         }
-        work.append(&mut alone);
-        for i in 1..work.len() {
-            work[i - 1].next = work[i].key.clone();
+        // Suspects least often tried first, the order turning from pass to pass, and none
+        // twice in a pass: a message whose mismatch a passing fault caused (or that only
+        // shares a LIST size with a liar, without UIDs) is never starved behind one that
+        // lies every time.
+        let tries = |item: &Item| match self.known.get(&item.mismatch_key()) {
+            Some(Status::Failed { failures, .. }) => *failures,
+            _ => 0,
+        };
+        alone.retain(|item| !self.tried_alone.contains(&item.tried_id()));
+        alone.sort_by_key(|item| (tries(item), item.n));
+        if !alone.is_empty() {
+            let turn: u32 = alone.iter().map(tries).sum();
+            let len = alone.len();
+            alone.rotate_left(turn as usize % len);
         }
+        work.append(&mut alone);
+        let postponed = self.summary.postponed;
         let result = self.process(&mut txn, work).await;
         // Drain replies (DELEs) and QUIT: only a successful QUIT applies the deletions.
         match result {
             Ok(()) => {
                 if self.reached(Step::DuringQuit) {
                     txn.quit_and_vanish().await;
-                    return Ok(());
+                    return Ok(None);
                 }
                 match txn.quit().await {
                     Ok(_) => self.confirm_deleted(),
@@ -599,15 +671,19 @@ impl Run<'_> {
                 }
             }
             Err(Broken::Crashed) => {}
-            Err(Broken::OutOfStep(reason)) => {
+            Err(Broken::OutOfStep { reason, suspect }) => {
                 // Only the DELEs sent before, each for a proven delivery, can take effect.
                 let quit = match txn.quit_blind().await {
                     Ok(()) => "QUIT sent without reading further replies".to_string(),
                     Err(e) => format!("the connection was then dropped: {e}"),
                 };
-                self.summary.aborted = Some(format!(
-                    "{reason}; {quit}; deletions of this session not confirmed"
-                ));
+                let reason = format!("{reason}; {quit}; deletions of this session not confirmed");
+                if suspect && self.summary.postponed > postponed {
+                    // What was not reached is for the next session, not postponed.
+                    self.summary.postponed = postponed;
+                    return Ok(Some(reason));
+                }
+                self.summary.aborted = Some(reason);
             }
             Err(Broken::Lost(e)) => {
                 // The POP3 session is unusable: drop it without QUIT. Nothing is deleted;
@@ -615,7 +691,7 @@ impl Run<'_> {
                 self.summary.aborted = Some(format!("POP3 session lost: {e}"));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn confirm_deleted(&mut self) {
@@ -701,10 +777,20 @@ impl Run<'_> {
         Ok(self.smtp.as_mut().expect("connected above"))
     }
 
+    /// The most messages submitted per pass.
+    fn cap(&self) -> usize {
+        if self.sbs {
+            SBS_MAX_PER_SESSION
+        } else {
+            self.cx.config.limits.max_messages_per_session
+        }
+    }
+
     async fn process(&mut self, txn: &mut Transaction, work: Vec<Item>) -> Result<(), Broken> {
         if work.is_empty() {
             return Ok(());
         }
+        let cap = self.cap();
         let a = self.account;
         let limit = match self.limit().await {
             Ok(l) => l,
@@ -729,7 +815,7 @@ impl Run<'_> {
         let ceiling = self.cx.config.limits.max_download_size;
         let limit = Some(limit.map_or(ceiling, |l| l.min(ceiling)));
         // Oversize messages are never downloaded.
-        let mut todo = Vec::new();
+        let mut todo: Vec<Item> = Vec::new();
         for item in work {
             match limit {
                 Some(l) if item.size > l => {
@@ -743,6 +829,21 @@ impl Run<'_> {
                 }
                 _ => todo.push(item),
             }
+        }
+        // The cap bounds submissions, and counts only what will be downloaded. A message
+        // without a UID may turn out, once downloaded, to be one already delivered or
+        // quarantined: those are all queued, and the cap is applied as they are submitted.
+        let mut with_uid = 0;
+        todo.retain(|item| {
+            if item.key.is_none() {
+                return true;
+            }
+            with_uid += 1;
+            with_uid <= cap
+        });
+        self.summary.postponed += with_uid.saturating_sub(cap) as u32;
+        for i in 1..todo.len() {
+            todo[i - 1].next = todo[i].key.clone();
         }
         // Estimated LIST sizes prove nothing: one message at a time then.
         let window = if txn.capabilities.pipelining && a.verify_list_size {
@@ -767,11 +868,16 @@ impl Run<'_> {
             while in_flight_retr < window && !self.cx.stop.is_stopped() {
                 match queue.peek() {
                     Some(item) if item.alone && txn.in_flight() > 0 => break,
+                    // Never more submissions than the cap, counting those in flight.
+                    Some(item) if item.key.is_none() && self.attempts + in_flight_retr >= cap => {
+                        break
+                    }
                     Some(_) => {
                         let item = queue.next().expect("peeked");
                         txn.send_retr(item.n, bound(item.size));
                         in_flight_retr += 1;
                         if item.alone {
+                            self.tried_alone.insert(item.tried_id());
                             break;
                         }
                     }
@@ -820,20 +926,31 @@ impl Run<'_> {
                 }
                 Err(Pop3Error::TooLarge { limit, .. }) => {
                     let Some(Pending::Retr(msg)) = answering else {
-                        break Err(Broken::OutOfStep(format!(
-                            "a reply ran past {limit} octets"
-                        )));
+                        break Err(Broken::OutOfStep {
+                            reason: format!("a reply ran past {limit} octets"),
+                            suspect: false,
+                        });
                     };
+                    // Answered, however wrongly: not work left for another session.
+                    in_flight_retr -= 1;
                     let item = by_n.get(&msg).cloned();
                     if let Some(item) = &item {
                         self.mismatch(item, limit, true);
                     }
-                    break Err(Broken::OutOfStep(format!(
-                        "message {msg} ran past {limit} octets (LIST said {})",
-                        item.map_or(0, |i| i.size)
-                    )));
+                    break Err(Broken::OutOfStep {
+                        reason: format!(
+                            "message {msg} ran past {limit} octets (LIST said {})",
+                            item.as_ref().map_or(0, |i| i.size)
+                        ),
+                        suspect: item.is_some(),
+                    });
                 }
-                Err(e @ Pop3Error::Protocol { .. }) => break Err(Broken::OutOfStep(e.to_string())),
+                Err(e @ Pop3Error::Protocol { .. }) => {
+                    break Err(Broken::OutOfStep {
+                        reason: e.to_string(),
+                        suspect: false,
+                    })
+                }
                 Err(e) => break Err(Broken::Lost(e)),
             }
         };
@@ -857,17 +974,32 @@ impl Run<'_> {
             txn.send_dele(item.n);
             self.deleting.insert(item.n, item.label());
         }
+        if body.head().starts_with(b"+OK") || body.head().starts_with(b"-ERR") {
+            // A status line where the message should start: a reply was read as another's
+            // (an extra line came before it). Nothing after this can be trusted.
+            return Err(Broken::OutOfStep {
+                reason: format!(
+                    "message {} began with a POP3 status line: the replies are out of step",
+                    item.n
+                ),
+                suspect: false,
+            });
+        }
         let plausible = body.line_ends().plausible_sizes(body.len());
         if self.account.verify_list_size && !plausible.contains(&item.size) {
             self.mismatch(&item, body.len(), false);
             if body.len() < item.size {
                 // Its end came early: what follows may be the rest of it.
-                return Err(Broken::OutOfStep(format!(
-                    "message {} came back with {} octets where LIST said {}",
-                    item.n,
-                    body.len(),
-                    item.size
-                )));
+                return Err(Broken::OutOfStep {
+                    reason: format!(
+                        "message {} came back with {} octets where LIST said {}",
+                        item.n,
+                        body.len(),
+                        item.size
+                    ),
+                    // Another session goes on past it (it is not retried this pass).
+                    suspect: true,
+                });
             }
             return Ok(());
         }
@@ -882,10 +1014,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Records and reports a message whose retrieval did not match its LIST size.
+    /// Records and reports a message whose retrieval did not match its LIST size (not to be
+    /// tried again in this pass).
     fn mismatch(&mut self, item: &Item, received: u64, overran: bool) {
         let a = self.account;
         let key = item.mismatch_key();
+        self.tried_alone.insert(item.tried_id());
         let what = if overran {
             format!("RETR ran past {received} octets")
         } else {
@@ -939,7 +1073,7 @@ impl Run<'_> {
                 // No usable UIDL: the header digest, numbered by occurrence, is the key; it
                 // may show this copy was delivered before.
                 let digest = message::header_digest(body.head(), body.len(), crate::body::HEAD_MAX);
-                let k = self.digests.assign(&digest, &self.known);
+                let k = self.digests.assign(&digest, &self.known, &self.leftover);
                 let status = self.known.get(&k).filter(|st| {
                     !(matches!(st, Status::Delivered { .. })
                         && self.sabotaged(Sabotage::SkipLedgerCheck))
@@ -984,6 +1118,7 @@ impl Run<'_> {
     async fn deliver(&mut self, txn: &mut Transaction, item: &Item, key: String, body: Body) {
         let cfg = self.cx.config;
         let a = self.account;
+        self.attempts += 1;
         let info = message::parse_headers(body.head(), crate::body::HEAD_MAX);
         let smtputf8 = self.smtp.as_ref().is_some_and(|s| s.ext.smtputf8);
         let sender = message::envelope_sender(
@@ -1056,7 +1191,16 @@ impl Run<'_> {
         loop {
             let attempt = match self.session().await {
                 Ok(s) => s.send(&env, prefix.as_bytes(), &body).await,
-                Err(e) => Err(e),
+                Err(e) => {
+                    // No session to submit in: not this message's doing.
+                    self.smtp = None;
+                    let why = format!("no SMTP session: {e}");
+                    if self.replace_session(&why) {
+                        continue;
+                    }
+                    self.defer(key, why);
+                    return;
+                }
             };
             match attempt {
                 Ok(accepted) => {
@@ -1102,7 +1246,7 @@ impl Run<'_> {
                     self.defer(key, e.to_string());
                     return;
                 }
-                Err(e) if e.is_permanent() => {
+                Err(e) if e.is_permanent() && e.is_message_refusal() => {
                     let reply = e
                         .reply()
                         .map(|r| r.first_line())

@@ -797,6 +797,11 @@ impl Transaction {
     }
 
     /// `(number, uid)` from UIDL, or `None` when the server has no UIDL.
+    ///
+    /// Only a server that does not offer UIDL gets `None`: one whose CAPA leaves it out,
+    /// or, without CAPA, one that refuses it with no response code. A refusal by a server
+    /// that offers it, or a temporary one, is an error: switching a mailbox to header-digest
+    /// keys for one session could deliver its messages again under their other key.
     pub async fn uidl(&mut self) -> Result<Option<Vec<(u32, String)>>, Pop3Error> {
         if self.capabilities.known && !self.capabilities.uidl {
             return Ok(None);
@@ -804,7 +809,11 @@ impl Transaction {
         self.wire.queue("UIDL\r\n", "UIDL");
         match self.wire.ok("UIDL").await {
             Ok(_) => {}
-            Err(Pop3Error::Refused { .. }) => return Ok(None),
+            Err(Pop3Error::Refused { reply, .. })
+                if !self.capabilities.known && reply.code.is_none() =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(e),
         }
         let body = self.wire.listing("UIDL").await?;

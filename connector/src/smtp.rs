@@ -131,6 +131,21 @@ impl SmtpError {
         self.reply().is_some_and(Reply::is_permanent)
     }
 
+    /// True when the refusal is about the message (its sender, recipients or content:
+    /// MAIL, RCPT, DATA, BDAT, the end of data), not about the session (greeting, EHLO,
+    /// STARTTLS): only those count towards quarantining a message.
+    pub fn is_message_refusal(&self) -> bool {
+        match self {
+            // 503 (bad sequence) is about the session's state, never the message.
+            Self::Refused { reply, .. } if reply.code == 503 => false,
+            Self::Refused { stage, .. } => matches!(
+                stage,
+                Stage::Mail | Stage::Rcpt | Stage::Data | Stage::Chunk | Stage::EndOfData
+            ),
+            _ => false,
+        }
+    }
+
     /// True for everything worth retrying later: 4xx, lost connections, timeouts.
     pub fn is_transient(&self) -> bool {
         !self.is_permanent() && !matches!(self, Self::Tls(_) | Self::StartTlsUnavailable(_))
@@ -139,7 +154,9 @@ impl SmtpError {
     /// True when the session is gone (421, I/O, timeout): reconnect before going on.
     pub fn session_lost(&self) -> bool {
         match self {
-            Self::Refused { reply, .. } => reply.code == 421,
+            // 421: the server is closing. 503: the session's state is not what this side
+            // thinks (bad sequence): a new session starts clean.
+            Self::Refused { reply, .. } => matches!(reply.code, 421 | 503),
             Self::Io { .. } | Self::Timeout { .. } | Self::Protocol { .. } | Self::Spool(_) => true,
             _ => false,
         }
@@ -322,6 +339,19 @@ fn short_spool(read: u64, expected: u64) -> io::Error {
     )
 }
 
+/// True when `code`, a positive or intermediate reply, is one that answers `stage` (RFC
+/// 5321 section 4.3.2; RFC 3030 for BDAT). A 2xx or 3xx that answers something else means
+/// the replies are out of step with the commands (a hostile or broken server): trusting
+/// it could count a message as accepted on another command's reply.
+fn answers(stage: Stage, code: u16) -> bool {
+    match stage {
+        Stage::Greeting | Stage::StartTls => code == 220,
+        Stage::Hello | Stage::Mail | Stage::Chunk | Stage::EndOfData => code == 250,
+        Stage::Rcpt => matches!(code, 250 | 251),
+        Stage::Data => code == 354,
+    }
+}
+
 fn counts_as_protocol_error(code: u16) -> bool {
     matches!(code, 500 | 501 | 503)
 }
@@ -438,7 +468,16 @@ impl SmtpClient {
     /// 5321 asks a client to wait ten minutes for it: content filters run before it).
     async fn final_reply(&mut self) -> Result<Reply, SmtpError> {
         let limit = self.data_timeout;
-        self.reply_within(Stage::EndOfData, limit, "data").await
+        let r = self.reply_within(Stage::EndOfData, limit, "data").await?;
+        if !self.inbuf.is_empty() {
+            // Nothing was asked after the end of the data: more bytes mean the replies are
+            // out of step, and this one may answer something else.
+            return Err(SmtpError::Protocol {
+                stage: Stage::EndOfData,
+                detail: "more data after the final reply: the replies are out of step".into(),
+            });
+        }
+        Ok(r)
     }
 
     /// The next reply, which must be complete within `limit` as a whole.
@@ -455,6 +494,15 @@ impl SmtpClient {
                     tracing::debug!(target: "popbridge::wire", "SMTP S: {}", r.first_line());
                     if counts_as_protocol_error(r.code) {
                         self.protocol_errors += 1;
+                    }
+                    if r.code < 400 && !answers(stage, r.code) {
+                        return Err(SmtpError::Protocol {
+                            stage,
+                            detail: format!(
+                                "{} does not answer {stage}: the replies are out of step",
+                                r.first_line()
+                            ),
+                        });
                     }
                     return Ok(r);
                 }
@@ -592,6 +640,9 @@ impl SmtpClient {
         self.write(b"DATA\r\n", "DATA", Stage::Data).await?;
         let r = self.reply(Stage::Data).await?;
         if r.code != 354 {
+            // The transaction is still open on the server: end it, or the next MAIL meets
+            // "sender already specified".
+            self.rset().await?;
             return Err(SmtpError::Refused {
                 stage: Stage::Data,
                 reply: r,
@@ -684,13 +735,17 @@ impl SmtpClient {
             self.write(&out, "", stage).await?;
             sent += pending.len() as u64;
             pending.clear();
-            let r = if last {
-                self.final_reply().await?
-            } else {
-                self.reply(Stage::Chunk).await?
-            };
-            if last || !r.is_positive() {
-                return Ok(r);
+            if last {
+                return self.final_reply().await;
+            }
+            let r = self.reply(Stage::Chunk).await?;
+            if !r.is_positive() {
+                // RFC 3030: no more chunks for a failed transaction; end it.
+                self.rset().await?;
+                return Err(SmtpError::Refused {
+                    stage: Stage::Chunk,
+                    reply: r,
+                });
             }
         }
     }
@@ -701,7 +756,7 @@ impl SmtpClient {
         self.reply(Stage::Mail).await.map(|_| ())
     }
 
-    /// QUIT and close; errors are irrelevant at this point.
+    /// QUIT and close; errors (and the reply) are irrelevant at this point.
     pub async fn quit(mut self) {
         if self.write(b"QUIT\r\n", "QUIT", Stage::Hello).await.is_ok() {
             let _ = self.reply(Stage::Hello).await;

@@ -89,6 +89,9 @@ pub struct MailboxReport {
     pub deleted: Vec<String>,
     /// Number of complete RETR replies sent, duplicates included.
     pub retrievals: u64,
+    /// Where each message still in the maildrop was declared (0-based, in the order the
+    /// mailbox was filled): tells apart messages that share a UID.
+    pub remaining_positions: Vec<usize>,
 }
 
 /// A stored message, shared by every session that lists it.
@@ -100,6 +103,8 @@ pub(crate) struct Stored {
     /// Dot-stuffed with the terminator: what RETR sends after its status line.
     pub wire: Bytes,
     pub size: u64,
+    /// Its place in its mailbox's filling order (0-based).
+    pub position: usize,
 }
 
 impl Stored {
@@ -174,6 +179,7 @@ impl State {
             data: m.data,
             wire,
             size,
+            position: mb.next_uid - 1,
         });
         Arc::make_mut(&mut mb.messages).push(stored);
         true
@@ -467,6 +473,7 @@ impl MockPop3Handle {
         st.mailboxes.get(user).map(|mb| MailboxReport {
             user: user.to_string(),
             remaining: mb.messages.iter().map(|m| m.uid.clone()).collect(),
+            remaining_positions: mb.messages.iter().map(|m| m.position).collect(),
             retrieved: mb.retrieved.clone(),
             deleted: mb.deleted.clone(),
             retrievals: mb.retrievals,

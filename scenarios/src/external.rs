@@ -161,6 +161,9 @@ pub struct ExternalRun {
     pub exit: Option<i32>,
     /// True when it was killed past its bound.
     pub timed_out: bool,
+    /// True when it was killed on purpose (a chaos run's SIGKILL at a random moment).
+    #[serde(default)]
+    pub killed: bool,
     /// Run time in milliseconds.
     pub elapsed_ms: u64,
     /// Standard output (its last 64 KiB).
@@ -174,6 +177,7 @@ impl ExternalRun {
     pub fn status_text(&self, bound: Duration) -> String {
         match (self.exit, self.timed_out) {
             (_, true) => format!("killed after {bound:?} (timeout)"),
+            (_, false) if self.killed => format!("SIGKILLed after {} ms (chaos)", self.elapsed_ms),
             (Some(c), false) => format!("exit {c}"),
             (None, false) => "killed by a signal".into(),
         }
@@ -229,6 +233,18 @@ fn kill_group(pgid: u32) {
 /// Runs `sh -c COMMAND` (standard input closed, its own process group), bounded by
 /// `bound`; past it, the whole group is killed.
 pub async fn run_command(command: &str, bound: Duration, pass: u32, user: &str) -> ExternalRun {
+    run_command_killed(command, bound, None, pass, user).await
+}
+
+/// [`run_command`], whose whole process group is SIGKILLed `kill_after` into the run when
+/// it is still running then (a crash at a random moment).
+pub async fn run_command_killed(
+    command: &str,
+    bound: Duration,
+    kill_after: Option<Duration>,
+    pass: u32,
+    user: &str,
+) -> ExternalRun {
     let started = Instant::now();
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
@@ -243,6 +259,7 @@ pub async fn run_command(command: &str, bound: Duration, pass: u32, user: &str) 
         user: user.to_string(),
         exit: None,
         timed_out: false,
+        killed: false,
         elapsed_ms: 0,
         stdout: String::new(),
         stderr: String::new(),
@@ -257,11 +274,16 @@ pub async fn run_command(command: &str, bound: Duration, pass: u32, user: &str) 
     let pgid = child.id();
     let out = tokio::spawn(read_capped(child.stdout.take()));
     let err = tokio::spawn(read_capped(child.stderr.take()));
-    match tokio::time::timeout(bound, child.wait()).await {
+    let limit = kill_after.map_or(bound, |k| k.min(bound));
+    match tokio::time::timeout(limit, child.wait()).await {
         Ok(Ok(status)) => run.exit = status.code(),
         Ok(Err(e)) => run.stderr = format!("poplab: waiting for the command: {e}\n"),
         Err(_) => {
-            run.timed_out = true;
+            if kill_after.is_some_and(|k| k < bound) {
+                run.killed = true;
+            } else {
+                run.timed_out = true;
+            }
             if let Some(pgid) = pgid {
                 kill_group(pgid);
             }

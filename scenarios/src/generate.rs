@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::locate::KeyPath;
-use crate::schema::{Ctx, Error, MessageSpec, Pop3Mailbox, Scalar, MAX_COUNT, MAX_SIZE};
+use crate::schema::{BodyShape, Ctx, Error, MessageSpec, Pop3Mailbox, Scalar, MAX_COUNT, MAX_SIZE};
 
 /// The fixed Date header value of generated messages.
 pub const DATE: &str = "Mon, 02 Jan 2006 15:04:05 +0000";
@@ -133,12 +133,21 @@ pub(crate) fn plan(
                     (Some(u), _) => format!("{u}-{n}"),
                     (None, _) => name.clone(),
                 };
+                // Identical copies are all written as the label itself.
+                let written = if spec.identical == Some(true) {
+                    spec.label.as_str()
+                } else {
+                    name.as_str()
+                };
                 let (data, message_id) = match &raw {
                     Some(bytes) => (bytes.clone(), None),
-                    None => (
-                        Bytes::from(message(spec, &name, &mb.user, target)),
-                        Some(message_id(&name)),
-                    ),
+                    None => {
+                        let mut m = message(spec, written, &mb.user, target);
+                        if let Some(shape) = spec.body {
+                            shape_body(&mut m, shape);
+                        }
+                        (Bytes::from(m), Some(message_id(written)))
+                    }
                 };
                 out.push(Planned {
                     label: spec.label.clone(),
@@ -180,6 +189,8 @@ fn read_raw(
         ("x_original_to", spec.x_original_to.is_some()),
         ("subject", spec.subject.is_some()),
         ("size", spec.size.is_some()),
+        ("body", spec.body.is_some()),
+        ("identical", spec.identical.is_some()),
     ];
     if let Some((k, _)) = generated_keys.iter().find(|(_, set)| *set) {
         return Err(cx.err(
@@ -194,6 +205,41 @@ fn read_raw(
             format!("cannot read {}: {e}", path.display()),
         )
     })
+}
+
+/// Gives a generated message's body `shape` (right after the header's blank line).
+fn shape_body(m: &mut Vec<u8>, shape: BodyShape) {
+    let body_at = m
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(m.len(), |p| p + 4);
+    let insert: Vec<u8> = match shape {
+        BodyShape::Plain => return,
+        BodyShape::BareLf => {
+            let body = m.split_off(body_at);
+            let mut out = Vec::with_capacity(body.len());
+            let mut i = 0;
+            while i < body.len() {
+                if body[i] == b'\r' && body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                    continue;
+                }
+                out.push(body[i]);
+                i += 1;
+            }
+            m.extend_from_slice(&out);
+            return;
+        }
+        BodyShape::Nul => b"nul\0octets\0in this line\r\n".to_vec(),
+        BodyShape::EightBit => b"8-bit octets: caf\xe9 \xe8\xff\x80 na\xefve\r\n".to_vec(),
+        BodyShape::LongLine => {
+            let mut l = vec![b'L'; 2000];
+            l.extend_from_slice(b"\r\n");
+            l
+        }
+        BodyShape::DotLines => b".leading dot\r\n..two dots\r\n.\r\n+OK POP3 server ready\r\n+OK 2 messages (320 octets)\r\n".to_vec(),
+    };
+    m.splice(body_at..body_at, insert);
 }
 
 /// The Message-ID header value of a generated message.
@@ -258,15 +304,22 @@ pub fn message(spec: &MessageSpec, name: &str, user: &str, size: u64) -> Vec<u8>
     m.reserve(size.saturating_sub(m.len()));
     let mut n = 0u64;
     let mut last_line = 0;
+    // Every line is the same but for its 7-digit number: written once, numbered in place.
+    let mut line =
+        format!("{name} line 0000000: the quick brown fox jumps over the lazy dog 0123456789\r\n")
+            .into_bytes();
+    let digits = name.len() + " line ".len();
     loop {
-        let line = format!(
-            "{name} line {n:07}: the quick brown fox jumps over the lazy dog 0123456789\r\n"
-        );
+        let mut k = n;
+        for d in line[digits..digits + 7].iter_mut().rev() {
+            *d = b'0' + (k % 10) as u8;
+            k /= 10;
+        }
         // Always one line; then whole lines while they fit.
         if n > 0 && m.len() + line.len() > size {
             break;
         }
-        m.extend_from_slice(line.as_bytes());
+        m.extend_from_slice(&line);
         last_line = line.len();
         n += 1;
     }

@@ -3,11 +3,12 @@
 //! Responsible for: the scenario schema (`schema`, FORMAT.md), deterministic messages
 //! (`generate`), the world a scenario runs in (`world`: both mocks on loopback and
 //! popbridge in-process), deciding what became of each message (`outcome`) and the
-//! report (`report`). [`run_file`] is the front door; the `poplab` binary is a thin shell
-//! around it.
+//! report (`report`); and `chaos`, thousands of seeded fault schedules judged by an
+//! oracle. [`run_file`] is the front door; the `poplab` binary is a thin shell around it.
 //! Must never: contain connector logic (popbridge is driven through its public API only),
 //! or panic on a bad scenario file (every problem is an [`Error`] naming file, line, key).
 
+pub mod chaos;
 pub mod external;
 pub mod generate;
 mod locate;

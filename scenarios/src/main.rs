@@ -1,6 +1,7 @@
 //! `poplab`: runs scenario files (against popbridge in-process or an external command) and
-//! reports, per label, what became of every message; `serve`, `mock-pop3`, `mock-smtp`
-//! start a scenario's mocks standalone.
+//! reports, per label, what became of every message; `chaos` searches seeded fault
+//! schedules for lost or duplicated mail; `serve`, `mock-pop3`, `mock-smtp` start a
+//! scenario's mocks standalone.
 //!
 //! A thin shell over the library: arguments, the runtime, printing, exit codes
 //! (0 every expectation of every scenario held; 1 some did not; 2 a file could not be
@@ -39,6 +40,43 @@ enum Command {
         /// {smtp_host} {smtp_port} {rcpt} {scratch}'.
         #[arg(long, value_name = "TEMPLATE")]
         connector_cmd: Option<String>,
+    },
+    /// Searches for lost or duplicated mail: runs seeded worlds (1-200 messages of mixed
+    /// sizes, poison, spam, malformed mail, lying servers) under seeded fault schedules
+    /// (every POP3 and SMTP fault the mocks can make, at any point, and connector crashes at
+    /// every step of a message), then clean passes, and judges each run by what both
+    /// servers saw: nothing lost, no duplicate the protocol did not force, every
+    /// deliverable message delivered. Exit 0 when every run kept those promises, 1
+    /// otherwise, 2 on bad arguments.
+    Chaos {
+        /// How many runs.
+        #[arg(long, default_value_t = 1000)]
+        runs: u64,
+        /// The first seed: run i uses SEED+i, and the same seed replays the same run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Runs at once (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Judge against popbridge's policy (default) or the old SBS 2008 connector's
+        /// (its losses and stalls are then expected, and reported as such).
+        #[arg(long, default_value = "default", value_parser = ["default", "sbs2008"])]
+        profile: String,
+        /// Run this external connector instead of popbridge (the `run` placeholders);
+        /// smaller worlds, and SIGKILL at random moments in place of crash points.
+        #[arg(long, value_name = "TEMPLATE")]
+        connector_cmd: Option<String>,
+        /// Shrink each failing run and write it here as a scenario file that `poplab run`
+        /// reproduces.
+        #[arg(long, value_name = "DIR")]
+        save_failures: Option<PathBuf>,
+        /// Print one JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Run a deliberately broken popbridge, to see the oracle catch it:
+        /// dele-before-ledger (loses mail) or skip-ledger-check (duplicates it).
+        #[arg(long, value_name = "NAME")]
+        sabotage: Option<String>,
     },
     /// Starts a scenario's mocks on loopback and prints their addresses as one JSON line
     /// ({"pop3","smtp","mailboxes":[{"user","password"}],"ca"}); on end of standard input
@@ -149,6 +187,41 @@ async fn serve(file: PathBuf, sides: Sides) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn chaos(opts: poplab::chaos::Options, json: bool) -> anyhow::Result<ExitCode> {
+    poplab::world::set_scratch_root(poplab::chaos::scratch_root());
+    let started = std::time::Instant::now();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = poplab::chaos::run(&opts, |r, done, total| {
+        if r.verdict.failed() {
+            eprintln!("poplab: seed {} FAILED", r.seed);
+        }
+        if interactive && (done % 50 == 0 || done == total) {
+            eprint!("\rpoplab chaos: {done}/{total} runs");
+            if done == total {
+                eprintln!();
+            }
+        }
+    })
+    .await;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
+    } else {
+        write!(out, "{}", report.render_table())?;
+    }
+    eprintln!(
+        "poplab chaos: {} runs in {:.1} s ({} jobs)",
+        report.runs,
+        started.elapsed().as_secs_f64(),
+        opts.jobs
+    );
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
@@ -170,6 +243,56 @@ fn real_main() -> anyhow::Result<ExitCode> {
             json,
             connector_cmd,
         } => (paths, json, connector_cmd),
+        Command::Chaos {
+            runs,
+            seed,
+            jobs,
+            profile,
+            connector_cmd,
+            save_failures,
+            json,
+            sabotage,
+        } => {
+            let connector = match connector_cmd {
+                None => poplab::Connector::Popbridge,
+                Some(template) => {
+                    if let Err(e) = poplab::external::check_template(&template) {
+                        eprintln!("poplab: --connector-cmd: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                    poplab::Connector::External { template }
+                }
+            };
+            let sabotage = match sabotage.map(|s| s.parse()) {
+                None => None,
+                Some(Ok(s)) if !connector.is_external() => Some(s),
+                Some(Ok(_)) => {
+                    eprintln!(
+                        "poplab: --sabotage breaks popbridge; it cannot apply to --connector-cmd"
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                Some(Err(e)) => {
+                    eprintln!("poplab: --sabotage: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let opts = poplab::chaos::Options {
+                runs,
+                seed,
+                jobs: jobs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                profile: if profile == "sbs2008" {
+                    poplab::chaos::Profile::Sbs2008
+                } else {
+                    poplab::chaos::Profile::Default
+                },
+                connector,
+                save_failures,
+                sabotage,
+            };
+            return runtime.block_on(chaos(opts, json));
+        }
         Command::Serve { file } => return runtime.block_on(serve(file, Sides::Both)),
         Command::MockPop3 { scenario } => return runtime.block_on(serve(scenario, Sides::Pop3)),
         Command::MockSmtp { scenario } => return runtime.block_on(serve(scenario, Sides::Smtp)),

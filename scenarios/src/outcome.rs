@@ -51,6 +51,9 @@ pub struct MessageOutcome {
     pub recipients: Vec<String>,
     /// Transactions answered 2xx at the end of its data.
     pub accepted: u32,
+    /// Extra acceptances the connector could have avoided: an acceptance before the last
+    /// whose reply the connector saw (the server recorded it as acknowledged).
+    pub unexplained: u32,
     /// Still in the POP3 maildrop at the end.
     pub on_server: bool,
     /// Counted as lost.
@@ -66,21 +69,27 @@ pub struct Decided {
     pub lost: u64,
     /// Accepted transactions beyond the first, summed over copies.
     pub duplicates: u64,
+    /// Of those, the ones the protocol did not make unavoidable (see
+    /// [`MessageOutcome::unexplained`]).
+    pub unexplained: u64,
     /// Captured transactions no message could be matched to, described.
     pub unmatched: Vec<String>,
 }
 
 /// Header fields of a message: (lower-case name, unfolded value), in order.
 fn header_fields(data: &[u8]) -> Vec<(String, String)> {
-    let end = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 2)
-        .into_iter()
-        .chain(data.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
-        .min()
-        .unwrap_or(data.len());
-    let text = String::from_utf8_lossy(&data[..end.min(256 * 1024)]);
+    // The header ends at the first empty line (CRLF CRLF or LF LF), within 256 KiB.
+    let head = &data[..data.len().min(256 * 1024)];
+    let end = head
+        .windows(2)
+        .enumerate()
+        .find_map(|(i, w)| match w {
+            b"\n\n" => Some(i + 1),
+            b"\n\r" if head.get(i + 2) == Some(&b'\n') => Some(i + 1),
+            _ => None,
+        })
+        .unwrap_or(head.len());
+    let text = String::from_utf8_lossy(&head[..end]);
     let mut out: Vec<(String, String)> = Vec::new();
     for line in text.split('\n') {
         let line = line.trim_end_matches('\r');
@@ -141,13 +150,41 @@ fn strip_eol(d: &[u8]) -> &[u8] {
     d
 }
 
-/// Which planned message each transaction belongs to.
+/// How the acceptances of one message (or of its byte-identical copies) divide into
+/// first deliveries and duplicates: `(unavoidable, avoidable)` duplicates. `accepted` is
+/// in the server's order; `copies` is how many deliveries were owed. A duplicate is
+/// unavoidable when an earlier acceptance went unconfirmed (the connector never saw it),
+/// each such acceptance explaining one.
+pub fn duplicates_of(accepted: &[&Transaction], copies: usize) -> (u32, u32) {
+    let mut owed = copies;
+    let mut unseen = 0u32;
+    let (mut unavoidable, mut avoidable) = (0u32, 0u32);
+    for t in accepted {
+        if owed > 0 {
+            owed -= 1;
+        } else if unseen > 0 {
+            unseen -= 1;
+            unavoidable += 1;
+        } else {
+            avoidable += 1;
+        }
+        if t.unconfirmed() {
+            unseen += 1;
+        }
+    }
+    (unavoidable, avoidable)
+}
+
+/// Which planned message each transaction belongs to. Byte-identical copies share a
+/// Message-ID: their acceptances are handed to the copies in turn.
 fn match_transactions(planned: &[Planned], captured: &[Transaction]) -> Vec<Option<usize>> {
-    let by_id: HashMap<&str, usize> = planned
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.message_id.as_deref().map(|m| (m, i)))
-        .collect();
+    let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if let Some(m) = p.message_id.as_deref() {
+            by_id.entry(m).or_default().push(i);
+        }
+    }
+    let mut turn: HashMap<&str, usize> = HashMap::new();
     let mut by_uid: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, p) in planned.iter().enumerate() {
         by_uid.entry(received_form(&p.uid)).or_default().push(i);
@@ -169,8 +206,26 @@ fn match_transactions(planned: &[Planned], captured: &[Transaction]) -> Vec<Opti
             }
             let fields = header_fields(&t.data);
             for (_, v) in fields.iter().filter(|(n, _)| n == "message-id") {
-                if let Some(i) = by_id.get(v.as_str()) {
-                    return Some(*i);
+                if let Some((id, copies)) = by_id.get_key_value(v.as_str()) {
+                    if copies.len() > 1 {
+                        // A copy the connector's trace header names (by its UID) is that
+                        // copy; otherwise they take turns.
+                        let named = received_id(&fields).and_then(|uid| {
+                            copies
+                                .iter()
+                                .copied()
+                                .find(|&c| received_form(&planned[c].uid) == uid)
+                        });
+                        if named.is_some() {
+                            return named;
+                        }
+                    }
+                    let n = turn.entry(id).or_default();
+                    let i = copies[*n % copies.len()];
+                    if t.outcome == SmtpOutcome::Accepted {
+                        *n += 1;
+                    }
+                    return Some(i);
                 }
             }
             if let Some(uid) = received_id(&fields) {
@@ -478,6 +533,7 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
             (Outcome::Left, why)
         };
         let lost = !on_server && good.is_empty() && !quarantined;
+        let (_, unexplained) = duplicates_of(&accepted.iter().map(|t| **t).collect::<Vec<_>>(), 1);
         results[i] = Some(MessageOutcome {
             label: p.label.clone(),
             name: p.name.clone(),
@@ -485,13 +541,37 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
             why: red.apply(&why),
             recipients,
             accepted: accepted.len() as u32,
+            unexplained,
             on_server,
             lost,
         });
     }
+    // Byte-identical copies cannot be told apart: their duplicates are judged together
+    // (and shown on the first copy).
+    let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if let Some(id) = p.message_id.as_deref() {
+            groups.entry(id).or_default().push(i);
+        }
+    }
+    for copies in groups.values().filter(|c| c.len() > 1) {
+        let mut accepted: Vec<&Transaction> = copies
+            .iter()
+            .flat_map(|&c| per_msg[c].iter().copied())
+            .filter(|t| t.outcome == SmtpOutcome::Accepted)
+            .collect();
+        accepted.sort_by_key(|t| t.id);
+        let (_, avoidable) = duplicates_of(&accepted, copies.len());
+        for (k, &c) in copies.iter().enumerate() {
+            if let Some(r) = results[c].as_mut() {
+                r.unexplained = if k == 0 { avoidable } else { 0 };
+            }
+        }
+    }
     for r in results.into_iter().flatten() {
         out.lost += u64::from(r.lost);
         out.duplicates += u64::from(r.accepted.saturating_sub(1));
+        out.unexplained += u64::from(r.unexplained);
         out.messages.push(r);
     }
     out.unmatched = unmatched;

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::external::ExternalRun;
 use crate::outcome::{Decided, MessageOutcome};
-use crate::schema::{event_kind, Clock, Outcome, Scenario};
+use crate::schema::{event_kind, Clock, Duplicates, Outcome, Scenario};
 use crate::world::Observed;
 
 /// How an expectation came out.
@@ -129,6 +129,8 @@ pub struct ScenarioReport {
     pub lost: u64,
     /// Extra deliveries.
     pub duplicates: u64,
+    /// Of those, the ones the protocol did not make unavoidable.
+    pub unexplained: u64,
     /// popbridge event counts by kind.
     pub events: BTreeMap<String, u64>,
     /// Every expectation checked.
@@ -238,9 +240,14 @@ impl ScenarioReport {
                 format!(" (expected {})", c.expected)
             }
         };
+        let unexplained = if self.duplicates > 0 {
+            format!(" ({} unexplained)", self.unexplained)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "  lost {}{}, duplicates {}{}",
+            "  lost {}{}, duplicates {}{unexplained}{}",
             self.lost,
             find("lost").map_or(String::new(), against),
             self.duplicates,
@@ -510,26 +517,28 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         .filter(|m| m.accepted > 1)
         .map(|m| format!("{} accepted {} times", m.name, m.accepted))
         .collect();
+    let (dups_ok, dups_actual) = match expect.duplicates {
+        Duplicates::Count(n) => (decided.duplicates == n, decided.duplicates.to_string()),
+        Duplicates::Explained => (
+            decided.unexplained == 0,
+            format!(
+                "{} ({} unexplained)",
+                decided.duplicates, decided.unexplained
+            ),
+        ),
+    };
     checks.push(Check {
         what: "duplicates".into(),
         expected: expect.duplicates.to_string(),
-        actual: decided.duplicates.to_string(),
-        why: if decided.duplicates == expect.duplicates {
+        actual: dups_actual,
+        why: if dups_ok {
             String::new()
         } else {
             summarise(&dup_names)
         },
-        passed: status(
-            decided.duplicates == expect.duplicates,
-            only.duplicates,
-            external,
-        ) != CheckStatus::Failed,
+        passed: status(dups_ok, only.duplicates, external) != CheckStatus::Failed,
         popbridge_only: only.duplicates,
-        status: status(
-            decided.duplicates == expect.duplicates,
-            only.duplicates,
-            external,
-        ),
+        status: status(dups_ok, only.duplicates, external),
     });
     // Events.
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
@@ -598,6 +607,26 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         })
         .collect();
 
+    if let Some(settled) = obs.settled {
+        let bound = s.file.run.settle;
+        checks.push(Check {
+            what: "settled".into(),
+            expected: format!("a clean pass changing nothing, within {bound}"),
+            actual: if settled {
+                "yes".into()
+            } else {
+                format!("no: every one of the {bound} clean passes changed something")
+            },
+            why: String::new(),
+            passed: settled,
+            popbridge_only: false,
+            status: if settled {
+                CheckStatus::Held
+            } else {
+                CheckStatus::Failed
+            },
+        });
+    }
     let passed = obs.error.is_none() && checks.iter().all(|c| c.passed);
     let mut not_applicable = Vec::new();
     if s.clock == Clock::Paused && obs.clock == Clock::Real {
@@ -612,11 +641,17 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         ));
     }
     if external {
-        if let Some(c) = &s.file.run.crash {
+        for (pass, point) in &s.crashes {
             not_applicable.push(format!(
-                "[run] crash (pass {}, after {} deliveries): crash points apply to popbridge only; \
+                "[run] crash (pass {pass}, at {} #{}): crash points apply to popbridge only; \
                  the external connector ran every pass to its end",
-                c.pass, c.after_deliveries
+                point.step, point.nth
+            ));
+        }
+        if let Some(sabotage) = s.sabotage {
+            not_applicable.push(format!(
+                "[run] sabotage ({}): a broken popbridge; the external connector ran as it is",
+                sabotage.name()
             ));
         }
         if !expect.events.is_empty() {
@@ -639,6 +674,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         messages: decided.messages,
         lost: decided.lost,
         duplicates: decided.duplicates,
+        unexplained: decided.unexplained,
         events,
         checks,
         unmatched: decided.unmatched,

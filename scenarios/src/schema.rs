@@ -16,6 +16,7 @@ use mock_pop3::fault::{FaultAction, FaultRule, Hook};
 use mock_pop3::AuthMethod;
 use mock_smtp::{Extensions, Limits, MailboxSpec, SpamField, SpamRule};
 use popbridge::config::{parse_duration, parse_size};
+use popbridge::faults::{FailPoint, Sabotage, Step};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +89,8 @@ pub struct Pop3 {
     pub apop_timestamp: bool,
     /// LOGIN-DELAY seconds, enforced; 0 for none.
     pub login_delay: u32,
+    /// Message lines are dot-stuffed (false: a hostile server that sends them as they are).
+    pub dot_stuffing: bool,
     /// Seed of probabilistic faults, timestamps and challenges.
     pub seed: u64,
     /// The mailboxes.
@@ -106,6 +109,7 @@ impl Default for Pop3 {
             resp_codes: true,
             apop_timestamp: true,
             login_delay: 0,
+            dot_stuffing: true,
             seed: 0,
             mailbox: Vec::new(),
             fault: Vec::new(),
@@ -170,6 +174,32 @@ pub struct MessageSpec {
     pub uid: Option<String>,
     /// The size LIST and STAT report instead of the true one.
     pub list_size: Option<Scalar>,
+    /// What the body holds besides plain lines (malformed mail as servers serve it).
+    pub body: Option<BodyShape>,
+    /// With `count`: every copy byte-identical (the same Message-ID and Subject), as a
+    /// mailbox can hold the same message twice.
+    pub identical: Option<bool>,
+}
+
+/// `body = "..."`: what a generated message's body holds besides plain CRLF lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyShape {
+    /// Plain CRLF lines (the default).
+    Plain,
+    /// Every body line ends in a bare LF.
+    BareLf,
+    /// A line holding NUL octets.
+    Nul,
+    /// A line of unencoded 8-bit octets.
+    #[serde(rename = "8bit")]
+    EightBit,
+    /// A 2,000-character line (over RFC 5321's 1,000).
+    LongLine,
+    /// Lines starting with dots, among them a lone `.` followed by lines that look like
+    /// POP3 replies (a quoted transcript): harmless when the server dot-stuffs, a trap when
+    /// it does not.
+    DotLines,
 }
 
 /// A string or a list of strings.
@@ -241,6 +271,9 @@ pub enum FaultKind {
     Garbage,
     /// Send `bytes` octets of the reply, then close.
     CloseAfter,
+    /// Perform the command, then close without sending its reply (on `data-end`: the
+    /// message is accepted, the client never hears so).
+    LoseReply,
 }
 
 /// `[[pop3.fault]]` and `[[smtp.fault]]`.
@@ -281,6 +314,8 @@ pub struct Smtp {
     pub chunking: bool,
     /// PIPELINING.
     pub pipelining: bool,
+    /// EHLO advertises SIZE (false: the limit is enforced without being announced).
+    pub advertise_size: bool,
     /// Senders refused with 501 5.1.7.
     pub reject_senders: Vec<String>,
     /// Accept every recipient (the default when no mailbox is declared).
@@ -304,6 +339,7 @@ impl Default for Smtp {
             organization_receive_limit: None,
             chunking: true,
             pipelining: true,
+            advertise_size: true,
             reject_senders: Vec::new(),
             accept_all: None,
             seed: 0,
@@ -342,8 +378,13 @@ pub struct SpamRuleSpec {
 pub struct Run {
     /// Connector passes, one after the other.
     pub passes: u32,
-    /// A simulated crash of the connector.
-    pub crash: Option<Crash>,
+    /// Simulated crashes of the connector (a table, or an array of them).
+    pub crash: Option<Crashes>,
+    /// After `passes`, with every fault turned off: up to this many more passes, ending
+    /// after the first that changes nothing on either server.
+    pub settle: u32,
+    /// A deliberately broken popbridge (`"dele-before-ledger"`, `"skip-ledger-check"`).
+    pub sabotage: Option<String>,
     /// How long the scenario may run (default 120 s).
     pub timeout: Option<Scalar>,
     /// Real or paused (virtual) time; default paused when the scenario involves time.
@@ -355,8 +396,30 @@ impl Default for Run {
         Self {
             passes: 1,
             crash: None,
+            settle: 0,
+            sabotage: None,
             timeout: None,
             clock: None,
+        }
+    }
+}
+
+/// `[run] crash`: one crash or several (at most one per pass).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a crash table or an array of crash tables")]
+pub enum Crashes {
+    /// One.
+    One(Crash),
+    /// Several.
+    Many(Vec<Crash>),
+}
+
+impl Crashes {
+    /// Every crash, in the order written.
+    pub fn all(&self) -> Vec<Crash> {
+        match self {
+            Self::One(c) => vec![c.clone()],
+            Self::Many(v) => v.clone(),
         }
     }
 }
@@ -382,14 +445,20 @@ impl fmt::Display for Clock {
     }
 }
 
-/// `[run] crash = { pass, after_deliveries }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// `[run] crash = { pass, after_deliveries }` or `{ pass, step, nth }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Crash {
     /// Which pass (1-based).
     pub pass: u32,
-    /// The connector dies right after this many recorded deliveries.
-    pub after_deliveries: u32,
+    /// The connector dies right after this many recorded deliveries (the same as
+    /// `step = "after-record"`, `nth = after_deliveries`).
+    pub after_deliveries: Option<u32>,
+    /// The step of a message where it dies (`after-retr`, `after-accept`,
+    /// `after-record`, `after-dele`, `during-quit`).
+    pub step: Option<String>,
+    /// The how-many-th message reaching `step` in that pass (default 1).
+    pub nth: Option<u32>,
 }
 
 /// What became of a message.
@@ -429,8 +498,9 @@ impl fmt::Display for Outcome {
 pub struct Expect {
     /// Messages gone from the POP3 server without a good delivery.
     pub lost: u64,
-    /// Extra deliveries.
-    pub duplicates: u64,
+    /// Extra deliveries: a number, or `"explained"` (any number, each one the protocol
+    /// made unavoidable: the server accepted a copy whose reply the connector never saw).
+    pub duplicates: Duplicates,
     /// Per label (all copies).
     pub labels: BTreeMap<String, Outcome>,
     /// popbridge event counts by kind.
@@ -439,6 +509,57 @@ pub struct Expect {
     pub recipients: BTreeMap<String, Vec<String>>,
     /// Expectations that hold only for popbridge.
     pub popbridge_only: PopbridgeOnly,
+}
+
+/// `[expect] duplicates`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicates {
+    /// Exactly this many.
+    Count(u64),
+    /// Any number, each explained.
+    Explained,
+}
+
+impl Default for Duplicates {
+    fn default() -> Self {
+        Self::Count(0)
+    }
+}
+
+impl fmt::Display for Duplicates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "{n}"),
+            Self::Explained => f.write_str("explained"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Duplicates {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duplicates;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or \"explained\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duplicates, E> {
+                u64::try_from(v)
+                    .map(Duplicates::Count)
+                    .map_err(|_| E::custom("must not be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duplicates, E> {
+                Ok(Duplicates::Count(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duplicates, E> {
+                match v {
+                    "explained" => Ok(Duplicates::Explained),
+                    _ => Err(E::custom("a number or \"explained\"")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[expect.popbridge_only]`.
@@ -481,6 +602,10 @@ pub struct Scenario {
     /// The clock it runs on: `[run] clock`, else paused when it involves time (a delay
     /// fault, a LOGIN-DELAY), else real.
     pub clock: Clock,
+    /// Simulated crashes by pass.
+    pub crashes: BTreeMap<u32, FailPoint>,
+    /// A deliberately broken popbridge.
+    pub sabotage: Option<Sabotage>,
 }
 
 impl Scenario {
@@ -682,20 +807,59 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
             format!("must be between 1 and {MAX_PASSES}"),
         ));
     }
-    if let Some(c) = &file.run.crash {
+    let mut crashes = BTreeMap::new();
+    for (i, c) in file
+        .run
+        .crash
+        .as_ref()
+        .map(Crashes::all)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let at = match &file.run.crash {
+            Some(Crashes::Many(_)) => run_path.key("crash").index(i),
+            _ => run_path.key("crash"),
+        };
         if c.pass < 1 || c.pass > file.run.passes {
             return Err(cx.err(
-                &run_path.key("crash"),
+                &at,
                 format!("pass must be between 1 and passes ({})", file.run.passes),
             ));
         }
-        if c.after_deliveries < 1 {
-            return Err(cx.err(
-                &run_path.key("crash"),
-                "after_deliveries must be at least 1",
-            ));
+        let point = match (c.after_deliveries, &c.step) {
+            (Some(_), Some(_)) => {
+                return Err(cx.err(&at, "give either after_deliveries or step, not both"))
+            }
+            (Some(0), None) => return Err(cx.err(&at, "after_deliveries must be at least 1")),
+            (Some(n), None) => FailPoint {
+                step: Step::AfterRecord,
+                nth: n,
+            },
+            (None, Some(step)) => FailPoint {
+                step: step.parse().map_err(|e: String| cx.err(&at, e))?,
+                nth: match c.nth {
+                    Some(0) => return Err(cx.err(&at, "nth must be at least 1 (it is 1-based)")),
+                    Some(n) => n,
+                    None => 1,
+                },
+            },
+            (None, None) => return Err(cx.err(&at, "needs step (or after_deliveries)")),
+        };
+        if crashes.insert(c.pass, point).is_some() {
+            return Err(cx.err(&at, format!("a second crash in pass {}", c.pass)));
         }
     }
+    if file.run.settle > MAX_PASSES {
+        return Err(cx.err(&run_path.key("settle"), format!("at most {MAX_PASSES}")));
+    }
+    let sabotage = match &file.run.sabotage {
+        Some(name) => Some(
+            name.parse::<Sabotage>()
+                .map_err(|e| cx.err(&run_path.key("sabotage"), e))?,
+        ),
+        None => None,
+    };
     let timeout = match &file.run.timeout {
         Some(v) => {
             let at = run_path.key("timeout");
@@ -746,6 +910,8 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         selectors,
         timeout,
         clock: Clock::Real,
+        crashes,
+        sabotage,
     };
     let scenario = Scenario {
         clock: scenario
@@ -850,6 +1016,7 @@ fn fault_rule(cx: &Ctx<'_>, f: &Fault, at: &KeyPath, smtp: bool) -> Result<Fault
             FaultAction::Delay(d)
         }
         FaultKind::CloseAfter => FaultAction::CloseAfterBytes(f.bytes.unwrap_or(0) as usize),
+        FaultKind::LoseReply => FaultAction::LoseReply,
     };
     let mut rule = FaultRule::new(hook, action);
     if let Some(n) = f.nth {
@@ -974,6 +1141,11 @@ fn smtp_plan(cx: &Ctx<'_>, s: &Smtp) -> Result<SmtpPlan, Error> {
         extensions: Extensions {
             chunking: s.chunking,
             pipelining: s.pipelining,
+            size: if s.advertise_size {
+                mock_smtp::SizeAdvert::Value
+            } else {
+                mock_smtp::SizeAdvert::Absent
+            },
             ..Extensions::default()
         },
         default_domain: s.default_domain.clone(),

@@ -30,10 +30,10 @@ use popbridge::config::{Config, ConfigError};
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
 use popbridge::net::{BoxIo, Dialer, MemoryDialer, TcpDialer};
-use popbridge::pass::{run_accounts_with, Faults, Step, StopFlag, Summary};
+use popbridge::pass::{run_accounts_with, Faults, StopFlag, Summary};
 use tokio::net::TcpListener;
 
-use crate::external::{run_command, substitute, Connector, ExternalRun, Values};
+use crate::external::{run_command_killed, substitute, Connector, ExternalRun, Values};
 use crate::schema::{Clock, Scenario, TlsKind};
 
 /// The domain of the default `deliver_to` (`<user>@contoso.local`).
@@ -255,6 +255,18 @@ pub struct Observed {
     pub external: bool,
     /// Each run of the external command, by pass and mailbox.
     pub external_runs: Vec<ExternalRun>,
+    /// With `[run] settle`: whether a clean pass changed nothing before the bound.
+    pub settled: Option<bool>,
+}
+
+/// Where runs make their temporary folders (state, scratch): the system's temporary
+/// folder unless [`set_scratch_root`] said otherwise.
+static SCRATCH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every later run keep its temporary folders under `root` (chaos runs use a
+/// memory-backed folder); the first call wins.
+pub fn set_scratch_root(root: PathBuf) {
+    let _ = SCRATCH.set(root);
 }
 
 async fn listener() -> std::io::Result<TcpListener> {
@@ -271,6 +283,17 @@ pub async fn run(s: &Scenario) -> Observed {
 /// (see the module's documentation); with an external connector it falls back to the real
 /// clock (external programs need real sockets), which the report says.
 pub async fn run_with(s: &Scenario, connector: &Connector) -> Observed {
+    run_external_with_kills(s, connector, &[]).await
+}
+
+/// [`run_with`]; an external connector's process group is also SIGKILLed `ms`
+/// milliseconds into its run of pass `pass`, for each `(pass, ms)` of `kills` (crashes at
+/// random moments; popbridge in-process takes its crashes from `[run] crash`).
+pub async fn run_external_with_kills(
+    s: &Scenario,
+    connector: &Connector,
+    kills: &[(u32, u64)],
+) -> Observed {
     if s.clock == Clock::Paused && !connector.is_external() {
         return run_paused(s).await;
     }
@@ -279,7 +302,7 @@ pub async fn run_with(s: &Scenario, connector: &Connector) -> Observed {
     // Created when the passes start (an async block runs on its first poll).
     let timeout = s.timeout;
     let bound = async move { tokio::time::sleep(timeout).await };
-    if let Err(e) = run_inner(s, connector, Net::Tcp, bound, &mut obs).await {
+    if let Err(e) = run_inner(s, connector, Net::Tcp, bound, &mut obs, kills).await {
         obs.error = Some(obs.redactor.apply(&e));
     }
     obs.elapsed = started.elapsed();
@@ -332,7 +355,7 @@ async fn run_paused(s: &Scenario) -> Observed {
                         }
                     };
                     if let Err(e) =
-                        run_inner(&scenario, &connector, Net::Memory, bound, &mut obs).await
+                        run_inner(&scenario, &connector, Net::Memory, bound, &mut obs, &[]).await
                     {
                         obs.error = Some(obs.redactor.apply(&e));
                     }
@@ -386,11 +409,13 @@ async fn run_inner(
     net: Net,
     bound: impl Future<Output = ()>,
     obs: &mut Observed,
+    kills: &[(u32, u64)],
 ) -> Result<(), String> {
-    let dir = tempfile::Builder::new()
-        .prefix("poplab-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+    let dir = match SCRATCH.get() {
+        Some(root) => tempfile::Builder::new().prefix("poplab-").tempdir_in(root),
+        None => tempfile::Builder::new().prefix("poplab-").tempdir(),
+    }
+    .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
     obs.redactor.add(dir.path().display().to_string(), "[TMP]");
     if let Ok(real) = dir.path().canonicalize() {
         obs.redactor.add(real.display().to_string(), "[TMP]");
@@ -445,8 +470,10 @@ async fn run_inner(
                     &pop3,
                     &smtp,
                     &mut obs.summaries,
+                    &mut obs.settled,
                 );
                 let passes = tokio::select! {
+                    biased;
                     r = run => Some(r),
                     () = bound => None,
                 };
@@ -465,7 +492,19 @@ async fn run_inner(
         },
         Connector::External { template } => {
             let runs = &mut obs.external_runs;
-            let r = external_passes(s, template, &ep, dir.path(), &pop3, &smtp, runs).await;
+            let settled = &mut obs.settled;
+            let r = external_passes(
+                s,
+                template,
+                &ep,
+                dir.path(),
+                &pop3,
+                &smtp,
+                runs,
+                settled,
+                kills,
+            )
+            .await;
             for run in runs.iter_mut() {
                 run.stdout = obs.redactor.apply(&run.stdout);
                 run.stderr = obs.redactor.apply(&run.stderr);
@@ -557,6 +596,7 @@ async fn start_pop3_on(
         .capabilities(before)
         .capabilities_after_login(after)
         .apop_timestamp(p.apop_timestamp)
+        .dot_stuffing(p.dot_stuffing)
         .seed(p.seed);
     let mut ca_file = None;
     if p.tls != TlsKind::None {
@@ -633,6 +673,21 @@ async fn start_smtp_on(s: &Scenario, net: Net) -> Result<MockSmtpHandle, String>
     })
 }
 
+/// What both servers hold, to tell whether a pass changed anything: messages left,
+/// deleted and ever retrieved on the POP3 side (a first retrieval is progress even when
+/// nothing else changed: the connector learnt something), transactions seen on the SMTP
+/// side.
+fn footprint(pop3: &MockPop3Handle, smtp: &MockSmtpHandle) -> (usize, usize, usize, usize) {
+    let mbs = pop3.mailboxes();
+    (
+        mbs.iter().map(|m| m.remaining.len()).sum(),
+        mbs.iter().map(|m| m.deleted.len()).sum(),
+        mbs.iter().map(|m| m.retrieved.len()).sum(),
+        smtp.captured().len(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn passes(
     s: &Scenario,
     config: &Config,
@@ -641,10 +696,20 @@ async fn passes(
     pop3: &mock_pop3::MockPop3Handle,
     smtp: &mock_smtp::MockSmtpHandle,
     summaries: &mut Vec<(u32, Vec<Summary>)>,
+    settled: &mut Option<bool>,
 ) -> Result<(), String> {
     let config = Arc::new(config.clone());
     let settle_bound = settle_bound(s);
-    for pass in 1..=s.file.run.passes {
+    let planned = s.file.run.passes;
+    let settle = s.file.run.settle;
+    for pass in 1..=planned + settle {
+        if pass == planned + 1 {
+            // The faults stop; the connector gets clean passes until nothing changes.
+            pop3.set_faults_armed(false);
+            smtp.set_faults_armed(false);
+            *settled = Some(false);
+        }
+        let before = footprint(pop3, smtp);
         let sink = {
             let events = events.clone();
             EventSink::none().with_observer(move |e| {
@@ -660,13 +725,10 @@ async fn passes(
         // A fresh ledger handle each pass: every pass is a connector (re)start.
         let ledger =
             Ledger::open(&config.state_dir).map_err(|e| format!("pass {pass}: ledger: {e}"))?;
-        let crash = s
-            .file
-            .run
-            .crash
-            .filter(|c| c.pass == pass)
-            .map(|c| Faults::crash(Step::AfterRecord, c.after_deliveries))
-            .unwrap_or(Faults::NONE);
+        let faults = Faults {
+            crash: s.crashes.get(&pass).copied(),
+            sabotage: s.sabotage,
+        };
         let out = run_accounts_with(
             config.clone(),
             dialer.clone(),
@@ -674,7 +736,7 @@ async fn passes(
             Arc::new(Mutex::new(ledger)),
             config.accounts.clone(),
             StopFlag::default(),
-            crash,
+            faults,
         )
         .await;
         summaries.push((pass, out));
@@ -689,6 +751,10 @@ async fn passes(
                 "pass {pass}: a mock session was still open {} s after the pass",
                 settle_bound.as_secs()
             ));
+        }
+        if pass > planned && footprint(pop3, smtp) == before {
+            *settled = Some(true);
+            break;
         }
     }
     Ok(())
@@ -721,7 +787,9 @@ pub fn recipient_for(s: &Scenario, user: &str) -> String {
 }
 
 /// The external connector's passes: the command once per pass and mailbox, each bounded
-/// by the scenario's timeout, the mocks settled after each pass.
+/// by the scenario's timeout (and SIGKILLed as `kills` says), the mocks settled after each
+/// pass; then, with `[run] settle`, clean passes as for popbridge.
+#[allow(clippy::too_many_arguments)]
 async fn external_passes(
     s: &Scenario,
     template: &str,
@@ -730,8 +798,17 @@ async fn external_passes(
     pop3: &MockPop3Handle,
     smtp: &MockSmtpHandle,
     runs: &mut Vec<ExternalRun>,
+    settled: &mut Option<bool>,
+    kills: &[(u32, u64)],
 ) -> Result<(), String> {
-    for pass in 1..=s.file.run.passes {
+    let planned = s.file.run.passes;
+    for pass in 1..=planned + s.file.run.settle {
+        if pass == planned + 1 {
+            pop3.set_faults_armed(false);
+            smtp.set_faults_armed(false);
+            *settled = Some(false);
+        }
+        let before = footprint(pop3, smtp);
         for mb in &s.mailboxes {
             // One scratch folder per scenario (per mailbox when there are several), kept
             // across passes: the connector's own memory (fetchmail's id file) survives.
@@ -752,13 +829,24 @@ async fn external_passes(
                 scratch,
                 pass,
             };
-            let run = run_command(&substitute(template, &values), s.timeout, pass, &mb.user).await;
+            let kill = kills
+                .iter()
+                .find(|(p, _)| *p == pass)
+                .map(|(_, ms)| Duration::from_millis(*ms));
+            let run = run_command_killed(
+                &substitute(template, &values),
+                s.timeout,
+                kill,
+                pass,
+                &mb.user,
+            )
+            .await;
             let timed_out = run.timed_out;
             runs.push(run);
             if timed_out {
                 return Err(format!(
                     "pass {pass} of {}, mailbox {}: the connector command was killed after {:?} (timeout)",
-                    s.file.run.passes, mb.user, s.timeout
+                    planned, mb.user, s.timeout
                 ));
             }
         }
@@ -771,6 +859,10 @@ async fn external_passes(
                 "pass {pass}: a mock session was still open {} s after the connector command ended",
                 SETTLE.as_secs()
             ));
+        }
+        if pass > planned && footprint(pop3, smtp) == before {
+            *settled = Some(true);
+            break;
         }
     }
     Ok(())

@@ -5,5 +5,6 @@ mod cli;
 mod daemon;
 mod delivery;
 mod harness;
+mod hostile;
 mod interop;
 mod pass;
