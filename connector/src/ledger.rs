@@ -734,6 +734,19 @@ impl Ledger {
         tx.commit().at(path)
     }
 
+    /// Forgets an unconfirmed DELE the server refused (so it certainly did not apply).
+    pub fn clear_unconfirmed(&mut self, account: &str, key: &str) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE messages SET unconfirmed_size = NULL, unconfirmed_listed = NULL
+                 WHERE account = ?1 AND key = ?2",
+            )
+            .at(&self.path)?
+            .execute(params![account, key])
+            .at(&self.path)
+            .map(|_| ())
+    }
+
     /// Decides the unconfirmed DELEs of `account` from a new listing, `listed` giving how
     /// many messages it holds of each LIST size: where exactly the unconfirmed ones of a
     /// size are missing, the server applied them (recorded as deleted); where as many as

@@ -278,6 +278,11 @@ struct Run<'a> {
     attempts: usize,
     /// Size-mismatch suspects retrieved this pass (see [`Item::tried_id`]): not again.
     tried_alone: HashSet<(String, u32)>,
+    /// Header-digest keys whose DELE this session recorded as unconfirmed.
+    digest_deles: HashSet<String>,
+    /// Set when this session stopped before its size-mismatch suspects (they get a session
+    /// of their own).
+    suspects_waiting: bool,
 }
 
 /// Runs one pass over `account`.
@@ -306,6 +311,8 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         unknown: HashSet::new(),
         attempts: 0,
         tried_alone: HashSet::new(),
+        digest_deles: HashSet::new(),
+        suspects_waiting: false,
     };
     cx.events.emit(Event::PassStarted {
         account: account.name.clone(),
@@ -518,6 +525,8 @@ impl Run<'_> {
         let cfg = self.cx.config;
         let a = self.account;
         self.deleting.clear();
+        self.digest_deles.clear();
+        self.suspects_waiting = false;
         self.size_counts.clear();
         self.digests = DigestKeys::default();
         let auth = pop3::connect(self.cx.dialer, settings)
@@ -666,16 +675,36 @@ impl Run<'_> {
                     Ok(_) => self.confirm_deleted(),
                     Err(e) => {
                         self.summary.aborted =
-                            Some(format!("QUIT failed, deletions not confirmed: {e}"))
+                            Some(format!("QUIT failed, deletions not confirmed: {e}"));
+                        return Ok(None);
                     }
+                }
+                if self.suspects_waiting {
+                    self.summary.postponed = postponed;
+                    return Ok(Some(
+                        "messages whose size did not match LIST are retried in a session of \
+                         their own"
+                            .into(),
+                    ));
                 }
             }
             Err(Broken::Crashed) => {}
             Err(Broken::OutOfStep { reason, suspect }) => {
                 // Only the DELEs sent before, each for a proven delivery, can take effect.
-                let quit = match txn.quit_blind().await {
-                    Ok(()) => "QUIT sent without reading further replies".to_string(),
-                    Err(e) => format!("the connection was then dropped: {e}"),
+                // Unless some are for messages known by header digest alone: whether the
+                // server refused one of those (a reply never read) could not be told apart
+                // from the QUIT applying it, so the connection is dropped and the next
+                // session deletes them again.
+                let quit = if self.digest_deles.is_empty() {
+                    match txn.quit_blind().await {
+                        Ok(()) => "QUIT sent without reading further replies".to_string(),
+                        Err(e) => format!("the connection was then dropped: {e}"),
+                    }
+                } else {
+                    drop(txn);
+                    "connection dropped without QUIT (deletions of messages without a UID \
+                     must be seen to apply)"
+                        .to_string()
                 };
                 let reason = format!("{reason}; {quit}; deletions of this session not confirmed");
                 if suspect && self.summary.postponed > postponed {
@@ -868,6 +897,12 @@ impl Run<'_> {
             while in_flight_retr < window && !self.cx.stop.is_stopped() {
                 match queue.peek() {
                     Some(item) if item.alone && txn.in_flight() > 0 => break,
+                    // Suspects go in a session of their own, once this one's deletions are
+                    // applied by a clean QUIT: one that ends it out of step costs nothing.
+                    Some(item) if item.alone && !self.deleting.is_empty() => {
+                        self.suspects_waiting = true;
+                        break;
+                    }
                     // Never more submissions than the cap, counting those in flight.
                     Some(item) if item.key.is_none() && self.attempts + in_flight_retr >= cap => {
                         break
@@ -884,7 +919,7 @@ impl Run<'_> {
                     None => break,
                 }
             }
-            if txn.in_flight() == 0 {
+            if txn.in_flight() == 0 || (self.suspects_waiting && in_flight_retr == 0) {
                 break Ok(());
             }
             let answering = txn.peek();
@@ -920,8 +955,15 @@ impl Run<'_> {
                     pending: Pending::Dele(msg),
                     reply,
                 }) => {
-                    // Delivered and recorded; the next pass deletes it.
-                    self.deleting.remove(&msg);
+                    // Delivered and recorded; the next pass deletes it. A refused DELE
+                    // certainly did not apply: it must not count as one that may have.
+                    if let Some(key) = self.deleting.remove(&msg) {
+                        if self.digest_deles.remove(&key) {
+                            if let Err(e) = lock(self.cx.ledger).clear_unconfirmed(&a.name, &key) {
+                                tracing::warn!(account = %a.name, "ledger: {e}");
+                            }
+                        }
+                    }
                     tracing::warn!(account = %a.name, "DELE {msg} refused: {}", reply.to_string().trim_end());
                 }
                 Err(Pop3Error::TooLarge { limit, .. }) => {
@@ -1093,7 +1135,10 @@ impl Run<'_> {
                                 listed: self.listed_of(item.size),
                             }];
                             match lock(self.cx.ledger).record_unconfirmed(&a.name, &dele) {
-                                Ok(()) => self.dele(txn, item.n, k),
+                                Ok(()) => {
+                                    self.digest_deles.insert(k.clone());
+                                    self.dele(txn, item.n, k)
+                                }
                                 Err(e) => {
                                     tracing::error!(account = %a.name, "ledger: {e}; not deleted")
                                 }
@@ -1414,6 +1459,9 @@ impl Run<'_> {
         }
         let already = self.sabotaged(Sabotage::DeleBeforeLedger);
         if dele && !already {
+            if along.dele.is_some() {
+                self.digest_deles.insert(key.clone());
+            }
             self.dele(txn, item.n, key);
         }
         true

@@ -31,6 +31,9 @@ pub const MESSAGE_ID_DOMAIN: &str = "poplab.invalid";
 const DEFAULT_SIZE: u64 = 2 * 1024;
 /// Default From header.
 const DEFAULT_FROM: &str = "sender@example.net";
+/// The most octets all of a scenario's messages may take together (they are generated in
+/// memory before the run).
+const MAX_TOTAL: u64 = 2 * 1024 * 1024 * 1024;
 
 /// One message copy as the POP3 server will hold it.
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +74,7 @@ pub(crate) fn plan(
     let mut out = Vec::new();
     let mut names = BTreeSet::new();
     let mut labels = BTreeSet::new();
+    let mut total = 0u64;
     for (mi, mb) in mailboxes.iter().enumerate() {
         for (i, spec) in mb.message.iter().enumerate() {
             let at = KeyPath::root()
@@ -116,6 +120,19 @@ pub(crate) fn plan(
                 }
                 None => DEFAULT_SIZE,
             };
+            // Every message is generated before the run: bound what a file can ask for.
+            let each = raw.as_ref().map_or(target, |r| r.len() as u64);
+            total = total.saturating_add(each.saturating_mul(u64::from(count)));
+            if total > MAX_TOTAL {
+                return Err(cx.err(
+                    &at.key(if spec.size.is_some() { "size" } else { "count" }),
+                    format!(
+                        "the scenario's messages would take {} MB; at most {} MB in all",
+                        total / (1024 * 1024),
+                        MAX_TOTAL / (1024 * 1024)
+                    ),
+                ));
+            }
             for n in 1..=count {
                 let name = if count == 1 {
                     spec.label.clone()
@@ -199,12 +216,24 @@ fn read_raw(
         ));
     }
     let path = base.join(file);
-    std::fs::read(&path).map(Bytes::from).map_err(|e| {
-        cx.err(
-            &at.key("raw"),
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })
+    let fail = |what: String| cx.err(&at.key("raw"), format!("{}: {what}", path.display()));
+    // A regular file, read no further than the largest message: never a device, a pipe or
+    // a file that grows without end.
+    let meta = std::fs::metadata(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut data = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            use std::io::Read;
+            f.take(MAX_SIZE + 1).read_to_end(&mut data)
+        })
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if data.len() as u64 > MAX_SIZE {
+        return Err(fail("larger than 256MB".into()));
+    }
+    Ok(Bytes::from(data))
 }
 
 /// Gives a generated message's body `shape` (right after the header's blank line).

@@ -70,6 +70,10 @@ enum Command {
         /// reproduces.
         #[arg(long, value_name = "DIR")]
         save_failures: Option<PathBuf>,
+        /// Write every run's world here as a scenario file, as drawn (to read or replay any
+        /// seed with `poplab run`, failing or not).
+        #[arg(long, value_name = "DIR")]
+        save_worlds: Option<PathBuf>,
         /// Print one JSON document instead of the table.
         #[arg(long)]
         json: bool,
@@ -250,6 +254,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             profile,
             connector_cmd,
             save_failures,
+            save_worlds,
             json,
             sabotage,
         } => {
@@ -289,6 +294,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 },
                 connector,
                 save_failures,
+                save_worlds,
                 sabotage,
             };
             return runtime.block_on(chaos(opts, json));

@@ -464,17 +464,32 @@ async fn one_message_larger_than_listed_never_blocks_the_others() {
         assert_eq!(m["listed"], 100);
         assert_eq!(m["overran"], true);
     }
-    // A new message arrives: the liar is retried after it, alone, and never holds it up.
+    // A new message arrives: the liar is retried after it, alone (in a session of its own,
+    // once the new one's deletion is applied), and never holds it up.
     assert!(pop.add_message("info", mail(7, "a@example.net", 1500)));
+    let before = pop.sessions().len();
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.mismatched), (1, 1), "{sum:?}");
     assert!(sum.failure.is_none());
-    let cmds = pop.sessions().last().unwrap().commands.clone();
-    let retr = |n: &str| cmds.iter().position(|c| c == n);
+    let pass: Vec<Vec<String>> = pop.sessions()[before..]
+        .iter()
+        .map(|s| s.commands.clone())
+        .collect();
+    let at = |n: &str| {
+        pass.iter()
+            .enumerate()
+            .find_map(|(i, c)| c.iter().position(|x| x == n).map(|p| (i, p)))
+    };
     assert!(
-        retr("RETR 2").unwrap() < retr("RETR 1").unwrap(),
-        "the suspect (now message 1) comes last: {cmds:?}"
+        at("RETR 2").unwrap() < at("RETR 1").unwrap(),
+        "the suspect (now message 1) comes last: {pass:?}"
     );
+    assert_eq!(
+        pass.len(),
+        2,
+        "the suspect in a session of its own: {pass:?}"
+    );
+    assert!(pass[0].iter().any(|c| c == "DELE 2") && pass[0].last().is_some_and(|c| c == "QUIT"));
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert_eq!(pop.mailbox("info").unwrap().remaining, [uid(2)], "{sum:?}");
 }

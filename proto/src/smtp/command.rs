@@ -148,8 +148,10 @@ impl SmtpCommand {
             verb: "?",
             reason: "command is not UTF-8",
         })?;
+        // Trimmed with the ASCII whitespace the arguments are split on (not `trim()`:
+        // a trailing VT or NBSP would be a token here but gone once re-rendered).
         let (verb, rest) = match line.find(' ') {
-            Some(p) => (&line[..p], line[p + 1..].trim()),
+            Some(p) => (&line[..p], line[p + 1..].trim_ascii()),
             None => (line, ""),
         };
         let upper = verb.to_ascii_uppercase();

@@ -47,6 +47,9 @@ pub struct Options {
     pub save_failures: Option<PathBuf>,
     /// A deliberately broken popbridge (to show the oracle catches it).
     pub sabotage: Option<Sabotage>,
+    /// Where every run's world is written as a scenario file, as drawn (to replay or read
+    /// any seed, failing or not).
+    pub save_worlds: Option<PathBuf>,
 }
 
 /// One run's result.
@@ -105,6 +108,11 @@ pub async fn run_spec(spec: &Spec, connector: &Connector) -> (Verdict, Observed)
 pub async fn run_seed(seed: u64, opts: &Options) -> RunResult {
     let external = opts.connector.is_external();
     let spec = spec::draw(seed, opts.profile, external, opts.sabotage);
+    if let Some(dir) = &opts.save_worlds {
+        let text = spec::render(&spec, &format!("chaos seed {seed}, as drawn"));
+        let _ = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join(file_name(seed)), text));
+    }
     let (verdict, obs) = run_spec(&spec, &opts.connector).await;
     let mut result = RunResult {
         seed,

@@ -203,7 +203,7 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
     let mailbox = obs.mailboxes.iter().find(|m| m.user == USER);
     // By declaration order: exact even where messages share a UID.
     let remaining = |i: usize| mailbox.is_some_and(|m| m.remaining_positions.contains(&i));
-    // popbridge's view: quarantine copies and possible-duplicate reports by UID.
+    // popbridge's view: quarantine copies and possible-duplicate reports by key.
     let account = crate::world::account_name(USER);
     let mut named: BTreeMap<String, u32> = BTreeMap::new();
     for pe in &obs.events {
@@ -216,106 +216,122 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
             }
         }
     }
-    for (i, p) in planned.iter().enumerate() {
+    // Each declaration is judged as a whole: byte-identical copies cannot be told apart
+    // (by the connector without UIDs, nor here), only counted.
+    let mut first = 0;
+    while first < planned.len() {
+        let label = &planned[first].label;
+        let end = first
+            + planned[first..]
+                .iter()
+                .take_while(|q| &q.label == label)
+                .count();
+        let group = first..end;
+        first = end;
+        let p = &planned[group.start];
         let Some(m) = msg_of(spec, p) else { continue };
-        let txns: Vec<&Transaction> = per_msg[i].iter().map(|&t| &obs.captured[t]).collect();
-        let accepted: Vec<&Transaction> = txns
+        let copies = group.len() as u32;
+        let name = if copies == 1 {
+            p.name.clone()
+        } else {
+            format!("{} ({copies} identical copies)", m.label)
+        };
+        let txns: Vec<&Transaction> = group
+            .clone()
+            .flat_map(|j| per_msg[j].iter().map(|&t| &obs.captured[t]))
+            .collect();
+        let mut accepted: Vec<&Transaction> = txns
             .iter()
             .copied()
             .filter(|t| t.outcome == SmtpOutcome::Accepted)
             .collect();
-        let good = accepted.iter().any(|t| delivered(t));
-        let on_server = remaining(i);
-        let keys = popbridge_keys(p);
-        let quarantined = keys.iter().any(|k| {
-            obs.quarantine_copies
-                .contains(&(account.clone(), k.clone()))
-        });
-        let fate = if good {
-            Fate::Delivered
-        } else if !accepted.is_empty() {
-            Fate::Ndr
-        } else if quarantined {
-            Fate::Quarantined
-        } else if on_server {
-            Fate::Left
-        } else {
-            Fate::Lost
-        };
-        *v.fates.entry(fate).or_default() += 1;
+        accepted.sort_by_key(|t| t.id);
+        let on_server = group.clone().filter(|&j| remaining(j)).count() as u32;
+        let mut family: Vec<String> = group
+            .clone()
+            .flat_map(|j| popbridge_keys(&planned[j]))
+            .collect();
+        family.sort();
+        family.dedup();
+        let quarantine_copies = family
+            .iter()
+            .filter(|k| {
+                obs.quarantine_copies
+                    .contains(&(account.clone(), (*k).clone()))
+            })
+            .count() as u32;
+        // Copies by fate: delivered ones first, then quarantined, then what stays on the
+        // server; a copy gone from it with none of those is lost.
+        let good = accepted.iter().filter(|t| delivered(t)).count() as u32;
+        let bounced = accepted.len() as u32 - good;
+        let delivered_copies = good.min(copies);
+        let quarantined_copies = quarantine_copies.min(copies - delivered_copies);
+        let gone = copies - on_server;
+        let lost_copies = gone.saturating_sub(delivered_copies + quarantined_copies);
+        let left_copies = copies - delivered_copies - quarantined_copies - lost_copies;
+        let ndr_copies = lost_copies.min(bounced);
+        for (fate, n) in [
+            (Fate::Delivered, delivered_copies),
+            (Fate::Quarantined, quarantined_copies),
+            (Fate::Left, left_copies),
+            (Fate::Ndr, ndr_copies),
+            (Fate::Lost, lost_copies - ndr_copies),
+        ] {
+            if n > 0 {
+                *v.fates.entry(fate).or_default() += n;
+            }
+        }
         let mut flag = |kind: Kind, detail: String, expected: bool| {
             v.violations.push(Violation {
                 kind,
-                message: p.name.clone(),
+                message: name.clone(),
                 detail,
                 expected,
             });
         };
-        // NDR'd and deleted is a loss too (the old connector's): gone without a delivery.
-        if matches!(fate, Fate::Lost) || (fate == Fate::Ndr && !on_server) {
+        if lost_copies > 0 {
             flag(
                 Kind::Lost,
                 format!(
-                    "{}: gone from the POP3 server, {}",
+                    "{}: {lost_copies} gone from the POP3 server {}",
                     m.class.name(),
-                    if fate == Fate::Ndr {
-                        "accepted then bounced (NDR)"
+                    if ndr_copies > 0 {
+                        "after being accepted then bounced (NDR)"
                     } else {
-                        "never accepted, no quarantine copy"
+                        "without being accepted or quarantined"
                     }
                 ),
                 sbs || spec.external,
             );
         }
-        // Duplicates, judged over the byte-identical copies together (the first copy
-        // speaks for the group).
-        let group: Vec<usize> = planned
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| q.message_id.is_some() && q.message_id == p.message_id)
-            .map(|(j, _)| j)
-            .collect();
-        if group.first() == Some(&i) {
-            let mut all: Vec<&Transaction> = group
-                .iter()
-                .flat_map(|&j| per_msg[j].iter().map(|&t| &obs.captured[t]))
-                .filter(|t| t.outcome == SmtpOutcome::Accepted)
-                .collect();
-            all.sort_by_key(|t| t.id);
-            let (unavoidable, avoidable) = duplicates_of(&all, group.len());
-            v.unavoidable += unavoidable;
-            v.avoidable += avoidable;
-            if avoidable > 0 {
+        // Duplicates: every acceptance beyond the copies owed, explained by one before it
+        // that the connector never saw.
+        let (unavoidable, avoidable) = duplicates_of(&accepted, copies as usize);
+        v.unavoidable += unavoidable;
+        v.avoidable += avoidable;
+        if avoidable > 0 {
+            flag(
+                Kind::AvoidableDuplicate,
+                format!(
+                    "accepted {} times for {copies} cop{}; {avoidable} after an acceptance the \
+                     connector had seen",
+                    accepted.len(),
+                    if copies == 1 { "y" } else { "ies" }
+                ),
+                false,
+            );
+        }
+        if popbridge && unavoidable > 0 {
+            let reported: u32 = family.iter().filter_map(|k| named.get(k)).sum();
+            if reported < unavoidable {
                 flag(
-                    Kind::AvoidableDuplicate,
+                    Kind::UnnamedDuplicate,
                     format!(
-                        "accepted {} times for {} cop{}; {avoidable} after an acceptance the \
-                         connector had seen",
-                        all.len(),
-                        group.len(),
-                        if group.len() == 1 { "y" } else { "ies" }
+                        "{unavoidable} unavoidable duplicate(s), {reported} \
+                         message.possible_duplicate event(s) naming it"
                     ),
                     false,
                 );
-            }
-            if popbridge && unavoidable > 0 {
-                let mut family: Vec<String> = group
-                    .iter()
-                    .flat_map(|&j| popbridge_keys(&planned[j]))
-                    .collect();
-                family.sort();
-                family.dedup();
-                let reported: u32 = family.iter().filter_map(|k| named.get(k)).sum();
-                if reported < unavoidable {
-                    flag(
-                        Kind::UnnamedDuplicate,
-                        format!(
-                            "{unavoidable} unavoidable duplicate(s), {reported} \
-                             message.possible_duplicate event(s) naming it"
-                        ),
-                        false,
-                    );
-                }
             }
         }
         if popbridge {
@@ -332,9 +348,9 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
                 );
             }
         }
-        // Forward progress, after the clean passes.
-        // Permanent refusals of it: attributed ones, and for byte-identical copies (which
-        // share a sender) the ones no copy could be told from.
+        // Forward progress, after the clean passes. Permanent refusals: attributed ones,
+        // and for identical copies (which share a sender) the ones no copy could be told
+        // from.
         let refusals = (txns.iter().filter(|t| refused(t)).count()
             + unattributed
                 .iter()
@@ -342,7 +358,14 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
                 .filter(|t| refused(t) && t.mail_from.eq_ignore_ascii_case(&m.from))
                 .count()) as u32;
         if let Some(allowed) = acceptable(spec, m, refusals) {
-            if !allowed.contains(&fate) && fate != Fate::Lost {
+            let reached = |f: Fate| match f {
+                Fate::Delivered => delivered_copies,
+                Fate::Quarantined => quarantined_copies,
+                Fate::Left => left_copies,
+                Fate::Ndr | Fate::Lost => 0,
+            };
+            let ok: u32 = allowed.iter().map(|f| reached(*f)).sum();
+            if ok < copies && lost_copies == 0 {
                 let kind = if allowed.contains(&Fate::Delivered) {
                     Kind::Stuck
                 } else {
@@ -351,7 +374,8 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
                 flag(
                     kind,
                     format!(
-                        "{} ended {fate:?}, expected {}",
+                        "{}: {delivered_copies} delivered, {quarantined_copies} quarantined, \
+                         {left_copies} left of {copies}; expected {}",
                         m.class.name(),
                         allowed
                             .iter()
@@ -363,10 +387,23 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
                 );
             }
         }
-        if popbridge && good && on_server && !spec.leave_on_server && !sbs {
+        // More copies left on the server than were never delivered, although the
+        // connector saw an acceptance (one it never saw may rightly stay: the connector
+        // cannot know it went, and quarantines or retries it).
+        let seen = accepted.iter().any(|t| !t.unconfirmed());
+        let undelivered = copies - delivered_copies;
+        if popbridge && seen && on_server > undelivered && !spec.leave_on_server && !sbs {
             flag(
                 Kind::NotDeleted,
-                "delivered, still on the server after the clean passes".into(),
+                format!(
+                    "{} delivered cop{} still on the server after the clean passes",
+                    on_server - undelivered,
+                    if on_server - undelivered == 1 {
+                        "y"
+                    } else {
+                        "ies"
+                    }
+                ),
                 false,
             );
         }

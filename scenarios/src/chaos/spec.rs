@@ -205,6 +205,8 @@ pub const COMMAND_TIMEOUT: u64 = 30;
 pub const DATA_TIMEOUT: u64 = 60;
 /// The mailbox user.
 pub const USER: &str = "info";
+/// The most clean passes a world gets (the scenario format's bound).
+const MAX_SETTLE: u32 = 100;
 
 /// What a message must end as, under the world's policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -277,9 +279,9 @@ pub fn draw(seed: u64, profile: Profile, external: bool, sabotage: Option<Sabota
         r.gen_range(1..=20)
     } else {
         match r.gen_range(0..100) {
-            0..=39 => r.gen_range(1..=10),
-            40..=74 => r.gen_range(11..=50),
-            _ => r.gen_range(51..=200),
+            0..=44 => r.gen_range(1..=10),
+            45..=79 => r.gen_range(11..=40),
+            _ => r.gen_range(41..=200),
         }
     };
     let max_message_size = *pick(
@@ -313,13 +315,14 @@ pub fn draw(seed: u64, profile: Profile, external: bool, sabotage: Option<Sabota
         org_limit,
         leave_on_server: r.gen_bool(0.15),
         poison_after: r.gen_range(1..=3),
+        // A cap that makes the clean passes drain the mailbox in a handful of rounds.
         max_per_session: if r.gen_bool(0.3) {
-            r.gen_range(1..=n.max(1))
+            r.gen_range(n.div_ceil(4).max(1)..=n.max(1))
         } else {
             500
         },
         quarantine_delete: r.gen_bool(0.3),
-        memory_threshold: *pick(r, &[16 * 1024u64, 256 * 1024, 1024 * 1024]),
+        memory_threshold: *pick(r, &[16 * 1024u64, 256 * 1024, 1024 * 1024, 1024 * 1024]),
         messages: Vec::new(),
         faults: Vec::new(),
         crashes: Vec::new(),
@@ -337,7 +340,9 @@ pub fn draw(seed: u64, profile: Profile, external: bool, sabotage: Option<Sabota
             70..=74 => Class::Malformed,
             75..=80 => Class::Poison,
             81..=83 => Class::Spam,
-            84..=89 => Class::Oversize,
+            // Oversize only under small limits: a 10 MB one costs more time than it finds.
+            84..=89 if take <= 1024 * 1024 => Class::Oversize,
+            84..=89 => Class::Good,
             90..=94 => Class::Liar,
             _ if !spec.dot_stuffing => Class::Trap,
             _ => Class::Good,
@@ -345,9 +350,9 @@ pub fn draw(seed: u64, profile: Profile, external: bool, sabotage: Option<Sabota
         let size: u64 = match class {
             Class::Oversize => take + r.gen_range(1..=take / 8),
             _ => match r.gen_range(0..100) {
-                0..=74 => r.gen_range(600..=8 * 1024),
-                75..=94 => r.gen_range(8 * 1024..=96 * 1024),
-                _ => r.gen_range(96 * 1024..=(take - 4096).min(1536 * 1024)),
+                0..=77 => r.gen_range(600..=8 * 1024),
+                78..=97 => r.gen_range(8 * 1024..=64 * 1024),
+                _ => r.gen_range(64 * 1024..=(take - 4096).min(1100 * 1024)),
             },
         };
         let list_size = (class == Class::Liar).then(|| {
@@ -359,8 +364,9 @@ pub fn draw(seed: u64, profile: Profile, external: bool, sabotage: Option<Sabota
         });
         let body = match class {
             Class::Trap => BodyShape::DotLines,
-            // Its size must stay over the limit: no shape that shrinks it.
-            Class::Oversize => BodyShape::Plain,
+            // Sizes that must stay what they were drawn as (over the limit, or far from
+            // what LIST says): no shape that changes them.
+            Class::Oversize | Class::Liar => BodyShape::Plain,
             _ => *pick(
                 r,
                 &[
@@ -436,7 +442,9 @@ pub fn draw(seed: u64, profile: Profile, external: bool, sabotage: Option<Sabota
         .iter()
         .filter(|m| matches!(m.class, Class::Liar | Class::Trap))
         .count() as u32;
-    spec.settle = copies.div_ceil(spec.max_per_session.max(1)) + spec.poison_after + liars + 6;
+    // Each round through the cap may cost a poison message `poison_after` passes.
+    let rounds = copies.div_ceil(spec.max_per_session.max(1));
+    spec.settle = (rounds * (spec.poison_after + 1) + liars + 6).min(MAX_SETTLE);
     spec
 }
 
