@@ -250,7 +250,11 @@ impl EventSink {
         tracing::info!(target: "popbridge::events", "{json}");
         if let Some(f) = &self.file {
             let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(err) = writeln!(f, "{json}") {
+            // One write for the line and its end: a process killed between two writes
+            // would glue the next run's first event onto an unfinished line.
+            let mut line = json.clone().into_bytes();
+            line.push(b'\n');
+            if let Err(err) = f.write_all(&line) {
                 tracing::error!("cannot write the events file: {err}");
             }
         }

@@ -10,6 +10,7 @@ use mock_pop3::tracker::Tracker;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::capture::{SessionStats, Transaction};
 use crate::config::{Extensions, Limits, MailboxSpec, Replies, SpamRule};
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     pub faults: FaultPlan,
     tracker: Arc<Tracker>,
+    /// The running count of accepted messages (`Counts::accepted`), for waiters.
+    accepted: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -92,6 +95,18 @@ impl Shared {
         if self.cfg.record {
             self.stats(id, |s| s.transcript.push(line));
         }
+    }
+
+    /// Publishes the accepted count to [`MockSmtpHandle::accepted_watch`] receivers (never
+    /// backwards when sessions report out of order).
+    pub fn notify_accepted(&self, accepted: u64) {
+        self.accepted.send_if_modified(|seen| {
+            let newer = accepted > *seen;
+            if newer {
+                *seen = accepted;
+            }
+            newer
+        });
     }
 }
 
@@ -314,6 +329,7 @@ impl Builder {
             }),
             faults: FaultPlan::new(self.faults, self.seed),
             tracker: Arc::new(Tracker::new()),
+            accepted: watch::channel(0).0,
         })
     }
 
@@ -428,6 +444,19 @@ impl MockSmtpHandle {
     /// Waits until no session is running.
     pub async fn wait_idle(&self) {
         self.shared.tracker.wait_idle().await;
+    }
+
+    /// A receiver of [`Counts::accepted`], updated as each message is accepted (in every
+    /// capture mode, after its transaction is captured).
+    pub fn accepted_watch(&self) -> watch::Receiver<u64> {
+        self.shared.accepted.subscribe()
+    }
+
+    /// Waits until at least `n` messages were accepted in all (callers bound it with a
+    /// timeout: it waits for ever if no more come).
+    pub async fn wait_for_accepted(&self, n: u64) {
+        let mut rx = self.accepted_watch();
+        let _ = rx.wait_for(|a| *a >= n).await;
     }
 
     /// Stops accepting and ends every session.

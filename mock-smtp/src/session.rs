@@ -603,6 +603,9 @@ where
         if self.shared.cfg.capture == CaptureMode::Full {
             st.transactions.push(t);
         }
+        let accepted = st.counts.accepted;
+        drop(st);
+        self.shared.notify_accepted(accepted);
     }
 
     fn mail(&mut self, from: String, params: Vec<Param>) {

@@ -61,7 +61,21 @@ pub fn setup(
     limits: &str,
 ) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
+    let text = config_text(dir.path(), pop3, smtp, account_extra, limits);
+    let config = Config::from_str(&text, &dir.path().join("popbridge.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    Setup { dir, config }
+}
+
+/// The text of [`setup`]'s configuration, with its state under `dir`.
+pub fn config_text(
+    dir: &Path,
+    pop3: &MockPop3Handle,
+    smtp: &MockSmtpHandle,
+    account_extra: &str,
+    limits: &str,
+) -> String {
+    format!(
         r#"
 state_dir = "{state}"
 [transport]
@@ -86,13 +100,10 @@ password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 {account_extra}
 "#,
-        state = dir.path().join("state").display(),
+        state = dir.join("state").display(),
         smtp_port = smtp.addr().unwrap().port(),
         pop3_port = pop3.addr().unwrap().port(),
-    );
-    let config = Config::from_str(&text, &dir.path().join("popbridge.toml"))
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    Setup { dir, config }
+    )
 }
 
 impl Setup {
@@ -153,6 +164,34 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             } else {
                 out.push(p);
             }
+        }
+    }
+    out
+}
+
+/// The `Message-ID` header's value of a captured SMTP transaction, if it has one.
+pub fn message_id_of(t: &mock_smtp::Transaction) -> Option<String> {
+    let text = String::from_utf8_lossy(&t.data);
+    let header = text.split("\r\n\r\n").next().unwrap_or_default();
+    header
+        .lines()
+        .find_map(|l| l.strip_prefix("Message-ID:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// The events a `popbridge --events FILE` run wrote, one JSON object a line; a last line
+/// left unfinished by a killed process is skipped (any other bad line panics).
+pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(v) => out.push(v),
+            Err(e) if i + 1 == lines.len() && !text.ends_with('\n') => {
+                eprintln!("{}: unfinished last line skipped: {e}", path.display());
+            }
+            Err(e) => panic!("{}: line {}: {e}: {l}", path.display(), i + 1),
         }
     }
     out

@@ -8,3 +8,4 @@ mod harness;
 mod hostile;
 mod interop;
 mod pass;
+mod sigkill;

@@ -18,6 +18,7 @@ pub mod spec;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use popbridge::faults::Sabotage;
@@ -104,8 +105,13 @@ pub async fn run_spec(spec: &Spec, connector: &Connector) -> (Verdict, Observed)
     (oracle::judge(spec, &scenario, &obs), obs)
 }
 
-/// Runs and judges seed `seed`; shrinks and saves it when it fails and `save` is set.
-pub async fn run_seed(seed: u64, opts: &Options) -> RunResult {
+/// The most failing runs one `poplab chaos` shrinks (each can take a hundred re-runs);
+/// later failures are listed with their seeds to replay.
+pub const SHRINK_AT_MOST: u64 = 10;
+
+/// Runs and judges seed `seed`; shrinks and saves it when it fails, `save_failures` is set
+/// and `shrinks` (counted down) allows another.
+pub async fn run_seed(seed: u64, opts: &Options, shrinks: &AtomicU64) -> RunResult {
     let external = opts.connector.is_external();
     let spec = spec::draw(seed, opts.profile, external, opts.sabotage);
     if let Some(dir) = &opts.save_worlds {
@@ -128,7 +134,12 @@ pub async fn run_seed(seed: u64, opts: &Options) -> RunResult {
         saved: None,
         shrunk_to: None,
     };
-    if result.verdict.failed() {
+    let shrink = || {
+        shrinks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    if result.verdict.failed() && opts.save_failures.is_some() && shrink() {
         if let Some(dir) = &opts.save_failures {
             let small = shrink::shrink(&spec, &opts.connector, &result.verdict).await;
             let (verdict, _) = run_spec(&small, &opts.connector).await;
@@ -176,12 +187,13 @@ fn headline(small: &Spec, verdict: &Verdict, original: &Spec) -> String {
 pub async fn run(opts: &Options, progress: impl Fn(&RunResult, u64, u64)) -> ChaosReport {
     let opts = Arc::new(opts.clone());
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    let shrinks = Arc::new(AtomicU64::new(SHRINK_AT_MOST));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..opts.runs {
-        let (opts, sem) = (opts.clone(), sem.clone());
+        let (opts, sem, shrinks) = (opts.clone(), sem.clone(), shrinks.clone());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.ok();
-            run_seed(opts.seed.wrapping_add(i), &opts).await
+            run_seed(opts.seed.wrapping_add(i), &opts, &shrinks).await
         });
     }
     let mut results = Vec::new();

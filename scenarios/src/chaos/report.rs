@@ -254,7 +254,13 @@ impl ChaosReport {
                 list.join(", ")
             );
         }
-        if self.failures.is_empty() {
+        if self.failures.is_empty() && !self.expected.is_empty() {
+            let _ = writeln!(
+                s,
+                "  PASS: {} runs; every failure is one the {} profile expects",
+                self.runs, self.profile
+            );
+        } else if self.failures.is_empty() {
             let _ = writeln!(
                 s,
                 "  PASS: {} runs, 0 lost, 0 avoidable or unreported duplicates, 0 stuck",
