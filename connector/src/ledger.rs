@@ -2,7 +2,7 @@
 //! `sha256:...` digest), of what happened to each message: delivered (with time, size and
 //! the SMTP reply), failed (count and last reply), quarantined (local copy path), and
 //! whether it was deleted from the server. It is what makes delivery idempotent
-//! (design.md invariants 1-3): the pass engine DELEs a message only after
+//! (ARCHITECTURE.md, invariants 1-3): the pass engine DELEs a message only after
 //! [`Ledger::record_delivered`] returned, and never submits a message again that the
 //! ledger knows as delivered.
 //!

@@ -1,7 +1,7 @@
 //! The Popbridge connector: POP3 mailboxes in, SMTP out, nothing lost, nothing twice.
 //!
 //! Responsible for: configuration, the POP3 and SMTP clients, the ledger that makes
-//! delivery idempotent, and the pass engine that applies the invariants of design.md.
+//! delivery idempotent, and the pass engine that applies the invariants of ARCHITECTURE.md.
 //! Must never: know about mocks or scenarios, delete a message before the SMTP server
 //! accepted it and the ledger recorded it, or write a secret anywhere.
 
@@ -14,6 +14,7 @@ pub mod faults;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod listing;
 pub mod message;
 pub mod net;
 pub mod pass;

@@ -1,5 +1,5 @@
 //! `check-limits`: the size-limit chain a message passes through, per account, and what
-//! happens to a message of each size (design.md invariant 4, sbs-pop3-connector.md
+//! happens to a message of each size (ARCHITECTURE.md, invariant 5 and
 //! "Where it hurt" 1 and 2).
 //!
 //! Responsible for: collecting the limits a message meets (popbridge's

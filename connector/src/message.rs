@@ -1,11 +1,11 @@
 //! Reading what the connector needs from a message's header: the envelope sender
-//! (design.md "Return path"), the recipient headers, the trace `Received:` line it
+//! (ARCHITECTURE.md, "Where it hurt" 3), the recipient headers, the trace `Received:` line it
 //! prepends, and the de-duplication digest for servers without UIDL.
 //!
 //! Responsible for: parsing hostile headers tolerantly (bare LF, bare CR, NUL, 8-bit,
 //! invalid UTF-8, very long lines, folding, no header/body separator, empty input) and
 //! choosing a usable `MAIL FROM` so that malformed return paths cannot stop all mail
-//! (reference/sbs-pop3-connector.md, issue 3).
+//! (ARCHITECTURE.md, "Facts the code relies on").
 //! Must never: panic on any input, look past the header or past the caller's byte
 //! limit, allocate more than a small multiple of that limit, or let CR, LF or another
 //! control character from a message into an address or a header it produces.

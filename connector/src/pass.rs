@@ -37,9 +37,22 @@
 //! Such a failure is the folder's fault, not the message's: it does not count towards
 //! quarantine and the message is retried on every pass.
 //!
+//! Large maildrops: LIST and UIDL are read as they arrive (see [`crate::listing`]); a
+//! session holds the UIDs of at most a budget of messages that need work
+//! ([`Context::listing_budget`]), chosen while UIDL streams in: messages the ledger has as
+//! delivered and kept (`leave_on_server`), or quarantined and kept, take no room, and
+//! messages likely to stay (refused before, over the configured size limits) only room
+//! the others leave. What needs work but was not held is counted as postponed (see
+//! [`Summary::sliced`]) and reached by later passes. Without UIDL a session works on a
+//! budget of messages; with `leave_on_server` it starts as many messages in as the ledger
+//! holds delivered by header digest (new mail comes last in a maildrop), wrapping round,
+//! and what it did not hold counts as postponed only as far as the ledger cannot account
+//! for it.
+//!
 //! Must never: DELE before the ledger has the delivery, DELE anything a ledger failure
-//! left unrecorded, trust a reply read after one that did not make sense, or stop the
-//! whole account because one message is poison.
+//! left unrecorded, trust a reply read after one that did not make sense, key a message by
+//! a UID listed more than once anywhere in the listing (held or not), or stop the whole
+//! account because one message is poison.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -52,6 +65,7 @@ use crate::events::{Event, EventSink};
 pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
 use crate::keys::{self, DigestKeys};
 use crate::ledger::{Along, FailureKind, Ledger, Status};
+use crate::listing::{Budget, Sizes, UidScan, Want};
 use crate::message;
 use crate::net::{Dialer, TlsError};
 use crate::pickup::{Pickup, PickupOutcome};
@@ -117,12 +131,16 @@ pub struct Summary {
     pub skipped: u32,
     /// Quarantined this pass.
     pub quarantined: u32,
-    /// Not reached because of the per-session cap, a stop request, or a session that ended
-    /// early.
+    /// Not reached because of the per-session cap, a stop request, a session that ended
+    /// early, or the listing budget (`sliced`).
     pub postponed: u32,
     /// Retrieved, but not as large as LIST said (left on the server, never deleted).
     #[serde(default)]
     pub mismatched: u32,
+    /// Of `postponed`: messages needing work that the session's listing budget did not
+    /// hold (a maildrop larger than the budget is worked through over several passes).
+    #[serde(default)]
+    pub sliced: u32,
     /// Set when the account could not be processed.
     pub failure: Option<AccountFailure>,
     /// Set when the pass stopped early for a reason other than `failure`.
@@ -155,6 +173,9 @@ pub struct Context<'a> {
     pub stop: &'a StopFlag,
     /// Fault injection for harnesses ([`Faults::NONE`] otherwise).
     pub faults: Faults,
+    /// How many messages of a listing a POP3 session holds ([`Budget::DEFAULT`] outside
+    /// harnesses; a small one makes slices testable).
+    pub listing_budget: Budget,
 }
 
 /// A request to stop a pass between messages, shared with whoever asks (the daemon).
@@ -202,7 +223,8 @@ struct Item {
     key: Option<String>,
     /// A size-mismatch suspect: retrieved last, alone.
     alone: bool,
-    /// The UID key of the item after it (marked as submitting in advance).
+    /// The UID key of the item after it (marked as submitting in advance); set when it is
+    /// taken from the queue.
     next: Option<String>,
 }
 
@@ -243,6 +265,22 @@ enum Broken {
     Lost(Pop3Error),
     /// A simulated crash: stop dead.
     Crashed,
+}
+
+/// The messages of a session's listing that the session works on.
+struct Slice {
+    /// `(number, LIST size, UID key)`: by number, or without UIDL from where the window
+    /// starts. No key: keyed by header digest once downloaded.
+    entries: Vec<(u32, u64, Option<String>)>,
+    /// Messages needing work that were not held (left for later passes).
+    not_held: usize,
+    /// UIDs newly found listed more than once (for the ledger).
+    fresh: Vec<String>,
+    /// Some listed message has no UID key (header digests are in use).
+    unkeyed: bool,
+    /// Without UIDL, past the budget: listed messages the ledger does not have as delivered
+    /// and kept, at most (what is not held is unknown, not necessarily work).
+    unaccounted: Option<usize>,
 }
 
 struct Run<'a> {
@@ -348,6 +386,8 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         });
         run.summary.failure = Some(f);
     }
+    // What the listing budget left out waits for the next pass, like the rest postponed.
+    run.summary.postponed += run.summary.sliced;
     if let Some(step) = run.crashed {
         // Like a killed process: no SMTP QUIT, no clean-up, nothing more written.
         tracing::warn!(account = %account.name, "simulated crash at {step}");
@@ -544,38 +584,41 @@ impl Run<'_> {
                 return Err(pop3_failure(e));
             }
         };
-        let listing = txn.list().await.map_err(pop3_failure)?;
+        let sizes = txn.list_sizes().await.map_err(pop3_failure)?;
         if restarts == 0 {
-            self.summary.listed = listing.len() as u32;
+            self.summary.listed = sizes.len() as u32;
         }
         self.emit(Event::Listed {
             account: a.name.clone(),
             messages: self.summary.listed,
-            octets: listing.iter().map(|(_, s)| *s).sum(),
+            octets: sizes.octets(),
         });
-        for (_, size) in &listing {
-            *self.size_counts.entry(*size).or_default() += 1;
-        }
-        let uids = txn.uidl().await.map_err(pop3_failure)?;
         let ledger_error = |e: crate::ledger::LedgerError| AccountFailure::Config(e.to_string());
-        let uid_keys = {
-            let mut l = lock(self.cx.ledger);
-            let shared = l.shared_uids(&a.name).map_err(ledger_error)?;
-            let (keys, fresh) = keys::uid_keys(&listing, uids, &shared);
-            l.record_shared_uids(&a.name, &fresh)
-                .map_err(ledger_error)?;
-            keys
+        let shared = {
+            let l = lock(self.cx.ledger);
+            self.known = l.statuses(&a.name).map_err(ledger_error)?;
+            l.shared_uids(&a.name).map_err(ledger_error)?
         };
+        let slice = self.slice(&mut txn, &sizes, &shared).await?;
+        self.summary.sliced = slice.not_held as u32;
+        let unaccounted = slice.unaccounted;
         {
             let mut l = lock(self.cx.ledger);
-            if uid_keys.len() < listing.len() {
-                // Header-digest keys: settle the DELEs an earlier session could not confirm.
+            l.record_shared_uids(&a.name, &slice.fresh)
+                .map_err(ledger_error)?;
+            if slice.unkeyed {
+                // Header-digest keys: settle the DELEs an earlier session could not confirm,
+                // against the whole listing's sizes.
+                for (_, size) in sizes.iter() {
+                    *self.size_counts.entry(size).or_default() += 1;
+                }
                 l.resolve_unconfirmed(&a.name, &self.size_counts)
                     .map_err(ledger_error)?;
+                self.known = l.statuses(&a.name).map_err(ledger_error)?;
             }
-            self.known = l.statuses(&a.name).map_err(ledger_error)?;
             self.leftover = l.submitting(&a.name).map_err(ledger_error)?;
         }
+        drop(sizes);
         let suspect_sizes: HashSet<u64> = self
             .known
             .iter()
@@ -594,8 +637,7 @@ impl Run<'_> {
         // Decide per message: delete what was delivered before, collect what needs work
         // (size-mismatch suspects last).
         let (mut work, mut alone) = (Vec::new(), Vec::new());
-        for &(n, size) in &listing {
-            let key = uid_keys.get(&n).cloned();
+        for (n, size, key) in slice.entries {
             let status = key.as_ref().and_then(|k| self.known.get(k));
             let status = status.filter(|st| {
                 !(matches!(st, Status::Delivered { .. })
@@ -662,8 +704,15 @@ impl Run<'_> {
             alone.rotate_left(turn as usize % len);
         }
         work.append(&mut alone);
-        let postponed = self.summary.postponed;
+        let (postponed, delivered) = (self.summary.postponed, self.summary.delivered);
         let result = self.process(&mut txn, work).await;
+        if let Some(unaccounted) = unaccounted {
+            // Without UIDL, what was not held counts as work only as far as the ledger
+            // cannot account for it, after this session's deliveries.
+            let delivered = (self.summary.delivered - delivered) as usize;
+            let bound = unaccounted.saturating_sub(delivered) as u32;
+            self.summary.sliced = self.summary.sliced.min(bound);
+        }
         // Drain replies (DELEs) and QUIT: only a successful QUIT applies the deletions.
         match result {
             Ok(()) => {
@@ -721,6 +770,156 @@ impl Run<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// Reads UIDL, when the server has it, and picks the messages this session works on
+    /// (the module header says how): UID-keyed ones, those whose UID the listing or the
+    /// ledger has as shared, and listed ones UIDL left out (both keyed by header digest),
+    /// within the listing budget. Emits `message.already_delivered` for the delivered ones
+    /// kept on the server, as their entries arrive.
+    async fn slice(
+        &mut self,
+        txn: &mut Transaction,
+        sizes: &Sizes,
+        shared: &HashSet<String>,
+    ) -> Result<Slice, AccountFailure> {
+        let a = self.account;
+        let budget = self.cx.listing_budget;
+        let leave = a.leave_on_server;
+        let trust_ledger = !self.sabotaged(Sabotage::SkipLedgerCheck);
+        let dele_quarantined = self.cx.config.limits.quarantine_delete && !leave;
+        // Over this a message is never downloaded, whatever the SMTP server says.
+        let ceiling = crate::limits::effective_limit(self.cx.config, a, None)
+            .unwrap_or(u64::MAX)
+            .min(self.cx.config.limits.max_download_size);
+        let (known, events) = (&self.known, self.cx.events);
+        let mut shared_listed = false;
+        let select = |n: u32, uid: &str| -> Want {
+            // A UIDL entry LIST does not have is not a message of this session.
+            let Some(size) = sizes.get(n) else {
+                return Want::Skip;
+            };
+            if shared.contains(uid) {
+                shared_listed = true;
+                // Kept on the server, it is downloaded on every pass.
+                return if leave { Want::Later } else { Want::First };
+            }
+            match known.get(uid) {
+                Some(Status::Delivered { .. }) if trust_ledger => {
+                    if !leave {
+                        return Want::First;
+                    }
+                    events.emit(Event::AlreadyDelivered {
+                        account: a.name.clone(),
+                        uid: uid.to_string(),
+                    });
+                    Want::Skip
+                }
+                Some(Status::Quarantined { .. }) if !dele_quarantined => Want::Skip,
+                Some(Status::Quarantined { .. }) => Want::First,
+                Some(Status::Failed { .. }) => Want::Later,
+                _ if size > ceiling => Want::Later,
+                _ => Want::First,
+            }
+        };
+        let uids = txn
+            .uidl_scan(UidScan::new(budget, select))
+            .await
+            .map_err(pop3_failure)?;
+        let Some(uids) = uids else {
+            return Ok(self.window(sizes));
+        };
+        let mut fresh = Vec::new();
+        let mut entries = Vec::with_capacity(uids.held_len());
+        for (n, uid) in uids.held() {
+            let size = sizes.get(n).unwrap_or_default();
+            let key = if uids.is_shared(n) {
+                if !shared.contains(uid) {
+                    fresh.push(uid.to_string());
+                }
+                None
+            } else if shared.contains(uid) {
+                None
+            } else {
+                Some(uid.to_string())
+            };
+            entries.push((n, size, key));
+        }
+        fresh.sort_unstable();
+        fresh.dedup();
+        let mut unkeyed = shared_listed || entries.iter().any(|e| e.2.is_none());
+        // Listed messages without a usable UID that were not held (a UID listed more than
+        // once, one a delivered message kept on the server has too; or no UIDL entry):
+        // keyed by header digest, in the room left.
+        let mut not_held = uids.not_held();
+        let room = budget.messages.saturating_sub(entries.len());
+        // (A twin the selection wanted and did not hold is already counted as not held.)
+        let twins = uids
+            .shared_entries()
+            .filter(|&(n, _)| sizes.contains(n) && !uids.is_held(n));
+        let missing = sizes
+            .iter()
+            .map(|(n, _)| (n, false))
+            .filter(|&(n, _)| !uids.has_uid(n));
+        let mut added = 0;
+        for (n, counted) in twins.chain(missing) {
+            unkeyed = true;
+            if added < room {
+                entries.push((n, sizes.get(n).unwrap_or_default(), None));
+                added += 1;
+                not_held -= usize::from(counted);
+            } else if !counted {
+                not_held += 1;
+            }
+        }
+        if added > 0 {
+            entries.sort_by_key(|e| e.0);
+        }
+        Ok(Slice {
+            entries,
+            not_held,
+            fresh,
+            unkeyed,
+            unaccounted: None,
+        })
+    }
+
+    /// Without UIDL: every listed message, keyed by header digest once downloaded; past the
+    /// budget, a window of it (the module header says where it starts).
+    fn window(&self, sizes: &Sizes) -> Slice {
+        let budget = self.cx.listing_budget.messages;
+        let count = sizes.len();
+        // Past the budget: start as many messages in as the ledger has delivered by header
+        // digest and (as far as it knows) kept on the server, and bound what is not held.
+        let (start, unaccounted) = if count > budget {
+            let kept = self
+                .known
+                .iter()
+                .filter(|(k, st)| {
+                    k.starts_with("sha256:")
+                        && matches!(st, Status::Delivered { deleted: false, .. })
+                })
+                .count();
+            let start = if self.account.leave_on_server {
+                kept % count
+            } else {
+                0
+            };
+            (start, Some(count.saturating_sub(kept)))
+        } else {
+            (0, None)
+        };
+        let entry = |(n, size): (u32, u64)| (n, size, None);
+        let mut entries: Vec<_> = sizes.iter().skip(start).take(budget).map(entry).collect();
+        let wrap = budget.min(count).saturating_sub(entries.len());
+        entries.extend(sizes.iter().take(wrap).map(entry));
+        Slice {
+            not_held: count - entries.len(),
+            entries,
+            fresh: Vec::new(),
+            unkeyed: count > 0,
+            unaccounted,
+        }
     }
 
     fn confirm_deleted(&mut self) {
@@ -871,9 +1070,6 @@ impl Run<'_> {
             with_uid <= cap
         });
         self.summary.postponed += with_uid.saturating_sub(cap) as u32;
-        for i in 1..todo.len() {
-            todo[i - 1].next = todo[i].key.clone();
-        }
         // Estimated LIST sizes prove nothing: one message at a time then.
         let window = if txn.capabilities.pipelining && a.verify_list_size {
             RETR_WINDOW
@@ -887,15 +1083,20 @@ impl Run<'_> {
                 .min(limit.map_or(u64::MAX, |l| l.saturating_add(64 * 1024)))
                 .min(ceiling)
         };
-        let by_n: HashMap<u32, Item> = todo.iter().map(|i| (i.n, i.clone())).collect();
-        let mut queue = todo.into_iter().peekable();
+        // Each item once: the map and the queue point into `todo`.
+        let by_n: HashMap<u32, usize> = todo.iter().enumerate().map(|(i, it)| (it.n, i)).collect();
+        let take = |i: usize| Item {
+            next: todo.get(i + 1).and_then(|after| after.key.clone()),
+            ..todo[i].clone()
+        };
+        let mut queue = (0..todo.len()).peekable();
         let mut in_flight_retr = 0usize;
         let threshold = self.cx.config.limits.memory_threshold;
         let result = loop {
             // After a stop request, no new message is started; those in flight finish. A
             // suspect goes alone, once everything before it is answered.
             while in_flight_retr < window && !self.cx.stop.is_stopped() {
-                match queue.peek() {
+                match queue.peek().map(|&i| &todo[i]) {
                     Some(item) if item.alone && txn.in_flight() > 0 => break,
                     // Suspects go in a session of their own, once this one's deletions are
                     // applied by a clean QUIT: one that ends it out of step costs nothing.
@@ -908,7 +1109,7 @@ impl Run<'_> {
                         break
                     }
                     Some(_) => {
-                        let item = queue.next().expect("peeked");
+                        let item = &todo[queue.next().expect("peeked")];
                         txn.send_retr(item.n, bound(item.size));
                         in_flight_retr += 1;
                         if item.alone {
@@ -926,7 +1127,7 @@ impl Run<'_> {
             match txn.next(&self.spool, threshold).await {
                 Ok(Response::Retr { msg, body }) => {
                     in_flight_retr -= 1;
-                    let Some(item) = by_n.get(&msg).cloned() else {
+                    let Some(item) = by_n.get(&msg).map(|&i| take(i)) else {
                         continue;
                     };
                     if let Err(b) = self.retrieved(txn, item, body).await {
@@ -945,7 +1146,7 @@ impl Run<'_> {
                     in_flight_retr -= 1;
                     let key = by_n
                         .get(&msg)
-                        .map_or_else(|| format!("#{msg}"), Item::label);
+                        .map_or_else(|| format!("#{msg}"), |&i| todo[i].label());
                     self.defer(
                         key,
                         format!("RETR refused: {}", reply.to_string().trim_end()),
@@ -975,7 +1176,7 @@ impl Run<'_> {
                     };
                     // Answered, however wrongly: not work left for another session.
                     in_flight_retr -= 1;
-                    let item = by_n.get(&msg).cloned();
+                    let item = by_n.get(&msg).map(|&i| take(i));
                     if let Some(item) = &item {
                         self.mismatch(item, limit, true);
                     }
@@ -1570,6 +1771,7 @@ pub async fn run_accounts_with(
                 ledger: &ledger,
                 stop: &stop,
                 faults,
+                listing_budget: Budget::DEFAULT,
             };
             run_account(&cx, &account).await
         });

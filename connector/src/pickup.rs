@@ -1,5 +1,5 @@
 //! Delivery into an SMTP service's pickup folder, the SBS 2003 path
-//! (reference/sbs-pop3-connector.md, "SBS 2003 behaviour").
+//! (ARCHITECTURE.md, "The SBS POP3 connector").
 //!
 //! Responsible for: writing each message as one `.eml` file that the pickup service sees
 //! complete or not at all, under a name that is stable for the message's ledger key, so

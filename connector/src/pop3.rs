@@ -3,9 +3,11 @@
 //!
 //! The protocol states are types: [`connect`] gives an [`Authorization`], whose
 //! `authenticate` gives a [`Transaction`]; only a `Transaction` can RETR, DELE or QUIT.
+//! LIST and UIDL are read line by line as they arrive, into the compact forms of
+//! [`crate::listing`]; a UIDL scan holds only the UIDs its caller selects.
 //! Must never: send a password in clear unless allowed, continue in clear when STLS was
-//! required, keep bytes received before a TLS handshake, read an unbounded reply, or log
-//! a secret.
+//! required, keep bytes received before a TLS handshake, read an unbounded reply, hold a
+//! LIST or UIDL reply whole, or log a secret.
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,12 +29,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::{Body, BodyBuilder};
 use crate::config::{Account, AuthMethod, Config, TlsMode};
+use crate::listing::{self, Budget, LineReader, ListingError, Sizes, UidListing, UidScan, Want};
 use crate::net::{self, BoxIo, Dialer, TlsError};
 use crate::secret::Secret;
 
 /// Longest status line accepted (RFC 2449 says 512; some servers are longer).
 const MAX_LINE: usize = 8 * 1024;
-/// Bound on a listing (CAPA, LIST, UIDL, TOP): generous, finite.
+/// Bound on a CAPA listing: generous, finite (LIST and UIDL have their own, see
+/// [`crate::listing`]).
 const MAX_LISTING: u64 = 64 * 1024 * 1024;
 /// RFC 2449: a command line is at most 255 octets with CRLF.
 const MAX_COMMAND: usize = 255;
@@ -393,8 +397,40 @@ impl Wire {
         }
     }
 
-    /// Reads a listing (CAPA, LIST, UIDL), bounded by [`MAX_LISTING`] and, as a whole, by
-    /// the `data` timeout.
+    /// Reads a LIST or UIDL reply into `on_line` line by line as it arrives, never whole:
+    /// bounded by [`listing::MAX_OCTETS`], each line by [`listing::MAX_LINE`], and as a
+    /// whole by the `data` timeout. A line `on_line` refuses is a protocol error.
+    async fn listing_lines(
+        &mut self,
+        command: &str,
+        mut on_line: impl FnMut(&[u8]) -> Result<(), String> + Send,
+    ) -> Result<(), Pop3Error> {
+        let mut reader = LineReader::new(listing::MAX_OCTETS, listing::MAX_LINE);
+        let deadline = self.data_deadline();
+        loop {
+            let p = reader
+                .feed(&self.inbuf, &mut on_line)
+                .map_err(|e| match e {
+                    ListingError::TooLarge { limit } => Pop3Error::TooLarge {
+                        command: command.into(),
+                        limit,
+                    },
+                    ListingError::Invalid(detail) => Pop3Error::Protocol {
+                        command: command.into(),
+                        detail,
+                    },
+                })?;
+            let _ = self.inbuf.split_to(p.consumed);
+            if p.done {
+                self.lines.reset();
+                return Ok(());
+            }
+            self.fill(command, &deadline).await?;
+        }
+    }
+
+    /// Reads a CAPA listing, bounded by [`MAX_LISTING`] and, as a whole, by the `data`
+    /// timeout.
     async fn listing(&mut self, command: &str) -> Result<Vec<u8>, Pop3Error> {
         let mut dec = DotDecoder::new(MAX_LISTING).with_lf_terminator();
         let mut out = BytesMut::new();
@@ -771,38 +807,45 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// `(number, size)` of every message, from LIST.
-    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
+    /// Every message's size by number, from LIST, read as it arrives (about 4 octets a
+    /// message). A bad line, or a number listed twice, is a protocol error.
+    pub async fn list_sizes(&mut self) -> Result<Sizes, Pop3Error> {
         self.wire.queue("LIST\r\n", "LIST");
         self.wire.ok("LIST").await?;
-        let body = self.wire.listing("LIST").await?;
-        let mut v = Vec::new();
-        for line in String::from_utf8_lossy(&body).lines() {
-            let mut it = line.split_whitespace();
-            let parsed = it
-                .next()
-                .and_then(|n| n.parse().ok())
-                .zip(it.next().and_then(|s| s.parse().ok()));
-            match parsed {
-                Some(p) => v.push(p),
-                None => {
-                    return Err(Pop3Error::Protocol {
-                        command: "LIST".into(),
-                        detail: format!("bad line {:?}", line.chars().take(80).collect::<String>()),
-                    })
-                }
-            }
-        }
-        Ok(v)
+        let mut sizes = Sizes::new();
+        self.wire
+            .listing_lines("LIST", |line| sizes.line(line))
+            .await?;
+        Ok(sizes)
     }
 
-    /// `(number, uid)` from UIDL, or `None` when the server has no UIDL.
+    /// `(number, size)` of every message, from LIST, by number.
+    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, Pop3Error> {
+        Ok(self.list_sizes().await?.iter().collect())
+    }
+
+    /// Every UIDL entry, held compactly, or `None` when the server has no UIDL (see
+    /// [`Transaction::uidl_scan`]).
+    pub async fn uidl(&mut self) -> Result<Option<UidListing>, Pop3Error> {
+        self.uidl_scan(UidScan::new(Budget::ALL, |_, _| Want::First))
+            .await
+    }
+
+    /// UIDL, each entry handed to `scan` as it arrives (it keeps what its selection wants,
+    /// within its budget), or `None` when the server has no UIDL. A bad line, or a number
+    /// listed twice, is a protocol error.
     ///
     /// Only a server that does not offer UIDL gets `None`: one whose CAPA leaves it out,
     /// or, without CAPA, one that refuses it with no response code. A refusal by a server
     /// that offers it, or a temporary one, is an error: switching a mailbox to header-digest
     /// keys for one session could deliver its messages again under their other key.
-    pub async fn uidl(&mut self) -> Result<Option<Vec<(u32, String)>>, Pop3Error> {
+    pub async fn uidl_scan<F>(
+        &mut self,
+        mut scan: UidScan<F>,
+    ) -> Result<Option<UidListing>, Pop3Error>
+    where
+        F: FnMut(u32, &str) -> Want + Send,
+    {
         if self.capabilities.known && !self.capabilities.uidl {
             return Ok(None);
         }
@@ -816,25 +859,15 @@ impl Transaction {
             }
             Err(e) => return Err(e),
         }
-        let body = self.wire.listing("UIDL").await?;
-        let mut v = Vec::new();
-        for line in String::from_utf8_lossy(&body).lines() {
-            let mut it = line.split_whitespace();
-            let n = it.next().and_then(|n| n.parse().ok());
-            let uid = it.next().filter(|u| {
-                !u.is_empty() && u.len() <= 70 && u.bytes().all(|b| (0x21..=0x7e).contains(&b))
-            });
-            match (n, uid) {
-                (Some(n), Some(u)) => v.push((n, u.to_string())),
-                _ => {
-                    return Err(Pop3Error::Protocol {
-                        command: "UIDL".into(),
-                        detail: format!("bad line {:?}", line.chars().take(80).collect::<String>()),
-                    })
-                }
-            }
-        }
-        Ok(Some(v))
+        self.wire
+            .listing_lines("UIDL", |line| scan.line(line))
+            .await?;
+        scan.finish()
+            .map(Some)
+            .map_err(|detail| Pop3Error::Protocol {
+                command: "UIDL".into(),
+                detail,
+            })
     }
 
     /// The header of message `n` (TOP n 0), bounded; `None` when TOP is unavailable.

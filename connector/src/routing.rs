@@ -2,7 +2,7 @@
 //! local users, each message routed to the local recipients its header names.
 //!
 //! Responsible for: choosing a message's envelope recipients from its recipient headers
-//! (see reference/sbs-pop3-connector.md, "SBS 2003 behaviour"), in this order of trust:
+//! (ARCHITECTURE.md, "The SBS POP3 connector"), in this order of trust:
 //! `Delivered-To:` (the envelope recipient the ISP's server saw; the only place a Bcc'd
 //! recipient appears), then `X-Original-To:` (Postfix's envelope recipient before
 //! aliasing), then `To:` and `Cc:`. The first of these that names at least one local

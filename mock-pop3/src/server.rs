@@ -152,7 +152,15 @@ impl State {
         let uid = m
             .uid
             .unwrap_or_else(|| format!("{user}-{:06}", mb.next_uid));
-        let wire = if self.dot_stuffing {
+        // Many messages sharing one body (a huge synthetic maildrop) share its wire form
+        // too: only the first of a run is stuffed.
+        let previous = mb
+            .messages
+            .last()
+            .filter(|p| p.data.as_ptr() == m.data.as_ptr() && p.data.len() == m.data.len());
+        let wire = if let Some(p) = previous {
+            p.wire.clone()
+        } else if self.dot_stuffing {
             DotStuffer::stuff_all(&m.data, false).freeze()
         } else {
             // The lines as they are, then the terminator: a line holding a lone dot ends

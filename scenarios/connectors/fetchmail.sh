@@ -1,8 +1,10 @@
 #!/bin/sh
 # poplab connector template for fetchmail (6.4): one fetchmail run = one pass.
 #
-#   poplab run --connector-cmd 'scenarios/connectors/fetchmail.sh {pop3_host} {pop3_port} {user} {password} {smtp_host} {smtp_port} {rcpt} {scratch}' CASE.toml
+#   poplab run --connector-cmd 'scenarios/connectors/fetchmail.sh {pop3_host} {pop3_port} {user} {password} {smtp_host} {smtp_port} {rcpt} {scratch} {timeout}' CASE.toml
 #
+# The ninth argument, optional, is fetchmail's `timeout` in seconds (how long it waits for
+# a silent server; fetchmail's own default is 300).
 # Writes a mode-0600 rc file into the scratch folder (kept across passes, so fetchmail's
 # id file survives), polls the POP3 mock in plain text (`sslproto ''`: no STLS) with
 # USER/PASS, and forwards every message over SMTP to the mock for "rcpt".
@@ -11,11 +13,15 @@
 # Exit status: fetchmail's, except 1 ("no mail") which is success here.
 set -eu
 
-if [ "$#" -ne 8 ]; then
-    echo "usage: $0 POP3_HOST POP3_PORT USER PASSWORD SMTP_HOST SMTP_PORT RCPT SCRATCH" >&2
+if [ "$#" -ne 8 ] && [ "$#" -ne 9 ]; then
+    echo "usage: $0 POP3_HOST POP3_PORT USER PASSWORD SMTP_HOST SMTP_PORT RCPT SCRATCH [TIMEOUT]" >&2
     exit 64
 fi
 pop3_host=$1 pop3_port=$2 user=$3 password=$4 smtp_host=$5 smtp_port=$6 rcpt=$7 scratch=$8
+timeout=${9:-300}
+case $timeout in
+    ''|*[!0-9]*) echo "$0: TIMEOUT must be a number of seconds, not '$timeout'" >&2; exit 64 ;;
+esac
 
 # A value inside double quotes of the rc file: escape \ and ".
 q() { printf '%s' "$1" | sed 's/[\\"]/\\&/g'; }
@@ -27,7 +33,7 @@ rc=$scratch/fetchmailrc
 umask 077
 cat > "$rc" <<RC
 set no bouncemail
-poll "$(q "$pop3_host")" port $pop3_port protocol POP3
+poll "$(q "$pop3_host")" port $pop3_port protocol POP3 timeout $timeout
   auth ${POPLAB_FETCHMAIL_AUTH:-password}
   user "$(q "$user")" there with password "$(q "$password")" is "$(q "$rcpt")" here
   sslproto ''

@@ -2,7 +2,7 @@
 //! placeholders, and one run of the command (`sh -c`) with a bound and its output kept.
 //!
 //! Responsible for: substituting `{pop3_host}` `{pop3_port}` `{smtp_host}` `{smtp_port}`
-//! `{user}` `{password}` `{rcpt}` `{scratch}` `{pass}` with shell-quoted values (one scan,
+//! `{user}` `{password}` `{rcpt}` `{scratch}` `{pass}` `{timeout}` with shell-quoted values (one scan,
 //! so a value is never substituted again; other braces, such as `${HOME}`, stay as
 //! written), running the command in its own process group with standard input closed,
 //! killing the whole group past its bound, and capturing standard output and error (the
@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
 /// The placeholders a template may use.
-pub const PLACEHOLDERS: [&str; 9] = [
+pub const PLACEHOLDERS: [&str; 10] = [
     "pop3_host",
     "pop3_port",
     "smtp_host",
@@ -27,6 +27,7 @@ pub const PLACEHOLDERS: [&str; 9] = [
     "rcpt",
     "scratch",
     "pass",
+    "timeout",
 ];
 
 /// The most output kept per stream of one run (the rest is cut, and said so).
@@ -83,6 +84,10 @@ pub struct Values {
     pub scratch: PathBuf,
     /// The pass, from 1.
     pub pass: u32,
+    /// The connector's command timeout in whole seconds, as the scenario sets it
+    /// (`[connector.timeouts] command`): the time after which the world expects a
+    /// connector to give up on a silent server.
+    pub timeout: u64,
 }
 
 impl Values {
@@ -97,6 +102,7 @@ impl Values {
             "rcpt" => self.rcpt.clone(),
             "scratch" => self.scratch.display().to_string(),
             "pass" => self.pass.to_string(),
+            "timeout" => self.timeout.to_string(),
             _ => return None,
         })
     }
@@ -323,6 +329,7 @@ mod tests {
             rcpt: "info@contoso.local".into(),
             scratch: PathBuf::from("/tmp/x y"),
             pass: 2,
+            timeout: 30,
         }
     }
 

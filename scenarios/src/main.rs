@@ -35,9 +35,10 @@ enum Command {
         json: bool,
         /// Run this command (`sh -c`) once per pass and mailbox instead of popbridge.
         /// Placeholders, replaced by shell-quoted values: {pop3_host} {pop3_port}
-        /// {smtp_host} {smtp_port} {user} {password} {rcpt} {scratch} {pass}. Example:
+        /// {smtp_host} {smtp_port} {user} {password} {rcpt} {scratch} {pass} {timeout}
+        /// (the scenario's command timeout in seconds). Example:
         /// 'scenarios/connectors/fetchmail.sh {pop3_host} {pop3_port} {user} {password}
-        /// {smtp_host} {smtp_port} {rcpt} {scratch}'.
+        /// {smtp_host} {smtp_port} {rcpt} {scratch} {timeout}'.
         #[arg(long, value_name = "TEMPLATE")]
         connector_cmd: Option<String>,
     },

@@ -114,6 +114,9 @@ fn auth_name(m: AuthMethod) -> &'static str {
     }
 }
 
+/// The connector's command timeout when a scenario sets none.
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// popbridge's configuration text for a scenario at these endpoints.
 pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
     use toml::Value;
@@ -133,7 +136,8 @@ pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
         .remove("timeouts")
         .and_then(|t| t.as_table().cloned())
         .unwrap_or_default();
-    for (k, v) in [("connect", "10s"), ("command", "30s"), ("data", "120s")] {
+    let command = format!("{}s", DEFAULT_COMMAND_TIMEOUT.as_secs());
+    for (k, v) in [("connect", "10s"), ("command", &*command), ("data", "120s")] {
         timeouts.entry(k).or_insert_with(|| Value::String(v.into()));
     }
     top.insert("timeouts".into(), Value::Table(timeouts));
@@ -786,6 +790,21 @@ pub fn recipient_for(s: &Scenario, user: &str) -> String {
         })
 }
 
+/// The connector's command timeout as the scenario sets it (`[connector.timeouts]
+/// command`), else the world's default; the `{timeout}` placeholder.
+pub fn command_timeout(s: &Scenario) -> Duration {
+    s.connector
+        .top
+        .get("timeouts")
+        .and_then(|t| t.get("command"))
+        .and_then(|v| match v {
+            toml::Value::String(text) => popbridge::config::parse_duration(text).ok(),
+            toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_COMMAND_TIMEOUT)
+}
+
 /// The external connector's passes: the command once per pass and mailbox, each bounded
 /// by the scenario's timeout (and SIGKILLed as `kills` says), the mocks settled after each
 /// pass; then, with `[run] settle`, clean passes as for popbridge.
@@ -828,6 +847,7 @@ async fn external_passes(
                 rcpt: recipient_for(s, &mb.user),
                 scratch,
                 pass,
+                timeout: command_timeout(s).as_secs(),
             };
             let kill = kills
                 .iter()

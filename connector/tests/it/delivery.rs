@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mock_pop3::{
-    FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Mailbox, MockPop3,
-};
+use mock_pop3::{FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, MockPop3};
 use mock_smtp::{Delivery, MailboxSpec, MockSmtp, MockSmtpHandle};
 use popbridge::body::Body;
 use popbridge::config::DeliveryKind;
@@ -15,14 +13,6 @@ use popbridge::events::Event;
 use popbridge::pickup::{Pickup, STAGING_DIR};
 
 use crate::harness::*;
-
-fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Mailbox {
-    let mut mb = Mailbox::new("info", PASSWORD);
-    for m in messages {
-        mb = mb.with_message(m);
-    }
-    mb
-}
 
 /// The exact bytes of message `i`.
 fn message_bytes(i: usize) -> Vec<u8> {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use mock_pop3::{Message, MockPop3Handle};
+use mock_pop3::{Mailbox, Message, MockPop3Handle};
 use mock_smtp::MockSmtpHandle;
 use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
@@ -195,4 +195,22 @@ pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
         }
     }
     out
+}
+
+/// Mailbox `info` (password [`PASSWORD`]) holding `messages`.
+pub fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Mailbox {
+    let mut mb = Mailbox::new("info", PASSWORD);
+    mb.messages.extend(messages);
+    mb
+}
+
+/// Every Message-ID in `ids` delivered exactly once, and `expected` of them.
+pub fn exactly_once(ids: &[String], expected: usize) {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for id in ids {
+        *seen.entry(id).or_default() += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "delivered more than once: {dups:?}");
+    assert_eq!(seen.len(), expected, "distinct messages delivered");
 }

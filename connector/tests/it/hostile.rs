@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mock_pop3::{
-    FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Mailbox, MockPop3,
-    MockPop3Handle,
+    FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, MockPop3, MockPop3Handle,
 };
 use mock_smtp::{FaultAction, FaultRule, Hook, MockSmtp, MockSmtpHandle, Outcome, SizeAdvert};
 use popbridge::body::BodyBuilder;
@@ -24,14 +23,6 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::harness::*;
-
-fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Mailbox {
-    let mut mb = Mailbox::new("info", PASSWORD);
-    for m in messages {
-        mb = mb.with_message(m);
-    }
-    mb
-}
 
 /// The UID the mock gives the `i`-th message (from 1) of mailbox `info`.
 fn uid(i: usize) -> String {

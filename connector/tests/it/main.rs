@@ -7,5 +7,6 @@ mod delivery;
 mod harness;
 mod hostile;
 mod interop;
+mod listing;
 mod pass;
 mod sigkill;

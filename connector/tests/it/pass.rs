@@ -1,7 +1,5 @@
 //! The connector core's acceptance behaviours, each against the mocks on loopback.
 
-use std::collections::HashMap;
-
 use mock_pop3::pki::TestPki;
 use mock_pop3::{
     AuthMethod, FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Mailbox, MockPop3,
@@ -11,24 +9,6 @@ use mock_smtp::{FaultAction, FaultRule, Hook, Limits, MailboxSpec, MockSmtp};
 use popbridge::pass::AccountFailure;
 
 use crate::harness::*;
-
-fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Mailbox {
-    let mut mb = Mailbox::new("info", PASSWORD);
-    for m in messages {
-        mb = mb.with_message(m);
-    }
-    mb
-}
-
-fn exactly_once(ids: &[String], expected: usize) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for id in ids {
-        *seen.entry(id).or_default() += 1;
-    }
-    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "delivered more than once: {dups:?}");
-    assert_eq!(seen.len(), expected, "distinct messages delivered");
-}
 
 #[tokio::test]
 async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {

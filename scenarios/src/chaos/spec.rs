@@ -199,10 +199,15 @@ pub struct Spec {
     pub sabotage: Option<Sabotage>,
 }
 
-/// The connector's command timeout in chaos worlds (POP3 and SMTP).
+/// The connector's command timeout in chaos worlds (POP3 and SMTP), in seconds.
 pub const COMMAND_TIMEOUT: u64 = 30;
-/// The connector's data timeout in chaos worlds.
+/// The connector's data timeout in chaos worlds, in seconds.
 pub const DATA_TIMEOUT: u64 = 60;
+/// The command timeout of external connectors' worlds, which run in real time: short, so
+/// that a delay past it costs seconds, not minutes (templates get it as `{timeout}`).
+pub const EXTERNAL_COMMAND_TIMEOUT: u64 = 5;
+/// The data timeout of external connectors' worlds.
+pub const EXTERNAL_DATA_TIMEOUT: u64 = 10;
 /// The mailbox user.
 pub const USER: &str = "info";
 /// The most clean passes a world gets (the scenario format's bound).
@@ -221,6 +226,24 @@ pub enum Expected {
 }
 
 impl Spec {
+    /// The connector's command timeout in this world, in seconds.
+    pub fn command_timeout(&self) -> u64 {
+        if self.external {
+            EXTERNAL_COMMAND_TIMEOUT
+        } else {
+            COMMAND_TIMEOUT
+        }
+    }
+
+    /// The connector's data timeout in this world, in seconds.
+    pub fn data_timeout(&self) -> u64 {
+        if self.external {
+            EXTERNAL_DATA_TIMEOUT
+        } else {
+            DATA_TIMEOUT
+        }
+    }
+
     /// What `m` must end as, or `None` where this profile or connector promises nothing
     /// (the old connector, or an external one, for messages it cannot deliver).
     pub fn expected(&self, m: &Msg) -> Option<Expected> {
@@ -529,10 +552,13 @@ fn draw_faults(r: &mut ChaCha8Rng, spec: &mut Spec) {
             70..=84 => {
                 f.class = "pop3-delay";
                 f.action = "delay";
-                f.delay = Some(if r.gen_bool(0.7) {
-                    r.gen_range(COMMAND_TIMEOUT + 5..=600)
-                } else {
-                    r.gen_range(1..COMMAND_TIMEOUT - 5)
+                f.delay = Some(match (spec.external, r.gen_bool(0.7)) {
+                    (false, true) => r.gen_range(COMMAND_TIMEOUT + 5..=600),
+                    (false, false) => r.gen_range(1..COMMAND_TIMEOUT - 5),
+                    (true, true) => {
+                        r.gen_range(EXTERNAL_COMMAND_TIMEOUT + 2..=EXTERNAL_COMMAND_TIMEOUT * 3)
+                    }
+                    (true, false) => r.gen_range(1..EXTERNAL_COMMAND_TIMEOUT - 2),
                 });
             }
             _ => {
@@ -611,10 +637,12 @@ fn draw_faults(r: &mut ChaCha8Rng, spec: &mut Spec) {
             80..=89 => {
                 f.class = "smtp-delay";
                 f.action = "delay";
+                let (command, data) = (spec.command_timeout(), spec.data_timeout());
+                let most = if spec.external { 2 } else { 4 };
                 f.delay = Some(if f.on == "data-end" {
-                    r.gen_range(DATA_TIMEOUT / 2..=DATA_TIMEOUT * 4)
+                    r.gen_range(data / 2..=data * most)
                 } else {
-                    r.gen_range(COMMAND_TIMEOUT / 2..=COMMAND_TIMEOUT * 4)
+                    r.gen_range(command / 2..=command * most)
                 });
             }
             _ => {
@@ -745,8 +773,8 @@ pub fn render(spec: &Spec, headline: &str) -> String {
         );
     }
     let _ = writeln!(w, "\n[connector.timeouts]");
-    let _ = writeln!(w, "command = \"{COMMAND_TIMEOUT}s\"");
-    let _ = writeln!(w, "data = \"{DATA_TIMEOUT}s\"");
+    let _ = writeln!(w, "command = \"{}s\"", spec.command_timeout());
+    let _ = writeln!(w, "data = \"{}s\"", spec.data_timeout());
     if spec.leave_on_server {
         let _ = writeln!(
             w,
@@ -763,7 +791,7 @@ pub fn render(spec: &Spec, headline: &str) -> String {
     let _ = writeln!(
         w,
         "timeout = \"{}s\"",
-        if spec.external { 900 } else { 120 }
+        if spec.external { 180 } else { 120 }
     );
     if let Some(s) = spec.sabotage {
         let _ = writeln!(w, "sabotage = {}", quoted(s.name()));
