@@ -531,6 +531,9 @@ impl Ledger {
     }
 
     /// [`Ledger::record_failure`] for a failure of `kind`; the row takes the latest kind.
+    /// A [`FailureKind::Mismatch`] leaves the submission mark as it is: nothing was
+    /// submitted in that attempt, so a mark from an earlier one (the server may have that
+    /// copy) still stands.
     pub fn record_failure_of(
         &mut self,
         account: &str,
@@ -591,7 +594,9 @@ impl Ledger {
                 count
             }
         };
-        unmark(&tx, path, account, key)?;
+        if kind != FailureKind::Mismatch {
+            unmark(&tx, path, account, key)?;
+        }
         tx.commit().at(path)?;
         Ok(count)
     }
@@ -1570,7 +1575,12 @@ mod tests {
             .unwrap();
         assert_eq!(l.submitting(A).unwrap(), set(&["m2"]));
         assert_eq!(l.submitting(B).unwrap(), set(&["m1"]), "per account");
-        // A permanent refusal ends the mark too.
+        // A retrieval that could not be trusted submitted nothing: an earlier attempt's
+        // mark (the server may have that copy) stands.
+        l.record_failure_of(A, "m2", "RETR refused", FailureKind::Mismatch)
+            .unwrap();
+        assert_eq!(l.submitting(A).unwrap(), set(&["m2"]));
+        // A permanent refusal ends the mark.
         l.record_failure(A, "m2", "550 no").unwrap();
         assert!(l.submitting(A).unwrap().is_empty());
         // End of pass: every mark but the kept ones goes.

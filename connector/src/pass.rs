@@ -306,8 +306,12 @@ struct Run<'a> {
     crashed: Option<Step>,
     /// How often each step was reached this pass (for the crash fail point).
     steps: HashMap<Step, u32>,
-    /// Submission marks found at the start: possible duplicates when submitted again.
+    /// Submission marks found at the start of the pass: possible duplicates when
+    /// submitted again.
     leftover: HashSet<String>,
+    /// Submission marks in the ledger when this POP3 session started (this pass's own
+    /// included): keys whose fate is unknown, for giving identical copies their keys.
+    session_marks: HashSet<String>,
     /// Keys this pass marked as submitting.
     marked: HashSet<String>,
     /// Keys whose final data went out without a reply: not sent again this pass.
@@ -347,6 +351,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         leftover: HashSet::new(),
         marked: HashSet::new(),
         unknown: HashSet::new(),
+        session_marks: HashSet::new(),
         attempts: 0,
         tried_alone: HashSet::new(),
         digest_deles: HashSet::new(),
@@ -616,7 +621,13 @@ impl Run<'_> {
                     .map_err(ledger_error)?;
                 self.known = l.statuses(&a.name).map_err(ledger_error)?;
             }
-            self.leftover = l.submitting(&a.name).map_err(ledger_error)?;
+            // Read once per pass: a restarted session would find this pass's own marks,
+            // which are not left over from an earlier pass (what this pass sent is tracked
+            // where it went), while the earlier passes' marks not yet used stay here.
+            self.session_marks = l.submitting(&a.name).map_err(ledger_error)?;
+            if restarts == 0 {
+                self.leftover = self.session_marks.clone();
+            }
         }
         drop(sizes);
         let suspect_sizes: HashSet<u64> = self
@@ -1143,14 +1154,22 @@ impl Run<'_> {
                     pending: Pending::Retr(msg),
                     reply,
                 }) => {
+                    // A listed message the server will not send is rare, and an extra
+                    // `-ERR` line before a reply reads exactly like it: the replies after it
+                    // may each answer the command before. Nothing more is read; the message
+                    // goes last and alone from now on, so it never holds up the others.
                     in_flight_retr -= 1;
-                    let key = by_n
-                        .get(&msg)
-                        .map_or_else(|| format!("#{msg}"), |&i| todo[i].label());
-                    self.defer(
-                        key,
-                        format!("RETR refused: {}", reply.to_string().trim_end()),
-                    );
+                    let reason = format!("RETR refused: {}", reply.to_string().trim_end());
+                    let item = by_n.get(&msg).map(|&i| take(i));
+                    if let Some(item) = &item {
+                        self.suspect(item, &reason);
+                    }
+                    break Err(Broken::OutOfStep {
+                        reason: format!(
+                            "message {msg}: {reason}; the replies after it cannot be trusted"
+                        ),
+                        suspect: item.is_some(),
+                    });
                 }
                 Ok(Response::Refused {
                     pending: Pending::Dele(msg),
@@ -1185,6 +1204,24 @@ impl Run<'_> {
                             "message {msg} ran past {limit} octets (LIST said {})",
                             item.as_ref().map_or(0, |i| i.size)
                         ),
+                        suspect: item.is_some(),
+                    });
+                }
+                Err(e @ Pop3Error::Unasked { .. }) => {
+                    // The reply just read may be another command's: not used. When it was a
+                    // message's, that message goes last and alone from now on.
+                    let item = match answering {
+                        Some(Pending::Retr(msg)) => {
+                            in_flight_retr -= 1;
+                            by_n.get(&msg).map(|&i| take(i))
+                        }
+                        _ => None,
+                    };
+                    if let Some(item) = &item {
+                        self.suspect(item, &e.to_string());
+                    }
+                    break Err(Broken::OutOfStep {
+                        reason: e.to_string(),
                         suspect: item.is_some(),
                     });
                 }
@@ -1292,6 +1329,23 @@ impl Run<'_> {
         });
     }
 
+    /// Records a message whose retrieval could not be trusted (refused, or followed by
+    /// octets nobody asked for) like a size mismatch: retried last and alone on later
+    /// sessions, not again in this pass. Reported as deferred.
+    fn suspect(&mut self, item: &Item, reason: &str) {
+        let a = self.account;
+        self.tried_alone.insert(item.tried_id());
+        if let Err(e) = lock(self.cx.ledger).record_failure_of(
+            &a.name,
+            &item.mismatch_key(),
+            reason,
+            FailureKind::Mismatch,
+        ) {
+            tracing::error!(account = %a.name, "ledger: {e}");
+        }
+        self.defer(item.label(), reason.to_string());
+    }
+
     fn defer(&mut self, uid: String, reason: String) {
         self.summary.deferred += 1;
         self.emit(Event::Deferred {
@@ -1316,7 +1370,9 @@ impl Run<'_> {
                 // No usable UIDL: the header digest, numbered by occurrence, is the key; it
                 // may show this copy was delivered before.
                 let digest = message::header_digest(body.head(), body.len(), crate::body::HEAD_MAX);
-                let k = self.digests.assign(&digest, &self.known, &self.leftover);
+                let k = self
+                    .digests
+                    .assign(&digest, &self.known, &self.session_marks);
                 let status = self.known.get(&k).filter(|st| {
                     !(matches!(st, Status::Delivered { .. })
                         && self.sabotaged(Sabotage::SkipLedgerCheck))
@@ -1416,6 +1472,16 @@ impl Run<'_> {
             return self
                 .deliver_pickup(txn, item, key, &env, prefix.as_bytes(), body)
                 .await;
+        }
+        if self.unknown.contains(&key) {
+            // An earlier session of this pass sent its final data and never had a reply.
+            self.defer(
+                key,
+                "the server may have accepted it earlier in this pass: not sent again in this \
+                 pass"
+                    .into(),
+            );
+            return;
         }
         if self.leftover.remove(&key) {
             self.emit(Event::PossibleDuplicate {

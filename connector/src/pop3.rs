@@ -105,6 +105,19 @@ pub enum Pop3Error {
     /// The server does not offer the configured SASL mechanism.
     #[error("POP3 server does not offer AUTH {0}")]
     MechanismUnavailable(String),
+    /// The server sent more after its reply to the last command outstanding: octets no
+    /// command asked for. A reply ended early (a message that was not dot-stuffed, an
+    /// extra line before a reply), so what was read may belong to another command.
+    #[error(
+        "POP3 server sent {octets} octets after its reply to {command} that no command asked \
+         for: its replies are out of step"
+    )]
+    Unasked {
+        /// The command whose reply came before them.
+        command: String,
+        /// How many were waiting.
+        octets: usize,
+    },
     /// A multi-line reply grew past its bound before its end (the connection is out of
     /// step: the rest of the reply is still coming).
     #[error("POP3 server's reply to {command} exceeds {limit} octets")]
@@ -944,17 +957,27 @@ impl Transaction {
             Err(e) => return Err(e),
         };
         let _ = reply;
-        match p {
-            Pending::Dele(msg) => Ok(Response::Deleted { msg }),
+        let response = match p {
+            Pending::Dele(msg) => Response::Deleted { msg },
             Pending::Retr(msg) => {
                 let mut b = BodyBuilder::new(spool, threshold);
                 self.wire.multiline(&command, limit, &mut b).await?;
-                Ok(Response::Retr {
+                Response::Retr {
                     msg,
                     body: b.finish().await?,
-                })
+                }
             }
+        };
+        // A server speaks only when asked: with nothing outstanding, octets already waiting
+        // mean this reply ended before the server's did (or an extra line came first), so it
+        // may not be this command's. It is not used.
+        if self.pending.is_empty() && !self.wire.inbuf.is_empty() {
+            return Err(Pop3Error::Unasked {
+                command,
+                octets: self.wire.inbuf.len(),
+            });
         }
+        Ok(response)
     }
 
     /// QUIT: the server applies the deletions (UPDATE state). Pending replies are read
