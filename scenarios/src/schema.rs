@@ -618,6 +618,20 @@ impl Scenario {
             || self.file.smtp.fault.iter().any(delay)
     }
 
+    /// How long delay faults could hold one session in all: each delay times how often it
+    /// fires (an unbounded one counted ten times). Virtual time on the paused clock; on
+    /// the real clock the run's own timeout still bounds the wait.
+    pub fn delays_in_all(&self) -> Duration {
+        self.pop3_faults
+            .iter()
+            .chain(&self.smtp.faults)
+            .filter_map(|f| match f.action {
+                FaultAction::Delay(d) => Some(d * f.times.map_or(10, |t| t.max(1))),
+                _ => None,
+            })
+            .sum::<Duration>()
+    }
+
     /// The longest `delay` fault (zero without one).
     pub fn longest_delay(&self) -> Duration {
         self.pop3_faults

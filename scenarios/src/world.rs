@@ -764,15 +764,12 @@ async fn passes(
     Ok(())
 }
 
-/// How long the mocks get to see their sessions end after a pass: [`SETTLE`]; on the
-/// paused clock also the longest delay fault, since a mock that is stalling on a session
-/// the connector gave up on only notices when its delay is over (virtual time costs no
-/// real time).
+/// How long the mocks get to see their sessions end after a pass: [`SETTLE`] plus what
+/// the delay faults could add up to, since a mock stalling on a session the connector gave up on only
+/// notices when its delay is over (on the paused clock that costs no real time; on the
+/// real clock only when a session is actually stalled).
 fn settle_bound(s: &Scenario) -> Duration {
-    match s.clock {
-        Clock::Paused => SETTLE + s.longest_delay(),
-        Clock::Real => SETTLE,
-    }
+    SETTLE + s.delays_in_all()
 }
 
 /// The envelope recipient a connector delivers a mailbox's mail to: the `deliver_to` of
@@ -874,10 +871,11 @@ async fn external_passes(
             pop3.wait_idle().await;
             smtp.wait_idle().await;
         };
-        if tokio::time::timeout(SETTLE, settle).await.is_err() {
+        let bound = settle_bound(s);
+        if tokio::time::timeout(bound, settle).await.is_err() {
             return Err(format!(
                 "pass {pass}: a mock session was still open {} s after the connector command ended",
-                SETTLE.as_secs()
+                bound.as_secs()
             ));
         }
         if pass > planned && footprint(pop3, smtp) == before {

@@ -38,6 +38,16 @@ fn uid(i: usize) -> String {
     format!("u{i}")
 }
 
+/// When a run is killed.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// Once the SMTP mock has accepted this many messages in all: right after a 250, the
+    /// moment most likely to cost a duplicate.
+    Accepted(u64),
+    /// This long after the process started: a random moment of its work.
+    After(Duration),
+}
+
 /// One `popbridge fetch` process.
 struct Run {
     events: PathBuf,
@@ -56,9 +66,9 @@ struct Lab {
 }
 
 impl Lab {
-    async fn new() -> Lab {
+    async fn new(messages: usize) -> Lab {
         let mut mb = Mailbox::new("info", PASSWORD);
-        for i in 0..MESSAGES {
+        for i in 0..messages {
             mb = mb.with_message(mail(i, "sender@example.net", SIZE).with_uid(uid(i)));
         }
         let pop = pop3(MockPop3::builder().mailbox(mb).record_transcript(false)).await;
@@ -79,10 +89,10 @@ impl Lab {
         self.dir.path().join(format!("run{n:03}.{what}"))
     }
 
-    /// Runs `popbridge fetch`; with `kill_after`, sends SIGKILL once the SMTP mock has
-    /// accepted that many messages in all (unless the process ended first). Returns when
-    /// the process is gone and both mocks saw its sessions end.
-    async fn run(&mut self, kill_after: Option<u64>) {
+    /// Runs `popbridge fetch`; with `kill`, sends SIGKILL at that moment (unless the
+    /// process ended first). Returns when the process is gone and both mocks saw its
+    /// sessions end.
+    async fn run(&mut self, kill: Option<Kill>) {
         let n = self.runs.len();
         let events = self.log(n, "events.jsonl");
         let start = self.smtp.captured().len();
@@ -99,15 +109,22 @@ impl Lab {
             .spawn()
             .unwrap();
         let mut killed = false;
-        if let Some(target) = kill_after {
+        if let Some(kill) = kill {
             let reached = tokio::time::timeout(WAIT, async {
-                tokio::select! {
-                    _ = self.smtp.wait_for_accepted(target) => true,
-                    _ = child.wait() => false,
+                match kill {
+                    Kill::Accepted(target) => tokio::select! {
+                        _ = self.smtp.wait_for_accepted(target) => true,
+                        _ = child.wait() => false,
+                    },
+                    // A moment unrelated to anything the process does (measurement only).
+                    Kill::After(delay) => tokio::select! {
+                        _ = tokio::time::sleep(delay) => true,
+                        _ = child.wait() => false,
+                    },
                 }
             })
             .await
-            .unwrap_or_else(|_| panic!("run {n}: neither {target} accepted nor an exit"));
+            .unwrap_or_else(|_| panic!("run {n}: neither {kill:?} nor an exit"));
             if reached {
                 // Fails only when the process already exited: then it was not killed.
                 killed = child.start_kill().is_ok();
@@ -161,15 +178,37 @@ impl Lab {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_pass_loses_nothing_and_names_every_duplicate() {
+    campaign(false).await;
+}
+
+/// The same at random moments (each run killed 5-400 ms after it started, 20,000
+/// messages), for the figure
+/// of duplicates per kill: a measurement, not run by default, since its kill moments come
+/// from the clock. `cargo test --release -p popbridge --test it sigkill_at_random -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: kills at clock-chosen moments"]
+async fn sigkill_at_random_moments_loses_nothing_and_names_every_duplicate() {
+    campaign(true).await;
+}
+
+async fn campaign(random_moments: bool) {
     let began = Instant::now();
-    let mut lab = Lab::new().await;
+    // At random moments a release build drains the small mailbox before many kills: a
+    // larger one keeps every kill mid-pass.
+    let messages = if random_moments { 20_000 } else { MESSAGES };
+    let mut lab = Lab::new(messages).await;
     let mut rng = StdRng::seed_from_u64(SEED);
 
-    // Kill phase: each run dies right after `STEP` more acceptances.
+    // Kill phase: each run dies right after `STEP` more acceptances (or at a random
+    // moment).
     let mut kills = 0;
-    while kills < MAX_KILLS && MESSAGES - lab.accepted_ids().len() >= NEARLY_DRAINED {
-        let target = lab.smtp.counts().accepted + rng.gen_range(STEP);
-        lab.run(Some(target)).await;
+    while kills < MAX_KILLS && messages - lab.accepted_ids().len() >= NEARLY_DRAINED {
+        let kill = if random_moments {
+            Kill::After(Duration::from_millis(rng.gen_range(5..=400)))
+        } else {
+            Kill::Accepted(lab.smtp.counts().accepted + rng.gen_range(STEP))
+        };
+        lab.run(Some(kill)).await;
         kills += usize::from(lab.runs.last().unwrap().killed);
         assert!(lab.runs.len() <= 2 * MAX_KILLS, "runs end without a kill");
     }
@@ -184,7 +223,7 @@ async fn sigkill_mid_pass_loses_nothing_and_names_every_duplicate() {
     }
 
     // Who is who: UID <-> Message-ID, and which run did each SMTP transaction.
-    let uid_of: HashMap<String, String> = (0..MESSAGES)
+    let uid_of: HashMap<String, String> = (0..messages)
         .map(|i| (format!("<m{i}@isp.example>"), uid(i)))
         .collect();
     let captured = lab.smtp.captured();
@@ -225,7 +264,7 @@ async fn sigkill_mid_pass_loses_nothing_and_names_every_duplicate() {
         .filter(|u| !accepted_in.contains_key(*u))
         .collect();
     assert!(lost.is_empty(), "deleted but never accepted: {lost:?}");
-    assert_eq!(accepted_in.len(), MESSAGES, "every message delivered");
+    assert_eq!(accepted_in.len(), messages, "every message delivered");
     assert!(
         mailbox.remaining.is_empty(),
         "left on the server after {} runs: {}",
@@ -269,10 +308,15 @@ async fn sigkill_mid_pass_loses_nothing_and_names_every_duplicate() {
     let unconfirmed = captured.iter().filter(|t| t.unconfirmed()).count();
     let kills = lab.runs.iter().filter(|r| r.killed).count();
     eprintln!(
-        "sigkill: {MESSAGES} messages, {} runs, {kills} kills, {duplicated} messages \
+        "sigkill ({}): {messages} messages, {} runs, {kills} kills, {duplicated} messages \
          duplicated ({extra} extra copies, {:.2} per kill), {} named as possible \
          duplicates ({false_alarms} false alarms), {unconfirmed} acceptances unconfirmed \
          at the mock, {:.1} s",
+        if random_moments {
+            "random moments"
+        } else {
+            "right after acceptances"
+        },
         lab.runs.len(),
         extra as f64 / kills.max(1) as f64,
         all_named.len(),
