@@ -836,3 +836,86 @@ pub fn scenario_toml(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// listing
+// ---------------------------------------------------------------------------------------
+
+/// What one framing of a listing gave: the lines, each parsed as LIST or UIDL, and how it
+/// ended (`Ok(consumed)` once the terminator was read, `Err` with the error's text, or
+/// `None` when the input ran out first).
+type ListingFramed = (
+    Vec<Vec<u8>>,
+    Vec<Result<(), String>>,
+    Option<Result<usize, String>>,
+);
+
+/// Feeds `parts` one after the other, carrying over what a call did not consume (as the
+/// POP3 client's buffer does), into a LIST (`uidl` false) or UIDL listing parser.
+fn frame_listing(parts: &[&[u8]], max_line: usize, uidl: bool) -> ListingFramed {
+    use popbridge::listing::{Budget, LineReader, Sizes, UidScan, Want};
+    let mut reader = LineReader::new(64 * 1024, max_line);
+    let mut lines = Vec::new();
+    let mut parsed = Vec::new();
+    let mut sizes = Sizes::new();
+    let mut scan = UidScan::new(Budget { messages: 3 }, |n: u32, _: &str| {
+        if n.is_multiple_of(2) {
+            Want::First
+        } else {
+            Want::Later
+        }
+    });
+    let mut pending: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    for part in parts {
+        pending.extend_from_slice(part);
+        let mut on_line = |line: &[u8]| {
+            assert!(line.len() <= max_line.max(2), "a line past its bound");
+            assert!(!line.contains(&b'\n'), "a line end inside a line");
+            lines.push(line.to_vec());
+            let r = if uidl {
+                scan.line(line)
+            } else {
+                sizes.line(line)
+            };
+            parsed.push(r.clone());
+            r
+        };
+        match reader.feed(&pending, &mut on_line) {
+            Ok(p) => {
+                assert!(p.consumed <= pending.len());
+                total += p.consumed;
+                pending.drain(..p.consumed);
+                if p.done {
+                    assert!(reader.is_done());
+                    // Holding what was selected never fails for a listing read whole.
+                    let held = uidl.then(|| scan.finish().map(|l| l.len()));
+                    assert!(held.as_ref().is_none_or(Result::is_ok), "{held:?}");
+                    return (lines, parsed, Some(Ok(total)));
+                }
+            }
+            Err(e) => return (lines, parsed, Some(Err(e.to_string()))),
+        }
+    }
+    (lines, parsed, None)
+}
+
+/// Target `listing`: byte 0 = split point, byte 1 = line bound (0 = 8 KiB) and LIST or
+/// UIDL (its low bit); the rest = a LIST or UIDL reply body as a server sends it. The
+/// streaming listing reader (connector/src/listing.rs) must give the same lines, parse
+/// results and end (consumed octets, error) whether the input comes whole or in two parts,
+/// never hand over a line longer than its bound, and never panic.
+pub fn listing(data: &[u8]) {
+    let [selector, config, stream @ ..] = data else {
+        return;
+    };
+    let uidl = config & 1 == 1;
+    let max_line = match config >> 1 {
+        0 => popbridge::listing::MAX_LINE,
+        n => usize::from(n),
+    };
+    let split = split_point(*selector, stream.len());
+    let whole = frame_listing(&[stream], max_line, uidl);
+    let parts = frame_listing(&[&stream[..split], &stream[split..]], max_line, uidl);
+    assert_eq!(whole, parts, "split at {split} of {}", stream.len());
+}

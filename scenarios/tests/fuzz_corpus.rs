@@ -92,6 +92,11 @@ fn scenario_toml_corpus() {
     replay("scenario_toml", checks::scenario_toml);
 }
 
+#[test]
+fn listing_corpus() {
+    replay("listing", checks::listing);
+}
+
 // Crashes the fuzzers found, minimised, as named tests (their full inputs are in the
 // corpora too).
 
