@@ -301,7 +301,10 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
                         "without being accepted or quarantined"
                     }
                 ),
-                sbs || spec.external,
+                // The old connector's losses are known. An external connector cannot be
+                // told the world's Exchange limits, so mail bounced after a 250 is not held
+                // against it; mail it deleted without any acceptance is.
+                sbs || (spec.external && ndr_copies == lost_copies),
             );
         }
         // Duplicates: every acceptance beyond the copies owed, explained by one before it
