@@ -19,6 +19,8 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
+use crate::pin::Fingerprint;
+
 use crate::secret::{Secret, SecretSource};
 
 const DEFAULT_PARALLEL_ACCOUNTS: usize = 4;
@@ -132,6 +134,8 @@ pub struct Transport {
     pub ca_file: Option<PathBuf>,
     /// Accept any certificate (testing only).
     pub tls_accept_invalid_certs: bool,
+    /// Trust only the server certificate with this SHA-256 fingerprint.
+    pub tls_fingerprint: Option<Fingerprint>,
     /// SMTP or a pickup folder.
     pub delivery: DeliveryKind,
 }
@@ -203,6 +207,8 @@ pub struct Account {
     pub ca_file: Option<PathBuf>,
     /// Accept any certificate (testing only).
     pub tls_accept_invalid_certs: bool,
+    /// Trust only the server certificate with this SHA-256 fingerprint.
+    pub tls_fingerprint: Option<Fingerprint>,
     /// Allow a password over an unencrypted connection.
     pub allow_plaintext: bool,
     /// The name the server certificate is verified against (default: `host`).
@@ -356,7 +362,7 @@ impl Config {
         );
         for (key, file) in named {
             let Some(file) = file else { continue };
-            if let Err(e) = crate::net::client_config(Some(file), false) {
+            if let Err(e) = crate::net::client_config(Some(file), false, None) {
                 return Err(ConfigError::Invalid {
                     path: self.path.clone(),
                     line: None,
@@ -531,6 +537,7 @@ struct RawTransport {
     ca_file: Option<Spanned<String>>,
     #[serde(default)]
     tls_accept_invalid_certs: bool,
+    tls_fingerprint: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -578,6 +585,7 @@ struct RawAccount {
     ca_file: Option<Spanned<String>>,
     #[serde(default)]
     tls_accept_invalid_certs: bool,
+    tls_fingerprint: Option<Spanned<String>>,
     #[serde(default)]
     allow_plaintext: bool,
     tls_server_name: Option<Spanned<String>>,
@@ -1009,7 +1017,14 @@ impl Ctx<'_> {
                 None => None,
             },
             tls_accept_invalid_certs: raw.tls_accept_invalid_certs,
+            tls_fingerprint: self
+                .fingerprint(raw.tls_fingerprint.as_ref(), "transport.tls_fingerprint")?,
         })
+    }
+
+    fn fingerprint(&self, v: Option<&Spanned<String>>, key: &str) -> Res<Option<Fingerprint>> {
+        v.map(|v| Fingerprint::parse(v.get_ref()).map_err(|m| self.at(v, key, &m)))
+            .transpose()
     }
 
     fn limits(&self, raw: &RawLimits) -> Res<Limits> {
@@ -1220,6 +1235,8 @@ impl Ctx<'_> {
                 None => None,
             },
             tls_accept_invalid_certs: raw.tls_accept_invalid_certs,
+            tls_fingerprint: self
+                .fingerprint(raw.tls_fingerprint.as_ref(), &key("tls_fingerprint"))?,
             allow_plaintext: raw.allow_plaintext,
             tls_server_name,
             verify_list_size: raw.verify_list_size.unwrap_or(true),
@@ -1633,6 +1650,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                 starttls: true,
                 ca_file: Some(PathBuf::from("/etc/popbridge/ca.pem")),
                 tls_accept_invalid_certs: true,
+                tls_fingerprint: None,
                 delivery: DeliveryKind::Smtp,
             },
             limits: Limits {
@@ -1667,6 +1685,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     leave_on_server: true,
                     ca_file: Some(PathBuf::from("/etc/popbridge/isp.pem")),
                     tls_accept_invalid_certs: true,
+                    tls_fingerprint: None,
                     allow_plaintext: true,
                     tls_server_name: Some("pop.isp.example".into()),
                     verify_list_size: true,
@@ -1688,6 +1707,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     leave_on_server: false,
                     ca_file: None,
                     tls_accept_invalid_certs: false,
+                    tls_fingerprint: None,
                     allow_plaintext: false,
                     tls_server_name: None,
                     verify_list_size: true,
@@ -1719,6 +1739,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                 starttls: false,
                 ca_file: None,
                 tls_accept_invalid_certs: false,
+                tls_fingerprint: None,
                 delivery: DeliveryKind::Smtp,
             }
         );
@@ -1844,13 +1865,42 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
     }
 
     #[test]
+    fn tls_fingerprint_is_parsed_for_accounts_and_the_transport_and_refused_when_malformed() {
+        let pin = format!("sha256:{}", "ab:".repeat(31) + "ab");
+        let text = MINIMAL
+            .replace(
+                "host = \"127.0.0.1\"",
+                &format!("host = \"127.0.0.1\"\ntls_fingerprint = \"{pin}\""),
+            )
+            .replace(
+                "[[account]]",
+                &format!("[[account]]\ntls_fingerprint = \"{}\"", "CD".repeat(32)),
+            );
+        let cfg = Config::from_str(&text, Path::new("popbridge.toml")).unwrap();
+        assert_eq!(cfg.transport.tls_fingerprint, Some(Fingerprint([0xab; 32])));
+        assert_eq!(
+            cfg.accounts[0].tls_fingerprint,
+            Some(Fingerprint([0xcd; 32]))
+        );
+        let bad = MINIMAL.replace(
+            "[[account]]",
+            "[[account]]\ntls_fingerprint = \"sha256:12:34\"",
+        );
+        let e = err(&bad);
+        assert!(
+            e.contains("tls_fingerprint") && e.contains("64 hexadecimal digits"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_key() {
         let text = MINIMAL.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nbogus = 1");
         assert_eq!(
             err(&text),
             "popbridge.toml:5: transport.bogus: unknown key \"bogus\", expected one of \"kind\", \"host\", \
              \"pickup_dir\", \"failed_dir\", \"port\", \"helo\", \"starttls\", \"ca_file\", \
-             \"tls_accept_invalid_certs\""
+             \"tls_accept_invalid_certs\", \"tls_fingerprint\""
         );
         let text = format!("statedir = 1\n{MINIMAL}");
         assert!(

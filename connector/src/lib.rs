@@ -19,6 +19,7 @@ pub mod message;
 pub mod net;
 pub mod pass;
 pub mod pickup;
+pub mod pin;
 pub mod pop3;
 pub mod routing;
 pub mod secret;

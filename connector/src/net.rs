@@ -1,5 +1,6 @@
 //! Connections: a dialer abstraction (real TCP, or anything else a harness plugs in) and
-//! TLS client configuration (system roots, an extra CA file, an explicit opt-out).
+//! TLS client configuration (system roots, an extra CA file whose self-signed server
+//! certificates are trusted exactly, a fingerprint pin, an explicit opt-out).
 //!
 //! Must never: connect anywhere a caller did not name, or skip certificate checks unless
 //! `tls_accept_invalid_certs` was set explicitly.
@@ -16,6 +17,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::pin::Fingerprint;
 use tokio::net::TcpStream;
 
 /// A byte stream the clients can talk over.
@@ -98,14 +101,29 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A client configuration trusting the system roots plus `ca_file`, or nothing checked at
-/// all when `accept_invalid` (an explicit, logged opt-in).
+/// A client configuration trusting the system roots plus `ca_file` (a self-signed server
+/// certificate in it is trusted as exactly that certificate), only the certificate with
+/// fingerprint `pin` when one is given, or nothing checked at all when `accept_invalid`
+/// (an explicit, logged opt-in).
 pub fn client_config(
     ca_file: Option<&Path>,
     accept_invalid: bool,
+    pin: Option<Fingerprint>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    if let Some(pin) = pin {
+        // The pin replaces chain validation; the name, the validity and the handshake's
+        // signature are still checked.
+        let cfg = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Exact {
+                fingerprints: vec![pin],
+                chain: None,
+            }))
+            .with_no_client_auth();
+        return Ok(Arc::new(cfg));
+    }
     if accept_invalid {
         tracing::warn!("TLS certificate verification is OFF (tls_accept_invalid_certs = true)");
         let cfg = builder
@@ -115,6 +133,7 @@ pub fn client_config(
         return Ok(Arc::new(cfg));
     }
     let mut roots = RootCertStore::empty();
+    let mut exact = Vec::new();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         let _ = roots.add(cert);
@@ -131,10 +150,9 @@ pub fn client_config(
                 path: shown.clone(),
                 reason: e.to_string(),
             })?;
-            roots.add(cert).map_err(|e| TlsError::CaFile {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
+            exact.push(Fingerprint::of(&cert));
+            // A certificate WebPKI cannot use as an anchor is still trusted exactly.
+            let _ = roots.add(cert);
             added += 1;
         }
         if added == 0 {
@@ -144,12 +162,104 @@ pub fn client_config(
             });
         }
     }
-    if roots.is_empty() {
+    if roots.is_empty() && exact.is_empty() {
         return Err(TlsError::NoRoots);
     }
+    let chain = if roots.is_empty() {
+        None
+    } else {
+        Some(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?,
+        )
+    };
+    let verifier = Exact {
+        fingerprints: exact,
+        chain,
+    };
     Ok(Arc::new(
-        builder.with_root_certificates(roots).with_no_client_auth(),
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
     ))
+}
+
+/// Chain validation (when there are roots), and certificates trusted exactly: those of
+/// `ca_file` that chain validation refuses as a server's (self-signed, often `CA:TRUE`), or
+/// a pin (then without chain validation). An exact certificate must still carry the name
+/// and be within its validity; the handshake's signature is always checked.
+#[derive(Debug)]
+struct Exact {
+    fingerprints: Vec<Fingerprint>,
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+}
+
+impl ServerCertVerifier for Exact {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let exact = self.fingerprints.contains(&Fingerprint::of(end_entity));
+        let chained = match &self.chain {
+            Some(chain) => {
+                chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            }
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        };
+        match chained {
+            Ok(v) => Ok(v),
+            Err(e) if !exact => Err(e),
+            Err(_) => {
+                crate::pin::check_exact(end_entity, server_name, now)?;
+                Ok(ServerCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Runs a TLS handshake over `io`, verifying `server_name`, bounded by `limit`.

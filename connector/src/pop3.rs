@@ -250,6 +250,7 @@ impl<'a> Settings<'a> {
             _ => Some(net::client_config(
                 account.ca_file.as_deref(),
                 account.tls_accept_invalid_certs,
+                account.tls_fingerprint,
             )?),
         };
         Ok(Self {

@@ -268,6 +268,7 @@ impl<'a> Settings<'a> {
             true => Some(net::client_config(
                 t.ca_file.as_deref(),
                 t.tls_accept_invalid_certs,
+                t.tls_fingerprint,
             )?),
             false => None,
         };

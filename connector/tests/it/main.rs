@@ -10,3 +10,4 @@ mod interop;
 mod listing;
 mod pass;
 mod sigkill;
+mod tls_pin;
