@@ -120,6 +120,7 @@ pub fn client_config(
             .with_custom_certificate_verifier(Arc::new(Exact {
                 fingerprints: vec![pin],
                 chain: None,
+                pinned: true,
             }))
             .with_no_client_auth();
         return Ok(Arc::new(cfg));
@@ -180,6 +181,7 @@ pub fn client_config(
     let verifier = Exact {
         fingerprints: exact,
         chain,
+        pinned: false,
     };
     Ok(Arc::new(
         builder
@@ -197,7 +199,21 @@ pub fn client_config(
 struct Exact {
     fingerprints: Vec<Fingerprint>,
     chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    /// `tls_fingerprint`: a certificate that does not match is refused as a pin mismatch.
+    pinned: bool,
 }
+
+/// A server certificate that does not match `tls_fingerprint`: its own fingerprint.
+#[derive(Debug)]
+struct PinMismatch(Fingerprint);
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "certificate {} does not match tls_fingerprint", self.0)
+    }
+}
+
+impl std::error::Error for PinMismatch {}
 
 impl ServerCertVerifier for Exact {
     fn verify_server_cert(
@@ -208,7 +224,15 @@ impl ServerCertVerifier for Exact {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let exact = self.fingerprints.contains(&Fingerprint::of(end_entity));
+        let fingerprint = Fingerprint::of(end_entity);
+        let exact = self.fingerprints.contains(&fingerprint);
+        if self.pinned && !exact {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch(
+                    fingerprint,
+                )))),
+            ));
+        }
         let chained = match &self.chain {
             Some(chain) => {
                 chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
@@ -278,9 +302,62 @@ pub async fn handshake(
     };
     match tokio::time::timeout(limit, connector.connect(name, io)).await {
         Ok(Ok(tls)) => Ok(Box::new(tls)),
-        Ok(Err(e)) => Err(fail(e.to_string())),
+        Ok(Err(e)) => {
+            let advice = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .and_then(|r| advice(r, server_name));
+            Err(fail(advice.unwrap_or_else(|| e.to_string())))
+        }
         Err(_) => Err(fail("timed out".into())),
     }
+}
+
+/// A refused server certificate in plain words, with what to do about it.
+fn advice(e: &rustls::Error, server: &str) -> Option<String> {
+    use rustls::CertificateError as C;
+    let rustls::Error::InvalidCertificate(c) = e else {
+        return None;
+    };
+    let trust = "put that certificate (or the CA that signed it) in ca_file, or pin it with \
+                 tls_fingerprint = \"sha256:...\" (popbridge diagnose shows it)";
+    Some(match c {
+        C::UnknownIssuer => format!(
+            "the server's certificate is not signed by an authority this machine trusts \
+             (self-signed, or a private CA): {trust}"
+        ),
+        C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+            "the server's certificate is not valid for the name {server}: connect by a name it \
+             carries, or set tls_server_name to one"
+        ),
+        C::Expired | C::ExpiredContext { .. } => {
+            "the server's certificate has expired: its administrator must renew it".into()
+        }
+        C::NotValidYet | C::NotValidYetContext { .. } => "the server's certificate is not valid \
+             yet: check this machine's clock, or wait for the certificate's start date"
+            .into(),
+        C::Other(other) => {
+            if let Some(p) = other.0.downcast_ref::<PinMismatch>() {
+                format!(
+                    "the server's certificate is {}, not the one pinned by tls_fingerprint: if \
+                     the server's certificate was replaced on purpose, pin the new one; \
+                     otherwise the connection may be intercepted",
+                    p.0
+                )
+            } else if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) {
+                format!(
+                    "the server presents a CA certificate as its own (typical of a self-signed \
+                     certificate made with openssl req -x509): {trust}"
+                )
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// The verifier behind `tls_accept_invalid_certs`: accepts any certificate.

@@ -13,6 +13,17 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::harness::*;
 
+/// The `account.failed` events' texts.
+fn failures(events: &[popbridge::events::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            popbridge::events::Event::AccountFailed { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A self-signed `CA:TRUE` certificate for `127.0.0.1` and `localhost`, its PEM and a
 /// server configuration presenting it.
 fn self_signed_ca_true() -> (CertificateDer<'static>, String, Arc<rustls::ServerConfig>) {
@@ -90,6 +101,12 @@ async fn a_wrong_pin_fails_closed_before_any_command() {
         fetch_with(|_, _, _| format!("tls_fingerprint = \"sha256:{}\"", "00".repeat(32))).await;
     assert_eq!(delivered, 0);
     assert_eq!(count(&events, "account.failed"), 1, "{events:?}");
+    // In plain words: whose certificate it is, and what to do.
+    let why = failures(&events).join("\n");
+    assert!(
+        why.contains("not the one pinned by tls_fingerprint") && why.contains("sha256:"),
+        "{why}"
+    );
     // The handshake failed: the server never read a command, let alone a password.
     let transcript = pop.transcript();
     assert!(!transcript.contains("C: "), "{transcript}");
@@ -100,4 +117,9 @@ async fn without_ca_file_or_pin_the_self_signed_certificate_is_refused() {
     let (delivered, _, events) = fetch_with(|_, _, _| String::new()).await;
     assert_eq!(delivered, 0);
     assert_eq!(count(&events, "account.failed"), 1, "{events:?}");
+    let why = failures(&events).join("\n");
+    assert!(
+        why.contains("ca_file") && why.contains("tls_fingerprint") && !why.contains("Other("),
+        "{why}"
+    );
 }
