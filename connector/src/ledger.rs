@@ -485,10 +485,12 @@ impl Ledger {
 
     /// The keys of `account` marked as submitting.
     pub fn submitting(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key FROM submissions WHERE account = ?1")
-            .at(&self.path)?;
+        self.strings_of(account, "SELECT key FROM submissions WHERE account = ?1")
+    }
+
+    /// The first column of `select` (a constant query taking the account as `?1`).
+    fn strings_of(&self, account: &str, select: &str) -> Result<HashSet<String>, LedgerError> {
+        let mut stmt = self.conn.prepare_cached(select).at(&self.path)?;
         let rows = stmt
             .query_map(params![account], |row| row.get::<_, String>(0))
             .at(&self.path)?;
@@ -681,14 +683,7 @@ impl Ledger {
 
     /// The UIDs the server listed for more than one message at some point.
     pub fn shared_uids(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT uid FROM shared_uids WHERE account = ?1")
-            .at(&self.path)?;
-        let rows = stmt
-            .query_map(params![account], |row| row.get::<_, String>(0))
-            .at(&self.path)?;
-        rows.map(|r| r.at(&self.path)).collect()
+        self.strings_of(account, "SELECT uid FROM shared_uids WHERE account = ?1")
     }
 
     /// Remembers UIDs listed for more than one message: their messages stay keyed by header

@@ -1297,31 +1297,16 @@ impl Run<'_> {
     /// Records and reports a message whose retrieval did not match its LIST size (not to be
     /// tried again in this pass).
     fn mismatch(&mut self, item: &Item, received: u64, overran: bool) {
-        let a = self.account;
-        let key = item.mismatch_key();
-        self.tried_alone.insert(item.tried_id());
         let what = if overran {
             format!("RETR ran past {received} octets")
         } else {
             format!("RETR gave {received} octets")
         };
-        let reply = format!("{what}, LIST said {}", item.size);
-        let failures = match lock(self.cx.ledger).record_failure_of(
-            &a.name,
-            &key,
-            &reply,
-            FailureKind::Mismatch,
-        ) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(account = %a.name, "ledger: {e}");
-                0
-            }
-        };
+        let failures = self.record_suspect(item, &format!("{what}, LIST said {}", item.size));
         self.summary.mismatched += 1;
         self.emit(Event::SizeMismatch {
-            account: a.name.clone(),
-            uid: key,
+            account: self.account.name.clone(),
+            uid: item.mismatch_key(),
             listed: item.size,
             received,
             overran,
@@ -1333,17 +1318,22 @@ impl Run<'_> {
     /// octets nobody asked for) like a size mismatch: retried last and alone on later
     /// sessions, not again in this pass. Reported as deferred.
     fn suspect(&mut self, item: &Item, reason: &str) {
+        self.record_suspect(item, reason);
+        self.defer(item.label(), reason.to_string());
+    }
+
+    /// Marks `item` as tried alone this pass and records its failure as a mismatch (the
+    /// ledger then has it retried last and alone); returns the failure count (0 when the
+    /// ledger could not record it).
+    fn record_suspect(&mut self, item: &Item, reason: &str) -> u32 {
         let a = self.account;
         self.tried_alone.insert(item.tried_id());
-        if let Err(e) = lock(self.cx.ledger).record_failure_of(
-            &a.name,
-            &item.mismatch_key(),
-            reason,
-            FailureKind::Mismatch,
-        ) {
-            tracing::error!(account = %a.name, "ledger: {e}");
-        }
-        self.defer(item.label(), reason.to_string());
+        lock(self.cx.ledger)
+            .record_failure_of(&a.name, &item.mismatch_key(), reason, FailureKind::Mismatch)
+            .unwrap_or_else(|e| {
+                tracing::error!(account = %a.name, "ledger: {e}");
+                0
+            })
     }
 
     fn defer(&mut self, uid: String, reason: String) {

@@ -130,3 +130,23 @@ fn the_old_connectors_failures_are_expected_under_sbs2008() {
         report.render_table()
     );
 }
+
+/// CI relies on the exit status: 1 when a run broke a promise, 0 when none did.
+#[test]
+fn the_binary_exits_1_on_a_broken_promise_and_0_otherwise() {
+    let chaos = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_poplab"))
+            .args(["chaos", "--runs", "1", "--seed", "1"])
+            .args(extra)
+            .output()
+            .expect("run poplab")
+    };
+    let broken = chaos(&["--sabotage", "skip-ledger-check"]);
+    let text = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(broken.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL"), "{text}");
+    let sound = chaos(&[]);
+    let text = String::from_utf8_lossy(&sound.stdout);
+    assert_eq!(sound.status.code(), Some(0), "{text}");
+    assert!(text.contains("PASS"), "{text}");
+}
