@@ -4,7 +4,9 @@
 //! Responsible for: per account, connecting as the pass would (same TLS mode, certificate
 //! checks and timeouts), the capabilities before and after login, the login result (the
 //! server's reply on a refusal), the message count, total size and largest sizes from LIST,
-//! UIDL support; then the transport's greeting, EHLO extensions, SIZE and STARTTLS.
+//! UIDL support; then the transport's greeting, EHLO extensions, SIZE and STARTTLS. For
+//! every TLS connection, the server's certificate (subject, issuer, names, validity,
+//! fingerprint), whether it verified and why not, and the line that would pin it.
 //! Must never: change a mailbox (no RETR, TOP or DELE; the POP3 session ends with a QUIT
 //! that has nothing to apply), start an SMTP transaction (no MAIL), or put a password in
 //! the report: every field is scrubbed of every secret resolved, whatever a server echoes.
@@ -12,8 +14,9 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::certinfo::CertificateInfo;
 use crate::config::{Account, Config, DeliveryKind, Profile, TlsMode};
-use crate::net::Dialer;
+use crate::net::{self, CertificateWatch, Dialer};
 use crate::pop3::{self, Pop3Error, Transaction};
 use crate::secret::Secret;
 use crate::smtp::{self, SmtpClient};
@@ -43,6 +46,8 @@ pub struct AccountDiagnosis {
     pub server: String,
     /// How the connection is protected, e.g. `TLS implicit, certificate verified for NAME`.
     pub tls: String,
+    /// The certificate the server presented, when a TLS handshake got that far.
+    pub certificate: Option<CertificateReport>,
     /// The configured login method (`user`, `apop`, `plain`, ...).
     pub auth_method: String,
     /// CAPA before login (after STLS when used); empty when the server has no CAPA.
@@ -76,6 +81,50 @@ pub struct TransportDiagnosis {
     pub size: Option<u64>,
     /// True when the session was encrypted with STARTTLS.
     pub tls: bool,
+    /// The certificate the server presented, when a STARTTLS handshake got that far.
+    pub certificate: Option<CertificateReport>,
+}
+
+/// A server certificate as `diagnose` saw it, and whether it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateReport {
+    /// What the certificate says about itself.
+    pub info: CertificateInfo,
+    /// `Ok` when it verified under the configured trust; otherwise why not, in plain words.
+    pub verified: Result<(), String>,
+}
+
+impl CertificateReport {
+    fn from_watch(watch: &CertificateWatch) -> Option<Self> {
+        watch.take().map(|seen| Self {
+            info: CertificateInfo::from_der(&seen.der),
+            verified: seen.verdict,
+        })
+    }
+
+    fn scrub(&mut self, secrets: &[Secret]) {
+        scrub(&mut self.info.subject, secrets);
+        scrub(&mut self.info.issuer, secrets);
+        self.info.names.iter_mut().for_each(|s| scrub(s, secrets));
+        if let Err(s) = &mut self.verified {
+            scrub(s, secrets);
+        }
+    }
+}
+
+/// The certificate block of an account or the transport; `section` is where the pin goes.
+fn render_certificate(
+    f: &mut fmt::Formatter<'_>,
+    c: &CertificateReport,
+    section: &str,
+) -> fmt::Result {
+    writeln!(f, "  certificate:")?;
+    write!(f, "{}", c.info)?;
+    match &c.verified {
+        Ok(()) => writeln!(f, "    verified: yes")?,
+        Err(why) => writeln!(f, "    verified: NO: {why}")?,
+    }
+    writeln!(f, "    to pin it, in {section}: {}", c.info.pin_line())
 }
 
 impl AccountDiagnosis {
@@ -108,12 +157,18 @@ impl AccountDiagnosis {
         if let Some(s) = &mut self.error {
             scrub(s, secrets);
         }
+        if let Some(c) = &mut self.certificate {
+            c.scrub(secrets);
+        }
     }
 }
 
 impl TransportDiagnosis {
     fn scrub(&mut self, secrets: &[Secret]) {
         scrub(&mut self.server, secrets);
+        if let Some(c) = &mut self.certificate {
+            c.scrub(secrets);
+        }
         if let Err(s) = &mut self.ok {
             scrub(s, secrets);
         }
@@ -186,6 +241,9 @@ fn render_capabilities(f: &mut fmt::Formatter<'_>, when: &str, caps: &[String]) 
 
 fn render_account(f: &mut fmt::Formatter<'_>, a: &AccountDiagnosis) -> fmt::Result {
     writeln!(f, "account {} ({}, {})", a.account, a.server, a.tls)?;
+    if let Some(c) = &a.certificate {
+        render_certificate(f, c, &format!("the [[account]] named {:?}", a.account))?;
+    }
     if !a.login_attempted() {
         if let Some(e) = &a.error {
             writeln!(f, "  error: {e}")?;
@@ -262,13 +320,21 @@ fn render_transport(
         };
     }
     writeln!(f, "transport {} (SMTP)", t.server)?;
+    if let Some(c) = &t.certificate {
+        render_certificate(f, c, "[transport]")?;
+    }
     if let Err(e) = &t.ok {
         return writeln!(f, "  error: {e}");
     }
     if t.extensions.is_empty() {
         writeln!(f, "  EHLO: no extensions (or HELO only)")?;
     } else {
-        let ext: Vec<String> = t.extensions.iter().map(|l| extension(l)).collect();
+        let ext: Vec<String> = t
+            .extensions
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| extension(l))
+            .collect();
         writeln!(f, "  EHLO: {}", ext.join(", "))?;
     }
     writeln!(f, "  TLS: {tls}")?;
@@ -374,6 +440,7 @@ async fn diagnose_account(
         account: a.name.clone(),
         server: host_port(&a.host, a.port),
         tls: tls_description(a, &server_name, false),
+        certificate: None,
         auth_method: a.auth.to_string(),
         capabilities_before: Vec::new(),
         capabilities_after: Vec::new(),
@@ -405,10 +472,21 @@ async fn probe_account(
         .await
         .map_err(|e| format!("password source: {e}"))?;
     secrets.push(secret.clone());
-    let settings = pop3::Settings::for_account(config, a).map_err(|e| e.to_string())?;
-    let authorization = pop3::connect(dialer, &settings)
-        .await
+    let mut settings = pop3::Settings::for_account(config, a).map_err(|e| e.to_string())?;
+    let mut watch = None;
+    if settings.tls_config.is_some() {
+        let (cfg, w) = net::watched_client_config(
+            a.ca_file.as_deref(),
+            a.tls_accept_invalid_certs,
+            a.tls_fingerprint,
+        )
         .map_err(|e| e.to_string())?;
+        settings.tls_config = Some(cfg);
+        watch = Some(w);
+    }
+    let connected = pop3::connect(dialer, &settings).await;
+    d.certificate = watch.as_ref().and_then(CertificateReport::from_watch);
+    let authorization = connected.map_err(|e| e.to_string())?;
     d.tls = tls_description(a, server_name, authorization.tls);
     d.capabilities_before = authorization.capabilities.lines.clone();
     let mut txn = match authorization
@@ -484,6 +562,7 @@ async fn diagnose_pickup(config: &Config, dir: &Path) -> TransportDiagnosis {
         extensions: Vec::new(),
         size: None,
         tls: false,
+        certificate: None,
     }
 }
 
@@ -496,15 +575,36 @@ async fn diagnose_smtp(config: &Config, dialer: &dyn Dialer) -> TransportDiagnos
         extensions: Vec::new(),
         size: None,
         tls: false,
+        certificate: None,
     };
-    let settings = match smtp::Settings::for_transport(config, config.profile != Profile::Sbs2008) {
-        Ok(s) => s,
-        Err(e) => {
-            d.ok = Err(e.to_string());
-            return d;
+    let mut settings =
+        match smtp::Settings::for_transport(config, config.profile != Profile::Sbs2008) {
+            Ok(s) => s,
+            Err(e) => {
+                d.ok = Err(e.to_string());
+                return d;
+            }
+        };
+    let mut watch = None;
+    if settings.starttls.is_some() {
+        match net::watched_client_config(
+            t.ca_file.as_deref(),
+            t.tls_accept_invalid_certs,
+            t.tls_fingerprint,
+        ) {
+            Ok((cfg, w)) => {
+                settings.starttls = Some(cfg);
+                watch = Some(w);
+            }
+            Err(e) => {
+                d.ok = Err(e.to_string());
+                return d;
+            }
         }
-    };
-    match SmtpClient::connect(dialer, &settings).await {
+    }
+    let connected = SmtpClient::connect(dialer, &settings).await;
+    d.certificate = watch.as_ref().and_then(CertificateReport::from_watch);
+    match connected {
         Ok(client) => {
             d.extensions = client.ext.lines.clone();
             d.size = client.ext.max_size();
@@ -848,6 +948,37 @@ deliver_to = "info@contoso.local"
         assert!(pop.sessions()[0].tls);
         assert!(sm.sessions()[0].tls);
         assert!(!text.contains(PASSWORD), "{text}");
+        // Both certificates are shown, verified, each with the line that would pin it.
+        let leaf = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let pin = crate::pin::Fingerprint::of(&leaf);
+        for c in [
+            &report.accounts[0].certificate,
+            &report.transport.certificate,
+        ] {
+            let c = c.as_ref().expect("a certificate block");
+            assert_eq!(c.verified, Ok(()), "{text}");
+            assert_eq!(c.info.fingerprint, pin, "{text}");
+            assert!(
+                c.info.names.contains(&"DNS:localhost".to_string()),
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains(&format!(
+                "to pin it, in the [[account]] named \"info\": tls_fingerprint = \"{pin}\""
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "to pin it, in [transport]: tls_fingerprint = \"{pin}\""
+            )),
+            "{text}"
+        );
+        assert_eq!(text.matches("    verified: yes").count(), 2, "{text}");
     }
 
     #[tokio::test]
@@ -878,10 +1009,23 @@ deliver_to = "info@contoso.local"
         let a = &report.accounts[0];
         assert!(a.tls.ends_with("not established"), "{a:?}");
         let e = a.error.as_deref().unwrap_or("");
+        let port = pop.addr().unwrap().port();
         assert!(
-            e.contains("TLS handshake") || e.contains("certificate"),
+            e.contains(&format!("TLS handshake with 127.0.0.1:{port} failed")),
             "{e}"
         );
+        // The certificate that failed is still shown, with why and how to trust it.
+        let c = a.certificate.as_ref().expect("the refused certificate");
+        let why = c.verified.as_ref().unwrap_err();
+        assert!(
+            why.contains("not signed by an authority this machine trusts"),
+            "{why}"
+        );
+        assert!(
+            why.contains(&format!("tls_fingerprint = \"{}\"", c.info.fingerprint)),
+            "{why}"
+        );
+        assert!(text.contains("    verified: NO: "), "{text}");
         assert_eq!(a.auth, Err(NOT_ATTEMPTED.to_string()));
     }
 
@@ -945,6 +1089,19 @@ deliver_to = "info@contoso.local"
             account: "info".into(),
             server: "pop.example:110".into(),
             tls: "no TLS".into(),
+            certificate: Some(CertificateReport {
+                info: crate::certinfo::CertificateInfo {
+                    subject: format!("CN={PASSWORD}"),
+                    issuer: format!("O={PASSWORD}"),
+                    self_signed: false,
+                    ca: false,
+                    names: vec![format!("DNS:{PASSWORD}")],
+                    not_before: String::new(),
+                    not_after: String::new(),
+                    fingerprint: crate::pin::Fingerprint([0; 32]),
+                },
+                verified: Err(format!("no: {PASSWORD}")),
+            }),
             auth_method: "user".into(),
             capabilities_before: vec![format!("IMPLEMENTATION {PASSWORD}")],
             capabilities_after: Vec::new(),

@@ -6,6 +6,7 @@
 //! accepted it and the ledger recorded it, or write a secret anywhere.
 
 pub mod body;
+pub mod certinfo;
 pub mod config;
 pub mod daemon;
 pub mod diagnose;

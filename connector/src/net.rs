@@ -90,9 +90,9 @@ pub enum TlsError {
     /// The handshake failed (certificate refused, protocol error, timeout).
     #[error("TLS handshake with {server} failed: {reason}")]
     Handshake {
-        /// The name verified.
+        /// `host:port` of the server.
         server: String,
-        /// rustls's or the I/O layer's explanation.
+        /// What went wrong and what to do, in plain words.
         reason: String,
     },
 }
@@ -110,28 +110,62 @@ pub fn client_config(
     accept_invalid: bool,
     pin: Option<Fingerprint>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    with_verifier(verifier(ca_file, accept_invalid, pin)?)
+}
+
+/// The same configuration as [`client_config`], plus a watch that records the certificate
+/// the server presented and whether it verified (even when the handshake then fails), for
+/// `diagnose`.
+pub fn watched_client_config(
+    ca_file: Option<&Path>,
+    accept_invalid: bool,
+    pin: Option<Fingerprint>,
+) -> Result<(Arc<ClientConfig>, CertificateWatch), TlsError> {
+    let watch = CertificateWatch::default();
+    let inner = match verifier(ca_file, accept_invalid, pin) {
+        // Still show the server's certificate: nothing can verify it, and it says so.
+        Err(TlsError::NoRoots) => Arc::new(Exact {
+            fingerprints: Vec::new(),
+            chain: None,
+            pinned: false,
+        }),
+        other => other?,
+    };
+    let watching = Watching {
+        inner,
+        checked: !accept_invalid,
+        watch: watch.clone(),
+    };
+    Ok((with_verifier(Arc::new(watching))?, watch))
+}
+
+fn with_verifier(verifier: Arc<dyn ServerCertVerifier>) -> Result<Arc<ClientConfig>, TlsError> {
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The certificate check behind [`client_config`].
+fn verifier(
+    ca_file: Option<&Path>,
+    accept_invalid: bool,
+    pin: Option<Fingerprint>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     if let Some(pin) = pin {
         // The pin replaces chain validation; the name, the validity and the handshake's
         // signature are still checked.
-        let cfg = builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Exact {
-                fingerprints: vec![pin],
-                chain: None,
-                pinned: true,
-            }))
-            .with_no_client_auth();
-        return Ok(Arc::new(cfg));
+        return Ok(Arc::new(Exact {
+            fingerprints: vec![pin],
+            chain: None,
+            pinned: true,
+        }));
     }
     if accept_invalid {
         tracing::warn!("TLS certificate verification is OFF (tls_accept_invalid_certs = true)");
-        let cfg = builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-            .with_no_client_auth();
-        return Ok(Arc::new(cfg));
+        return Ok(Arc::new(AcceptAnything));
     }
     let mut roots = RootCertStore::empty();
     let mut exact = Vec::new();
@@ -178,17 +212,91 @@ pub fn client_config(
             .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?,
         )
     };
-    let verifier = Exact {
+    Ok(Arc::new(Exact {
         fingerprints: exact,
         chain,
         pinned: false,
-    };
-    Ok(Arc::new(
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth(),
-    ))
+    }))
+}
+
+/// What a handshake saw of the server's certificate.
+#[derive(Debug, Clone)]
+pub struct SeenCertificate {
+    /// The server's own (end-entity) certificate, DER.
+    pub der: Vec<u8>,
+    /// `Ok` when it verified; otherwise why not, in plain words.
+    pub verdict: Result<(), String>,
+}
+
+/// Where a watched configuration records the last certificate it was shown.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateWatch(Arc<std::sync::Mutex<Option<SeenCertificate>>>);
+
+impl CertificateWatch {
+    /// The certificate seen since the last call, if a handshake got that far.
+    pub fn take(&self) -> Option<SeenCertificate> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn record(&self, seen: SeenCertificate) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
+    }
+}
+
+/// A verifier that decides exactly as `inner` and records what it was shown.
+#[derive(Debug)]
+struct Watching {
+    inner: Arc<dyn ServerCertVerifier>,
+    /// False under `tls_accept_invalid_certs`: `inner` accepts anything.
+    checked: bool,
+    watch: CertificateWatch,
+}
+
+impl ServerCertVerifier for Watching {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let result =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        let verdict = match &result {
+            Ok(_) if self.checked => Ok(()),
+            Ok(_) => Err("not checked (tls_accept_invalid_certs = true)".to_string()),
+            Err(e) => Err(advice(e, &server_name.to_str()).unwrap_or_else(|| e.to_string())),
+        };
+        self.watch.record(SeenCertificate {
+            der: end_entity.to_vec(),
+            verdict,
+        });
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Chain validation (when there are roots), and certificates trusted exactly: those of
@@ -214,6 +322,21 @@ impl std::fmt::Display for PinMismatch {
 }
 
 impl std::error::Error for PinMismatch {}
+
+/// A server certificate chain validation refused, with its fingerprint.
+#[derive(Debug)]
+struct Untrusted {
+    fingerprint: Fingerprint,
+    cause: rustls::CertificateError,
+}
+
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "certificate {}: {}", self.fingerprint, self.cause)
+    }
+}
+
+impl std::error::Error for Untrusted {}
 
 impl ServerCertVerifier for Exact {
     fn verify_server_cert(
@@ -243,6 +366,15 @@ impl ServerCertVerifier for Exact {
         };
         match chained {
             Ok(v) => Ok(v),
+            Err(rustls::Error::InvalidCertificate(cause)) if !exact => {
+                // Carries the fingerprint, so the error can say how to pin this certificate.
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(Untrusted {
+                        fingerprint,
+                        cause,
+                    }))),
+                ))
+            }
             Err(e) if !exact => Err(e),
             Err(_) => {
                 crate::pin::check_exact(end_entity, server_name, now)?;
@@ -286,10 +418,13 @@ impl ServerCertVerifier for Exact {
     }
 }
 
-/// Runs a TLS handshake over `io`, verifying `server_name`, bounded by `limit`.
+/// Runs a TLS handshake over `io` with the server at `host:port`, verifying
+/// `server_name`, bounded by `limit`. A failure names the server and says what to do.
 pub async fn handshake(
     config: Arc<ClientConfig>,
     server_name: &str,
+    host: &str,
+    port: u16,
     io: BoxIo,
     limit: Duration,
 ) -> Result<BoxIo, TlsError> {
@@ -297,30 +432,100 @@ pub async fn handshake(
         .map_err(|_| TlsError::ServerName(server_name.into()))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let fail = |reason: String| TlsError::Handshake {
-        server: server_name.to_string(),
+        server: host_port(host, port),
         reason,
     };
     match tokio::time::timeout(limit, connector.connect(name, io)).await {
         Ok(Ok(tls)) => Ok(Box::new(tls)),
         Ok(Err(e)) => {
-            let advice = e
+            let refused = e
                 .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .and_then(|r| advice(r, server_name));
-            Err(fail(advice.unwrap_or_else(|| e.to_string())))
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            let reason = match refused {
+                Some(r) => advice(r, server_name).unwrap_or_else(|| protocol_advice(r)),
+                None => io_advice(&e),
+            };
+            Err(fail(reason))
         }
-        Err(_) => Err(fail("timed out".into())),
+        Err(_) => Err(fail(format!(
+            "the server did not complete the handshake within {} s: check that this port \
+             speaks TLS at this point (tls = \"implicit\" is usually port 995 for POP3, \
+             tls = \"starttls\" port 110; SMTP STARTTLS is port 25 or 587)",
+            limit.as_secs()
+        ))),
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A handshake that failed for a reason other than the certificate, in plain words.
+fn protocol_advice(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, Error as E};
+    match e {
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } => format!(
+            "the server did not answer in TLS ({e}): this port may expect plain text first \
+             (use tls = \"starttls\") or no TLS at all"
+        ),
+        E::PeerIncompatible(_)
+        | E::AlertReceived(A::HandshakeFailure | A::ProtocolVersion | A::InsufficientSecurity) => {
+            format!(
+                "the server and popbridge share no TLS version or cipher suite ({e}): popbridge \
+                 needs TLS 1.2 or later with a modern cipher; ask the server's administrator \
+                 to enable it"
+            )
+        }
+        E::AlertReceived(_) => format!(
+            "the server ended the handshake ({e}): its log says why; check tls_server_name \
+             and that this port is the TLS one"
+        ),
+        _ => format!("{e}: check the server's TLS set-up and this account's TLS settings"),
+    }
+}
+
+/// A handshake cut short by the connection itself, in plain words.
+fn io_advice(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe => format!(
+            "the server closed the connection during the handshake ({e}): check that this \
+             port speaks TLS at this point, and the server's log"
+        ),
+        _ => format!("{e}: check the network path to the server"),
     }
 }
 
 /// A refused server certificate in plain words, with what to do about it.
 fn advice(e: &rustls::Error, server: &str) -> Option<String> {
-    use rustls::CertificateError as C;
     let rustls::Error::InvalidCertificate(c) = e else {
         return None;
     };
-    let trust = "put that certificate (or the CA that signed it) in ca_file, or pin it with \
-                 tls_fingerprint = \"sha256:...\" (popbridge diagnose shows it)";
+    certificate_advice(c, server, None)
+}
+
+/// [`advice`] for a refused certificate, whose fingerprint is known when `Exact` refused it.
+fn certificate_advice(
+    c: &rustls::CertificateError,
+    server: &str,
+    fingerprint: Option<Fingerprint>,
+) -> Option<String> {
+    use rustls::CertificateError as C;
+    let trust = match fingerprint {
+        Some(f) => format!(
+            "put that certificate (or the CA that signed it) in ca_file, or, once the server's \
+             administrator confirms this fingerprint, pin it with tls_fingerprint = \"{f}\""
+        ),
+        None => "put that certificate (or the CA that signed it) in ca_file, or pin it with \
+                 tls_fingerprint = \"sha256:...\" (popbridge diagnose shows it)"
+            .to_string(),
+    };
     Some(match c {
         C::UnknownIssuer => format!(
             "the server's certificate is not signed by an authority this machine trusts \
@@ -328,7 +533,9 @@ fn advice(e: &rustls::Error, server: &str) -> Option<String> {
         ),
         C::NotValidForName | C::NotValidForNameContext { .. } => format!(
             "the server's certificate is not valid for the name {server}: connect by a name it \
-             carries, or set tls_server_name to one"
+             carries, or set tls_server_name to one (popbridge diagnose lists its names; a \
+             certificate with a CN but no subjectAltName names no host for modern TLS clients \
+             and must be re-issued with -addext subjectAltName=DNS:{server})"
         ),
         C::Expired | C::ExpiredContext { .. } => {
             "the server's certificate has expired: its administrator must renew it".into()
@@ -337,7 +544,10 @@ fn advice(e: &rustls::Error, server: &str) -> Option<String> {
              yet: check this machine's clock, or wait for the certificate's start date"
             .into(),
         C::Other(other) => {
-            if let Some(p) = other.0.downcast_ref::<PinMismatch>() {
+            if let Some(u) = other.0.downcast_ref::<Untrusted>() {
+                return certificate_advice(&u.cause, server, Some(u.fingerprint))
+                    .or_else(|| Some(format!("{}: {trust}", u.cause)));
+            } else if let Some(p) = other.0.downcast_ref::<PinMismatch>() {
                 format!(
                     "the server's certificate is {}, not the one pinned by tls_fingerprint: if \
                      the server's certificate was replaced on purpose, pin the new one; \

@@ -534,13 +534,21 @@ pub async fn connect(dialer: &dyn Dialer, s: &Settings<'_>) -> Result<Authorizat
         })?;
     let tls_config = || {
         s.tls_config.clone().ok_or(TlsError::Handshake {
-            server: s.server_name.into(),
+            server: addr.clone(),
             reason: "no TLS configuration".into(),
         })
     };
     let mut tls = false;
     if s.tls == TlsMode::Implicit {
-        io = net::handshake(tls_config()?, s.server_name, io, s.connect_timeout).await?;
+        io = net::handshake(
+            tls_config()?,
+            s.server_name,
+            s.host,
+            s.port,
+            io,
+            s.connect_timeout,
+        )
+        .await?;
         tls = true;
     }
     let mut wire = Wire {
@@ -585,7 +593,15 @@ pub async fn connect(dialer: &dyn Dialer, s: &Settings<'_>) -> Result<Authorizat
         // Anything that arrived before the handshake came in clear: drop it.
         wire.inbuf.clear();
         wire.lines.reset();
-        wire.io = net::handshake(tls_config()?, s.server_name, wire.io, s.connect_timeout).await?;
+        wire.io = net::handshake(
+            tls_config()?,
+            s.server_name,
+            s.host,
+            s.port,
+            wire.io,
+            s.connect_timeout,
+        )
+        .await?;
         tls = true;
         capabilities = wire.capa().await?;
     }

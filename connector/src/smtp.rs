@@ -405,7 +405,8 @@ impl SmtpClient {
             c.inbuf.clear();
             c.parser = ReplyParser::new();
             let io = std::mem::replace(&mut c.io, Box::new(tokio::io::duplex(1).0));
-            c.io = net::handshake(cfg.clone(), s.host, io, s.connect_timeout).await?;
+            c.io =
+                net::handshake(cfg.clone(), s.host, s.host, s.port, io, s.connect_timeout).await?;
             c.tls = true;
             c.hello(s.helo).await?;
         }

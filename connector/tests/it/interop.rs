@@ -50,10 +50,10 @@ const MESSAGE_SIZE: usize = 10 * 1024;
 const DOT_MESSAGE: usize = 17;
 /// The message with 8-bit (and not UTF-8) bytes in its body.
 const EIGHT_BIT_MESSAGE: usize = 42;
-const USER: &str = "info";
+pub(super) const USER: &str = "info";
 /// No `:` (the passwd-file separator).
-const PASSWORD: &str = "Sw0rdfish-s3cret!";
-const DELIVER_TO: &str = "info@contoso.local";
+pub(super) const PASSWORD: &str = "Sw0rdfish-s3cret!";
+pub(super) const DELIVER_TO: &str = "info@contoso.local";
 /// A popbridge run that has not finished by then is killed and the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Polls for a peer's port: at most `READY_POLLS` × `READY_POLL` (10 s).
@@ -64,7 +64,8 @@ const LOG_SETTLE: Duration = Duration::from_secs(5);
 /// How long a peer may take to stop after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// `PATH` for the children, and for finding the peers when unset.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(super) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where Debian keeps Postfix's test programs besides `PATH`.
 const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/usr/lib/postfix/sbin"];
 /// Where Dovecot's `pop3` and `pop3-login` programs live (dovecot-pop3d).
@@ -72,12 +73,12 @@ const DOVECOT_LIBEXEC: &[&str] = &["/usr/lib/dovecot", "/usr/libexec/dovecot"];
 
 // ---------------------------------------------------------------- environment
 
-fn required() -> bool {
+pub(super) fn required() -> bool {
     std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1")
 }
 
 /// Skips the test (returns `None`) or, with `POPBRIDGE_REQUIRE_PEERS=1`, fails it.
-fn unavailable<T>(required_msg: String, skip_msg: String) -> Option<T> {
+pub(super) fn unavailable<T>(required_msg: String, skip_msg: String) -> Option<T> {
     if required() {
         panic!("{required_msg}");
     }
@@ -90,7 +91,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Finds an executable on `PATH` or in [`EXTRA_DIRS`].
-fn tool(name: &str) -> Option<PathBuf> {
+pub(super) fn tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     std::env::split_paths(&path)
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))
@@ -98,7 +99,7 @@ fn tool(name: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-fn require_tool(name: &str, package: &str) -> Option<PathBuf> {
+pub(super) fn require_tool(name: &str, package: &str) -> Option<PathBuf> {
     match tool(name) {
         Some(p) => Some(p),
         None => unavailable(
@@ -135,18 +136,18 @@ fn require_user(name: &str, why: &str) -> Option<(u32, u32)> {
 }
 
 /// Everything the test needs from the machine.
-struct Peers {
+pub(super) struct Peers {
     dovecot: PathBuf,
     smtp_sink: PathBuf,
     /// Owner of the mail store.
-    mail: (u32, u32),
+    pub(super) mail: (u32, u32),
     /// smtp-sink runs as this user; it writes the dump files.
     postfix: (u32, u32),
 }
 
 /// The peers, or `None` when the test is skipped. `dir` is the test's fresh directory:
 /// its owner tells whether the test runs as root.
-fn peers(dir: &Path) -> Option<Peers> {
+pub(super) fn peers(dir: &Path) -> Option<Peers> {
     let dovecot = require_tool("dovecot", "dovecot-pop3d")?;
     let pop3 = DOVECOT_LIBEXEC
         .iter()
@@ -179,7 +180,7 @@ fn peers(dir: &Path) -> Option<Peers> {
 }
 
 /// A fresh directory under `/tmp`, traversable by the peers' unprivileged users.
-fn workdir() -> tempfile::TempDir {
+pub(super) fn workdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("popbridge-interop-")
         .tempdir_in("/tmp")
@@ -188,12 +189,12 @@ fn workdir() -> tempfile::TempDir {
     dir
 }
 
-fn mkdir(path: &Path, mode: u32) {
+pub(super) fn mkdir(path: &Path, mode: u32) {
     fs::create_dir_all(path).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
+pub(super) fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     if path.is_dir() {
         for entry in fs::read_dir(path).unwrap() {
@@ -204,7 +205,7 @@ fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
 
 /// A loopback port nobody listened on a moment ago (a peer that loses the race fails
 /// to bind and is started again on another port).
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
@@ -213,11 +214,11 @@ fn free_port() -> u16 {
 }
 
 /// A TOML basic string.
-fn toml_str(s: &str) -> String {
+pub(super) fn toml_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn read_lossy(path: &Path) -> String {
+pub(super) fn read_lossy(path: &Path) -> String {
     match fs::read(path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) => format!("(cannot read {}: {e})", path.display()),
@@ -225,7 +226,7 @@ fn read_lossy(path: &Path) -> String {
 }
 
 /// The last `limit` octets of `text`, marked when cut.
-fn tail(text: &str, limit: usize) -> String {
+pub(super) fn tail(text: &str, limit: usize) -> String {
     let text = text.trim_end();
     if text.len() <= limit {
         return text.to_string();
@@ -240,8 +241,8 @@ fn tail(text: &str, limit: usize) -> String {
 // ---------------------------------------------------------------- the mailbox
 
 /// One message of the mailbox, as stored (LF line ends).
-struct Mail {
-    message_id: String,
+pub(super) struct Mail {
+    pub(super) message_id: String,
     sender: String,
     /// The file's content: LF line ends.
     stored: Vec<u8>,
@@ -264,7 +265,7 @@ impl Mail {
 
 /// Message `i` of [`MESSAGES`]: exactly [`MESSAGE_SIZE`] octets on the wire, a unique
 /// Message-ID and sender, body lines naming the message so mix-ups show.
-fn mail(i: usize, nonce: &str) -> Mail {
+pub(super) fn mail(i: usize, nonce: &str) -> Mail {
     let message_id = format!("<interop-{i:03}.{nonce}@isp.example>");
     let sender = format!("sender-{i:03}@example.net");
     let mut lines: Vec<Vec<u8>> = vec![
@@ -328,7 +329,7 @@ fn mail(i: usize, nonce: &str) -> Mail {
 }
 
 /// Writes the mailbox into `maildir/new` as a delivery agent would.
-fn write_maildir(maildir: &Path, mails: &[Mail]) {
+pub(super) fn write_maildir(maildir: &Path, mails: &[Mail]) {
     for sub in ["new", "cur", "tmp"] {
         mkdir(&maildir.join(sub), 0o700);
     }
@@ -347,7 +348,7 @@ fn write_maildir(maildir: &Path, mails: &[Mail]) {
 }
 
 /// Files in `maildir/{new,cur,tmp}`: messages still in the store.
-fn maildir_files(maildir: &Path) -> Vec<String> {
+pub(super) fn maildir_files(maildir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for sub in ["new", "cur", "tmp"] {
         if let Ok(rd) = fs::read_dir(maildir.join(sub)) {
@@ -363,16 +364,16 @@ fn maildir_files(maildir: &Path) -> Vec<String> {
 // ---------------------------------------------------------------- the peers
 
 /// A peer process, stopped when dropped (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]).
-struct Peer {
+pub(super) struct Peer {
     name: &'static str,
     child: Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     /// The peer's log files, shown on failure.
-    logs: Vec<PathBuf>,
+    pub(super) logs: Vec<PathBuf>,
 }
 
 impl Peer {
-    fn logs(&self) -> String {
+    pub(super) fn logs(&self) -> String {
         let mut s = String::new();
         for log in &self.logs {
             let text = read_lossy(log);
@@ -524,10 +525,32 @@ fn start_peer(
     unreachable!()
 }
 
+/// Dovecot's TLS set-up: its certificate and key, and the implicit-TLS (pop3s) port.
+pub(super) struct DovecotTls {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+    pub(super) pop3s_port: std::cell::Cell<u16>,
+}
+
 /// The private Dovecot's configuration: POP3 only, on `port`, plain text allowed, one
-/// passwd-file user whose Maildir is `dir/home/<user>/Maildir`, owned by `mail`.
-fn dovecot_conf(dir: &Path, port: u16, mail: (u32, u32)) -> String {
+/// passwd-file user whose Maildir is `dir/home/<user>/Maildir`, owned by `mail`; with
+/// `tls`, STLS on `port` and implicit TLS on a second port.
+fn dovecot_conf(dir: &Path, port: u16, mail: (u32, u32), tls: Option<&DovecotTls>) -> String {
     let d = dir.display();
+    let (ssl, pop3s) = match tls {
+        None => ("ssl = no".to_string(), String::new()),
+        Some(t) => (
+            format!(
+                "ssl = yes\nssl_cert = <{}\nssl_key = <{}\nssl_min_protocol = TLSv1.2",
+                t.cert.display(),
+                t.key.display()
+            ),
+            format!(
+                "  inet_listener pop3s {{\n    address = 127.0.0.1\n    port = {}\n    ssl = yes\n  }}\n",
+                t.pop3s_port.get()
+            ),
+        ),
+    };
     format!(
         r#"# popbridge interop test: a private Dovecot instance.
 base_dir = {d}/run
@@ -537,7 +560,7 @@ info_log_path = {d}/dovecot.log
 debug_log_path = {d}/dovecot.log
 listen = 127.0.0.1
 protocols = pop3
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_verbose = yes
@@ -559,14 +582,14 @@ service pop3-login {{
     address = 127.0.0.1
     port = {port}
   }}
-}}
+{pop3s}}}
 "#,
         uid = mail.0,
         gid = mail.1,
     )
 }
 
-fn start_dovecot(peers: &Peers, dir: &Path) -> Peer {
+pub(super) fn start_dovecot(peers: &Peers, dir: &Path, tls: Option<&DovecotTls>) -> Peer {
     mkdir(&dir.join("run"), 0o755);
     mkdir(&dir.join("state"), 0o750);
     let passwd = dir.join("passwd");
@@ -576,7 +599,10 @@ fn start_dovecot(peers: &Peers, dir: &Path) -> Peer {
     let (out, err) = (dir.join("dovecot.stdout"), dir.join("dovecot.stderr"));
     let logs = vec![dir.join("dovecot.log"), out.clone(), err.clone()];
     start_peer("dovecot", "+OK", "QUIT\r\n", logs, |port| {
-        fs::write(&conf, dovecot_conf(dir, port, peers.mail)).unwrap();
+        if let Some(t) = tls {
+            t.pop3s_port.set(free_port());
+        }
+        fs::write(&conf, dovecot_conf(dir, port, peers.mail, tls)).unwrap();
         let mut cmd = Command::new(&peers.dovecot);
         cmd.arg("-F")
             .arg("-c")
@@ -590,7 +616,7 @@ fn start_dovecot(peers: &Peers, dir: &Path) -> Peer {
     })
 }
 
-fn start_smtp_sink(peers: &Peers, dir: &Path, dump: &Path) -> Peer {
+pub(super) fn start_smtp_sink(peers: &Peers, dir: &Path, dump: &Path) -> Peer {
     mkdir(dump, 0o755);
     chown_tree(dump, peers.postfix);
     let (out, err) = (dir.join("smtp-sink.stdout"), dir.join("smtp-sink.stderr"));
@@ -616,7 +642,7 @@ fn start_smtp_sink(peers: &Peers, dir: &Path, dump: &Path) -> Peer {
 }
 
 /// smtp-sink's message counter: the last `mesg=N` of its `-c` output.
-fn sink_count(sink: &Peer) -> Option<u64> {
+pub(super) fn sink_count(sink: &Peer) -> Option<u64> {
     let out = read_lossy(&sink.logs[0]);
     out.rsplit(['\r', '\n'])
         .find_map(|rec| rec.split(' ').find_map(|f| f.strip_prefix("mesg=")))
@@ -624,7 +650,7 @@ fn sink_count(sink: &Peer) -> Option<u64> {
 }
 
 /// The content of `log` once `done` holds for it, or after [`LOG_SETTLE`] anyway.
-fn wait_for_log(log: &Path, done: impl Fn(&str) -> bool) -> String {
+pub(super) fn wait_for_log(log: &Path, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + LOG_SETTLE;
     loop {
         let text = read_lossy(log);
@@ -648,19 +674,19 @@ fn dump_files(dump: &Path) -> Vec<PathBuf> {
 // ---------------------------------------------------------------- popbridge
 
 /// How a popbridge run ended.
-struct Run {
-    cmdline: String,
+pub(super) struct Run {
+    pub(super) cmdline: String,
     /// `None` when killed after [`RUN_TIMEOUT`].
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    events_path: PathBuf,
-    events: Vec<Value>,
+    pub(super) status: Option<ExitStatus>,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
+    pub(super) events_path: PathBuf,
+    pub(super) events: Vec<Value>,
     elapsed: Duration,
 }
 
 impl Run {
-    fn count(&self, kind: &str) -> usize {
+    pub(super) fn count(&self, kind: &str) -> usize {
         self.events.iter().filter(|e| e["kind"] == kind).count()
     }
 
@@ -710,7 +736,13 @@ deliver_to = "{DELIVER_TO}"
 }
 
 /// Runs `popbridge --config CONFIG --events EVENTS -v fetch`, killed after [`RUN_TIMEOUT`].
-fn popbridge(dir: &Path, config: &Path, label: &str) -> Run {
+pub(super) fn popbridge(dir: &Path, config: &Path, label: &str) -> Run {
+    popbridge_command(dir, config, label, "fetch")
+}
+
+/// Runs `popbridge --config CONFIG --events EVENTS -v COMMAND`, killed after
+/// [`RUN_TIMEOUT`].
+pub(super) fn popbridge_command(dir: &Path, config: &Path, label: &str, command: &str) -> Run {
     let events_path = dir.join(format!("{label}.events.jsonl"));
     let out_path = dir.join(format!("{label}.stdout"));
     let err_path = dir.join(format!("{label}.stderr"));
@@ -720,7 +752,7 @@ fn popbridge(dir: &Path, config: &Path, label: &str) -> Run {
         .arg("--events")
         .arg(&events_path)
         .arg("-v")
-        .arg("fetch")
+        .arg(command)
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .env("HOME", dir)
@@ -891,7 +923,7 @@ fn popbridge_moves_200_messages_from_dovecot_to_smtp_sink() {
     let dump = dir.path().join("sink");
 
     // Declared after `dir`: stopped before the directory goes.
-    let dovecot = start_dovecot(&peers, dir.path());
+    let dovecot = start_dovecot(&peers, dir.path(), None);
     let sink = start_smtp_sink(&peers, dir.path(), &dump);
     let config = write_config(dir.path(), dovecot.addr, sink.addr);
 

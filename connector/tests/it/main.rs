@@ -4,6 +4,7 @@
 mod cli;
 mod daemon;
 mod delivery;
+mod dovecot_tls;
 mod harness;
 mod hostile;
 mod interop;

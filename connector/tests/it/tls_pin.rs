@@ -103,8 +103,11 @@ async fn a_wrong_pin_fails_closed_before_any_command() {
     assert_eq!(count(&events, "account.failed"), 1, "{events:?}");
     // In plain words: whose certificate it is, and what to do.
     let why = failures(&events).join("\n");
+    let port = pop.addr().unwrap().port();
     assert!(
-        why.contains("not the one pinned by tls_fingerprint") && why.contains("sha256:"),
+        why.contains("not the one pinned by tls_fingerprint")
+            && why.contains("sha256:")
+            && why.contains(&format!("127.0.0.1:{port}")),
         "{why}"
     );
     // The handshake failed: the server never read a command, let alone a password.
@@ -114,12 +117,47 @@ async fn a_wrong_pin_fails_closed_before_any_command() {
 
 #[tokio::test]
 async fn without_ca_file_or_pin_the_self_signed_certificate_is_refused() {
-    let (delivered, _, events) = fetch_with(|_, _, _| String::new()).await;
+    let mut seen = None;
+    let (delivered, pop, events) = fetch_with(|_, der, _| {
+        seen = Some(Fingerprint::of(der));
+        String::new()
+    })
+    .await;
     assert_eq!(delivered, 0);
     assert_eq!(count(&events, "account.failed"), 1, "{events:?}");
     let why = failures(&events).join("\n");
+    let port = pop.addr().unwrap().port();
+    // Where, why, and the exact line that would pin this certificate.
     assert!(
-        why.contains("ca_file") && why.contains("tls_fingerprint") && !why.contains("Other("),
+        why.contains(&format!("127.0.0.1:{port}"))
+            && why.contains("ca_file")
+            && why.contains(&format!("tls_fingerprint = \"{}\"", seen.unwrap()))
+            && !why.contains("Other("),
         "{why}"
     );
+}
+
+#[tokio::test]
+async fn implicit_tls_against_a_plain_port_says_to_use_starttls() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(mailbox_with((0..2).map(|i| mail(i, "a@example.net", 800)))),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &pop, &smtp, "", "")
+        .replace("tls = \"none\"", "tls = \"implicit\"");
+    let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
+    let s = Setup { dir, config };
+    let (_, events) = s.pass(&pop, &smtp).await;
+    assert_eq!(delivered_ids(&smtp).len(), 0);
+    let why = failures(&events).join("\n");
+    let port = pop.addr().unwrap().port();
+    assert!(
+        why.contains(&format!("TLS handshake with 127.0.0.1:{port} failed"))
+            && why.contains("did not answer in TLS")
+            && why.contains("tls = \"starttls\""),
+        "{why}"
+    );
+    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 2);
 }
