@@ -166,9 +166,14 @@ impl Body {
     /// Writes the message durably to `path` (temporary name, fsync, rename).
     pub async fn persist(&self, path: &Path) -> io::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        tokio::fs::create_dir_all(dir).await?;
+        crate::private::create_dir_all_async(dir).await?;
         let tmp = path.with_extension("tmp");
-        let mut out = tokio::fs::File::create(&tmp).await?;
+        let mut out = crate::private::open_options_async()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .await?;
         let mut r = self.reader().await?;
         tokio::io::copy(&mut r, &mut out).await?;
         out.sync_all().await?;
@@ -249,13 +254,18 @@ impl BodyBuilder {
         }
         self.mem.extend_from_slice(data);
         if self.mem.len() as u64 > self.threshold {
-            tokio::fs::create_dir_all(&self.spool_dir).await?;
+            crate::private::create_dir_all_async(&self.spool_dir).await?;
             let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
             let path = self
                 .spool_dir
                 .join(format!("spool-{}-{seq}.part", std::process::id()));
             let guard = SpoolFile { path: path.clone() };
-            let mut f = tokio::fs::File::create(&path).await?;
+            let mut f = crate::private::open_options_async()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .await?;
             f.write_all(&self.mem).await?;
             self.mem = BytesMut::new();
             self.file = Some((f, guard));
@@ -317,6 +327,22 @@ mod tests {
         let q = dir.path().join("q/copy.eml");
         big.persist(&q).await.unwrap();
         assert_eq!(std::fs::read(&q).unwrap(), all);
+        #[cfg(unix)]
+        {
+            // Mail at rest is private whatever the umask: the spool file, the copy and
+            // the folder made for it.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let spool = std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .find(|e| e.path().is_file())
+                .unwrap()
+                .path();
+            assert_eq!(mode(&spool), 0o600);
+            assert_eq!(mode(&q), 0o600);
+            assert_eq!(mode(q.parent().unwrap()), 0o700);
+        }
         drop(big);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

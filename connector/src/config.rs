@@ -96,8 +96,15 @@ pub enum DeliveryKind {
         dir: PathBuf,
         /// Where messages that cannot be written go.
         failed_dir: PathBuf,
+        /// The permission bits of each file published into the pickup folder: the SMTP
+        /// service that picks them up must be able to read them.
+        mode: u32,
     },
 }
+
+/// The default `pickup_mode`: readable by the pickup service whatever its user; protect
+/// the pickup folder itself when others must not read mail in it.
+pub const DEFAULT_PICKUP_MODE: u32 = 0o644;
 
 /// Routing of a catch-all ("global") mailbox: one POP3 account for many local users.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,13 +312,30 @@ pub enum ConfigError {
         /// What is wrong (never quotes a password).
         message: String,
     },
+    /// A file holding a secret can be read by other users.
+    #[error(
+        "{} holds {holds} and is readable by other users (mode {mode:04o}): run chmod 600 {}, \
+         or keep the secret in a password_file of mode 0600, in password_env or in \
+         password_command; where file modes mean nothing (some containers), pass \
+         --allow-insecure-config-mode",
+        path.display(),
+        path.display()
+    )]
+    Exposed {
+        /// The file (the configuration, or a `password_file`).
+        path: PathBuf,
+        /// What it holds, e.g. `the password of account "sales"`.
+        holds: String,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 impl ConfigError {
     /// The 1-based line the error points at, when known.
     pub fn line(&self) -> Option<usize> {
         match self {
-            Self::Read { .. } => None,
+            Self::Read { .. } | Self::Exposed { .. } => None,
             Self::Invalid { line, .. } => *line,
         }
     }
@@ -319,7 +343,7 @@ impl ConfigError {
     /// The key path the error is about, when known.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Self::Read { .. } => None,
+            Self::Read { .. } | Self::Exposed { .. } => None,
             Self::Invalid { key, .. } => key.as_deref(),
         }
     }
@@ -530,6 +554,7 @@ struct RawTransport {
     host: Option<Spanned<String>>,
     pickup_dir: Option<Spanned<String>>,
     failed_dir: Option<Spanned<String>>,
+    pickup_mode: Option<Spanned<String>>,
     port: Option<Spanned<Int>>,
     helo: Option<Spanned<String>>,
     #[serde(default)]
@@ -984,7 +1009,25 @@ impl Ctx<'_> {
                     Some(v) => self.relative(&self.string(v, "transport.failed_dir")?),
                     None => state_dir.join("failed"),
                 };
-                DeliveryKind::Pickup { dir, failed_dir }
+                let mode = match &raw.pickup_mode {
+                    Some(v) => parse_mode(v.get_ref()).ok_or_else(|| {
+                        self.at(
+                            v,
+                            "transport.pickup_mode",
+                            format!(
+                                "{:?} is not a file mode: three or four octal digits with the \
+                                 owner's read and write bits, such as \"0640\"",
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
+                    None => DEFAULT_PICKUP_MODE,
+                };
+                DeliveryKind::Pickup {
+                    dir,
+                    failed_dir,
+                    mode,
+                }
             }
         };
         let host = match (&raw.host, kind) {
@@ -1542,6 +1585,65 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
     (!parts.is_empty()).then(|| render_path(&parts))
 }
 
+impl Config {
+    /// Every secret source of the configuration, with what it is for.
+    fn secret_sources(&self) -> Vec<(String, &SecretSource)> {
+        self.accounts
+            .iter()
+            .map(|a| (format!("the password of account {:?}", a.name), &a.secret))
+            .collect()
+    }
+
+    /// Refuses a configuration file holding a secret, or a `password_file`, that users
+    /// other than its owner can read (as fetchmail and msmtp do).
+    pub fn check_private(&self) -> Result<(), ConfigError> {
+        let mut inline = None;
+        for (what, source) in self.secret_sources() {
+            match source {
+                SecretSource::Value(_) => inline = inline.or(Some(what)),
+                SecretSource::File(path) => exposed(path, &what)?,
+                SecretSource::Env(_) | SecretSource::Command(_) => {}
+            }
+        }
+        if let Some(what) = inline {
+            exposed(&self.path, &what)?;
+        }
+        Ok(())
+    }
+}
+
+/// `Err` when `path` exists and its group or others may read or write it.
+fn exposed(path: &Path, holds: &str) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o066 != 0 {
+                return Err(ConfigError::Exposed {
+                    path: path.to_path_buf(),
+                    holds: holds.to_string(),
+                    mode,
+                });
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, holds);
+    Ok(())
+}
+
+/// A file mode written as three or four octal digits (`"640"`, `"0640"`); only the
+/// permission bits, and the owner must be able to read and write.
+fn parse_mode(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if !(3..=4).contains(&t.len()) || !t.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    let mode = u32::from_str_radix(t, 8).ok()?;
+    (mode <= 0o777 && mode & 0o600 == 0o600).then_some(mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1899,7 +2001,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
         assert_eq!(
             err(&text),
             "popbridge.toml:5: transport.bogus: unknown key \"bogus\", expected one of \"kind\", \"host\", \
-             \"pickup_dir\", \"failed_dir\", \"port\", \"helo\", \"starttls\", \"ca_file\", \
+             \"pickup_dir\", \"failed_dir\", \"pickup_mode\", \"port\", \"helo\", \"starttls\", \"ca_file\", \
              \"tls_accept_invalid_certs\", \"tls_fingerprint\""
         );
         let text = format!("statedir = 1\n{MINIMAL}");
@@ -2310,11 +2412,34 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
         );
         let c = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         match &c.transport.delivery {
-            DeliveryKind::Pickup { dir, failed_dir } => {
+            DeliveryKind::Pickup {
+                dir,
+                failed_dir,
+                mode,
+            } => {
                 assert!(dir.ends_with("pickup"), "{dir:?}");
                 assert_eq!(failed_dir, &c.state_dir.join("failed"));
+                assert_eq!(*mode, DEFAULT_PICKUP_MODE);
             }
             other => panic!("{other:?}"),
+        }
+        for (given, want) in [("\"0640\"", Some(0o640)), ("\"600\"", Some(0o600))] {
+            let c =
+                load(&text.replace("pickup_dir", &format!("pickup_mode = {given}\npickup_dir")))
+                    .unwrap();
+            assert!(
+                matches!(c.transport.delivery, DeliveryKind::Pickup { mode, .. } if Some(mode) == want),
+                "{given}"
+            );
+        }
+        for bad in ["\"0400\"", "\"rw-r--r--\"", "\"4755\"", "\"0888\""] {
+            let e = load(&text.replace("pickup_dir", &format!("pickup_mode = {bad}\npickup_dir")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("transport.pickup_mode: ") && e.contains("is not a file mode"),
+                "{e}"
+            );
         }
         let text = MINIMAL.replace("host = \"127.0.0.1\"\n", "kind = \"pickup\"\n");
         assert!(load(&text)

@@ -352,6 +352,9 @@ pub async fn serve_trigger_socket(path: PathBuf, handle: DaemonHandle) -> std::i
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
+    // Only popbridge's own user (and root) may ask for a pass; the state directory is 0700
+    // as well, so nobody else could reach the socket before this.
+    crate::private::set_mode(&path, crate::private::FILE_MODE)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let handle = handle.clone();

@@ -176,6 +176,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// `state_dir` (or something under it) was readable by other users and was made
+    /// private at start.
+    #[serde(rename = "state.tightened")]
+    StateTightened {
+        /// The file or directory.
+        path: String,
+        /// Its mode before, in octal (e.g. `0755`).
+        was: String,
+    },
     /// A pass over an account ended.
     #[serde(rename = "pass.finished")]
     PassFinished {

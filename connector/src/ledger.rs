@@ -285,11 +285,22 @@ pub struct Ledger {
 impl Ledger {
     /// Open (creating if needed) `<state_dir>/ledger.sqlite3` and bring its schema up to date.
     pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| LedgerError::Io {
+        crate::private::create_dir_all(state_dir).map_err(|source| LedgerError::Io {
             path: state_dir.to_owned(),
             source,
         })?;
         let path = state_dir.join(FILE_NAME);
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's mode.
+        crate::private::open_options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| LedgerError::Io {
+                path: path.clone(),
+                source,
+            })?;
         // No SQLITE_OPEN_URI: a state directory named "file:..." must stay a plain path.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -1110,6 +1121,21 @@ mod tests {
             .unwrap();
         assert_eq!(sync, 2);
         assert_eq!(user_version(&ledger.conn).unwrap(), SCHEMA_VERSION);
+        #[cfg(unix)]
+        {
+            // The database, its WAL and shared-memory files and the new folders are
+            // private: they say whose mail came from where.
+            use std::os::unix::fs::PermissionsExt;
+            let mut ledger = ledger;
+            ledger.record_delivered(A, "k", 10, "250 ok").unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            for suffix in ["", "-wal", "-shm"] {
+                let p = PathBuf::from(format!("{}{suffix}", ledger.path().display()));
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+            }
+            assert_eq!(mode(&state), 0o700);
+            assert_eq!(mode(state.parent().unwrap()), 0o700);
+        }
     }
 
     #[test]

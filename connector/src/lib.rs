@@ -22,6 +22,7 @@ pub mod pass;
 pub mod pickup;
 pub mod pin;
 pub mod pop3;
+pub mod private;
 pub mod routing;
 pub mod secret;
 pub mod smtp;

@@ -36,6 +36,11 @@ struct Cli {
     /// Append one JSON object per event to this file.
     #[arg(long, global = true)]
     events: Option<PathBuf>,
+    /// Accept a configuration file holding a password, or a password_file, that other
+    /// users can read (refused otherwise). Only where file modes mean nothing, as in some
+    /// containers.
+    #[arg(long, global = true)]
+    allow_insecure_config_mode: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +77,51 @@ enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+}
+
+/// Loads the configuration and, unless allowed, refuses secrets others can read.
+fn load_config(
+    path: &std::path::Path,
+    allow_insecure_mode: bool,
+) -> Result<Config, popbridge::config::ConfigError> {
+    let config = Config::load(path)?;
+    if !allow_insecure_mode {
+        config.check_private()?;
+    }
+    Ok(config)
+}
+
+/// Makes `state_dir` private (a warning event for each path tightened), then opens the
+/// ledger; `Err` is the exit code after the reason was printed.
+fn open_state(config: &Config, events: &EventSink) -> Result<Ledger, u8> {
+    use popbridge::config::DeliveryKind;
+    let pickup: Vec<&std::path::Path> = match &config.transport.delivery {
+        DeliveryKind::Pickup { dir, .. } => vec![dir.as_path()],
+        DeliveryKind::Smtp => Vec::new(),
+    };
+    match popbridge::private::secure_state_dir(&config.state_dir, &pickup) {
+        Ok(changed) => {
+            for t in changed {
+                eprintln!(
+                    "popbridge: warning: {} was readable by other users (mode {:04o}); made private",
+                    t.path.display(),
+                    t.was
+                );
+                events.emit(popbridge::events::Event::StateTightened {
+                    path: t.path.display().to_string(),
+                    was: format!("{:04o}", t.was),
+                });
+            }
+        }
+        Err(e) => {
+            eprintln!("popbridge: {e}");
+            return Err(2);
+        }
+    }
+    Ledger::open(&config.state_dir).map_err(|e| {
+        eprintln!("popbridge: {e}");
+        2
+    })
 }
 
 fn exit_code(summaries: &[Summary]) -> u8 {
@@ -206,12 +256,9 @@ async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<
     } else {
         events
     };
-    let ledger = match Ledger::open(&config.state_dir) {
+    let ledger = match open_state(&config, &events) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("popbridge: {e}");
-            return Ok(2);
-        }
+        Err(code) => return Ok(code),
     };
     let summaries = pass::run_accounts(
         Arc::new(config),
@@ -236,12 +283,9 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
             .with_context(|| format!("opening the events file {}", p.display()))?,
         None => EventSink::none(),
     };
-    let ledger = match Ledger::open(&config.state_dir) {
+    let ledger = match open_state(&config, &events) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("popbridge: {e}");
-            return Ok(2);
-        }
+        Err(code) => return Ok(code),
     };
     let socket = daemon::socket_path(&config.state_dir);
     let (daemon, handle) = Daemon::new(
@@ -257,6 +301,7 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
     let h = handle.clone();
     let server = tokio::spawn(async move { daemon::serve_trigger_socket(sock, h).await });
     let path = cli.config.clone();
+    let insecure_ok = cli.allow_insecure_config_mode;
     let h = handle.clone();
     let signals = tokio::spawn(async move {
         loop {
@@ -264,7 +309,7 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    let loaded = Config::load(&path).map_err(|e| e.to_string());
+                    let loaded = load_config(&path, insecure_ok).map_err(|e| e.to_string());
                     match h.reload(loaded).await {
                         Ok(()) => eprintln!("popbridge: configuration reloaded from {}", path.display()),
                         Err(e) => eprintln!("popbridge: {e} (the running configuration stays in force)"),
@@ -323,7 +368,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let config = match Config::load(&cli.config) {
+    let config = match load_config(&cli.config, cli.allow_insecure_config_mode) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("popbridge: {e}");

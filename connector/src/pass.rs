@@ -448,7 +448,8 @@ impl Drop for AccountLock {
 /// before the account is declared busy.
 fn lock_account(state_dir: &std::path::Path, account: &str) -> Result<AccountLock, String> {
     let dir = state_dir.join("locks");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    crate::private::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(format!("{}.lock", safe_name(account)));
     {
         let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
@@ -462,7 +463,7 @@ fn lock_account(state_dir: &std::path::Path, account: &str) -> Result<AccountLoc
             .unwrap_or_else(|p| p.into_inner())
             .retain(|p| p != path)
     };
-    let file = match std::fs::OpenOptions::new()
+    let file = match crate::private::open_options()
         .create(true)
         .truncate(false)
         .write(true)

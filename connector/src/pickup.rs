@@ -158,6 +158,8 @@ pub struct Pickup {
     dir: PathBuf,
     failed_dir: PathBuf,
     journal: PathBuf,
+    /// Permission bits of a published file (the pickup service must read it).
+    mode: u32,
 }
 
 impl Pickup {
@@ -168,17 +170,31 @@ impl Pickup {
             dir,
             failed_dir,
             journal,
+            mode: crate::config::DEFAULT_PICKUP_MODE,
         }
+    }
+
+    /// Published files get exactly `mode` (staged and failed-mail files stay `0600`).
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The pickup target of a configuration, when its transport is a pickup folder.
     pub fn from_config(config: &Config) -> Option<Self> {
         match &config.transport.delivery {
-            DeliveryKind::Pickup { dir, failed_dir } => Some(Self::new(
-                dir.clone(),
-                failed_dir.clone(),
-                config.state_dir.join(JOURNAL_DIR),
-            )),
+            DeliveryKind::Pickup {
+                dir,
+                failed_dir,
+                mode,
+            } => Some(
+                Self::new(
+                    dir.clone(),
+                    failed_dir.clone(),
+                    config.state_dir.join(JOURNAL_DIR),
+                )
+                .with_mode(*mode),
+            ),
             DeliveryKind::Smtp => None,
         }
     }
@@ -353,7 +369,7 @@ impl Pickup {
             Err(e) => return Err(io_err("remove", &marker)(e)),
         }
         let tmp = Self::staging_path(&self.dir, name);
-        write_staged(&tmp, head, prefix, body).await?;
+        write_staged(&tmp, head, prefix, body, self.mode).await?;
         Ok(Staged {
             tmp,
             target: self.dir.join(format!("{name}.eml")),
@@ -513,20 +529,22 @@ fn envelope_lines(from: &str, recipients: &[String], next: &[u8]) -> Result<Vec<
     Ok(out.into_bytes())
 }
 
-/// Writes `head`, `prefix` and the body to `tmp` (creating its staging folder) and fsyncs
-/// the file and the folder; removes the partial file on failure.
+/// Writes `head`, `prefix` and the body to `tmp` (creating its staging folder, `0700`) and
+/// fsyncs the file and the folder; the file is `0600` while written, then gets `mode`.
+/// Removes the partial file on failure.
 async fn write_staged(
     tmp: &Path,
     head: &[u8],
     prefix: &[u8],
     body: &Body,
+    mode: u32,
 ) -> Result<(), PickupError> {
     let staging = tmp.parent().unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(staging)
+    crate::private::create_dir_all_async(staging)
         .await
         .map_err(io_err("create", staging))?;
     let result = async {
-        let mut f = tokio::fs::OpenOptions::new()
+        let mut f = crate::private::open_options_async()
             .write(true)
             .create(true)
             .truncate(true)
@@ -544,6 +562,9 @@ async fn write_staged(
             return Err(io::Error::other(format!(
                 "wrote {written} octets, expected {expected}"
             )));
+        }
+        if mode != crate::private::FILE_MODE {
+            crate::private::set_mode(tmp, mode)?;
         }
         Ok(())
     }
@@ -568,11 +589,11 @@ async fn write_atomic(
     prefix: &[u8],
     body: &Body,
 ) -> Result<(), PickupError> {
-    tokio::fs::create_dir_all(dir)
+    crate::private::create_dir_all_async(dir)
         .await
         .map_err(io_err("create", dir))?;
     let tmp = Pickup::staging_path(dir, name);
-    write_staged(&tmp, head, prefix, body).await?;
+    write_staged(&tmp, head, prefix, body, crate::private::FILE_MODE).await?;
     if let Err(source) = tokio::fs::rename(&tmp, target).await {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(io_err("write", target)(source));
@@ -597,10 +618,14 @@ async fn unstage(marker: &Path, tmp: &Path) {
 
 /// Creates the marker file durably (file and folder fsynced).
 async fn write_marker(journal: &Path, marker: &Path) -> Result<(), PickupError> {
-    tokio::fs::create_dir_all(journal)
+    crate::private::create_dir_all_async(journal)
         .await
         .map_err(io_err("create", journal))?;
-    let f = tokio::fs::File::create(marker)
+    let f = crate::private::open_options_async()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(marker)
         .await
         .map_err(io_err("create", marker))?;
     f.sync_all().await.map_err(io_err("sync", marker))?;

@@ -168,7 +168,8 @@ pub enum SecretError {
     CommandFailed {
         /// How it ended, e.g. `exit status: 1` or `signal: 9 (SIGKILL)`.
         status: String,
-        /// The first non-empty line of its standard error, shortened.
+        /// The first non-empty line of its standard error, shortened, with every word
+        /// that could be a secret replaced by `***`.
         stderr: Option<String>,
     },
     /// The command did not finish in time; it was killed.
@@ -281,10 +282,22 @@ async fn read_capped<R: AsyncRead + Unpin>(
     }
 }
 
-/// The first non-empty line of a command's standard error, shortened for an error message.
-fn first_stderr_line(stderr: &[u8]) -> Option<String> {
+/// The first non-empty line of a failed command's standard error, shortened, with every
+/// word that could be a secret replaced by `***`: a word printed on its standard output
+/// (where the secret goes), and any word that is not plainly a word: digits mixed with
+/// letters, symbols inside it, or longer than [`MAX_PLAIN_WORD`] (a token, a passphrase).
+/// "gpg: decryption failed: No secret key" stays readable; "bad password Sw0rdfish!"
+/// does not show the password.
+fn first_stderr_line(stderr: &[u8], stdout: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(stderr);
     let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let out = String::from_utf8_lossy(stdout);
+    let printed: Vec<&str> = out.split_whitespace().collect();
+    let words: Vec<String> = line
+        .split_whitespace()
+        .map(|w| sanitised_word(w, &printed))
+        .collect();
+    let line = words.join(" ");
     let mut short: String = line
         .chars()
         .filter(|c| !c.is_control())
@@ -294,6 +307,36 @@ fn first_stderr_line(stderr: &[u8]) -> Option<String> {
         short.push('…');
     }
     Some(short)
+}
+
+/// The longest word of a password command's error message shown as it is.
+const MAX_PLAIN_WORD: usize = 20;
+
+/// `word` when it is plainly a word (letters, an inner `-` or `'`, surrounding
+/// punctuation) or a short number, and not something the command printed; else `***`.
+fn sanitised_word(word: &str, printed: &[&str]) -> String {
+    const PUNCT: &[char] = &[
+        '"', '\'', '(', ')', '[', ']', '{', '}', '<', '>', ',', '.', ';', ':', '!', '?',
+    ];
+    let core = word.trim_matches(PUNCT);
+    if core.is_empty() {
+        return word.to_string();
+    }
+    let plain = core.len() <= MAX_PLAIN_WORD
+        && core.starts_with(|c: char| c.is_ascii_alphabetic())
+        && core.ends_with(|c: char| c.is_ascii_alphabetic())
+        && core
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '-' || c == '\'');
+    let number = core.len() <= 4 && core.chars().all(|c| c.is_ascii_digit());
+    let was_printed = printed
+        .iter()
+        .any(|p| p.trim_matches(PUNCT) == core || p.contains(core) && core.len() >= 4);
+    if (plain || number) && !was_printed {
+        word.to_string()
+    } else {
+        "***".to_string()
+    }
 }
 
 async fn from_command(command: &str, timeout: Duration) -> Result<Secret, SecretError> {
@@ -325,7 +368,7 @@ async fn from_command(command: &str, timeout: Duration) -> Result<Secret, Secret
     let status = status.map_err(|source| SecretError::CommandIo { source })?;
     let (mut out, overflow) = out.map_err(|source| SecretError::CommandIo { source })?;
     if !status.success() {
-        let stderr = err.ok().and_then(|(e, _)| first_stderr_line(&e.0));
+        let stderr = err.ok().and_then(|(e, _)| first_stderr_line(&e.0, &out.0));
         return Err(SecretError::CommandFailed {
             status: status.to_string(),
             stderr,
@@ -502,6 +545,37 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "password command failed (exit status: 1)");
+
+        // A command that shows the secret (or a token) in its complaint: never repeated.
+        for (cmd, want) in [
+            (
+                "echo 'wrong password Sw0rdfish-s3cret! for sales' >&2; exit 1",
+                "wrong password *** for sales",
+            ),
+            (
+                "echo 'token ya29.a0AfH6SMBx3kq9ZrVhO8wY expired' >&2; exit 1",
+                "token *** expired",
+            ),
+            (
+                "echo correcthorsebatterystaple; echo 'gpg: correcthorsebatterystaple rejected' >&2; exit 2",
+                "gpg: *** rejected",
+            ),
+            (
+                "echo hunter; echo 'hunter is not accepted' >&2; exit 2",
+                "*** is not accepted",
+            ),
+            (
+                "echo 'gpg: decryption failed: No secret key' >&2; exit 2",
+                "gpg: decryption failed: No secret key",
+            ),
+        ] {
+            let err = SecretSource::Command(cmd.into())
+                .resolve(T)
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.ends_with(&format!("): {want}")), "{cmd}: {text}");
+        }
 
         let err = SecretSource::Command("true".into())
             .resolve(T)

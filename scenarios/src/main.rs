@@ -283,6 +283,15 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            for dir in save_failures.iter().chain(save_worlds.iter()) {
+                if popbridge::private::readable_by_others(dir) {
+                    eprintln!(
+                        "poplab: warning: {} can be read by other users; the scenario files \
+                         written there (0600 each) describe mail",
+                        dir.display()
+                    );
+                }
+            }
             let opts = poplab::chaos::Options {
                 runs,
                 seed,

@@ -1430,6 +1430,10 @@ pub fn known_event_kinds() -> Vec<String> {
             skipped: 0,
             quarantined: 0,
         },
+        Event::StateTightened {
+            path: String::new(),
+            was: String::new(),
+        },
     ];
     // A new variant must be added above: this match stops compiling until it is.
     for e in &all {
@@ -1449,7 +1453,8 @@ pub fn known_event_kinds() -> Vec<String> {
             | Event::AuthFailed { .. }
             | Event::AccountFailed { .. }
             | Event::PassInterrupted { .. }
-            | Event::PassFinished { .. } => {}
+            | Event::PassFinished { .. }
+            | Event::StateTightened { .. } => {}
         }
     }
     all.iter().map(event_kind).collect()
@@ -1578,6 +1583,7 @@ mod tests {
         let k = known_event_kinds();
         assert!(k.contains(&"message.delivered".to_string()));
         assert!(k.contains(&"pass.finished".to_string()));
-        assert_eq!(k.len(), 16);
+        assert!(k.contains(&"state.tightened".to_string()));
+        assert_eq!(k.len(), 17);
     }
 }

@@ -23,6 +23,11 @@ async fn popbridge(args: &[&str]) -> Output {
 fn write_config(dir: &Path, pop3_port: u16, smtp_port: u16, extra: &str) -> String {
     let path = dir.join("popbridge.toml");
     std::fs::write(dir.join("pass"), format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(
+        dir.join("pass"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(
         &path,
         format!(

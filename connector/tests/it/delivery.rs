@@ -46,6 +46,7 @@ fn pickup_setup(
     s.config.transport.delivery = DeliveryKind::Pickup {
         dir: pickup_dir.to_path_buf(),
         failed_dir,
+        mode: popbridge::config::DEFAULT_PICKUP_MODE,
     };
     s
 }
@@ -329,6 +330,7 @@ async fn an_unwritable_pickup_folder_keeps_mail_on_the_server_with_a_failed_mail
     s.config.transport.delivery = DeliveryKind::Pickup {
         dir: dir.clone(),
         failed_dir: failed_dir.clone(),
+        mode: popbridge::config::DEFAULT_PICKUP_MODE,
     };
     let (ok, _) = s.pass(&pop, &smtp).await;
     assert_eq!((ok.delivered, ok.deleted), (2, 2), "{ok:?}");

@@ -73,7 +73,7 @@ enum Trust<'a> {
 /// through smtp-sink.
 fn config(dir: &Path, label: &str, tls: &str, port: u16, trust: Trust<'_>, smtp: u16) -> PathBuf {
     let secret = dir.join("dovecot.pass");
-    fs::write(&secret, format!("{PASSWORD}\n")).unwrap();
+    crate::harness::write_private(&secret, format!("{PASSWORD}\n"));
     let trust = match trust {
         Trust::System => String::new(),
         Trust::CaFile(p) => format!("ca_file = {}", toml_str(&p.display().to_string())),

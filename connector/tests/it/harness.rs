@@ -214,3 +214,10 @@ pub fn exactly_once(ids: &[String], expected: usize) {
     assert!(dups.is_empty(), "delivered more than once: {dups:?}");
     assert_eq!(seen.len(), expected, "distinct messages delivered");
 }
+
+/// Writes a configuration or password file as an administrator must: readable by its
+/// owner only (popbridge refuses a password others can read).
+pub fn write_private(path: &Path, text: impl AsRef<[u8]>) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}

@@ -906,7 +906,7 @@ fn write_config(
     account: &str,
 ) -> String {
     let path = dir.join("popbridge.toml");
-    std::fs::write(
+    write_private(
         &path,
         format!(
             r#"state_dir = "state"
@@ -930,8 +930,7 @@ deliver_to = "info@contoso.local"
 {account}
 "#
         ),
-    )
-    .unwrap();
+    );
     path.display().to_string()
 }
 

@@ -75,7 +75,7 @@ impl Lab {
         let smtp = smtp(MockSmtp::builder().record_transcript(false)).await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("popbridge.toml");
-        std::fs::write(&config, config_text(dir.path(), &pop, &smtp, "", "")).unwrap();
+        write_private(&config, config_text(dir.path(), &pop, &smtp, "", ""));
         Lab {
             dir,
             config,

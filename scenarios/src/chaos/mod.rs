@@ -116,8 +116,7 @@ pub async fn run_seed(seed: u64, opts: &Options, shrinks: &AtomicU64) -> RunResu
     let spec = spec::draw(seed, opts.profile, external, opts.sabotage);
     if let Some(dir) = &opts.save_worlds {
         let text = spec::render(&spec, &format!("chaos seed {seed}, as drawn"));
-        let _ = std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(dir.join(file_name(seed)), text));
+        let _ = popbridge::private::write_file(&dir.join(file_name(seed)), text.as_bytes());
     }
     let (verdict, obs) = run_spec(&spec, &opts.connector).await;
     let mut result = RunResult {
@@ -146,7 +145,7 @@ pub async fn run_seed(seed: u64, opts: &Options, shrinks: &AtomicU64) -> RunResu
             let headline = headline(&small, &verdict, &spec);
             let text = spec::render(&small, &headline);
             let path = dir.join(file_name(seed));
-            match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text)) {
+            match popbridge::private::write_file(&path, text.as_bytes()) {
                 Ok(()) => result.saved = Some(path.display().to_string()),
                 Err(e) => result.saved = Some(format!("could not write {}: {e}", path.display())),
             }
