@@ -668,6 +668,12 @@ fn cache() -> std::sync::MutexGuard<'static, HashMap<Key, Entry>> {
     CACHE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Forgets every token this process holds for accounts under `state_dir`: what a restart
+/// does (harnesses simulating one; a stored refresh token stays on disk).
+pub fn forget(state_dir: &Path) {
+    cache().retain(|k, _| k.state_dir != state_dir);
+}
+
 /// Why a new access token was requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshReason {

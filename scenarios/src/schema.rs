@@ -1412,6 +1412,12 @@ pub fn known_event_kinds() -> Vec<String> {
             account: s(),
             reply: s(),
         },
+        Event::TokenRefreshed {
+            account: s(),
+            reason: s(),
+            expires_in: None,
+            rotated: false,
+        },
         Event::AccountFailed {
             account: s(),
             error: s(),
@@ -1447,6 +1453,7 @@ pub fn known_event_kinds() -> Vec<String> {
             | Event::SenderRepaired { .. }
             | Event::Reconnected { .. }
             | Event::AuthFailed { .. }
+            | Event::TokenRefreshed { .. }
             | Event::AccountFailed { .. }
             | Event::PassInterrupted { .. }
             | Event::PassFinished { .. } => {}
