@@ -2374,6 +2374,11 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
         let text = include_str!("../popbridge.example.toml");
         let c = Config::from_str(text, Path::new("/etc/popbridge/popbridge.toml")).unwrap();
         assert!(!c.accounts.is_empty());
+        for name in ["gmail", "office365"] {
+            let a = c.account(name).unwrap();
+            assert_eq!(a.auth, AuthMethod::Xoauth2);
+            assert!(a.oauth2.is_some(), "{name}");
+        }
     }
 
     #[test]
