@@ -388,3 +388,149 @@ scope = "https://mail.google.com/"
         assert_eq!(mode, 0o600);
     }
 }
+
+/// What a hostile token endpoint does after the TLS handshake.
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    Stall,
+    Huge,
+    ServerError,
+    NotJson,
+    Redirect,
+}
+
+/// A token endpoint in memory (TLS with the test PKI) that misbehaves as `mode` says.
+fn hostile_route(pki: &TestPki, mode: Hostile) -> popbridge::net::Connect {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = pki.server_config().unwrap();
+    std::sync::Arc::new(move || {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+        tokio::spawn(async move {
+            let Ok(mut s) = acceptor.accept(server).await else {
+                return;
+            };
+            let mut req = vec![0u8; 8192];
+            let _ = s.read(&mut req).await;
+            let reply: Vec<u8> = match mode {
+                Hostile::Stall => {
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                Hostile::Huge => {
+                    let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                    for _ in 0..100 {
+                        r.extend_from_slice(b"400\r\n");
+                        r.extend_from_slice(&[b'a'; 0x400]);
+                        r.extend_from_slice(b"\r\n");
+                    }
+                    r
+                }
+                Hostile::ServerError => {
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown".to_vec()
+                }
+                Hostile::NotJson => {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n<html></html".to_vec()
+                }
+                Hostile::Redirect => {
+                    b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/\r\nContent-Length: 0\r\n\r\n"
+                        .to_vec()
+                }
+            };
+            let _ = s.write_all(&reply).await;
+            let _ = s.shutdown().await;
+        });
+        Box::new(client) as popbridge::net::BoxIo
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hostile_token_endpoint_is_a_bounded_typed_transient_failure_never_a_refusal() {
+    use popbridge::oauth2::{OAuth2Error, Tokens};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::localhost().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    let text = format!(
+        r#"state_dir = "state"
+[transport]
+host = "127.0.0.1"
+[timeouts]
+connect = "5s"
+command = "10s"
+[[account]]
+name = "info"
+host = "127.0.0.1"
+username = "info"
+deliver_to = "info@contoso.local"
+ca_file = "ca.pem"
+oauth2 = {{ token_url = "https://127.0.0.1:8443/token", client_id = "c", refresh_token = "{REFRESH}" }}
+"#
+    );
+    let config =
+        popbridge::config::Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
+    for mode in [
+        Hostile::Stall,
+        Hostile::Huge,
+        Hostile::ServerError,
+        Hostile::NotJson,
+        Hostile::Redirect,
+    ] {
+        let dialer = popbridge::net::MemoryDialer::new();
+        dialer.route("127.0.0.1", 8443, hostile_route(&pki, mode));
+        let tokens = Tokens::for_account(&config, &config.accounts[0], &dialer).unwrap();
+        let started = tokio::time::Instant::now();
+        let e = tokens.access_token().await.unwrap_err();
+        assert!(!e.is_refusal(), "{mode:?}: {e}");
+        assert!(!e.to_string().contains(REFRESH), "{mode:?}: {e}");
+        match mode {
+            Hostile::Stall => {
+                assert!(matches!(e, OAuth2Error::Timeout { secs: 15, .. }), "{e}");
+                assert_eq!(started.elapsed(), std::time::Duration::from_secs(15));
+            }
+            Hostile::Huge => assert!(
+                matches!(&e, OAuth2Error::Http { source, .. }
+                    if matches!(source, popbridge::http::HttpError::TooLarge { .. })),
+                "{e}"
+            ),
+            Hostile::ServerError => {
+                assert!(
+                    matches!(e, OAuth2Error::Unavailable { status: 503, .. }),
+                    "{e}"
+                )
+            }
+            Hostile::NotJson => assert!(matches!(e, OAuth2Error::BadResponse { .. }), "{e}"),
+            Hostile::Redirect => {
+                assert!(matches!(e, OAuth2Error::Status { status: 302, .. }), "{e}")
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_logs_in_with_a_token_and_shows_a_refusal_without_any_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path(), provider_config(), 2).await;
+    let s = setup_oauth(&w, "");
+    let report = popbridge::diagnose::diagnose(&s.config, &popbridge::net::TcpDialer).await;
+    let a = &report.accounts[0];
+    assert_eq!(a.auth, Ok(()), "{}", report.render());
+    assert_eq!(a.messages, Some(2));
+    assert!(a
+        .auth_method
+        .contains("OAuth2 access token from https://127.0.0.1:"));
+    w.provider.set_revoked(true);
+    popbridge::oauth2::forget(&s.state());
+    let report = popbridge::diagnose::diagnose(&s.config, &popbridge::net::TcpDialer).await;
+    let text = report.render();
+    let a = &report.accounts[0];
+    assert!(
+        matches!(&a.auth, Err(e) if e.contains("invalid_grant")),
+        "{text}"
+    );
+    let mut secrets = vec![REFRESH.to_string(), CLIENT_SECRET.to_string()];
+    secrets.extend(w.provider.issued());
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "{text}");
+    }
+    assert_eq!(w.pop.mailbox("info").unwrap().deleted.len(), 0);
+}
