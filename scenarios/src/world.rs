@@ -6,7 +6,9 @@
 //! addresses, one account per mailbox plus the scenario's extra keys), running the passes
 //! one after the other with `pass::run_accounts_with` (each with a freshly opened ledger,
 //! like a restart, and the crash point of `[run] crash`), bounded by the scenario's
-//! timeout, and collecting the mocks' final state, the capture and the events.
+//! timeout, and collecting the mocks' final state, the capture and the events; for a
+//! mailbox with `[pop3.mailbox.oauth2]`, a mock OAuth2 token endpoint (HTTPS, the run's
+//! test CA) the account's `oauth2` table points at.
 //! On the paused clock (`[run] clock`, see [`Scenario::clock`]) the same world runs on a
 //! current-thread runtime of its own with `start_paused`, on its own thread: the mocks
 //! are in memory (`spawn_in_memory`) and popbridge dials them through a `MemoryDialer`
