@@ -19,6 +19,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
+use crate::oauth2::TokenUrl;
 use crate::pin::Fingerprint;
 
 use crate::secret::{Secret, SecretSource};
@@ -42,6 +43,8 @@ const MIN_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_JITTER: Duration = Duration::from_secs(30);
 const PASSWORD_KEYS: &str = "password, password_env, password_file, password_command";
+/// Keys whose values are secrets: an error about one never quotes its value.
+const SECRET_KEYS: [&str; 3] = ["password", "refresh_token", "client_secret"];
 
 // ---------------------------------------------------------------------------------------
 // Public, validated configuration
@@ -223,6 +226,26 @@ pub struct Account {
     /// Check each retrieved message against its LIST size (the default); off for a server
     /// that lists estimated sizes, which then also retrieves one message at a time.
     pub verify_list_size: bool,
+    /// OAuth2 for XOAUTH2: where the access token comes from (then `secret` is unused
+    /// and empty).
+    pub oauth2: Option<OAuth2>,
+}
+
+/// An account's OAuth2 client (the refresh-token grant, RFC 6749 §6): the access token
+/// XOAUTH2 sends comes from `token_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2 {
+    /// The provider's token endpoint (`https` only).
+    pub token_url: TokenUrl,
+    /// The client (application) id.
+    pub client_id: String,
+    /// The client secret; `None` for a public client.
+    pub client_secret: Option<SecretSource>,
+    /// The refresh token as configured (a rotated one stored under `state_dir` takes
+    /// precedence while this one stays the same).
+    pub refresh_token: SecretSource,
+    /// The scope to ask for, when set.
+    pub scope: Option<String>,
 }
 
 /// How a POP3 connection is protected.
@@ -615,6 +638,23 @@ struct RawAccount {
     allow_plaintext: bool,
     tls_server_name: Option<Spanned<String>>,
     verify_list_size: Option<bool>,
+    oauth2: Option<Spanned<RawOAuth2>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an oauth2 table")]
+struct RawOAuth2 {
+    token_url: Spanned<String>,
+    client_id: Spanned<String>,
+    client_secret: Option<Spanned<String>>,
+    client_secret_env: Option<Spanned<String>>,
+    client_secret_file: Option<Spanned<String>>,
+    client_secret_command: Option<Spanned<String>>,
+    refresh_token: Option<Spanned<String>>,
+    refresh_token_env: Option<Spanned<String>>,
+    refresh_token_file: Option<Spanned<String>>,
+    refresh_token_command: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
 }
 
 /// A TOML integer, with a readable type error.
@@ -784,17 +824,18 @@ impl Ctx<'_> {
         } else if key.as_deref() == Some("account") && message.starts_with("invalid type: map") {
             message = "accounts are written as [[account]] (an array of tables)".to_string();
         }
-        let on_password = key
-            .as_deref()
-            .is_some_and(|k| k == "password" || k.ends_with(".password"))
-            || span
-                .as_ref()
-                .is_some_and(|s| is_password_line(self.text, s.start));
+        let on_password = key.as_deref().is_some_and(|k| {
+            SECRET_KEYS
+                .iter()
+                .any(|s| k == *s || k.ends_with(&format!(".{s}")))
+        }) || span
+            .as_ref()
+            .is_some_and(|s| is_password_line(self.text, s.start));
         let harmless = ["unknown key", "missing required key", "duplicate key"]
             .iter()
             .any(|p| message.starts_with(p));
         if on_password && !harmless {
-            message = "invalid password value (not shown); expected a string".to_string();
+            message = "invalid secret value (not shown); expected a string".to_string();
         }
         self.error(span, key, quote_backticks(&message))
     }
@@ -1173,7 +1214,20 @@ impl Ctx<'_> {
         .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
         .collect();
         sources.sort_by_key(|(_, v)| v.span().start);
+        let oauth2 = match &raw.oauth2 {
+            Some(o) => Some(self.oauth2(o, &key("oauth2"), raw.auth)?),
+            None => None,
+        };
+        if let (Some(_), Some((which, v))) = (&oauth2, sources.first()) {
+            return Err(self.at(
+                v,
+                &key(which),
+                "not used with oauth2 (the access token comes from the token endpoint); \
+                 remove it",
+            ));
+        }
         let secret = match sources.as_slice() {
+            [] if oauth2.is_some() => SecretSource::Value(Secret::default()),
             [] => {
                 return Err(self.error(
                     Some(span),
@@ -1233,7 +1287,11 @@ impl Ctx<'_> {
             host: self.host(&raw.host, &key("host"))?,
             port: self.int(raw.port.as_ref(), &key("port"), 1..=65535, default_port)?,
             tls,
-            auth: raw.auth.unwrap_or(AuthMethod::User),
+            auth: raw.auth.unwrap_or(if oauth2.is_some() {
+                AuthMethod::Xoauth2
+            } else {
+                AuthMethod::User
+            }),
             username: self.string(&raw.username, &key("username"))?,
             secret,
             deliver_to: self.mailbox(&raw.deliver_to, &key("deliver_to"))?,
@@ -1283,7 +1341,132 @@ impl Ctx<'_> {
             allow_plaintext: raw.allow_plaintext,
             tls_server_name,
             verify_list_size: raw.verify_list_size.unwrap_or(true),
+            oauth2,
         })
+    }
+
+    /// An account's `oauth2` table (`key` is its path); `auth` must be `xoauth2` or unset.
+    fn oauth2(&self, raw: &Spanned<RawOAuth2>, key: &str, auth: Option<AuthMethod>) -> Res<OAuth2> {
+        if let Some(other) = auth.filter(|a| *a != AuthMethod::Xoauth2) {
+            return Err(self.at(
+                raw,
+                key,
+                format!(
+                    "needs auth = \"xoauth2\" (the account has auth = \"{other}\"); set it, or \
+                     leave auth out"
+                ),
+            ));
+        }
+        let span = raw.span();
+        let o = raw.get_ref();
+        let sub = |k: &str| format!("{key}.{k}");
+        let token_url = TokenUrl::parse(o.token_url.get_ref())
+            .map_err(|m| self.at(&o.token_url, &sub("token_url"), m))?;
+        let client_id = self.string(&o.client_id, &sub("client_id"))?;
+        if client_id.chars().any(char::is_control) {
+            return Err(self.at(
+                &o.client_id,
+                &sub("client_id"),
+                "must not hold control characters",
+            ));
+        }
+        let scope = match &o.scope {
+            Some(v) => {
+                let scope = self.string(v, &sub("scope"))?;
+                if scope.chars().any(char::is_control) {
+                    return Err(self.at(v, &sub("scope"), "must not hold control characters"));
+                }
+                Some(scope)
+            }
+            None => None,
+        };
+        let client_secret = self.secret_family(
+            key,
+            "client_secret",
+            [
+                &o.client_secret,
+                &o.client_secret_env,
+                &o.client_secret_file,
+                &o.client_secret_command,
+            ],
+        )?;
+        let Some(refresh_token) = self.secret_family(
+            key,
+            "refresh_token",
+            [
+                &o.refresh_token,
+                &o.refresh_token_env,
+                &o.refresh_token_file,
+                &o.refresh_token_command,
+            ],
+        )?
+        else {
+            return Err(self.error(
+                Some(span),
+                Some(key.to_string()),
+                "no refresh token source; set exactly one of refresh_token, refresh_token_env, \
+                 refresh_token_file, refresh_token_command"
+                    .into(),
+            ));
+        };
+        Ok(OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            refresh_token,
+            scope,
+        })
+    }
+
+    /// At most one of `NAME`, `NAME_env`, `NAME_file`, `NAME_command` (in `values`, in that
+    /// order) under the table at `key`, as a secret source; never quotes a value.
+    fn secret_family(
+        &self,
+        key: &str,
+        name: &str,
+        values: [&Option<Spanned<String>>; 4],
+    ) -> Res<Option<SecretSource>> {
+        let names = [
+            name.to_string(),
+            format!("{name}_env"),
+            format!("{name}_file"),
+            format!("{name}_command"),
+        ];
+        let all = names.join(", ");
+        let mut set: Vec<(&String, &Spanned<String>)> = names
+            .iter()
+            .zip(values)
+            .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+            .collect();
+        set.sort_by_key(|(_, v)| v.span().start);
+        let (which, v) = match set.as_slice() {
+            [] => return Ok(None),
+            [(first, _), (second, v), ..] => {
+                return Err(self.at(
+                    v,
+                    &format!("{key}.{second}"),
+                    format!("conflicts with {first}; set exactly one of {all}"),
+                ))
+            }
+            [(which, v)] => (*which, *v),
+        };
+        let k = format!("{key}.{which}");
+        if v.get_ref().is_empty() {
+            return Err(self.at(v, &k, "must not be empty"));
+        }
+        Ok(Some(if *which == name {
+            SecretSource::Value(Secret::new(v.get_ref().clone()))
+        } else if which.ends_with("_env") {
+            let var = v.get_ref();
+            if var.contains(['=', '\0']) || var.trim() != var {
+                return Err(self.at(v, &k, format!("invalid environment variable name {var:?}")));
+            }
+            SecretSource::Env(var.clone())
+        } else if which.ends_with("_file") {
+            SecretSource::File(self.relative(&self.string(v, &k)?))
+        } else {
+            SecretSource::Command(self.string(v, &k)?)
+        }))
     }
 }
 
@@ -1319,8 +1502,8 @@ fn quote_backticks(message: &str) -> String {
     out
 }
 
-/// True when the line holding `offset` assigns a `password` key (used to keep values of
-/// unparsable password lines out of messages).
+/// True when the line holding `offset` assigns a secret key (`password`, `refresh_token`,
+/// `client_secret`; used to keep values of unparsable secret lines out of messages).
 fn is_password_line(text: &str, offset: usize) -> bool {
     let offset = offset.min(text.len());
     let start = text.as_bytes()[..offset]
@@ -1330,7 +1513,7 @@ fn is_password_line(text: &str, offset: usize) -> bool {
     let line = text.get(start..).unwrap_or("");
     let line = line.split('\n').next().unwrap_or("");
     line.split(['=', ',', '{'])
-        .any(|part| part.trim().trim_matches(['"', '\'']) == "password")
+        .any(|part| SECRET_KEYS.contains(&part.trim().trim_matches(['"', '\''])))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1588,10 +1771,25 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
 impl Config {
     /// Every secret source of the configuration, with what it is for.
     fn secret_sources(&self) -> Vec<(String, &SecretSource)> {
-        self.accounts
-            .iter()
-            .map(|a| (format!("the password of account {:?}", a.name), &a.secret))
-            .collect()
+        let mut v = Vec::new();
+        for a in &self.accounts {
+            match &a.oauth2 {
+                Some(o) => {
+                    v.push((
+                        format!("the OAuth2 refresh token of account {:?}", a.name),
+                        &o.refresh_token,
+                    ));
+                    if let Some(c) = &o.client_secret {
+                        v.push((
+                            format!("the OAuth2 client secret of account {:?}", a.name),
+                            c,
+                        ));
+                    }
+                }
+                None => v.push((format!("the password of account {:?}", a.name), &a.secret)),
+            }
+        }
+        v
     }
 
     /// Refuses a configuration file holding a secret, or a `password_file`, that users
@@ -1791,6 +1989,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     allow_plaintext: true,
                     tls_server_name: Some("pop.isp.example".into()),
                     verify_list_size: true,
+                    oauth2: None,
                 },
                 Account {
                     name: "sales".into(),
@@ -1813,6 +2012,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     allow_plaintext: false,
                     tls_server_name: None,
                     verify_list_size: true,
+                    oauth2: None,
                 },
             ],
             interval: Duration::from_secs(30 * 60),
@@ -2291,6 +2491,11 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
         let text = include_str!("../popbridge.example.toml");
         let c = Config::from_str(text, Path::new("/etc/popbridge/popbridge.toml")).unwrap();
         assert!(!c.accounts.is_empty());
+        for name in ["gmail", "office365"] {
+            let a = c.account(name).unwrap();
+            assert_eq!(a.auth, AuthMethod::Xoauth2);
+            assert!(a.oauth2.is_some(), "{name}");
+        }
     }
 
     #[test]
@@ -2446,6 +2651,144 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
             .unwrap_err()
             .to_string()
             .contains("transport.pickup_dir: missing required key"));
+    }
+
+    const OAUTH: &str = r#"state_dir = "/var/lib/popbridge"
+
+[transport]
+host = "127.0.0.1"
+
+[[account]]
+name = "gmail"
+host = "pop.gmail.com"
+username = "info@example.com"
+deliver_to = "info@contoso.local"
+oauth2 = { token_url = "https://oauth2.googleapis.com/token", client_id = "123.apps", client_secret_env = "GMAIL_SECRET", refresh_token_file = "gmail.refresh", scope = "https://mail.google.com/" }
+"#;
+
+    #[test]
+    fn an_oauth2_account_needs_no_password_and_implies_xoauth2() {
+        let c = Config::from_str(OAUTH, Path::new("/etc/popbridge/popbridge.toml")).unwrap();
+        let a = &c.accounts[0];
+        assert_eq!(a.auth, AuthMethod::Xoauth2);
+        assert_eq!(a.secret, SecretSource::Value(Secret::default()));
+        let o = a.oauth2.as_ref().unwrap();
+        assert_eq!(
+            o.token_url.to_string(),
+            "https://oauth2.googleapis.com/token"
+        );
+        assert_eq!(o.client_id, "123.apps");
+        assert_eq!(
+            o.client_secret,
+            Some(SecretSource::Env("GMAIL_SECRET".into()))
+        );
+        assert_eq!(
+            o.refresh_token,
+            SecretSource::File(PathBuf::from("/etc/popbridge/gmail.refresh"))
+        );
+        assert_eq!(o.scope.as_deref(), Some("https://mail.google.com/"));
+        // Explicit xoauth2, a public client (no secret), a table of its own.
+        let text = OAUTH.replace(
+            "oauth2 = { token_url = \"https://oauth2.googleapis.com/token\", client_id = \"123.apps\", client_secret_env = \"GMAIL_SECRET\", refresh_token_file = \"gmail.refresh\", scope = \"https://mail.google.com/\" }",
+            "auth = \"xoauth2\"\n[account.oauth2]\ntoken_url = \"https://login.microsoftonline.com/t/oauth2/v2.0/token\"\nclient_id = \"c\"\nrefresh_token = \"0.AAA-refresh\"",
+        );
+        let c = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let o = c.accounts[0].oauth2.as_ref().unwrap();
+        assert_eq!((o.client_secret.as_ref(), o.scope.as_ref()), (None, None));
+        assert!(!format!("{c:?}").contains("0.AAA-refresh"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_readable_file_with_an_inline_refresh_token_or_client_secret_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("popbridge.toml");
+        let inline = OAUTH.replace(
+            "client_secret_env = \"GMAIL_SECRET\", refresh_token_file = \"gmail.refresh\"",
+            "client_secret = \"GOCSPX-secret\", refresh_token = \"1//0g-refresh\"",
+        );
+        assert_ne!(inline, OAUTH);
+        std::fs::write(&path, &inline).unwrap();
+        let set =
+            |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        set(0o644);
+        let c = Config::load(&path).unwrap();
+        let e = c.check_private().unwrap_err().to_string();
+        assert!(
+            e.contains("holds the OAuth2 refresh token of account") && e.contains("mode 0644"),
+            "{e}"
+        );
+        assert!(!e.contains("1//0g-refresh") && !e.contains("GOCSPX"), "{e}");
+        set(0o600);
+        Config::load(&path).unwrap().check_private().unwrap();
+        // A refresh_token_file others can read is refused too.
+        let token = dir.path().join("gmail.refresh");
+        std::fs::write(&token, "1//0g-refresh\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o604)).unwrap();
+        std::fs::write(&path, OAUTH).unwrap();
+        let e = Config::load(&path).unwrap().check_private().unwrap_err();
+        assert!(matches!(e, ConfigError::Exposed { mode: 0o604, .. }), "{e}");
+    }
+
+    #[test]
+    fn oauth2_errors_name_the_line_and_key() {
+        let line = |needle: &str, with: &str| OAUTH.replace(needle, with);
+        let cases = [
+            (
+                line("deliver_to", "auth = \"plain\"\ndeliver_to"),
+                "popbridge.toml:12: account[0].oauth2: needs auth = \"xoauth2\" (the account has auth = \"plain\"); set it, or leave auth out",
+            ),
+            (
+                line("deliver_to", "password = \"hunter2\"\ndeliver_to"),
+                "popbridge.toml:10: account[0].password: not used with oauth2 (the access token comes from the token endpoint); remove it",
+            ),
+            (
+                line("https://oauth2", "http://oauth2"),
+                "popbridge.toml:11: account[0].oauth2.token_url: must be an https:// URL (the refresh token and the client secret are sent to it)",
+            ),
+            (
+                line("refresh_token_file = \"gmail.refresh\", ", ""),
+                "popbridge.toml:11: account[0].oauth2: no refresh token source; set exactly one of refresh_token, refresh_token_env, refresh_token_file, refresh_token_command",
+            ),
+            (
+                line("client_secret_env = \"GMAIL_SECRET\"", "client_secret_env = \"GMAIL_SECRET\", client_secret = \"s3cr3t\""),
+                "popbridge.toml:11: account[0].oauth2.client_secret: conflicts with client_secret_env; set exactly one of client_secret, client_secret_env, client_secret_file, client_secret_command",
+            ),
+            (
+                line("client_id = \"123.apps\"", "client_id = \"\""),
+                "popbridge.toml:11: account[0].oauth2.client_id: must not be empty",
+            ),
+            (
+                line("scope =", "scopes ="),
+                "popbridge.toml:11: account[0].oauth2.scopes: unknown key \"scopes\", expected one of \"token_url\", \"client_id\", \"client_secret\", \"client_secret_env\", \"client_secret_file\", \"client_secret_command\", \"refresh_token\", \"refresh_token_env\", \"refresh_token_file\", \"refresh_token_command\", \"scope\"",
+            ),
+            (
+                line("token_url = \"https://oauth2.googleapis.com/token\", ", ""),
+                "popbridge.toml:11: account[0].oauth2.token_url: missing required key",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(&text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_refresh_token_or_client_secret_value_is_not_quoted() {
+        for bad in [
+            "refresh_token = 987654321",
+            "refresh_token = [\"1//hunter2\"]",
+            "client_secret = 98765.4321",
+            "client_secret = hunter2",
+        ] {
+            let text = format!(
+                "{}\n[account.oauth2]\ntoken_url = \"https://h/t\"\nclient_id = \"c\"\n{bad}\n",
+                MINIMAL.replace("password = \"hunter2-secret\"\n", "")
+            );
+            let e = err(&text);
+            assert!(!e.contains("hunter2") && !e.contains("98765"), "{bad}: {e}");
+            assert!(e.contains("not shown"), "{bad}: {e}");
+        }
     }
 
     #[test]

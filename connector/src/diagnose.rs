@@ -441,7 +441,10 @@ async fn diagnose_account(
         server: host_port(&a.host, a.port),
         tls: tls_description(a, &server_name, false),
         certificate: None,
-        auth_method: a.auth.to_string(),
+        auth_method: match &a.oauth2 {
+            Some(o) => format!("{} (OAuth2 access token from {})", a.auth, o.token_url),
+            None => a.auth.to_string(),
+        },
         capabilities_before: Vec::new(),
         capabilities_after: Vec::new(),
         auth: Err(NOT_ATTEMPTED.into()),
@@ -466,11 +469,26 @@ async fn probe_account(
     secrets: &mut Vec<Secret>,
     d: &mut AccountDiagnosis,
 ) -> Result<(), String> {
-    let secret = a
-        .secret
-        .resolve(config.timeouts.command)
-        .await
-        .map_err(|e| format!("password source: {e}"))?;
+    let secret = match crate::oauth2::Tokens::for_account(config, a, dialer) {
+        // The token endpoint first: a refused refresh token is this account's login result.
+        Some(tokens) => {
+            let access = tokens.access_token().await;
+            secrets.extend(tokens.secrets());
+            match access {
+                Ok(access) => access.token,
+                Err(e) if e.is_refusal() => {
+                    d.auth = Err(e.to_string());
+                    return Ok(());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        None => a
+            .secret
+            .resolve(config.timeouts.command)
+            .await
+            .map_err(|e| format!("password source: {e}"))?,
+    };
     secrets.push(secret.clone());
     let mut settings = pop3::Settings::for_account(config, a).map_err(|e| e.to_string())?;
     let mut watch = None;

@@ -150,13 +150,28 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// The POP3 server refused the credentials.
+    /// The POP3 server refused the credentials, or the OAuth2 token endpoint refused the
+    /// refresh token.
     #[serde(rename = "auth.failed")]
     AuthFailed {
         /// Account name.
         account: String,
-        /// The server's reply.
+        /// The server's reply (or the token endpoint's error, without any token).
         reply: String,
+    },
+    /// A new OAuth2 access token was obtained from the account's token endpoint (never
+    /// the token itself).
+    #[serde(rename = "auth.token_refreshed")]
+    TokenRefreshed {
+        /// Account name.
+        account: String,
+        /// Why it was needed: none cached, the cached one expiring, or the POP3 server
+        /// refused the cached one.
+        reason: String,
+        /// The new token's lifetime in seconds, when the provider said.
+        expires_in: Option<u64>,
+        /// True when the provider also sent a new refresh token (stored under `state_dir`).
+        rotated: bool,
     },
     /// The account could not be processed (connection, TLS, configuration).
     #[serde(rename = "account.failed")]

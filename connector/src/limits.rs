@@ -463,11 +463,20 @@ async fn probe_pop3(
     account: &Account,
     dialer: &dyn Dialer,
 ) -> Result<Vec<u64>, String> {
-    let secret = account
-        .secret
-        .resolve(config.timeouts.command)
-        .await
-        .map_err(|e| e.to_string())?;
+    let secret = match crate::oauth2::Tokens::for_account(config, account, dialer) {
+        Some(tokens) => {
+            tokens
+                .access_token()
+                .await
+                .map_err(|e| e.to_string())?
+                .token
+        }
+        None => account
+            .secret
+            .resolve(config.timeouts.command)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
     let settings = pop3::Settings::for_account(config, account).map_err(|e| e.to_string())?;
     let auth = pop3::connect(dialer, &settings)
         .await

@@ -68,6 +68,7 @@ use crate::ledger::{Along, FailureKind, Ledger, Status};
 use crate::listing::{Budget, Sizes, UidScan, Want};
 use crate::message;
 use crate::net::{Dialer, TlsError};
+use crate::oauth2;
 use crate::pickup::{Pickup, PickupOutcome};
 use crate::pop3::{self, Pending, Pop3Error, Response, Transaction};
 use crate::routing;
@@ -492,6 +493,14 @@ fn lock_account(state_dir: &std::path::Path, account: &str) -> Result<AccountLoc
     Err("another pass of this account is running (another process); this one was skipped".into())
 }
 
+/// How an account logs in: a password (resolved once per pass), or OAuth2 access tokens.
+enum Credential<'a> {
+    /// The password (or a static token).
+    Password(crate::secret::Secret),
+    /// Access tokens from the account's token endpoint.
+    OAuth2(oauth2::Tokens<'a>),
+}
+
 fn pop3_failure(e: Pop3Error) -> AccountFailure {
     match e {
         Pop3Error::Auth { .. } => AccountFailure::Auth(e.to_string()),
@@ -534,15 +543,19 @@ impl Run<'_> {
     async fn pass(&mut self) -> Result<(), AccountFailure> {
         let cfg = self.cx.config;
         let a = self.account;
-        let secret = a
-            .secret
-            .resolve(cfg.timeouts.command)
-            .await
-            .map_err(|e| AccountFailure::Config(e.to_string()))?;
+        let credential = match oauth2::Tokens::for_account(cfg, a, self.cx.dialer) {
+            Some(tokens) => Credential::OAuth2(tokens),
+            None => Credential::Password(
+                a.secret
+                    .resolve(cfg.timeouts.command)
+                    .await
+                    .map_err(|e| AccountFailure::Config(e.to_string()))?,
+            ),
+        };
         let settings = pop3::Settings::for_account(cfg, a)
             .map_err(|e| AccountFailure::Config(e.to_string()))?;
         let mut restarts = 0;
-        while let Some(reason) = self.pop3_session(&settings, &secret, restarts).await? {
+        while let Some(reason) = self.pop3_session(&settings, &credential, restarts).await? {
             // The message that ended it goes last next time: a new session gets further.
             if restarts >= MAX_RESTARTS || self.cx.stop.is_stopped() {
                 self.summary.aborted = Some(format!(
@@ -559,13 +572,104 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Connects and logs in with the password, or for an OAuth2 account with an access
+    /// token: a cached one the server refuses (it expired early, or was revoked) is
+    /// dropped, and one new token gets one more login; a token just obtained that is
+    /// refused is an authentication failure.
+    async fn login(
+        &mut self,
+        settings: &pop3::Settings<'_>,
+        credential: &Credential<'_>,
+    ) -> Result<Transaction, AccountFailure> {
+        let a = self.account;
+        let tokens = match credential {
+            Credential::Password(secret) => {
+                let auth = pop3::connect(self.cx.dialer, settings)
+                    .await
+                    .map_err(pop3_failure)?;
+                return match auth.authenticate(a.auth, &a.username, secret).await {
+                    Ok(t) => Ok(t),
+                    Err(e) => Err(self.login_failure(e)),
+                };
+            }
+            Credential::OAuth2(tokens) => tokens,
+        };
+        let access = tokens.access_token().await;
+        let access = self.token(access)?;
+        let auth = pop3::connect(self.cx.dialer, settings)
+            .await
+            .map_err(pop3_failure)?;
+        match auth.authenticate(a.auth, &a.username, &access.token).await {
+            Ok(t) => Ok(t),
+            Err(e) if e.is_auth() && access.refreshed.is_none() => {
+                tracing::info!(
+                    account = %a.name,
+                    "the POP3 server refused the cached OAuth2 access token ({}); getting a \
+                     new one",
+                    e.reply().map(|r| r.to_string()).unwrap_or_default().trim_end()
+                );
+                let access = tokens.replace_rejected().await;
+                let access = self.token(access)?;
+                let auth = pop3::connect(self.cx.dialer, settings)
+                    .await
+                    .map_err(pop3_failure)?;
+                auth.authenticate(a.auth, &a.username, &access.token)
+                    .await
+                    .map_err(|e| self.login_failure(e))
+            }
+            Err(e) => Err(self.login_failure(e)),
+        }
+    }
+
+    /// A refused login: `auth.failed` when the server refused the credentials.
+    fn login_failure(&self, e: Pop3Error) -> AccountFailure {
+        if let Some(r) = e.reply().filter(|_| e.is_auth()) {
+            self.emit(Event::AuthFailed {
+                account: self.account.name.clone(),
+                reply: r.to_string().trim_end().to_string(),
+            });
+        }
+        pop3_failure(e)
+    }
+
+    /// An access token, with `auth.token_refreshed` when it is new; a refused refresh
+    /// token is an authentication failure (`auth.failed`, once).
+    fn token(
+        &self,
+        access: Result<oauth2::Access, oauth2::OAuth2Error>,
+    ) -> Result<oauth2::Access, AccountFailure> {
+        let account = self.account.name.clone();
+        match access {
+            Ok(access) => {
+                if let Some(r) = &access.refreshed {
+                    self.emit(Event::TokenRefreshed {
+                        account,
+                        reason: r.reason.to_string(),
+                        expires_in: r.expires_in,
+                        rotated: r.rotated,
+                    });
+                }
+                Ok(access)
+            }
+            Err(e) if e.is_refusal() => {
+                self.emit(Event::AuthFailed {
+                    account,
+                    reply: e.to_string(),
+                });
+                Err(AccountFailure::Auth(e.to_string()))
+            }
+            Err(e) if e.is_config() => Err(AccountFailure::Config(e.to_string())),
+            Err(e) => Err(AccountFailure::Connect(e.to_string())),
+        }
+    }
+
     /// One POP3 session of the pass (`restarts` before it): login, listing, the work, QUIT.
     /// `Some(reason)` when it ended on a message that did not match its LIST size, with
     /// work left that another session can reach.
     async fn pop3_session(
         &mut self,
         settings: &pop3::Settings<'_>,
-        secret: &crate::secret::Secret,
+        credential: &Credential<'_>,
         restarts: u32,
     ) -> Result<Option<String>, AccountFailure> {
         let cfg = self.cx.config;
@@ -575,21 +679,7 @@ impl Run<'_> {
         self.suspects_waiting = false;
         self.size_counts.clear();
         self.digests = DigestKeys::default();
-        let auth = pop3::connect(self.cx.dialer, settings)
-            .await
-            .map_err(pop3_failure)?;
-        let mut txn = match auth.authenticate(a.auth, &a.username, secret).await {
-            Ok(t) => t,
-            Err(e) => {
-                if let Some(r) = e.reply().filter(|_| e.is_auth()) {
-                    self.emit(Event::AuthFailed {
-                        account: a.name.clone(),
-                        reply: r.to_string().trim_end().to_string(),
-                    });
-                }
-                return Err(pop3_failure(e));
-            }
-        };
+        let mut txn = self.login(settings, credential).await?;
         let sizes = txn.list_sizes().await.map_err(pop3_failure)?;
         if restarts == 0 {
             self.summary.listed = sizes.len() as u32;

@@ -3,7 +3,8 @@
 //! Responsible for: faithful POP3 states (deletions only at QUIT, `[IN-USE]` locking),
 //! every authentication mechanism the connector speaks, STLS and implicit TLS,
 //! switchable capabilities, scripted and seedable faults, and inspection of what
-//! each client did. It is the source in throughput benchmarks, so replies go out
+//! each client did; a mock OAuth2 token endpoint ([`oauth`]) whose issued access tokens
+//! XOAUTH2 then accepts. It is the source in throughput benchmarks, so replies go out
 //! in as few writes as possible and messages are shared, never copied per session.
 //!
 //! Must never: share state between server instances, sleep in place of a signal,
@@ -24,6 +25,7 @@
 mod caps;
 pub mod fault;
 mod mailbox;
+pub mod oauth;
 pub mod pki;
 mod server;
 mod session;

@@ -95,6 +95,9 @@ pub struct Mailbox {
     pub password: String,
     /// Bearer token accepted by XOAUTH2; the password when `None`.
     pub token: Option<String>,
+    /// An OAuth2 provider whose issued, still valid access tokens XOAUTH2 accepts instead
+    /// of `token`.
+    pub oauth: Option<crate::oauth::OAuthProvider>,
     /// Methods this mailbox accepts (all by default).
     pub methods: Vec<AuthMethod>,
     /// The messages, in maildrop order.
@@ -108,6 +111,7 @@ impl Mailbox {
             user: user.into(),
             password: password.into(),
             token: None,
+            oauth: None,
             methods: AuthMethod::ALL.to_vec(),
             messages: Vec::new(),
         }
@@ -122,6 +126,13 @@ impl Mailbox {
     /// Sets the XOAUTH2 bearer token.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Makes XOAUTH2 accept only the access tokens `provider` issued for this user and
+    /// that are still valid.
+    pub fn with_oauth(mut self, provider: crate::oauth::OAuthProvider) -> Self {
+        self.oauth = Some(provider);
         self
     }
 

@@ -672,9 +672,12 @@ where
                     }
                 }
                 let ok = match (&user, &token) {
-                    (Some(u), Some(t)) => self.check(u, AuthMethod::Xoauth2, |mb| {
-                        mb.token.as_deref().unwrap_or(&mb.password) == t.as_str()
-                    }),
+                    (Some(u), Some(t)) => {
+                        self.check(u, AuthMethod::Xoauth2, |mb| match &mb.oauth {
+                            Some(provider) => provider.accept_bearer(u, t),
+                            None => mb.token.as_deref().unwrap_or(&mb.password) == t.as_str(),
+                        })
+                    }
                     _ => false,
                 };
                 if ok {

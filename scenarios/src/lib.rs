@@ -96,3 +96,12 @@ pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
 pub fn summary_line(passed: usize, failed: usize) -> String {
     format!("{passed} passed, {failed} failed")
 }
+
+/// The closing line of a run with skipped scenarios: `N passed, M failed, K skipped`.
+pub fn summary_line_skipped(passed: usize, failed: usize, skipped: usize) -> String {
+    if skipped == 0 {
+        summary_line(passed, failed)
+    } else {
+        format!("{passed} passed, {failed} failed, {skipped} skipped")
+    }
+}

@@ -347,9 +347,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let passed = reports.iter().filter(|r| r.passed()).count();
-    let failed = reports.len() - passed + invalid.len();
-    let line = poplab::summary_line(passed, failed);
+    let skipped = reports.iter().filter(|r| r.is_skipped()).count();
+    let passed = reports
+        .iter()
+        .filter(|r| r.passed() && !r.is_skipped())
+        .count();
+    let failed = reports.len() - passed - skipped + invalid.len();
+    let line = poplab::summary_line_skipped(passed, failed, skipped);
     if json {
         let doc = serde_json::json!({
             "connector": connector.name(),
@@ -357,6 +361,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             "invalid": invalid,
             "passed": passed,
             "failed": failed,
+            "skipped": skipped,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         eprintln!("{line}");

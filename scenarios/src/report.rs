@@ -158,12 +158,21 @@ pub struct ScenarioReport {
     pub not_applicable: Vec<String>,
     /// The bound of each external run, in milliseconds.
     pub timeout_ms: u64,
+    /// Why the scenario was not run at all with this connector (it needs what the
+    /// connector cannot be given); then nothing was checked.
+    pub skipped: Option<String>,
 }
 
 impl ScenarioReport {
-    /// True when the run finished and every expectation held.
+    /// True when the run finished and every expectation held (a skipped scenario has
+    /// none, see [`ScenarioReport::skipped`]).
     pub fn passed(&self) -> bool {
         self.passed
+    }
+
+    /// True when the scenario was not run with this connector.
+    pub fn is_skipped(&self) -> bool {
+        self.skipped.is_some()
     }
 
     /// The failed expectations, one `what: expected X, got Y (why)` line each.
@@ -190,6 +199,11 @@ impl ScenarioReport {
             let _ = write!(s, ": {d}");
         }
         s.push_str(" ==\n");
+        if let Some(why) = &self.skipped {
+            let _ = writeln!(s, "  connector: {}", self.connector);
+            let _ = writeln!(s, "  SKIPPED: {why}");
+            return s;
+        }
         if self.external {
             let _ = writeln!(
                 s,
@@ -627,6 +641,10 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
             },
         });
     }
+    if obs.skipped.is_some() {
+        // Nothing ran: there is nothing to hold the connector to.
+        checks.clear();
+    }
     let passed = obs.error.is_none() && checks.iter().all(|c| c.passed);
     let mut not_applicable = Vec::new();
     if s.clock == Clock::Paused && obs.clock == Clock::Real {
@@ -687,6 +705,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         external_runs: obs.external_runs.clone(),
         not_applicable,
         timeout_ms: s.timeout.as_millis() as u64,
+        skipped: obs.skipped.clone(),
     }
 }
 

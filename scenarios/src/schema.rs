@@ -129,6 +129,8 @@ pub struct Pop3Mailbox {
     pub auth: Vec<AuthMethod>,
     /// Messages in maildrop order.
     pub message: Vec<MessageSpec>,
+    /// An OAuth2 provider for this mailbox: XOAUTH2 then takes only its access tokens.
+    pub oauth2: Option<OAuth2Spec>,
 }
 
 impl Default for Pop3Mailbox {
@@ -138,8 +140,56 @@ impl Default for Pop3Mailbox {
             password: "secret".into(),
             auth: AuthMethod::ALL.to_vec(),
             message: Vec::new(),
+            oauth2: None,
         }
     }
+}
+
+/// `[pop3.mailbox.oauth2]`: a mock OAuth2 token endpoint for the mailbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuth2Spec {
+    /// The client id the provider knows (and the connector is configured with).
+    pub client_id: String,
+    /// The client secret; `""` for a public client.
+    pub client_secret: String,
+    /// The refresh token the provider accepts (and the connector is configured with).
+    pub refresh_token: String,
+    /// The scope the connector asks for, when set.
+    pub scope: Option<String>,
+    /// Access tokens' lifetime (`expires_in`).
+    pub lifetime: Option<Scalar>,
+    /// Each refresh also issues a new refresh token (the old one stops working).
+    pub rotate: bool,
+    /// Every refresh token is revoked: refreshes get `invalid_grant`.
+    pub revoked: bool,
+    /// The first access token stops working after its first login (the POP3 server then
+    /// refuses it as expired, though its lifetime says otherwise).
+    pub expire_first_token: bool,
+}
+
+impl Default for OAuth2Spec {
+    fn default() -> Self {
+        Self {
+            client_id: "poplab-client".into(),
+            client_secret: "poplab-client-secret".into(),
+            refresh_token: "poplab-refresh-token".into(),
+            scope: None,
+            lifetime: None,
+            rotate: false,
+            revoked: false,
+            expire_first_token: false,
+        }
+    }
+}
+
+/// A mailbox's mock OAuth2 provider, validated.
+#[derive(Debug, Clone)]
+pub struct OAuth2Plan {
+    /// How the mock provider behaves.
+    pub provider: mock_pop3::oauth::ProviderConfig,
+    /// The scope the connector asks for.
+    pub scope: Option<String>,
 }
 
 /// `[[pop3.mailbox.message]]`: a generated message (or copies of it), or a raw fixture.
@@ -589,6 +639,8 @@ pub struct Scenario {
     pub mailboxes: Vec<Pop3Mailbox>,
     /// Every message copy, per mailbox in maildrop order.
     pub messages: Vec<Planned>,
+    /// The mock OAuth2 providers, by mailbox user.
+    pub oauth2: BTreeMap<String, OAuth2Plan>,
     /// POP3 fault rules.
     pub pop3_faults: Vec<FaultRule>,
     /// The SMTP server.
@@ -786,6 +838,7 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         file.pop3.mailbox.clone()
     };
     let mut users = BTreeSet::new();
+    let mut oauth2 = BTreeMap::new();
     for (i, mb) in mailboxes.iter().enumerate() {
         let at = pop3_path.key("mailbox").index(i);
         if mb.user.trim().is_empty() || mb.user.chars().any(|c| c.is_whitespace()) {
@@ -799,6 +852,57 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         }
         if mb.auth.is_empty() {
             return Err(cx.err(&at.key("auth"), "must allow at least one method"));
+        }
+        if let Some(o) = &mb.oauth2 {
+            let oat = at.key("oauth2");
+            if !mb.auth.contains(&AuthMethod::Xoauth2) {
+                return Err(cx.err(
+                    &at.key("auth"),
+                    "must allow \"xoauth2\" when the mailbox has an oauth2 provider",
+                ));
+            }
+            for (k, v) in [
+                ("client_id", &o.client_id),
+                ("refresh_token", &o.refresh_token),
+            ] {
+                if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(cx.err(&oat.key(k), "must be non-empty, without spaces"));
+                }
+            }
+            if o.client_secret
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(cx.err(&oat.key("client_secret"), "must not hold spaces"));
+            }
+            let lifetime = match &o.lifetime {
+                Some(v) => {
+                    let d = cx.duration(v, &oat.key("lifetime"))?;
+                    if d.as_secs() == 0 {
+                        return Err(cx.err(&oat.key("lifetime"), "must be at least 1s"));
+                    }
+                    d
+                }
+                None => Duration::from_secs(3600),
+            };
+            let mut provider = mock_pop3::oauth::ProviderConfig::new(
+                mb.user.clone(),
+                o.client_id.clone(),
+                o.refresh_token.clone(),
+            );
+            provider.client_secret = (!o.client_secret.is_empty()).then(|| o.client_secret.clone());
+            provider.lifetime = lifetime;
+            provider.rotate = o.rotate;
+            provider.revoked = o.revoked;
+            provider.expire_first_token = o.expire_first_token;
+            provider.token_prefix = format!("poplab-access-{i}");
+            oauth2.insert(
+                mb.user.clone(),
+                OAuth2Plan {
+                    provider,
+                    scope: o.scope.clone(),
+                },
+            );
         }
     }
     let messages = generate::plan(cx, &mailboxes, &base)?;
@@ -918,6 +1022,7 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         file,
         mailboxes,
         messages,
+        oauth2,
         pop3_faults,
         smtp,
         connector,
@@ -1412,6 +1517,12 @@ pub fn known_event_kinds() -> Vec<String> {
             account: s(),
             reply: s(),
         },
+        Event::TokenRefreshed {
+            account: s(),
+            reason: s(),
+            expires_in: None,
+            rotated: false,
+        },
         Event::AccountFailed {
             account: s(),
             error: s(),
@@ -1451,6 +1562,7 @@ pub fn known_event_kinds() -> Vec<String> {
             | Event::SenderRepaired { .. }
             | Event::Reconnected { .. }
             | Event::AuthFailed { .. }
+            | Event::TokenRefreshed { .. }
             | Event::AccountFailed { .. }
             | Event::PassInterrupted { .. }
             | Event::PassFinished { .. }
@@ -1584,6 +1696,7 @@ mod tests {
         assert!(k.contains(&"message.delivered".to_string()));
         assert!(k.contains(&"pass.finished".to_string()));
         assert!(k.contains(&"state.tightened".to_string()));
-        assert_eq!(k.len(), 17);
+        assert!(k.contains(&"auth.token_refreshed".to_string()));
+        assert_eq!(k.len(), 18);
     }
 }

@@ -6,7 +6,9 @@
 //! addresses, one account per mailbox plus the scenario's extra keys), running the passes
 //! one after the other with `pass::run_accounts_with` (each with a freshly opened ledger,
 //! like a restart, and the crash point of `[run] crash`), bounded by the scenario's
-//! timeout, and collecting the mocks' final state, the capture and the events.
+//! timeout, and collecting the mocks' final state, the capture and the events; for a
+//! mailbox with `[pop3.mailbox.oauth2]`, a mock OAuth2 token endpoint (HTTPS, the run's
+//! test CA) the account's `oauth2` table points at.
 //! On the paused clock (`[run] clock`, see [`Scenario::clock`]) the same world runs on a
 //! current-thread runtime of its own with `start_paused`, on its own thread: the mocks
 //! are in memory (`spawn_in_memory`) and popbridge dials them through a `MemoryDialer`
@@ -15,12 +17,13 @@
 //! Must never: contain connector logic (it only calls popbridge's public API), leave a
 //! server running after it returns, or wait without a bound.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mock_pop3::oauth::{OAuthHandle, OAuthProvider};
 use mock_pop3::pki::TestPki;
 use mock_pop3::{
     AuthMethod, Capabilities, Mailbox, MailboxReport, Message, MockPop3, MockPop3Handle, TlsMode,
@@ -45,6 +48,9 @@ const SETTLE: Duration = Duration::from_secs(10);
 pub const MEMORY_POP3_PORT: u16 = 110;
 /// See [`MEMORY_POP3_PORT`].
 pub const MEMORY_SMTP_PORT: u16 = 25;
+/// The first mock OAuth2 token endpoint's port on the paused clock (one more per mailbox
+/// with a provider, in declaration order).
+pub const MEMORY_OAUTH2_PORT: u16 = 8443;
 
 /// How the mocks are reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +74,8 @@ pub struct Endpoints {
     pub ca_file: Option<PathBuf>,
     /// The (never written) configuration file's path, for messages.
     pub config_path: PathBuf,
+    /// The mock OAuth2 token endpoints' ports, by mailbox user.
+    pub oauth2_ports: BTreeMap<String, u16>,
 }
 
 impl Endpoints {
@@ -79,6 +87,7 @@ impl Endpoints {
             state_dir: PathBuf::from("/nonexistent/poplab/state"),
             ca_file: Some(PathBuf::from("/nonexistent/poplab/ca.pem")),
             config_path: PathBuf::from("/nonexistent/poplab/popbridge.toml"),
+            oauth2_ports: BTreeMap::new(),
         }
     }
 }
@@ -172,10 +181,32 @@ pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
         for (k, v) in entries {
             a.insert(k.into(), v);
         }
-        if s.file.pop3.tls != TlsKind::None {
+        if s.file.pop3.tls != TlsKind::None || s.oauth2.contains_key(&mb.user) {
             if let Some(ca) = &ep.ca_file {
                 a.insert("ca_file".into(), Value::String(ca.display().to_string()));
             }
+        }
+        if let Some(plan) = s.oauth2.get(&mb.user) {
+            // XOAUTH2 with an access token from the mailbox's mock token endpoint.
+            a.remove("password");
+            a.insert("auth".into(), Value::String("xoauth2".into()));
+            let p = &plan.provider;
+            let port = ep.oauth2_ports.get(&mb.user).copied().unwrap_or(443);
+            let mut o = toml::Table::new();
+            o.insert(
+                "token_url".into(),
+                Value::String(format!("https://127.0.0.1:{port}{}", p.path)),
+            );
+            o.insert("client_id".into(), Value::String(p.client_id.clone()));
+            if let Some(secret) = &p.client_secret {
+                o.insert("client_secret".into(), Value::String(secret.clone()));
+            }
+            let refresh = p.refresh_tokens.first().cloned().unwrap_or_default();
+            o.insert("refresh_token".into(), Value::String(refresh));
+            if let Some(scope) = &plan.scope {
+                o.insert("scope".into(), Value::String(scope.clone()));
+            }
+            a.insert("oauth2".into(), Value::Table(o));
         }
         if let Some((_, extra)) = s.connector.accounts.get(&mb.user) {
             for (k, v) in extra {
@@ -261,6 +292,8 @@ pub struct Observed {
     pub external_runs: Vec<ExternalRun>,
     /// With `[run] settle`: whether a clean pass changed nothing before the bound.
     pub settled: Option<bool>,
+    /// Why the scenario was not run at all (it needs what this connector cannot do).
+    pub skipped: Option<String>,
 }
 
 /// Where runs make their temporary folders (state, scratch): the system's temporary
@@ -298,6 +331,16 @@ pub async fn run_external_with_kills(
     connector: &Connector,
     kills: &[(u32, u64)],
 ) -> Observed {
+    if connector.is_external() && !s.oauth2.is_empty() {
+        let mut obs = observed_for(s, connector);
+        obs.skipped = Some(
+            "the scenario needs OAuth2 (a [pop3.mailbox.oauth2] provider: XOAUTH2 with access \
+             tokens from a token endpoint), and an external connector's template gets only \
+             {user} and {password}"
+                .into(),
+        );
+        return obs;
+    }
     if s.clock == Clock::Paused && !connector.is_external() {
         return run_paused(s).await;
     }
@@ -425,16 +468,37 @@ async fn run_inner(
         obs.redactor.add(real.display().to_string(), "[TMP]");
     }
 
-    let (pop3, ca_file) = start_pop3_on(s, dir.path(), net).await?;
+    let side = start_pop3_on(s, dir.path(), net).await?;
+    let (pop3, ca_file, oauth2) = (side.pop3, side.ca_file, side.oauth2);
     let (pop3, smtp) = (Arc::new(pop3), Arc::new(start_smtp_on(s, net).await?));
+    let oauth2: Vec<(String, Arc<OAuthHandle>)> = oauth2
+        .into_iter()
+        .map(|(user, h)| (user, Arc::new(h)))
+        .collect();
+    let mut oauth2_ports = BTreeMap::new();
     let (pop3_port, smtp_port, dialer): (u16, u16, Arc<dyn Dialer>) = match net {
-        Net::Tcp => (
-            pop3.addr().map_or(0, |a| a.port()),
-            smtp.addr().map_or(0, |a| a.port()),
-            Arc::new(TcpDialer),
-        ),
+        Net::Tcp => {
+            for (user, h) in &oauth2 {
+                oauth2_ports.insert(user.clone(), h.addr().map_or(0, |a| a.port()));
+            }
+            (
+                pop3.addr().map_or(0, |a| a.port()),
+                smtp.addr().map_or(0, |a| a.port()),
+                Arc::new(TcpDialer),
+            )
+        }
         Net::Memory => {
             let dialer = MemoryDialer::new();
+            for (i, (user, h)) in oauth2.iter().enumerate() {
+                let port = MEMORY_OAUTH2_PORT + i as u16;
+                let h = h.clone();
+                dialer.route(
+                    "127.0.0.1",
+                    port,
+                    Arc::new(move || Box::new(h.connect_duplex()) as BoxIo),
+                );
+                oauth2_ports.insert(user.clone(), port);
+            }
             let p = pop3.clone();
             dialer.route(
                 "127.0.0.1",
@@ -461,7 +525,12 @@ async fn run_inner(
         state_dir: dir.path().join("state"),
         ca_file,
         config_path: dir.path().join("popbridge.toml"),
+        oauth2_ports,
     };
+    for port in ep.oauth2_ports.values() {
+        obs.redactor
+            .add(format!("127.0.0.1:{port}"), "127.0.0.1:[OAUTH2-PORT]");
+    }
     let outcome = match connector {
         Connector::Popbridge => match connector_config(s, &ep) {
             Ok(config) => {
@@ -518,6 +587,13 @@ async fn run_inner(
     };
 
     drop(dialer);
+    // The tokens this process holds for the run's accounts go with its folder.
+    popbridge::oauth2::forget(&ep.state_dir);
+    for (_, h) in oauth2 {
+        if let Ok(h) = Arc::try_unwrap(h) {
+            let _ = tokio::time::timeout(SETTLE, h.shutdown()).await;
+        }
+    }
     // What is left, whatever happened.
     obs.mailboxes = pop3.mailboxes();
     obs.captured = smtp.captured();
@@ -570,14 +646,25 @@ pub async fn start_pop3(
     s: &Scenario,
     dir: &Path,
 ) -> Result<(MockPop3Handle, Option<PathBuf>), String> {
-    start_pop3_on(s, dir, Net::Tcp).await
+    if !s.oauth2.is_empty() {
+        return Err(
+            "the scenario has a [pop3.mailbox.oauth2] provider: standalone mocks do not start \
+             OAuth2 token endpoints (poplab run does)"
+                .into(),
+        );
+    }
+    let side = start_pop3_on(s, dir, Net::Tcp).await?;
+    Ok((side.pop3, side.ca_file))
 }
 
-async fn start_pop3_on(
-    s: &Scenario,
-    dir: &Path,
-    net: Net,
-) -> Result<(MockPop3Handle, Option<PathBuf>), String> {
+/// The POP3 side of a run: the mock, the test CA, and the mock OAuth2 token endpoints.
+struct Pop3Side {
+    pop3: MockPop3Handle,
+    ca_file: Option<PathBuf>,
+    oauth2: Vec<(String, OAuthHandle)>,
+}
+
+async fn start_pop3_on(s: &Scenario, dir: &Path, net: Net) -> Result<Pop3Side, String> {
     // POP3.
     let p = &s.file.pop3;
     let mut before = Capabilities::full();
@@ -603,20 +690,37 @@ async fn start_pop3_on(
         .dot_stuffing(p.dot_stuffing)
         .seed(p.seed);
     let mut ca_file = None;
-    if p.tls != TlsKind::None {
+    let mut tls_config = None;
+    if p.tls != TlsKind::None || !s.oauth2.is_empty() {
         let pki = TestPki::localhost().map_err(|e| format!("test PKI: {e}"))?;
         let cfg = pki.server_config().map_err(|e| format!("test PKI: {e}"))?;
         let path = dir.join("ca.pem");
         std::fs::write(&path, &pki.ca_pem).map_err(|e| format!("cannot write the CA: {e}"))?;
         ca_file = Some(path);
+        tls_config = Some(cfg);
+    }
+    if let Some(cfg) = tls_config.clone().filter(|_| p.tls != TlsKind::None) {
         pop3 = pop3.tls(match p.tls {
             TlsKind::Stls => TlsMode::Stls(cfg),
             _ => TlsMode::Implicit(cfg),
         });
     }
+    let mut oauth2 = Vec::new();
     for mb in &s.mailboxes {
         let mut m =
             Mailbox::new(mb.user.clone(), mb.password.clone()).with_methods(mb.auth.clone());
+        if let (Some(plan), Some(cfg)) = (s.oauth2.get(&mb.user), &tls_config) {
+            let provider = OAuthProvider::new(plan.provider.clone());
+            let endpoint = match net {
+                Net::Tcp => provider.spawn(
+                    listener().await.map_err(|e| format!("bind: {e}"))?,
+                    cfg.clone(),
+                ),
+                Net::Memory => provider.spawn_in_memory(cfg.clone()),
+            };
+            m = m.with_oauth(provider);
+            oauth2.push((mb.user.clone(), endpoint));
+        }
         for msg in s.messages.iter().filter(|m| m.user == mb.user) {
             let mut message = Message::new(msg.data.clone()).with_uid(msg.uid.clone());
             if let Some(n) = msg.list_size {
@@ -634,7 +738,11 @@ async fn start_pop3_on(
         Net::Tcp => pop3.spawn(listener().await.map_err(|e| format!("bind: {e}"))?),
         Net::Memory => pop3.spawn_in_memory(),
     };
-    Ok((pop3, ca_file))
+    Ok(Pop3Side {
+        pop3,
+        ca_file,
+        oauth2,
+    })
 }
 
 /// Starts the scenario's SMTP mock alone on `127.0.0.1:0`.
@@ -744,6 +852,10 @@ async fn passes(
         )
         .await;
         summaries.push((pass, out));
+        if faults.crash.is_some() {
+            // A killed process keeps no access token in memory.
+            popbridge::oauth2::forget(&config.state_dir);
+        }
         // The mocks apply a session's end (QUIT's deletions, a dropped connection) when
         // they see it: wait for that before the next pass or the inspection.
         let settle = async {

@@ -326,3 +326,59 @@ fn an_external_connector_falls_back_to_the_real_clock_and_says_so() {
         report.not_applicable
     );
 }
+
+#[test]
+fn an_oauth2_provider_works_on_the_paused_clock_over_in_memory_streams_with_rotation() {
+    let report = run_text(
+        "oauth2-paused.toml",
+        r#"description = "oauth2 on the paused clock, a rotating provider, TLS POP3 too"
+[pop3]
+tls = "implicit"
+[[pop3.mailbox]]
+user = "info"
+auth = ["xoauth2"]
+[pop3.mailbox.oauth2]
+rotate = true
+client_secret = ""
+[[pop3.mailbox.message]]
+label = "m"
+count = 3
+[connector.limits]
+max_messages_per_session = 1
+[run]
+passes = 3
+clock = "paused"
+[expect.labels]
+m = "delivered"
+[expect.events]
+"auth.token_refreshed" = 1
+"auth.failed" = 0
+"#,
+    );
+    let text = report.render_table();
+    assert!(report.passed(), "{text}");
+    assert!(text.contains("clock: paused"), "{text}");
+}
+
+#[test]
+fn an_oauth2_mailbox_must_accept_xoauth2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[pop3.mailbox]]\nuser = \"info\"\nauth = [\"user\"]\n[pop3.mailbox.oauth2]\nlifetime = \"0s\"\n",
+    )
+    .unwrap();
+    let e = poplab::schema::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("pop3.mailbox[0].auth") && e.contains("xoauth2"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        "[[pop3.mailbox]]\nuser = \"info\"\n[pop3.mailbox.oauth2]\nlifetime = \"0s\"\nrotat = true\n",
+    )
+    .unwrap();
+    let e = poplab::schema::load(&path).unwrap_err().to_string();
+    assert!(e.contains("unknown") && e.contains("rotat"), "{e}");
+}

@@ -146,3 +146,35 @@ fn a_connector_that_does_nothing_fails_the_other_expectations_and_crash_is_not_a
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no placeholder"));
 }
+
+#[test]
+fn an_oauth2_scenario_is_skipped_for_an_external_connector_and_said_so() {
+    // Needs no peer: the "connector" leaves a file named after the mailbox it ran for.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
+        .args([
+            "run",
+            "--connector-cmd",
+            &format!("touch {}/{{user}}", dir.path().display()),
+        ])
+        .arg(root().join("cases/oauth2-token-refresh.toml"))
+        .arg(root().join("cases/basic-delivery.toml"))
+        .output()
+        .expect("run poplab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !dir.path().join("info@example.com").exists(),
+        "the command ran for the skipped scenario's mailbox"
+    );
+    assert!(dir.path().join("info").exists(), "the other scenario ran");
+    assert!(
+        stdout.contains("SKIPPED: the scenario needs OAuth2 (a [pop3.mailbox.oauth2] provider"),
+        "{stdout}"
+    );
+    // The other case ran (and failed: `touch` delivers nothing); the skip is counted apart.
+    assert!(
+        stdout.trim_end().ends_with("0 passed, 1 failed, 1 skipped"),
+        "{stdout}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+}

@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::client::{spawn, Client};
+use crate::client::{spawn, Client, STEP};
 
 fn bob(n: usize) -> Mailbox {
     Mailbox::new("bob", "s3cret pass").with_demo_messages(n, 1500)
@@ -881,4 +881,105 @@ async fn messages_added_later_show_up_in_the_next_session_and_servers_share_noth
     assert_eq!(b.mailbox("bob").unwrap().remaining[0], "bob-000001");
     let a2 = Arc::new(a);
     assert!(Arc::strong_count(&a2) == 1);
+}
+
+/// POSTs a form to the mock token endpoint over TLS (trusting the test CA) and returns the
+/// status and the JSON body.
+async fn token_request(
+    addr: std::net::SocketAddr,
+    pki: &mock_pop3::pki::TestPki,
+    form: &str,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config().unwrap());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(STEP, tls.read_to_end(&mut out))
+        .await
+        .expect("token endpoint stalled");
+    let text = String::from_utf8(out).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    (status, serde_json::from_str(body).unwrap())
+}
+
+#[tokio::test]
+async fn xoauth2_accepts_only_valid_tokens_issued_by_the_mock_token_endpoint() {
+    use mock_pop3::oauth::{OAuthProvider, ProviderConfig};
+    let pki = mock_pop3::pki::TestPki::localhost().unwrap();
+    let provider = OAuthProvider::new(ProviderConfig::new("bob", "client-1", "refresh-1"));
+    let endpoint = provider.spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        pki.server_config().unwrap(),
+    );
+    let server = spawn(MockPop3::builder().mailbox(bob(1).with_oauth(provider.clone()))).await;
+    let addr = endpoint.addr().unwrap();
+
+    let (status, json) = token_request(
+        addr,
+        &pki,
+        "grant_type=refresh_token&refresh_token=refresh-1&client_id=client-1",
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    let token = json["access_token"].as_str().unwrap().to_string();
+    assert_eq!(json["token_type"], "Bearer");
+
+    let login = |token: String| {
+        let server = &server;
+        async move {
+            let (mut c, _) = Client::connect(server).await;
+            let payload = B64.encode(format!("user=bob\x01auth=Bearer {token}\x01\x01"));
+            c.send(&format!("AUTH XOAUTH2 {payload}")).await;
+            let r = match c.response().await {
+                Pop3Response::Status(r) => (r.is_ok(), false),
+                // Gmail's failure: a base64 JSON challenge, an empty answer, then -ERR.
+                Pop3Response::Continue(err) => {
+                    let json = String::from_utf8(B64.decode(err).unwrap()).unwrap();
+                    assert!(json.contains("\"status\":\"401\""), "{json}");
+                    let r = c.cmd("").await;
+                    assert_eq!(r.code, Some(RespCode::Auth));
+                    (r.is_ok(), true)
+                }
+            };
+            c.cmd("QUIT").await;
+            server.wait_idle().await;
+            r
+        }
+    };
+    assert_eq!(login(token.clone()).await, (true, false));
+    // The static password is no longer a bearer token for this mailbox.
+    assert_eq!(login("s3cret pass".into()).await, (false, true));
+    provider.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        login(token).await,
+        (false, true),
+        "expired on the mock clock"
+    );
+
+    // A revoked refresh token: invalid_grant, RFC 6749 §5.2.
+    provider.set_revoked(true);
+    let (status, json) = token_request(
+        addr,
+        &pki,
+        "grant_type=refresh_token&refresh_token=refresh-1&client_id=client-1",
+    )
+    .await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(
+        json["error_description"],
+        mock_pop3::oauth::REVOKED_DESCRIPTION
+    );
+    assert!(!server.transcript().contains("mock-access"));
+    endpoint.shutdown().await;
 }
