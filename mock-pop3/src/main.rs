@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Mailbox login name. Every login method is accepted: USER/PASS, APOP, and AUTH
-    /// PLAIN, LOGIN, CRAM-MD5, XOAUTH2 and NTLM (for NTLM, `DOMAIN\demo` with any domain).
+    /// PLAIN, LOGIN, CRAM-MD5, XOAUTH2 and NTLM (as `DOMAIN\USER`, any domain, or a bare USER).
     #[arg(long, default_value = "demo")]
     user: String,
     /// Mailbox password (also accepted as the XOAUTH2 token).

@@ -8,6 +8,7 @@ mod harness;
 mod hostile;
 mod interop;
 mod listing;
+mod ntlm;
 mod pass;
 mod sigkill;
 mod tls_pin;
