@@ -946,9 +946,9 @@ where
 /// The NetBIOS domain the mock's NTLM challenge names (its target name).
 const NTLM_DOMAIN: &str = "MOCK";
 
-/// The CHALLENGE for a client that asked for `requested`: Unicode when asked for, a
-/// domain target with NetBIOS and DNS names and the current time (MsvAvTimestamp, as
-/// Windows servers send it).
+/// The CHALLENGE for a client that asked for `requested`: Unicode text when asked for
+/// (else OEM), a domain target, and target information with NetBIOS and DNS names and
+/// the current time (MsvAvTimestamp, as Windows servers send it).
 fn ntlm_challenge(requested: u32, server_challenge: [u8; 8], hostname: &str) -> ntlm::Challenge {
     use ntlm::{av, flags, AvPair, TargetInfo};
     let charset = if requested & flags::NEGOTIATE_UNICODE != 0 {
@@ -961,14 +961,8 @@ fn ntlm_challenge(requested: u32, server_challenge: [u8; 8], hostname: &str) -> 
             | flags::NEGOTIATE_EXTENDED_SESSIONSECURITY
             | flags::NEGOTIATE_128
             | flags::NEGOTIATE_56);
-    let unicode = charset == flags::NEGOTIATE_UNICODE;
-    let text = |s: &str| -> Vec<u8> {
-        if unicode {
-            s.encode_utf16().flat_map(u16::to_le_bytes).collect()
-        } else {
-            s.bytes().filter(u8::is_ascii).collect()
-        }
-    };
+    // AV pair names are UTF-16LE whatever the negotiated character set (MS-NLMP 2.2.2.1).
+    let text = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -67,13 +67,28 @@ async fn the_right_password_logs_in_whatever_the_domain() {
 }
 
 #[tokio::test]
-async fn the_challenge_names_the_mock_domain_and_carries_a_timestamp() {
+async fn the_challenge_names_the_mock_domain_has_a_timestamp_and_oem_text_when_asked() {
     let server = spawn(MockPop3::builder().mailbox(bob())).await;
     let (mut c, _) = Client::connect(&server).await;
     let challenge = start(&mut c).await;
     assert_eq!(challenge.target_name, "MOCK");
     assert_ne!(challenge.flags & ntlm::flags::NEGOTIATE_UNICODE, 0);
     assert!(challenge.target_info.timestamp().is_some());
+    // A client that asks for OEM text only gets it, and logs in with it.
+    let (mut c, _) = Client::connect(&server).await;
+    c.send("AUTH NTLM").await;
+    let _ = c.response().await;
+    let mut oem = ntlm::negotiate();
+    oem[12] &= !(ntlm::flags::NEGOTIATE_UNICODE as u8);
+    c.send(&B64.encode(oem)).await;
+    let Pop3Response::Continue(challenge) = c.response().await else {
+        panic!("no NTLM challenge")
+    };
+    let challenge = ntlm::Challenge::parse(&B64.decode(challenge).unwrap()).unwrap();
+    assert_eq!(challenge.flags & ntlm::flags::NEGOTIATE_UNICODE, 0);
+    assert_ne!(challenge.flags & ntlm::flags::NEGOTIATE_OEM, 0);
+    assert_eq!(challenge.target_name, "MOCK");
+    assert!(c.cmd(&answer(&challenge, "bob", PASSWORD)).await.is_ok());
     // A UPN logs into a mailbox of that exact name.
     let server =
         spawn(MockPop3::builder().mailbox(Mailbox::new("bob@contoso.example", PASSWORD))).await;
