@@ -118,7 +118,7 @@ async fn a_wrong_password_is_an_auth_failure_and_nothing_moves() {
 
 /// A POP3 server that answers AUTH NTLM's NEGOTIATE with `challenge`; returns the lines
 /// it received.
-async fn scripted(challenge: &'static str) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+async fn scripted(challenge: String) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
     let listener = listener().await;
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
@@ -149,9 +149,8 @@ async fn scripted(challenge: &'static str) -> (u16, tokio::task::JoinHandle<Vec<
 async fn an_unusable_challenge_is_cancelled_with_a_star_and_a_typed_error() {
     let not_ntlm =
         base64::engine::general_purpose::STANDARD.encode("NTLMSSP\0\x02\0\0\0 far too short");
-    let not_ntlm: &'static str = Box::leak(not_ntlm.into_boxed_str());
-    for challenge in ["!!! not base64", not_ntlm] {
-        let (port, task) = scripted(challenge).await;
+    for challenge in ["!!! not base64".to_string(), not_ntlm.clone()] {
+        let (port, task) = scripted(challenge.clone()).await;
         let settings = Settings {
             account: "info",
             host: "127.0.0.1",
@@ -173,7 +172,7 @@ async fn an_unusable_challenge_is_cancelled_with_a_star_and_a_typed_error() {
             Ok(_) => panic!("{challenge}: logged in"),
             Err(e) => e,
         };
-        match (&err, challenge) {
+        match (&err, challenge.as_str()) {
             (Pop3Error::NtlmChallenge(NtlmChallengeError::NotBase64), "!!! not base64") => {}
             (
                 Pop3Error::NtlmChallenge(NtlmChallengeError::Message(NtlmError::TooShort {
