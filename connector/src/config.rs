@@ -278,6 +278,11 @@ pub enum AuthMethod {
     CramMd5,
     /// SASL XOAUTH2 (the secret is an OAuth access token).
     Xoauth2,
+    /// AUTH NTLM, NTLMv2 only: Outlook's "Secure Password Authentication" (SPA), which
+    /// Exchange's POP3 service speaks. `username` is `DOMAIN\user`, a UPN, or a bare
+    /// user name (the server's domain is then used).
+    #[serde(alias = "spa")]
+    Ntlm,
 }
 
 impl fmt::Display for Profile {
@@ -308,6 +313,7 @@ impl fmt::Display for AuthMethod {
             Self::Login => "login",
             Self::CramMd5 => "cram-md5",
             Self::Xoauth2 => "xoauth2",
+            Self::Ntlm => "ntlm",
         })
     }
 }
@@ -2241,8 +2247,17 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
         let text = format!("{MINIMAL}\n[[account]]\nname = \"b\"\nauth = \"md5\"\n");
         assert_eq!(
             err(&text),
-            "popbridge.toml:15: account[1].auth: unknown variant \"md5\", expected one of \"user\", \"apop\", \"plain\", \"login\", \"cram-md5\", \"xoauth2\""
+            "popbridge.toml:15: account[1].auth: unknown variant \"md5\", expected one of \"user\", \"apop\", \"plain\", \"login\", \"cram-md5\", \"xoauth2\", \"ntlm\", \"spa\""
         );
+    }
+
+    #[test]
+    fn ntlm_is_also_called_spa() {
+        for name in ["ntlm", "spa"] {
+            let c = load(&format!("{MINIMAL}auth = \"{name}\"\n")).unwrap();
+            assert_eq!(c.accounts[0].auth, AuthMethod::Ntlm, "{name}");
+            assert_eq!(c.accounts[0].auth.to_string(), "ntlm");
+        }
     }
 
     #[test]

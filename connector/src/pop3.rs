@@ -20,6 +20,7 @@ use base64::Engine;
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
+use popbridge_proto::ntlm::{self, NtlmError};
 use popbridge_proto::pop3::{
     Pop3Command, Pop3Reply, Pop3Response, RespCode, Status, MAX_RESPONSE_LINE,
 };
@@ -105,6 +106,13 @@ pub enum Pop3Error {
     /// The server does not offer the configured SASL mechanism.
     #[error("POP3 server does not offer AUTH {0}")]
     MechanismUnavailable(String),
+    /// The server's NTLM challenge could not be used; the exchange was cancelled with `*`.
+    #[error("POP3 server sent an unusable NTLM challenge ({0}); the login was cancelled")]
+    NtlmChallenge(#[source] NtlmChallengeError),
+    /// The NTLM challenge could not be answered for this login (an empty user name, or
+    /// text the server's character set cannot carry); the exchange was cancelled with `*`.
+    #[error("cannot answer the POP3 server's NTLM challenge ({0}); the login was cancelled")]
+    NtlmResponse(#[source] NtlmError),
     /// The server sent more after its reply to the last command outstanding: octets no
     /// command asked for. A reply ended early (a message that was not dot-stuffed, an
     /// extra line before a reply), so what was read may belong to another command.
@@ -127,6 +135,17 @@ pub enum Pop3Error {
         /// The bound applied.
         limit: u64,
     },
+}
+
+/// What was wrong with the server's NTLM challenge.
+#[derive(Debug, Error)]
+pub enum NtlmChallengeError {
+    /// The continuation was not base64.
+    #[error("not base64")]
+    NotBase64,
+    /// The decoded octets are not a usable CHALLENGE message.
+    #[error(transparent)]
+    Message(#[from] NtlmError),
 }
 
 fn reply_text(r: &Pop3Reply) -> String {
@@ -627,9 +646,15 @@ impl Authorization {
         user: &str,
         secret: &Secret,
     ) -> Result<Transaction, Pop3Error> {
+        // NTLM sends no password, but its response names the (Windows) account and can be
+        // relayed or attacked offline by whoever sees it: it needs TLS like a password.
         let sends_secret = matches!(
             method,
-            AuthMethod::User | AuthMethod::Plain | AuthMethod::Login | AuthMethod::Xoauth2
+            AuthMethod::User
+                | AuthMethod::Plain
+                | AuthMethod::Login
+                | AuthMethod::Xoauth2
+                | AuthMethod::Ntlm
         );
         if sends_secret && !self.tls && !self.allow_plaintext {
             return Err(Pop3Error::Plaintext(self.host.clone()));
@@ -700,6 +725,7 @@ impl Authorization {
                 ));
                 sasl(w, &self.capabilities, "XOAUTH2", Some(payload)).await
             }
+            AuthMethod::Ntlm => ntlm_login(w, &self.capabilities, user, secret).await,
         };
         match result {
             Ok(_) => {}
@@ -758,6 +784,61 @@ async fn sasl_start(
             expect_continue(w, &format!("AUTH {mech}")).await
         }
     }
+}
+
+/// AUTH NTLM as Exchange's POP3 service speaks it: `AUTH NTLM`, `+`, the NEGOTIATE
+/// message, `+ CHALLENGE`, the AUTHENTICATE message (NTLMv2), then `+OK` or `-ERR`.
+/// A challenge that cannot be used is answered with `*` (cancel) and a typed error.
+async fn ntlm_login(
+    w: &mut Wire,
+    caps: &Capabilities,
+    user: &str,
+    secret: &Secret,
+) -> Result<Pop3Reply, Pop3Error> {
+    const COMMAND: &str = "AUTH NTLM";
+    sasl_start(w, caps, "NTLM", None).await?;
+    w.queue(
+        &format!("{}\r\n", B64.encode(ntlm::negotiate())),
+        "(NTLM negotiate)",
+    );
+    let challenge = expect_continue(w, COMMAND).await?;
+    let challenge = B64
+        .decode(challenge.trim())
+        .map_err(|_| NtlmChallengeError::NotBase64)
+        .and_then(|bytes| Ok(ntlm::Challenge::parse(&bytes)?));
+    let challenge = match challenge {
+        Ok(c) => c,
+        Err(e) => {
+            cancel(w, COMMAND).await;
+            return Err(Pop3Error::NtlmChallenge(e));
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let client_challenge: [u8; 8] = rand::random();
+    let message = match ntlm::authenticate(
+        &challenge,
+        user,
+        secret.expose(),
+        client_challenge,
+        ntlm::filetime(now),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            cancel(w, COMMAND).await;
+            return Err(Pop3Error::NtlmResponse(e));
+        }
+    };
+    w.queue(&format!("{}\r\n", B64.encode(message.as_bytes())), "***");
+    w.ok(COMMAND).await
+}
+
+/// Cancels a SASL exchange (`*`, RFC 5034) and reads the server's answer, whatever it is:
+/// the login has failed either way.
+async fn cancel(w: &mut Wire, command: &str) {
+    w.queue("*\r\n", "*");
+    let _ = w.response(command).await;
 }
 
 /// A one-step SASL mechanism (PLAIN, XOAUTH2): a continuation instead of the final

@@ -48,6 +48,7 @@ async fn no_secret_in_any_log_line_event_or_transcript() {
         (AuthMethod::Plain, "plain", PASSWORD.to_string()),
         (AuthMethod::Login, "login", PASSWORD.to_string()),
         (AuthMethod::Xoauth2, "xoauth2", token.clone()),
+        (AuthMethod::Ntlm, "ntlm", PASSWORD.to_string()),
     ] {
         let mb = Mailbox::new("info", PASSWORD)
             .with_token(token.clone())
@@ -61,6 +62,7 @@ async fn no_secret_in_any_log_line_event_or_transcript() {
             "user" => popbridge::config::AuthMethod::User,
             "plain" => popbridge::config::AuthMethod::Plain,
             "login" => popbridge::config::AuthMethod::Login,
+            "ntlm" => popbridge::config::AuthMethod::Ntlm,
             _ => popbridge::config::AuthMethod::Xoauth2,
         };
         cfg.accounts[0].secret =
@@ -81,8 +83,14 @@ async fn no_secret_in_any_log_line_event_or_transcript() {
         logs.contains("POP3 C: PASS ***"),
         "the transcript is in the logs: {logs}"
     );
+    assert!(
+        logs.contains("POP3 C: (NTLM negotiate)"),
+        "the NTLM exchange is in the logs: {logs}"
+    );
     let b64 = base64::engine::general_purpose::STANDARD;
     let forms = [
+        // Every NTLM AUTHENTICATE message in base64 (NTLMSSP\0, type 3) starts so.
+        "TlRMTVNTUAADAAAA".to_string(),
         PASSWORD.to_string(),
         b64.encode(PASSWORD),
         b64.encode(format!("\0info\0{PASSWORD}")),

@@ -922,3 +922,64 @@ pub fn listing(data: &[u8]) {
     let parts = frame_listing(&[&stream[..split], &stream[split..]], max_line, uidl);
     assert_eq!(whole, parts, "split at {split} of {}", stream.len());
 }
+
+// ---------------------------------------------------------------------------------------
+// ntlm
+// ---------------------------------------------------------------------------------------
+
+/// Target `ntlm`: the whole input is one NTLM message as a peer sends it (base64-decoded),
+/// read by every parser of proto/src/ntlm.rs. None may panic. A CHALLENGE that parses is
+/// written back and must parse to itself; the client's AUTHENTICATE for it, for each
+/// form of login, must parse, carry the user and domain the login says (the challenge's
+/// target name for a bare user), a 24-octet LM response (zeros when the server sent a
+/// timestamp), and verify with the password and challenge it was made for and no other;
+/// it may only be refused for text the OEM character set cannot carry or a field too
+/// long. An AUTHENTICATE that parses verifies or not, without a panic, and its `Debug`
+/// form hides the responses.
+pub fn ntlm(data: &[u8]) {
+    use popbridge_proto::ntlm::{self, Authenticate, Challenge, Negotiate, NtlmError, TargetInfo};
+    const PASSWORD: &str = "pässword";
+    let _ = Negotiate::parse(data);
+    let _ = TargetInfo::parse(data);
+    if let Ok(a) = Authenticate::parse(data) {
+        let _ = a.verify(&[0; 8], PASSWORD);
+        assert!(format!("{a:?}").contains("responses: \"***\""), "{a:?}");
+    }
+    let Ok(challenge) = Challenge::parse(data) else {
+        return;
+    };
+    if let Ok(bytes) = challenge.to_bytes() {
+        assert_eq!(Challenge::parse(&bytes).as_ref(), Ok(&challenge));
+    }
+    let target = challenge.target_name.as_str();
+    for (login, domain, user) in [
+        ("Domain\\User", "Domain", "User"),
+        ("user@domain.example", "", "user@domain.example"),
+        ("user", target, "user"),
+    ] {
+        let message = match ntlm::authenticate(&challenge, login, PASSWORD, [0x5a; 8], 1) {
+            Ok(m) => m,
+            Err(NtlmError::NotOem(_) | NtlmError::TooLong(_)) => continue,
+            Err(e) => panic!("{login}: {e}"),
+        };
+        assert_eq!(format!("{message:?}"), "AuthenticateMessage(***)");
+        let a = Authenticate::parse(message.as_bytes()).expect("its own AUTHENTICATE parses");
+        assert_eq!(
+            (a.domain.as_str(), a.user.as_str()),
+            (domain, user),
+            "{login}"
+        );
+        match challenge.target_info.timestamp() {
+            Some(_) => assert_eq!(a.lm_response, [0u8; 24]),
+            None => assert_eq!(a.lm_response.len(), 24),
+        }
+        assert!(a.verify(&challenge.server_challenge, PASSWORD), "{login}");
+        assert!(
+            !a.verify(&challenge.server_challenge, "password"),
+            "{login}"
+        );
+        let mut other = challenge.server_challenge;
+        other[7] ^= 1;
+        assert!(!a.verify(&other, PASSWORD), "{login}");
+    }
+}

@@ -54,6 +54,7 @@ impl Capabilities {
                 AuthMethod::Login,
                 AuthMethod::CramMd5,
                 AuthMethod::Xoauth2,
+                AuthMethod::Ntlm,
             ],
             resp_codes: true,
             auth_resp_code: true,

@@ -20,17 +20,24 @@ pub enum AuthMethod {
     CramMd5,
     /// AUTH XOAUTH2
     Xoauth2,
+    /// AUTH NTLM (SPA, NTLMv2 only). The AUTHENTICATE message's user name must equal the
+    /// mailbox's login name exactly; its domain may be anything (`CONTOSO\info` and a
+    /// bare `info` both reach mailbox `info`; a UPN `info@contoso.example` reaches a
+    /// mailbox of that name). The response is checked against the mailbox password.
+    #[serde(alias = "spa")]
+    Ntlm,
 }
 
 impl AuthMethod {
     /// Every method, in the order servers usually list them.
-    pub const ALL: [AuthMethod; 6] = [
+    pub const ALL: [AuthMethod; 7] = [
         AuthMethod::User,
         AuthMethod::Apop,
         AuthMethod::Plain,
         AuthMethod::Login,
         AuthMethod::CramMd5,
         AuthMethod::Xoauth2,
+        AuthMethod::Ntlm,
     ];
 
     /// The SASL mechanism name, for the methods that are SASL.
@@ -40,6 +47,7 @@ impl AuthMethod {
             Self::Login => Some("LOGIN"),
             Self::CramMd5 => Some("CRAM-MD5"),
             Self::Xoauth2 => Some("XOAUTH2"),
+            Self::Ntlm => Some("NTLM"),
             Self::User | Self::Apop => None,
         }
     }
@@ -91,7 +99,7 @@ impl Message {
 pub struct Mailbox {
     /// Login name.
     pub user: String,
-    /// Password (USER/PASS, APOP, PLAIN, LOGIN, CRAM-MD5).
+    /// Password (USER/PASS, APOP, PLAIN, LOGIN, CRAM-MD5, NTLM).
     pub password: String,
     /// Bearer token accepted by XOAUTH2; the password when `None`.
     pub token: Option<String>,

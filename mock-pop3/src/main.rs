@@ -32,7 +32,8 @@ struct Args {
     /// Address to listen on; must be a loopback address. Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Mailbox login name.
+    /// Mailbox login name. Every login method is accepted: USER/PASS, APOP, and AUTH
+    /// PLAIN, LOGIN, CRAM-MD5, XOAUTH2 and NTLM (as `DOMAIN\USER`, any domain, or a bare USER).
     #[arg(long, default_value = "demo")]
     user: String,
     /// Mailbox password (also accepted as the XOAUTH2 token).

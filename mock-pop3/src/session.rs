@@ -11,6 +11,7 @@ use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
+use popbridge_proto::ntlm;
 use popbridge_proto::pop3::{Pop3Command, Pop3Reply, RespCode, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use popbridge_proto::{DotStuffer, LineDecoder, LineError};
 use rand::Rng;
@@ -693,8 +694,42 @@ where
                     self.err_code(RespCode::Auth, "Authentication failed");
                 }
             }
+            AuthMethod::Ntlm => return self.ntlm(initial).await,
             AuthMethod::User | AuthMethod::Apop => unreachable!("not SASL mechanisms"),
         }
+        Ok(Flow::Continue)
+    }
+
+    /// AUTH NTLM as Exchange speaks it: an empty continuation, the client's NEGOTIATE,
+    /// `+ <CHALLENGE>`, the client's AUTHENTICATE, then `+OK` or `-ERR [AUTH]`. A message
+    /// that does not parse is `-ERR` without a code (back to AUTHORIZATION).
+    async fn ntlm(&mut self, initial: Option<String>) -> io::Result<Flow> {
+        let Some(negotiate) = self.initial_or_ask(initial, "").await? else {
+            return Ok(Flow::Continue);
+        };
+        let Ok(negotiate) = ntlm::Negotiate::parse(&negotiate) else {
+            self.err("Malformed NTLM negotiate message");
+            return Ok(Flow::Continue);
+        };
+        let server_challenge: [u8; 8] = self.shared.faults.rng().gen();
+        let challenge =
+            ntlm_challenge(negotiate.flags, server_challenge, &self.shared.cfg.hostname);
+        let Ok(bytes) = challenge.to_bytes() else {
+            self.err("Cannot build an NTLM challenge");
+            return Ok(Flow::Continue);
+        };
+        let Some(authenticate) = self.ask(&B64.encode(bytes)).await? else {
+            return Ok(Flow::Continue);
+        };
+        let Ok(authenticate) = ntlm::Authenticate::parse(&authenticate) else {
+            self.err("Malformed NTLM authenticate message");
+            return Ok(Flow::Continue);
+        };
+        let user = authenticate.user.clone();
+        let ok = self.check(&user, AuthMethod::Ntlm, |mb| {
+            authenticate.verify(&server_challenge, &mb.password)
+        });
+        self.finish_auth(user, ok);
         Ok(Flow::Continue)
     }
 
@@ -908,6 +943,50 @@ where
             mb.locked_by = None;
         }
         n
+    }
+}
+
+/// The NetBIOS domain the mock's NTLM challenge names (its target name).
+const NTLM_DOMAIN: &str = "MOCK";
+
+/// The CHALLENGE for a client that asked for `requested`: Unicode text when asked for
+/// (else OEM), a domain target, and target information with NetBIOS and DNS names and
+/// the current time (MsvAvTimestamp, as Windows servers send it).
+fn ntlm_challenge(requested: u32, server_challenge: [u8; 8], hostname: &str) -> ntlm::Challenge {
+    use ntlm::{av, flags, AvPair, TargetInfo};
+    let charset = if requested & flags::NEGOTIATE_UNICODE != 0 {
+        flags::NEGOTIATE_UNICODE
+    } else {
+        flags::NEGOTIATE_OEM
+    };
+    let kept = requested
+        & (flags::NEGOTIATE_ALWAYS_SIGN
+            | flags::NEGOTIATE_EXTENDED_SESSIONSECURITY
+            | flags::NEGOTIATE_128
+            | flags::NEGOTIATE_56);
+    // AV pair names are UTF-16LE whatever the negotiated character set (MS-NLMP 2.2.2.1).
+    let text = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let pair = |id, value| AvPair { id, value };
+    ntlm::Challenge {
+        flags: charset
+            | kept
+            | flags::REQUEST_TARGET
+            | flags::NEGOTIATE_NTLM
+            | flags::TARGET_TYPE_DOMAIN
+            | flags::NEGOTIATE_TARGET_INFO,
+        server_challenge,
+        target_name: NTLM_DOMAIN.into(),
+        target_info: TargetInfo {
+            pairs: vec![
+                pair(av::NB_DOMAIN_NAME, text(NTLM_DOMAIN)),
+                pair(av::NB_COMPUTER_NAME, text("MOCK-POP3")),
+                pair(av::DNS_COMPUTER_NAME, text(hostname)),
+                pair(av::TIMESTAMP, ntlm::filetime(now).to_le_bytes().to_vec()),
+            ],
+        },
     }
 }
 

@@ -2,12 +2,13 @@
 //!
 //! Responsible for: turning bytes into typed commands and replies and back, with
 //! bounded line lengths, resumable parsers that keep *incomplete* apart from
-//! *invalid*, and dot-stuffing in both directions.
+//! *invalid*, dot-stuffing in both directions, and the NTLM (SPA) login messages.
 //!
 //! Must never: do I/O, panic on any input, or grow memory without a caller-given bound.
 
 pub mod dot;
 pub mod line;
+pub mod ntlm;
 pub mod pop3;
 pub mod smtp;
 

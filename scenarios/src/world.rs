@@ -120,6 +120,7 @@ fn auth_name(m: AuthMethod) -> &'static str {
         AuthMethod::Login => "login",
         AuthMethod::CramMd5 => "cram-md5",
         AuthMethod::Xoauth2 => "xoauth2",
+        AuthMethod::Ntlm => "ntlm",
     }
 }
 

@@ -97,6 +97,11 @@ fn listing_corpus() {
     replay("listing", checks::listing);
 }
 
+#[test]
+fn ntlm_corpus() {
+    replay("ntlm", checks::ntlm);
+}
+
 // Crashes the fuzzers found, minimised, as named tests (their full inputs are in the
 // corpora too).
 

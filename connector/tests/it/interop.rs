@@ -73,12 +73,12 @@ const DOVECOT_LIBEXEC: &[&str] = &["/usr/lib/dovecot", "/usr/libexec/dovecot"];
 
 // ---------------------------------------------------------------- environment
 
-pub(super) fn required() -> bool {
+pub(crate) fn required() -> bool {
     std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1")
 }
 
 /// Skips the test (returns `None`) or, with `POPBRIDGE_REQUIRE_PEERS=1`, fails it.
-pub(super) fn unavailable<T>(required_msg: String, skip_msg: String) -> Option<T> {
+pub(crate) fn unavailable<T>(required_msg: String, skip_msg: String) -> Option<T> {
     if required() {
         panic!("{required_msg}");
     }
@@ -91,7 +91,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Finds an executable on `PATH` or in [`EXTRA_DIRS`].
-pub(super) fn tool(name: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     std::env::split_paths(&path)
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))

@@ -338,7 +338,7 @@ async fn capa_lists_what_is_switched_on_before_and_after_login() {
         "TOP",
         "UIDL",
         "USER",
-        "SASL PLAIN LOGIN CRAM-MD5 XOAUTH2",
+        "SASL PLAIN LOGIN CRAM-MD5 XOAUTH2 NTLM",
         "RESP-CODES",
         "AUTH-RESP-CODE",
         "PIPELINING",

@@ -4,3 +4,4 @@
 mod behaviour;
 mod client;
 mod interop;
+mod ntlm;
