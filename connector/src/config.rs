@@ -76,6 +76,9 @@ pub struct Config {
     /// The most a scheduled pass is delayed at random, so many connectors do not all
     /// connect at the same second.
     pub jitter: Duration,
+    /// Where the daemon serves Prometheus metrics (`GET /metrics`), when set. Loopback
+    /// unless `metrics_allow_non_loopback = true`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Limits the Exchange server applies after accepting a message (not visible over SMTP).
     pub exchange: Exchange,
 }
@@ -229,6 +232,9 @@ pub struct Account {
     /// OAuth2 for XOAUTH2: where the access token comes from (then `secret` is unused
     /// and empty).
     pub oauth2: Option<OAuth2>,
+    /// This account's time between the daemon's passes, overriding the global
+    /// `interval` (5 minutes to 24 hours).
+    pub interval: Option<Duration>,
 }
 
 /// An account's OAuth2 client (the refresh-token grant, RFC 6749 §6): the access token
@@ -444,6 +450,12 @@ impl Config {
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts.iter().find(|a| a.name == name)
     }
+
+    /// The daemon's time between passes of `account`: its own `interval`, else the
+    /// global one.
+    pub fn interval_of(&self, account: &Account) -> Duration {
+        account.interval.unwrap_or(self.interval)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -552,6 +564,9 @@ struct RawConfig {
     jitter: Option<Spanned<DurationValue>>,
     #[serde(default)]
     exchange: RawExchange,
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    metrics_allow_non_loopback: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -645,6 +660,7 @@ struct RawAccount {
     tls_server_name: Option<Spanned<String>>,
     verify_list_size: Option<bool>,
     oauth2: Option<Spanned<RawOAuth2>>,
+    interval: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -950,16 +966,11 @@ impl Ctx<'_> {
         };
         let transport = self.transport(transport, &state_dir)?;
         let limits = self.limits(&raw.limits)?;
-        let interval = self.duration(raw.interval.as_ref(), "interval", DEFAULT_INTERVAL)?;
-        if let Some(v) = &raw.interval {
-            if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
-                return Err(self.at(
-                    v,
-                    "interval",
-                    "must be between 5 minutes and 24 hours (as the SBS connector allowed)",
-                ));
-            }
-        }
+        let interval = self.interval(raw.interval.as_ref(), "interval")?;
+        let metrics_listen = match &raw.metrics_listen {
+            Some(v) => Some(self.metrics_listen(v, raw.metrics_allow_non_loopback)?),
+            None => None,
+        };
         let jitter = match &raw.jitter {
             Some(v) if matches!(&v.get_ref().0, Scalar::Int(0)) => Duration::ZERO,
             Some(v) if matches!(&v.get_ref().0, Scalar::Text(t) if t.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0") => {
@@ -1019,6 +1030,13 @@ impl Ctx<'_> {
                 ));
             }
             first_lines.push((folded, self.line_of(name_span.start)));
+            if account.interval.is_some_and(|i| jitter > i / 2) {
+                return Err(self.error(
+                    None,
+                    Some(format!("{prefix}.interval")),
+                    "must be at least twice the jitter".into(),
+                ));
+            }
             accounts.push(account);
         }
         Ok(Config {
@@ -1034,7 +1052,48 @@ impl Ctx<'_> {
             interval,
             jitter,
             exchange,
+            metrics_listen,
         })
+    }
+
+    /// A time between passes (`key` names it): 5 minutes to 24 hours, default 15 minutes.
+    fn interval(&self, v: Option<&Spanned<DurationValue>>, key: &str) -> Res<Duration> {
+        let interval = self.duration(v, key, DEFAULT_INTERVAL)?;
+        if let Some(v) = v {
+            if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+                return Err(self.at(
+                    v,
+                    key,
+                    "must be between 5 minutes and 24 hours (as the SBS connector allowed)",
+                ));
+            }
+        }
+        Ok(interval)
+    }
+
+    /// `metrics_listen`: an `address:port`, on loopback unless explicitly allowed.
+    fn metrics_listen(&self, v: &Spanned<String>, allow_remote: bool) -> Res<std::net::SocketAddr> {
+        let text = v.get_ref().trim();
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            self.at(
+                v,
+                "metrics_listen",
+                format!("invalid address {text:?}: expected an IP address and port such as \"127.0.0.1:9725\""),
+            )
+        })?;
+        if !addr.ip().is_loopback() && !allow_remote {
+            return Err(self.at(
+                v,
+                "metrics_listen",
+                format!(
+                    "{addr} is not a loopback address: metrics describe your mail flow to \
+                     whoever can reach them; use 127.0.0.1:{port} (a reverse proxy can \
+                     publish it), or set metrics_allow_non_loopback = true",
+                    port = addr.port()
+                ),
+            ));
+        }
+        Ok(addr)
     }
 
     fn transport(&self, raw: &RawTransport, state_dir: &Path) -> Res<Transport> {
@@ -1348,6 +1407,10 @@ impl Ctx<'_> {
             tls_server_name,
             verify_list_size: raw.verify_list_size.unwrap_or(true),
             oauth2,
+            interval: match &raw.interval {
+                Some(v) => Some(self.interval(Some(v), &key("interval"))?),
+                None => None,
+            },
         })
     }
 
@@ -1996,6 +2059,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     tls_server_name: Some("pop.isp.example".into()),
                     verify_list_size: true,
                     oauth2: None,
+                    interval: None,
                 },
                 Account {
                     name: "sales".into(),
@@ -2019,6 +2083,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     tls_server_name: None,
                     verify_list_size: true,
                     oauth2: None,
+                    interval: None,
                 },
             ],
             interval: Duration::from_secs(30 * 60),
@@ -2026,6 +2091,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
             exchange: Exchange {
                 organization_receive_limit: Some(50 * 1024 * 1024),
             },
+            metrics_listen: None,
         };
         assert_eq!(c, want);
         assert_eq!(c.account("sales").unwrap().port, 110);
@@ -2511,6 +2577,8 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
             assert_eq!(a.auth, AuthMethod::Xoauth2);
             assert!(a.oauth2.is_some(), "{name}");
         }
+        let sales = c.account("sales").unwrap();
+        assert_eq!(c.interval_of(sales), Duration::from_secs(300));
     }
 
     #[test]
@@ -2622,6 +2690,61 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
             Duration::ZERO
         );
         assert!(load(&format!("interval = \"5m\"\njitter = \"3m\"\n{MINIMAL}")).is_err());
+    }
+
+    #[test]
+    fn an_account_may_have_its_own_interval_with_the_same_bounds() {
+        let c = load(&format!(
+            "interval = \"30m\"\n{MINIMAL}interval = \"10m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.accounts[0].interval, Some(Duration::from_secs(600)));
+        assert_eq!(c.interval_of(&c.accounts[0]), Duration::from_secs(600));
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.accounts[0].interval, None);
+        assert_eq!(c.interval_of(&c.accounts[0]), Duration::from_secs(900));
+        for bad in ["\"4m\"", "\"25h\"", "60"] {
+            let e = err(&format!("{MINIMAL}interval = {bad}\n"));
+            assert_eq!(
+                e,
+                "popbridge.toml:12: account[0].interval: must be between 5 minutes and 24 \
+                 hours (as the SBS connector allowed)",
+                "{bad}"
+            );
+        }
+        let e = err(&format!(
+            "jitter = \"200s\"\ninterval = \"1h\"\n{MINIMAL}interval = \"6m\"\n"
+        ));
+        assert!(
+            e.contains("account[0].interval: must be at least twice the jitter"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_loopback_unless_explicitly_allowed() {
+        let c = load(&format!("metrics_listen = \"127.0.0.1:9725\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9725".parse().unwrap()));
+        let c = load(&format!("metrics_listen = \"[::1]:9725\"\n{MINIMAL}")).unwrap();
+        assert!(c.metrics_listen.unwrap().ip().is_loopback());
+        assert_eq!(load(MINIMAL).unwrap().metrics_listen, None);
+        let e = err(&format!("metrics_listen = \"0.0.0.0:9725\"\n{MINIMAL}"));
+        assert!(
+            e.starts_with(
+                "popbridge.toml:1: metrics_listen: 0.0.0.0:9725 is not a loopback address"
+            ) && e.contains("metrics_allow_non_loopback = true"),
+            "{e}"
+        );
+        let c = load(&format!(
+            "metrics_listen = \"0.0.0.0:9725\"\nmetrics_allow_non_loopback = true\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9725".parse().unwrap()));
+        let e = err(&format!("metrics_listen = \"localhost\"\n{MINIMAL}"));
+        assert!(
+            e.starts_with("popbridge.toml:1: metrics_listen: invalid address"),
+            "{e}"
+        );
     }
 
     #[test]
