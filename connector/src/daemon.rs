@@ -1,5 +1,7 @@
-//! The daemon: a pass every `interval` (plus a little jitter), "Retrieve now" triggers,
-//! configuration reloads and a clean stop.
+//! The daemon: a pass of each account every `interval` (the account's own, or the global
+//! one; plus a little jitter), "Retrieve now" triggers, configuration reloads and a clean
+//! stop. After each account pass it logs one line (listed, delivered, left, duration, next
+//! pass) and updates the metrics.
 //!
 //! The core is driven through a [`DaemonHandle`] (channels), so it runs the same under
 //! tokio's paused clock in tests; signals and the trigger socket are thin adapters.
@@ -21,6 +23,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::events::EventSink;
 use crate::ledger::Ledger;
+use crate::metrics::{LedgerView, Metrics};
 use crate::net::Dialer;
 use crate::pass::{self, StopFlag, Summary};
 
@@ -68,9 +71,15 @@ pub struct DaemonHandle {
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Receiver<u64>,
     stop: StopFlag,
+    metrics: Arc<Metrics>,
 }
 
 impl DaemonHandle {
+    /// The daemon's metrics (what `metrics_listen` serves).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Runs a pass now (all accounts, or one) and returns when it finished. If a pass of
     /// that account is running, this one waits for it, then runs.
     pub async fn trigger(&self, account: Option<String>) -> Result<Vec<Summary>, String> {
@@ -133,6 +142,9 @@ pub struct Daemon {
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Sender<u64>,
     stop: StopFlag,
+    metrics: Arc<Metrics>,
+    /// When each account's next scheduled pass is due.
+    schedule: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// A random delay in `0..=jitter`.
@@ -157,12 +169,14 @@ impl Daemon {
         let (completed, completed_rx) = watch::channel(0);
         let history = Arc::new(Mutex::new(Vec::new()));
         let stop = StopFlag::default();
+        let metrics = Arc::new(Metrics::new());
         let handle = DaemonHandle {
             tx,
             config: config_rx,
             history: history.clone(),
             completed: completed_rx,
             stop: stop.clone(),
+            metrics: metrics.clone(),
         };
         let daemon = Daemon {
             rx,
@@ -174,6 +188,8 @@ impl Daemon {
             history,
             completed,
             stop,
+            metrics,
+            schedule: Arc::default(),
         };
         (daemon, handle)
     }
@@ -182,15 +198,51 @@ impl Daemon {
         self.busy.entry(account.to_string()).or_default().clone()
     }
 
-    /// Runs until stopped. The first pass starts after the jitter, then every interval.
+    /// Runs until stopped. Each account's first pass starts after the jitter, then every
+    /// interval (its own, else the global one) plus jitter.
     pub async fn run(mut self) {
         let mut tasks = JoinSet::new();
-        let mut next = Instant::now() + jitter(self.config_tx.borrow().jitter);
+        {
+            let config = self.config_tx.borrow().clone();
+            let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+            let first = Instant::now() + jitter(config.jitter);
+            for a in &config.accounts {
+                schedule.insert(a.name.clone(), first);
+            }
+        }
         loop {
+            let due = self
+                .schedule
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .min()
+                .copied();
+            let wait = async move {
+                match due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {
+                _ = wait => {
                     let config = self.config_tx.borrow().clone();
+                    let now = Instant::now();
                     for account in config.accounts.clone() {
+                        let is_due = {
+                            let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                            match schedule.get(&account.name) {
+                                Some(t) if *t <= now => {
+                                    let next = now + config.interval_of(&account) + jitter(config.jitter);
+                                    schedule.insert(account.name.clone(), next);
+                                    true
+                                }
+                                _ => false,
+                            }
+                        };
+                        if !is_due {
+                            continue;
+                        }
                         let lock = self.lock_for(&account.name);
                         // A pass still running when the next one is due: skip this turn.
                         let Ok(guard) = lock.try_lock_owned() else {
@@ -203,7 +255,6 @@ impl Daemon {
                             drop(guard);
                         });
                     }
-                    next = Instant::now() + config.interval + jitter(config.jitter);
                 }
                 req = self.rx.recv() => match req {
                     None | Some(Request::Stop) => break,
@@ -236,6 +287,7 @@ impl Daemon {
                         let result = match *config {
                             Ok(c) => {
                                 let interval = c.interval;
+                                self.reschedule(&c);
                                 self.config_tx.send_replace(Arc::new(c));
                                 tracing::info!("configuration reloaded; interval {}s", interval.as_secs());
                                 Ok(())
@@ -255,8 +307,21 @@ impl Daemon {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// After a reload: accounts that stay keep the turn already scheduled, new ones get
+    /// their first pass after the jitter, removed ones are forgotten.
+    fn reschedule(&self, config: &Config) {
+        let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        schedule.retain(|name, _| config.account(name).is_some());
+        let first = Instant::now() + jitter(config.jitter);
+        for a in &config.accounts {
+            schedule.entry(a.name.clone()).or_insert(first);
+        }
+    }
+
     fn job(&self, config: Arc<Config>, account: String, cause: Cause) -> Job {
         Job {
+            metrics: self.metrics.clone(),
+            schedule: self.schedule.clone(),
             config,
             account,
             cause,
@@ -281,9 +346,81 @@ struct Job {
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Sender<u64>,
     stop: StopFlag,
+    metrics: Arc<Metrics>,
+    schedule: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// A duration for people: `1.2s`, `3m05s`, `2h00m`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    }
 }
 
 impl Job {
+    /// The daemon's one log line for an account pass, and its metrics.
+    fn report(&self, s: &Summary, took: Duration) {
+        let view = {
+            let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            LedgerView {
+                oldest_failed_since: ledger.oldest_failed_since(&s.account).unwrap_or_else(|e| {
+                    tracing::warn!(account = %s.account, "ledger: {e}");
+                    None
+                }),
+                size: ledger.size_on_disk(),
+            }
+        };
+        self.metrics.record_pass(s, took, view);
+        let next = self
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&s.account)
+            .copied();
+        let next = match next {
+            Some(t) => {
+                let wait = t.saturating_duration_since(Instant::now());
+                format!(
+                    "next pass {} (in {})",
+                    crate::events::rfc3339(std::time::SystemTime::now() + wait),
+                    human(wait)
+                )
+            }
+            None => "no next pass scheduled".into(),
+        };
+        let cause = match self.cause {
+            Cause::Scheduled => "scheduled",
+            Cause::Triggered => "triggered",
+        };
+        let pass = s.pass.as_ref().map(|p| p.as_str()).unwrap_or("-");
+        match (&s.failure, &s.aborted) {
+            (Some(f), _) => tracing::warn!(
+                target: "popbridge::daemon",
+                "{}: {cause} pass {pass} failed after {}: {f}; {next}",
+                s.account,
+                human(took)
+            ),
+            (None, aborted) => tracing::info!(
+                target: "popbridge::daemon",
+                "{}: {cause} pass {pass}: {} listed, {} delivered, {} left, {}{}; {next}",
+                s.account,
+                s.listed,
+                s.delivered,
+                s.remaining(),
+                human(took),
+                aborted
+                    .as_ref()
+                    .map(|a| format!(", stopped early: {a}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
     async fn run(self) -> Vec<Summary> {
         let Some(account) = self.config.account(&self.account).cloned() else {
             return Vec::new();
@@ -302,6 +439,9 @@ impl Job {
         )
         .await;
         let finished = Instant::now();
+        for s in &summaries {
+            self.report(s, finished - started);
+        }
         {
             let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
             for s in &summaries {

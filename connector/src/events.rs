@@ -1,11 +1,15 @@
 //! Events: what happened to each message and session, as one JSON object per line
-//! (`--events FILE`) and as `tracing` lines for humans.
+//! (`--events FILE`) and as `tracing` lines for humans. Each line starts with `time` (RFC
+//! 3339, UTC) and `pass` (the id of the account pass it belongs to, or null), then the
+//! event's `kind` and fields. The file can be reopened at its path (SIGHUP, after
+//! logrotate renamed it).
 //!
 //! Must never: carry a secret (events hold addresses, UIDs, sizes and server replies only).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -225,12 +229,115 @@ pub enum Event {
 /// A callback that sees every event (a progress bar, the harness).
 pub type Observer = Box<dyn Fn(&Event) + Send + Sync>;
 
+/// Names one pass over one account: every event of that pass carries it as `"pass"`, so
+/// the events of a pass can be told apart from those of other accounts and passes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PassId(String);
+
+impl PassId {
+    /// A new id: 16 random hexadecimal digits.
+    pub fn new() -> PassId {
+        PassId(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// The id as written in events.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for PassId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for PassId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An event as recorded: when, in which pass, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// When it was emitted.
+    pub time: SystemTime,
+    /// The pass it belongs to (`None` for events outside any pass, like `state.tightened`).
+    pub pass: Option<PassId>,
+    /// What happened.
+    pub event: Event,
+}
+
+/// One line of the events file: the event's own fields flattened after `time` and `pass`.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    pass: Option<&'a PassId>,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// `t` in RFC 3339, UTC, with milliseconds: `2026-12-07T04:45:45.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let (secs, millis) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_millis(),
+        ),
+        // Before 1970 (a badly set clock): written as the epoch rather than made up.
+        Err(_) => (0, 0),
+    };
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (year, month, day) = crate::message::civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// The events file: its configured path and the file open there now.
+struct EventsFile {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 /// Where events go.
 #[derive(Default)]
 pub struct EventSink {
-    file: Option<Mutex<std::fs::File>>,
-    memory: Option<Mutex<Vec<Event>>>,
+    file: Option<EventsFile>,
+    memory: Option<Mutex<Vec<Record>>>,
     observers: Vec<Observer>,
+}
+
+/// The events of one pass: an [`EventSink`] handle that stamps each event with the pass's id.
+#[derive(Clone, Copy)]
+pub struct PassEvents<'a> {
+    sink: &'a EventSink,
+    id: &'a PassId,
+}
+
+impl PassEvents<'_> {
+    /// Records an event of this pass.
+    pub fn emit(&self, e: Event) {
+        self.sink.record(Some(self.id), e);
+    }
+
+    /// The pass's id.
+    pub fn id(&self) -> &PassId {
+        self.id
+    }
 }
 
 impl EventSink {
@@ -241,12 +348,12 @@ impl EventSink {
 
     /// Events appended to `path` as JSON lines (and to `tracing`).
     pub fn file(path: &Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let f = open_append(path)?;
         Ok(Self {
-            file: Some(Mutex::new(f)),
+            file: Some(EventsFile {
+                path: path.to_path_buf(),
+                file: Mutex::new(f),
+            }),
             ..Self::default()
         })
     }
@@ -265,30 +372,72 @@ impl EventSink {
         self
     }
 
-    /// Records an event.
+    /// The handle a pass emits its events through: each carries `id`.
+    pub fn pass<'a>(&'a self, id: &'a PassId) -> PassEvents<'a> {
+        PassEvents { sink: self, id }
+    }
+
+    /// Records an event that belongs to no pass (`"pass": null`).
     pub fn emit(&self, e: Event) {
+        self.record(None, e);
+    }
+
+    fn record(&self, pass: Option<&PassId>, e: Event) {
         for o in &self.observers {
             o(&e);
         }
-        let json = serde_json::to_string(&e).unwrap_or_else(|_| "{}".into());
+        let time = SystemTime::now();
+        let line = Line {
+            time: rfc3339(time),
+            pass,
+            event: &e,
+        };
+        let json = serde_json::to_string(&line).unwrap_or_else(|_| "{}".into());
         tracing::info!(target: "popbridge::events", "{json}");
-        if let Some(f) = &self.file {
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(out) = &self.file {
+            let mut f = out.file.lock().unwrap_or_else(|p| p.into_inner());
             // One write for the line and its end: a process killed between two writes
             // would glue the next run's first event onto an unfinished line.
-            let mut line = json.clone().into_bytes();
-            line.push(b'\n');
-            if let Err(err) = f.write_all(&line) {
+            let mut bytes = json.into_bytes();
+            bytes.push(b'\n');
+            if let Err(err) = f.write_all(&bytes) {
                 tracing::error!("cannot write the events file: {err}");
             }
         }
         if let Some(m) = &self.memory {
-            m.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+            m.lock().unwrap_or_else(|p| p.into_inner()).push(Record {
+                time,
+                pass: pass.cloned(),
+                event: e,
+            });
         }
+    }
+
+    /// Opens the events file again at its configured path (after logrotate renamed it):
+    /// later events go to the file now there, created if needed. On failure the file open
+    /// so far stays in use. Without an events file this does nothing.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let Some(out) = &self.file else {
+            return Ok(());
+        };
+        let fresh = open_append(&out.path)?;
+        let mut f = out.file.lock().unwrap_or_else(|p| p.into_inner());
+        *f = fresh;
+        Ok(())
+    }
+
+    /// The events file's configured path, when events go to a file.
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
     }
 
     /// Events kept in memory so far.
     pub fn collected(&self) -> Vec<Event> {
+        self.records().into_iter().map(|r| r.event).collect()
+    }
+
+    /// Events kept in memory so far, with their time and pass.
+    pub fn records(&self) -> Vec<Record> {
         self.memory
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone())
@@ -321,5 +470,55 @@ mod tests {
         assert_eq!(lines[0]["kind"], "pass.started");
         assert_eq!(lines[1]["kind"], "message.deferred");
         assert_eq!(lines[1]["reason"], "451 4.3.0 later");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        use std::time::Duration;
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_618_745_123);
+        assert_eq!(rfc3339(t), "2026-12-07T04:45:45.123Z");
+        // 2024-02-29 (a leap day), 23:59:59.999.
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_251_199_999);
+        assert_eq!(rfc3339(t), "2024-02-29T23:59:59.999Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn a_pass_handle_stamps_its_id_and_reopen_follows_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let sink = EventSink::file(&path).unwrap();
+        let id = PassId::new();
+        sink.pass(&id).emit(Event::PassStarted {
+            account: "info".into(),
+        });
+        sink.emit(Event::StateTightened {
+            path: "/x".into(),
+            was: "0755".into(),
+        });
+        let rotated = dir.path().join("events.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        sink.reopen().unwrap();
+        sink.pass(&id).emit(Event::PassStarted {
+            account: "after".into(),
+        });
+        let old: Vec<serde_json::Value> = std::fs::read_to_string(&rotated)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(old.len(), 2);
+        assert_eq!(old[0]["pass"], id.as_str());
+        assert_eq!(old[0]["account"], "info");
+        assert!(old[1]["pass"].is_null());
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(new.lines().count(), 1, "{new}");
+        assert!(new.contains("\"account\":\"after\""), "{new}");
+        assert!(new.starts_with("{\"time\":\""), "{new}");
+        assert_ne!(PassId::new(), PassId::new());
     }
 }

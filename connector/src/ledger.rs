@@ -883,6 +883,33 @@ impl Ledger {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// When the oldest message of `account` that failed and is still on the server first
+    /// failed (unix seconds), if there is one.
+    pub fn oldest_failed_since(&self, account: &str) -> Result<Option<i64>, LedgerError> {
+        self.conn
+            .prepare_cached(
+                "SELECT MIN(created_at) FROM messages
+                 WHERE account = ?1 AND state = 'failed' AND deleted_at IS NULL",
+            )
+            .at(&self.path)?
+            .query_row(params![account], |row| row.get::<_, Option<i64>>(0))
+            .at(&self.path)
+    }
+
+    /// The ledger's size on disk in octets: the database and its write-ahead log.
+    pub fn size_on_disk(&self) -> u64 {
+        let wal = {
+            let mut p = self.path.clone().into_os_string();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        [self.path.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
 }
 
 /// Records a DELE of `key` (LIST size `size`, `listed` messages of that size) as
@@ -1136,6 +1163,25 @@ mod tests {
             assert_eq!(mode(&state), 0o700);
             assert_eq!(mode(state.parent().unwrap()), 0o700);
         }
+    }
+
+    #[test]
+    fn the_oldest_failure_still_on_the_server_and_the_size_on_disk() {
+        let (_dir, mut l) = open();
+        assert_eq!(l.oldest_failed_since(A).unwrap(), None);
+        l.record_delivered(A, "d", 10, "250 ok").unwrap();
+        assert_eq!(l.oldest_failed_since(A).unwrap(), None);
+        l.record_failure(A, "old", "550 no").unwrap();
+        l.record_failure(A, "new", "451 later").unwrap();
+        l.conn
+            .execute("UPDATE messages SET created_at = 100 WHERE key = 'old'", [])
+            .unwrap();
+        assert_eq!(l.oldest_failed_since(A).unwrap(), Some(100));
+        assert_eq!(l.oldest_failed_since("other").unwrap(), None);
+        l.record_deleted(A, &["old".to_string()]).unwrap();
+        let since = l.oldest_failed_since(A).unwrap().unwrap();
+        assert!(since > 100, "the deleted one no longer counts: {since}");
+        assert!(l.size_on_disk() > 0);
     }
 
     #[test]

@@ -9,18 +9,32 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use popbridge::config::Config;
 use popbridge::events::EventSink;
+use popbridge::exit::Exit;
 use popbridge::ledger::Ledger;
 use popbridge::net::TcpDialer;
-use popbridge::pass::{self, AccountFailure, Summary};
+use popbridge::pass::{self, Summary};
+
+/// What `--help` says after the one-line description.
+fn long_about() -> String {
+    format!(
+        "Moves mail from POP3 mailboxes to an SMTP server (Exchange, Postfix...), deleting \
+         each message from the POP3 server only after the SMTP server accepted it and the \
+         local ledger recorded it, so nothing is lost and nothing is delivered twice.\n\n\
+         {table}\n\n\
+         Logs go to standard error. The default level shows warnings and, for the daemon, \
+         one line per account pass (listed, delivered, left, duration, next pass). \
+         --log-level LEVEL (error, warn, info, debug, trace, or a tracing filter such as \
+         \"info,popbridge::wire=debug\") sets it; without it the POPBRIDGE_LOG environment \
+         variable does (same syntax); --verbose is info with the protocol transcript.",
+        table = popbridge::exit::TABLE
+    )
+}
 
 /// Moves mail from POP3 mailboxes to an SMTP server (Exchange, Postfix...), deleting each
 /// message from the POP3 server only after the SMTP server accepted it and the local
 /// ledger recorded it, so nothing is lost and nothing is delivered twice.
-///
-/// Exit codes: 0 everything due was delivered; 1 some messages stay on the server (see the
-/// summary and events); 2 configuration error; 3 could not connect or authenticate.
 #[derive(Parser, Debug)]
-#[command(name = "popbridge", version, about, long_about)]
+#[command(name = "popbridge", version, about, long_about = long_about())]
 struct Cli {
     /// The configuration file (TOML; see popbridge.example.toml).
     #[arg(
@@ -33,7 +47,12 @@ struct Cli {
     /// Add the protocol transcript (secrets redacted) to the log on standard error.
     #[arg(long, short = 'v', global = true)]
     verbose: bool,
-    /// Append one JSON object per event to this file.
+    /// The log level or filter (error, warn, info, debug, trace, or a tracing filter);
+    /// overrides POPBRIDGE_LOG and --verbose.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Append one JSON object per event to this file (each with its RFC 3339 UTC `time`
+    /// and the `pass` id); the daemon reopens it on SIGHUP (after logrotate).
     #[arg(long, global = true)]
     events: Option<PathBuf>,
     /// Accept a configuration file holding a password, or a password_file, that other
@@ -53,9 +72,11 @@ enum Command {
         #[arg(long)]
         account: Option<String>,
     },
-    /// The daemon: a pass every `interval` (5m to 24h, default 15m). SIGTERM lets the
-    /// messages in flight finish, QUITs and exits 0; SIGHUP reloads the configuration
-    /// (an invalid file is refused and the running one kept).
+    /// The daemon: the first pass at start-up after the jitter, then a pass of each account
+    /// every `interval` (its own or the global one; 5m to 24h, default 15m). SIGTERM lets
+    /// the messages in flight finish, QUITs and exits 0; SIGHUP reopens the --events file
+    /// and reloads the configuration (an invalid file is refused and the running one kept).
+    /// With `metrics_listen` set it serves Prometheus metrics on GET /metrics.
     Run,
     /// Validates the size-limit chain (popbridge, the receive connector's SIZE, Exchange's
     /// organisation and mailbox limits) and shows, per size band, whether a message is
@@ -93,7 +114,7 @@ fn load_config(
 
 /// Makes `state_dir` private (a warning event for each path tightened), then opens the
 /// ledger; `Err` is the exit code after the reason was printed.
-fn open_state(config: &Config, events: &EventSink) -> Result<Ledger, u8> {
+fn open_state(config: &Config, events: &EventSink) -> Result<Ledger, Exit> {
     use popbridge::config::DeliveryKind;
     let pickup: Vec<&std::path::Path> = match &config.transport.delivery {
         DeliveryKind::Pickup { dir, .. } => vec![dir.as_path()],
@@ -115,38 +136,13 @@ fn open_state(config: &Config, events: &EventSink) -> Result<Ledger, u8> {
         }
         Err(e) => {
             eprintln!("popbridge: {e}");
-            return Err(2);
+            return Err(Exit::Config);
         }
     }
     Ledger::open(&config.state_dir).map_err(|e| {
         eprintln!("popbridge: {e}");
-        2
+        Exit::Config
     })
-}
-
-fn exit_code(summaries: &[Summary]) -> u8 {
-    let mut code = 0;
-    for s in summaries {
-        let c = match &s.failure {
-            Some(AccountFailure::Config(_)) => 2,
-            Some(AccountFailure::Connect(_) | AccountFailure::Auth(_)) => 3,
-            // A broken pass: whatever it did not deliver stays on the server.
-            Some(AccountFailure::Internal(_)) => 1,
-            None if s.remaining() > 0 || s.aborted.is_some() => 1,
-            None => 0,
-        };
-        // Configuration errors outrank connection failures, which outrank leftovers.
-        let rank = |c: u8| match c {
-            2 => 3,
-            3 => 2,
-            1 => 1,
-            _ => 0,
-        };
-        if rank(c) > rank(code) {
-            code = c;
-        }
-    }
-    code
 }
 
 /// One progress bar per account, fed by events.
@@ -206,7 +202,12 @@ fn print_summary(s: &Summary) {
         (s.deferred, "deferred"),
         (s.skipped, "over the size limit"),
         (s.quarantined, "quarantined"),
-        (s.postponed, "for the next pass"),
+        (s.backlog(), "for the next pass"),
+        (
+            s.postponed.saturating_sub(s.backlog()),
+            "not reached (pass interrupted)",
+        ),
+        (s.mismatched, "not as large as listed"),
     ] {
         if n > 0 {
             kept.push(format!("{n} {what}"));
@@ -230,7 +231,7 @@ fn print_summary(s: &Summary) {
     }
 }
 
-async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<u8> {
+async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<Exit> {
     let accounts = match only {
         Some(name) => match config.account(name) {
             Some(a) => vec![a.clone()],
@@ -239,7 +240,7 @@ async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<
                     "popbridge: {}: no account named {name:?}",
                     config.path.display()
                 );
-                return Ok(2);
+                return Ok(Exit::Config);
             }
         },
         None => config.accounts.clone(),
@@ -271,11 +272,11 @@ async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<
     for s in &summaries {
         print_summary(s);
     }
-    Ok(exit_code(&summaries))
+    Ok(Exit::of_all(&summaries))
 }
 
 #[cfg(unix)]
-async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
+async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<Exit> {
     use popbridge::daemon::{self, Daemon};
     use tokio::signal::unix::{signal, SignalKind};
     let events = match &cli.events {
@@ -288,12 +289,27 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     let socket = daemon::socket_path(&config.state_dir);
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let events = Arc::new(events);
     let (daemon, handle) = Daemon::new(
         config,
         Arc::new(TcpDialer),
-        Arc::new(events),
+        events.clone(),
         Arc::new(Mutex::new(ledger)),
     );
+    let metrics_server = metrics_listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(target: "popbridge::daemon", "metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(popbridge::metrics::serve(l, handle.metrics()))
+    });
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -309,6 +325,10 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
+                    if let Err(e) = events.reopen() {
+                        let path = events.path().map(|p| p.display().to_string()).unwrap_or_default();
+                        eprintln!("popbridge: cannot reopen the events file {path}: {e} (events go on to the file open so far)");
+                    }
                     let loaded = load_config(&path, insecure_ok).map_err(|e| e.to_string());
                     match h.reload(loaded).await {
                         Ok(()) => eprintln!("popbridge: configuration reloaded from {}", path.display()),
@@ -319,9 +339,12 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
         }
         h.stop().await;
     });
-    tracing::info!("daemon started; trigger socket {}", socket.display());
+    tracing::info!(target: "popbridge::daemon", "daemon started; trigger socket {}", socket.display());
     daemon.run().await;
     signals.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     if server.is_finished() {
         if let Ok(Err(e)) = server.await {
             eprintln!("popbridge: trigger socket: {e}");
@@ -330,38 +353,47 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<u8> {
         server.abort();
     }
     let _ = std::fs::remove_file(&socket);
-    Ok(0)
+    Ok(Exit::Delivered)
 }
 
 #[cfg(unix)]
-async fn trigger(config: &Config, account: Option<String>) -> anyhow::Result<u8> {
+async fn trigger(config: &Config, account: Option<String>) -> anyhow::Result<Exit> {
     use popbridge::daemon::{request_trigger, socket_path, TriggerResponse};
     match request_trigger(&socket_path(&config.state_dir), account).await {
         Ok(TriggerResponse::Done(summaries)) => {
             for s in &summaries {
                 print_summary(s);
             }
-            Ok(exit_code(&summaries))
+            Ok(Exit::of_all(&summaries))
         }
         Ok(TriggerResponse::Error(e)) => {
             eprintln!("popbridge: {e}");
-            Ok(2)
+            Ok(Exit::Config)
         }
         Err(e) => {
             eprintln!("popbridge: {e}");
-            Ok(3)
+            Ok(Exit::Connect)
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.verbose {
-        "info,popbridge::wire=debug"
-    } else {
-        "warn"
+    // --log-level, else POPBRIDGE_LOG, else --verbose, else warnings and the daemon's
+    // per-pass lines.
+    let filter = match (&cli.log_level, std::env::var("POPBRIDGE_LOG")) {
+        (Some(level), _) => level.clone(),
+        (None, Ok(env)) => env,
+        (None, Err(_)) if cli.verbose => "info,popbridge::wire=debug".into(),
+        (None, Err(_)) => "warn,popbridge::daemon=info".into(),
     };
-    let filter = std::env::var("POPBRIDGE_LOG").unwrap_or_else(|_| filter.to_string());
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("popbridge: invalid log level or filter {filter:?}: {e}");
+            return ExitCode::from(Exit::Config.code());
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -372,7 +404,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("popbridge: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(Exit::Config.code());
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -382,12 +414,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("popbridge: cannot start the runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(Exit::Config.code());
         }
     };
     let result = match &cli.command {
-        Command::Fetch { account } => rt.block_on(fetch(&cli, config, account.as_deref())),
-        Command::Run => rt.block_on(run_daemon(&cli, config)),
+        Command::Fetch { account } => rt
+            .block_on(fetch(&cli, config, account.as_deref()))
+            .map(Exit::code),
+        Command::Run => rt.block_on(run_daemon(&cli, config)).map(Exit::code),
         Command::CheckLimits { probe } => rt.block_on(async {
             let report = popbridge::limits::check(&config, *probe, &TcpDialer).await;
             print!("{}", report.render());
@@ -398,13 +432,15 @@ fn main() -> ExitCode {
             print!("{}", report.render());
             Ok(report.exit_code())
         }),
-        Command::Trigger { account } => rt.block_on(trigger(&config, account.clone())),
+        Command::Trigger { account } => rt
+            .block_on(trigger(&config, account.clone()))
+            .map(Exit::code),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("popbridge: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(Exit::Config.code())
         }
     }
 }

@@ -61,7 +61,7 @@ use std::time::SystemTime;
 
 use crate::body::Body;
 use crate::config::{Account, Config, Profile};
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, PassEvents, PassId};
 pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
 use crate::keys::{self, DigestKeys};
 use crate::ledger::{Along, FailureKind, Ledger, Status};
@@ -142,10 +142,20 @@ pub struct Summary {
     /// hold (a maildrop larger than the budget is worked through over several passes).
     #[serde(default)]
     pub sliced: u32,
+    /// Of `postponed`: messages not attempted because the per-session cap
+    /// (`max_messages_per_session`) was reached; the next pass takes them.
+    #[serde(default)]
+    pub capped: u32,
+    /// Octets of the messages delivered this pass (as submitted).
+    #[serde(default)]
+    pub delivered_octets: u64,
     /// Set when the account could not be processed.
     pub failure: Option<AccountFailure>,
     /// Set when the pass stopped early for a reason other than `failure`.
     pub aborted: Option<String>,
+    /// The id its events carry.
+    #[serde(default)]
+    pub pass: Option<PassId>,
 }
 
 impl Summary {
@@ -157,6 +167,18 @@ impl Summary {
             + self.quarantined
             + self.postponed
             + self.mismatched
+    }
+
+    /// Messages left for the next pass by design (the per-session cap, the listing
+    /// budget), not because anything went wrong with them.
+    pub fn backlog(&self) -> u32 {
+        self.capped.saturating_add(self.sliced)
+    }
+
+    /// Messages that stay on the server for a reason other than the backlog: refused,
+    /// deferred, oversize, quarantined, mismatched, or not reached by an interrupted pass.
+    pub fn stuck(&self) -> u32 {
+        self.remaining().saturating_sub(self.backlog())
     }
 }
 
@@ -286,6 +308,8 @@ struct Slice {
 
 struct Run<'a> {
     cx: &'a Context<'a>,
+    /// This pass's events (each carries the pass id).
+    events: PassEvents<'a>,
     account: &'a Account,
     summary: Summary,
     smtp: Option<SmtpClient>,
@@ -328,13 +352,21 @@ struct Run<'a> {
     suspects_waiting: bool,
 }
 
-/// Runs one pass over `account`.
+/// Runs one pass over `account`, under a new pass id.
 pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
+    run_account_as(cx, account, &PassId::new()).await
+}
+
+/// Runs one pass over `account` whose events carry `id`.
+pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) -> Summary {
+    let events = cx.events.pass(id);
     let mut run = Run {
         cx,
+        events,
         account,
         summary: Summary {
             account: account.name.clone(),
+            pass: Some(id.clone()),
             ..Summary::default()
         },
         smtp: None,
@@ -358,7 +390,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         digest_deles: HashSet::new(),
         suspects_waiting: false,
     };
-    cx.events.emit(Event::PassStarted {
+    events.emit(Event::PassStarted {
         account: account.name.clone(),
     });
     // One pass per account at a time, across processes too: an advisory lock the kernel
@@ -366,7 +398,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
     let _lock = match lock_account(&cx.config.state_dir, &account.name) {
         Ok(l) => l,
         Err(reason) => {
-            cx.events.emit(Event::AccountFailed {
+            events.emit(Event::AccountFailed {
                 account: account.name.clone(),
                 error: reason.clone(),
             });
@@ -386,7 +418,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         }
     }
     if let Err(f) = run.pass().await {
-        cx.events.emit(Event::AccountFailed {
+        events.emit(Event::AccountFailed {
             account: account.name.clone(),
             error: f.to_string(),
         });
@@ -401,7 +433,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         return run.summary;
     }
     if let Some(reason) = &run.summary.aborted {
-        cx.events.emit(Event::PassInterrupted {
+        events.emit(Event::PassInterrupted {
             account: account.name.clone(),
             reason: reason.clone(),
         });
@@ -411,7 +443,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
     }
     run.end_marks();
     let s = &run.summary;
-    cx.events.emit(Event::PassFinished {
+    events.emit(Event::PassFinished {
         account: account.name.clone(),
         delivered: s.delivered,
         deleted: s.deleted,
@@ -517,7 +549,7 @@ fn smtp_failure(e: SmtpError) -> AccountFailure {
 
 impl Run<'_> {
     fn emit(&self, e: Event) {
-        self.cx.events.emit(e);
+        self.events.emit(e);
     }
 
     /// Counts one arrival at `step`; true (and remembered) when the crash fail point is
@@ -894,7 +926,7 @@ impl Run<'_> {
         let ceiling = crate::limits::effective_limit(self.cx.config, a, None)
             .unwrap_or(u64::MAX)
             .min(self.cx.config.limits.max_download_size);
-        let (known, events) = (&self.known, self.cx.events);
+        let (known, events) = (&self.known, self.events);
         let mut shared_listed = false;
         let select = |n: u32, uid: &str| -> Want {
             // A UIDL entry LIST does not have is not a message of this session.
@@ -1171,7 +1203,9 @@ impl Run<'_> {
             with_uid += 1;
             with_uid <= cap
         });
-        self.summary.postponed += with_uid.saturating_sub(cap) as u32;
+        let over_cap = with_uid.saturating_sub(cap) as u32;
+        self.summary.postponed += over_cap;
+        self.summary.capped += over_cap;
         // Estimated LIST sizes prove nothing: one message at a time then.
         let window = if txn.capabilities.pipelining && a.verify_list_size {
             RETR_WINDOW
@@ -1193,6 +1227,8 @@ impl Run<'_> {
         };
         let mut queue = (0..todo.len()).peekable();
         let mut in_flight_retr = 0usize;
+        // Set when the cap stopped the queue (what is left is backlog, not a failure).
+        let mut cap_reached = false;
         let threshold = self.cx.config.limits.memory_threshold;
         let result = loop {
             // After a stop request, no new message is started; those in flight finish. A
@@ -1208,7 +1244,8 @@ impl Run<'_> {
                     }
                     // Never more submissions than the cap, counting those in flight.
                     Some(item) if item.key.is_none() && self.attempts + in_flight_retr >= cap => {
-                        break
+                        cap_reached = true;
+                        break;
                     }
                     Some(_) => {
                         let item = &todo[queue.next().expect("peeked")];
@@ -1327,7 +1364,11 @@ impl Run<'_> {
         };
         // Not started (a stop request, or the session ended early): they wait for the next
         // pass.
-        self.summary.postponed += queue.count() as u32 + in_flight_retr as u32;
+        let left = queue.count() as u32;
+        self.summary.postponed += left + in_flight_retr as u32;
+        if cap_reached && result.is_ok() && !self.cx.stop.is_stopped() {
+            self.summary.capped += left;
+        }
         result
     }
 
@@ -1794,6 +1835,7 @@ impl Run<'_> {
             self.marked.insert(next.to_string());
         }
         self.summary.delivered += 1;
+        self.summary.delivered_octets = self.summary.delivered_octets.saturating_add(size);
         self.emit(Event::Delivered {
             account: a.name.clone(),
             uid: key.clone(),
@@ -1909,6 +1951,8 @@ pub async fn run_accounts_with(
             sem.clone(),
             stop.clone(),
         );
+        let id = PassId::new();
+        let pass = id.clone();
         let task = tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.ok();
             let cx = Context {
@@ -1920,12 +1964,12 @@ pub async fn run_accounts_with(
                 faults,
                 listing_budget: Budget::DEFAULT,
             };
-            run_account(&cx, &account).await
+            run_account_as(&cx, &account, &pass).await
         });
-        tasks.push((name, task));
+        tasks.push((name, id, task));
     }
     let mut out = Vec::new();
-    for (account, t) in tasks {
+    for (account, id, t) in tasks {
         match t.await {
             Ok(s) => out.push(s),
             Err(e) => {
@@ -1941,13 +1985,14 @@ pub async fn run_accounts_with(
                     "the pass was cancelled".to_string()
                 };
                 let failure = AccountFailure::Internal(why);
-                events.emit(Event::AccountFailed {
+                events.pass(&id).emit(Event::AccountFailed {
                     account: account.clone(),
                     error: failure.to_string(),
                 });
                 out.push(Summary {
                     account,
                     failure: Some(failure),
+                    pass: Some(id),
                     ..Summary::default()
                 });
             }

@@ -9,7 +9,7 @@
 # (default: `popbridge` on PATH). The ninth argument, optional, is the command timeout in
 # seconds (default 60; the data timeout is twice it).
 # Exit status: popbridge's (1 = some messages stay on the server, as a pass under faults
-# often ends).
+# often ends; 4 = a backlog left for the next pass).
 set -eu
 
 if [ "$#" -ne 8 ] && [ "$#" -ne 9 ]; then

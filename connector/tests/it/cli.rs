@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mock_pop3::{Mailbox, MockPop3};
 use mock_smtp::{Limits, MockSmtp};
+use tokio::io::AsyncBufReadExt;
 
 use crate::harness::*;
 
@@ -200,11 +201,80 @@ async fn help_explains_the_exit_codes() {
     let out = popbridge(&["--help"]).await;
     let help = text(&out.stdout);
     assert!(out.status.success());
+    for line in [
+        "Exit codes of fetch and trigger (the most severe account wins: 2 > 3 > 1 > 4 > 0):",
+        "  0  everything due was delivered",
+        "  1  something stays on the server that will not go by itself",
+        "  2  configuration error",
+        "  3  could not connect or authenticate",
+        "  4  everything attempted was delivered; a backlog",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from:\n{help}");
+    }
     assert!(
-        help.contains("Exit codes: 0 everything due was delivered"),
+        help.contains("POPBRIDGE_LOG") && help.contains("--log-level"),
         "{help}"
     );
     assert!(help.contains("fetch"));
+}
+
+/// Guards against: a normal backlog (more mail than one pass takes) and mail that will
+/// never go by itself giving monitoring the same exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(5, 800)),
+    )
+    .await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        sink.addr().unwrap().port(),
+        "[limits]\nmax_messages_per_session = 2",
+    );
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("2 delivered, 2 deleted, 3 left on the server (3 for the next pass)"),
+        "{stdout}"
+    );
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the backlog is gone: {}",
+        text(&out.stdout)
+    );
+
+    // Stuck mail outranks a backlog: one message over the size limit, and the cap.
+    let mb = Mailbox::new("info", PASSWORD)
+        .with_demo_messages(4, 800)
+        .with_demo_messages(1, 50_000);
+    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let small = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(20_000),
+        ..Limits::default()
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        small.addr().unwrap().port(),
+        "[limits]\nmax_messages_per_session = 2",
+    );
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("1 over the size limit, 2 for the next pass"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,4 +499,225 @@ async fn check_limits_with_probe_passes_a_safe_configuration() {
         2,
         "probing changes nothing"
     );
+}
+
+/// Unix seconds of an RFC 3339 UTC time as popbridge writes it
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`); `None` if it is not one.
+fn parse_rfc3339_utc(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    if b.len() != 24 || &t[4..5] != "-" || &t[7..8] != "-" || &t[10..11] != "T" {
+        return None;
+    }
+    if &t[13..14] != ":" || &t[16..17] != ":" || &t[19..20] != "." || &t[23..] != "Z" {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        t.get(r.clone())
+            .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))?
+            .parse()
+            .ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    num(20..23)?;
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 of a civil date (proleptic Gregorian).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// The events file as JSON values.
+fn event_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Guards against: events that cannot be placed in time or told apart by pass (two
+/// accounts or two passes interleaved in one file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_an_rfc3339_time_and_one_pass_id_per_account_pass() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(2, 800)),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    let events = dir.path().join("events.jsonl");
+    let args = [
+        "--config",
+        &cfg,
+        "--events",
+        events.to_str().unwrap(),
+        "fetch",
+    ];
+    assert_eq!(popbridge(&args).await.status.code(), Some(0));
+    let first = event_lines(&events).len();
+    pop.add_message(
+        "info",
+        mock_pop3::Message::new(
+            &b"Return-Path: <b@example.net>\r\nSubject: later\r\nMessage-ID: <later@x>\r\n\r\nx\r\n"[..],
+        ),
+    );
+    assert_eq!(popbridge(&args).await.status.code(), Some(0));
+    let lines = event_lines(&events);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for l in &lines {
+        let t = l["time"].as_str().unwrap_or_else(|| panic!("no time: {l}"));
+        let at = parse_rfc3339_utc(t).unwrap_or_else(|| panic!("not RFC 3339 UTC: {t}"));
+        assert!((now - 600..=now + 5).contains(&at), "{t} is not now");
+    }
+    let ids: Vec<&str> = lines.iter().map(|l| l["pass"].as_str().unwrap()).collect();
+    assert!(ids[..first].iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert!(ids[first..].iter().all(|id| *id == ids[first]), "{ids:?}");
+    assert_ne!(ids[0], ids[first], "two passes, two ids");
+    // The snapshot, as written: time and pass ids redacted (pass ids numbered by first
+    // appearance).
+    let raw = std::fs::read_to_string(&events).unwrap();
+    let mut seen: Vec<&str> = Vec::new();
+    let redacted: Vec<String> = raw
+        .lines()
+        .zip(&lines)
+        .map(|(text, l)| {
+            let (time, id) = (l["time"].as_str().unwrap(), l["pass"].as_str().unwrap());
+            let n = match seen.iter().position(|s| *s == id) {
+                Some(i) => i + 1,
+                None => {
+                    seen.push(id);
+                    seen.len()
+                }
+            };
+            text.replacen(time, "[time]", 1)
+                .replacen(id, &format!("[pass {n}]"), 1)
+        })
+        .collect();
+    insta::assert_snapshot!(redacted.join("\n"));
+}
+
+type Log = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Reads a daemon's log until a line containing `what` (bounded), keeping every line.
+async fn until(stderr: &mut Log, what: &str, log: &mut Vec<String>) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            let done = line.contains(what);
+            log.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("the daemon's log ended before {what:?}: {log:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what:?} in the daemon's log"));
+}
+
+/// Guards against: logrotate renaming the events file and the daemon writing on into the
+/// renamed file forever (the new file stays empty, the old one grows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_events_file_after_a_rename() {
+    let pop = pop3(
+        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(1, 800)),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("interval = \"24h\"\njitter = 0\n{original}")).unwrap();
+    let events = dir.path().join("events.jsonl");
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
+        .args([
+            "--config",
+            &cfg,
+            "--events",
+            events.to_str().unwrap(),
+            "run",
+        ])
+        .env_remove("POPBRIDGE_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    // The pass at start-up: one log line at the default level.
+    until(&mut stderr, "info: scheduled pass", &mut log).await;
+    let line = log.last().unwrap().clone();
+    assert!(
+        line.contains("1 listed, 1 delivered, 0 left") && line.contains("next pass 20"),
+        "{line}"
+    );
+    let before = event_lines(&events);
+    assert_eq!(before.last().unwrap()["kind"], "pass.finished");
+    let rotated = dir.path().join("events.jsonl.1");
+    std::fs::rename(&events, &rotated).unwrap();
+    let pid = daemon.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    until(&mut stderr, "configuration reloaded", &mut log).await;
+    pop.add_message(
+        "info",
+        mock_pop3::Message::new(
+            &b"Return-Path: <a@example.net>\r\nFrom: a@example.net\r\nSubject: after\r\n\r\nx\r\n"
+                [..],
+        ),
+    );
+    let out = popbridge(&["--config", &cfg, "trigger"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let after = event_lines(&events);
+    let kinds: Vec<&str> = after.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "pass.started",
+            "pass.listed",
+            "message.delivered",
+            "pass.finished"
+        ],
+        "the new file has the triggered pass"
+    );
+    assert_eq!(
+        event_lines(&rotated),
+        before,
+        "the renamed file is left as it was"
+    );
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }

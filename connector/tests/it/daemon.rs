@@ -267,3 +267,229 @@ async fn stop_finishes_the_message_in_flight_and_quits() {
     );
     assert_eq!(w.pop.mailbox("info").unwrap().remaining.len(), 4);
 }
+
+/// A daemon over two accounts, `fast` (its own `interval = "10m"`) and `slow` (the global
+/// 30 minutes), each on its own mailbox of the POP3 mock.
+fn start_two(pop: MockPop3Handle) -> World {
+    let pop = Arc::new(pop);
+    let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
+    let dir = tempfile::tempdir().unwrap();
+    let account = |name: &str, extra: &str| {
+        format!(
+            r#"[[account]]
+name = "{name}"
+host = "pop3.test"
+port = 110
+tls = "none"
+allow_plaintext = true
+username = "{name}"
+password = "{PASSWORD}"
+deliver_to = "{name}@contoso.local"
+{extra}
+"#
+        )
+    };
+    let text = format!(
+        r#"state_dir = "{}"
+interval = "30m"
+jitter = 0
+[transport]
+host = "smtp.test"
+port = 25
+[timeouts]
+command = "2h"
+data = "2h"
+{}{}"#,
+        dir.path().join("state").display(),
+        account("fast", "interval = \"10m\""),
+        account("slow", ""),
+    );
+    let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
+    let dialer = MemoryDialer::new();
+    let p = pop.clone();
+    dialer.route(
+        "pop3.test",
+        110,
+        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
+    );
+    let s = smtp.clone();
+    dialer.route(
+        "smtp.test",
+        25,
+        Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
+    );
+    let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));
+    let (daemon, handle) = Daemon::new(
+        config,
+        Arc::new(dialer),
+        Arc::new(EventSink::memory()),
+        ledger,
+    );
+    let run = tokio::spawn(daemon.run());
+    World {
+        pop,
+        smtp,
+        dir,
+        handle,
+        run,
+    }
+}
+
+/// Guards against: a per-account `interval` being ignored (every account on the global
+/// schedule) or applied to every account.
+#[tokio::test(start_paused = true)]
+async fn an_account_interval_overrides_the_global_one() {
+    let pop = MockPop3::builder()
+        .mailbox(Mailbox::new("fast", PASSWORD).with_demo_messages(1, 600))
+        .mailbox(Mailbox::new("slow", PASSWORD).with_demo_messages(1, 600))
+        .spawn_in_memory();
+    let w = start_two(pop);
+    // 29 minutes on the paused clock: passes at 0, 10 and 20 minutes for `fast`, at 0 for
+    // `slow` (its next is at 30).
+    tokio::time::sleep(Duration::from_secs(29 * 60)).await;
+    let h = w.handle.history();
+    let starts = |name: &str| -> Vec<Duration> {
+        let first = h[0].started;
+        h.iter()
+            .filter(|r| r.account == name)
+            .map(|r| r.started - first)
+            .collect()
+    };
+    assert_eq!(
+        starts("fast"),
+        [0, 600, 1200].map(Duration::from_secs),
+        "{:?}",
+        h.iter()
+            .map(|r| (&r.account, r.started))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(starts("slow"), [Duration::ZERO]);
+    tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+    let h = w.handle.history();
+    assert_eq!(h.iter().filter(|r| r.account == "slow").count(), 2);
+    assert_eq!(h.iter().filter(|r| r.account == "fast").count(), 4);
+    assert_eq!(w.smtp.counts().accepted, 2);
+    w.handle.stop().await;
+    w.run.await.unwrap();
+}
+
+/// One HTTP/1.1 request over loopback; the whole response as text.
+async fn http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .expect("the metrics responder hung")
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// The samples of an OpenMetrics text exposition: `name{labels}` → value. Checks the
+/// format on the way: every line is a comment or `name[{labels}] value`, and it ends
+/// with `# EOF`.
+fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line.starts_with("# UNIT ")
+                    || line == "# EOF",
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "{line}");
+        }
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        out.insert(series.to_string(), value);
+    }
+    out
+}
+
+/// Guards against: a metrics endpoint that answers without the documented metrics, or
+/// with values that do not match the pass it reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_pass_have_the_documented_names_and_values() {
+    let w = start(
+        MockPop3::builder().mailbox(mailbox(2)).spawn_in_memory(),
+        "24h",
+    );
+    w.handle.wait_completed(1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(popbridge::metrics::serve(listener, w.handle.metrics()));
+    let response = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text"),
+        "{head}"
+    );
+    let m = parse_exposition(body);
+    let a = "{account=\"info\"}";
+    let get = |name: &str| {
+        *m.get(name)
+            .unwrap_or_else(|| panic!("{name} missing from:\n{body}"))
+    };
+    let octets = w.handle.history()[0].summary.delivered_octets as f64;
+    assert!(octets > 1000.0);
+    assert_eq!(get(&format!("popbridge_messages_delivered_total{a}")), 2.0);
+    for zero in ["rejected", "deferred", "skipped", "quarantined"] {
+        assert_eq!(get(&format!("popbridge_messages_{zero}_total{a}")), 0.0);
+    }
+    assert_eq!(get(&format!("popbridge_delivered_bytes_total{a}")), octets);
+    assert_eq!(
+        get(&format!("popbridge_pass_duration_seconds_count{a}")),
+        1.0
+    );
+    assert_eq!(
+        get("popbridge_passes_total{account=\"info\",outcome=\"delivered\"}"),
+        1.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    for ts in [
+        "popbridge_last_pass_timestamp_seconds",
+        "popbridge_last_successful_pass_timestamp_seconds",
+    ] {
+        let t = get(&format!("{ts}{a}"));
+        assert!((now - 600.0..=now + 1.0).contains(&t), "{ts} = {t}");
+    }
+    assert_eq!(get(&format!("popbridge_messages_waiting{a}")), 0.0);
+    assert_eq!(
+        get(&format!("popbridge_oldest_waiting_message_age_seconds{a}")),
+        0.0
+    );
+    assert!(get("popbridge_ledger_size_bytes") > 0.0);
+    // Anything but GET /metrics is refused; an endless request head is cut off.
+    assert!(http(addr, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 404 "));
+    assert!(http(addr, b"POST /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 405 "));
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 20_000));
+    assert!(http(addr, &huge).await.starts_with("HTTP/1.1 431 "));
+    server.abort();
+    w.handle.stop().await;
+    w.run.await.unwrap();
+}

@@ -1,0 +1,154 @@
+//! The exit codes of `fetch` and `trigger`: what a pass's summaries mean to a script or a
+//! monitoring system, as one documented number.
+//!
+//! Responsible for: the table of codes, how one account's summary maps to a code, and which
+//! code wins when accounts disagree. Must never: change the meaning of a published code
+//! (new meanings get new numbers), or report success for a summary with a failure.
+
+use crate::pass::{AccountFailure, Summary};
+
+/// The exit codes of `fetch` and `trigger`. When accounts differ the most severe wins:
+/// `Config` > `Connect` > `Stuck` > `Backlog` > `Delivered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 0: everything due was delivered; nothing waits.
+    Delivered,
+    /// 1: something stays on the server that will not go by itself (refused, deferred,
+    /// oversize, quarantined, size mismatch) or a pass was interrupted.
+    Stuck,
+    /// 2: a configuration error (or a state directory that cannot be used).
+    Config,
+    /// 3: could not connect or authenticate.
+    Connect,
+    /// 4: everything attempted this pass was delivered; a backlog (the per-session cap,
+    /// the listing budget) remains for the next pass.
+    Backlog,
+}
+
+/// The table as people read it (for `--help` and the README).
+pub const TABLE: &str = "\
+Exit codes of fetch and trigger (the most severe account wins: 2 > 3 > 1 > 4 > 0):
+  0  everything due was delivered
+  1  something stays on the server that will not go by itself (refused, deferred,
+     over the size limit, quarantined, size mismatch) or a pass was interrupted
+  2  configuration error
+  3  could not connect or authenticate
+  4  everything attempted was delivered; a backlog (max_messages_per_session, a
+     maildrop larger than one pass holds) remains for the next pass";
+
+impl Exit {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Delivered => 0,
+            Exit::Stuck => 1,
+            Exit::Config => 2,
+            Exit::Connect => 3,
+            Exit::Backlog => 4,
+        }
+    }
+
+    /// How severe it is: the higher, the more it needs a person.
+    fn severity(self) -> u8 {
+        match self {
+            Exit::Delivered => 0,
+            Exit::Backlog => 1,
+            Exit::Stuck => 2,
+            Exit::Connect => 3,
+            Exit::Config => 4,
+        }
+    }
+
+    /// The more severe of the two.
+    pub fn worst(self, other: Exit) -> Exit {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// What one account's pass means.
+    pub fn of(s: &Summary) -> Exit {
+        match &s.failure {
+            Some(AccountFailure::Config(_)) => Exit::Config,
+            Some(AccountFailure::Connect(_) | AccountFailure::Auth(_)) => Exit::Connect,
+            // A broken pass: whatever it did not deliver stays on the server.
+            Some(AccountFailure::Internal(_)) => Exit::Stuck,
+            None if s.aborted.is_some() || s.stuck() > 0 => Exit::Stuck,
+            None if s.backlog() > 0 => Exit::Backlog,
+            None => Exit::Delivered,
+        }
+    }
+
+    /// What a run over several accounts means: the most severe of them.
+    pub fn of_all(summaries: &[Summary]) -> Exit {
+        summaries
+            .iter()
+            .map(Exit::of)
+            .fold(Exit::Delivered, Exit::worst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_is_not_stuck_and_the_most_severe_account_wins() {
+        let backlog = Summary {
+            postponed: 100,
+            capped: 100,
+            ..Summary::default()
+        };
+        assert_eq!(Exit::of(&backlog), Exit::Backlog);
+        let sliced = Summary {
+            postponed: 7,
+            sliced: 7,
+            ..Summary::default()
+        };
+        assert_eq!(Exit::of(&sliced), Exit::Backlog);
+        let stuck = Summary {
+            rejected: 1,
+            postponed: 100,
+            capped: 100,
+            ..Summary::default()
+        };
+        assert_eq!(Exit::of(&stuck), Exit::Stuck);
+        let interrupted = Summary {
+            postponed: 3,
+            ..Summary::default()
+        };
+        assert_eq!(Exit::of(&interrupted), Exit::Stuck);
+        let aborted = Summary {
+            aborted: Some("lost".into()),
+            ..Summary::default()
+        };
+        assert_eq!(Exit::of(&aborted), Exit::Stuck);
+        let connect = Summary {
+            failure: Some(AccountFailure::Connect("refused".into())),
+            ..Summary::default()
+        };
+        let config = Summary {
+            failure: Some(AccountFailure::Config("bad".into())),
+            ..Summary::default()
+        };
+        let ok = Summary::default();
+        assert_eq!(Exit::of_all(&[]), Exit::Delivered);
+        assert_eq!(Exit::of_all(&[ok.clone(), backlog.clone()]), Exit::Backlog);
+        assert_eq!(Exit::of_all(&[backlog.clone(), stuck.clone()]), Exit::Stuck);
+        assert_eq!(Exit::of_all(&[stuck, connect.clone()]), Exit::Connect);
+        assert_eq!(Exit::of_all(&[config, connect, backlog]), Exit::Config);
+        let codes: Vec<u8> = [
+            Exit::Delivered,
+            Exit::Stuck,
+            Exit::Config,
+            Exit::Connect,
+            Exit::Backlog,
+        ]
+        .iter()
+        .map(|e| e.code())
+        .collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4]);
+    }
+}
