@@ -330,6 +330,11 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<Exit> {
                         eprintln!("popbridge: cannot reopen the events file {path}: {e} (events go on to the file open so far)");
                     }
                     let loaded = load_config(&path, insecure_ok).map_err(|e| e.to_string());
+                    if let Ok(c) = &loaded {
+                        if c.metrics_listen != h.config().metrics_listen {
+                            eprintln!("popbridge: metrics_listen changed; the new address is used after a restart");
+                        }
+                    }
                     match h.reload(loaded).await {
                         Ok(()) => eprintln!("popbridge: configuration reloaded from {}", path.display()),
                         Err(e) => eprintln!("popbridge: {e} (the running configuration stays in force)"),
