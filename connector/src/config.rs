@@ -85,7 +85,35 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Exchange {
     /// The organisation-wide receive limit (`Set-TransportConfig -MaxReceiveSize`).
-    pub organization_receive_limit: Option<u64>,
+    pub organization_receive_limit: ReceiveLimit,
+}
+
+/// A receive limit Exchange applies after it accepted a message, as the configuration
+/// declares it. SMTP cannot reveal it, so one left out is unknown, not unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReceiveLimit {
+    /// Not in the configuration: unknown (a pass applies none; `check-limits` says so).
+    #[default]
+    Undeclared,
+    /// Declared as `"unlimited"`.
+    Unlimited,
+    /// Declared as this many octets.
+    Octets(u64),
+}
+
+impl ReceiveLimit {
+    /// The limit in octets, when one is declared (`None` for unlimited or undeclared).
+    pub fn octets(self) -> Option<u64> {
+        match self {
+            Self::Octets(n) => Some(n),
+            Self::Undeclared | Self::Unlimited => None,
+        }
+    }
+
+    /// True when the configuration says what the limit is (a size or `"unlimited"`).
+    pub fn is_declared(self) -> bool {
+        !matches!(self, Self::Undeclared)
+    }
 }
 
 /// Where messages are delivered.
@@ -208,7 +236,7 @@ pub struct Account {
     /// of the messages no local recipient was found for, e.g. the postmaster).
     pub deliver_to: String,
     /// The Exchange mailbox's receive limit (`MaxReceiveSize`), applied after acceptance.
-    pub mailbox_receive_limit: Option<u64>,
+    pub mailbox_receive_limit: ReceiveLimit,
     /// Catch-all routing by the message's recipient headers, when set.
     pub catch_all: Option<CatchAll>,
     /// Keep messages on the POP3 server after delivery.
@@ -887,6 +915,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// A receive limit: a size, `"unlimited"`, or left out (undeclared).
+    fn receive_limit(&self, v: Option<&Spanned<SizeValue>>, key: &str) -> Res<ReceiveLimit> {
+        match v {
+            None => Ok(ReceiveLimit::Undeclared),
+            Some(v) if matches!(&v.get_ref().0, Scalar::Text(s) if s.trim().eq_ignore_ascii_case("unlimited")) => {
+                Ok(ReceiveLimit::Unlimited)
+            }
+            Some(v) => match self.size(v, key)? {
+                0 => Err(self.at(v, key, "must be greater than 0 (or \"unlimited\")")),
+                n => Ok(ReceiveLimit::Octets(n)),
+            },
+        }
+    }
+
     fn duration(
         &self,
         v: Option<&Spanned<DurationValue>>,
@@ -975,10 +1017,10 @@ impl Ctx<'_> {
             ));
         }
         let exchange = Exchange {
-            organization_receive_limit: match &raw.exchange.organization_receive_limit {
-                Some(v) => Some(self.size(v, "exchange.organization_receive_limit")?),
-                None => None,
-            },
+            organization_receive_limit: self.receive_limit(
+                raw.exchange.organization_receive_limit.as_ref(),
+                "exchange.organization_receive_limit",
+            )?,
         };
         let t = &raw.timeouts;
         let timeouts = Timeouts {
@@ -1301,10 +1343,10 @@ impl Ctx<'_> {
             username: self.string(&raw.username, &key("username"))?,
             secret,
             deliver_to: self.mailbox(&raw.deliver_to, &key("deliver_to"))?,
-            mailbox_receive_limit: match &raw.mailbox_receive_limit {
-                Some(v) => Some(self.size(v, &key("mailbox_receive_limit"))?),
-                None => None,
-            },
+            mailbox_receive_limit: self.receive_limit(
+                raw.mailbox_receive_limit.as_ref(),
+                &key("mailbox_receive_limit"),
+            )?,
             catch_all: match &raw.catch_all {
                 Some(c) => {
                     let c = c.get_ref();
@@ -1986,7 +2028,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     username: "info@isp.example".into(),
                     secret: SecretSource::Value(Secret::new("hunter2-secret".into())),
                     deliver_to: "info@contoso.local".into(),
-                    mailbox_receive_limit: Some(10 * 1024 * 1024),
+                    mailbox_receive_limit: ReceiveLimit::Octets(10 * 1024 * 1024),
                     catch_all: None,
                     leave_on_server: true,
                     ca_file: Some(PathBuf::from("/etc/popbridge/isp.pem")),
@@ -2006,7 +2048,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     username: "sales".into(),
                     secret: SecretSource::Command("pass show isp/sales".into()),
                     deliver_to: "sales@contoso.local".into(),
-                    mailbox_receive_limit: None,
+                    mailbox_receive_limit: ReceiveLimit::Undeclared,
                     catch_all: Some(CatchAll {
                         local_domains: vec!["contoso.local".into()],
                         local_addresses: vec!["boss@other.example".into()],
@@ -2024,7 +2066,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
             interval: Duration::from_secs(30 * 60),
             jitter: Duration::from_secs(10),
             exchange: Exchange {
-                organization_receive_limit: Some(50 * 1024 * 1024),
+                organization_receive_limit: ReceiveLimit::Octets(50 * 1024 * 1024),
             },
         };
         assert_eq!(c, want);
