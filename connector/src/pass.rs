@@ -1195,11 +1195,13 @@ impl Run<'_> {
     /// server's SIZE (learnt by connecting), or the fixed SBS limit.
     async fn limit(&mut self) -> Result<Option<u64>, SmtpError> {
         if self.pickup.is_some() {
-            // No SMTP server to ask: the configured limit alone.
+            // No SMTP server to ask: the configured limits alone, Exchange's included (the
+            // pickup service hands the message to the same categoriser that bounces it).
+            // Under sbs2008: the old connector's fixed limit.
             return Ok(if self.sbs {
                 Some(SBS_LIMIT)
             } else {
-                self.cx.config.limits.max_message_size
+                crate::limits::effective_limit(self.cx.config, self.account, None)
             });
         }
         let server = self.session().await?.ext.max_size();
