@@ -2150,6 +2150,41 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
     }
 
     #[test]
+    fn receive_limits_are_undeclared_unlimited_or_a_size() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(
+            c.exchange.organization_receive_limit,
+            ReceiveLimit::Undeclared
+        );
+        assert_eq!(
+            c.accounts[0].mailbox_receive_limit,
+            ReceiveLimit::Undeclared
+        );
+        assert!(!c.accounts[0].mailbox_receive_limit.is_declared());
+        let text = MINIMAL.replace(
+            "[[account]]",
+            "[exchange]\norganization_receive_limit = \" Unlimited \"\n\n[[account]]",
+        ) + "mailbox_receive_limit = \"25MB\"\n";
+        let c = load(&text).unwrap();
+        assert_eq!(
+            c.exchange.organization_receive_limit,
+            ReceiveLimit::Unlimited
+        );
+        assert!(c.exchange.organization_receive_limit.is_declared());
+        assert_eq!(c.exchange.organization_receive_limit.octets(), None);
+        assert_eq!(
+            c.accounts[0].mailbox_receive_limit,
+            ReceiveLimit::Octets(25 << 20)
+        );
+        assert_eq!(c.accounts[0].mailbox_receive_limit.octets(), Some(25 << 20));
+        let text = MINIMAL.to_string() + "mailbox_receive_limit = 0\n";
+        assert_eq!(
+            err(&text),
+            "popbridge.toml:12: account[0].mailbox_receive_limit: must be greater than 0 (or \"unlimited\")"
+        );
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_folder() {
         let text = MINIMAL.replace("/var/lib/popbridge", "state").replace(
             "password = \"hunter2-secret\"",
