@@ -185,3 +185,41 @@ async fn a_rejected_message_is_named_escaped_and_cut() {
     );
     assert!(!line.contains('\x1b'));
 }
+
+#[tokio::test]
+async fn a_top_that_breaks_the_session_costs_nothing() {
+    // The connection closes instead of answering TOP: the skip is still reported (without
+    // names), nothing is lost, and the next pass delivers the rest.
+    let msgs = vec![
+        with_header(SCANS, 100 * 1024),
+        mail(1, "a@example.net", 800),
+        mail(2, "b@example.net", 800),
+    ];
+    let pop = pop3(
+        MockPop3::builder()
+            .mailbox(mailbox_with(msgs))
+            .fault(PopRule::new(PopHook::command("TOP"), PopFault::CloseBeforeReply).times(1)),
+    )
+    .await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(64 * 1024),
+        ..Limits::default()
+    }))
+    .await;
+    let s = setup(&pop, &smtp, "", "");
+    let (first, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((first.delivered, first.skipped), (0, 1), "{first:?}");
+    assert!(first.aborted.is_some(), "{first:?}");
+    let skips = json(&events, "message.skipped_oversize");
+    assert_eq!(skips.len(), 1);
+    assert!(skips[0].get("subject").is_none());
+    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
+    let (second, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((second.delivered, second.skipped), (2, 1), "{second:?}");
+    assert_eq!(
+        json(&events, "message.skipped_oversize")[0]["subject"],
+        "Scans"
+    );
+    exactly_once(&delivered_ids(&smtp), 2);
+    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
+}
