@@ -88,7 +88,35 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Exchange {
     /// The organisation-wide receive limit (`Set-TransportConfig -MaxReceiveSize`).
-    pub organization_receive_limit: Option<u64>,
+    pub organization_receive_limit: ReceiveLimit,
+}
+
+/// A receive limit Exchange applies after it accepted a message, as the configuration
+/// declares it. SMTP cannot reveal it, so one left out is unknown, not unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReceiveLimit {
+    /// Not in the configuration: unknown (a pass applies none; `check-limits` says so).
+    #[default]
+    Undeclared,
+    /// Declared as `"unlimited"`.
+    Unlimited,
+    /// Declared as this many octets.
+    Octets(u64),
+}
+
+impl ReceiveLimit {
+    /// The limit in octets, when one is declared (`None` for unlimited or undeclared).
+    pub fn octets(self) -> Option<u64> {
+        match self {
+            Self::Octets(n) => Some(n),
+            Self::Undeclared | Self::Unlimited => None,
+        }
+    }
+
+    /// True when the configuration says what the limit is (a size or `"unlimited"`).
+    pub fn is_declared(self) -> bool {
+        !matches!(self, Self::Undeclared)
+    }
 }
 
 /// Where messages are delivered.
@@ -211,7 +239,7 @@ pub struct Account {
     /// of the messages no local recipient was found for, e.g. the postmaster).
     pub deliver_to: String,
     /// The Exchange mailbox's receive limit (`MaxReceiveSize`), applied after acceptance.
-    pub mailbox_receive_limit: Option<u64>,
+    pub mailbox_receive_limit: ReceiveLimit,
     /// Catch-all routing by the message's recipient headers, when set.
     pub catch_all: Option<CatchAll>,
     /// Keep messages on the POP3 server after delivery.
@@ -903,6 +931,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// A receive limit: a size, `"unlimited"`, or left out (undeclared).
+    fn receive_limit(&self, v: Option<&Spanned<SizeValue>>, key: &str) -> Res<ReceiveLimit> {
+        match v {
+            None => Ok(ReceiveLimit::Undeclared),
+            Some(v) if matches!(&v.get_ref().0, Scalar::Text(s) if s.trim().eq_ignore_ascii_case("unlimited")) => {
+                Ok(ReceiveLimit::Unlimited)
+            }
+            Some(v) => match self.size(v, key)? {
+                0 => Err(self.at(v, key, "must be greater than 0 (or \"unlimited\")")),
+                n => Ok(ReceiveLimit::Octets(n)),
+            },
+        }
+    }
+
     fn duration(
         &self,
         v: Option<&Spanned<DurationValue>>,
@@ -986,10 +1028,10 @@ impl Ctx<'_> {
             ));
         }
         let exchange = Exchange {
-            organization_receive_limit: match &raw.exchange.organization_receive_limit {
-                Some(v) => Some(self.size(v, "exchange.organization_receive_limit")?),
-                None => None,
-            },
+            organization_receive_limit: self.receive_limit(
+                raw.exchange.organization_receive_limit.as_ref(),
+                "exchange.organization_receive_limit",
+            )?,
         };
         let t = &raw.timeouts;
         let timeouts = Timeouts {
@@ -1360,10 +1402,10 @@ impl Ctx<'_> {
             username: self.string(&raw.username, &key("username"))?,
             secret,
             deliver_to: self.mailbox(&raw.deliver_to, &key("deliver_to"))?,
-            mailbox_receive_limit: match &raw.mailbox_receive_limit {
-                Some(v) => Some(self.size(v, &key("mailbox_receive_limit"))?),
-                None => None,
-            },
+            mailbox_receive_limit: self.receive_limit(
+                raw.mailbox_receive_limit.as_ref(),
+                &key("mailbox_receive_limit"),
+            )?,
             catch_all: match &raw.catch_all {
                 Some(c) => {
                     let c = c.get_ref();
@@ -2049,7 +2091,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     username: "info@isp.example".into(),
                     secret: SecretSource::Value(Secret::new("hunter2-secret".into())),
                     deliver_to: "info@contoso.local".into(),
-                    mailbox_receive_limit: Some(10 * 1024 * 1024),
+                    mailbox_receive_limit: ReceiveLimit::Octets(10 * 1024 * 1024),
                     catch_all: None,
                     leave_on_server: true,
                     ca_file: Some(PathBuf::from("/etc/popbridge/isp.pem")),
@@ -2070,7 +2112,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                     username: "sales".into(),
                     secret: SecretSource::Command("pass show isp/sales".into()),
                     deliver_to: "sales@contoso.local".into(),
-                    mailbox_receive_limit: None,
+                    mailbox_receive_limit: ReceiveLimit::Undeclared,
                     catch_all: Some(CatchAll {
                         local_domains: vec!["contoso.local".into()],
                         local_addresses: vec!["boss@other.example".into()],
@@ -2089,7 +2131,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
             interval: Duration::from_secs(30 * 60),
             jitter: Duration::from_secs(10),
             exchange: Exchange {
-                organization_receive_limit: Some(50 * 1024 * 1024),
+                organization_receive_limit: ReceiveLimit::Octets(50 * 1024 * 1024),
             },
             metrics_listen: None,
         };
@@ -2171,6 +2213,41 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
             "[limits]\nmax_message_size = 1048576\n\n[[account]]",
         );
         assert_eq!(load(&text).unwrap().limits.max_message_size, Some(1 << 20));
+    }
+
+    #[test]
+    fn receive_limits_are_undeclared_unlimited_or_a_size() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(
+            c.exchange.organization_receive_limit,
+            ReceiveLimit::Undeclared
+        );
+        assert_eq!(
+            c.accounts[0].mailbox_receive_limit,
+            ReceiveLimit::Undeclared
+        );
+        assert!(!c.accounts[0].mailbox_receive_limit.is_declared());
+        let text = MINIMAL.replace(
+            "[[account]]",
+            "[exchange]\norganization_receive_limit = \" Unlimited \"\n\n[[account]]",
+        ) + "mailbox_receive_limit = \"25MB\"\n";
+        let c = load(&text).unwrap();
+        assert_eq!(
+            c.exchange.organization_receive_limit,
+            ReceiveLimit::Unlimited
+        );
+        assert!(c.exchange.organization_receive_limit.is_declared());
+        assert_eq!(c.exchange.organization_receive_limit.octets(), None);
+        assert_eq!(
+            c.accounts[0].mailbox_receive_limit,
+            ReceiveLimit::Octets(25 << 20)
+        );
+        assert_eq!(c.accounts[0].mailbox_receive_limit.octets(), Some(25 << 20));
+        let text = MINIMAL.to_string() + "mailbox_receive_limit = 0\n";
+        assert_eq!(
+            err(&text),
+            "popbridge.toml:12: account[0].mailbox_receive_limit: must be greater than 0 (or \"unlimited\")"
+        );
     }
 
     #[test]

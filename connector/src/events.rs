@@ -4,7 +4,8 @@
 //! event's `kind` and fields. The file can be reopened at its path (SIGHUP, after
 //! logrotate renamed it).
 //!
-//! Must never: carry a secret (events hold addresses, UIDs, sizes and server replies only).
+//! Must never: carry a secret (events hold addresses, UIDs, sizes, server replies and the
+//! escaped, bounded header fields of [`Named`] only).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+pub use crate::message::Named;
 
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,6 +69,10 @@ pub enum Event {
         size: u64,
         /// The effective limit.
         limit: u64,
+        /// The message's From, Subject, Date and Message-ID, when known (each absent
+        /// field is left out of the JSON).
+        #[serde(flatten)]
+        named: Named,
     },
     /// The SMTP server refused a message permanently; it stays on the server.
     #[serde(rename = "message.rejected")]
@@ -78,6 +85,10 @@ pub enum Event {
         reply: String,
         /// Permanent failures so far.
         failures: u32,
+        /// The message's From, Subject, Date and Message-ID, when known (each absent
+        /// field is left out of the JSON).
+        #[serde(flatten)]
+        named: Named,
     },
     /// A temporary failure: the message stays and is retried on the next pass.
     #[serde(rename = "message.deferred")]
@@ -88,6 +99,10 @@ pub enum Event {
         uid: String,
         /// Why.
         reason: String,
+        /// The message's From, Subject, Date and Message-ID, when known (each absent
+        /// field is left out of the JSON).
+        #[serde(flatten)]
+        named: Named,
     },
     /// What RETR sent did not match the message's LIST size: it was not delivered and is
     /// never deleted; the session did not trust the server's later replies; later passes
@@ -131,6 +146,10 @@ pub enum Event {
         path: String,
         /// True when also deleted from the server (`quarantine_delete`).
         deleted: bool,
+        /// The message's From, Subject, Date and Message-ID, when known (each absent
+        /// field is left out of the JSON).
+        #[serde(flatten)]
+        named: Named,
     },
     /// The envelope sender was repaired or replaced.
     #[serde(rename = "sender.repaired")]
@@ -461,6 +480,14 @@ mod tests {
             account: "info".into(),
             uid: "u1".into(),
             reason: "451 4.3.0 later".into(),
+            named: Named::default(),
+        });
+        sink.emit(Event::Rejected {
+            account: "info".into(),
+            uid: "u2".into(),
+            reply: "550 5.7.1 no".into(),
+            failures: 1,
+            named: Named::from_head(b"From: a@b.example\r\nSubject: Hi\x07\r\n\r\n"),
         });
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
@@ -470,6 +497,13 @@ mod tests {
         assert_eq!(lines[0]["kind"], "pass.started");
         assert_eq!(lines[1]["kind"], "message.deferred");
         assert_eq!(lines[1]["reason"], "451 4.3.0 later");
+        // Unknown names are left out; known ones sit beside the other fields, escaped.
+        assert!(lines[1].get("from").is_none() && lines[1].get("subject").is_none());
+        assert_eq!(lines[2]["from"], "a@b.example");
+        assert_eq!(lines[2]["subject"], "Hi\\u{7}");
+        assert_eq!(lines[2]["failures"], 1);
+        assert!(lines[2].get("date").is_none());
+        assert_eq!(text.lines().count(), 3);
     }
 
     #[test]

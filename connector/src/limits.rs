@@ -4,26 +4,30 @@
 //!
 //! Responsible for: collecting the limits a message meets (popbridge's
 //! `max_message_size`, the receive connector's EHLO `SIZE`, Exchange's organisation and
-//! mailbox receive limits), the limit popbridge downloads up to ([`effective_limit`]),
-//! splitting the size axis into bands at every known limit and naming each band's outcome
-//! ([`analyse`], pure), optionally probing the servers ([`check`] with `probe`), and
-//! rendering the table and the verdict ([`Report`]).
-//! Must never: change a mailbox (the probe is POP3 login, LIST, QUIT: no RETR, no DELE;
-//! SMTP EHLO then QUIT: no MAIL), connect anywhere without `probe`, panic on a failed
-//! probe (the failure is reported in [`AccountReport::probe_error`]), or show a secret.
+//! mailbox receive limits) with where each value came from ([`Source`]), the limit
+//! popbridge downloads up to ([`effective_limit`]), splitting the size axis into bands at
+//! every known limit and naming each band's outcome ([`analyse`], pure), optionally probing
+//! the servers and naming the messages on the server that will not be delivered ([`check`]
+//! with `probe`), and rendering the table and the verdict ([`Report`]).
+//! Must never: change a mailbox (the probe is POP3 login, LIST, `TOP n 0` for the messages
+//! it names, QUIT: no RETR, no DELE; SMTP EHLO then QUIT: no MAIL), connect anywhere
+//! without `probe`, call a limit it does not know "unlimited" or a chain with an unknown
+//! limit "safe", panic on a failed probe (the failure is reported in
+//! [`AccountReport::probe_error`]), or show a secret.
 //!
 //! # The rule (stuck, lost, safe)
 //!
 //! The download limit: profile `default` downloads up to the smallest known limit of
 //! `max_message_size`, the receive connector's SIZE, `organization_receive_limit` and
 //! `mailbox_receive_limit` ([`effective_limit`]); profile `sbs2008` downloads up to the
-//! receive connector's SIZE, or 10 MB when it is not known (what the old connector did: it
-//! ignored every other limit). For a message of `s` octets (a limit `L` refuses `s > L`):
+//! receive connector's SIZE, or 10 MB when it is not advertised (what the old connector
+//! did: it ignored every other limit). For a message of `s` octets (a limit `L` refuses
+//! `s > L`):
 //!
 //! - `s` above the receive connector's SIZE: [`Outcome::Stuck`] naming
 //!   [`RECEIVE_CONNECTOR`]: "too large for this server". It is not downloaded, kept and
 //!   reported. This is the server's own hard limit, which any sender meets; it does not
-//!   make the configuration unsafe. (sbs2008 with an unknown SIZE: the assumed 10 MB.)
+//!   make the configuration unsafe.
 //! - otherwise, above any other known limit:
 //!   - profile `default`: [`Outcome::Stuck`] naming the smallest such limit (on a tie the
 //!     Exchange limit is named: organisation, then mailbox, then `max_message_size`).
@@ -35,20 +39,35 @@
 //!     survives, so it is `Stuck` instead; still unsafe.)
 //! - otherwise [`Outcome::Delivered`].
 //!
-//! When the receive connector's SIZE is unknown (no probe), a stuck band above a known
-//! limit counts as unsafe: it might only be the server's own limit, but that cannot be
-//! told without `--probe`. An unknown SIZE never hides a loss in profile `default`.
-//! [`Report::exit_code`] is 1 when any account can lose mail or has a band stuck forever,
-//! else 0. Adjacent bands with the same outcome are merged.
+//! # Unknown limits and the verdict
+//!
+//! Exchange's limits act after the SMTP 250 and cannot be probed: one the configuration
+//! does not declare (a size, or `"unlimited"`) is unknown. The receive connector's SIZE is
+//! known only from `--probe` (or not applicable with a pickup folder). The bands are drawn
+//! from the known limits. The verdict ([`Verdict`]):
+//!
+//! - [`Verdict::Lost`] / [`Verdict::Stuck`] (exit 1): the known limits already lose or
+//!   strand mail whatever the unknown ones are (this needs the SIZE: a small SIZE turns
+//!   every band above it into "too large"), or `--probe` found messages on the server
+//!   that will not be delivered ([`AccountReport::stuck`], named with TOP).
+//! - [`Verdict::Unknown`] (exit [`EXIT_UNKNOWN`]): otherwise, while a limit is unknown,
+//!   unless the only unknown is the SIZE and the chain is safe whatever it is.
+//! - [`Verdict::Safe`] (exit 0): every limit known (or irrelevant) and no band unsafe.
+//!
+//! [`Report::exit_code`] is the worst over the accounts: 1, then [`EXIT_UNKNOWN`], then 0.
+//! Adjacent bands with the same outcome are merged.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
-use crate::config::{Account, Config, DeliveryKind, Profile};
+use crate::config::{Account, Config, DeliveryKind, Profile, ReceiveLimit};
+use crate::message::Named;
 use crate::net::Dialer;
 use crate::pop3;
 use crate::smtp::{self, SmtpClient};
 
-/// The old SBS connector's limit when its receive connector's SIZE is not known (10 MB).
+/// The old SBS connector's limit when its receive connector advertises no SIZE (10 MB).
 pub const SBS_DEFAULT_LIMIT: u64 = 10 * 1024 * 1024;
 /// Name of popbridge's own limit (`limits.max_message_size`).
 pub const MAX_MESSAGE_SIZE: &str = "max_message_size";
@@ -58,15 +77,152 @@ pub const RECEIVE_CONNECTOR: &str = "receive connector SIZE";
 pub const ORGANIZATION: &str = "organization_receive_limit";
 /// Name of the Exchange mailbox's receive limit (`account.mailbox_receive_limit`).
 pub const MAILBOX: &str = "mailbox_receive_limit";
+/// `check-limits`' exit code when a limit is unknown and nothing is proven unsafe.
+pub const EXIT_UNKNOWN: u8 = 5;
 
 /// How many of the largest probed messages `render` names.
 const LARGEST_SHOWN: usize = 5;
+/// The most messages an account's probe names with `TOP n 0`.
+const MAX_NAMED: usize = 50;
 
 /// The size-limit chain of every account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// One entry per account, in configuration order.
     pub accounts: Vec<AccountReport>,
+}
+
+/// Where a limit's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The configuration declares it (a size, `"unlimited"`, `"auto"`).
+    Declared,
+    /// Left out of the configuration, with a default that is known (`max_message_size`:
+    /// auto).
+    Default,
+    /// The receive connector's EHLO SIZE, read by `--probe`.
+    Ehlo,
+    /// `--probe` found no SIZE in the receive connector's EHLO: no fixed limit.
+    NotAdvertised,
+    /// Delivery into a pickup folder: there is no receive connector.
+    Pickup,
+    /// Unknown: an Exchange limit the configuration does not declare.
+    Undeclared,
+    /// Unknown: the receive connector's SIZE without `--probe`.
+    NotProbed,
+    /// Unknown: `--probe` could not read it.
+    ProbeFailed,
+}
+
+impl Source {
+    /// True unless the value is unknown.
+    pub fn is_known(self) -> bool {
+        !matches!(self, Self::Undeclared | Self::NotProbed | Self::ProbeFailed)
+    }
+
+    /// Where the value came from, for people.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Declared => "declared",
+            Self::Default => "default",
+            Self::Ehlo => "EHLO SIZE, probed",
+            Self::NotAdvertised => "probed: EHLO has no SIZE",
+            Self::Pickup => "pickup folder",
+            Self::Undeclared => "not declared",
+            Self::NotProbed => "not probed",
+            Self::ProbeFailed => "probe failed",
+        }
+    }
+}
+
+/// One limit of the chain: its value and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// In octets; `None` = no limit, or unknown (see `source`).
+    pub value: Option<u64>,
+    /// Where the value came from.
+    pub source: Source,
+}
+
+impl Limit {
+    /// A limit as the configuration declares it.
+    fn declared(l: ReceiveLimit) -> Self {
+        match l {
+            ReceiveLimit::Undeclared => Self {
+                value: None,
+                source: Source::Undeclared,
+            },
+            ReceiveLimit::Unlimited => Self {
+                value: None,
+                source: Source::Declared,
+            },
+            ReceiveLimit::Octets(n) => Self {
+                value: Some(n),
+                source: Source::Declared,
+            },
+        }
+    }
+}
+
+/// What `--probe` learnt of the receive connector's SIZE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeProbe {
+    /// Not probed.
+    NotProbed,
+    /// The probe failed.
+    Failed,
+    /// EHLO advertised this SIZE (0 = no fixed limit, RFC 1870).
+    Advertised(u64),
+    /// EHLO advertised no SIZE.
+    NotAdvertised,
+}
+
+/// The verdict on one account (see the module's rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every limit known, nothing lost or stuck.
+    Safe,
+    /// Mail is stuck on the POP3 server forever (a band, or messages found there).
+    Stuck,
+    /// Mail can be downloaded, deleted and bounced.
+    Lost,
+    /// A limit is unknown and nothing is proven unsafe.
+    Unknown,
+}
+
+impl Verdict {
+    /// The exit code of this verdict.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Safe => 0,
+            Self::Stuck | Self::Lost => 1,
+            Self::Unknown => EXIT_UNKNOWN,
+        }
+    }
+
+    /// How bad it is, for picking the worst (1 over unknown over 0).
+    fn rank(self) -> u8 {
+        match self {
+            Self::Safe => 0,
+            Self::Unknown => 1,
+            Self::Stuck => 2,
+            Self::Lost => 3,
+        }
+    }
+}
+
+/// A message on the POP3 server that will not be delivered with the limits as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckMessage {
+    /// Its message number in the probe's session.
+    pub number: u32,
+    /// Its LIST size.
+    pub size: u64,
+    /// What happens to it.
+    pub outcome: Outcome,
+    /// Its From, Subject, Date and Message-ID from `TOP n 0` (empty when TOP is not
+    /// offered, refused, or past the bound of named messages).
+    pub named: Named,
 }
 
 /// One account's limits, download limit, size bands and (when probed) message sizes.
@@ -78,20 +234,24 @@ pub struct AccountReport {
     pub profile: Profile,
     /// `limits.max_message_size`; `None` = auto (the receive connector's SIZE).
     pub configured: Option<u64>,
-    /// The receive connector's EHLO SIZE; `None` = unknown (not probed) or not advertised.
-    pub receive_connector: Option<u64>,
-    /// `exchange.organization_receive_limit`; `None` = unlimited.
-    pub organization: Option<u64>,
-    /// The account's `mailbox_receive_limit`; `None` = unlimited.
-    pub mailbox: Option<u64>,
+    /// The receive connector's EHLO SIZE.
+    pub receive_connector: Limit,
+    /// `exchange.organization_receive_limit`.
+    pub organization: Limit,
+    /// The account's `mailbox_receive_limit`.
+    pub mailbox: Limit,
     /// The largest message popbridge downloads ([`effective_limit`]); `None` = no limit known.
     pub effective: Option<u64>,
     /// The size axis split at every known limit, from 0 upwards, each with its outcome.
     pub bands: Vec<Band>,
     /// Probed message sizes from LIST, in LIST order (index + 1 is the message number).
     pub messages: Option<Vec<u64>>,
+    /// Probed messages that will not be delivered, largest first.
+    pub stuck: Vec<StuckMessage>,
     /// Why probing failed (no secret in it), when it did.
     pub probe_error: Option<String>,
+    /// The verdict.
+    pub verdict: Verdict,
 }
 
 /// Messages from `from` to `to` octets (both inclusive) and what happens to them.
@@ -163,23 +323,57 @@ impl AccountReport {
 
     /// The outcome for a message of `size` octets.
     pub fn outcome_of(&self, size: u64) -> Outcome {
-        self.bands
-            .iter()
-            .find(|b| size >= b.from && b.to.is_none_or(|to| size <= to))
-            .map_or(Outcome::Delivered, |b| b.outcome)
+        outcome_in(&self.bands, size)
     }
 
-    /// The value of the limit named `name` in this report (the assumed 10 MB for an
-    /// unknown SIZE under `sbs2008`).
+    /// The names of the limits that are unknown.
+    pub fn unknown(&self) -> Vec<&'static str> {
+        [
+            (RECEIVE_CONNECTOR, self.receive_connector),
+            (ORGANIZATION, self.organization),
+            (MAILBOX, self.mailbox),
+        ]
+        .into_iter()
+        .filter(|(_, l)| !l.source.is_known())
+        .map(|(name, _)| name)
+        .collect()
+    }
+
+    /// What would make the unknown limits known, for people.
+    pub fn to_know(&self) -> Vec<String> {
+        let mut todo = Vec::new();
+        let exchange: Vec<&str> = self
+            .unknown()
+            .into_iter()
+            .filter(|n| *n != RECEIVE_CONNECTOR)
+            .collect();
+        if !exchange.is_empty() {
+            todo.push(format!(
+                "declare {} (a size, or \"unlimited\")",
+                exchange.join(" and ")
+            ));
+        }
+        match self.receive_connector.source {
+            Source::NotProbed => {
+                todo.push("run with --probe to read the receive connector's SIZE".into())
+            }
+            Source::ProbeFailed => todo.push("fix what made the probe fail and probe again".into()),
+            _ => {}
+        }
+        todo
+    }
+
+    /// The value of the limit named `name` in this report (the 10 MB the old connector
+    /// used without a SIZE under `sbs2008`).
     fn value_of(&self, name: &str) -> Option<u64> {
         match name {
             MAX_MESSAGE_SIZE => self.configured,
             RECEIVE_CONNECTOR => match self.profile {
-                Profile::Sbs2008 => self.receive_connector.or(self.effective),
-                Profile::Default => self.receive_connector,
+                Profile::Sbs2008 => self.receive_connector.value.or(self.effective),
+                Profile::Default => self.receive_connector.value,
             },
-            ORGANIZATION => self.organization,
-            MAILBOX => self.mailbox,
+            ORGANIZATION => self.organization.value,
+            MAILBOX => self.mailbox.value,
             _ => None,
         }
     }
@@ -201,9 +395,18 @@ impl Report {
         self.accounts.iter().any(|a| a.probe_error.is_some())
     }
 
-    /// 1 when mail can be lost or stuck forever, 0 when the configuration is safe.
+    /// The worst verdict of the accounts.
+    pub fn verdict(&self) -> Verdict {
+        self.accounts
+            .iter()
+            .map(|a| a.verdict)
+            .max_by_key(|v| v.rank())
+            .unwrap_or(Verdict::Safe)
+    }
+
+    /// 0 safe, 1 mail can be lost or is stuck, [`EXIT_UNKNOWN`] a limit is unknown.
     pub fn exit_code(&self) -> u8 {
-        u8::from(self.can_lose_mail() || self.can_stick())
+        self.verdict().exit_code()
     }
 
     /// A readable table per account, the verdict, and how to read the outcomes.
@@ -213,12 +416,23 @@ impl Report {
             render_account(&mut out, a);
             out.push('\n');
         }
-        let verdict = if self.can_lose_mail() {
-            "MAIL CAN BE LOST"
-        } else if self.can_stick() {
-            "mail can be stuck on the POP3 server forever"
-        } else {
-            "safe: no size limit can lose mail or keep it forever"
+        let verdict = match self.verdict() {
+            Verdict::Lost => "MAIL CAN BE LOST".to_string(),
+            Verdict::Stuck => "mail is or can be stuck on the POP3 server forever".to_string(),
+            Verdict::Unknown => {
+                let mut todo: Vec<String> = Vec::new();
+                for a in &self.accounts {
+                    if a.verdict == Verdict::Unknown {
+                        for t in a.to_know() {
+                            if !todo.contains(&t) {
+                                todo.push(t);
+                            }
+                        }
+                    }
+                }
+                format!("unknown: {}", todo.join("; "))
+            }
+            Verdict::Safe => "safe: no size limit can lose mail or keep it forever".to_string(),
         };
         let _ = writeln!(out, "Verdict: {verdict} (exit {}).", self.exit_code());
         out.push_str(RULE);
@@ -238,7 +452,12 @@ How to read this:
                              then bounced by Exchange: the message exists nowhere (exit 1).
   too large for this server  above the receive connector's SIZE, the server's own hard
                              limit: refused at the SMTP SIZE limit, kept and reported; it
-                             does not count against the configuration.
+                             does not count against the configuration, but a message
+                             found there is stuck (exit 1).
+  unknown                    a limit is neither declared nor probed: nothing can be
+                             called safe until it is (exit 5).
+Exit codes: 0 safe; 1 mail can be lost or stuck, or messages on the server will not be
+delivered; 2 configuration error; 5 a limit is unknown.
 ";
 
 /// The largest message popbridge downloads for `account`, octets; `None` = no limit known.
@@ -257,8 +476,8 @@ pub fn effective_limit(config: &Config, account: &Account, smtp_size: Option<u64
         Profile::Default => [
             config.limits.max_message_size,
             smtp_size,
-            config.exchange.organization_receive_limit,
-            account.mailbox_receive_limit,
+            config.exchange.organization_receive_limit.octets(),
+            account.mailbox_receive_limit.octets(),
         ]
         .into_iter()
         .flatten()
@@ -325,26 +544,9 @@ impl Chain {
     }
 }
 
-/// The size-limit chain of `account`: its limits, download limit and size bands, with
-/// `smtp_size` the receive connector's EHLO SIZE (`None` = unknown) and `sizes` the
-/// probed LIST sizes (`None` = not probed). Pure: no I/O.
-pub fn analyse(
-    config: &Config,
-    account: &Account,
-    smtp_size: Option<u64>,
-    sizes: Option<Vec<u64>>,
-) -> AccountReport {
-    let receive = smtp_size.filter(|&s| s > 0);
-    let effective = effective_limit(config, account, receive);
-    let chain = Chain {
-        profile: config.profile,
-        configured: config.limits.max_message_size,
-        receive,
-        organization: config.exchange.organization_receive_limit,
-        mailbox: account.mailbox_receive_limit,
-        download: effective,
-        leave_on_server: account.leave_on_server,
-    };
+/// The bands of a chain: the size axis split at every limit, from 0 upwards, adjacent
+/// bands with the same outcome merged.
+fn bands_of(chain: &Chain) -> Vec<Band> {
     let mut points: Vec<u64> = [
         chain.configured,
         chain.receive,
@@ -377,6 +579,50 @@ pub fn analyse(
         }
         from = to.and_then(|t| t.checked_add(1));
     }
+    bands
+}
+
+/// The outcome of a message of `size` octets in `bands`.
+fn outcome_in(bands: &[Band], size: u64) -> Outcome {
+    bands
+        .iter()
+        .find(|b| size >= b.from && b.to.is_none_or(|to| size <= to))
+        .map_or(Outcome::Delivered, |b| b.outcome)
+}
+
+/// The size-limit chain of `account`: its limits and where each came from, download
+/// limit, size bands, the probed messages that will not be delivered, and the verdict
+/// (the module's rule), with `size` what `--probe` learnt of the receive connector's SIZE
+/// and `sizes` the probed LIST sizes (`None` = not probed). Pure: no I/O; the stuck
+/// messages are not named yet.
+pub fn analyse(
+    config: &Config,
+    account: &Account,
+    size: SizeProbe,
+    sizes: Option<Vec<u64>>,
+) -> AccountReport {
+    let pickup = matches!(config.transport.delivery, DeliveryKind::Pickup { .. });
+    let limit = |value, source| Limit { value, source };
+    let receive_connector = match size {
+        _ if pickup => limit(None, Source::Pickup),
+        SizeProbe::NotProbed => limit(None, Source::NotProbed),
+        SizeProbe::Failed => limit(None, Source::ProbeFailed),
+        SizeProbe::Advertised(0) | SizeProbe::NotAdvertised => limit(None, Source::NotAdvertised),
+        SizeProbe::Advertised(n) => limit(Some(n), Source::Ehlo),
+    };
+    let organization = Limit::declared(config.exchange.organization_receive_limit);
+    let mailbox = Limit::declared(account.mailbox_receive_limit);
+    let chain_with = |receive: Option<u64>| Chain {
+        profile: config.profile,
+        configured: config.limits.max_message_size,
+        receive,
+        organization: organization.value,
+        mailbox: mailbox.value,
+        download: effective_limit(config, account, receive),
+        leave_on_server: account.leave_on_server,
+    };
+    let chain = chain_with(receive_connector.value);
+    let mut bands = bands_of(&chain);
     if let Some(sizes) = &sizes {
         for b in &mut bands {
             let n = sizes
@@ -386,55 +632,98 @@ pub fn analyse(
             b.messages = Some(n);
         }
     }
+    let size_known = receive_connector.source.is_known();
+    // With the SIZE unknown, what a message meets at the most SIZE could be: only what
+    // fails even then is certainly not delivered, and only a chain safe even then is safe.
+    let reach = (!size_known).then(|| bands_of(&chain_with(Some(u64::MAX))));
+    let reach = reach.as_deref().unwrap_or(&bands);
+    let mut stuck: Vec<StuckMessage> = sizes
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, &s)| {
+            let outcome = outcome_in(reach, s);
+            (outcome != Outcome::Delivered).then(|| StuckMessage {
+                number: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                size: s,
+                outcome,
+                named: Named::default(),
+            })
+        })
+        .collect();
+    stuck.sort_by(|x, y| y.size.cmp(&x.size).then(x.number.cmp(&y.number)));
+    let lost = bands
+        .iter()
+        .any(|b| matches!(b.outcome, Outcome::Lost { .. }));
+    let unsafe_bands = bands.iter().any(|b| b.outcome.is_unsafe());
+    let exchange_unknown = !organization.source.is_known() || !mailbox.source.is_known();
+    let verdict = if size_known && lost {
+        Verdict::Lost
+    } else if (size_known && unsafe_bands) || !stuck.is_empty() {
+        Verdict::Stuck
+    } else if exchange_unknown || reach.iter().any(|b| b.outcome.is_unsafe()) {
+        Verdict::Unknown
+    } else {
+        Verdict::Safe
+    };
     AccountReport {
         account: account.name.clone(),
         profile: config.profile,
         configured: chain.configured,
-        receive_connector: receive,
-        organization: chain.organization,
-        mailbox: chain.mailbox,
-        effective,
+        receive_connector,
+        organization,
+        mailbox,
+        effective: chain.download,
         bands,
         messages: sizes,
+        stuck,
         probe_error: None,
+        verdict,
     }
 }
 
 /// The size-limit chain of every account. Without `probe` nothing is connected to (the
 /// receive connector's SIZE is then unknown). With `probe`: one SMTP session (EHLO for
-/// SIZE, then QUIT; skipped for a pickup folder) and, per account, a POP3 login, LIST and
-/// QUIT, nothing retrieved or deleted. A failed probe is reported in `probe_error` and the
-/// analysis uses what is known.
+/// SIZE, then QUIT; skipped for a pickup folder) and, per account, a POP3 login, LIST,
+/// `TOP n 0` for each message that will not be delivered (at most fifty; the names are
+/// left empty where TOP is not offered or refused) and QUIT, nothing retrieved or deleted.
+/// A failed probe is reported in `probe_error` and the analysis uses what is known.
 pub async fn check(config: &Config, probe: bool, dialer: &dyn Dialer) -> Report {
     if !probe {
         return Report {
             accounts: config
                 .accounts
                 .iter()
-                .map(|a| analyse(config, a, None, None))
+                .map(|a| analyse(config, a, SizeProbe::NotProbed, None))
                 .collect(),
         };
     }
     let smtp = probe_smtp(config, dialer).await;
+    let size = match &smtp {
+        Ok(Some(n)) => SizeProbe::Advertised(*n),
+        Ok(None) => SizeProbe::NotAdvertised,
+        Err(_) => SizeProbe::Failed,
+    };
     let mut accounts = Vec::with_capacity(config.accounts.len());
     for account in &config.accounts {
-        let listed = probe_pop3(config, account, dialer).await;
+        let listed = probe_pop3(config, account, dialer, size).await;
         let mut errors = Vec::new();
-        let size = match &smtp {
-            Ok(s) => *s,
-            Err(e) => {
-                errors.push(format!("SMTP: {e}"));
-                None
-            }
-        };
-        let sizes = match listed {
-            Ok(v) => Some(v),
+        if let Err(e) = &smtp {
+            errors.push(format!("SMTP: {e}"));
+        }
+        let (sizes, mut names) = match listed {
+            Ok((sizes, names)) => (Some(sizes), names),
             Err(e) => {
                 errors.push(format!("POP3: {e}"));
-                None
+                (None, HashMap::new())
             }
         };
         let mut report = analyse(config, account, size, sizes);
+        for m in &mut report.stuck {
+            if let Some(n) = names.remove(&m.number) {
+                m.named = n;
+            }
+        }
         if !errors.is_empty() {
             report.probe_error = Some(errors.join("; "));
         }
@@ -457,12 +746,14 @@ async fn probe_smtp(config: &Config, dialer: &dyn Dialer) -> Result<Option<u64>,
     Ok(size)
 }
 
-/// The account's message sizes from LIST, in LIST order; logs in, LISTs, QUITs.
+/// The account's message sizes from LIST, in LIST order, and the names (`TOP n 0`) of
+/// the messages that will not be delivered, by number; logs in, LISTs, TOPs, QUITs.
 async fn probe_pop3(
     config: &Config,
     account: &Account,
     dialer: &dyn Dialer,
-) -> Result<Vec<u64>, String> {
+    size: SizeProbe,
+) -> Result<(Vec<u64>, HashMap<u32, Named>), String> {
     let secret = match crate::oauth2::Tokens::for_account(config, account, dialer) {
         Some(tokens) => {
             tokens
@@ -486,9 +777,32 @@ async fn probe_pop3(
         .await
         .map_err(|e| e.to_string())?;
     let listing = txn.list().await.map_err(|e| e.to_string())?;
+    let sizes: Vec<u64> = listing.iter().map(|&(_, size)| size).collect();
+    let numbers: Vec<u32> = listing.iter().map(|&(n, _)| n).collect();
+    let stuck = analyse(config, account, size, Some(sizes.clone())).stuck;
+    let mut names = HashMap::new();
+    for m in stuck.iter().take(MAX_NAMED) {
+        let Some(&n) = numbers.get(m.number as usize - 1) else {
+            continue;
+        };
+        // Held in memory (the bound is far below the threshold): nothing is written.
+        match txn.top(n, Path::new(".")).await {
+            Ok(Some(head)) => {
+                names.insert(m.number, Named::from_head(head.head()));
+            }
+            // Not offered or refused: the rest stay unnamed.
+            Ok(None) => break,
+            Err(e) => {
+                // The session cannot be trusted any more; nothing was marked for deletion,
+                // so dropping it changes nothing.
+                tracing::warn!(account = %account.name, "TOP {n} 0: {e}");
+                return Ok((sizes, names));
+            }
+        }
+    }
     // Nothing was marked for deletion, so QUIT changes nothing; its failure is harmless.
     let _ = txn.quit().await;
-    Ok(listing.into_iter().map(|(_, size)| size).collect())
+    Ok((sizes, names))
 }
 
 /// A size for people: `10 MB` when exact, else one decimal (`20.3 MB`); binary units.
@@ -550,34 +864,60 @@ fn outcome_words(a: &AccountReport, o: Outcome) -> String {
     }
 }
 
+/// An Exchange limit's row: its value and where it came from, or how to declare it.
+fn exchange_row(l: Limit, key: &str) -> String {
+    match (l.source, l.value) {
+        (Source::Undeclared, _) => {
+            format!("unknown (not declared: set {key} to Exchange's value, or \"unlimited\")")
+        }
+        (source, Some(v)) => format!("{} ({})", exact_size(v), source.words()),
+        (source, None) => format!("unlimited ({})", source.words()),
+    }
+}
+
+/// A probed message for people: `#3 20 MB from Alice <a@example.net> "Scans" (2026-12-01)`,
+/// with `(unknown)` for what TOP did not give.
+fn stuck_label(m: &StuckMessage) -> String {
+    let from = m.named.from.as_deref().unwrap_or("(unknown)");
+    let subject = match &m.named.subject {
+        Some(s) => format!("\"{s}\""),
+        None => "(unknown)".to_string(),
+    };
+    let mut label = format!(
+        "#{} {} from {from}, subject {subject}",
+        m.number,
+        human_size(m.size)
+    );
+    if let Some(d) = &m.named.date {
+        let d = crate::message::short_date(d).unwrap_or_else(|| d.clone());
+        let _ = write!(label, " ({d})");
+    }
+    label
+}
+
 fn render_account(out: &mut String, a: &AccountReport) {
     let sbs = a.profile == Profile::Sbs2008;
-    let probed = a.messages.is_some() || a.probe_error.is_some();
     let _ = writeln!(out, "Account {} (profile {})", a.account, a.profile);
-    let unlimited = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), exact_size);
 
     let mut configured = match a.configured {
-        Some(v) => exact_size(v),
-        None => "auto (the receive connector's SIZE)".to_string(),
+        Some(v) => format!("{} (declared)", exact_size(v)),
+        None => "auto: the receive connector's SIZE (declared or default)".to_string(),
     };
     if sbs {
         configured.push_str(" - not used by profile sbs2008");
     }
-    let mut receive = match a.receive_connector {
-        Some(v) => exact_size(v),
-        None if !probed => "unknown (use --probe)".to_string(),
-        None if a
-            .probe_error
-            .as_deref()
-            .is_some_and(|e| e.contains("SMTP: ")) =>
-        {
-            "unknown (probe failed)".to_string()
-        }
-        None => "not advertised (no fixed limit)".to_string(),
+    let r = a.receive_connector;
+    let mut receive = match (r.source, r.value) {
+        (Source::NotProbed, _) => "unknown (not probed: run with --probe)".to_string(),
+        (Source::ProbeFailed, _) => "unknown (probe failed, see below)".to_string(),
+        (Source::Pickup, _) => "none (pickup folder)".to_string(),
+        (Source::NotAdvertised, _) => format!("no fixed limit ({})", r.source.words()),
+        (source, Some(v)) => format!("{} ({})", exact_size(v), source.words()),
+        (source, None) => format!("none ({})", source.words()),
     };
-    if sbs && a.receive_connector.is_none() {
+    if sbs && r.value.is_none() && r.source != Source::Pickup {
         if let Some(e) = a.effective {
-            let _ = write!(receive, ", assumed {}", exact_size(e));
+            let _ = write!(receive, "; sbs2008 assumes {}", exact_size(e));
         }
     }
     let effective = match a.effective {
@@ -590,11 +930,11 @@ fn render_account(out: &mut String, a: &AccountReport) {
         ("receive connector SIZE (EHLO, in session: 552)", receive),
         (
             "organization_receive_limit (Exchange, after 250: NDR)",
-            unlimited(a.organization),
+            exchange_row(a.organization, "[exchange] organization_receive_limit"),
         ),
         (
             "mailbox_receive_limit (Exchange, after 250: NDR)",
-            unlimited(a.mailbox),
+            exchange_row(a.mailbox, "the account's mailbox_receive_limit"),
         ),
         ("popbridge downloads up to", effective),
     ];
@@ -661,20 +1001,52 @@ fn render_account(out: &mut String, a: &AccountReport) {
             }
         }
     }
-
-    let verdict = if a.can_lose_mail() {
-        "MAIL CAN BE LOST"
-    } else if a.can_stick() {
-        "mail can be stuck on the POP3 server forever"
-    } else {
-        "safe"
-    };
-    let _ = writeln!(out, "  verdict: {verdict}");
-    if !sbs && a.receive_connector.is_none() && a.can_stick() {
+    let unknown = a.unknown();
+    if !unknown.is_empty() {
         let _ = writeln!(
             out,
-            "  note: the receive connector's SIZE is unknown (run with --probe); a band \
-             above it would only be \"too large for this server\"."
+            "  (the bands leave out what is unknown: {})",
+            unknown.join(", ")
+        );
+    }
+
+    if !a.stuck.is_empty() {
+        let _ = writeln!(
+            out,
+            "  messages on the server that will not be delivered: {}",
+            a.stuck.len()
+        );
+        for m in a.stuck.iter().take(MAX_NAMED) {
+            let _ = writeln!(
+                out,
+                "    {}: {}",
+                stuck_label(m),
+                outcome_words(a, m.outcome)
+            );
+        }
+        if a.stuck.len() > MAX_NAMED {
+            let _ = writeln!(out, "    and {} more", a.stuck.len() - MAX_NAMED);
+        }
+    }
+
+    let verdict = match a.verdict {
+        Verdict::Lost => "MAIL CAN BE LOST".to_string(),
+        Verdict::Stuck if a.can_stick() => {
+            "mail can be stuck on the POP3 server forever".to_string()
+        }
+        Verdict::Stuck => format!(
+            "stuck: {} message(s) on the server will not be delivered",
+            a.stuck.len()
+        ),
+        Verdict::Unknown => format!("unknown: {}", a.to_know().join("; ")),
+        Verdict::Safe => "safe".to_string(),
+    };
+    let _ = writeln!(out, "  verdict: {verdict}");
+    if a.verdict != Verdict::Unknown && !unknown.is_empty() {
+        let _ = writeln!(
+            out,
+            "  note: also unknown: {} (the verdict holds whatever they are)",
+            unknown.join(", ")
         );
     }
 }
@@ -717,9 +1089,11 @@ deliver_to = "info@contoso.local"
             .unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
+    /// The report of `c`'s first account: `smtp` the probed SIZE (`None`: not probed).
     fn report(c: &Config, smtp: Option<u64>, sizes: Option<Vec<u64>>) -> Report {
+        let size = smtp.map_or(SizeProbe::NotProbed, SizeProbe::Advertised);
         Report {
-            accounts: vec![analyse(c, &c.accounts[0], smtp, sizes)],
+            accounts: vec![analyse(c, &c.accounts[0], size, sizes)],
         }
     }
 
@@ -880,32 +1254,61 @@ deliver_to = "info@contoso.local"
         );
         assert_eq!(r.exit_code(), 1);
         // A limit equal to SIZE is safe.
-        let c = config("default", "50MB", None, None);
+        let c = config("default", "50MB", Some("unlimited"), Some("unlimited"));
         assert_eq!(report(&c, Some(50 * MB), None).exit_code(), 0);
         // SIZE smaller than the configured limit: nothing to keep that the server takes.
-        let c = config("default", "50MB", None, None);
+        let c = config("default", "50MB", Some("unlimited"), Some("unlimited"));
         let r = report(&c, Some(10 * MB), None);
         assert_eq!(r.accounts[0].effective, Some(10 * MB));
         assert_eq!(r.exit_code(), 0);
     }
 
     #[test]
-    fn unknown_size_is_conservative_and_says_so() {
-        // auto, nothing else: nothing known, nothing can go wrong.
+    fn undeclared_limits_are_unknown_never_safe() {
+        // auto, nothing declared, nothing probed: nothing is known, so nothing is safe.
         let c = config("default", "auto", None, None);
         let r = report(&c, None, None);
-        assert_eq!(r.accounts[0].effective, None);
-        assert_eq!(r.accounts[0].bands.len(), 1);
-        assert_eq!(r.exit_code(), 0);
-        assert!(r.render().contains("unknown (use --probe)"));
-        // A known limit with SIZE unknown cannot be proven harmless.
-        let c = case_a("default");
+        let a = &r.accounts[0];
+        assert_eq!(a.effective, None);
+        assert_eq!(a.bands.len(), 1);
+        assert_eq!(a.organization.source, Source::Undeclared);
+        assert_eq!(a.mailbox.source, Source::Undeclared);
+        assert_eq!(a.receive_connector.source, Source::NotProbed);
+        assert_eq!(a.verdict, Verdict::Unknown);
+        assert_eq!(r.exit_code(), EXIT_UNKNOWN);
+        let text = r.render();
+        assert!(!text.to_lowercase().contains("verdict: safe"), "{text}");
+        assert!(!text.contains("unlimited ("), "{text}");
+        assert!(
+            text.contains(
+                "verdict: unknown: declare organization_receive_limit and \
+                 mailbox_receive_limit (a size, or \"unlimited\"); run with --probe"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Verdict: unknown: declare organization_receive_limit and mailbox_receive_limit \
+                 (a size, or \"unlimited\"); run with --probe to read the receive connector's \
+                 SIZE (exit 5)."
+            ),
+            "{text}"
+        );
+        // The SIZE probed, the Exchange limits still undeclared: still unknown.
+        let r = report(&c, Some(50 * MB), Some(vec![MB]));
+        assert_eq!(r.accounts[0].verdict, Verdict::Unknown);
+        assert_eq!(r.exit_code(), EXIT_UNKNOWN);
+        // One of them declared is not enough.
+        let c = config("default", "auto", Some("unlimited"), None);
+        assert_eq!(report(&c, Some(50 * MB), None).exit_code(), EXIT_UNKNOWN);
+        // A known limit with SIZE unknown cannot be proven harmless, nor harmful.
+        let c = config("default", "auto", Some("10MB"), Some("unlimited"));
         let r = report(&c, None, None);
-        assert_eq!(r.exit_code(), 1);
+        assert_eq!(r.exit_code(), EXIT_UNKNOWN);
         assert!(!r.can_lose_mail());
         assert!(r.render().contains("run with --probe"));
-        // sbs2008 assumes the 10 MB default: (a) with a 5 MB org limit still loses.
-        let c = config("sbs2008", "auto", Some("5MB"), None);
+        // sbs2008 assumes the 10 MB default for the bands, but the verdict waits for SIZE.
+        let c = config("sbs2008", "auto", Some("5MB"), Some("unlimited"));
         let r = report(&c, None, None);
         assert_eq!(r.accounts[0].effective, Some(10 * MB));
         assert_eq!(
@@ -914,7 +1317,102 @@ deliver_to = "info@contoso.local"
                 limit: ORGANIZATION
             }
         );
-        assert!(r.render().contains("assumed 10 MB"));
+        assert_eq!(r.exit_code(), EXIT_UNKNOWN);
+        assert!(r.render().contains("sbs2008 assumes 10 MB"));
+    }
+
+    #[test]
+    fn known_losses_are_reported_whatever_the_unknown_limits() {
+        // The SIZE probed and the organisation limit below it: lost under sbs2008 and
+        // stuck under default, whatever the undeclared mailbox limit is.
+        let r = report(&case_a("sbs2008"), Some(50 * MB), None);
+        assert_eq!(r.accounts[0].verdict, Verdict::Lost);
+        assert_eq!(r.exit_code(), 1);
+        let text = r.render();
+        assert!(
+            text.contains("also unknown: mailbox_receive_limit"),
+            "{text}"
+        );
+        let r = report(&case_a("default"), Some(50 * MB), None);
+        assert_eq!(r.accounts[0].verdict, Verdict::Stuck);
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_declared_safe_chain_is_safe() {
+        // Exchange's limits declared at the receive connector's SIZE, SIZE probed.
+        let c = config("default", "auto", Some("50MB"), Some("50MB"));
+        let r = report(&c, Some(50 * MB), Some(vec![MB, 2 * MB]));
+        assert_eq!(r.accounts[0].verdict, Verdict::Safe);
+        assert_eq!(r.exit_code(), 0);
+        let text = r.render();
+        assert!(text.contains("50 MB (declared)"), "{text}");
+        assert!(text.contains("50 MB (EHLO SIZE, probed)"), "{text}");
+        assert!(text.contains("Verdict: safe"), "{text}");
+        // Declared unlimited with popbridge following the SIZE: safe whatever the SIZE is,
+        // even without a probe.
+        let c = config("default", "auto", Some("unlimited"), Some("unlimited"));
+        let r = report(&c, None, None);
+        assert_eq!(r.accounts[0].verdict, Verdict::Safe);
+        assert_eq!(r.exit_code(), 0);
+        assert!(r.render().contains("unlimited (declared)"));
+        // But a fixed max_message_size with SIZE unknown is not.
+        let c = config("default", "10MB", Some("unlimited"), Some("unlimited"));
+        assert_eq!(report(&c, None, None).exit_code(), EXIT_UNKNOWN);
+    }
+
+    #[test]
+    fn messages_that_will_not_be_delivered_are_stuck() {
+        // A safe chain, but a message above the server's own SIZE is on the server.
+        let c = config("default", "auto", Some("50MB"), Some("50MB"));
+        let r = report(&c, Some(50 * MB), Some(vec![MB, 60 * MB]));
+        let a = &r.accounts[0];
+        assert!(!a.can_stick() && !a.can_lose_mail());
+        assert_eq!(a.verdict, Verdict::Stuck);
+        assert_eq!(r.exit_code(), 1);
+        assert_eq!(a.stuck.len(), 1);
+        assert_eq!((a.stuck[0].number, a.stuck[0].size), (2, 60 * MB));
+        let text = r.render();
+        assert!(
+            text.contains("#2 60 MB from (unknown), subject (unknown): too large"),
+            "{text}"
+        );
+        assert!(text.contains("stuck: 1 message(s)"), "{text}");
+        // With the SIZE unknown only what no SIZE could let through is stuck.
+        let c = config("sbs2008", "auto", Some("unlimited"), Some("unlimited"));
+        let r = analyse(&c, &c.accounts[0], SizeProbe::Failed, Some(vec![20 * MB]));
+        assert!(r.stuck.is_empty(), "{:?}", r.stuck);
+        // (and that chain is safe whatever the SIZE is)
+        assert_eq!(r.verdict, Verdict::Safe);
+        let c = config("sbs2008", "auto", Some("10MB"), Some("unlimited"));
+        let r = analyse(&c, &c.accounts[0], SizeProbe::Failed, Some(vec![20 * MB]));
+        assert_eq!(r.stuck.len(), 1);
+        assert_eq!(r.verdict, Verdict::Stuck);
+    }
+
+    #[test]
+    fn after_a_probe_there_is_no_probe_hint() {
+        for size in [
+            SizeProbe::Advertised(50 * MB),
+            SizeProbe::NotAdvertised,
+            SizeProbe::Failed,
+        ] {
+            for c in [
+                config("default", "auto", None, None),
+                case_a("default"),
+                case_b("sbs2008"),
+                config("default", "10MB", Some("unlimited"), Some("unlimited")),
+            ] {
+                let r = Report {
+                    accounts: vec![analyse(&c, &c.accounts[0], size, Some(vec![MB]))],
+                };
+                let text = r.render();
+                assert!(!text.contains("--probe"), "{size:?}\n{text}");
+            }
+        }
+        // Not probed: the hint is there.
+        let c = config("default", "auto", None, None);
+        assert!(report(&c, None, None).render().contains("run with --probe"));
     }
 
     #[test]
@@ -960,7 +1458,7 @@ deliver_to = "info@contoso.local"
         // max_message_size equal to the org limit: the Exchange limit is named; the bands
         // between 10 and 20 and between 20 and 50 MB merge (same outcome).
         let c = config("default", "10MB", Some("10MB"), Some("20MB"));
-        let a = analyse(&c, &c.accounts[0], Some(50 * MB), None);
+        let a = analyse(&c, &c.accounts[0], SizeProbe::Advertised(50 * MB), None);
         assert_eq!(a.bands.len(), 3, "{:?}", a.bands);
         assert_eq!(
             a.bands[1].outcome,
@@ -974,7 +1472,12 @@ deliver_to = "info@contoso.local"
         );
         // Extreme values do not overflow.
         let c = config("default", &u64::MAX.to_string(), None, None);
-        let a = analyse(&c, &c.accounts[0], None, Some(vec![0, u64::MAX]));
+        let a = analyse(
+            &c,
+            &c.accounts[0],
+            SizeProbe::NotProbed,
+            Some(vec![0, u64::MAX]),
+        );
         assert_eq!(a.bands.len(), 1);
         assert_eq!(a.bands[0].messages, Some(2));
         let _ = Report { accounts: vec![a] }.render();
@@ -1012,7 +1515,7 @@ deliver_to = "info@contoso.local"
         let c = case_a("default");
         let r = check(&c, false, &TcpDialer).await;
         assert_eq!(r.accounts[0].probe_error, None);
-        assert_eq!(r.accounts[0].receive_connector, None);
+        assert_eq!(r.accounts[0].receive_connector.source, Source::NotProbed);
         assert_eq!(r.accounts[0].messages, None);
     }
 
@@ -1068,7 +1571,8 @@ deliver_to = "info@contoso.local"
         smtp.wait_idle().await;
         let a = &r.accounts[0];
         assert_eq!(a.probe_error, None);
-        assert_eq!(a.receive_connector, Some(64 * 1024));
+        assert_eq!(a.receive_connector.value, Some(64 * 1024));
+        assert_eq!(a.receive_connector.source, Source::Ehlo);
         assert_eq!(a.effective, Some(20 * 1024));
         let sizes = a.messages.clone().unwrap();
         assert_eq!(sizes.len(), 4);
@@ -1095,6 +1599,33 @@ deliver_to = "info@contoso.local"
             ]
         );
         assert_eq!(r.exit_code(), 1);
+        // The two that will not be delivered, largest first, named by TOP.
+        let named: Vec<(u32, Option<&str>, Option<&str>)> = a
+            .stuck
+            .iter()
+            .map(|m| {
+                (
+                    m.number,
+                    m.named.from.as_deref(),
+                    m.named.subject.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (
+                    4,
+                    Some("Sender 3 <sender3@example.net>"),
+                    Some("Demo message 3")
+                ),
+                (
+                    3,
+                    Some("Sender 2 <sender2@example.net>"),
+                    Some("Demo message 2")
+                ),
+            ]
+        );
         // Nothing retrieved, nothing deleted, nothing submitted.
         let after = pop3.mailbox("info").unwrap();
         assert_eq!(after.remaining, before.remaining);
@@ -1115,6 +1646,14 @@ deliver_to = "info@contoso.local"
             rendered.contains("receive connector SIZE 64 KB"),
             "{rendered}"
         );
+        assert!(
+            rendered.contains(
+                "from Sender 2 <sender2@example.net>, subject \"Demo message 2\" (2006-01-02): \
+                 left on the server, never delivered (organization_receive_limit 20 KB)"
+            ),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("--probe"), "{rendered}");
     }
 
     #[tokio::test]
@@ -1151,7 +1690,9 @@ deliver_to = "info@contoso.local"
         assert!(r.probe_failed());
         assert_eq!(a.messages, None);
         let text = r.render();
-        assert!(text.contains("unknown (probe failed)"), "{text}");
+        assert!(text.contains("unknown (probe failed"), "{text}");
+        assert!(!text.contains("--probe"), "{text}");
+        assert_eq!(r.exit_code(), EXIT_UNKNOWN);
         assert!(!text.contains("hunter2"), "{text}");
     }
 }

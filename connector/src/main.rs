@@ -80,11 +80,18 @@ enum Command {
     Run,
     /// Validates the size-limit chain (popbridge, the receive connector's SIZE, Exchange's
     /// organisation and mailbox limits) and shows, per size band, whether a message is
-    /// delivered, left on the server, or could be lost. Exit 1 when mail can be lost or
-    /// stuck forever.
+    /// delivered, left on the server, or could be lost, and where each limit's value came
+    /// from (declared, EHLO SIZE, probe). A limit neither declared nor probed is unknown,
+    /// never "unlimited": declare Exchange's limits as a size or "unlimited".
+    ///
+    /// Exit codes: 0 safe (every limit known, nothing lost or stuck); 1 mail can be lost
+    /// or stuck forever, or --probe found messages on the server that will not be
+    /// delivered (listed with sender, subject and size); 2 configuration error; 5 unknown:
+    /// a limit is neither declared nor probed and nothing is proven unsafe.
     CheckLimits {
         /// Also ask the servers: the SMTP server's EHLO SIZE and the POP3 messages' sizes
-        /// (LIST; nothing is downloaded or deleted).
+        /// (LIST), and the sender and subject of each message that will not be delivered
+        /// (TOP n 0); nothing is downloaded or deleted.
         #[arg(long)]
         probe: bool,
     },
@@ -226,6 +233,15 @@ fn print_summary(s: &Summary) {
         "{}: {} listed, {} delivered, {} deleted{kept}",
         s.account, s.listed, s.delivered, s.deleted
     );
+    for left in &s.left {
+        println!("{}: {}", s.account, left.describe());
+    }
+    if s.left_unnamed > 0 {
+        println!(
+            "{}: and {} more (the events name every one)",
+            s.account, s.left_unnamed
+        );
+    }
     if let Some(a) = &s.aborted {
         println!("{}: pass stopped early: {a}", s.account);
     }

@@ -1,6 +1,7 @@
 //! Reading what the connector needs from a message's header: the envelope sender
 //! (ARCHITECTURE.md, "Where it hurt" 3), the recipient headers, the trace `Received:` line it
-//! prepends, and the de-duplication digest for servers without UIDL.
+//! prepends, the de-duplication digest for servers without UIDL, and the sender, subject,
+//! date and Message-ID that name a message in events and summaries ([`Named`]).
 //!
 //! Responsible for: parsing hostile headers tolerantly (bare LF, bare CR, NUL, 8-bit,
 //! invalid UTF-8, very long lines, folding, no header/body separator, empty input) and
@@ -8,7 +9,8 @@
 //! (ARCHITECTURE.md, "Facts the code relies on").
 //! Must never: panic on any input, look past the header or past the caller's byte
 //! limit, allocate more than a small multiple of that limit, or let CR, LF or another
-//! control character from a message into an address or a header it produces.
+//! control character from a message into an address or a header it produces, or into a
+//! [`Named`] field unescaped (each is also cut to [`NAME_MAX`] characters).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -697,6 +699,242 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+// ---------------------------------------------------------------------------
+// Naming a message for people
+// ---------------------------------------------------------------------------
+
+/// The most characters [`Named`] keeps of each field; a longer one is cut and ends with `…`.
+pub const NAME_MAX: usize = 200;
+
+/// Raw octets of a header value looked at when naming a message (enough for
+/// [`NAME_MAX`] characters even when every one is Q-encoded in four octets).
+const NAME_RAW_MAX: usize = 8 * 1024;
+
+/// Who sent a message and what it is, for events and summaries: its `From`, `Subject`,
+/// `Date` and `Message-ID` as a person reads them. Simple RFC 2047 encoded-words
+/// (UTF-8, US-ASCII, ISO-8859-1; `B` or `Q`) are decoded, control characters and the
+/// characters that reorder text (bidirectional overrides, zero-width marks) are escaped as
+/// `\u{..}` (a backslash as `\\`), and each field is cut to [`NAME_MAX`] characters. A
+/// field the header does not have (or a header never seen) is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Named {
+    /// The `From:` value (display name and address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The `Subject:` value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The `Date:` value, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    /// The `Message-ID:` value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+impl Named {
+    /// The fields of a parsed header.
+    pub fn from_info(info: &HeaderInfo) -> Self {
+        let field = |v: &Option<String>| v.as_deref().and_then(for_people);
+        Self {
+            from: field(&info.from),
+            subject: field(&info.subject),
+            date: field(&info.date),
+            message_id: field(&info.message_id),
+        }
+    }
+
+    /// The fields of a raw header (it may be followed by the body; only the header is read).
+    pub fn from_head(head: &[u8]) -> Self {
+        Self::from_info(&parse_headers(head, DEFAULT_HEADER_MAX))
+    }
+
+    /// True when no field is known.
+    pub fn is_empty(&self) -> bool {
+        self.from.is_none()
+            && self.subject.is_none()
+            && self.date.is_none()
+            && self.message_id.is_none()
+    }
+
+    /// One phrase for people: `from Alice <alice@example.net> "Scans" (2026-12-01)`, the
+    /// Message-ID only when neither sender nor subject is known; empty when nothing is.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(f) = &self.from {
+            parts.push(format!("from {f}"));
+        }
+        if let Some(s) = &self.subject {
+            parts.push(format!("\"{s}\""));
+        }
+        if parts.is_empty() {
+            if let Some(id) = &self.message_id {
+                parts.push(format!("Message-ID {id}"));
+            }
+        }
+        if let Some(d) = &self.date {
+            parts.push(format!("({})", short_date(d).unwrap_or_else(|| d.clone())));
+        }
+        parts.join(" ")
+    }
+}
+
+/// A header value as [`Named`] keeps it: decoded, escaped, cut; `None` when empty.
+pub fn for_people(value: &str) -> Option<String> {
+    let mut end = value.len().min(NAME_RAW_MAX);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let decoded = decode_words(&value[..end]);
+    let mut out = String::new();
+    let mut count = 0;
+    let mut chars = decoded.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        let unit = escape_char(c);
+        let len = unit.chars().count();
+        // Room is kept for the ellipsis unless this is the last character.
+        let room = if chars.peek().is_none() {
+            NAME_MAX
+        } else {
+            NAME_MAX - 1
+        };
+        if count + len > room {
+            out.push('…');
+            break;
+        }
+        out.push_str(&unit);
+        count += len;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// One character as shown: itself, a space for a tab, or an escape for a control
+/// character, a character that reorders or hides text, and the backslash.
+fn escape_char(c: char) -> std::borrow::Cow<'static, str> {
+    let reorders = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+    match c {
+        '\t' => " ".into(),
+        '\\' => "\\\\".into(),
+        c if c.is_control() || reorders => format!("\\u{{{:x}}}", c as u32).into(),
+        c => c.to_string().into(),
+    }
+}
+
+/// Decodes the RFC 2047 encoded-words of `value` whose charset is UTF-8, US-ASCII or
+/// ISO-8859-1 (others, and malformed ones, stay as written); the white space between two
+/// adjacent encoded-words goes.
+fn decode_words(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    // The white space seen since the last encoded-word (dropped if another follows).
+    let mut after_word: Option<String> = None;
+    while !rest.is_empty() {
+        if let Some((text, used)) = rest.strip_prefix("=?").and_then(encoded_word) {
+            after_word = Some(String::new());
+            out.push_str(&text);
+            rest = &rest[2 + used..];
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        rest = &rest[c.len_utf8()..];
+        match &mut after_word {
+            Some(ws) if c == ' ' || c == '\t' => ws.push(c),
+            Some(ws) => {
+                out.push_str(ws);
+                out.push(c);
+                after_word = None;
+            }
+            None => out.push(c),
+        }
+    }
+    if let Some(ws) = after_word {
+        out.push_str(&ws);
+    }
+    out
+}
+
+/// An encoded-word after its `=?`: `charset?B|Q?text?=`. Its text and the octets it
+/// took (after the `=?`), or `None` when malformed or of another charset.
+fn encoded_word(s: &str) -> Option<(String, usize)> {
+    use base64::Engine;
+    let mut parts = s.splitn(3, '?');
+    let charset = parts.next()?;
+    let encoding = parts.next()?;
+    let tail = parts.next()?;
+    let text_len = tail.find("?=")?;
+    let text = &tail[..text_len];
+    if text.contains(|c: char| c == ' ' || c.is_control()) || charset.len() > 40 {
+        return None;
+    }
+    let used = charset.len() + 1 + encoding.len() + 1 + text_len + 2;
+    // RFC 2231 adds a language after `*`.
+    let charset = charset.split('*').next().unwrap_or_default();
+    let bytes = match encoding {
+        "B" | "b" => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .ok()?,
+        "Q" | "q" => {
+            let raw = text.as_bytes();
+            let mut out = Vec::with_capacity(raw.len());
+            let mut i = 0;
+            while i < raw.len() {
+                match raw[i] {
+                    b'_' => out.push(b' '),
+                    b'=' => {
+                        let hex = raw.get(i + 1..i + 3)?;
+                        let hex = std::str::from_utf8(hex).ok()?;
+                        out.push(u8::from_str_radix(hex, 16).ok()?);
+                        i += 2;
+                    }
+                    b => out.push(b),
+                }
+                i += 1;
+            }
+            out
+        }
+        _ => return None,
+    };
+    let text = if charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("us-ascii")
+    {
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else if charset.eq_ignore_ascii_case("iso-8859-1") || charset.eq_ignore_ascii_case("latin1") {
+        bytes.iter().map(|&b| char::from(b)).collect()
+    } else {
+        return None;
+    };
+    Some((text, used))
+}
+
+/// `2026-12-01` from an RFC 5322 date (`Tue, 1 Dec 2026 10:00:00 +0000`), when it is one.
+pub fn short_date(date: &str) -> Option<String> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let rest = match date.split_once(',') {
+        Some((_, r)) => r,
+        None => date,
+    };
+    let mut words = rest.split_whitespace();
+    let day: u32 = words.next()?.parse().ok()?;
+    let month = words.next()?.to_ascii_lowercase();
+    let month = MONTHS.iter().position(|m| month.starts_with(m))? + 1;
+    let year = words.next()?;
+    if !year.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: u32 = match (year.len(), year.parse::<u32>().ok()?) {
+        (4, y) => y,
+        (2, y) if y < 50 => 2000 + y,
+        (2 | 3, y) => 1900 + y,
+        _ => return None,
+    };
+    if !(1..=31).contains(&day) {
+        return None;
+    }
+    Some(format!("{year:04}-{month:02}-{day:02}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -1682,5 +1920,105 @@ From:a@x.example\nTo: b@x.example\n\nother body";
             assert_well_formed(&h);
         }
         assert!(seen.iter().all(|&n| n > 20), "{seen:?}");
+    }
+
+    #[test]
+    fn named_reads_from_subject_date_and_message_id() {
+        let head = b"Received: x\r\nFrom: Alice <alice@example.net>\r\nSubject: Scans\r\n\
+            Date: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <a1@example.net>\r\n\r\nbody";
+        let n = Named::from_head(head);
+        assert_eq!(n.from.as_deref(), Some("Alice <alice@example.net>"));
+        assert_eq!(n.subject.as_deref(), Some("Scans"));
+        assert_eq!(n.message_id.as_deref(), Some("<a1@example.net>"));
+        assert_eq!(
+            n.describe(),
+            "from Alice <alice@example.net> \"Scans\" (2026-12-01)"
+        );
+        assert!(Named::from_head(b"").is_empty());
+        assert_eq!(Named::from_head(b"").describe(), "");
+        let only_id = Named::from_head(b"Message-ID: <x@y>\r\n\r\n");
+        assert_eq!(only_id.describe(), "Message-ID <x@y>");
+    }
+
+    #[test]
+    fn named_escapes_control_and_reordering_characters() {
+        let head =
+            b"Subject: a\x1b[31mred\x07 \xe2\x80\xae evil \\ tab\there\r\nFrom: x\x00y\r\n\r\n";
+        let n = Named::from_head(head);
+        let subject = n.subject.unwrap();
+        assert_eq!(
+            subject,
+            "a\\u{1b}[31mred\\u{7} \\u{202e} evil \\\\ tab here"
+        );
+        assert!(!subject.chars().any(char::is_control), "{subject:?}");
+        assert_eq!(n.from.as_deref(), Some("x\\u{0}y"));
+        // An encoded-word cannot smuggle them in either.
+        let n = Named::from_head(b"Subject: =?UTF-8?Q?bell=07=0D=0Aend?=\r\n\r\n");
+        assert_eq!(n.subject.as_deref(), Some("bell\\u{7}\\u{d}\\u{a}end"));
+    }
+
+    #[test]
+    fn named_cuts_long_fields_on_a_character() {
+        let long = "é".repeat(NAME_MAX * 3);
+        let head = format!("Subject: {long}\r\n\r\n");
+        let subject = Named::from_head(head.as_bytes()).subject.unwrap();
+        assert_eq!(subject.chars().count(), NAME_MAX);
+        assert!(subject.ends_with('…'));
+        // Exactly NAME_MAX characters are kept whole; an escape is never split.
+        let exact = "x".repeat(NAME_MAX);
+        assert_eq!(for_people(&exact).as_deref(), Some(exact.as_str()));
+        let escapes = "\u{7}".repeat(NAME_MAX);
+        let cut = for_people(&escapes).unwrap();
+        assert!(cut.chars().count() <= NAME_MAX, "{cut}");
+        assert!(cut.ends_with("\\u{7}…"), "{cut}");
+        // A huge folded header stays bounded.
+        let mut big = b"Subject: ".to_vec();
+        for _ in 0..100_000 {
+            big.extend_from_slice(b"word\r\n ");
+        }
+        big.extend_from_slice(b"\r\n\r\n");
+        let s = Named::from_head(&big).subject.unwrap();
+        assert!(s.chars().count() <= NAME_MAX);
+    }
+
+    #[test]
+    fn named_decodes_simple_encoded_words() {
+        let n = Named::from_head(
+            b"Subject: =?utf-8?B?w4RwZmVs?= =?UTF-8?Q?_und_Birnen?= (=?ISO-8859-1?Q?caf=E9?=)\r\n\
+              From: =?koi8-r?B?9MXT1A==?= <t@example.ru>\r\n\r\n",
+        );
+        assert_eq!(
+            n.subject.as_deref(),
+            Some("\u{c4}pfel und Birnen (caf\u{e9})")
+        );
+        // Other charsets stay as written.
+        assert_eq!(
+            n.from.as_deref(),
+            Some("=?koi8-r?B?9MXT1A==?= <t@example.ru>")
+        );
+        for bad in [
+            "=?",
+            "=?utf-8?",
+            "=?utf-8?Q?=4?=",
+            "=?utf-8?X?abc?=",
+            "=?utf-8?B?***?=",
+        ] {
+            assert_eq!(for_people(bad).as_deref(), Some(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn short_dates() {
+        assert_eq!(
+            short_date("Tue, 1 Dec 2026 10:00:00 +0000").as_deref(),
+            Some("2026-12-01")
+        );
+        assert_eq!(
+            short_date("7 Jan 99 1:00 GMT").as_deref(),
+            Some("1999-01-07")
+        );
+        assert_eq!(short_date("yesterday"), None);
+        assert_eq!(short_date("Mon, 99 Foo 2026"), None);
+        assert_eq!(short_date(""), None);
     }
 }

@@ -61,7 +61,7 @@ use std::time::SystemTime;
 
 use crate::body::Body;
 use crate::config::{Account, Config, Profile};
-use crate::events::{Event, EventSink, PassEvents, PassId};
+use crate::events::{Event, EventSink, Named, PassEvents, PassId};
 pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
 use crate::keys::{self, DigestKeys};
 use crate::ledger::{Along, FailureKind, Ledger, Status};
@@ -80,6 +80,10 @@ const SBS_LIMIT: u64 = 10 * 1024 * 1024;
 const SBS_MAX_PER_SESSION: usize = 500;
 /// RETRs kept in flight when the server offers PIPELINING.
 const RETR_WINDOW: usize = 8;
+/// The most `TOP n 0` a pass sends to name messages it leaves on the server unread.
+const MAX_TOPS_PER_PASS: usize = 50;
+/// The most messages a summary names ([`Summary::left`]); the events name every one.
+const MAX_LEFT_NAMED: usize = 100;
 /// New POP3 sessions a pass may start after one ended on a message whose size did not
 /// match its LIST size (it goes last from then on, so each new session gets further).
 const MAX_RESTARTS: u32 = 8;
@@ -156,6 +160,116 @@ pub struct Summary {
     /// The id its events carry.
     #[serde(default)]
     pub pass: Option<PassId>,
+    /// The messages this pass skipped, refused, deferred or quarantined, named (at most
+    /// a hundred; `left_unnamed` counts the rest).
+    #[serde(default)]
+    pub left: Vec<Left>,
+    /// Messages left beyond those in `left`.
+    #[serde(default)]
+    pub left_unnamed: u32,
+}
+
+/// What became of a message a pass did not deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftKind {
+    /// Over the size limit: not downloaded, left on the server.
+    SkippedOversize,
+    /// Refused permanently: left on the server.
+    Rejected,
+    /// Failed for now: left for the next pass.
+    Deferred,
+    /// Kept under `state_dir` after too many refusals.
+    Quarantined,
+}
+
+/// A message a pass did not deliver, named for people (the summary lists them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Left {
+    /// What became of it.
+    pub kind: LeftKind,
+    /// UIDL, digest, or `#n`.
+    pub uid: String,
+    /// Its LIST size, when the reason is its size.
+    pub size: Option<u64>,
+    /// Why, for people: the limit, the server's reply, the quarantine copy.
+    pub reason: String,
+    /// Its From, Subject, Date and Message-ID, when known.
+    #[serde(flatten)]
+    pub named: Named,
+}
+
+impl Left {
+    /// The event's message, for a summary; `None` for other events.
+    pub fn from_event(e: &Event) -> Option<Self> {
+        let (kind, uid, size, reason, named) = match e {
+            Event::SkippedOversize {
+                uid,
+                size,
+                limit,
+                named,
+                ..
+            } => (
+                LeftKind::SkippedOversize,
+                uid,
+                Some(*size),
+                format!("over the {} limit", crate::limits::human_size(*limit)),
+                named,
+            ),
+            Event::Rejected {
+                uid, reply, named, ..
+            } => (LeftKind::Rejected, uid, None, reply.clone(), named),
+            Event::Deferred {
+                uid, reason, named, ..
+            } => (LeftKind::Deferred, uid, None, reason.clone(), named),
+            Event::Quarantined {
+                uid,
+                path,
+                deleted,
+                named,
+                ..
+            } => {
+                let reason = if *deleted {
+                    format!("a copy is in {path}; deleted from the server")
+                } else {
+                    format!("a copy is in {path}")
+                };
+                (LeftKind::Quarantined, uid, None, reason, named)
+            }
+            _ => return None,
+        };
+        Some(Self {
+            kind,
+            uid: uid.clone(),
+            size,
+            reason,
+            named: named.clone(),
+        })
+    }
+
+    /// One line for people: `left on the server: 14.5 MB from alice@example.net "Scans"
+    /// (2026-12-01): over the 10 MB limit`.
+    pub fn describe(&self) -> String {
+        let what = match self.kind {
+            LeftKind::SkippedOversize => "left on the server",
+            LeftKind::Rejected => "refused, left on the server",
+            LeftKind::Deferred => "deferred to the next pass",
+            LeftKind::Quarantined => "quarantined",
+        };
+        let mut line = format!("{what}:");
+        if let Some(size) = self.size {
+            line.push(' ');
+            line.push_str(&crate::limits::human_size(size));
+        }
+        let named = self.named.describe();
+        if named.is_empty() {
+            line.push_str(&format!(" {}", self.uid));
+        } else {
+            line.push(' ');
+            line.push_str(&named);
+        }
+        format!("{line}: {}", self.reason)
+    }
 }
 
 impl Summary {
@@ -350,6 +464,12 @@ struct Run<'a> {
     /// Set when this session stopped before its size-mismatch suspects (they get a session
     /// of their own).
     suspects_waiting: bool,
+    /// `TOP n 0` sent this pass (bounded by [`MAX_TOPS_PER_PASS`]).
+    tops: usize,
+    /// Set once the server refused TOP: not asked again this pass.
+    top_refused: bool,
+    /// Names read with TOP this pass, by UID key (a restarted session does not ask again).
+    top_names: HashMap<String, Named>,
 }
 
 /// Runs one pass over `account`, under a new pass id.
@@ -389,6 +509,9 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
         tried_alone: HashSet::new(),
         digest_deles: HashSet::new(),
         suspects_waiting: false,
+        tops: 0,
+        top_refused: false,
+        top_names: HashMap::new(),
     };
     events.emit(Event::PassStarted {
         account: account.name.clone(),
@@ -550,6 +673,18 @@ fn smtp_failure(e: SmtpError) -> AccountFailure {
 impl Run<'_> {
     fn emit(&self, e: Event) {
         self.events.emit(e);
+    }
+
+    /// Emits an event about a message left undelivered and names it in the summary.
+    fn emit_left(&mut self, e: Event) {
+        if let Some(left) = Left::from_event(&e) {
+            if self.summary.left.len() < MAX_LEFT_NAMED {
+                self.summary.left.push(left);
+            } else {
+                self.summary.left_unnamed += 1;
+            }
+        }
+        self.cx.events.emit(e);
     }
 
     /// Counts one arrival at `step`; true (and remembered) when the crash fail point is
@@ -1092,11 +1227,13 @@ impl Run<'_> {
     /// server's SIZE (learnt by connecting), or the fixed SBS limit.
     async fn limit(&mut self) -> Result<Option<u64>, SmtpError> {
         if self.pickup.is_some() {
-            // No SMTP server to ask: the configured limit alone.
+            // No SMTP server to ask: the configured limits alone, Exchange's included (the
+            // pickup service hands the message to the same categoriser that bounces it).
+            // Under sbs2008: the old connector's fixed limit.
             return Ok(if self.sbs {
                 Some(SBS_LIMIT)
             } else {
-                self.cx.config.limits.max_message_size
+                crate::limits::effective_limit(self.cx.config, self.account, None)
             });
         }
         let server = self.session().await?.ext.max_size();
@@ -1160,10 +1297,11 @@ impl Run<'_> {
                 // No SMTP server: nothing can be delivered; everything stays.
                 self.summary.deferred += work.len() as u32;
                 for item in &work {
-                    self.emit(Event::Deferred {
+                    self.emit_left(Event::Deferred {
                         account: a.name.clone(),
                         uid: item.key.clone().unwrap_or_default(),
                         reason: e.to_string(),
+                        named: Named::default(),
                     });
                 }
                 // Could not reach the SMTP server: an account failure (exit 3, or 2 for a
@@ -1175,21 +1313,30 @@ impl Run<'_> {
         };
         // Nothing is downloaded past the hard ceiling, whatever the servers say.
         let ceiling = self.cx.config.limits.max_download_size;
-        let limit = Some(limit.map_or(ceiling, |l| l.min(ceiling)));
-        // Oversize messages are never downloaded.
-        let mut todo: Vec<Item> = Vec::new();
-        for item in work {
-            match limit {
-                Some(l) if item.size > l => {
-                    self.summary.skipped += 1;
-                    self.emit(Event::SkippedOversize {
-                        account: a.name.clone(),
-                        uid: item.label(),
-                        size: item.size,
-                        limit: l,
-                    });
-                }
-                _ => todo.push(item),
+        let over = limit.map_or(ceiling, |l| l.min(ceiling));
+        let limit = Some(over);
+        // Oversize messages are never downloaded; TOP names them where the server allows.
+        let (oversize, mut todo): (Vec<Item>, Vec<Item>) =
+            work.into_iter().partition(|item| item.size > over);
+        if !oversize.is_empty() {
+            let (names, broken) = match self.name_unread(txn, &oversize).await {
+                Ok(names) => (names, None),
+                Err((names, b)) => (names, Some(b)),
+            };
+            for (i, item) in oversize.iter().enumerate() {
+                self.summary.skipped += 1;
+                self.emit_left(Event::SkippedOversize {
+                    account: a.name.clone(),
+                    uid: item.label(),
+                    size: item.size,
+                    limit: over,
+                    named: names.get(i).cloned().unwrap_or_default(),
+                });
+            }
+            if let Some(b) = broken {
+                // Nothing of the rest was started: it waits for the next pass.
+                self.summary.postponed += todo.len() as u32;
+                return Err(b);
             }
         }
         // The cap bounds submissions, and counts only what will be downloaded. A message
@@ -1302,18 +1449,7 @@ impl Run<'_> {
                 Ok(Response::Refused {
                     pending: Pending::Dele(msg),
                     reply,
-                }) => {
-                    // Delivered and recorded; the next pass deletes it. A refused DELE
-                    // certainly did not apply: it must not count as one that may have.
-                    if let Some(key) = self.deleting.remove(&msg) {
-                        if self.digest_deles.remove(&key) {
-                            if let Err(e) = lock(self.cx.ledger).clear_unconfirmed(&a.name, &key) {
-                                tracing::warn!(account = %a.name, "ledger: {e}");
-                            }
-                        }
-                    }
-                    tracing::warn!(account = %a.name, "DELE {msg} refused: {}", reply.to_string().trim_end());
-                }
+                }) => self.dele_refused(msg, &reply),
                 Err(Pop3Error::TooLarge { limit, .. }) => {
                     let Some(Pending::Retr(msg)) = answering else {
                         break Err(Broken::OutOfStep {
@@ -1372,6 +1508,87 @@ impl Run<'_> {
         result
     }
 
+    /// A refused DELE: the message was delivered and recorded, and the next pass deletes
+    /// it. A refused DELE certainly did not apply: it must not count as one that may have.
+    fn dele_refused(&mut self, msg: u32, reply: &popbridge_proto::pop3::Pop3Reply) {
+        let a = self.account;
+        if let Some(key) = self.deleting.remove(&msg) {
+            if self.digest_deles.remove(&key) {
+                if let Err(e) = lock(self.cx.ledger).clear_unconfirmed(&a.name, &key) {
+                    tracing::warn!(account = %a.name, "ledger: {e}");
+                }
+            }
+        }
+        tracing::warn!(account = %a.name, "DELE {msg} refused: {}", reply.to_string().trim_end());
+    }
+
+    /// The names of messages left unread (over the size limit), one `TOP n 0` each, in
+    /// order: at most [`MAX_TOPS_PER_PASS`] a pass, none once the server refused TOP, a
+    /// message's name read earlier in the pass reused. Replies still owed (DELEs) are read
+    /// first: TOP is never pipelined. A name not read is empty. When the session breaks,
+    /// the names read so far and why.
+    async fn name_unread(
+        &mut self,
+        txn: &mut Transaction,
+        items: &[Item],
+    ) -> Result<Vec<Named>, (Vec<Named>, Broken)> {
+        let mut names = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(n) = item.key.as_ref().and_then(|k| self.top_names.get(k)) {
+                names.push(n.clone());
+                continue;
+            }
+            if self.top_refused || self.tops >= MAX_TOPS_PER_PASS {
+                names.push(Named::default());
+                continue;
+            }
+            if let Err(b) = self.answer_pending(txn).await {
+                return Err((names, b));
+            }
+            self.tops += 1;
+            match txn.top(item.n, &self.spool).await {
+                Ok(Some(head)) => {
+                    let n = Named::from_head(head.head());
+                    if let Some(k) = &item.key {
+                        self.top_names.insert(k.clone(), n.clone());
+                    }
+                    names.push(n);
+                }
+                Ok(None) => {
+                    self.top_refused = true;
+                    names.push(Named::default());
+                }
+                Err(e) => return Err((names, broken_by(e))),
+            }
+        }
+        Ok(names)
+    }
+
+    /// Reads every reply still owed (only DELEs are sent before any RETR).
+    async fn answer_pending(&mut self, txn: &mut Transaction) -> Result<(), Broken> {
+        while txn.in_flight() > 0 {
+            match txn.next(&self.spool, 0).await {
+                Ok(Response::Deleted { .. }) => {
+                    if self.reached(Step::AfterDele) {
+                        return Err(Broken::Crashed);
+                    }
+                }
+                Ok(Response::Refused {
+                    pending: Pending::Dele(msg),
+                    reply,
+                }) => self.dele_refused(msg, &reply),
+                Ok(_) => {
+                    return Err(Broken::OutOfStep {
+                        reason: "a message arrived where a DELE reply was due".into(),
+                        suspect: false,
+                    })
+                }
+                Err(e) => return Err(broken_by(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// A message came back from RETR: check it against its LIST size, then deliver it.
     async fn retrieved(
         &mut self,
@@ -1416,7 +1633,7 @@ impl Run<'_> {
             return Ok(());
         }
         if let Some(why) = self.stop_smtp.clone() {
-            self.defer(item.label(), why);
+            self.defer_named(item.label(), why, Named::from_head(body.head()));
             return Ok(());
         }
         self.handle(txn, item, body).await;
@@ -1469,11 +1686,17 @@ impl Run<'_> {
     }
 
     fn defer(&mut self, uid: String, reason: String) {
+        self.defer_named(uid, reason, Named::default());
+    }
+
+    /// [`Run::defer`] for a message whose header was read.
+    fn defer_named(&mut self, uid: String, reason: String, named: Named) {
         self.summary.deferred += 1;
-        self.emit(Event::Deferred {
+        self.emit_left(Event::Deferred {
             account: self.account.name.clone(),
             uid,
             reason,
+            named,
         });
     }
 
@@ -1544,6 +1767,7 @@ impl Run<'_> {
         let a = self.account;
         self.attempts += 1;
         let info = message::parse_headers(body.head(), crate::body::HEAD_MAX);
+        let named = Named::from_info(&info);
         let smtputf8 = self.smtp.as_ref().is_some_and(|s| s.ext.smtputf8);
         let sender = message::envelope_sender(
             &info,
@@ -1592,16 +1816,17 @@ impl Run<'_> {
         };
         if self.pickup.is_some() {
             return self
-                .deliver_pickup(txn, item, key, &env, prefix.as_bytes(), body)
+                .deliver_pickup(txn, item, key, &env, prefix.as_bytes(), body, named)
                 .await;
         }
         if self.unknown.contains(&key) {
             // An earlier session of this pass sent its final data and never had a reply.
-            self.defer(
+            self.defer_named(
                 key,
                 "the server may have accepted it earlier in this pass: not sent again in this \
                  pass"
                     .into(),
+                named,
             );
             return;
         }
@@ -1617,7 +1842,7 @@ impl Run<'_> {
             // delivery before this one).
             if let Err(e) = lock(self.cx.ledger).begin_submission(&a.name, &key) {
                 tracing::error!(account = %a.name, "ledger: {e}");
-                self.defer(key, format!("not submitted: the ledger failed: {e}"));
+                self.defer_named(key, format!("not submitted: the ledger failed: {e}"), named);
                 return;
             }
             self.marked.insert(key.clone());
@@ -1632,7 +1857,7 @@ impl Run<'_> {
                     if self.replace_session(&why) {
                         continue;
                     }
-                    self.defer(key, why);
+                    self.defer_named(key, why, named);
                     return;
                 }
             };
@@ -1648,6 +1873,7 @@ impl Run<'_> {
                         body.len(),
                         &sender.address,
                         accepted.reply.first_line(),
+                        named,
                     );
                     return;
                 }
@@ -1656,11 +1882,12 @@ impl Run<'_> {
                     // and names it as a possible duplicate when it is sent next time.
                     self.smtp = None;
                     self.unknown.insert(key.clone());
-                    self.defer(
+                    self.defer_named(
                         key,
                         format!(
                             "{e}; the server may have accepted it: not sent again in this pass"
                         ),
+                        named,
                     );
                     self.replace_session(&e.to_string());
                     return;
@@ -1669,7 +1896,7 @@ impl Run<'_> {
                     // The message could not be read back: the connection was dropped
                     // before its end, so the server does not have it.
                     self.smtp = None;
-                    self.defer(key, e.to_string());
+                    self.defer_named(key, e.to_string(), named);
                     return;
                 }
                 Err(e) if e.session_lost() => {
@@ -1677,7 +1904,7 @@ impl Run<'_> {
                     if self.replace_session(&e.to_string()) {
                         continue;
                     }
-                    self.defer(key, e.to_string());
+                    self.defer_named(key, e.to_string(), named);
                     return;
                 }
                 Err(e) if e.is_permanent() && e.is_message_refusal() => {
@@ -1694,31 +1921,33 @@ impl Run<'_> {
                             // it stays on the server, refused.
                             tracing::error!(account = %a.name, "ledger: {le}");
                             self.summary.rejected += 1;
-                            self.emit(Event::Rejected {
+                            self.emit_left(Event::Rejected {
                                 account: a.name.clone(),
                                 uid: key,
                                 reply: format!("{reply} (not counted: the ledger failed: {le})"),
                                 failures: 0,
+                                named,
                             });
                             return;
                         }
                     };
                     // The old connector never gave up on a message: no quarantine under sbs2008.
                     if !self.sbs && failures >= cfg.limits.poison_after {
-                        self.quarantine(txn, item.n, &key, &body).await;
+                        self.quarantine(txn, item.n, &key, &body, named).await;
                     } else {
                         self.summary.rejected += 1;
-                        self.emit(Event::Rejected {
+                        self.emit_left(Event::Rejected {
                             account: a.name.clone(),
                             uid: key,
                             reply,
                             failures,
+                            named,
                         });
                     }
                     return;
                 }
                 Err(e) => {
-                    self.defer(key, e.to_string());
+                    self.defer_named(key, e.to_string(), named);
                     return;
                 }
             }
@@ -1748,6 +1977,7 @@ impl Run<'_> {
 
     /// Writes a downloaded message into the pickup folder and acts on the outcome (the
     /// module header says how failures are handled).
+    #[allow(clippy::too_many_arguments)]
     async fn deliver_pickup(
         &mut self,
         txn: &mut Transaction,
@@ -1756,6 +1986,7 @@ impl Run<'_> {
         env: &Envelope,
         prefix: &[u8],
         body: Body,
+        named: Named,
     ) {
         let a = self.account;
         let Some(pickup) = self.pickup.clone() else {
@@ -1772,7 +2003,7 @@ impl Run<'_> {
             ),
             Ok(PickupOutcome::Failed { path, error }) => {
                 self.summary.rejected += 1;
-                self.emit(Event::Rejected {
+                self.emit_left(Event::Rejected {
                     account: a.name.clone(),
                     uid: key,
                     reply: format!(
@@ -1781,23 +2012,25 @@ impl Run<'_> {
                         path.display()
                     ),
                     failures: 0,
+                    named,
                 });
                 return;
             }
             Err(e) => {
                 self.summary.rejected += 1;
-                self.emit(Event::Rejected {
+                self.emit_left(Event::Rejected {
                     account: a.name.clone(),
                     uid: key,
                     reply: format!("pickup failed: {e}; kept on the server"),
                     failures: 0,
+                    named,
                 });
                 return;
             }
         };
         // Published but not recorded (ledger failure): the journal marker stays, so the next
         // pass finds the message published and records it without writing it again.
-        if self.delivered(txn, item, key.clone(), body.len(), &env.from, reply) {
+        if self.delivered(txn, item, key.clone(), body.len(), &env.from, reply, named) {
             pickup.settle(&a.name, &key).await;
         }
     }
@@ -1805,7 +2038,8 @@ impl Run<'_> {
     /// A delivery the server (or the pickup folder) accepted: record it durably (with the
     /// next message's submission mark, and for a digest key its coming DELE), report it,
     /// then queue its DELE. This order is the no-loss, no-duplicate point. Returns false
-    /// when the ledger failed: the message then stays on the server.
+    /// when the ledger failed: the message then stays on the server (`named` names it).
+    #[allow(clippy::too_many_arguments)]
     fn delivered(
         &mut self,
         txn: &mut Transaction,
@@ -1814,6 +2048,7 @@ impl Run<'_> {
         size: u64,
         sender: &str,
         reply: String,
+        named: Named,
     ) -> bool {
         let a = self.account;
         let dele = !a.leave_on_server;
@@ -1827,7 +2062,7 @@ impl Run<'_> {
             // Delivered but not recorded: the message stays on the server rather than risk
             // losing track; its submission mark names it as a possible duplicate next time.
             tracing::error!(account = %a.name, "ledger: {e}");
-            self.defer(key, format!("delivered but the ledger failed: {e}"));
+            self.defer_named(key, format!("delivered but the ledger failed: {e}"), named);
             return false;
         }
         self.marked.remove(&key);
@@ -1857,7 +2092,14 @@ impl Run<'_> {
         true
     }
 
-    async fn quarantine(&mut self, txn: &mut Transaction, msg: u32, key: &str, body: &Body) {
+    async fn quarantine(
+        &mut self,
+        txn: &mut Transaction,
+        msg: u32,
+        key: &str,
+        body: &Body,
+        named: Named,
+    ) {
         let cfg = self.cx.config;
         let a = self.account;
         let path: PathBuf = cfg
@@ -1874,11 +2116,12 @@ impl Run<'_> {
         if let Err(reply) = kept {
             // Without a durable, recorded copy the message must stay where it is.
             self.summary.rejected += 1;
-            self.emit(Event::Rejected {
+            self.emit_left(Event::Rejected {
                 account: a.name.clone(),
                 uid: key.into(),
                 reply: format!("{reply}; kept on the server"),
                 failures: 0,
+                named,
             });
             return;
         }
@@ -1887,12 +2130,27 @@ impl Run<'_> {
             self.dele(txn, msg, key.to_string());
         }
         self.summary.quarantined += 1;
-        self.emit(Event::Quarantined {
+        self.emit_left(Event::Quarantined {
             account: a.name.clone(),
             uid: key.into(),
             path: path.display().to_string(),
             deleted: delete,
+            named,
         });
+    }
+}
+
+/// How a POP3 session ends after `e`: replies that stopped making sense end it with a QUIT
+/// sent blind; anything else (a broken or stalled connection) drops it.
+fn broken_by(e: Pop3Error) -> Broken {
+    match e {
+        Pop3Error::Protocol { .. } | Pop3Error::Unasked { .. } | Pop3Error::TooLarge { .. } => {
+            Broken::OutOfStep {
+                reason: e.to_string(),
+                suspect: false,
+            }
+        }
+        other => Broken::Lost(other),
     }
 }
 

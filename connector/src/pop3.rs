@@ -981,10 +981,18 @@ impl Transaction {
             })
     }
 
-    /// The header of message `n` (TOP n 0), bounded; `None` when TOP is unavailable.
+    /// The header of message `n` (TOP n 0), bounded; `None` when TOP is unavailable (not
+    /// in CAPA, or refused). Never pipelined: with replies still owed it is a protocol
+    /// error, and octets waiting after its reply make it [`Pop3Error::Unasked`].
     pub async fn top(&mut self, n: u32, spool: &Path) -> Result<Option<Body>, Pop3Error> {
         if self.capabilities.known && !self.capabilities.top {
             return Ok(None);
+        }
+        if !self.pending.is_empty() {
+            return Err(Pop3Error::Protocol {
+                command: format!("TOP {n} 0"),
+                detail: "not sent: replies to earlier commands are still owed".into(),
+            });
         }
         self.wire.queue(
             &Pop3Command::Top { msg: n, lines: 0 }.to_string(),
@@ -999,6 +1007,12 @@ impl Transaction {
         self.wire
             .multiline("TOP", crate::body::HEAD_MAX as u64 * 4, &mut b)
             .await?;
+        if !self.wire.inbuf.is_empty() {
+            return Err(Pop3Error::Unasked {
+                command: format!("TOP {n} 0"),
+                octets: self.wire.inbuf.len(),
+            });
+        }
         Ok(Some(b.finish().await?))
     }
 

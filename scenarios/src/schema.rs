@@ -1471,17 +1471,20 @@ pub fn known_event_kinds() -> Vec<String> {
             uid: s(),
             size: 0,
             limit: 0,
+            named: Default::default(),
         },
         Event::Rejected {
             account: s(),
             uid: s(),
             reply: s(),
             failures: 0,
+            named: Default::default(),
         },
         Event::Deferred {
             account: s(),
             uid: s(),
             reason: s(),
+            named: Default::default(),
         },
         Event::SizeMismatch {
             account: s(),
@@ -1501,6 +1504,7 @@ pub fn known_event_kinds() -> Vec<String> {
             uid: s(),
             path: s(),
             deleted: false,
+            named: Default::default(),
         },
         Event::SenderRepaired {
             account: s(),

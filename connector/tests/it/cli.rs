@@ -443,6 +443,17 @@ async fn check_limits_flags_the_two_sbs_losses() {
         so.contains("LOST") && so.contains("organization_receive_limit"),
         "{so}"
     );
+    // The 20 MB message on the server is named (TOP), and the mailbox limit nobody
+    // declared is called unknown, not unlimited.
+    assert!(
+        so.contains(
+            "#1 20 MB from Sender 0 <sender0@example.net>, subject \"Demo message 0\" \
+             (2006-01-02): LOST"
+        ),
+        "{so}"
+    );
+    assert!(so.contains("unknown (not declared"), "{so}");
+    assert!(!so.contains("--probe"), "{so}");
     // Case 2: global 50 MB, connector 50 MB, mailbox 10 MB.
     let out = run("50MB", "mailbox_receive_limit = \"10MB\"").await;
     let so = text(&out.stdout);
@@ -492,6 +503,14 @@ async fn check_limits_with_probe_passes_a_safe_configuration() {
         "{}{}",
         text(&out.stdout),
         text(&out.stderr)
+    );
+    let so = text(&out.stdout);
+    assert!(so.contains("Verdict: safe"), "{so}");
+    assert!(so.contains("50 MB (EHLO SIZE, probed)"), "{so}");
+    assert!(so.contains("50 MB (declared)"), "{so}");
+    assert!(
+        !so.contains("--probe"),
+        "after --probe, no hint to run it: {so}"
     );
     pop.wait_idle().await;
     assert_eq!(
@@ -720,4 +739,116 @@ async fn sighup_reopens_the_events_file_after_a_rename() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_limits_with_undeclared_limits_is_unknown_not_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on these ports: without --probe nothing is contacted.
+    let cfg = write_config(dir.path(), 1, 1, "");
+    let out = popbridge(&["--config", &cfg, "check-limits"]).await;
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{so}{}", text(&out.stderr));
+    assert!(
+        !so.contains("Verdict: safe") && !so.contains("unlimited ("),
+        "{so}"
+    );
+    assert!(
+        so.contains(
+            "Verdict: unknown: declare organization_receive_limit and mailbox_receive_limit"
+        ),
+        "{so}"
+    );
+    assert!(so.contains("run with --probe"), "{so}");
+    // Declared unlimited, popbridge following the SIZE: safe whatever the SIZE is.
+    let cfg = write_config(
+        dir.path(),
+        1,
+        1,
+        "mailbox_receive_limit = \"unlimited\"\n[exchange]\norganization_receive_limit = \"unlimited\"",
+    );
+    let out = popbridge(&["--config", &cfg, "check-limits"]).await;
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{so}{}", text(&out.stderr));
+    assert!(so.contains("unlimited (declared)"), "{so}");
+    // The exit codes are in --help.
+    let out = popbridge(&["check-limits", "--help"]).await;
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("5 unknown") && help.contains("1 mail can be lost"),
+        "{help}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_limits_probe_names_a_stuck_message_with_its_sender_and_subject() {
+    let big = "From: Alice Example <alice@example.net>\r\nSubject: Scans\r\n\
+               Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
+    let mut data = big.as_bytes().to_vec();
+    data.resize(200 * 1024, b'x');
+    let mut mb = Mailbox::new("info", PASSWORD).with_demo_messages(1, 1000);
+    mb.messages.push(mock_pop3::Message::new(data));
+    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(100 * 1024),
+        ..Limits::default()
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A safe chain: only the server's own SIZE keeps the big one out.
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "mailbox_receive_limit = \"unlimited\"\n[exchange]\norganization_receive_limit = \"unlimited\"",
+    );
+    let out = popbridge(&["--config", &cfg, "check-limits", "--probe"]).await;
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    assert!(
+        so.contains(
+            "#2 200.0 KB from Alice Example <alice@example.net>, subject \"Scans\" (2026-12-01): \
+             too large for this server"
+        ),
+        "{so}"
+    );
+    assert!(so.contains("stuck: 1 message(s)"), "{so}");
+    assert!(!so.contains("--probe"), "{so}");
+    pop.wait_idle().await;
+    let mailbox = pop.mailbox("info").unwrap();
+    assert_eq!(mailbox.remaining.len(), 2, "probing changes nothing");
+    assert!(mailbox.retrieved.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_names_the_message_it_leaves_on_the_server() {
+    let big = "From: Alice Example <alice@example.net>\r\nSubject: Scans\r\n\
+               Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
+    let mut data = big.as_bytes().to_vec();
+    data.resize(200 * 1024, b'x');
+    let mut mb = Mailbox::new("info", PASSWORD).with_demo_messages(1, 1000);
+    mb.messages.push(mock_pop3::Message::new(data));
+    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(100 * 1024),
+        ..Limits::default()
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        pop.addr().unwrap().port(),
+        smtp.addr().unwrap().port(),
+        "",
+    );
+    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    assert!(
+        so.contains(
+            "info: left on the server: 200.0 KB from Alice Example <alice@example.net> \
+             \"Scans\" (2026-12-01): over the 100 KB limit"
+        ),
+        "{so}"
+    );
 }

@@ -192,6 +192,25 @@ async fn pickup_applies_the_configured_size_limit_only() {
 }
 
 #[tokio::test]
+async fn pickup_keeps_what_exchange_would_bounce() {
+    // The pickup service hands messages to the categoriser, which applies Exchange's
+    // organisation and mailbox limits: a larger message is kept, never written.
+    let mut msgs = messages(2);
+    msgs.push(raw(&vec![b'x'; 5000]).with_uid("big"));
+    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
+    let smtp = smtp(MockSmtp::builder()).await;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("Pickup");
+    std::fs::create_dir(&dir).unwrap();
+    let mut s = pickup_setup(&pop, &smtp, "", &dir, None);
+    s.config.exchange.organization_receive_limit = popbridge::config::ReceiveLimit::Octets(4000);
+    let (sum, events) = s.pass(&pop, &smtp).await;
+    assert_eq!((sum.delivered, sum.skipped), (2, 1), "{sum:?}");
+    assert_eq!(count(&events, "message.skipped_oversize"), 1);
+    assert_eq!(pop.mailbox("info").unwrap().remaining, ["big"]);
+}
+
+#[tokio::test]
 async fn a_crash_between_write_and_rename_publishes_nothing_and_the_next_pass_delivers_once() {
     let pop = pop3(MockPop3::builder().mailbox(mailbox_with(messages(3)))).await;
     let smtp = smtp(MockSmtp::builder()).await;

@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod interop;
 mod listing;
+mod named;
 mod ntlm;
 mod oauth2;
 mod pass;

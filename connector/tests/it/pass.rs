@@ -634,7 +634,8 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     let s = setup(&pop, &smtp, "", "");
     let mut cfg = s.config.clone();
     cfg.profile = popbridge::config::Profile::Sbs2008;
-    cfg.exchange.organization_receive_limit = Some(10 * 1024 * 1024);
+    cfg.exchange.organization_receive_limit =
+        popbridge::config::ReceiveLimit::Octets(10 * 1024 * 1024);
     let s = Setup {
         config: cfg,
         dir: s.dir,
@@ -660,7 +661,8 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     let (pop, smtp) = (pop3(p).await, crate::harness::smtp(m).await);
     let s = setup(&pop, &smtp, "", "");
     let mut cfg = s.config.clone();
-    cfg.exchange.organization_receive_limit = Some(10 * 1024 * 1024);
+    cfg.exchange.organization_receive_limit =
+        popbridge::config::ReceiveLimit::Octets(10 * 1024 * 1024);
     let s = Setup {
         config: cfg,
         dir: s.dir,
