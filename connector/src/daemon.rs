@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -68,9 +68,23 @@ pub struct DaemonHandle {
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Receiver<u64>,
     stop: StopFlag,
+    next_pass: Arc<Mutex<Option<SystemTime>>>,
 }
 
 impl DaemonHandle {
+    /// When the next scheduled pass starts (wall clock), once the schedule is running.
+    pub fn next_pass(&self) -> Option<SystemTime> {
+        *self.next_pass.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `popbridge status` is told: the next scheduled pass and the interval.
+    pub fn status(&self) -> DaemonStatus {
+        DaemonStatus {
+            next_pass: self.next_pass().map(unix_secs),
+            interval_secs: self.config().interval.as_secs(),
+        }
+    }
+
     /// Runs a pass now (all accounts, or one) and returns when it finished. If a pass of
     /// that account is running, this one waits for it, then runs.
     pub async fn trigger(&self, account: Option<String>) -> Result<Vec<Summary>, String> {
@@ -133,6 +147,14 @@ pub struct Daemon {
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Sender<u64>,
     stop: StopFlag,
+    next_pass: Arc<Mutex<Option<SystemTime>>>,
+}
+
+/// Seconds since 1970 of a wall-clock time (0 before it).
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A random delay in `0..=jitter`.
@@ -157,12 +179,14 @@ impl Daemon {
         let (completed, completed_rx) = watch::channel(0);
         let history = Arc::new(Mutex::new(Vec::new()));
         let stop = StopFlag::default();
+        let next_pass = Arc::new(Mutex::new(None));
         let handle = DaemonHandle {
             tx,
             config: config_rx,
             history: history.clone(),
             completed: completed_rx,
             stop: stop.clone(),
+            next_pass: next_pass.clone(),
         };
         let daemon = Daemon {
             rx,
@@ -174,6 +198,7 @@ impl Daemon {
             history,
             completed,
             stop,
+            next_pass,
         };
         (daemon, handle)
     }
@@ -187,6 +212,7 @@ impl Daemon {
         let mut tasks = JoinSet::new();
         let mut next = Instant::now() + jitter(self.config_tx.borrow().jitter);
         loop {
+            self.publish_next(next);
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {
                     let config = self.config_tx.borrow().clone();
@@ -253,6 +279,13 @@ impl Daemon {
         }
         self.stop.stop();
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Makes the next scheduled pass's time (tokio clock) known to the handle, as wall
+    /// clock time.
+    fn publish_next(&self, next: Instant) {
+        let wall = SystemTime::now() + next.saturating_duration_since(Instant::now());
+        *self.next_pass.lock().unwrap_or_else(|p| p.into_inner()) = Some(wall);
     }
 
     fn job(&self, config: Arc<Config>, account: String, cause: Cause) -> Job {
@@ -324,11 +357,24 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("popbridge.sock")
 }
 
-/// What `popbridge trigger` sends over the socket.
+/// What `popbridge trigger` (or `status`) sends over the socket.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TriggerRequest {
     /// One account, or all.
     pub account: Option<String>,
+    /// True for a read-only status request (`popbridge status`): no pass is run. Absent
+    /// (older clients) means false.
+    #[serde(default)]
+    pub status: bool,
+}
+
+/// What a running daemon tells `popbridge status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// When the next scheduled pass starts, unix seconds.
+    pub next_pass: Option<i64>,
+    /// The configured interval between passes, in seconds.
+    pub interval_secs: u64,
 }
 
 /// What the daemon answers.
@@ -338,6 +384,8 @@ pub enum TriggerResponse {
     Done(Vec<Summary>),
     /// They could not run.
     Error(String),
+    /// The answer to a status request.
+    Status(DaemonStatus),
 }
 
 /// Serves "Retrieve now" requests on a Unix socket (one JSON line each way) until the
@@ -366,6 +414,7 @@ pub async fn serve_trigger_socket(path: PathBuf, handle: DaemonHandle) -> std::i
                 return;
             }
             let response = match serde_json::from_str::<TriggerRequest>(&line) {
+                Ok(req) if req.status => TriggerResponse::Status(handle.status()),
                 Ok(req) => match handle.trigger(req.account).await {
                     Ok(s) => TriggerResponse::Done(s),
                     Err(e) => TriggerResponse::Error(e),
@@ -385,6 +434,32 @@ pub async fn request_trigger(
     path: &Path,
     account: Option<String>,
 ) -> std::io::Result<TriggerResponse> {
+    request(
+        path,
+        TriggerRequest {
+            account,
+            status: false,
+        },
+    )
+    .await
+}
+
+/// Asks a running daemon for its status (read-only: no pass is run).
+#[cfg(unix)]
+pub async fn request_status(path: &Path) -> std::io::Result<TriggerResponse> {
+    request(
+        path,
+        TriggerRequest {
+            account: None,
+            status: true,
+        },
+    )
+    .await
+}
+
+/// Sends one request line and reads the one-line answer.
+#[cfg(unix)]
+async fn request(path: &Path, req: TriggerRequest) -> std::io::Result<TriggerResponse> {
     let mut stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -394,7 +469,7 @@ pub async fn request_trigger(
             ),
         )
     })?;
-    let mut req = serde_json::to_string(&TriggerRequest { account })?;
+    let mut req = serde_json::to_string(&req)?;
     req.push('\n');
     stream.write_all(req.as_bytes()).await?;
     let mut line = String::new();

@@ -64,7 +64,9 @@ use crate::config::{Account, Config, Profile};
 use crate::events::{Event, EventSink};
 pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
 use crate::keys::{self, DigestKeys};
-use crate::ledger::{Along, FailureKind, Ledger, Status};
+use crate::ledger::{
+    Along, FailureKind, Ledger, Outcome, PassCounts, PassRow, QuarantineAction, Status,
+};
 use crate::listing::{Budget, Sizes, UidScan, Want};
 use crate::message;
 use crate::net::{Dialer, TlsError};
@@ -326,6 +328,10 @@ struct Run<'a> {
     /// Set when this session stopped before its size-mismatch suspects (they get a session
     /// of their own).
     suspects_waiting: bool,
+    /// What the administrator asked for quarantined messages (read with `known`).
+    actions: HashMap<String, QuarantineAction>,
+    /// Set once this pass went through the released messages (once per pass).
+    releases_done: bool,
 }
 
 /// Runs one pass over `account`.
@@ -357,7 +363,10 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         tried_alone: HashSet::new(),
         digest_deles: HashSet::new(),
         suspects_waiting: false,
+        actions: HashMap::new(),
+        releases_done: false,
     };
+    let started_at = unix_now();
     cx.events.emit(Event::PassStarted {
         account: account.name.clone(),
     });
@@ -371,6 +380,7 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
                 error: reason.clone(),
             });
             run.summary.aborted = Some(reason);
+            record_history(cx.ledger, &run.summary, started_at);
             return run.summary;
         }
     };
@@ -421,7 +431,62 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
         skipped: s.skipped,
         quarantined: s.quarantined,
     });
+    record_history(cx.ledger, &run.summary, started_at);
     run.summary
+}
+
+/// Seconds since 1970 (0 before it).
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// How a pass ended, for the history: failed (the account could not be processed, or the
+/// pass was interrupted), stuck (messages stay that no later pass delivers unchanged:
+/// refused, over the size limit, not matching their LIST size), backlog (messages wait
+/// for the next pass: deferred, postponed), else ok.
+pub fn outcome(s: &Summary) -> (Outcome, Option<String>) {
+    if let Some(f) = &s.failure {
+        return (Outcome::Failed, Some(f.to_string()));
+    }
+    if let Some(a) = &s.aborted {
+        return (Outcome::Failed, Some(a.clone()));
+    }
+    if s.rejected + s.skipped + s.mismatched > 0 {
+        (Outcome::Stuck, None)
+    } else if s.deferred + s.postponed > 0 {
+        (Outcome::Backlog, None)
+    } else {
+        (Outcome::Ok, None)
+    }
+}
+
+/// Records a finished pass in the ledger's history (a failure to do so is only logged:
+/// the history is for people, the delivery records are what matters).
+fn record_history(ledger: &Mutex<Ledger>, s: &Summary, started_at: i64) {
+    let (outcome, reason) = outcome(s);
+    let row = PassRow {
+        account: s.account.clone(),
+        started_at,
+        finished_at: unix_now(),
+        outcome,
+        reason,
+        counts: PassCounts {
+            listed: s.listed,
+            delivered: s.delivered,
+            deleted: s.deleted,
+            left: s.remaining(),
+            rejected: s.rejected,
+            deferred: s.deferred,
+            skipped: s.skipped,
+            quarantined: s.quarantined,
+        },
+    };
+    if let Err(e) = lock(ledger).record_pass(&row) {
+        tracing::warn!(account = %s.account, "ledger: pass history not recorded: {e}");
+    }
 }
 
 /// Lock files held by passes of this process.
@@ -693,6 +758,7 @@ impl Run<'_> {
         let shared = {
             let l = lock(self.cx.ledger);
             self.known = l.statuses(&a.name).map_err(ledger_error)?;
+            self.actions = l.quarantine_actions(&a.name).map_err(ledger_error)?;
             l.shared_uids(&a.name).map_err(ledger_error)?
         };
         let slice = self.slice(&mut txn, &sizes, &shared).await?;
@@ -758,7 +824,10 @@ impl Run<'_> {
                     }
                 }
                 Some(Status::Quarantined { .. }) => {
-                    if cfg.limits.quarantine_delete && !a.leave_on_server {
+                    let discarded = key
+                        .as_ref()
+                        .is_some_and(|k| self.actions.get(k) == Some(&QuarantineAction::Discard));
+                    if (cfg.limits.quarantine_delete || discarded) && !a.leave_on_server {
                         txn.send_dele(n);
                         self.deleting.insert(n, key.clone().unwrap_or_default());
                     }
@@ -807,7 +876,11 @@ impl Run<'_> {
         }
         work.append(&mut alone);
         let (postponed, delivered) = (self.summary.postponed, self.summary.delivered);
-        let result = self.process(&mut txn, work).await;
+        let mut result = self.process(&mut txn, work).await;
+        if result.is_ok() && !self.releases_done && self.crashed.is_none() {
+            self.releases_done = true;
+            result = self.release(&mut txn).await;
+        }
         if let Some(unaccounted) = unaccounted {
             // Without UIDL, what was not held counts as work only as far as the ledger
             // cannot account for it, after this session's deliveries.
@@ -894,13 +967,20 @@ impl Run<'_> {
         let ceiling = crate::limits::effective_limit(self.cx.config, a, None)
             .unwrap_or(u64::MAX)
             .min(self.cx.config.limits.max_download_size);
-        let (known, events) = (&self.known, self.cx.events);
+        let (known, events, actions) = (&self.known, self.cx.events, &self.actions);
+        let discarded = |uid: &str| actions.get(uid) == Some(&QuarantineAction::Discard) && !leave;
+        // The ledger's UID keys this listing shows (for pruning: what it does not show has
+        // left the server).
+        let mut seen = HashSet::new();
         let mut shared_listed = false;
         let select = |n: u32, uid: &str| -> Want {
             // A UIDL entry LIST does not have is not a message of this session.
             let Some(size) = sizes.get(n) else {
                 return Want::Skip;
             };
+            if known.contains_key(uid) {
+                seen.insert(uid.to_string());
+            }
             if shared.contains(uid) {
                 shared_listed = true;
                 // Kept on the server, it is downloaded on every pass.
@@ -917,7 +997,9 @@ impl Run<'_> {
                     });
                     Want::Skip
                 }
-                Some(Status::Quarantined { .. }) if !dele_quarantined => Want::Skip,
+                Some(Status::Quarantined { .. }) if !dele_quarantined && !discarded(uid) => {
+                    Want::Skip
+                }
                 Some(Status::Quarantined { .. }) => Want::First,
                 Some(Status::Failed { .. }) => Want::Later,
                 _ if size > ceiling => Want::Later,
@@ -931,6 +1013,9 @@ impl Run<'_> {
         let Some(uids) = uids else {
             return Ok(self.window(sizes));
         };
+        // A complete listing: what it no longer shows has left the server, and what left
+        // long enough ago is forgotten.
+        self.forget_gone(&seen);
         let mut fresh = Vec::new();
         let mut entries = Vec::with_capacity(uids.held_len());
         for (n, uid) in uids.held() {
@@ -1022,6 +1107,82 @@ impl Run<'_> {
             unkeyed: count > 0,
             unaccounted,
         }
+    }
+
+    /// Records which of the ledger's UID keys a complete listing showed, then prunes the
+    /// rows gone for longer than `ledger_retention`. Failures are only logged: pruning
+    /// can wait, and a row kept is never a risk.
+    fn forget_gone(&mut self, seen: &HashSet<String>) {
+        let a = &self.account.name;
+        let retention =
+            i64::try_from(self.cx.config.ledger_retention.as_secs()).unwrap_or(i64::MAX);
+        let mut l = lock(self.cx.ledger);
+        let result = l
+            .record_listing(a, seen)
+            .and_then(|()| l.prune(a, retention));
+        if let Err(e) = result {
+            tracing::warn!(account = %a, "ledger: not pruned: {e}");
+        }
+    }
+
+    /// Delivers the quarantined messages the administrator released, from their local
+    /// copies (whether or not the server still has them), through the same path as any
+    /// message: submission mark, delivery record, which ends the release, so a later pass
+    /// only DELEs (or keeps) the server's copy and never submits it again. A copy that
+    /// cannot be read is deferred; a refusal leaves the message quarantined and ends the
+    /// release.
+    async fn release(&mut self, txn: &mut Transaction) -> Result<(), Broken> {
+        let a = self.account;
+        let mut released: Vec<String> = self
+            .actions
+            .iter()
+            .filter(|(_, act)| **act == QuarantineAction::Release)
+            .map(|(k, _)| k.clone())
+            .collect();
+        released.sort();
+        for key in released {
+            if self.cx.stop.is_stopped() || self.crashed.is_some() {
+                break;
+            }
+            let Some(Status::Quarantined { path }) = self.known.get(&key).cloned() else {
+                continue;
+            };
+            let body =
+                match read_copy(&path, &self.spool, self.cx.config.limits.memory_threshold).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.defer(
+                            key,
+                            format!(
+                                "released, but its copy {} cannot be read: {e}",
+                                path.display()
+                            ),
+                        );
+                        continue;
+                    }
+                };
+            let item = Item {
+                // Not a message of this session: never DELE'd by number.
+                n: 0,
+                size: body.len(),
+                key: Some(key.clone()),
+                alone: false,
+                next: None,
+            };
+            let (delivered, rejected) = (self.summary.delivered, self.summary.rejected);
+            self.deliver(txn, &item, key.clone(), body).await;
+            if self.summary.delivered > delivered {
+                self.emit(Event::QuarantineRedelivered {
+                    account: a.name.clone(),
+                    uid: key,
+                });
+            } else if self.summary.rejected > rejected {
+                if let Err(e) = lock(self.cx.ledger).set_quarantine_action(&a.name, &key, None) {
+                    tracing::warn!(account = %a.name, "ledger: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn confirm_deleted(&mut self) {
@@ -1438,6 +1599,11 @@ impl Run<'_> {
 
     /// Queues the DELE of message `msg`, recorded under `key`.
     fn dele(&mut self, txn: &mut Transaction, msg: u32, key: String) {
+        if msg == 0 {
+            // A released message delivered from its local copy: not a message of this
+            // session's listing (a later pass deletes the server's copy, if any).
+            return;
+        }
         txn.send_dele(msg);
         self.deleting.insert(msg, key);
     }
@@ -1852,6 +2018,26 @@ impl Run<'_> {
             deleted: delete,
         });
     }
+}
+
+/// Reads a quarantined copy back as a body (spooled past `threshold`).
+async fn read_copy(
+    path: &std::path::Path,
+    spool: &std::path::Path,
+    threshold: u64,
+) -> std::io::Result<Body> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut builder = crate::body::BodyBuilder::new(spool, threshold);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        builder.push(&buf[..n]).await?;
+    }
+    builder.finish().await
 }
 
 /// Runs a pass over several accounts, at most `config.parallel_accounts` at once.

@@ -1545,6 +1545,19 @@ pub fn known_event_kinds() -> Vec<String> {
             path: String::new(),
             was: String::new(),
         },
+        Event::QuarantineReleased {
+            account: s(),
+            uid: s(),
+        },
+        Event::QuarantineRedelivered {
+            account: s(),
+            uid: s(),
+        },
+        Event::QuarantineDeleted {
+            account: s(),
+            uid: s(),
+            server: false,
+        },
     ];
     // A new variant must be added above: this match stops compiling until it is.
     for e in &all {
@@ -1566,7 +1579,10 @@ pub fn known_event_kinds() -> Vec<String> {
             | Event::AccountFailed { .. }
             | Event::PassInterrupted { .. }
             | Event::PassFinished { .. }
-            | Event::StateTightened { .. } => {}
+            | Event::StateTightened { .. }
+            | Event::QuarantineReleased { .. }
+            | Event::QuarantineRedelivered { .. }
+            | Event::QuarantineDeleted { .. } => {}
         }
     }
     all.iter().map(event_kind).collect()
