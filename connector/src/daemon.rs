@@ -68,13 +68,19 @@ pub struct DaemonHandle {
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Receiver<u64>,
     stop: StopFlag,
-    next_pass: Arc<Mutex<Option<SystemTime>>>,
+    next_pass: watch::Receiver<Option<SystemTime>>,
 }
 
 impl DaemonHandle {
     /// When the next scheduled pass starts (wall clock), once the schedule is running.
     pub fn next_pass(&self) -> Option<SystemTime> {
-        *self.next_pass.lock().unwrap_or_else(|p| p.into_inner())
+        *self.next_pass.borrow()
+    }
+
+    /// Waits until the schedule is running (the next pass's time is known).
+    pub async fn wait_scheduled(&self) {
+        let mut rx = self.next_pass.clone();
+        let _ = rx.wait_for(Option::is_some).await;
     }
 
     /// What `popbridge status` is told: the next scheduled pass and the interval.
@@ -147,7 +153,7 @@ pub struct Daemon {
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Sender<u64>,
     stop: StopFlag,
-    next_pass: Arc<Mutex<Option<SystemTime>>>,
+    next_pass: watch::Sender<Option<SystemTime>>,
 }
 
 /// Seconds since 1970 of a wall-clock time (0 before it).
@@ -179,14 +185,14 @@ impl Daemon {
         let (completed, completed_rx) = watch::channel(0);
         let history = Arc::new(Mutex::new(Vec::new()));
         let stop = StopFlag::default();
-        let next_pass = Arc::new(Mutex::new(None));
+        let (next_pass, next_pass_rx) = watch::channel(None);
         let handle = DaemonHandle {
             tx,
             config: config_rx,
             history: history.clone(),
             completed: completed_rx,
             stop: stop.clone(),
-            next_pass: next_pass.clone(),
+            next_pass: next_pass_rx,
         };
         let daemon = Daemon {
             rx,
@@ -285,7 +291,7 @@ impl Daemon {
     /// clock time.
     fn publish_next(&self, next: Instant) {
         let wall = SystemTime::now() + next.saturating_duration_since(Instant::now());
-        *self.next_pass.lock().unwrap_or_else(|p| p.into_inner()) = Some(wall);
+        self.next_pass.send_replace(Some(wall));
     }
 
     fn job(&self, config: Arc<Config>, account: String, cause: Cause) -> Job {
