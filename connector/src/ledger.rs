@@ -1575,17 +1575,6 @@ mod tests {
         keys.iter().map(|k| k.to_string()).collect()
     }
 
-    /// Make a row look as if it was last changed `secs` ago.
-    fn age(ledger: &Ledger, account: &str, key: &str, secs: i64) {
-        ledger
-            .conn
-            .execute(
-                "UPDATE messages SET updated_at = updated_at - ?3 WHERE account = ?1 AND key = ?2",
-                params![account, key, secs],
-            )
-            .unwrap();
-    }
-
     #[test]
     fn open_creates_file_with_wal_and_full_sync() {
         let dir = TempDir::new().unwrap();

@@ -96,7 +96,10 @@ async fn quarantine_release_delivers_exactly_once_across_two_passes() {
     assert!(out.contains("message 1 \\u{1b}[31mred"), "{out}");
     assert!(!out.contains('\x1b'), "no raw control character: {out:?}");
     assert!(out.contains("Mon, 7 Dec 2026 04:00:00 +0000"), "{out}");
-    assert!(out.contains("501 5.1.7"), "the refusal is the reason: {out}");
+    assert!(
+        out.contains("501 5.1.7"),
+        "the refusal is the reason: {out}"
+    );
     let (code, out, _) = run(&cfg, &events, &["quarantine", "list", "--json"]).await;
     assert_eq!(code, Some(0));
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -283,7 +286,10 @@ async fn status_shows_the_last_pass_stuck_messages_and_quarantine_in_text_and_js
         .ends_with('Z'));
     assert_eq!(a["stuck"][0]["key"], "u1");
     assert_eq!(a["stuck"][0]["kind"], "refused");
-    assert!(a["stuck"][0]["reason"].as_str().unwrap().starts_with("501 5.1.7"));
+    assert!(a["stuck"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("501 5.1.7"));
     assert!(a["stuck"][0]["age_secs"].as_i64().unwrap() >= 0);
     assert_eq!(a["quarantined"], 0);
     assert!(a["next_pass"].is_null());
