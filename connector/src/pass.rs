@@ -1182,6 +1182,10 @@ impl Run<'_> {
                 }
             }
         }
+        if self.crashed.is_some() {
+            // A simulated crash while delivering one: stop dead, no QUIT.
+            return Err(Broken::Crashed);
+        }
         Ok(())
     }
 
@@ -2111,6 +2115,7 @@ pub async fn run_accounts_with(
         tasks.push((name, task));
     }
     let mut out = Vec::new();
+    let started_at = unix_now();
     for (account, t) in tasks {
         match t.await {
             Ok(s) => out.push(s),
@@ -2131,13 +2136,56 @@ pub async fn run_accounts_with(
                     account: account.clone(),
                     error: failure.to_string(),
                 });
-                out.push(Summary {
+                let summary = Summary {
                     account,
                     failure: Some(failure),
                     ..Summary::default()
-                });
+                };
+                record_history(&ledger, &summary, started_at);
+                out.push(summary);
             }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_tell_failure_stuck_backlog_and_ok_apart() {
+        let s = |f: fn(&mut Summary)| {
+            let mut s = Summary::default();
+            f(&mut s);
+            outcome(&s)
+        };
+        assert_eq!(s(|_| {}), (Outcome::Ok, None));
+        assert_eq!(s(|s| s.deferred = 1), (Outcome::Backlog, None));
+        assert_eq!(s(|s| s.postponed = 3), (Outcome::Backlog, None));
+        assert_eq!(s(|s| s.quarantined = 1), (Outcome::Ok, None));
+        for stuck in [
+            |s: &mut Summary| s.rejected = 1,
+            |s: &mut Summary| s.skipped = 1,
+            |s: &mut Summary| s.mismatched = 1,
+        ] {
+            assert_eq!(s(stuck), (Outcome::Stuck, None));
+        }
+        assert_eq!(
+            s(|s| {
+                s.deferred = 1;
+                s.rejected = 1
+            }),
+            (Outcome::Stuck, None),
+            "stuck outranks backlog"
+        );
+        assert_eq!(
+            s(|s| s.failure = Some(AccountFailure::Connect("refused".into()))),
+            (Outcome::Failed, Some("refused".into()))
+        );
+        assert_eq!(
+            s(|s| s.aborted = Some("QUIT failed".into())),
+            (Outcome::Failed, Some("QUIT failed".into()))
+        );
+    }
 }
