@@ -433,9 +433,19 @@ fn open_ledger(config: &Config) -> Result<Ledger, u8> {
 
 async fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
     use popbridge::status::{self, Daemon};
-    let ledger = match open_ledger(config) {
-        Ok(l) => l,
-        Err(code) => return Ok(code),
+    // No ledger yet (no pass ever ran): nothing to read, and nothing is created.
+    let exists = config
+        .state_dir
+        .join(popbridge::ledger::FILE_NAME)
+        .try_exists()
+        .unwrap_or(true);
+    let ledger = if exists {
+        match open_ledger(config) {
+            Ok(l) => Some(l),
+            Err(code) => return Ok(code),
+        }
+    } else {
+        None
     };
     #[cfg(unix)]
     let daemon = {
@@ -447,7 +457,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
     };
     #[cfg(not(unix))]
     let daemon = Daemon::NotRunning;
-    let report = match status::build(config, &ledger, &daemon, unix_now()) {
+    let report = match status::build(config, ledger.as_ref(), &daemon, unix_now()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("popbridge: {e}");

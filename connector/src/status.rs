@@ -104,11 +104,11 @@ pub struct Stuck {
     pub age_secs: i64,
 }
 
-/// Builds the report from the ledger (read only) and what the daemon said, as of `now`
-/// (unix seconds).
+/// Builds the report from the ledger (read only; `None` when there is none yet) and what
+/// the daemon said, as of `now` (unix seconds).
 pub fn build(
     config: &Config,
-    ledger: &Ledger,
+    ledger: Option<&Ledger>,
     daemon: &Daemon,
     now: i64,
 ) -> Result<Report, LedgerError> {
@@ -134,6 +134,17 @@ pub fn build(
     };
     let mut accounts = Vec::new();
     for a in &config.accounts {
+        let Some(ledger) = ledger else {
+            accounts.push(AccountStatus {
+                account: a.name.clone(),
+                last_pass: None,
+                next_pass: next.clone(),
+                stuck: Vec::new(),
+                quarantined: 0,
+                release_pending: 0,
+            });
+            continue;
+        };
         let last_pass = ledger.passes(&a.name, 1)?.into_iter().next().map(last);
         let stuck = ledger
             .stuck(&a.name)?

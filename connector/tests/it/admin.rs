@@ -248,6 +248,7 @@ async fn status_shows_the_last_pass_stuck_messages_and_quarantine_in_text_and_js
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("daemon: daemon not running"), "{out}");
     assert!(out.contains("last pass:   none recorded"), "{out}");
+    assert!(!dir.path().join("state").exists(), "status created nothing");
 
     let (code, out, err) = run(&cfg, &events, &["fetch"]).await;
     assert_eq!(code, Some(1), "{out}{err}");
