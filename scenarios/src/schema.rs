@@ -1713,6 +1713,13 @@ mod tests {
         assert!(k.contains(&"pass.finished".to_string()));
         assert!(k.contains(&"state.tightened".to_string()));
         assert!(k.contains(&"auth.token_refreshed".to_string()));
-        assert_eq!(k.len(), 18);
+        for q in [
+            "quarantine.released",
+            "quarantine.redelivered",
+            "quarantine.deleted",
+        ] {
+            assert!(k.contains(&q.to_string()), "{q}");
+        }
+        assert_eq!(k.len(), 21);
     }
 }
