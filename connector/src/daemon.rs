@@ -3,8 +3,11 @@
 //!
 //! The core is driven through a [`DaemonHandle`] (channels), so it runs the same under
 //! tokio's paused clock in tests; signals and the trigger socket are thin adapters.
+//! The trigger socket also answers a read-only status request (`popbridge status`: the
+//! next scheduled pass and the interval).
 //! Must never: run two passes of one account at once, apply an invalid configuration,
-//! or stop in the middle of a message (a stop lets in-flight messages finish and QUITs).
+//! stop in the middle of a message (a stop lets in-flight messages finish and QUITs), or
+//! run a pass for a status request.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
