@@ -485,3 +485,29 @@ async fn request(path: &Path, req: TriggerRequest) -> std::io::Result<TriggerRes
     BufReader::new(stream).read_line(&mut line).await?;
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_from_an_older_client_is_a_trigger_and_status_round_trips() {
+        let r: TriggerRequest = serde_json::from_str(r#"{"account":"info"}"#).unwrap();
+        assert_eq!((r.account.as_deref(), r.status), (Some("info"), false));
+        let r: TriggerRequest = serde_json::from_str(r#"{"account":null,"status":true}"#).unwrap();
+        assert!(r.status);
+        let s = TriggerResponse::Status(DaemonStatus {
+            next_pass: Some(1_796_619_552),
+            interval_secs: 900,
+        });
+        let back: TriggerResponse =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            TriggerResponse::Status(DaemonStatus {
+                next_pass: Some(1_796_619_552),
+                interval_secs: 900
+            })
+        ));
+    }
+}
