@@ -434,3 +434,65 @@ async fn passes_prune_rows_gone_from_the_server_past_the_retention_never_a_kept_
     assert_eq!(s.delivered, 0, "{s:?}");
     assert_eq!(delivered_ids(&smtp).len(), 2);
 }
+
+/// A message quarantined and deleted from the server (`quarantine_delete`) is delivered
+/// from its local copy once released, and only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_message_no_longer_on_the_server_is_delivered_from_its_copy_once() {
+    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
+    let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
+    let mut s = setup(
+        &pop,
+        &refusing,
+        "",
+        "poison_after = 1\nquarantine_delete = true",
+    );
+    let (sum, _) = s.pass(&pop, &refusing).await;
+    assert_eq!(
+        (sum.delivered, sum.quarantined, sum.deleted),
+        (1, 1, 2),
+        "{sum:?}"
+    );
+    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+
+    let events = EventSink::memory();
+    let mut ledger = Ledger::open(&s.state()).unwrap();
+    let copy = match ledger.status("info", "u1").unwrap() {
+        Status::Quarantined { path } => path,
+        other => panic!("{other:?}"),
+    };
+    // A copy that cannot be read is not released.
+    let saved = std::fs::read(&copy).unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    let err = popbridge::quarantine::release(&mut ledger, &events, "info", "u1").unwrap_err();
+    assert!(
+        matches!(err, popbridge::quarantine::QuarantineError::Copy { .. }),
+        "{err:?}"
+    );
+    std::fs::write(&copy, saved).unwrap();
+    popbridge::quarantine::release(&mut ledger, &events, "info", "u1").unwrap();
+    assert_eq!(count(&events.collected(), "quarantine.released"), 1);
+    drop(ledger);
+
+    let accepting = smtp(MockSmtp::builder()).await;
+    s.config.transport.port = accepting.addr().unwrap().port();
+    for pass in 1..=2 {
+        let (sum, events) = s.pass(&pop, &accepting).await;
+        assert_eq!(sum.delivered, u32::from(pass == 1), "pass {pass}: {sum:?}");
+        assert_eq!(
+            count(&events, "quarantine.redelivered"),
+            usize::from(pass == 1)
+        );
+        assert_eq!(
+            delivered_ids(&accepting),
+            ["<m1@isp.example>"],
+            "pass {pass}"
+        );
+    }
+    let ledger = Ledger::open(&s.state()).unwrap();
+    assert!(matches!(
+        ledger.status("info", "u1").unwrap(),
+        Status::Delivered { .. }
+    ));
+    assert!(ledger.quarantined(None).unwrap().is_empty());
+}
