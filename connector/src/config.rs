@@ -41,6 +41,10 @@ const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
 const MIN_INTERVAL: Duration = Duration::from_secs(5 * 60);
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// How long the ledger remembers a message after it left the server (`ledger_retention`).
+pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// The shortest `ledger_retention` accepted.
+const MIN_LEDGER_RETENTION: Duration = Duration::from_secs(86_400);
 const DEFAULT_JITTER: Duration = Duration::from_secs(30);
 const PASSWORD_KEYS: &str = "password, password_env, password_file, password_command";
 /// Keys whose values are secrets: an error about one never quotes its value.
@@ -81,6 +85,9 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Limits the Exchange server applies after accepting a message (not visible over SMTP).
     pub exchange: Exchange,
+    /// How long the ledger keeps the row of a message after complete listings stopped
+    /// showing it (or, without a UID, after its deletion was confirmed); at least a day.
+    pub ledger_retention: Duration,
 }
 
 /// Limits Exchange applies after it accepted a message over SMTP (the categoriser): they
@@ -590,6 +597,7 @@ struct RawConfig {
     account: Vec<Spanned<RawAccount>>,
     interval: Option<Spanned<DurationValue>>,
     jitter: Option<Spanned<DurationValue>>,
+    ledger_retention: Option<Spanned<DurationValue>>,
     #[serde(default)]
     exchange: RawExchange,
     metrics_listen: Option<Spanned<String>>,
@@ -1027,6 +1035,16 @@ impl Ctx<'_> {
                 "must be at most half the interval".into(),
             ));
         }
+        let ledger_retention = self.duration(
+            raw.ledger_retention.as_ref(),
+            "ledger_retention",
+            DEFAULT_LEDGER_RETENTION,
+        )?;
+        if let Some(v) = &raw.ledger_retention {
+            if ledger_retention < MIN_LEDGER_RETENTION {
+                return Err(self.at(v, "ledger_retention", "must be at least 1 day"));
+            }
+        }
         let exchange = Exchange {
             organization_receive_limit: self.receive_limit(
                 raw.exchange.organization_receive_limit.as_ref(),
@@ -1095,6 +1113,7 @@ impl Ctx<'_> {
             jitter,
             exchange,
             metrics_listen,
+            ledger_retention,
         })
     }
 
@@ -2134,6 +2153,7 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
                 organization_receive_limit: ReceiveLimit::Octets(50 * 1024 * 1024),
             },
             metrics_listen: None,
+            ledger_retention: DEFAULT_LEDGER_RETENTION,
         };
         assert_eq!(c, want);
         assert_eq!(c.account("sales").unwrap().port, 110);
@@ -2745,6 +2765,30 @@ catch_all = { local_domains = ["Contoso.local"], local_addresses = ["boss@other.
         assert_eq!(at("g =").as_deref(), Some("e[1].g"));
         assert_eq!(at("'x'").as_deref(), Some("e[1].g"));
         assert_eq!(key_path_at("x = \"unterminated\n", 4), None);
+    }
+
+    #[test]
+    fn ledger_retention_defaults_to_90_days_and_is_at_least_a_day() {
+        assert_eq!(
+            load(MINIMAL).unwrap().ledger_retention,
+            Duration::from_secs(90 * 86_400)
+        );
+        let with = |v: &str| format!("ledger_retention = {v}\n{MINIMAL}");
+        assert_eq!(
+            load(&with("\"30d\"")).unwrap().ledger_retention,
+            Duration::from_secs(30 * 86_400)
+        );
+        for (bad, why) in [
+            ("\"12h\"", "must be at least 1 day"),
+            ("\"0\"", "must be greater than 0"),
+            ("\"soon\"", "invalid duration"),
+        ] {
+            let e = load(&with(bad)).unwrap_err().to_string();
+            assert!(
+                e.starts_with("popbridge.toml:1: ledger_retention: ") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

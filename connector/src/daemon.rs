@@ -5,13 +5,16 @@
 //!
 //! The core is driven through a [`DaemonHandle`] (channels), so it runs the same under
 //! tokio's paused clock in tests; signals and the trigger socket are thin adapters.
+//! The trigger socket also answers a read-only status request (`popbridge status`: the
+//! next scheduled pass and the interval).
 //! Must never: run two passes of one account at once, apply an invalid configuration,
-//! or stop in the middle of a message (a stop lets in-flight messages finish and QUITs).
+//! stop in the middle of a message (a stop lets in-flight messages finish and QUITs), or
+//! run a pass for a status request.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -72,12 +75,32 @@ pub struct DaemonHandle {
     completed: watch::Receiver<u64>,
     stop: StopFlag,
     metrics: Arc<Metrics>,
+    next_pass: watch::Receiver<Option<SystemTime>>,
 }
 
 impl DaemonHandle {
     /// The daemon's metrics (what `metrics_listen` serves).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// When the next scheduled pass starts (wall clock), once the schedule is running.
+    pub fn next_pass(&self) -> Option<SystemTime> {
+        *self.next_pass.borrow()
+    }
+
+    /// Waits until the schedule is running (the next pass's time is known).
+    pub async fn wait_scheduled(&self) {
+        let mut rx = self.next_pass.clone();
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// What `popbridge status` is told: the next scheduled pass and the interval.
+    pub fn status(&self) -> DaemonStatus {
+        DaemonStatus {
+            next_pass: self.next_pass().map(unix_secs),
+            interval_secs: self.config().interval.as_secs(),
+        }
     }
 
     /// Runs a pass now (all accounts, or one) and returns when it finished. If a pass of
@@ -145,6 +168,14 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     /// When each account's next scheduled pass is due.
     schedule: Arc<Mutex<HashMap<String, Instant>>>,
+    next_pass: watch::Sender<Option<SystemTime>>,
+}
+
+/// Seconds since 1970 of a wall-clock time (0 before it).
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A random delay in `0..=jitter`.
@@ -170,6 +201,7 @@ impl Daemon {
         let history = Arc::new(Mutex::new(Vec::new()));
         let stop = StopFlag::default();
         let metrics = Arc::new(Metrics::new());
+        let (next_pass, next_pass_rx) = watch::channel(None);
         let handle = DaemonHandle {
             tx,
             config: config_rx,
@@ -177,6 +209,7 @@ impl Daemon {
             completed: completed_rx,
             stop: stop.clone(),
             metrics: metrics.clone(),
+            next_pass: next_pass_rx,
         };
         let daemon = Daemon {
             rx,
@@ -190,6 +223,7 @@ impl Daemon {
             stop,
             metrics,
             schedule: Arc::default(),
+            next_pass,
         };
         (daemon, handle)
     }
@@ -224,6 +258,9 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
+            if let Some(t) = due {
+                self.publish_next(t);
+            }
             tokio::select! {
                 _ = wait => {
                     let config = self.config_tx.borrow().clone();
@@ -316,6 +353,13 @@ impl Daemon {
         for a in &config.accounts {
             schedule.entry(a.name.clone()).or_insert(first);
         }
+    }
+
+    /// Makes the next scheduled pass's time (tokio clock) known to the handle, as wall
+    /// clock time.
+    fn publish_next(&self, next: Instant) {
+        let wall = SystemTime::now() + next.saturating_duration_since(Instant::now());
+        self.next_pass.send_replace(Some(wall));
     }
 
     fn job(&self, config: Arc<Config>, account: String, cause: Cause) -> Job {
@@ -464,11 +508,24 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("popbridge.sock")
 }
 
-/// What `popbridge trigger` sends over the socket.
+/// What `popbridge trigger` (or `status`) sends over the socket.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TriggerRequest {
     /// One account, or all.
     pub account: Option<String>,
+    /// True for a read-only status request (`popbridge status`): no pass is run. Absent
+    /// (older clients) means false.
+    #[serde(default)]
+    pub status: bool,
+}
+
+/// What a running daemon tells `popbridge status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// When the next scheduled pass starts, unix seconds.
+    pub next_pass: Option<i64>,
+    /// The configured interval between passes, in seconds.
+    pub interval_secs: u64,
 }
 
 /// What the daemon answers.
@@ -478,6 +535,8 @@ pub enum TriggerResponse {
     Done(Vec<Summary>),
     /// They could not run.
     Error(String),
+    /// The answer to a status request.
+    Status(DaemonStatus),
 }
 
 /// Serves "Retrieve now" requests on a Unix socket (one JSON line each way) until the
@@ -506,6 +565,7 @@ pub async fn serve_trigger_socket(path: PathBuf, handle: DaemonHandle) -> std::i
                 return;
             }
             let response = match serde_json::from_str::<TriggerRequest>(&line) {
+                Ok(req) if req.status => TriggerResponse::Status(handle.status()),
                 Ok(req) => match handle.trigger(req.account).await {
                     Ok(s) => TriggerResponse::Done(s),
                     Err(e) => TriggerResponse::Error(e),
@@ -525,6 +585,32 @@ pub async fn request_trigger(
     path: &Path,
     account: Option<String>,
 ) -> std::io::Result<TriggerResponse> {
+    request(
+        path,
+        TriggerRequest {
+            account,
+            status: false,
+        },
+    )
+    .await
+}
+
+/// Asks a running daemon for its status (read-only: no pass is run).
+#[cfg(unix)]
+pub async fn request_status(path: &Path) -> std::io::Result<TriggerResponse> {
+    request(
+        path,
+        TriggerRequest {
+            account: None,
+            status: true,
+        },
+    )
+    .await
+}
+
+/// Sends one request line and reads the one-line answer.
+#[cfg(unix)]
+async fn request(path: &Path, req: TriggerRequest) -> std::io::Result<TriggerResponse> {
     let mut stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -534,10 +620,36 @@ pub async fn request_trigger(
             ),
         )
     })?;
-    let mut req = serde_json::to_string(&TriggerRequest { account })?;
+    let mut req = serde_json::to_string(&req)?;
     req.push('\n');
     stream.write_all(req.as_bytes()).await?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).await?;
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_from_an_older_client_is_a_trigger_and_status_round_trips() {
+        let r: TriggerRequest = serde_json::from_str(r#"{"account":"info"}"#).unwrap();
+        assert_eq!((r.account.as_deref(), r.status), (Some("info"), false));
+        let r: TriggerRequest = serde_json::from_str(r#"{"account":null,"status":true}"#).unwrap();
+        assert!(r.status);
+        let s = TriggerResponse::Status(DaemonStatus {
+            next_pass: Some(1_796_619_552),
+            interval_secs: 900,
+        });
+        let back: TriggerResponse =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert!(matches!(
+            back,
+            TriggerResponse::Status(DaemonStatus {
+                next_pass: Some(1_796_619_552),
+                interval_secs: 900
+            })
+        ));
+    }
 }

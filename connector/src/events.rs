@@ -223,6 +223,34 @@ pub enum Event {
         /// Its mode before, in octal (e.g. `0755`).
         was: String,
     },
+    /// `popbridge quarantine release`: the quarantined copy is delivered at the next pass.
+    #[serde(rename = "quarantine.released")]
+    QuarantineReleased {
+        /// Account name.
+        account: String,
+        /// UIDL or digest.
+        uid: String,
+    },
+    /// A released quarantined message was delivered from its local copy (and recorded,
+    /// so it is never delivered again).
+    #[serde(rename = "quarantine.redelivered")]
+    QuarantineRedelivered {
+        /// Account name.
+        account: String,
+        /// UIDL or digest.
+        uid: String,
+    },
+    /// `popbridge quarantine delete`: the local copy was removed.
+    #[serde(rename = "quarantine.deleted")]
+    QuarantineDeleted {
+        /// Account name.
+        account: String,
+        /// UIDL or digest.
+        uid: String,
+        /// True when the server's copy, if still there, is deleted at the next pass (the
+        /// account does not keep mail on the server and the key is a UID).
+        server: bool,
+    },
     /// A pass over an account ended.
     #[serde(rename = "pass.finished")]
     PassFinished {

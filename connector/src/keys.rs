@@ -46,6 +46,12 @@ pub fn uid_keys(
     (keys, fresh)
 }
 
+/// How every header-digest key starts.
+pub const DIGEST_PREFIX: &str = "sha256:";
+
+/// How every size key ([`size_key`]) starts.
+pub const SIZE_PREFIX: &str = "size:";
+
 /// The key a size mismatch of a message without a UID is remembered by: its LIST size,
 /// the only thing known of it before it is downloaded.
 pub fn size_key(listed: u64) -> String {

@@ -1,7 +1,9 @@
 //! The delivery ledger: a durable record, per account and message key (POP3 UIDL or a
 //! `sha256:...` digest), of what happened to each message: delivered (with time, size and
 //! the SMTP reply), failed (count and last reply), quarantined (local copy path), and
-//! whether it was deleted from the server. It is what makes delivery idempotent
+//! whether it was deleted from the server, since when a complete listing no longer shows it
+//! (for pruning), what the administrator asked for a quarantined message; and the last
+//! passes of each account (`popbridge status`). It is what makes delivery idempotent
 //! (ARCHITECTURE.md, invariants 1-3): the pass engine DELEs a message only after
 //! [`Ledger::record_delivered`] returned, and never submits a message again that the
 //! ledger knows as delivered.
@@ -20,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::keys;
 
 /// File name of the ledger database inside the state directory.
 pub const FILE_NAME: &str = "ledger.sqlite3";
@@ -72,7 +76,161 @@ const MIGRATIONS: &[&str] = &[
         uid     TEXT    NOT NULL,
         PRIMARY KEY (account, uid)
      ) STRICT;",
+    // v3: when a complete listing last failed to show a UID-keyed message (pruning counts
+    // from then); what the administrator asked for a quarantined message (redeliver it, or
+    // discard it) and when; and the history of passes per account.
+    "ALTER TABLE messages ADD COLUMN gone_since INTEGER;
+     ALTER TABLE messages ADD COLUMN quarantine_action TEXT
+        CHECK (quarantine_action IS NULL OR quarantine_action IN ('release', 'discard'));
+     ALTER TABLE messages ADD COLUMN action_at INTEGER;
+     CREATE TABLE passes (
+        id          INTEGER PRIMARY KEY,
+        account     TEXT    NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        outcome     TEXT    NOT NULL CHECK (outcome IN ('ok', 'backlog', 'stuck', 'failed')),
+        reason      TEXT,
+        listed      INTEGER NOT NULL,
+        delivered   INTEGER NOT NULL,
+        deleted     INTEGER NOT NULL,
+        left_over   INTEGER NOT NULL,
+        rejected    INTEGER NOT NULL,
+        deferred    INTEGER NOT NULL,
+        skipped     INTEGER NOT NULL,
+        quarantined INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX passes_by_account ON passes (account, id);",
 ];
+
+/// Passes kept in the history per account (older ones are dropped as new ones are recorded).
+pub const HISTORY_KEEP: i64 = 100;
+
+/// How a pass over an account ended, as the history records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Everything due was delivered.
+    Ok,
+    /// Messages wait for a later pass by themselves (deferred, postponed): a backlog.
+    Backlog,
+    /// Messages stay that no later pass delivers unchanged (refused, oversize, size
+    /// mismatch).
+    Stuck,
+    /// The account could not be processed, or the pass was interrupted (see the reason).
+    Failed,
+}
+
+impl Outcome {
+    /// The stored (and printed) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Backlog => "backlog",
+            Self::Stuck => "stuck",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Outcome> {
+        Some(match s {
+            "ok" => Self::Ok,
+            "backlog" => Self::Backlog,
+            "stuck" => Self::Stuck,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Message counts of one pass, as the history records them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PassCounts {
+    /// Messages on the server at login.
+    pub listed: u32,
+    /// Delivered.
+    pub delivered: u32,
+    /// Deleted from the server.
+    pub deleted: u32,
+    /// Left on the server still needing delivery.
+    pub left: u32,
+    /// Permanently refused.
+    pub rejected: u32,
+    /// Temporarily failed.
+    pub deferred: u32,
+    /// Over the size limit, not downloaded.
+    pub skipped: u32,
+    /// Quarantined.
+    pub quarantined: u32,
+}
+
+/// One pass of the history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PassRow {
+    /// Account name.
+    pub account: String,
+    /// When it started, unix seconds.
+    pub started_at: i64,
+    /// When it finished, unix seconds.
+    pub finished_at: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed (or what stopped it), when it did.
+    pub reason: Option<String>,
+    /// What it did.
+    pub counts: PassCounts,
+}
+
+/// What the administrator asked for a quarantined message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuarantineAction {
+    /// Deliver the local copy at the next pass (once; the delivery record ends it).
+    Release,
+    /// The local copy was removed; delete the server's copy at the next pass where the
+    /// account does not keep mail on the server.
+    Discard,
+}
+
+impl QuarantineAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Discard => "discard",
+        }
+    }
+}
+
+/// A quarantined message as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineRow {
+    /// Account name.
+    pub account: String,
+    /// Ledger key.
+    pub key: String,
+    /// The local copy.
+    pub path: PathBuf,
+    /// The last refusal that led to it (when recorded).
+    pub reason: Option<String>,
+    /// When it was quarantined or last changed, unix seconds.
+    pub since: i64,
+    /// What was asked for it, if anything.
+    pub action: Option<QuarantineAction>,
+}
+
+/// A message the ledger knows as failed (refused, or not matching its LIST size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckRow {
+    /// Ledger key.
+    pub key: String,
+    /// Why.
+    pub kind: FailureKind,
+    /// The last reply or reason.
+    pub reason: String,
+    /// Failures so far.
+    pub failures: u32,
+    /// When the first failure was recorded, unix seconds.
+    pub since: i64,
+}
 
 /// The newest schema version this code knows (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -116,7 +274,8 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    fn as_str(self) -> &'static str {
+    /// The stored (and printed) name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Refused => "refused",
             Self::Mismatch => "mismatch",
@@ -466,7 +625,8 @@ impl Ledger {
                     delivered_at = excluded.delivered_at,
                     size = excluded.size,
                     delivery_reply = excluded.delivery_reply,
-                    updated_at = excluded.updated_at
+                    updated_at = excluded.updated_at,
+                    quarantine_action = NULL
                  WHERE state <> 'delivered'",
             )
             .at(path)?
@@ -634,7 +794,9 @@ impl Ledger {
                  ON CONFLICT (account, key) DO UPDATE SET
                     state = 'quarantined',
                     quarantine_path = excluded.quarantine_path,
-                    updated_at = excluded.updated_at
+                    updated_at = excluded.updated_at,
+                    quarantine_action = NULL,
+                    action_at = NULL
                  WHERE state <> 'delivered'",
             )
             .at(&self.path)?
@@ -813,16 +975,70 @@ impl Ledger {
         Ok(deleted)
     }
 
-    /// Forget rows of messages that are gone from the server (deleted or no longer listed)
-    /// and unchanged for `older_than_secs`; returns how many. `present` must be the
-    /// complete listing of a successful session. A Delivered row still listed is kept.
-    pub fn prune(
+    /// Records what a complete listing (UIDL) of `account` showed: `seen` holds the
+    /// UID keys of the ledger's rows that it listed. A UID-keyed row it did not show is
+    /// gone from the server from now on (unless already so); one it showed is not.
+    /// Header-digest and size keys are left alone (no listing names them).
+    pub fn record_listing(
         &mut self,
         account: &str,
-        present: &HashSet<String>,
-        older_than_secs: i64,
+        seen: &HashSet<String>,
+    ) -> Result<(), LedgerError> {
+        let now = now();
+        let path = &self.path;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let rows: Vec<(String, bool)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT key, gone_since IS NOT NULL FROM messages WHERE account = ?1",
+                )
+                .at(path)?;
+            let rows = stmt
+                .query_map(params![account], |row| Ok((row.get(0)?, row.get(1)?)))
+                .at(path)?;
+            rows.collect::<rusqlite::Result<_>>().at(path)?
+        };
+        for (key, gone) in rows {
+            if !is_uid_key(&key) {
+                continue;
+            }
+            let listed = seen.contains(&key);
+            let set = match (listed, gone) {
+                (true, true) => None,
+                (false, false) => Some(now),
+                _ => continue,
+            };
+            tx.prepare_cached(
+                "UPDATE messages SET gone_since = ?3 WHERE account = ?1 AND key = ?2",
+            )
+            .at(path)?
+            .execute(params![account, key, set])
+            .at(path)?;
+        }
+        tx.commit().at(path)
+    }
+
+    /// Forgets rows of messages gone from the server for longer than `retention_secs`;
+    /// returns how many. Gone means: a UID key that complete listings have not shown since
+    /// then ([`Ledger::record_listing`]); a header-digest key whose DELE a QUIT applied
+    /// then; a size key (a mismatch record without a UID) unchanged since then. A row
+    /// whose message is still listed is never forgotten, whatever its age (it would be
+    /// delivered again).
+    pub fn prune(&mut self, account: &str, retention_secs: i64) -> Result<usize, LedgerError> {
+        self.prune_at(account, retention_secs, now())
+    }
+
+    /// [`Ledger::prune`] as if the time were `now` (unix seconds).
+    pub fn prune_at(
+        &mut self,
+        account: &str,
+        retention_secs: i64,
+        now: i64,
     ) -> Result<usize, LedgerError> {
-        let cutoff = now().saturating_sub(older_than_secs.max(0));
+        let cutoff = now.saturating_sub(retention_secs.max(0));
         let path = &self.path;
         let tx = self
             .conn
@@ -832,34 +1048,33 @@ impl Ledger {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT key, state, deleted_at FROM messages
-                     WHERE account = ?1 AND updated_at <= ?2",
+                    "SELECT key, gone_since, deleted_at, updated_at FROM messages
+                     WHERE account = ?1",
                 )
                 .at(path)?;
             let rows = stmt
-                .query_map(params![account, cutoff], |row| {
+                .query_map(params![account], |row| {
                     Ok((
                         row.get::<_, Value>(0)?,
-                        row.get::<_, Value>(1)?,
-                        row.get::<_, Value>(2)?,
+                        row.get::<_, Option<i64>>(1)?,
+                        row.get::<_, Option<i64>>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
                     ))
                 })
                 .at(path)?;
             for row in rows {
-                let (key, state, deleted_at) = row.at(path)?;
+                let (key, gone_since, deleted_at, updated_at) = row.at(path)?;
                 let Value::Text(key) = key else {
                     return Err(corrupt(path, account, "?", "key is not text"));
                 };
-                let state = decode_state(path, account, &key, &state)?;
-                let deleted = !matches!(deleted_at, Value::Null);
-                let eligible = if present.contains(&key) {
-                    // Still on the server: only a deletion the server has not applied
-                    // yet, and never for a delivered message (that would redeliver it).
-                    deleted && state != State::Delivered
+                let since = if key.starts_with(keys::SIZE_PREFIX) {
+                    updated_at
+                } else if is_uid_key(&key) {
+                    gone_since
                 } else {
-                    true
+                    deleted_at
                 };
-                if eligible {
+                if since.is_some_and(|t| t <= cutoff) {
                     doomed.push(key);
                 }
             }
@@ -874,9 +1089,252 @@ impl Ledger {
         }
         tx.commit().at(path)?;
         if !doomed.is_empty() {
-            tracing::debug!(account, pruned = doomed.len(), "pruned ledger rows");
+            tracing::info!(account, pruned = doomed.len(), "pruned ledger rows");
         }
         Ok(doomed.len())
+    }
+
+    /// Records one pass in the history, keeping the last [`HISTORY_KEEP`] of its account.
+    pub fn record_pass(&mut self, pass: &PassRow) -> Result<(), LedgerError> {
+        let path = &self.path;
+        let c = &pass.counts;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        tx.prepare_cached(
+            "INSERT INTO passes (account, started_at, finished_at, outcome, reason, listed,
+                delivered, deleted, left_over, rejected, deferred, skipped, quarantined)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .at(path)?
+        .execute(params![
+            pass.account,
+            pass.started_at,
+            pass.finished_at,
+            pass.outcome.as_str(),
+            pass.reason,
+            c.listed,
+            c.delivered,
+            c.deleted,
+            c.left,
+            c.rejected,
+            c.deferred,
+            c.skipped,
+            c.quarantined
+        ])
+        .at(path)?;
+        tx.prepare_cached(
+            "DELETE FROM passes WHERE account = ?1 AND id NOT IN
+                (SELECT id FROM passes WHERE account = ?1 ORDER BY id DESC LIMIT ?2)",
+        )
+        .at(path)?
+        .execute(params![pass.account, HISTORY_KEEP])
+        .at(path)?;
+        tx.commit().at(path)
+    }
+
+    /// The last `limit` passes of `account`, newest first.
+    pub fn passes(&self, account: &str, limit: u32) -> Result<Vec<PassRow>, LedgerError> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT started_at, finished_at, outcome, reason, listed, delivered, deleted,
+                    left_over, rejected, deferred, skipped, quarantined
+                 FROM passes WHERE account = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .at(path)?;
+        let rows = stmt
+            .query_map(params![account, limit], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    PassCounts {
+                        listed: row.get(4)?,
+                        delivered: row.get(5)?,
+                        deleted: row.get(6)?,
+                        left: row.get(7)?,
+                        rejected: row.get(8)?,
+                        deferred: row.get(9)?,
+                        skipped: row.get(10)?,
+                        quarantined: row.get(11)?,
+                    },
+                ))
+            })
+            .at(path)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (started_at, finished_at, outcome, reason, counts) = row.at(path)?;
+            let outcome = Outcome::parse(&outcome).ok_or_else(|| {
+                corrupt(
+                    path,
+                    account,
+                    "-",
+                    &format!("unknown pass outcome {outcome:?}"),
+                )
+            })?;
+            out.push(PassRow {
+                account: account.to_string(),
+                started_at,
+                finished_at,
+                outcome,
+                reason,
+                counts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The quarantined messages of `account` (or of every account), oldest first. Those
+    /// discarded (`quarantine delete`) are left out: their copy is gone.
+    pub fn quarantined(&self, account: Option<&str>) -> Result<Vec<QuarantineRow>, LedgerError> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT account, key, quarantine_path, last_reply, updated_at,
+                    quarantine_action, action_at
+                 FROM messages
+                 WHERE state = 'quarantined' AND (?1 IS NULL OR account = ?1)
+                    AND (quarantine_action IS NULL OR quarantine_action <> 'discard')
+                 ORDER BY updated_at, account, key",
+            )
+            .at(path)?;
+        let rows = stmt
+            .query_map(params![account], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .at(path)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (account, key, qpath, reason, since, action) = row.at(path)?;
+            let Some(qpath) = qpath else {
+                return Err(corrupt(path, &account, &key, "quarantined without a path"));
+            };
+            let action = decode_action(path, &account, &key, action.as_deref())?;
+            out.push(QuarantineRow {
+                account,
+                key,
+                path: PathBuf::from(qpath),
+                reason,
+                since,
+                action,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The quarantine actions pending for `account`, by key.
+    pub fn quarantine_actions(
+        &self,
+        account: &str,
+    ) -> Result<HashMap<String, QuarantineAction>, LedgerError> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, quarantine_action FROM messages
+                 WHERE account = ?1 AND state = 'quarantined'
+                    AND quarantine_action IS NOT NULL",
+            )
+            .at(path)?;
+        let rows = stmt
+            .query_map(params![account], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+            })
+            .at(path)?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (key, action) = row.at(path)?;
+            if let Some(a) = decode_action(path, account, &key, action.as_deref())? {
+                out.insert(key, a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets (or with `None` clears) what is asked for a quarantined message; false when
+    /// the ledger has no quarantined message of that account and key (a delivered one is
+    /// never touched).
+    pub fn set_quarantine_action(
+        &mut self,
+        account: &str,
+        key: &str,
+        action: Option<QuarantineAction>,
+    ) -> Result<bool, LedgerError> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE messages SET quarantine_action = ?3, action_at = ?4
+                 WHERE account = ?1 AND key = ?2 AND state = 'quarantined'",
+            )
+            .at(&self.path)?
+            .execute(params![
+                account,
+                key,
+                action.map(QuarantineAction::as_str),
+                now()
+            ])
+            .at(&self.path)?;
+        Ok(changed > 0)
+    }
+
+    /// The failed messages of `account` (refused, or not matching their LIST size), oldest
+    /// first.
+    pub fn stuck(&self, account: &str) -> Result<Vec<StuckRow>, LedgerError> {
+        let path = &self.path;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, failure_kind, last_reply, failures, created_at FROM messages
+                 WHERE account = ?1 AND state = 'failed' ORDER BY created_at, key",
+            )
+            .at(path)?;
+        let rows = stmt
+            .query_map(params![account], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .at(path)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, kind, reason, failures, since) = row.at(path)?;
+            let kind = match kind.as_str() {
+                "refused" => FailureKind::Refused,
+                "mismatch" => FailureKind::Mismatch,
+                other => {
+                    return Err(corrupt(
+                        path,
+                        account,
+                        &key,
+                        &format!("unknown failure kind {other:?}"),
+                    ))
+                }
+            };
+            out.push(StuckRow {
+                key,
+                kind,
+                reason: reason.unwrap_or_default(),
+                failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                since,
+            });
+        }
+        Ok(out)
     }
 
     /// The database file (`<state_dir>/ledger.sqlite3`).
@@ -958,6 +1416,31 @@ fn unmark(conn: &Connection, path: &Path, account: &str, key: &str) -> Result<()
         .execute(params![account, key])
         .at(path)
         .map(|_| ())
+}
+
+/// True for a key taken from a UIDL (what a listing names), false for a header-digest or
+/// size key.
+fn is_uid_key(key: &str) -> bool {
+    !key.starts_with(keys::DIGEST_PREFIX) && !key.starts_with(keys::SIZE_PREFIX)
+}
+
+fn decode_action(
+    path: &Path,
+    account: &str,
+    key: &str,
+    v: Option<&str>,
+) -> Result<Option<QuarantineAction>, LedgerError> {
+    match v {
+        None => Ok(None),
+        Some("release") => Ok(Some(QuarantineAction::Release)),
+        Some("discard") => Ok(Some(QuarantineAction::Discard)),
+        Some(other) => Err(corrupt(
+            path,
+            account,
+            key,
+            &format!("unknown quarantine action {other:?}"),
+        )),
+    }
 }
 
 /// `PRAGMA user_version` of the main database.
@@ -1117,17 +1600,6 @@ mod tests {
 
     fn set(keys: &[&str]) -> HashSet<String> {
         keys.iter().map(|k| k.to_string()).collect()
-    }
-
-    /// Make a row look as if it was last changed `secs` ago.
-    fn age(ledger: &Ledger, account: &str, key: &str, secs: i64) {
-        ledger
-            .conn
-            .execute(
-                "UPDATE messages SET updated_at = updated_at - ?3 WHERE account = ?1 AND key = ?2",
-                params![account, key, secs],
-            )
-            .unwrap();
     }
 
     #[test]
@@ -1353,76 +1825,141 @@ mod tests {
         assert_eq!(l.status(B, "2").unwrap(), Status::New);
     }
 
+    const DAY: i64 = 86_400;
+
     #[test]
-    fn record_deleted_then_prune_removes_only_eligible_rows() {
+    fn prune_forgets_only_rows_gone_from_the_server_for_longer_than_the_retention() {
         let (dir, mut l) = open();
         let q = dir.path().join("q");
-        // Delivered and deleted, still listed in this session's listing: kept.
-        l.record_delivered(A, "del-listed", 1, "250").unwrap();
-        // Delivered and deleted, gone from the server: pruned.
-        l.record_delivered(A, "del-gone", 1, "250").unwrap();
-        // Delivered, left on the server (never deleted): kept however old.
+        // Delivered and kept on the server (leave_on_server): listed on every pass.
         l.record_delivered(A, "kept", 1, "250").unwrap();
-        // Quarantined and deleted by policy, still listed: pruned.
-        l.record_quarantined(A, "quar-deleted", &q).unwrap();
-        // Failed and no longer listed (deleted by someone else): pruned.
+        // Delivered, deleted, then no longer listed.
+        l.record_delivered(A, "deleted", 1, "250").unwrap();
+        // Failed, then deleted by someone else (no longer listed).
         l.record_failure(A, "fail-gone", "550").unwrap();
-        // Failed, still listed: kept.
-        l.record_failure(A, "fail-listed", "550").unwrap();
-        // Gone but changed recently: kept until old enough.
-        l.record_delivered(A, "recent-gone", 1, "250").unwrap();
-        // Another account: untouched.
-        l.record_delivered(B, "del-gone", 1, "250").unwrap();
+        // Quarantined and kept on the server: listed.
+        l.record_quarantined(A, "quar-kept", &q).unwrap();
+        // A header-digest key delivered and kept, and one whose DELE a QUIT applied.
+        l.record_delivered(A, "sha256:kept", 1, "250").unwrap();
+        l.record_delivered(A, "sha256:gone", 1, "250").unwrap();
+        // Another account, never listed.
+        l.record_delivered(B, "deleted", 1, "250").unwrap();
+        l.record_deleted(A, &["deleted".into(), "sha256:gone".into()])
+            .unwrap();
+        l.record_listing(A, &set(&["kept", "quar-kept"])).unwrap();
+        let now = super::now();
+        let retention = 90 * DAY;
+        // Nothing is old enough yet, however often it is asked.
+        assert_eq!(l.prune_at(A, retention, now).unwrap(), 0);
+        assert_eq!(l.prune_at(A, retention, now + 89 * DAY).unwrap(), 0);
+        // Past the retention: the gone rows go; the listed ones stay however old.
+        assert_eq!(l.prune_at(A, retention, now + 91 * DAY).unwrap(), 3);
+        let mut left: Vec<String> = l.statuses(A).unwrap().into_keys().collect();
+        left.sort();
+        assert_eq!(left, ["kept", "quar-kept", "sha256:kept"]);
+        assert_eq!(l.statuses(B).unwrap().len(), 1, "per account");
+        assert_eq!(l.prune_at(A, retention, now + 1000 * DAY).unwrap(), 0);
+    }
 
-        l.record_deleted(
-            A,
-            &[
-                "del-listed".into(),
-                "del-gone".into(),
-                "quar-deleted".into(),
-                "unknown".into(),
-            ],
-        )
-        .unwrap();
-        assert_eq!(l.status(A, "unknown").unwrap(), Status::New);
+    #[test]
+    fn a_message_listed_again_restarts_its_retention() {
+        let (_dir, mut l) = open();
+        l.record_delivered(A, "k", 1, "250").unwrap();
+        // A listing that missed it (a server glitch), then one that shows it again.
+        l.record_listing(A, &set(&[])).unwrap();
+        l.record_listing(A, &set(&["k"])).unwrap();
+        assert_eq!(l.prune_at(A, DAY, super::now() + 10 * DAY).unwrap(), 0);
+        // Gone for good: forgotten only after the retention.
+        l.record_listing(A, &set(&[])).unwrap();
+        // A later listing without it does not move the time it went.
+        l.conn
+            .execute(
+                "UPDATE messages SET gone_since = gone_since - ?1",
+                [2 * DAY],
+            )
+            .unwrap();
+        l.record_listing(A, &set(&[])).unwrap();
+        assert_eq!(l.prune_at(A, DAY, super::now()).unwrap(), 1);
+    }
 
-        for key in [
-            "del-listed",
-            "del-gone",
-            "kept",
-            "quar-deleted",
-            "fail-gone",
-            "fail-listed",
-        ] {
-            age(&l, A, key, 7200);
+    #[test]
+    fn pass_history_is_bounded_per_account_and_newest_first() {
+        let (_dir, mut l) = open();
+        let row = |account: &str, i: i64, outcome: Outcome| PassRow {
+            account: account.into(),
+            started_at: i,
+            finished_at: i + 1,
+            outcome,
+            reason: (outcome == Outcome::Failed).then(|| "connection refused".to_string()),
+            counts: PassCounts {
+                listed: i as u32,
+                ..PassCounts::default()
+            },
+        };
+        for i in 0..(HISTORY_KEEP + 20) {
+            l.record_pass(&row(A, i, Outcome::Ok)).unwrap();
         }
-        age(&l, B, "del-gone", 7200);
+        l.record_pass(&row(A, 1000, Outcome::Failed)).unwrap();
+        l.record_pass(&row(B, 5, Outcome::Stuck)).unwrap();
+        let all = l.passes(A, 1000).unwrap();
+        assert_eq!(all.len() as i64, HISTORY_KEEP);
+        assert_eq!(all[0], row(A, 1000, Outcome::Failed));
+        assert_eq!(all[1].started_at, HISTORY_KEEP + 19);
+        assert_eq!(l.passes(B, 10).unwrap(), [row(B, 5, Outcome::Stuck)]);
+        assert!(l.passes("nobody", 10).unwrap().is_empty());
+    }
 
-        let present = set(&["del-listed", "kept", "quar-deleted", "fail-listed"]);
-        assert_eq!(l.prune(A, &present, 3600).unwrap(), 2 + 1);
-        let left = l.statuses(A).unwrap();
-        let mut keys: Vec<_> = left.keys().map(String::as_str).collect();
-        keys.sort_unstable();
+    #[test]
+    fn quarantine_actions_apply_to_quarantined_rows_only_and_end_with_the_outcome() {
+        let (dir, mut l) = open();
+        let q = dir.path().join("q.eml");
+        l.record_failure(A, "q", "550 5.7.1 spam").unwrap();
+        l.record_quarantined(A, "q", &q).unwrap();
+        l.record_delivered(A, "d", 1, "250").unwrap();
+        assert!(!l
+            .set_quarantine_action(A, "d", Some(QuarantineAction::Release))
+            .unwrap());
+        assert!(!l
+            .set_quarantine_action(A, "none", Some(QuarantineAction::Release))
+            .unwrap());
+        assert!(l
+            .set_quarantine_action(A, "q", Some(QuarantineAction::Release))
+            .unwrap());
+        let rows = l.quarantined(Some(A)).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].reason.as_deref(), Some("550 5.7.1 spam"));
+        assert_eq!(rows[0].action, Some(QuarantineAction::Release));
         assert_eq!(
-            keys,
-            ["del-listed", "fail-listed", "kept", "recent-gone"].to_vec()
+            l.quarantine_actions(A).unwrap(),
+            HashMap::from([("q".to_string(), QuarantineAction::Release)])
         );
-        assert_eq!(l.statuses(B).unwrap().len(), 1);
-
-        // Once the deleted message is no longer listed, its row goes too.
-        assert_eq!(l.prune(A, &set(&["kept", "fail-listed"]), 3600).unwrap(), 1);
-        // A second identical prune has nothing left to do.
-        assert_eq!(l.prune(A, &set(&["kept", "fail-listed"]), 3600).unwrap(), 0);
-        // A delivered row still listed survives even a zero age.
-        assert_eq!(
-            l.prune(A, &set(&["kept", "fail-listed", "recent-gone"]), 0)
-                .unwrap(),
-            0
-        );
+        // The delivery ends the release.
+        l.record_delivered(A, "q", 1, "250").unwrap();
+        assert!(l.quarantine_actions(A).unwrap().is_empty());
+        assert!(l.quarantined(None).unwrap().is_empty());
+        // A discarded one is no longer listed as quarantined, but its row stays.
+        l.record_quarantined(A, "x", &q).unwrap();
+        l.set_quarantine_action(A, "x", Some(QuarantineAction::Discard))
+            .unwrap();
+        assert!(l.quarantined(None).unwrap().is_empty());
         assert!(matches!(
-            l.status(A, "kept").unwrap(),
-            Status::Delivered { .. }
+            l.status(A, "x").unwrap(),
+            Status::Quarantined { .. }
         ));
+    }
+
+    #[test]
+    fn stuck_lists_failed_rows_with_their_kind() {
+        let (_dir, mut l) = open();
+        l.record_failure(A, "r", "550 no").unwrap();
+        l.record_failure_of(A, "m", "size", FailureKind::Mismatch)
+            .unwrap();
+        l.record_delivered(A, "d", 1, "250").unwrap();
+        let mut rows = l.stuck(A).unwrap();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].kind, FailureKind::Mismatch);
+        assert_eq!((rows[1].reason.as_str(), rows[1].failures), ("550 no", 1));
     }
 
     #[test]
@@ -1502,7 +2039,9 @@ mod tests {
         );
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         l.record_deleted(account, &keys).unwrap();
-        assert_eq!(l.prune(account, &HashSet::new(), 0).unwrap(), keys.len());
+        l.record_listing(account, &HashSet::new()).unwrap();
+        // (The digest key counts as gone by its DELE.)
+        assert_eq!(l.prune(account, 0).unwrap(), keys.len());
     }
 
     #[test]

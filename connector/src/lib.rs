@@ -27,8 +27,11 @@ pub mod pickup;
 pub mod pin;
 pub mod pop3;
 pub mod private;
+pub mod quarantine;
+pub mod report;
 pub mod routing;
 pub mod secret;
 pub mod smtp;
+pub mod status;
 
 pub use popbridge_proto as proto;

@@ -33,6 +33,9 @@ fn long_about() -> String {
 /// Moves mail from POP3 mailboxes to an SMTP server (Exchange, Postfix...), deleting each
 /// message from the POP3 server only after the SMTP server accepted it and the local
 /// ledger recorded it, so nothing is lost and nothing is delivered twice.
+///
+/// Commands: fetch, run, trigger, check-limits, diagnose, status, quarantine
+/// (list|show|release|delete).
 #[derive(Parser, Debug)]
 #[command(name = "popbridge", version, about, long_about = long_about())]
 struct Cli {
@@ -104,6 +107,59 @@ enum Command {
         /// Only this account.
         #[arg(long)]
         account: Option<String>,
+    },
+    /// Per account: the last pass (time, outcome, counts), the next pass (asked of a
+    /// running daemon, else "daemon not running"), the messages stuck with their reason
+    /// and age, the quarantined count. Changes nothing. Exit 0; 2 when the ledger cannot
+    /// be read.
+    Status {
+        /// Print stable JSON (`"version": 1`) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The quarantined messages: list them, show one, release one for delivery at the
+    /// next pass, or delete one. Exit 0; 1 when the message is not quarantined or its copy
+    /// cannot be read; 2 when the ledger cannot be opened or the account is unknown.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QuarantineCommand {
+    /// Quarantined messages with account, key, sender, subject, date, reason and when.
+    List {
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Print JSON (one array of objects) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the stored copy of one message.
+    Show {
+        /// The account.
+        account: String,
+        /// The message's ledger key (as `list` shows it).
+        key: String,
+    },
+    /// Delivers the message from its local copy at the next pass, exactly once; a later
+    /// pass then deletes the server's copy (or keeps it with leave_on_server).
+    Release {
+        /// The account.
+        account: String,
+        /// The message's ledger key.
+        key: String,
+    },
+    /// Removes the local copy; the server's copy, if still there, is deleted at the next
+    /// pass unless the account keeps mail on the server (leave_on_server) or the message
+    /// has no UID.
+    Delete {
+        /// The account.
+        account: String,
+        /// The message's ledger key.
+        key: String,
     },
 }
 
@@ -391,11 +447,167 @@ async fn trigger(config: &Config, account: Option<String>) -> anyhow::Result<Exi
             eprintln!("popbridge: {e}");
             Ok(Exit::Config)
         }
+        Ok(TriggerResponse::Status(_)) => {
+            eprintln!("popbridge: the daemon answered a status to a trigger request");
+            Ok(Exit::Stuck)
+        }
         Err(e) => {
             eprintln!("popbridge: {e}");
             Ok(Exit::Connect)
         }
     }
+}
+
+/// Seconds since 1970.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Opens the ledger for the administrator's commands (nothing else under `state_dir` is
+/// touched); `Err` is the exit code after the reason was printed.
+fn open_ledger(config: &Config) -> Result<Ledger, u8> {
+    Ledger::open(&config.state_dir).map_err(|e| {
+        eprintln!("popbridge: {e}");
+        2
+    })
+}
+
+async fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
+    use popbridge::status::{self, Daemon};
+    // No ledger yet (no pass ever ran): nothing to read, and nothing is created.
+    let exists = config
+        .state_dir
+        .join(popbridge::ledger::FILE_NAME)
+        .try_exists()
+        .unwrap_or(true);
+    let ledger = if exists {
+        match open_ledger(config) {
+            Ok(l) => Some(l),
+            Err(code) => return Ok(code),
+        }
+    } else {
+        None
+    };
+    #[cfg(unix)]
+    let daemon = {
+        use popbridge::daemon::{request_status, socket_path, TriggerResponse};
+        match request_status(&socket_path(&config.state_dir)).await {
+            Ok(TriggerResponse::Status(s)) => Daemon::Running(s),
+            Ok(_) | Err(_) => Daemon::NotRunning,
+        }
+    };
+    #[cfg(not(unix))]
+    let daemon = Daemon::NotRunning;
+    let report = match status::build(config, ledger.as_ref(), &daemon, unix_now()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("popbridge: {e}");
+            return Ok(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(0)
+}
+
+fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow::Result<u8> {
+    use popbridge::quarantine as q;
+    let events = match &cli.events {
+        Some(p) => EventSink::file(p)
+            .with_context(|| format!("opening the events file {}", p.display()))?,
+        None => EventSink::none(),
+    };
+    let account_of = |name: &str| {
+        let found = config.account(name);
+        if found.is_none() {
+            eprintln!(
+                "popbridge: {}: no account named {name:?}",
+                config.path.display()
+            );
+        }
+        found
+    };
+    if let QuarantineCommand::List {
+        account: Some(a), ..
+    }
+    | QuarantineCommand::Show { account: a, .. }
+    | QuarantineCommand::Release { account: a, .. }
+    | QuarantineCommand::Delete { account: a, .. } = action
+    {
+        if account_of(a).is_none() {
+            return Ok(2);
+        }
+    }
+    let mut ledger = match open_ledger(config) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let failed = |e: q::QuarantineError| {
+        eprintln!("popbridge: {e}");
+        match e {
+            q::QuarantineError::Ledger(_) => 2,
+            _ => 1,
+        }
+    };
+    match action {
+        QuarantineCommand::List { account, json } => {
+            let entries = match q::list(&ledger, account.as_deref()) {
+                Ok(e) => e,
+                Err(e) => return Ok(failed(e)),
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", q::render(&entries));
+            }
+        }
+        QuarantineCommand::Show { account, key } => {
+            let path = match q::copy_path(&ledger, account, key) {
+                Ok(p) => p,
+                Err(e) => return Ok(failed(e)),
+            };
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(source) => return Ok(failed(q::QuarantineError::Copy { path, source })),
+            };
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            std::io::copy(&mut file, &mut out).context("writing the copy to standard output")?;
+        }
+        QuarantineCommand::Release { account, key } => {
+            if let Err(e) = q::release(&mut ledger, &events, account, key) {
+                return Ok(failed(e));
+            }
+            println!(
+                "{account}: {}: released; the next pass delivers it from its local copy",
+                popbridge::report::clean(key, 200)
+            );
+        }
+        QuarantineCommand::Delete { account, key } => {
+            let Some(a) = account_of(account) else {
+                return Ok(2);
+            };
+            match q::delete(&mut ledger, &events, a, key) {
+                Ok(server) => println!(
+                    "{account}: {}: local copy deleted; {}",
+                    popbridge::report::clean(key, 200),
+                    if server {
+                        "the server's copy, if still there, is deleted at the next pass"
+                    } else {
+                        "the server's copy, if any, is kept (never delivered again)"
+                    }
+                ),
+                Err(e) => return Ok(failed(e)),
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -456,6 +668,8 @@ fn main() -> ExitCode {
         Command::Trigger { account } => rt
             .block_on(trigger(&config, account.clone()))
             .map(Exit::code),
+        Command::Status { json } => rt.block_on(status(&config, *json)),
+        Command::Quarantine { action } => quarantine(&cli, &config, action),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -64,7 +64,9 @@ use crate::config::{Account, Config, Profile};
 use crate::events::{Event, EventSink, Named, PassEvents, PassId};
 pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
 use crate::keys::{self, DigestKeys};
-use crate::ledger::{Along, FailureKind, Ledger, Status};
+use crate::ledger::{
+    Along, FailureKind, Ledger, Outcome, PassCounts, PassRow, QuarantineAction, Status,
+};
 use crate::listing::{Budget, Sizes, UidScan, Want};
 use crate::message;
 use crate::net::{Dialer, TlsError};
@@ -470,6 +472,10 @@ struct Run<'a> {
     top_refused: bool,
     /// Names read with TOP this pass, by UID key (a restarted session does not ask again).
     top_names: HashMap<String, Named>,
+    /// What the administrator asked for quarantined messages (read with `known`).
+    actions: HashMap<String, QuarantineAction>,
+    /// Set once this pass went through the released messages (once per pass).
+    releases_done: bool,
 }
 
 /// Runs one pass over `account`, under a new pass id.
@@ -512,7 +518,11 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
         tops: 0,
         top_refused: false,
         top_names: HashMap::new(),
+
+        actions: HashMap::new(),
+        releases_done: false,
     };
+    let started_at = unix_now();
     events.emit(Event::PassStarted {
         account: account.name.clone(),
     });
@@ -526,6 +536,7 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
                 error: reason.clone(),
             });
             run.summary.aborted = Some(reason);
+            record_history(cx.ledger, &run.summary, started_at);
             return run.summary;
         }
     };
@@ -576,7 +587,61 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
         skipped: s.skipped,
         quarantined: s.quarantined,
     });
+    record_history(cx.ledger, &run.summary, started_at);
     run.summary
+}
+
+/// Seconds since 1970 (0 before it).
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// How a pass ended, for the history: failed (the account could not be processed, or the
+/// pass was interrupted), stuck (messages stay that no later pass delivers unchanged:
+/// refused, over the size limit, not matching their LIST size), backlog (messages wait
+/// for the next pass: deferred, postponed), else ok.
+pub fn outcome(s: &Summary) -> (Outcome, Option<String>) {
+    if let Some(f) = &s.failure {
+        return (Outcome::Failed, Some(f.to_string()));
+    }
+    if let Some(a) = &s.aborted {
+        return (Outcome::Failed, Some(a.clone()));
+    }
+    // The same meanings as the exit codes: one definition of "stuck" and "backlog".
+    match crate::exit::Exit::of(s) {
+        crate::exit::Exit::Stuck => (Outcome::Stuck, None),
+        crate::exit::Exit::Backlog => (Outcome::Backlog, None),
+        _ => (Outcome::Ok, None),
+    }
+}
+
+/// Records a finished pass in the ledger's history (a failure to do so is only logged:
+/// the history is for people, the delivery records are what matters).
+fn record_history(ledger: &Mutex<Ledger>, s: &Summary, started_at: i64) {
+    let (outcome, reason) = outcome(s);
+    let row = PassRow {
+        account: s.account.clone(),
+        started_at,
+        finished_at: unix_now(),
+        outcome,
+        reason,
+        counts: PassCounts {
+            listed: s.listed,
+            delivered: s.delivered,
+            deleted: s.deleted,
+            left: s.remaining(),
+            rejected: s.rejected,
+            deferred: s.deferred,
+            skipped: s.skipped,
+            quarantined: s.quarantined,
+        },
+    };
+    if let Err(e) = lock(ledger).record_pass(&row) {
+        tracing::warn!(account = %s.account, "ledger: pass history not recorded: {e}");
+    }
 }
 
 /// Lock files held by passes of this process.
@@ -860,6 +925,7 @@ impl Run<'_> {
         let shared = {
             let l = lock(self.cx.ledger);
             self.known = l.statuses(&a.name).map_err(ledger_error)?;
+            self.actions = l.quarantine_actions(&a.name).map_err(ledger_error)?;
             l.shared_uids(&a.name).map_err(ledger_error)?
         };
         let slice = self.slice(&mut txn, &sizes, &shared).await?;
@@ -925,7 +991,10 @@ impl Run<'_> {
                     }
                 }
                 Some(Status::Quarantined { .. }) => {
-                    if cfg.limits.quarantine_delete && !a.leave_on_server {
+                    let discarded = key
+                        .as_ref()
+                        .is_some_and(|k| self.actions.get(k) == Some(&QuarantineAction::Discard));
+                    if (cfg.limits.quarantine_delete || discarded) && !a.leave_on_server {
                         txn.send_dele(n);
                         self.deleting.insert(n, key.clone().unwrap_or_default());
                     }
@@ -974,7 +1043,11 @@ impl Run<'_> {
         }
         work.append(&mut alone);
         let (postponed, delivered) = (self.summary.postponed, self.summary.delivered);
-        let result = self.process(&mut txn, work).await;
+        let mut result = self.process(&mut txn, work).await;
+        if result.is_ok() && !self.releases_done && self.crashed.is_none() {
+            self.releases_done = true;
+            result = self.release(&mut txn).await;
+        }
         if let Some(unaccounted) = unaccounted {
             // Without UIDL, what was not held counts as work only as far as the ledger
             // cannot account for it, after this session's deliveries.
@@ -1061,13 +1134,20 @@ impl Run<'_> {
         let ceiling = crate::limits::effective_limit(self.cx.config, a, None)
             .unwrap_or(u64::MAX)
             .min(self.cx.config.limits.max_download_size);
-        let (known, events) = (&self.known, self.events);
+        let (known, events, actions) = (&self.known, self.events, &self.actions);
+        let discarded = |uid: &str| actions.get(uid) == Some(&QuarantineAction::Discard) && !leave;
+        // The ledger's UID keys this listing shows (for pruning: what it does not show has
+        // left the server).
+        let mut seen = HashSet::new();
         let mut shared_listed = false;
         let select = |n: u32, uid: &str| -> Want {
             // A UIDL entry LIST does not have is not a message of this session.
             let Some(size) = sizes.get(n) else {
                 return Want::Skip;
             };
+            if known.contains_key(uid) {
+                seen.insert(uid.to_string());
+            }
             if shared.contains(uid) {
                 shared_listed = true;
                 // Kept on the server, it is downloaded on every pass.
@@ -1084,7 +1164,9 @@ impl Run<'_> {
                     });
                     Want::Skip
                 }
-                Some(Status::Quarantined { .. }) if !dele_quarantined => Want::Skip,
+                Some(Status::Quarantined { .. }) if !dele_quarantined && !discarded(uid) => {
+                    Want::Skip
+                }
                 Some(Status::Quarantined { .. }) => Want::First,
                 Some(Status::Failed { .. }) => Want::Later,
                 _ if size > ceiling => Want::Later,
@@ -1098,6 +1180,9 @@ impl Run<'_> {
         let Some(uids) = uids else {
             return Ok(self.window(sizes));
         };
+        // A complete listing: what it no longer shows has left the server, and what left
+        // long enough ago is forgotten.
+        self.forget_gone(&seen);
         let mut fresh = Vec::new();
         let mut entries = Vec::with_capacity(uids.held_len());
         for (n, uid) in uids.held() {
@@ -1189,6 +1274,86 @@ impl Run<'_> {
             unkeyed: count > 0,
             unaccounted,
         }
+    }
+
+    /// Records which of the ledger's UID keys a complete listing showed, then prunes the
+    /// rows gone for longer than `ledger_retention`. Failures are only logged: pruning
+    /// can wait, and a row kept is never a risk.
+    fn forget_gone(&mut self, seen: &HashSet<String>) {
+        let a = &self.account.name;
+        let retention =
+            i64::try_from(self.cx.config.ledger_retention.as_secs()).unwrap_or(i64::MAX);
+        let mut l = lock(self.cx.ledger);
+        let result = l
+            .record_listing(a, seen)
+            .and_then(|()| l.prune(a, retention));
+        if let Err(e) = result {
+            tracing::warn!(account = %a, "ledger: not pruned: {e}");
+        }
+    }
+
+    /// Delivers the quarantined messages the administrator released, from their local
+    /// copies (whether or not the server still has them), through the same path as any
+    /// message: submission mark, delivery record, which ends the release, so a later pass
+    /// only DELEs (or keeps) the server's copy and never submits it again. A copy that
+    /// cannot be read is deferred; a refusal leaves the message quarantined and ends the
+    /// release.
+    async fn release(&mut self, txn: &mut Transaction) -> Result<(), Broken> {
+        let a = self.account;
+        let mut released: Vec<String> = self
+            .actions
+            .iter()
+            .filter(|(_, act)| **act == QuarantineAction::Release)
+            .map(|(k, _)| k.clone())
+            .collect();
+        released.sort();
+        for key in released {
+            if self.cx.stop.is_stopped() || self.crashed.is_some() {
+                break;
+            }
+            let Some(Status::Quarantined { path }) = self.known.get(&key).cloned() else {
+                continue;
+            };
+            let body =
+                match read_copy(&path, &self.spool, self.cx.config.limits.memory_threshold).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.defer(
+                            key,
+                            format!(
+                                "released, but its copy {} cannot be read: {e}",
+                                path.display()
+                            ),
+                        );
+                        continue;
+                    }
+                };
+            let item = Item {
+                // Not a message of this session: never DELE'd by number.
+                n: 0,
+                size: body.len(),
+                key: Some(key.clone()),
+                alone: false,
+                next: None,
+            };
+            let (delivered, rejected) = (self.summary.delivered, self.summary.rejected);
+            self.deliver(txn, &item, key.clone(), body).await;
+            if self.summary.delivered > delivered {
+                self.emit(Event::QuarantineRedelivered {
+                    account: a.name.clone(),
+                    uid: key,
+                });
+            } else if self.summary.rejected > rejected {
+                if let Err(e) = lock(self.cx.ledger).set_quarantine_action(&a.name, &key, None) {
+                    tracing::warn!(account = %a.name, "ledger: {e}");
+                }
+            }
+        }
+        if self.crashed.is_some() {
+            // A simulated crash while delivering one: stop dead, no QUIT.
+            return Err(Broken::Crashed);
+        }
+        Ok(())
     }
 
     fn confirm_deleted(&mut self) {
@@ -1702,6 +1867,11 @@ impl Run<'_> {
 
     /// Queues the DELE of message `msg`, recorded under `key`.
     fn dele(&mut self, txn: &mut Transaction, msg: u32, key: String) {
+        if msg == 0 {
+            // A released message delivered from its local copy: not a message of this
+            // session's listing (a later pass deletes the server's copy, if any).
+            return;
+        }
         txn.send_dele(msg);
         self.deleting.insert(msg, key);
     }
@@ -2154,6 +2324,26 @@ fn broken_by(e: Pop3Error) -> Broken {
     }
 }
 
+/// Reads a quarantined copy back as a body (spooled past `threshold`).
+async fn read_copy(
+    path: &std::path::Path,
+    spool: &std::path::Path,
+    threshold: u64,
+) -> std::io::Result<Body> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut builder = crate::body::BodyBuilder::new(spool, threshold);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        builder.push(&buf[..n]).await?;
+    }
+    builder.finish().await
+}
+
 /// Runs a pass over several accounts, at most `config.parallel_accounts` at once.
 pub async fn run_accounts(
     config: Arc<Config>,
@@ -2227,6 +2417,7 @@ pub async fn run_accounts_with(
         tasks.push((name, id, task));
     }
     let mut out = Vec::new();
+    let started_at = unix_now();
     for (account, id, t) in tasks {
         match t.await {
             Ok(s) => out.push(s),
@@ -2247,14 +2438,66 @@ pub async fn run_accounts_with(
                     account: account.clone(),
                     error: failure.to_string(),
                 });
-                out.push(Summary {
+                let summary = Summary {
                     account,
                     failure: Some(failure),
                     pass: Some(id),
                     ..Summary::default()
-                });
+                };
+                record_history(&ledger, &summary, started_at);
+                out.push(summary);
             }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_tell_failure_stuck_backlog_and_ok_apart() {
+        let s = |f: fn(&mut Summary)| {
+            let mut s = Summary::default();
+            f(&mut s);
+            outcome(&s)
+        };
+        assert_eq!(s(|_| {}), (Outcome::Ok, None));
+        // A backlog is postponed by design (capped or sliced).
+        assert_eq!(
+            s(|s| {
+                s.capped = 3;
+                s.postponed = 3
+            }),
+            (Outcome::Backlog, None)
+        );
+        assert_eq!(
+            s(|s| {
+                s.sliced = 3;
+                s.postponed = 3
+            }),
+            (Outcome::Backlog, None)
+        );
+        // Postponed by an interrupted pass is not a backlog.
+        assert_eq!(s(|s| s.postponed = 3), (Outcome::Stuck, None));
+        for stuck in [
+            |s: &mut Summary| s.rejected = 1,
+            |s: &mut Summary| s.skipped = 1,
+            |s: &mut Summary| s.mismatched = 1,
+            |s: &mut Summary| s.deferred = 1,
+            |s: &mut Summary| s.quarantined = 1,
+        ] {
+            assert_eq!(s(stuck), (Outcome::Stuck, None));
+        }
+        assert_eq!(
+            s(|s| {
+                s.capped = 1;
+                s.postponed = 1;
+                s.rejected = 1
+            }),
+            (Outcome::Stuck, None),
+            "stuck outranks backlog"
+        );
+    }
 }

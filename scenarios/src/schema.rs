@@ -1549,6 +1549,19 @@ pub fn known_event_kinds() -> Vec<String> {
             path: String::new(),
             was: String::new(),
         },
+        Event::QuarantineReleased {
+            account: s(),
+            uid: s(),
+        },
+        Event::QuarantineRedelivered {
+            account: s(),
+            uid: s(),
+        },
+        Event::QuarantineDeleted {
+            account: s(),
+            uid: s(),
+            server: false,
+        },
     ];
     // A new variant must be added above: this match stops compiling until it is.
     for e in &all {
@@ -1570,7 +1583,10 @@ pub fn known_event_kinds() -> Vec<String> {
             | Event::AccountFailed { .. }
             | Event::PassInterrupted { .. }
             | Event::PassFinished { .. }
-            | Event::StateTightened { .. } => {}
+            | Event::StateTightened { .. }
+            | Event::QuarantineReleased { .. }
+            | Event::QuarantineRedelivered { .. }
+            | Event::QuarantineDeleted { .. } => {}
         }
     }
     all.iter().map(event_kind).collect()
@@ -1701,6 +1717,13 @@ mod tests {
         assert!(k.contains(&"pass.finished".to_string()));
         assert!(k.contains(&"state.tightened".to_string()));
         assert!(k.contains(&"auth.token_refreshed".to_string()));
-        assert_eq!(k.len(), 18);
+        for q in [
+            "quarantine.released",
+            "quarantine.redelivered",
+            "quarantine.deleted",
+        ] {
+            assert!(k.contains(&q.to_string()), "{q}");
+        }
+        assert_eq!(k.len(), 21);
     }
 }

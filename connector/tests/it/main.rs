@@ -1,6 +1,7 @@
 //! The connector against the mocks: the acceptance behaviours of the connector core.
 #![allow(missing_docs)]
 
+mod admin;
 mod at_rest;
 mod cli;
 mod daemon;

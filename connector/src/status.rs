@@ -1,0 +1,272 @@
+//! `popbridge status`: per account, the last pass (time, outcome, counts), the next pass
+//! (from a running daemon), the messages the ledger knows as stuck (refused, or not
+//! matching their LIST size) with their reason and age, and the quarantined count; as a
+//! table for people or as stable JSON (`--json`, `"version": 1`).
+//!
+//! Must never: change anything (the ledger is only read; the daemon is only asked), or
+//! print untrusted text (keys, server replies) unescaped.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::daemon::DaemonStatus;
+use crate::ledger::{Ledger, LedgerError, PassCounts, PassRow, QuarantineAction};
+use crate::report::{age, clean, rfc3339};
+
+/// The JSON format's version: raised only when a field changes meaning or goes away.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The longest reply or key printed, in characters.
+const TEXT_MAX: usize = 200;
+
+/// What is known of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Daemon {
+    /// Nobody answers on the trigger socket.
+    NotRunning,
+    /// It answered.
+    Running(DaemonStatus),
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// When the report was made, RFC 3339.
+    pub generated_at: String,
+    /// The daemon.
+    pub daemon: DaemonJson,
+    /// One entry per configured account, in configuration order.
+    pub accounts: Vec<AccountStatus>,
+}
+
+/// The daemon as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonJson {
+    /// True when it answered on its socket.
+    pub running: bool,
+    /// The next scheduled pass, RFC 3339.
+    pub next_pass: Option<String>,
+    /// Seconds until then (0 when due).
+    pub next_pass_in_secs: Option<i64>,
+    /// The interval between passes, seconds.
+    pub interval_secs: Option<u64>,
+}
+
+/// One account's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountStatus {
+    /// Account name.
+    pub account: String,
+    /// The last pass recorded, if any.
+    pub last_pass: Option<LastPass>,
+    /// The next scheduled pass (the daemon's), RFC 3339.
+    pub next_pass: Option<String>,
+    /// Messages the ledger knows as stuck, oldest first.
+    pub stuck: Vec<Stuck>,
+    /// Quarantined messages (not discarded).
+    pub quarantined: usize,
+    /// Of those, released and waiting for the next pass.
+    pub release_pending: usize,
+}
+
+/// A pass as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastPass {
+    /// Start, RFC 3339.
+    pub started_at: String,
+    /// End, RFC 3339.
+    pub finished_at: String,
+    /// `ok`, `backlog`, `stuck` or `failed`.
+    pub outcome: &'static str,
+    /// Why it failed, when it did (escaped).
+    pub reason: Option<String>,
+    /// Its counts.
+    pub counts: PassCounts,
+}
+
+/// A stuck message as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stuck {
+    /// Ledger key (escaped).
+    pub key: String,
+    /// `refused` (the SMTP server or pickup folder refused it) or `mismatch` (its
+    /// download did not match its LIST size).
+    pub kind: &'static str,
+    /// The last reply or reason (escaped).
+    pub reason: String,
+    /// Failures so far.
+    pub failures: u32,
+    /// The first failure, RFC 3339.
+    pub since: String,
+    /// Seconds since then.
+    pub age_secs: i64,
+}
+
+/// Builds the report from the ledger (read only; `None` when there is none yet) and what
+/// the daemon said, as of `now` (unix seconds).
+pub fn build(
+    config: &Config,
+    ledger: Option<&Ledger>,
+    daemon: &Daemon,
+    now: i64,
+) -> Result<Report, LedgerError> {
+    let (daemon_json, next) = match daemon {
+        Daemon::NotRunning => (
+            DaemonJson {
+                running: false,
+                next_pass: None,
+                next_pass_in_secs: None,
+                interval_secs: None,
+            },
+            None,
+        ),
+        Daemon::Running(s) => (
+            DaemonJson {
+                running: true,
+                next_pass: s.next_pass.map(rfc3339),
+                next_pass_in_secs: s.next_pass.map(|t| (t - now).max(0)),
+                interval_secs: Some(s.interval_secs),
+            },
+            s.next_pass.map(rfc3339),
+        ),
+    };
+    let mut accounts = Vec::new();
+    for a in &config.accounts {
+        let Some(ledger) = ledger else {
+            accounts.push(AccountStatus {
+                account: a.name.clone(),
+                last_pass: None,
+                next_pass: next.clone(),
+                stuck: Vec::new(),
+                quarantined: 0,
+                release_pending: 0,
+            });
+            continue;
+        };
+        let last_pass = ledger.passes(&a.name, 1)?.into_iter().next().map(last);
+        let stuck = ledger
+            .stuck(&a.name)?
+            .into_iter()
+            .map(|s| Stuck {
+                key: clean(&s.key, TEXT_MAX),
+                kind: s.kind.as_str(),
+                reason: clean(&s.reason, TEXT_MAX),
+                failures: s.failures,
+                since: rfc3339(s.since),
+                age_secs: (now - s.since).max(0),
+            })
+            .collect();
+        let quarantined = ledger.quarantined(Some(&a.name))?;
+        accounts.push(AccountStatus {
+            account: a.name.clone(),
+            last_pass,
+            next_pass: next.clone(),
+            stuck,
+            quarantined: quarantined.len(),
+            release_pending: quarantined
+                .iter()
+                .filter(|q| q.action == Some(QuarantineAction::Release))
+                .count(),
+        });
+    }
+    Ok(Report {
+        version: FORMAT_VERSION,
+        generated_at: rfc3339(now),
+        daemon: daemon_json,
+        accounts,
+    })
+}
+
+fn last(p: PassRow) -> LastPass {
+    LastPass {
+        started_at: rfc3339(p.started_at),
+        finished_at: rfc3339(p.finished_at),
+        outcome: p.outcome.as_str(),
+        reason: p.reason.map(|r| clean(&r, TEXT_MAX)),
+        counts: p.counts,
+    }
+}
+
+impl Report {
+    /// The report for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        match (&self.daemon.running, &self.daemon.next_pass) {
+            (false, _) => out.push_str("daemon: daemon not running\n"),
+            (true, Some(t)) => out.push_str(&format!(
+                "daemon: running, next pass {t} (in {})\n",
+                age(self.daemon.next_pass_in_secs.unwrap_or(0))
+            )),
+            (true, None) => out.push_str("daemon: running, next pass not scheduled yet\n"),
+        }
+        for a in &self.accounts {
+            out.push_str(&format!("\naccount {}\n", a.account));
+            match &a.last_pass {
+                None => out.push_str("  last pass:   none recorded\n"),
+                Some(p) => {
+                    let c = &p.counts;
+                    out.push_str(&format!(
+                        "  last pass:   {} {}{}\n",
+                        p.finished_at,
+                        p.outcome,
+                        p.reason
+                            .as_ref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    ));
+                    out.push_str(&format!(
+                        "  counts:      {} listed, {} delivered, {} deleted, {} left \
+                         ({} rejected, {} deferred, {} skipped, {} quarantined)\n",
+                        c.listed,
+                        c.delivered,
+                        c.deleted,
+                        c.left,
+                        c.rejected,
+                        c.deferred,
+                        c.skipped,
+                        c.quarantined
+                    ));
+                }
+            }
+            out.push_str(&format!(
+                "  next pass:   {}\n",
+                a.next_pass.as_deref().unwrap_or(if self.daemon.running {
+                    "not scheduled yet"
+                } else {
+                    "daemon not running"
+                })
+            ));
+            out.push_str(&format!(
+                "  quarantined: {}{}\n",
+                a.quarantined,
+                if a.release_pending > 0 {
+                    format!(
+                        " ({} released, delivered at the next pass)",
+                        a.release_pending
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            if a.stuck.is_empty() {
+                out.push_str("  stuck:       none\n");
+            } else {
+                out.push_str(&format!("  stuck:       {}\n", a.stuck.len()));
+                out.push_str("    KEY\tKIND\tFAILURES\tAGE\tREASON\n");
+                for s in &a.stuck {
+                    out.push_str(&format!(
+                        "    {}\t{}\t{}\t{}\t{}\n",
+                        s.key,
+                        s.kind,
+                        s.failures,
+                        age(s.age_secs),
+                        s.reason
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
