@@ -76,6 +76,7 @@ pub struct DaemonHandle {
     stop: StopFlag,
     metrics: Arc<Metrics>,
     next_pass: watch::Receiver<Option<SystemTime>>,
+    schedule: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl DaemonHandle {
@@ -95,11 +96,24 @@ impl DaemonHandle {
         let _ = rx.wait_for(Option::is_some).await;
     }
 
-    /// What `popbridge status` is told: the next scheduled pass and the interval.
+    /// What `popbridge status` is told: the next scheduled pass, overall and per account,
+    /// and the interval.
     pub fn status(&self) -> DaemonStatus {
+        let now = (Instant::now(), SystemTime::now());
+        let accounts = self
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, due)| {
+                let wall = now.1 + due.saturating_duration_since(now.0);
+                (name.clone(), unix_secs(wall))
+            })
+            .collect();
         DaemonStatus {
             next_pass: self.next_pass().map(unix_secs),
             interval_secs: self.config().interval.as_secs(),
+            accounts,
         }
     }
 
@@ -202,6 +216,7 @@ impl Daemon {
         let stop = StopFlag::default();
         let metrics = Arc::new(Metrics::new());
         let (next_pass, next_pass_rx) = watch::channel(None);
+        let schedule: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let handle = DaemonHandle {
             tx,
             config: config_rx,
@@ -210,6 +225,7 @@ impl Daemon {
             stop: stop.clone(),
             metrics: metrics.clone(),
             next_pass: next_pass_rx,
+            schedule: schedule.clone(),
         };
         let daemon = Daemon {
             rx,
@@ -222,7 +238,7 @@ impl Daemon {
             completed,
             stop,
             metrics,
-            schedule: Arc::default(),
+            schedule,
             next_pass,
         };
         (daemon, handle)
@@ -522,10 +538,14 @@ pub struct TriggerRequest {
 /// What a running daemon tells `popbridge status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
-    /// When the next scheduled pass starts, unix seconds.
+    /// When the next scheduled pass (of any account) starts, unix seconds.
     pub next_pass: Option<i64>,
     /// The configured interval between passes, in seconds.
     pub interval_secs: u64,
+    /// Each account's next scheduled pass, unix seconds (accounts may have intervals of
+    /// their own); empty from a daemon that predates it.
+    #[serde(default)]
+    pub accounts: std::collections::BTreeMap<String, i64>,
 }
 
 /// What the daemon answers.
@@ -641,15 +661,23 @@ mod tests {
         let s = TriggerResponse::Status(DaemonStatus {
             next_pass: Some(1_796_619_552),
             interval_secs: 900,
+            accounts: [("info".to_string(), 1_796_619_552)].into(),
         });
         let back: TriggerResponse =
             serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert!(matches!(
-            back,
+            &back,
             TriggerResponse::Status(DaemonStatus {
                 next_pass: Some(1_796_619_552),
-                interval_secs: 900
-            })
+                interval_secs: 900,
+                accounts,
+            }) if accounts.get("info") == Some(&1_796_619_552)
         ));
+        // A daemon that predates per-account times still answers something usable.
+        let old: TriggerResponse =
+            serde_json::from_str(r#"{"Status":{"next_pass":5,"interval_secs":900}}"#).unwrap();
+        assert!(
+            matches!(&old, TriggerResponse::Status(DaemonStatus { next_pass: Some(5), accounts, .. }) if accounts.is_empty())
+        );
     }
 }

@@ -134,6 +134,16 @@ pub fn build(
     };
     let mut accounts = Vec::new();
     for a in &config.accounts {
+        // The account's own next pass when the daemon says, else the daemon's next one.
+        let next = match daemon {
+            Daemon::Running(s) => s
+                .accounts
+                .get(&a.name)
+                .copied()
+                .map(rfc3339)
+                .or(next.clone()),
+            Daemon::NotRunning => None,
+        };
         let Some(ledger) = ledger else {
             accounts.push(AccountStatus {
                 account: a.name.clone(),
