@@ -11,6 +11,7 @@
 pub mod chaos;
 pub mod external;
 pub mod generate;
+pub mod junit;
 mod locate;
 pub mod outcome;
 pub mod report;
@@ -59,6 +60,15 @@ pub async fn run_scenario_with(scenario: &Scenario, connector: &Connector) -> Sc
 /// The scenario files `paths` name: files as given, and every `*.toml` directly inside a
 /// folder, sorted by name.
 pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    Ok(scenario_groups(paths)?
+        .into_iter()
+        .flat_map(|(_, files)| files)
+        .collect())
+}
+
+/// Like [`scenario_files`], grouped by the path that named them (a file alone, or a
+/// folder and its files): the JUnit report's test suites.
+pub fn scenario_groups(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<PathBuf>)>, Error> {
     let mut out = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|source| Error::Read {
@@ -66,7 +76,7 @@ pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
             source,
         })?;
         if !meta.is_dir() {
-            out.push(p.clone());
+            out.push((p.clone(), vec![p.clone()]));
             continue;
         }
         let read = std::fs::read_dir(p).map_err(|source| Error::Read {
@@ -87,7 +97,7 @@ pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
             });
         }
         found.sort();
-        out.extend(found);
+        out.push((p.clone(), found));
     }
     Ok(out)
 }

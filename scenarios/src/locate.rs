@@ -117,6 +117,21 @@ impl<'a> Locator<'a> {
         best.map(|s| self.line_of(s.start))
     }
 
+    /// True when every step of `path` exists in the document.
+    pub(crate) fn has(&self, path: &[Seg]) -> bool {
+        let Some(doc) = self.doc.as_ref() else {
+            return false;
+        };
+        let mut cur = Node::Item(doc.as_item());
+        for seg in path {
+            match cur.step(seg) {
+                Some((_, next)) => cur = next,
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// The key path of the innermost key or value holding `offset`.
     pub(crate) fn path_at(&self, offset: usize) -> Option<Vec<Seg>> {
         let doc = self.doc.as_ref()?;

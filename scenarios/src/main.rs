@@ -33,6 +33,10 @@ enum Command {
         /// Print one JSON document instead of tables (the closing line goes to stderr).
         #[arg(long)]
         json: bool,
+        /// Also write a JUnit XML report to FILE: one testsuite per path given, one
+        /// testcase per scenario file, each broken expectation with its file and line.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         /// Run this command (`sh -c`) once per pass and mailbox instead of popbridge.
         /// Placeholders, replaced by shell-quoted values: {pop3_host} {pop3_port}
         /// {smtp_host} {smtp_port} {user} {password} {rcpt} {scratch} {pass} {timeout}
@@ -242,12 +246,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (paths, json, connector_cmd) = match Cli::parse().command {
+    let (paths, json, junit, connector_cmd) = match Cli::parse().command {
         Command::Run {
             paths,
             json,
+            junit,
             connector_cmd,
-        } => (paths, json, connector_cmd),
+        } => (paths, json, junit, connector_cmd),
         Command::Chaos {
             runs,
             seed,
@@ -323,7 +328,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             poplab::Connector::External { template }
         }
     };
-    let files = match poplab::scenario_files(&paths) {
+    let groups = match poplab::scenario_groups(&paths) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("poplab: {e}");
@@ -332,20 +337,45 @@ fn real_main() -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::stdout().lock();
     let (mut reports, mut invalid) = (Vec::new(), Vec::new());
-    for file in files {
-        match runtime.block_on(poplab::run_file_with(&file, &connector)) {
-            Ok(report) => {
-                if !json {
-                    writeln!(out, "{}", report.render_table())?;
-                    out.flush()?;
+    // Per group: its name and, per file in run order, where its result is.
+    let mut layout: Vec<(String, Vec<Result<usize, usize>>)> = Vec::new();
+    for (group, files) in groups {
+        let mut slots = Vec::new();
+        for file in files {
+            match runtime.block_on(poplab::run_file_with(&file, &connector)) {
+                Ok(report) => {
+                    if !json {
+                        writeln!(out, "{}", report.render_table())?;
+                        out.flush()?;
+                    }
+                    slots.push(Ok(reports.len()));
+                    reports.push(report);
                 }
-                reports.push(report);
-            }
-            Err(e) => {
-                eprintln!("poplab: {e}");
-                invalid.push(e.to_string());
+                Err(e) => {
+                    eprintln!("poplab: {e}");
+                    slots.push(Err(invalid.len()));
+                    invalid.push(poplab::report::InvalidFile::new(&file, &e));
+                }
             }
         }
+        layout.push((group.display().to_string(), slots));
+    }
+    if let Some(junit) = &junit {
+        let suites: Vec<poplab::junit::Suite<'_>> = layout
+            .iter()
+            .map(|(name, slots)| poplab::junit::Suite {
+                name: name.clone(),
+                entries: slots
+                    .iter()
+                    .map(|slot| match *slot {
+                        Ok(i) => poplab::junit::Entry::Ran(&reports[i]),
+                        Err(i) => poplab::junit::Entry::Invalid(&invalid[i]),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let xml = poplab::junit::render(&suites, &connector.name())?;
+        std::fs::write(junit, xml).with_context(|| format!("cannot write {}", junit.display()))?;
     }
     let skipped = reports.iter().filter(|r| r.is_skipped()).count();
     let passed = reports

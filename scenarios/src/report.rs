@@ -64,6 +64,9 @@ pub struct Check {
     pub popbridge_only: bool,
     /// How it came out.
     pub status: CheckStatus,
+    /// The 1-based line of the scenario file where the expectation is written (none for
+    /// an implicit one, such as the default `lost = 0`).
+    pub line: Option<usize>,
 }
 
 impl Check {
@@ -475,6 +478,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
             passed: status(passed, only.labels.contains(key), external) != CheckStatus::Failed,
             popbridge_only: only.labels.contains(key),
             status: status(passed, only.labels.contains(key), external),
+            line: s.line_of(&["expect", "labels", key]),
         });
     }
     // Recipients.
@@ -503,6 +507,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
             passed: status(passed, only.labels.contains(key), external) != CheckStatus::Failed,
             popbridge_only: only.labels.contains(key),
             status: status(passed, only.labels.contains(key), external),
+            line: s.line_of(&["expect", "recipients", key]),
         });
     }
     // Lost and duplicates.
@@ -524,6 +529,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         passed: status(decided.lost == expect.lost, only.lost, external) != CheckStatus::Failed,
         popbridge_only: only.lost,
         status: status(decided.lost == expect.lost, only.lost, external),
+        line: s.line_of(&["expect", "lost"]),
     });
     let dup_names: Vec<String> = decided
         .messages
@@ -553,6 +559,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         passed: status(dups_ok, only.duplicates, external) != CheckStatus::Failed,
         popbridge_only: only.duplicates,
         status: status(dups_ok, only.duplicates, external),
+        line: s.line_of(&["expect", "duplicates"]),
     });
     // Events.
     let mut events: BTreeMap<String, u64> = BTreeMap::new();
@@ -580,6 +587,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
             passed: st != CheckStatus::Failed,
             popbridge_only: true,
             status: st,
+            line: s.line_of(&["expect", "events", kind]),
         });
     }
 
@@ -639,6 +647,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
             } else {
                 CheckStatus::Failed
             },
+            line: s.line_of(&["run", "settle"]),
         });
     }
     if obs.skipped.is_some() {
@@ -731,4 +740,49 @@ fn summarise(items: &[String]) -> String {
         let _ = write!(s, "; and {} more", items.len() - SHOWN);
     }
     s
+}
+
+/// A scenario file that could not be read or does not parse: a structured entry of the
+/// JSON report (`invalid`) and a failing testcase of the JUnit report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvalidFile {
+    /// The file, as given.
+    pub file: String,
+    /// The 1-based line the problem is on, when known.
+    pub line: Option<usize>,
+    /// The key path the problem is about (`pop3.mailbox[0].message[1].size`), when known.
+    pub key: Option<String>,
+    /// What is wrong, without the file, line and key.
+    pub message: String,
+}
+
+impl InvalidFile {
+    /// The entry for `file`, which failed to load with `e`.
+    pub fn new(file: &std::path::Path, e: &crate::Error) -> Self {
+        let message = match e {
+            crate::Error::Invalid { message, .. } => message.clone(),
+            crate::Error::Read { source, .. } => format!("cannot read: {source}"),
+            other => other.to_string(),
+        };
+        Self {
+            file: file.display().to_string(),
+            line: e.line(),
+            key: e.key().map(str::to_string),
+            message,
+        }
+    }
+
+    /// `file:line: key: message`, as the table mode prints it.
+    pub fn line_text(&self) -> String {
+        let mut s = self.file.clone();
+        if let Some(l) = self.line {
+            let _ = write!(s, ":{l}");
+        }
+        s.push_str(": ");
+        if let Some(k) = &self.key {
+            let _ = write!(s, "{k}: ");
+        }
+        s.push_str(&self.message);
+        s
+    }
 }

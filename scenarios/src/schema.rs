@@ -658,9 +658,18 @@ pub struct Scenario {
     pub crashes: BTreeMap<u32, FailPoint>,
     /// A deliberately broken popbridge.
     pub sabotage: Option<Sabotage>,
+    /// The 1-based line of each expectation written in the file, by key path
+    /// (`["expect", "labels", "good"]`, `["expect", "lost"]`, `["run", "settle"]`).
+    pub lines: BTreeMap<Vec<String>, usize>,
 }
 
 impl Scenario {
+    /// The line of the key at `path` (see [`Scenario::lines`]), when the file has it.
+    pub fn line_of(&self, path: &[&str]) -> Option<usize> {
+        let key: Vec<String> = path.iter().map(|s| (*s).to_string()).collect();
+        self.lines.get(&key).copied()
+    }
+
     /// True when the scenario involves time: a `delay` fault on either server, or a
     /// `[pop3] login_delay`.
     pub fn involves_time(&self) -> bool {
@@ -1017,8 +1026,10 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         }
     }
 
+    let lines = expectation_lines(cx, &file);
     let scenario = Scenario {
         path: cx.path.to_path_buf(),
+        lines,
         file,
         mailboxes,
         messages,
@@ -1049,6 +1060,37 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
     crate::world::connector_config(&scenario, &crate::world::Endpoints::placeholder())
         .map_err(|e| map_config_error(cx, &scenario, &e))?;
     Ok(scenario)
+}
+
+/// Where each expectation is written: the lines of `[expect]`'s keys (each label,
+/// recipient list and event kind; `lost`, `duplicates`) and of `[run] settle`.
+fn expectation_lines(cx: &Ctx<'_>, file: &ScenarioFile) -> BTreeMap<Vec<String>, usize> {
+    let mut paths: Vec<Vec<String>> = vec![
+        vec!["expect".into(), "lost".into()],
+        vec!["expect".into(), "duplicates".into()],
+        vec!["run".into(), "settle".into()],
+    ];
+    for (table, keys) in [
+        ("labels", file.expect.labels.keys().collect::<Vec<_>>()),
+        ("recipients", file.expect.recipients.keys().collect()),
+        ("events", file.expect.events.keys().collect()),
+    ] {
+        paths.extend(
+            keys.into_iter()
+                .map(|k| vec!["expect".into(), table.into(), k.clone()]),
+        );
+    }
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let at = p.iter().fold(KeyPath::root(), |at, k| at.key(k));
+            // Only a key written in the file has a line of its own (a default has none).
+            if !cx.loc.has(&at.0) {
+                return None;
+            }
+            cx.loc.line(&at.0).map(|line| (p, line))
+        })
+        .collect()
 }
 
 fn check_selector(

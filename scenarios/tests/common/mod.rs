@@ -31,3 +31,17 @@ pub fn require_fetchmail() -> bool {
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// True when `name` is installed; skips with a printed reason otherwise, or fails when
+/// `POPBRIDGE_REQUIRE_PEERS=1` (CI).
+pub fn require_tool(name: &str) -> bool {
+    if tool(name).is_some() {
+        return true;
+    }
+    assert!(
+        !std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1"),
+        "{name} is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"
+    );
+    eprintln!("skipping: {name} not installed (set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)");
+    false
+}
