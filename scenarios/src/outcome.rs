@@ -6,8 +6,10 @@
 //! end of the captured data. Transactions refused before their data (MAIL FROM refused,
 //! a faulted end of data) carry no bytes: such a transaction is attributed by its MAIL FROM
 //! when exactly one message's header sender (Return-Path, else Sender, else From) is that
-//! address, and listed as unattributed otherwise; the connector's events (account and UID)
-//! explain those messages too.
+//! address, or exactly one of those messages was not delivered; otherwise it is listed as
+//! `552 for one of a, b, c` and is each candidate's reason when nothing else explains it
+//! (never "never submitted"). The connector's events (account and UID) explain those
+//! messages too.
 //!
 //! Decision, per message copy, first match wins:
 //! 1. `delivered`: at least one transaction answered 2xx at the end of data and delivered
@@ -175,9 +177,61 @@ pub fn duplicates_of(accepted: &[&Transaction], copies: usize) -> (u32, u32) {
     (unavoidable, avoidable)
 }
 
-/// Which planned message each transaction belongs to. Byte-identical copies share a
-/// Message-ID: their acceptances are handed to the copies in turn.
-fn match_transactions(planned: &[Planned], captured: &[Transaction]) -> Vec<Option<usize>> {
+/// Which planned message each transaction belongs to, and for a transaction without data
+/// that several messages' senders fit, those candidates (attributed to the one that
+/// remains when every other was delivered).
+fn match_transactions(planned: &[Planned], captured: &[Transaction]) -> Attribution {
+    let by_data = match_by_data(planned, captured);
+    let mut by_sender: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if let Some(a) = header_sender(&header_fields(&p.data)) {
+            by_sender.entry(a.to_ascii_lowercase()).or_default().push(i);
+        }
+    }
+    let delivered: std::collections::HashSet<usize> = by_data
+        .iter()
+        .zip(captured)
+        .filter(|(_, t)| t.outcome == SmtpOutcome::Accepted && t.delivered())
+        .filter_map(|(m, _)| *m)
+        .collect();
+    let mut out = Attribution {
+        to: by_data,
+        candidates: vec![Vec::new(); captured.len()],
+    };
+    for (k, t) in captured.iter().enumerate() {
+        if out.to[k].is_some() || !t.data.is_empty() {
+            continue;
+        }
+        let Some(all) = by_sender.get(&t.mail_from.to_ascii_lowercase()) else {
+            continue;
+        };
+        let open: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| !delivered.contains(i))
+            .collect();
+        match open.as_slice() {
+            [one] => out.to[k] = Some(*one),
+            [] => out.candidates[k] = all.clone(),
+            _ => out.candidates[k] = open,
+        }
+    }
+    out
+}
+
+/// Per captured transaction: the message it belongs to, or the messages it may belong to.
+struct Attribution {
+    /// The message each transaction is attributed to.
+    to: Vec<Option<usize>>,
+    /// For an unattributed transaction without data: the messages whose sender it carries
+    /// (every one not delivered; all of them when each was), empty when none fits.
+    candidates: Vec<Vec<usize>>,
+}
+
+/// Which planned message each transaction belongs to by its data. Byte-identical copies
+/// share a Message-ID: their acceptances are handed to the copies in turn. A transaction
+/// without data is attributed when exactly one message's sender is its MAIL FROM.
+fn match_by_data(planned: &[Planned], captured: &[Transaction]) -> Vec<Option<usize>> {
     let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, p) in planned.iter().enumerate() {
         if let Some(m) = p.message_id.as_deref() {
@@ -250,6 +304,7 @@ pub fn transactions_by_message(
     let mut per = vec![Vec::new(); planned.len()];
     let mut none = Vec::new();
     for (t, m) in match_transactions(planned, captured)
+        .to
         .into_iter()
         .enumerate()
     {
@@ -332,6 +387,33 @@ fn smtp_transient(t: &Transaction) -> Option<String> {
     }
 }
 
+/// What a transaction without data did, for one of several messages:
+/// `552 for one of big-1, big-2, big-3` (the reply code; `abandoned` for a session that
+/// ended first).
+fn one_of<'a>(t: &Transaction, names: impl Iterator<Item = &'a str>) -> String {
+    let what = match &t.outcome {
+        SmtpOutcome::Rejected { reply } | SmtpOutcome::Badmail { reply } => reply
+            .split_whitespace()
+            .next()
+            .unwrap_or("refused")
+            .to_string(),
+        SmtpOutcome::Accepted => "accepted".into(),
+        SmtpOutcome::Abandoned => "abandoned".into(),
+    };
+    const SHOWN: usize = 5;
+    let names: Vec<&str> = names.collect();
+    let mut list = names
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    format!("{what} for one of {list}")
+}
+
 fn recipients_of(t: &Transaction) -> Vec<String> {
     t.deliveries
         .iter()
@@ -376,10 +458,24 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
     let matched = match_transactions(planned, &obs.captured);
     let mut per_msg: Vec<Vec<&Transaction>> = vec![Vec::new(); planned.len()];
     let mut unmatched = Vec::new();
-    for (t, m) in obs.captured.iter().zip(&matched) {
+    // Per message: the refusals that were for it or another message, described.
+    let mut shared: Vec<Vec<String>> = vec![Vec::new(); planned.len()];
+    for ((t, m), candidates) in obs
+        .captured
+        .iter()
+        .zip(&matched.to)
+        .zip(&matched.candidates)
+    {
         match m {
             Some(i) => per_msg[*i].push(t),
-            None => unmatched.push(red.apply(&describe_transaction(t))),
+            None if candidates.is_empty() => unmatched.push(red.apply(&describe_transaction(t))),
+            None => {
+                let one_of = one_of(t, candidates.iter().map(|&c| planned[c].name.as_str()));
+                unmatched.push(red.apply(&format!("{one_of}: {}", describe_transaction(t))));
+                for &c in candidates {
+                    shared[c].push(one_of.clone());
+                }
+            }
         }
     }
     let account_of = |user: &str| {
@@ -517,6 +613,7 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
         } else {
             let why = explain_from_events(&evs)
                 .or_else(|| txns.iter().rev().find_map(|t| smtp_transient(t)))
+                .or_else(|| shared[i].last().cloned())
                 .or_else(|| {
                     account_failure
                         .get(&account)
@@ -595,5 +692,123 @@ mod tests {
     #[test]
     fn received_form_matches_the_connectors() {
         assert_eq!(received_form("a b<c>;d"), "abcd");
+    }
+
+    /// One of three large messages from one sender, as a connector that sends no data
+    /// after a refused MAIL FROM leaves them.
+    fn big(name: &str) -> Planned {
+        Planned {
+            label: "big".into(),
+            name: name.into(),
+            user: "info".into(),
+            uid: name.into(),
+            message_id: Some(format!("<{name}@poplab.invalid>")),
+            raw: false,
+            list_size: None,
+            data: bytes::Bytes::from(format!(
+                "Return-Path: <scanner@example.net>\r\nFrom: scanner@example.net\r\n\
+                 Message-ID: <{name}@poplab.invalid>\r\n\r\nbody\r\n"
+            )),
+        }
+    }
+
+    fn transaction(id: u64, data: &[u8], outcome: SmtpOutcome) -> Transaction {
+        let delivered = outcome == SmtpOutcome::Accepted;
+        Transaction {
+            session: 1,
+            id,
+            mail_from: "scanner@example.net".into(),
+            sender: None,
+            params: Vec::new(),
+            recipients: Vec::new(),
+            size: data.len() as u64,
+            data: bytes::Bytes::copy_from_slice(data),
+            bdat: false,
+            outcome,
+            deliveries: if delivered {
+                vec![Delivery::Delivered {
+                    recipient: "info@contoso.local".into(),
+                }]
+            } else {
+                Vec::new()
+            },
+            reply_lost: false,
+            acknowledged: true,
+        }
+    }
+
+    fn refused_552(id: u64) -> Transaction {
+        transaction(
+            id,
+            b"",
+            SmtpOutcome::Rejected {
+                reply: "552 5.3.4 Message size exceeds fixed maximum message size".into(),
+            },
+        )
+    }
+
+    fn observed(remaining: &[&str], captured: Vec<Transaction>) -> Observed {
+        let names = ["big-1", "big-2", "big-3"];
+        Observed {
+            mailboxes: vec![MailboxReport {
+                user: "info".into(),
+                remaining: remaining.iter().map(|s| s.to_string()).collect(),
+                retrieved: names.iter().map(|s| s.to_string()).collect(),
+                deleted: names
+                    .iter()
+                    .filter(|n| !remaining.contains(n))
+                    .map(|s| s.to_string())
+                    .collect(),
+                retrievals: 3,
+                remaining_positions: Vec::new(),
+            }],
+            captured,
+            external: true,
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn a_refusal_several_messages_fit_is_shown_for_one_of_them_never_as_never_submitted() {
+        let planned = [big("big-1"), big("big-2"), big("big-3")];
+        let obs = observed(
+            &["big-1", "big-2", "big-3"],
+            vec![refused_552(1), refused_552(2), refused_552(3)],
+        );
+        let d = decide(&planned, &obs);
+        for m in &d.messages {
+            assert_eq!(m.outcome, Outcome::Left, "{m:?}");
+            assert_eq!(m.why, "552 for one of big-1, big-2, big-3", "{m:?}");
+            assert!(!m.why.contains("never submitted"), "{m:?}");
+        }
+        assert_eq!(d.unmatched.len(), 3);
+        assert!(
+            d.unmatched[0].starts_with("552 for one of big-1, big-2, big-3: transaction 1"),
+            "{:?}",
+            d.unmatched
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_attributed_to_the_one_candidate_left_once_the_others_were_delivered() {
+        let planned = [big("big-1"), big("big-2"), big("big-3")];
+        let obs = observed(
+            &["big-3"],
+            vec![
+                transaction(1, &planned[0].data, SmtpOutcome::Accepted),
+                refused_552(2),
+                transaction(3, &planned[1].data, SmtpOutcome::Accepted),
+            ],
+        );
+        let d = decide(&planned, &obs);
+        assert!(d.unmatched.is_empty(), "{:?}", d.unmatched);
+        assert_eq!(d.messages[0].outcome, Outcome::Delivered);
+        assert_eq!(d.messages[1].outcome, Outcome::Delivered);
+        let last = &d.messages[2];
+        assert_eq!(last.outcome, Outcome::Rejected, "{last:?}");
+        assert!(last.why.starts_with("refused: 552 5.3.4"), "{last:?}");
+        let (per, none) = transactions_by_message(&planned, &obs.captured);
+        assert_eq!(per[2], vec![1]);
+        assert!(none.is_empty());
     }
 }

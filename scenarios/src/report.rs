@@ -283,7 +283,10 @@ impl ScenarioReport {
             );
         }
         if !self.unmatched.is_empty() {
-            let _ = writeln!(s, "  SMTP transactions attributed to no message (no data to match, several candidates):");
+            let _ = writeln!(
+                s,
+                "  SMTP transactions tied to no single message (no data to match):"
+            );
             for u in &self.unmatched {
                 let _ = writeln!(s, "    {u}");
             }
