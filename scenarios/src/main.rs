@@ -89,10 +89,15 @@ enum Command {
     },
     /// Starts a scenario's mocks on loopback and prints their addresses as one JSON line
     /// ({"pop3","smtp","mailboxes":[{"user","password"}],"ca"}); on end of standard input
-    /// or Ctrl-C, prints the final state per message as one JSON line.
+    /// or Ctrl-C, prints the final state per message as one JSON line. With --check, then
+    /// judges the scenario's [expect] against it, prints the report and exits like `run`.
     Serve {
         /// The scenario file.
         file: PathBuf,
+        /// On end of input, check the scenario's expectations against what happened:
+        /// print the report and `N passed, M failed`, exit 0 when they held, 1 otherwise.
+        #[arg(long)]
+        check: bool,
     },
     /// Starts only the POP3 mock of a scenario (as `serve` does). For a mock from flags,
     /// use the `mock-pop3` binary.
@@ -123,7 +128,8 @@ enum Sides {
 /// How long the mocks may take to see their sessions end, and to shut down, once stopped.
 const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn serve(file: PathBuf, sides: Sides) -> anyhow::Result<ExitCode> {
+async fn serve(file: PathBuf, sides: Sides, check: bool) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let scenario = match poplab::schema::load(&file) {
         Ok(s) => s,
         Err(e) => {
@@ -176,14 +182,26 @@ async fn serve(file: PathBuf, sides: Sides) -> anyhow::Result<ExitCode> {
     if tokio::time::timeout(STOP_BOUND, idle).await.is_err() {
         eprintln!("poplab: a session was still open; its state is reported as it stands");
     }
-    let state = poplab::serve::final_state(
-        &scenario,
-        pop3.as_ref().map(|h| h.mailboxes()).unwrap_or_default(),
-        smtp.as_ref().map(|h| h.captured()).unwrap_or_default(),
-    );
+    let mailboxes = pop3.as_ref().map(|h| h.mailboxes()).unwrap_or_default();
+    let captured = smtp.as_ref().map(|h| h.captured()).unwrap_or_default();
+    let state = poplab::serve::final_state(&scenario, mailboxes.clone(), captured.clone());
+    let mut code = ExitCode::SUCCESS;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{state}")?;
+        if check {
+            let report = poplab::serve::check(&scenario, mailboxes, captured, started.elapsed());
+            let passed = report.passed();
+            writeln!(out, "{}", report.render_table())?;
+            writeln!(
+                out,
+                "{}",
+                poplab::summary_line(usize::from(passed), usize::from(!passed))
+            )?;
+            if !passed {
+                code = ExitCode::from(1);
+            }
+        }
         out.flush()?;
     }
     if let Some(h) = pop3 {
@@ -193,7 +211,7 @@ async fn serve(file: PathBuf, sides: Sides) -> anyhow::Result<ExitCode> {
         let _ = tokio::time::timeout(STOP_BOUND, h.shutdown()).await;
     }
     drop(dir);
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 async fn chaos(opts: poplab::chaos::Options, json: bool) -> anyhow::Result<ExitCode> {
@@ -314,9 +332,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             return runtime.block_on(chaos(opts, json));
         }
-        Command::Serve { file } => return runtime.block_on(serve(file, Sides::Both)),
-        Command::MockPop3 { scenario } => return runtime.block_on(serve(scenario, Sides::Pop3)),
-        Command::MockSmtp { scenario } => return runtime.block_on(serve(scenario, Sides::Smtp)),
+        Command::Serve { file, check } => return runtime.block_on(serve(file, Sides::Both, check)),
+        Command::MockPop3 { scenario } => {
+            return runtime.block_on(serve(scenario, Sides::Pop3, false))
+        }
+        Command::MockSmtp { scenario } => {
+            return runtime.block_on(serve(scenario, Sides::Smtp, false))
+        }
     };
     let connector = match connector_cmd {
         None => poplab::Connector::Popbridge,

@@ -207,7 +207,9 @@ impl ScenarioReport {
             let _ = writeln!(s, "  SKIPPED: {why}");
             return s;
         }
-        if self.external {
+        if self.external && self.connector == crate::serve::BY_HAND {
+            let _ = writeln!(s, "  connector: {}", self.connector);
+        } else if self.external {
             let _ = writeln!(
                 s,
                 "  connector: {} (external command, once per pass and mailbox)",

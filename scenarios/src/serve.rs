@@ -4,7 +4,8 @@
 //! Responsible for: the address line printed on start (`pop3`, `smtp`, `mailboxes`, `ca`)
 //! and the final state per message (retrieved, deleted, delivered, NDR'd, refused with the
 //! reply, still on the server, the outcome `poplab run` would decide), matched to the
-//! scenario's messages exactly as `outcome` does.
+//! scenario's messages exactly as `outcome` does; with `--check`, the scenario's
+//! `[expect]` judged against that state (the report `poplab run` prints).
 //! Must never: contain connector logic, listen off loopback, or wait without a bound once
 //! told to stop.
 
@@ -15,6 +16,7 @@ use mock_smtp::{Delivery, Outcome as SmtpOutcome, Transaction};
 use serde_json::{json, Value};
 
 use crate::outcome;
+use crate::report::{self, ScenarioReport};
 use crate::world::{account_name, Observed};
 use crate::Scenario;
 
@@ -52,16 +54,7 @@ pub fn final_state(
     captured: Vec<Transaction>,
 ) -> Value {
     let (per, unmatched) = outcome::transactions_by_message(&s.messages, &captured);
-    let obs = Observed {
-        accounts: s
-            .mailboxes
-            .iter()
-            .map(|m| (account_name(&m.user), m.user.clone()))
-            .collect(),
-        mailboxes,
-        captured,
-        ..Observed::default()
-    };
+    let obs = observed(s, mailboxes, captured);
     let decided = outcome::decide(&s.messages, &obs);
     let messages: Vec<Value> = s
         .messages
@@ -115,4 +108,42 @@ pub fn final_state(
         "unmatched": unmatched.iter().map(|&i| outcome::describe(&obs.captured[i])).collect::<Vec<_>>(),
         "retrievals": obs.mailboxes.iter().map(|m| json!({ "user": m.user, "retrievals": m.retrievals })).collect::<Vec<_>>(),
     })
+}
+
+/// What the mocks saw, as a run's observation (no connector events: the connector was run
+/// by hand).
+fn observed(s: &Scenario, mailboxes: Vec<MailboxReport>, captured: Vec<Transaction>) -> Observed {
+    Observed {
+        accounts: s
+            .mailboxes
+            .iter()
+            .map(|m| (account_name(&m.user), m.user.clone()))
+            .collect(),
+        mailboxes,
+        captured,
+        ..Observed::default()
+    }
+}
+
+/// The name a `poplab serve --check` report gives the connector.
+pub const BY_HAND: &str = "run by hand against poplab serve";
+
+/// `poplab serve --check`: the scenario's `[expect]` judged against what the mocks saw, as
+/// for an external connector (popbridge's events and crash points do not apply;
+/// `[expect.popbridge_only]` differences are reported, not failed). `elapsed` is how long
+/// the mocks served.
+pub fn check(
+    s: &Scenario,
+    mailboxes: Vec<MailboxReport>,
+    captured: Vec<Transaction>,
+    elapsed: std::time::Duration,
+) -> ScenarioReport {
+    let obs = Observed {
+        external: true,
+        connector: BY_HAND.into(),
+        elapsed,
+        ..observed(s, mailboxes, captured)
+    };
+    let decided = outcome::decide(&s.messages, &obs);
+    report::build(s, &obs, decided)
 }

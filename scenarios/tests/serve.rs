@@ -182,3 +182,128 @@ fn mock_smtp_from_a_scenario_serves_only_that_side() {
     assert_eq!(hello["delivered"], 1, "{state}");
     assert_eq!(hello["retrieved"], false, "{state}");
 }
+
+/// One message for mailbox info/secret, expected delivered to info@contoso.local.
+const ONE_MESSAGE: &str = r#"description = "one message, fetched by hand"
+
+[[pop3.mailbox]]
+user = "info"
+password = "secret"
+
+[[pop3.mailbox.message]]
+label = "hello"
+from = "alice@example.net"
+subject = "hello"
+
+[expect.labels]
+hello = "delivered"
+
+[expect.recipients]
+hello = ["info@contoso.local"]
+"#;
+
+impl Served {
+    /// Closes standard input and returns the exit code and everything printed after.
+    fn finish(&mut self) -> (Option<i32>, String) {
+        drop(self.child.stdin.take());
+        let mut out = String::new();
+        while let Ok(line) = self.lines.recv_timeout(BOUND) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let status = self.child.wait().expect("poplab exits");
+        (status.code(), out)
+    }
+}
+
+/// A line reader over `s` that checks each reply starts with `code` (multi-line SMTP
+/// replies read whole; an empty `code` reads exactly one line, such as a body line).
+fn replies(s: &std::net::TcpStream) -> impl FnMut(&str) -> String {
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    move |code: &str| loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with(code), "{line}");
+        if code.is_empty()
+            || !line.starts_with(|c: char| c.is_ascii_digit())
+            || line.as_bytes().get(3) == Some(&b' ')
+        {
+            break line;
+        }
+    }
+}
+
+#[test]
+fn serve_check_with_nothing_fetched_fails_the_expectations_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("one.toml");
+    std::fs::write(&case, ONE_MESSAGE).unwrap();
+    let mut served = Served::start(&["serve", "--check", case.to_str().unwrap()]);
+    let _ = served.json_line();
+    let (code, out) = served.finish();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("hello: expected delivered, got left"), "{out}");
+    assert!(out.trim_end().ends_with("0 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn serve_check_after_a_delivery_by_hand_passes_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = dir.path().join("one.toml");
+    std::fs::write(&case, ONE_MESSAGE).unwrap();
+    let mut served = Served::start(&["serve", "--check", case.to_str().unwrap()]);
+    let addrs = served.json_line();
+
+    // POP3 by hand: RETR the message, keep its dot-stuffed lines and final dot as sent.
+    let mut pop = std::net::TcpStream::connect(addrs["pop3"].as_str().unwrap()).unwrap();
+    let mut pop_reply = replies(&pop);
+    pop_reply("+OK");
+    for cmd in ["USER info\r\n", "PASS secret\r\n"] {
+        pop.write_all(cmd.as_bytes()).unwrap();
+        pop_reply("+OK");
+    }
+    pop.write_all(b"RETR 1\r\n").unwrap();
+    pop_reply("+OK");
+    let mut body = String::new();
+    loop {
+        let line = pop_reply("");
+        body.push_str(&line);
+        if line == ".\r\n" {
+            break;
+        }
+    }
+    assert!(
+        body.contains("Message-ID: <hello@poplab.invalid>"),
+        "{body}"
+    );
+
+    // SMTP by hand.
+    let mut smtp = std::net::TcpStream::connect(addrs["smtp"].as_str().unwrap()).unwrap();
+    let mut smtp_reply = replies(&smtp);
+    smtp_reply("220");
+    for (cmd, code) in [
+        ("EHLO t\r\n", "250"),
+        ("MAIL FROM:<alice@example.net>\r\n", "250"),
+        ("RCPT TO:<info@contoso.local>\r\n", "250"),
+        ("DATA\r\n", "354"),
+    ] {
+        smtp.write_all(cmd.as_bytes()).unwrap();
+        smtp_reply(code);
+    }
+    smtp.write_all(body.as_bytes()).unwrap();
+    smtp_reply("250");
+    smtp.write_all(b"QUIT\r\n").unwrap();
+    smtp_reply("221");
+
+    for cmd in ["DELE 1\r\n", "QUIT\r\n"] {
+        pop.write_all(cmd.as_bytes()).unwrap();
+        pop_reply("+OK");
+    }
+    drop((pop, smtp));
+
+    let (code, out) = served.finish();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("PASS:"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 0 failed"), "{out}");
+}

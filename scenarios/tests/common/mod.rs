@@ -34,6 +34,7 @@ pub fn root() -> &'static Path {
 
 /// True when `name` is installed; skips with a printed reason otherwise, or fails when
 /// `POPBRIDGE_REQUIRE_PEERS=1` (CI).
+#[allow(dead_code)]
 pub fn require_tool(name: &str) -> bool {
     if tool(name).is_some() {
         return true;
