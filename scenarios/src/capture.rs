@@ -133,7 +133,7 @@ pub async fn capture(o: &CaptureOptions, spool: &Path) -> Result<Capture, Captur
         allow_plaintext: true,
         connect_timeout: o.timeout,
         command_timeout: o.timeout,
-        data_timeout: o.timeout * 10,
+        data_timeout: o.timeout.saturating_mul(10),
     };
     let auth = pop3::connect(&TcpDialer, &settings).await?;
     let mut t = auth
@@ -147,7 +147,8 @@ pub async fn capture(o: &CaptureOptions, spool: &Path) -> Result<Capture, Captur
     };
     let mut messages = Vec::with_capacity(sizes.len());
     for &(n, size) in &sizes {
-        t.send_retr(n, size.saturating_mul(2).saturating_add(64 * 1024));
+        // Generous: a server whose LIST understates a message still gets it captured.
+        t.send_retr(n, size.saturating_mul(2).saturating_add(16 << 20));
         let body = match t.next(spool, IN_MEMORY).await? {
             Response::Retr { body, .. } => body,
             Response::Refused { reply, .. } => {

@@ -1,6 +1,7 @@
 //! `poplab`: runs scenario files (against popbridge in-process or an external command) and
 //! reports, per label, what became of every message; `chaos` searches seeded fault
-//! schedules for lost or duplicated mail; `serve`, `mock-pop3`, `mock-smtp` start a
+//! schedules for lost or duplicated mail; `capture` writes a real mailbox as a scenario
+//! (read-only); `serve`, `mock-pop3`, `mock-smtp` start a
 //! scenario's mocks standalone.
 //!
 //! A thin shell over the library: arguments, the runtime, printing, exit codes

@@ -51,6 +51,7 @@ pub fn require_tools(names: &[&str]) -> bool {
 }
 
 /// The scenarios crate's folder.
+#[allow(dead_code)]
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
