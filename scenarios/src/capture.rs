@@ -27,10 +27,10 @@ use sha2::Sha256;
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// The TLS configuration could not be built.
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Tls(#[from] net::TlsError),
     /// The POP3 session failed.
-    #[error("POP3: {0}")]
+    #[error("POP3 session")]
     Pop3(#[from] Pop3Error),
     /// The server answered a RETR with -ERR.
     #[error("the server refused RETR {msg}: {reply}")]
