@@ -44,7 +44,7 @@ pub enum CaptureError {
     #[error("POP3 reply out of step: {0}")]
     OutOfStep(String),
     /// A message body could not be read back.
-    #[error("reading message {msg}: {source}")]
+    #[error("reading message {msg}")]
     Body {
         /// The message number.
         msg: u32,
@@ -52,7 +52,7 @@ pub enum CaptureError {
         source: std::io::Error,
     },
     /// A file could not be written.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}", path = path.display())]
     Write {
         /// The file.
         path: PathBuf,
