@@ -1092,6 +1092,13 @@ impl Transaction {
         Ok(response)
     }
 
+    /// RSET: the server unmarks every message marked deleted in this session (a
+    /// read-only client sends it before QUIT, so the QUIT commits nothing).
+    pub async fn rset(&mut self) -> Result<Pop3Reply, Pop3Error> {
+        self.wire.queue("RSET\r\n", "RSET");
+        self.wire.ok("RSET").await
+    }
+
     /// QUIT: the server applies the deletions (UPDATE state). Pending replies are read
     /// first, each as bounded as when it was sent (bodies are dropped, never spooled).
     pub async fn quit(mut self) -> Result<Pop3Reply, Pop3Error> {

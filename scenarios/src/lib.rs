@@ -8,6 +8,7 @@
 //! Must never: contain connector logic (popbridge is driven through its public API only),
 //! or panic on a bad scenario file (every problem is an [`Error`] naming file, line, key).
 
+pub mod capture;
 pub mod chaos;
 pub mod external;
 pub mod generate;

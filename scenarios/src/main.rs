@@ -1,6 +1,7 @@
 //! `poplab`: runs scenario files (against popbridge in-process or an external command) and
 //! reports, per label, what became of every message; `chaos` searches seeded fault
-//! schedules for lost or duplicated mail; `serve`, `mock-pop3`, `mock-smtp` start a
+//! schedules for lost or duplicated mail; `capture` writes a real mailbox as a scenario
+//! (read-only); `serve`, `mock-pop3`, `mock-smtp` start a
 //! scenario's mocks standalone.
 //!
 //! A thin shell over the library: arguments, the runtime, printing, exit codes
@@ -115,6 +116,160 @@ enum Command {
         #[arg(long)]
         scenario: PathBuf,
     },
+    /// Reads a real POP3 mailbox without changing it (CAPA, LIST, UIDL, RETR; never DELE;
+    /// RSET before QUIT) and writes DIR/capture.toml and DIR/fixtures/*.eml (mode 0600), a
+    /// scenario that replays it. The password comes from --password-env, --password-file
+    /// or, when neither is given, a prompt; never from the command line.
+    Capture {
+        /// The server's host.
+        #[arg(long)]
+        host: String,
+        /// The server's port (default 110, or 995 with --tls implicit).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The login name.
+        #[arg(long)]
+        user: String,
+        /// The environment variable holding the password.
+        #[arg(long, conflicts_with = "password_file")]
+        password_env: Option<String>,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// TLS: none | starttls | implicit (as popbridge's `tls`).
+        #[arg(long, default_value = "starttls")]
+        tls: String,
+        /// A CA certificate (or the server's own) to trust besides the system roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Keep headers only; bodies become filler of the same size.
+        #[arg(long)]
+        headers_only: bool,
+        /// Also replace addresses, names and subjects by stable pseudonyms (keyed hash;
+        /// implies --headers-only). The key comes from --redact-key-file, else is random.
+        #[arg(long)]
+        redact: bool,
+        /// A file holding the redaction key (the same key gives the same pseudonyms).
+        #[arg(long, requires = "redact")]
+        redact_key_file: Option<PathBuf>,
+        /// Seconds to wait for each reply.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The folder to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// The `capture` subcommand's arguments.
+struct CaptureArgs {
+    host: String,
+    port: Option<u16>,
+    user: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    tls: String,
+    ca_file: Option<PathBuf>,
+    headers_only: bool,
+    redact: bool,
+    redact_key_file: Option<PathBuf>,
+    timeout: u64,
+    out: PathBuf,
+}
+
+/// The password: from the named variable, the file's first line, or a prompt on the
+/// terminal (echo off through `stty`).
+fn read_password(a: &CaptureArgs) -> anyhow::Result<String> {
+    if let Some(var) = &a.password_env {
+        return std::env::var(var).with_context(|| format!("--password-env: ${var} is not set"));
+    }
+    if let Some(file) = &a.password_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--password-file {}", file.display()))?;
+        return Ok(text.lines().next().unwrap_or_default().to_string());
+    }
+    eprint!("password for {}@{}: ", a.user, a.host);
+    let _ = std::io::stderr().flush();
+    let stty = |arg: &str| {
+        std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status()
+    };
+    let _ = stty("-echo");
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line);
+    let _ = stty("echo");
+    eprintln!();
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+async fn capture(a: CaptureArgs) -> anyhow::Result<ExitCode> {
+    use popbridge::config::TlsMode;
+    let tls = match a.tls.as_str() {
+        "none" => TlsMode::None,
+        "starttls" => TlsMode::StartTls,
+        "implicit" => TlsMode::Implicit,
+        other => anyhow::bail!("--tls: expected none, starttls or implicit, not {other:?}"),
+    };
+    let port = a
+        .port
+        .unwrap_or(if tls == TlsMode::Implicit { 995 } else { 110 });
+    let password = popbridge::secret::Secret::new(read_password(&a)?);
+    let redact_key = if a.redact {
+        Some(match &a.redact_key_file {
+            Some(f) => {
+                std::fs::read(f).with_context(|| format!("--redact-key-file {}", f.display()))?
+            }
+            None => {
+                use rand::RngCore as _;
+                let mut k = vec![0u8; 32];
+                rand::thread_rng().fill_bytes(&mut k);
+                k
+            }
+        })
+    } else {
+        None
+    };
+    let opts = poplab::capture::CaptureOptions {
+        host: a.host.clone(),
+        port,
+        user: a.user.clone(),
+        password,
+        tls,
+        ca_file: a.ca_file.clone(),
+        headers_only: a.headers_only,
+        redact_key,
+        timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+    };
+    let spool = tempfile::tempdir().context("a spool folder")?;
+    let captured = poplab::capture::capture(&opts, spool.path())
+        .await
+        .with_context(|| format!("capturing {}:{port}", a.host))?;
+    let mut source = format!("{}:{port} (tls {})", a.host, a.tls);
+    if a.redact {
+        source.push_str(", redacted");
+    } else if a.headers_only {
+        source.push_str(", headers only");
+    } else {
+        source = format!("user {} at {source}", a.user);
+    }
+    popbridge::private::create_dir_all(&a.out)
+        .with_context(|| format!("creating {}", a.out.display()))?;
+    if popbridge::private::readable_by_others(&a.out) {
+        eprintln!(
+            "poplab: warning: {} can be listed or read by other users; the captured mail is in it",
+            a.out.display()
+        );
+    }
+    let path = poplab::capture::write(&captured, &a.out, &source)?;
+    println!(
+        "captured {} messages into {}",
+        captured.messages.len(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Which mocks `serve` starts.
@@ -338,6 +493,35 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         Command::MockSmtp { scenario } => {
             return runtime.block_on(serve(scenario, Sides::Smtp, false))
+        }
+        Command::Capture {
+            host,
+            port,
+            user,
+            password_env,
+            password_file,
+            tls,
+            ca_file,
+            headers_only,
+            redact,
+            redact_key_file,
+            timeout,
+            out,
+        } => {
+            return runtime.block_on(capture(CaptureArgs {
+                host,
+                port,
+                user,
+                password_env,
+                password_file,
+                tls,
+                ca_file,
+                headers_only,
+                redact,
+                redact_key_file,
+                timeout,
+                out,
+            }))
         }
     };
     let connector = match connector_cmd {

@@ -15,6 +15,7 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 
 /// True when fetchmail is installed; skips with a printed reason otherwise, or fails when
 /// `POPBRIDGE_REQUIRE_PEERS=1` (CI).
+#[allow(dead_code)]
 pub fn require_fetchmail() -> bool {
     if tool("fetchmail").is_some() {
         return true;
@@ -27,7 +28,30 @@ pub fn require_fetchmail() -> bool {
     false
 }
 
+/// True when every one of `names` is installed; skips with a printed reason otherwise, or
+/// fails when `POPBRIDGE_REQUIRE_PEERS=1` (CI).
+#[allow(dead_code)]
+pub fn require_tools(names: &[&str]) -> bool {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| tool(n).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        !std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1"),
+        "{missing:?} required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"
+    );
+    eprintln!(
+        "skipping: {missing:?} not installed (set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)"
+    );
+    false
+}
+
 /// The scenarios crate's folder.
+#[allow(dead_code)]
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
