@@ -295,9 +295,20 @@ fn event_account_uid(e: &Event) -> Option<(&str, &str)> {
 /// Why a message that was not delivered stayed (or went): the latest telling event.
 fn explain_from_events(events: &[&Event]) -> Option<String> {
     events.iter().rev().find_map(|e| match e {
-        Event::SkippedOversize { size, limit, .. } => Some(format!(
-            "message.skipped_oversize: {size} octets over the {limit}-octet limit, not downloaded"
-        )),
+        Event::SkippedOversize {
+            size, limit, named, ..
+        } => {
+            let mut s = format!(
+                "message.skipped_oversize: {size} octets over the {limit}-octet limit, not downloaded"
+            );
+            if let Some(from) = &named.from {
+                s.push_str(&format!(", from {from}"));
+            }
+            if let Some(subject) = &named.subject {
+                s.push_str(&format!(", subject {subject:?}"));
+            }
+            Some(s)
+        }
         Event::Rejected {
             reply, failures, ..
         } => Some(if *failures > 0 {

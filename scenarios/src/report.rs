@@ -161,6 +161,13 @@ pub struct ScenarioReport {
     /// Why the scenario was not run at all with this connector (it needs what the
     /// connector cannot be given); then nothing was checked.
     pub skipped: Option<String>,
+    /// The connector profile of this run, when `[run] profiles` names several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// With `[run] profiles`: the runs of the further profiles, in the order written
+    /// (this report is the first profile's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ScenarioReport>,
 }
 
 impl ScenarioReport {
@@ -175,8 +182,42 @@ impl ScenarioReport {
         self.skipped.is_some()
     }
 
-    /// The failed expectations, one `what: expected X, got Y (why)` line each.
+    /// One report of the runs of one file (the first run's, the others in `profiles`),
+    /// passed only when every run passed.
+    pub fn combine(mut runs: Vec<ScenarioReport>) -> ScenarioReport {
+        if runs.len() <= 1 {
+            if let Some(only) = runs.pop() {
+                return only;
+            }
+        }
+        let mut first = runs.remove(0);
+        first.passed = first.passed && runs.iter().all(|r| r.passed);
+        first.profiles = runs;
+        first
+    }
+
+    /// Every run of this report: itself, then the further profiles' runs.
+    pub fn runs(&self) -> impl Iterator<Item = &ScenarioReport> {
+        std::iter::once(self).chain(self.profiles.iter())
+    }
+
+    /// The failed expectations, one `what: expected X, got Y (why)` line each (prefixed
+    /// with `[PROFILE]` when the scenario ran under several profiles).
     pub fn failures(&self) -> Vec<String> {
+        if self.profiles.is_empty() {
+            return self.own_failures();
+        }
+        self.runs()
+            .flat_map(|r| {
+                let p = r.profile.clone().unwrap_or_default();
+                r.own_failures()
+                    .into_iter()
+                    .map(move |f| format!("[{p}] {f}"))
+            })
+            .collect()
+    }
+
+    fn own_failures(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .error
             .iter()
@@ -191,10 +232,22 @@ impl ScenarioReport {
         out
     }
 
-    /// The report as a table for people.
+    /// The report as a table for people (with several profiles: one table per profile,
+    /// one after the other, each headed with its profile).
     pub fn render_table(&self) -> String {
+        let mut s = self.render_one();
+        for r in &self.profiles {
+            s.push_str(&r.render_one());
+        }
+        s
+    }
+
+    fn render_one(&self) -> String {
         let mut s = String::new();
         let _ = write!(s, "== {}", self.name);
+        if let Some(p) = &self.profile {
+            let _ = write!(s, " [profile {p}]");
+        }
         if let Some(d) = &self.description {
             let _ = write!(s, ": {d}");
         }
@@ -706,6 +759,8 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         not_applicable,
         timeout_ms: s.timeout.as_millis() as u64,
         skipped: obs.skipped.clone(),
+        profile: s.profile.clone(),
+        profiles: Vec::new(),
     }
 }
 
