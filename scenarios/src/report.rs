@@ -168,6 +168,20 @@ pub struct ScenarioReport {
     /// (this report is the first profile's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<ScenarioReport>,
+    /// Messages with attachments: their attachments' size and their size on the wire.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachment_sizes: Vec<AttachmentSize>,
+}
+
+/// One message with attachments: declared (decoded) size against octets on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachmentSize {
+    /// The message's name (label, or `label-n`).
+    pub name: String,
+    /// Its attachments' decoded octets in all.
+    pub attachments: u64,
+    /// The whole message's octets as generated (base64 and headers included).
+    pub wire: u64,
 }
 
 impl ScenarioReport {
@@ -297,6 +311,13 @@ impl ScenarioReport {
                 w1 = widths[1],
                 w2 = widths[2],
                 w3 = widths[3],
+            );
+        }
+        for a in &self.attachment_sizes {
+            let _ = writeln!(
+                s,
+                "  size of {}: attachments {} octets, {} octets on the wire",
+                a.name, a.attachments, a.wire
             );
         }
         let find = |what: &str| self.checks.iter().find(|c| c.what == what);
@@ -761,6 +782,16 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         skipped: obs.skipped.clone(),
         profile: s.profile.clone(),
         profiles: Vec::new(),
+        attachment_sizes: s
+            .messages
+            .iter()
+            .filter(|p| p.attachment_octets > 0)
+            .map(|p| AttachmentSize {
+                name: p.name.clone(),
+                attachments: p.attachment_octets,
+                wire: p.data.len() as u64,
+            })
+            .collect(),
     }
 }
 

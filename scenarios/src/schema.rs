@@ -229,6 +229,27 @@ pub struct MessageSpec {
     /// With `count`: every copy byte-identical (the same Message-ID and Subject), as a
     /// mailbox can hold the same message twice.
     pub identical: Option<bool>,
+    /// Attachments: the message becomes multipart/mixed, built with mail-builder.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentSpec>,
+    /// An HTML alternative of the text part (multipart/alternative).
+    pub html: Option<bool>,
+}
+
+/// `attachments = [{ size = "15MB", type = "application/pdf", name = "scan.pdf" }]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentSpec {
+    /// Decoded size of the attachment.
+    pub size: Scalar,
+    /// Its MIME type.
+    #[serde(rename = "type")]
+    pub content_type: String,
+    /// Its file name (any Unicode; encoded as MIME requires).
+    pub name: String,
+    /// True: an inline part (an image the HTML shows), not an attachment.
+    #[serde(default)]
+    pub inline: bool,
 }
 
 /// `body = "..."`: what a generated message's body holds besides plain CRLF lines.
@@ -1797,6 +1818,36 @@ mod tests {
         let one = parse_all("", Path::new("cases/x.toml")).unwrap();
         assert_eq!(one.len(), 1);
         assert!(one[0].profile.is_none());
+    }
+
+    #[test]
+    fn bad_attachments_are_errors_with_their_key() {
+        let m = "[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nlabel = \"a\"\n";
+        let e = err(&format!(
+            "{m}size = \"1MB\"\nattachments = [{{ size = \"1MB\", type = \"application/pdf\", name = \"a.pdf\" }}]\n"
+        ));
+        assert_eq!(e.key(), Some("pop3.mailbox[0].message[0].size"), "{e}");
+        let e = err(&format!(
+            "{m}attachments = [{{ size = \"1MB\", type = \"pdf\", name = \"a.pdf\" }}]\n"
+        ));
+        assert_eq!(
+            e.key(),
+            Some("pop3.mailbox[0].message[0].attachments[0].type"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{m}attachments = [{{ size = \"-1\", type = \"application/pdf\", name = \"a.pdf\" }}]\n"
+        ));
+        assert_eq!(
+            e.key(),
+            Some("pop3.mailbox[0].message[0].attachments[0].size"),
+            "{e}"
+        );
+        let ok = format!(
+            "{m}html = true\nattachments = [{{ size = \"2KB\", type = \"image/png\", name = \"i.png\", inline = true }}]\n"
+        );
+        let s = parse(&ok, Path::new("cases/x.toml")).unwrap();
+        assert_eq!(s.messages[0].attachment_octets, 2048);
     }
 
     #[test]
