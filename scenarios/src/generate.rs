@@ -10,9 +10,13 @@
 //! `accounts`, `a..b@example.net`), which an address-aware builder re-quotes or refuses;
 //! a single text/plain part needs no MIME boundary; and the size must be hit to the
 //! octet. A dozen `Name: value` lines give byte-stable output across crate versions.
+//! Messages with `attachments` or `html` take the same hand-written headers, and their
+//! MIME body from mail-builder (fixed boundaries named after the message, attachment
+//! content from a ChaCha generator seeded with the message's name and part number).
 //!
-//! Must never: contain connector logic, use the clock or a random source, or add a
-//! header to a raw fixture.
+//! Must never: contain connector logic, use the clock or an unseeded random source (such
+//! as mail-builder's own boundaries, Message-ID or Date), or add a header to a raw
+//! fixture.
 
 use std::collections::BTreeSet;
 use std::path::Path;
