@@ -460,6 +460,18 @@ Exit codes: 0 safe; 1 mail can be lost or stuck, or messages on the server will 
 delivered; 2 configuration error; 5 a limit is unknown.
 ";
 
+/// Octets a message with one attachment needs besides the attachment's base64 lines: its
+/// header, the text part and the MIME part headers.
+pub const ATTACHMENT_ALLOWANCE: u64 = 4096;
+
+/// The largest attachment (decoded octets) whose message fits `limit`: base64 turns 3
+/// octets into 4 characters, in lines of 76 characters plus CRLF, after
+/// [`ATTACHMENT_ALLOWANCE`] octets of everything else.
+pub fn largest_attachment(limit: u64) -> u64 {
+    let lines = limit.saturating_sub(ATTACHMENT_ALLOWANCE) / 78;
+    lines * 76 / 4 * 3
+}
+
 /// The largest message popbridge downloads for `account`, octets; `None` = no limit known.
 ///
 /// Profile `default`: the smallest known of `limits.max_message_size`, `smtp_size` (the
@@ -936,7 +948,20 @@ fn render_account(out: &mut String, a: &AccountReport) {
             "mailbox_receive_limit (Exchange, after 250: NDR)",
             exchange_row(a.mailbox, "the account's mailbox_receive_limit"),
         ),
-        ("popbridge downloads up to", effective),
+        ("popbridge downloads up to", effective.clone()),
+        (
+            "largest attachment that fits (base64)",
+            a.effective.map_or_else(
+                || "unknown (no limit known)".to_string(),
+                |e| {
+                    format!(
+                        "about {}; base64 adds a third, {} octets kept for headers and text",
+                        exact_size(largest_attachment(e)),
+                        ATTACHMENT_ALLOWANCE
+                    )
+                },
+            ),
+        ),
     ];
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &rows {
@@ -1307,6 +1332,7 @@ deliver_to = "info@contoso.local"
         assert_eq!(r.exit_code(), EXIT_UNKNOWN);
         assert!(!r.can_lose_mail());
         assert!(r.render().contains("run with --probe"));
+        assert!(r.render().contains("largest attachment that fits (base64)"));
         // sbs2008 assumes the 10 MB default for the bands, but the verdict waits for SIZE.
         let c = config("sbs2008", "auto", Some("5MB"), Some("unlimited"));
         let r = report(&c, None, None);
@@ -1694,5 +1720,24 @@ deliver_to = "info@contoso.local"
         assert!(!text.contains("--probe"), "{text}");
         assert_eq!(r.exit_code(), EXIT_UNKNOWN);
         assert!(!text.contains("hunter2"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod attachment_tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_attachment_grows_by_base64_into_the_limit() {
+        let limit = 10 * 1024 * 1024;
+        let a = largest_attachment(limit);
+        // Its message: base64 lines of 76 characters plus CRLF, plus the allowance.
+        let chars = a.div_ceil(3) * 4;
+        let wire = chars + chars.div_ceil(76) * 2 + ATTACHMENT_ALLOWANCE;
+        assert!(wire <= limit, "{wire} > {limit}");
+        // ... and it is the largest such, within one base64 line.
+        assert!(limit - wire < 78 + 4, "{} octets unused", limit - wire);
+        assert_eq!(largest_attachment(0), 0);
+        assert!(a < limit * 3 / 4 && a > limit * 7 / 10, "{a}");
     }
 }

@@ -351,6 +351,16 @@ fn safe_name(key: &str) -> String {
         .collect()
 }
 
+/// Splits `work` at its first message (lowest message number) over `over`: what is kept
+/// (that message and every message before it in maildrop order) and what waits behind it.
+/// Without an oversize message, everything is kept.
+fn stall_at_first_oversize(work: Vec<Item>, over: u64) -> (Vec<Item>, Vec<Item>) {
+    let Some(first) = work.iter().filter(|i| i.size > over).map(|i| i.n).min() else {
+        return (work, Vec::new());
+    };
+    work.into_iter().partition(|i| i.n <= first)
+}
+
 /// A message to retrieve this pass.
 #[derive(Debug, Clone)]
 struct Item {
@@ -1480,6 +1490,33 @@ impl Run<'_> {
         let ceiling = self.cx.config.limits.max_download_size;
         let over = limit.map_or(ceiling, |l| l.min(ceiling));
         let limit = Some(over);
+        // Under sbs2008, the old connector's documented field behaviour: the first message
+        // over the limit (in maildrop order) stops the mailbox's pass, so nothing behind it
+        // arrives, on this pass or any later one while it stays on the server.
+        let (work, behind) = if self.sbs {
+            stall_at_first_oversize(work, over)
+        } else {
+            (work, Vec::new())
+        };
+        if let Some(first) = work
+            .iter()
+            .filter(|i| i.size > over)
+            .map(|i| i.label())
+            .next()
+        {
+            for item in &behind {
+                self.summary.deferred += 1;
+                self.emit_left(Event::Deferred {
+                    account: a.name.clone(),
+                    uid: item.label(),
+                    reason: format!(
+                        "behind oversize message {first}: the sbs2008 profile stops the \
+                         mailbox's pass at the first message over the limit"
+                    ),
+                    named: Named::default(),
+                });
+            }
+        }
         // Oversize messages are never downloaded; TOP names them where the server allows.
         let (oversize, mut todo): (Vec<Item>, Vec<Item>) =
             work.into_iter().partition(|item| item.size > over);
@@ -2499,5 +2536,43 @@ mod history_tests {
             (Outcome::Stuck, None),
             "stuck outranks backlog"
         );
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    fn item(n: u32, size: u64) -> Item {
+        Item {
+            n,
+            size,
+            key: Some(format!("u{n}")),
+            alone: false,
+            next: None,
+        }
+    }
+
+    #[test]
+    fn sbs2008_stall_keeps_what_precedes_the_first_oversize_message() {
+        // A suspect (appended last) with a low number still precedes the oversize message.
+        let work = vec![
+            item(2, 10),
+            item(3, 500),
+            item(4, 10),
+            item(5, 600),
+            item(1, 10),
+        ];
+        let (kept, behind) = stall_at_first_oversize(work, 100);
+        let ns = |v: &[Item]| v.iter().map(|i| i.n).collect::<Vec<_>>();
+        assert_eq!(ns(&kept), [2, 3, 1]);
+        assert_eq!(ns(&behind), [4, 5]);
+    }
+
+    #[test]
+    fn sbs2008_stall_changes_nothing_without_an_oversize_message() {
+        let (kept, behind) = stall_at_first_oversize(vec![item(1, 10), item(2, 100)], 100);
+        assert_eq!(kept.len(), 2);
+        assert!(behind.is_empty());
     }
 }

@@ -10,9 +10,13 @@
 //! `accounts`, `a..b@example.net`), which an address-aware builder re-quotes or refuses;
 //! a single text/plain part needs no MIME boundary; and the size must be hit to the
 //! octet. A dozen `Name: value` lines give byte-stable output across crate versions.
+//! Messages with `attachments` or `html` take the same hand-written headers, and their
+//! MIME body from mail-builder (fixed boundaries named after the message, attachment
+//! content from a ChaCha generator seeded with the message's name and part number).
 //!
-//! Must never: contain connector logic, use the clock or a random source, or add a
-//! header to a raw fixture.
+//! Must never: contain connector logic, use the clock or an unseeded random source (such
+//! as mail-builder's own boundaries, Message-ID or Date), or add a header to a raw
+//! fixture.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -55,6 +59,9 @@ pub struct Planned {
     /// The exact bytes.
     #[serde(skip)]
     pub data: Bytes,
+    /// The declared (decoded) size of its attachments in all; 0 without any.
+    #[serde(skip)]
+    pub attachment_octets: u64,
 }
 
 /// Checks a label: letters, digits, `.`, `_` and `-` (it becomes a Message-ID).
@@ -110,6 +117,37 @@ pub(crate) fn plan(
                 Some(file) => Some(read_raw(cx, spec, file, base, &at)?),
                 None => None,
             };
+            let mime = !spec.attachments.is_empty() || spec.html == Some(true);
+            if mime && (spec.size.is_some() || spec.body.is_some()) {
+                let k = if spec.size.is_some() { "size" } else { "body" };
+                return Err(cx.err(
+                    &at.key(k),
+                    "not used with attachments or html (the message is as large as its parts)",
+                ));
+            }
+            let mut parts = Vec::with_capacity(spec.attachments.len());
+            for (j, a) in spec.attachments.iter().enumerate() {
+                let aat = at.key("attachments").index(j);
+                let n = size(cx, &a.size, &aat.key("size"))?;
+                if n > MAX_SIZE {
+                    return Err(cx.err(&aat.key("size"), "at most 256MB"));
+                }
+                let t = &a.content_type;
+                let ok = t.split_once('/').is_some_and(|(x, y)| {
+                    !x.is_empty() && !y.is_empty() && t.chars().all(|c| c.is_ascii_graphic())
+                });
+                if !ok {
+                    return Err(cx.err(
+                        &aat.key("type"),
+                        "must be a MIME type such as \"application/pdf\"",
+                    ));
+                }
+                if a.name.is_empty() || a.name.chars().any(char::is_control) {
+                    return Err(cx.err(&aat.key("name"), "must be a non-empty file name"));
+                }
+                parts.push(n);
+            }
+            let attachment_octets: u64 = parts.iter().sum();
             let target = match &spec.size {
                 Some(v) => {
                     let n = size(cx, v, &at.key("size"))?;
@@ -121,7 +159,8 @@ pub(crate) fn plan(
                 None => DEFAULT_SIZE,
             };
             // Every message is generated before the run: bound what a file can ask for.
-            let each = raw.as_ref().map_or(target, |r| r.len() as u64);
+            let each = raw.as_ref().map_or(target, |r| r.len() as u64)
+                + attachment_octets.saturating_mul(4) / 3;
             total = total.saturating_add(each.saturating_mul(u64::from(count)));
             if total > MAX_TOTAL {
                 return Err(cx.err(
@@ -158,6 +197,10 @@ pub(crate) fn plan(
                 };
                 let (data, message_id) = match &raw {
                     Some(bytes) => (bytes.clone(), None),
+                    None if mime => {
+                        let m = mime_message(spec, written, &mb.user, &parts);
+                        (Bytes::from(m), Some(message_id(written)))
+                    }
                     None => {
                         let mut m = message(spec, written, &mb.user, target);
                         if let Some(shape) = spec.body {
@@ -175,6 +218,7 @@ pub(crate) fn plan(
                     raw: raw.is_some(),
                     list_size,
                     data,
+                    attachment_octets,
                 });
             }
         }
@@ -208,6 +252,8 @@ fn read_raw(
         ("size", spec.size.is_some()),
         ("body", spec.body.is_some()),
         ("identical", spec.identical.is_some()),
+        ("attachments", !spec.attachments.is_empty()),
+        ("html", spec.html.is_some()),
     ];
     if let Some((k, _)) = generated_keys.iter().find(|(_, set)| *set) {
         return Err(cx.err(
@@ -284,8 +330,9 @@ fn address_of(value: &str) -> &str {
     }
 }
 
-/// A generated message of about `size` octets (exactly, unless its header alone is larger).
-pub fn message(spec: &MessageSpec, name: &str, user: &str, size: u64) -> Vec<u8> {
+/// The header lines every generated message starts with (Return-Path to Message-ID),
+/// written as given; a non-ASCII subject is encoded as RFC 2047 requires.
+fn common_headers(spec: &MessageSpec, name: &str, user: &str) -> String {
     let from = spec.from.as_deref().unwrap_or(DEFAULT_FROM);
     let mut h = String::new();
     let mut header = |name: &str, value: &str| {
@@ -320,10 +367,102 @@ pub fn message(spec: &MessageSpec, name: &str, user: &str, size: u64) -> Vec<u8>
     if let Some(v) = &spec.cc {
         header("Cc", v);
     }
-    header("Subject", spec.subject.as_deref().unwrap_or(name));
+    let subject = spec.subject.as_deref().unwrap_or(name);
+    if subject.is_ascii() {
+        header("Subject", subject);
+    } else {
+        use mail_builder::headers::{text::Text, Header};
+        let mut v = Vec::new();
+        Text::new(subject).write_header(&mut v, "Subject: ".len());
+        h.push_str("Subject: ");
+        h.push_str(&String::from_utf8_lossy(&v));
+    }
+    let mut header = |name: &str, value: &str| {
+        h.push_str(name);
+        h.push_str(": ");
+        h.push_str(value);
+        h.push_str("\r\n");
+    };
     header("Date", DATE);
     header("Message-ID", &message_id(name));
     header("MIME-Version", "1.0");
+    h
+}
+
+/// Seeded attachment content: the same bytes for the same message, part and size.
+fn attachment_bytes(name: &str, index: usize, size: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut seed = [0u8; 32];
+    for (i, b) in name.bytes().chain((index as u64).to_le_bytes()).enumerate() {
+        seed[i % 32] ^= b.rotate_left((i / 32) as u32);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::from_seed(seed);
+    let mut out = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    rng.fill_bytes(&mut out);
+    out
+}
+
+/// A generated MIME message (built with mail-builder): the common headers, then a text
+/// part (with an HTML alternative when `html = true`) and the attachments of `sizes`
+/// (decoded octets, in the order declared) in base64. Boundaries are fixed from the
+/// message's name, so the bytes are the same on every run.
+pub fn mime_message(spec: &MessageSpec, name: &str, user: &str, sizes: &[u64]) -> Vec<u8> {
+    use mail_builder::headers::content_type::ContentType;
+    use mail_builder::mime::MimePart;
+    let text = format!("{name}: generated by poplab.\r\n");
+    let text_part = MimePart::new(
+        ContentType::new("text/plain").attribute("charset", "utf-8"),
+        text.clone(),
+    );
+    let body = if spec.html == Some(true) {
+        let html = format!("<html><body><p>{name}: generated by poplab.</p></body></html>\r\n");
+        let html_part = MimePart::new(
+            ContentType::new("text/html").attribute("charset", "utf-8"),
+            html,
+        );
+        MimePart::new(
+            ContentType::new("multipart/alternative")
+                .attribute("boundary", format!("poplab-alt-{name}")),
+            vec![text_part, html_part],
+        )
+    } else {
+        text_part
+    };
+    let mut all = vec![body];
+    for (i, (a, &size)) in spec.attachments.iter().zip(sizes).enumerate() {
+        let part = MimePart::new(
+            ContentType::new(a.content_type.clone()),
+            attachment_bytes(name, i, size),
+        );
+        all.push(if a.inline {
+            part.inline().cid(format!("part{i}.{name}@poplab.invalid"))
+        } else {
+            part.attachment(a.name.clone())
+        });
+    }
+    let root = if all.len() == 1 {
+        all.remove(0)
+    } else {
+        MimePart::new(
+            ContentType::new("multipart/mixed")
+                .attribute("boundary", format!("poplab-mixed-{name}")),
+            all,
+        )
+    };
+    let mut m = common_headers(spec, name, user).into_bytes();
+    root.write_part(&mut m);
+    m
+}
+
+/// A generated message of about `size` octets (exactly, unless its header alone is larger).
+pub fn message(spec: &MessageSpec, name: &str, user: &str, size: u64) -> Vec<u8> {
+    let mut h = common_headers(spec, name, user);
+    let mut header = |name: &str, value: &str| {
+        h.push_str(name);
+        h.push_str(": ");
+        h.push_str(value);
+        h.push_str("\r\n");
+    };
     header("Content-Type", "text/plain; charset=us-ascii");
     header("Content-Transfer-Encoding", "7bit");
     h.push_str("\r\n");
@@ -368,6 +507,72 @@ pub fn message(spec: &MessageSpec, name: &str, user: &str, size: u64) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::AttachmentSpec;
+    use mail_parser::MimeHeaders;
+
+    fn with_attachment(size: u64, name: &str) -> MessageSpec {
+        MessageSpec {
+            label: "scan".into(),
+            subject: Some("Übersicht – Scan".into()),
+            html: Some(true),
+            attachments: vec![AttachmentSpec {
+                size: Scalar::Int(size as i64),
+                content_type: "application/pdf".into(),
+                name: name.into(),
+                inline: false,
+            }],
+            ..MessageSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_10mb_attachment_is_base64_on_the_wire_within_one_percent() {
+        let size = 10 * 1024 * 1024;
+        let m = mime_message(&with_attachment(size, "scan.pdf"), "scan", "info", &[size]);
+        // base64: 4 octets per 3, plus CRLF after every 76 characters.
+        let b64 = size.div_ceil(3) * 4;
+        let expected = b64 + b64.div_ceil(76) * 2;
+        let wire = m.len() as u64;
+        let off = wire.abs_diff(expected) as f64 / expected as f64;
+        assert!(
+            off < 0.01,
+            "wire {wire}, expected about {expected} ({off:.4})"
+        );
+        assert!(wire > size, "the wire size exceeds the attachment's");
+    }
+
+    #[test]
+    fn generated_mime_parses_with_the_declared_attachment_and_subject() {
+        let size = 10 * 1024 * 1024;
+        let spec = with_attachment(size, "Angebot für Müller.pdf");
+        let m = mime_message(&spec, "scan", "info", &[size]);
+        assert_eq!(
+            m,
+            mime_message(&spec, "scan", "info", &[size]),
+            "deterministic"
+        );
+        assert!(m.is_ascii(), "headers and body are 7-bit on the wire");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&m)
+            .expect("valid MIME");
+        assert_eq!(parsed.subject(), Some("Übersicht – Scan"));
+        let atts: Vec<_> = parsed.attachments().collect();
+        assert_eq!(atts.len(), 1);
+        assert_eq!(atts[0].attachment_name(), Some("Angebot für Müller.pdf"));
+        let bytes = atts[0].contents();
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(bytes, &attachment_bytes("scan", 0, size)[..]);
+        let text = String::from_utf8_lossy(&m);
+        assert!(
+            text.contains("multipart/alternative"),
+            "html gives an alternative"
+        );
+        assert!(
+            text.contains("boundary=\"poplab-mixed-scan\""),
+            "fixed boundary"
+        );
+        assert!(text.contains("Message-ID: <scan@poplab.invalid>"));
+    }
 
     fn spec() -> MessageSpec {
         MessageSpec {

@@ -32,18 +32,21 @@ pub use mock_smtp;
 /// Loads, runs and checks one scenario file (bounded by its `[run] timeout`, 120 s by
 /// default; a run that does not finish is a failed report, not an error).
 pub async fn run_file(path: impl AsRef<Path>) -> Result<ScenarioReport, Error> {
-    let scenario = schema::load(path.as_ref())?;
-    Ok(run_scenario(&scenario).await)
+    run_file_with(path, &Connector::Popbridge).await
 }
 
 /// Loads, runs and checks one scenario file against `connector` (popbridge in-process or
-/// an external command).
+/// an external command); with `[run] profiles`, once per profile, in one report.
 pub async fn run_file_with(
     path: impl AsRef<Path>,
     connector: &Connector,
 ) -> Result<ScenarioReport, Error> {
-    let scenario = schema::load(path.as_ref())?;
-    Ok(run_scenario_with(&scenario, connector).await)
+    let scenarios = schema::load_all(path.as_ref())?;
+    let mut reports = Vec::with_capacity(scenarios.len());
+    for scenario in &scenarios {
+        reports.push(run_scenario_with(scenario, connector).await);
+    }
+    Ok(ScenarioReport::combine(reports))
 }
 
 /// Runs and checks a loaded scenario.

@@ -350,9 +350,20 @@ fn event_account_uid(e: &Event) -> Option<(&str, &str)> {
 /// Why a message that was not delivered stayed (or went): the latest telling event.
 fn explain_from_events(events: &[&Event]) -> Option<String> {
     events.iter().rev().find_map(|e| match e {
-        Event::SkippedOversize { size, limit, .. } => Some(format!(
-            "message.skipped_oversize: {size} octets over the {limit}-octet limit, not downloaded"
-        )),
+        Event::SkippedOversize {
+            size, limit, named, ..
+        } => {
+            let mut s = format!(
+                "message.skipped_oversize: {size} octets over the {limit}-octet limit, not downloaded"
+            );
+            if let Some(from) = &named.from {
+                s.push_str(&format!(", from {from}"));
+            }
+            if let Some(subject) = &named.subject {
+                s.push_str(&format!(", subject {subject:?}"));
+            }
+            Some(s)
+        }
         Event::Rejected {
             reply, failures, ..
         } => Some(if *failures > 0 {
@@ -705,6 +716,7 @@ mod tests {
             message_id: Some(format!("<{name}@poplab.invalid>")),
             raw: false,
             list_size: None,
+            attachment_octets: 0,
             data: bytes::Bytes::from(format!(
                 "Return-Path: <scanner@example.net>\r\nFrom: scanner@example.net\r\n\
                  Message-ID: <{name}@poplab.invalid>\r\n\r\nbody\r\n"

@@ -164,6 +164,27 @@ pub struct ScenarioReport {
     /// Why the scenario was not run at all with this connector (it needs what the
     /// connector cannot be given); then nothing was checked.
     pub skipped: Option<String>,
+    /// The connector profile of this run, when `[run] profiles` names several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// With `[run] profiles`: the runs of the further profiles, in the order written
+    /// (this report is the first profile's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ScenarioReport>,
+    /// Messages with attachments: their attachments' size and their size on the wire.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachment_sizes: Vec<AttachmentSize>,
+}
+
+/// One message with attachments: declared (decoded) size against octets on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachmentSize {
+    /// The message's name (label, or `label-n`).
+    pub name: String,
+    /// Its attachments' decoded octets in all.
+    pub attachments: u64,
+    /// The whole message's octets as generated (base64 and headers included).
+    pub wire: u64,
 }
 
 impl ScenarioReport {
@@ -178,8 +199,42 @@ impl ScenarioReport {
         self.skipped.is_some()
     }
 
-    /// The failed expectations, one `what: expected X, got Y (why)` line each.
+    /// One report of the runs of one file (the first run's, the others in `profiles`),
+    /// passed only when every run passed.
+    pub fn combine(mut runs: Vec<ScenarioReport>) -> ScenarioReport {
+        if runs.len() <= 1 {
+            if let Some(only) = runs.pop() {
+                return only;
+            }
+        }
+        let mut first = runs.remove(0);
+        first.passed = first.passed && runs.iter().all(|r| r.passed);
+        first.profiles = runs;
+        first
+    }
+
+    /// Every run of this report: itself, then the further profiles' runs.
+    pub fn runs(&self) -> impl Iterator<Item = &ScenarioReport> {
+        std::iter::once(self).chain(self.profiles.iter())
+    }
+
+    /// The failed expectations, one `what: expected X, got Y (why)` line each (prefixed
+    /// with `[PROFILE]` when the scenario ran under several profiles).
     pub fn failures(&self) -> Vec<String> {
+        if self.profiles.is_empty() {
+            return self.own_failures();
+        }
+        self.runs()
+            .flat_map(|r| {
+                let p = r.profile.clone().unwrap_or_default();
+                r.own_failures()
+                    .into_iter()
+                    .map(move |f| format!("[{p}] {f}"))
+            })
+            .collect()
+    }
+
+    fn own_failures(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .error
             .iter()
@@ -194,10 +249,22 @@ impl ScenarioReport {
         out
     }
 
-    /// The report as a table for people.
+    /// The report as a table for people (with several profiles: one table per profile,
+    /// one after the other, each headed with its profile).
     pub fn render_table(&self) -> String {
+        let mut s = self.render_one();
+        for r in &self.profiles {
+            s.push_str(&r.render_one());
+        }
+        s
+    }
+
+    fn render_one(&self) -> String {
         let mut s = String::new();
         let _ = write!(s, "== {}", self.name);
+        if let Some(p) = &self.profile {
+            let _ = write!(s, " [profile {p}]");
+        }
         if let Some(d) = &self.description {
             let _ = write!(s, ": {d}");
         }
@@ -249,6 +316,13 @@ impl ScenarioReport {
                 w1 = widths[1],
                 w2 = widths[2],
                 w3 = widths[3],
+            );
+        }
+        for a in &self.attachment_sizes {
+            let _ = writeln!(
+                s,
+                "  size of {}: attachments {} octets, {} octets on the wire",
+                a.name, a.attachments, a.wire
             );
         }
         let find = |what: &str| self.checks.iter().find(|c| c.what == what);
@@ -720,6 +794,18 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         not_applicable,
         timeout_ms: s.timeout.as_millis() as u64,
         skipped: obs.skipped.clone(),
+        profile: s.profile.clone(),
+        profiles: Vec::new(),
+        attachment_sizes: s
+            .messages
+            .iter()
+            .filter(|p| p.attachment_octets > 0)
+            .map(|p| AttachmentSize {
+                name: p.name.clone(),
+                attachments: p.attachment_octets,
+                wire: p.data.len() as u64,
+            })
+            .collect(),
     }
 }
 

@@ -229,6 +229,27 @@ pub struct MessageSpec {
     /// With `count`: every copy byte-identical (the same Message-ID and Subject), as a
     /// mailbox can hold the same message twice.
     pub identical: Option<bool>,
+    /// Attachments: the message becomes multipart/mixed, built with mail-builder.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentSpec>,
+    /// An HTML alternative of the text part (multipart/alternative).
+    pub html: Option<bool>,
+}
+
+/// `attachments = [{ size = "15MB", type = "application/pdf", name = "scan.pdf" }]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentSpec {
+    /// Decoded size of the attachment.
+    pub size: Scalar,
+    /// Its MIME type.
+    #[serde(rename = "type")]
+    pub content_type: String,
+    /// Its file name (any Unicode; encoded as MIME requires).
+    pub name: String,
+    /// True: an inline part (an image the HTML shows), not an attachment.
+    #[serde(default)]
+    pub inline: bool,
 }
 
 /// `body = "..."`: what a generated message's body holds besides plain CRLF lines.
@@ -439,6 +460,9 @@ pub struct Run {
     pub timeout: Option<Scalar>,
     /// Real or paused (virtual) time; default paused when the scenario involves time.
     pub clock: Option<Clock>,
+    /// Run the scenario once per connector profile named here (`"default"`, `"sbs2008"`),
+    /// each run with its own fresh servers; empty: once, with `[connector] profile`.
+    pub profiles: Vec<String>,
 }
 
 impl Default for Run {
@@ -450,6 +474,7 @@ impl Default for Run {
             sabotage: None,
             timeout: None,
             clock: None,
+            profiles: Vec::new(),
         }
     }
 }
@@ -559,6 +584,60 @@ pub struct Expect {
     pub recipients: BTreeMap<String, Vec<String>>,
     /// Expectations that hold only for popbridge.
     pub popbridge_only: PopbridgeOnly,
+    /// `[expect.default]`: what differs under the default profile (with `[run] profiles`).
+    pub default: Option<ExpectOverride>,
+    /// `[expect.sbs2008]`: what differs under the sbs2008 profile (with `[run] profiles`).
+    pub sbs2008: Option<ExpectOverride>,
+}
+
+/// `[expect.PROFILE]`: expectations of one profile's run that replace the shared ones
+/// (per label, event kind and recipient key; `lost` and `duplicates` when given).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpectOverride {
+    /// Replaces `[expect] lost`.
+    pub lost: Option<u64>,
+    /// Replaces `[expect] duplicates`.
+    pub duplicates: Option<Duplicates>,
+    /// Per label, replacing the shared expectation of that label.
+    pub labels: BTreeMap<String, Outcome>,
+    /// Per event kind, replacing the shared count.
+    pub events: BTreeMap<String, u64>,
+    /// Per label, replacing the shared recipients.
+    pub recipients: BTreeMap<String, Vec<String>>,
+}
+
+impl Expect {
+    /// The override table of `profile`, if the file has one.
+    pub fn override_for(&self, profile: &str) -> Option<&ExpectOverride> {
+        match profile {
+            "default" => self.default.as_ref(),
+            "sbs2008" => self.sbs2008.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The shared expectations with `profile`'s overrides applied (the override tables
+    /// themselves removed).
+    pub fn for_profile(&self, profile: &str) -> Expect {
+        let mut out = Expect {
+            default: None,
+            sbs2008: None,
+            ..self.clone()
+        };
+        if let Some(o) = self.override_for(profile) {
+            if let Some(lost) = o.lost {
+                out.lost = lost;
+            }
+            if let Some(d) = o.duplicates {
+                out.duplicates = d;
+            }
+            out.labels.extend(o.labels.clone());
+            out.events.extend(o.events.clone());
+            out.recipients.extend(o.recipients.clone());
+        }
+        out
+    }
 }
 
 /// `[expect] duplicates`.
@@ -661,6 +740,8 @@ pub struct Scenario {
     /// The 1-based line of each expectation written in the file, by key path
     /// (`["expect", "labels", "good"]`, `["expect", "lost"]`, `["run", "settle"]`).
     pub lines: BTreeMap<Vec<String>, usize>,
+    /// The profile of this run when `[run] profiles` runs the scenario several times.
+    pub profile: Option<String>,
 }
 
 impl Scenario {
@@ -816,7 +897,11 @@ fn backticked(message: &str, prefix: &str) -> Option<String> {
     Some(rest[..end].to_string())
 }
 
-/// Reads and validates a scenario file.
+/// The connector profiles `[run] profiles` may name.
+const PROFILES: [&str; 2] = ["default", "sbs2008"];
+
+/// Reads and validates a scenario file (with `[run] profiles`: its first profile's run;
+/// [`load_all`] gives every run).
 pub fn load(path: &Path) -> Result<Scenario, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
@@ -825,14 +910,82 @@ pub fn load(path: &Path) -> Result<Scenario, Error> {
     parse(&text, path)
 }
 
+/// Reads and validates a scenario file: one scenario per `[run] profiles` entry, in the
+/// order written (one scenario without that key).
+pub fn load_all(path: &Path) -> Result<Vec<Scenario>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_all(&text, path)
+}
+
 /// Validates scenario text; `path` names it in errors and anchors relative fixture paths.
+/// With `[run] profiles`, the first profile's run.
 pub fn parse(text: &str, path: &Path) -> Result<Scenario, Error> {
+    let mut all = parse_all(text, path)?;
+    // parse_all never returns an empty list.
+    Ok(all.remove(0))
+}
+
+/// Validates scenario text: one scenario per `[run] profiles` entry (else one).
+pub fn parse_all(text: &str, path: &Path) -> Result<Vec<Scenario>, Error> {
     let cx = Ctx {
         path,
         loc: Locator::new(text),
     };
     let file: ScenarioFile = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
-    resolve(&cx, file)
+    let run_at = KeyPath::root().key("run").key("profiles");
+    let expect_at = KeyPath::root().key("expect");
+    let profiles = file.run.profiles.clone();
+    if profiles.is_empty() {
+        for name in PROFILES {
+            if file.expect.override_for(name).is_some() {
+                return Err(cx.err(
+                    &expect_at.key(name),
+                    "per-profile expectations need [run] profiles naming this profile",
+                ));
+            }
+        }
+        return Ok(vec![resolve(&cx, file)?]);
+    }
+    let mut seen = BTreeSet::new();
+    for (i, p) in profiles.iter().enumerate() {
+        if !PROFILES.contains(&p.as_str()) {
+            return Err(cx.err(
+                &run_at.index(i),
+                format!("unknown profile {p:?}, expected \"default\" or \"sbs2008\""),
+            ));
+        }
+        if !seen.insert(p.clone()) {
+            return Err(cx.err(&run_at.index(i), format!("profile {p:?} named twice")));
+        }
+    }
+    if file.connector.contains_key("profile") {
+        return Err(cx.err(
+            &KeyPath::root().key("connector").key("profile"),
+            "not with [run] profiles (each run sets its own profile)",
+        ));
+    }
+    for name in PROFILES {
+        if file.expect.override_for(name).is_some() && !seen.contains(name) {
+            return Err(cx.err(
+                &expect_at.key(name),
+                format!("[run] profiles does not name {name:?}"),
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(profiles.len());
+    for p in profiles {
+        let mut f = file.clone();
+        f.connector
+            .insert("profile".into(), toml::Value::String(p.clone()));
+        let mut s = resolve(&cx, f)?;
+        s.file.expect = s.file.expect.for_profile(&p);
+        s.profile = Some(p);
+        out.push(s);
+    }
+    Ok(out)
 }
 
 fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
@@ -1005,6 +1158,32 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
     for key in file.expect.labels.keys() {
         check_selector(cx, &selectors, key, &expect_path.key("labels").key(key))?;
     }
+    for name in PROFILES {
+        let Some(o) = file.expect.override_for(name) else {
+            continue;
+        };
+        let at = expect_path.key(name);
+        for key in o.labels.keys() {
+            check_selector(cx, &selectors, key, &at.key("labels").key(key))?;
+        }
+        for (key, rcpts) in &o.recipients {
+            check_selector(cx, &selectors, key, &at.key("recipients").key(key))?;
+            if rcpts.is_empty() {
+                return Err(cx.err(
+                    &at.key("recipients").key(key),
+                    "name at least one recipient",
+                ));
+            }
+        }
+        for key in o.events.keys() {
+            if !known_event_kinds().iter().any(|k| k == key) {
+                return Err(cx.err(
+                    &at.key("events").key(key),
+                    format!("unknown event kind {key:?}"),
+                ));
+            }
+        }
+    }
     for (key, rcpts) in &file.expect.recipients {
         let at = expect_path.key("recipients").key(key);
         check_selector(cx, &selectors, key, &at)?;
@@ -1042,6 +1221,7 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         clock: Clock::Real,
         crashes,
         sabotage,
+        profile: None,
     };
     let scenario = Scenario {
         clock: scenario
@@ -1651,6 +1831,82 @@ mod tests {
             Ok(_) => panic!("expected an error for:\n{text}"),
             Err(e) => e,
         }
+    }
+
+    const TWO_PROFILES: &str = "[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nlabel = \"a\"\n\
+        [[pop3.mailbox.message]]\nlabel = \"b\"\n[run]\nprofiles = [\"default\", \"sbs2008\"]\n\
+        [expect]\nlost = 0\n[expect.labels]\na = \"delivered\"\nb = \"delivered\"\n\
+        [expect.sbs2008]\nlost = 1\n[expect.sbs2008.labels]\nb = \"left\"\n";
+
+    #[test]
+    fn profiles_give_one_run_each_with_their_own_expectations() {
+        let all = parse_all(TWO_PROFILES, Path::new("cases/x.toml")).unwrap();
+        let profiles: Vec<_> = all.iter().map(|s| s.profile.clone()).collect();
+        assert_eq!(profiles, [Some("default".into()), Some("sbs2008".into())]);
+        let (d, sbs) = (&all[0].file.expect, &all[1].file.expect);
+        assert_eq!((d.lost, d.labels["b"]), (0, Outcome::Delivered));
+        assert_eq!((sbs.lost, sbs.labels["b"]), (1, Outcome::Left));
+        assert_eq!(
+            sbs.labels["a"],
+            Outcome::Delivered,
+            "shared expectation kept"
+        );
+        assert!(sbs.sbs2008.is_none(), "override tables are consumed");
+        for s in &all {
+            let p = s.connector.top.get("profile").and_then(|v| v.as_str());
+            assert_eq!(p, s.profile.as_deref());
+        }
+        // Without the key: one run, no profile named.
+        let one = parse_all("", Path::new("cases/x.toml")).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(one[0].profile.is_none());
+    }
+
+    #[test]
+    fn bad_attachments_are_errors_with_their_key() {
+        let m = "[[pop3.mailbox]]\n[[pop3.mailbox.message]]\nlabel = \"a\"\n";
+        let e = err(&format!(
+            "{m}size = \"1MB\"\nattachments = [{{ size = \"1MB\", type = \"application/pdf\", name = \"a.pdf\" }}]\n"
+        ));
+        assert_eq!(e.key(), Some("pop3.mailbox[0].message[0].size"), "{e}");
+        let e = err(&format!(
+            "{m}attachments = [{{ size = \"1MB\", type = \"pdf\", name = \"a.pdf\" }}]\n"
+        ));
+        assert_eq!(
+            e.key(),
+            Some("pop3.mailbox[0].message[0].attachments[0].type"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{m}attachments = [{{ size = \"-1\", type = \"application/pdf\", name = \"a.pdf\" }}]\n"
+        ));
+        assert_eq!(
+            e.key(),
+            Some("pop3.mailbox[0].message[0].attachments[0].size"),
+            "{e}"
+        );
+        let ok = format!(
+            "{m}html = true\nattachments = [{{ size = \"2KB\", type = \"image/png\", name = \"i.png\", inline = true }}]\n"
+        );
+        let s = parse(&ok, Path::new("cases/x.toml")).unwrap();
+        assert_eq!(s.messages[0].attachment_octets, 2048);
+    }
+
+    #[test]
+    fn bad_profile_lists_are_errors_with_their_key() {
+        let e = err("[run]\nprofiles = [\"sbs2003\"]\n");
+        assert_eq!(e.key(), Some("run.profiles[0]"), "{e}");
+        let e = err("[run]\nprofiles = [\"default\", \"default\"]\n");
+        assert!(e.to_string().contains("named twice"), "{e}");
+        let e = err("[connector]\nprofile = \"sbs2008\"\n[run]\nprofiles = [\"default\"]\n");
+        assert_eq!(e.key(), Some("connector.profile"), "{e}");
+        let e = err("[expect.sbs2008]\nlost = 1\n");
+        assert_eq!(e.key(), Some("expect.sbs2008"), "{e}");
+        let e = err("[run]\nprofiles = [\"default\"]\n[expect.sbs2008]\nlost = 1\n");
+        assert_eq!(e.key(), Some("expect.sbs2008"), "{e}");
+        let bad_label = TWO_PROFILES.replace("b = \"left\"", "zz = \"left\"");
+        let e = err(&bad_label);
+        assert_eq!(e.key(), Some("expect.sbs2008.labels.zz"), "{e}");
     }
 
     #[test]
