@@ -141,15 +141,9 @@ fn printable(s: &str) -> String {
 
 /// Seconds since 1970 as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = crate::message::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::report::rfc3339(secs)
+        .replacen('T', " ", 1)
+        .replace('Z', " UTC")
 }
 
 #[cfg(test)]

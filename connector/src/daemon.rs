@@ -11,6 +11,7 @@
 //! stop in the middle of a message (a stop lets in-flight messages finish and QUITs), or
 //! run a pass for a status request.
 
+use crate::report::unix_secs;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -183,13 +184,6 @@ pub struct Daemon {
     /// When each account's next scheduled pass is due.
     schedule: Arc<Mutex<HashMap<String, Instant>>>,
     next_pass: watch::Sender<Option<SystemTime>>,
-}
-
-/// Seconds since 1970 of a wall-clock time (0 before it).
-fn unix_secs(t: SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A random delay in `0..=jitter`.

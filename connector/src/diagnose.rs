@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::certinfo::CertificateInfo;
 use crate::config::{Account, Config, DeliveryKind, Profile, TlsMode};
-use crate::net::{self, CertificateWatch, Dialer};
+use crate::net::{self, host_port, CertificateWatch, Dialer};
 use crate::pop3::{self, Pop3Error, Transaction};
 use crate::secret::Secret;
 use crate::smtp::{self, SmtpClient};
@@ -376,15 +376,6 @@ fn human(n: u64) -> String {
     };
     let text = text.strip_suffix(".0").unwrap_or(&text);
     format!("{text} {}", UNITS[unit])
-}
-
-/// `host:port`, with brackets around an IPv6 address.
-fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 /// Replaces every occurrence of every secret in `s`.

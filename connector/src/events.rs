@@ -328,23 +328,13 @@ struct Line<'a> {
 
 /// `t` in RFC 3339, UTC, with milliseconds: `2026-12-07T04:45:45.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let (secs, millis) = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            d.subsec_millis(),
-        ),
+    let millis = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.subsec_millis(),
         // Before 1970 (a badly set clock): written as the epoch rather than made up.
-        Err(_) => (0, 0),
+        Err(_) => 0,
     };
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (year, month, day) = crate::message::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    let seconds = crate::report::rfc3339(crate::report::unix_secs(t));
+    format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
 }
 
 /// The events file: its configured path and the file open there now.

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -1467,10 +1467,7 @@ fn check_version(path: &Path, found: i64) -> Result<(), LedgerError> {
 
 /// Current time in unix seconds (0 if the clock is before 1970).
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::report::unix_now()
 }
 
 /// Best effort: make the directory entries of a freshly created ledger durable.

@@ -1,6 +1,7 @@
 //! `popbridge`: the command line. Thin: parses arguments, loads the configuration, runs
 //! the library, prints a summary, and maps the outcome to the documented exit codes.
 
+use popbridge::report::unix_now;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -456,14 +457,6 @@ async fn trigger(config: &Config, account: Option<String>) -> anyhow::Result<Exi
             Ok(Exit::Connect)
         }
     }
-}
-
-/// Seconds since 1970.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Opens the ledger for the administrator's commands (nothing else under `state_dir` is

@@ -9,9 +9,10 @@
 //! message's content or addresses (labels are account names only), block a pass, or let a
 //! slow or hostile client hold a connection past its deadline.
 
+use crate::report::unix_now;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -67,13 +68,6 @@ pub struct LedgerView {
     pub oldest_failed_since: Option<i64>,
     /// The ledger's size on disk in octets (database and write-ahead log).
     pub size: u64,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Default for Metrics {

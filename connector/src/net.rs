@@ -457,7 +457,7 @@ pub async fn handshake(
 }
 
 /// `host:port`, with brackets around an IPv6 address.
-fn host_port(host: &str, port: u16) -> String {
+pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

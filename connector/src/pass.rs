@@ -54,6 +54,7 @@
 //! a UID listed more than once anywhere in the listing (held or not), or stop the whole
 //! account because one message is poison.
 
+use crate::report::unix_now;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -599,14 +600,6 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
     });
     record_history(cx.ledger, &run.summary, started_at);
     run.summary
-}
-
-/// Seconds since 1970 (0 before it).
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// How a pass ended, for the history: failed (the account could not be processed, or the

@@ -5,6 +5,18 @@
 //! Must never: print a control character taken from a message or a server, or panic on
 //! any input.
 
+/// Seconds since 1970 of `t` (0 before it, `i64::MAX` past it).
+pub fn unix_secs(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Seconds since 1970, now.
+pub fn unix_now() -> i64 {
+    unix_secs(std::time::SystemTime::now())
+}
+
 /// Seconds since 1970 as RFC 3339 UTC (`2026-12-07T04:59:12Z`).
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
