@@ -294,6 +294,20 @@ pub struct Along<'a> {
     pub dele: Option<(u64, u32)>,
 }
 
+/// One accepted delivery of a group commit (see [`Ledger::record_deliveries`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The message's key.
+    pub key: &'a str,
+    /// Its size as delivered.
+    pub size: u64,
+    /// The server's reply to the end of its data.
+    pub reply: &'a str,
+    /// As [`Along::dele`]: for a header-digest key whose DELE follows, its LIST size and
+    /// how many messages of that size the listing holds.
+    pub dele: Option<(u64, u32)>,
+}
+
 /// A DELE of a header-digest message whose QUIT was never confirmed: the message's LIST
 /// size and how many messages of that size the session's listing held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -603,10 +617,27 @@ impl Ledger {
         reply: &str,
         along: Along<'_>,
     ) -> Result<(), LedgerError> {
+        let one = Delivery {
+            key,
+            size,
+            reply,
+            dele: along.dele,
+        };
+        let next: Vec<&str> = along.next.into_iter().collect();
+        self.record_deliveries(account, &[one], &next)
+    }
+
+    /// Group commit: records every accepted delivery in `batch` (each ending its submission
+    /// mark, as [`Ledger::record_delivered_then`] does) and marks `next` as submitting, in
+    /// one transaction: one fsync for all. Durable when it returns; on an error nothing of
+    /// it is recorded.
+    pub fn record_deliveries(
+        &mut self,
+        account: &str,
+        batch: &[Delivery<'_>],
+        next: &[&str],
+    ) -> Result<(), LedgerError> {
         let now = now();
-        // Sizes beyond i64::MAX cannot occur; clamp rather than fail the record that
-        // prevents a duplicate.
-        let size = i64::try_from(size).unwrap_or(i64::MAX);
         let path = &self.path;
         // One transaction: committed (and, with synchronous = FULL, the WAL fsynced) before
         // commit returns.
@@ -614,36 +645,42 @@ impl Ledger {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
-        let changed = tx
-            .prepare_cached(
-                "INSERT INTO messages
-                    (account, key, state, delivered_at, size, delivery_reply,
-                     failures, created_at, updated_at)
-                 VALUES (?1, ?2, 'delivered', ?3, ?4, ?5, 0, ?3, ?3)
-                 ON CONFLICT (account, key) DO UPDATE SET
-                    state = 'delivered',
-                    delivered_at = excluded.delivered_at,
-                    size = excluded.size,
-                    delivery_reply = excluded.delivery_reply,
-                    updated_at = excluded.updated_at,
-                    quarantine_action = NULL
-                 WHERE state <> 'delivered'",
-            )
-            .at(path)?
-            .execute(params![account, key, now, size, reply])
-            .at(path)?;
-        unmark(&tx, path, account, key)?;
-        if let Some(next) = along.next.filter(|n| *n != key) {
-            mark(&tx, path, account, next, now)?;
+        for d in batch {
+            // Sizes beyond i64::MAX cannot occur; clamp rather than fail the record that
+            // prevents a duplicate.
+            let size = i64::try_from(d.size).unwrap_or(i64::MAX);
+            let changed = tx
+                .prepare_cached(
+                    "INSERT INTO messages
+                        (account, key, state, delivered_at, size, delivery_reply,
+                         failures, created_at, updated_at)
+                     VALUES (?1, ?2, 'delivered', ?3, ?4, ?5, 0, ?3, ?3)
+                     ON CONFLICT (account, key) DO UPDATE SET
+                        state = 'delivered',
+                        delivered_at = excluded.delivered_at,
+                        size = excluded.size,
+                        delivery_reply = excluded.delivery_reply,
+                        updated_at = excluded.updated_at,
+                        quarantine_action = NULL
+                     WHERE state <> 'delivered'",
+                )
+                .at(path)?
+                .execute(params![account, d.key, now, size, d.reply])
+                .at(path)?;
+            unmark(&tx, path, account, d.key)?;
+            if let Some((size, listed)) = d.dele {
+                set_unconfirmed(&tx, path, account, d.key, size, listed)?;
+            }
+            if changed == 0 {
+                tracing::debug!(account, key = d.key, "already recorded as delivered");
+            }
         }
-        if let Some((size, listed)) = along.dele {
-            set_unconfirmed(&tx, path, account, key, size, listed)?;
+        for key in next {
+            if !batch.iter().any(|d| d.key == *key) {
+                mark(&tx, path, account, key, now)?;
+            }
         }
-        tx.commit().at(path)?;
-        if changed == 0 {
-            tracing::debug!(account, key, "already recorded as delivered");
-        }
-        Ok(())
+        tx.commit().at(path)
     }
 
     /// Marks `key` as submitting: its final data is about to go to the SMTP server, which
@@ -652,6 +689,12 @@ impl Ledger {
     /// and [`Ledger::record_failure`] end it.
     pub fn begin_submission(&mut self, account: &str, key: &str) -> Result<(), LedgerError> {
         mark(&self.conn, &self.path, account, key, now())
+    }
+
+    /// [`Ledger::begin_submission`] for several keys in one commit (the messages about to
+    /// be written to the SMTP server ahead of their replies).
+    pub fn begin_submissions(&mut self, account: &str, keys: &[&str]) -> Result<(), LedgerError> {
+        self.record_deliveries(account, &[], keys)
     }
 
     /// The keys of `account` marked as submitting.

@@ -55,7 +55,7 @@
 //! account because one message is poison.
 
 use crate::report::unix_now;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -81,8 +81,21 @@ use crate::smtp::{self, Envelope, SmtpClient, SmtpError};
 const SBS_LIMIT: u64 = 10 * 1024 * 1024;
 /// The old SBS connector's per-session cap.
 const SBS_MAX_PER_SESSION: usize = 500;
-/// RETRs kept in flight when the server offers PIPELINING.
-const RETR_WINDOW: usize = 8;
+/// The most RETRs kept in flight when the server offers PIPELINING...
+const RETR_WINDOW: usize = 64;
+/// ...and the most octets (by LIST size) they may add up to (one message at least).
+const RETR_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+/// The most messages written to the SMTP server ahead of their replies...
+const SMTP_WINDOW: usize = 8;
+/// ...and the most octets they may hold (one message at least).
+const SMTP_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
+/// Protocol errors one pipelined transaction can cost at worst (MAIL refused, then its
+/// RCPT and BDAT refused as out of sequence).
+const ERRORS_PER_TRANSACTION: u32 = 3;
+/// Group commit: the most accepted deliveries recorded in one commit. A commit also comes
+/// before the pass waits for the POP3 server (so a slow server never holds records back)
+/// and when the session's work ends.
+const GROUP_MAX: usize = 8;
 /// The most `TOP n 0` a pass sends to name messages it leaves on the server unread.
 const MAX_TOPS_PER_PASS: usize = 50;
 /// The most messages a summary names ([`Summary::left`]); the events name every one.
@@ -334,6 +347,16 @@ impl StopFlag {
     }
 }
 
+/// Runs ledger work (an fsync) off the async runtime's worker where the runtime allows
+/// it, so other accounts' network I/O goes on meanwhile; in place on a current-thread
+/// runtime (tests under the paused clock), where there is no other worker.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn lock(l: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
     l.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -433,6 +456,30 @@ struct Slice {
     unaccounted: Option<usize>,
 }
 
+/// A message ready for the SMTP server: what it takes to submit it (again, after a lost
+/// session) and to act on its outcome.
+struct Flight {
+    item: Item,
+    key: String,
+    body: Body,
+    env: Envelope,
+    /// The trace header written before the body.
+    prefix: Vec<u8>,
+    named: Named,
+    /// The SMTP session it was written in ([`Run::smtp_gen`]).
+    gen: u32,
+}
+
+/// A delivery the server accepted, waiting for its group commit.
+struct Done {
+    item: Item,
+    key: String,
+    size: u64,
+    sender: String,
+    reply: String,
+    named: Named,
+}
+
 struct Run<'a> {
     cx: &'a Context<'a>,
     /// This pass's events (each carries the pass id).
@@ -487,6 +534,23 @@ struct Run<'a> {
     actions: HashMap<String, QuarantineAction>,
     /// Set once this pass went through the released messages (once per pass).
     releases_done: bool,
+    /// Messages written to the SMTP session ahead of their replies, oldest first.
+    flights: VecDeque<Flight>,
+    /// Messages whose SMTP session was lost before it took them: submitted again.
+    retry: VecDeque<Flight>,
+    /// Accepted deliveries waiting for their group commit.
+    batch: Vec<Done>,
+    /// The UID keys this session works on, in order, and where each stands (what is
+    /// marked as submitting ahead of time).
+    order: Vec<String>,
+    order_at: HashMap<String, usize>,
+    /// SMTP sessions opened this pass (the current one's number), and the last one found
+    /// lost, with whether another may be opened after it.
+    smtp_gen: u32,
+    lost_gen: u32,
+    lost_may_retry: bool,
+    /// Set while committed deliveries must not be DELE'd (the POP3 session broke).
+    hold_deles: bool,
 }
 
 /// Runs one pass over `account`, under a new pass id.
@@ -532,6 +596,15 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
 
         actions: HashMap::new(),
         releases_done: false,
+        flights: VecDeque::new(),
+        retry: VecDeque::new(),
+        batch: Vec::new(),
+        order: Vec::new(),
+        order_at: HashMap::new(),
+        smtp_gen: 0,
+        lost_gen: 0,
+        lost_may_retry: false,
+        hold_deles: false,
     };
     let started_at = unix_now();
     events.emit(Event::PassStarted {
@@ -1341,6 +1414,8 @@ impl Run<'_> {
             };
             let (delivered, rejected) = (self.summary.delivered, self.summary.rejected);
             self.deliver(txn, &item, key.clone(), body).await;
+            // Recorded now: the release ends with the record.
+            self.commit(txn);
             if self.summary.delivered > delivered {
                 self.emit(Event::QuarantineRedelivered {
                     account: a.name.clone(),
@@ -1440,6 +1515,7 @@ impl Run<'_> {
             let cfg = self.cx.config;
             let s = smtp::Settings::for_transport(cfg, !self.sbs).map_err(SmtpError::Tls)?;
             self.smtp = Some(SmtpClient::connect(self.cx.dialer, &s).await?);
+            self.smtp_gen += 1;
         }
         Ok(self.smtp.as_mut().expect("connected above"))
     }
@@ -1548,11 +1624,12 @@ impl Run<'_> {
         let over_cap = with_uid.saturating_sub(cap) as u32;
         self.summary.postponed += over_cap;
         self.summary.capped += over_cap;
-        // Estimated LIST sizes prove nothing: one message at a time then.
-        let window = if txn.capabilities.pipelining && a.verify_list_size {
-            RETR_WINDOW
+        // Estimated LIST sizes prove nothing: one message at a time then. Otherwise RETRs
+        // go out ahead, bounded by count and by octets.
+        let (window, window_bytes) = if txn.capabilities.pipelining && a.verify_list_size {
+            (RETR_WINDOW, RETR_WINDOW_BYTES)
         } else {
-            1
+            (1, 0)
         };
         // A lying server is bounded: a body may exceed its LIST size by a margin only.
         let bound = |size: u64| {
@@ -1567,8 +1644,15 @@ impl Run<'_> {
             next: todo.get(i + 1).and_then(|after| after.key.clone()),
             ..todo[i].clone()
         };
+        // The UID keys in the order they will be submitted (marked as submitting ahead).
+        self.order = todo.iter().filter_map(|i| i.key.clone()).collect();
+        self.order_at = (self.order.iter().enumerate())
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
         let mut queue = (0..todo.len()).peekable();
         let mut in_flight_retr = 0usize;
+        // The LIST sizes of the RETRs in flight, in the order sent.
+        let mut retr_sizes: VecDeque<u64> = VecDeque::new();
         // Set when the cap stopped the queue (what is left is backlog, not a failure).
         let mut cap_reached = false;
         let threshold = self.cx.config.limits.memory_threshold;
@@ -1580,7 +1664,12 @@ impl Run<'_> {
                     Some(item) if item.alone && txn.in_flight() > 0 => break,
                     // Suspects go in a session of their own, once this one's deletions are
                     // applied by a clean QUIT: one that ends it out of step costs nothing.
-                    Some(item) if item.alone && !self.deleting.is_empty() => {
+                    Some(item)
+                        if item.alone
+                            && !(self.deleting.is_empty()
+                                && self.flights.is_empty()
+                                && self.batch.is_empty()) =>
+                    {
                         self.suspects_waiting = true;
                         break;
                     }
@@ -1589,10 +1678,17 @@ impl Run<'_> {
                         cap_reached = true;
                         break;
                     }
+                    Some(item)
+                        if in_flight_retr > 0
+                            && retr_sizes.iter().sum::<u64>() + item.size > window_bytes =>
+                    {
+                        break
+                    }
                     Some(_) => {
                         let item = &todo[queue.next().expect("peeked")];
                         txn.send_retr(item.n, bound(item.size));
                         in_flight_retr += 1;
+                        retr_sizes.push_back(item.size);
                         if item.alone {
                             self.tried_alone.insert(item.tried_id());
                             break;
@@ -1604,7 +1700,15 @@ impl Run<'_> {
             if txn.in_flight() == 0 || (self.suspects_waiting && in_flight_retr == 0) {
                 break Ok(());
             }
+            // Accepted deliveries never wait for a server that has not started its next
+            // reply: they are committed first.
+            if !txn.buffered() {
+                self.commit(txn);
+            }
             let answering = txn.peek();
+            if matches!(answering, Some(Pending::Retr(_))) {
+                retr_sizes.pop_front();
+            }
             match txn.next(&self.spool, threshold).await {
                 Ok(Response::Retr { msg, body }) => {
                     in_flight_retr -= 1;
@@ -1693,6 +1797,18 @@ impl Run<'_> {
                 Err(e) => break Err(Broken::Lost(e)),
             }
         };
+        // Everything submitted is answered and committed before the session goes on (or
+        // ends); after a simulated crash, nothing more happens.
+        let mut result = result;
+        if !matches!(result, Err(Broken::Crashed)) {
+            self.settle_all(txn, result.is_ok()).await;
+            if self.crashed.is_some() {
+                result = Err(Broken::Crashed);
+            } else if result.is_ok() {
+                // The DELEs of the last commit are answered here, like the others.
+                result = self.answer_pending(txn).await;
+            }
+        }
         // Not started (a stop request, or the session ended early): they wait for the next
         // pass.
         let left = queue.count() as u32;
@@ -2038,18 +2154,128 @@ impl Run<'_> {
             });
         }
         if !self.marked.contains(&key) {
-            // Durable before the final data goes out (normally done in the commit of the
-            // delivery before this one).
-            if let Err(e) = lock(self.cx.ledger).begin_submission(&a.name, &key) {
+            // Durable before the final data goes out (normally done ahead, in the commit
+            // of earlier deliveries).
+            if let Err(e) = self.mark_ahead(&key) {
                 tracing::error!(account = %a.name, "ledger: {e}");
                 self.defer_named(key, format!("not submitted: the ledger failed: {e}"), named);
                 return;
             }
-            self.marked.insert(key.clone());
         }
+        self.retry.push_back(Flight {
+            item: item.clone(),
+            key,
+            body,
+            env,
+            prefix: prefix.into_bytes(),
+            named,
+            gen: 0,
+        });
+        // This message, then any whose session was lost meanwhile.
+        while let Some(f) = self.retry.pop_front() {
+            if self.crashed.is_some() {
+                return;
+            }
+            self.dispatch(txn, f).await;
+        }
+    }
+
+    /// Marks `key` as submitting, with the messages after it that the SMTP session may
+    /// take before the next commit, in one commit.
+    fn mark_ahead(&mut self, key: &str) -> Result<(), crate::ledger::LedgerError> {
+        let mut keys = vec![key.to_string()];
+        keys.extend(self.upcoming(key));
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        blocking(|| lock(self.cx.ledger).begin_submissions(&self.account.name, &refs))?;
+        self.marked.extend(keys);
+        Ok(())
+    }
+
+    /// The UID keys after `key` in this session's order, not yet marked: as many as the
+    /// SMTP session takes ahead of their replies (one when it takes none).
+    fn upcoming(&self, key: &str) -> Vec<String> {
+        let ahead = match self.smtp.as_ref() {
+            Some(s) if s.can_pipeline() => self.room(s).max(1),
+            _ => 1,
+        };
+        let Some(&at) = self.order_at.get(key) else {
+            return Vec::new();
+        };
+        self.order[at + 1..]
+            .iter()
+            .filter(|k| !self.marked.contains(*k) && !self.unknown.contains(*k))
+            .take(ahead)
+            .cloned()
+            .collect()
+    }
+
+    /// How many transactions may be in flight on `s`: within the window, and such that
+    /// even if every one of them were refused as badly as can be, two more protocol errors
+    /// would still fit under the server's limit (the margin [`Run::session`] keeps).
+    fn room(&self, s: &SmtpClient) -> usize {
+        let max = self.cx.config.limits.smtp_max_protocol_errors;
+        let free = max.saturating_sub(2 + s.protocol_errors());
+        ((free / ERRORS_PER_TRANSACTION) as usize).min(SMTP_WINDOW)
+    }
+
+    /// Submits one message: ahead of the replies when the session allows it (one
+    /// recipient, a message of this POP3 session, room under the error budget and the
+    /// window), otherwise on its own once everything in flight is answered.
+    async fn dispatch(&mut self, txn: &mut Transaction, mut f: Flight) {
+        if f.env.to.len() == 1 && f.item.n != 0 {
+            loop {
+                if let Some(why) = self.stop_smtp.clone() {
+                    self.defer_named(f.key, why, f.named);
+                    return;
+                }
+                let Some(s) = self.smtp.as_ref() else { break };
+                // With room for one only, nothing would overlap: one at a time then, which
+                // also keeps a refused sender from costing a refused data transfer.
+                let room = self.room(s);
+                if !s.can_pipeline() || room < 2 {
+                    break;
+                }
+                let held: u64 = self.flights.iter().map(|x| x.body.len()).sum();
+                let fits = self.flights.is_empty() || held + f.body.len() <= SMTP_WINDOW_BYTES;
+                if self.flights.len() < room && fits {
+                    f.gen = self.smtp_gen;
+                    let s = self.smtp.as_mut().expect("checked above");
+                    match s.submit(&f.env, &f.prefix, &f.body).await {
+                        Ok(()) => self.flights.push_back(f),
+                        Err(e) => {
+                            // The messages written before it are answered first.
+                            self.settle_flights(txn).await;
+                            if self.crashed.is_none() {
+                                self.settled(txn, f, Err(e)).await;
+                                self.tidy();
+                            }
+                        }
+                    }
+                    return;
+                }
+                self.settle_one(txn).await;
+                if self.crashed.is_some() {
+                    return;
+                }
+            }
+        }
+        // One at a time: whatever is in flight is answered first.
+        self.settle_flights(txn).await;
+        if self.crashed.is_some() {
+            return;
+        }
+        if let Some(why) = self.stop_smtp.clone() {
+            self.defer_named(f.key, why, f.named);
+            return;
+        }
+        self.send_serial(txn, f).await;
+    }
+
+    /// Submits one message and waits for its outcome.
+    async fn send_serial(&mut self, txn: &mut Transaction, mut f: Flight) {
         loop {
-            let attempt = match self.session().await {
-                Ok(s) => s.send(&env, prefix.as_bytes(), &body).await,
+            match self.session().await {
+                Ok(_) => break,
                 Err(e) => {
                     // No session to submit in: not this message's doing.
                     self.smtp = None;
@@ -2057,99 +2283,246 @@ impl Run<'_> {
                     if self.replace_session(&why) {
                         continue;
                     }
-                    self.defer_named(key, why, named);
+                    self.defer_named(f.key, why, f.named);
                     return;
                 }
+            }
+        }
+        f.gen = self.smtp_gen;
+        let s = self.smtp.as_mut().expect("connected above");
+        let r = s.send(&f.env, &f.prefix, &f.body).await;
+        self.settled(txn, f, r).await;
+        self.tidy();
+        self.maybe_commit(txn);
+    }
+
+    /// Reads the outcome of the oldest message in flight and acts on it; when its session
+    /// turned out lost, the rest of that session's messages too, then the session goes.
+    async fn settle_one(&mut self, txn: &mut Transaction) {
+        let (Some(f), Some(s)) = (self.flights.pop_front(), self.smtp.as_mut()) else {
+            return;
+        };
+        let r = s.outcome().await;
+        self.settled(txn, f, r).await;
+        if self.lost_gen == self.smtp_gen {
+            while let (Some(f), Some(s)) = (self.flights.pop_front(), self.smtp.as_mut()) {
+                if self.crashed.is_some() {
+                    return;
+                }
+                let r = s.outcome().await;
+                self.settled(txn, f, r).await;
+            }
+        }
+        self.tidy();
+        self.maybe_commit(txn);
+    }
+
+    /// Reads the outcome of every message in flight.
+    async fn settle_flights(&mut self, txn: &mut Transaction) {
+        while !self.flights.is_empty() && self.crashed.is_none() {
+            self.settle_one(txn).await;
+        }
+    }
+
+    /// Everything sent is answered and every acceptance committed: before the POP3
+    /// session ends (`dele` false when it broke: nothing more is DELE'd in it).
+    async fn settle_all(&mut self, txn: &mut Transaction, dele: bool) {
+        self.hold_deles = !dele;
+        loop {
+            self.settle_flights(txn).await;
+            let Some(f) = self.retry.pop_front() else {
+                break;
             };
-            match attempt {
-                Ok(accepted) => {
-                    if self.reached(Step::AfterAccept) {
-                        return;
-                    }
-                    self.delivered(
-                        txn,
+            if self.crashed.is_some() {
+                break;
+            }
+            self.dispatch(txn, f).await;
+        }
+        if self.crashed.is_none() {
+            self.commit(txn);
+        }
+        self.hold_deles = false;
+    }
+
+    /// Drops an SMTP session that cannot take another message, once nothing of it is in
+    /// flight.
+    fn tidy(&mut self) {
+        let spent = self
+            .smtp
+            .as_ref()
+            .is_some_and(|s| !s.is_usable() || self.lost_gen == self.smtp_gen);
+        if spent && self.flights.is_empty() {
+            self.smtp = None;
+        }
+    }
+
+    /// The SMTP session `gen` is lost: counted once (see [`Run::replace_session`]);
+    /// true when another may be opened for the messages it did not take.
+    fn session_lost(&mut self, gen: u32, reason: &str) -> bool {
+        if gen == self.smtp_gen && self.lost_gen != gen {
+            self.lost_gen = gen;
+            self.lost_may_retry = self.replace_session(reason);
+        }
+        self.lost_may_retry && self.stop_smtp.is_none()
+    }
+
+    /// Acts on a message's SMTP outcome: accepted (waits for its group commit), refused,
+    /// unknown, or to be submitted again in a new session.
+    async fn settled(
+        &mut self,
+        txn: &mut Transaction,
+        f: Flight,
+        attempt: Result<smtp::Accepted, SmtpError>,
+    ) {
+        let cfg = self.cx.config;
+        let a = self.account;
+        let Flight {
+            item,
+            key,
+            body,
+            env,
+            named,
+            gen,
+            ..
+        } = f;
+        match attempt {
+            Ok(accepted) => {
+                if self.reached(Step::AfterAccept) {
+                    return;
+                }
+                self.batch.push(Done {
+                    item,
+                    key,
+                    size: body.len(),
+                    sender: env.from,
+                    reply: accepted.reply.first_line(),
+                    named,
+                });
+            }
+            Err(e) if e.outcome_unknown() => {
+                // The server may have it: never sent again in this pass; the mark stays
+                // and names it as a possible duplicate when it is sent next time.
+                self.unknown.insert(key.clone());
+                self.defer_named(
+                    key,
+                    format!("{e}; the server may have accepted it: not sent again in this pass"),
+                    named,
+                );
+                self.session_lost(gen, &e.to_string());
+            }
+            Err(e) if e.is_local() => {
+                // The message could not be read back: the connection was dropped before
+                // its end, so the server does not have it.
+                self.lost_gen = gen;
+                self.defer_named(key, e.to_string(), named);
+            }
+            Err(e) if e.session_lost() => {
+                if self.session_lost(gen, &e.to_string()) {
+                    self.retry.push_back(Flight {
                         item,
                         key,
-                        body.len(),
-                        &sender.address,
-                        accepted.reply.first_line(),
+                        body,
+                        env,
+                        prefix: f.prefix,
                         named,
-                    );
+                        gen: 0,
+                    });
                     return;
                 }
-                Err(e) if e.outcome_unknown() => {
-                    // The server may have it: never sent again in this pass; the mark stays
-                    // and names it as a possible duplicate when it is sent next time.
-                    self.smtp = None;
-                    self.unknown.insert(key.clone());
-                    self.defer_named(
-                        key,
-                        format!(
-                            "{e}; the server may have accepted it: not sent again in this pass"
-                        ),
-                        named,
-                    );
-                    self.replace_session(&e.to_string());
-                    return;
-                }
-                Err(e) if e.is_local() => {
-                    // The message could not be read back: the connection was dropped
-                    // before its end, so the server does not have it.
-                    self.smtp = None;
-                    self.defer_named(key, e.to_string(), named);
-                    return;
-                }
-                Err(e) if e.session_lost() => {
-                    self.smtp = None;
-                    if self.replace_session(&e.to_string()) {
-                        continue;
-                    }
-                    self.defer_named(key, e.to_string(), named);
-                    return;
-                }
-                Err(e) if e.is_permanent() && e.is_message_refusal() => {
-                    let reply = e
-                        .reply()
-                        .map(|r| r.first_line())
-                        .unwrap_or_else(|| e.to_string());
-                    let recorded = lock(self.cx.ledger).record_failure(&a.name, &key, &reply);
-                    self.marked.remove(&key);
-                    let failures = match recorded {
-                        Ok(n) => n,
-                        Err(le) => {
-                            // Without a count the message can never be quarantined safely:
-                            // it stays on the server, refused.
-                            tracing::error!(account = %a.name, "ledger: {le}");
-                            self.summary.rejected += 1;
-                            self.emit_left(Event::Rejected {
-                                account: a.name.clone(),
-                                uid: key,
-                                reply: format!("{reply} (not counted: the ledger failed: {le})"),
-                                failures: 0,
-                                named,
-                            });
-                            return;
-                        }
-                    };
-                    // The old connector never gave up on a message: no quarantine under sbs2008.
-                    if !self.sbs && failures >= cfg.limits.poison_after {
-                        self.quarantine(txn, item.n, &key, &body, named).await;
-                    } else {
+                self.defer_named(key, e.to_string(), named);
+            }
+            Err(e) if e.is_permanent() && e.is_message_refusal() => {
+                let reply = e
+                    .reply()
+                    .map(|r| r.first_line())
+                    .unwrap_or_else(|| e.to_string());
+                let recorded = blocking(|| lock(self.cx.ledger).record_failure(&a.name, &key, &reply));
+                self.marked.remove(&key);
+                let failures = match recorded {
+                    Ok(n) => n,
+                    Err(le) => {
+                        // Without a count the message can never be quarantined safely: it
+                        // stays on the server, refused.
+                        tracing::error!(account = %a.name, "ledger: {le}");
                         self.summary.rejected += 1;
                         self.emit_left(Event::Rejected {
                             account: a.name.clone(),
                             uid: key,
-                            reply,
-                            failures,
+                            reply: format!("{reply} (not counted: the ledger failed: {le})"),
+                            failures: 0,
                             named,
                         });
+                        return;
                     }
-                    return;
+                };
+                // The old connector never gave up on a message: no quarantine under sbs2008.
+                if !self.sbs && failures >= cfg.limits.poison_after {
+                    self.quarantine(txn, item.n, &key, &body, named).await;
+                } else {
+                    self.summary.rejected += 1;
+                    self.emit_left(Event::Rejected {
+                        account: a.name.clone(),
+                        uid: key,
+                        reply,
+                        failures,
+                        named,
+                    });
                 }
-                Err(e) => {
-                    self.defer_named(key, e.to_string(), named);
-                    return;
-                }
+            }
+            Err(e) => self.defer_named(key, e.to_string(), named),
+        }
+    }
+
+    /// Commits the accepted deliveries when the group is full (and, in [`Run::process`],
+    /// before waiting for the POP3 server, and at the end of the session's work).
+    fn maybe_commit(&mut self, txn: &mut Transaction) {
+        if self.batch.len() >= GROUP_MAX {
+            self.commit(txn);
+        }
+    }
+
+    /// Group commit: records every accepted delivery waiting (and marks the next messages
+    /// as submitting) in one commit, then reports and DELEs each. A ledger failure keeps
+    /// them all on the server (their marks name them as possible duplicates next time).
+    fn commit(&mut self, txn: &mut Transaction) {
+        if self.batch.is_empty() || self.crashed.is_some() {
+            return;
+        }
+        let a = self.account;
+        let batch = std::mem::take(&mut self.batch);
+        let dele = !a.leave_on_server;
+        let deles: Vec<Option<(u64, u32)>> = batch
+            .iter()
+            .map(|d| (d.item.key.is_none() && dele).then(|| (d.item.size, self.listed_of(d.item.size))))
+            .collect();
+        let next = batch.last().map(|d| self.upcoming(&d.key)).unwrap_or_default();
+        let records: Vec<crate::ledger::Delivery<'_>> = batch
+            .iter()
+            .zip(&deles)
+            .map(|(d, dele)| crate::ledger::Delivery {
+                key: &d.key,
+                size: d.size,
+                reply: &d.reply,
+                dele: *dele,
+            })
+            .collect();
+        let next_refs: Vec<&str> = next.iter().map(String::as_str).collect();
+        let committed =
+            blocking(|| lock(self.cx.ledger).record_deliveries(&a.name, &records, &next_refs));
+        drop(records);
+        if let Err(e) = committed {
+            // Delivered but not recorded: the messages stay on the server rather than risk
+            // losing track; their submission marks name them as possible duplicates.
+            tracing::error!(account = %a.name, "ledger: {e}");
+            for d in batch {
+                self.defer_named(d.key, format!("delivered but the ledger failed: {e}"), d.named);
+            }
+            return;
+        }
+        self.marked.extend(next);
+        for (d, unconfirmed) in batch.into_iter().zip(deles) {
+            if !self.recorded(txn, &d.item, d.key, d.size, &d.sender, d.reply, unconfirmed.is_some()) {
+                return;
             }
         }
     }
@@ -2257,7 +2630,7 @@ impl Run<'_> {
             dele: (item.key.is_none() && dele).then(|| (item.size, self.listed_of(item.size))),
         };
         if let Err(e) =
-            lock(self.cx.ledger).record_delivered_then(&a.name, &key, size, &reply, along)
+            blocking(|| lock(self.cx.ledger).record_delivered_then(&a.name, &key, size, &reply, along))
         {
             // Delivered but not recorded: the message stays on the server rather than risk
             // losing track; its submission mark names it as a possible duplicate next time.
@@ -2265,10 +2638,29 @@ impl Run<'_> {
             self.defer_named(key, format!("delivered but the ledger failed: {e}"), named);
             return false;
         }
-        self.marked.remove(&key);
         if let Some(next) = along.next {
             self.marked.insert(next.to_string());
         }
+        self.recorded(txn, item, key, size, sender, reply, along.dele.is_some());
+        true
+    }
+
+    /// A delivery just recorded: counted, reported, then its DELE queued (`unconfirmed`:
+    /// recorded as an unconfirmed DELE of a header-digest key). False when the crash fail
+    /// point stopped the pass here.
+    #[allow(clippy::too_many_arguments)]
+    fn recorded(
+        &mut self,
+        txn: &mut Transaction,
+        item: &Item,
+        key: String,
+        size: u64,
+        sender: &str,
+        reply: String,
+        unconfirmed: bool,
+    ) -> bool {
+        let a = self.account;
+        self.marked.remove(&key);
         self.summary.delivered += 1;
         self.summary.delivered_octets = self.summary.delivered_octets.saturating_add(size);
         self.emit(Event::Delivered {
@@ -2280,11 +2672,11 @@ impl Run<'_> {
         });
         // Fault injection: die between the recorded delivery and its DELE.
         if self.reached(Step::AfterRecord) {
-            return true;
+            return false;
         }
         let already = self.sabotaged(Sabotage::DeleBeforeLedger);
-        if dele && !already {
-            if along.dele.is_some() {
+        if !a.leave_on_server && !already && !self.hold_deles {
+            if unconfirmed {
                 self.digest_deles.insert(key.clone());
             }
             self.dele(txn, item.n, key);

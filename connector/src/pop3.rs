@@ -1021,6 +1021,12 @@ impl Transaction {
         self.pending.front().map(|(p, _)| *p)
     }
 
+    /// True when part of the next reply has already arrived (reading it will not wait
+    /// for the server from scratch).
+    pub fn buffered(&self) -> bool {
+        !self.wire.inbuf.is_empty()
+    }
+
     /// Commands sent whose replies are not read yet.
     pub fn in_flight(&self) -> usize {
         self.pending.len()

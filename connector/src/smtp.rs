@@ -1,9 +1,18 @@
 //! The SMTP client: EHLO (HELO fallback), STARTTLS, SIZE, PIPELINING, BDAT or DATA, and a
 //! count of protocol errors so the caller can reconnect before the server's limit.
 //!
+//! Two ways to submit. [`SmtpClient::send`] submits one message and waits for its
+//! outcome (MAIL and RCPT first, the data only once they are accepted). With PIPELINING
+//! and CHUNKING, [`SmtpClient::submit`] writes a whole transaction (RSET, MAIL, RCPT, BDAT
+//! ... LAST) without waiting, so several messages are on the wire at once, and
+//! [`SmtpClient::outcome`] reads their replies in order (RFC 2920, RFC 3030). A reply that
+//! never came for a transaction whose last chunk was written leaves its outcome unknown;
+//! a transaction behind a 421 was certainly not processed.
+//!
 //! Must never: report a message as delivered unless the server answered 2xx to the end of
 //! its data for a recipient, send a bare CR or LF in DATA, or wait without a timeout.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +29,9 @@ use crate::net::{self, BoxIo, Dialer, TlsError};
 
 /// Chunk size for BDAT and for streaming DATA.
 const CHUNK: usize = 1024 * 1024;
+/// A session without a reply for this long is probed (RSET) before transactions are
+/// written ahead of their replies: servers close idle sessions.
+const IDLE_PROBE: Duration = Duration::from_secs(1);
 
 /// Where in the transaction a reply came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +127,13 @@ pub enum SmtpError {
         /// The full reply.
         reply: Reply,
     },
+    /// A pipelined transaction the server never processed: it closed the session with
+    /// `reply` (a 421) at an earlier command.
+    #[error("SMTP server closed the session before this message: {}", .reply.first_line())]
+    NotProcessed {
+        /// The 421 that ended the session.
+        reply: Reply,
+    },
 }
 
 impl SmtpError {
@@ -157,7 +176,11 @@ impl SmtpError {
             // 421: the server is closing. 503: the session's state is not what this side
             // thinks (bad sequence): a new session starts clean.
             Self::Refused { reply, .. } => matches!(reply.code, 421 | 503),
-            Self::Io { .. } | Self::Timeout { .. } | Self::Protocol { .. } | Self::Spool(_) => true,
+            Self::Io { .. }
+            | Self::Timeout { .. }
+            | Self::Protocol { .. }
+            | Self::Spool(_)
+            | Self::NotProcessed { .. } => true,
             _ => false,
         }
     }
@@ -314,6 +337,52 @@ pub struct SmtpClient {
     pipelining: bool,
     /// True when encrypted.
     pub tls: bool,
+    /// Transactions written by [`SmtpClient::submit`] whose replies are not read yet.
+    flights: VecDeque<Flight>,
+    /// Set once a transaction was written in this session (the next starts with RSET).
+    began: bool,
+    /// The 421 with which the server closed the session: nothing after it was processed.
+    closing: Option<Reply>,
+    /// Set when a reply timed out or stopped making sense: no later reply is read.
+    dead: bool,
+    /// When the last reply was read (a session idle longer than [`IDLE_PROBE`] is probed
+    /// before transactions are written ahead of its replies).
+    last_reply: tokio::time::Instant,
+    /// Set when [`SmtpClient::submit`] left commands on the wire that no flight tracks
+    /// (a spool failure part-way): the session ends once the flights are answered.
+    spent: bool,
+}
+
+/// A transaction written ahead of its replies: which replies it is owed, in order.
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    /// It starts with RSET (its reply is read and ignored, as [`SmtpClient::rset`] does).
+    rset: bool,
+    /// RCPT commands.
+    rcpts: usize,
+    /// BDAT chunks, the last one `LAST`.
+    chunks: usize,
+}
+
+/// A read failure for a transaction whose last chunk was written: the server may have
+/// accepted it, so the failure is reported at the end of the data (outcome unknown).
+fn at_end(e: SmtpError) -> SmtpError {
+    match e {
+        SmtpError::Io { source, .. } => SmtpError::Io {
+            stage: Stage::EndOfData,
+            source,
+        },
+        SmtpError::Timeout { secs, setting, .. } => SmtpError::Timeout {
+            stage: Stage::EndOfData,
+            secs,
+            setting,
+        },
+        SmtpError::Protocol { detail, .. } => SmtpError::Protocol {
+            stage: Stage::EndOfData,
+            detail,
+        },
+        other => other,
+    }
 }
 
 /// A write failure before the end marker: the server cannot have the message.
@@ -378,6 +447,12 @@ impl SmtpClient {
             data_timeout: s.data_timeout,
             pipelining: s.pipelining,
             tls: false,
+            flights: VecDeque::new(),
+            began: false,
+            closing: None,
+            dead: false,
+            spent: false,
+            last_reply: tokio::time::Instant::now(),
         };
         let greeting = c.reply(Stage::Greeting).await?;
         if !greeting.is_positive() {
@@ -460,6 +535,36 @@ impl SmtpClient {
             .map_err(|source| SmtpError::Io { stage, source })
     }
 
+    /// Writes what ends a transaction's data. Until every octet is handed to the
+    /// connection the server cannot have the whole message (a failure is at
+    /// [`Stage::Data`]); a failure after that, or a timeout, may come after the server
+    /// received it all ([`Stage::EndOfData`]: outcome unknown).
+    async fn write_whole(&mut self, data: &[u8], shown: &str) -> Result<(), SmtpError> {
+        for l in shown.lines() {
+            tracing::debug!(target: "popbridge::wire", "SMTP C: {l}");
+        }
+        let t = self.command_timeout;
+        let timeout = SmtpError::Timeout {
+            stage: Stage::EndOfData,
+            secs: t.as_secs(),
+            setting: "command",
+        };
+        let deadline = tokio::time::Instant::now() + t;
+        tokio::time::timeout_at(deadline, self.io.write_all(data))
+            .await
+            .map_err(|_| timeout)?
+            .map_err(data_io)?;
+        let timeout = SmtpError::Timeout {
+            stage: Stage::EndOfData,
+            secs: t.as_secs(),
+            setting: "command",
+        };
+        tokio::time::timeout_at(deadline, self.io.flush())
+            .await
+            .map_err(|_| timeout)?
+            .map_err(end_io)
+    }
+
     /// The next reply, complete within the `command` timeout.
     async fn reply(&mut self, stage: Stage) -> Result<Reply, SmtpError> {
         let limit = self.command_timeout;
@@ -494,6 +599,7 @@ impl SmtpClient {
             match self.parser.parse(&mut self.inbuf) {
                 Ok(Some(r)) => {
                     tracing::debug!(target: "popbridge::wire", "SMTP S: {}", r.first_line());
+                    self.last_reply = tokio::time::Instant::now();
                     if counts_as_protocol_error(r.code) {
                         self.protocol_errors += 1;
                     }
@@ -545,34 +651,7 @@ impl SmtpClient {
         prefix: &[u8],
         body: &Body,
     ) -> Result<Accepted, SmtpError> {
-        let size = prefix.len() as u64 + body.len();
-        let mut params = Vec::new();
-        if self.ext.size.is_some() {
-            params.push(Param::new("SIZE", size.to_string()));
-        }
-        if body.has_8bit() && self.ext.eightbitmime {
-            params.push(Param::new("BODY", "8BITMIME"));
-        }
-        let utf8 = !env.from.is_ascii() || env.to.iter().any(|t| !t.is_ascii());
-        if utf8 && self.ext.smtputf8 {
-            params.push(Param::flag("SMTPUTF8"));
-        }
-        let mail = SmtpCommand::Mail {
-            from: env.from.clone(),
-            params,
-        }
-        .to_string();
-        let rcpts: Vec<String> = env
-            .to
-            .iter()
-            .map(|t| {
-                SmtpCommand::Rcpt {
-                    to: t.clone(),
-                    params: vec![],
-                }
-                .to_string()
-            })
-            .collect();
+        let (mail, rcpts) = self.envelope_lines(env, prefix, body);
         if self.pipelining && self.ext.pipelining {
             // MAIL and RCPT together; DATA only once they are known to be accepted, so a
             // refused sender costs at most one protocol error per recipient plus one.
@@ -750,6 +829,270 @@ impl SmtpClient {
                 });
             }
         }
+    }
+
+    /// The MAIL line (with SIZE, BODY=8BITMIME and SMTPUTF8 as the server allows) and one
+    /// RCPT line per recipient.
+    fn envelope_lines(&self, env: &Envelope, prefix: &[u8], body: &Body) -> (String, Vec<String>) {
+        let size = prefix.len() as u64 + body.len();
+        let mut params = Vec::new();
+        if self.ext.size.is_some() {
+            params.push(Param::new("SIZE", size.to_string()));
+        }
+        if body.has_8bit() && self.ext.eightbitmime {
+            params.push(Param::new("BODY", "8BITMIME"));
+        }
+        let utf8 = !env.from.is_ascii() || env.to.iter().any(|t| !t.is_ascii());
+        if utf8 && self.ext.smtputf8 {
+            params.push(Param::flag("SMTPUTF8"));
+        }
+        let mail = SmtpCommand::Mail {
+            from: env.from.clone(),
+            params,
+        }
+        .to_string();
+        let rcpts = env
+            .to
+            .iter()
+            .map(|t| {
+                SmtpCommand::Rcpt {
+                    to: t.clone(),
+                    params: vec![],
+                }
+                .to_string()
+            })
+            .collect();
+        (mail, rcpts)
+    }
+
+    /// True when transactions may be written ahead of their replies: the server offers
+    /// PIPELINING and CHUNKING (so the data needs no 354 first), pipelining is allowed, and
+    /// the session is still in step.
+    pub fn can_pipeline(&self) -> bool {
+        self.pipelining
+            && self.ext.pipelining
+            && self.ext.chunking
+            && !self.spent
+            && !self.dead
+            && self.closing.is_none()
+    }
+
+    /// Transactions written by [`SmtpClient::submit`] whose outcome is not read yet.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// False once the session cannot take another transaction: the server closed it
+    /// (421), a reply timed out or stopped making sense, or a submission broke off.
+    pub fn is_usable(&self) -> bool {
+        !self.spent && !self.dead && self.closing.is_none()
+    }
+
+    /// Writes one whole transaction for a single recipient without waiting for a reply:
+    /// RSET (after the session's first), MAIL, RCPT, then the data as BDAT chunks, the last
+    /// one `LAST`. Its outcome comes from [`SmtpClient::outcome`], in the order submitted.
+    ///
+    /// An error here is this message's: at [`Stage::EndOfData`] the last chunk may have
+    /// reached the server (outcome unknown); before it, the server cannot have the message.
+    /// The transactions submitted earlier are still answered by `outcome`.
+    pub async fn submit(
+        &mut self,
+        env: &Envelope,
+        prefix: &[u8],
+        body: &Body,
+    ) -> Result<(), SmtpError> {
+        if self.flights.is_empty() && self.last_reply.elapsed() >= IDLE_PROBE {
+            // A session idle for a while may have been closed by the server: find out with
+            // an RSET first, so that a dead session costs a retry, not an unknown outcome.
+            self.write(b"RSET\r\n", "RSET", Stage::Mail).await?;
+            let r = self.reply(Stage::Mail).await?;
+            if r.code == 421 {
+                self.closing = Some(r.clone());
+                return Err(SmtpError::Refused {
+                    stage: Stage::Mail,
+                    reply: r,
+                });
+            }
+            self.began = false;
+        }
+        let (mail, rcpts) = self.envelope_lines(env, prefix, body);
+        let rset = self.began;
+        self.began = true;
+        let mut head = String::with_capacity(64 + mail.len());
+        if rset {
+            head.push_str("RSET\r\n");
+        }
+        head.push_str(&mail);
+        rcpts.iter().for_each(|r| head.push_str(r));
+        let total = prefix.len() as u64 + body.len();
+        let mut flight = Flight {
+            rset,
+            rcpts: rcpts.len(),
+            chunks: 0,
+        };
+        if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
+            // The usual case: the whole transaction in one write.
+            let shown = format!("{}\nBDAT {total} LAST (message)", head.trim_end());
+            let mut out = BytesMut::with_capacity(head.len() + total as usize + 32);
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(format!("BDAT {total} LAST\r\n").as_bytes());
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(bytes);
+            if let Err(e) = self.write_whole(&out, &shown).await {
+                self.spent = true;
+                return Err(e);
+            }
+            flight.chunks = 1;
+            self.flights.push_back(flight);
+            return Ok(());
+        }
+        if let Err(e) = self.write(head.as_bytes(), head.trim_end(), Stage::Mail).await {
+            self.spent = true;
+            return Err(e);
+        }
+        let mut reader = match body.reader().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.spent = true;
+                return Err(SmtpError::Spool(e));
+            }
+        };
+        let mut pending: Vec<u8> = prefix.to_vec();
+        let (mut sent, mut read, mut eof) = (0u64, 0u64, false);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            while pending.len() < CHUNK && !eof {
+                let n = match reader.read(&mut buf[..CHUNK - pending.len()]).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.spent = true;
+                        return Err(SmtpError::Spool(e));
+                    }
+                };
+                read += n as u64;
+                eof = n == 0;
+                pending.extend_from_slice(&buf[..n]);
+            }
+            if (eof && read != body.len()) || read > body.len() {
+                // Never announce a LAST chunk for a message the spool does not hold whole;
+                // the commands already written are answered but tracked by no flight.
+                self.spent = true;
+                return Err(SmtpError::Spool(short_spool(read, body.len())));
+            }
+            let last = sent + pending.len() as u64 >= total;
+            let (head, stage) = if last {
+                (format!("BDAT {} LAST\r\n", pending.len()), Stage::EndOfData)
+            } else {
+                (format!("BDAT {}\r\n", pending.len()), Stage::Chunk)
+            };
+            let mut out = BytesMut::with_capacity(head.len() + pending.len());
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(&pending);
+            flight.chunks += 1;
+            let written = if last {
+                self.write_whole(&out, head.trim_end()).await
+            } else {
+                self.write(&out, head.trim_end(), stage).await
+            };
+            if let Err(e) = written {
+                self.spent = true;
+                return Err(e);
+            }
+            sent += pending.len() as u64;
+            pending.clear();
+            if last {
+                self.flights.push_back(flight);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the replies of the oldest transaction written by [`SmtpClient::submit`]: `Ok`
+    /// only when MAIL, the RCPT and every chunk were accepted. After a timeout or a reply
+    /// out of step, nothing more is read: the later transactions' outcomes are unknown.
+    /// Behind a 421, they were not processed ([`SmtpError::NotProcessed`]).
+    pub async fn outcome(&mut self) -> Result<Accepted, SmtpError> {
+        let Some(f) = self.flights.pop_front() else {
+            return Err(SmtpError::Protocol {
+                stage: Stage::EndOfData,
+                detail: "no transaction in flight".into(),
+            });
+        };
+        if let Some(reply) = &self.closing {
+            return Err(SmtpError::NotProcessed {
+                reply: reply.clone(),
+            });
+        }
+        if self.dead {
+            return Err(SmtpError::Io {
+                stage: Stage::EndOfData,
+                source: io::Error::other("no reply read: an earlier one timed out or was out of step"),
+            });
+        }
+        let r = self.read_flight(f).await;
+        if let Err(e) = &r {
+            if matches!(e, SmtpError::Timeout { .. } | SmtpError::Protocol { .. }) {
+                self.dead = true;
+            }
+        }
+        r
+    }
+
+    async fn read_flight(&mut self, f: Flight) -> Result<Accepted, SmtpError> {
+        if f.rset {
+            // A refused RSET changes nothing (the next MAIL tells), as in `rset`.
+            let r = self.reply(Stage::Mail).await.map_err(at_end)?;
+            if r.code == 421 {
+                self.closing = Some(r.clone());
+                return Err(SmtpError::Refused {
+                    stage: Stage::Mail,
+                    reply: r,
+                });
+            }
+        }
+        let mut stages = vec![Stage::Mail];
+        stages.extend(std::iter::repeat_n(Stage::Rcpt, f.rcpts));
+        stages.extend(std::iter::repeat_n(Stage::Chunk, f.chunks.saturating_sub(1)));
+        let mut refused: Option<SmtpError> = None;
+        for stage in stages {
+            let r = self.reply(stage).await.map_err(at_end)?;
+            if r.code == 421 {
+                // The server is closing: nothing after this reply was processed.
+                self.closing = Some(r.clone());
+                return Err(refused.unwrap_or(SmtpError::Refused { stage, reply: r }));
+            }
+            if !r.is_positive() && refused.is_none() {
+                refused = Some(SmtpError::Refused { stage, reply: r });
+            }
+        }
+        let stage = Stage::EndOfData;
+        let limit = self.data_timeout;
+        let r = self.reply_within(stage, limit, "data").await.map_err(at_end)?;
+        if r.code == 421 {
+            self.closing = Some(r.clone());
+        }
+        if !r.is_positive() {
+            return Err(refused.unwrap_or(SmtpError::Refused { stage, reply: r }));
+        }
+        if refused.is_some() {
+            // One recipient, refused or its sender refused, yet the data accepted: these
+            // replies cannot be matched to their commands.
+            return Err(SmtpError::Protocol {
+                stage,
+                detail: format!(
+                    "{} accepts the data of a transaction it refused: the replies are out of \
+                     step",
+                    r.first_line()
+                ),
+            });
+        }
+        if self.flights.is_empty() && !self.inbuf.is_empty() {
+            return Err(SmtpError::Protocol {
+                stage,
+                detail: "more data after the final reply: the replies are out of step".into(),
+            });
+        }
+        Ok(Accepted { reply: r })
     }
 
     /// RSET, ignoring a refusal (the next MAIL will tell).

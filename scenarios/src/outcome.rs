@@ -158,8 +158,24 @@ fn strip_eol(d: &[u8]) -> &[u8] {
 /// unavoidable when an earlier acceptance went unconfirmed (the connector never saw it),
 /// each such acceptance explaining one.
 pub fn duplicates_of(accepted: &[&Transaction], copies: usize) -> (u32, u32) {
+    duplicates_recorded(accepted, copies, None)
+}
+
+/// [`duplicates_of`], knowing also how many deliveries the connector `recorded` (its
+/// `message.delivered` events, which come once the delivery is committed): an acceptance it
+/// saw but never recorded (it crashed while the acceptance waited for its group commit)
+/// explains one later duplicate too, like an unconfirmed one.
+pub fn duplicates_recorded(
+    accepted: &[&Transaction],
+    copies: usize,
+    recorded: Option<usize>,
+) -> (u32, u32) {
     let mut owed = copies;
     let mut unseen = 0u32;
+    // Seen acceptances beyond those recorded: taken to be the earliest (a crash before the
+    // commit, then a later pass that recorded the delivery).
+    let seen = accepted.iter().filter(|t| !t.unconfirmed()).count();
+    let mut unrecorded = recorded.map_or(0, |r| seen.saturating_sub(r));
     let (mut unavoidable, mut avoidable) = (0u32, 0u32);
     for t in accepted {
         if owed > 0 {
@@ -171,6 +187,9 @@ pub fn duplicates_of(accepted: &[&Transaction], copies: usize) -> (u32, u32) {
             avoidable += 1;
         }
         if t.unconfirmed() {
+            unseen += 1;
+        } else if unrecorded > 0 {
+            unrecorded -= 1;
             unseen += 1;
         }
     }

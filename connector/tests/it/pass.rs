@@ -719,7 +719,11 @@ async fn a_crash_after_delivery_and_before_dele_costs_nothing() {
         Some(mock_pop3::SessionEnd::ClientClosed)
     );
     let (after, events) = s.pass(&pop, &smtp).await;
-    assert_eq!((after.delivered, after.deleted), (7, 10));
-    assert_eq!(count(&events, "message.already_delivered"), 3);
+    // The crash came after the commit that recorded the third delivery (with the others
+    // of its group): every recorded one is only deleted now, the rest delivered.
+    let already = count(&events, "message.already_delivered");
+    assert!(already >= 3, "{already}");
+    assert_eq!(after.delivered as usize + already, 10, "{after:?}");
+    assert_eq!(after.deleted, 10);
     exactly_once(&delivered_ids(&smtp), 10);
 }

@@ -7,8 +7,9 @@
 //! - **lost**: gone from the POP3 server, never accepted, not quarantined;
 //! - **duplicate**: accepted more than once, unavoidable only when the acceptance before it
 //!   was never seen by the connector (its reply lost, or the connector sent nothing more on
-//!   that session); for popbridge each such duplicate must also be named by a
-//!   `message.possible_duplicate` event;
+//!   that session), or, for popbridge, seen but never recorded (no `message.delivered`
+//!   event: it crashed while the acceptance waited for its group commit); for popbridge
+//!   each such duplicate must also be named by a `message.possible_duplicate` event;
 //! - **corrupt**: a delivery whose bytes are not the message's (popbridge);
 //! - **forward progress**: once the faults stopped and the clean passes settled, every
 //!   deliverable message delivered, every poison or spam message quarantined, everything
@@ -28,7 +29,7 @@ use serde::Serialize;
 
 use super::spec::{Class, Expected, Msg, Profile, Spec, USER};
 use crate::generate::Planned;
-use crate::outcome::{duplicates_of, transactions_by_message};
+use crate::outcome::{duplicates_recorded, transactions_by_message};
 use crate::schema::Scenario;
 use crate::world::Observed;
 
@@ -206,14 +207,16 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
     // popbridge's view: quarantine copies and possible-duplicate reports by key.
     let account = crate::world::account_name(USER);
     let mut named: BTreeMap<String, u32> = BTreeMap::new();
+    let mut recorded: BTreeMap<String, usize> = BTreeMap::new();
     for pe in &obs.events {
-        if let Event::PossibleDuplicate {
-            account: a, uid, ..
-        } = &pe.event
-        {
-            if *a == account {
-                *named.entry(uid.clone()).or_default() += 1;
-            }
+        match &pe.event {
+            Event::PossibleDuplicate {
+                account: a, uid, ..
+            } if *a == account => *named.entry(uid.clone()).or_default() += 1,
+            Event::Delivered {
+                account: a, uid, ..
+            } if *a == account => *recorded.entry(uid.clone()).or_default() += 1,
+            _ => {}
         }
     }
     // Each declaration is judged as a whole: byte-identical copies cannot be told apart
@@ -309,7 +312,10 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
         }
         // Duplicates: every acceptance beyond the copies owed, explained by one before it
         // that the connector never saw.
-        let (unavoidable, avoidable) = duplicates_of(&accepted, copies as usize);
+        // For popbridge, an acceptance it saw but never recorded (a crash before the group
+        // commit) explains a duplicate too; it must still be named below.
+        let records = popbridge.then(|| family.iter().filter_map(|k| recorded.get(k)).sum());
+        let (unavoidable, avoidable) = duplicates_recorded(&accepted, copies as usize, records);
         v.unavoidable += unavoidable;
         v.avoidable += avoidable;
         if avoidable > 0 {

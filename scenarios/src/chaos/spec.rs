@@ -334,7 +334,9 @@ pub fn draw(seed: u64, profile: Profile, external: bool, sabotage: Option<Sabota
         smtp_pipelining: r.gen_bool(0.7),
         advertise_size: r.gen_bool(0.8),
         max_message_size,
-        max_protocol_errors: *pick(r, &[3u32, 5, 5, 10]),
+        // 20 and 50 give popbridge room to write several transactions ahead of their
+        // replies (it needs room for three errors each under the limit).
+        max_protocol_errors: *pick(r, &[3u32, 5, 5, 10, 20, 50]),
         org_limit,
         leave_on_server: r.gen_bool(0.15),
         poison_after: r.gen_range(1..=3),
