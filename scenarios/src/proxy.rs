@@ -155,9 +155,9 @@ async fn read_side<R: AsyncRead + Unpin>(
     }
 }
 
-/// The time `bytes` take at `rate` bytes per second.
+/// The time `bytes` take at `rate` bytes per second (rounded up: never above the cap).
 fn transmission(bytes: usize, rate: u64) -> Duration {
-    let nanos = (bytes as u128 * 1_000_000_000) / u128::from(rate.max(1));
+    let nanos = (bytes as u128 * 1_000_000_000).div_ceil(u128::from(rate.max(1)));
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
@@ -355,6 +355,25 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Everything `io` sends until it closes, failing (not hanging) past a minute of
+    /// (paused) time.
+    async fn to_end(io: &mut DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        timeout(Duration::from_secs(60), io.read_to_end(&mut got))
+            .await
+            .expect("the stream was never closed")
+            .unwrap();
+        got
+    }
+
+    /// Fills `buf` from `io`, failing (not hanging) past a minute of (paused) time.
+    async fn exact<R: AsyncRead + Unpin>(io: &mut R, buf: &mut [u8]) {
+        timeout(Duration::from_secs(60), io.read_exact(buf))
+            .await
+            .expect("the bytes never came")
+            .unwrap();
+    }
+
     /// A shaped link over in-memory streams: (client end, server end, the pipe's task).
     fn link(
         shape: Shape,
@@ -382,11 +401,11 @@ mod tests {
         let sent = Instant::now();
         client.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
-        server.read_exact(&mut one).await.unwrap();
+        exact(&mut server, &mut one).await;
         assert_eq!(sent.elapsed(), 40 * MS);
         let back = Instant::now();
         server.write_all(b"y").await.unwrap();
-        client.read_exact(&mut one).await.unwrap();
+        exact(&mut client, &mut one).await;
         assert_eq!((&one, back.elapsed()), (b"y", 40 * MS));
     }
 
@@ -404,7 +423,7 @@ mod tests {
         let mut arrivals = Vec::new();
         let mut one = [0u8; 1];
         for _ in 0..3 {
-            server.read_exact(&mut one).await.unwrap();
+            exact(&mut server, &mut one).await;
             arrivals.push((one[0], t0.elapsed()));
         }
         // Pipelined: not one chunk per round trip (that would be 100, 300, 500 ms).
@@ -431,7 +450,10 @@ mod tests {
         let mut at_five = None;
         let mut buf = [0u8; 4096];
         while got < 10_000 {
-            let n = server.read(&mut buf).await.unwrap();
+            let n = timeout(Duration::from_secs(60), server.read(&mut buf))
+                .await
+                .expect("the bytes never came")
+                .unwrap();
             assert_ne!(n, 0, "early end of stream");
             if at_five.is_none() && t0.elapsed() >= Duration::from_secs(5) {
                 at_five = Some(got);
@@ -460,14 +482,10 @@ mod tests {
         let (mut client, mut server, task) = link(shape);
         client.write_all(&[1u8; 60]).await.unwrap();
         let mut buf = [0u8; 60];
-        server.read_exact(&mut buf).await.unwrap();
+        exact(&mut server, &mut buf).await;
         server.write_all(&[2u8; 60]).await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, vec![2u8; 40]);
-        let mut rest = Vec::new();
-        server.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
+        assert_eq!(to_end(&mut client).await, vec![2u8; 40]);
+        assert!(to_end(&mut server).await.is_empty());
         assert_eq!(task.await.unwrap().unwrap(), (60, 40));
     }
 
@@ -477,14 +495,12 @@ mod tests {
         let t0 = Instant::now();
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
+        let got = to_end(&mut server).await;
         assert_eq!((got.as_slice(), t0.elapsed()), (&b"hello"[..], 30 * MS));
         // The other direction still works after the half-close.
         server.write_all(b"bye").await.unwrap();
         drop(server);
-        let mut back = Vec::new();
-        client.read_to_end(&mut back).await.unwrap();
+        let back = to_end(&mut client).await;
         assert_eq!((back.as_slice(), t0.elapsed()), (&b"bye"[..], 60 * MS));
         assert_eq!(task.await.unwrap().unwrap(), (5, 3));
     }
@@ -515,7 +531,7 @@ mod tests {
         let t0 = Instant::now();
         client.write_all(b"z").await.unwrap();
         let mut one = [0u8; 1];
-        server.read_exact(&mut one).await.unwrap();
+        exact(&mut server, &mut one).await;
         assert_eq!(t0.elapsed(), 25 * MS);
     }
 
@@ -530,7 +546,7 @@ mod tests {
         let echo = tokio::spawn(async move {
             let (mut s, _) = upstream.accept().await.unwrap();
             let mut buf = [0u8; 4];
-            s.read_exact(&mut buf).await.unwrap();
+            exact(&mut s, &mut buf).await;
             s.write_all(&buf).await.unwrap();
         });
         let proxy = spawn_tcp(loopback().await, upstream_addr, latency(20)).unwrap();
