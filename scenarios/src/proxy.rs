@@ -38,6 +38,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Paced writes go out in slices of at most this share of a second's worth of bytes.
 const SLICES_PER_SECOND: u64 = 50;
+/// tokio's timers fire on whole milliseconds, and on the real clock a task wakes late: a
+/// paced write that woke up to this much late still starts when the link became free, so
+/// late wake-ups do not add up to a lower rate (at most this much of the cap goes early).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 /// How a proxied connection is shaped, per direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,7 +187,8 @@ async fn write_side<W: AsyncWrite + Unpin>(
             Some(rate) => {
                 let slice = usize::try_from((rate / SLICES_PER_SECOND).max(1)).unwrap_or(CHUNK);
                 for part in item.data.chunks(slice) {
-                    let start = free_at.max(Instant::now());
+                    let now = Instant::now();
+                    let start = free_at.max(now.checked_sub(TIMER_SLACK).unwrap_or(now));
                     sleep_until(start).await;
                     to.write_all(part).await?;
                     free_at = start + transmission(part.len(), rate);
@@ -469,6 +474,46 @@ mod tests {
         );
         let half = at_five.unwrap();
         assert!((4_980..=5_020).contains(&half), "{half} bytes by 5 s");
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_cap_keeps_its_rate_over_many_chunks() {
+        // 10 MiB/s: 160 chunks of 64 KiB, 6.25 ms each; the first goes out at once.
+        let rate = 10 * 1024 * 1024;
+        let shape = Shape {
+            bandwidth: Some(rate),
+            ..Shape::default()
+        };
+        let (mut client, mut server, _task) = link(shape);
+        let t0 = Instant::now();
+        let sender = tokio::spawn(async move {
+            client
+                .write_all(&vec![7u8; 10 * 1024 * 1024])
+                .await
+                .unwrap();
+            client
+        });
+        let got = {
+            let mut got = 0usize;
+            let mut buf = vec![0u8; CHUNK];
+            while got < 10 * 1024 * 1024 {
+                let n = timeout(Duration::from_secs(60), server.read(&mut buf))
+                    .await
+                    .expect("the bytes never came")
+                    .unwrap();
+                assert_ne!(n, 0, "early end of stream");
+                got += n;
+            }
+            got
+        };
+        let took = t0.elapsed();
+        let chunk = transmission(CHUNK, rate);
+        assert_eq!(got, 10 * 1024 * 1024);
+        assert!(
+            took + chunk >= Duration::from_secs(1) && took <= Duration::from_secs(1) + TIMER_SLACK,
+            "{took:?}"
+        );
         drop(sender.await.unwrap());
     }
 
