@@ -106,6 +106,14 @@ impl Shared {
     fn halt(&self) {
         self.stop.send_replace(true);
     }
+
+    /// `r`, after stopping both directions when it is an error.
+    fn on_error<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if r.is_err() {
+            self.halt();
+        }
+        r
+    }
 }
 
 /// Queues `item` unless the connection is stopped first; false when it could not.
@@ -223,23 +231,11 @@ where
     let (ab_tx, ab_rx) = mpsc::channel(QUEUE_CHUNKS);
     let (ba_tx, ba_rx) = mpsc::channel(QUEUE_CHUNKS);
     let shared = &shared;
-    let halting = |r: io::Result<()>| {
-        if r.is_err() {
-            shared.halt();
-        }
-        r
-    };
-    let writing = |r: io::Result<u64>| {
-        if r.is_err() {
-            shared.halt();
-        }
-        r
-    };
     let (ra, wb, rb, wa) = tokio::join!(
-        async { halting(read_side(a_read, ab_tx, shape.latency, shared).await) },
-        async { writing(write_side(b_write, ab_rx, shape.bandwidth).await) },
-        async { halting(read_side(b_read, ba_tx, shape.latency, shared).await) },
-        async { writing(write_side(a_write, ba_rx, shape.bandwidth).await) },
+        async { shared.on_error(read_side(a_read, ab_tx, shape.latency, shared).await) },
+        async { shared.on_error(write_side(b_write, ab_rx, shape.bandwidth).await) },
+        async { shared.on_error(read_side(b_read, ba_tx, shape.latency, shared).await) },
+        async { shared.on_error(write_side(a_write, ba_rx, shape.bandwidth).await) },
     );
     ra?;
     rb?;
