@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use mock_core::test_support;
 use mock_pop3::pki::TestPki;
 use mock_pop3::{demo_message, AuthMethod, Mailbox, MockPop3, MockPop3Handle, SessionEnd, TlsMode};
 use tokio::process::Command;
@@ -33,28 +34,13 @@ const SIZES_LARGE: &[usize] = &[2_048, 1 << 20, 10_000, 100_000, 64_000];
 /// A body line of every tenth line of a demo message: dot-stuffed on the wire.
 const DOT_LINE: &str = ".a line that starts with a dot";
 
-/// `PATH` for the clients (and their `/bin/sh -c` helpers), and for finding them when unset.
+/// `PATH` for the clients (and their `/bin/sh -c` helpers).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-/// Finds an executable on `PATH`.
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
 
 /// The client's path, or `None` (test skipped) when it is not installed.
 /// Panics instead when `POPBRIDGE_REQUIRE_PEERS=1`.
 fn require(name: &str) -> Option<PathBuf> {
-    if let Some(p) = tool(name) {
-        return Some(p);
-    }
-    if std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-        panic!("{name} is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed");
-    }
-    eprintln!("skipping: {name} not installed");
-    None
+    test_support::require(name, &[])
 }
 
 /// What the test serves and how.
