@@ -10,12 +10,13 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::TcpListener;
 
-use crate::fault::FaultPlan;
+use crate::fault::{FaultPlan, FaultRule};
 use crate::stream::{is_disconnect, Conn};
 use crate::tracker::Tracker;
 
@@ -80,6 +81,62 @@ impl fmt::Display for SessionEnd {
     }
 }
 
+/// What a command asks of a session's serving loop.
+pub enum Flow {
+    /// Read the next command.
+    Continue,
+    /// The reply to STLS / STARTTLS went out: the TLS handshake is next.
+    StartTls,
+    /// Stop, for this reason.
+    End(SessionEnd),
+}
+
+/// Why a session's serving loop returned.
+pub enum Step {
+    /// The TLS handshake is due (implicit TLS, STLS, STARTTLS); serving resumes after it.
+    Tls(Arc<rustls::ServerConfig>),
+    /// The session is over.
+    End(SessionEnd),
+}
+
+/// What every mock's builder sets the same way (see [`host_setters`](crate::host_setters)).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The fault rules.
+    pub faults: Vec<FaultRule>,
+    /// The seed of the server's generator.
+    pub seed: u64,
+    /// Each session's sending speed limit, in octets a second.
+    pub throttle: Option<u64>,
+    /// Whether commands and transcripts are kept (off in benchmarks).
+    pub record: bool,
+}
+
+impl Default for Settings {
+    /// No faults, seed 0, no speed limit, recording on.
+    fn default() -> Self {
+        Self {
+            faults: Vec::new(),
+            seed: 0,
+            throttle: None,
+            record: true,
+        }
+    }
+}
+
+/// The keyword of a command line that did not parse (for its fault hook and transcript):
+/// its first word, at most 16 characters, upper-case.
+pub fn keyword_of(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = String::from_utf8_lossy(line);
+    let word = text.split(' ').next().unwrap_or("");
+    word.chars()
+        .take(16)
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
 /// What a mock records about each session; the host fills in the common parts.
 pub trait Record: Clone + Send + 'static {
     /// A fresh record for session `id` (from 1).
@@ -121,18 +178,29 @@ pub struct Host<R> {
     faults: FaultPlan,
     tracker: Tracker,
     record: bool,
+    throttle: Option<u64>,
     sessions: Mutex<Vec<R>>,
 }
 
 impl<R: Record> Host<R> {
-    /// A host with these faults; `record` keeps transcripts (off in benchmarks).
-    pub fn new(faults: FaultPlan, record: bool) -> Self {
+    /// A host as a builder's settings say.
+    pub fn new(settings: Settings) -> Self {
         Self {
-            faults,
+            faults: FaultPlan::new(settings.faults, settings.seed),
             tracker: Tracker::new(),
-            record,
+            record: settings.record,
+            throttle: settings.throttle,
             sessions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A session's connection over `stream`: reads and writes time out after `deadline`,
+    /// sending at the server's speed limit.
+    pub fn connection<S>(&self, stream: S, deadline: Duration) -> Conn<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        Conn::new(stream, deadline, self.throttle)
     }
 
     /// The server's fault plan and seeded generator.
@@ -415,4 +483,85 @@ macro_rules! handle_type {
             }
         }
     };
+}
+
+/// The builder methods every mock has, over its `host: Settings` field: `fault`, `seed`,
+/// `throttle` and `record_transcript`.
+#[macro_export]
+macro_rules! host_setters {
+    () => {
+        /// Adds a fault rule.
+        pub fn fault(mut self, rule: $crate::fault::FaultRule) -> Self {
+            self.host.faults.push(rule);
+            self
+        }
+
+        /// Seeds the generator behind probabilistic faults and the mock's other random
+        /// choices (POP3: APOP timestamps, CRAM-MD5 and NTLM challenges).
+        pub fn seed(mut self, seed: u64) -> Self {
+            self.host.seed = seed;
+            self
+        }
+
+        /// Limits every session's sending speed to `bytes_per_second`.
+        pub fn throttle(mut self, bytes_per_second: u64) -> Self {
+            self.host.throttle = Some(bytes_per_second.max(1));
+            self
+        }
+
+        /// Turns command and transcript recording off (benchmarks).
+        pub fn record_transcript(mut self, on: bool) -> Self {
+            self.host.record = on;
+            self
+        }
+    };
+}
+
+/// Builder methods that each set one field: `name(field: Type);` becomes
+/// `pub fn name(mut self, field: Type) -> Self`, with the doc comment written above it.
+#[macro_export]
+macro_rules! setters {
+    ($($(#[$meta:meta])* $name:ident($field:ident: $ty:ty);)*) => {
+        $(
+            $(#[$meta])*
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keyword_of_a_bad_line_is_its_first_word_bounded_and_upper_case() {
+        assert_eq!(keyword_of(b"retr x y\r\n"), "RETR");
+        assert_eq!(keyword_of(b"noop\n"), "NOOP");
+        assert_eq!(keyword_of(b"\r\n"), "");
+        assert_eq!(
+            keyword_of(b"abcdefghijklmnopqrstuvwxyz\r\n"),
+            "ABCDEFGHIJKLMNOP"
+        );
+    }
+
+    #[test]
+    fn an_end_from_an_io_error() {
+        let e = |k| io::Error::new(k, "x");
+        assert_eq!(
+            SessionEnd::from_io(&e(io::ErrorKind::TimedOut)),
+            SessionEnd::Timeout
+        );
+        assert_eq!(
+            SessionEnd::from_io(&e(io::ErrorKind::ConnectionReset)),
+            SessionEnd::ClientClosed
+        );
+        assert_eq!(
+            SessionEnd::from_io(&e(io::ErrorKind::Other)),
+            SessionEnd::Error("x".into())
+        );
+        assert_eq!(SessionEnd::Error("x".into()).to_string(), "error: x");
+    }
 }

@@ -22,5 +22,5 @@ pub mod test_support;
 pub mod tracker;
 
 pub use fault::{FaultAction, FaultPlan, FaultRule, Hook};
-pub use host::{EndGuard, Handle, Host, Protocol, Record, SessionEnd};
+pub use host::{EndGuard, Flow, Handle, Host, Protocol, Record, SessionEnd, Settings, Step};
 pub use stream::{Conn, MaybeTls};

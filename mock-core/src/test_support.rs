@@ -1,12 +1,19 @@
 //! For the test suites that drive real programs (fetchmail, swaks, Dovecot, ...): finding
-//! a program, and skipping a test whose peer is missing, unless
-//! `POPBRIDGE_REQUIRE_PEERS=1`, which turns every skip into a failure (CI).
+//! a program, skipping a test whose peer is missing, unless `POPBRIDGE_REQUIRE_PEERS=1`,
+//! which turns every skip into a failure (CI), and running a client program to its end
+//! under a time limit.
 //!
 //! Must never: be a normal dependency (test suites take it as a dev-dependency with the
-//! `test-support` feature), or skip silently (a skip prints `skipping: ...`).
+//! `test-support` feature), skip silently (a skip prints `skipping: ...`), or wait for a
+//! client without a limit.
 
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
 
 /// `PATH` searched when the variable is unset.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -54,6 +61,84 @@ pub fn require(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
             format!("{name} is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"),
             format!("{name} not installed"),
         ),
+    }
+}
+
+/// How a client program's run ended.
+#[derive(Debug)]
+pub struct ClientRun {
+    /// The command line, for diagnostics.
+    pub cmdline: String,
+    /// `None` when the client was killed at the time limit.
+    pub status: Option<ExitStatus>,
+    /// What it wrote to standard output.
+    pub stdout: String,
+    /// What it wrote to standard error.
+    pub stderr: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+    limit: Duration,
+}
+
+impl ClientRun {
+    /// True when it exited with status 0.
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// The `command:` and `status:` lines of a failure's diagnostics.
+    pub fn describe(&self) -> String {
+        let status = match self.status {
+            Some(st) => st.to_string(),
+            None => format!("killed after {:?} (timeout)", self.limit),
+        };
+        format!(
+            "command: {}\nstatus: {status} after {:?}\n",
+            self.cmdline, self.elapsed
+        )
+    }
+}
+
+/// `program` with a minimal, predictable environment: only `PATH` (as given), `HOME`
+/// (`home`) and `LC_ALL=C`.
+pub fn clean_command(program: &Path, home: &Path, path: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", path)
+        .env("HOME", home)
+        .env("LC_ALL", "C");
+    cmd
+}
+
+/// Runs `cmd` in `dir` to completion, killed after `limit`, with standard input closed and
+/// its output going to `{label}.stdout` and `{label}.stderr` there.
+pub async fn run_client(mut cmd: Command, dir: &Path, label: &str, limit: Duration) -> ClientRun {
+    let out_path = dir.join(format!("{label}.stdout"));
+    let err_path = dir.join(format!("{label}.stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .current_dir(dir)
+        .kill_on_drop(true);
+    let cmdline = format!("{:?}", cmd.as_std());
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmdline}: {e}"));
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => Some(status.unwrap()),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    ClientRun {
+        cmdline,
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        elapsed: started.elapsed(),
+        limit,
     }
 }
 

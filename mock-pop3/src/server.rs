@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mock_core::fault::{FaultPlan, FaultRule};
-use mock_core::host::{Host, Protocol, SessionEnd};
+use mock_core::host::{Host, Protocol, SessionEnd, Settings};
 use popbridge_proto::DotStuffer;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -183,7 +182,6 @@ pub(crate) struct Config {
     pub tls: TlsMode,
     pub apop_timestamp: bool,
     pub hostname: String,
-    pub throttle: Option<u64>,
     pub idle_timeout: Duration,
 }
 
@@ -226,13 +224,10 @@ pub struct Builder {
     before: Capabilities,
     after: Capabilities,
     tls: TlsMode,
-    faults: Vec<FaultRule>,
-    seed: u64,
+    host: Settings,
     apop_timestamp: bool,
     hostname: String,
-    throttle: Option<u64>,
     idle_timeout: Duration,
-    record: bool,
     dot_stuffing: bool,
 }
 
@@ -247,13 +242,10 @@ impl MockPop3 {
             before: Capabilities::full(),
             after: Capabilities::full_after_login(),
             tls: TlsMode::None,
-            faults: Vec::new(),
-            seed: 0,
+            host: Settings::default(),
             apop_timestamp: true,
             hostname: "mock-pop3.invalid".into(),
-            throttle: None,
             idle_timeout: Duration::from_secs(600),
-            record: true,
             dot_stuffing: true,
         }
     }
@@ -266,71 +258,28 @@ impl Builder {
         self
     }
 
-    /// Capabilities before login (CAPA listing and which commands work).
-    pub fn capabilities(mut self, caps: Capabilities) -> Self {
-        self.before = caps;
-        self
+    mock_core::setters! {
+        /// Capabilities before login (CAPA listing and which commands work).
+        capabilities(before: Capabilities);
+        /// Capabilities after login.
+        capabilities_after_login(after: Capabilities);
+        /// TLS mode.
+        tls(tls: TlsMode);
+        /// Whether the greeting carries an APOP timestamp (without one, APOP is impossible).
+        apop_timestamp(apop_timestamp: bool);
+        /// A hostile server when `false`: message lines go out without dot-stuffing, so a
+        /// line holding a lone dot ends a RETR early and the rest of the message reads as
+        /// further replies.
+        dot_stuffing(dot_stuffing: bool);
+        /// Closes a session idle for this long (RFC 1939 asks for at least 10 minutes).
+        idle_timeout(idle_timeout: Duration);
     }
 
-    /// Capabilities after login.
-    pub fn capabilities_after_login(mut self, caps: Capabilities) -> Self {
-        self.after = caps;
-        self
-    }
-
-    /// TLS mode.
-    pub fn tls(mut self, tls: TlsMode) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    /// Adds a fault rule.
-    pub fn fault(mut self, rule: FaultRule) -> Self {
-        self.faults.push(rule);
-        self
-    }
-
-    /// Seeds the generator behind probabilistic faults, APOP timestamps and CRAM-MD5 challenges.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Whether the greeting carries an APOP timestamp (without one, APOP is impossible).
-    pub fn apop_timestamp(mut self, on: bool) -> Self {
-        self.apop_timestamp = on;
-        self
-    }
+    mock_core::host_setters!();
 
     /// The host name used in the greeting and challenges.
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
         self.hostname = name.into();
-        self
-    }
-
-    /// A hostile server when `false`: message lines go out without dot-stuffing, so a line
-    /// holding a lone dot ends a RETR early and the rest of the message reads as further
-    /// replies.
-    pub fn dot_stuffing(mut self, on: bool) -> Self {
-        self.dot_stuffing = on;
-        self
-    }
-
-    /// Limits every session's sending speed to `bytes_per_second`.
-    pub fn throttle(mut self, bytes_per_second: u64) -> Self {
-        self.throttle = Some(bytes_per_second.max(1));
-        self
-    }
-
-    /// Closes a session idle for this long (RFC 1939 asks for at least 10 minutes).
-    pub fn idle_timeout(mut self, d: Duration) -> Self {
-        self.idle_timeout = d;
-        self
-    }
-
-    /// Turns command and transcript recording off (benchmarks).
-    pub fn record_transcript(mut self, on: bool) -> Self {
-        self.record = on;
         self
     }
 
@@ -373,11 +322,10 @@ impl Builder {
                 tls: self.tls,
                 apop_timestamp: self.apop_timestamp,
                 hostname: self.hostname,
-                throttle: self.throttle,
                 idle_timeout: self.idle_timeout,
             },
             state: Mutex::new(state),
-            host: Host::new(FaultPlan::new(self.faults, self.seed), self.record),
+            host: Host::new(self.host),
         })
     }
 

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use mock_core::fault::{FaultAction, Hook};
-use mock_core::host::{EndGuard, SessionEnd};
+use mock_core::host::{EndGuard, Flow, SessionEnd, Step};
 use mock_core::stream::Conn;
 use popbridge_proto::ntlm;
 use popbridge_proto::pop3::{Pop3Command, Pop3Reply, RespCode, MAX_COMMAND_LINE, MAX_SASL_LINE};
@@ -47,20 +47,6 @@ enum Produce {
     Status(Pop3Reply),
     /// The outcome of a command.
     Command(Pop3Command),
-}
-
-enum Flow {
-    Continue,
-    StartTls,
-    End(SessionEnd),
-}
-
-/// Why [`Session::serve`] returned.
-enum Step {
-    /// The handshake is due (implicit TLS, or after `+OK` to STLS); serving resumes after it.
-    Tls(Arc<rustls::ServerConfig>),
-    /// The session is over.
-    End(SessionEnd),
 }
 
 /// Releases the mailbox lock and records the end however the session stops.
@@ -114,7 +100,7 @@ where
     let mut s = Session {
         shared: shared.clone(),
         id,
-        conn: Conn::new(stream, shared.cfg.idle_timeout, shared.cfg.throttle),
+        conn: shared.host.connection(stream, shared.cfg.idle_timeout),
         greeted: false,
         inbuf: BytesMut::with_capacity(4096),
         out: BytesMut::with_capacity(4096),
@@ -963,14 +949,7 @@ fn live(tx: &Tx) -> impl Iterator<Item = (usize, &Arc<Stored>, u64)> {
 /// The keyword and a transcript form of a line that did not parse, secrets hidden.
 fn redact_invalid(line: &[u8]) -> (String, String) {
     let text = String::from_utf8_lossy(popbridge_proto::line::trim_eol(line)).into_owned();
-    let kw: String = text
-        .split(' ')
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(16)
-        .collect::<String>()
-        .to_ascii_uppercase();
+    let kw = mock_core::host::keyword_of(line);
     let shown = match kw.as_str() {
         "PASS" | "APOP" | "AUTH" => format!("{kw} *** (invalid)"),
         _ => format!(

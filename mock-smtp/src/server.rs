@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mock_core::fault::{FaultPlan, FaultRule};
-use mock_core::host::{Host, Protocol};
+use mock_core::host::{Host, Protocol, Settings};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -60,7 +59,6 @@ pub(crate) struct Config {
     pub credentials: Option<(String, String)>,
     pub capture: CaptureMode,
     pub spool: Option<PathBuf>,
-    pub throttle: Option<u64>,
 }
 
 pub(crate) struct State {
@@ -168,10 +166,7 @@ pub struct Builder {
     credentials: Option<(String, String)>,
     capture: CaptureMode,
     spool: Option<PathBuf>,
-    throttle: Option<u64>,
-    faults: Vec<FaultRule>,
-    seed: u64,
-    record: bool,
+    host: Settings,
 }
 
 /// Entry point: `MockSmtp::builder()`.
@@ -197,10 +192,7 @@ impl MockSmtp {
             credentials: None,
             capture: CaptureMode::Full,
             spool: None,
-            throttle: None,
-            faults: Vec::new(),
-            seed: 0,
-            record: true,
+            host: Settings::default(),
         }
     }
 }
@@ -218,23 +210,18 @@ impl Builder {
         self
     }
 
-    /// EHLO extensions.
-    pub fn extensions(mut self, ext: Extensions) -> Self {
-        self.ext = ext;
-        self
+    mock_core::setters! {
+        /// EHLO extensions.
+        extensions(ext: Extensions);
+        /// Receive-connector limits.
+        limits(limits: Limits);
+        /// Reply texts.
+        replies(replies: Replies);
+        /// Capture mode.
+        capture(capture: CaptureMode);
     }
 
-    /// Receive-connector limits.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Reply texts.
-    pub fn replies(mut self, replies: Replies) -> Self {
-        self.replies = replies;
-        self
-    }
+    mock_core::host_setters!();
 
     /// A local mailbox; once any is declared, unknown recipients are refused.
     pub fn mailbox(mut self, mailbox: MailboxSpec) -> Self {
@@ -286,39 +273,9 @@ impl Builder {
         self
     }
 
-    /// Capture mode.
-    pub fn capture(mut self, mode: CaptureMode) -> Self {
-        self.capture = mode;
-        self
-    }
-
     /// Writes every accepted message to `dir` as `.eml` (badmail under `dir/badmail`).
     pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spool = Some(dir.into());
-        self
-    }
-
-    /// Limits each session's sending speed.
-    pub fn throttle(mut self, bytes_per_second: u64) -> Self {
-        self.throttle = Some(bytes_per_second.max(1));
-        self
-    }
-
-    /// Adds a fault rule (hooks: greeting, a verb, any command, end of data).
-    pub fn fault(mut self, rule: FaultRule) -> Self {
-        self.faults.push(rule);
-        self
-    }
-
-    /// Seeds probabilistic faults.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Turns transcripts off (benchmarks).
-    pub fn record_transcript(mut self, on: bool) -> Self {
-        self.record = on;
         self
     }
 
@@ -358,7 +315,6 @@ impl Builder {
                 credentials: self.credentials,
                 capture: self.capture,
                 spool: self.spool,
-                throttle: self.throttle,
             },
             state: Mutex::new(State {
                 transactions: Vec::new(),
@@ -366,7 +322,7 @@ impl Builder {
                 counts: Counts::default(),
                 next_txn: 1,
             }),
-            host: Host::new(FaultPlan::new(self.faults, self.seed), self.record),
+            host: Host::new(self.host),
             accepted: watch::channel(0).0,
         })
     }

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use mock_core::fault::{FaultAction, Hook};
-use mock_core::host::{EndGuard, SessionEnd};
+use mock_core::host::{EndGuard, Flow, SessionEnd, Step};
 use mock_core::stream::Conn;
 use popbridge_proto::smtp::{AddressError, Mailbox, Param, Path, Reply, SmtpCommand};
 use popbridge_proto::{DotDecoder, LineDecoder, LineError};
@@ -23,20 +23,6 @@ use crate::server::{CaptureMode, Shared};
 
 /// Longest command line accepted (RFC 5321 says 512; Exchange is more lenient).
 const MAX_LINE: usize = 2048;
-
-enum Flow {
-    Continue,
-    StartTls,
-    End(SessionEnd),
-}
-
-/// Why [`Session::serve`] returned.
-enum Step {
-    /// The handshake is due (after `220` to STARTTLS); serving resumes after it.
-    Tls(Arc<rustls::ServerConfig>),
-    /// The session is over.
-    End(SessionEnd),
-}
 
 struct Txn {
     record: Transaction,
@@ -80,11 +66,9 @@ where
         shared: shared.clone(),
         id,
         peer,
-        conn: Conn::new(
-            stream,
-            shared.cfg.limits.connection_timeout,
-            shared.cfg.throttle,
-        ),
+        conn: shared
+            .host
+            .connection(stream, shared.cfg.limits.connection_timeout),
         greeted: false,
         inbuf: BytesMut::with_capacity(8192),
         out: BytesMut::with_capacity(4096),
@@ -214,14 +198,7 @@ where
             let parsed = SmtpCommand::parse(&line);
             let verb = match &parsed {
                 Ok(c) => c.verb().to_string(),
-                Err(_) => String::from_utf8_lossy(popbridge_proto::line::trim_eol(&line))
-                    .split(' ')
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(16)
-                    .collect::<String>()
-                    .to_ascii_uppercase(),
+                Err(_) => mock_core::host::keyword_of(&line),
             };
             let shown = match &parsed {
                 Ok(c) => c.redacted(),

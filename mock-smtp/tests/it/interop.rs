@@ -20,12 +20,13 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use mock_core::test_support;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mock_core::test_support::{self, ClientRun};
 use mock_smtp::pki::TestPki;
 use mock_smtp::{
     CaptureMode, Delivery, MockSmtp, MockSmtpHandle, Outcome as TxnOutcome, SessionEnd,
@@ -64,30 +65,21 @@ fn workdir() -> tempfile::TempDir {
 }
 
 /// How a client run ended.
-struct Run {
-    cmdline: String,
-    /// `None` when the client was killed after [`CLIENT_TIMEOUT`].
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
+struct Run(ClientRun);
+
+impl Deref for Run {
+    type Target = ClientRun;
+
+    fn deref(&self) -> &ClientRun {
+        &self.0
+    }
 }
 
 impl Run {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
     /// Everything needed to debug a failure in CI: the client's output and the mock's
     /// transcript and counters.
     fn diagnostics(&self, server: &MockSmtpHandle) -> String {
-        let mut s = String::new();
-        let status = match self.status {
-            Some(st) => st.to_string(),
-            None => format!("killed after {CLIENT_TIMEOUT:?} (timeout)"),
-        };
-        let _ = writeln!(s, "command: {}", self.cmdline);
-        let _ = writeln!(s, "status: {status} after {:?}", self.elapsed);
+        let mut s = self.describe();
         let _ = writeln!(s, "---- client stdout ----\n{}", tail(&self.stdout));
         let _ = writeln!(s, "---- client stderr ----\n{}", tail(&self.stderr));
         let _ = writeln!(
@@ -112,43 +104,13 @@ fn tail(text: &str) -> &str {
 
 /// A command with a minimal, predictable environment rooted in `home`.
 fn command(program: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", home)
-        .env("LC_ALL", "C");
-    cmd
+    test_support::clean_command(program, home, DEFAULT_PATH)
 }
 
 /// Runs `cmd` to completion (killed after [`CLIENT_TIMEOUT`]) in `dir`, its output going
 /// to files there.
-async fn run(mut cmd: Command, dir: &Path, label: &str) -> Run {
-    let out_path = dir.join(format!("{label}.stdout"));
-    let err_path = dir.join(format!("{label}.stderr"));
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).unwrap())
-        .stderr(fs::File::create(&err_path).unwrap())
-        .current_dir(dir)
-        .kill_on_drop(true);
-    let cmdline = format!("{:?}", cmd.as_std());
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmdline}: {e}"));
-    let status = match tokio::time::timeout(CLIENT_TIMEOUT, child.wait()).await {
-        Ok(status) => Some(status.unwrap()),
-        Err(_) => {
-            let _ = child.kill().await;
-            None
-        }
-    };
-    Run {
-        cmdline,
-        status,
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        elapsed: started.elapsed(),
-    }
+async fn run(cmd: Command, dir: &Path, label: &str) -> Run {
+    Run(test_support::run_client(cmd, dir, label, CLIENT_TIMEOUT).await)
 }
 
 /// swaks sending one message from [`FROM`] to [`TO`] at `server`, without STARTTLS or AUTH.
