@@ -6,7 +6,7 @@
 //! accept loop, one record per session with its transcript and [`SessionEnd`], waiting
 //! for quiet, shutdown and the handle tests inspect, over the task [`tracker`]), the
 //! standalone binaries' helpers ([`standalone`]), and, behind the `test-support` feature,
-//! the peer-skip helpers of the test suites that drive real programs ([`test_support`]).
+//! the peer-skip helpers of the test suites that drive real programs (`test_support`).
 //!
 //! Must never: know a protocol's commands or replies, share state between server
 //! instances, sleep in place of a signal, or be used outside tests, benchmarks and the
