@@ -15,6 +15,7 @@ pub mod generate;
 pub mod junit;
 mod locate;
 pub mod outcome;
+pub mod proxy;
 pub mod report;
 pub mod schema;
 pub mod serve;
