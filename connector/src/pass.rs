@@ -2436,7 +2436,8 @@ impl Run<'_> {
                     .reply()
                     .map(|r| r.first_line())
                     .unwrap_or_else(|| e.to_string());
-                let recorded = blocking(|| lock(self.cx.ledger).record_failure(&a.name, &key, &reply));
+                let recorded =
+                    blocking(|| lock(self.cx.ledger).record_failure(&a.name, &key, &reply));
                 self.marked.remove(&key);
                 let failures = match recorded {
                     Ok(n) => n,
@@ -2493,9 +2494,14 @@ impl Run<'_> {
         let dele = !a.leave_on_server;
         let deles: Vec<Option<(u64, u32)>> = batch
             .iter()
-            .map(|d| (d.item.key.is_none() && dele).then(|| (d.item.size, self.listed_of(d.item.size))))
+            .map(|d| {
+                (d.item.key.is_none() && dele).then(|| (d.item.size, self.listed_of(d.item.size)))
+            })
             .collect();
-        let next = batch.last().map(|d| self.upcoming(&d.key)).unwrap_or_default();
+        let next = batch
+            .last()
+            .map(|d| self.upcoming(&d.key))
+            .unwrap_or_default();
         let records: Vec<crate::ledger::Delivery<'_>> = batch
             .iter()
             .zip(&deles)
@@ -2515,13 +2521,25 @@ impl Run<'_> {
             // losing track; their submission marks name them as possible duplicates.
             tracing::error!(account = %a.name, "ledger: {e}");
             for d in batch {
-                self.defer_named(d.key, format!("delivered but the ledger failed: {e}"), d.named);
+                self.defer_named(
+                    d.key,
+                    format!("delivered but the ledger failed: {e}"),
+                    d.named,
+                );
             }
             return;
         }
         self.marked.extend(next);
         for (d, unconfirmed) in batch.into_iter().zip(deles) {
-            if !self.recorded(txn, &d.item, d.key, d.size, &d.sender, d.reply, unconfirmed.is_some()) {
+            if !self.recorded(
+                txn,
+                &d.item,
+                d.key,
+                d.size,
+                &d.sender,
+                d.reply,
+                unconfirmed.is_some(),
+            ) {
                 return;
             }
         }
@@ -2629,9 +2647,9 @@ impl Run<'_> {
             next: item.next.as_deref().filter(|_| self.pickup.is_none()),
             dele: (item.key.is_none() && dele).then(|| (item.size, self.listed_of(item.size))),
         };
-        if let Err(e) =
-            blocking(|| lock(self.cx.ledger).record_delivered_then(&a.name, &key, size, &reply, along))
-        {
+        if let Err(e) = blocking(|| {
+            lock(self.cx.ledger).record_delivered_then(&a.name, &key, size, &reply, along)
+        }) {
             // Delivered but not recorded: the message stays on the server rather than risk
             // losing track; its submission mark names it as a possible duplicate next time.
             tracing::error!(account = %a.name, "ledger: {e}");

@@ -345,6 +345,9 @@ pub struct SmtpClient {
     closing: Option<Reply>,
     /// Set when a reply timed out or stopped making sense: no later reply is read.
     dead: bool,
+    /// Set once a transaction written ahead was refused (or an RSET was): what follows
+    /// goes one at a time on this session, each waiting for its MAIL and RCPT replies.
+    wary: bool,
     /// When the last reply was read (a session idle longer than [`IDLE_PROBE`] is probed
     /// before transactions are written ahead of its replies).
     last_reply: tokio::time::Instant,
@@ -452,6 +455,7 @@ impl SmtpClient {
             closing: None,
             dead: false,
             spent: false,
+            wary: false,
             last_reply: tokio::time::Instant::now(),
         };
         let greeting = c.reply(Stage::Greeting).await?;
@@ -872,6 +876,7 @@ impl SmtpClient {
         self.pipelining
             && self.ext.pipelining
             && self.ext.chunking
+            && !self.wary
             && !self.spent
             && !self.dead
             && self.closing.is_none()
@@ -946,7 +951,10 @@ impl SmtpClient {
             self.flights.push_back(flight);
             return Ok(());
         }
-        if let Err(e) = self.write(head.as_bytes(), head.trim_end(), Stage::Mail).await {
+        if let Err(e) = self
+            .write(head.as_bytes(), head.trim_end(), Stage::Mail)
+            .await
+        {
             self.spent = true;
             return Err(e);
         }
@@ -1026,7 +1034,9 @@ impl SmtpClient {
         if self.dead {
             return Err(SmtpError::Io {
                 stage: Stage::EndOfData,
-                source: io::Error::other("no reply read: an earlier one timed out or was out of step"),
+                source: io::Error::other(
+                    "no reply read: an earlier one timed out or was out of step",
+                ),
             });
         }
         let r = self.read_flight(f).await;
@@ -1040,7 +1050,7 @@ impl SmtpClient {
 
     async fn read_flight(&mut self, f: Flight) -> Result<Accepted, SmtpError> {
         if f.rset {
-            // A refused RSET changes nothing (the next MAIL tells), as in `rset`.
+            // A refused RSET may leave a failed transaction open (the MAIL after it tells).
             let r = self.reply(Stage::Mail).await.map_err(at_end)?;
             if r.code == 421 {
                 self.closing = Some(r.clone());
@@ -1049,10 +1059,16 @@ impl SmtpClient {
                     reply: r,
                 });
             }
+            if !r.is_positive() {
+                self.wary = true;
+            }
         }
         let mut stages = vec![Stage::Mail];
         stages.extend(std::iter::repeat_n(Stage::Rcpt, f.rcpts));
-        stages.extend(std::iter::repeat_n(Stage::Chunk, f.chunks.saturating_sub(1)));
+        stages.extend(std::iter::repeat_n(
+            Stage::Chunk,
+            f.chunks.saturating_sub(1),
+        ));
         let mut refused: Option<SmtpError> = None;
         for stage in stages {
             let r = self.reply(stage).await.map_err(at_end)?;
@@ -1065,13 +1081,22 @@ impl SmtpClient {
                 refused = Some(SmtpError::Refused { stage, reply: r });
             }
         }
+        if refused.is_some() {
+            // A refused transaction may stay open on the server: no more are written
+            // ahead on this session.
+            self.wary = true;
+        }
         let stage = Stage::EndOfData;
         let limit = self.data_timeout;
-        let r = self.reply_within(stage, limit, "data").await.map_err(at_end)?;
+        let r = self
+            .reply_within(stage, limit, "data")
+            .await
+            .map_err(at_end)?;
         if r.code == 421 {
             self.closing = Some(r.clone());
         }
         if !r.is_positive() {
+            self.wary = true;
             return Err(refused.unwrap_or(SmtpError::Refused { stage, reply: r }));
         }
         if refused.is_some() {

@@ -215,7 +215,16 @@ where
             let answered = self.out.len();
             let reads_on = matches!(verb.as_str(), "DATA" | "BDAT" | "AUTH" | "STARTTLS");
             let flow = match self.fault(&[Hook::Command(verb), Hook::AnyCommand]).await? {
-                Some((flow, _)) => flow,
+                Some((flow, _)) => match (&parsed, &flow) {
+                    // A chunk's bytes follow its BDAT whatever the reply (RFC 3030): a
+                    // scripted reply to BDAT still reads them, as any server must.
+                    (Ok(SmtpCommand::Bdat { size, .. }), Flow::Continue) => {
+                        let size = *size;
+                        self.skip_chunk(size).await?;
+                        flow
+                    }
+                    _ => flow,
+                },
                 None if self.lose_reply && reads_on => {
                     // It would go on reading from a client still waiting for this reply.
                     self.lose_reply = false;
@@ -727,6 +736,26 @@ where
             .host
             .log(self.id, format!("C: (message, {size} octets)"));
         self.finish(data.freeze(), size, too_big, false).await
+    }
+
+    /// Reads and drops a chunk of `size` octets (after a scripted reply to its BDAT).
+    async fn skip_chunk(&mut self, size: u64) -> io::Result<()> {
+        let mut remaining = size;
+        loop {
+            let take = (remaining as usize).min(self.inbuf.len());
+            let _ = self.inbuf.split_to(take);
+            remaining -= take as u64;
+            if remaining == 0 {
+                self.lines.reset();
+                return Ok(());
+            }
+            if !self.fill().await? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed during BDAT",
+                ));
+            }
+        }
     }
 
     async fn bdat(&mut self, size: u64, last: bool) -> io::Result<Flow> {

@@ -380,6 +380,15 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
                 } else {
                     Kind::Policy
                 };
+                // A server that refuses RSET (RFC 5321 says it must not) after a refused
+                // transaction can join the next pipelined message to that still-open
+                // transaction: accepted under another message's sender. The connector
+                // cannot prevent that once the message is on the wire; it reports the
+                // outcome as unknown. Expected, not a broken promise.
+                let joined = kind == Kind::Policy
+                    && accepted
+                        .iter()
+                        .any(|t| !t.mail_from.eq_ignore_ascii_case(&m.from));
                 flag(
                     kind,
                     format!(
@@ -393,7 +402,7 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
                             .join(" or ")
                     ),
                     // The old connector's stalls (mail stuck behind malformed senders).
-                    sbs,
+                    sbs || joined,
                 );
             }
         }

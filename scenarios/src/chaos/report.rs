@@ -249,7 +249,8 @@ impl ChaosReport {
                 .collect();
             let _ = writeln!(
                 s,
-                "  expected under the {} profile (the old connector's known failures): {}",
+                "  expected under the {} profile (the old connector's known failures, or a \
+                 server joining a message to a transaction it should have reset): {}",
                 self.profile,
                 list.join(", ")
             );
