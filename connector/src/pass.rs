@@ -17,9 +17,16 @@
 //! which applies only the DELEs sent before, each for a proven delivery. Such a message is
 //! retried last and alone on later passes, so it never holds up the others.
 //!
+//! Overlap (ARCHITECTURE.md, "The pipelined pass"): RETRs go out ahead in a window bounded
+//! by count and octets; with PIPELINING and CHUNKING, and room under the server's
+//! protocol-error limit, messages are written to the SMTP server ahead of their replies
+//! ([`Flight`]s, answered in order), and accepted deliveries wait for a group commit
+//! (one fsync for several) before their DELEs go out. Everything in flight is answered and
+//! committed before the POP3 session ends.
+//!
 //! Possible duplicates: before a message's final data goes to the SMTP server, the ledger
-//! marks it as submitting (in the commit of the delivery before it, so at no extra fsync);
-//! its delivery record ends the mark. A mark found at the start of a pass (a crash, a lost
+//! marks it as submitting (ahead, in the commit of earlier deliveries, so usually at no
+//! extra fsync); its delivery record ends the mark. A mark found at the start of a pass (a crash, a lost
 //! reply, a timeout after the final data) names a message the server may already have:
 //! it is reported as `message.possible_duplicate` when it is submitted again. A message
 //! whose final reply never came is not sent again in the same pass.

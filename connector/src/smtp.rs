@@ -404,6 +404,20 @@ fn end_io(source: io::Error) -> SmtpError {
     }
 }
 
+/// One BDAT chunk on the wire (its command line and its data), and the stage whose reply
+/// it is owed.
+fn bdat_chunk(data: &[u8], last: bool) -> (BytesMut, Stage) {
+    let (head, stage) = if last {
+        (format!("BDAT {} LAST\r\n", data.len()), Stage::EndOfData)
+    } else {
+        (format!("BDAT {}\r\n", data.len()), Stage::Chunk)
+    };
+    let mut out = BytesMut::with_capacity(head.len() + data.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(data);
+    (out, stage)
+}
+
 /// The spool gave `read` octets of a message of `expected`.
 fn short_spool(read: u64, expected: u64) -> io::Error {
     io::Error::new(
@@ -809,14 +823,7 @@ impl SmtpClient {
                 return Err(SmtpError::Spool(short_spool(read, body.len())));
             }
             let last = sent + pending.len() as u64 >= total;
-            let (head, stage) = if last {
-                (format!("BDAT {} LAST\r\n", pending.len()), Stage::EndOfData)
-            } else {
-                (format!("BDAT {}\r\n", pending.len()), Stage::Chunk)
-            };
-            let mut out = BytesMut::with_capacity(head.len() + pending.len());
-            out.extend_from_slice(head.as_bytes());
-            out.extend_from_slice(&pending);
+            let (out, stage) = bdat_chunk(&pending, last);
             self.write(&out, "", stage).await?;
             sent += pending.len() as u64;
             pending.clear();
@@ -988,19 +995,12 @@ impl SmtpClient {
                 return Err(SmtpError::Spool(short_spool(read, body.len())));
             }
             let last = sent + pending.len() as u64 >= total;
-            let (head, stage) = if last {
-                (format!("BDAT {} LAST\r\n", pending.len()), Stage::EndOfData)
-            } else {
-                (format!("BDAT {}\r\n", pending.len()), Stage::Chunk)
-            };
-            let mut out = BytesMut::with_capacity(head.len() + pending.len());
-            out.extend_from_slice(head.as_bytes());
-            out.extend_from_slice(&pending);
+            let (out, stage) = bdat_chunk(&pending, last);
             flight.chunks += 1;
             let written = if last {
-                self.write_whole(&out, head.trim_end()).await
+                self.write_whole(&out, "").await
             } else {
-                self.write(&out, head.trim_end(), stage).await
+                self.write(&out, "", stage).await
             };
             if let Err(e) = written {
                 self.spent = true;
@@ -1132,5 +1132,205 @@ impl SmtpClient {
             let _ = self.reply(Stage::Hello).await;
         }
         let _ = tokio::time::timeout(self.command_timeout, self.io.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipelined client against a scripted server over an in-memory stream: what is
+    //! written before any reply, how outcomes are matched, and what a lost reply means.
+
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+
+    use super::*;
+    use crate::net::MemoryDialer;
+
+    const EHLO: &str = "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 1000000\r\n";
+
+    /// A client connected to the returned server end (greeting and EHLO answered).
+    async fn connected() -> (SmtpClient, BufReader<DuplexStream>) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let slot = Arc::new(Mutex::new(Some(client)));
+        let dialer = MemoryDialer::new();
+        dialer.route(
+            "mx.test",
+            25,
+            Arc::new(move || {
+                let io = slot.lock().unwrap().take().expect("dialled once");
+                Box::new(io) as BoxIo
+            }),
+        );
+        let settings = Settings {
+            host: "mx.test",
+            port: 25,
+            helo: "popbridge.test",
+            starttls: None,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            data_timeout: Duration::from_secs(5),
+            pipelining: true,
+        };
+        let mut server = BufReader::new(server);
+        let serve = async {
+            server
+                .get_mut()
+                .write_all(b"220 mx.test\r\n")
+                .await
+                .unwrap();
+            let mut line = String::new();
+            server.read_line(&mut line).await.unwrap();
+            assert!(line.starts_with("EHLO"), "{line}");
+            server.get_mut().write_all(EHLO.as_bytes()).await.unwrap();
+        };
+        let (c, ()) = tokio::join!(SmtpClient::connect(&dialer, &settings), serve);
+        (c.unwrap(), server)
+    }
+
+    fn envelope(n: usize) -> Envelope {
+        Envelope {
+            from: format!("sender{n}@example.net"),
+            to: vec!["info@contoso.test".into()],
+        }
+    }
+
+    fn body(n: usize) -> Body {
+        Body::from_bytes(Bytes::from(format!("Subject: {n}\r\n\r\nbody {n}\r\n")))
+    }
+
+    /// Reads one transaction as the client wrote it: `[RSET] MAIL RCPT BDAT n LAST` and
+    /// the chunk. Returns the MAIL line.
+    async fn read_transaction(server: &mut BufReader<DuplexStream>, rset: bool) -> String {
+        let mut line = String::new();
+        if rset {
+            server.read_line(&mut line).await.unwrap();
+            assert_eq!(line, "RSET\r\n");
+            line.clear();
+        }
+        server.read_line(&mut line).await.unwrap();
+        let mail = line.clone();
+        assert!(mail.starts_with("MAIL FROM:"), "{mail}");
+        line.clear();
+        server.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("RCPT TO:"), "{line}");
+        line.clear();
+        server.read_line(&mut line).await.unwrap();
+        let size: usize = line
+            .strip_prefix("BDAT ")
+            .and_then(|r| r.strip_suffix(" LAST\r\n"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a BDAT LAST: {line:?}"));
+        let mut chunk = vec![0; size];
+        server.read_exact(&mut chunk).await.unwrap();
+        mail
+    }
+
+    #[tokio::test]
+    async fn transactions_go_out_before_any_reply_and_outcomes_come_in_order() {
+        let (mut c, mut server) = connected().await;
+        for n in 0..4 {
+            c.submit(&envelope(n), b"", &body(n)).await.unwrap();
+        }
+        assert_eq!(c.in_flight(), 4);
+        // All four are on the wire although the server has not answered anything.
+        for n in 0..4 {
+            let mail = read_transaction(&mut server, n > 0).await;
+            assert!(mail.contains(&format!("sender{n}@")), "{mail}");
+        }
+        let mut replies = String::new();
+        for n in 0..4 {
+            if n > 0 {
+                replies.push_str("250 reset\r\n");
+            }
+            replies.push_str("250 sender ok\r\n250 rcpt ok\r\n");
+            if n == 2 {
+                replies.push_str("554 5.6.0 content refused\r\n");
+            } else {
+                replies.push_str(&format!("250 queued as {n}\r\n"));
+            }
+        }
+        server
+            .get_mut()
+            .write_all(replies.as_bytes())
+            .await
+            .unwrap();
+        for n in 0..4 {
+            let r = c.outcome().await;
+            match n {
+                2 => {
+                    let e = r.unwrap_err();
+                    assert!(e.is_permanent() && e.is_message_refusal(), "{e}");
+                    assert!(!e.outcome_unknown());
+                }
+                _ => assert_eq!(r.unwrap().reply.first_line(), format!("250 queued as {n}")),
+            }
+        }
+        // A refused transaction may stay open: no more are written ahead.
+        assert!(!c.can_pipeline());
+    }
+
+    #[tokio::test]
+    async fn behind_a_421_nothing_was_processed_and_a_missing_final_reply_is_unknown() {
+        let (mut c, mut server) = connected().await;
+        for n in 0..3 {
+            c.submit(&envelope(n), b"", &body(n)).await.unwrap();
+        }
+        for n in 0..3 {
+            read_transaction(&mut server, n > 0).await;
+        }
+        // The first accepted, the second's MAIL answered 421: the server is closing.
+        server
+            .get_mut()
+            .write_all(b"250 ok\r\n250 ok\r\n250 queued\r\n250 reset\r\n421 4.3.2 closing\r\n")
+            .await
+            .unwrap();
+        drop(server);
+        assert!(c.outcome().await.is_ok());
+        let second = c.outcome().await.unwrap_err();
+        assert!(
+            second.session_lost() && !second.outcome_unknown(),
+            "{second}"
+        );
+        let third = c.outcome().await.unwrap_err();
+        assert!(
+            matches!(third, SmtpError::NotProcessed { .. }),
+            "{third}: submitted again, not unknown"
+        );
+
+        // Without a 421, a connection that ends after the last chunk was written leaves
+        // the outcome unknown: the server may have taken the message.
+        let (mut c, mut server) = connected().await;
+        c.submit(&envelope(0), b"", &body(0)).await.unwrap();
+        read_transaction(&mut server, false).await;
+        server.get_mut().write_all(b"250 ok\r\n").await.unwrap();
+        drop(server);
+        let e = c.outcome().await.unwrap_err();
+        assert!(e.outcome_unknown(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_that_could_not_be_written_whole_is_not_unknown() {
+        let (mut c, server) = connected().await;
+        drop(server);
+        let e = c.submit(&envelope(0), b"", &body(0)).await.unwrap_err();
+        assert!(e.session_lost() && !e.outcome_unknown(), "{e}");
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn data_accepted_for_a_refused_sender_is_out_of_step() {
+        let (mut c, mut server) = connected().await;
+        c.submit(&envelope(0), b"", &body(0)).await.unwrap();
+        read_transaction(&mut server, false).await;
+        server
+            .get_mut()
+            .write_all(b"501 bad sender\r\n250 ok\r\n250 queued\r\n")
+            .await
+            .unwrap();
+        let e = c.outcome().await.unwrap_err();
+        assert!(e.outcome_unknown(), "{e}");
+        assert!(!c.is_usable());
     }
 }
