@@ -212,6 +212,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     pub faults: FaultPlan,
     tracker: Arc<Tracker>,
+    /// The running count of complete RETR replies written, in all mailboxes, for waiters.
+    pub retrievals: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -410,6 +412,7 @@ impl Builder {
             state: Mutex::new(state),
             faults: FaultPlan::new(self.faults, self.seed),
             tracker: Arc::new(Tracker::new()),
+            retrievals: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -453,6 +456,12 @@ impl MockPop3Handle {
     /// The bound address (`None` for an in-memory server).
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
+    }
+
+    /// A receiver of the count of complete RETR replies written (all mailboxes, duplicates
+    /// included), updated after each write that completed some (benchmarks timestamp it).
+    pub fn retrievals_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.retrievals.subscribe()
     }
 
     /// Turns the scripted faults off (`false`) or back on (a harness's clean passes).
