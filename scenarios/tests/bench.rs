@@ -121,6 +121,7 @@ fn bad_arguments_exit_2() {
             "/tmp",
         ],
         &["bench", "--connector", "nosuch"],
+        &["bench", "--tls", "--connector", "fetchmail"],
     ] {
         let out = poplab().args(args).output().expect("run poplab");
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");

@@ -405,6 +405,15 @@ fn plan(a: &BenchArgs) -> Result<Plan, BenchError> {
             template: t.clone(),
         });
     }
+    if a.tls
+        && subjects
+            .iter()
+            .any(|s| matches!(s, Subject::External { .. }))
+    {
+        return Err(BenchError::Usage(
+            "--tls: the connector templates speak plain text; measure external connectors without --tls".into(),
+        ));
+    }
     if subjects.is_empty() && a.no_ceilings {
         return Err(BenchError::Usage(
             "nothing to measure: --no-popbridge and --no-ceilings without a --connector".into(),
