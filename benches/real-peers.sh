@@ -7,13 +7,13 @@
 #
 # Every argument is passed to `poplab bench`, after the server ones (--pop3, --user,
 # --password-file, --smtp, --refill-maildir). POPLAB names the poplab binary (default:
-# target/release/poplab, with popbridge beside it: `cargo build --release -p poplab -p
+# $CARGO_TARGET_DIR (or target)/release/poplab, with popbridge beside it: `cargo build --release -p poplab -p
 # popbridge`). Needs root (the mail store belongs to `mail`, smtp-sink runs as `postfix`),
 # Dovecot (dovecot-pop3d) and Postfix installed. Loopback only; exits with poplab's status.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-poplab=${POPLAB:-$here/target/release/poplab}
+poplab=${POPLAB:-${CARGO_TARGET_DIR:-$here/target}/release/poplab}
 [ -x "$poplab" ] || { echo "$0: no $poplab: cargo build --release -p poplab -p popbridge" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "$0: run as root (the Maildir is given to mail, smtp-sink runs as postfix)" >&2; exit 2; }
 for tool in dovecot smtp-sink; do

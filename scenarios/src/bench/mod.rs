@@ -669,14 +669,16 @@ fn popbridge_config(
     };
     let secs = timeout.as_secs().max(1);
     format!(
-        "state_dir = {state}\n\n[transport]\nhost = \"127.0.0.1\"\nport = {smtp}\nhelo = \"popbridge.bench.invalid\"\nstarttls = {starttls}\n{ca}\n\
+        "state_dir = {state}\n\n[transport]\nhost = {smtp_host}\nport = {smtp}\nhelo = \"popbridge.bench.invalid\"\nstarttls = {starttls}\n{ca}\n\
          [limits]\nmax_messages_per_session = {max}\n\n\
          [timeouts]\nconnect = \"10s\"\ncommand = \"{secs}s\"\ndata = \"{secs}s\"\n\n\
-         [[account]]\nname = \"bench\"\nhost = \"127.0.0.1\"\nport = {pop3}\ntls = \"{tls}\"\nallow_plaintext = true\n{ca}\
+         [[account]]\nname = \"bench\"\nhost = {pop3_host}\nport = {pop3}\ntls = \"{tls}\"\nallow_plaintext = true\n{ca}\
          username = {user}\npassword = {password}\ndeliver_to = {rcpt}\n",
         state = q(&dir.join("state").display().to_string()),
         smtp = ep.smtp.port(),
         pop3 = ep.pop3.port(),
+        smtp_host = q(&ep.smtp.ip().to_string()),
+        pop3_host = q(&ep.pop3.ip().to_string()),
         max = MAX_MESSAGES,
         user = q(&ep.user),
         password = q(&ep.password),

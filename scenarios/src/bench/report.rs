@@ -176,6 +176,15 @@ impl Report {
         for row in &self.rows {
             let cell = |s: Option<Stat>, digits: usize| match s {
                 None => "—".to_string(),
+                // A figure below 10 keeps two decimals (one 60 MiB message: 2.41 msg/s).
+                Some(s) if s.median < 10.0 && digits < 2 => {
+                    let d = 2;
+                    if self.rounds_counted(row) > 1 {
+                        format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max)
+                    } else {
+                        format!("{:.d$}", s.median)
+                    }
+                }
                 Some(s) if self.rounds_counted(row) > 1 => {
                     format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max, d = digits)
                 }
@@ -327,7 +336,7 @@ mod tests {
         assert_eq!(j["passed"], json!(false));
         let t = report.render_table();
         assert!(
-            t.contains("| a | 10 (5–20) | 0.0 (0.0–0.0) | — | — |"),
+            t.contains("| a | 10 (5–20) | 0.01 (0.01–0.02) | — | — |"),
             "{t}"
         );
         assert!(t.contains("FAILED: a: round 2: moved 5 of 10"), "{t}");
