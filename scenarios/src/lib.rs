@@ -17,6 +17,7 @@ pub mod generate;
 pub mod junit;
 mod locate;
 pub mod outcome;
+pub mod proxy;
 pub mod report;
 pub mod schema;
 pub mod serve;

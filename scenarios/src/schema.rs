@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::generate::{self, Planned};
 use crate::locate::{render, KeyPath, Locator, Seg};
+use crate::proxy::Shape;
 
 /// How long a scenario may run before it is reported as failed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -56,6 +57,24 @@ pub struct ScenarioFile {
     pub run: Run,
     /// What must come of it.
     pub expect: Expect,
+    /// The WAN link between the connector and each server (absent: direct).
+    pub network: Option<Network>,
+}
+
+/// `[network]`: the link between the connector and each server, as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// One-way delay to and from the POP3 server (`"40ms"`; a bare number is seconds).
+    pub pop3_latency: Option<Scalar>,
+    /// One-way delay to and from the SMTP server.
+    pub smtp_latency: Option<Scalar>,
+    /// Bytes per second each way on both links: a number, or `"10MB/s"` (units as sizes).
+    pub bandwidth: Option<Scalar>,
+    /// Each POP3 connection is cut after this many bytes both ways (`"20KB"`).
+    pub pop3_cut_after: Option<Scalar>,
+    /// Each SMTP connection is cut after this many bytes both ways.
+    pub smtp_cut_after: Option<Scalar>,
 }
 
 /// How the POP3 mock offers TLS.
@@ -742,6 +761,17 @@ pub struct Scenario {
     pub lines: BTreeMap<Vec<String>, usize>,
     /// The profile of this run when `[run] profiles` runs the scenario several times.
     pub profile: Option<String>,
+    /// With `[network]`: how the connector's links to each server are shaped.
+    pub network: Option<NetworkPlan>,
+}
+
+/// `[network]`, validated: the shape of each link (the connector's side to the server's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkPlan {
+    /// The link to the POP3 server.
+    pub pop3: Shape,
+    /// The link to the SMTP server.
+    pub smtp: Shape,
 }
 
 impl Scenario {
@@ -751,11 +781,13 @@ impl Scenario {
         self.lines.get(&key).copied()
     }
 
-    /// True when the scenario involves time: a `delay` fault on either server, or a
-    /// `[pop3] login_delay`.
+    /// True when the scenario involves time: a `delay` fault on either server, a
+    /// `[pop3] login_delay`, or a `[network]` latency or bandwidth.
     pub fn involves_time(&self) -> bool {
         let delay = |f: &Fault| f.action == FaultKind::Delay;
-        self.file.pop3.login_delay > 0
+        let slow = |l: &Shape| !l.latency.is_zero() || l.bandwidth.is_some();
+        self.network.is_some_and(|n| slow(&n.pop3) || slow(&n.smtp))
+            || self.file.pop3.login_delay > 0
             || self.file.pop3.fault.iter().any(delay)
             || self.file.smtp.fault.iter().any(delay)
     }
@@ -1151,6 +1183,10 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         }
         None => DEFAULT_TIMEOUT,
     };
+    let network = match &file.network {
+        Some(n) => Some(network_plan(cx, n)?),
+        None => None,
+    };
 
     // Expectations.
     let selectors = selectors(&messages);
@@ -1222,6 +1258,7 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
         crashes,
         sabotage,
         profile: None,
+        network,
     };
     let scenario = Scenario {
         clock: scenario
@@ -1240,6 +1277,70 @@ fn resolve(cx: &Ctx<'_>, file: ScenarioFile) -> Result<Scenario, Error> {
     crate::world::connector_config(&scenario, &crate::world::Endpoints::placeholder())
         .map_err(|e| map_config_error(cx, &scenario, &e))?;
     Ok(scenario)
+}
+
+/// The longest `[network]` latency accepted.
+const MAX_LATENCY: Duration = Duration::from_secs(60);
+
+/// `[network]` checked: latencies up to [`MAX_LATENCY`], a bandwidth and cuts above 0.
+fn network_plan(cx: &Ctx<'_>, n: &Network) -> Result<NetworkPlan, Error> {
+    let at = KeyPath::root().key("network");
+    let latency = |v: &Option<Scalar>, key: &str| -> Result<Duration, Error> {
+        let Some(v) = v else {
+            return Ok(Duration::ZERO);
+        };
+        let d = cx.duration(v, &at.key(key))?;
+        if d > MAX_LATENCY {
+            return Err(cx.err(&at.key(key), format!("at most {}s", MAX_LATENCY.as_secs())));
+        }
+        Ok(d)
+    };
+    let cut = |v: &Option<Scalar>, key: &str| -> Result<Option<u64>, Error> {
+        let Some(v) = v else {
+            return Ok(None);
+        };
+        match cx.size(v, &at.key(key))? {
+            0 => Err(cx.err(&at.key(key), "must be at least 1 byte")),
+            n => Ok(Some(n)),
+        }
+    };
+    let bandwidth = match &n.bandwidth {
+        None => None,
+        Some(v) => {
+            let key = at.key("bandwidth");
+            let rate = match v {
+                Scalar::Int(_) => cx.size(v, &key)?,
+                Scalar::Text(t) => {
+                    let Some(size) = t.trim().strip_suffix("/s") else {
+                        return Err(cx.err(
+                            &key,
+                            format!(
+                                "invalid bandwidth {t:?}: expected bytes per second, a number \
+                                 or a size per second such as \"10MB/s\""
+                            ),
+                        ));
+                    };
+                    parse_size(size).map_err(|m| cx.err(&key, m))?
+                }
+            };
+            if rate == 0 {
+                return Err(cx.err(&key, "must be at least 1 byte per second"));
+            }
+            Some(rate)
+        }
+    };
+    Ok(NetworkPlan {
+        pop3: Shape {
+            latency: latency(&n.pop3_latency, "pop3_latency")?,
+            bandwidth,
+            cut_after: cut(&n.pop3_cut_after, "pop3_cut_after")?,
+        },
+        smtp: Shape {
+            latency: latency(&n.smtp_latency, "smtp_latency")?,
+            bandwidth,
+            cut_after: cut(&n.smtp_cut_after, "smtp_cut_after")?,
+        },
+    })
 }
 
 /// Where each expectation is written: the lines of `[expect]`'s keys (each label,
@@ -2006,6 +2107,63 @@ mod tests {
         assert_eq!(clock("[run]\nclock = \"paused\"\n"), Clock::Paused);
         let e = err("[run]\nclock = \"virtual\"\n");
         assert_eq!((e.line(), e.key()), (Some(2), Some("run.clock")), "{e}");
+    }
+
+    #[test]
+    fn network_links_are_shaped_as_written() {
+        let text = "[network]\npop3_latency = \"40ms\"\nsmtp_latency = 1\nbandwidth = \"2KB/s\"\npop3_cut_after = \"20KB\"\n";
+        let s = parse(text, Path::new("x.toml")).unwrap();
+        let ms = Duration::from_millis;
+        let n = s.network.unwrap();
+        assert_eq!(
+            n.pop3,
+            Shape {
+                latency: ms(40),
+                bandwidth: Some(2048),
+                cut_after: Some(20 * 1024)
+            }
+        );
+        assert_eq!(
+            n.smtp,
+            Shape {
+                latency: ms(1000),
+                bandwidth: Some(2048),
+                cut_after: None
+            }
+        );
+        // Latency is time: the paused clock by default; a cut alone is not.
+        assert_eq!(s.clock, Clock::Paused);
+        let cut = parse("[network]\nsmtp_cut_after = 100\n", Path::new("x.toml")).unwrap();
+        assert_eq!(cut.clock, Clock::Real);
+        assert_eq!(cut.network.unwrap().smtp.cut_after, Some(100));
+        assert!(parse("", Path::new("x.toml")).unwrap().network.is_none());
+        assert_eq!(
+            parse("[network]\nbandwidth = 500\n", Path::new("x.toml"))
+                .unwrap()
+                .network
+                .unwrap()
+                .pop3
+                .bandwidth,
+            Some(500)
+        );
+        for (text, key) in [
+            (
+                "[network]\npop3_latency = \"40 parsecs\"\n",
+                "network.pop3_latency",
+            ),
+            (
+                "[network]\nsmtp_latency = \"61s\"\n",
+                "network.smtp_latency",
+            ),
+            ("[network]\nbandwidth = \"10MB\"\n", "network.bandwidth"),
+            ("[network]\nbandwidth = \"10XB/s\"\n", "network.bandwidth"),
+            ("[network]\nbandwidth = 0\n", "network.bandwidth"),
+            ("[network]\npop3_cut_after = 0\n", "network.pop3_cut_after"),
+            ("[network]\nlatency = \"40ms\"\n", "network.latency"),
+        ] {
+            let e = err(text);
+            assert_eq!((e.line(), e.key()), (Some(2), Some(key)), "{e}");
+        }
     }
 
     #[test]

@@ -14,11 +14,16 @@
 //! are in memory (`spawn_in_memory`) and popbridge dials them through a `MemoryDialer`
 //! (real sockets would let the paused clock run ahead), and the run is bounded from the
 //! outside in real time.
+//! With `[network]`, the connector reaches each mock through a shaped link (`proxy`): a
+//! loopback TCP proxy in front of the mock's listener, or on the paused clock a pipe task
+//! on the mock's in-memory stream; the connector's default timeouts and the settle bound
+//! grow by the slowest round trip.
 //! Must never: contain connector logic (it only calls popbridge's public API), leave a
 //! server running after it returns, or wait without a bound.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +42,7 @@ use popbridge::pass::{run_accounts_with, Faults, StopFlag, Summary};
 use tokio::net::TcpListener;
 
 use crate::external::{run_command_killed, substitute, Connector, ExternalRun, Values};
+use crate::proxy::{self, Shape};
 use crate::schema::{Clock, Scenario, TlsKind};
 
 /// The domain of the default `deliver_to` (`<user>@contoso.local`).
@@ -146,9 +152,18 @@ pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
         .remove("timeouts")
         .and_then(|t| t.as_table().cloned())
         .unwrap_or_default();
-    let command = format!("{}s", DEFAULT_COMMAND_TIMEOUT.as_secs());
-    for (k, v) in [("connect", "10s"), ("command", &*command), ("data", "120s")] {
-        timeouts.entry(k).or_insert_with(|| Value::String(v.into()));
+    for (k, secs) in [
+        ("connect", 10),
+        ("command", DEFAULT_COMMAND_TIMEOUT.as_secs()),
+        ("data", 120),
+    ] {
+        let d = Duration::from_secs(secs) + round_trip(s);
+        let text = if d.subsec_millis() == 0 {
+            format!("{}s", d.as_secs())
+        } else {
+            format!("{}ms", d.as_millis())
+        };
+        timeouts.entry(k).or_insert_with(|| Value::String(text));
     }
     top.insert("timeouts".into(), Value::Table(timeouts));
     let tls = match s.file.pop3.tls {
@@ -477,14 +492,32 @@ async fn run_inner(
         .map(|(user, h)| (user, Arc::new(h)))
         .collect();
     let mut oauth2_ports = BTreeMap::new();
+    // With [network], the connector reaches each mock through a shaped link: a loopback
+    // TCP proxy in front of its listener, or (paused clock) a pipe task on its stream.
+    let mut proxies = Vec::new();
     let (pop3_port, smtp_port, dialer): (u16, u16, Arc<dyn Dialer>) = match net {
         Net::Tcp => {
             for (user, h) in &oauth2 {
                 oauth2_ports.insert(user.clone(), h.addr().map_or(0, |a| a.port()));
             }
+            let mut port_of = async |addr: Option<SocketAddr>, shape: Option<Shape>| {
+                let Some(addr) = addr else {
+                    return Ok(0);
+                };
+                let Some(shape) = shape else {
+                    return Ok(addr.port());
+                };
+                let bound = listener().await.map_err(|e| format!("bind: {e}"))?;
+                let proxy = proxy::spawn_tcp(bound, addr, shape)
+                    .map_err(|e| format!("latency proxy: {e}"))?;
+                let port = proxy.addr().port();
+                proxies.push(proxy);
+                Ok::<u16, String>(port)
+            };
+            let network = s.network;
             (
-                pop3.addr().map_or(0, |a| a.port()),
-                smtp.addr().map_or(0, |a| a.port()),
+                port_of(pop3.addr(), network.map(|n| n.pop3)).await?,
+                port_of(smtp.addr(), network.map(|n| n.smtp)).await?,
                 Arc::new(TcpDialer),
             )
         }
@@ -501,16 +534,18 @@ async fn run_inner(
                 oauth2_ports.insert(user.clone(), port);
             }
             let p = pop3.clone();
+            let shape = s.network.map(|n| n.pop3);
             dialer.route(
                 "127.0.0.1",
                 MEMORY_POP3_PORT,
-                Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
+                Arc::new(move || shaped(p.connect_duplex(), shape)),
             );
             let m = smtp.clone();
+            let shape = s.network.map(|n| n.smtp);
             dialer.route(
                 "127.0.0.1",
                 MEMORY_SMTP_PORT,
-                Arc::new(move || Box::new(m.connect_duplex()) as BoxIo),
+                Arc::new(move || shaped(m.connect_duplex(), shape)),
             );
             (MEMORY_POP3_PORT, MEMORY_SMTP_PORT, Arc::new(dialer))
         }
@@ -588,6 +623,9 @@ async fn run_inner(
     };
 
     drop(dialer);
+    for proxy in proxies {
+        let _ = tokio::time::timeout(SETTLE, proxy.shutdown()).await;
+    }
     // The tokens this process holds for the run's accounts go with its folder.
     popbridge::oauth2::forget(&ep.state_dir);
     for (_, h) in oauth2 {
@@ -617,6 +655,14 @@ async fn run_inner(
     }
     drop(dir);
     outcome
+}
+
+/// A mock's in-memory stream as the connector sees it: through the link's shape, if any.
+fn shaped(io: tokio::io::DuplexStream, shape: Option<Shape>) -> BoxIo {
+    match shape {
+        Some(shape) => Box::new(proxy::shaped_duplex(io, shape)),
+        None => Box::new(io),
+    }
 }
 
 /// A scenario's mocks, running on loopback.
@@ -882,7 +928,14 @@ async fn passes(
 /// notices when its delay is over (on the paused clock that costs no real time; on the
 /// real clock only when a session is actually stalled).
 fn settle_bound(s: &Scenario) -> Duration {
-    SETTLE + s.delays_in_all()
+    SETTLE + s.delays_in_all() + round_trip(s)
+}
+
+/// The slowest `[network]` round trip (zero without `[network]`): what the link adds to
+/// every reply, so it is added to the connector's default timeouts and the settle bound.
+pub fn round_trip(s: &Scenario) -> Duration {
+    s.network
+        .map_or(Duration::ZERO, |n| 2 * n.pop3.latency.max(n.smtp.latency))
 }
 
 /// The envelope recipient a connector delivers a mailbox's mail to: the `deliver_to` of
@@ -912,7 +965,7 @@ pub fn command_timeout(s: &Scenario) -> Duration {
             toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
             _ => None,
         })
-        .unwrap_or(DEFAULT_COMMAND_TIMEOUT)
+        .unwrap_or(DEFAULT_COMMAND_TIMEOUT + round_trip(s))
 }
 
 /// The external connector's passes: the command once per pass and mailbox, each bounded

@@ -1,0 +1,629 @@
+//! A WAN link between a client and a server, after toxiproxy: a fixed one-way delay per
+//! direction, a bandwidth cap, and a cut after N bytes.
+//!
+//! Responsible for: shaping one connection ([`pipe`], generic so it runs over
+//! `tokio::io::duplex` under tokio's paused clock), an in-memory shaped stream for the
+//! paused-clock world ([`shaped_duplex`]), and a loopback TCP proxy ([`spawn_tcp`]) for the
+//! real clock and external connectors. Each chunk read at time t is delivered no earlier
+//! than t + latency (a timestamped queue per direction, so a long link carries a
+//! bandwidth-delay product, not one chunk per round trip); writes are paced to the cap;
+//! at most [`QUEUE_CHUNKS`] chunks of [`CHUNK`] bytes wait per direction (then reading
+//! stops: backpressure); an end of stream is delivered like data (after its latency) as a
+//! half-close.
+//! Must never: read the clock other than through `tokio::time` (the paused clock must
+//! stay deterministic), busy-loop, hold unbounded data, or dial anything but a loopback
+//! address.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep_until, Instant};
+
+/// The most bytes one read takes from a side (one queued chunk).
+pub const CHUNK: usize = 64 * 1024;
+/// The most chunks queued per direction (so at most `QUEUE_CHUNKS * CHUNK` bytes).
+pub const QUEUE_CHUNKS: usize = 64;
+/// The buffer of each in-memory stream [`shaped_duplex`] makes.
+const DUPLEX_BUFFER: usize = 256 * 1024;
+/// How long the TCP proxy waits for its upstream to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the TCP proxy's accept loop backs off after a failed accept (out of files).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Paced writes go out in slices of at most this share of a second's worth of bytes.
+const SLICES_PER_SECOND: u64 = 50;
+/// tokio's timers fire on whole milliseconds, and on the real clock a task wakes late: a
+/// paced write that woke up to this much late still starts when the link became free, so
+/// late wake-ups do not add up to a lower rate (at most this much of the cap goes early).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// How a proxied connection is shaped, per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// One-way delay, each direction.
+    pub latency: Duration,
+    /// Bytes per second, each direction (none: as fast as the sides go).
+    pub bandwidth: Option<u64>,
+    /// Total bytes both ways, then both sides are closed (toxiproxy's `limit_data`).
+    pub cut_after: Option<u64>,
+}
+
+impl Shape {
+    /// True when the shape changes nothing (no delay, no cap, no cut).
+    pub fn is_transparent(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Why the TCP proxy cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The proxy only listens on and dials loopback addresses.
+    #[error("{0} is not a loopback address (the latency proxy stays on this machine)")]
+    NotLoopback(SocketAddr),
+    /// The listener's address could not be read.
+    #[error("latency proxy listener: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One queued chunk: its bytes (empty: the end of the stream) and when it may go out.
+struct Item {
+    due: Instant,
+    data: Bytes,
+}
+
+/// What both directions of one connection share: the byte budget and the stop signal.
+struct Shared {
+    /// Bytes still allowed both ways (`None`: no cut).
+    budget: Option<AtomicU64>,
+    /// Set on a cut or an error: both readers stop; writers drain what is queued.
+    stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// How much of `n` freshly read bytes may pass, and whether the budget is now spent.
+    fn take(&self, n: usize) -> (usize, bool) {
+        let Some(budget) = &self.budget else {
+            return (n, false);
+        };
+        let n64 = n as u64;
+        let before = budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                Some(left.saturating_sub(n64))
+            })
+            .unwrap_or(0);
+        let taken = before.min(n64);
+        // `taken <= n`, which is a usize.
+        (usize::try_from(taken).unwrap_or(n), before <= n64)
+    }
+
+    fn halt(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// `r`, after stopping both directions when it is an error.
+    fn on_error<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if r.is_err() {
+            self.halt();
+        }
+        r
+    }
+}
+
+/// Queues `item` unless the connection is stopped first; false when it could not.
+async fn enqueue(tx: &mpsc::Sender<Item>, item: Item, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => false,
+        sent = tx.send(item) => sent.is_ok(),
+    }
+}
+
+/// Reads one side into the direction's queue, stamping each chunk with its due time.
+async fn read_side<R: AsyncRead + Unpin>(
+    mut from: R,
+    tx: mpsc::Sender<Item>,
+    latency: Duration,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut stop = shared.stop.subscribe();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            read = from.read(&mut buf) => read?,
+        };
+        let due = Instant::now() + latency;
+        if n == 0 {
+            enqueue(
+                &tx,
+                Item {
+                    due,
+                    data: Bytes::new(),
+                },
+                &mut stop,
+            )
+            .await;
+            return Ok(());
+        }
+        let (taken, spent) = shared.take(n);
+        if taken > 0 {
+            let data = Bytes::copy_from_slice(&buf[..taken]);
+            if !enqueue(&tx, Item { due, data }, &mut stop).await {
+                return Ok(());
+            }
+        }
+        if spent {
+            shared.halt();
+            return Ok(());
+        }
+    }
+}
+
+/// The time `bytes` take at `rate` bytes per second (rounded up: never above the cap).
+fn transmission(bytes: usize, rate: u64) -> Duration {
+    let nanos = (bytes as u128 * 1_000_000_000).div_ceil(u128::from(rate.max(1)));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// Writes the direction's queue to the other side, each chunk at its due time and paced to
+/// the cap; an end-of-stream item shuts the side's write half down. Returns the bytes
+/// written.
+async fn write_side<W: AsyncWrite + Unpin>(
+    mut to: W,
+    mut rx: mpsc::Receiver<Item>,
+    bandwidth: Option<u64>,
+) -> io::Result<u64> {
+    let mut written = 0u64;
+    // When the link is free again ("next send time" pacing).
+    let mut free_at = Instant::now();
+    while let Some(item) = rx.recv().await {
+        sleep_until(item.due).await;
+        if item.data.is_empty() {
+            to.shutdown().await?;
+            return Ok(written);
+        }
+        match bandwidth {
+            None => to.write_all(&item.data).await?,
+            Some(rate) => {
+                let slice = usize::try_from((rate / SLICES_PER_SECOND).max(1)).unwrap_or(CHUNK);
+                for part in item.data.chunks(slice) {
+                    let now = Instant::now();
+                    let start = free_at.max(now.checked_sub(TIMER_SLACK).unwrap_or(now));
+                    sleep_until(start).await;
+                    to.write_all(part).await?;
+                    free_at = start + transmission(part.len(), rate);
+                }
+            }
+        }
+        to.flush().await?;
+        written += item.data.len() as u64;
+    }
+    // The reader stopped without an end of stream: a cut or an error. The caller drops
+    // the side, which closes it.
+    Ok(written)
+}
+
+/// Shapes one connection: copies a<->b until either closes (or the cut), with the delay
+/// and cap; generic so it works over `tokio::io::duplex` under the paused clock. Returns
+/// the bytes delivered a→b and b→a; an I/O error on either side stops both directions.
+pub async fn pipe<A, B>(a: A, b: B, shape: Shape) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    let shared = Shared {
+        budget: shape.cut_after.map(AtomicU64::new),
+        stop: watch::Sender::new(false),
+    };
+    if shape.cut_after == Some(0) {
+        shared.halt();
+    }
+    let (ab_tx, ab_rx) = mpsc::channel(QUEUE_CHUNKS);
+    let (ba_tx, ba_rx) = mpsc::channel(QUEUE_CHUNKS);
+    let shared = &shared;
+    let (ra, wb, rb, wa) = tokio::join!(
+        async { shared.on_error(read_side(a_read, ab_tx, shape.latency, shared).await) },
+        async { shared.on_error(write_side(b_write, ab_rx, shape.bandwidth).await) },
+        async { shared.on_error(read_side(b_read, ba_tx, shape.latency, shared).await) },
+        async { shared.on_error(write_side(a_write, ba_rx, shape.bandwidth).await) },
+    );
+    ra?;
+    rb?;
+    Ok((wb?, wa?))
+}
+
+/// `io` seen through a shaped link: the near end of an in-memory stream whose far end a
+/// spawned task pipes to `io` (ends when both sides have closed). Must be called within a
+/// tokio runtime.
+pub fn shaped_duplex<S>(io: S, shape: Shape) -> DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (near, far) = tokio::io::duplex(DUPLEX_BUFFER);
+    tokio::spawn(async move {
+        // Errors only end the connection, as on a real link.
+        let _ = pipe(far, io, shape).await;
+    });
+    near
+}
+
+/// A running loopback TCP proxy; dropping it stops it too (without waiting).
+pub struct ProxyHandle {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes every proxied connection, and waits for that.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A loopback TCP proxy: accepts on `listener`, dials `upstream` per connection (a refused
+/// or slow upstream closes that client), shapes both directions. Both addresses must be
+/// loopback. Must be called within a tokio runtime.
+pub fn spawn_tcp(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    shape: Shape,
+) -> Result<ProxyHandle, ProxyError> {
+    let addr = listener.local_addr()?;
+    for a in [addr, upstream] {
+        if !a.ip().is_loopback() {
+            return Err(ProxyError::NotLoopback(a));
+        }
+    }
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(accept_loop(listener, upstream, shape, stopped));
+    Ok(ProxyHandle {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    shape: Shape,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => {
+                    connections.spawn(proxy_one(client, upstream, shape));
+                }
+                Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+            },
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// One client: dial the upstream (dropping the client when that fails), then shape.
+async fn proxy_one(client: TcpStream, upstream: SocketAddr, shape: Shape) {
+    let Ok(Ok(server)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await
+    else {
+        return;
+    };
+    for s in [&client, &server] {
+        let _ = s.set_nodelay(true);
+    }
+    // Errors only end the connection, as on a real link.
+    let _ = pipe(client, server, shape).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+    use tokio::time::{sleep, timeout};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Everything `io` sends until it closes, failing (not hanging) past a minute of
+    /// (paused) time.
+    async fn to_end(io: &mut DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        timeout(Duration::from_secs(60), io.read_to_end(&mut got))
+            .await
+            .expect("the stream was never closed")
+            .unwrap();
+        got
+    }
+
+    /// Fills `buf` from `io`, failing (not hanging) past a minute of (paused) time.
+    async fn exact<R: AsyncRead + Unpin>(io: &mut R, buf: &mut [u8]) {
+        timeout(Duration::from_secs(60), io.read_exact(buf))
+            .await
+            .expect("the bytes never came")
+            .unwrap();
+    }
+
+    /// A shaped link over in-memory streams: (client end, server end, the pipe's task).
+    fn link(
+        shape: Shape,
+    ) -> (
+        DuplexStream,
+        DuplexStream,
+        JoinHandle<io::Result<(u64, u64)>>,
+    ) {
+        let (client, proxy_a) = tokio::io::duplex(64 * 1024);
+        let (proxy_b, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(pipe(proxy_a, proxy_b, shape));
+        (client, server, task)
+    }
+
+    fn latency(ms: u64) -> Shape {
+        Shape {
+            latency: Duration::from_millis(ms),
+            ..Shape::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_byte_arrives_exactly_one_latency_later_each_way() {
+        let (mut client, mut server, _task) = link(latency(40));
+        let sent = Instant::now();
+        client.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        exact(&mut server, &mut one).await;
+        assert_eq!(sent.elapsed(), 40 * MS);
+        let back = Instant::now();
+        server.write_all(b"y").await.unwrap();
+        exact(&mut client, &mut one).await;
+        assert_eq!((&one, back.elapsed()), (b"y", 40 * MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_sent_back_to_back_keep_their_spacing() {
+        let (mut client, mut server, _task) = link(latency(100));
+        let t0 = Instant::now();
+        let sender = tokio::spawn(async move {
+            for b in [b"a", b"b", b"c"] {
+                client.write_all(b).await.unwrap();
+                sleep(10 * MS).await;
+            }
+            client
+        });
+        let mut arrivals = Vec::new();
+        let mut one = [0u8; 1];
+        for _ in 0..3 {
+            exact(&mut server, &mut one).await;
+            arrivals.push((one[0], t0.elapsed()));
+        }
+        // Pipelined: not one chunk per round trip (that would be 100, 300, 500 ms).
+        assert_eq!(
+            arrivals,
+            [(b'a', 100 * MS), (b'b', 110 * MS), (b'c', 120 * MS)]
+        );
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bandwidth_cap_paces_ten_thousand_bytes_over_ten_seconds() {
+        let shape = Shape {
+            bandwidth: Some(1000),
+            ..Shape::default()
+        };
+        let (mut client, mut server, _task) = link(shape);
+        let t0 = Instant::now();
+        let sender = tokio::spawn(async move {
+            client.write_all(&[7u8; 10_000]).await.unwrap();
+            client
+        });
+        let mut got = 0usize;
+        let mut at_five = None;
+        let mut buf = [0u8; 4096];
+        while got < 10_000 {
+            let n = timeout(Duration::from_secs(60), server.read(&mut buf))
+                .await
+                .expect("the bytes never came")
+                .unwrap();
+            assert_ne!(n, 0, "early end of stream");
+            if at_five.is_none() && t0.elapsed() >= Duration::from_secs(5) {
+                at_five = Some(got);
+            }
+            got += n;
+        }
+        let took = t0.elapsed();
+        // One slice is 1000 / 50 = 20 bytes, 20 ms.
+        let slice = 20 * MS;
+        assert!(
+            took >= Duration::from_secs(10) - slice && took <= Duration::from_secs(10),
+            "{took:?}"
+        );
+        let half = at_five.unwrap();
+        assert!((4_980..=5_020).contains(&half), "{half} bytes by 5 s");
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_cap_keeps_its_rate_over_many_chunks() {
+        // 10 MiB/s: 160 chunks of 64 KiB, 6.25 ms each; the first goes out at once.
+        let rate = 10 * 1024 * 1024;
+        let shape = Shape {
+            bandwidth: Some(rate),
+            ..Shape::default()
+        };
+        let (mut client, mut server, _task) = link(shape);
+        let t0 = Instant::now();
+        let sender = tokio::spawn(async move {
+            client
+                .write_all(&vec![7u8; 10 * 1024 * 1024])
+                .await
+                .unwrap();
+            client
+        });
+        let got = {
+            let mut got = 0usize;
+            let mut buf = vec![0u8; CHUNK];
+            while got < 10 * 1024 * 1024 {
+                let n = timeout(Duration::from_secs(60), server.read(&mut buf))
+                    .await
+                    .expect("the bytes never came")
+                    .unwrap();
+                assert_ne!(n, 0, "early end of stream");
+                got += n;
+            }
+            got
+        };
+        let took = t0.elapsed();
+        let chunk = transmission(CHUNK, rate);
+        assert_eq!(got, 10 * 1024 * 1024);
+        assert!(
+            took + chunk >= Duration::from_secs(1) && took <= Duration::from_secs(1) + TIMER_SLACK,
+            "{took:?}"
+        );
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cut_after_delivers_n_bytes_then_closes_both_sides() {
+        let shape = Shape {
+            latency: 5 * MS,
+            cut_after: Some(100),
+            ..Shape::default()
+        };
+        let (mut client, mut server, task) = link(shape);
+        client.write_all(&[1u8; 60]).await.unwrap();
+        let mut buf = [0u8; 60];
+        exact(&mut server, &mut buf).await;
+        server.write_all(&[2u8; 60]).await.unwrap();
+        assert_eq!(to_end(&mut client).await, vec![2u8; 40]);
+        assert!(to_end(&mut server).await.is_empty());
+        assert_eq!(task.await.unwrap().unwrap(), (60, 40));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_end_of_stream_is_a_delayed_half_close() {
+        let (mut client, mut server, task) = link(latency(30));
+        let t0 = Instant::now();
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        let got = to_end(&mut server).await;
+        assert_eq!((got.as_slice(), t0.elapsed()), (&b"hello"[..], 30 * MS));
+        // The other direction still works after the half-close.
+        server.write_all(b"bye").await.unwrap();
+        drop(server);
+        let back = to_end(&mut client).await;
+        assert_eq!((back.as_slice(), t0.elapsed()), (&b"bye"[..], 60 * MS));
+        assert_eq!(task.await.unwrap().unwrap(), (5, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_never_reads_stalls_the_writer() {
+        let (mut client, _server, _task) = link(latency(40));
+        let block = vec![0u8; CHUNK];
+        let mut accepted = 0usize;
+        // Under the paused clock the timeout fires as soon as everything is stuck.
+        while let Ok(written) = timeout(Duration::from_secs(1), client.write(&block)).await {
+            accepted += written.unwrap();
+            assert!(accepted < 64 * 1024 * 1024, "the queue grows without bound");
+        }
+        // Both in-memory buffers (64 KiB each), the queue, and one chunk in the hands of
+        // the pipe's reader and writer each.
+        let bound = QUEUE_CHUNKS * CHUNK + 2 * 64 * 1024 + 2 * CHUNK;
+        assert!(
+            accepted >= QUEUE_CHUNKS * CHUNK && accepted <= bound,
+            "{accepted}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shaped_duplex_delays_like_pipe() {
+        let (inner, mut server) = tokio::io::duplex(1024);
+        let mut client = shaped_duplex(inner, latency(25));
+        let t0 = Instant::now();
+        client.write_all(b"z").await.unwrap();
+        let mut one = [0u8; 1];
+        exact(&mut server, &mut one).await;
+        assert_eq!(t0.elapsed(), 25 * MS);
+    }
+
+    async fn loopback() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_tcp_proxy_delays_an_echo_by_a_round_trip() {
+        let upstream = loopback().await;
+        let upstream_addr = upstream.local_addr().unwrap();
+        let echo = tokio::spawn(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            let mut buf = [0u8; 4];
+            exact(&mut s, &mut buf).await;
+            s.write_all(&buf).await.unwrap();
+        });
+        let proxy = spawn_tcp(loopback().await, upstream_addr, latency(20)).unwrap();
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        let t0 = std::time::Instant::now();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        assert!(t0.elapsed() >= 40 * MS, "{:?}", t0.elapsed());
+        echo.await.unwrap();
+        proxy.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_upstream_closes_the_client() {
+        let gone = loopback().await;
+        let gone_addr = gone.local_addr().unwrap();
+        drop(gone);
+        let proxy = spawn_tcp(loopback().await, gone_addr, Shape::default()).unwrap();
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = Vec::new();
+        let read = timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+            .await
+            .expect("the client is closed, not left hanging");
+        assert!(read.map_or(true, |n| n == 0));
+        proxy.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn only_loopback_upstreams_are_dialled() {
+        let upstream: SocketAddr = "192.0.2.1:110".parse().unwrap();
+        let e = spawn_tcp(loopback().await, upstream, Shape::default()).err();
+        assert!(matches!(e, Some(ProxyError::NotLoopback(a)) if a == upstream));
+    }
+}
