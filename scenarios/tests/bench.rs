@@ -156,3 +156,18 @@ fn a_round_that_moves_nothing_fails_and_says_so() {
     assert_eq!(c["msg_per_s"], Value::Null);
     assert_eq!(doc["passed"], false);
 }
+
+#[test]
+fn latency_goes_through_the_proxy_on_both_sides() {
+    let doc = bench_json(&["--in-process", "--pop3-latency", "5", "--smtp-latency", "5"]);
+    check_ceilings(&doc);
+    check_row(&doc["connectors"][0], "popbridge (in-process)");
+    assert_eq!(doc["parameters"]["pop3_latency_ms"], 5);
+    assert_eq!(doc["parameters"]["smtp_latency_ms"], 5);
+    let notes = doc["notes"].to_string();
+    assert!(
+        notes.contains("POP3 side is reached through a loopback latency proxy: 5 ms")
+            && notes.contains("SMTP side is reached through a loopback latency proxy: 5 ms"),
+        "{notes}"
+    );
+}

@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::external;
+use crate::proxy::{ProxyHandle, Shape};
 use report::{Kind, Report, Round, Row};
 
 /// The most messages a round may move (popbridge's per-session cap).
@@ -102,8 +103,17 @@ pub struct BenchArgs {
     /// The envelope recipient the connectors deliver to.
     #[arg(long, default_value = "sink@contoso.local", value_name = "ADDRESS")]
     pub rcpt: String,
+    /// One-way delay added on the POP3 side, in milliseconds, each direction (0–10000;
+    /// default 0: no proxy). Every connector and the POP3 reader then reach the POP3
+    /// server through a loopback latency proxy.
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub pop3_latency: u64,
+    /// One-way delay added on the SMTP side, in milliseconds, each direction (0–10000;
+    /// default 0: no proxy), for every connector and the SMTP writer.
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub smtp_latency: u64,
     /// Commands (RETR, DELE) or transactions the ceiling legs keep in flight (1–10000).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub window: u32,
     /// Skip the ceiling legs.
     #[arg(long)]
@@ -313,6 +323,10 @@ struct Plan {
     timeout: Duration,
     rcpt: String,
     poplab: PathBuf,
+    /// How the POP3 side is shaped (the latency proxy).
+    pop3_shape: Shape,
+    /// How the SMTP side is shaped.
+    smtp_shape: Shape,
 }
 
 impl Plan {
@@ -428,6 +442,14 @@ fn plan(a: &BenchArgs) -> Result<Plan, BenchError> {
         ceilings: !a.no_ceilings,
         timeout: Duration::from_secs(a.round_timeout),
         rcpt: a.rcpt.clone(),
+        pop3_shape: Shape {
+            latency: Duration::from_millis(a.pop3_latency),
+            ..Shape::default()
+        },
+        smtp_shape: Shape {
+            latency: Duration::from_millis(a.smtp_latency),
+            ..Shape::default()
+        },
         poplab: std::env::current_exe()
             .map_err(|e| BenchError::Setup(format!("cannot locate poplab itself: {e}")))?,
     })
@@ -486,6 +508,14 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
             "popbridge ran in-process: its CPU seconds and peak RSS are not separable from the mocks' and are not reported".into(),
         );
     }
+    for (side, shape) in [("POP3", plan.pop3_shape), ("SMTP", plan.smtp_shape)] {
+        if !shape.is_transparent() {
+            notes.push(format!(
+                "the {side} side is reached through a loopback latency proxy: {} ms one way, each direction",
+                shape.latency.as_millis()
+            ));
+        }
+    }
     if plan.ceilings {
         notes.push(format!(
             "ceilings: a pipelined POP3 reader and SMTP writer ({} in flight) run inside poplab; no CPU or RSS figures",
@@ -514,6 +544,8 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
             "round_timeout_s": plan.timeout.as_secs(),
             "servers": servers,
             "rcpt": plan.rcpt,
+            "pop3_latency_ms": plan.pop3_shape.latency.as_millis() as u64,
+            "smtp_latency_ms": plan.smtp_shape.latency.as_millis() as u64,
         }),
         rows,
         latency_basis,
@@ -648,6 +680,37 @@ async fn start_mocks(plan: &Plan, dir: &Path) -> Result<Mocks, BenchError> {
         smtp,
         ca_file,
     })
+}
+
+/// `upstream`, or a latency proxy in front of it when `shape` shapes anything.
+async fn via(upstream: SocketAddr, shape: Shape) -> Result<Via, BenchError> {
+    if shape.is_transparent() {
+        return Ok(Via {
+            addr: upstream,
+            proxy: None,
+        });
+    }
+    let proxy = crate::proxy::spawn_tcp(listener().await?, upstream, shape)
+        .map_err(|e| BenchError::Setup(format!("latency proxy: {e}")))?;
+    Ok(Via {
+        addr: proxy.addr(),
+        proxy: Some(proxy),
+    })
+}
+
+/// An address to connect to, and the proxy behind it (if any).
+struct Via {
+    addr: SocketAddr,
+    proxy: Option<ProxyHandle>,
+}
+
+impl Via {
+    /// Stops the proxy.
+    async fn close(self) {
+        if let Some(p) = self.proxy {
+            p.shutdown().await;
+        }
+    }
 }
 
 /// popbridge's configuration for one round.
@@ -827,19 +890,32 @@ async fn connector_round(plan: &Plan, subject: &Subject, dir: &Path) -> Result<R
     match &plan.servers {
         Servers::Mocks { .. } => {
             let mocks = start_mocks(plan, dir).await?;
-            let ep = Endpoints {
-                pop3: mocks
+            let pop3 = via(
+                mocks
                     .pop3
                     .addr()
                     .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?,
-                smtp: mocks
+                plan.pop3_shape,
+            )
+            .await?;
+            let smtp = via(
+                mocks
                     .smtp
                     .addr()
                     .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?,
+                plan.smtp_shape,
+            )
+            .await?;
+            let ep = Endpoints {
+                pop3: pop3.addr,
+                smtp: smtp.addr,
                 user: USER.into(),
                 password: PASSWORD.into(),
             };
-            let ran = run_subject(plan, subject, &ep, mocks.ca_file.as_deref(), dir).await?;
+            let ran = run_subject(plan, subject, &ep, mocks.ca_file.as_deref(), dir).await;
+            pop3.close().await;
+            smtp.close().await;
+            let ran = ran?;
             let _ = tokio::time::timeout(SETTLE, mocks.pop3.wait_idle()).await;
             let _ = tokio::time::timeout(SETTLE, mocks.smtp.wait_idle()).await;
             let left = mocks
@@ -876,13 +952,18 @@ async fn connector_round(plan: &Plan, subject: &Subject, dir: &Path) -> Result<R
         }
         Servers::Real(real) => {
             refill(&real.maildir, &plan.messages)?;
+            let pop3 = via(real.pop3, plan.pop3_shape).await?;
+            let smtp = via(real.smtp, plan.smtp_shape).await?;
             let ep = Endpoints {
-                pop3: real.pop3,
-                smtp: real.smtp,
+                pop3: pop3.addr,
+                smtp: smtp.addr,
                 user: real.user.clone(),
                 password: real.password.clone(),
             };
-            let ran = run_subject(plan, subject, &ep, None, dir).await?;
+            let ran = run_subject(plan, subject, &ep, None, dir).await;
+            pop3.close().await;
+            smtp.close().await;
+            let ran = ran?;
             let left = maildir_count(&real.maildir);
             let failure = ran.failure.or_else(|| {
                 (left != 0).then(|| {
@@ -939,21 +1020,36 @@ fn leg_round(r: Result<ceiling::LegRun, ceiling::CeilingError>, n: u64) -> Round
     }
 }
 
-async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
-    let n = plan.messages.len() as u64;
+/// The POP3 reader's leg to `upstream` (through the latency proxy when shaped).
+async fn pop3_leg_run(
+    plan: &Plan,
+    upstream: SocketAddr,
+    tls: Option<ceiling::TlsClient>,
+    user: &str,
+    password: &str,
+) -> Result<Round, BenchError> {
     let deadline = Instant::now() + plan.timeout;
+    let v = via(upstream, plan.pop3_shape).await?;
+    let leg = ceiling::Pop3Leg {
+        addr: v.addr,
+        tls,
+        user: user.into(),
+        password: password.into(),
+    };
+    let run = ceiling::pop3_read(&leg, plan.window, deadline).await;
+    v.close().await;
+    Ok(leg_round(run, plan.messages.len() as u64))
+}
+
+async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     match &plan.servers {
         Servers::Mocks { tls } => {
             let pop3 = mock_pop3(&plan.messages, tls.as_deref()).await?;
-            let leg = ceiling::Pop3Leg {
-                addr: pop3
-                    .addr()
-                    .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?,
-                tls: tls.as_deref().map(tls_client).transpose()?,
-                user: USER.into(),
-                password: PASSWORD.into(),
-            };
-            let mut round = leg_round(ceiling::pop3_read(&leg, plan.window, deadline).await, n);
+            let upstream = pop3
+                .addr()
+                .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?;
+            let tls = tls.as_deref().map(tls_client).transpose()?;
+            let mut round = pop3_leg_run(plan, upstream, tls, USER, PASSWORD).await?;
             let _ = tokio::time::timeout(SETTLE, pop3.wait_idle()).await;
             let left = pop3.mailbox(USER).map_or(0, |m| m.remaining.len());
             if round.failure.is_none() && left != 0 {
@@ -964,13 +1060,7 @@ async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
         }
         Servers::Real(real) => {
             refill(&real.maildir, &plan.messages)?;
-            let leg = ceiling::Pop3Leg {
-                addr: real.pop3,
-                tls: None,
-                user: real.user.clone(),
-                password: real.password.clone(),
-            };
-            let mut round = leg_round(ceiling::pop3_read(&leg, plan.window, deadline).await, n);
+            let mut round = pop3_leg_run(plan, real.pop3, None, &real.user, &real.password).await?;
             let left = maildir_count(&real.maildir);
             if round.failure.is_none() && left != 0 {
                 round.failure = Some(format!("{left} left in the Maildir after QUIT"));
@@ -980,23 +1070,35 @@ async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     }
 }
 
+/// The SMTP writer's leg to `upstream` (through the latency proxy when shaped).
+async fn smtp_leg_run(
+    plan: &Plan,
+    upstream: SocketAddr,
+    tls: Option<ceiling::TlsClient>,
+) -> Result<Round, BenchError> {
+    let deadline = Instant::now() + plan.timeout;
+    let v = via(upstream, plan.smtp_shape).await?;
+    let leg = ceiling::SmtpLeg {
+        addr: v.addr,
+        tls,
+        rcpt: plan.rcpt.clone(),
+    };
+    let run = ceiling::smtp_write(&leg, &plan.messages, plan.window, deadline).await;
+    v.close().await;
+    Ok(leg_round(run, plan.messages.len() as u64))
+}
+
 async fn smtp_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     let n = plan.messages.len() as u64;
-    let deadline = Instant::now() + plan.timeout;
     match &plan.servers {
         Servers::Mocks { tls } => {
             let smtp = mock_smtp(tls.as_deref(), plan.largest()).await?;
-            let leg = ceiling::SmtpLeg {
-                addr: smtp
-                    .addr()
-                    .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?,
-                tls: tls.as_deref().map(tls_client).transpose()?,
-                rcpt: plan.rcpt.clone(),
-            };
-            let mut round = leg_round(
-                ceiling::smtp_write(&leg, &plan.messages, plan.window, deadline).await,
-                n,
-            );
+            let upstream = smtp
+                .addr()
+                .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?;
+            let tls = tls.as_deref().map(tls_client).transpose()?;
+            let mut round = smtp_leg_run(plan, upstream, tls).await?;
+            let _ = tokio::time::timeout(SETTLE, smtp.wait_idle()).await;
             let accepted = smtp.counts().accepted;
             if round.failure.is_none() && accepted != n {
                 round.failure = Some(format!("the SMTP mock accepted {accepted} of {n}"));
@@ -1004,17 +1106,7 @@ async fn smtp_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
             smtp.shutdown().await;
             Ok(round)
         }
-        Servers::Real(real) => {
-            let leg = ceiling::SmtpLeg {
-                addr: real.smtp,
-                tls: None,
-                rcpt: plan.rcpt.clone(),
-            };
-            Ok(leg_round(
-                ceiling::smtp_write(&leg, &plan.messages, plan.window, deadline).await,
-                n,
-            ))
-        }
+        Servers::Real(real) => smtp_leg_run(plan, real.smtp, None).await,
     }
 }
 
