@@ -122,6 +122,14 @@ fn bad_arguments_exit_2() {
         ],
         &["bench", "--connector", "nosuch"],
         &["bench", "--tls", "--connector", "fetchmail"],
+        &["bench", "--compare-loopback"],
+        &[
+            "bench",
+            "--compare-loopback",
+            "--pop3-latency",
+            "5",
+            "--no-popbridge",
+        ],
     ] {
         let out = poplab().args(args).output().expect("run poplab");
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
@@ -159,9 +167,19 @@ fn a_round_that_moves_nothing_fails_and_says_so() {
 
 #[test]
 fn latency_goes_through_the_proxy_on_both_sides() {
-    let doc = bench_json(&["--in-process", "--pop3-latency", "5", "--smtp-latency", "5"]);
+    let doc = bench_json(&[
+        "--in-process",
+        "--pop3-latency",
+        "5",
+        "--smtp-latency",
+        "5",
+        "--compare-loopback",
+    ]);
     check_ceilings(&doc);
-    check_row(&doc["connectors"][0], "popbridge (in-process)");
+    // The loopback comparison comes first, so the shaped row's "×first" is against it.
+    check_row(&doc["connectors"][0], "popbridge (in-process) (loopback)");
+    check_row(&doc["connectors"][1], "popbridge (in-process)");
+    assert!(doc["connectors"][1]["x_first_connector"].is_f64(), "{doc}");
     assert_eq!(doc["parameters"]["pop3_latency_ms"], 5);
     assert_eq!(doc["parameters"]["smtp_latency_ms"], 5);
     let notes = doc["notes"].to_string();

@@ -112,6 +112,11 @@ pub struct BenchArgs {
     /// default 0: no proxy), for every connector and the SMTP writer.
     #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub smtp_latency: u64,
+    /// With --pop3-latency or --smtp-latency: also measure popbridge without the proxies,
+    /// as the first row, "popbridge (loopback)", so that the other rows' "×first
+    /// connector" is their rate against popbridge's own loopback rate.
+    #[arg(long)]
+    pub compare_loopback: bool,
     /// Commands (RETR, DELE) or transactions the ceiling legs keep in flight (1–10000).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub window: u32,
@@ -314,7 +319,9 @@ fn popbridge_binary(given: Option<&Path>) -> Result<PathBuf, BenchError> {
 
 /// Everything a run needs, resolved from the arguments.
 struct Plan {
-    subjects: Vec<Subject>,
+    /// Each connector, and whether it goes through the latency proxies (a loopback
+    /// comparison does not).
+    subjects: Vec<(Subject, bool)>,
     messages: Arc<Vec<Bytes>>,
     servers: Servers,
     rounds: u32,
@@ -428,6 +435,21 @@ fn plan(a: &BenchArgs) -> Result<Plan, BenchError> {
             "--tls: the connector templates speak plain text; measure external connectors without --tls".into(),
         ));
     }
+    let shaped = a.pop3_latency > 0 || a.smtp_latency > 0;
+    let mut subjects: Vec<(Subject, bool)> = subjects.into_iter().map(|s| (s, true)).collect();
+    if a.compare_loopback {
+        match subjects.first() {
+            Some((s @ (Subject::PopbridgeChild(_) | Subject::PopbridgeInProcess), _)) if shaped => {
+                subjects.insert(0, (s.clone(), false));
+            }
+            _ => {
+                return Err(BenchError::Usage(
+                    "--compare-loopback needs popbridge and --pop3-latency or --smtp-latency"
+                        .into(),
+                ))
+            }
+        }
+    }
     if subjects.is_empty() && a.no_ceilings {
         return Err(BenchError::Usage(
             "nothing to measure: --no-popbridge and --no-ceilings without a --connector".into(),
@@ -465,8 +487,12 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
     let mut rows: Vec<Row> = plan
         .subjects
         .iter()
-        .map(|s| Row {
-            name: s.name(),
+        .map(|(s, shaped)| Row {
+            name: if *shaped {
+                s.name()
+            } else {
+                format!("{} (loopback)", s.name())
+            },
             kind: Kind::Connector,
             rounds: Vec::new(),
         })
@@ -484,11 +510,11 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
         });
     }
     for round in 1..=plan.rounds {
-        for (i, subject) in plan.subjects.iter().enumerate() {
+        for (i, (subject, shaped)) in plan.subjects.iter().enumerate() {
             let dir = scratch.path().join(format!("r{round}-c{i}"));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| BenchError::Setup(format!("{}: {e}", dir.display())))?;
-            let r = connector_round(&plan, subject, &dir).await?;
+            let r = connector_round(&plan, subject, *shaped, &dir).await?;
             rows[i].rounds.push(r);
         }
         if plan.ceilings {
@@ -502,7 +528,7 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
     if plan
         .subjects
         .iter()
-        .any(|s| matches!(s, Subject::PopbridgeInProcess))
+        .any(|(s, _)| matches!(s, Subject::PopbridgeInProcess))
     {
         notes.push(
             "popbridge ran in-process: its CPU seconds and peak RSS are not separable from the mocks' and are not reported".into(),
@@ -885,8 +911,18 @@ fn ms(d: Option<Duration>) -> Option<f64> {
 }
 
 /// One round of one connector: fresh servers (or a refilled Maildir), the run, the check.
-async fn connector_round(plan: &Plan, subject: &Subject, dir: &Path) -> Result<Round, BenchError> {
+async fn connector_round(
+    plan: &Plan,
+    subject: &Subject,
+    shaped: bool,
+    dir: &Path,
+) -> Result<Round, BenchError> {
     let n = plan.messages.len() as u64;
+    let (pop3_shape, smtp_shape) = if shaped {
+        (plan.pop3_shape, plan.smtp_shape)
+    } else {
+        (Shape::default(), Shape::default())
+    };
     match &plan.servers {
         Servers::Mocks { .. } => {
             let mocks = start_mocks(plan, dir).await?;
@@ -895,7 +931,7 @@ async fn connector_round(plan: &Plan, subject: &Subject, dir: &Path) -> Result<R
                     .pop3
                     .addr()
                     .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?,
-                plan.pop3_shape,
+                pop3_shape,
             )
             .await?;
             let smtp = via(
@@ -903,7 +939,7 @@ async fn connector_round(plan: &Plan, subject: &Subject, dir: &Path) -> Result<R
                     .smtp
                     .addr()
                     .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?,
-                plan.smtp_shape,
+                smtp_shape,
             )
             .await?;
             let ep = Endpoints {
@@ -952,8 +988,8 @@ async fn connector_round(plan: &Plan, subject: &Subject, dir: &Path) -> Result<R
         }
         Servers::Real(real) => {
             refill(&real.maildir, &plan.messages)?;
-            let pop3 = via(real.pop3, plan.pop3_shape).await?;
-            let smtp = via(real.smtp, plan.smtp_shape).await?;
+            let pop3 = via(real.pop3, pop3_shape).await?;
+            let smtp = via(real.smtp, smtp_shape).await?;
             let ep = Endpoints {
                 pop3: pop3.addr,
                 smtp: smtp.addr,
