@@ -493,7 +493,11 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
             } else {
                 format!("{} (loopback)", s.name())
             },
-            kind: Kind::Connector,
+            kind: if *shaped {
+                Kind::Connector
+            } else {
+                Kind::LoopbackConnector
+            },
             rounds: Vec::new(),
         })
         .collect();

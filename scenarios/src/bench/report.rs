@@ -48,10 +48,20 @@ impl Round {
 pub enum Kind {
     /// A connector moving the mailbox end to end.
     Connector,
+    /// A connector measured without the latency proxy the others and the ceiling legs go
+    /// through (`--compare-loopback`): no ratio to the ceilings.
+    LoopbackConnector,
     /// The pipelined POP3 reader.
     Pop3Ceiling,
     /// The pipelined SMTP writer.
     SmtpCeiling,
+}
+
+impl Kind {
+    /// True for a connector row (either kind).
+    pub fn is_connector(self) -> bool {
+        matches!(self, Self::Connector | Self::LoopbackConnector)
+    }
 }
 
 /// One line of the table: a name and its rounds.
@@ -143,7 +153,7 @@ impl Report {
     pub fn slower_leg(&self) -> Option<&Row> {
         self.rows
             .iter()
-            .filter(|r| r.kind != Kind::Connector)
+            .filter(|r| !r.kind.is_connector())
             .filter(|r| r.rate().is_some())
             .min_by(|a, b| {
                 let (x, y) = (a.rate().map(|s| s.median), b.rate().map(|s| s.median));
@@ -152,10 +162,13 @@ impl Report {
     }
 
     fn first_connector(&self) -> Option<&Row> {
-        self.rows.iter().find(|r| r.kind == Kind::Connector)
+        self.rows.iter().find(|r| r.kind.is_connector())
     }
 
     fn ratio(row: &Row, to: Option<&Row>) -> Option<f64> {
+        if row.kind == Kind::LoopbackConnector && to.is_some_and(|t| !t.kind.is_connector()) {
+            return None;
+        }
         let mine = row.rate()?.median;
         let theirs = to?.rate()?.median;
         (theirs > 0.0).then(|| mine / theirs)
@@ -194,7 +207,7 @@ impl Report {
                 Self::ratio(row, to).map_or("—".to_string(), |r| format!("{r:.2}"))
             };
             let name = match row.kind {
-                Kind::Connector => row.name.clone(),
+                Kind::Connector | Kind::LoopbackConnector => row.name.clone(),
                 _ => format!("{} (ceiling)", row.name),
             };
             out.push_str(&format!(
@@ -207,7 +220,7 @@ impl Report {
                 cell(row.stat(|r| r.cpu_s), 2),
                 cell(row.stat(|r| r.peak_rss_mb), 1),
                 ratio(slower),
-                if row.kind == Kind::Connector {
+                if row.kind.is_connector() {
                     ratio(first)
                 } else {
                     "—".into()
@@ -253,15 +266,15 @@ impl Report {
                 "cpu_s": row.stat(|r| r.cpu_s),
                 "peak_rss_mb": row.stat(|r| r.peak_rss_mb),
                 "x_slower_leg": Self::ratio(row, slower),
-                "x_first_connector": if row.kind == Kind::Connector { Self::ratio(row, first) } else { None },
+                "x_first_connector": if row.kind.is_connector() { Self::ratio(row, first) } else { None },
                 "rounds": row.rounds,
                 "failures": row.failures(),
             })
         };
         json!({
             "parameters": self.parameters,
-            "connectors": self.rows.iter().filter(|r| r.kind == Kind::Connector).map(row_json).collect::<Vec<_>>(),
-            "ceilings": self.rows.iter().filter(|r| r.kind != Kind::Connector).map(row_json).collect::<Vec<_>>(),
+            "connectors": self.rows.iter().filter(|r| r.kind.is_connector()).map(row_json).collect::<Vec<_>>(),
+            "ceilings": self.rows.iter().filter(|r| !r.kind.is_connector()).map(row_json).collect::<Vec<_>>(),
             "slower_leg": slower.map(|r| r.name.clone()),
             "latency_basis": self.latency_basis,
             "notes": self.notes,
