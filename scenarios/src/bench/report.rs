@@ -204,7 +204,14 @@ impl Report {
                 Some(s) => format!("{:.d$}", s.median, d = digits),
             };
             let ratio = |to: Option<&Row>| {
-                Self::ratio(row, to).map_or("—".to_string(), |r| format!("{r:.2}"))
+                Self::ratio(row, to).map_or("—".to_string(), |r| {
+                    // Small ratios keep three decimals (fetchmail at 40 ms: 0.004).
+                    if r < 0.1 {
+                        format!("{r:.3}")
+                    } else {
+                        format!("{r:.2}")
+                    }
+                })
             };
             let name = match row.kind {
                 Kind::Connector | Kind::LoopbackConnector => row.name.clone(),
