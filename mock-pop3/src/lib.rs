@@ -7,6 +7,10 @@
 //! XOAUTH2 then accepts. It is the source in throughput benchmarks, so replies go out
 //! in as few writes as possible and messages are shared, never copied per session.
 //!
+//! What both mocks share (the fault engine, the test PKI, the connection with its TLS
+//! upgrade and speed limit, the accept loop, session records, shutdown and the handle)
+//! lives in mock-core; this crate holds POP3 only and does not depend on mock-smtp.
+//!
 //! Must never: share state between server instances, sleep in place of a signal,
 //! or write a password or token into a transcript.
 //!
@@ -23,19 +27,17 @@
 //! ```
 
 mod caps;
-pub mod fault;
 mod mailbox;
 pub mod oauth;
-pub mod pki;
 mod server;
 mod session;
-pub mod standalone;
-pub mod stream;
-pub mod tracker;
 
 pub use caps::{Capabilities, Expire};
-pub use fault::{FaultAction, FaultPlan, FaultRule, Hook};
 pub use mailbox::{demo_message, AuthMethod, Mailbox, Message};
-pub use server::{
-    Builder, MailboxReport, MockPop3, MockPop3Handle, SessionEnd, SessionRecord, TlsMode,
-};
+/// The fault engine (shared with mock-smtp through mock-core).
+pub use mock_core::fault::{self, FaultAction, FaultPlan, FaultRule, Hook};
+/// How a session ended (shared with mock-smtp through mock-core).
+pub use mock_core::host::SessionEnd;
+/// The throw-away test PKI (shared with mock-smtp through mock-core).
+pub use mock_core::pki;
+pub use server::{Builder, MailboxReport, MockPop3, MockPop3Handle, SessionRecord, TlsMode};

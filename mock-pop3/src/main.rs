@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use mock_pop3::pki::TestPki;
+use mock_core::standalone;
 use mock_pop3::{Capabilities, Mailbox, Message, MockPop3, TlsMode};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     messages: usize,
     /// Size of each generated message, e.g. 2048, 10KB, 1MB.
-    #[arg(long, default_value = "4KB", value_parser = mock_pop3::standalone::parse_size)]
+    #[arg(long, default_value = "4KB", value_parser = standalone::parse_size)]
     size: u64,
     /// Also load every `*.eml` file of this folder as a message (sorted by name).
     #[arg(long)]
@@ -69,12 +69,7 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<()> {
-    if !args.listen.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {}: only loopback addresses are allowed",
-            args.listen
-        );
-    }
+    let listener = standalone::listen(args.listen).await?;
     let mut mailbox = Mailbox::new(&args.user, &args.password).with_demo_messages(
         args.messages,
         usize::try_from(args.size).context("--size too large")?,
@@ -102,23 +97,14 @@ async fn run(args: Args) -> Result<()> {
     }
     let mut ca_path = None;
     if !matches!(args.tls, Tls::None) {
-        let pki = TestPki::localhost().context("making test certificates")?;
+        let (pki, path) = standalone::write_test_ca(args.ca_out.as_deref(), "mock-pop3-ca.pem")?;
         let cfg = pki.server_config()?;
         builder = builder.tls(match args.tls {
             Tls::Stls => TlsMode::Stls(cfg),
             _ => TlsMode::Implicit(cfg),
         });
-        let path = args
-            .ca_out
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("mock-pop3-ca.pem"));
-        std::fs::write(&path, &pki.ca_pem)
-            .with_context(|| format!("writing {}", path.display()))?;
         ca_path = Some(path);
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     let server = builder.spawn(listener);
     let addr = server.addr().context("no local address")?;
     println!(
@@ -132,7 +118,7 @@ async fn run(args: Args) -> Result<()> {
         })
     );
     eprintln!("mock-pop3 listening on {addr}; close stdin (Ctrl-D) or press Ctrl-C to stop and print the final state");
-    mock_pop3::standalone::wait_for_stop(args.exit_after).await;
+    standalone::wait_for_stop(args.exit_after).await;
     let state =
         serde_json::json!({ "mailboxes": server.mailboxes(), "sessions": server.sessions().len() });
     println!("{state}");
@@ -141,5 +127,5 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    mock_pop3::standalone::run_main("mock-pop3", run(Args::parse()))
+    standalone::run_main("mock-pop3", run(Args::parse()))
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
 
-use crate::tracker::Tracker;
+use mock_core::tracker::Tracker;
 
 /// The most octets of a request read (head and body).
 const MAX_REQUEST: usize = 64 * 1024;

@@ -1,21 +1,21 @@
-//! The server: builder, shared state, accept loop and the handle tests inspect.
+//! The server: builder, shared state and the handle tests inspect (the accept loop,
+//! session records and shutdown are the core's [`Host`]).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use mock_core::host::{Host, Protocol, SessionEnd, Settings};
 use popbridge_proto::DotStuffer;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::caps::Capabilities;
-use crate::fault::{FaultPlan, FaultRule};
 use crate::mailbox::{AuthMethod, Mailbox, Message};
-use crate::tracker::Tracker;
 
 /// How the server offers TLS.
 #[derive(Clone, Default)]
@@ -39,28 +39,8 @@ impl std::fmt::Debug for TlsMode {
     }
 }
 
-/// How a session ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionEnd {
-    /// QUIT in the TRANSACTION state: deletions applied.
-    QuitUpdate,
-    /// QUIT before login: nothing to apply.
-    QuitUnauthenticated,
-    /// The client closed the connection without QUIT: nothing deleted.
-    ClientClosed,
-    /// A fault closed the connection.
-    FaultClosed,
-    /// The client was idle past the timeout.
-    Timeout,
-    /// The server was shut down.
-    Shutdown,
-    /// A protocol or I/O error, with its text.
-    Error(String),
-}
-
 /// What one session did, for inspection.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SessionRecord {
     /// Session number, from 1 in connection order.
     pub id: u64,
@@ -75,6 +55,8 @@ pub struct SessionRecord {
     /// How it ended; `None` while it runs.
     pub end: Option<SessionEnd>,
 }
+
+mock_core::impl_record!(SessionRecord);
 
 /// A mailbox's state, for inspection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -135,7 +117,6 @@ pub(crate) struct MailboxState {
 
 pub(crate) struct State {
     pub mailboxes: BTreeMap<String, MailboxState>,
-    pub sessions: Vec<SessionRecord>,
     pub next_message_id: u64,
     /// False for a hostile server that sends message lines without dot-stuffing them.
     pub dot_stuffing: bool,
@@ -201,53 +182,41 @@ pub(crate) struct Config {
     pub tls: TlsMode,
     pub apop_timestamp: bool,
     pub hostname: String,
-    pub throttle: Option<u64>,
     pub idle_timeout: Duration,
-    pub record: bool,
 }
 
 /// State shared by the accept loop, the sessions and the handle.
-pub(crate) struct Shared {
-    pub cfg: Config,
+pub struct Shared {
+    pub(crate) cfg: Config,
     state: Mutex<State>,
-    pub faults: FaultPlan,
-    tracker: Arc<Tracker>,
+    pub(crate) host: Host<SessionRecord>,
     /// The running count of complete RETR replies written, in all mailboxes, for waiters.
-    pub retrievals: tokio::sync::watch::Sender<u64>,
+    pub(crate) retrievals: tokio::sync::watch::Sender<u64>,
+}
+
+impl Protocol for Shared {
+    type Record = SessionRecord;
+
+    fn host(&self) -> &Host<SessionRecord> {
+        &self.host
+    }
+
+    fn session<S>(
+        self: Arc<Self>,
+        stream: S,
+        id: u64,
+        _peer: IpAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        crate::session::run(self, stream, id)
+    }
 }
 
 impl Shared {
-    pub fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a new session; returns its id.
-    pub fn open_session(&self) -> u64 {
-        let mut st = self.state();
-        let id = st.sessions.len() as u64 + 1;
-        st.sessions.push(SessionRecord {
-            id,
-            user: None,
-            tls: false,
-            commands: Vec::new(),
-            transcript: Vec::new(),
-            end: None,
-        });
-        id
-    }
-
-    /// Runs `f` on a session's record.
-    pub fn with_record(&self, id: u64, f: impl FnOnce(&mut SessionRecord)) {
-        if let Some(r) = self.state().sessions.get_mut(id as usize - 1) {
-            f(r);
-        }
-    }
-
-    /// Adds a transcript line when recording is on.
-    pub fn log(&self, id: u64, line: String) {
-        if self.cfg.record {
-            self.with_record(id, |r| r.transcript.push(line));
-        }
     }
 }
 
@@ -257,13 +226,10 @@ pub struct Builder {
     before: Capabilities,
     after: Capabilities,
     tls: TlsMode,
-    faults: Vec<FaultRule>,
-    seed: u64,
+    host: Settings,
     apop_timestamp: bool,
     hostname: String,
-    throttle: Option<u64>,
     idle_timeout: Duration,
-    record: bool,
     dot_stuffing: bool,
 }
 
@@ -278,13 +244,10 @@ impl MockPop3 {
             before: Capabilities::full(),
             after: Capabilities::full_after_login(),
             tls: TlsMode::None,
-            faults: Vec::new(),
-            seed: 0,
+            host: Settings::default(),
             apop_timestamp: true,
             hostname: "mock-pop3.invalid".into(),
-            throttle: None,
             idle_timeout: Duration::from_secs(600),
-            record: true,
             dot_stuffing: true,
         }
     }
@@ -297,41 +260,24 @@ impl Builder {
         self
     }
 
-    /// Capabilities before login (CAPA listing and which commands work).
-    pub fn capabilities(mut self, caps: Capabilities) -> Self {
-        self.before = caps;
-        self
+    mock_core::setters! {
+        /// Capabilities before login (CAPA listing and which commands work).
+        capabilities(before: Capabilities);
+        /// Capabilities after login.
+        capabilities_after_login(after: Capabilities);
+        /// TLS mode.
+        tls(tls: TlsMode);
+        /// Whether the greeting carries an APOP timestamp (without one, APOP is impossible).
+        apop_timestamp(apop_timestamp: bool);
+        /// A hostile server when `false`: message lines go out without dot-stuffing, so a
+        /// line holding a lone dot ends a RETR early and the rest of the message reads as
+        /// further replies.
+        dot_stuffing(dot_stuffing: bool);
+        /// Closes a session idle for this long (RFC 1939 asks for at least 10 minutes).
+        idle_timeout(idle_timeout: Duration);
     }
 
-    /// Capabilities after login.
-    pub fn capabilities_after_login(mut self, caps: Capabilities) -> Self {
-        self.after = caps;
-        self
-    }
-
-    /// TLS mode.
-    pub fn tls(mut self, tls: TlsMode) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    /// Adds a fault rule.
-    pub fn fault(mut self, rule: FaultRule) -> Self {
-        self.faults.push(rule);
-        self
-    }
-
-    /// Seeds the generator behind probabilistic faults, APOP timestamps and CRAM-MD5 challenges.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Whether the greeting carries an APOP timestamp (without one, APOP is impossible).
-    pub fn apop_timestamp(mut self, on: bool) -> Self {
-        self.apop_timestamp = on;
-        self
-    }
+    mock_core::host_setters!();
 
     /// The host name used in the greeting and challenges.
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
@@ -339,36 +285,9 @@ impl Builder {
         self
     }
 
-    /// A hostile server when `false`: message lines go out without dot-stuffing, so a line
-    /// holding a lone dot ends a RETR early and the rest of the message reads as further
-    /// replies.
-    pub fn dot_stuffing(mut self, on: bool) -> Self {
-        self.dot_stuffing = on;
-        self
-    }
-
-    /// Limits every session's sending speed to `bytes_per_second`.
-    pub fn throttle(mut self, bytes_per_second: u64) -> Self {
-        self.throttle = Some(bytes_per_second.max(1));
-        self
-    }
-
-    /// Closes a session idle for this long (RFC 1939 asks for at least 10 minutes).
-    pub fn idle_timeout(mut self, d: Duration) -> Self {
-        self.idle_timeout = d;
-        self
-    }
-
-    /// Turns command and transcript recording off (benchmarks).
-    pub fn record_transcript(mut self, on: bool) -> Self {
-        self.record = on;
-        self
-    }
-
     fn build(self) -> Arc<Shared> {
         let mut state = State {
             mailboxes: BTreeMap::new(),
-            sessions: Vec::new(),
             next_message_id: 1,
             dot_stuffing: self.dot_stuffing,
         };
@@ -405,88 +324,41 @@ impl Builder {
                 tls: self.tls,
                 apop_timestamp: self.apop_timestamp,
                 hostname: self.hostname,
-                throttle: self.throttle,
                 idle_timeout: self.idle_timeout,
-                record: self.record,
             },
             state: Mutex::new(state),
-            faults: FaultPlan::new(self.faults, self.seed),
-            tracker: Arc::new(Tracker::new()),
+            host: Host::new(self.host),
             retrievals: tokio::sync::watch::Sender::new(0),
         })
     }
 
     /// Starts serving on a listener the caller bound (tests bind `127.0.0.1:0`).
     pub fn spawn(self, listener: TcpListener) -> MockPop3Handle {
-        let shared = self.build();
-        let addr = listener.local_addr().ok();
-        let s = shared.clone();
-        shared
-            .tracker
-            .accept_loop(listener, move |sock, _peer| spawn_session(&s, sock));
-        MockPop3Handle { addr, shared }
+        MockPop3Handle::listening(self.build(), listener)
     }
 
-    /// Starts a server without a listener: connect with [`MockPop3Handle::connect_duplex`].
+    /// Starts a server without a listener: connect with [`mock_core::Handle::connect_duplex`].
     pub fn spawn_in_memory(self) -> MockPop3Handle {
-        MockPop3Handle {
-            addr: None,
-            shared: self.build(),
-        }
+        MockPop3Handle::in_memory(self.build())
     }
 }
 
-fn spawn_session<S>(shared: &Arc<Shared>, stream: S)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let id = shared.open_session();
-    shared
-        .tracker
-        .spawn_session(crate::session::run(shared.clone(), stream, id));
-}
-
-/// A running mock POP3 server.
-pub struct MockPop3Handle {
-    addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+mock_core::handle_type! {
+    /// A running mock POP3 server: the core [`mock_core::Handle`] (address, sessions, transcripts,
+    /// faults on or off, in-memory connections, waiting, shutdown) and the mailboxes.
+    pub struct MockPop3Handle(Shared);
 }
 
 impl MockPop3Handle {
-    /// The bound address (`None` for an in-memory server).
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.addr
-    }
-
     /// A receiver of the count of complete RETR replies written (all mailboxes, duplicates
     /// included), updated after each write that completed some (benchmarks timestamp it).
     pub fn retrievals_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.shared.retrievals.subscribe()
-    }
-
-    /// Turns the scripted faults off (`false`) or back on (a harness's clean passes).
-    pub fn set_faults_armed(&self, on: bool) {
-        self.shared.faults.set_armed(on);
-    }
-
-    /// Serves one session over any stream (an in-memory duplex, a socket accepted elsewhere).
-    pub fn serve<S>(&self, stream: S)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        spawn_session(&self.shared, stream);
-    }
-
-    /// A client end of an in-memory connection to this server.
-    pub fn connect_duplex(&self) -> DuplexStream {
-        let (client, server) = tokio::io::duplex(256 * 1024);
-        self.serve(server);
-        client
+        self.shared().retrievals.subscribe()
     }
 
     /// A mailbox's state.
     pub fn mailbox(&self, user: &str) -> Option<MailboxReport> {
-        let st = self.shared.state();
+        let st = self.shared().state();
         st.mailboxes.get(user).map(|mb| MailboxReport {
             user: user.to_string(),
             remaining: mb.messages.iter().map(|m| m.uid.clone()).collect(),
@@ -499,49 +371,21 @@ impl MockPop3Handle {
 
     /// Every mailbox's state, by user.
     pub fn mailboxes(&self) -> Vec<MailboxReport> {
-        let users: Vec<String> = self.shared.state().mailboxes.keys().cloned().collect();
+        let users: Vec<String> = self.shared().state().mailboxes.keys().cloned().collect();
         users.iter().filter_map(|u| self.mailbox(u)).collect()
-    }
-
-    /// Every session so far, in connection order.
-    pub fn sessions(&self) -> Vec<SessionRecord> {
-        self.shared.state().sessions.clone()
-    }
-
-    /// All sessions' transcripts, one block per session.
-    pub fn transcript(&self) -> String {
-        let mut out = String::new();
-        for s in self.sessions() {
-            out.push_str(&format!("-- session {} --\n", s.id));
-            for l in &s.transcript {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
     }
 
     /// Adds a message to a mailbox now; false when there is no such mailbox.
     pub fn add_message(&self, user: &str, message: Message) -> bool {
-        self.shared.state().store(user, message)
+        self.shared().state().store(user, message)
     }
 
     /// The methods a mailbox accepts (for harness reports).
     pub fn methods(&self, user: &str) -> Option<Vec<AuthMethod>> {
-        self.shared
+        self.shared()
             .state()
             .mailboxes
             .get(user)
             .map(|m| m.spec.methods.clone())
-    }
-
-    /// Waits until no session is running (after a client left, before inspecting).
-    pub async fn wait_idle(&self) {
-        self.shared.tracker.wait_idle().await;
-    }
-
-    /// Stops accepting and ends every session (without applying their deletions).
-    pub async fn shutdown(self) {
-        self.shared.tracker.shutdown().await;
     }
 }

@@ -8,21 +8,22 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
+use mock_core::fault::{FaultAction, Hook};
+use mock_core::host::{EndGuard, Flow, SessionEnd, Step};
+use mock_core::stream::Conn;
 use popbridge_proto::ntlm;
 use popbridge_proto::pop3::{Pop3Command, Pop3Reply, RespCode, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use popbridge_proto::{DotStuffer, LineDecoder, LineError};
 use rand::Rng;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{timeout, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::caps::{Capabilities, Expire};
-use crate::fault::{FaultAction, Hook};
 use crate::mailbox::AuthMethod;
-use crate::server::{SessionEnd, Shared, Stored, TlsMode};
-use crate::stream::{is_disconnect, MaybeTls};
+use crate::server::{Shared, Stored, TlsMode};
 
 /// Messages at most this big are copied into the output buffer to batch with other replies;
 /// bigger ones go out from their shared bytes in a vectored write.
@@ -48,32 +49,21 @@ enum Produce {
     Command(Pop3Command),
 }
 
-enum Flow {
-    Continue,
-    StartTls,
-    End(SessionEnd),
-}
-
 /// Releases the mailbox lock and records the end however the session stops.
 struct Guard {
-    shared: Arc<Shared>,
+    end: EndGuard<Shared>,
     id: u64,
     user: Option<String>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let mut st = self.shared.state();
+        let mut st = self.end.protocol().state();
         if let Some(user) = &self.user {
             if let Some(mb) = st.mailboxes.get_mut(user) {
                 if mb.locked_by == Some(self.id) {
                     mb.locked_by = None;
                 }
-            }
-        }
-        if let Some(r) = st.sessions.get_mut(self.id as usize - 1) {
-            if r.end.is_none() {
-                r.end = Some(SessionEnd::Shutdown);
             }
         }
     }
@@ -82,7 +72,9 @@ impl Drop for Guard {
 struct Session<S> {
     shared: Arc<Shared>,
     id: u64,
-    stream: MaybeTls<S>,
+    conn: Conn<S>,
+    /// True once the greeting went out (serving resumes after a handshake).
+    greeted: bool,
     inbuf: BytesMut,
     out: BytesMut,
     /// A large body to send right after `out`.
@@ -101,14 +93,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let guard = Guard {
-        shared: shared.clone(),
+        end: EndGuard::new(shared.clone(), id),
         id,
         user: None,
     };
     let mut s = Session {
         shared: shared.clone(),
         id,
-        stream: MaybeTls::Plain(stream),
+        conn: shared.host.connection(stream, shared.cfg.idle_timeout),
+        greeted: false,
         inbuf: BytesMut::with_capacity(4096),
         out: BytesMut::with_capacity(4096),
         body: None,
@@ -119,16 +112,17 @@ where
         pending_user: None,
         guard,
     };
-    let end = match s.serve().await {
-        Ok(end) => end,
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => SessionEnd::Timeout,
-        Err(e) if is_disconnect(&e) => SessionEnd::ClientClosed,
-        Err(e) => SessionEnd::Error(e.to_string()),
+    let end = loop {
+        match s.serve().await {
+            Ok(Step::Tls(cfg)) => match shared.host.upgrade(id, s.conn, cfg).await {
+                Some(conn) => s.conn = conn,
+                None => return,
+            },
+            Ok(Step::End(end)) => break end,
+            Err(e) => break SessionEnd::from_io(&e),
+        }
     };
-    if !matches!(end, SessionEnd::ClientClosed | SessionEnd::FaultClosed) {
-        let _ = timeout(shared.cfg.idle_timeout, s.stream.shutdown()).await;
-    }
-    shared.with_record(id, |r| r.end = Some(end));
+    shared.host.finish(id, &mut s.conn, end).await;
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -155,32 +149,38 @@ where
         on.then_some(code)
     }
 
-    async fn serve(&mut self) -> io::Result<SessionEnd> {
-        if let TlsMode::Implicit(cfg) = self.shared.cfg.tls.clone() {
-            self.handshake(cfg).await?;
-        }
-        if self.shared.cfg.apop_timestamp {
-            let n: u32 = self.shared.faults.rng().gen();
-            self.timestamp = Some(format!("<{n}.{}@{}>", self.id, self.shared.cfg.hostname));
-        }
-        let greeting = match &self.timestamp {
-            Some(ts) => Pop3Reply::ok(format!("POP3 server ready {ts}")),
-            None => Pop3Reply::ok("POP3 server ready"),
-        };
-        if let Some(end) = self
-            .respond(Hook::Greeting, Produce::Status(greeting))
-            .await?
-        {
-            return Ok(end);
+    /// Serves until the session ends or a TLS handshake is due; called again after it.
+    async fn serve(&mut self) -> io::Result<Step> {
+        if !self.greeted {
+            if let TlsMode::Implicit(cfg) = &self.shared.cfg.tls {
+                if !self.conn.is_tls() {
+                    return Ok(Step::Tls(cfg.clone()));
+                }
+            }
+            self.greeted = true;
+            if self.shared.cfg.apop_timestamp {
+                let n: u32 = self.shared.host.faults().rng().gen();
+                self.timestamp = Some(format!("<{n}.{}@{}>", self.id, self.shared.cfg.hostname));
+            }
+            let greeting = match &self.timestamp {
+                Some(ts) => Pop3Reply::ok(format!("POP3 server ready {ts}")),
+                None => Pop3Reply::ok("POP3 server ready"),
+            };
+            if let Some(step) = self
+                .respond(Hook::Greeting, Produce::Status(greeting))
+                .await?
+            {
+                return Ok(step);
+            }
         }
         loop {
             let line = match self.read_line(MAX_COMMAND_LINE).await {
                 Ok(Some(l)) => l,
-                Ok(None) => return Ok(SessionEnd::ClientClosed),
+                Ok(None) => return Ok(Step::End(SessionEnd::ClientClosed)),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     self.status(&Pop3Reply::err("Line too long"));
                     self.flush().await?;
-                    return Ok(SessionEnd::Error(e.to_string()));
+                    return Ok(Step::End(SessionEnd::Error(e.to_string())));
                 }
                 Err(e) => return Err(e),
             };
@@ -189,51 +189,52 @@ where
                 Ok(cmd) => (cmd.keyword().to_string(), cmd.redacted()),
                 Err(_) => redact_invalid(&line),
             };
-            self.shared.with_record(self.id, |r| {
-                if self.shared.cfg.record {
-                    r.commands.push(shown.clone());
-                }
-            });
-            self.shared.log(self.id, format!("C: {shown}"));
+            if self.shared.host.recording() {
+                self.shared
+                    .host
+                    .with_record(self.id, |r| r.commands.push(shown.clone()));
+            }
+            self.shared.host.log(self.id, format!("C: {shown}"));
             let hook = Hook::Command(keyword);
             let produce = match parsed {
                 Ok(cmd) => Produce::Command(cmd),
                 Err(e) => Produce::Status(Pop3Reply::err(e.to_string())),
             };
-            let step = self.respond(hook, produce).await?;
-            if let Some(end) = step {
-                return Ok(end);
+            if let Some(step) = self.respond(hook, produce).await? {
+                return Ok(step);
             }
         }
     }
 
     /// Produces one reply through `produce`, applying any fault scripted for `hook`.
-    /// Returns `Some(end)` when the session must stop.
-    async fn respond(&mut self, hook: Hook, produce: Produce) -> io::Result<Option<SessionEnd>> {
+    /// Returns `Some(step)` when the session must stop or upgrade to TLS.
+    async fn respond(&mut self, hook: Hook, produce: Produce) -> io::Result<Option<Step>> {
         // A large body goes out by reference after `out`; every later reply is appended to
         // `out`, so send a parked body first or the next reply would overtake it.
         if self.body.is_some() {
             self.flush().await?;
         }
-        let fault = self.shared.faults.take(&[hook, Hook::AnyCommand]);
+        let fault = self.shared.host.faults().take(&[hook, Hook::AnyCommand]);
         let mut cut = None;
         match fault {
             Some(FaultAction::CloseBeforeReply) => {
                 self.shared
+                    .host
                     .log(self.id, "S: (fault: connection closed)".into());
                 self.flush().await?;
-                return Ok(Some(SessionEnd::FaultClosed));
+                return Ok(Some(Step::End(SessionEnd::FaultClosed)));
             }
             Some(FaultAction::ReplyAndClose(line)) => {
                 self.shared
+                    .host
                     .log(self.id, format!("S: {line} (fault, then close)"));
                 self.out.extend_from_slice(line.as_bytes());
                 self.out.extend_from_slice(b"\r\n");
                 self.flush().await?;
-                return Ok(Some(SessionEnd::FaultClosed));
+                return Ok(Some(Step::End(SessionEnd::FaultClosed)));
             }
             Some(FaultAction::Reply(line)) => {
-                self.shared.log(self.id, format!("S: {line} (fault)"));
+                self.shared.host.log(self.id, format!("S: {line} (fault)"));
                 self.out.extend_from_slice(line.as_bytes());
                 self.out.extend_from_slice(b"\r\n");
                 return Ok(None);
@@ -243,7 +244,9 @@ where
                 tokio::time::sleep(d).await;
             }
             Some(FaultAction::GarbageLine(g)) => {
-                self.shared.log(self.id, "S: (fault: garbage line)".into());
+                self.shared
+                    .host
+                    .log(self.id, "S: (fault: garbage line)".into());
                 self.out.extend_from_slice(&g);
                 self.out.extend_from_slice(b"\r\n");
             }
@@ -272,16 +275,17 @@ where
             }
             all.truncate(n);
             self.retrieving.clear();
-            self.write_raw(&all).await?;
+            self.conn.write(&all).await?;
             self.shared
+                .host
                 .log(self.id, format!("S: (fault: closed after {n} octets)"));
-            return Ok(Some(SessionEnd::FaultClosed));
+            return Ok(Some(Step::End(SessionEnd::FaultClosed)));
         }
         match flow {
             Flow::Continue => Ok(None),
             Flow::End(end) => {
                 self.flush().await?;
-                Ok(Some(end))
+                Ok(Some(Step::End(end)))
             }
             Flow::StartTls => {
                 self.flush().await?;
@@ -290,28 +294,13 @@ where
                 self.inbuf.clear();
                 self.lines.reset();
                 let TlsMode::Stls(cfg) = self.shared.cfg.tls.clone() else {
-                    return Ok(Some(SessionEnd::Error(
+                    return Ok(Some(Step::End(SessionEnd::Error(
                         "STLS without TLS configuration".into(),
-                    )));
+                    ))));
                 };
-                self.handshake(cfg).await?;
-                Ok(None)
+                Ok(Some(Step::Tls(cfg)))
             }
         }
-    }
-
-    async fn handshake(&mut self, cfg: Arc<rustls::ServerConfig>) -> io::Result<()> {
-        let MaybeTls::Plain(plain) = std::mem::replace(&mut self.stream, MaybeTls::Gone) else {
-            return Err(io::Error::other("TLS already active"));
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        let tls = timeout(self.shared.cfg.idle_timeout, acceptor.accept(plain))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        self.stream = MaybeTls::Tls(Box::new(tls));
-        self.shared.with_record(self.id, |r| r.tls = true);
-        self.shared.log(self.id, "-- TLS established --".into());
-        Ok(())
     }
 
     /// The next complete line, reading (and flushing pending replies) as needed.
@@ -331,40 +320,10 @@ where
             }
             self.flush().await?;
             self.inbuf.reserve(4096);
-            let n = timeout(
-                self.shared.cfg.idle_timeout,
-                self.stream.read_buf(&mut self.inbuf),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client idle"))??;
-            if n == 0 {
+            if self.conn.read(&mut self.inbuf).await? == 0 {
                 return Ok(None);
             }
         }
-    }
-
-    async fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
-        let idle = self.shared.cfg.idle_timeout;
-        let res = match self.shared.cfg.throttle {
-            None => timeout(idle, self.stream.write_all(data)).await,
-            Some(rate) => {
-                let chunk = (rate / 20).clamp(1, 64 * 1024) as usize;
-                let mut r = Ok(Ok(()));
-                for part in data.chunks(chunk) {
-                    r = timeout(idle, self.stream.write_all(part)).await;
-                    if !matches!(r, Ok(Ok(()))) {
-                        break;
-                    }
-                    let _ = timeout(idle, self.stream.flush()).await;
-                    tokio::time::sleep(std::time::Duration::from_secs_f64(
-                        part.len() as f64 / rate as f64,
-                    ))
-                    .await;
-                }
-                r
-            }
-        };
-        res.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))?
     }
 
     /// Writes pending replies: the buffer and any large body, in one vectored write when possible.
@@ -373,25 +332,7 @@ where
             return Ok(());
         }
         let head = std::mem::take(&mut self.out).freeze();
-        match self.body.take() {
-            Some(body) if self.shared.cfg.throttle.is_none() => {
-                let mut chain = head.chain(body);
-                timeout(
-                    self.shared.cfg.idle_timeout,
-                    self.stream.write_all_buf(&mut chain),
-                )
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))??;
-            }
-            Some(body) => {
-                self.write_raw(&head).await?;
-                self.write_raw(&body).await?;
-            }
-            None => self.write_raw(&head).await?,
-        }
-        timeout(self.shared.cfg.idle_timeout, self.stream.flush())
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))??;
+        self.conn.send(head, self.body.take()).await?;
         self.out = BytesMut::with_capacity(4096);
         if !self.retrieving.is_empty() {
             let done = std::mem::take(&mut self.retrieving);
@@ -415,7 +356,9 @@ where
 
     fn status(&mut self, reply: &Pop3Reply) {
         let line = reply.to_string();
-        self.shared.log(self.id, format!("S: {}", line.trim_end()));
+        self.shared
+            .host
+            .log(self.id, format!("S: {}", line.trim_end()));
         self.out.extend_from_slice(line.as_bytes());
     }
 
@@ -447,6 +390,7 @@ where
         }
         self.out.extend_from_slice(b".\r\n");
         self.shared
+            .host
             .log(self.id, format!("S: ({} lines)", lines.len()));
     }
 
@@ -457,7 +401,7 @@ where
                 return Ok(Flow::Continue);
             }
             let stls_possible =
-                matches!(self.shared.cfg.tls, TlsMode::Stls(_)) && !self.stream.is_tls();
+                matches!(self.shared.cfg.tls, TlsMode::Stls(_)) && !self.conn.is_tls();
             let lines = self.caps().listing(stls_possible);
             self.listing("Capability list follows", &lines);
             return Ok(Flow::Continue);
@@ -499,7 +443,7 @@ where
             Pop3Command::Auth { mechanism, initial } => return self.auth(mechanism, initial).await,
             Pop3Command::Stls => {
                 let possible = matches!(self.shared.cfg.tls, TlsMode::Stls(_)) && self.caps().stls;
-                if self.stream.is_tls() {
+                if self.conn.is_tls() {
                     self.err("Already using TLS");
                 } else if !possible {
                     self.err("STLS not available");
@@ -578,6 +522,7 @@ where
                 let n = messages.len();
                 self.guard.user = Some(user.clone());
                 self.shared
+                    .host
                     .with_record(self.id, |r| r.user = Some(user.clone()));
                 self.phase = Phase::Transaction(Tx {
                     user,
@@ -639,7 +584,7 @@ where
                 self.finish_auth(user, ok);
             }
             AuthMethod::CramMd5 => {
-                let n: u64 = self.shared.faults.rng().gen();
+                let n: u64 = self.shared.host.faults().rng().gen();
                 let challenge = format!("<{n}.{}@{}>", self.id, self.shared.cfg.hostname);
                 let Some(resp) = self.ask(&B64.encode(&challenge)).await? else {
                     return Ok(Flow::Continue);
@@ -714,7 +659,7 @@ where
             self.err("Malformed NTLM negotiate message");
             return Ok(Flow::Continue);
         };
-        let server_challenge: [u8; 8] = self.shared.faults.rng().gen();
+        let server_challenge: [u8; 8] = self.shared.host.faults().rng().gen();
         let challenge =
             ntlm_challenge(negotiate.flags, server_challenge, &self.shared.cfg.hostname);
         let Ok(bytes) = challenge.to_bytes() else {
@@ -761,7 +706,7 @@ where
         self.out.extend_from_slice(b"+ ");
         self.out.extend_from_slice(challenge.as_bytes());
         self.out.extend_from_slice(b"\r\n");
-        self.shared.log(self.id, format!("S: + {challenge}"));
+        self.shared.host.log(self.id, format!("S: + {challenge}"));
         let line = match self.read_line(MAX_SASL_LINE).await {
             Ok(Some(l)) => l,
             Ok(None) => {
@@ -777,7 +722,7 @@ where
             Err(e) => return Err(e),
         };
         self.lines.set_max(MAX_COMMAND_LINE);
-        self.shared.log(self.id, "C: ***".into());
+        self.shared.host.log(self.id, "C: ***".into());
         let text = popbridge_proto::line::trim_eol(&line);
         if text == b"*" {
             self.err("Authentication cancelled");
@@ -848,6 +793,7 @@ where
                     let size = tx.sizes[i];
                     self.ok(format!("{size} octets"));
                     self.shared
+                        .host
                         .log(self.id, format!("S: (message, {} octets)", m.size));
                     self.retrieving.push((m.id, m.uid.clone()));
                     // `respond` flushed any parked body, so at most one is pending.
@@ -878,6 +824,7 @@ where
                     let wire = DotStuffer::stuff_all(&data[..end], false);
                     self.ok("top of message follows");
                     self.shared
+                        .host
                         .log(self.id, format!("S: (top, {} octets)", end));
                     self.out.extend_from_slice(&wire);
                 }
@@ -1005,14 +952,7 @@ fn live(tx: &Tx) -> impl Iterator<Item = (usize, &Arc<Stored>, u64)> {
 /// The keyword and a transcript form of a line that did not parse, secrets hidden.
 fn redact_invalid(line: &[u8]) -> (String, String) {
     let text = String::from_utf8_lossy(popbridge_proto::line::trim_eol(line)).into_owned();
-    let kw: String = text
-        .split(' ')
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(16)
-        .collect::<String>()
-        .to_ascii_uppercase();
+    let kw = mock_core::host::keyword_of(line);
     let shown = match kw.as_str() {
         "PASS" | "APOP" | "AUTH" => format!("{kw} *** (invalid)"),
         _ => format!(

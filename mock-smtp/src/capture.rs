@@ -1,6 +1,7 @@
 //! What the server saw and decided: transactions with their envelope, bytes and outcome.
 
 use bytes::Bytes;
+use mock_core::host::SessionEnd;
 use popbridge_proto::smtp::Param;
 use serde::Serialize;
 
@@ -143,7 +144,9 @@ pub struct SessionStats {
     /// True once STARTTLS completed.
     pub tls: bool,
     /// How it ended (`None` while running).
-    pub end: Option<String>,
+    pub end: Option<SessionEnd>,
     /// `C:`/`S:` lines, secrets redacted, data summarised.
     pub transcript: Vec<String>,
 }
+
+mock_core::impl_record!(SessionStats);

@@ -5,9 +5,14 @@
 //! `MaxProtocolErrors` ending a session with `421 4.7.0`, `DefaultDomain` repairing a
 //! sender without a domain, the categoriser's limits applied *after* the 250 (the NDRs
 //! through which SBS customers lost mail), anti-spam rejections kept as badmail, scripted
-//! and seedable faults (shared with mock-pop3), and a capture of every transaction.
+//! and seedable faults, and a capture of every transaction.
 //! It is the sink in throughput benchmarks: pipelined replies go out in one write and a
 //! count-only mode keeps no bytes.
+//!
+//! What both mocks share (the fault engine, the test PKI, the connection with its TLS
+//! upgrade and speed limit, the accept loop, session records with their
+//! [`SessionEnd`], shutdown and the handle) lives in mock-core; this crate holds SMTP
+//! only and does not depend on mock-pop3.
 //!
 //! Must never: accept a message silently that Exchange would refuse, share state between
 //! instances, or write an AUTH secret into a transcript.
@@ -19,5 +24,10 @@ mod session;
 
 pub use capture::{Delivery, Outcome, RcptRecord, SessionStats, Transaction};
 pub use config::{Extensions, Limits, MailboxSpec, Replies, SizeAdvert, SpamField, SpamRule};
-pub use mock_pop3::fault::{FaultAction, FaultRule, Hook};
+/// The fault engine (shared with mock-pop3 through mock-core).
+pub use mock_core::fault::{FaultAction, FaultRule, Hook};
+/// How a session ended (shared with mock-pop3 through mock-core).
+pub use mock_core::host::SessionEnd;
+/// The throw-away test PKI (shared with mock-pop3 through mock-core).
+pub use mock_core::pki;
 pub use server::{Builder, CaptureMode, Counts, MockSmtp, MockSmtpHandle};

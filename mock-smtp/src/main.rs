@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
-use mock_pop3::pki::TestPki;
+use mock_core::standalone;
 use mock_smtp::{CaptureMode, Extensions, Limits, MailboxSpec, MockSmtp, SizeAdvert};
 
 /// A mock Exchange 2007/2010 receive connector, for trying SMTP clients by hand.
@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Receive connector MaxMessageSize, e.g. 10MB (advertised in EHLO SIZE); 0 for none.
-    #[arg(long, default_value = "10MB", value_parser = mock_pop3::standalone::parse_size)]
+    #[arg(long, default_value = "10MB", value_parser = standalone::parse_size)]
     max_message_size: u64,
     /// MaxProtocolErrors; 0 for no limit.
     #[arg(long, default_value_t = 5)]
@@ -39,7 +39,7 @@ struct Args {
     #[arg(long = "mailbox")]
     mailboxes: Vec<String>,
     /// Organisation receive limit applied after acceptance (an NDR, not a 552).
-    #[arg(long, value_parser = mock_pop3::standalone::parse_size)]
+    #[arg(long, value_parser = standalone::parse_size)]
     org_limit: Option<u64>,
     /// Do not advertise CHUNKING (BDAT).
     #[arg(long)]
@@ -68,12 +68,7 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<()> {
-    if !args.listen.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {}: only loopback addresses are allowed",
-            args.listen
-        );
-    }
+    let listener = standalone::listen(args.listen).await?;
     let limits = Limits {
         max_message_size: (args.max_message_size > 0).then_some(args.max_message_size),
         max_protocol_errors: (args.max_protocol_errors > 0).then_some(args.max_protocol_errors),
@@ -92,9 +87,8 @@ async fn run(args: Args) -> Result<()> {
     let mut b = MockSmtp::builder().limits(limits).extensions(ext);
     for m in &args.mailboxes {
         let spec = match m.split_once('=') {
-            Some((addr, limit)) => MailboxSpec::new(addr).receive_limit(
-                mock_pop3::standalone::parse_size(limit).map_err(anyhow::Error::msg)?,
-            ),
+            Some((addr, limit)) => MailboxSpec::new(addr)
+                .receive_limit(standalone::parse_size(limit).map_err(anyhow::Error::msg)?),
             None => MailboxSpec::new(m.as_str()),
         };
         b = b.mailbox(spec);
@@ -113,19 +107,10 @@ async fn run(args: Args) -> Result<()> {
     }
     let mut ca = None;
     if args.starttls {
-        let pki = TestPki::localhost().context("making test certificates")?;
+        let (pki, path) = standalone::write_test_ca(args.ca_out.as_deref(), "mock-smtp-ca.pem")?;
         b = b.tls(pki.server_config()?);
-        let path = args
-            .ca_out
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("mock-smtp-ca.pem"));
-        std::fs::write(&path, &pki.ca_pem)
-            .with_context(|| format!("writing {}", path.display()))?;
         ca = Some(path.display().to_string());
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     let server = b.spawn(listener);
     let addr = server.addr().context("no local address")?;
     println!(
@@ -133,7 +118,7 @@ async fn run(args: Args) -> Result<()> {
         serde_json::json!({ "smtp": addr.to_string(), "ca": ca })
     );
     eprintln!("mock-smtp listening on {addr}; close stdin (Ctrl-D) or press Ctrl-C to stop and print what it received");
-    mock_pop3::standalone::wait_for_stop(args.exit_after).await;
+    standalone::wait_for_stop(args.exit_after).await;
     println!(
         "{}",
         serde_json::json!({ "counts": server.counts(), "transactions": server.captured() })
@@ -143,5 +128,5 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    mock_pop3::standalone::run_main("mock-smtp", run(Args::parse()))
+    standalone::run_main("mock-smtp", run(Args::parse()))
 }

@@ -1,18 +1,18 @@
-//! The server: builder, shared state, accept loop and the handle tests inspect.
+//! The server: builder, shared state and the handle tests inspect (the accept loop,
+//! session records and shutdown are the core's [`Host`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mock_pop3::fault::{FaultPlan, FaultRule};
-use mock_pop3::tracker::Tracker;
+use mock_core::host::{Host, Protocol, Settings};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::capture::{SessionStats, Transaction};
+use crate::capture::{Delivery, Outcome, SessionStats, Transaction};
 use crate::config::{Extensions, Limits, MailboxSpec, Replies, SpamRule};
 
 /// How much of each message the server keeps.
@@ -59,47 +59,86 @@ pub(crate) struct Config {
     pub credentials: Option<(String, String)>,
     pub capture: CaptureMode,
     pub spool: Option<PathBuf>,
-    pub throttle: Option<u64>,
-    pub record: bool,
 }
 
 pub(crate) struct State {
     pub transactions: Vec<Transaction>,
-    pub sessions: Vec<SessionStats>,
     pub used: BTreeMap<String, u64>,
     pub counts: Counts,
     pub next_txn: u64,
 }
 
-pub(crate) struct Shared {
-    pub cfg: Config,
+/// State shared by the accept loop, the sessions and the handle.
+pub struct Shared {
+    pub(crate) cfg: Config,
     state: Mutex<State>,
-    pub faults: FaultPlan,
-    tracker: Arc<Tracker>,
+    pub(crate) host: Host<SessionStats>,
     /// The running count of accepted messages (`Counts::accepted`), for waiters.
     accepted: watch::Sender<u64>,
 }
 
+impl Protocol for Shared {
+    type Record = SessionStats;
+
+    fn host(&self) -> &Host<SessionStats> {
+        &self.host
+    }
+
+    fn session<S>(
+        self: Arc<Self>,
+        stream: S,
+        id: u64,
+        peer: IpAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        crate::session::run(self, stream, id, peer.to_string())
+    }
+}
+
 impl Shared {
-    pub fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn stats(&self, id: u64, f: impl FnOnce(&mut SessionStats)) {
-        if let Some(s) = self.state().sessions.get_mut(id as usize - 1) {
-            f(s);
-        }
+    /// Runs `f` on a session's counters.
+    pub(crate) fn stats(&self, id: u64, f: impl FnOnce(&mut SessionStats)) {
+        self.host.with_record(id, f);
     }
 
-    pub fn log(&self, id: u64, line: String) {
-        if self.cfg.record {
-            self.stats(id, |s| s.transcript.push(line));
+    /// Stores a finished transaction and updates the counters.
+    pub(crate) fn record(&self, mut t: Transaction, outcome: Outcome) {
+        let mut st = self.state();
+        match &outcome {
+            Outcome::Accepted => {
+                st.counts.accepted += 1;
+                st.counts.bytes += t.size;
+                if t.deliveries
+                    .iter()
+                    .all(|d| matches!(d, Delivery::Delivered { .. }))
+                {
+                    st.counts.delivered += 1;
+                } else {
+                    st.counts.ndr += 1;
+                }
+            }
+            Outcome::Rejected { .. } => st.counts.rejected += 1,
+            Outcome::Badmail { .. } => st.counts.badmail += 1,
+            Outcome::Abandoned => {}
         }
+        t.outcome = outcome;
+        if self.cfg.capture == CaptureMode::Full {
+            st.transactions.push(t);
+        }
+        let accepted = st.counts.accepted;
+        drop(st);
+        self.notify_accepted(accepted);
     }
 
     /// Publishes the accepted count to [`MockSmtpHandle::accepted_watch`] receivers (never
     /// backwards when sessions report out of order).
-    pub fn notify_accepted(&self, accepted: u64) {
+    fn notify_accepted(&self, accepted: u64) {
         self.accepted.send_if_modified(|seen| {
             let newer = accepted > *seen;
             if newer {
@@ -127,10 +166,7 @@ pub struct Builder {
     credentials: Option<(String, String)>,
     capture: CaptureMode,
     spool: Option<PathBuf>,
-    throttle: Option<u64>,
-    faults: Vec<FaultRule>,
-    seed: u64,
-    record: bool,
+    host: Settings,
 }
 
 /// Entry point: `MockSmtp::builder()`.
@@ -156,10 +192,7 @@ impl MockSmtp {
             credentials: None,
             capture: CaptureMode::Full,
             spool: None,
-            throttle: None,
-            faults: Vec::new(),
-            seed: 0,
-            record: true,
+            host: Settings::default(),
         }
     }
 }
@@ -177,23 +210,18 @@ impl Builder {
         self
     }
 
-    /// EHLO extensions.
-    pub fn extensions(mut self, ext: Extensions) -> Self {
-        self.ext = ext;
-        self
+    mock_core::setters! {
+        /// EHLO extensions.
+        extensions(ext: Extensions);
+        /// Receive-connector limits.
+        limits(limits: Limits);
+        /// Reply texts.
+        replies(replies: Replies);
+        /// Capture mode.
+        capture(capture: CaptureMode);
     }
 
-    /// Receive-connector limits.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Reply texts.
-    pub fn replies(mut self, replies: Replies) -> Self {
-        self.replies = replies;
-        self
-    }
+    mock_core::host_setters!();
 
     /// A local mailbox; once any is declared, unknown recipients are refused.
     pub fn mailbox(mut self, mailbox: MailboxSpec) -> Self {
@@ -245,39 +273,9 @@ impl Builder {
         self
     }
 
-    /// Capture mode.
-    pub fn capture(mut self, mode: CaptureMode) -> Self {
-        self.capture = mode;
-        self
-    }
-
     /// Writes every accepted message to `dir` as `.eml` (badmail under `dir/badmail`).
     pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spool = Some(dir.into());
-        self
-    }
-
-    /// Limits each session's sending speed.
-    pub fn throttle(mut self, bytes_per_second: u64) -> Self {
-        self.throttle = Some(bytes_per_second.max(1));
-        self
-    }
-
-    /// Adds a fault rule (hooks: greeting, a verb, any command, end of data).
-    pub fn fault(mut self, rule: FaultRule) -> Self {
-        self.faults.push(rule);
-        self
-    }
-
-    /// Seeds probabilistic faults.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Turns transcripts off (benchmarks).
-    pub fn record_transcript(mut self, on: bool) -> Self {
-        self.record = on;
         self
     }
 
@@ -317,123 +315,49 @@ impl Builder {
                 credentials: self.credentials,
                 capture: self.capture,
                 spool: self.spool,
-                throttle: self.throttle,
-                record: self.record,
             },
             state: Mutex::new(State {
                 transactions: Vec::new(),
-                sessions: Vec::new(),
                 used: BTreeMap::new(),
                 counts: Counts::default(),
                 next_txn: 1,
             }),
-            faults: FaultPlan::new(self.faults, self.seed),
-            tracker: Arc::new(Tracker::new()),
+            host: Host::new(self.host),
             accepted: watch::channel(0).0,
         })
     }
 
     /// Starts serving on a listener the caller bound (tests bind `127.0.0.1:0`).
     pub fn spawn(self, listener: TcpListener) -> MockSmtpHandle {
-        let shared = self.build();
-        let addr = listener.local_addr().ok();
-        let s = shared.clone();
-        shared.tracker.accept_loop(listener, move |sock, peer| {
-            spawn_session(&s, sock, peer.to_string())
-        });
-        MockSmtpHandle { addr, shared }
+        MockSmtpHandle::listening(self.build(), listener)
     }
 
-    /// Starts a server without a listener: connect with [`MockSmtpHandle::connect_duplex`].
+    /// Starts a server without a listener: connect with [`mock_core::Handle::connect_duplex`].
     pub fn spawn_in_memory(self) -> MockSmtpHandle {
-        MockSmtpHandle {
-            addr: None,
-            shared: self.build(),
-        }
+        MockSmtpHandle::in_memory(self.build())
     }
 }
 
-fn spawn_session<S>(shared: &Arc<Shared>, stream: S, peer: String)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let id = {
-        let mut st = shared.state();
-        let id = st.sessions.len() as u64 + 1;
-        st.sessions.push(SessionStats {
-            id,
-            ..Default::default()
-        });
-        id
-    };
-    shared
-        .tracker
-        .spawn_session(crate::session::run(shared.clone(), stream, id, peer));
-}
-
-/// A running mock SMTP server.
-pub struct MockSmtpHandle {
-    addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+mock_core::handle_type! {
+    /// A running mock SMTP server: the core [`mock_core::Handle`] (address, sessions, transcripts,
+    /// faults on or off, in-memory connections, waiting, shutdown) and the capture.
+    pub struct MockSmtpHandle(Shared);
 }
 
 impl MockSmtpHandle {
-    /// The bound address (`None` for an in-memory server).
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.addr
-    }
-
-    /// Turns the scripted faults off (`false`) or back on (a harness's clean passes).
-    pub fn set_faults_armed(&self, on: bool) {
-        self.shared.faults.set_armed(on);
-    }
-
-    /// Serves one session over any stream.
-    pub fn serve<S>(&self, stream: S)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        spawn_session(&self.shared, stream, "127.0.0.1".into());
-    }
-
-    /// A client end of an in-memory connection to this server.
-    pub fn connect_duplex(&self) -> DuplexStream {
-        let (client, server) = tokio::io::duplex(256 * 1024);
-        self.serve(server);
-        client
-    }
-
     /// Every transaction so far (empty in count-only mode).
     pub fn captured(&self) -> Vec<Transaction> {
-        self.shared.state().transactions.clone()
+        self.shared().state().transactions.clone()
     }
 
     /// Totals, kept in every capture mode.
     pub fn counts(&self) -> Counts {
-        self.shared.state().counts
-    }
-
-    /// Per-session counters and transcripts.
-    pub fn sessions(&self) -> Vec<SessionStats> {
-        self.shared.state().sessions.clone()
-    }
-
-    /// All transcripts, one block per session.
-    pub fn transcript(&self) -> String {
-        let mut out = String::new();
-        for s in self.sessions() {
-            out.push_str(&format!("-- session {} --\n", s.id));
-            for l in &s.transcript {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
+        self.shared().state().counts
     }
 
     /// Octets stored so far in a mailbox (for quota tests).
     pub fn mailbox_usage(&self, address: &str) -> u64 {
-        self.shared
+        self.shared()
             .state()
             .used
             .get(&address.to_ascii_lowercase())
@@ -441,15 +365,10 @@ impl MockSmtpHandle {
             .unwrap_or(0)
     }
 
-    /// Waits until no session is running.
-    pub async fn wait_idle(&self) {
-        self.shared.tracker.wait_idle().await;
-    }
-
     /// A receiver of [`Counts::accepted`], updated as each message is accepted (in every
     /// capture mode, after its transaction is captured).
     pub fn accepted_watch(&self) -> watch::Receiver<u64> {
-        self.shared.accepted.subscribe()
+        self.shared().accepted.subscribe()
     }
 
     /// Waits until at least `n` messages were accepted in all (callers bound it with a
@@ -457,10 +376,5 @@ impl MockSmtpHandle {
     pub async fn wait_for_accepted(&self, n: u64) {
         let mut rx = self.accepted_watch();
         let _ = rx.wait_for(|a| *a >= n).await;
-    }
-
-    /// Stops accepting and ends every session.
-    pub async fn shutdown(self) {
-        self.shared.tracker.shutdown().await;
     }
 }

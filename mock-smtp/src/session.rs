@@ -10,12 +10,12 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use mock_pop3::fault::{FaultAction, Hook};
-use mock_pop3::stream::{is_disconnect, MaybeTls};
+use mock_core::fault::{FaultAction, Hook};
+use mock_core::host::{EndGuard, Flow, SessionEnd, Step};
+use mock_core::stream::Conn;
 use popbridge_proto::smtp::{AddressError, Mailbox, Param, Path, Reply, SmtpCommand};
 use popbridge_proto::{DotDecoder, LineDecoder, LineError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::capture::{Delivery, Outcome, RcptRecord, Transaction};
 use crate::config::{SizeAdvert, SpamField};
@@ -23,12 +23,6 @@ use crate::server::{CaptureMode, Shared};
 
 /// Longest command line accepted (RFC 5321 says 512; Exchange is more lenient).
 const MAX_LINE: usize = 2048;
-
-enum Flow {
-    Continue,
-    StartTls,
-    End(&'static str),
-}
 
 struct Txn {
     record: Transaction,
@@ -38,27 +32,13 @@ struct Txn {
     bdat_too_big: bool,
 }
 
-/// Marks an unfinished session and transaction however the task ends.
-struct Guard {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.shared.stats(self.id, |s| {
-            if s.end.is_none() {
-                s.end = Some("shutdown".into());
-            }
-        });
-    }
-}
-
 struct Session<S> {
     shared: Arc<Shared>,
     id: u64,
     peer: String,
-    stream: MaybeTls<S>,
+    conn: Conn<S>,
+    /// True once the greeting went out (serving resumes after a handshake).
+    greeted: bool,
     inbuf: BytesMut,
     out: BytesMut,
     lines: LineDecoder,
@@ -74,7 +54,8 @@ struct Session<S> {
     lose_reply: bool,
     /// The last accepted transaction of this session, until the client sends more.
     unacknowledged: Option<u64>,
-    _guard: Guard,
+    /// Marks an unfinished session however the task ends.
+    _guard: EndGuard<Shared>,
 }
 
 pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, id: u64, peer: String)
@@ -85,7 +66,10 @@ where
         shared: shared.clone(),
         id,
         peer,
-        stream: MaybeTls::Plain(stream),
+        conn: shared
+            .host
+            .connection(stream, shared.cfg.limits.connection_timeout),
+        greeted: false,
         inbuf: BytesMut::with_capacity(8192),
         out: BytesMut::with_capacity(4096),
         lines: LineDecoder::new(MAX_LINE),
@@ -98,28 +82,32 @@ where
         skip_line: false,
         lose_reply: false,
         unacknowledged: None,
-        _guard: Guard {
-            shared: shared.clone(),
-            id,
-        },
+        _guard: EndGuard::new(shared.clone(), id),
     };
-    let end = match s.serve().await {
-        Ok(end) => end.to_string(),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => "timeout".to_string(),
-        Err(e) if is_disconnect(&e) => "client closed".to_string(),
-        Err(e) => format!("error: {e}"),
+    let end = loop {
+        match s.serve().await {
+            Ok(Step::Tls(cfg)) => match shared.host.upgrade(id, s.conn, cfg).await {
+                Some(conn) => {
+                    s.conn = conn;
+                    // RFC 3207: forget everything learned before TLS; the client must EHLO again.
+                    s.helo = None;
+                    s.txn = None;
+                }
+                None => {
+                    if let Some(txn) = s.txn.take() {
+                        shared.record(txn.record, Outcome::Abandoned);
+                    }
+                    return;
+                }
+            },
+            Ok(Step::End(end)) => break end,
+            Err(e) => break SessionEnd::from_io(&e),
+        }
     };
     if let Some(txn) = s.txn.take() {
-        s.record(txn.record, Outcome::Abandoned);
+        shared.record(txn.record, Outcome::Abandoned);
     }
-    if end != "client closed" && end != "fault: closed" {
-        let _ = timeout(shared.cfg.limits.connection_timeout, s.stream.shutdown()).await;
-    }
-    shared.stats(id, |st| st.end = Some(end));
-}
-
-fn timed_out(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, what)
+    shared.host.finish(id, &mut s.conn, end).await;
 }
 
 /// Index just past the header's blank line (or the whole message).
@@ -161,22 +149,26 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn serve(&mut self) -> io::Result<&'static str> {
-        let greeting = Reply::new(220, None, &self.shared.cfg.greeting);
-        match self.fault(&[Hook::Greeting]).await? {
-            Some((Flow::End(e), _)) => return Ok(e),
-            Some(_) => {}
-            None => self.send(&greeting),
+    /// Serves until the session ends or a TLS handshake is due; called again after it.
+    async fn serve(&mut self) -> io::Result<Step> {
+        if !self.greeted {
+            self.greeted = true;
+            let greeting = Reply::new(220, None, &self.shared.cfg.greeting);
+            match self.fault(&[Hook::Greeting]).await? {
+                Some((Flow::End(e), _)) => return Ok(Step::End(e)),
+                Some(_) => {}
+                None => self.send(&greeting),
+            }
         }
         loop {
             let line = match self.read_line().await {
                 Ok(Some(l)) => l,
-                Ok(None) => return Ok("client closed"),
+                Ok(None) => return Ok(Step::End(SessionEnd::ClientClosed)),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     let r = self.shared.cfg.replies.timeout.clone();
                     self.send(&r);
                     self.flush().await?;
-                    return Ok("timeout");
+                    return Ok(Step::End(SessionEnd::Timeout));
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     // Over-long line: discard it to its end and answer 500.
@@ -189,7 +181,7 @@ where
                     );
                     self.send(&r);
                     if self.limit_hit {
-                        return self.too_many_errors().await;
+                        return Ok(Step::End(self.too_many_errors().await?));
                     }
                     continue;
                 }
@@ -206,14 +198,7 @@ where
             let parsed = SmtpCommand::parse(&line);
             let verb = match &parsed {
                 Ok(c) => c.verb().to_string(),
-                Err(_) => String::from_utf8_lossy(popbridge_proto::line::trim_eol(&line))
-                    .split(' ')
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(16)
-                    .collect::<String>()
-                    .to_ascii_uppercase(),
+                Err(_) => mock_core::host::keyword_of(&line),
             };
             let shown = match &parsed {
                 Ok(c) => c.redacted(),
@@ -226,7 +211,7 @@ where
                         .collect::<String>()
                 ),
             };
-            self.shared.log(self.id, format!("C: {shown}"));
+            self.shared.host.log(self.id, format!("C: {shown}"));
             let answered = self.out.len();
             let reads_on = matches!(verb.as_str(), "DATA" | "BDAT" | "AUTH" | "STARTTLS");
             let flow = match self.fault(&[Hook::Command(verb), Hook::AnyCommand]).await? {
@@ -235,9 +220,10 @@ where
                     // It would go on reading from a client still waiting for this reply.
                     self.lose_reply = false;
                     self.shared
+                        .host
                         .log(self.id, "S: (fault: connection closed)".into());
                     self.flush().await?;
-                    return Ok("fault: closed");
+                    return Ok(Step::End(SessionEnd::FaultClosed));
                 }
                 None => match parsed {
                     Ok(cmd) => self.dispatch(cmd).await?,
@@ -258,41 +244,45 @@ where
                 self.lose_reply = false;
                 self.out.truncate(answered);
                 self.shared
+                    .host
                     .log(self.id, "S: (fault: reply lost, connection closed)".into());
                 self.flush().await?;
-                return Ok("fault: reply lost");
+                return Ok(Step::End(SessionEnd::FaultReplyLost));
             }
             if self.limit_hit {
-                return self.too_many_errors().await;
+                return Ok(Step::End(self.too_many_errors().await?));
             }
             match flow {
                 Flow::Continue => {}
                 Flow::End(e) => {
                     self.flush().await?;
-                    return Ok(e);
+                    return Ok(Step::End(e));
                 }
                 Flow::StartTls => {
                     self.flush().await?;
                     // Bytes pipelined after STARTTLS came in clear: drop them.
                     self.inbuf.clear();
                     self.lines.reset();
-                    self.upgrade().await?;
+                    let Some(cfg) = self.shared.cfg.tls.clone() else {
+                        return Err(io::Error::other("no TLS configuration"));
+                    };
+                    return Ok(Step::Tls(cfg));
                 }
             }
         }
     }
 
-    async fn too_many_errors(&mut self) -> io::Result<&'static str> {
+    async fn too_many_errors(&mut self) -> io::Result<SessionEnd> {
         let r = self.shared.cfg.replies.too_many_errors.clone();
         self.send(&r);
         self.flush().await?;
-        Ok("too many errors")
+        Ok(SessionEnd::TooManyErrors)
     }
 
     /// Applies a scripted fault for these hooks; `Some((flow, line))` when it replaced the
     /// reply, with the line it sent instead (if any).
     async fn fault(&mut self, hooks: &[Hook]) -> io::Result<Option<(Flow, Option<String>)>> {
-        let Some(action) = self.shared.faults.take(hooks) else {
+        let Some(action) = self.shared.host.faults().take(hooks) else {
             return Ok(None);
         };
         match action {
@@ -303,13 +293,14 @@ where
             FaultAction::ReplyAndClose(line) => {
                 self.raw_line(&line);
                 self.flush().await?;
-                Ok(Some((Flow::End("fault: closed"), Some(line))))
+                Ok(Some((Flow::End(SessionEnd::FaultClosed), Some(line))))
             }
             FaultAction::CloseBeforeReply | FaultAction::CloseAfterBytes(_) => {
                 self.shared
+                    .host
                     .log(self.id, "S: (fault: connection closed)".into());
                 self.flush().await?;
-                Ok(Some((Flow::End("fault: closed"), None)))
+                Ok(Some((Flow::End(SessionEnd::FaultClosed), None)))
             }
             FaultAction::Delay(d) => {
                 self.flush().await?;
@@ -317,7 +308,9 @@ where
                 Ok(None)
             }
             FaultAction::GarbageLine(g) => {
-                self.shared.log(self.id, "S: (fault: garbage line)".into());
+                self.shared
+                    .host
+                    .log(self.id, "S: (fault: garbage line)".into());
                 self.out.extend_from_slice(&g);
                 self.out.extend_from_slice(b"\r\n");
                 Ok(None)
@@ -330,7 +323,7 @@ where
     }
 
     fn raw_line(&mut self, line: &str) {
-        self.shared.log(self.id, format!("S: {line} (fault)"));
+        self.shared.host.log(self.id, format!("S: {line} (fault)"));
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
@@ -344,7 +337,7 @@ where
         let wire = reply.to_string();
         self.shared.stats(self.id, |s| s.replies += 1);
         for l in wire.lines() {
-            self.shared.log(self.id, format!("S: {l}"));
+            self.shared.host.log(self.id, format!("S: {l}"));
         }
         self.out.extend_from_slice(wire.as_bytes());
         let limits = &self.shared.cfg.limits;
@@ -393,13 +386,7 @@ where
     /// Reads more bytes; false at end of stream.
     async fn fill(&mut self) -> io::Result<bool> {
         self.inbuf.reserve(16 * 1024);
-        let n = timeout(
-            self.shared.cfg.limits.connection_timeout,
-            self.stream.read_buf(&mut self.inbuf),
-        )
-        .await
-        .map_err(|_| timed_out("client idle"))??;
-        Ok(n > 0)
+        Ok(self.conn.read(&mut self.inbuf).await? > 0)
     }
 
     async fn flush(&mut self) -> io::Result<()> {
@@ -408,52 +395,10 @@ where
         }
         let data = std::mem::take(&mut self.out);
         self.shared.stats(self.id, |s| s.writes += 1);
-        let idle = self.shared.cfg.limits.connection_timeout;
-        match self.shared.cfg.throttle {
-            None => timeout(idle, self.stream.write_all(&data))
-                .await
-                .map_err(|_| timed_out("client not reading"))??,
-            Some(rate) => {
-                let chunk = (rate / 20).clamp(1, 64 * 1024) as usize;
-                for part in data.chunks(chunk) {
-                    timeout(idle, self.stream.write_all(part))
-                        .await
-                        .map_err(|_| timed_out("client not reading"))??;
-                    let _ = timeout(idle, self.stream.flush()).await;
-                    tokio::time::sleep(std::time::Duration::from_secs_f64(
-                        part.len() as f64 / rate as f64,
-                    ))
-                    .await;
-                }
-            }
-        }
-        timeout(idle, self.stream.flush())
-            .await
-            .map_err(|_| timed_out("client not reading"))??;
+        self.conn.write(&data).await?;
+        self.conn.flush().await?;
         self.out = data;
         self.out.clear();
-        Ok(())
-    }
-
-    async fn upgrade(&mut self) -> io::Result<()> {
-        let Some(cfg) = self.shared.cfg.tls.clone() else {
-            return Err(io::Error::other("no TLS configuration"));
-        };
-        let MaybeTls::Plain(plain) = std::mem::replace(&mut self.stream, MaybeTls::Gone) else {
-            return Err(io::Error::other("TLS already active"));
-        };
-        let tls = timeout(
-            self.shared.cfg.limits.connection_timeout,
-            tokio_rustls::TlsAcceptor::from(cfg).accept(plain),
-        )
-        .await
-        .map_err(|_| timed_out("TLS handshake"))??;
-        self.stream = MaybeTls::Tls(Box::new(tls));
-        // RFC 3207: forget everything learned before TLS; the client must EHLO again.
-        self.helo = None;
-        self.txn = None;
-        self.shared.stats(self.id, |s| s.tls = true);
-        self.shared.log(self.id, "-- TLS established --".into());
         Ok(())
     }
 
@@ -471,7 +416,7 @@ where
             (ext.dsn, "DSN"),
             (ext.enhanced_status_codes, "ENHANCEDSTATUSCODES"),
             (
-                ext.starttls && cfg.tls.is_some() && !self.stream.is_tls(),
+                ext.starttls && cfg.tls.is_some() && !self.conn.is_tls(),
                 "STARTTLS",
             ),
             (
@@ -529,11 +474,11 @@ where
             )),
             SmtpCommand::Quit => {
                 self.send(&replies.quit);
-                return Ok(Flow::End("quit"));
+                return Ok(Flow::End(SessionEnd::Quit));
             }
             SmtpCommand::StartTls => {
                 let cfg = &self.shared.cfg;
-                if !cfg.ext.starttls || self.stream.is_tls() {
+                if !cfg.ext.starttls || self.conn.is_tls() {
                     self.send(&replies.unrecognized);
                 } else if cfg.tls.is_none() {
                     self.send(&replies.tls_unavailable);
@@ -550,7 +495,7 @@ where
     /// Ends an open transaction without a message (RSET, EHLO).
     fn abandon(&mut self) {
         if let Some(txn) = self.txn.take() {
-            self.record(txn.record, Outcome::Abandoned);
+            self.shared.record(txn.record, Outcome::Abandoned);
         }
     }
 
@@ -579,35 +524,6 @@ where
         }
     }
 
-    /// Stores a finished transaction and updates the counters.
-    fn record(&self, mut t: Transaction, outcome: Outcome) {
-        let mut st = self.shared.state();
-        match &outcome {
-            Outcome::Accepted => {
-                st.counts.accepted += 1;
-                st.counts.bytes += t.size;
-                if t.deliveries
-                    .iter()
-                    .all(|d| matches!(d, Delivery::Delivered { .. }))
-                {
-                    st.counts.delivered += 1;
-                } else {
-                    st.counts.ndr += 1;
-                }
-            }
-            Outcome::Rejected { .. } => st.counts.rejected += 1,
-            Outcome::Badmail { .. } => st.counts.badmail += 1,
-            Outcome::Abandoned => {}
-        }
-        t.outcome = outcome;
-        if self.shared.cfg.capture == CaptureMode::Full {
-            st.transactions.push(t);
-        }
-        let accepted = st.counts.accepted;
-        drop(st);
-        self.shared.notify_accepted(accepted);
-    }
-
     fn mail(&mut self, from: String, params: Vec<Param>) {
         let replies = self.shared.cfg.replies.clone();
         if self.helo.is_none() {
@@ -621,7 +537,7 @@ where
         let mut record = self.new_record(&from, params.clone());
         let refuse = |s: &mut Self, record: Transaction, reply: &Reply| {
             s.send(reply);
-            s.record(
+            s.shared.record(
                 record,
                 Outcome::Rejected {
                     reply: reply.first_line(),
@@ -808,6 +724,7 @@ where
             .max_message_size
             .is_some_and(|m| size > m);
         self.shared
+            .host
             .log(self.id, format!("C: (message, {size} octets)"));
         self.finish(data.freeze(), size, too_big, false).await
     }
@@ -864,6 +781,7 @@ where
             txn.bdat.clear();
         }
         self.shared
+            .host
             .log(self.id, format!("C: (chunk, {size} octets)"));
         if !last {
             let mut r = self.shared.cfg.replies.bdat_ok.clone();
@@ -902,7 +820,7 @@ where
                 Some(reply) => Outcome::Rejected { reply },
                 None => Outcome::Abandoned,
             };
-            self.record(record, outcome);
+            self.shared.record(record, outcome);
             return Ok(flow);
         }
         let reject = |reply: &Reply| Outcome::Rejected {
@@ -949,6 +867,7 @@ where
         if lost {
             // Taken, but the reply never leaves: the client cannot know.
             self.shared
+                .host
                 .log(self.id, "S: (fault: reply lost, connection closed)".into());
             record.reply_lost = true;
         } else {
@@ -963,10 +882,10 @@ where
             record.data = data;
         }
         self.spool(&record, &outcome);
-        self.record(record, outcome);
+        self.shared.record(record, outcome);
         if lost {
             self.flush().await?;
-            return Ok(Flow::End("fault: reply lost"));
+            return Ok(Flow::End(SessionEnd::FaultReplyLost));
         }
         Ok(Flow::Continue)
     }
@@ -1018,7 +937,9 @@ where
             std::fs::rename(&tmp, dir.join(&name))
         });
         if let Err(e) = write {
-            self.shared.log(self.id, format!("-- spool failed: {e} --"));
+            self.shared
+                .host
+                .log(self.id, format!("-- spool failed: {e} --"));
         }
     }
 
@@ -1082,11 +1003,11 @@ where
     async fn ask(&mut self, challenge: &str) -> io::Result<Option<String>> {
         self.out
             .extend_from_slice(format!("334 {challenge}\r\n").as_bytes());
-        self.shared.log(self.id, format!("S: 334 {challenge}"));
+        self.shared.host.log(self.id, format!("S: 334 {challenge}"));
         let Some(line) = self.read_line().await? else {
             return Ok(None);
         };
-        self.shared.log(self.id, "C: ***".into());
+        self.shared.host.log(self.id, "C: ***".into());
         let text = String::from_utf8_lossy(popbridge_proto::line::trim_eol(&line)).into_owned();
         Ok((text != "*").then_some(text))
     }

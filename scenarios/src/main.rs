@@ -344,7 +344,7 @@ async fn serve(file: PathBuf, sides: Sides, check: bool) -> anyhow::Result<ExitC
         out.flush()?;
     }
     eprintln!("poplab: serving {}; close stdin (Ctrl-D) or press Ctrl-C to stop and print the final state", file.display());
-    mock_pop3::standalone::wait_for_stop(0).await;
+    mock_core::standalone::wait_for_stop(0).await;
     let idle = async {
         if let Some(h) = &pop3 {
             h.wait_idle().await;

@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mock_pop3::fault::{FaultAction, FaultRule, Hook};
+use mock_core::fault::{FaultAction, FaultRule, Hook};
 use mock_pop3::AuthMethod;
 use mock_smtp::{Extensions, Limits, MailboxSpec, SpamField, SpamRule};
 use popbridge::config::{parse_duration, parse_size};

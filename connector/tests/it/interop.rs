@@ -40,6 +40,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub(crate) use mock_core::test_support::unavailable;
+use mock_core::test_support::{self, is_executable};
 use serde_json::Value;
 
 /// Messages in the mailbox.
@@ -73,30 +75,9 @@ const DOVECOT_LIBEXEC: &[&str] = &["/usr/lib/dovecot", "/usr/libexec/dovecot"];
 
 // ---------------------------------------------------------------- environment
 
-pub(crate) fn required() -> bool {
-    std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
-
-/// Skips the test (returns `None`) or, with `POPBRIDGE_REQUIRE_PEERS=1`, fails it.
-pub(crate) fn unavailable<T>(required_msg: String, skip_msg: String) -> Option<T> {
-    if required() {
-        panic!("{required_msg}");
-    }
-    eprintln!("skipping: {skip_msg}");
-    None
-}
-
-fn is_executable(p: &Path) -> bool {
-    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Finds an executable on `PATH` or in [`EXTRA_DIRS`].
 pub(crate) fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    std::env::split_paths(&path)
-        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    test_support::tool(name, EXTRA_DIRS)
 }
 
 pub(super) fn require_tool(name: &str, package: &str) -> Option<PathBuf> {

@@ -118,7 +118,7 @@ async fn senders_exchange_refuses_do_not_block_the_40_good_ones_and_end_in_quara
     assert!(
         smtp.sessions()
             .iter()
-            .all(|s| s.protocol_errors < 5 && s.end.as_deref() != Some("too many errors")),
+            .all(|s| s.protocol_errors < 5 && s.end != Some(mock_smtp::SessionEnd::TooManyErrors)),
         "the connector reconnects before Exchange's limit: {:?}",
         smtp.sessions()
             .iter()
@@ -599,7 +599,7 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
     assert!(smtp
         .sessions()
         .iter()
-        .all(|s| s.end.as_deref() == Some("too many errors")));
+        .all(|s| s.end == Some(mock_smtp::SessionEnd::TooManyErrors)));
     assert_eq!(smtp.counts().accepted, 0);
     // Popbridge's own profile, same mailbox, same server: one pass.
     let pop2 = pop3(build()).await;

@@ -9,11 +9,12 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use mock_core::test_support::{self, ClientRun};
 use mock_pop3::pki::TestPki;
 use mock_pop3::{demo_message, AuthMethod, Mailbox, MockPop3, MockPop3Handle, SessionEnd, TlsMode};
 use tokio::process::Command;
@@ -33,28 +34,13 @@ const SIZES_LARGE: &[usize] = &[2_048, 1 << 20, 10_000, 100_000, 64_000];
 /// A body line of every tenth line of a demo message: dot-stuffed on the wire.
 const DOT_LINE: &str = ".a line that starts with a dot";
 
-/// `PATH` for the clients (and their `/bin/sh -c` helpers), and for finding them when unset.
+/// `PATH` for the clients (and their `/bin/sh -c` helpers).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-/// Finds an executable on `PATH`.
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
 
 /// The client's path, or `None` (test skipped) when it is not installed.
 /// Panics instead when `POPBRIDGE_REQUIRE_PEERS=1`.
 fn require(name: &str) -> Option<PathBuf> {
-    if let Some(p) = tool(name) {
-        return Some(p);
-    }
-    if std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-        panic!("{name} is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed");
-    }
-    eprintln!("skipping: {name} not installed");
-    None
+    test_support::require(name, &[])
 }
 
 /// What the test serves and how.
@@ -129,31 +115,24 @@ impl Fixture {
     }
 }
 
-/// How a client run ended.
+/// How a client run ended, with extra context (the rc file).
 struct Outcome {
-    cmdline: String,
-    /// `None` when the client was killed after [`CLIENT_TIMEOUT`].
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    /// Extra context (the rc file).
+    run: ClientRun,
     notes: String,
 }
 
-impl Outcome {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
+impl Deref for Outcome {
+    type Target = ClientRun;
 
+    fn deref(&self) -> &ClientRun {
+        &self.run
+    }
+}
+
+impl Outcome {
     /// Everything needed to debug a failure in CI: the client's output and the mock's transcript.
     fn diagnostics(&self, server: &MockPop3Handle) -> String {
-        let mut s = String::new();
-        let status = match self.status {
-            Some(st) => st.to_string(),
-            None => format!("killed after {CLIENT_TIMEOUT:?} (timeout)"),
-        };
-        let _ = writeln!(s, "command: {}", self.cmdline);
-        let _ = writeln!(s, "status: {status}");
+        let mut s = self.describe();
         if !self.notes.is_empty() {
             let _ = writeln!(s, "---- notes ----\n{}", self.notes.trim_end());
         }
@@ -170,42 +149,16 @@ impl Outcome {
 }
 
 /// Runs `cmd` to completion (bounded by [`CLIENT_TIMEOUT`]); its output goes to files in `dir`.
-async fn run(mut cmd: Command, dir: &Path, label: &str, notes: String) -> Outcome {
-    let out_path = dir.join(format!("{label}.stdout"));
-    let err_path = dir.join(format!("{label}.stderr"));
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).unwrap())
-        .stderr(fs::File::create(&err_path).unwrap())
-        .current_dir(dir)
-        .kill_on_drop(true);
-    let cmdline = format!("{:?}", cmd.as_std());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmdline}: {e}"));
-    let status = match tokio::time::timeout(CLIENT_TIMEOUT, child.wait()).await {
-        Ok(status) => Some(status.unwrap()),
-        Err(_) => {
-            let _ = child.kill().await;
-            None
-        }
-    };
+async fn run(cmd: Command, dir: &Path, label: &str, notes: String) -> Outcome {
     Outcome {
-        cmdline,
-        status,
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        run: test_support::run_client(cmd, dir, label, CLIENT_TIMEOUT).await,
         notes,
     }
 }
 
 /// A command with a minimal, predictable environment rooted in the test's directory.
 fn command(program: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", home)
-        .env("LC_ALL", "C");
-    cmd
+    test_support::clean_command(program, home, DEFAULT_PATH)
 }
 
 /// Waits for the client to succeed and the mock to go idle, then checks that every

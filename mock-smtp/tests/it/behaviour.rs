@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use mock_pop3::pki::TestPki;
+use mock_smtp::pki::TestPki;
 use mock_smtp::{
     CaptureMode, Delivery, Extensions, FaultAction, FaultRule, Hook, Limits, MailboxSpec, MockSmtp,
-    Outcome, SizeAdvert, SpamField, SpamRule,
+    Outcome, SessionEnd, SizeAdvert, SpamField, SpamRule,
 };
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -296,7 +296,7 @@ async fn five_malformed_senders_end_the_session_with_421() {
     server.wait_idle().await;
     let s = &server.sessions()[0];
     assert_eq!(s.protocol_errors, 5);
-    assert_eq!(s.end.as_deref(), Some("too many errors"));
+    assert_eq!(s.end, Some(SessionEnd::TooManyErrors));
     let t = server.captured();
     assert_eq!(t.len(), 5);
     assert!(t.iter().all(|t| t.outcome

@@ -20,16 +20,17 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use mock_pop3::pki::TestPki;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mock_core::test_support::{self, ClientRun};
+use mock_smtp::pki::TestPki;
 use mock_smtp::{
-    CaptureMode, Delivery, MockSmtp, MockSmtpHandle, Outcome as TxnOutcome, SessionStats,
-    Transaction,
+    CaptureMode, Delivery, MockSmtp, MockSmtpHandle, Outcome as TxnOutcome, SessionEnd,
+    SessionStats, Transaction,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -44,31 +45,15 @@ const TO: &str = "user@contoso.local";
 const HELO: &str = "client.example.net";
 /// A client that has not finished by then is killed and the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
-/// `PATH` for the clients, and for finding them when unset.
+/// `PATH` for the clients.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Where Debian keeps Postfix's test programs besides `PATH`.
 const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/usr/lib/postfix/sbin"];
 
-/// Finds an executable on `PATH` or in [`EXTRA_DIRS`].
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    std::env::split_paths(&path)
-        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
-
-/// The client's path, or `None` (test skipped) when it is not installed.
-/// Panics instead when `POPBRIDGE_REQUIRE_PEERS=1`.
+/// The client's path (on `PATH` or in [`EXTRA_DIRS`]), or `None` (test skipped) when it
+/// is not installed. Panics instead when `POPBRIDGE_REQUIRE_PEERS=1`.
 fn require(name: &str) -> Option<PathBuf> {
-    if let Some(p) = tool(name) {
-        return Some(p);
-    }
-    if std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-        panic!("{name} is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed");
-    }
-    eprintln!("skipping: {name} not installed");
-    None
+    test_support::require(name, EXTRA_DIRS)
 }
 
 /// A fresh directory for the client's cwd, `HOME` and output files.
@@ -80,30 +65,21 @@ fn workdir() -> tempfile::TempDir {
 }
 
 /// How a client run ended.
-struct Run {
-    cmdline: String,
-    /// `None` when the client was killed after [`CLIENT_TIMEOUT`].
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
+struct Run(ClientRun);
+
+impl Deref for Run {
+    type Target = ClientRun;
+
+    fn deref(&self) -> &ClientRun {
+        &self.0
+    }
 }
 
 impl Run {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
     /// Everything needed to debug a failure in CI: the client's output and the mock's
     /// transcript and counters.
     fn diagnostics(&self, server: &MockSmtpHandle) -> String {
-        let mut s = String::new();
-        let status = match self.status {
-            Some(st) => st.to_string(),
-            None => format!("killed after {CLIENT_TIMEOUT:?} (timeout)"),
-        };
-        let _ = writeln!(s, "command: {}", self.cmdline);
-        let _ = writeln!(s, "status: {status} after {:?}", self.elapsed);
+        let mut s = self.describe();
         let _ = writeln!(s, "---- client stdout ----\n{}", tail(&self.stdout));
         let _ = writeln!(s, "---- client stderr ----\n{}", tail(&self.stderr));
         let _ = writeln!(
@@ -128,43 +104,13 @@ fn tail(text: &str) -> &str {
 
 /// A command with a minimal, predictable environment rooted in `home`.
 fn command(program: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", home)
-        .env("LC_ALL", "C");
-    cmd
+    test_support::clean_command(program, home, DEFAULT_PATH)
 }
 
 /// Runs `cmd` to completion (killed after [`CLIENT_TIMEOUT`]) in `dir`, its output going
 /// to files there.
-async fn run(mut cmd: Command, dir: &Path, label: &str) -> Run {
-    let out_path = dir.join(format!("{label}.stdout"));
-    let err_path = dir.join(format!("{label}.stderr"));
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).unwrap())
-        .stderr(fs::File::create(&err_path).unwrap())
-        .current_dir(dir)
-        .kill_on_drop(true);
-    let cmdline = format!("{:?}", cmd.as_std());
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmdline}: {e}"));
-    let status = match tokio::time::timeout(CLIENT_TIMEOUT, child.wait()).await {
-        Ok(status) => Some(status.unwrap()),
-        Err(_) => {
-            let _ = child.kill().await;
-            None
-        }
-    };
-    Run {
-        cmdline,
-        status,
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        elapsed: started.elapsed(),
-    }
+async fn run(cmd: Command, dir: &Path, label: &str) -> Run {
+    Run(test_support::run_client(cmd, dir, label, CLIENT_TIMEOUT).await)
 }
 
 /// swaks sending one message from [`FROM`] to [`TO`] at `server`, without STARTTLS or AUTH.
@@ -296,7 +242,7 @@ async fn swaks_delivers_plain() {
         why()
     );
     assert_eq!(s.commands, 5, "command count\n{}", why());
-    assert_eq!(s.end.as_deref(), Some("quit"), "session end\n{}", why());
+    assert_eq!(s.end, Some(SessionEnd::Quit), "session end\n{}", why());
     let counts = server.counts();
     assert_eq!(
         (counts.accepted, counts.delivered, counts.bytes),
@@ -372,7 +318,7 @@ async fn swaks_delivers_with_starttls() {
         "no TLS handshake and second EHLO after STARTTLS\n{}",
         why()
     );
-    assert_eq!(s.end.as_deref(), Some("quit"), "session end\n{}", why());
+    assert_eq!(s.end, Some(SessionEnd::Quit), "session end\n{}", why());
     // swaks marks TLS traffic with `~>`/`<~`; the EHLO after TLS no longer offers STARTTLS.
     assert!(
         out.stdout.contains("=== TLS started")
@@ -630,7 +576,7 @@ async fn smtp_source_delivers_1000_messages_over_parallel_sessions() {
         assert!(k >= 1, "session {} sent no message\n{}", s.id, why());
         assert_eq!(verbs, expected, "session {} commands\n{}", s.id, why());
         assert_eq!(s.accepted, k as u64, "session {} accepted\n{}", s.id, why());
-        assert_eq!(s.end.as_deref(), Some("quit"), "session end\n{}", why());
+        assert_eq!(s.end, Some(SessionEnd::Quit), "session end\n{}", why());
         sent += k;
     }
     assert_eq!(sent, 4, "messages across sessions\n{}", why());
@@ -699,7 +645,7 @@ async fn smtp_source_delivers_1000_messages_over_parallel_sessions() {
             why()
         );
         assert_eq!(s.transactions, s.accepted, "session {}\n{}", s.id, why());
-        assert_eq!(s.end.as_deref(), Some("quit"), "session end\n{}", why());
+        assert_eq!(s.end, Some(SessionEnd::Quit), "session end\n{}", why());
         assert!(s.transcript.is_empty(), "transcript recorded\n{}", why());
     }
     let per_session: u64 = sessions.iter().map(|s| s.accepted).sum();

@@ -1,31 +1,22 @@
 //! Helpers shared by poplab's test binaries that drive real peers.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use mock_core::test_support::skip;
+
+/// How a skip ends its message here.
+const TO_FAIL: &str = "(set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)";
 
 /// An executable `name` on PATH.
 pub fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    mock_core::test_support::tool(name, &[])
 }
 
 /// True when fetchmail is installed; skips with a printed reason otherwise, or fails when
 /// `POPBRIDGE_REQUIRE_PEERS=1` (CI).
 #[allow(dead_code)]
 pub fn require_fetchmail() -> bool {
-    if tool("fetchmail").is_some() {
-        return true;
-    }
-    assert!(
-        !std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1"),
-        "fetchmail is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"
-    );
-    eprintln!("skipping: fetchmail not installed (set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)");
-    false
+    require_tool("fetchmail")
 }
 
 /// True when every one of `names` is installed; skips with a printed reason otherwise, or
@@ -40,12 +31,9 @@ pub fn require_tools(names: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(
-        !std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1"),
-        "{missing:?} required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"
-    );
-    eprintln!(
-        "skipping: {missing:?} not installed (set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)"
+    skip(
+        &format!("{missing:?} required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"),
+        &format!("{missing:?} not installed {TO_FAIL}"),
     );
     false
 }
@@ -63,10 +51,9 @@ pub fn require_tool(name: &str) -> bool {
     if tool(name).is_some() {
         return true;
     }
-    assert!(
-        !std::env::var("POPBRIDGE_REQUIRE_PEERS").is_ok_and(|v| v == "1"),
-        "{name} is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"
+    skip(
+        &format!("{name} is required (POPBRIDGE_REQUIRE_PEERS=1) but not installed"),
+        &format!("{name} not installed {TO_FAIL}"),
     );
-    eprintln!("skipping: {name} not installed (set POPBRIDGE_REQUIRE_PEERS=1 to fail instead)");
     false
 }

@@ -1,8 +1,10 @@
 //! Scripted, seedable faults: which reply to tamper with, and how.
 //!
-//! Shared by both mocks (mock-smtp uses this module), so scenario files describe
-//! POP3 and SMTP faults the same way. Must never draw from the generator for an event
-//! that no rule matches: a seed must replay the same faults for the same traffic.
+//! Shared by both mocks, so scenario files describe POP3 and SMTP faults the same way:
+//! one [`Hook`] enum holds both protocols' hooks (the greeting, commands by keyword and
+//! any command are common; [`Hook::EndOfData`] only fires in the SMTP mock, a POP3 rule
+//! on it never matches). Must never draw from the generator for an event that no rule
+//! matches: a seed must replay the same faults for the same traffic.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,8 +21,8 @@ pub enum Hook {
     Command(String),
     /// The reply to any command: `nth` counts every command line of the server.
     AnyCommand,
-    /// The final reply to a message's data (SMTP: the end of DATA or the last BDAT):
-    /// `nth` counts messages.
+    /// SMTP only: the final reply to a message's data (the end of DATA or the last
+    /// BDAT); `nth` counts messages.
     EndOfData,
 }
 

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -60,7 +60,7 @@ impl Tracker {
     }
 
     /// Accepts connections (with `TCP_NODELAY`) and hands each to `on_accept` with its peer IP.
-    pub fn accept_loop<F>(self: &Arc<Self>, listener: TcpListener, on_accept: F)
+    pub fn accept_loop<F>(&self, listener: TcpListener, on_accept: F)
     where
         F: Fn(TcpStream, IpAddr) + Send + 'static,
     {
