@@ -1,0 +1,343 @@
+//! The interop matrix: popbridge (in process, the same `pass::run_accounts` as
+//! `popbridge fetch`) fetches a mixed mailbox from real POP3 servers and delivers into real
+//! MTAs, each in its own container built by `containers/build.sh`.
+//!
+//! Per cell: every message arrives in the MTA's mailbox with its body byte for byte
+//! (the part after the header; the MTA adds trace headers), the POP3 server holds nothing
+//! afterwards, and a second pass finds nothing to do and delivers nothing twice. The
+//! login methods and TLS modes are spread over the cells.
+//!
+//! Without a Docker engine or the images, each test prints why and passes, unless
+//! `POPBRIDGE_REQUIRE_DOCKER=1`, when it fails.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use popbridge::config::Config;
+use popbridge::events::EventSink;
+use popbridge::ledger::Ledger;
+use popbridge::net::TcpDialer;
+use popbridge::pass::{run_accounts, Summary};
+use popbridge_containers::{body_of, Mail, MailServer, Running, Server, TestPki, SERVER_NAME};
+
+const USER: &str = "info";
+/// Has no character that needs quoting in any server's user file.
+const PASSWORD: &str = "Sw0rdfish-s3cret";
+/// The 12 MB message: one per cell.
+const BIG: usize = 12 * 1024 * 1024;
+
+/// How popbridge logs in.
+#[derive(Debug, Clone, Copy)]
+enum Auth {
+    User,
+    Apop,
+    Plain,
+    Login,
+    CramMd5,
+}
+
+impl Auth {
+    fn config(self) -> &'static str {
+        match self {
+            Auth::User => "user",
+            Auth::Apop => "apop",
+            Auth::Plain => "plain",
+            Auth::Login => "login",
+            Auth::CramMd5 => "cram-md5",
+        }
+    }
+}
+
+/// How popbridge reaches the POP3 server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tls {
+    None,
+    Stls,
+    Implicit,
+}
+
+/// The mixed mailbox: ordinary mail, 8-bit, a long line, dot-leading lines, malformed
+/// senders, and one 12 MB message. Each has a unique Message-ID under `nonce`.
+fn mailbox(nonce: &str) -> Vec<(String, Mail)> {
+    let mut out = Vec::new();
+    let mut add = |n: usize, head: &str, body: Vec<u8>| {
+        let id = format!("<matrix-{n}.{nonce}@isp.example>");
+        let mut m = format!(
+            "{head}To: info@isp.example\nSubject: matrix message {n}\nMessage-ID: {id}\n\
+             Date: Mon, 02 Mar 2026 10:00:00 +0000\nMIME-Version: 1.0\n\n"
+        )
+        .into_bytes();
+        m.extend_from_slice(&body);
+        out.push((format!("Message-ID: {id}"), Mail(m)));
+    };
+    let from = |n: usize| {
+        format!("Return-Path: <s{n}@example.net>\nFrom: Sender {n} <s{n}@example.net>\n")
+    };
+    add(1, &from(1), b"An ordinary message.\nTwo lines.\n".to_vec());
+    add(
+        2,
+        &format!(
+            "{}Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: 8bit\n",
+            from(2)
+        ),
+        b"Caf\xe9 na\xefve \xa4, not UTF-8: \xff\xfe\x80\x81\nD\xc3\xa9j\xc3\xa0 vu in UTF-8\n"
+            .to_vec(),
+    );
+    let mut long = b"A line longer than RFC 5322's 998 octets: ".to_vec();
+    long.resize(1500, b'x');
+    long.extend_from_slice(b"\nand a short one\n");
+    add(3, &from(3), long);
+    add(
+        4,
+        &from(4),
+        b".a line that starts with a dot\n.\n..two dots\n...\nafter the lone dot\n".to_vec(),
+    );
+    // Malformed senders: an address with no domain, and no sender header at all.
+    add(
+        5,
+        "Return-Path: <broken@>\nFrom: \"Broken\" <@@nowhere>\n",
+        b"Malformed sender.\n".to_vec(),
+    );
+    add(6, "", b"No sender header at all.\n".to_vec());
+    let mut big = Vec::with_capacity(BIG + 100);
+    let mut i = 0usize;
+    while big.len() < BIG {
+        let _ = writeln!(
+            LineSink(&mut big),
+            "{i:08} big message line, filler to 76 octets: abcdefghijklmnopqrstuvwxyz"
+        );
+        i += 1;
+    }
+    add(7, &from(7), big);
+    out
+}
+
+/// `write!` into a byte vector.
+struct LineSink<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for LineSink<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A file only the owner reads (popbridge refuses secrets others can read).
+fn write_private(path: &Path, text: &str) {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// One popbridge pass over the account, in process.
+async fn pass(config: &Path) -> Summary {
+    let config = Config::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let ledger = Ledger::open(&config.state_dir).unwrap();
+    let accounts = config.accounts.clone();
+    let mut summaries = run_accounts(
+        Arc::new(config),
+        Arc::new(TcpDialer),
+        Arc::new(EventSink::memory()),
+        Arc::new(Mutex::new(ledger)),
+        accounts,
+    )
+    .await;
+    assert_eq!(summaries.len(), 1);
+    summaries.remove(0)
+}
+
+/// popbridge's configuration for `pop` → `mta`.
+fn config(
+    dir: &Path,
+    pop: &Running,
+    mta: &Running,
+    login: Auth,
+    tls: Tls,
+    ca: &Path,
+) -> std::path::PathBuf {
+    let secret = dir.join("pop3.pass");
+    write_private(&secret, &format!("{PASSWORD}\n"));
+    let (mode, port, trust) = match tls {
+        Tls::None => ("none", 110, "allow_plaintext = true".to_string()),
+        Tls::Stls => ("starttls", 110, String::new()),
+        Tls::Implicit => ("implicit", 995, String::new()),
+    };
+    let pop3 = pop.addr(port);
+    let smtp = mta.addr(25);
+    let trust = if tls == Tls::None {
+        trust
+    } else {
+        format!(
+            "tls_server_name = \"{SERVER_NAME}\"\nca_file = \"{}\"",
+            ca.display()
+        )
+    };
+    let text = format!(
+        r#"state_dir = "{state}"
+
+[transport]
+host = "{smtp_ip}"
+port = {smtp_port}
+helo = "popbridge.test"
+
+[limits]
+fallback_sender = "postmaster@contoso.local"
+
+[timeouts]
+connect = "10s"
+command = "60s"
+data = "120s"
+
+[[account]]
+name = "matrix"
+host = "{pop_ip}"
+port = {pop_port}
+tls = "{mode}"
+{trust}
+auth = "{auth}"
+username = "{USER}"
+password_file = "{secret}"
+deliver_to = "{USER}@contoso.local"
+"#,
+        state = dir.join("state").display(),
+        smtp_ip = smtp.ip(),
+        smtp_port = smtp.port(),
+        pop_ip = pop3.ip(),
+        pop_port = pop3.port(),
+        auth = login.config(),
+        secret = secret.display(),
+    );
+    let path = dir.join("popbridge.toml");
+    write_private(&path, &text);
+    path
+}
+
+/// Whether the cell can run: `None` (skipped, reason printed) without an engine or images.
+fn ready(servers: &[Server]) -> Option<()> {
+    match popbridge_containers::available(servers) {
+        Ok(()) => Some(()),
+        Err(why) if popbridge_containers::required() => {
+            panic!("{why} (POPBRIDGE_REQUIRE_DOCKER=1)")
+        }
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            None
+        }
+    }
+}
+
+/// A failure message: what went wrong, then both servers' logs.
+async fn why(what: String, source: &Running, sink: &Running) -> String {
+    format!("{what}\n{}\n{}", source.logs().await, sink.logs().await)
+}
+
+/// One cell of the matrix: `pop` → `mta`, logging in with `login` over `tls`.
+async fn cell(pop: Server, mta: Server, login: Auth, tls: Tls) {
+    if ready(&[pop, mta]).is_none() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let nonce = format!("{}.{}", std::process::id(), pop.name());
+    let mails = mailbox(&nonce);
+    let pki = TestPki::generate("Popbridge matrix CA", &[SERVER_NAME]).unwrap();
+    let mut source = MailServer::new(pop)
+        .user(USER, PASSWORD)
+        .mail(USER, mails.iter().map(|(_, m)| m.clone()).collect());
+    if tls != Tls::None {
+        source = source.tls(&pki);
+    }
+    let sink = MailServer::new(mta).user(USER, PASSWORD);
+    let (source, sink) = tokio::join!(source.start(), sink.start());
+    let (source, sink) = (source.unwrap(), sink.unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, &pki.ca_pem).unwrap();
+    let config = config(dir.path(), &source, &sink, login, tls, &ca);
+
+    let first = pass(&config).await;
+    let n = mails.len() as u32;
+    if (first.listed, first.delivered, first.deleted) != (n, n, n) || first.failure.is_some() {
+        panic!(
+            "{}",
+            why(format!("first pass: {first:#?}"), &source, &sink).await
+        );
+    }
+    let delivered = match sink.wait_delivered(USER, mails.len()).await {
+        Ok(d) => d,
+        Err(e) => panic!("{}", why(e.to_string(), &source, &sink).await),
+    };
+    let mut wrong = String::new();
+    for (id, mail) in &mails {
+        let found: Vec<_> = delivered.iter().filter(|d| d.has_header_line(id)).collect();
+        match found.as_slice() {
+            [one] if one.body() == body_of(&mail.0) => {}
+            [one] => {
+                let _ = writeln!(
+                    wrong,
+                    "{id}: body differs ({} octets delivered, {} sent; delivered file {})",
+                    one.body().len(),
+                    body_of(&mail.0).len(),
+                    one.file
+                );
+            }
+            other => {
+                let _ = writeln!(wrong, "{id}: delivered {} times", other.len());
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        panic!("{}", why(wrong, &source, &sink).await);
+    }
+    let second = pass(&config).await;
+    if (second.listed, second.delivered, second.deleted) != (0, 0, 0) || second.failure.is_some() {
+        panic!(
+            "{}",
+            why(format!("second pass: {second:#?}"), &source, &sink).await
+        );
+    }
+    let after = sink.delivered(USER).await.unwrap();
+    assert_eq!(after.len(), mails.len(), "the second pass delivered again");
+    eprintln!(
+        "{} -> {} ({login:?}, {tls:?}): {} messages in {:.1} s",
+        pop.name(),
+        mta.name(),
+        mails.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_to_postfix_user_plaintext() {
+    cell(Server::Dovecot, Server::Postfix, Auth::User, Tls::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_to_postfix_apop_starttls() {
+    cell(Server::Dovecot, Server::Postfix, Auth::Apop, Tls::Stls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_to_postfix_cram_md5_implicit_tls() {
+    cell(
+        Server::Dovecot,
+        Server::Postfix,
+        Auth::CramMd5,
+        Tls::Implicit,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_to_postfix_plain_starttls_and_login_implicit_tls() {
+    cell(Server::Dovecot, Server::Postfix, Auth::Plain, Tls::Stls).await;
+    cell(Server::Dovecot, Server::Postfix, Auth::Login, Tls::Implicit).await;
+}
