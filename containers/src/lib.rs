@@ -60,28 +60,60 @@ pub const SERVER_NAME: &str = "mail.popbridge.test";
 pub enum Server {
     /// Dovecot POP3 (Maildir; USER, APOP, PLAIN, LOGIN, CRAM-MD5; STLS and 995 with TLS).
     Dovecot,
-    /// Postfix smtpd with its queue, delivering into `~/Maildir/` (limits from settings).
+    /// Courier pop3d (Maildir, userdb; USER, PLAIN, LOGIN, CRAM-MD5; STLS and 995).
+    Courier,
+    /// Cyrus pop3d (its own spool, filled over LMTP; sasldb: USER, APOP, PLAIN, LOGIN,
+    /// CRAM-MD5; STLS and 995).
+    Cyrus,
+    /// GNU Mailutils pop3d (mbox in /var/mail, system users; USER; STLS).
+    Mailutils,
+    /// popa3d (mbox in /var/mail, system users; USER only, no TLS).
+    Popa3d,
+    /// Postfix smtpd with its queue, delivering into `~/Maildir/` (settings: SIZE_LIMIT,
+    /// HARD_ERROR_LIMIT, SOFT_ERROR_LIMIT, REJECT_UNLISTED_SENDER).
     Postfix,
+    /// Exim (exim4-daemon-light) with its queue, delivering into `~/Maildir/` (settings:
+    /// SIZE_LIMIT, POISON_SENDERS, ERROR_LIMIT).
+    Exim,
+    /// OpenSMTPD with its queue, delivering into `~/Maildir/` (setting: SIZE_LIMIT).
+    OpenSmtpd,
 }
 
 impl Server {
-    /// Every server.
-    pub const ALL: &'static [Server] = &[Server::Dovecot, Server::Postfix];
+    /// The POP3 servers.
+    pub const POP3: &'static [Server] = &[
+        Server::Dovecot,
+        Server::Courier,
+        Server::Cyrus,
+        Server::Mailutils,
+        Server::Popa3d,
+    ];
+    /// The MTAs.
+    pub const SMTP: &'static [Server] = &[Server::Postfix, Server::Exim, Server::OpenSmtpd];
 
     /// The image's name (`containers/build.sh` tags it `popbridge/<name>:test`).
     pub fn name(self) -> &'static str {
         match self {
             Server::Dovecot => "dovecot",
+            Server::Courier => "courier",
+            Server::Cyrus => "cyrus",
+            Server::Mailutils => "mailutils",
+            Server::Popa3d => "popa3d",
             Server::Postfix => "postfix",
+            Server::Exim => "exim",
+            Server::OpenSmtpd => "opensmtpd",
         }
     }
 
-    /// The ports its start script waits on (and [`Running::addr`] reaches).
+    /// The ports its start script waits on (and [`Running::addr`] reaches): POP3 110
+    /// (STLS there with TLS) and, with TLS where the server has it, implicit TLS on 995;
+    /// SMTP 25.
     pub fn ports(self, tls: bool) -> &'static [u16] {
-        match (self, tls) {
-            (Server::Dovecot, false) => &[110],
-            (Server::Dovecot, true) => &[110, 995],
-            (Server::Postfix, _) => &[25],
+        match self {
+            Server::Dovecot | Server::Courier | Server::Cyrus if tls => &[110, 995],
+            Server::Dovecot | Server::Courier | Server::Cyrus => &[110],
+            Server::Mailutils | Server::Popa3d => &[110],
+            Server::Postfix | Server::Exim | Server::OpenSmtpd => &[25],
         }
     }
 

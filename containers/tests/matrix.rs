@@ -341,3 +341,8 @@ async fn dovecot_to_postfix_plain_starttls_and_login_implicit_tls() {
     cell(Server::Dovecot, Server::Postfix, Auth::Plain, Tls::Stls).await;
     cell(Server::Dovecot, Server::Postfix, Auth::Login, Tls::Implicit).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn courier_to_postfix_cram_md5_starttls() {
+    cell(Server::Courier, Server::Postfix, Auth::CramMd5, Tls::Stls).await;
+}
