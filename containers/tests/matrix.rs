@@ -137,21 +137,27 @@ fn write_private(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-/// One popbridge pass over the account, in process.
-async fn pass(config: &Path) -> Summary {
+/// One popbridge pass over the account, in process: its summary and its events (as
+/// debug text, for a failure message).
+async fn pass(config: &Path) -> (Summary, String) {
     let config = Config::load(config).unwrap_or_else(|e| panic!("{e}"));
     let ledger = Ledger::open(&config.state_dir).unwrap();
     let accounts = config.accounts.clone();
+    let events = Arc::new(EventSink::memory());
     let mut summaries = run_accounts(
         Arc::new(config),
         Arc::new(TcpDialer),
-        Arc::new(EventSink::memory()),
+        events.clone(),
         Arc::new(Mutex::new(ledger)),
         accounts,
     )
     .await;
     assert_eq!(summaries.len(), 1);
-    summaries.remove(0)
+    let mut log = String::new();
+    for e in events.collected() {
+        let _ = writeln!(log, "{e:?}");
+    }
+    (summaries.remove(0), log)
 }
 
 /// popbridge's configuration for `pop` → `mta`.
@@ -234,6 +240,18 @@ fn ready(servers: &[Server]) -> Option<()> {
     }
 }
 
+/// How many passes `pop` needs to hand over a fresh mailbox. GNU Mailutils pop3d (3.15)
+/// adds an `X-UIDL:` header to each message of an mbox once a session asks UIDL, after
+/// LIST counted them without it: in the first session every message but the last
+/// arrives 55 octets larger than listed. popbridge leaves such messages on the server
+/// (`message.size_mismatch`); the mbox rewritten at QUIT then lists true sizes.
+fn passes_needed(pop: Server) -> u32 {
+    match pop {
+        Server::Mailutils => 2,
+        _ => 1,
+    }
+}
+
 /// A failure message: what went wrong, then both servers' logs.
 async fn why(what: String, source: &Running, sink: &Running) -> String {
     format!("{what}\n{}\n{}", source.logs().await, sink.logs().await)
@@ -263,13 +281,30 @@ async fn cell(pop: Server, mta: Server, login: Auth, tls: Tls) {
     fs::write(&ca, &pki.ca_pem).unwrap();
     let config = config(dir.path(), &source, &sink, login, tls, &ca);
 
-    let first = pass(&config).await;
+    // Passes until everything is delivered: one, except on a server whose first session
+    // changes its messages' sizes (see `passes_needed`); a message whose size did not
+    // match is left on the server, never deleted, and taken by the next pass.
     let n = mails.len() as u32;
-    if (first.listed, first.delivered, first.deleted) != (n, n, n) || first.failure.is_some() {
-        panic!(
-            "{}",
-            why(format!("first pass: {first:#?}"), &source, &sink).await
-        );
+    let mut delivered = 0;
+    for round in 1..=passes_needed(pop) {
+        let (p, events) = pass(&config).await;
+        let clean = p.failure.is_none()
+            && (p.rejected, p.deferred, p.skipped, p.quarantined, p.postponed) == (0, 0, 0, 0, 0)
+            && p.listed == n - delivered
+            // A retried session's summary counts only some of its deletions; the idle
+            // pass below shows that nothing is left.
+            && (p.deleted == p.delivered || passes_needed(pop) > 1)
+            && p.delivered + p.mismatched == p.listed;
+        delivered += p.delivered;
+        if !clean || (round == passes_needed(pop) && delivered != n) {
+            panic!(
+                "{}",
+                why(format!("pass {round}: {p:#?}\n{events}"), &source, &sink).await
+            );
+        }
+        if delivered == n {
+            break;
+        }
     }
     let delivered = match sink.wait_delivered(USER, mails.len()).await {
         Ok(d) => d,
@@ -297,11 +332,16 @@ async fn cell(pop: Server, mta: Server, login: Auth, tls: Tls) {
     if !wrong.is_empty() {
         panic!("{}", why(wrong, &source, &sink).await);
     }
-    let second = pass(&config).await;
+    let (second, events) = pass(&config).await;
     if (second.listed, second.delivered, second.deleted) != (0, 0, 0) || second.failure.is_some() {
         panic!(
             "{}",
-            why(format!("second pass: {second:#?}"), &source, &sink).await
+            why(
+                format!("second pass: {second:#?}\n{events}"),
+                &source,
+                &sink
+            )
+            .await
         );
     }
     let after = sink.delivered(USER).await.unwrap();
@@ -345,4 +385,14 @@ async fn dovecot_to_postfix_plain_starttls_and_login_implicit_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn courier_to_postfix_cram_md5_starttls() {
     cell(Server::Courier, Server::Postfix, Auth::CramMd5, Tls::Stls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailutils_to_postfix_user_starttls() {
+    cell(Server::Mailutils, Server::Postfix, Auth::User, Tls::Stls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn popa3d_to_postfix_user_plaintext() {
+    cell(Server::Popa3d, Server::Postfix, Auth::User, Tls::None).await;
 }
