@@ -396,3 +396,13 @@ async fn mailutils_to_postfix_user_starttls() {
 async fn popa3d_to_postfix_user_plaintext() {
     cell(Server::Popa3d, Server::Postfix, Auth::User, Tls::None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_to_exim_login_starttls() {
+    cell(Server::Dovecot, Server::Exim, Auth::Login, Tls::Stls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_to_opensmtpd_user_plaintext() {
+    cell(Server::Dovecot, Server::OpenSmtpd, Auth::User, Tls::None).await;
+}
