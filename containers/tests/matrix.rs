@@ -7,6 +7,11 @@
 //! afterwards, and a second pass finds nothing to do and delivers nothing twice. The
 //! login methods and TLS modes are spread over the cells.
 //!
+//! The error-limit tests: an MTA refuses poison senders (Postfix
+//! `smtpd_reject_unlisted_sender`, an Exim MAIL ACL) until its own limit ends the session
+//! (Postfix `smtpd_hard_error_limit`, an Exim `drop` after N refusals); popbridge
+//! reconnects and delivers every good message in the same pass.
+//!
 //! Without a Docker engine or the images, each test prints why and passes, unless
 //! `POPBRIDGE_REQUIRE_DOCKER=1`, when it fails.
 
@@ -22,13 +27,18 @@ use popbridge::events::EventSink;
 use popbridge::ledger::Ledger;
 use popbridge::net::TcpDialer;
 use popbridge::pass::{run_accounts, Summary};
-use popbridge_containers::{body_of, Mail, MailServer, Running, Server, TestPki, SERVER_NAME};
+use popbridge_containers::{
+    body_of, Delivered, Mail, MailServer, Running, Server, TestPki, SERVER_NAME,
+};
 
 const USER: &str = "info";
 /// Has no character that needs quoting in any server's user file.
 const PASSWORD: &str = "Sw0rdfish-s3cret";
 /// The 12 MB message: one per cell.
 const BIG: usize = 12 * 1024 * 1024;
+
+/// Messages with the header line that names each (`Message-ID: <...>`).
+type Mailbox = Vec<(String, Mail)>;
 
 /// How popbridge logs in.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +72,7 @@ enum Tls {
 
 /// The mixed mailbox: ordinary mail, 8-bit, a long line, dot-leading lines, malformed
 /// senders, and one 12 MB message. Each has a unique Message-ID under `nonce`.
-fn mailbox(nonce: &str) -> Vec<(String, Mail)> {
+fn mailbox(nonce: &str) -> Mailbox {
     let mut out = Vec::new();
     let mut add = |n: usize, head: &str, body: Vec<u8>| {
         let id = format!("<matrix-{n}.{nonce}@isp.example>");
@@ -168,6 +178,7 @@ fn config(
     login: Auth,
     tls: Tls,
     ca: &Path,
+    limits: &str,
 ) -> std::path::PathBuf {
     let secret = dir.join("pop3.pass");
     write_private(&secret, &format!("{PASSWORD}\n"));
@@ -196,6 +207,7 @@ helo = "popbridge.test"
 
 [limits]
 fallback_sender = "postmaster@contoso.local"
+{limits}
 
 [timeouts]
 connect = "10s"
@@ -252,9 +264,47 @@ fn passes_needed(pop: Server) -> u32 {
     }
 }
 
-/// A failure message: what went wrong, then both servers' logs.
-async fn why(what: String, source: &Running, sink: &Running) -> String {
-    format!("{what}\n{}\n{}", source.logs().await, sink.logs().await)
+/// Each of `mails` not found exactly once in `delivered` with its body byte for byte,
+/// one line each; empty when all are.
+fn mismatches(delivered: &[Delivered], mails: &[(String, Mail)]) -> String {
+    let mut wrong = String::new();
+    for (id, mail) in mails {
+        let found: Vec<_> = delivered.iter().filter(|d| d.has_header_line(id)).collect();
+        match found.as_slice() {
+            [one] if one.body() == body_of(&mail.0) => {}
+            [one] => {
+                let _ = writeln!(
+                    wrong,
+                    "{id}: body differs ({} octets delivered, {} sent; delivered file {})",
+                    one.body().len(),
+                    body_of(&mail.0).len(),
+                    one.file
+                );
+            }
+            other => {
+                let _ = writeln!(wrong, "{id}: delivered {} times", other.len());
+            }
+        }
+    }
+    wrong
+}
+
+/// Fails the test with `what` and both servers' logs.
+async fn fail(what: String, source: &Running, sink: &Running) -> ! {
+    panic!("{what}\n{}\n{}", source.logs().await, sink.logs().await)
+}
+
+/// Waits until `sink` delivered as many messages as `mails` and checks each arrived once,
+/// body byte for byte; fails the test otherwise.
+async fn check_delivered(mails: &[(String, Mail)], source: &Running, sink: &Running) {
+    let delivered = match sink.wait_delivered(USER, mails.len()).await {
+        Ok(d) => d,
+        Err(e) => fail(e.to_string(), source, sink).await,
+    };
+    let wrong = mismatches(&delivered, mails);
+    if !wrong.is_empty() {
+        fail(wrong, source, sink).await;
+    }
 }
 
 /// One cell of the matrix: `pop` → `mta`, logging in with `login` over `tls`.
@@ -279,7 +329,7 @@ async fn cell(pop: Server, mta: Server, login: Auth, tls: Tls) {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     fs::write(&ca, &pki.ca_pem).unwrap();
-    let config = config(dir.path(), &source, &sink, login, tls, &ca);
+    let config = config(dir.path(), &source, &sink, login, tls, &ca, "");
 
     // Passes until everything is delivered: one, except on a server whose first session
     // changes its messages' sizes (see `passes_needed`); a message whose size did not
@@ -297,52 +347,21 @@ async fn cell(pop: Server, mta: Server, login: Auth, tls: Tls) {
             && p.delivered + p.mismatched == p.listed;
         delivered += p.delivered;
         if !clean || (round == passes_needed(pop) && delivered != n) {
-            panic!(
-                "{}",
-                why(format!("pass {round}: {p:#?}\n{events}"), &source, &sink).await
-            );
+            fail(format!("pass {round}: {p:#?}\n{events}"), &source, &sink).await;
         }
         if delivered == n {
             break;
         }
     }
-    let delivered = match sink.wait_delivered(USER, mails.len()).await {
-        Ok(d) => d,
-        Err(e) => panic!("{}", why(e.to_string(), &source, &sink).await),
-    };
-    let mut wrong = String::new();
-    for (id, mail) in &mails {
-        let found: Vec<_> = delivered.iter().filter(|d| d.has_header_line(id)).collect();
-        match found.as_slice() {
-            [one] if one.body() == body_of(&mail.0) => {}
-            [one] => {
-                let _ = writeln!(
-                    wrong,
-                    "{id}: body differs ({} octets delivered, {} sent; delivered file {})",
-                    one.body().len(),
-                    body_of(&mail.0).len(),
-                    one.file
-                );
-            }
-            other => {
-                let _ = writeln!(wrong, "{id}: delivered {} times", other.len());
-            }
-        }
-    }
-    if !wrong.is_empty() {
-        panic!("{}", why(wrong, &source, &sink).await);
-    }
+    check_delivered(&mails, &source, &sink).await;
     let (second, events) = pass(&config).await;
     if (second.listed, second.delivered, second.deleted) != (0, 0, 0) || second.failure.is_some() {
-        panic!(
-            "{}",
-            why(
-                format!("second pass: {second:#?}\n{events}"),
-                &source,
-                &sink
-            )
-            .await
-        );
+        fail(
+            format!("second pass: {second:#?}\n{events}"),
+            &source,
+            &sink,
+        )
+        .await;
     }
     let after = sink.delivered(USER).await.unwrap();
     assert_eq!(after.len(), mails.len(), "the second pass delivered again");
@@ -405,4 +424,123 @@ async fn dovecot_to_exim_login_starttls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dovecot_to_opensmtpd_user_plaintext() {
     cell(Server::Dovecot, Server::OpenSmtpd, Auth::User, Tls::None).await;
+}
+
+/// The poison-sender mailbox: four poison messages in a row between good ones (Postfix
+/// forgives its error count after a delivered message), each from
+/// `ghost-N@contoso.local`, a local address that is no user.
+fn poison_mailbox(nonce: &str) -> (Mailbox, Mailbox) {
+    let (mut good, mut poison) = (Vec::new(), Vec::new());
+    for n in 1..=10 {
+        let bad = (3..=6).contains(&n);
+        let sender = if bad {
+            format!("ghost-{n}@contoso.local")
+        } else {
+            format!("s{n}@example.net")
+        };
+        let id = format!("<poison-{n}.{nonce}@isp.example>");
+        let m = format!(
+            "Return-Path: <{sender}>\nFrom: <{sender}>\nTo: info@isp.example\nSubject: poison \
+             test {n}\nMessage-ID: {id}\n\nMessage {n}, {}.\n",
+            if bad { "refused" } else { "good" }
+        );
+        let entry = (format!("Message-ID: {id}"), Mail(m.into_bytes()));
+        if bad {
+            poison.push(entry);
+        } else {
+            good.push(entry);
+        }
+    }
+    (good, poison)
+}
+
+/// An MTA's log, where its error limit shows.
+async fn mta_log(mta: &Running) -> String {
+    match mta.server() {
+        Server::Exim => {
+            let log = mta.exec(&["cat", "/var/log/exim4/mainlog"]).await;
+            String::from_utf8_lossy(&log.unwrap_or_default()).into_owned()
+        }
+        _ => mta.logs().await,
+    }
+}
+
+/// `mta` refuses the poison senders and ends sessions at its own error limit (its log
+/// shows `limit_seen`); popbridge still delivers every good message in one pass, leaves
+/// the refused ones on the POP3 server, and a second pass delivers nothing new.
+async fn poison_cell(mta: Server, settings: &[(&str, &str)], limit_seen: &str) {
+    if ready(&[Server::Dovecot, mta]).is_none() {
+        return;
+    }
+    let nonce = format!("{}.{}", std::process::id(), mta.name());
+    let (good, poison) = poison_mailbox(&nonce);
+    let mut order: Vec<_> = good.iter().chain(&poison).cloned().collect();
+    order.sort_by_key(|(id, _)| id.clone());
+    let source = MailServer::new(Server::Dovecot)
+        .user(USER, PASSWORD)
+        .mail(USER, order.into_iter().map(|(_, m)| m).collect());
+    let mut sink = MailServer::new(mta).user(USER, PASSWORD);
+    for (k, v) in settings {
+        sink = sink.setting(k, v);
+    }
+    let (source, sink) = tokio::join!(source.start(), sink.start());
+    let (source, sink) = (source.unwrap(), sink.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    // popbridge's own session replacement stays out of the way: the MTA's limit acts.
+    let limits = "smtp_max_protocol_errors = 100\nsmtp_reconnects = 20";
+    let config = config(
+        dir.path(),
+        &source,
+        &sink,
+        Auth::User,
+        Tls::None,
+        &ca,
+        limits,
+    );
+    let (first, events) = pass(&config).await;
+    let (g, p) = (good.len() as u32, poison.len() as u32);
+    if (
+        first.delivered,
+        first.deleted,
+        first.rejected,
+        first.deferred,
+    ) != (g, g, p, 0)
+        || first.failure.is_some()
+    {
+        fail(format!("first pass: {first:#?}\n{events}"), &source, &sink).await;
+    }
+    check_delivered(&good, &source, &sink).await;
+    let log = mta_log(&sink).await;
+    assert!(
+        log.contains(limit_seen),
+        "{} never reached its error limit ({limit_seen:?} not in its log):\n{log}",
+        mta.name()
+    );
+    let (second, events) = pass(&config).await;
+    if (second.listed, second.delivered, second.rejected) != (p, 0, p) {
+        fail(
+            format!("second pass: {second:#?}\n{events}"),
+            &source,
+            &sink,
+        )
+        .await;
+    }
+    assert_eq!(sink.delivered(USER).await.unwrap().len(), good.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_refuses_unlisted_senders_and_ends_sessions_at_its_error_limit() {
+    let settings = [
+        ("REJECT_UNLISTED_SENDER", "yes"),
+        ("SOFT_ERROR_LIMIT", "1"),
+        ("HARD_ERROR_LIMIT", "2"),
+    ];
+    poison_cell(Server::Postfix, &settings, "too many errors").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exim_acl_refuses_poison_senders_and_drops_sessions_at_its_limit() {
+    let settings = [("POISON_SENDERS", "^ghost-"), ("ERROR_LIMIT", "2")];
+    poison_cell(Server::Exim, &settings, "too many refused senders").await;
 }
