@@ -544,3 +544,13 @@ async fn exim_acl_refuses_poison_senders_and_drops_sessions_at_its_limit() {
     let settings = [("POISON_SENDERS", "^ghost-"), ("ERROR_LIMIT", "2")];
     poison_cell(Server::Exim, &settings, "too many refused senders").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cyrus_to_postfix_plain_implicit_tls() {
+    cell(Server::Cyrus, Server::Postfix, Auth::Plain, Tls::Implicit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cyrus_to_postfix_apop_starttls() {
+    cell(Server::Cyrus, Server::Postfix, Auth::Apop, Tls::Stls).await;
+}
