@@ -15,9 +15,8 @@
 //! use popbridge_containers::{Mail, MailServer, Server};
 //!
 //! # async fn example() -> Result<(), popbridge_containers::ContainerError> {
-//! // Skip (or fail, with POPBRIDGE_REQUIRE_DOCKER=1) when Docker or the image is missing.
-//! if let Err(why) = popbridge_containers::available(&[Server::Dovecot, Server::Postfix]) {
-//!     eprintln!("skipping: {why}");
+//! // Skip (or fail, with POPBRIDGE_REQUIRE_DOCKER=1) when Docker or an image is missing.
+//! if !popbridge_containers::ready_or_skip(&["dovecot", "postfix"]) {
 //!     return Ok(());
 //! }
 //! let pop = MailServer::new(Server::Dovecot)
@@ -181,6 +180,13 @@ pub enum ContainerError {
 
 /// Whether an engine answers and every image of `servers` exists locally.
 pub fn available(servers: &[Server]) -> Result<(), Unavailable> {
+    let names: Vec<&str> = servers.iter().map(|s| s.name()).collect();
+    images_available(&names)
+}
+
+/// Whether an engine answers and `popbridge/<name>:test` exists for every name (the
+/// servers' names, or `poplab`).
+pub fn images_available(names: &[&str]) -> Result<(), Unavailable> {
     let out = Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
@@ -191,17 +197,32 @@ pub fn available(servers: &[Server]) -> Result<(), Unavailable> {
             err.trim().chars().take(300).collect(),
         ));
     }
-    for s in servers {
+    for name in names {
+        let image = format!("popbridge/{name}");
         let ok = Command::new("docker")
             .args(["image", "inspect", "--format", "{{.Id}}"])
-            .arg(format!("{}:test", s.image()))
+            .arg(format!("{image}:test"))
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            return Err(Unavailable::NoImage(s.image()));
+            return Err(Unavailable::NoImage(image));
         }
     }
     Ok(())
+}
+
+/// For a test: true when the engine and the images of `names` are there; otherwise
+/// prints why and returns false (the test skips), or, with `POPBRIDGE_REQUIRE_DOCKER=1`,
+/// panics (the test fails).
+pub fn ready_or_skip(names: &[&str]) -> bool {
+    match images_available(names) {
+        Ok(()) => true,
+        Err(why) if required() => panic!("{why} ({REQUIRE_ENV}=1)"),
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
 }
 
 /// True when `POPBRIDGE_REQUIRE_DOCKER=1`: a missing engine or image must fail the test.
