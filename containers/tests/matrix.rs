@@ -275,6 +275,12 @@ fn mismatches(delivered: &[Delivered], mails: &[(String, Mail)]) -> String {
     wrong
 }
 
+/// Starts both servers at once.
+async fn start(source: MailServer, sink: MailServer) -> (Running, Running) {
+    let (source, sink) = tokio::join!(source.start(), sink.start());
+    (source.unwrap(), sink.unwrap())
+}
+
 /// Fails the test with `what` and both servers' logs.
 async fn fail(what: String, source: &Running, sink: &Running) -> ! {
     panic!("{what}\n{}\n{}", source.logs().await, sink.logs().await)
@@ -308,9 +314,7 @@ async fn cell(pop: Server, mta: Server, login: Auth, tls: Tls) {
     if tls != Tls::None {
         source = source.tls(&pki);
     }
-    let sink = MailServer::new(mta).user(USER, PASSWORD);
-    let (source, sink) = tokio::join!(source.start(), sink.start());
-    let (source, sink) = (source.unwrap(), sink.unwrap());
+    let (source, sink) = start(source, MailServer::new(mta).user(USER, PASSWORD)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -470,8 +474,7 @@ async fn poison_cell(mta: Server, settings: &[(&str, &str)], limit_seen: Option<
     for (k, v) in settings {
         sink = sink.setting(k, v);
     }
-    let (source, sink) = tokio::join!(source.start(), sink.start());
-    let (source, sink) = (source.unwrap(), sink.unwrap());
+    let (source, sink) = start(source, sink).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     // popbridge's own session replacement stays out of the way: the MTA's limit acts.
@@ -549,4 +552,50 @@ async fn opensmtpd_refuses_poison_senders_and_popbridge_delivers_the_rest() {
     // OpenSMTPD has no per-session error limit to reach: refusals only.
     let settings = [("POISON_SENDERS", "^ghost-")];
     poison_cell(Server::OpenSmtpd, &settings, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_message_size_limit_keeps_the_12_mb_message_on_the_server() {
+    if !popbridge_containers::ready_or_skip(&["dovecot", "postfix"]) {
+        return;
+    }
+    let nonce = format!("{}.size", std::process::id());
+    let mails = mailbox(&nonce);
+    let limit = 10 * 1024 * 1024;
+    let (fits, big): (Mailbox, Mailbox) =
+        mails.iter().cloned().partition(|(_, m)| m.0.len() < limit);
+    assert_eq!(big.len(), 1);
+    let source = MailServer::new(Server::Dovecot)
+        .user(USER, PASSWORD)
+        .mail(USER, mails.iter().map(|(_, m)| m.clone()).collect());
+    let sink = MailServer::new(Server::Postfix)
+        .user(USER, PASSWORD)
+        .setting("SIZE_LIMIT", limit);
+    let (source, sink) = start(source, sink).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let config = config(dir.path(), &source, &sink, Auth::User, Tls::None, &ca, "");
+    // Postfix announces its limit in EHLO SIZE: the big message is not even downloaded.
+    let (first, events) = pass(&config).await;
+    let n = fits.len() as u32;
+    if (first.listed, first.delivered, first.deleted, first.skipped) != (n + 1, n, n, 1)
+        || first.failure.is_some()
+    {
+        fail(format!("first pass: {first:#?}\n{events}"), &source, &sink).await;
+    }
+    check_delivered(&fits, &source, &sink).await;
+    let (second, events) = pass(&config).await;
+    if (second.listed, second.delivered, second.skipped) != (1, 0, 1) {
+        fail(
+            format!("second pass: {second:#?}\n{events}"),
+            &source,
+            &sink,
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn courier_to_postfix_login_implicit_tls() {
+    cell(Server::Courier, Server::Postfix, Auth::Login, Tls::Implicit).await;
 }
