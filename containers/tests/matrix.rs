@@ -599,3 +599,13 @@ async fn postfix_message_size_limit_keeps_the_12_mb_message_on_the_server() {
 async fn courier_to_postfix_login_implicit_tls() {
     cell(Server::Courier, Server::Postfix, Auth::Login, Tls::Implicit).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cyrus_to_postfix_cram_md5_plaintext() {
+    cell(Server::Cyrus, Server::Postfix, Auth::CramMd5, Tls::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn courier_to_postfix_user_plaintext() {
+    cell(Server::Courier, Server::Postfix, Auth::User, Tls::None).await;
+}
