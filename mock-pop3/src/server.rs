@@ -190,6 +190,8 @@ pub struct Shared {
     pub(crate) cfg: Config,
     state: Mutex<State>,
     pub(crate) host: Host<SessionRecord>,
+    /// The running count of complete RETR replies written, in all mailboxes, for waiters.
+    pub(crate) retrievals: tokio::sync::watch::Sender<u64>,
 }
 
 impl Protocol for Shared {
@@ -326,6 +328,7 @@ impl Builder {
             },
             state: Mutex::new(state),
             host: Host::new(self.host),
+            retrievals: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -347,6 +350,12 @@ mock_core::handle_type! {
 }
 
 impl MockPop3Handle {
+    /// A receiver of the count of complete RETR replies written (all mailboxes, duplicates
+    /// included), updated after each write that completed some (benchmarks timestamp it).
+    pub fn retrievals_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared().retrievals.subscribe()
+    }
+
     /// A mailbox's state.
     pub fn mailbox(&self, user: &str) -> Option<MailboxReport> {
         let st = self.shared().state();

@@ -339,12 +339,15 @@ where
             if let Phase::Transaction(tx) = &self.phase {
                 let mut st = self.shared.state();
                 if let Some(mb) = st.mailboxes.get_mut(&tx.user) {
+                    let n = done.len() as u64;
                     for (id, uid) in done {
                         mb.retrievals += 1;
                         if mb.retrieved_ids.insert(id) {
                             mb.retrieved.push(uid);
                         }
                     }
+                    drop(st);
+                    self.shared.retrievals.send_modify(|c| *c += n);
                 }
             }
         }

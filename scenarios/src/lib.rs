@@ -4,10 +4,12 @@
 //! (`generate`), the world a scenario runs in (`world`: both mocks on loopback and
 //! popbridge in-process), deciding what became of each message (`outcome`) and the
 //! report (`report`); and `chaos`, thousands of seeded fault schedules judged by an
-//! oracle. [`run_file`] is the front door; the `poplab` binary is a thin shell around it.
+//! oracle; `bench`, throughput of popbridge and other connectors beside the two legs'
+//! ceilings. [`run_file`] is the front door; the `poplab` binary is a thin shell around it.
 //! Must never: contain connector logic (popbridge is driven through its public API only),
 //! or panic on a bad scenario file (every problem is an [`Error`] naming file, line, key).
 
+pub mod bench;
 pub mod capture;
 pub mod chaos;
 pub mod external;

@@ -2,7 +2,7 @@
 //! reports, per label, what became of every message; `chaos` searches seeded fault
 //! schedules for lost or duplicated mail; `capture` writes a real mailbox as a scenario
 //! (read-only); `serve`, `mock-pop3`, `mock-smtp` start a
-//! scenario's mocks standalone.
+//! scenario's mocks standalone; `bench` measures throughput.
 //!
 //! A thin shell over the library: arguments, the runtime, printing, exit codes
 //! (0 every expectation of every scenario held; 1 some did not; 2 a file could not be
@@ -158,6 +158,25 @@ enum Command {
         /// The folder to write into.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Measures throughput: popbridge (a child process by default) and external connectors
+    /// each move the same mailbox from POP3 to SMTP, on fresh loopback mocks or on real
+    /// loopback servers, several rounds each, beside a pipelined POP3 reader and a
+    /// pipelined SMTP writer (the two legs' ceilings). Prints per connector msg/s, MB/s,
+    /// per-message latency p50/p99 (ms), CPU seconds, peak RSS (MB), the ratio to the
+    /// slower leg and to the first connector: medians with min–max. Exit 0 when every round
+    /// moved the whole mailbox, 1 when one did not (named), 2 on bad arguments.
+    Bench(poplab::bench::BenchArgs),
+    /// (internal) Runs COMMAND, waits for it and writes its CPU time and peak RSS as JSON to
+    /// FILE: how `bench` measures a connector.
+    #[command(name = "bench-rusage", hide = true)]
+    BenchRusage {
+        /// Where to write the usage.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
     },
 }
 
@@ -404,6 +423,27 @@ async fn chaos(opts: poplab::chaos::Options, json: bool) -> anyhow::Result<ExitC
     })
 }
 
+async fn bench(args: poplab::bench::BenchArgs) -> anyhow::Result<ExitCode> {
+    let report = match poplab::bench::run(&args).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("poplab bench: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?;
+    } else {
+        write!(out, "{}", report.render_table())?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
@@ -486,6 +526,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 sabotage,
             };
             return runtime.block_on(chaos(opts, json));
+        }
+        Command::Bench(args) => return runtime.block_on(bench(args)),
+        Command::BenchRusage { out, command } => {
+            let code = poplab::bench::measure::rusage_main(&out, &command);
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::Serve { file, check } => return runtime.block_on(serve(file, Sides::Both, check)),
         Command::MockPop3 { scenario } => {
