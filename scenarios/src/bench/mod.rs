@@ -127,6 +127,14 @@ pub struct BenchArgs {
     /// counted as failed (1–3600).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub round_timeout: u64,
+    /// The SMTP server's protocol-error limit (2–1000), given to popbridge as
+    /// `smtp_max_protocol_errors`: popbridge writes several messages ahead of their replies
+    /// only while that limit leaves room for all of them to be refused. On the mocks it is
+    /// also the mock's MaxProtocolErrors. Default: 5 on the mocks (Exchange's default);
+    /// against a real server give its own (Postfix smtpd: smtpd_hard_error_limit, 20 by
+    /// default; smtp-sink has none), or popbridge assumes Exchange's 5.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub smtp_error_limit: Option<u32>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -334,6 +342,8 @@ struct Plan {
     pop3_shape: Shape,
     /// How the SMTP side is shaped.
     smtp_shape: Shape,
+    /// The SMTP server's protocol-error limit (see [`BenchArgs::smtp_error_limit`]).
+    error_limit: Option<u32>,
 }
 
 impl Plan {
@@ -463,6 +473,7 @@ fn plan(a: &BenchArgs) -> Result<Plan, BenchError> {
         window: a.window as usize,
         ceilings: !a.no_ceilings,
         timeout: Duration::from_secs(a.round_timeout),
+        error_limit: a.smtp_error_limit,
         rcpt: a.rcpt.clone(),
         pop3_shape: Shape {
             latency: Duration::from_millis(a.pop3_latency),
@@ -666,11 +677,14 @@ async fn mock_pop3(
 async fn mock_smtp(
     tls: Option<&mock_pop3::pki::TestPki>,
     largest: u64,
+    error_limit: Option<u32>,
 ) -> Result<MockSmtpHandle, BenchError> {
+    let defaults = mock_smtp::Limits::default();
     let limits = mock_smtp::Limits {
         max_message_size: Some(largest.max(1024 * 1024) * 2),
         max_header_size: None,
-        ..mock_smtp::Limits::default()
+        max_protocol_errors: error_limit.or(defaults.max_protocol_errors),
+        ..defaults
     };
     let mut b = MockSmtp::builder()
         .capture(CaptureMode::CountOnly)
@@ -693,7 +707,7 @@ async fn start_mocks(plan: &Plan, dir: &Path) -> Result<Mocks, BenchError> {
     };
     let largest = plan.largest();
     let pop3 = mock_pop3(&plan.messages, tls.as_deref()).await?;
-    let smtp = mock_smtp(tls.as_deref(), largest).await?;
+    let smtp = mock_smtp(tls.as_deref(), largest, plan.error_limit).await?;
     let ca_file = match tls {
         Some(pki) => {
             let p = dir.join("ca.pem");
@@ -750,6 +764,7 @@ fn popbridge_config(
     rcpt: &str,
     ca_file: Option<&Path>,
     timeout: Duration,
+    error_limit: Option<u32>,
 ) -> String {
     let q = |s: &str| toml_edit::Value::from(s).to_string();
     let (tls, starttls, ca) = match ca_file {
@@ -763,7 +778,7 @@ fn popbridge_config(
     let secs = timeout.as_secs().max(1);
     format!(
         "state_dir = {state}\n\n[transport]\nhost = {smtp_host}\nport = {smtp}\nhelo = \"popbridge.bench.invalid\"\nstarttls = {starttls}\n{ca}\n\
-         [limits]\nmax_messages_per_session = {max}\n\n\
+         [limits]\nmax_messages_per_session = {max}\n{errors}\n\
          [timeouts]\nconnect = \"10s\"\ncommand = \"{secs}s\"\ndata = \"{secs}s\"\n\n\
          [[account]]\nname = \"bench\"\nhost = {pop3_host}\nport = {pop3}\ntls = \"{tls}\"\nallow_plaintext = true\n{ca}\
          username = {user}\npassword = {password}\ndeliver_to = {rcpt}\n",
@@ -773,6 +788,9 @@ fn popbridge_config(
         smtp_host = q(&ep.smtp.ip().to_string()),
         pop3_host = q(&ep.pop3.ip().to_string()),
         max = MAX_MESSAGES,
+        errors = error_limit
+            .map(|n| format!("smtp_max_protocol_errors = {n}\n"))
+            .unwrap_or_default(),
         user = q(&ep.user),
         password = q(&ep.password),
         rcpt = q(rcpt),
@@ -794,7 +812,8 @@ async fn run_subject(
     ca_file: Option<&Path>,
     dir: &Path,
 ) -> Result<Ran, BenchError> {
-    let config_text = popbridge_config(dir, ep, &plan.rcpt, ca_file, plan.timeout);
+    let config_text =
+        popbridge_config(dir, ep, &plan.rcpt, ca_file, plan.timeout, plan.error_limit);
     let inner = match subject {
         Subject::PopbridgeInProcess => return Ok(in_process(plan, &config_text, dir).await),
         Subject::PopbridgeChild(bin) => {
@@ -1132,7 +1151,7 @@ async fn smtp_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     let n = plan.messages.len() as u64;
     match &plan.servers {
         Servers::Mocks { tls } => {
-            let smtp = mock_smtp(tls.as_deref(), plan.largest()).await?;
+            let smtp = mock_smtp(tls.as_deref(), plan.largest(), plan.error_limit).await?;
             let upstream = smtp
                 .addr()
                 .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?;
