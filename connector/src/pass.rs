@@ -2239,7 +2239,7 @@ impl Run<'_> {
                 // With room for one only, nothing would overlap: one at a time then, which
                 // also keeps a refused sender from costing a refused data transfer.
                 let room = self.room(s);
-                if !s.can_pipeline() || room < 2 {
+                if !s.can_pipeline_body(&f.body) || room < 2 {
                     break;
                 }
                 let held: u64 = self.flights.iter().map(|x| x.body.len()).sum();

@@ -17,7 +17,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use popbridge_proto::smtp::{Param, Reply, ReplyParser, SmtpCommand};
 use popbridge_proto::DotStuffer;
 use thiserror::Error;
@@ -357,14 +357,22 @@ pub struct SmtpClient {
 }
 
 /// A transaction written ahead of its replies: which replies it is owed, in order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Flight {
     /// It starts with RSET (its reply is read and ignored, as [`SmtpClient::rset`] does).
     rset: bool,
     /// RCPT commands.
     rcpts: usize,
-    /// BDAT chunks, the last one `LAST`.
+    /// BDAT chunks, the last one `LAST` (none for a DATA transaction).
     chunks: usize,
+    /// A DATA transaction (no CHUNKING): its message goes out only once DATA is answered
+    /// 354, after the replies of MAIL and RCPT said the transaction is the one written.
+    by_data: bool,
+    /// DATA: the dot-stuffed message, end marker included, until it is sent.
+    data: Option<Bytes>,
+    /// DATA: its outcome, when it had to be read before its turn (the replies of a later
+    /// transaction come after it on the wire).
+    result: Option<Result<Accepted, SmtpError>>,
 }
 
 /// A read failure for a transaction whose last chunk was written: the server may have
@@ -877,16 +885,21 @@ impl SmtpClient {
     }
 
     /// True when transactions may be written ahead of their replies: the server offers
-    /// PIPELINING and CHUNKING (so the data needs no 354 first), pipelining is allowed, and
-    /// the session is still in step.
+    /// PIPELINING, pipelining is allowed, and the session is still in step.
     pub fn can_pipeline(&self) -> bool {
         self.pipelining
             && self.ext.pipelining
-            && self.ext.chunking
             && !self.wary
             && !self.spent
             && !self.dead
             && self.closing.is_none()
+    }
+
+    /// [`SmtpClient::can_pipeline`] for `body`: with CHUNKING any message; with DATA one
+    /// held in memory (it is kept, stuffed, until its 354).
+    pub fn can_pipeline_body(&self, body: &Body) -> bool {
+        self.can_pipeline()
+            && (self.ext.chunking || body.as_bytes().is_some_and(|b| b.len() < CHUNK))
     }
 
     /// Transactions written by [`SmtpClient::submit`] whose outcome is not read yet.
@@ -927,6 +940,9 @@ impl SmtpClient {
             }
             self.began = false;
         }
+        if !self.ext.chunking {
+            return self.submit_data(env, prefix, body).await;
+        }
         let (mail, rcpts) = self.envelope_lines(env, prefix, body);
         let rset = self.began;
         self.began = true;
@@ -941,6 +957,9 @@ impl SmtpClient {
             rset,
             rcpts: rcpts.len(),
             chunks: 0,
+            by_data: false,
+            data: None,
+            result: None,
         };
         if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
             // The usual case: the whole transaction in one write.
@@ -1026,6 +1045,10 @@ impl SmtpClient {
                 detail: "no transaction in flight".into(),
             });
         };
+        if f.by_data {
+            // An outcome read ahead stands whatever came after it.
+            return self.data_outcome(f).await;
+        }
         if let Some(reply) = &self.closing {
             return Err(SmtpError::NotProcessed {
                 reply: reply.clone(),
@@ -1046,6 +1069,213 @@ impl SmtpClient {
             }
         }
         r
+    }
+
+    /// DATA without CHUNKING, one message ahead: before this transaction's MAIL, RCPT and
+    /// DATA are written, the previous one's are answered and its message sent (it needed
+    /// its 354). So the message before goes out with this one's commands, and one round
+    /// trip per message remains. Only messages held in memory (see
+    /// [`SmtpClient::can_pipeline_body`]).
+    async fn submit_data(
+        &mut self,
+        env: &Envelope,
+        prefix: &[u8],
+        body: &Body,
+    ) -> Result<(), SmtpError> {
+        let Some(bytes) = body.as_bytes().cloned() else {
+            return Err(SmtpError::Spool(io::Error::other(
+                "a spooled message is not written ahead of its replies",
+            )));
+        };
+        self.advance().await;
+        if let Some(reply) = &self.closing {
+            return Err(SmtpError::NotProcessed {
+                reply: reply.clone(),
+            });
+        }
+        if self.dead {
+            return Err(SmtpError::Io {
+                stage: Stage::Mail,
+                source: io::Error::other("the session broke before this message was written"),
+            });
+        }
+        let (mail, rcpts) = self.envelope_lines(env, prefix, body);
+        let rset = self.began;
+        self.began = true;
+        let mut head = String::with_capacity(64 + mail.len());
+        if rset {
+            head.push_str("RSET\r\n");
+        }
+        head.push_str(&mail);
+        rcpts.iter().for_each(|r| head.push_str(r));
+        head.push_str("DATA\r\n");
+        let mut stuffer = DotStuffer::new(true);
+        let mut data = BytesMut::with_capacity(prefix.len() + bytes.len() + bytes.len() / 32 + 8);
+        stuffer.stuff(prefix, &mut data);
+        stuffer.stuff(&bytes, &mut data);
+        stuffer.finish(&mut data);
+        if let Err(e) = self
+            .write(head.as_bytes(), head.trim_end(), Stage::Mail)
+            .await
+        {
+            self.spent = true;
+            return Err(e);
+        }
+        self.flights.push_back(Flight {
+            rset,
+            rcpts: rcpts.len(),
+            chunks: 0,
+            by_data: true,
+            data: Some(data.freeze()),
+            result: None,
+        });
+        Ok(())
+    }
+
+    /// Reads what is owed before the newest DATA transaction's 354 (the final replies of
+    /// those before it), then its MAIL, RCPT and DATA replies, and sends its message.
+    /// Outcomes read here wait in their flights.
+    async fn advance(&mut self) {
+        let Some(last) = self.flights.len().checked_sub(1) else {
+            return;
+        };
+        if !self.flights[last].by_data || self.flights[last].data.is_none() {
+            return;
+        }
+        for i in 0..last {
+            if self.flights[i].result.is_none() {
+                let r = self.data_final().await;
+                self.flights[i].result = Some(r);
+            }
+        }
+        let f = &mut self.flights[last];
+        let (rset, rcpts, data) = (f.rset, f.rcpts, f.data.take());
+        if let Err(e) = self.data_go(rset, rcpts, data).await {
+            self.flights[last].result = Some(Err(e));
+        }
+    }
+
+    /// The outcome of DATA transaction `f`, the oldest in flight.
+    async fn data_outcome(&mut self, mut f: Flight) -> Result<Accepted, SmtpError> {
+        if let Some(r) = f.result.take() {
+            return r;
+        }
+        if let Some(data) = f.data.take() {
+            // No message came after it: its 354 is read now.
+            self.data_go(f.rset, f.rcpts, Some(data)).await?;
+        }
+        self.data_final().await
+    }
+
+    /// The replies to a DATA transaction's commands, then its message when DATA is
+    /// answered 354 for the transaction written. A 354 after a refused MAIL or RCPT means
+    /// the server waits for data of another transaction (one it should have reset): no
+    /// data goes out and the session ends here.
+    async fn data_go(
+        &mut self,
+        rset: bool,
+        rcpts: usize,
+        data: Option<Bytes>,
+    ) -> Result<(), SmtpError> {
+        if let Some(reply) = &self.closing {
+            return Err(SmtpError::NotProcessed {
+                reply: reply.clone(),
+            });
+        }
+        if self.dead {
+            return Err(SmtpError::Io {
+                stage: Stage::Mail,
+                source: io::Error::other("the session broke before this message was sent"),
+            });
+        }
+        let mut stages = Vec::with_capacity(rcpts + 3);
+        if rset {
+            stages.push(None);
+        }
+        stages.push(Some(Stage::Mail));
+        stages.extend(std::iter::repeat_n(Some(Stage::Rcpt), rcpts));
+        stages.push(Some(Stage::Data));
+        let mut refused: Option<SmtpError> = None;
+        for stage in stages {
+            let r = match self.reply(stage.unwrap_or(Stage::Mail)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.dead = true;
+                    return Err(e);
+                }
+            };
+            let stage = match stage {
+                // A refused RSET changes nothing by itself: the MAIL after it tells.
+                None if r.code != 421 => continue,
+                None => Stage::Mail,
+                Some(s) => s,
+            };
+            if r.code == 421 {
+                self.closing = Some(r.clone());
+                return Err(refused.unwrap_or(SmtpError::Refused { stage, reply: r }));
+            }
+            if stage == Stage::Data {
+                if r.code != 354 {
+                    return Err(refused.unwrap_or(SmtpError::Refused { stage, reply: r }));
+                }
+                if let Some(e) = refused {
+                    self.dead = true;
+                    return Err(e);
+                }
+                break;
+            }
+            if !r.is_positive() && refused.is_none() {
+                refused = Some(SmtpError::Refused { stage, reply: r });
+            }
+        }
+        let data = data.unwrap_or_default();
+        tracing::debug!(target: "popbridge::wire", "SMTP C: (message, {} octets on the wire)", data.len());
+        if let Err(e) = self.write_whole(&data, "").await {
+            self.dead = true;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The final reply of the oldest DATA transaction whose message went out.
+    async fn data_final(&mut self) -> Result<Accepted, SmtpError> {
+        if let Some(reply) = &self.closing {
+            return Err(SmtpError::NotProcessed {
+                reply: reply.clone(),
+            });
+        }
+        if self.dead {
+            return Err(SmtpError::Io {
+                stage: Stage::EndOfData,
+                source: io::Error::other(
+                    "no reply read: an earlier one timed out or was out of step",
+                ),
+            });
+        }
+        let stage = Stage::EndOfData;
+        let limit = self.data_timeout;
+        let r = match self.reply_within(stage, limit, "data").await {
+            Ok(r) => r,
+            Err(e) => {
+                self.dead = true;
+                return Err(at_end(e));
+            }
+        };
+        if r.code == 421 {
+            self.closing = Some(r.clone());
+        }
+        if !r.is_positive() {
+            return Err(SmtpError::Refused { stage, reply: r });
+        }
+        let owed = self.flights.iter().any(|f| f.result.is_none());
+        if !owed && !self.inbuf.is_empty() {
+            self.dead = true;
+            return Err(SmtpError::Protocol {
+                stage,
+                detail: "more data after the final reply: the replies are out of step".into(),
+            });
+        }
+        Ok(Accepted { reply: r })
     }
 
     async fn read_flight(&mut self, f: Flight) -> Result<Accepted, SmtpError> {
@@ -1152,6 +1382,11 @@ mod tests {
 
     /// A client connected to the returned server end (greeting and EHLO answered).
     async fn connected() -> (SmtpClient, BufReader<DuplexStream>) {
+        connected_with(EHLO).await
+    }
+
+    /// [`connected`] to a server whose EHLO reply is `ehlo`.
+    async fn connected_with(ehlo: &'static str) -> (SmtpClient, BufReader<DuplexStream>) {
         let (client, server) = tokio::io::duplex(1 << 20);
         let slot = Arc::new(Mutex::new(Some(client)));
         let dialer = MemoryDialer::new();
@@ -1183,7 +1418,7 @@ mod tests {
             let mut line = String::new();
             server.read_line(&mut line).await.unwrap();
             assert!(line.starts_with("EHLO"), "{line}");
-            server.get_mut().write_all(EHLO.as_bytes()).await.unwrap();
+            server.get_mut().write_all(ehlo.as_bytes()).await.unwrap();
         };
         let (c, ()) = tokio::join!(SmtpClient::connect(&dialer, &settings), serve);
         (c.unwrap(), server)
@@ -1317,6 +1552,115 @@ mod tests {
         let e = c.submit(&envelope(0), b"", &body(0)).await.unwrap_err();
         assert!(e.session_lost() && !e.outcome_unknown(), "{e}");
         assert_eq!(c.in_flight(), 0);
+    }
+
+    /// A small pipelining server without CHUNKING: replies to each command as it reads it;
+    /// senders containing "refused" are refused at MAIL. Returns the messages it received.
+    async fn data_server(mut server: BufReader<DuplexStream>) -> Vec<String> {
+        let mut got = Vec::new();
+        let mut sender_ok = false;
+        loop {
+            let mut line = String::new();
+            if server.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return got;
+            }
+            let reply = match &line[..4] {
+                "RSET" => {
+                    sender_ok = false;
+                    "250 reset\r\n".to_string()
+                }
+                "MAIL" if line.contains("refused") => "550 5.7.1 sender refused\r\n".into(),
+                "MAIL" => {
+                    sender_ok = true;
+                    "250 sender ok\r\n".into()
+                }
+                "RCPT" if sender_ok => "250 rcpt ok\r\n".into(),
+                "RCPT" => "503 5.5.1 need MAIL\r\n".into(),
+                "DATA" if sender_ok => {
+                    server
+                        .get_mut()
+                        .write_all(b"354 go ahead\r\n")
+                        .await
+                        .unwrap();
+                    let mut text = String::new();
+                    loop {
+                        let mut l = String::new();
+                        server.read_line(&mut l).await.unwrap();
+                        if l == ".\r\n" {
+                            break;
+                        }
+                        text.push_str(&l);
+                    }
+                    got.push(text);
+                    sender_ok = false;
+                    format!("250 queued as {}\r\n", got.len())
+                }
+                "DATA" => "503 5.5.1 need RCPT\r\n".into(),
+                _ => "500 what\r\n".into(),
+            };
+            server.get_mut().write_all(reply.as_bytes()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn without_chunking_each_message_goes_out_with_the_next_ones_commands() {
+        let (mut c, server) = connected_with("250-mx.test\r\n250 PIPELINING\r\n").await;
+        let serve = tokio::spawn(data_server(server));
+        let envs = [
+            envelope(0),
+            Envelope {
+                from: "refused@example.net".into(),
+                to: vec!["info@contoso.test".into()],
+            },
+            envelope(2),
+        ];
+        for (n, env) in envs.iter().enumerate() {
+            assert!(c.can_pipeline_body(&body(n)));
+            c.submit(env, b"X-Trace: t\r\n", &body(n)).await.unwrap();
+        }
+        assert_eq!(
+            c.outcome().await.unwrap().reply.first_line(),
+            "250 queued as 1"
+        );
+        let refused = c.outcome().await.unwrap_err();
+        assert!(
+            refused.is_permanent() && refused.is_message_refusal(),
+            "{refused}"
+        );
+        assert_eq!(
+            c.outcome().await.unwrap().reply.first_line(),
+            "250 queued as 2"
+        );
+        c.quit().await;
+        let got = serve.await.unwrap();
+        // The refused message's data never went out; the others arrived whole, the
+        // trace header first.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with("X-Trace: t\r\nSubject: 0\r\n"),
+            "{got:?}"
+        );
+        assert!(got[1].contains("body 2"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_354_after_a_refused_sender_gets_no_data() {
+        let (mut c, mut server) = connected_with("250-mx.test\r\n250 PIPELINING\r\n").await;
+        c.submit(&envelope(0), b"", &body(0)).await.unwrap();
+        // A server that kept another transaction open: MAIL refused, yet DATA says 354.
+        server
+            .get_mut()
+            .write_all(b"503 sender already given\r\n250 ok\r\n354 go\r\n")
+            .await
+            .unwrap();
+        let e = c.outcome().await.unwrap_err();
+        assert!(!e.outcome_unknown(), "{e}");
+        assert!(!c.is_usable());
+        drop(c);
+        let mut rest = String::new();
+        server.read_to_string(&mut rest).await.unwrap();
+        assert!(rest.starts_with("MAIL FROM:"), "{rest}");
+        assert!(!rest.contains("body 0"), "no data was sent: {rest}");
     }
 
     #[tokio::test]
