@@ -2425,6 +2425,15 @@ impl Run<'_> {
             }
             Err(e) if e.session_lost() => {
                 if self.session_lost(gen, &e.to_string()) {
+                    if matches!(e, SmtpError::Dropped { .. }) {
+                        // Most likely never processed, yet without a reply: announced.
+                        self.emit(Event::PossibleDuplicate {
+                            account: a.name.clone(),
+                            uid: key.clone(),
+                            message_id: message::parse_headers(body.head(), crate::body::HEAD_MAX)
+                                .message_id,
+                        });
+                    }
                     self.retry.push_back(Flight {
                         item,
                         key,

@@ -134,6 +134,19 @@ pub enum SmtpError {
         /// The 421 that ended the session.
         reply: Reply,
     },
+    /// A pipelined transaction without a single reply: the server hung up right after
+    /// refusing an earlier command with `reply`. Servers that drop a session do so at
+    /// that refusal, so this message was most likely never processed; it is submitted
+    /// again, announced as a possible duplicate.
+    #[error(
+        "SMTP server hung up after refusing an earlier command ({}) before answering this \
+         message",
+        .reply.first_line()
+    )]
+    Dropped {
+        /// The refusal after which it hung up.
+        reply: Reply,
+    },
 }
 
 impl SmtpError {
@@ -180,7 +193,8 @@ impl SmtpError {
             | Self::Timeout { .. }
             | Self::Protocol { .. }
             | Self::Spool(_)
-            | Self::NotProcessed { .. } => true,
+            | Self::NotProcessed { .. }
+            | Self::Dropped { .. } => true,
             _ => false,
         }
     }
@@ -345,6 +359,12 @@ pub struct SmtpClient {
     closing: Option<Reply>,
     /// Set when a reply timed out or stopped making sense: no later reply is read.
     dead: bool,
+    /// The last reply read, when it was a refusal (4xx or 5xx).
+    last_refusal: Option<Reply>,
+    /// Replies read in this session (to tell whether a transaction got any).
+    replies: u64,
+    /// The refusal after which the server hung up (see [`SmtpError::Dropped`]).
+    dropped: Option<Reply>,
     /// Set once a transaction written ahead was refused (or an RSET was): what follows
     /// goes one at a time on this session, each waiting for its MAIL and RCPT replies.
     wary: bool,
@@ -478,6 +498,9 @@ impl SmtpClient {
             dead: false,
             spent: false,
             wary: false,
+            last_refusal: None,
+            replies: 0,
+            dropped: None,
             last_reply: tokio::time::Instant::now(),
         };
         let greeting = c.reply(Stage::Greeting).await?;
@@ -626,6 +649,8 @@ impl SmtpClient {
                 Ok(Some(r)) => {
                     tracing::debug!(target: "popbridge::wire", "SMTP S: {}", r.first_line());
                     self.last_reply = tokio::time::Instant::now();
+                    self.replies += 1;
+                    self.last_refusal = (r.code >= 400).then(|| r.clone());
                     if counts_as_protocol_error(r.code) {
                         self.protocol_errors += 1;
                     }
@@ -658,6 +683,10 @@ impl SmtpClient {
                 })?
                 .map_err(|source| SmtpError::Io { stage, source })?;
             if n == 0 {
+                if self.inbuf.is_empty() {
+                    // Hung up at a reply boundary: right after a refusal, a deliberate drop.
+                    self.dropped = self.dropped.take().or(self.last_refusal.clone());
+                }
                 return Err(SmtpError::Io {
                     stage,
                     source: io::Error::new(
@@ -893,6 +922,7 @@ impl SmtpClient {
             && !self.spent
             && !self.dead
             && self.closing.is_none()
+            && self.dropped.is_none()
     }
 
     /// [`SmtpClient::can_pipeline`] for `body`: with CHUNKING any message; with DATA one
@@ -910,7 +940,7 @@ impl SmtpClient {
     /// False once the session cannot take another transaction: the server closed it
     /// (421), a reply timed out or stopped making sense, or a submission broke off.
     pub fn is_usable(&self) -> bool {
-        !self.spent && !self.dead && self.closing.is_none()
+        !self.spent && !self.dead && self.closing.is_none() && self.dropped.is_none()
     }
 
     /// Writes one whole transaction for a single recipient without waiting for a reply:
@@ -1062,13 +1092,29 @@ impl SmtpClient {
                 ),
             });
         }
-        let r = self.read_flight(f).await;
-        if let Err(e) = &r {
-            if matches!(e, SmtpError::Timeout { .. } | SmtpError::Protocol { .. }) {
-                self.dead = true;
-            }
+        if let Some(reply) = &self.dropped {
+            return Err(SmtpError::Dropped {
+                reply: reply.clone(),
+            });
         }
-        r
+        let before = self.replies;
+        let r = self.read_flight(f).await;
+        match r {
+            Err(SmtpError::Io { .. }) if self.replies == before && self.dropped.is_some() => {
+                let reply = self
+                    .dropped
+                    .clone()
+                    .unwrap_or_else(|| Reply::new(421, None, ""));
+                Err(SmtpError::Dropped { reply })
+            }
+            Err(e) => {
+                if matches!(e, SmtpError::Timeout { .. } | SmtpError::Protocol { .. }) {
+                    self.dead = true;
+                }
+                Err(e)
+            }
+            ok => ok,
+        }
     }
 
     /// DATA without CHUNKING, one message ahead: before this transaction's MAIL, RCPT and
@@ -1252,10 +1298,23 @@ impl SmtpClient {
                 ),
             });
         }
+        if let Some(reply) = &self.dropped {
+            return Err(SmtpError::Dropped {
+                reply: reply.clone(),
+            });
+        }
         let stage = Stage::EndOfData;
         let limit = self.data_timeout;
+        let before = self.replies;
         let r = match self.reply_within(stage, limit, "data").await {
             Ok(r) => r,
+            Err(SmtpError::Io { .. }) if self.replies == before && self.dropped.is_some() => {
+                let reply = self
+                    .dropped
+                    .clone()
+                    .unwrap_or_else(|| Reply::new(421, None, ""));
+                return Err(SmtpError::Dropped { reply });
+            }
             Err(e) => {
                 self.dead = true;
                 return Err(at_end(e));
@@ -1301,7 +1360,11 @@ impl SmtpClient {
         ));
         let mut refused: Option<SmtpError> = None;
         for stage in stages {
-            let r = self.reply(stage).await.map_err(at_end)?;
+            let r = match self.reply(stage).await {
+                Ok(r) => r,
+                // Refused already (one recipient): the server cannot have taken it.
+                Err(e) => return Err(refused.unwrap_or_else(|| at_end(e))),
+            };
             if r.code == 421 {
                 // The server is closing: nothing after this reply was processed.
                 self.closing = Some(r.clone());
@@ -1543,6 +1606,36 @@ mod tests {
         drop(server);
         let e = c.outcome().await.unwrap_err();
         assert!(e.outcome_unknown(), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_hangs_up_after_a_refusal_processed_nothing_after_it() {
+        let (mut c, mut server) = connected().await;
+        for n in 0..3 {
+            c.submit(&envelope(n), b"", &body(n)).await.unwrap();
+        }
+        for n in 0..3 {
+            read_transaction(&mut server, n > 0).await;
+        }
+        // The second's sender refused, and the server hangs up there (Exim's `drop`).
+        server
+            .get_mut()
+            .write_all(b"250 ok\r\n250 ok\r\n250 queued\r\n250 reset\r\n550 too many errors\r\n")
+            .await
+            .unwrap();
+        drop(server);
+        assert!(c.outcome().await.is_ok());
+        let second = c.outcome().await.unwrap_err();
+        assert!(
+            second.is_permanent() && second.is_message_refusal(),
+            "{second}"
+        );
+        let third = c.outcome().await.unwrap_err();
+        assert!(
+            matches!(third, SmtpError::Dropped { .. }) && !third.outcome_unknown(),
+            "{third}"
+        );
+        assert!(!c.is_usable());
     }
 
     #[tokio::test]
