@@ -89,13 +89,13 @@ const SBS_LIMIT: u64 = 10 * 1024 * 1024;
 /// The old SBS connector's per-session cap.
 const SBS_MAX_PER_SESSION: usize = 500;
 /// The most RETRs kept in flight when the server offers PIPELINING...
-const RETR_WINDOW: usize = 64;
+const RETR_WINDOW: usize = 512;
 /// ...and the most octets (by LIST size) they may add up to (one message at least).
 const RETR_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// The most messages written to the SMTP server ahead of their replies...
 const SMTP_WINDOW: usize = 8;
 /// ...and the most octets they may hold (one message at least).
-const SMTP_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
+const SMTP_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
 /// Protocol errors one pipelined transaction can cost at worst (MAIL refused, then its
 /// RCPT and BDAT refused as out of sequence).
 const ERRORS_PER_TRANSACTION: u32 = 3;
