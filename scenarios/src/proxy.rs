@@ -7,8 +7,8 @@
 //! real clock and external connectors. Each chunk read at time t is delivered no earlier
 //! than t + latency (a timestamped queue per direction, so a long link carries a
 //! bandwidth-delay product, not one chunk per round trip); writes are paced to the cap;
-//! at most [`QUEUE_CHUNKS`] chunks of [`CHUNK`] bytes wait per direction (then reading
-//! stops: backpressure); an end of stream is delivered like data (after its latency) as a
+//! at most [`QUEUE_CHUNKS`] times [`CHUNK`] bytes wait per direction, however many reads
+//! filled them (then reading stops: backpressure); an end of stream is delivered like data (after its latency) as a
 //! half-close.
 //! Must never: read the clock other than through `tokio::time` (the paused clock must
 //! stay deterministic), busy-loop, hold unbounded data, or dial anything but a loopback
@@ -17,19 +17,23 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
 
 /// The most bytes one read takes from a side (one queued chunk).
 pub const CHUNK: usize = 64 * 1024;
-/// The most chunks queued per direction (so at most `QUEUE_CHUNKS * CHUNK` bytes).
+/// The most bytes queued per direction, `QUEUE_CHUNKS * CHUNK` (a link's buffer: what may
+/// be in flight whatever the size of the reads that filled it).
 pub const QUEUE_CHUNKS: usize = 64;
+/// The most chunks queued per direction (many small reads each take a slot).
+const QUEUE_ITEMS: usize = 4096;
 /// The buffer of each in-memory stream [`shaped_duplex`] makes.
 const DUPLEX_BUFFER: usize = 256 * 1024;
 /// How long the TCP proxy waits for its upstream to accept a connection.
@@ -76,6 +80,8 @@ pub enum ProxyError {
 struct Item {
     due: Instant,
     data: Bytes,
+    /// Its share of the direction's byte bound, given back once it is written.
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 /// What both directions of one connection share: the byte budget and the stop signal.
@@ -131,6 +137,7 @@ async fn read_side<R: AsyncRead + Unpin>(
     tx: mpsc::Sender<Item>,
     latency: Duration,
     shared: &Shared,
+    room: Arc<Semaphore>,
 ) -> io::Result<()> {
     let mut stop = shared.stop.subscribe();
     let mut buf = vec![0u8; CHUNK];
@@ -147,6 +154,7 @@ async fn read_side<R: AsyncRead + Unpin>(
                 Item {
                     due,
                     data: Bytes::new(),
+                    _room: None,
                 },
                 &mut stop,
             )
@@ -156,7 +164,18 @@ async fn read_side<R: AsyncRead + Unpin>(
         let (taken, spent) = shared.take(n);
         if taken > 0 {
             let data = Bytes::copy_from_slice(&buf[..taken]);
-            if !enqueue(&tx, Item { due, data }, &mut stop).await {
+            // Waits while the direction holds its bound of bytes (reading stops).
+            let permit = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                p = room.clone().acquire_many_owned(taken as u32) => p.ok(),
+            };
+            let item = Item {
+                due,
+                data,
+                _room: permit,
+            };
+            if !enqueue(&tx, item, &mut stop).await {
                 return Ok(());
             }
         }
@@ -228,13 +247,18 @@ where
     if shape.cut_after == Some(0) {
         shared.halt();
     }
-    let (ab_tx, ab_rx) = mpsc::channel(QUEUE_CHUNKS);
-    let (ba_tx, ba_rx) = mpsc::channel(QUEUE_CHUNKS);
+    let (ab_tx, ab_rx) = mpsc::channel(QUEUE_ITEMS);
+    let (ba_tx, ba_rx) = mpsc::channel(QUEUE_ITEMS);
+    let bytes = QUEUE_CHUNKS * CHUNK;
+    let (ab_room, ba_room) = (
+        Arc::new(Semaphore::new(bytes)),
+        Arc::new(Semaphore::new(bytes)),
+    );
     let shared = &shared;
     let (ra, wb, rb, wa) = tokio::join!(
-        async { shared.on_error(read_side(a_read, ab_tx, shape.latency, shared).await) },
+        async { shared.on_error(read_side(a_read, ab_tx, shape.latency, shared, ab_room).await) },
         async { shared.on_error(write_side(b_write, ab_rx, shape.bandwidth).await) },
-        async { shared.on_error(read_side(b_read, ba_tx, shape.latency, shared).await) },
+        async { shared.on_error(read_side(b_read, ba_tx, shape.latency, shared, ba_room).await) },
         async { shared.on_error(write_side(a_write, ba_rx, shape.bandwidth).await) },
     );
     ra?;
@@ -432,6 +456,27 @@ mod tests {
             arrivals,
             [(b'a', 100 * MS), (b'b', 110 * MS), (b'c', 120 * MS)]
         );
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_small_reads_are_bounded_by_bytes_not_by_their_number() {
+        // 200 small writes 1 ms apart on a 1 s link: all in flight at once, as on a real
+        // link (a bound by count of reads would hold the 65th back until the first left).
+        let (mut client, mut server, _task) = link(latency(1000));
+        let t0 = Instant::now();
+        let sender = tokio::spawn(async move {
+            for _ in 0..200 {
+                client.write_all(&[1u8; 100]).await.unwrap();
+                sleep(MS).await;
+            }
+            client
+        });
+        let mut buf = [0u8; 100];
+        for _ in 0..200 {
+            exact(&mut server, &mut buf).await;
+        }
+        assert_eq!(t0.elapsed(), 1000 * MS + 199 * MS);
         drop(sender.await.unwrap());
     }
 
