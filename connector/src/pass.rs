@@ -1658,8 +1658,9 @@ impl Run<'_> {
             .collect();
         let mut queue = (0..todo.len()).peekable();
         let mut in_flight_retr = 0usize;
-        // The LIST sizes of the RETRs in flight, in the order sent.
+        // The LIST sizes of the RETRs in flight, in the order sent, and their sum.
         let mut retr_sizes: VecDeque<u64> = VecDeque::new();
+        let mut retr_bytes = 0u64;
         // Set when the cap stopped the queue (what is left is backlog, not a failure).
         let mut cap_reached = false;
         let threshold = self.cx.config.limits.memory_threshold;
@@ -1685,10 +1686,7 @@ impl Run<'_> {
                         cap_reached = true;
                         break;
                     }
-                    Some(item)
-                        if in_flight_retr > 0
-                            && retr_sizes.iter().sum::<u64>() + item.size > window_bytes =>
-                    {
+                    Some(item) if in_flight_retr > 0 && retr_bytes + item.size > window_bytes => {
                         break
                     }
                     Some(_) => {
@@ -1696,6 +1694,7 @@ impl Run<'_> {
                         txn.send_retr(item.n, bound(item.size));
                         in_flight_retr += 1;
                         retr_sizes.push_back(item.size);
+                        retr_bytes += item.size;
                         if item.alone {
                             self.tried_alone.insert(item.tried_id());
                             break;
@@ -1714,7 +1713,7 @@ impl Run<'_> {
             }
             let answering = txn.peek();
             if matches!(answering, Some(Pending::Retr(_))) {
-                retr_sizes.pop_front();
+                retr_bytes = retr_bytes.saturating_sub(retr_sizes.pop_front().unwrap_or(0));
             }
             match txn.next(&self.spool, threshold).await {
                 Ok(Response::Retr { msg, body }) => {

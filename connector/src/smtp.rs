@@ -1064,6 +1064,33 @@ impl SmtpClient {
         }
     }
 
+    /// Why no transaction can go on in this session, if so: the server closed it (421:
+    /// what follows was not processed), or an earlier reply timed out or was out of step
+    /// (nothing more is read; `stage` says where the transaction stands: at the end of its
+    /// data once that went out, so its outcome is unknown, before it otherwise).
+    fn ended(&self, stage: Stage) -> Option<SmtpError> {
+        if let Some(reply) = &self.closing {
+            return Some(SmtpError::NotProcessed {
+                reply: reply.clone(),
+            });
+        }
+        self.dead.then(|| SmtpError::Io {
+            stage,
+            source: io::Error::other("no reply read: an earlier one timed out or was out of step"),
+        })
+    }
+
+    /// [`SmtpError::Dropped`] once the server hung up right after a refusal.
+    fn hung_up_before(&self) -> Option<SmtpError> {
+        (self.dropped.clone()).map(|reply| SmtpError::Dropped { reply })
+    }
+
+    /// True when `e`, a read failure, is that hang-up and came before any reply since
+    /// `before` (so the transaction being read got none).
+    fn hung_up(&self, e: &SmtpError, before: u64) -> bool {
+        matches!(e, SmtpError::Io { .. }) && self.replies == before && self.dropped.is_some()
+    }
+
     /// Reads the replies of the oldest transaction written by [`SmtpClient::submit`]: `Ok`
     /// only when MAIL, the RCPT and every chunk were accepted. After a timeout or a reply
     /// out of step, nothing more is read: the later transactions' outcomes are unknown.
@@ -1079,34 +1106,16 @@ impl SmtpClient {
             // An outcome read ahead stands whatever came after it.
             return self.data_outcome(f).await;
         }
-        if let Some(reply) = &self.closing {
-            return Err(SmtpError::NotProcessed {
-                reply: reply.clone(),
-            });
-        }
-        if self.dead {
-            return Err(SmtpError::Io {
-                stage: Stage::EndOfData,
-                source: io::Error::other(
-                    "no reply read: an earlier one timed out or was out of step",
-                ),
-            });
-        }
-        if let Some(reply) = &self.dropped {
-            return Err(SmtpError::Dropped {
-                reply: reply.clone(),
-            });
+        if let Some(e) = self
+            .ended(Stage::EndOfData)
+            .or_else(|| self.hung_up_before())
+        {
+            return Err(e);
         }
         let before = self.replies;
         let r = self.read_flight(f).await;
         match r {
-            Err(SmtpError::Io { .. }) if self.replies == before && self.dropped.is_some() => {
-                let reply = self
-                    .dropped
-                    .clone()
-                    .unwrap_or_else(|| Reply::new(421, None, ""));
-                Err(SmtpError::Dropped { reply })
-            }
+            Err(e) if self.hung_up(&e, before) => Err(self.hung_up_before().unwrap_or(e)),
             Err(e) => {
                 if matches!(e, SmtpError::Timeout { .. } | SmtpError::Protocol { .. }) {
                     self.dead = true;
@@ -1134,16 +1143,8 @@ impl SmtpClient {
             )));
         };
         self.advance().await;
-        if let Some(reply) = &self.closing {
-            return Err(SmtpError::NotProcessed {
-                reply: reply.clone(),
-            });
-        }
-        if self.dead {
-            return Err(SmtpError::Io {
-                stage: Stage::Mail,
-                source: io::Error::other("the session broke before this message was written"),
-            });
+        if let Some(e) = self.ended(Stage::Mail) {
+            return Err(e);
         }
         let (mail, rcpts) = self.envelope_lines(env, prefix, body);
         let rset = self.began;
@@ -1223,16 +1224,8 @@ impl SmtpClient {
         rcpts: usize,
         data: Option<Bytes>,
     ) -> Result<(), SmtpError> {
-        if let Some(reply) = &self.closing {
-            return Err(SmtpError::NotProcessed {
-                reply: reply.clone(),
-            });
-        }
-        if self.dead {
-            return Err(SmtpError::Io {
-                stage: Stage::Mail,
-                source: io::Error::other("the session broke before this message was sent"),
-            });
+        if let Some(e) = self.ended(Stage::Mail) {
+            return Err(e);
         }
         let mut stages = Vec::with_capacity(rcpts + 3);
         if rset {
@@ -1285,35 +1278,19 @@ impl SmtpClient {
 
     /// The final reply of the oldest DATA transaction whose message went out.
     async fn data_final(&mut self) -> Result<Accepted, SmtpError> {
-        if let Some(reply) = &self.closing {
-            return Err(SmtpError::NotProcessed {
-                reply: reply.clone(),
-            });
-        }
-        if self.dead {
-            return Err(SmtpError::Io {
-                stage: Stage::EndOfData,
-                source: io::Error::other(
-                    "no reply read: an earlier one timed out or was out of step",
-                ),
-            });
-        }
-        if let Some(reply) = &self.dropped {
-            return Err(SmtpError::Dropped {
-                reply: reply.clone(),
-            });
+        if let Some(e) = self
+            .ended(Stage::EndOfData)
+            .or_else(|| self.hung_up_before())
+        {
+            return Err(e);
         }
         let stage = Stage::EndOfData;
         let limit = self.data_timeout;
         let before = self.replies;
         let r = match self.reply_within(stage, limit, "data").await {
             Ok(r) => r,
-            Err(SmtpError::Io { .. }) if self.replies == before && self.dropped.is_some() => {
-                let reply = self
-                    .dropped
-                    .clone()
-                    .unwrap_or_else(|| Reply::new(421, None, ""));
-                return Err(SmtpError::Dropped { reply });
+            Err(e) if self.hung_up(&e, before) => {
+                return Err(self.hung_up_before().unwrap_or(e));
             }
             Err(e) => {
                 self.dead = true;
@@ -1525,6 +1502,20 @@ mod tests {
         mail
     }
 
+    /// Three transactions submitted and read by the server, which then sends `replies` and
+    /// hangs up.
+    async fn three_answered(replies: &[u8]) -> SmtpClient {
+        let (mut c, mut server) = connected().await;
+        for n in 0..3 {
+            c.submit(&envelope(n), b"", &body(n)).await.unwrap();
+        }
+        for n in 0..3 {
+            read_transaction(&mut server, n > 0).await;
+        }
+        server.get_mut().write_all(replies).await.unwrap();
+        c
+    }
+
     #[tokio::test]
     async fn transactions_go_out_before_any_reply_and_outcomes_come_in_order() {
         let (mut c, mut server) = connected().await;
@@ -1571,20 +1562,10 @@ mod tests {
 
     #[tokio::test]
     async fn behind_a_421_nothing_was_processed_and_a_missing_final_reply_is_unknown() {
-        let (mut c, mut server) = connected().await;
-        for n in 0..3 {
-            c.submit(&envelope(n), b"", &body(n)).await.unwrap();
-        }
-        for n in 0..3 {
-            read_transaction(&mut server, n > 0).await;
-        }
         // The first accepted, the second's MAIL answered 421: the server is closing.
-        server
-            .get_mut()
-            .write_all(b"250 ok\r\n250 ok\r\n250 queued\r\n250 reset\r\n421 4.3.2 closing\r\n")
-            .await
-            .unwrap();
-        drop(server);
+        let mut c =
+            three_answered(b"250 ok\r\n250 ok\r\n250 queued\r\n250 reset\r\n421 4.3.2 closing\r\n")
+                .await;
         assert!(c.outcome().await.is_ok());
         let second = c.outcome().await.unwrap_err();
         assert!(
@@ -1610,20 +1591,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_hangs_up_after_a_refusal_processed_nothing_after_it() {
-        let (mut c, mut server) = connected().await;
-        for n in 0..3 {
-            c.submit(&envelope(n), b"", &body(n)).await.unwrap();
-        }
-        for n in 0..3 {
-            read_transaction(&mut server, n > 0).await;
-        }
         // The second's sender refused, and the server hangs up there (Exim's `drop`).
-        server
-            .get_mut()
-            .write_all(b"250 ok\r\n250 ok\r\n250 queued\r\n250 reset\r\n550 too many errors\r\n")
-            .await
-            .unwrap();
-        drop(server);
+        let mut c = three_answered(
+            b"250 ok\r\n250 ok\r\n250 queued\r\n250 reset\r\n550 too many errors\r\n",
+        )
+        .await;
         assert!(c.outcome().await.is_ok());
         let second = c.outcome().await.unwrap_err();
         assert!(
