@@ -455,6 +455,50 @@ pub struct Ledger {
     path: PathBuf,
 }
 
+/// Opens one connection to the ledger database at `path` with the settings its
+/// durability relies on (WAL, `synchronous = FULL`), after refusing a newer schema.
+fn connect(path: &Path) -> Result<Connection, LedgerError> {
+    // No SQLITE_OPEN_URI: a state directory named "file:..." must stay a plain path.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).at(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+
+    // Refuse a newer schema before changing anything in the file (not even the journal mode).
+    let found = user_version(&conn).at(path)?;
+    check_version(path, found)?;
+
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .at(path)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(LedgerError::Pragma {
+            path: path.to_owned(),
+            pragma: "journal_mode",
+            expected: "wal",
+            found: mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL").at(path)?;
+    let sync: i64 = conn
+        .pragma_query_value(None, "synchronous", |row| row.get(0))
+        .at(path)?;
+    if sync != 2 {
+        return Err(LedgerError::Pragma {
+            path: path.to_owned(),
+            pragma: "synchronous",
+            expected: "2 (FULL)",
+            found: sync.to_string(),
+        });
+    }
+    // macOS only (a no-op elsewhere): plain fsync there does not flush the drive's cache.
+    conn.pragma_update(None, "fullfsync", true).at(path)?;
+    conn.pragma_update(None, "checkpoint_fullfsync", true)
+        .at(path)?;
+    Ok(conn)
+}
+
 impl Ledger {
     /// Open (creating if needed) `<state_dir>/ledger.sqlite3` and bring its schema up to date.
     pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
@@ -474,49 +518,22 @@ impl Ledger {
                 path: path.clone(),
                 source,
             })?;
-        // No SQLITE_OPEN_URI: a state directory named "file:..." must stay a plain path.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).at(&path)?;
-        conn.busy_timeout(BUSY_TIMEOUT).at(&path)?;
-
-        // Refuse a newer schema before changing anything in the file (not even the journal mode).
-        let found = user_version(&conn).at(&path)?;
-        check_version(&path, found)?;
-
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .at(&path)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(LedgerError::Pragma {
-                path,
-                pragma: "journal_mode",
-                expected: "wal",
-                found: mode,
-            });
-        }
-        conn.pragma_update(None, "synchronous", "FULL").at(&path)?;
-        let sync: i64 = conn
-            .pragma_query_value(None, "synchronous", |row| row.get(0))
-            .at(&path)?;
-        if sync != 2 {
-            return Err(LedgerError::Pragma {
-                path,
-                pragma: "synchronous",
-                expected: "2 (FULL)",
-                found: sync.to_string(),
-            });
-        }
-        // macOS only (a no-op elsewhere): plain fsync there does not flush the drive's cache.
-        conn.pragma_update(None, "fullfsync", true).at(&path)?;
-        conn.pragma_update(None, "checkpoint_fullfsync", true)
-            .at(&path)?;
+        let conn = connect(&path)?;
 
         let mut ledger = Ledger { conn, path };
         ledger.migrate()?;
         sync_dir(state_dir);
         Ok(ledger)
+    }
+
+    /// A second connection to this ledger's database, with the same durability settings:
+    /// a pass writes its group commits through one on a blocking thread while the first
+    /// stays with the accounts' other reads and writes.
+    pub fn reopen(&self) -> Result<Ledger, LedgerError> {
+        Ok(Ledger {
+            conn: connect(&self.path)?,
+            path: self.path.clone(),
+        })
     }
 
     /// Apply the missing migrations in one transaction (re-checking the version under the lock).

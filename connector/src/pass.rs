@@ -73,7 +73,7 @@ use crate::events::{Event, EventSink, Named, PassEvents, PassId};
 pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
 use crate::keys::{self, DigestKeys};
 use crate::ledger::{
-    Along, FailureKind, Ledger, Outcome, PassCounts, PassRow, QuarantineAction, Status,
+    Along, FailureKind, Ledger, LedgerError, Outcome, PassCounts, PassRow, QuarantineAction, Status,
 };
 use crate::listing::{Budget, Sizes, UidScan, Want};
 use crate::message;
@@ -99,10 +99,16 @@ const SMTP_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
 /// Protocol errors one pipelined transaction can cost at worst (MAIL refused, then its
 /// RCPT and BDAT refused as out of sequence).
 const ERRORS_PER_TRANSACTION: u32 = 3;
-/// Group commit: the most accepted deliveries recorded in one commit. A commit also comes
-/// before the pass waits for the POP3 server (so a slow server never holds records back)
-/// and when the session's work ends.
+/// Group commit: the most accepted deliveries recorded in one commit. A commit also starts
+/// before the pass waits for the POP3 server (so a slow server never holds records back),
+/// and every one is finished when the session's work ends. One commit at a time runs on a
+/// blocking thread while the pass goes on; its deliveries are reported and DELE'd when the
+/// next one starts (or earlier, when a message needs its submission mark).
 const GROUP_MAX: usize = 8;
+/// How many messages beyond the SMTP window a commit marks as submitting ahead, so that
+/// with one commit under way the messages submitted meanwhile are already marked: two
+/// groups (a crash names at most these as possible duplicates without having sent them).
+const MARKS_AHEAD: usize = 2 * GROUP_MAX;
 /// The most `TOP n 0` a pass sends to name messages it leaves on the server unread.
 const MAX_TOPS_PER_PASS: usize = 50;
 /// The most messages a summary names ([`Summary::left`]); the events name every one.
@@ -477,6 +483,26 @@ struct Flight {
     gen: u32,
 }
 
+/// A group commit under way on a blocking thread, through the pass's own ledger
+/// connection: its deliveries are reported and DELE'd once it is durable.
+struct Committing {
+    batch: Vec<Done>,
+    /// Per delivery, as [`crate::ledger::Delivery::dele`].
+    deles: Vec<Option<(u64, u32)>>,
+    /// The keys it marks as submitting.
+    next: Vec<String>,
+    job: tokio::task::JoinHandle<(Ledger, Result<(), LedgerError>)>,
+}
+
+/// A delivery as the commit's blocking thread records it (owned: see
+/// [`crate::ledger::Delivery`]).
+struct Record {
+    key: String,
+    size: u64,
+    reply: String,
+    dele: Option<(u64, u32)>,
+}
+
 /// A delivery the server accepted, waiting for its group commit.
 struct Done {
     item: Item,
@@ -547,6 +573,12 @@ struct Run<'a> {
     retry: VecDeque<Flight>,
     /// Accepted deliveries waiting for their group commit.
     batch: Vec<Done>,
+    /// The group commit under way, and the keys it marks as submitting.
+    committing: Option<Committing>,
+    marking: HashSet<String>,
+    /// The pass's own ledger connection for group commits (opened at the first; held by
+    /// the commit under way meanwhile).
+    writer: Option<Ledger>,
     /// The UID keys this session works on, in order, and where each stands (what is
     /// marked as submitting ahead of time).
     order: Vec<String>,
@@ -606,6 +638,9 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
         flights: VecDeque::new(),
         retry: VecDeque::new(),
         batch: Vec::new(),
+        committing: None,
+        marking: HashSet::new(),
+        writer: None,
         order: Vec::new(),
         order_at: HashMap::new(),
         smtp_gen: 0,
@@ -652,6 +687,9 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
     // What the listing budget left out waits for the next pass, like the rest postponed.
     run.summary.postponed += run.summary.sliced;
     if let Some(step) = run.crashed {
+        // The commit under way finishes (on disk or not is a real crash's chance; here it
+        // always is, so a test's restart sees one outcome), nothing of it is reported.
+        run.abandon_commit().await;
         // Like a killed process: no SMTP QUIT, no clean-up, nothing more written.
         tracing::warn!(account = %account.name, "simulated crash at {step}");
         run.summary.aborted = Some(format!("simulated crash at {step}"));
@@ -1422,7 +1460,7 @@ impl Run<'_> {
             let (delivered, rejected) = (self.summary.delivered, self.summary.rejected);
             self.deliver(txn, &item, key.clone(), body).await;
             // Recorded now: the release ends with the record.
-            self.commit(txn);
+            self.commit(txn).await;
             if self.summary.delivered > delivered {
                 self.emit(Event::QuarantineRedelivered {
                     account: a.name.clone(),
@@ -1708,8 +1746,8 @@ impl Run<'_> {
             }
             // Accepted deliveries never wait for a server that has not started its next
             // reply: they are committed first.
-            if !txn.buffered() {
-                self.commit(txn);
+            if !txn.buffered() && !self.batch.is_empty() {
+                self.advance_commit(txn).await;
             }
             let answering = txn.peek();
             if matches!(answering, Some(Pending::Retr(_))) {
@@ -2159,6 +2197,10 @@ impl Run<'_> {
                 message_id: info.message_id.clone(),
             });
         }
+        if self.marking.contains(&key) {
+            // Marked by the commit under way: durable once it is.
+            self.finish_commit(txn).await;
+        }
         if !self.marked.contains(&key) {
             // Durable before the final data goes out (normally done ahead, in the commit
             // of earlier deliveries).
@@ -2197,8 +2239,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The UID keys after `key` in this session's order, not yet marked: as many as the
-    /// SMTP session takes ahead of their replies (one when it takes none).
+    /// The UID keys not yet marked among those after `key` in this session's order that
+    /// the SMTP session may take before a commit after the next one: the window it takes
+    /// ahead of its replies (one when it takes none) and [`MARKS_AHEAD`] more.
     fn upcoming(&self, key: &str) -> Vec<String> {
         let ahead = match self.smtp.as_ref() {
             Some(s) if s.can_pipeline() => self.room(s).max(1),
@@ -2209,8 +2252,12 @@ impl Run<'_> {
         };
         self.order[at + 1..]
             .iter()
-            .filter(|k| !self.marked.contains(*k) && !self.unknown.contains(*k))
-            .take(ahead)
+            .take(ahead + MARKS_AHEAD)
+            .filter(|k| {
+                !self.marked.contains(*k)
+                    && !self.marking.contains(*k)
+                    && !self.unknown.contains(*k)
+            })
             .cloned()
             .collect()
     }
@@ -2299,7 +2346,7 @@ impl Run<'_> {
         let r = s.send(&f.env, &f.prefix, &f.body).await;
         self.settled(txn, f, r).await;
         self.tidy();
-        self.maybe_commit(txn);
+        self.maybe_commit(txn).await;
     }
 
     /// Reads the outcome of the oldest message in flight and acts on it; when its session
@@ -2320,7 +2367,7 @@ impl Run<'_> {
             }
         }
         self.tidy();
-        self.maybe_commit(txn);
+        self.maybe_commit(txn).await;
     }
 
     /// Reads the outcome of every message in flight.
@@ -2345,7 +2392,7 @@ impl Run<'_> {
             self.dispatch(txn, f).await;
         }
         if self.crashed.is_none() {
-            self.commit(txn);
+            self.commit(txn).await;
         }
         self.hold_deles = false;
     }
@@ -2489,19 +2536,32 @@ impl Run<'_> {
         }
     }
 
-    /// Commits the accepted deliveries when the group is full (and, in [`Run::process`],
-    /// before waiting for the POP3 server, and at the end of the session's work).
-    fn maybe_commit(&mut self, txn: &mut Transaction) {
+    /// A group commit point when the group is full: see [`Run::advance_commit`].
+    async fn maybe_commit(&mut self, txn: &mut Transaction) {
         if self.batch.len() >= GROUP_MAX {
-            self.commit(txn);
+            self.advance_commit(txn).await;
         }
     }
 
-    /// Group commit: records every accepted delivery waiting (and marks the next messages
-    /// as submitting) in one commit, then reports and DELEs each. A ledger failure keeps
-    /// them all on the server (their marks name them as possible duplicates next time).
-    fn commit(&mut self, txn: &mut Transaction) {
-        if self.batch.is_empty() || self.crashed.is_some() {
+    /// A group commit point: the commit under way is finished (its deliveries reported and
+    /// DELE'd), and the next one starts with what waits, running while the pass goes on.
+    async fn advance_commit(&mut self, txn: &mut Transaction) {
+        self.finish_commit(txn).await;
+        self.start_commit();
+    }
+
+    /// Every accepted delivery waiting is recorded, reported and DELE'd before this
+    /// returns.
+    async fn commit(&mut self, txn: &mut Transaction) {
+        self.advance_commit(txn).await;
+        self.finish_commit(txn).await;
+    }
+
+    /// Starts the group commit of every accepted delivery waiting, with the submission
+    /// marks of the messages after them, on a blocking thread through the pass's own
+    /// ledger connection (when none is under way: the caller finishes that one first).
+    fn start_commit(&mut self) {
+        if self.batch.is_empty() || self.committing.is_some() || self.crashed.is_some() {
             return;
         }
         let a = self.account;
@@ -2517,35 +2577,66 @@ impl Run<'_> {
             .last()
             .map(|d| self.upcoming(&d.key))
             .unwrap_or_default();
-        let records: Vec<crate::ledger::Delivery<'_>> = batch
+        let writer = match self.writer.take() {
+            Some(w) => Ok(w),
+            None => lock(self.cx.ledger).reopen(),
+        };
+        let mut writer = match writer {
+            Ok(w) => w,
+            Err(e) => return self.not_recorded(batch, &e),
+        };
+        let account = a.name.clone();
+        let records: Vec<Record> = batch
             .iter()
             .zip(&deles)
-            .map(|(d, dele)| crate::ledger::Delivery {
-                key: &d.key,
+            .map(|(d, dele)| Record {
+                key: d.key.clone(),
                 size: d.size,
-                reply: &d.reply,
+                reply: d.reply.clone(),
                 dele: *dele,
             })
             .collect();
-        let next_refs: Vec<&str> = next.iter().map(String::as_str).collect();
-        let committed =
-            blocking(|| lock(self.cx.ledger).record_deliveries(&a.name, &records, &next_refs));
-        drop(records);
-        if let Err(e) = committed {
-            // Delivered but not recorded: the messages stay on the server rather than risk
-            // losing track; their submission marks name them as possible duplicates.
-            tracing::error!(account = %a.name, "ledger: {e}");
-            for d in batch {
-                self.defer_named(
-                    d.key,
-                    format!("delivered but the ledger failed: {e}"),
-                    d.named,
-                );
-            }
+        let marks = next.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let deliveries: Vec<crate::ledger::Delivery<'_>> = records
+                .iter()
+                .map(|r| crate::ledger::Delivery {
+                    key: &r.key,
+                    size: r.size,
+                    reply: &r.reply,
+                    dele: r.dele,
+                })
+                .collect();
+            let marks: Vec<&str> = marks.iter().map(String::as_str).collect();
+            let committed = writer.record_deliveries(&account, &deliveries, &marks);
+            (writer, committed)
+        });
+        self.marking.extend(next.iter().cloned());
+        self.committing = Some(Committing {
+            batch,
+            deles,
+            next,
+            job,
+        });
+    }
+
+    /// Waits for the group commit under way, then reports each of its deliveries and
+    /// DELEs it; when the commit failed, they all stay on the server (their marks name
+    /// them as possible duplicates next time).
+    async fn finish_commit(&mut self, txn: &mut Transaction) {
+        let Some(c) = self.committing.take() else {
+            return;
+        };
+        let committed = self.join_commit(c.job).await;
+        self.marking.clear();
+        if self.crashed.is_some() {
             return;
         }
-        self.marked.extend(next);
-        for (d, unconfirmed) in batch.into_iter().zip(deles) {
+        if let Err(e) = committed {
+            return self.not_recorded(c.batch, &e);
+        }
+        self.marked.extend(c.next);
+        for (d, unconfirmed) in c.batch.into_iter().zip(c.deles) {
             if !self.recorded(
                 txn,
                 &d.item,
@@ -2557,6 +2648,46 @@ impl Run<'_> {
             ) {
                 return;
             }
+        }
+    }
+
+    /// After a simulated crash: the commit under way finishes, and nothing of it is
+    /// reported or DELE'd.
+    async fn abandon_commit(&mut self) {
+        if let Some(c) = self.committing.take() {
+            let _ = self.join_commit(c.job).await;
+        }
+    }
+
+    /// The outcome of a commit's blocking task; the pass's connection comes back with it.
+    async fn join_commit(
+        &mut self,
+        job: tokio::task::JoinHandle<(Ledger, Result<(), LedgerError>)>,
+    ) -> Result<(), LedgerError> {
+        match job.await {
+            Ok((writer, committed)) => {
+                self.writer = Some(writer);
+                committed
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels it: its outcome is unknown.
+            Err(e) => Err(LedgerError::Io {
+                path: self.cx.config.state_dir.clone(),
+                source: std::io::Error::other(format!("group commit not finished: {e}")),
+            }),
+        }
+    }
+
+    /// Delivered but not recorded: the messages stay on the server rather than risk
+    /// losing track; their submission marks name them as possible duplicates next time.
+    fn not_recorded(&mut self, batch: Vec<Done>, e: &LedgerError) {
+        tracing::error!(account = %self.account.name, "ledger: {e}");
+        for d in batch {
+            self.defer_named(
+                d.key,
+                format!("delivered but the ledger failed: {e}"),
+                d.named,
+            );
         }
     }
 

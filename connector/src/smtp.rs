@@ -17,7 +17,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use popbridge_proto::smtp::{Param, Reply, ReplyParser, SmtpCommand};
 use popbridge_proto::DotStuffer;
 use thiserror::Error;
@@ -376,6 +376,10 @@ pub struct SmtpClient {
     spent: bool,
 }
 
+/// Room left behind a DATA transaction's message for the next one's commands (RSET, MAIL,
+/// RCPT, DATA), so they join its write without moving it.
+const NEXT_ROOM: usize = 1024;
+
 /// A transaction written ahead of its replies: which replies it is owed, in order.
 #[derive(Debug)]
 struct Flight {
@@ -388,8 +392,9 @@ struct Flight {
     /// A DATA transaction (no CHUNKING): its message goes out only once DATA is answered
     /// 354, after the replies of MAIL and RCPT said the transaction is the one written.
     by_data: bool,
-    /// DATA: the dot-stuffed message, end marker included, until it is sent.
-    data: Option<Bytes>,
+    /// DATA: the dot-stuffed message, end marker included, until it is sent (room left
+    /// for the next transaction's commands, which go out in the same write).
+    data: Option<BytesMut>,
     /// DATA: its outcome, when it had to be read before its turn (the replies of a later
     /// transaction come after it on the wire).
     result: Option<Result<Accepted, SmtpError>>,
@@ -1142,10 +1147,6 @@ impl SmtpClient {
                 "a spooled message is not written ahead of its replies",
             )));
         };
-        self.advance().await;
-        if let Some(e) = self.ended(Stage::Mail) {
-            return Err(e);
-        }
         let (mail, rcpts) = self.envelope_lines(env, prefix, body);
         let rset = self.began;
         self.began = true;
@@ -1157,37 +1158,48 @@ impl SmtpClient {
         rcpts.iter().for_each(|r| head.push_str(r));
         head.push_str("DATA\r\n");
         let mut stuffer = DotStuffer::new(true);
-        let mut data = BytesMut::with_capacity(prefix.len() + bytes.len() + bytes.len() / 32 + 8);
+        let mut data =
+            BytesMut::with_capacity(prefix.len() + bytes.len() + bytes.len() / 32 + 8 + NEXT_ROOM);
         stuffer.stuff(prefix, &mut data);
         stuffer.stuff(&bytes, &mut data);
         stuffer.finish(&mut data);
-        if let Err(e) = self
-            .write(head.as_bytes(), head.trim_end(), Stage::Mail)
-            .await
-        {
-            self.spent = true;
-            return Err(e);
+        // These commands go out right behind the message before them (in its write), so
+        // the server reads both at once and answers them in one write: a server that
+        // answered the message alone would hold the next replies until this end
+        // acknowledged the first (Nagle's algorithm against a delayed ACK: 40 ms).
+        if !self.advance(&head).await {
+            if let Some(e) = self.ended(Stage::Mail) {
+                return Err(e);
+            }
+            if let Err(e) = self
+                .write(head.as_bytes(), head.trim_end(), Stage::Mail)
+                .await
+            {
+                self.spent = true;
+                return Err(e);
+            }
         }
         self.flights.push_back(Flight {
             rset,
             rcpts: rcpts.len(),
             chunks: 0,
             by_data: true,
-            data: Some(data.freeze()),
+            data: Some(data),
             result: None,
         });
         Ok(())
     }
 
     /// Reads what is owed before the newest DATA transaction's 354 (the final replies of
-    /// those before it), then its MAIL, RCPT and DATA replies, and sends its message.
-    /// Outcomes read here wait in their flights.
-    async fn advance(&mut self) {
+    /// those before it), then its MAIL, RCPT and DATA replies, and sends its message with
+    /// `next` (the next transaction's commands) behind it. Outcomes read here wait in
+    /// their flights. True when `next` went out.
+    async fn advance(&mut self, next: &str) -> bool {
         let Some(last) = self.flights.len().checked_sub(1) else {
-            return;
+            return false;
         };
         if !self.flights[last].by_data || self.flights[last].data.is_none() {
-            return;
+            return false;
         }
         for i in 0..last {
             if self.flights[i].result.is_none() {
@@ -1197,8 +1209,12 @@ impl SmtpClient {
         }
         let f = &mut self.flights[last];
         let (rset, rcpts, data) = (f.rset, f.rcpts, f.data.take());
-        if let Err(e) = self.data_go(rset, rcpts, data).await {
-            self.flights[last].result = Some(Err(e));
+        match self.data_go(rset, rcpts, data, next).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.flights[last].result = Some(Err(e));
+                false
+            }
         }
     }
 
@@ -1209,7 +1225,7 @@ impl SmtpClient {
         }
         if let Some(data) = f.data.take() {
             // No message came after it: its 354 is read now.
-            self.data_go(f.rset, f.rcpts, Some(data)).await?;
+            self.data_go(f.rset, f.rcpts, Some(data), "").await?;
         }
         self.data_final().await
     }
@@ -1222,7 +1238,8 @@ impl SmtpClient {
         &mut self,
         rset: bool,
         rcpts: usize,
-        data: Option<Bytes>,
+        data: Option<BytesMut>,
+        next: &str,
     ) -> Result<(), SmtpError> {
         if let Some(e) = self.ended(Stage::Mail) {
             return Err(e);
@@ -1269,11 +1286,47 @@ impl SmtpClient {
         }
         let data = data.unwrap_or_default();
         tracing::debug!(target: "popbridge::wire", "SMTP C: (message, {} octets on the wire)", data.len());
-        if let Err(e) = self.write_whole(&data, "").await {
+        if let Err(e) = self.write_data_then(data, next).await {
             self.dead = true;
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Writes a message's data (its end marker included), then `next` in the same write.
+    /// Until every octet of the data is handed to the connection the server cannot have
+    /// the whole message (a failure is at [`Stage::Data`]); after that, or on a timeout,
+    /// it may have ([`Stage::EndOfData`]: outcome unknown).
+    async fn write_data_then(&mut self, mut data: BytesMut, next: &str) -> Result<(), SmtpError> {
+        for l in next.lines() {
+            tracing::debug!(target: "popbridge::wire", "SMTP C: {l}");
+        }
+        let end = data.len();
+        data.extend_from_slice(next.as_bytes());
+        let t = self.command_timeout;
+        let deadline = tokio::time::Instant::now() + t;
+        let timeout = || SmtpError::Timeout {
+            stage: Stage::EndOfData,
+            secs: t.as_secs(),
+            setting: "command",
+        };
+        let mut written = 0;
+        while written < data.len() {
+            let n = match tokio::time::timeout_at(deadline, self.io.write(&data[written..])).await {
+                Err(_) => return Err(timeout()),
+                Ok(Ok(0)) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(r) => r,
+            };
+            match n {
+                Ok(n) => written += n,
+                Err(e) if written < end => return Err(data_io(e)),
+                Err(e) => return Err(end_io(e)),
+            }
+        }
+        tokio::time::timeout_at(deadline, self.io.flush())
+            .await
+            .map_err(|_| timeout())?
+            .map_err(end_io)
     }
 
     /// The final reply of the oldest DATA transaction whose message went out.

@@ -340,7 +340,7 @@ pub async fn smtp_write(
         finals: 0,
         bytes: 0,
     };
-    for (i, m) in messages.iter().enumerate() {
+    let envelope = |m: &Bytes| {
         let mut params = Vec::new();
         if size {
             params.push(Param::new("SIZE", m.len().to_string()));
@@ -357,29 +357,54 @@ pub async fn smtp_write(
             }
             .to_string(),
         );
-        w.expect.push_back(Expect::Mail);
-        w.expect.push_back(Expect::Rcpt);
-        if chunking {
-            out.push_str(
-                &SmtpCommand::Bdat {
-                    size: m.len() as u64,
-                    last: true,
-                }
-                .to_string(),
-            );
-            let mut wire = BytesMut::from(out.as_bytes());
-            wire.extend_from_slice(m);
-            w.c.send(&wire).await?;
-            w.expect.push_back(Expect::Final(i));
-        } else {
+        out
+    };
+    if !chunking {
+        // DATA: a message may only follow its 354, so one transaction is ahead at most;
+        // each message goes out in one write with the next one's commands, as a client
+        // that knows the protocol best does (the server then answers both in one write).
+        let data_cmds = |i: usize| {
+            let mut out = envelope(&messages[i]);
             out.push_str(&SmtpCommand::Data.to_string());
-            w.c.send(out.as_bytes()).await?;
-            w.expect.push_back(Expect::DataGo(i));
+            out
+        };
+        let mut wire = BytesMut::new();
+        for i in 0..messages.len() {
+            if i == 0 {
+                w.c.send(data_cmds(0).as_bytes()).await?;
+                w.expect
+                    .extend([Expect::Mail, Expect::Rcpt, Expect::DataGo(0)]);
+            }
             // The body may only follow its 354: read up to it (earlier finals on the way).
             while w.expect.iter().any(|e| matches!(e, Expect::DataGo(_))) {
                 w.settle().await?;
             }
+            wire.clear();
+            wire.extend_from_slice(&DotStuffer::stuff_all(&messages[i], false));
+            w.expect.push_back(Expect::Final(i));
+            if i + 1 < messages.len() {
+                wire.extend_from_slice(data_cmds(i + 1).as_bytes());
+                w.expect
+                    .extend([Expect::Mail, Expect::Rcpt, Expect::DataGo(i + 1)]);
+            }
+            w.c.send(&wire).await?;
         }
+    }
+    for (i, m) in messages.iter().enumerate().filter(|_| chunking) {
+        let mut out = envelope(m);
+        w.expect.push_back(Expect::Mail);
+        w.expect.push_back(Expect::Rcpt);
+        out.push_str(
+            &SmtpCommand::Bdat {
+                size: m.len() as u64,
+                last: true,
+            }
+            .to_string(),
+        );
+        let mut wire = BytesMut::from(out.as_bytes());
+        wire.extend_from_slice(m);
+        w.c.send(&wire).await?;
+        w.expect.push_back(Expect::Final(i));
         while w
             .expect
             .iter()
@@ -413,8 +438,8 @@ struct Writer<'m> {
 }
 
 impl Writer<'_> {
-    /// Reads the next reply and checks it against what it answers; after a 354, sends the
-    /// body.
+    /// Reads the next reply and checks it against what it answers (the caller sends a
+    /// body once its 354 came).
     async fn settle(&mut self) -> Result<(), CeilingError> {
         let Some(e) = self.expect.pop_front() else {
             return Ok(());
@@ -426,14 +451,10 @@ impl Writer<'_> {
             Expect::DataGo(i) => {
                 if r.code != 354 {
                     return Err(CeilingError::Protocol(format!(
-                        "DATA refused: {}",
+                        "DATA refused for message {i}: {}",
                         r.first_line()
                     )));
                 }
-                self.c
-                    .send(&DotStuffer::stuff_all(&self.messages[i], false))
-                    .await?;
-                self.expect.push_back(Expect::Final(i));
                 Ok(())
             }
             Expect::Final(i) => {
