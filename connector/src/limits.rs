@@ -61,7 +61,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::config::{Account, Config, DeliveryKind, Profile, ReceiveLimit};
+use crate::config::{Account, Config, Profile, ReceiveLimit};
 use crate::message::Named;
 use crate::net::Dialer;
 use crate::pop3;
@@ -613,7 +613,7 @@ pub fn analyse(
     size: SizeProbe,
     sizes: Option<Vec<u64>>,
 ) -> AccountReport {
-    let pickup = matches!(config.transport.delivery, DeliveryKind::Pickup { .. });
+    let pickup = config.transport.pickup().is_some();
     let limit = |value, source| Limit { value, source };
     let receive_connector = match size {
         _ if pickup => limit(None, Source::Pickup),
@@ -746,10 +746,10 @@ pub async fn check(config: &Config, probe: bool, dialer: &dyn Dialer) -> Report 
 
 /// The receive connector's EHLO SIZE (`None`: not advertised, or a pickup folder).
 async fn probe_smtp(config: &Config, dialer: &dyn Dialer) -> Result<Option<u64>, String> {
-    if matches!(config.transport.delivery, DeliveryKind::Pickup { .. }) {
+    let Some(t) = config.transport.smtp() else {
         return Ok(None);
-    }
-    let settings = smtp::Settings::for_transport(config, false).map_err(|e| e.to_string())?;
+    };
+    let settings = smtp::Settings::for_transport(config, t, false).map_err(|e| e.to_string())?;
     let client = SmtpClient::connect(dialer, &settings)
         .await
         .map_err(|e| e.to_string())?;

@@ -1520,7 +1520,9 @@ impl Run<'_> {
         }
         if self.smtp.is_none() {
             let cfg = self.cx.config;
-            let s = smtp::Settings::for_transport(cfg, !self.sbs).map_err(SmtpError::Tls)?;
+            let t = (cfg.transport.smtp())
+                .expect("a pickup folder takes every message before an SMTP session is needed");
+            let s = smtp::Settings::for_transport(cfg, t, !self.sbs).map_err(SmtpError::Tls)?;
             self.smtp = Some(SmtpClient::connect(self.cx.dialer, &s).await?);
             self.smtp_gen += 1;
         }
@@ -2124,7 +2126,7 @@ impl Run<'_> {
         let prefix = if cfg.received_header {
             message::received_header(
                 &a.host,
-                &cfg.transport.helo,
+                cfg.transport.helo(),
                 &key,
                 for_rcpt,
                 SystemTime::now(),

@@ -13,8 +13,9 @@ impl Config {
     /// Checks the files the configuration names that must be there before any pass: every
     /// `ca_file` (readable, holding at least one certificate).
     pub fn check_files(&self) -> Result<(), ConfigError> {
-        let t = &self.transport;
-        let named = std::iter::once(("transport.ca_file".to_string(), t.ca_file.as_ref())).chain(
+        // A pickup folder has no server whose certificate a CA file would verify.
+        let transport = self.transport.smtp().and_then(|t| t.ca_file.as_ref());
+        let named = std::iter::once(("transport.ca_file".to_string(), transport)).chain(
             self.accounts
                 .iter()
                 .enumerate()

@@ -46,7 +46,7 @@ pub struct Config {
     pub parallel_accounts: usize,
     /// Whether a `Received:` trace header is prepended to each message.
     pub received_header: bool,
-    /// The SMTP server messages are submitted to.
+    /// Where messages are delivered: an SMTP server or a pickup folder.
     pub transport: Transport,
     /// Size, count and failure limits.
     pub limits: Limits,
@@ -105,23 +105,6 @@ impl ReceiveLimit {
     }
 }
 
-/// Where messages are delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryKind {
-    /// Submitted over SMTP to `host:port`.
-    Smtp,
-    /// Written as `.eml` files into an SMTP service's pickup folder (the SBS 2003 path).
-    Pickup {
-        /// The pickup folder.
-        dir: PathBuf,
-        /// Where messages that cannot be written go.
-        failed_dir: PathBuf,
-        /// The permission bits of each file published into the pickup folder: the SMTP
-        /// service that picks them up must be able to read them.
-        mode: u32,
-    },
-}
-
 /// The default `pickup_mode`: readable by the pickup service whatever its user; protect
 /// the pickup folder itself when others must not read mail in it.
 pub const DEFAULT_PICKUP_MODE: u32 = 0o644;
@@ -146,14 +129,24 @@ pub enum Profile {
     Sbs2008,
 }
 
+/// Where messages are delivered (`[transport]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Submitted over SMTP (`kind = "smtp"`, the default).
+    Smtp(SmtpTransport),
+    /// Written as `.eml` files into an SMTP service's pickup folder (`kind = "pickup"`,
+    /// the SBS 2003 path).
+    Pickup(PickupTransport),
+}
+
 /// The SMTP server messages are submitted to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transport {
+pub struct SmtpTransport {
     /// Host name or IP address.
     pub host: String,
     /// TCP port.
     pub port: u16,
-    /// The name sent in EHLO/HELO.
+    /// The name sent in EHLO/HELO (and written in the `Received:` header).
     pub helo: String,
     /// Whether STARTTLS is required.
     pub starttls: bool,
@@ -163,8 +156,54 @@ pub struct Transport {
     pub tls_accept_invalid_certs: bool,
     /// Trust only the server certificate with this SHA-256 fingerprint.
     pub tls_fingerprint: Option<Fingerprint>,
-    /// SMTP or a pickup folder.
-    pub delivery: DeliveryKind,
+}
+
+/// The pickup folder messages are written into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickupTransport {
+    /// The pickup folder.
+    pub dir: PathBuf,
+    /// Where messages that cannot be written go.
+    pub failed_dir: PathBuf,
+    /// The permission bits of each file published into the pickup folder: the SMTP
+    /// service that picks them up must be able to read them.
+    pub mode: u32,
+    /// The name written in the `Received:` header (`helo`).
+    pub helo: String,
+}
+
+impl Transport {
+    /// The name this host goes by: sent in EHLO/HELO and written in the `Received:` header.
+    pub fn helo(&self) -> &str {
+        match self {
+            Self::Smtp(t) => &t.helo,
+            Self::Pickup(t) => &t.helo,
+        }
+    }
+
+    /// The SMTP server, when messages are submitted over SMTP.
+    pub fn smtp(&self) -> Option<&SmtpTransport> {
+        match self {
+            Self::Smtp(t) => Some(t),
+            Self::Pickup(_) => None,
+        }
+    }
+
+    /// The SMTP server to change, when messages are submitted over SMTP.
+    pub fn smtp_mut(&mut self) -> Option<&mut SmtpTransport> {
+        match self {
+            Self::Smtp(t) => Some(t),
+            Self::Pickup(_) => None,
+        }
+    }
+
+    /// The pickup folder, when messages are written into one.
+    pub fn pickup(&self) -> Option<&PickupTransport> {
+        match self {
+            Self::Smtp(_) => None,
+            Self::Pickup(t) => Some(t),
+        }
+    }
 }
 
 /// Size, count and failure limits.

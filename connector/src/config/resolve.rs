@@ -17,8 +17,9 @@ use super::raw::{
 };
 use super::values::{parse_duration, parse_mode, parse_size};
 use super::{
-    Account, AuthMethod, CatchAll, Config, ConfigError, DeliveryKind, Exchange, Limits, OAuth2,
-    ReceiveLimit, Timeouts, TlsMode, Transport, DEFAULT_LEDGER_RETENTION, DEFAULT_PICKUP_MODE,
+    Account, AuthMethod, CatchAll, Config, ConfigError, Exchange, Limits, OAuth2, PickupTransport,
+    ReceiveLimit, SmtpTransport, Timeouts, TlsMode, Transport, DEFAULT_LEDGER_RETENTION,
+    DEFAULT_PICKUP_MODE,
 };
 use crate::oauth2::TokenUrl;
 use crate::pin::Fingerprint;
@@ -377,12 +378,14 @@ impl Ctx<'_> {
         Ok(addr)
     }
 
+    /// `[transport]`: an SMTP server, or a pickup folder. Every key given is validated
+    /// (in file-format order) whichever kind uses it.
     pub(super) fn transport(&self, raw: &RawTransport, state_dir: &Path) -> Res<Transport> {
         // The `[transport]` header's position, for keys missing from it.
         let span = self.table_header("transport");
         let kind = raw.kind.unwrap_or(RawDeliveryKind::Smtp);
-        let delivery = match kind {
-            RawDeliveryKind::Smtp => DeliveryKind::Smtp,
+        let pickup = match kind {
+            RawDeliveryKind::Smtp => None,
             RawDeliveryKind::Pickup => {
                 let Some(dir) = &raw.pickup_dir else {
                     return Err(self.error(
@@ -410,11 +413,7 @@ impl Ctx<'_> {
                     })?,
                     None => DEFAULT_PICKUP_MODE,
                 };
-                DeliveryKind::Pickup {
-                    dir,
-                    failed_dir,
-                    mode,
-                }
+                Some((dir, failed_dir, mode))
             }
         };
         let host = match (&raw.host, kind) {
@@ -428,8 +427,7 @@ impl Ctx<'_> {
                 ))
             }
         };
-        Ok(Transport {
-            delivery,
+        let smtp = SmtpTransport {
             host,
             port: self.int(
                 raw.port.as_ref(),
@@ -449,6 +447,17 @@ impl Ctx<'_> {
             tls_accept_invalid_certs: raw.tls_accept_invalid_certs,
             tls_fingerprint: self
                 .fingerprint(raw.tls_fingerprint.as_ref(), "transport.tls_fingerprint")?,
+        };
+        Ok(match pickup {
+            None => Transport::Smtp(smtp),
+            // The SMTP keys are not used with a pickup folder, but for the name in the
+            // `Received:` header.
+            Some((dir, failed_dir, mode)) => Transport::Pickup(PickupTransport {
+                dir,
+                failed_dir,
+                mode,
+                helo: smtp.helo,
+            }),
         })
     }
 

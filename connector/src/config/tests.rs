@@ -102,7 +102,7 @@ fn a_full_example_loads_with_the_exact_values() {
         profile: Profile::Sbs2008,
         parallel_accounts: 8,
         received_header: false,
-        transport: Transport {
+        transport: Transport::Smtp(SmtpTransport {
             host: "mail.contoso.local".into(),
             port: 2525,
             helo: "popbridge.contoso.local".into(),
@@ -110,8 +110,7 @@ fn a_full_example_loads_with_the_exact_values() {
             ca_file: Some(PathBuf::from("/etc/popbridge/ca.pem")),
             tls_accept_invalid_certs: true,
             tls_fingerprint: None,
-            delivery: DeliveryKind::Smtp,
-        },
+        }),
         limits: Limits {
             max_message_size: Some(10 * 1024 * 1024),
             max_messages_per_session: 200,
@@ -197,7 +196,7 @@ fn defaults() {
     assert!(c.received_header);
     assert_eq!(
         c.transport,
-        Transport {
+        Transport::Smtp(SmtpTransport {
             host: "127.0.0.1".into(),
             port: 25,
             helo: "popbridge.localdomain".into(),
@@ -205,8 +204,7 @@ fn defaults() {
             ca_file: None,
             tls_accept_invalid_certs: false,
             tls_fingerprint: None,
-            delivery: DeliveryKind::Smtp,
-        }
+        })
     );
     assert_eq!(
         (c.interval, c.jitter),
@@ -377,7 +375,10 @@ fn tls_fingerprint_is_parsed_for_accounts_and_the_transport_and_refused_when_mal
             &format!("[[account]]\ntls_fingerprint = \"{}\"", "CD".repeat(32)),
         );
     let cfg = Config::from_str(&text, Path::new("popbridge.toml")).unwrap();
-    assert_eq!(cfg.transport.tls_fingerprint, Some(Fingerprint([0xab; 32])));
+    assert_eq!(
+        cfg.transport.smtp().unwrap().tls_fingerprint,
+        Some(Fingerprint([0xab; 32]))
+    );
     assert_eq!(
         cfg.accounts[0].tls_fingerprint,
         Some(Fingerprint([0xcd; 32]))
@@ -902,12 +903,13 @@ fn pickup_transport_needs_its_folder_and_no_host() {
         "kind = \"pickup\"\npickup_dir = \"pickup\"\n",
     );
     let c = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    match &c.transport.delivery {
-        DeliveryKind::Pickup {
+    match &c.transport {
+        Transport::Pickup(PickupTransport {
             dir,
             failed_dir,
             mode,
-        } => {
+            ..
+        }) => {
             assert!(dir.ends_with("pickup"), "{dir:?}");
             assert_eq!(failed_dir, &c.state_dir.join("failed"));
             assert_eq!(*mode, DEFAULT_PICKUP_MODE);
@@ -918,7 +920,7 @@ fn pickup_transport_needs_its_folder_and_no_host() {
         let c = load(&text.replace("pickup_dir", &format!("pickup_mode = {given}\npickup_dir")))
             .unwrap();
         assert!(
-            matches!(c.transport.delivery, DeliveryKind::Pickup { mode, .. } if Some(mode) == want),
+            matches!(c.transport, Transport::Pickup(PickupTransport { mode, .. }) if Some(mode) == want),
             "{given}"
         );
     }
