@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::certinfo::CertificateInfo;
-use crate::config::{Account, Config, Profile, SmtpTransport, TlsMode, Transport};
+use crate::config::{Account, Config, SmtpTransport, TlsMode, Transport};
 use crate::net::{self, host_port, CertificateWatch, Dialer};
 use crate::pop3::{self, Pop3Error, Transaction};
 use crate::secret::Secret;
@@ -588,14 +588,13 @@ async fn diagnose_smtp(
         tls: false,
         certificate: None,
     };
-    let mut settings =
-        match smtp::Settings::for_transport(config, t, config.profile != Profile::Sbs2008) {
-            Ok(s) => s,
-            Err(e) => {
-                d.ok = Err(e.to_string());
-                return d;
-            }
-        };
+    let mut settings = match smtp::Settings::for_transport(config, t, config.policy().pipelining) {
+        Ok(s) => s,
+        Err(e) => {
+            d.ok = Err(e.to_string());
+            return d;
+        }
+    };
     let mut watch = None;
     if settings.starttls.is_some() {
         match net::watched_client_config(

@@ -23,11 +23,13 @@ use resolve::Ctx;
 
 mod error;
 mod files;
+mod policy;
 mod raw;
 mod resolve;
 mod values;
 
 pub use error::ConfigError;
+pub use policy::{Policy, SizeRule, SBS_DEFAULT_LIMIT};
 pub use values::{parse_duration, parse_size};
 
 /// How long the ledger remembers a message after it left the server (`ledger_retention`).

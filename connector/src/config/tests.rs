@@ -1091,3 +1091,39 @@ fn catch_all_needs_something_local_and_valid_domains() {
         .to_string()
         .contains("invalid domain"));
 }
+
+#[test]
+fn the_profile_decides_the_policy() {
+    let limits = "[limits]\nmax_messages_per_session = 20\npoison_after = 7\nsmtp_reconnects = 9\n";
+    let p = load(&format!("{MINIMAL}{limits}")).unwrap().policy();
+    assert_eq!(
+        p,
+        Policy {
+            repair_senders: true,
+            pipelining: true,
+            reconnect_before_error_limit: true,
+            smtp_reconnects: 9,
+            max_per_session: 20,
+            size_rule: SizeRule::SmallestKnown,
+            stop_at_oversize: false,
+            quarantine_after: Some(7),
+        }
+    );
+    let sbs = format!("profile = \"sbs2008\"\n{MINIMAL}{limits}");
+    let p = load(&sbs).unwrap().policy();
+    assert_eq!(
+        p,
+        Policy {
+            repair_senders: false,
+            pipelining: false,
+            reconnect_before_error_limit: false,
+            smtp_reconnects: 0,
+            max_per_session: 500,
+            size_rule: SizeRule::ReceiveConnector {
+                unadvertised: 10 * 1024 * 1024
+            },
+            stop_at_oversize: true,
+            quarantine_after: None,
+        }
+    );
+}
