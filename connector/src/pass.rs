@@ -1517,8 +1517,10 @@ impl Run<'_> {
         }
         if self.smtp.is_none() {
             let cfg = self.cx.config;
-            let t = (cfg.transport.smtp())
-                .expect("a pickup folder takes every message before an SMTP session is needed");
+            let t = cfg
+                .transport
+                .smtp()
+                .expect("a pickup folder never opens an SMTP session");
             let s = smtp::Settings::for_transport(cfg, t, self.policy.pipelining)
                 .map_err(SmtpError::Tls)?;
             self.smtp = Some(SmtpClient::connect(self.cx.dialer, &s).await?);
