@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::certinfo::CertificateInfo;
-use crate::config::{Account, Config, DeliveryKind, Profile, TlsMode};
+use crate::config::{Account, Config, SmtpTransport, TlsMode, Transport};
 use crate::net::{self, host_port, CertificateWatch, Dialer};
 use crate::pop3::{self, Pop3Error, Transaction};
 use crate::secret::Secret;
@@ -549,10 +549,9 @@ async fn close(txn: Transaction, e: Pop3Error) -> String {
 }
 
 async fn diagnose_transport(config: &Config, dialer: &dyn Dialer) -> TransportDiagnosis {
-    let t = &config.transport;
-    match &t.delivery {
-        DeliveryKind::Pickup { dir, .. } => diagnose_pickup(config, dir).await,
-        DeliveryKind::Smtp => diagnose_smtp(config, dialer).await,
+    match &config.transport {
+        Transport::Pickup(t) => diagnose_pickup(config, &t.dir).await,
+        Transport::Smtp(t) => diagnose_smtp(config, t, dialer).await,
     }
 }
 
@@ -576,8 +575,11 @@ async fn diagnose_pickup(config: &Config, dir: &Path) -> TransportDiagnosis {
 }
 
 /// The SMTP server: greeting, EHLO, STARTTLS when configured, then QUIT (no MAIL).
-async fn diagnose_smtp(config: &Config, dialer: &dyn Dialer) -> TransportDiagnosis {
-    let t = &config.transport;
+async fn diagnose_smtp(
+    config: &Config,
+    t: &SmtpTransport,
+    dialer: &dyn Dialer,
+) -> TransportDiagnosis {
     let mut d = TransportDiagnosis {
         server: host_port(&t.host, t.port),
         ok: Ok(()),
@@ -586,14 +588,13 @@ async fn diagnose_smtp(config: &Config, dialer: &dyn Dialer) -> TransportDiagnos
         tls: false,
         certificate: None,
     };
-    let mut settings =
-        match smtp::Settings::for_transport(config, config.profile != Profile::Sbs2008) {
-            Ok(s) => s,
-            Err(e) => {
-                d.ok = Err(e.to_string());
-                return d;
-            }
-        };
+    let mut settings = match smtp::Settings::for_transport(config, t, config.policy().pipelining) {
+        Ok(s) => s,
+        Err(e) => {
+            d.ok = Err(e.to_string());
+            return d;
+        }
+    };
     let mut watch = None;
     if settings.starttls.is_some() {
         match net::watched_client_config(

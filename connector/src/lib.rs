@@ -33,5 +33,6 @@ pub mod routing;
 pub mod secret;
 pub mod smtp;
 pub mod status;
+pub mod toml_locate;
 
 pub use popbridge_proto as proto;

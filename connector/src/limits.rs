@@ -61,14 +61,12 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::config::{Account, Config, DeliveryKind, Profile, ReceiveLimit};
+use crate::config::{Account, Config, Profile, ReceiveLimit, SizeRule};
 use crate::message::Named;
 use crate::net::Dialer;
 use crate::pop3;
 use crate::smtp::{self, SmtpClient};
 
-/// The old SBS connector's limit when its receive connector advertises no SIZE (10 MB).
-pub const SBS_DEFAULT_LIMIT: u64 = 10 * 1024 * 1024;
 /// Name of popbridge's own limit (`limits.max_message_size`).
 pub const MAX_MESSAGE_SIZE: &str = "max_message_size";
 /// Name of the receive connector's `MaxMessageSize`, advertised as EHLO `SIZE`.
@@ -232,6 +230,8 @@ pub struct AccountReport {
     pub account: String,
     /// The behaviour profile the analysis assumes.
     pub profile: Profile,
+    /// How that profile finds the download limit.
+    pub size_rule: SizeRule,
     /// `limits.max_message_size`; `None` = auto (the receive connector's SIZE).
     pub configured: Option<u64>,
     /// The receive connector's EHLO SIZE.
@@ -368,9 +368,11 @@ impl AccountReport {
     fn value_of(&self, name: &str) -> Option<u64> {
         match name {
             MAX_MESSAGE_SIZE => self.configured,
-            RECEIVE_CONNECTOR => match self.profile {
-                Profile::Sbs2008 => self.receive_connector.value.or(self.effective),
-                Profile::Default => self.receive_connector.value,
+            RECEIVE_CONNECTOR => match self.size_rule {
+                SizeRule::ReceiveConnector { .. } => {
+                    self.receive_connector.value.or(self.effective)
+                }
+                SizeRule::SmallestKnown => self.receive_connector.value,
             },
             ORGANIZATION => self.organization.value,
             MAILBOX => self.mailbox.value,
@@ -483,9 +485,9 @@ pub fn largest_attachment(limit: u64) -> u64 {
 /// it ignored the other limits). A `smtp_size` of 0 means "no fixed limit" (RFC 1870).
 pub fn effective_limit(config: &Config, account: &Account, smtp_size: Option<u64>) -> Option<u64> {
     let smtp_size = smtp_size.filter(|&s| s > 0);
-    match config.profile {
-        Profile::Sbs2008 => Some(smtp_size.unwrap_or(SBS_DEFAULT_LIMIT)),
-        Profile::Default => [
+    match config.policy().size_rule {
+        SizeRule::ReceiveConnector { unadvertised } => Some(smtp_size.unwrap_or(unadvertised)),
+        SizeRule::SmallestKnown => [
             config.limits.max_message_size,
             smtp_size,
             config.exchange.organization_receive_limit.octets(),
@@ -499,7 +501,7 @@ pub fn effective_limit(config: &Config, account: &Account, smtp_size: Option<u64
 
 /// The limits of one account, as the outcome of a size is decided from them.
 struct Chain {
-    profile: Profile,
+    size_rule: SizeRule,
     configured: Option<u64>,
     receive: Option<u64>,
     organization: Option<u64>,
@@ -524,8 +526,8 @@ impl Chain {
             }
             best.map(|(_, name)| name)
         };
-        match self.profile {
-            Profile::Default => {
+        match self.size_rule {
+            SizeRule::SmallestKnown => {
                 if over(self.receive) {
                     return Outcome::Stuck {
                         limit: RECEIVE_CONNECTOR,
@@ -540,7 +542,7 @@ impl Chain {
                     None => Outcome::Delivered,
                 }
             }
-            Profile::Sbs2008 => {
+            SizeRule::ReceiveConnector { .. } => {
                 if over(self.download) || over(self.receive) {
                     return Outcome::Stuck {
                         limit: RECEIVE_CONNECTOR,
@@ -613,7 +615,7 @@ pub fn analyse(
     size: SizeProbe,
     sizes: Option<Vec<u64>>,
 ) -> AccountReport {
-    let pickup = matches!(config.transport.delivery, DeliveryKind::Pickup { .. });
+    let pickup = config.transport.pickup().is_some();
     let limit = |value, source| Limit { value, source };
     let receive_connector = match size {
         _ if pickup => limit(None, Source::Pickup),
@@ -624,8 +626,9 @@ pub fn analyse(
     };
     let organization = Limit::declared(config.exchange.organization_receive_limit);
     let mailbox = Limit::declared(account.mailbox_receive_limit);
+    let size_rule = config.policy().size_rule;
     let chain_with = |receive: Option<u64>| Chain {
-        profile: config.profile,
+        size_rule,
         configured: config.limits.max_message_size,
         receive,
         organization: organization.value,
@@ -681,6 +684,7 @@ pub fn analyse(
     AccountReport {
         account: account.name.clone(),
         profile: config.profile,
+        size_rule,
         configured: chain.configured,
         receive_connector,
         organization,
@@ -746,10 +750,10 @@ pub async fn check(config: &Config, probe: bool, dialer: &dyn Dialer) -> Report 
 
 /// The receive connector's EHLO SIZE (`None`: not advertised, or a pickup folder).
 async fn probe_smtp(config: &Config, dialer: &dyn Dialer) -> Result<Option<u64>, String> {
-    if matches!(config.transport.delivery, DeliveryKind::Pickup { .. }) {
+    let Some(t) = config.transport.smtp() else {
         return Ok(None);
-    }
-    let settings = smtp::Settings::for_transport(config, false).map_err(|e| e.to_string())?;
+    };
+    let settings = smtp::Settings::for_transport(config, t, false).map_err(|e| e.to_string())?;
     let client = SmtpClient::connect(dialer, &settings)
         .await
         .map_err(|e| e.to_string())?;
@@ -908,7 +912,8 @@ fn stuck_label(m: &StuckMessage) -> String {
 }
 
 fn render_account(out: &mut String, a: &AccountReport) {
-    let sbs = a.profile == Profile::Sbs2008;
+    // Only the receive connector's SIZE counts: profile sbs2008.
+    let sbs = matches!(a.size_rule, SizeRule::ReceiveConnector { .. });
     let _ = writeln!(out, "Account {} (profile {})", a.account, a.profile);
 
     let mut configured = match a.configured {

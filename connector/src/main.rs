@@ -179,11 +179,12 @@ fn load_config(
 /// Makes `state_dir` private (a warning event for each path tightened), then opens the
 /// ledger; `Err` is the exit code after the reason was printed.
 fn open_state(config: &Config, events: &EventSink) -> Result<Ledger, Exit> {
-    use popbridge::config::DeliveryKind;
-    let pickup: Vec<&std::path::Path> = match &config.transport.delivery {
-        DeliveryKind::Pickup { dir, .. } => vec![dir.as_path()],
-        DeliveryKind::Smtp => Vec::new(),
-    };
+    let pickup: Vec<&std::path::Path> = config
+        .transport
+        .pickup()
+        .map(|t| t.dir.as_path())
+        .into_iter()
+        .collect();
     match popbridge::private::secure_state_dir(&config.state_dir, &pickup) {
         Ok(changed) => {
             for t in changed {

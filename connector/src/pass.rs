@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::body::Body;
-use crate::config::{Account, Config, Profile};
+use crate::config::{Account, Config, Policy};
 use crate::events::{Event, EventSink, Named, PassEvents, PassId};
 pub use crate::faults::{FailPoint, Faults, Sabotage, Step};
 use crate::keys::{self, DigestKeys};
@@ -84,10 +84,6 @@ use crate::pop3::{self, Pending, Pop3Error, Response, Transaction};
 use crate::routing;
 use crate::smtp::{self, Envelope, SmtpClient, SmtpError};
 
-/// The old SBS connector's fixed limit, used by `profile = "sbs2008"`.
-const SBS_LIMIT: u64 = 10 * 1024 * 1024;
-/// The old SBS connector's per-session cap.
-const SBS_MAX_PER_SESSION: usize = 500;
 /// The most RETRs kept in flight when the server offers PIPELINING...
 const RETR_WINDOW: usize = 512;
 /// ...and the most octets (by LIST size) they may add up to (one message at least).
@@ -521,7 +517,8 @@ struct Run<'a> {
     summary: Summary,
     smtp: Option<SmtpClient>,
     reconnects: u32,
-    sbs: bool,
+    /// What the profile makes of this pass (derived once from the configuration).
+    policy: Policy,
     spool: PathBuf,
     /// Message number → ledger key, for DELEs confirmed at QUIT.
     deleting: HashMap<u32, String>,
@@ -611,7 +608,7 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
         },
         smtp: None,
         reconnects: 0,
-        sbs: cx.config.profile == Profile::Sbs2008,
+        policy: cx.config.policy(),
         spool: cx.config.state_dir.join("spool"),
         deleting: HashMap::new(),
         stop_smtp: None,
@@ -1518,11 +1515,11 @@ impl Run<'_> {
             // No SMTP server to ask: the configured limits alone, Exchange's included (the
             // pickup service hands the message to the same categoriser that bounces it).
             // Under sbs2008: the old connector's fixed limit.
-            return Ok(if self.sbs {
-                Some(SBS_LIMIT)
-            } else {
-                crate::limits::effective_limit(self.cx.config, self.account, None)
-            });
+            return Ok(crate::limits::effective_limit(
+                self.cx.config,
+                self.account,
+                None,
+            ));
         }
         let server = self.session().await?.ext.max_size();
         // The smallest of every limit on the way, Exchange's after-acceptance limits
@@ -1544,7 +1541,7 @@ impl Run<'_> {
             .smtp
             .as_ref()
             .is_some_and(|s| s.protocol_errors() + 2 >= max);
-        if worn && !self.sbs {
+        if worn && self.policy.reconnect_before_error_limit {
             if let Some(s) = self.smtp.take() {
                 let errors = s.protocol_errors();
                 s.quit().await;
@@ -1558,7 +1555,12 @@ impl Run<'_> {
         }
         if self.smtp.is_none() {
             let cfg = self.cx.config;
-            let s = smtp::Settings::for_transport(cfg, !self.sbs).map_err(SmtpError::Tls)?;
+            let t = cfg
+                .transport
+                .smtp()
+                .expect("a pickup folder never opens an SMTP session");
+            let s = smtp::Settings::for_transport(cfg, t, self.policy.pipelining)
+                .map_err(SmtpError::Tls)?;
             self.smtp = Some(SmtpClient::connect(self.cx.dialer, &s).await?);
             self.smtp_gen += 1;
         }
@@ -1567,11 +1569,7 @@ impl Run<'_> {
 
     /// The most messages submitted per pass.
     fn cap(&self) -> usize {
-        if self.sbs {
-            SBS_MAX_PER_SESSION
-        } else {
-            self.cx.config.limits.max_messages_per_session
-        }
+        self.policy.max_per_session
     }
 
     async fn process(&mut self, txn: &mut Transaction, work: Vec<Item>) -> Result<(), Broken> {
@@ -1607,7 +1605,7 @@ impl Run<'_> {
         // Under sbs2008, the old connector's documented field behaviour: the first message
         // over the limit (in maildrop order) stops the mailbox's pass, so nothing behind it
         // arrives, on this pass or any later one while it stays on the server.
-        let (work, behind) = if self.sbs {
+        let (work, behind) = if self.policy.stop_at_oversize {
             stall_at_first_oversize(work, over)
         } else {
             (work, Vec::new())
@@ -2134,7 +2132,7 @@ impl Run<'_> {
             cfg.limits.default_domain.as_deref(),
             &cfg.limits.fallback_sender,
             smtputf8,
-            !self.sbs,
+            self.policy.repair_senders,
         );
         if let Some(r) = &sender.repair {
             self.emit(Event::SenderRepaired {
@@ -2162,7 +2160,7 @@ impl Run<'_> {
         let prefix = if cfg.received_header {
             message::received_header(
                 &a.host,
-                &cfg.transport.helo,
+                cfg.transport.helo(),
                 &key,
                 for_rcpt,
                 SystemTime::now(),
@@ -2427,7 +2425,6 @@ impl Run<'_> {
         f: Flight,
         attempt: Result<smtp::Accepted, SmtpError>,
     ) {
-        let cfg = self.cx.config;
         let a = self.account;
         let Flight {
             item,
@@ -2519,7 +2516,7 @@ impl Run<'_> {
                     }
                 };
                 // The old connector never gave up on a message: no quarantine under sbs2008.
-                if !self.sbs && failures >= cfg.limits.poison_after {
+                if self.policy.quarantine_after.is_some_and(|n| failures >= n) {
                     self.quarantine(txn, item.n, &key, &body, named).await;
                 } else {
                     self.summary.rejected += 1;
@@ -2695,11 +2692,7 @@ impl Run<'_> {
     /// by `smtp_reconnects`, none under sbs2008); otherwise every later message waits for
     /// the next pass.
     fn replace_session(&mut self, reason: &str) -> bool {
-        let max = if self.sbs {
-            0
-        } else {
-            self.cx.config.limits.smtp_reconnects
-        };
+        let max = self.policy.smtp_reconnects;
         if self.reconnects < max {
             self.reconnects += 1;
             self.emit(Event::Reconnected {

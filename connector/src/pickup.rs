@@ -58,7 +58,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
 use crate::body::Body;
-use crate::config::{Config, DeliveryKind};
+use crate::config::Config;
 
 /// The subfolder of the pickup and failed-mail folders where files are staged.
 pub const STAGING_DIR: &str = ".popbridge-tmp";
@@ -182,21 +182,15 @@ impl Pickup {
 
     /// The pickup target of a configuration, when its transport is a pickup folder.
     pub fn from_config(config: &Config) -> Option<Self> {
-        match &config.transport.delivery {
-            DeliveryKind::Pickup {
-                dir,
-                failed_dir,
-                mode,
-            } => Some(
-                Self::new(
-                    dir.clone(),
-                    failed_dir.clone(),
-                    config.state_dir.join(JOURNAL_DIR),
-                )
-                .with_mode(*mode),
-            ),
-            DeliveryKind::Smtp => None,
-        }
+        let t = config.transport.pickup()?;
+        Some(
+            Self::new(
+                t.dir.clone(),
+                t.failed_dir.clone(),
+                config.state_dir.join(JOURNAL_DIR),
+            )
+            .with_mode(t.mode),
+        )
     }
 
     /// The pickup folder.

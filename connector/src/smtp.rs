@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::{Config, SmtpTransport};
 use crate::net::{self, BoxIo, Dialer, TlsError};
 
 /// Chunk size for BDAT and for streaming DATA.
@@ -296,11 +296,14 @@ pub struct Settings<'a> {
 }
 
 impl<'a> Settings<'a> {
-    /// How the pass, `diagnose` and `check-limits` reach the transport: its server and EHLO
-    /// name, a STARTTLS configuration when required, and the configured timeouts;
-    /// `pipelining` says whether MAIL and RCPT may be pipelined.
-    pub fn for_transport(config: &'a Config, pipelining: bool) -> Result<Self, TlsError> {
-        let t = &config.transport;
+    /// How the pass, `diagnose` and `check-limits` reach the SMTP transport `t`: its
+    /// server and EHLO name, a STARTTLS configuration when required, and the configured
+    /// timeouts; `pipelining` says whether MAIL and RCPT may be pipelined.
+    pub fn for_transport(
+        config: &Config,
+        t: &'a SmtpTransport,
+        pipelining: bool,
+    ) -> Result<Self, TlsError> {
         let starttls = match t.starttls {
             true => Some(net::client_config(
                 t.ca_file.as_deref(),

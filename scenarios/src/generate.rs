@@ -24,8 +24,8 @@ use std::path::Path;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::locate::KeyPath;
 use crate::schema::{BodyShape, Ctx, Error, MessageSpec, Pop3Mailbox, Scalar, MAX_COUNT, MAX_SIZE};
+use popbridge::toml_locate::KeyPath;
 
 /// The fixed Date header value of generated messages.
 pub const DATE: &str = "Mon, 02 Jan 2006 15:04:05 +0000";

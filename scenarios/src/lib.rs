@@ -15,7 +15,6 @@ pub mod chaos;
 pub mod external;
 pub mod generate;
 pub mod junit;
-mod locate;
 pub mod outcome;
 pub mod proxy;
 pub mod report;

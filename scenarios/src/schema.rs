@@ -17,11 +17,11 @@ use mock_pop3::AuthMethod;
 use mock_smtp::{Extensions, Limits, MailboxSpec, SpamField, SpamRule};
 use popbridge::config::{parse_duration, parse_size};
 use popbridge::faults::{FailPoint, Sabotage, Step};
+use popbridge::toml_locate::{render, KeyPath, Located, Locator, Seg};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::generate::{self, Planned};
-use crate::locate::{render, KeyPath, Locator, Seg};
 use crate::proxy::Shape;
 
 /// How long a scenario may run before it is reported as failed.
@@ -313,37 +313,7 @@ impl OneOrMany {
 }
 
 /// An integer or a string (sizes such as `"10MB"`, durations such as `"30s"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scalar {
-    /// A bare number (octets or seconds).
-    Int(i64),
-    /// Text with a unit.
-    Text(String),
-}
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number or a string such as \"10MB\" or \"30s\"")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar::Int(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                i64::try_from(v)
-                    .map(Scalar::Int)
-                    .map_err(|_| E::custom("number too large"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Text(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+pub use popbridge::toml_locate::Scalar;
 
 /// What a fault does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -897,36 +867,22 @@ impl Ctx<'_> {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> Error {
-        let span = e.span();
-        let mut message = e.message().trim().lines().collect::<Vec<_>>().join("; ");
-        let mut key = span
-            .as_ref()
-            .and_then(|s| self.loc.path_at(s.start))
-            .map(|p| render(&p));
-        if let Some(field) = backticked(&message, "missing field ") {
-            key = Some(match key {
-                Some(k) => format!("{k}.{field}"),
-                None => field,
-            });
-            message = "missing required key".into();
-        } else if let Some(rest) = message.strip_prefix("unknown field ") {
-            message = format!("unknown key {rest}");
-        } else if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let Located {
+            line,
+            key,
+            mut message,
+            ..
+        } = self.loc.locate(e);
+        if let Some(rest) = message.strip_prefix("unknown variant ") {
             message = format!("unknown value {rest}");
         }
         Error::Invalid {
             path: self.path.to_path_buf(),
-            line: span.map(|s| self.loc.line_of(s.start)),
+            line,
             key,
             message: message.replace('`', "\""),
         }
     }
-}
-
-fn backticked(message: &str, prefix: &str) -> Option<String> {
-    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
-    let end = rest.find('`')?;
-    Some(rest[..end].to_string())
 }
 
 /// The connector profiles `[run] profiles` may name.

@@ -475,7 +475,7 @@ async fn a_released_message_no_longer_on_the_server_is_delivered_from_its_copy_o
     drop(ledger);
 
     let accepting = smtp(MockSmtp::builder()).await;
-    s.config.transport.port = accepting.addr().unwrap().port();
+    s.config.transport.smtp_mut().unwrap().port = accepting.addr().unwrap().port();
     for pass in 1..=2 {
         let (sum, events) = s.pass(&pop, &accepting).await;
         assert_eq!(sum.delivered, u32::from(pass == 1), "pass {pass}: {sum:?}");

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use mock_pop3::{FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, MockPop3};
 use mock_smtp::{Delivery, MailboxSpec, MockSmtp, MockSmtpHandle};
 use popbridge::body::Body;
-use popbridge::config::DeliveryKind;
+use popbridge::config::{PickupTransport, Transport};
 use popbridge::events::Event;
 use popbridge::pickup::{Pickup, STAGING_DIR};
 
@@ -43,11 +43,12 @@ fn pickup_setup(
     let mut s = setup(pop, smtp, extra, "");
     s.config.received_header = false;
     let failed_dir = failed_dir.unwrap_or_else(|| s.state().join("failed"));
-    s.config.transport.delivery = DeliveryKind::Pickup {
+    s.config.transport = Transport::Pickup(PickupTransport {
         dir: pickup_dir.to_path_buf(),
         failed_dir,
         mode: popbridge::config::DEFAULT_PICKUP_MODE,
-    };
+        helo: s.config.transport.helo().to_string(),
+    });
     s
 }
 
@@ -346,11 +347,12 @@ async fn an_unwritable_pickup_folder_keeps_mail_on_the_server_with_a_failed_mail
     // Once the folder is fixed the mail flows, and the failed copies go away.
     let dir = root.path().join("Pickup");
     std::fs::create_dir(&dir).unwrap();
-    s.config.transport.delivery = DeliveryKind::Pickup {
+    s.config.transport = Transport::Pickup(PickupTransport {
         dir: dir.clone(),
         failed_dir: failed_dir.clone(),
         mode: popbridge::config::DEFAULT_PICKUP_MODE,
-    };
+        helo: s.config.transport.helo().to_string(),
+    });
     let (ok, _) = s.pass(&pop, &smtp).await;
     assert_eq!((ok.delivered, ok.deleted), (2, 2), "{ok:?}");
     assert_eq!(by_message_id(&eml_files(&dir)).len(), 2);

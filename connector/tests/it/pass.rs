@@ -481,7 +481,7 @@ async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() 
     let smtp = smtp(MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, "", "");
     let mut cfg = s.config.clone();
-    cfg.transport.port = listener().await.local_addr().unwrap().port();
+    cfg.transport.smtp_mut().unwrap().port = listener().await.local_addr().unwrap().port();
     let s = Setup {
         config: cfg,
         dir: s.dir,

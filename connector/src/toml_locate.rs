@@ -1,18 +1,24 @@
-//! Where a key is in a scenario's TOML text: key paths to 1-based lines and back.
+//! Where a key is in a TOML text, and TOML parse errors said in plain words.
 //!
-//! Responsible for: turning toml's byte spans into the key path an error is about
-//! (`pop3.mailbox[0].message[2].size`) and a key path into the line that holds it, using
-//! toml_edit's spans of the parsed document.
-//! Must never: interpret the scenario (that is `schema`), or fail: an unknown position
-//! simply has no line.
+//! Responsible for: key paths (`pop3.mailbox[0].message[2].size`, `account[1].tls`) and
+//! their rendering, turning toml's byte spans into the key path and 1-based line an error
+//! is about and a key path into the line that holds it (toml_edit's spans of the parsed
+//! document), the wording shared by the configuration and scenario loaders for serde's
+//! "missing field" and "unknown field", and the integer-or-string [`Scalar`] sizes and
+//! durations are written as.
+//! Must never: interpret a document (which keys exist is the loaders' business), or fail:
+//! an unknown position simply has no line or key.
 
+use std::fmt;
 use std::ops::Range;
 
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
 use toml_edit::{ImDocument, Item, Table, Value};
 
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Seg {
+pub enum Seg {
     /// A table key.
     Key(String),
     /// An array index (array of tables or inline array).
@@ -21,37 +27,37 @@ pub(crate) enum Seg {
 
 /// A key path under construction: `KeyPath::root().key("pop3").key("mailbox").index(0)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct KeyPath(pub(crate) Vec<Seg>);
+pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
     /// The document root.
-    pub(crate) fn root() -> Self {
+    pub fn root() -> Self {
         Self(Vec::new())
     }
 
     /// This path followed by a key.
-    pub(crate) fn key(&self, k: &str) -> Self {
+    pub fn key(&self, k: &str) -> Self {
         let mut v = self.0.clone();
         v.push(Seg::Key(k.to_string()));
         Self(v)
     }
 
     /// This path followed by an array index.
-    pub(crate) fn index(&self, i: usize) -> Self {
+    pub fn index(&self, i: usize) -> Self {
         let mut v = self.0.clone();
         v.push(Seg::Index(i));
         Self(v)
     }
 }
 
-impl std::fmt::Display for KeyPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&render(&self.0))
     }
 }
 
 /// Renders a key path: `pop3.mailbox[0].message[1]."odd key"`.
-pub(crate) fn render(path: &[Seg]) -> String {
+pub fn render(path: &[Seg]) -> String {
     let mut out = String::new();
     for seg in path {
         match seg {
@@ -74,15 +80,40 @@ pub(crate) fn render(path: &[Seg]) -> String {
     out
 }
 
+/// The 1-based line of a byte offset of `text` (past the end: the last line).
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// A TOML parse error, located and in plain words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The byte range toml reported, when it did.
+    pub span: Option<Range<usize>>,
+    /// The 1-based line of the span's start.
+    pub line: Option<usize>,
+    /// The key path the error is about (for a missing key: the key itself), when known.
+    pub key: Option<String>,
+    /// The message on one line: "missing required key" and "unknown key ..." in place of
+    /// serde's "missing field" and "unknown field"; any other message as toml gave it
+    /// (names still in serde's backticks).
+    pub message: String,
+}
+
 /// A parsed document and its text, for looking up lines and key paths.
-pub(crate) struct Locator<'a> {
+pub struct Locator<'a> {
     text: &'a str,
     doc: Option<ImDocument<&'a str>>,
 }
 
 impl<'a> Locator<'a> {
     /// Parses `text` (a text toml_edit cannot parse just has no positions).
-    pub(crate) fn new(text: &'a str) -> Self {
+    pub fn new(text: &'a str) -> Self {
         Self {
             text,
             doc: ImDocument::parse(text).ok(),
@@ -90,18 +121,13 @@ impl<'a> Locator<'a> {
     }
 
     /// The 1-based line of a byte offset.
-    pub(crate) fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+    pub fn line_of(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
     }
 
     /// The line of the deepest part of `path` that exists in the document (the key itself
     /// when present, else its table).
-    pub(crate) fn line(&self, path: &[Seg]) -> Option<usize> {
+    pub fn line(&self, path: &[Seg]) -> Option<usize> {
         let doc = self.doc.as_ref()?;
         let mut best: Option<Range<usize>> = None;
         let mut cur = Node::Item(doc.as_item());
@@ -118,7 +144,7 @@ impl<'a> Locator<'a> {
     }
 
     /// True when every step of `path` exists in the document.
-    pub(crate) fn has(&self, path: &[Seg]) -> bool {
+    pub fn has(&self, path: &[Seg]) -> bool {
         let Some(doc) = self.doc.as_ref() else {
             return false;
         };
@@ -133,7 +159,7 @@ impl<'a> Locator<'a> {
     }
 
     /// The key path of the innermost key or value holding `offset`.
-    pub(crate) fn path_at(&self, offset: usize) -> Option<Vec<Seg>> {
+    pub fn path_at(&self, offset: usize) -> Option<Vec<Seg>> {
         let doc = self.doc.as_ref()?;
         let mut best = Best::default();
         walk(
@@ -145,6 +171,39 @@ impl<'a> Locator<'a> {
         let path = best.key.or(best.value.map(|(_, p)| p))?;
         (!path.is_empty()).then_some(path)
     }
+
+    /// Where a parse error of this text is, and what it says in plain words (see
+    /// [`Located::message`]).
+    pub fn locate(&self, e: &toml::de::Error) -> Located {
+        let span = e.span();
+        let mut message = e.message().trim().lines().collect::<Vec<_>>().join("; ");
+        let mut key = span
+            .as_ref()
+            .and_then(|s| self.path_at(s.start))
+            .map(|p| render(&p));
+        if let Some(field) = backticked(&message, "missing field ") {
+            key = Some(match key {
+                Some(k) => format!("{k}.{field}"),
+                None => field,
+            });
+            message = "missing required key".to_string();
+        } else if let Some(rest) = message.strip_prefix("unknown field ") {
+            message = format!("unknown key {rest}");
+        }
+        Located {
+            line: span.as_ref().map(|s| self.line_of(s.start)),
+            span,
+            key,
+            message,
+        }
+    }
+}
+
+/// The text between the backticks right after `prefix`, e.g. the field of "missing field `x`".
+fn backticked(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
+    let end = rest.find('`')?;
+    Some(rest[..end].to_string())
 }
 
 #[derive(Clone, Copy)]
@@ -253,5 +312,107 @@ fn walk(node: Node<'_>, offset: usize, path: &mut Vec<Seg>, best: &mut Best) {
         }
         walk(child, offset, path, best);
         path.pop();
+    }
+}
+
+/// An integer or a string, as sizes (`"10MB"`) and durations (`"30s"`) may be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scalar {
+    /// A bare number (octets or seconds).
+    Int(i64),
+    /// Text with a unit.
+    Text(String),
+}
+
+impl Scalar {
+    /// Reads a scalar; a type error says `expecting`, an integer beyond `i64` `too_large`.
+    pub fn deserialize_as<'de, D: Deserializer<'de>>(
+        d: D,
+        expecting: &'static str,
+        too_large: &'static str,
+    ) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor {
+            expecting,
+            too_large,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::deserialize_as(
+            d,
+            "a number or a string such as \"10MB\" or \"30s\"",
+            "number too large",
+        )
+    }
+}
+
+struct ScalarVisitor {
+    expecting: &'static str,
+    too_large: &'static str,
+}
+
+impl Visitor<'_> for ScalarVisitor {
+    type Value = Scalar;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        i64::try_from(v)
+            .map(Scalar::Int)
+            .map_err(|_| E::custom(self.too_large))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_paths_render_and_locate() {
+        let text = "a = 1\n[b]\nc = [1, {d = 2}]\n[[e]]\nf = 1\n[[e]]\n\"odd key\" = 'x'\n";
+        let loc = Locator::new(text);
+        let at = |needle: &str| loc.path_at(text.find(needle).unwrap()).map(|p| render(&p));
+        assert_eq!(at("a =").as_deref(), Some("a"));
+        assert_eq!(at("d =").as_deref(), Some("b.c[1].d"));
+        assert_eq!(at("'x'").as_deref(), Some("e[1].\"odd key\""));
+        let path = KeyPath::root().key("e").index(1).key("odd key");
+        assert_eq!(loc.line(&path.0), Some(7));
+        assert!(loc.has(&path.0));
+        assert!(!loc.has(&KeyPath::root().key("e").index(2).0));
+        assert_eq!(Locator::new("x = \"unterminated\n").path_at(4), None);
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_reworded() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            x: Inner,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            y: i64,
+        }
+        let locate = |text: &str| {
+            let e = toml::from_str::<T>(text).unwrap_err();
+            Locator::new(text).locate(&e)
+        };
+        let l = locate("[x]\nz = 1\n");
+        assert_eq!((l.line, l.key.as_deref()), (Some(2), Some("x.z")));
+        assert!(l.message.starts_with("unknown key `z`"), "{}", l.message);
+        let l = locate("[x]\n");
+        assert_eq!(l.key.as_deref(), Some("x.y"));
+        assert_eq!(l.message, "missing required key");
     }
 }
