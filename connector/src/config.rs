@@ -13,6 +13,7 @@ use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use popbridge_proto::pop3::AuthMethod;
 use popbridge_proto::smtp::{AddressError, Mailbox};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -303,29 +304,6 @@ pub enum TlsMode {
     Implicit,
 }
 
-/// How the connector authenticates to a POP3 server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthMethod {
-    /// USER/PASS.
-    User,
-    /// APOP (MD5 digest of the greeting's timestamp).
-    Apop,
-    /// SASL PLAIN.
-    Plain,
-    /// SASL LOGIN.
-    Login,
-    /// SASL CRAM-MD5.
-    CramMd5,
-    /// SASL XOAUTH2 (the secret is an OAuth access token).
-    Xoauth2,
-    /// AUTH NTLM, NTLMv2 only: Outlook's "Secure Password Authentication" (SPA), which
-    /// Exchange's POP3 service speaks. `username` is `DOMAIN\user`, a UPN, or a bare
-    /// user name (the server's domain is then used).
-    #[serde(alias = "spa")]
-    Ntlm,
-}
-
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -341,20 +319,6 @@ impl fmt::Display for TlsMode {
             Self::None => "none",
             Self::StartTls => "starttls",
             Self::Implicit => "implicit",
-        })
-    }
-}
-
-impl fmt::Display for AuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::User => "user",
-            Self::Apop => "apop",
-            Self::Plain => "plain",
-            Self::Login => "login",
-            Self::CramMd5 => "cram-md5",
-            Self::Xoauth2 => "xoauth2",
-            Self::Ntlm => "ntlm",
         })
     }
 }

@@ -630,7 +630,7 @@ mod tests {
     use super::*;
     use crate::net::TcpDialer;
     use mock_pop3::pki::TestPki;
-    use mock_pop3::{Mailbox, Message, MockPop3, MockPop3Handle};
+    use mock_pop3::{Maildrop, Message, MockPop3, MockPop3Handle};
     use mock_smtp::{MockSmtp, MockSmtpHandle};
     use tempfile::TempDir;
     use tokio::net::TcpListener;
@@ -657,11 +657,11 @@ mod tests {
         Message::new(m)
     }
 
-    fn mailbox() -> Mailbox {
+    fn mailbox() -> Maildrop {
         SIZES
             .iter()
             .enumerate()
-            .fold(Mailbox::new("info", PASSWORD), |mb, (i, &s)| {
+            .fold(Maildrop::new("info", PASSWORD), |mb, (i, &s)| {
                 mb.with_message(message(i, s))
             })
     }
@@ -922,7 +922,7 @@ deliver_to = "info@contoso.local"
         let pop = pop3(
             MockPop3::builder()
                 .mailbox(mailbox())
-                .tls(mock_pop3::TlsMode::Implicit(pki.server_config().unwrap())),
+                .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
         )
         .await;
         let sm = smtp(MockSmtp::builder().tls(pki.server_config().unwrap())).await;
@@ -997,7 +997,7 @@ deliver_to = "info@contoso.local"
         let pop = pop3(
             MockPop3::builder()
                 .mailbox(mailbox())
-                .tls(mock_pop3::TlsMode::Implicit(pki.server_config().unwrap())),
+                .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
         )
         .await;
         let sm = smtp(MockSmtp::builder()).await;
@@ -1044,7 +1044,7 @@ deliver_to = "info@contoso.local"
         let pop = pop3(
             MockPop3::builder()
                 .mailbox(mailbox())
-                .tls(mock_pop3::TlsMode::Stls(pki.server_config().unwrap())),
+                .tls(mock_pop3::ServerTls::Stls(pki.server_config().unwrap())),
         )
         .await;
         let limits = mock_smtp::Limits {

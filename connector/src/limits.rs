@@ -1547,14 +1547,14 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn probe_reads_size_and_list_and_changes_nothing() {
-        use mock_pop3::{Mailbox, MockPop3};
+        use mock_pop3::{Maildrop, MockPop3};
         use mock_smtp::MockSmtp;
         use tokio::net::TcpListener;
 
         const PASSWORD: &str = "Sw0rdfish-s3cret!";
         let pop3 = MockPop3::builder()
             .mailbox(
-                Mailbox::new("info", PASSWORD)
+                Maildrop::new("info", PASSWORD)
                     .with_demo_messages(2, 5_000)
                     .with_demo_messages(1, 40_000)
                     .with_demo_messages(1, 100_000),

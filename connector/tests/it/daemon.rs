@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mock_pop3::{FaultAction, FaultRule, Hook, Mailbox, MockPop3, MockPop3Handle};
+use mock_pop3::{FaultAction, FaultRule, Hook, Maildrop, MockPop3, MockPop3Handle};
 use mock_smtp::{MockSmtp, MockSmtpHandle};
 use popbridge::config::Config;
 use popbridge::daemon::{Cause, Daemon, DaemonHandle};
@@ -87,8 +87,8 @@ fn start(pop: MockPop3Handle, interval: &str) -> World {
     }
 }
 
-fn mailbox(n: usize) -> Mailbox {
-    Mailbox::new("info", PASSWORD).with_demo_messages(n, 600)
+fn mailbox(n: usize) -> Maildrop {
+    Maildrop::new("info", PASSWORD).with_demo_messages(n, 600)
 }
 
 #[tokio::test(start_paused = true)]
@@ -340,8 +340,8 @@ data = "2h"
 #[tokio::test(start_paused = true)]
 async fn an_account_interval_overrides_the_global_one() {
     let pop = MockPop3::builder()
-        .mailbox(Mailbox::new("fast", PASSWORD).with_demo_messages(1, 600))
-        .mailbox(Mailbox::new("slow", PASSWORD).with_demo_messages(1, 600))
+        .mailbox(Maildrop::new("fast", PASSWORD).with_demo_messages(1, 600))
+        .mailbox(Maildrop::new("slow", PASSWORD).with_demo_messages(1, 600))
         .spawn_in_memory();
     let w = start_two(pop);
     // 29 minutes on the paused clock: passes at 0, 10 and 20 minutes for `fast`, at 0 for
