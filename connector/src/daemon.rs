@@ -7,6 +7,9 @@
 //! tokio's paused clock in tests; signals and the trigger socket are thin adapters.
 //! The trigger socket also answers a read-only status request (`popbridge status`: the
 //! next scheduled pass and the interval).
+//! Scheduled and triggered passes share one semaphore of `parallel_accounts` permits, so
+//! no more accounts than that are fetched at once whatever started them; the in-memory
+//! pass history keeps the last [`HISTORY_KEEP`] passes of each account, as the ledger's.
 //! Must never: run two passes of one account at once, apply an invalid configuration,
 //! stop in the middle of a message (a stop lets in-flight messages finish and QUITs), or
 //! run a pass for a status request.
@@ -20,13 +23,13 @@ use std::time::{Duration, SystemTime};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::events::EventSink;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, HISTORY_KEEP};
 use crate::metrics::{LedgerView, Metrics};
 use crate::net::Dialer;
 use crate::pass::{self, StopFlag, Summary};
@@ -154,7 +157,7 @@ impl DaemonHandle {
         self.config.borrow().clone()
     }
 
-    /// Every pass so far, in order of completion.
+    /// The last [`HISTORY_KEEP`] passes of each account, in order of completion.
     pub fn history(&self) -> Vec<PassRecord> {
         self.history
             .lock()
@@ -177,6 +180,8 @@ pub struct Daemon {
     events: Arc<EventSink>,
     ledger: Arc<Mutex<Ledger>>,
     busy: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// `parallel_accounts` permits, one per account pass running (scheduled or triggered).
+    permits: Arc<Semaphore>,
     history: Arc<Mutex<Vec<PassRecord>>>,
     completed: watch::Sender<u64>,
     stop: StopFlag,
@@ -203,6 +208,7 @@ impl Daemon {
         events: Arc<EventSink>,
         ledger: Arc<Mutex<Ledger>>,
     ) -> (Daemon, DaemonHandle) {
+        let permits = Arc::new(Semaphore::new(config.parallel_accounts.max(1)));
         let (tx, rx) = mpsc::channel(16);
         let (config_tx, config_rx) = watch::channel(Arc::new(config));
         let (completed, completed_rx) = watch::channel(0);
@@ -228,6 +234,7 @@ impl Daemon {
             events,
             ledger,
             busy: HashMap::new(),
+            permits,
             history,
             completed,
             stop,
@@ -315,17 +322,24 @@ impl Daemon {
                             Some(a) => vec![a.clone()],
                             None => config.accounts.iter().map(|a| a.name.clone()).collect(),
                         };
-                        let jobs: Vec<_> = names
+                        // One task per account, as the schedule does: the permits, not this
+                        // loop, decide how many run at once.
+                        let runs: Vec<_> = names
                             .iter()
-                            .map(|n| (self.lock_for(n), self.job(config.clone(), n.clone(), Cause::Triggered)))
+                            .map(|n| {
+                                let lock = self.lock_for(n);
+                                let job = self.job(config.clone(), n.clone(), Cause::Triggered);
+                                tokio::spawn(async move {
+                                    // Waits for a running pass of the account, never overlaps it.
+                                    let _guard = lock.lock_owned().await;
+                                    job.run().await
+                                })
+                            })
                             .collect();
                         tasks.spawn(async move {
                             let mut out = Vec::new();
-                            for (lock, job) in jobs {
-                                // Waits for a running pass of the account, never overlaps it.
-                                let guard = lock.lock_owned().await;
-                                out.extend(job.run().await);
-                                drop(guard);
+                            for run in runs {
+                                out.extend(run.await.unwrap_or_default());
                             }
                             let _ = reply.send(Ok(out));
                         });
@@ -335,6 +349,10 @@ impl Daemon {
                             Ok(c) => {
                                 let interval = c.interval;
                                 self.reschedule(&c);
+                                if c.parallel_accounts != self.config_tx.borrow().parallel_accounts {
+                                    // Passes already running finish under the old bound.
+                                    self.permits = Arc::new(Semaphore::new(c.parallel_accounts.max(1)));
+                                }
                                 self.config_tx.send_replace(Arc::new(c));
                                 tracing::info!("configuration reloaded; interval {}s", interval.as_secs());
                                 Ok(())
@@ -379,6 +397,7 @@ impl Daemon {
             config,
             account,
             cause,
+            permits: self.permits.clone(),
             dialer: self.dialer.clone(),
             events: self.events.clone(),
             ledger: self.ledger.clone(),
@@ -394,6 +413,7 @@ struct Job {
     config: Arc<Config>,
     account: String,
     cause: Cause,
+    permits: Arc<Semaphore>,
     dialer: Arc<dyn Dialer>,
     events: Arc<EventSink>,
     ledger: Arc<Mutex<Ledger>>,
@@ -405,7 +425,7 @@ struct Job {
 }
 
 /// A duration for people: `1.2s`, `3m05s`, `2h00m`.
-fn human(d: Duration) -> String {
+fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s < 60 {
         format!("{:.1}s", d.as_secs_f64())
@@ -442,7 +462,7 @@ impl Job {
                 format!(
                     "next pass {} (in {})",
                     crate::events::rfc3339(std::time::SystemTime::now() + wait),
-                    human(wait)
+                    human_duration(wait)
                 )
             }
             None => "no next pass scheduled".into(),
@@ -457,7 +477,7 @@ impl Job {
                 target: "popbridge::daemon",
                 "{}: {cause} pass {pass} failed after {}: {f}; {next}",
                 s.account,
-                human(took)
+                human_duration(took)
             ),
             (None, aborted) => tracing::info!(
                 target: "popbridge::daemon",
@@ -466,7 +486,7 @@ impl Job {
                 s.listed,
                 s.delivered,
                 s.remaining(),
-                human(took),
+                human_duration(took),
                 aborted
                     .as_ref()
                     .map(|a| format!(", stopped early: {a}"))
@@ -477,6 +497,10 @@ impl Job {
 
     async fn run(self) -> Vec<Summary> {
         let Some(account) = self.config.account(&self.account).cloned() else {
+            return Vec::new();
+        };
+        // Waits for a place among the `parallel_accounts` passes running.
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
             return Vec::new();
         };
         if self.stop.is_stopped() {
@@ -507,10 +531,26 @@ impl Job {
                     summary: s.clone(),
                 });
             }
+            trim_history(&mut h, &self.account);
         }
         self.completed.send_modify(|c| *c += 1);
         summaries
     }
+}
+
+/// Forgets the oldest passes of `account` beyond the last [`HISTORY_KEEP`].
+fn trim_history(history: &mut Vec<PassRecord>, account: &str) {
+    let keep = usize::try_from(HISTORY_KEEP).unwrap_or(usize::MAX);
+    let mut extra = history
+        .iter()
+        .filter(|r| r.account == account)
+        .count()
+        .saturating_sub(keep);
+    history.retain(|r| {
+        let drop = extra > 0 && r.account == account;
+        extra -= usize::from(drop);
+        !drop
+    });
 }
 
 /// The trigger socket's path for a state directory.

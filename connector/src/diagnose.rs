@@ -16,6 +16,8 @@ use std::path::Path;
 
 use crate::certinfo::CertificateInfo;
 use crate::config::{Account, Config, SmtpTransport, TlsMode, Transport};
+use crate::exit::Exit;
+use crate::limits::human_size;
 use crate::net::{self, host_port, CertificateWatch, Dialer};
 use crate::pop3::{self, Pop3Error, Transaction};
 use crate::secret::Secret;
@@ -191,9 +193,9 @@ impl Report {
     /// transport).
     pub fn exit_code(&self) -> u8 {
         if self.ok() {
-            0
+            Exit::Delivered.code()
         } else {
-            3
+            Exit::Connect.code()
         }
     }
 
@@ -263,9 +265,9 @@ fn render_account(f: &mut fmt::Formatter<'_>, a: &AccountDiagnosis) -> fmt::Resu
     }
     render_capabilities(f, "after login", &a.capabilities_after)?;
     if let (Some(n), Some(total)) = (a.messages, a.total_size) {
-        write!(f, "  messages: {n}, {} in all", human(total))?;
+        write!(f, "  messages: {n}, {} in all", human_size(total))?;
         if !a.largest.is_empty() {
-            let sizes: Vec<String> = a.largest.iter().map(|&s| human(s)).collect();
+            let sizes: Vec<String> = a.largest.iter().map(|&s| human_size(s)).collect();
             write!(f, "; largest {}", sizes.join(", "))?;
         }
         writeln!(f)?;
@@ -291,7 +293,7 @@ fn extension(line: &str) -> String {
         return line.to_string();
     }
     match words.next().and_then(|v| v.parse::<u64>().ok()) {
-        Some(n) if n > 0 => format!("{line} ({})", human(n)),
+        Some(n) if n > 0 => format!("{line} ({})", human_size(n)),
         _ => format!("{line} (no fixed limit)"),
     }
 }
@@ -340,14 +342,14 @@ fn render_transport(
     writeln!(f, "  TLS: {tls}")?;
     match t.size {
         Some(limit) => {
-            writeln!(f, "  message size limit: {}", human(limit))?;
+            writeln!(f, "  message size limit: {}", human_size(limit))?;
             for a in accounts {
                 if let Some(&big) = a.largest.first().filter(|&&s| s > limit) {
                     writeln!(
                         f,
                         "  note: account {} has a {} message, over this limit: it would stay on the POP3 server",
                         a.account,
-                        human(big)
+                        human_size(big)
                     )?;
                 }
             }
@@ -355,27 +357,6 @@ fn render_transport(
         }
         None => writeln!(f, "  message size limit: none advertised"),
     }
-}
-
-/// A size in binary units, as the configuration writes them (1 KB = 1024 octets).
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    let text = if v < 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
-    };
-    let text = text.strip_suffix(".0").unwrap_or(&text);
-    format!("{text} {}", UNITS[unit])
 }
 
 /// Replaces every occurrence of every secret in `s`.
@@ -631,7 +612,7 @@ mod tests {
     use super::*;
     use crate::net::TcpDialer;
     use mock_pop3::pki::TestPki;
-    use mock_pop3::{Mailbox, Message, MockPop3, MockPop3Handle};
+    use mock_pop3::{Maildrop, Message, MockPop3, MockPop3Handle};
     use mock_smtp::{MockSmtp, MockSmtpHandle};
     use tempfile::TempDir;
     use tokio::net::TcpListener;
@@ -658,11 +639,11 @@ mod tests {
         Message::new(m)
     }
 
-    fn mailbox() -> Mailbox {
+    fn mailbox() -> Maildrop {
         SIZES
             .iter()
             .enumerate()
-            .fold(Mailbox::new("info", PASSWORD), |mb, (i, &s)| {
+            .fold(Maildrop::new("info", PASSWORD), |mb, (i, &s)| {
                 mb.with_message(message(i, s))
             })
     }
@@ -730,14 +711,7 @@ deliver_to = "info@contoso.local"
 
     #[test]
     fn sizes_read_as_the_configuration_writes_them() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(1024), "1 KB");
-        assert_eq!(human(1536), "1.5 KB");
-        assert_eq!(human(10 * 1024 * 1024), "10 MB");
-        assert_eq!(human(3_565_158), "3.4 MB");
-        assert_eq!(human(35 * 1024 * 1024 + 1), "35 MB");
-        assert_eq!(human(u64::MAX), "16777216 TB");
+        // The sizes themselves: `limits::human_size`, tested there.
         assert_eq!(extension("SIZE 10485760"), "SIZE 10485760 (10 MB)");
         assert_eq!(extension("SIZE"), "SIZE (no fixed limit)");
         assert_eq!(extension("PIPELINING"), "PIPELINING");
@@ -796,7 +770,7 @@ deliver_to = "info@contoso.local"
         assert!(text.contains("  login: ok (user)"), "{text}");
         assert!(
             text.contains(
-                "  messages: 7, 26 KB in all; largest 20 KB, 2.9 KB, 1.2 KB, 800 B, 700 B"
+                "  messages: 7, 26.2 KB in all; largest 19.5 KB, 2.9 KB, 1.2 KB, 800 B, 700 B"
             ),
             "{text}"
         );
@@ -923,7 +897,7 @@ deliver_to = "info@contoso.local"
         let pop = pop3(
             MockPop3::builder()
                 .mailbox(mailbox())
-                .tls(mock_pop3::TlsMode::Implicit(pki.server_config().unwrap())),
+                .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
         )
         .await;
         let sm = smtp(MockSmtp::builder().tls(pki.server_config().unwrap())).await;
@@ -998,7 +972,7 @@ deliver_to = "info@contoso.local"
         let pop = pop3(
             MockPop3::builder()
                 .mailbox(mailbox())
-                .tls(mock_pop3::TlsMode::Implicit(pki.server_config().unwrap())),
+                .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
         )
         .await;
         let sm = smtp(MockSmtp::builder()).await;
@@ -1045,7 +1019,7 @@ deliver_to = "info@contoso.local"
         let pop = pop3(
             MockPop3::builder()
                 .mailbox(mailbox())
-                .tls(mock_pop3::TlsMode::Stls(pki.server_config().unwrap())),
+                .tls(mock_pop3::ServerTls::Stls(pki.server_config().unwrap())),
         )
         .await;
         let limits = mock_smtp::Limits {
@@ -1083,7 +1057,7 @@ deliver_to = "info@contoso.local"
         assert!(pop.sessions()[0].tls);
         assert_eq!(report.transport.size, Some(16 * 1024));
         assert!(
-            text.contains("  note: account info has a 20 KB message, over this limit"),
+            text.contains("  note: account info has a 19.5 KB message, over this limit"),
             "{text}"
         );
         assert!(

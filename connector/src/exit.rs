@@ -1,5 +1,6 @@
-//! The exit codes of `fetch` and `trigger`: what a pass's summaries mean to a script or a
-//! monitoring system, as one documented number.
+//! The exit codes of `popbridge`: what a pass's summaries (`fetch`, `trigger`) or an
+//! administrator's command mean to a script or a monitoring system, as one documented
+//! number.
 //!
 //! Responsible for: the table of codes, how one account's summary maps to a code, and which
 //! code wins when accounts disagree. Must never: change the meaning of a published code
@@ -7,22 +8,30 @@
 
 use crate::pass::{AccountFailure, Summary};
 
-/// The exit codes of `fetch` and `trigger`. When accounts differ the most severe wins:
-/// `Config` > `Connect` > `Stuck` > `Backlog` > `Delivered`.
+/// The exit codes of `popbridge`. For `fetch` and `trigger`, when accounts differ the most
+/// severe wins: `Config` > `Connect` > `Stuck` > `Backlog` > `Delivered`. The other
+/// commands use the same numbers with the meanings each variant lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// 0: everything due was delivered; nothing waits.
+    /// 0: everything due was delivered; nothing waits. Other commands: done (`check-limits`:
+    /// safe; `diagnose`: every check passed).
     Delivered,
     /// 1: something stays on the server that will not go by itself (refused, deferred,
-    /// oversize, quarantined, size mismatch) or a pass was interrupted.
+    /// oversize, quarantined, size mismatch) or a pass was interrupted. `check-limits`:
+    /// mail can be lost or stuck; `quarantine`: the message is not quarantined or its copy
+    /// cannot be read.
     Stuck,
-    /// 2: a configuration error (or a state directory that cannot be used).
+    /// 2: a configuration error (or a state directory or ledger that cannot be used, an
+    /// unknown account).
     Config,
-    /// 3: could not connect or authenticate.
+    /// 3: could not connect or authenticate (`diagnose`: any check failed).
     Connect,
     /// 4: everything attempted this pass was delivered; a backlog (the per-session cap,
     /// the listing budget) remains for the next pass.
     Backlog,
+    /// 5: `check-limits` only: a limit is neither declared nor probed and nothing is proven
+    /// unsafe (a pass never ends with it).
+    Unknown,
 }
 
 /// The table as people read it (for `--help` and the README).
@@ -38,13 +47,14 @@ Exit codes of fetch and trigger (the most severe account wins: 2 > 3 > 1 > 4 > 0
 
 impl Exit {
     /// The process exit status.
-    pub fn code(self) -> u8 {
+    pub const fn code(self) -> u8 {
         match self {
             Exit::Delivered => 0,
             Exit::Stuck => 1,
             Exit::Config => 2,
             Exit::Connect => 3,
             Exit::Backlog => 4,
+            Exit::Unknown => 5,
         }
     }
 
@@ -53,9 +63,10 @@ impl Exit {
         match self {
             Exit::Delivered => 0,
             Exit::Backlog => 1,
-            Exit::Stuck => 2,
-            Exit::Connect => 3,
-            Exit::Config => 4,
+            Exit::Unknown => 2,
+            Exit::Stuck => 3,
+            Exit::Connect => 4,
+            Exit::Config => 5,
         }
     }
 
@@ -145,10 +156,11 @@ mod tests {
             Exit::Config,
             Exit::Connect,
             Exit::Backlog,
+            Exit::Unknown,
         ]
         .iter()
         .map(|e| e.code())
         .collect();
-        assert_eq!(codes, [0, 1, 2, 3, 4]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
     }
 }

@@ -133,7 +133,9 @@ impl Faults {
         sabotage: None,
     };
 
-    /// A crash the `nth` time a message reaches `step`.
+    /// A crash the `nth` time a message reaches `step`. A test hook (feature
+    /// `test-hooks`); harnesses set the `crash` field.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn crash(step: Step, nth: u32) -> Self {
         Self {
             crash: Some(FailPoint { step, nth }),

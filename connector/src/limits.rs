@@ -62,6 +62,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::config::{Account, Config, Profile, ReceiveLimit, SizeRule};
+use crate::exit::Exit;
 use crate::message::Named;
 use crate::net::Dialer;
 use crate::pop3;
@@ -76,7 +77,7 @@ pub const ORGANIZATION: &str = "organization_receive_limit";
 /// Name of the Exchange mailbox's receive limit (`account.mailbox_receive_limit`).
 pub const MAILBOX: &str = "mailbox_receive_limit";
 /// `check-limits`' exit code when a limit is unknown and nothing is proven unsafe.
-pub const EXIT_UNKNOWN: u8 = 5;
+pub const EXIT_UNKNOWN: u8 = Exit::Unknown.code();
 
 /// How many of the largest probed messages `render` names.
 const LARGEST_SHOWN: usize = 5;
@@ -192,8 +193,8 @@ impl Verdict {
     /// The exit code of this verdict.
     pub fn exit_code(self) -> u8 {
         match self {
-            Self::Safe => 0,
-            Self::Stuck | Self::Lost => 1,
+            Self::Safe => Exit::Delivered.code(),
+            Self::Stuck | Self::Lost => Exit::Stuck.code(),
             Self::Unknown => EXIT_UNKNOWN,
         }
     }
@@ -821,7 +822,9 @@ async fn probe_pop3(
     Ok((sizes, names))
 }
 
-/// A size for people: `10 MB` when exact, else one decimal (`20.3 MB`); binary units.
+/// A size for people (every command prints sizes with it): `10 MB` when exact, else one
+/// decimal (`20.3 MB`, `35.0 MB` just over 35 MB); binary units, as the configuration
+/// writes them (1 KB = 1024 octets).
 pub fn human_size(n: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10)];
     for (unit, shift) in UNITS {
@@ -1522,6 +1525,12 @@ deliver_to = "info@contoso.local"
         assert_eq!(human_size(20 * MB + MB / 2), "20.5 MB");
         assert_eq!(exact_size(10 * MB + 1), "10.0 MB (10485761 octets)");
         assert!(human_size(u64::MAX).ends_with(" TB"));
+        // What `diagnose` prints as well: one function for every size shown.
+        assert_eq!(human_size(1024), "1 KB");
+        assert_eq!(human_size(1536), "1.5 KB");
+        assert_eq!(human_size(3_565_158), "3.4 MB");
+        assert_eq!(human_size(35 * MB + 1), "35.0 MB");
+        assert_eq!(human_size(u64::MAX), "16777216.0 TB");
     }
 
     #[test]
@@ -1552,14 +1561,14 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn probe_reads_size_and_list_and_changes_nothing() {
-        use mock_pop3::{Mailbox, MockPop3};
+        use mock_pop3::{Maildrop, MockPop3};
         use mock_smtp::MockSmtp;
         use tokio::net::TcpListener;
 
         const PASSWORD: &str = "Sw0rdfish-s3cret!";
         let pop3 = MockPop3::builder()
             .mailbox(
-                Mailbox::new("info", PASSWORD)
+                Maildrop::new("info", PASSWORD)
                     .with_demo_messages(2, 5_000)
                     .with_demo_messages(1, 40_000)
                     .with_demo_messages(1, 100_000),

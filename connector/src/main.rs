@@ -435,6 +435,17 @@ async fn run_daemon(cli: &Cli, config: Config) -> anyhow::Result<Exit> {
     Ok(Exit::Delivered)
 }
 
+/// `run` and `trigger` need a Unix system (signals, the trigger socket).
+#[cfg(not(unix))]
+async fn run_daemon(_cli: &Cli, _config: Config) -> anyhow::Result<Exit> {
+    anyhow::bail!("`popbridge run` needs a Unix system (signals and a Unix socket)")
+}
+
+#[cfg(not(unix))]
+async fn trigger(_config: &Config, _account: Option<String>) -> anyhow::Result<Exit> {
+    anyhow::bail!("`popbridge trigger` needs a Unix system (the daemon's Unix socket)")
+}
+
 #[cfg(unix)]
 async fn trigger(config: &Config, account: Option<String>) -> anyhow::Result<Exit> {
     use popbridge::daemon::{request_trigger, socket_path, TriggerResponse};
@@ -462,14 +473,14 @@ async fn trigger(config: &Config, account: Option<String>) -> anyhow::Result<Exi
 
 /// Opens the ledger for the administrator's commands (nothing else under `state_dir` is
 /// touched); `Err` is the exit code after the reason was printed.
-fn open_ledger(config: &Config) -> Result<Ledger, u8> {
+fn open_ledger(config: &Config) -> Result<Ledger, Exit> {
     Ledger::open(&config.state_dir).map_err(|e| {
         eprintln!("popbridge: {e}");
-        2
+        Exit::Config
     })
 }
 
-async fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
+async fn status(config: &Config, json: bool) -> anyhow::Result<Exit> {
     use popbridge::status::{self, Daemon};
     // No ledger yet (no pass ever ran): nothing to read, and nothing is created.
     let exists = config
@@ -499,7 +510,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
         Ok(r) => r,
         Err(e) => {
             eprintln!("popbridge: {e}");
-            return Ok(2);
+            return Ok(Exit::Config);
         }
     };
     if json {
@@ -507,10 +518,10 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<u8> {
     } else {
         print!("{}", report.render());
     }
-    Ok(0)
+    Ok(Exit::Delivered)
 }
 
-fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow::Result<u8> {
+fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow::Result<Exit> {
     use popbridge::quarantine as q;
     let events = match &cli.events {
         Some(p) => EventSink::file(p)
@@ -535,7 +546,7 @@ fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow:
     | QuarantineCommand::Delete { account: a, .. } = action
     {
         if account_of(a).is_none() {
-            return Ok(2);
+            return Ok(Exit::Config);
         }
     }
     let mut ledger = match open_ledger(config) {
@@ -545,8 +556,8 @@ fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow:
     let failed = |e: q::QuarantineError| {
         eprintln!("popbridge: {e}");
         match e {
-            q::QuarantineError::Ledger(_) => 2,
-            _ => 1,
+            q::QuarantineError::Ledger(_) => Exit::Config,
+            _ => Exit::Stuck,
         }
     };
     match action {
@@ -585,7 +596,7 @@ fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow:
         }
         QuarantineCommand::Delete { account, key } => {
             let Some(a) = account_of(account) else {
-                return Ok(2);
+                return Ok(Exit::Config);
             };
             match q::delete(&mut ledger, &events, a, key) {
                 Ok(server) => println!(
@@ -601,7 +612,7 @@ fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow:
             }
         }
     }
-    Ok(0)
+    Ok(Exit::Delivered)
 }
 
 fn main() -> ExitCode {
@@ -662,8 +673,8 @@ fn main() -> ExitCode {
         Command::Trigger { account } => rt
             .block_on(trigger(&config, account.clone()))
             .map(Exit::code),
-        Command::Status { json } => rt.block_on(status(&config, *json)),
-        Command::Quarantine { action } => quarantine(&cli, &config, action),
+        Command::Status { json } => rt.block_on(status(&config, *json)).map(Exit::code),
+        Command::Quarantine { action } => quarantine(&cli, &config, action).map(Exit::code),
     };
     match result {
         Ok(code) => ExitCode::from(code),

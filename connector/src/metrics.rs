@@ -206,6 +206,7 @@ impl Metrics {
             crate::exit::Exit::Stuck => "stuck",
             crate::exit::Exit::Connect => "connect",
             crate::exit::Exit::Config => "config",
+            crate::exit::Exit::Unknown => "unknown",
         };
         let mut with_outcome = l.clone();
         with_outcome.push(("outcome".into(), outcome.into()));

@@ -310,7 +310,9 @@ impl Pickup {
 
     /// Step 1 only: writes the message to the staging folder and fsyncs it, without
     /// publishing it. [`Pickup::commit`] publishes it; dropping the result instead leaves
-    /// what a crash before the rename leaves (for tests of that case).
+    /// what a crash before the rename leaves. A test hook (feature `test-hooks`): passes
+    /// stage through [`Pickup::deliver`] only.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub async fn stage(
         &self,
         account: &str,

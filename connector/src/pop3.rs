@@ -22,14 +22,15 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use popbridge_proto::ntlm::{self, NtlmError};
 use popbridge_proto::pop3::{
-    Pop3Command, Pop3Reply, Pop3Response, RespCode, Status, MAX_RESPONSE_LINE,
+    AuthMethod, Pop3Command, Pop3Reply, Pop3Response, RespCode, Status, MAX_COMMAND_LINE,
+    MAX_RESPONSE_LINE,
 };
 use popbridge_proto::{DotDecoder, DotError, LineDecoder};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::{Body, BodyBuilder};
-use crate::config::{Account, AuthMethod, Config, TlsMode};
+use crate::config::{Account, Config, TlsMode};
 use crate::listing::{self, Budget, LineReader, ListingError, Sizes, UidListing, UidScan, Want};
 use crate::net::{self, BoxIo, Dialer, TlsError};
 use crate::secret::Secret;
@@ -39,8 +40,6 @@ const MAX_LINE: usize = 8 * 1024;
 /// Bound on a CAPA listing: generous, finite (LIST and UIDL have their own, see
 /// [`crate::listing`]).
 const MAX_LISTING: u64 = 64 * 1024 * 1024;
-/// RFC 2449: a command line is at most 255 octets with CRLF.
-const MAX_COMMAND: usize = 255;
 
 /// Why a POP3 operation failed. Every variant that comes from the server keeps its reply.
 #[derive(Debug, Error)]
@@ -769,7 +768,7 @@ async fn sasl_start(
     match initial {
         // RFC 5034: an initial response that would make the line longer than 255 octets
         // goes after the continuation instead (long XOAUTH2 tokens).
-        Some(i) if format!("AUTH {mech} {i}\r\n").len() <= MAX_COMMAND => {
+        Some(i) if format!("AUTH {mech} {i}\r\n").len() <= MAX_COMMAND_LINE => {
             w.queue(&format!("AUTH {mech} {i}\r\n"), &format!("AUTH {mech} ***"));
             Ok(String::new())
         }

@@ -13,8 +13,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use harness::*;
-use mock_pop3::{AuthMethod, Mailbox, MockPop3};
+use mock_pop3::{Maildrop, MockPop3};
 use mock_smtp::MockSmtp;
+use popbridge_proto::pop3::AuthMethod;
 
 /// A writer collecting every log line.
 #[derive(Clone, Default)]
@@ -50,7 +51,7 @@ async fn no_secret_in_any_log_line_event_or_transcript() {
         (AuthMethod::Xoauth2, "xoauth2", token.clone()),
         (AuthMethod::Ntlm, "ntlm", PASSWORD.to_string()),
     ] {
-        let mb = Mailbox::new("info", PASSWORD)
+        let mb = Maildrop::new("info", PASSWORD)
             .with_token(token.clone())
             .with_methods([method])
             .with_demo_messages(2, 500);
@@ -59,11 +60,11 @@ async fn no_secret_in_any_log_line_event_or_transcript() {
         let s = setup(&pop, &smtp, "", "");
         let mut cfg = s.config.clone();
         cfg.accounts[0].auth = match cfg_auth {
-            "user" => popbridge::config::AuthMethod::User,
-            "plain" => popbridge::config::AuthMethod::Plain,
-            "login" => popbridge::config::AuthMethod::Login,
-            "ntlm" => popbridge::config::AuthMethod::Ntlm,
-            _ => popbridge::config::AuthMethod::Xoauth2,
+            "user" => AuthMethod::User,
+            "plain" => AuthMethod::Plain,
+            "login" => AuthMethod::Login,
+            "ntlm" => AuthMethod::Ntlm,
+            _ => AuthMethod::Xoauth2,
         };
         cfg.accounts[0].secret =
             popbridge::secret::SecretSource::Value(popbridge::secret::Secret::new(secret));

@@ -101,7 +101,24 @@ pub async fn wait_for_stop(exit_after: u64) {
     }
 }
 
-/// Runs `fut` on a multi-threaded runtime; an error is printed as `name: error` and exits 2.
+/// The exit codes of the standalone mock servers (`mock-pop3`, `mock-smtp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// 0: served until told to stop, and printed the final state.
+    Served = 0,
+    /// 2: could not start (bad arguments, files, no runtime) or failed while serving.
+    Failed = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Runs `fut` on a multi-threaded runtime; an error is printed as `name: error` and exits
+/// [`Exit::Failed`].
 pub fn run_main(name: &str, fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,14 +127,14 @@ pub fn run_main(name: &str, fut: impl Future<Output = anyhow::Result<()>>) -> Ex
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start runtime: {e}");
-            return ExitCode::from(2);
+            return Exit::Failed.into();
         }
     };
     match rt.block_on(fut) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Served.into(),
         Err(e) => {
             eprintln!("{name}: {e:#}");
-            ExitCode::from(2)
+            Exit::Failed.into()
         }
     }
 }

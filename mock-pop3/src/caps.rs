@@ -1,6 +1,6 @@
 //! Capability sets: what CAPA lists and which optional commands work, before and after login.
 
-use crate::mailbox::AuthMethod;
+use popbridge_proto::pop3::AuthMethod;
 
 /// The RFC 2449 EXPIRE capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

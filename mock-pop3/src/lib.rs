@@ -16,10 +16,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use mock_pop3::{Mailbox, MockPop3};
+//! use mock_pop3::{Maildrop, MockPop3};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let server = MockPop3::builder()
-//!     .mailbox(Mailbox::new("bob", "secret").with_demo_messages(3, 1024))
+//!     .mailbox(Maildrop::new("bob", "secret").with_demo_messages(3, 1024))
 //!     .spawn(listener);
 //! println!("POP3 on {}", server.addr().unwrap());
 //! server.shutdown().await;
@@ -27,17 +27,19 @@
 //! ```
 
 mod caps;
-mod mailbox;
+mod maildrop;
 pub mod oauth;
 mod server;
 mod session;
 
 pub use caps::{Capabilities, Expire};
-pub use mailbox::{demo_message, AuthMethod, Mailbox, Message};
+pub use maildrop::{demo_message, Maildrop, Message};
 /// The fault engine (shared with mock-smtp through mock-core).
 pub use mock_core::fault::{self, FaultAction, FaultPlan, FaultRule, Hook};
 /// How a session ended (shared with mock-smtp through mock-core).
 pub use mock_core::host::SessionEnd;
 /// The throw-away test PKI (shared with mock-smtp through mock-core).
 pub use mock_core::pki;
-pub use server::{Builder, MailboxReport, MockPop3, MockPop3Handle, SessionRecord, TlsMode};
+pub use server::{
+    Builder, MaildropReport, MockPop3, MockPop3Handle, ServerTls, SessionRecord, TlsOffer,
+};

@@ -8,19 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use mock_core::standalone;
-use mock_pop3::{Capabilities, Mailbox, Message, MockPop3, TlsMode};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Tls {
-    /// Plain text, no STLS.
-    None,
-    /// Plain text with STLS.
-    Stls,
-    /// TLS from the first byte.
-    Implicit,
-}
+use mock_pop3::{Capabilities, Maildrop, Message, MockPop3, TlsOffer};
 
 /// A mock POP3 server with a generated mailbox, for trying clients by hand.
 ///
@@ -32,11 +22,11 @@ struct Args {
     /// Address to listen on; must be a loopback address. Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Mailbox login name. Every login method is accepted: USER/PASS, APOP, and AUTH
+    /// Maildrop login name. Every login method is accepted: USER/PASS, APOP, and AUTH
     /// PLAIN, LOGIN, CRAM-MD5, XOAUTH2 and NTLM (as `DOMAIN\USER`, any domain, or a bare USER).
     #[arg(long, default_value = "demo")]
     user: String,
-    /// Mailbox password (also accepted as the XOAUTH2 token).
+    /// Maildrop password (also accepted as the XOAUTH2 token).
     #[arg(long, default_value = "demo")]
     password: String,
     /// Number of generated messages.
@@ -50,7 +40,7 @@ struct Args {
     eml_dir: Option<PathBuf>,
     /// TLS mode; certificates come from a fresh in-memory CA.
     #[arg(long, value_enum, default_value = "none")]
-    tls: Tls,
+    tls: TlsOffer,
     /// Where to write the CA certificate (PEM) that clients must trust, when TLS is on.
     #[arg(long)]
     ca_out: Option<PathBuf>,
@@ -70,7 +60,7 @@ struct Args {
 
 async fn run(args: Args) -> Result<()> {
     let listener = standalone::listen(args.listen).await?;
-    let mut mailbox = Mailbox::new(&args.user, &args.password).with_demo_messages(
+    let mut mailbox = Maildrop::new(&args.user, &args.password).with_demo_messages(
         args.messages,
         usize::try_from(args.size).context("--size too large")?,
     );
@@ -96,13 +86,10 @@ async fn run(args: Args) -> Result<()> {
             .capabilities_after_login(Capabilities::minimal());
     }
     let mut ca_path = None;
-    if !matches!(args.tls, Tls::None) {
+    if args.tls != TlsOffer::None {
         let (pki, path) = standalone::write_test_ca(args.ca_out.as_deref(), "mock-pop3-ca.pem")?;
         let cfg = pki.server_config()?;
-        builder = builder.tls(match args.tls {
-            Tls::Stls => TlsMode::Stls(cfg),
-            _ => TlsMode::Implicit(cfg),
-        });
+        builder = builder.tls(args.tls.with_config(cfg));
         ca_path = Some(path);
     }
     let server = builder.spawn(listener);

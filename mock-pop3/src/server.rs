@@ -15,11 +15,39 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::caps::Capabilities;
-use crate::mailbox::{AuthMethod, Mailbox, Message};
+use crate::maildrop::{Maildrop, Message};
+use popbridge_proto::pop3::AuthMethod;
 
-/// How the server offers TLS.
+/// How the server offers TLS, without its certificate: the scenario file's `tls` and the
+/// standalone server's `--tls` (`none`, `stls`, `implicit`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsOffer {
+    /// Plain text only; STLS is refused.
+    #[default]
+    None,
+    /// Plain text with STLS (RFC 2595).
+    Stls,
+    /// TLS from the first byte (RFC 8314, port 995 style).
+    Implicit,
+}
+
+impl TlsOffer {
+    /// This offer with the certificate the server presents (`None` needs none).
+    pub fn with_config(self, config: Arc<rustls::ServerConfig>) -> ServerTls {
+        match self {
+            Self::None => ServerTls::None,
+            Self::Stls => ServerTls::Stls(config),
+            Self::Implicit => ServerTls::Implicit(config),
+        }
+    }
+}
+
+/// How the server offers TLS, with the configuration it serves it with.
 #[derive(Clone, Default)]
-pub enum TlsMode {
+pub enum ServerTls {
     /// Plain text only; STLS is refused.
     #[default]
     None,
@@ -29,7 +57,7 @@ pub enum TlsMode {
     Implicit(Arc<rustls::ServerConfig>),
 }
 
-impl std::fmt::Debug for TlsMode {
+impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::None => "None",
@@ -60,7 +88,7 @@ mock_core::impl_record!(SessionRecord);
 
 /// A mailbox's state, for inspection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MailboxReport {
+pub struct MaildropReport {
     /// Login name.
     pub user: String,
     /// UIDs still in the maildrop, in order.
@@ -102,8 +130,8 @@ impl Stored {
     }
 }
 
-pub(crate) struct MailboxState {
-    pub spec: Mailbox,
+pub(crate) struct MaildropState {
+    pub spec: Maildrop,
     pub messages: Arc<Vec<Arc<Stored>>>,
     pub reported: BTreeMap<u64, u64>,
     pub locked_by: Option<u64>,
@@ -116,7 +144,7 @@ pub(crate) struct MailboxState {
 }
 
 pub(crate) struct State {
-    pub mailboxes: BTreeMap<String, MailboxState>,
+    pub mailboxes: BTreeMap<String, MaildropState>,
     pub next_message_id: u64,
     /// False for a hostile server that sends message lines without dot-stuffing them.
     pub dot_stuffing: bool,
@@ -179,7 +207,7 @@ impl State {
 pub(crate) struct Config {
     pub before: Capabilities,
     pub after: Capabilities,
-    pub tls: TlsMode,
+    pub tls: ServerTls,
     pub apop_timestamp: bool,
     pub hostname: String,
     pub idle_timeout: Duration,
@@ -222,10 +250,10 @@ impl Shared {
 
 /// Builds a mock POP3 server.
 pub struct Builder {
-    mailboxes: Vec<Mailbox>,
+    mailboxes: Vec<Maildrop>,
     before: Capabilities,
     after: Capabilities,
-    tls: TlsMode,
+    tls: ServerTls,
     host: Settings,
     apop_timestamp: bool,
     hostname: String,
@@ -243,7 +271,7 @@ impl MockPop3 {
             mailboxes: Vec::new(),
             before: Capabilities::full(),
             after: Capabilities::full_after_login(),
-            tls: TlsMode::None,
+            tls: ServerTls::None,
             host: Settings::default(),
             apop_timestamp: true,
             hostname: "mock-pop3.invalid".into(),
@@ -255,7 +283,7 @@ impl MockPop3 {
 
 impl Builder {
     /// Adds a mailbox.
-    pub fn mailbox(mut self, mailbox: Mailbox) -> Self {
+    pub fn mailbox(mut self, mailbox: Maildrop) -> Self {
         self.mailboxes.push(mailbox);
         self
     }
@@ -266,7 +294,7 @@ impl Builder {
         /// Capabilities after login.
         capabilities_after_login(after: Capabilities);
         /// TLS mode.
-        tls(tls: TlsMode);
+        tls(tls: ServerTls);
         /// Whether the greeting carries an APOP timestamp (without one, APOP is impossible).
         apop_timestamp(apop_timestamp: bool);
         /// A hostile server when `false`: message lines go out without dot-stuffing, so a
@@ -294,13 +322,13 @@ impl Builder {
         for mb in self.mailboxes {
             let messages = mb.messages.clone();
             let user = mb.user.clone();
-            let spec = Mailbox {
+            let spec = Maildrop {
                 messages: Vec::new(),
                 ..mb
             };
             state.mailboxes.insert(
                 user.clone(),
-                MailboxState {
+                MaildropState {
                     spec,
                     messages: Arc::new(Vec::new()),
                     reported: BTreeMap::new(),
@@ -357,9 +385,9 @@ impl MockPop3Handle {
     }
 
     /// A mailbox's state.
-    pub fn mailbox(&self, user: &str) -> Option<MailboxReport> {
+    pub fn mailbox(&self, user: &str) -> Option<MaildropReport> {
         let st = self.shared().state();
-        st.mailboxes.get(user).map(|mb| MailboxReport {
+        st.mailboxes.get(user).map(|mb| MaildropReport {
             user: user.to_string(),
             remaining: mb.messages.iter().map(|m| m.uid.clone()).collect(),
             remaining_positions: mb.messages.iter().map(|m| m.position).collect(),
@@ -370,7 +398,7 @@ impl MockPop3Handle {
     }
 
     /// Every mailbox's state, by user.
-    pub fn mailboxes(&self) -> Vec<MailboxReport> {
+    pub fn mailboxes(&self) -> Vec<MaildropReport> {
         let users: Vec<String> = self.shared().state().mailboxes.keys().cloned().collect();
         users.iter().filter_map(|u| self.mailbox(u)).collect()
     }

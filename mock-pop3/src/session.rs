@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::caps::{Capabilities, Expire};
-use crate::mailbox::AuthMethod;
-use crate::server::{Shared, Stored, TlsMode};
+use crate::server::{ServerTls, Shared, Stored};
+use popbridge_proto::pop3::AuthMethod;
 
 /// Messages at most this big are copied into the output buffer to batch with other replies;
 /// bigger ones go out from their shared bytes in a vectored write.
@@ -152,7 +152,7 @@ where
     /// Serves until the session ends or a TLS handshake is due; called again after it.
     async fn serve(&mut self) -> io::Result<Step> {
         if !self.greeted {
-            if let TlsMode::Implicit(cfg) = &self.shared.cfg.tls {
+            if let ServerTls::Implicit(cfg) = &self.shared.cfg.tls {
                 if !self.conn.is_tls() {
                     return Ok(Step::Tls(cfg.clone()));
                 }
@@ -293,7 +293,7 @@ where
                 // (the STARTTLS command-injection class of bugs).
                 self.inbuf.clear();
                 self.lines.reset();
-                let TlsMode::Stls(cfg) = self.shared.cfg.tls.clone() else {
+                let ServerTls::Stls(cfg) = self.shared.cfg.tls.clone() else {
                     return Ok(Some(Step::End(SessionEnd::Error(
                         "STLS without TLS configuration".into(),
                     ))));
@@ -401,7 +401,7 @@ where
                 return Ok(Flow::Continue);
             }
             let stls_possible =
-                matches!(self.shared.cfg.tls, TlsMode::Stls(_)) && !self.conn.is_tls();
+                matches!(self.shared.cfg.tls, ServerTls::Stls(_)) && !self.conn.is_tls();
             let lines = self.caps().listing(stls_possible);
             self.listing("Capability list follows", &lines);
             return Ok(Flow::Continue);
@@ -442,7 +442,8 @@ where
             },
             Pop3Command::Auth { mechanism, initial } => return self.auth(mechanism, initial).await,
             Pop3Command::Stls => {
-                let possible = matches!(self.shared.cfg.tls, TlsMode::Stls(_)) && self.caps().stls;
+                let possible =
+                    matches!(self.shared.cfg.tls, ServerTls::Stls(_)) && self.caps().stls;
                 if self.conn.is_tls() {
                     self.err("Already using TLS");
                 } else if !possible {
@@ -466,7 +467,7 @@ where
         &self,
         user: &str,
         method: AuthMethod,
-        verify: impl FnOnce(&crate::mailbox::Mailbox) -> bool,
+        verify: impl FnOnce(&crate::maildrop::Maildrop) -> bool,
     ) -> bool {
         let st = self.shared.state();
         st.mailboxes
@@ -495,7 +496,7 @@ where
                 return;
             };
             if mb.locked_by.is_some() {
-                Err((RespCode::InUse, "Mailbox is locked by another session"))
+                Err((RespCode::InUse, "Maildrop is locked by another session"))
             } else if login_delay.zip(mb.last_login).is_some_and(|(d, last)| {
                 now.duration_since(last) < std::time::Duration::from_secs(d.into())
             }) {

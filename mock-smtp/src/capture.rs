@@ -54,9 +54,9 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// One mail transaction, from MAIL FROM to its end.
+/// One mail transaction the server received (as captured), from MAIL FROM to its end.
 #[derive(Debug, Clone, Serialize)]
-pub struct Transaction {
+pub struct Received {
     /// The session it belongs to (from 1).
     pub session: u64,
     /// Its number in the server (from 1).
@@ -94,7 +94,7 @@ fn ser_params<S: serde::Serializer>(p: &[Param], s: S) -> Result<S::Ok, S::Error
     s.collect_seq(p.iter().map(|p| p.to_string()))
 }
 
-impl Transaction {
+impl Received {
     /// True when the server accepted it but the client may never have learnt so: its reply
     /// was lost, or the client sent nothing more on the session after it.
     pub fn unconfirmed(&self) -> bool {

@@ -22,7 +22,7 @@ mod config;
 mod server;
 mod session;
 
-pub use capture::{Delivery, Outcome, RcptRecord, SessionStats, Transaction};
+pub use capture::{Delivery, Outcome, RcptRecord, Received, SessionStats};
 pub use config::{Extensions, Limits, MailboxSpec, Replies, SizeAdvert, SpamField, SpamRule};
 /// The fault engine (shared with mock-pop3 through mock-core).
 pub use mock_core::fault::{FaultAction, FaultRule, Hook};

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::capture::{Delivery, Outcome, SessionStats, Transaction};
+use crate::capture::{Delivery, Outcome, Received, SessionStats};
 use crate::config::{Extensions, Limits, MailboxSpec, Replies, SpamRule};
 
 /// How much of each message the server keeps.
@@ -62,7 +62,7 @@ pub(crate) struct Config {
 }
 
 pub(crate) struct State {
-    pub transactions: Vec<Transaction>,
+    pub transactions: Vec<Received>,
     pub used: BTreeMap<String, u64>,
     pub counts: Counts,
     pub next_txn: u64,
@@ -108,7 +108,7 @@ impl Shared {
     }
 
     /// Stores a finished transaction and updates the counters.
-    pub(crate) fn record(&self, mut t: Transaction, outcome: Outcome) {
+    pub(crate) fn record(&self, mut t: Received, outcome: Outcome) {
         let mut st = self.state();
         match &outcome {
             Outcome::Accepted => {
@@ -346,7 +346,7 @@ mock_core::handle_type! {
 
 impl MockSmtpHandle {
     /// Every transaction so far (empty in count-only mode).
-    pub fn captured(&self) -> Vec<Transaction> {
+    pub fn captured(&self) -> Vec<Received> {
         self.shared().state().transactions.clone()
     }
 

@@ -17,7 +17,7 @@ use popbridge_proto::smtp::{AddressError, Mailbox, Param, Path, Reply, SmtpComma
 use popbridge_proto::{DotDecoder, LineDecoder, LineError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::capture::{Delivery, Outcome, RcptRecord, Transaction};
+use crate::capture::{Delivery, Outcome, RcptRecord, Received};
 use crate::config::{SizeAdvert, SpamField};
 use crate::server::{CaptureMode, Shared};
 
@@ -25,7 +25,7 @@ use crate::server::{CaptureMode, Shared};
 const MAX_LINE: usize = 2048;
 
 struct Txn {
-    record: Transaction,
+    record: Received,
     accepted_rcpts: Vec<String>,
     bdat: BytesMut,
     bdat_total: u64,
@@ -508,7 +508,7 @@ where
         }
     }
 
-    fn new_record(&mut self, from: &str, params: Vec<Param>) -> Transaction {
+    fn new_record(&mut self, from: &str, params: Vec<Param>) -> Received {
         let id = {
             let mut st = self.shared.state();
             let id = st.next_txn;
@@ -516,7 +516,7 @@ where
             id
         };
         self.shared.stats(self.id, |s| s.transactions += 1);
-        Transaction {
+        Received {
             session: self.id,
             id,
             mail_from: from.to_string(),
@@ -544,7 +544,7 @@ where
             return;
         }
         let mut record = self.new_record(&from, params.clone());
-        let refuse = |s: &mut Self, record: Transaction, reply: &Reply| {
+        let refuse = |s: &mut Self, record: Received, reply: &Reply| {
             s.send(reply);
             s.shared.record(
                 record,
@@ -950,7 +950,7 @@ where
             .collect()
     }
 
-    fn spool(&self, record: &Transaction, outcome: &Outcome) {
+    fn spool(&self, record: &Received, outcome: &Outcome) {
         let Some(dir) = &self.shared.cfg.spool else {
             return;
         };

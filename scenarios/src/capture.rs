@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use popbridge::config::{AuthMethod, TlsMode};
+use popbridge::config::TlsMode;
 use popbridge::net::{self, TcpDialer};
 use popbridge::pop3::{self, Pop3Error, Response, Settings};
 use popbridge::secret::Secret;
+use popbridge_proto::pop3::AuthMethod;
 use sha2::Sha256;
 
 /// What went wrong during a capture.

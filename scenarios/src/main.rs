@@ -15,6 +15,25 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// poplab's exit codes (`bench-rusage` passes on its command's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Exit {
+    /// 0: every expectation of every scenario held (`chaos`: every run kept the promises;
+    /// `bench`: every check passed; `capture`, `serve`: done).
+    Passed = 0,
+    /// 1: some did not.
+    Failed = 1,
+    /// 2: a file could not be read or is invalid, bad arguments, or an error.
+    Invalid = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
 /// The Popbridge harness: mock POP3 and Exchange-like SMTP servers, scenario files.
 #[derive(Parser, Debug)]
 #[command(name = "poplab", version, about)]
@@ -288,7 +307,7 @@ async fn capture(a: CaptureArgs) -> anyhow::Result<ExitCode> {
         captured.messages.len(),
         path.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Passed.into())
 }
 
 /// Which mocks `serve` starts.
@@ -308,7 +327,7 @@ async fn serve(file: PathBuf, sides: Sides, check: bool) -> anyhow::Result<ExitC
         Ok(s) => s,
         Err(e) => {
             eprintln!("poplab: {e}");
-            return Ok(ExitCode::from(2));
+            return Ok(Exit::Invalid.into());
         }
     };
     let dir = tempfile::Builder::new()
@@ -359,7 +378,7 @@ async fn serve(file: PathBuf, sides: Sides, check: bool) -> anyhow::Result<ExitC
     let mailboxes = pop3.as_ref().map(|h| h.mailboxes()).unwrap_or_default();
     let captured = smtp.as_ref().map(|h| h.captured()).unwrap_or_default();
     let state = poplab::serve::final_state(&scenario, mailboxes.clone(), captured.clone());
-    let mut code = ExitCode::SUCCESS;
+    let mut code = Exit::Passed.into();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{state}")?;
@@ -373,7 +392,7 @@ async fn serve(file: PathBuf, sides: Sides, check: bool) -> anyhow::Result<ExitC
                 poplab::summary_line(usize::from(passed), usize::from(!passed))
             )?;
             if !passed {
-                code = ExitCode::from(1);
+                code = Exit::Failed.into();
             }
         }
         out.flush()?;
@@ -417,9 +436,9 @@ async fn chaos(opts: poplab::chaos::Options, json: bool) -> anyhow::Result<ExitC
         opts.jobs
     );
     Ok(if report.passed() {
-        ExitCode::SUCCESS
+        Exit::Passed.into()
     } else {
-        ExitCode::from(1)
+        Exit::Failed.into()
     })
 }
 
@@ -428,7 +447,7 @@ async fn bench(args: poplab::bench::BenchArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(e) => {
             eprintln!("poplab bench: {e}");
-            return Ok(ExitCode::from(2));
+            return Ok(Exit::Invalid.into());
         }
     };
     let mut out = std::io::stdout().lock();
@@ -438,9 +457,9 @@ async fn bench(args: poplab::bench::BenchArgs) -> anyhow::Result<ExitCode> {
         write!(out, "{}", report.render_table())?;
     }
     Ok(if report.passed() {
-        ExitCode::SUCCESS
+        Exit::Passed.into()
     } else {
-        ExitCode::from(1)
+        Exit::Failed.into()
     })
 }
 
@@ -449,7 +468,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("poplab: {e:#}");
-            ExitCode::from(2)
+            Exit::Invalid.into()
         }
     }
 }
@@ -482,7 +501,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 Some(template) => {
                     if let Err(e) = poplab::external::check_template(&template) {
                         eprintln!("poplab: --connector-cmd: {e}");
-                        return Ok(ExitCode::from(2));
+                        return Ok(Exit::Invalid.into());
                     }
                     poplab::Connector::External { template }
                 }
@@ -494,11 +513,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     eprintln!(
                         "poplab: --sabotage breaks popbridge; it cannot apply to --connector-cmd"
                     );
-                    return Ok(ExitCode::from(2));
+                    return Ok(Exit::Invalid.into());
                 }
                 Some(Err(e)) => {
                     eprintln!("poplab: --sabotage: {e}");
-                    return Ok(ExitCode::from(2));
+                    return Ok(Exit::Invalid.into());
                 }
             };
             for dir in save_failures.iter().chain(save_worlds.iter()) {
@@ -530,7 +549,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::Bench(args) => return runtime.block_on(bench(args)),
         Command::BenchRusage { out, command } => {
             let code = poplab::bench::measure::rusage_main(&out, &command);
-            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            return Ok(u8::try_from(code).map_or(Exit::Failed.into(), ExitCode::from));
         }
         Command::Serve { file, check } => return runtime.block_on(serve(file, Sides::Both, check)),
         Command::MockPop3 { scenario } => {
@@ -574,7 +593,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Some(template) => {
             if let Err(e) = poplab::external::check_template(&template) {
                 eprintln!("poplab: --connector-cmd: {e}");
-                return Ok(ExitCode::from(2));
+                return Ok(Exit::Invalid.into());
             }
             poplab::Connector::External { template }
         }
@@ -583,7 +602,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Ok(f) => f,
         Err(e) => {
             eprintln!("poplab: {e}");
-            return Ok(ExitCode::from(2));
+            return Ok(Exit::Invalid.into());
         }
     };
     let mut out = std::io::stdout().lock();
@@ -650,10 +669,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
         writeln!(out, "{line}")?;
     }
     Ok(if !invalid.is_empty() {
-        ExitCode::from(2)
+        Exit::Invalid.into()
     } else if failed > 0 {
-        ExitCode::from(1)
+        Exit::Failed.into()
     } else {
-        ExitCode::SUCCESS
+        Exit::Passed.into()
     })
 }

@@ -29,8 +29,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mock_pop3::MailboxReport;
-use mock_smtp::{Delivery, Outcome as SmtpOutcome, Transaction};
+use mock_pop3::MaildropReport;
+use mock_smtp::{Delivery, Outcome as SmtpOutcome, Received};
 use popbridge::events::Event;
 use serde::Serialize;
 
@@ -157,7 +157,7 @@ fn strip_eol(d: &[u8]) -> &[u8] {
 /// in the server's order; `copies` is how many deliveries were owed. A duplicate is
 /// unavoidable when an earlier acceptance went unconfirmed (the connector never saw it),
 /// each such acceptance explaining one.
-pub fn duplicates_of(accepted: &[&Transaction], copies: usize) -> (u32, u32) {
+pub fn duplicates_of(accepted: &[&Received], copies: usize) -> (u32, u32) {
     duplicates_recorded(accepted, copies, None)
 }
 
@@ -166,7 +166,7 @@ pub fn duplicates_of(accepted: &[&Transaction], copies: usize) -> (u32, u32) {
 /// saw but never recorded (it crashed while the acceptance waited for its group commit)
 /// explains one later duplicate too, like an unconfirmed one.
 pub fn duplicates_recorded(
-    accepted: &[&Transaction],
+    accepted: &[&Received],
     copies: usize,
     recorded: Option<usize>,
 ) -> (u32, u32) {
@@ -199,7 +199,7 @@ pub fn duplicates_recorded(
 /// Which planned message each transaction belongs to, and for a transaction without data
 /// that several messages' senders fit, those candidates (attributed to the one that
 /// remains when every other was delivered).
-fn match_transactions(planned: &[Planned], captured: &[Transaction]) -> Attribution {
+fn match_transactions(planned: &[Planned], captured: &[Received]) -> Attribution {
     let by_data = match_by_data(planned, captured);
     let mut by_sender: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, p) in planned.iter().enumerate() {
@@ -250,7 +250,7 @@ struct Attribution {
 /// Which planned message each transaction belongs to by its data. Byte-identical copies
 /// share a Message-ID: their acceptances are handed to the copies in turn. A transaction
 /// without data is attributed when exactly one message's sender is its MAIL FROM.
-fn match_by_data(planned: &[Planned], captured: &[Transaction]) -> Vec<Option<usize>> {
+fn match_by_data(planned: &[Planned], captured: &[Received]) -> Vec<Option<usize>> {
     let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, p) in planned.iter().enumerate() {
         if let Some(m) = p.message_id.as_deref() {
@@ -318,7 +318,7 @@ fn match_by_data(planned: &[Planned], captured: &[Transaction]) -> Vec<Option<us
 /// (the same matching as [`decide`]); and the indices attributed to no message.
 pub fn transactions_by_message(
     planned: &[Planned],
-    captured: &[Transaction],
+    captured: &[Received],
 ) -> (Vec<Vec<usize>>, Vec<usize>) {
     let mut per = vec![Vec::new(); planned.len()];
     let mut none = Vec::new();
@@ -336,7 +336,7 @@ pub fn transactions_by_message(
 }
 
 /// A captured transaction described in one line (for reports and `poplab serve`).
-pub fn describe(t: &Transaction) -> String {
+pub fn describe(t: &Received) -> String {
     describe_transaction(t)
 }
 
@@ -396,7 +396,7 @@ fn explain_from_events(events: &[&Event]) -> Option<String> {
 }
 
 /// A permanent (5xx) refusal of a transaction, described.
-fn smtp_refusal(t: &Transaction) -> Option<String> {
+fn smtp_refusal(t: &Received) -> Option<String> {
     match &t.outcome {
         SmtpOutcome::Rejected { reply } if reply.starts_with('5') => {
             Some(format!("refused: {reply}"))
@@ -407,7 +407,7 @@ fn smtp_refusal(t: &Transaction) -> Option<String> {
 }
 
 /// A temporary (4xx) refusal or a cut-off transaction, described.
-fn smtp_transient(t: &Transaction) -> Option<String> {
+fn smtp_transient(t: &Received) -> Option<String> {
     match &t.outcome {
         SmtpOutcome::Rejected { reply } if !reply.starts_with('5') => {
             Some(format!("temporarily refused: {reply}"))
@@ -420,7 +420,7 @@ fn smtp_transient(t: &Transaction) -> Option<String> {
 /// What a transaction without data did, for one of several messages:
 /// `552 for one of big-1, big-2, big-3` (the reply code; `abandoned` for a session that
 /// ended first).
-fn one_of<'a>(t: &Transaction, names: impl Iterator<Item = &'a str>) -> String {
+fn one_of<'a>(t: &Received, names: impl Iterator<Item = &'a str>) -> String {
     let what = match &t.outcome {
         SmtpOutcome::Rejected { reply } | SmtpOutcome::Badmail { reply } => reply
             .split_whitespace()
@@ -444,7 +444,7 @@ fn one_of<'a>(t: &Transaction, names: impl Iterator<Item = &'a str>) -> String {
     format!("{what} for one of {list}")
 }
 
-fn recipients_of(t: &Transaction) -> Vec<String> {
+fn recipients_of(t: &Received) -> Vec<String> {
     t.deliveries
         .iter()
         .filter_map(|d| match d {
@@ -454,7 +454,7 @@ fn recipients_of(t: &Transaction) -> Vec<String> {
         .collect()
 }
 
-fn describe_transaction(t: &Transaction) -> String {
+fn describe_transaction(t: &Received) -> String {
     let to: Vec<&str> = t.recipients.iter().map(|r| r.address.as_str()).collect();
     let what = match &t.outcome {
         SmtpOutcome::Accepted => {
@@ -486,7 +486,7 @@ fn describe_transaction(t: &Transaction) -> String {
 pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
     let red: &Redactor = &obs.redactor;
     let matched = match_transactions(planned, &obs.captured);
-    let mut per_msg: Vec<Vec<&Transaction>> = vec![Vec::new(); planned.len()];
+    let mut per_msg: Vec<Vec<&Received>> = vec![Vec::new(); planned.len()];
     let mut unmatched = Vec::new();
     // Per message: the refusals that were for it or another message, described.
     let mut shared: Vec<Vec<String>> = vec![Vec::new(); planned.len()];
@@ -536,7 +536,7 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
         })
         .collect();
     let mailbox =
-        |user: &str| -> Option<&MailboxReport> { obs.mailboxes.iter().find(|m| m.user == user) };
+        |user: &str| -> Option<&MaildropReport> { obs.mailboxes.iter().find(|m| m.user == user) };
     // UIDs several messages share: hand out the server's occurrences in order,
     // delivered messages first to the deleted ones.
     let mut remaining_left: HashMap<(String, String), usize> = HashMap::new();
@@ -561,11 +561,11 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
         let p = &planned[i];
         let account = account_of(&p.user);
         let txns = &per_msg[i];
-        let accepted: Vec<&&Transaction> = txns
+        let accepted: Vec<&&Received> = txns
             .iter()
             .filter(|t| t.outcome == SmtpOutcome::Accepted)
             .collect();
-        let good: Vec<&&Transaction> = accepted.iter().copied().filter(|t| t.delivered()).collect();
+        let good: Vec<&&Received> = accepted.iter().copied().filter(|t| t.delivered()).collect();
         let mut evs: Vec<&Event> = Vec::new();
         let keys = event_keys(p, &account);
         for key in &keys {
@@ -682,7 +682,7 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
         }
     }
     for copies in groups.values().filter(|c| c.len() > 1) {
-        let mut accepted: Vec<&Transaction> = copies
+        let mut accepted: Vec<&Received> = copies
             .iter()
             .flat_map(|&c| per_msg[c].iter().copied())
             .filter(|t| t.outcome == SmtpOutcome::Accepted)
@@ -743,9 +743,9 @@ mod tests {
         }
     }
 
-    fn transaction(id: u64, data: &[u8], outcome: SmtpOutcome) -> Transaction {
+    fn transaction(id: u64, data: &[u8], outcome: SmtpOutcome) -> Received {
         let delivered = outcome == SmtpOutcome::Accepted;
-        Transaction {
+        Received {
             session: 1,
             id,
             mail_from: "scanner@example.net".into(),
@@ -768,7 +768,7 @@ mod tests {
         }
     }
 
-    fn refused_552(id: u64) -> Transaction {
+    fn refused_552(id: u64) -> Received {
         transaction(
             id,
             b"",
@@ -778,10 +778,10 @@ mod tests {
         )
     }
 
-    fn observed(remaining: &[&str], captured: Vec<Transaction>) -> Observed {
+    fn observed(remaining: &[&str], captured: Vec<Received>) -> Observed {
         let names = ["big-1", "big-2", "big-3"];
         Observed {
-            mailboxes: vec![MailboxReport {
+            mailboxes: vec![MaildropReport {
                 user: "info".into(),
                 remaining: remaining.iter().map(|s| s.to_string()).collect(),
                 retrieved: names.iter().map(|s| s.to_string()).collect(),

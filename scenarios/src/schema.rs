@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mock_core::fault::{FaultAction, FaultRule, Hook};
-use mock_pop3::AuthMethod;
+use mock_pop3::TlsOffer;
 use mock_smtp::{Extensions, Limits, MailboxSpec, SpamField, SpamRule};
 use popbridge::config::{parse_duration, parse_size};
 use popbridge::faults::{FailPoint, Sabotage, Step};
 use popbridge::toml_locate::{render, KeyPath, Located, Locator, Seg};
+use popbridge_proto::pop3::AuthMethod;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -77,25 +78,12 @@ pub struct Network {
     pub smtp_cut_after: Option<Scalar>,
 }
 
-/// How the POP3 mock offers TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsKind {
-    /// Plain text only.
-    #[default]
-    None,
-    /// Plain text with STLS.
-    Stls,
-    /// TLS from the first byte.
-    Implicit,
-}
-
 /// `[pop3]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pop3 {
     /// TLS mode.
-    pub tls: TlsKind,
+    pub tls: TlsOffer,
     /// UIDL works.
     pub uidl: bool,
     /// TOP works.
@@ -121,7 +109,7 @@ pub struct Pop3 {
 impl Default for Pop3 {
     fn default() -> Self {
         Self {
-            tls: TlsKind::None,
+            tls: TlsOffer::None,
             uidl: true,
             top: true,
             pipelining: true,

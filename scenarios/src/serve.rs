@@ -11,8 +11,8 @@
 
 use std::net::SocketAddr;
 
-use mock_pop3::MailboxReport;
-use mock_smtp::{Delivery, Outcome as SmtpOutcome, Transaction};
+use mock_pop3::MaildropReport;
+use mock_smtp::{Delivery, Outcome as SmtpOutcome, Received};
 use serde_json::{json, Value};
 
 use crate::outcome;
@@ -48,11 +48,7 @@ pub fn address_line(
 /// The final state: per message what the POP3 server and the SMTP server saw, and the
 /// outcome `poplab run` would decide from it (without connector events). `mailboxes` or
 /// `captured` is empty when that side did not run.
-pub fn final_state(
-    s: &Scenario,
-    mailboxes: Vec<MailboxReport>,
-    captured: Vec<Transaction>,
-) -> Value {
+pub fn final_state(s: &Scenario, mailboxes: Vec<MaildropReport>, captured: Vec<Received>) -> Value {
     let (per, unmatched) = outcome::transactions_by_message(&s.messages, &captured);
     let obs = observed(s, mailboxes, captured);
     let decided = outcome::decide(&s.messages, &obs);
@@ -63,7 +59,7 @@ pub fn final_state(
         .zip(&per)
         .map(|((p, d), txns)| {
             let mb = obs.mailboxes.iter().find(|m| m.user == p.user);
-            let txns: Vec<&Transaction> = txns.iter().map(|&i| &obs.captured[i]).collect();
+            let txns: Vec<&Received> = txns.iter().map(|&i| &obs.captured[i]).collect();
             let accepted = txns.iter().filter(|t| t.outcome == SmtpOutcome::Accepted);
             let delivered = accepted.clone().filter(|t| t.delivered()).count();
             let ndr: Vec<&str> = accepted.flat_map(|t| t.ndrs()).collect();
@@ -112,7 +108,7 @@ pub fn final_state(
 
 /// What the mocks saw, as a run's observation (no connector events: the connector was run
 /// by hand).
-fn observed(s: &Scenario, mailboxes: Vec<MailboxReport>, captured: Vec<Transaction>) -> Observed {
+fn observed(s: &Scenario, mailboxes: Vec<MaildropReport>, captured: Vec<Received>) -> Observed {
     Observed {
         accounts: s
             .mailboxes
@@ -134,8 +130,8 @@ pub const BY_HAND: &str = "run by hand against poplab serve";
 /// the mocks served.
 pub fn check(
     s: &Scenario,
-    mailboxes: Vec<MailboxReport>,
-    captured: Vec<Transaction>,
+    mailboxes: Vec<MaildropReport>,
+    captured: Vec<Received>,
     elapsed: std::time::Duration,
 ) -> ScenarioReport {
     let obs = Observed {

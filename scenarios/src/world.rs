@@ -31,19 +31,20 @@ use std::time::{Duration, Instant};
 use mock_pop3::oauth::{OAuthHandle, OAuthProvider};
 use mock_pop3::pki::TestPki;
 use mock_pop3::{
-    AuthMethod, Capabilities, Mailbox, MailboxReport, Message, MockPop3, MockPop3Handle, TlsMode,
+    Capabilities, Maildrop, MaildropReport, Message, MockPop3, MockPop3Handle, TlsOffer,
 };
-use mock_smtp::{MockSmtp, MockSmtpHandle, Transaction};
+use mock_smtp::{MockSmtp, MockSmtpHandle, Received};
 use popbridge::config::{Config, ConfigError};
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
 use popbridge::net::{BoxIo, Dialer, MemoryDialer, TcpDialer};
 use popbridge::pass::{run_accounts_with, Faults, StopFlag, Summary};
+use popbridge_proto::pop3::AuthMethod;
 use tokio::net::TcpListener;
 
 use crate::external::{run_command_killed, substitute, Connector, ExternalRun, Values};
 use crate::proxy::{self, Shape};
-use crate::schema::{Clock, Scenario, TlsKind};
+use crate::schema::{Clock, Scenario};
 
 /// The domain of the default `deliver_to` (`<user>@contoso.local`).
 pub const LOCAL_DOMAIN: &str = "contoso.local";
@@ -118,18 +119,6 @@ pub fn account_name(user: &str) -> String {
     }
 }
 
-fn auth_name(m: AuthMethod) -> &'static str {
-    match m {
-        AuthMethod::User => "user",
-        AuthMethod::Apop => "apop",
-        AuthMethod::Plain => "plain",
-        AuthMethod::Login => "login",
-        AuthMethod::CramMd5 => "cram-md5",
-        AuthMethod::Xoauth2 => "xoauth2",
-        AuthMethod::Ntlm => "ntlm",
-    }
-}
-
 /// The connector's command timeout when a scenario sets none.
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -167,9 +156,9 @@ pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
     }
     top.insert("timeouts".into(), Value::Table(timeouts));
     let tls = match s.file.pop3.tls {
-        TlsKind::None => "none",
-        TlsKind::Stls => "starttls",
-        TlsKind::Implicit => "implicit",
+        TlsOffer::None => "none",
+        TlsOffer::Stls => "starttls",
+        TlsOffer::Implicit => "implicit",
     };
     let mut accounts = Vec::new();
     for mb in &s.mailboxes {
@@ -186,7 +175,7 @@ pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
             ("port", Value::Integer(ep.pop3_port.into())),
             ("tls", Value::String(tls.into())),
             ("allow_plaintext", Value::Boolean(true)),
-            ("auth", Value::String(auth_name(auth).into())),
+            ("auth", Value::String(auth.as_str().into())),
             ("username", Value::String(mb.user.clone())),
             ("password", Value::String(mb.password.clone())),
             (
@@ -197,7 +186,7 @@ pub fn connector_text(s: &Scenario, ep: &Endpoints) -> String {
         for (k, v) in entries {
             a.insert(k.into(), v);
         }
-        if s.file.pop3.tls != TlsKind::None || s.oauth2.contains_key(&mb.user) {
+        if s.file.pop3.tls != TlsOffer::None || s.oauth2.contains_key(&mb.user) {
             if let Some(ca) = &ep.ca_file {
                 a.insert("ca_file".into(), Value::String(ca.display().to_string()));
             }
@@ -279,9 +268,9 @@ impl Redactor {
 #[derive(Debug, Default)]
 pub struct Observed {
     /// The POP3 mailboxes' final state.
-    pub mailboxes: Vec<MailboxReport>,
+    pub mailboxes: Vec<MaildropReport>,
     /// Every SMTP transaction.
-    pub captured: Vec<Transaction>,
+    pub captured: Vec<Received>,
     /// The connector's events, with their pass.
     pub events: Vec<PassEvent>,
     /// Each pass's summaries.
@@ -738,7 +727,7 @@ async fn start_pop3_on(s: &Scenario, dir: &Path, net: Net) -> Result<Pop3Side, S
         .seed(p.seed);
     let mut ca_file = None;
     let mut tls_config = None;
-    if p.tls != TlsKind::None || !s.oauth2.is_empty() {
+    if p.tls != TlsOffer::None || !s.oauth2.is_empty() {
         let pki = TestPki::localhost().map_err(|e| format!("test PKI: {e}"))?;
         let cfg = pki.server_config().map_err(|e| format!("test PKI: {e}"))?;
         let path = dir.join("ca.pem");
@@ -746,16 +735,13 @@ async fn start_pop3_on(s: &Scenario, dir: &Path, net: Net) -> Result<Pop3Side, S
         ca_file = Some(path);
         tls_config = Some(cfg);
     }
-    if let Some(cfg) = tls_config.clone().filter(|_| p.tls != TlsKind::None) {
-        pop3 = pop3.tls(match p.tls {
-            TlsKind::Stls => TlsMode::Stls(cfg),
-            _ => TlsMode::Implicit(cfg),
-        });
+    if let Some(cfg) = tls_config.clone().filter(|_| p.tls != TlsOffer::None) {
+        pop3 = pop3.tls(p.tls.with_config(cfg));
     }
     let mut oauth2 = Vec::new();
     for mb in &s.mailboxes {
         let mut m =
-            Mailbox::new(mb.user.clone(), mb.password.clone()).with_methods(mb.auth.clone());
+            Maildrop::new(mb.user.clone(), mb.password.clone()).with_methods(mb.auth.clone());
         if let (Some(plan), Some(cfg)) = (s.oauth2.get(&mb.user), &tls_config) {
             let provider = OAuthProvider::new(plan.provider.clone());
             let endpoint = match net {

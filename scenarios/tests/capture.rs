@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mock_pop3::{Mailbox, Message, MockPop3};
+use mock_pop3::{Maildrop, Message, MockPop3};
 use popbridge::config::TlsMode;
 use popbridge::secret::Secret;
 use poplab::capture::{self, CaptureOptions};
@@ -114,7 +114,7 @@ fn assert_redacted(dir: &Path) {
 #[tokio::test]
 async fn capture_from_mock_pop3_is_exact_read_only_private_and_replays() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut mailbox = Mailbox::new("info", "pw-not-in-output");
+    let mut mailbox = Maildrop::new("info", "pw-not-in-output");
     for (i, m) in MESSAGES.iter().enumerate() {
         mailbox =
             mailbox.with_message(Message::new(m.as_bytes().to_vec()).with_uid(format!("uid-{i}")));

@@ -31,6 +31,7 @@ mod values;
 pub use error::ConfigError;
 pub use policy::{Policy, SizeRule, SBS_DEFAULT_LIMIT};
 pub use values::{parse_duration, parse_size};
+pub use popbridge_proto::pop3::AuthMethod;
 
 /// How long the ledger remembers a message after it left the server (`ledger_retention`).
 pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(90 * 86_400);
@@ -323,28 +324,6 @@ pub enum TlsMode {
     Implicit,
 }
 
-/// How the connector authenticates to a POP3 server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthMethod {
-    /// USER/PASS.
-    User,
-    /// APOP (MD5 digest of the greeting's timestamp).
-    Apop,
-    /// SASL PLAIN.
-    Plain,
-    /// SASL LOGIN.
-    Login,
-    /// SASL CRAM-MD5.
-    CramMd5,
-    /// SASL XOAUTH2 (the secret is an OAuth access token).
-    Xoauth2,
-    /// AUTH NTLM, NTLMv2 only: Outlook's "Secure Password Authentication" (SPA), which
-    /// Exchange's POP3 service speaks. `username` is `DOMAIN\user`, a UPN, or a bare
-    /// user name (the server's domain is then used).
-    #[serde(alias = "spa")]
-    Ntlm,
-}
 
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -365,19 +344,6 @@ impl fmt::Display for TlsMode {
     }
 }
 
-impl fmt::Display for AuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::User => "user",
-            Self::Apop => "apop",
-            Self::Plain => "plain",
-            Self::Login => "login",
-            Self::CramMd5 => "cram-md5",
-            Self::Xoauth2 => "xoauth2",
-            Self::Ntlm => "ntlm",
-        })
-    }
-}
 
 impl Config {
     /// Reads and validates a configuration file, including the CA files it names (which

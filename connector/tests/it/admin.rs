@@ -62,7 +62,7 @@ fn kinds(events: &Path) -> Vec<String> {
 
 /// A mailbox with one deliverable message (`m0`) and one whose sender Exchange refuses
 /// (`m1`, "Subject: message 1", with an escape sequence in its subject line).
-fn poison_mailbox() -> mock_pop3::Mailbox {
+fn poison_mailbox() -> mock_pop3::Maildrop {
     let bad = b"Return-Path: <bad@refused.example>\r\nFrom: Bad <bad@refused.example>\r\n\
 To: info@isp.example\r\nSubject: message 1 \x1b[31mred\r\nDate: Mon, 7 Dec 2026 04:00:00 +0000\r\n\
 Message-ID: <m1@isp.example>\r\n\r\nbody of the poison message\r\n";

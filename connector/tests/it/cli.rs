@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use mock_pop3::{Mailbox, MockPop3};
+use mock_pop3::{Maildrop, MockPop3};
 use mock_smtp::{Limits, MockSmtp};
 use tokio::io::AsyncBufReadExt;
 
@@ -63,7 +63,7 @@ fn text(o: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted_transcript() {
     let pop = pop3(
-        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(3, 800)),
+        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(3, 800)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -118,7 +118,7 @@ async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_1_when_messages_stay_on_the_server() {
-    let mb = Mailbox::new("info", PASSWORD)
+    let mb = Maildrop::new("info", PASSWORD)
         .with_demo_messages(2, 800)
         .with_demo_messages(1, 50_000);
     let pop = pop3(MockPop3::builder().mailbox(mb)).await;
@@ -180,7 +180,7 @@ async fn exit_3_when_the_server_cannot_be_reached_or_refuses_the_login() {
         text(&out.stdout)
     );
 
-    let pop = pop3(MockPop3::builder().mailbox(Mailbox::new("info", "different"))).await;
+    let pop = pop3(MockPop3::builder().mailbox(Maildrop::new("info", "different"))).await;
     let cfg = write_config(
         dir.path(),
         pop.addr().unwrap().port(),
@@ -223,7 +223,7 @@ async fn help_explains_the_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
     let pop = pop3(
-        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(5, 800)),
+        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(5, 800)),
     )
     .await;
     let sink = smtp(MockSmtp::builder()).await;
@@ -252,7 +252,7 @@ async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
     );
 
     // Stuck mail outranks a backlog: one message over the size limit, and the cap.
-    let mb = Mailbox::new("info", PASSWORD)
+    let mb = Maildrop::new("info", PASSWORD)
         .with_demo_messages(4, 800)
         .with_demo_messages(1, 50_000);
     let pop = pop3(MockPop3::builder().mailbox(mb)).await;
@@ -280,7 +280,7 @@ async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_trigger_reload_and_sigterm() {
     let pop = pop3(
-        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(2, 800)),
+        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(2, 800)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -388,7 +388,7 @@ async fn run_trigger_reload_and_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diagnose_reports_and_changes_nothing() {
     let pop = pop3(
-        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(3, 900)),
+        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(3, 900)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -418,7 +418,7 @@ async fn diagnose_reports_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_limits_flags_the_two_sbs_losses() {
     // The customer reports: a 20 MB message; the connector's receive connector at 50 MB.
-    let mb = Mailbox::new("info", PASSWORD)
+    let mb = Maildrop::new("info", PASSWORD)
         .with_demo_messages(1, 20 * 1024 * 1024)
         .with_demo_messages(1, 1000);
     let pop = pop3(MockPop3::builder().mailbox(mb)).await;
@@ -474,7 +474,7 @@ async fn check_limits_flags_the_two_sbs_losses() {
 async fn check_limits_with_probe_passes_a_safe_configuration() {
     // Every limit agrees with the receive connector's SIZE (50 MB): nothing can be lost or stuck.
     let pop = pop3(
-        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(2, 5000)),
+        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(2, 5000)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder().limits(Limits {
@@ -567,7 +567,7 @@ fn event_lines(path: &Path) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_carry_an_rfc3339_time_and_one_pass_id_per_account_pass() {
     let pop = pop3(
-        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(2, 800)),
+        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(2, 800)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -655,7 +655,7 @@ async fn until(stderr: &mut Log, what: &str, log: &mut Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reopens_the_events_file_after_a_rename() {
     let pop = pop3(
-        MockPop3::builder().mailbox(Mailbox::new("info", PASSWORD).with_demo_messages(1, 800)),
+        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(1, 800)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -786,7 +786,7 @@ async fn check_limits_probe_names_a_stuck_message_with_its_sender_and_subject() 
                Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
     let mut data = big.as_bytes().to_vec();
     data.resize(200 * 1024, b'x');
-    let mut mb = Mailbox::new("info", PASSWORD).with_demo_messages(1, 1000);
+    let mut mb = Maildrop::new("info", PASSWORD).with_demo_messages(1, 1000);
     mb.messages.push(mock_pop3::Message::new(data));
     let pop = pop3(MockPop3::builder().mailbox(mb)).await;
     let smtp = smtp(MockSmtp::builder().limits(Limits {
@@ -826,7 +826,7 @@ async fn fetch_names_the_message_it_leaves_on_the_server() {
                Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
     let mut data = big.as_bytes().to_vec();
     data.resize(200 * 1024, b'x');
-    let mut mb = Mailbox::new("info", PASSWORD).with_demo_messages(1, 1000);
+    let mut mb = Maildrop::new("info", PASSWORD).with_demo_messages(1, 1000);
     mb.messages.push(mock_pop3::Message::new(data));
     let pop = pop3(MockPop3::builder().mailbox(mb)).await;
     let smtp = smtp(MockSmtp::builder().limits(Limits {

@@ -4,14 +4,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mock_pop3::{FaultAction, FaultRule, Hook, Mailbox, MockPop3, MockPop3Handle};
+use mock_pop3::{FaultAction, FaultRule, Hook, Maildrop, MockPop3, MockPop3Handle};
 use mock_smtp::{MockSmtp, MockSmtpHandle};
 use popbridge::config::Config;
 use popbridge::daemon::{Cause, Daemon, DaemonHandle};
 use popbridge::events::EventSink;
 use popbridge::ledger::Ledger;
-use popbridge::net::{BoxIo, MemoryDialer};
+use popbridge::ledger::HISTORY_KEEP;
+use popbridge::net::{BoxIo, DialFuture, Dialer, MemoryDialer};
 use tempfile::TempDir;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::harness::PASSWORD;
 
@@ -49,14 +51,25 @@ deliver_to = "info@contoso.local"
 }
 
 fn start(pop: MockPop3Handle, interval: &str) -> World {
-    let pop = Arc::new(pop);
-    let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_str(
         &config_text(&dir, interval),
         &dir.path().join("popbridge.toml"),
     )
     .unwrap();
+    launch(pop, dir, config, |dialer| Arc::new(dialer))
+}
+
+/// Runs a daemon for `config` over the mocks (`pop3.test:110`, `smtp.test:25`, in
+/// memory); `wrap` may put the routes behind a dialer of the test's own.
+fn launch(
+    pop: MockPop3Handle,
+    dir: TempDir,
+    config: Config,
+    wrap: impl FnOnce(MemoryDialer) -> Arc<dyn Dialer>,
+) -> World {
+    let pop = Arc::new(pop);
+    let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
     let dialer = MemoryDialer::new();
     let p = pop.clone();
     dialer.route(
@@ -71,12 +84,7 @@ fn start(pop: MockPop3Handle, interval: &str) -> World {
         Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
     );
     let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));
-    let (daemon, handle) = Daemon::new(
-        config,
-        Arc::new(dialer),
-        Arc::new(EventSink::memory()),
-        ledger,
-    );
+    let (daemon, handle) = Daemon::new(config, wrap(dialer), Arc::new(EventSink::memory()), ledger);
     let run = tokio::spawn(daemon.run());
     World {
         pop,
@@ -87,8 +95,8 @@ fn start(pop: MockPop3Handle, interval: &str) -> World {
     }
 }
 
-fn mailbox(n: usize) -> Mailbox {
-    Mailbox::new("info", PASSWORD).with_demo_messages(n, 600)
+fn mailbox(n: usize) -> Maildrop {
+    Maildrop::new("info", PASSWORD).with_demo_messages(n, 600)
 }
 
 #[tokio::test(start_paused = true)]
@@ -268,14 +276,24 @@ async fn stop_finishes_the_message_in_flight_and_quits() {
     assert_eq!(w.pop.mailbox("info").unwrap().remaining.len(), 4);
 }
 
-/// A daemon over two accounts, `fast` (its own `interval = "10m"`) and `slow` (the global
-/// 30 minutes), each on its own mailbox of the POP3 mock.
-fn start_two(pop: MockPop3Handle) -> World {
-    let pop = Arc::new(pop);
-    let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
-    let dir = tempfile::tempdir().unwrap();
-    let account = |name: &str, extra: &str| {
-        format!(
+/// A configuration with `top` (global keys after `state_dir`) and one `[[account]]` per
+/// `(name, extra keys)`, each logging in as `name` on the POP3 mock.
+fn accounts_config(dir: &TempDir, top: &str, accounts: &[(&str, &str)]) -> Config {
+    let mut text = format!(
+        r#"state_dir = "{}"
+{top}
+[transport]
+host = "smtp.test"
+port = 25
+[timeouts]
+connect = "2h"
+command = "2h"
+data = "2h"
+"#,
+        dir.path().join("state").display(),
+    );
+    for (name, extra) in accounts {
+        text.push_str(&format!(
             r#"[[account]]
 name = "{name}"
 host = "pop3.test"
@@ -287,52 +305,21 @@ password = "{PASSWORD}"
 deliver_to = "{name}@contoso.local"
 {extra}
 "#
-        )
-    };
-    let text = format!(
-        r#"state_dir = "{}"
-interval = "30m"
-jitter = 0
-[transport]
-host = "smtp.test"
-port = 25
-[timeouts]
-command = "2h"
-data = "2h"
-{}{}"#,
-        dir.path().join("state").display(),
-        account("fast", "interval = \"10m\""),
-        account("slow", ""),
-    );
-    let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
-    let dialer = MemoryDialer::new();
-    let p = pop.clone();
-    dialer.route(
-        "pop3.test",
-        110,
-        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
-    );
-    let s = smtp.clone();
-    dialer.route(
-        "smtp.test",
-        25,
-        Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
-    );
-    let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));
-    let (daemon, handle) = Daemon::new(
-        config,
-        Arc::new(dialer),
-        Arc::new(EventSink::memory()),
-        ledger,
-    );
-    let run = tokio::spawn(daemon.run());
-    World {
-        pop,
-        smtp,
-        dir,
-        handle,
-        run,
+        ));
     }
+    Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap()
+}
+
+/// A daemon over two accounts, `fast` (its own `interval = "10m"`) and `slow` (the global
+/// 30 minutes), each on its own maildrop of the POP3 mock.
+fn start_two(pop: MockPop3Handle) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let config = accounts_config(
+        &dir,
+        "interval = \"30m\"\njitter = 0",
+        &[("fast", "interval = \"10m\""), ("slow", "")],
+    );
+    launch(pop, dir, config, |dialer| Arc::new(dialer))
 }
 
 /// Guards against: a per-account `interval` being ignored (every account on the global
@@ -340,8 +327,8 @@ data = "2h"
 #[tokio::test(start_paused = true)]
 async fn an_account_interval_overrides_the_global_one() {
     let pop = MockPop3::builder()
-        .mailbox(Mailbox::new("fast", PASSWORD).with_demo_messages(1, 600))
-        .mailbox(Mailbox::new("slow", PASSWORD).with_demo_messages(1, 600))
+        .mailbox(Maildrop::new("fast", PASSWORD).with_demo_messages(1, 600))
+        .mailbox(Maildrop::new("slow", PASSWORD).with_demo_messages(1, 600))
         .spawn_in_memory();
     let w = start_two(pop);
     // 29 minutes on the paused clock: passes at 0, 10 and 20 minutes for `fast`, at 0 for
@@ -490,6 +477,113 @@ async fn metrics_after_a_pass_have_the_documented_names_and_values() {
     huge.extend(std::iter::repeat_n(b'a', 20_000));
     assert!(http(addr, &huge).await.starts_with("HTTP/1.1 431 "));
     server.abort();
+    w.handle.stop().await;
+    w.run.await.unwrap();
+}
+
+/// Routes of a [`MemoryDialer`] whose POP3 connections each announce themselves on
+/// `dialed`, then wait for a permit of `gate` (the test lets them through one by one).
+struct GatedDialer {
+    routes: MemoryDialer,
+    dialed: mpsc::UnboundedSender<()>,
+    gate: Arc<Semaphore>,
+}
+
+impl Dialer for GatedDialer {
+    fn dial<'a>(&'a self, host: &'a str, port: u16) -> DialFuture<'a> {
+        Box::pin(async move {
+            if host == "pop3.test" {
+                let _ = self.dialed.send(());
+                self.gate.acquire().await.unwrap().forget();
+            }
+            self.routes.dial(host, port).await
+        })
+    }
+}
+
+/// The next POP3 connection, if one is made within a minute (the paused clock only moves
+/// once every task waits, so "none" means none is coming).
+async fn next_dial(dialed: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    tokio::time::timeout(Duration::from_secs(60), dialed.recv())
+        .await
+        .is_ok()
+}
+
+/// Guards against: `parallel_accounts` ignored by the daemon, both by the schedule (every
+/// due account connecting at once) and by "Retrieve now" (one account after another).
+#[tokio::test(start_paused = true)]
+async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
+    let names = ["a", "b", "c"];
+    let mut pop = MockPop3::builder();
+    for n in names {
+        pop = pop.mailbox(Maildrop::new(n, PASSWORD).with_demo_messages(1, 600));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = accounts_config(
+        &dir,
+        "interval = \"30m\"\njitter = 0\nparallel_accounts = 2",
+        &names.map(|n| (n, "")),
+    );
+    let (tx, mut dialed) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let w = launch(pop.spawn_in_memory(), dir, config, move |routes| {
+        Arc::new(GatedDialer {
+            routes,
+            dialed: tx,
+            gate: g,
+        })
+    });
+    // The schedule: all three are due; two connect, the third waits for a place.
+    assert!(next_dial(&mut dialed).await && next_dial(&mut dialed).await);
+    assert!(!next_dial(&mut dialed).await, "a third account connected");
+    gate.add_permits(1);
+    assert!(next_dial(&mut dialed).await, "the third never got a place");
+    gate.add_permits(2);
+    w.handle.wait_completed(3).await;
+    // "Retrieve now" for every account: two at once as well, not one after another.
+    let h = w.handle.clone();
+    let trigger = tokio::spawn(async move { h.trigger(None).await });
+    assert!(next_dial(&mut dialed).await);
+    assert!(
+        next_dial(&mut dialed).await,
+        "the trigger ran one account at a time"
+    );
+    assert!(!next_dial(&mut dialed).await, "a third account connected");
+    gate.add_permits(1);
+    assert!(next_dial(&mut dialed).await);
+    gate.add_permits(2);
+    let summaries = trigger.await.unwrap().unwrap();
+    assert_eq!(
+        summaries
+            .iter()
+            .map(|s| s.account.as_str())
+            .collect::<Vec<_>>(),
+        names
+    );
+    assert_eq!(w.smtp.counts().accepted, 3);
+    w.handle.stop().await;
+    w.run.await.unwrap();
+}
+
+/// Guards against: the daemon's pass history growing without bound in a long-running
+/// daemon (it keeps what the ledger keeps: the last passes of each account).
+#[tokio::test(start_paused = true)]
+async fn the_pass_history_keeps_the_last_passes_of_each_account() {
+    let keep = usize::try_from(HISTORY_KEEP).unwrap();
+    let w = start(
+        MockPop3::builder().mailbox(mailbox(1)).spawn_in_memory(),
+        "5m",
+    );
+    w.handle.wait_completed(keep as u64 + 5).await;
+    let h = w.handle.history();
+    assert_eq!(h.len(), keep);
+    assert_eq!(
+        h[keep - 1].started - h[0].started,
+        Duration::from_secs(300) * (keep as u32 - 1),
+        "the latest passes are kept"
+    );
+    assert_eq!(w.smtp.counts().accepted, 1);
     w.handle.stop().await;
     w.run.await.unwrap();
 }

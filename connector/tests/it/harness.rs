@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use mock_pop3::{Mailbox, Message, MockPop3Handle};
+use mock_pop3::{Maildrop, Message, MockPop3Handle};
 use mock_smtp::MockSmtpHandle;
 use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
@@ -170,7 +170,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The `Message-ID` header's value of a captured SMTP transaction, if it has one.
-pub fn message_id_of(t: &mock_smtp::Transaction) -> Option<String> {
+pub fn message_id_of(t: &mock_smtp::Received) -> Option<String> {
     let text = String::from_utf8_lossy(&t.data);
     let header = text.split("\r\n\r\n").next().unwrap_or_default();
     header
@@ -197,9 +197,9 @@ pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
     out
 }
 
-/// Mailbox `info` (password [`PASSWORD`]) holding `messages`.
-pub fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Mailbox {
-    let mut mb = Mailbox::new("info", PASSWORD);
+/// Maildrop `info` (password [`PASSWORD`]) holding `messages`.
+pub fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Maildrop {
+    let mut mb = Maildrop::new("info", PASSWORD);
     mb.messages.extend(messages);
     mb
 }

@@ -13,14 +13,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
-use mock_pop3::{AuthMethod, MockPop3};
+use mock_pop3::MockPop3;
 use mock_smtp::MockSmtp;
-use popbridge::config::{self, TlsMode};
+use popbridge::config::TlsMode;
 use popbridge::net::TcpDialer;
 use popbridge::pass::AccountFailure;
 use popbridge::pop3::{self, NtlmChallengeError, Pop3Error, Settings};
 use popbridge::secret::Secret;
 use popbridge_proto::ntlm::NtlmError;
+use popbridge_proto::pop3::AuthMethod;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::*;
@@ -33,7 +34,7 @@ const TYPE3_PREFIX: &str = "TlRMTVNTUAADAAAA";
 fn ntlm_setup(s: Setup, username: &str, password: &str, allow_plaintext: bool) -> Setup {
     let mut cfg = s.config.clone();
     let a = &mut cfg.accounts[0];
-    a.auth = config::AuthMethod::Ntlm;
+    a.auth = AuthMethod::Ntlm;
     a.username = username.into();
     a.secret = popbridge::secret::SecretSource::Value(Secret::new(password.into()));
     a.allow_plaintext = allow_plaintext;
@@ -84,7 +85,7 @@ async fn a_bare_user_and_a_upn_log_in_too() {
         ("info", "info"),
         ("info@contoso.example", "info@contoso.example"),
     ] {
-        let mb = mock_pop3::Mailbox::new(mailbox, PASSWORD)
+        let mb = mock_pop3::Maildrop::new(mailbox, PASSWORD)
             .with_message(mail(1, "a@example.net", 400))
             .with_methods([AuthMethod::Ntlm]);
         let pop = pop3(MockPop3::builder().mailbox(mb)).await;
@@ -166,7 +167,7 @@ async fn an_unusable_challenge_is_cancelled_with_a_star_and_a_typed_error() {
         let auth = pop3::connect(&TcpDialer, &settings).await.unwrap();
         let secret = Secret::new(PASSWORD.into());
         let err = match auth
-            .authenticate(config::AuthMethod::Ntlm, "CONTOSO\\info", &secret)
+            .authenticate(AuthMethod::Ntlm, "CONTOSO\\info", &secret)
             .await
         {
             Ok(_) => panic!("{challenge}: logged in"),

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use mock_pop3::oauth::{OAuthHandle, OAuthProvider, ProviderConfig};
 use mock_pop3::pki::TestPki;
-use mock_pop3::{AuthMethod, MockPop3, MockPop3Handle};
+use mock_pop3::{MockPop3, MockPop3Handle};
 use mock_smtp::{MockSmtp, MockSmtpHandle};
 use popbridge::pass::AccountFailure;
+use popbridge_proto::pop3::AuthMethod;
 
 use crate::harness::*;
 

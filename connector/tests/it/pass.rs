@@ -2,11 +2,11 @@
 
 use mock_pop3::pki::TestPki;
 use mock_pop3::{
-    AuthMethod, FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Mailbox, MockPop3,
-    TlsMode,
+    FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Maildrop, MockPop3, ServerTls,
 };
 use mock_smtp::{FaultAction, FaultRule, Hook, Limits, MailboxSpec, MockSmtp};
 use popbridge::pass::AccountFailure;
+use popbridge_proto::pop3::AuthMethod;
 
 use crate::harness::*;
 
@@ -256,7 +256,7 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
     let pop = pop3(
         MockPop3::builder()
             .mailbox(mailbox_with([mail(1, "a@example.net", 300)]))
-            .tls(TlsMode::Implicit(pki.server_config().unwrap())),
+            .tls(ServerTls::Implicit(pki.server_config().unwrap())),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -314,7 +314,7 @@ async fn a_password_over_plain_text_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn wrong_password_is_an_auth_failure_with_an_event() {
-    let pop = pop3(MockPop3::builder().mailbox(Mailbox::new("info", "another password"))).await;
+    let pop = pop3(MockPop3::builder().mailbox(Maildrop::new("info", "another password"))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, "", "");
     let (sum, events) = s.pass(&pop, &smtp).await;
@@ -451,9 +451,9 @@ async fn apop_and_cram_md5_log_in() {
         let s = setup(&pop, &smtp, "", "");
         let mut cfg = s.config.clone();
         cfg.accounts[0].auth = if name == "apop" {
-            popbridge::config::AuthMethod::Apop
+            AuthMethod::Apop
         } else {
-            popbridge::config::AuthMethod::CramMd5
+            AuthMethod::CramMd5
         };
         cfg.accounts[0].allow_plaintext = false;
         let s = Setup {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use mock_pop3::{Mailbox, MockPop3, MockPop3Handle};
+use mock_pop3::{Maildrop, MockPop3, MockPop3Handle};
 use mock_smtp::{MockSmtp, MockSmtpHandle, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,7 +67,7 @@ struct Lab {
 
 impl Lab {
     async fn new(messages: usize) -> Lab {
-        let mut mb = Mailbox::new("info", PASSWORD);
+        let mut mb = Maildrop::new("info", PASSWORD);
         for i in 0..messages {
             mb = mb.with_message(mail(i, "sender@example.net", SIZE).with_uid(uid(i)));
         }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use mock_pop3::{MockPop3, MockPop3Handle, TlsMode};
+use mock_pop3::{MockPop3, MockPop3Handle, ServerTls};
 use mock_smtp::MockSmtp;
 use popbridge::config::Config;
 use popbridge::pin::Fingerprint;
@@ -55,7 +55,7 @@ async fn fetch_with(
     let (der, pem, server) = self_signed_ca_true();
     let pop = pop3(
         MockPop3::builder()
-            .tls(TlsMode::Implicit(server))
+            .tls(ServerTls::Implicit(server))
             .mailbox(mailbox_with((0..2).map(|i| mail(i, "a@example.net", 800)))),
     )
     .await;

@@ -9,9 +9,10 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use mock_pop3::pki::TestPki;
 use mock_pop3::{
-    AuthMethod, Capabilities, Expire, FaultAction, FaultRule, Hook, Mailbox, Message, MockPop3,
-    SessionEnd, TlsMode,
+    Capabilities, Expire, FaultAction, FaultRule, Hook, Maildrop, Message, MockPop3, ServerTls,
+    SessionEnd,
 };
+use popbridge_proto::pop3::AuthMethod;
 use popbridge_proto::pop3::{Pop3Response, RespCode};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -19,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::client::{spawn, Client, STEP};
 
-fn bob(n: usize) -> Mailbox {
-    Mailbox::new("bob", "s3cret pass").with_demo_messages(n, 1500)
+fn bob(n: usize) -> Maildrop {
+    Maildrop::new("bob", "s3cret pass").with_demo_messages(n, 1500)
 }
 
 async fn logged_in(server: &mock_pop3::MockPop3Handle) -> Client<TcpStream> {
@@ -113,7 +114,7 @@ async fn stat_list_uidl_retr_top_noop_answer_per_rfc_1939() {
         b"Subject: hi\r\nFrom: a@b.example\r\n\r\nline1\r\n.dotted\r\nline3\r\nline4\r\n".to_vec();
     let server = spawn(
         MockPop3::builder().mailbox(
-            Mailbox::new("bob", "s3cret pass")
+            Maildrop::new("bob", "s3cret pass")
                 .with_message(Message::new(msg.clone()))
                 .with_demo_messages(1, 3000),
         ),
@@ -324,7 +325,7 @@ async fn capa_lists_what_is_switched_on_before_and_after_login() {
     let server = spawn(
         MockPop3::builder()
             .mailbox(bob(1))
-            .tls(TlsMode::Stls(pki.server_config().unwrap()))
+            .tls(ServerTls::Stls(pki.server_config().unwrap()))
             .capabilities(Capabilities {
                 login_delay: Some(0),
                 expire: Some(Expire::Never),
@@ -456,7 +457,7 @@ async fn implicit_tls_greets_after_the_handshake() {
     let server = spawn(
         MockPop3::builder()
             .mailbox(bob(2))
-            .tls(TlsMode::Implicit(pki.server_config().unwrap())),
+            .tls(ServerTls::Implicit(pki.server_config().unwrap())),
     )
     .await;
     let tcp = TcpStream::connect(server.addr().unwrap()).await.unwrap();
@@ -490,7 +491,7 @@ async fn stls_upgrades_and_discards_commands_injected_before_the_handshake() {
     let server = spawn(
         MockPop3::builder()
             .mailbox(bob(1))
-            .tls(TlsMode::Stls(pki.server_config().unwrap())),
+            .tls(ServerTls::Stls(pki.server_config().unwrap())),
     )
     .await;
     let (mut c, _) = Client::connect(&server).await;
@@ -530,7 +531,7 @@ async fn stls_is_refused_without_tls_configured_or_when_switched_off() {
     let server = spawn(
         MockPop3::builder()
             .mailbox(bob(1))
-            .tls(TlsMode::Stls(pki.server_config().unwrap()))
+            .tls(ServerTls::Stls(pki.server_config().unwrap()))
             .capabilities(Capabilities {
                 stls: false,
                 ..Capabilities::full()
@@ -641,7 +642,7 @@ async fn close_before_reply_and_close_after_n_bytes() {
 #[tokio::test(start_paused = true)]
 async fn delay_and_throttle_run_on_the_paused_clock() {
     let server = MockPop3::builder()
-        .mailbox(Mailbox::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
+        .mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
         .fault(FaultRule::new(
             Hook::command("STAT"),
             FaultAction::Delay(Duration::from_secs(30)),
@@ -656,7 +657,7 @@ async fn delay_and_throttle_run_on_the_paused_clock() {
     assert!(t.elapsed() < Duration::from_secs(31));
 
     let server = MockPop3::builder()
-        .mailbox(Mailbox::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
+        .mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
         .throttle(1000)
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
@@ -729,7 +730,7 @@ async fn probabilistic_faults_replay_with_the_same_seed() {
 async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
     let server = spawn(
         MockPop3::builder().mailbox(
-            Mailbox::new("bob", "s3cret pass")
+            Maildrop::new("bob", "s3cret pass")
                 .with_message(
                     Message::new(&b"Subject: a\r\n\r\nbody\r\n"[..])
                         .with_uid("same")
@@ -787,7 +788,7 @@ async fn pipelined_commands_are_answered_in_order() {
 async fn replies_pipelined_behind_a_large_body_never_overtake_it() {
     let big = 200 * 1024;
     let server = spawn(
-        MockPop3::builder().mailbox(Mailbox::new("bob", "s3cret pass").with_demo_messages(3, big)),
+        MockPop3::builder().mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(3, big)),
     )
     .await;
     let (mut c, _) = Client::connect(&server).await;

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use mock_core::test_support::{self, ClientRun};
 use mock_pop3::pki::TestPki;
-use mock_pop3::{demo_message, AuthMethod, Mailbox, MockPop3, MockPop3Handle, SessionEnd, TlsMode};
+use mock_pop3::{demo_message, Maildrop, MockPop3, MockPop3Handle, ServerTls, SessionEnd};
+use popbridge_proto::pop3::AuthMethod;
 use tokio::process::Command;
 
 use crate::client::spawn;
@@ -74,7 +75,7 @@ impl Fixture {
             !shown.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c)),
             "temporary directory {shown:?} is unsafe to quote"
         );
-        let mut mailbox = Mailbox::new(USER, PASS).with_methods([setup.method]);
+        let mut mailbox = Maildrop::new(USER, PASS).with_methods([setup.method]);
         let mut dot_lines = 0;
         for (i, &size) in setup.sizes.iter().enumerate() {
             // One message at a time keeps the demo indices 0.. and sizes varied.
@@ -92,7 +93,7 @@ impl Fixture {
             let path = dir.path().join("ca.pem");
             fs::write(&path, &pki.ca_pem).unwrap();
             ca_file = Some(path);
-            builder = builder.tls(TlsMode::Implicit(pki.server_config().unwrap()));
+            builder = builder.tls(ServerTls::Implicit(pki.server_config().unwrap()));
         }
         let server = spawn(builder).await;
         let uids = server.mailbox(USER).unwrap().remaining;

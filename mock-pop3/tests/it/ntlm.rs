@@ -3,8 +3,9 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use mock_pop3::{AuthMethod, Mailbox, MockPop3, MockPop3Handle};
+use mock_pop3::{Maildrop, MockPop3, MockPop3Handle};
 use popbridge_proto::ntlm;
+use popbridge_proto::pop3::AuthMethod;
 use popbridge_proto::pop3::{Pop3Reply, Pop3Response, RespCode};
 use tokio::net::TcpStream;
 
@@ -12,8 +13,8 @@ use crate::client::{spawn, Client};
 
 const PASSWORD: &str = "s3cret pass";
 
-fn bob() -> Mailbox {
-    Mailbox::new("bob", PASSWORD).with_demo_messages(2, 1500)
+fn bob() -> Maildrop {
+    Maildrop::new("bob", PASSWORD).with_demo_messages(2, 1500)
 }
 
 /// Sends `AUTH NTLM` and the NEGOTIATE message; returns the server's CHALLENGE.
@@ -91,7 +92,7 @@ async fn the_challenge_names_the_mock_domain_has_a_timestamp_and_oem_text_when_a
     assert!(c.cmd(&answer(&challenge, "bob", PASSWORD)).await.is_ok());
     // A UPN logs into a mailbox of that exact name.
     let server =
-        spawn(MockPop3::builder().mailbox(Mailbox::new("bob@contoso.example", PASSWORD))).await;
+        spawn(MockPop3::builder().mailbox(Maildrop::new("bob@contoso.example", PASSWORD))).await;
     let (_, r) = ntlm_login(&server, "bob@contoso.example", PASSWORD).await;
     assert!(r.is_ok(), "{r:?}");
 }

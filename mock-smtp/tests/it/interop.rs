@@ -29,8 +29,8 @@ use std::time::Duration;
 use mock_core::test_support::{self, ClientRun};
 use mock_smtp::pki::TestPki;
 use mock_smtp::{
-    CaptureMode, Delivery, MockSmtp, MockSmtpHandle, Outcome as TxnOutcome, SessionEnd,
-    SessionStats, Transaction,
+    CaptureMode, Delivery, MockSmtp, MockSmtpHandle, Outcome as TxnOutcome, Received, SessionEnd,
+    SessionStats,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -155,7 +155,7 @@ fn line_index(session: &SessionStats, from: usize, prefix: &str) -> Option<usize
 }
 
 /// Checks a transaction from [`FROM`] to [`TO`] that was accepted and delivered.
-fn assert_delivered(t: &Transaction, why: &dyn Fn() -> String) {
+fn assert_delivered(t: &Received, why: &dyn Fn() -> String) {
     assert_eq!(t.outcome, TxnOutcome::Accepted, "outcome\n{}", why());
     assert!(t.delivered(), "not delivered\n{}", why());
     assert_eq!(

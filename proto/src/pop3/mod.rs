@@ -4,9 +4,11 @@
 //! command lines (server side), and typed status replies with response codes.
 //! Must never: put a secret into `Debug` output or an error message.
 
+mod auth;
 mod command;
 mod reply;
 
+pub use auth::AuthMethod;
 pub use command::{CommandError, Pop3Command};
 pub use reply::{Pop3Reply, Pop3Response, ReplyError, RespCode, Status};
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mock_pop3::{Mailbox, Message, MockPop3, MockPop3Handle};
+use mock_pop3::{Maildrop, Message, MockPop3, MockPop3Handle};
 use mock_smtp::{CaptureMode, MockSmtp, MockSmtpHandle};
 use serde_json::json;
 use tokio::time::Instant;
@@ -657,7 +657,7 @@ async fn mock_pop3(
     messages: &[Bytes],
     tls: Option<&mock_pop3::pki::TestPki>,
 ) -> Result<MockPop3Handle, BenchError> {
-    let mut mailbox = Mailbox::new(USER, PASSWORD);
+    let mut mailbox = Maildrop::new(USER, PASSWORD);
     for m in messages {
         mailbox = mailbox.with_message(Message::new(m.clone()));
     }
@@ -669,7 +669,7 @@ async fn mock_pop3(
         let cfg = pki
             .server_config()
             .map_err(|e| BenchError::Setup(format!("test PKI: {e}")))?;
-        b = b.tls(mock_pop3::TlsMode::Implicit(cfg));
+        b = b.tls(mock_pop3::ServerTls::Implicit(cfg));
     }
     Ok(b.spawn(listener().await?))
 }

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 
-use mock_smtp::{Delivery, Outcome as SmtpOutcome, Transaction};
+use mock_smtp::{Delivery, Outcome as SmtpOutcome, Received};
 use popbridge::events::Event;
 use serde::Serialize;
 
@@ -151,7 +151,7 @@ fn normalised(data: &[u8]) -> Vec<u8> {
 
 /// True when a transaction carries the message intact (after the connector's trace
 /// header): byte for byte over BDAT, line ends normalised over DATA.
-fn intact(t: &Transaction, original: &[u8]) -> bool {
+fn intact(t: &Received, original: &[u8]) -> bool {
     if t.bdat {
         t.data.ends_with(original)
     } else {
@@ -159,7 +159,7 @@ fn intact(t: &Transaction, original: &[u8]) -> bool {
     }
 }
 
-fn delivered(t: &Transaction) -> bool {
+fn delivered(t: &Received) -> bool {
     t.outcome == SmtpOutcome::Accepted
         && t.deliveries
             .iter()
@@ -197,7 +197,7 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
     }
     let planned = &scenario.messages;
     let (per_msg, unattributed) = transactions_by_message(planned, &obs.captured);
-    let refused = |t: &Transaction| match &t.outcome {
+    let refused = |t: &Received| match &t.outcome {
         SmtpOutcome::Rejected { reply } | SmtpOutcome::Badmail { reply } => reply.starts_with('5'),
         _ => false,
     };
@@ -239,11 +239,11 @@ pub fn judge(spec: &Spec, scenario: &Scenario, obs: &Observed) -> Verdict {
         } else {
             format!("{} ({copies} identical copies)", m.label)
         };
-        let txns: Vec<&Transaction> = group
+        let txns: Vec<&Received> = group
             .clone()
             .flat_map(|j| per_msg[j].iter().map(|&t| &obs.captured[t]))
             .collect();
-        let mut accepted: Vec<&Transaction> = txns
+        let mut accepted: Vec<&Received> = txns
             .iter()
             .copied()
             .filter(|t| t.outcome == SmtpOutcome::Accepted)

@@ -1,64 +1,7 @@
-//! Mailbox and message declarations: what the server holds before any session.
+//! Maildrop and message declarations: what the server holds before any session.
 
 use bytes::Bytes;
-
-/// A way a client may authenticate.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthMethod {
-    /// USER / PASS
-    User,
-    /// APOP (needs a timestamp in the greeting)
-    Apop,
-    /// AUTH PLAIN
-    Plain,
-    /// AUTH LOGIN
-    Login,
-    /// AUTH CRAM-MD5
-    CramMd5,
-    /// AUTH XOAUTH2
-    Xoauth2,
-    /// AUTH NTLM (SPA, NTLMv2 only). The AUTHENTICATE message's user name must equal the
-    /// mailbox's login name exactly; its domain may be anything (`CONTOSO\info` and a
-    /// bare `info` both reach mailbox `info`; a UPN `info@contoso.example` reaches a
-    /// mailbox of that name). The response is checked against the mailbox password.
-    #[serde(alias = "spa")]
-    Ntlm,
-}
-
-impl AuthMethod {
-    /// Every method, in the order servers usually list them.
-    pub const ALL: [AuthMethod; 7] = [
-        AuthMethod::User,
-        AuthMethod::Apop,
-        AuthMethod::Plain,
-        AuthMethod::Login,
-        AuthMethod::CramMd5,
-        AuthMethod::Xoauth2,
-        AuthMethod::Ntlm,
-    ];
-
-    /// The SASL mechanism name, for the methods that are SASL.
-    pub fn sasl_name(self) -> Option<&'static str> {
-        match self {
-            Self::Plain => Some("PLAIN"),
-            Self::Login => Some("LOGIN"),
-            Self::CramMd5 => Some("CRAM-MD5"),
-            Self::Xoauth2 => Some("XOAUTH2"),
-            Self::Ntlm => Some("NTLM"),
-            Self::User | Self::Apop => None,
-        }
-    }
-
-    /// The method for a SASL mechanism name.
-    pub fn from_sasl(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.sasl_name().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-    }
-}
+use popbridge_proto::pop3::AuthMethod;
 
 /// One message as the server stores it.
 #[derive(Debug, Clone)]
@@ -96,7 +39,7 @@ impl Message {
 
 /// A user's maildrop and credentials.
 #[derive(Debug, Clone)]
-pub struct Mailbox {
+pub struct Maildrop {
     /// Login name.
     pub user: String,
     /// Password (USER/PASS, APOP, PLAIN, LOGIN, CRAM-MD5, NTLM).
@@ -112,7 +55,7 @@ pub struct Mailbox {
     pub messages: Vec<Message>,
 }
 
-impl Mailbox {
+impl Maildrop {
     /// An empty mailbox accepting every method.
     pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
         Self {
