@@ -1,7 +1,6 @@
 //! The `popbridge` binary: the exit codes and outputs scripts rely on.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use mock_pop3::{Mailbox, MockPop3};
@@ -10,54 +9,27 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::harness::*;
 
-async fn popbridge(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("popbridge hung")
-        .unwrap()
-}
-
 fn write_config(dir: &Path, pop3_port: u16, smtp_port: u16, extra: &str) -> String {
     let path = dir.join("popbridge.toml");
-    std::fs::write(dir.join("pass"), format!("{PASSWORD}\n")).unwrap();
-    std::fs::set_permissions(
-        dir.join("pass"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    write_private(&dir.join("pass"), format!("{PASSWORD}\n"));
     std::fs::write(
         &path,
         format!(
             r#"state_dir = "state"
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-[timeouts]
+{transport}[timeouts]
 connect = "5s"
 command = "10s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-username = "info"
+{account}username = "info"
 password_file = "pass"
 deliver_to = "info@contoso.local"
 {extra}
-"#
+"#,
+            transport = transport("127.0.0.1", smtp_port),
+            account = plain_account("info", "127.0.0.1", pop3_port),
         ),
     )
     .unwrap();
     path.display().to_string()
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,9 @@ use popbridge::config::Config;
 use popbridge::daemon::{Cause, Daemon, DaemonHandle};
 use popbridge::events::EventSink;
 use popbridge::ledger::Ledger;
-use popbridge::net::{BoxIo, MemoryDialer};
 use tempfile::TempDir;
 
-use crate::harness::PASSWORD;
+use crate::harness::{memory_dialer, plain_account, transport, PASSWORD};
 
 struct World {
     pop: Arc<MockPop3Handle>,
@@ -23,53 +22,47 @@ struct World {
     run: tokio::task::JoinHandle<()>,
 }
 
-fn config_text(dir: &TempDir, interval: &str) -> String {
+/// The daemon's configuration: state under `dir`, one pass every `interval` (no jitter),
+/// the in-memory mocks, then `accounts` (from [`account`]).
+fn daemon_config(dir: &TempDir, interval: &str, accounts: &str) -> String {
     format!(
         r#"state_dir = "{}"
 interval = "{interval}"
 jitter = 0
-[transport]
-host = "smtp.test"
-port = 25
-[timeouts]
+{transport}[timeouts]
 command = "2h"
 data = "2h"
-[[account]]
-name = "info"
-host = "pop3.test"
-port = 110
-tls = "none"
-allow_plaintext = true
-username = "info"
-password = "{PASSWORD}"
-deliver_to = "info@contoso.local"
-"#,
-        dir.path().join("state").display()
+{accounts}"#,
+        dir.path().join("state").display(),
+        transport = transport("smtp.test", 25),
     )
 }
 
-fn start(pop: MockPop3Handle, interval: &str) -> World {
-    let pop = Arc::new(pop);
-    let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_str(
-        &config_text(&dir, interval),
-        &dir.path().join("popbridge.toml"),
+/// Account `name` on the POP3 mock (password [`PASSWORD`]), delivering to
+/// `name@contoso.local`; `extra` is added to its table.
+fn account(name: &str, extra: &str) -> String {
+    format!(
+        r#"{opening}username = "{name}"
+password = "{PASSWORD}"
+deliver_to = "{name}@contoso.local"
+{extra}
+"#,
+        opening = plain_account(name, "pop3.test", 110),
     )
-    .unwrap();
-    let dialer = MemoryDialer::new();
-    let p = pop.clone();
-    dialer.route(
-        "pop3.test",
-        110,
-        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
-    );
-    let s = smtp.clone();
-    dialer.route(
-        "smtp.test",
-        25,
-        Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
-    );
+}
+
+fn config_text(dir: &TempDir, interval: &str) -> String {
+    daemon_config(dir, interval, &account("info", ""))
+}
+
+/// Runs a daemon over `config` with the mocks reached in memory.
+fn launch(
+    pop: Arc<MockPop3Handle>,
+    smtp: Arc<MockSmtpHandle>,
+    dir: TempDir,
+    config: Config,
+) -> World {
+    let dialer = memory_dialer(&pop, &smtp);
     let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));
     let (daemon, handle) = Daemon::new(
         config,
@@ -85,6 +78,18 @@ fn start(pop: MockPop3Handle, interval: &str) -> World {
         handle,
         run,
     }
+}
+
+fn start(pop: MockPop3Handle, interval: &str) -> World {
+    let pop = Arc::new(pop);
+    let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_str(
+        &config_text(&dir, interval),
+        &dir.path().join("popbridge.toml"),
+    )
+    .unwrap();
+    launch(pop, smtp, dir, config)
 }
 
 fn mailbox(n: usize) -> Mailbox {
@@ -274,65 +279,10 @@ fn start_two(pop: MockPop3Handle) -> World {
     let pop = Arc::new(pop);
     let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
     let dir = tempfile::tempdir().unwrap();
-    let account = |name: &str, extra: &str| {
-        format!(
-            r#"[[account]]
-name = "{name}"
-host = "pop3.test"
-port = 110
-tls = "none"
-allow_plaintext = true
-username = "{name}"
-password = "{PASSWORD}"
-deliver_to = "{name}@contoso.local"
-{extra}
-"#
-        )
-    };
-    let text = format!(
-        r#"state_dir = "{}"
-interval = "30m"
-jitter = 0
-[transport]
-host = "smtp.test"
-port = 25
-[timeouts]
-command = "2h"
-data = "2h"
-{}{}"#,
-        dir.path().join("state").display(),
-        account("fast", "interval = \"10m\""),
-        account("slow", ""),
-    );
+    let accounts = account("fast", "interval = \"10m\"") + &account("slow", "");
+    let text = daemon_config(&dir, "30m", &accounts);
     let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
-    let dialer = MemoryDialer::new();
-    let p = pop.clone();
-    dialer.route(
-        "pop3.test",
-        110,
-        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
-    );
-    let s = smtp.clone();
-    dialer.route(
-        "smtp.test",
-        25,
-        Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
-    );
-    let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));
-    let (daemon, handle) = Daemon::new(
-        config,
-        Arc::new(dialer),
-        Arc::new(EventSink::memory()),
-        ledger,
-    );
-    let run = tokio::spawn(daemon.run());
-    World {
-        pop,
-        smtp,
-        dir,
-        handle,
-        run,
-    }
+    launch(pop, smtp, dir, config)
 }
 
 /// Guards against: a per-account `interval` being ignored (every account on the global

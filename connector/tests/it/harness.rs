@@ -1,14 +1,18 @@
-//! Shared set-up: mocks on loopback, a configuration pointing at them, a pass runner.
+//! Shared set-up: mocks on loopback (or in memory), a configuration pointing at them, a
+//! pass runner, and the `popbridge` binary run to its end. It never asserts what a test
+//! checks: only the plumbing every test needs lives here.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mock_pop3::{Mailbox, Message, MockPop3Handle};
 use mock_smtp::MockSmtpHandle;
 use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
-use popbridge::net::TcpDialer;
+use popbridge::net::{BoxIo, MemoryDialer, TcpDialer};
 use popbridge::pass::{self, Summary};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -78,32 +82,80 @@ pub fn config_text(
     format!(
         r#"
 state_dir = "{state}"
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-helo = "popbridge.test"
+{transport}helo = "popbridge.test"
 [limits]
 {limits}
 [timeouts]
 connect = "10s"
 command = "10s"
 data = "60s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-auth = "user"
+{account}auth = "user"
 username = "info"
 password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 {account_extra}
 "#,
         state = dir.join("state").display(),
-        smtp_port = smtp.addr().unwrap().port(),
-        pop3_port = pop3.addr().unwrap().port(),
+        transport = transport("127.0.0.1", smtp.addr().unwrap().port()),
+        account = plain_account("info", "127.0.0.1", pop3.addr().unwrap().port()),
     )
+}
+
+/// The opening of a plain-text `[[account]]` table (no TLS, plaintext allowed) named
+/// `name` on the POP3 server `host:port`; the caller adds its credentials and the rest.
+pub fn plain_account(name: &str, host: &str, port: u16) -> String {
+    format!(
+        "[[account]]\nname = \"{name}\"\nhost = \"{host}\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\n"
+    )
+}
+
+/// A `[transport]` table opening on the SMTP server `host:port`.
+pub fn transport(host: &str, port: u16) -> String {
+    format!("[transport]\nhost = \"{host}\"\nport = {port}\n")
+}
+
+/// A dialer that reaches the in-memory mocks as `pop3.test:110` and `smtp.test:25`.
+pub fn memory_dialer(pop: &Arc<MockPop3Handle>, smtp: &Arc<MockSmtpHandle>) -> MemoryDialer {
+    let dialer = MemoryDialer::new();
+    let p = pop.clone();
+    dialer.route(
+        "pop3.test",
+        110,
+        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
+    );
+    let s = smtp.clone();
+    dialer.route(
+        "smtp.test",
+        25,
+        Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
+    );
+    dialer
+}
+
+/// Runs `cmd` to its end (killed if the test gives up on it), bounded by `limit`.
+pub async fn finish(mut cmd: tokio::process::Command, limit: Duration) -> Output {
+    let run = cmd.kill_on_drop(true).output();
+    tokio::time::timeout(limit, run)
+        .await
+        .expect("popbridge hung")
+        .unwrap()
+}
+
+/// The `popbridge` binary with `args`, not started yet.
+pub fn popbridge_command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"));
+    cmd.args(args);
+    cmd
+}
+
+/// Runs `popbridge ARGS...` to its end, bounded by two minutes.
+pub async fn popbridge(args: &[&str]) -> Output {
+    finish(popbridge_command(args), Duration::from_secs(120)).await
+}
+
+/// A process's output as text (invalid UTF-8 replaced).
+pub fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
 }
 
 impl Setup {

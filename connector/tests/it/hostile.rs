@@ -15,7 +15,7 @@ use popbridge::body::BodyBuilder;
 use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
-use popbridge::net::{BoxIo, DialFuture, Dialer, MemoryDialer, TcpDialer};
+use popbridge::net::{DialFuture, Dialer, MemoryDialer, TcpDialer};
 use popbridge::pass::{self, AccountFailure, Faults, Step, StopFlag, Summary};
 use popbridge::pop3::{self, Pop3Error};
 use popbridge::smtp::{self, Envelope, SmtpClient, SmtpError};
@@ -535,37 +535,18 @@ fn mem_world(pop: mock_pop3::Builder, smtp: mock_smtp::Builder, timeouts: &str) 
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         r#"state_dir = "{}"
-[transport]
-host = "smtp.test"
-port = 25
-[timeouts]
+{transport}[timeouts]
 {timeouts}
-[[account]]
-name = "info"
-host = "pop3.test"
-port = 110
-tls = "none"
-allow_plaintext = true
-username = "info"
+{account}username = "info"
 password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 "#,
-        dir.path().join("state").display()
+        dir.path().join("state").display(),
+        transport = transport("smtp.test", 25),
+        account = plain_account("info", "pop3.test", 110),
     );
     let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
-    let dialer = MemoryDialer::new();
-    let p = pop.clone();
-    dialer.route(
-        "pop3.test",
-        110,
-        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
-    );
-    let m = smtp.clone();
-    dialer.route(
-        "smtp.test",
-        25,
-        Arc::new(move || Box::new(m.connect_duplex()) as BoxIo),
-    );
+    let dialer = memory_dialer(&pop, &smtp);
     MemWorld {
         pop,
         smtp,
@@ -902,17 +883,6 @@ async fn a_crash_at_any_step_loses_nothing_and_announces_every_possible_duplicat
 // ---------------------------------------------------------------------------------------
 // 12. Exit codes and configuration checks of the binary.
 
-async fn popbridge(args: &[&str]) -> std::process::Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("popbridge hung")
-        .unwrap()
-}
-
 fn write_config(
     dir: &std::path::Path,
     pop3_port: u16,
@@ -925,25 +895,18 @@ fn write_config(
         &path,
         format!(
             r#"state_dir = "state"
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-{transport}
+{opening}{transport}
 [timeouts]
 connect = "5s"
 command = "10s"
 data = "30s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-username = "info"
+{info}username = "info"
 password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 {account}
-"#
+"#,
+            opening = crate::harness::transport("127.0.0.1", smtp_port),
+            info = plain_account("info", "127.0.0.1", pop3_port),
         ),
     );
     path.display().to_string()
@@ -965,10 +928,7 @@ async fn fetch_with_missing_ca_file(transport: &str, account: &str, key: &str) {
         &account.replace("{missing}", &missing),
     );
     let out = popbridge(&["--config", &cfg, "fetch"]).await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{key}: {stdout}\n{stderr}");
     assert!(stderr.contains(key), "{key}: {stderr}");
     assert!(pop.sessions().is_empty(), "{key}: POP3 server contacted");
@@ -1020,10 +980,7 @@ async fn garbage_in_place_of_a_retr_reply_is_exit_1_and_an_interrupted_pass() {
         "fetch",
     ])
     .await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     let lines: Vec<Value> = std::fs::read_to_string(&events)
         .unwrap()
