@@ -28,14 +28,6 @@ fn write_config(
     path.display().to_string()
 }
 
-/// Runs `popbridge --config CFG --events EVENTS ARGS...`.
-async fn run(cfg: &str, events: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut all = vec!["--config", cfg, "--events", events.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = popbridge(&all).await;
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
 fn kinds(events: &Path) -> Vec<String> {
     read_events(events)
         .iter()

@@ -17,6 +17,10 @@ use popbridge::pass::{self, Summary};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
+/// The `[timeouts]` body of most configurations the binary reads: 5 s to connect, 10 s a
+/// command.
+pub const FIVE_AND_TEN: &str = "connect = \"5s\"\ncommand = \"10s\"";
+
 pub const PASSWORD: &str = "Sw0rdfish-s3cret!";
 
 pub async fn listener() -> TcpListener {
@@ -109,6 +113,17 @@ pub fn plain_account(name: &str, host: &str, port: u16) -> String {
     )
 }
 
+/// The head of a configuration the binary reads from its folder: state in `state`, the
+/// transport on 127.0.0.1:`smtp_port`, the `[timeouts]` body `timeouts`, then the opening
+/// of account `name` on 127.0.0.1:`pop3_port` (see [`plain_account`]).
+pub fn loopback_head(smtp_port: u16, timeouts: &str, name: &str, pop3_port: u16) -> String {
+    format!(
+        "state_dir = \"state\"\n{}[timeouts]\n{timeouts}\n{}",
+        transport("127.0.0.1", smtp_port),
+        plain_account(name, "127.0.0.1", pop3_port)
+    )
+}
+
 /// A `[transport]` table opening on the SMTP server `host:port`.
 pub fn transport(host: &str, port: u16) -> String {
     format!("[transport]\nhost = \"{host}\"\nport = {port}\n")
@@ -151,6 +166,14 @@ pub fn popbridge_command(args: &[&str]) -> tokio::process::Command {
 /// Runs `popbridge ARGS...` to its end, bounded by two minutes.
 pub async fn popbridge(args: &[&str]) -> Output {
     finish(popbridge_command(args), Duration::from_secs(120)).await
+}
+
+/// Runs `popbridge --config CFG --events EVENTS ARGS...`.
+pub async fn run(cfg: &str, events: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["--config", cfg, "--events", events.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = popbridge(&all).await;
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
 /// A process's output as text (invalid UTF-8 replaced).
@@ -247,6 +270,15 @@ pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
         }
     }
     out
+}
+
+/// The events file as JSON values, every line whole (a bad line panics).
+pub fn event_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 /// Mailbox `info` (password [`PASSWORD`]) holding `messages`.

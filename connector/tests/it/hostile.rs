@@ -972,21 +972,9 @@ async fn garbage_in_place_of_a_retr_reply_is_exit_1_and_an_interrupted_pass() {
         "",
     );
     let events = dir.path().join("events.jsonl");
-    let out = popbridge(&[
-        "--config",
-        &cfg,
-        "--events",
-        events.to_str().unwrap(),
-        "fetch",
-    ])
-    .await;
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    let lines: Vec<Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (code, stdout, stderr) = run(&cfg, &events, &["fetch"]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let lines = event_lines(&events);
     let interrupted: Vec<&Value> = lines
         .iter()
         .filter(|l| l["kind"] == "pass.interrupted")
