@@ -288,6 +288,26 @@ pub fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> M
     mb
 }
 
+/// Mailbox `info` holding a message from `a@example.net` of about `size` octets for each
+/// number in `ids` (see [`mail`]).
+pub fn mails(ids: impl IntoIterator<Item = usize>, size: usize) -> Mailbox {
+    mailbox_with(ids.into_iter().map(|i| mail(i, "a@example.net", size)))
+}
+
+/// A POP3 mock on loopback serving `mailbox` and a default SMTP mock.
+pub async fn mocks(mailbox: Mailbox) -> (MockPop3Handle, MockSmtpHandle) {
+    let pop = pop3(mock_pop3::MockPop3::builder().mailbox(mailbox)).await;
+    (pop, smtp(mock_smtp::MockSmtp::builder()).await)
+}
+
+/// A POP3 server's capabilities after login: everything but UIDL.
+pub fn no_uidl() -> mock_pop3::Capabilities {
+    mock_pop3::Capabilities {
+        uidl: false,
+        ..mock_pop3::Capabilities::full_after_login()
+    }
+}
+
 /// Every Message-ID in `ids` delivered exactly once, and `expected` of them.
 pub fn exactly_once(ids: &[String], expected: usize) {
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();

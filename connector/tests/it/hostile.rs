@@ -492,10 +492,7 @@ async fn one_message_larger_than_listed_never_blocks_the_others() {
 /// delivered again on every pass of a `leave_on_server` account without UIDL.
 #[tokio::test]
 async fn identical_copies_without_uidl_are_delivered_once_each() {
-    let caps = mock_pop3::Capabilities {
-        uidl: false,
-        ..mock_pop3::Capabilities::full_after_login()
-    };
+    let caps = no_uidl();
     let pop = pop3(
         MockPop3::builder()
             .capabilities_after_login(caps)
@@ -793,11 +790,7 @@ async fn max_download_size_caps_every_download_when_the_smtp_server_gives_no_siz
 #[tokio::test]
 async fn a_crash_at_any_step_loses_nothing_and_announces_every_possible_duplicate() {
     for step in Step::ALL {
-        let pop = pop3(
-            MockPop3::builder()
-                .mailbox(mailbox_with((1..=4).map(|i| mail(i, "a@example.net", 700)))),
-        )
-        .await;
+        let pop = pop3(MockPop3::builder().mailbox(mails(1..=4, 700))).await;
         let smtp = smtp(MockSmtp::builder()).await;
         let s = setup(&pop, &smtp, "", "");
         let uid_to_mid: HashMap<String, String> = (1..=4).map(|i| (uid(i), mid(i))).collect();
@@ -955,7 +948,7 @@ async fn a_missing_account_ca_file_is_exit_2_before_any_connection() {
 async fn garbage_in_place_of_a_retr_reply_is_exit_1_and_an_interrupted_pass() {
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with((1..=3).map(|i| mail(i, "a@example.net", 500))))
+            .mailbox(mails(1..=3, 500))
             .fault(PopRule::new(
                 PopHook::command("RETR"),
                 PopFault::Reply("*** this is not POP3 ***".into()),

@@ -181,11 +181,7 @@ fn a_million_entry_listing_is_held_in_a_few_megabytes() {
 /// losing or repeating messages between slices.
 #[tokio::test]
 async fn a_maildrop_larger_than_the_budget_is_emptied_over_several_passes() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..25).map(|i| mail(i, "a@example.net", 400)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
+    let (pop, smtp) = mocks(mails(0..25, 400)).await;
     let s = setup(&pop, &smtp, "", "");
     let mut per_pass = Vec::new();
     for _ in 0..4 {
@@ -217,11 +213,7 @@ async fn a_maildrop_larger_than_the_budget_is_emptied_over_several_passes() {
 /// room), or downloading a delivered message again.
 #[tokio::test]
 async fn with_leave_on_server_passes_advance_over_slices() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..25).map(|i| mail(i, "a@example.net", 400)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
+    let (pop, smtp) = mocks(mails(0..25, 400)).await;
     let s = setup(&pop, &smtp, "leave_on_server = true", "");
     let mut per_pass = Vec::new();
     for _ in 0..4 {
@@ -245,14 +237,11 @@ async fn with_leave_on_server_passes_advance_over_slices() {
 /// reporting what it delivered before as still to do.
 #[tokio::test]
 async fn without_uidl_leave_on_server_passes_advance_over_windows() {
-    let caps = mock_pop3::Capabilities {
-        uidl: false,
-        ..mock_pop3::Capabilities::full_after_login()
-    };
+    let caps = no_uidl();
     let pop = pop3(
         MockPop3::builder()
             .capabilities_after_login(caps)
-            .mailbox(mailbox_with((0..25).map(|i| mail(i, "a@example.net", 400)))),
+            .mailbox(mails(0..25, 400)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;

@@ -35,7 +35,7 @@ async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
 async fn a_drop_after_dele_before_quit_costs_nothing() {
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with((0..10).map(|i| mail(i, "a@example.net", 800))))
+            .mailbox(mails(0..10, 800))
             .fault(PopRule::new(
                 PopHook::command("QUIT"),
                 PopFault::CloseBeforeReply,
@@ -173,10 +173,7 @@ async fn a_sender_without_domain_gets_the_default_domain() {
 
 #[tokio::test]
 async fn a_421_at_message_10_of_30_reconnects_and_delivers_all() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..30).map(|i| mail(i, "a@example.net", 700)))),
-    )
-    .await;
+    let pop = pop3(MockPop3::builder().mailbox(mails(0..30, 700))).await;
     let smtp = smtp(
         MockSmtp::builder().fault(
             FaultRule::new(
@@ -327,11 +324,7 @@ async fn wrong_password_is_an_auth_failure_with_an_event() {
 
 #[tokio::test]
 async fn leave_on_server_delivers_once_and_keeps_everything() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..5).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
+    let (pop, smtp) = mocks(mails(0..5, 500)).await;
     let s = setup(&pop, &smtp, "leave_on_server = true", "");
     let (a, _) = s.pass(&pop, &smtp).await;
     let (b, _) = s.pass(&pop, &smtp).await;
@@ -350,13 +343,10 @@ async fn leave_on_server_delivers_once_and_keeps_everything() {
 
 #[tokio::test]
 async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
-    let caps = mock_pop3::Capabilities {
-        uidl: false,
-        ..mock_pop3::Capabilities::full_after_login()
-    };
+    let caps = no_uidl();
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with((0..6).map(|i| mail(i, "a@example.net", 500))))
+            .mailbox(mails(0..6, 500))
             .capabilities_after_login(caps)
             .fault(PopRule::new(
                 PopHook::command("QUIT"),
@@ -376,10 +366,7 @@ async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
 
 #[tokio::test]
 async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
+    let pop = pop3(MockPop3::builder().mailbox(mails(0..3, 500))).await;
     let smtp = smtp(
         MockSmtp::builder()
             .mailbox(MailboxSpec::new("info@contoso.local"))
@@ -404,11 +391,7 @@ async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
 
 #[tokio::test]
 async fn two_passes_of_one_account_never_overlap() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
+    let (pop, smtp) = mocks(mails(0..3, 500)).await;
     let s = setup(&pop, &smtp, "", "");
     // Another process (here: this test) holds the account's lock.
     let locks = s.state().join("locks");
@@ -474,11 +457,7 @@ async fn apop_and_cram_md5_log_in() {
 
 #[tokio::test]
 async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
+    let (pop, smtp) = mocks(mails(0..3, 500)).await;
     let s = setup(&pop, &smtp, "", "");
     let mut cfg = s.config.clone();
     cfg.transport.port = listener().await.local_addr().unwrap().port();
@@ -685,11 +664,7 @@ async fn a_crash_after_delivery_and_before_dele_costs_nothing() {
     use popbridge::net::TcpDialer;
     use popbridge::pass::{run_accounts_with, StopFlag};
     use std::sync::Arc;
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..10).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
+    let (pop, smtp) = mocks(mails(0..10, 500)).await;
     let s = setup(&pop, &smtp, "", "");
     let ledger = || {
         Arc::new(std::sync::Mutex::new(
