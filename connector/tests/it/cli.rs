@@ -10,20 +10,11 @@ use tokio::io::AsyncBufReadExt;
 use crate::harness::*;
 
 fn write_config(dir: &Path, pop3_port: u16, smtp_port: u16, extra: &str) -> String {
-    let path = dir.join("popbridge.toml");
-    write_private(&dir.join("pass"), format!("{PASSWORD}\n"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"{head}username = "info"
-password_file = "pass"
-deliver_to = "info@contoso.local"
-{extra}
-"#,
-            head = loopback_head(smtp_port, FIVE_AND_TEN, "info", pop3_port),
-        ),
-    )
-    .unwrap();
+    let head = loopback_head(smtp_port, FIVE_AND_TEN, "info", pop3_port);
+    let account = format!(
+        "username = \"info\"\npassword_file = \"pass\"\ndeliver_to = \"info@contoso.local\"\n{extra}\n"
+    );
+    let path = write_with_password_file(dir, PASSWORD, &head, &account);
     path.display().to_string()
 }
 

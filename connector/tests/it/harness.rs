@@ -12,7 +12,7 @@ use mock_smtp::MockSmtpHandle;
 use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
-use popbridge::net::{BoxIo, MemoryDialer, TcpDialer};
+use popbridge::net::{BoxIo, Dialer, MemoryDialer, TcpDialer};
 use popbridge::pass::{self, Summary};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -124,6 +124,16 @@ pub fn loopback_head(smtp_port: u16, timeouts: &str, name: &str, pop3_port: u16)
     )
 }
 
+/// Writes `dir/pass` (holding `password`, private) and `dir/popbridge.toml`: `head` (see
+/// [`loopback_head`]), then `account` (the rest of the account, reading `password_file =
+/// "pass"`). The configuration's path.
+pub fn write_with_password_file(dir: &Path, password: &str, head: &str, account: &str) -> PathBuf {
+    write_private(&dir.join("pass"), format!("{password}\n"));
+    let path = dir.join("popbridge.toml");
+    std::fs::write(&path, format!("{head}{account}")).unwrap();
+    path
+}
+
 /// A `[transport]` table opening on the SMTP server `host:port`.
 pub fn transport(host: &str, port: u16) -> String {
     format!("[transport]\nhost = \"{host}\"\nport = {port}\n")
@@ -192,19 +202,42 @@ impl Setup {
         pop3: &MockPop3Handle,
         smtp: &MockSmtpHandle,
     ) -> (Summary, Vec<Event>) {
+        let (mut s, events) = self.run_through(Arc::new(TcpDialer)).await;
+        pop3.wait_idle().await;
+        smtp.wait_idle().await;
+        (s.remove(0), events)
+    }
+
+    /// `n` passes, each without an account failure: `pick` of each one's summary.
+    pub async fn passes<T>(
+        &self,
+        pop3: &MockPop3Handle,
+        smtp: &MockSmtpHandle,
+        n: usize,
+        pick: impl Fn(&Summary) -> T,
+    ) -> Vec<T> {
+        let mut per_pass = Vec::new();
+        for _ in 0..n {
+            let (sum, _) = self.pass(pop3, smtp).await;
+            assert!(sum.failure.is_none(), "{sum:?}");
+            per_pass.push(pick(&sum));
+        }
+        per_pass
+    }
+
+    /// One pass over every account through `dialer`: a summary per account, the events.
+    pub async fn run_through(&self, dialer: Arc<dyn Dialer>) -> (Vec<Summary>, Vec<Event>) {
         let events = Arc::new(EventSink::memory());
         let ledger = Arc::new(Mutex::new(Ledger::open(&self.config.state_dir).unwrap()));
-        let mut s = pass::run_accounts(
+        let summaries = pass::run_accounts(
             Arc::new(self.config.clone()),
-            Arc::new(TcpDialer),
+            dialer,
             events.clone(),
             ledger,
             self.config.accounts.clone(),
         )
         .await;
-        pop3.wait_idle().await;
-        smtp.wait_idle().await;
-        (s.remove(0), events.collected())
+        (summaries, events.collected())
     }
 }
 
@@ -298,6 +331,17 @@ pub fn mails(ids: impl IntoIterator<Item = usize>, size: usize) -> Mailbox {
 pub async fn mocks(mailbox: Mailbox) -> (MockPop3Handle, MockSmtpHandle) {
     let pop = pop3(mock_pop3::MockPop3::builder().mailbox(mailbox)).await;
     (pop, smtp(mock_smtp::MockSmtp::builder()).await)
+}
+
+/// [`mocks`] serving `mailbox`, and a [`setup`] for them.
+pub async fn served(
+    mailbox: Mailbox,
+    account_extra: &str,
+    limits: &str,
+) -> (MockPop3Handle, MockSmtpHandle, Setup) {
+    let (pop, smtp) = mocks(mailbox).await;
+    let s = setup(&pop, &smtp, account_extra, limits);
+    (pop, smtp, s)
 }
 
 /// A POP3 server's capabilities after login: everything but UIDL.

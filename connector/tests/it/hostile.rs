@@ -81,20 +81,8 @@ impl Dialer for PanickingDialer {
 /// `fetch` exited 0 although the account was never processed.
 #[tokio::test]
 async fn a_panicking_pass_is_reported_as_an_internal_failure_of_its_account() {
-    let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 400)]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
-    let events = Arc::new(EventSink::memory());
-    let ledger = Arc::new(Mutex::new(Ledger::open(&s.config.state_dir).unwrap()));
-    let summaries = pass::run_accounts(
-        Arc::new(s.config.clone()),
-        Arc::new(PanickingDialer),
-        events.clone(),
-        ledger,
-        s.config.accounts.clone(),
-    )
-    .await;
+    let (pop, _smtp, s) = served(mailbox_with([mail(1, "a@example.net", 400)]), "", "").await;
+    let (summaries, events) = s.run_through(Arc::new(PanickingDialer)).await;
     assert_eq!(summaries.len(), 1, "one summary per account: {summaries:?}");
     let sum = &summaries[0];
     assert_eq!(sum.account, "info");
@@ -102,7 +90,7 @@ async fn a_panicking_pass_is_reported_as_an_internal_failure_of_its_account() {
         Some(AccountFailure::Internal(why)) => assert!(why.contains("dialer exploded"), "{why}"),
         other => panic!("expected an internal failure, got {other:?}"),
     }
-    let failed = of_kind(&events.collected(), "account.failed");
+    let failed = of_kind(&events, "account.failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["account"], "info");
     assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
@@ -318,9 +306,7 @@ async fn login(s: &Setup) -> pop3::Transaction {
 #[tokio::test]
 async fn quit_with_a_retr_pending_reads_no_more_than_its_bound() {
     let big = mail(1, "a@example.net", 5 * 1024 * 1024).with_reported_size(100);
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([big]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, _smtp, s) = served(mailbox_with([big]), "", "").await;
 
     let mut txn = login(&s).await;
     txn.send_retr(1, 1000);
@@ -433,9 +419,7 @@ async fn a_server_that_does_not_dot_stuff_loses_no_mail() {
 async fn one_message_larger_than_listed_never_blocks_the_others() {
     let mut msgs: Vec<_> = (1..=6).map(|i| mail(i, "a@example.net", 1500)).collect();
     msgs[1] = mail(2, "a@example.net", 1024 * 1024).with_reported_size(100);
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mailbox_with(msgs), "", "").await;
     let mut mismatches = Vec::new();
     for pass in 1..=2 {
         let (sum, events) = s.pass(&pop, &smtp).await;
@@ -504,12 +488,7 @@ async fn identical_copies_without_uidl_are_delivered_once_each() {
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, "leave_on_server = true", "");
-    let mut per_pass = Vec::new();
-    for _ in 0..3 {
-        let (sum, _) = s.pass(&pop, &smtp).await;
-        assert!(sum.failure.is_none(), "{sum:?}");
-        per_pass.push(sum.delivered);
-    }
+    let per_pass = s.passes(&pop, &smtp, 3, |sum| sum.delivered).await;
     assert_eq!(per_pass, [2, 0, 0]);
     assert_eq!(smtp.counts().accepted, 2);
     assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 2);

@@ -281,20 +281,11 @@ struct Run {
 
 /// `popbridge fetch` for one NTLM account on the peer, delivering to `smtp_port`.
 async fn fetch(dir: &Path, pop3_port: u16, smtp_port: u16, username: &str, password: &str) -> Run {
-    write_private(&dir.join("pass"), format!("{password}\n"));
-    let config = dir.join("popbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{head}auth = "spa"
-username = '{username}'
-password_file = "pass"
-deliver_to = "info@contoso.local"
-"#,
-            head = loopback_head(smtp_port, TEN_AND_THIRTY, "info", pop3_port),
-        ),
-    )
-    .unwrap();
+    let head = loopback_head(smtp_port, TEN_AND_THIRTY, "info", pop3_port);
+    let account = format!(
+        "auth = \"spa\"\nusername = '{username}'\npassword_file = \"pass\"\ndeliver_to = \"info@contoso.local\"\n"
+    );
+    let config = write_with_password_file(dir, password, &head, &account);
     let events = dir.join("events.jsonl");
     let (config, events) = (config.to_str().unwrap(), events.to_str().unwrap());
     let args = ["--config", config, "--verbose", "--events", events, "fetch"];
