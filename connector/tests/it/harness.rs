@@ -344,6 +344,16 @@ pub async fn served(
     (pop, smtp, s)
 }
 
+/// A POP3 mock on loopback serving `mailbox` without UIDL (see [`no_uidl`]).
+pub async fn without_uidl(mailbox: Mailbox) -> MockPop3Handle {
+    pop3(
+        mock_pop3::MockPop3::builder()
+            .capabilities_after_login(no_uidl())
+            .mailbox(mailbox),
+    )
+    .await
+}
+
 /// A POP3 server's capabilities after login: everything but UIDL.
 pub fn no_uidl() -> mock_pop3::Capabilities {
     mock_pop3::Capabilities {

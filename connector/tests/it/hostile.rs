@@ -476,15 +476,10 @@ async fn one_message_larger_than_listed_never_blocks_the_others() {
 /// delivered again on every pass of a `leave_on_server` account without UIDL.
 #[tokio::test]
 async fn identical_copies_without_uidl_are_delivered_once_each() {
-    let caps = no_uidl();
-    let pop = pop3(
-        MockPop3::builder()
-            .capabilities_after_login(caps)
-            .mailbox(mailbox_with([
-                mail(1, "a@example.net", 600),
-                mail(1, "a@example.net", 600),
-            ])),
-    )
+    let pop = without_uidl(mailbox_with([
+        mail(1, "a@example.net", 600),
+        mail(1, "a@example.net", 600),
+    ]))
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, "leave_on_server = true", "");

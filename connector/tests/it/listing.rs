@@ -248,13 +248,7 @@ async fn with_leave_on_server_passes_advance_over_slices() {
 /// reporting what it delivered before as still to do.
 #[tokio::test]
 async fn without_uidl_leave_on_server_passes_advance_over_windows() {
-    let caps = no_uidl();
-    let pop = pop3(
-        MockPop3::builder()
-            .capabilities_after_login(caps)
-            .mailbox(mails(0..25, 400)),
-    )
-    .await;
+    let pop = without_uidl(mails(0..25, 400)).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, "leave_on_server = true", "");
     let per_pass =
