@@ -13,18 +13,9 @@
 # Exit status: fetchmail's, except 1 ("no mail") which is success here.
 set -eu
 
-if [ "$#" -ne 8 ] && [ "$#" -ne 9 ]; then
-    echo "usage: $0 POP3_HOST POP3_PORT USER PASSWORD SMTP_HOST SMTP_PORT RCPT SCRATCH [TIMEOUT]" >&2
-    exit 64
-fi
-pop3_host=$1 pop3_port=$2 user=$3 password=$4 smtp_host=$5 smtp_port=$6 rcpt=$7 scratch=$8
-timeout=${9:-300}
-case $timeout in
-    ''|*[!0-9]*) echo "$0: TIMEOUT must be a number of seconds, not '$timeout'" >&2; exit 64 ;;
-esac
-
-# A value inside double quotes of the rc file: escape \ and ".
-q() { printf '%s' "$1" | sed 's/[\\"]/\\&/g'; }
+. "$(dirname "$0")/common.sh"
+connector_args 300 "$@"
+timeout_is_a_number
 
 if [ "${POPLAB_FETCHMAIL_KEEP:-0}" = 1 ]; then keep=keep; else keep=nokeep; fi
 

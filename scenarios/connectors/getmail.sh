@@ -13,17 +13,9 @@
 # Exit status: getmail's (0 success, non-zero when a retrieval or delivery failed).
 set -eu
 
-if [ "$#" -ne 8 ] && [ "$#" -ne 9 ]; then
-    echo "usage: $0 POP3_HOST POP3_PORT USER PASSWORD SMTP_HOST SMTP_PORT RCPT SCRATCH [TIMEOUT]" >&2
-    exit 64
-fi
-pop3_host=$1 pop3_port=$2 user=$3 password=$4 smtp_host=$5 smtp_port=$6 rcpt=$7 scratch=$8
-timeout=${9:-180}
-for n in "$pop3_port" "$smtp_port" "$timeout"; do
-    case $n in
-        ''|*[!0-9]*) echo "$0: ports and TIMEOUT must be numbers, not '$n'" >&2; exit 64 ;;
-    esac
-done
+. "$(dirname "$0")/common.sh"
+connector_args 180 "$@"
+ports_and_timeout_are_numbers
 for v in "$pop3_host" "$user" "$password" "$smtp_host" "$rcpt"; do
     case $v in
         *'

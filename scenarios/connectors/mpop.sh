@@ -14,20 +14,10 @@
 # failure, 76 protocol error, 77 authentication refused ...).
 set -eu
 
-if [ "$#" -ne 8 ] && [ "$#" -ne 9 ]; then
-    echo "usage: $0 POP3_HOST POP3_PORT USER PASSWORD SMTP_HOST SMTP_PORT RCPT SCRATCH [TIMEOUT]" >&2
-    exit 64
-fi
-pop3_host=$1 pop3_port=$2 user=$3 password=$4 smtp_host=$5 smtp_port=$6 rcpt=$7 scratch=$8
-timeout=${9:-180}
-for n in "$pop3_port" "$smtp_port" "$timeout"; do
-    case $n in
-        ''|*[!0-9]*) echo "$0: ports and TIMEOUT must be numbers, not '$n'" >&2; exit 64 ;;
-    esac
-done
+. "$(dirname "$0")/common.sh"
+connector_args 180 "$@"
+ports_and_timeout_are_numbers
 
-# A value inside double quotes of the rc file: escape \ and ".
-q() { printf '%s' "$1" | sed 's/[\\"]/\\&/g'; }
 # A word for sh inside the rc file's double quotes: single-quoted for sh, then escaped for mpop.
 sq() { q "'$(printf '%s' "$1" | sed "s/'/'\\\\''/g")'"; }
 

@@ -12,21 +12,12 @@
 # often ends; 4 = a backlog left for the next pass).
 set -eu
 
-if [ "$#" -ne 8 ] && [ "$#" -ne 9 ]; then
-    echo "usage: $0 POP3_HOST POP3_PORT USER PASSWORD SMTP_HOST SMTP_PORT RCPT SCRATCH [TIMEOUT]" >&2
-    exit 64
-fi
-pop3_host=$1 pop3_port=$2 user=$3 password=$4 smtp_host=$5 smtp_port=$6 rcpt=$7 scratch=$8
-timeout=${9:-60}
-case $timeout in
-    ''|*[!0-9]*) echo "$0: TIMEOUT must be a number of seconds, not '$timeout'" >&2; exit 64 ;;
-esac
+. "$(dirname "$0")/common.sh"
+connector_args 60 "$@"
+timeout_is_a_number
 case $pop3_port$smtp_port in
     *[!0-9]*) echo "$0: ports must be numbers" >&2; exit 64 ;;
 esac
-
-# A TOML basic string: escape \ and ".
-q() { printf '%s' "$1" | sed 's/[\\"]/\\&/g'; }
 
 mkdir -p "$scratch"
 umask 077

@@ -9,21 +9,24 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// `poplab bench` over 20 messages of 2 KiB, one round.
+const ONE_ROUND_OF_20: [&str; 7] = [
+    "bench",
+    "--messages",
+    "20",
+    "--size",
+    "2KiB",
+    "--rounds",
+    "1",
+];
+
 fn poplab() -> Command {
     Command::new(env!("CARGO_BIN_EXE_poplab"))
 }
 
 fn bench_json(extra: &[&str]) -> Value {
     let out = poplab()
-        .args([
-            "bench",
-            "--messages",
-            "20",
-            "--size",
-            "2KiB",
-            "--rounds",
-            "1",
-        ])
+        .args(ONE_ROUND_OF_20)
         .args(["--round-timeout", "120", "--json"])
         .args(extra)
         .output()
@@ -141,15 +144,7 @@ fn bad_arguments_exit_2() {
 #[test]
 fn a_round_that_moves_nothing_fails_and_says_so() {
     let out = poplab()
-        .args([
-            "bench",
-            "--messages",
-            "20",
-            "--size",
-            "2KiB",
-            "--rounds",
-            "1",
-        ])
+        .args(ONE_ROUND_OF_20)
         .args(["--no-popbridge", "--no-ceilings", "--json"])
         .args(["--connector-cmd", "true {pop3_port}"])
         .output()

@@ -78,6 +78,17 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 /// `poplab run --json FILE`: the exit code, each label's outcomes (as JSON text) and the
 /// output.
+/// `poplab run` of `scenario` passes with its three labels delivered once each.
+fn replays_three_delivered(scenario: &Path) {
+    let (code, labels, stdout) = replay(scenario);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(labels.len(), 3, "{stdout}");
+    assert!(
+        labels.iter().all(|(_, o)| o == r#"{"delivered":1}"#),
+        "{labels:?}"
+    );
+}
+
 fn replay(scenario: &Path) -> (Option<i32>, Vec<(String, String)>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
         .args(["run", "--json"])
@@ -153,13 +164,7 @@ async fn capture_from_mock_pop3_is_exact_read_only_private_and_replays() {
     let text = std::fs::read_to_string(&scenario).unwrap();
     let entry = format!("uid = \"uid-1\"\nlist_size = {}\n", MESSAGES[1].len());
     assert!(text.contains(&entry), "{text}");
-    let (code, labels, stdout) = replay(&scenario);
-    assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(labels.len(), 3, "{stdout}");
-    assert!(
-        labels.iter().all(|(_, o)| o == r#"{"delivered":1}"#),
-        "{labels:?}"
-    );
+    replays_three_delivered(&scenario);
 
     // Headers only: same sizes, bodies filled.
     let mut o = options(port, "pw-not-in-output");
@@ -193,13 +198,7 @@ async fn capture_from_mock_pop3_is_exact_read_only_private_and_replays() {
     );
     assert_eq!(r.messages[0].bytes, again.messages[0].bytes);
     assert_eq!(r.messages[0].bytes.len(), MESSAGES[0].len());
-    let (code, labels, stdout) = replay(&scenario);
-    assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(labels.len(), 3, "{stdout}");
-    assert!(
-        labels.iter().all(|(_, o)| o == r#"{"delivered":1}"#),
-        "{labels:?}"
-    );
+    replays_three_delivered(&scenario);
     assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
 }
 
@@ -355,11 +354,7 @@ fn capture_cli(port: u16, out: &Path, extra: &[&str]) {
         .env("POPLAB_TEST_PASSWORD", "dovecot-pw-7")
         .output()
         .expect("run poplab capture");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let text = common::said(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(text.contains("captured 3 messages"), "{text}");
     assert!(!text.contains("dovecot-pw-7"), "{text}");
@@ -427,13 +422,7 @@ fn capture_from_dovecot_replays_leaves_the_maildir_unchanged_and_redacts() {
             "{text}"
         );
     }
-    let (code, labels, stdout) = replay(&scenario);
-    assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(labels.len(), 3, "{stdout}");
-    assert!(
-        labels.iter().all(|(_, o)| o == r#"{"delivered":1}"#),
-        "{labels:?}"
-    );
+    replays_three_delivered(&scenario);
 
     let red = dir.path().join("redacted");
     capture_cli(dovecot.port, &red, &["--redact"]);

@@ -5,17 +5,11 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rstest::rstest;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
+mod common;
+use common::{poplab, runtime, wrong_copy};
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cases")
@@ -40,17 +34,6 @@ fn case(#[files("cases/*.toml")] path: PathBuf) {
     }, {
         insta::assert_snapshot!(name, text);
     });
-}
-
-/// A copy of basic-delivery.toml in a temporary folder with `hello` expected to stay on
-/// the server (it is delivered).
-fn wrong_copy(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(cases_dir().join("basic-delivery.toml")).unwrap();
-    let wrong = text.replace("hello = \"delivered\"", "hello = \"left\"");
-    assert_ne!(text, wrong, "basic-delivery.toml changed: update this test");
-    let path = dir.join("basic-delivery-wrong.toml");
-    std::fs::write(&path, wrong).unwrap();
-    path
 }
 
 #[test]
@@ -86,18 +69,6 @@ fn a_wrong_expectation_fails_and_says_expected_and_got() {
         .unwrap();
     assert_eq!(check["expected"], "left");
     assert_eq!(check["actual"], "delivered");
-}
-
-fn poplab(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .args(args)
-        .output()
-        .expect("run poplab");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

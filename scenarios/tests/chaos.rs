@@ -11,13 +11,8 @@ use popbridge::faults::Sabotage;
 use poplab::chaos::{self, ChaosReport, Options, Profile};
 use poplab::Connector;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+mod common;
+use common::runtime;
 
 fn options(seed: u64, runs: u64) -> Options {
     Options {

@@ -15,19 +15,7 @@ use quick_xml::events::Event;
 
 #[allow(dead_code)]
 mod common;
-use common::{require_tool, root};
-
-fn poplab(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .args(args)
-        .output()
-        .expect("run poplab");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{poplab, require_tool, root, wrong_copy as wrong};
 
 /// A file that does not parse: an unknown key on line 8.
 fn broken(dir: &Path) -> PathBuf {
@@ -37,16 +25,6 @@ fn broken(dir: &Path) -> PathBuf {
         "description = \"typo\"\n\n[[pop3.mailbox]]\nuser = \"info\"\n\n[[pop3.mailbox.message]]\nlabel = \"a\"\nsubjet = \"hi\"\n",
     )
     .unwrap();
-    path
-}
-
-/// basic-delivery with one expectation made wrong: `hello = "left"`, on its line 37.
-fn wrong(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("cases/basic-delivery.toml")).unwrap();
-    let wrong = text.replace("hello = \"delivered\"", "hello = \"left\"");
-    assert_ne!(text, wrong, "basic-delivery.toml changed: update this test");
-    let path = dir.join("basic-delivery-wrong.toml");
-    std::fs::write(&path, wrong).unwrap();
     path
 }
 

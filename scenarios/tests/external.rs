@@ -7,10 +7,8 @@
 //! `POPBRIDGE_REQUIRE_PEERS=1` (CI), in which case it fails.
 #![allow(missing_docs)]
 
-use std::process::Command;
-
 mod common;
-use common::{require_fetchmail, root};
+use common::{case, poplab_files, require_fetchmail, root, with_drop_before_quit};
 
 const TEMPLATE: &str =
     "{script} {pop3_host} {pop3_port} {user} {password} {smtp_host} {smtp_port} {rcpt} {scratch}";
@@ -20,30 +18,13 @@ fn fetchmail_through_the_twelve_hundred_and_drop_before_quit_cases() {
     if !require_fetchmail() {
         return;
     }
-    let script = root().join("connectors/fetchmail.sh");
-    let template = TEMPLATE.replace("{script}", &script.display().to_string());
-    let cases = root().join("cases");
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .arg("run")
-        .arg("--connector-cmd")
-        .arg(&template)
-        .arg(cases.join("twelve-hundred-three-passes.toml"))
-        .arg(cases.join("drop-before-quit.toml"))
-        .output()
-        .expect("run poplab");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(
-        stdout.trim_end().ends_with("2 passed, 0 failed"),
-        "{stdout}"
+    let (stdout, twelve, drop) = with_drop_before_quit(
+        TEMPLATE,
+        &root().join("connectors/fetchmail.sh"),
+        "twelve-hundred-three-passes.toml",
     );
-
-    let (twelve, drop) = stdout
-        .split_once("== drop-before-quit")
-        .expect("both reports");
     // The report names the connector.
-    for part in [twelve, drop] {
+    for part in [&twelve, &drop] {
         assert!(
             part.contains("connector: ") && part.contains("fetchmail.sh"),
             "{stdout}"
@@ -80,13 +61,11 @@ fn the_json_report_names_the_connector_and_each_checks_status() {
     }
     let script = root().join("connectors/fetchmail.sh");
     let template = TEMPLATE.replace("{script}", &script.display().to_string());
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .args(["run", "--json", "--connector-cmd", &template])
-        .arg(root().join("cases/drop-before-quit.toml"))
-        .output()
-        .expect("run poplab");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (code, stdout, _) = poplab_files(
+        &["run", "--json", "--connector-cmd", &template],
+        &[case("drop-before-quit.toml")],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(doc["connector"], template.as_str());
     let sc = &doc["scenarios"][0];
@@ -111,17 +90,12 @@ fn the_json_report_names_the_connector_and_each_checks_status() {
 #[test]
 fn a_connector_that_does_nothing_fails_the_other_expectations_and_crash_is_not_applicable() {
     // Needs no peer: the "connector" only prints its arguments.
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .args([
-            "run",
-            "--connector-cmd",
-            "echo pass {pass} for {user} at {pop3_host}:{pop3_port} to {rcpt}",
-        ])
-        .arg(root().join("cases/crash-after-delivery.toml"))
-        .output()
-        .expect("run poplab");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let echo = "echo pass {pass} for {user} at {pop3_host}:{pop3_port} to {rcpt}";
+    let (code, stdout, _) = poplab_files(
+        &["run", "--connector-cmd", echo],
+        &[case("crash-after-delivery.toml")],
+    );
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains("not applicable: [run] crash (pass 1"),
         "{stdout}"
@@ -138,30 +112,26 @@ fn a_connector_that_does_nothing_fails_the_other_expectations_and_crash_is_not_a
     assert!(!stdout.contains("events.\""), "{stdout}");
 
     // A template without a placeholder cannot reach the mocks: refused up front.
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .args(["run", "--connector-cmd", "fetchmail"])
-        .arg(root().join("cases/basic-delivery.toml"))
-        .output()
-        .expect("run poplab");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no placeholder"));
+    let (code, _, stderr) = poplab_files(
+        &["run", "--connector-cmd", "fetchmail"],
+        &[case("basic-delivery.toml")],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no placeholder"));
 }
 
 #[test]
 fn an_oauth2_scenario_is_skipped_for_an_external_connector_and_said_so() {
     // Needs no peer: the "connector" leaves a file named after the mailbox it ran for.
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .args([
-            "run",
-            "--connector-cmd",
-            &format!("touch {}/{{user}}", dir.path().display()),
-        ])
-        .arg(root().join("cases/oauth2-token-refresh.toml"))
-        .arg(root().join("cases/basic-delivery.toml"))
-        .output()
-        .expect("run poplab");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let touch = format!("touch {}/{{user}}", dir.path().display());
+    let (code, stdout, _) = poplab_files(
+        &["run", "--connector-cmd", &touch],
+        &[
+            case("oauth2-token-refresh.toml"),
+            case("basic-delivery.toml"),
+        ],
+    );
     assert!(
         !dir.path().join("info@example.com").exists(),
         "the command ran for the skipped scenario's mailbox"
@@ -176,5 +146,5 @@ fn an_oauth2_scenario_is_skipped_for_an_external_connector_and_said_so() {
         stdout.trim_end().ends_with("0 passed, 1 failed, 1 skipped"),
         "{stdout}"
     );
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(code, Some(1), "{stdout}");
 }

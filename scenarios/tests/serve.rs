@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 mod common;
-use common::{require_fetchmail, root};
+use common::{require_fetchmail, root, said};
 
 /// Bound of every wait on the served child.
 const BOUND: Duration = Duration::from_secs(30);
@@ -109,11 +109,7 @@ fn serve_then_fetchmail_by_hand_then_stdin_closed_gives_the_final_state() {
         .stdin(Stdio::null())
         .output()
         .expect("run fetchmail");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = said(&out);
     assert!(out.status.success(), "{said}");
 
     let state = served.stop();

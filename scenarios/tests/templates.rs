@@ -8,10 +8,8 @@
 //! `POPBRIDGE_REQUIRE_PEERS=1` (CI), in which case it fails.
 #![allow(missing_docs)]
 
-use std::process::Command;
-
 mod common;
-use common::{require_tools, root};
+use common::{require_tools, root, with_drop_before_quit};
 
 const TEMPLATE: &str =
     "{script} {pop3_host} {pop3_port} {user} {password} {smtp_host} {smtp_port} {rcpt} {scratch} {timeout}";
@@ -19,27 +17,8 @@ const TEMPLATE: &str =
 /// Runs both cases through `script`; checks the report.
 fn basic_and_drop_before_quit(script: &str) {
     let script = root().join("connectors").join(script);
-    let template = TEMPLATE.replace("{script}", &script.display().to_string());
-    let cases = root().join("cases");
-    let out = Command::new(env!("CARGO_BIN_EXE_poplab"))
-        .arg("run")
-        .arg("--connector-cmd")
-        .arg(&template)
-        .arg(cases.join("basic-delivery.toml"))
-        .arg(cases.join("drop-before-quit.toml"))
-        .output()
-        .expect("run poplab");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(
-        stdout.trim_end().ends_with("2 passed, 0 failed"),
-        "{stdout}"
-    );
-    let (basic, drop) = stdout
-        .split_once("== drop-before-quit")
-        .expect("both reports");
-    for part in [basic, drop] {
+    let (stdout, basic, drop) = with_drop_before_quit(TEMPLATE, &script, "basic-delivery.toml");
+    for part in [&basic, &drop] {
         assert!(
             part.contains("connector: ") && part.contains(&script.display().to_string()),
             "{stdout}"

@@ -2,9 +2,7 @@
 //! quarantine list|show|release|delete`, and the ledger's pruning under real passes.
 
 use std::path::Path;
-use std::process::Output;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use mock_pop3::MockPop3;
 use mock_smtp::{MockSmtp, MockSmtpHandle};
@@ -15,21 +13,6 @@ use popbridge::ledger::{Ledger, Status};
 use popbridge::net::TcpDialer;
 
 use crate::harness::*;
-
-async fn popbridge(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("popbridge hung")
-        .unwrap()
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
 
 /// Writes (or rewrites) `dir/popbridge.toml` for account `info` (state in `dir/state`),
 /// mode 0600 since it holds the password.
@@ -43,14 +26,6 @@ fn write_config(
     let path = dir.join("popbridge.toml");
     write_private(&path, config_text(dir, pop3, smtp, account, limits));
     path.display().to_string()
-}
-
-/// Runs `popbridge --config CFG --events EVENTS ARGS...`.
-async fn run(cfg: &str, events: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut all = vec!["--config", cfg, "--events", events.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = popbridge(&all).await;
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
 fn kinds(events: &Path) -> Vec<String> {

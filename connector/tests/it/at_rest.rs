@@ -15,18 +15,13 @@ use crate::harness::*;
 
 /// Runs the binary under `sh` with `umask 022`, as a service started by hand would.
 async fn popbridge_umask_022(dir: &Path, args: &[&str]) -> Output {
-    let run = tokio::process::Command::new("sh")
-        .arg("-c")
+    let mut sh = tokio::process::Command::new("sh");
+    sh.arg("-c")
         .arg("umask 022 && exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_popbridge"))
         .args(args)
-        .current_dir(dir)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("popbridge hung")
-        .unwrap()
+        .current_dir(dir);
+    finish(sh, Duration::from_secs(120)).await
 }
 
 fn mode(p: &Path) -> u32 {
@@ -61,10 +56,6 @@ fn loose(state: &Path) -> Vec<String> {
         .collect()
 }
 
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
-
 /// A configuration with one account; `transport` is the `[transport]` body.
 fn config(dir: &Path, pop3_port: u16, transport: &str, account_extra: &str) -> PathBuf {
     let path = dir.join("popbridge.toml");
@@ -80,16 +71,11 @@ command = "10s"
 [limits]
 poison_after = 1
 memory_threshold = "64KB"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-username = "info"
+{account}username = "info"
 deliver_to = "info@contoso.local"
 {account_extra}
-"#
+"#,
+            account = plain_account("info", "127.0.0.1", pop3_port),
         ),
     )
     .unwrap();

@@ -1,7 +1,6 @@
 //! The `popbridge` binary: the exit codes and outputs scripts rely on.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use mock_pop3::{Maildrop, MockPop3};
@@ -10,82 +9,107 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::harness::*;
 
-async fn popbridge(args: &[&str]) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("popbridge hung")
-        .unwrap()
-}
-
 fn write_config(dir: &Path, pop3_port: u16, smtp_port: u16, extra: &str) -> String {
-    let path = dir.join("popbridge.toml");
-    std::fs::write(dir.join("pass"), format!("{PASSWORD}\n")).unwrap();
-    std::fs::set_permissions(
-        dir.join("pass"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    std::fs::write(
-        &path,
-        format!(
-            r#"state_dir = "state"
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-[timeouts]
-connect = "5s"
-command = "10s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-username = "info"
-password_file = "pass"
-deliver_to = "info@contoso.local"
-{extra}
-"#
-        ),
-    )
-    .unwrap();
+    let head = loopback_head(smtp_port, FIVE_AND_TEN, "info", pop3_port);
+    let account = format!(
+        "username = \"info\"\npassword_file = \"pass\"\ndeliver_to = \"info@contoso.local\"\n{extra}\n"
+    );
+    let path = write_with_password_file(dir, PASSWORD, &head, &account);
     path.display().to_string()
 }
 
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
+/// Runs `popbridge --config CFG ARGS...`; it must exit `code`. Its standard output.
+async fn exits(cfg: &str, args: &[&str], code: i32) -> String {
+    let mut all = vec!["--config", cfg];
+    all.extend_from_slice(args);
+    let out = popbridge(&all).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    stdout
+}
+
+/// Both mocks on loopback and a configuration for them (account `extra`) in a new folder.
+struct World {
+    pop: mock_pop3::MockPop3Handle,
+    smtp: mock_smtp::MockSmtpHandle,
+    dir: tempfile::TempDir,
+    cfg: String,
+}
+
+async fn world(mailbox: Maildrop, smtp_builder: mock_smtp::Builder, extra: &str) -> World {
+    let pop = pop3(MockPop3::builder().mailbox(mailbox)).await;
+    let smtp = smtp(smtp_builder).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pop3_port, smtp_port) = (pop.addr().unwrap().port(), smtp.addr().unwrap().port());
+    let cfg = write_config(dir.path(), pop3_port, smtp_port, extra);
+    World {
+        pop,
+        smtp,
+        dir,
+        cfg,
+    }
+}
+
+/// Maildrop `info` holding `n` demo messages of about `size` octets.
+fn demo(n: usize, size: usize) -> Maildrop {
+    Maildrop::new("info", PASSWORD).with_demo_messages(n, size)
+}
+
+/// An SMTP mock that refuses messages over `max` octets.
+fn limited(max: u64) -> mock_smtp::Builder {
+    MockSmtp::builder().limits(Limits {
+        max_message_size: Some(max),
+        ..Limits::default()
+    })
+}
+
+/// Prepends `top` (top-level keys) to the configuration file `cfg`.
+fn prepend(cfg: &str, top: &str) {
+    let original = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, format!("{top}{original}")).unwrap();
+}
+
+/// Sends `signal` (`-HUP`, `-TERM`) to the process `pid`.
+fn kill(signal: &str, pid: &str) {
+    assert!(std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Waits (bounded) for the daemon to end; it must exit 0.
+async fn exits_0(daemon: &mut tokio::process::Child) {
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A mailbox of a small demo message and a 200 KB one from Alice, "Scans", behind an SMTP
+/// mock that refuses over 100 KB; the account gets `extra`.
+async fn big_scan_world(extra: &str) -> World {
+    let big = "From: Alice Example <alice@example.net>\r\nSubject: Scans\r\n\
+               Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
+    let mut data = big.as_bytes().to_vec();
+    data.resize(200 * 1024, b'x');
+    let mut mb = demo(1, 1000);
+    mb.messages.push(mock_pop3::Message::new(data));
+    world(mb, limited(100 * 1024), extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted_transcript() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(3, 800)),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "",
-    );
-    let events = dir.path().join("events.jsonl");
-    let out = popbridge(&[
-        "--config",
-        &cfg,
-        "--verbose",
-        "--events",
-        events.to_str().unwrap(),
-        "fetch",
-    ])
-    .await;
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let w = world(demo(3, 800), MockSmtp::builder(), "").await;
+    let events = w.dir.path().join("events.jsonl");
+    let (code, stdout, stderr) = run(&w.cfg, &events, &["--verbose", "fetch"]).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("info: 3 listed, 3 delivered, 3 deleted"),
         "{stdout}"
@@ -100,11 +124,7 @@ async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted
         !stderr.contains('\x1b'),
         "no colour codes when stderr is not a terminal"
     );
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = event_lines(&events);
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.first(), Some(&"pass.started"));
     assert_eq!(kinds.last(), Some(&"pass.finished"));
@@ -118,25 +138,9 @@ async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_1_when_messages_stay_on_the_server() {
-    let mb = Maildrop::new("info", PASSWORD)
-        .with_demo_messages(2, 800)
-        .with_demo_messages(1, 50_000);
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(20_000),
-        ..Limits::default()
-    }))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "",
-    );
-    let out = popbridge(&["--config", &cfg, "fetch"]).await;
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let mb = demo(2, 800).with_demo_messages(1, 50_000);
+    let w = world(mb, limited(20_000), "").await;
+    let stdout = exits(&w.cfg, &["fetch"], 1).await;
     assert!(
         stdout.contains("1 left on the server (1 over the size limit)"),
         "{stdout}"
@@ -222,28 +226,17 @@ async fn help_explains_the_exit_codes() {
 /// never go by itself giving monitoring the same exit code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(5, 800)),
-    )
-    .await;
-    let sink = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        sink.addr().unwrap().port(),
-        "[limits]\nmax_messages_per_session = 2",
-    );
-    let out = popbridge(&["--config", &cfg, "fetch"]).await;
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(4), "{stdout}{}", text(&out.stderr));
+    let cap = "[limits]\nmax_messages_per_session = 2";
+    let w = world(demo(5, 800), MockSmtp::builder(), cap).await;
+    let cfg = &w.cfg;
+    let stdout = exits(cfg, &["fetch"], 4).await;
     assert!(
         stdout.contains("2 delivered, 2 deleted, 3 left on the server (3 for the next pass)"),
         "{stdout}"
     );
-    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    let out = popbridge(&["--config", cfg, "fetch"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
-    let out = popbridge(&["--config", &cfg, "fetch"]).await;
+    let out = popbridge(&["--config", cfg, "fetch"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -252,25 +245,9 @@ async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
     );
 
     // Stuck mail outranks a backlog: one message over the size limit, and the cap.
-    let mb = Maildrop::new("info", PASSWORD)
-        .with_demo_messages(4, 800)
-        .with_demo_messages(1, 50_000);
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
-    let small = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(20_000),
-        ..Limits::default()
-    }))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        small.addr().unwrap().port(),
-        "[limits]\nmax_messages_per_session = 2",
-    );
-    let out = popbridge(&["--config", &cfg, "fetch"]).await;
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let mb = demo(4, 800).with_demo_messages(1, 50_000);
+    let w = world(mb, limited(20_000), cap).await;
+    let stdout = exits(&w.cfg, &["fetch"], 1).await;
     assert!(
         stdout.contains("1 over the size limit, 2 for the next pass"),
         "{stdout}"
@@ -279,23 +256,12 @@ async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_trigger_reload_and_sigterm() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(2, 800)),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "",
-    );
+    let w = world(demo(2, 800), MockSmtp::builder(), "").await;
+    let (pop, smtp, dir, cfg) = (&w.pop, &w.smtp, &w.dir, &w.cfg);
     // Long interval, no jitter: one scheduled pass at start, then only triggers.
-    let original = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, format!("interval = \"24h\"\njitter = 0\n{original}")).unwrap();
+    prepend(cfg, "interval = \"24h\"\njitter = 0\n");
     let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args(["--config", &cfg, "run"])
+        .args(["--config", cfg, "run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -304,7 +270,7 @@ async fn run_trigger_reload_and_sigterm() {
     // The socket is the daemon's only readiness signal: retry the trigger, bounded.
     let mut out = None;
     for _ in 0..200 {
-        let o = popbridge(&["--config", &cfg, "trigger"]).await;
+        let o = popbridge(&["--config", cfg, "trigger"]).await;
         if o.status.code() != Some(3) {
             out = Some(o);
             break;
@@ -328,7 +294,7 @@ async fn run_trigger_reload_and_sigterm() {
         "info",
         mock_pop3::Message::new(&b"Subject: now\r\n\r\nx\r\n"[..]),
     );
-    let out = popbridge(&["--config", &cfg, "trigger", "--account", "info"]).await;
+    let out = popbridge(&["--config", cfg, "trigger", "--account", "info"]).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(
         text(&out.stdout).contains("1 delivered"),
@@ -336,14 +302,10 @@ async fn run_trigger_reload_and_sigterm() {
         text(&out.stdout)
     );
     // SIGHUP with a broken file: refused, the daemon goes on.
-    std::fs::write(&cfg, "this is not toml [").unwrap();
+    std::fs::write(cfg, "this is not toml [").unwrap();
     let pid = daemon.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let out = popbridge(&["--config", &cfg, "trigger"]).await;
+    kill("-HUP", &pid);
+    let out = popbridge(&["--config", cfg, "trigger"]).await;
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -354,16 +316,8 @@ async fn run_trigger_reload_and_sigterm() {
         "still running after a bad reload"
     );
     // SIGTERM: clean exit 0, socket gone.
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    kill("-TERM", &pid);
+    exits_0(&mut daemon).await;
     let stderr = {
         let mut s = String::new();
         use tokio::io::AsyncReadExt;
@@ -387,21 +341,9 @@ async fn run_trigger_reload_and_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diagnose_reports_and_changes_nothing() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(3, 900)),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "",
-    );
-    let out = popbridge(&["--config", &cfg, "diagnose"]).await;
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let w = world(demo(3, 900), MockSmtp::builder(), "").await;
+    let (pop, dir, cfg) = (&w.pop, &w.dir, &w.cfg);
+    let stdout = exits(cfg, &["diagnose"], 0).await;
     assert!(
         stdout.contains("messages: 3") && stdout.contains("SIZE 10485760"),
         "{stdout}"
@@ -418,16 +360,9 @@ async fn diagnose_reports_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_limits_flags_the_two_sbs_losses() {
     // The customer reports: a 20 MB message; the connector's receive connector at 50 MB.
-    let mb = Maildrop::new("info", PASSWORD)
-        .with_demo_messages(1, 20 * 1024 * 1024)
-        .with_demo_messages(1, 1000);
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(50 * 1024 * 1024),
-        ..Limits::default()
-    }))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
+    let mb = demo(1, 20 * 1024 * 1024).with_demo_messages(1, 1000);
+    let w = world(mb, limited(50 * 1024 * 1024), "").await;
+    let (pop, smtp, dir) = (&w.pop, &w.smtp, &w.dir);
     let (pp, sp) = (pop.addr().unwrap().port(), smtp.addr().unwrap().port());
     let run = |org: &'static str, account_extra: &'static str| {
         let cfg = write_config(dir.path(), pp, sp, account_extra);
@@ -473,30 +408,17 @@ async fn check_limits_flags_the_two_sbs_losses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_limits_with_probe_passes_a_safe_configuration() {
     // Every limit agrees with the receive connector's SIZE (50 MB): nothing can be lost or stuck.
-    let pop = pop3(
-        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(2, 5000)),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(50 * 1024 * 1024),
-        ..Limits::default()
-    }))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "mailbox_receive_limit = \"50MB\"",
-    );
-    let original = std::fs::read_to_string(&cfg).unwrap();
+    let limit = "mailbox_receive_limit = \"50MB\"";
+    let w = world(demo(2, 5000), limited(50 * 1024 * 1024), limit).await;
+    let (pop, cfg) = (&w.pop, &w.cfg);
+    let original = std::fs::read_to_string(cfg).unwrap();
     // [exchange] goes last: the account's keys belong to the [[account]] table above it.
     std::fs::write(
-        &cfg,
+        cfg,
         format!("{original}\n[exchange]\norganization_receive_limit = \"50MB\"\n"),
     )
     .unwrap();
-    let out = popbridge(&["--config", &cfg, "check-limits", "--probe"]).await;
+    let out = popbridge(&["--config", cfg, "check-limits", "--probe"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -553,35 +475,16 @@ fn parse_rfc3339_utc(t: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + s)
 }
 
-/// The events file as JSON values.
-fn event_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 /// Guards against: events that cannot be placed in time or told apart by pass (two
 /// accounts or two passes interleaved in one file).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_carry_an_rfc3339_time_and_one_pass_id_per_account_pass() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(2, 800)),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "",
-    );
+    let w = world(demo(2, 800), MockSmtp::builder(), "").await;
+    let (pop, dir, cfg) = (&w.pop, &w.dir, &w.cfg);
     let events = dir.path().join("events.jsonl");
     let args = [
         "--config",
-        &cfg,
+        cfg,
         "--events",
         events.to_str().unwrap(),
         "fetch",
@@ -654,29 +557,12 @@ async fn until(stderr: &mut Log, what: &str, log: &mut Vec<String>) {
 /// renamed file forever (the new file stays empty, the old one grows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reopens_the_events_file_after_a_rename() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(Maildrop::new("info", PASSWORD).with_demo_messages(1, 800)),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "",
-    );
-    let original = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, format!("interval = \"24h\"\njitter = 0\n{original}")).unwrap();
+    let w = world(demo(1, 800), MockSmtp::builder(), "").await;
+    let (pop, dir, cfg) = (&w.pop, &w.dir, &w.cfg);
+    prepend(cfg, "interval = \"24h\"\njitter = 0\n");
     let events = dir.path().join("events.jsonl");
     let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args([
-            "--config",
-            &cfg,
-            "--events",
-            events.to_str().unwrap(),
-            "run",
-        ])
+        .args(["--config", cfg, "--events", events.to_str().unwrap(), "run"])
         .env_remove("POPBRIDGE_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -697,11 +583,7 @@ async fn sighup_reopens_the_events_file_after_a_rename() {
     let rotated = dir.path().join("events.jsonl.1");
     std::fs::rename(&events, &rotated).unwrap();
     let pid = daemon.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    kill("-HUP", &pid);
     until(&mut stderr, "configuration reloaded", &mut log).await;
     pop.add_message(
         "info",
@@ -710,7 +592,7 @@ async fn sighup_reopens_the_events_file_after_a_rename() {
                 [..],
         ),
     );
-    let out = popbridge(&["--config", &cfg, "trigger"]).await;
+    let out = popbridge(&["--config", cfg, "trigger"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     let after = event_lines(&events);
     let kinds: Vec<&str> = after.iter().map(|l| l["kind"].as_str().unwrap()).collect();
@@ -729,16 +611,8 @@ async fn sighup_reopens_the_events_file_after_a_rename() {
         before,
         "the renamed file is left as it was"
     );
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    kill("-TERM", &pid);
+    exits_0(&mut daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,9 +620,7 @@ async fn check_limits_with_undeclared_limits_is_unknown_not_safe() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on these ports: without --probe nothing is contacted.
     let cfg = write_config(dir.path(), 1, 1, "");
-    let out = popbridge(&["--config", &cfg, "check-limits"]).await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(5), "{so}{}", text(&out.stderr));
+    let so = exits(&cfg, &["check-limits"], 5).await;
     assert!(
         !so.contains("Verdict: safe") && !so.contains("unlimited ("),
         "{so}"
@@ -767,9 +639,7 @@ async fn check_limits_with_undeclared_limits_is_unknown_not_safe() {
         1,
         "mailbox_receive_limit = \"unlimited\"\n[exchange]\norganization_receive_limit = \"unlimited\"",
     );
-    let out = popbridge(&["--config", &cfg, "check-limits"]).await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{so}{}", text(&out.stderr));
+    let so = exits(&cfg, &["check-limits"], 0).await;
     assert!(so.contains("unlimited (declared)"), "{so}");
     // The exit codes are in --help.
     let out = popbridge(&["check-limits", "--help"]).await;
@@ -782,29 +652,13 @@ async fn check_limits_with_undeclared_limits_is_unknown_not_safe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_limits_probe_names_a_stuck_message_with_its_sender_and_subject() {
-    let big = "From: Alice Example <alice@example.net>\r\nSubject: Scans\r\n\
-               Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
-    let mut data = big.as_bytes().to_vec();
-    data.resize(200 * 1024, b'x');
-    let mut mb = Maildrop::new("info", PASSWORD).with_demo_messages(1, 1000);
-    mb.messages.push(mock_pop3::Message::new(data));
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(100 * 1024),
-        ..Limits::default()
-    }))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
     // A safe chain: only the server's own SIZE keeps the big one out.
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
+    let w = big_scan_world(
         "mailbox_receive_limit = \"unlimited\"\n[exchange]\norganization_receive_limit = \"unlimited\"",
-    );
-    let out = popbridge(&["--config", &cfg, "check-limits", "--probe"]).await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    )
+    .await;
+    let (pop, cfg) = (&w.pop, &w.cfg);
+    let so = exits(cfg, &["check-limits", "--probe"], 1).await;
     assert!(
         so.contains(
             "#2 200.0 KB from Alice Example <alice@example.net>, subject \"Scans\" (2026-12-01): \
@@ -822,28 +676,8 @@ async fn check_limits_probe_names_a_stuck_message_with_its_sender_and_subject() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_names_the_message_it_leaves_on_the_server() {
-    let big = "From: Alice Example <alice@example.net>\r\nSubject: Scans\r\n\
-               Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\n";
-    let mut data = big.as_bytes().to_vec();
-    data.resize(200 * 1024, b'x');
-    let mut mb = Maildrop::new("info", PASSWORD).with_demo_messages(1, 1000);
-    mb.messages.push(mock_pop3::Message::new(data));
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(100 * 1024),
-        ..Limits::default()
-    }))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        smtp.addr().unwrap().port(),
-        "",
-    );
-    let out = popbridge(&["--config", &cfg, "fetch"]).await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    let w = big_scan_world("").await;
+    let so = exits(&w.cfg, &["fetch"], 1).await;
     assert!(
         so.contains(
             "info: left on the server: 200.0 KB from Alice Example <alice@example.net> \

@@ -569,9 +569,7 @@ async fn without_catch_all_the_recipient_headers_are_ignored() {
         "plain",
         "Delivered-To: alice@contoso.local\r\nTo: bob@contoso.local\r\n",
     );
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([msg]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mailbox_with([msg]), "", "").await;
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert_eq!(sum.delivered, 1);
     let (_, rcpts) = deliveries(&smtp);

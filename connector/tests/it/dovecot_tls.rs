@@ -17,9 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use popbridge::certinfo::CertificateInfo;
 
 use super::interop::{
-    chown_tree, mail, maildir_files, mkdir, peers, popbridge, popbridge_command, read_lossy,
-    require_tool, sink_count, start_dovecot, start_smtp_sink, toml_str, wait_for_log, workdir,
-    write_maildir, DovecotTls, Mail, Peer, Run, DEFAULT_PATH, DELIVER_TO, PASSWORD, USER,
+    chown_tree, head_of_config, mail, maildir_files, mkdir, peers, popbridge, popbridge_command,
+    read_lossy, require_tool, sink_count, start_dovecot, start_smtp_sink, toml_str, wait_for_log,
+    workdir, write_maildir, DovecotTls, Mail, Peer, Run, DEFAULT_PATH, DELIVER_TO, PASSWORD, USER,
 };
 
 /// The name the certificate carries and the accounts verify (`tls_server_name`).
@@ -80,19 +80,7 @@ fn config(dir: &Path, label: &str, tls: &str, port: u16, trust: Trust<'_>, smtp:
         Trust::Pin(pin) => format!("tls_fingerprint = {}", toml_str(&pin)),
     };
     let text = format!(
-        r#"state_dir = {state}
-
-[transport]
-host = "127.0.0.1"
-port = {smtp}
-helo = "popbridge.test"
-
-[timeouts]
-connect = "10s"
-command = "30s"
-data = "60s"
-
-[[account]]
+        r#"{head}[[account]]
 name = "dovecot"
 host = "127.0.0.1"
 port = {port}
@@ -104,7 +92,7 @@ username = "{USER}"
 password_file = {secret}
 deliver_to = "{DELIVER_TO}"
 "#,
-        state = toml_str(&dir.join("popbridge-state").display().to_string()),
+        head = head_of_config(dir, smtp),
         secret = toml_str(&secret.display().to_string()),
     );
     let path = dir.join(format!("{label}.toml"));
@@ -113,6 +101,23 @@ deliver_to = "{DELIVER_TO}"
 }
 
 /// Everything a failure report needs.
+/// The run exited `code` having delivered `delivered` messages (else a panic naming
+/// `label`, with `why`).
+fn exited(run: &Run, code: i32, delivered: usize, label: &str, why: &dyn Fn() -> String) {
+    assert_eq!(
+        run.status.and_then(|s| s.code()),
+        Some(code),
+        "{label}: exit code\n{}",
+        why()
+    );
+    assert_eq!(
+        run.count("message.delivered"),
+        delivered,
+        "{label}\n{}",
+        why()
+    );
+}
+
 fn why(run: &Run, dovecot: &Peer, maildir: &Path) -> String {
     format!(
         "command: {}\nstatus: {:?}\n---- stdout ----\n{}\n---- stderr ----\n{}\n---- events ----\n{}\n{}\nleft: {:?}",
@@ -193,13 +198,7 @@ fn a_self_signed_ca_true_dovecot_is_reached_by_ca_file_or_by_pin_and_a_wrong_pin
         );
         let run = popbridge(dir.path(), &cfg, label);
         let why = || why(&run, &dovecot, &maildir);
-        assert_eq!(
-            run.status.and_then(|s| s.code()),
-            Some(3),
-            "{label}: exit code\n{}",
-            why()
-        );
-        assert_eq!(run.count("message.delivered"), 0, "{label}\n{}", why());
+        exited(&run, 3, 0, label, &why);
         let said = format!("{}{}", run.stdout, run.stderr);
         for needle in [
             format!("127.0.0.1:{port}"),
@@ -285,13 +284,7 @@ fn a_self_signed_ca_true_dovecot_is_reached_by_ca_file_or_by_pin_and_a_wrong_pin
         let cfg = config(dir.path(), label, mode, port, trust, smtp);
         let run = popbridge(dir.path(), &cfg, label);
         let why = || why(&run, &dovecot, &maildir);
-        assert_eq!(
-            run.status.and_then(|s| s.code()),
-            Some(0),
-            "{label}: exit code\n{}",
-            why()
-        );
-        assert_eq!(run.count("message.delivered"), 2, "{label}\n{}", why());
+        exited(&run, 0, 2, label, &why);
         delivered += 2;
         assert!(maildir_files(&maildir).is_empty(), "{label}\n{}", why());
         let count = wait_for_counter(&sink, delivered);

@@ -1,17 +1,25 @@
-//! Shared set-up: mocks on loopback, a configuration pointing at them, a pass runner.
+//! Shared set-up: mocks on loopback (or in memory), a configuration pointing at them, a
+//! pass runner, and the `popbridge` binary run to its end. It never asserts what a test
+//! checks: only the plumbing every test needs lives here.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mock_pop3::{Maildrop, Message, MockPop3Handle};
 use mock_smtp::MockSmtpHandle;
 use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
-use popbridge::net::TcpDialer;
+use popbridge::net::{BoxIo, Dialer, MemoryDialer, TcpDialer};
 use popbridge::pass::{self, Summary};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
+
+/// The `[timeouts]` body of most configurations the binary reads: 5 s to connect, 10 s a
+/// command.
+pub const FIVE_AND_TEN: &str = "connect = \"5s\"\ncommand = \"10s\"";
 
 pub const PASSWORD: &str = "Sw0rdfish-s3cret!";
 
@@ -78,32 +86,109 @@ pub fn config_text(
     format!(
         r#"
 state_dir = "{state}"
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-helo = "popbridge.test"
+{transport}helo = "popbridge.test"
 [limits]
 {limits}
 [timeouts]
 connect = "10s"
 command = "10s"
 data = "60s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-auth = "user"
+{account}auth = "user"
 username = "info"
 password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 {account_extra}
 "#,
         state = dir.join("state").display(),
-        smtp_port = smtp.addr().unwrap().port(),
-        pop3_port = pop3.addr().unwrap().port(),
+        transport = transport("127.0.0.1", smtp.addr().unwrap().port()),
+        account = plain_account("info", "127.0.0.1", pop3.addr().unwrap().port()),
     )
+}
+
+/// The opening of a plain-text `[[account]]` table (no TLS, plaintext allowed) named
+/// `name` on the POP3 server `host:port`; the caller adds its credentials and the rest.
+pub fn plain_account(name: &str, host: &str, port: u16) -> String {
+    format!(
+        "[[account]]\nname = \"{name}\"\nhost = \"{host}\"\nport = {port}\ntls = \"none\"\nallow_plaintext = true\n"
+    )
+}
+
+/// The head of a configuration the binary reads from its folder: state in `state`, the
+/// transport on 127.0.0.1:`smtp_port`, the `[timeouts]` body `timeouts`, then the opening
+/// of account `name` on 127.0.0.1:`pop3_port` (see [`plain_account`]).
+pub fn loopback_head(smtp_port: u16, timeouts: &str, name: &str, pop3_port: u16) -> String {
+    format!(
+        "state_dir = \"state\"\n{}[timeouts]\n{timeouts}\n{}",
+        transport("127.0.0.1", smtp_port),
+        plain_account(name, "127.0.0.1", pop3_port)
+    )
+}
+
+/// Writes `dir/pass` (holding `password`, private) and `dir/popbridge.toml`: `head` (see
+/// [`loopback_head`]), then `account` (the rest of the account, reading `password_file =
+/// "pass"`). The configuration's path.
+pub fn write_with_password_file(dir: &Path, password: &str, head: &str, account: &str) -> PathBuf {
+    write_private(&dir.join("pass"), format!("{password}\n"));
+    let path = dir.join("popbridge.toml");
+    std::fs::write(&path, format!("{head}{account}")).unwrap();
+    path
+}
+
+/// A `[transport]` table opening on the SMTP server `host:port`.
+pub fn transport(host: &str, port: u16) -> String {
+    format!("[transport]\nhost = \"{host}\"\nport = {port}\n")
+}
+
+/// A dialer that reaches the in-memory mocks as `pop3.test:110` and `smtp.test:25`.
+pub fn memory_dialer(pop: &Arc<MockPop3Handle>, smtp: &Arc<MockSmtpHandle>) -> MemoryDialer {
+    let dialer = MemoryDialer::new();
+    let p = pop.clone();
+    dialer.route(
+        "pop3.test",
+        110,
+        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
+    );
+    let s = smtp.clone();
+    dialer.route(
+        "smtp.test",
+        25,
+        Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
+    );
+    dialer
+}
+
+/// Runs `cmd` to its end (killed if the test gives up on it), bounded by `limit`.
+pub async fn finish(mut cmd: tokio::process::Command, limit: Duration) -> Output {
+    let run = cmd.kill_on_drop(true).output();
+    tokio::time::timeout(limit, run)
+        .await
+        .expect("popbridge hung")
+        .unwrap()
+}
+
+/// The `popbridge` binary with `args`, not started yet.
+pub fn popbridge_command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"));
+    cmd.args(args);
+    cmd
+}
+
+/// Runs `popbridge ARGS...` to its end, bounded by two minutes.
+pub async fn popbridge(args: &[&str]) -> Output {
+    finish(popbridge_command(args), Duration::from_secs(120)).await
+}
+
+/// Runs `popbridge --config CFG --events EVENTS ARGS...`.
+pub async fn run(cfg: &str, events: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["--config", cfg, "--events", events.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = popbridge(&all).await;
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A process's output as text (invalid UTF-8 replaced).
+pub fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
 }
 
 impl Setup {
@@ -117,19 +202,42 @@ impl Setup {
         pop3: &MockPop3Handle,
         smtp: &MockSmtpHandle,
     ) -> (Summary, Vec<Event>) {
+        let (mut s, events) = self.run_through(Arc::new(TcpDialer)).await;
+        pop3.wait_idle().await;
+        smtp.wait_idle().await;
+        (s.remove(0), events)
+    }
+
+    /// `n` passes, each without an account failure: `pick` of each one's summary.
+    pub async fn passes<T>(
+        &self,
+        pop3: &MockPop3Handle,
+        smtp: &MockSmtpHandle,
+        n: usize,
+        pick: impl Fn(&Summary) -> T,
+    ) -> Vec<T> {
+        let mut per_pass = Vec::new();
+        for _ in 0..n {
+            let (sum, _) = self.pass(pop3, smtp).await;
+            assert!(sum.failure.is_none(), "{sum:?}");
+            per_pass.push(pick(&sum));
+        }
+        per_pass
+    }
+
+    /// One pass over every account through `dialer`: a summary per account, the events.
+    pub async fn run_through(&self, dialer: Arc<dyn Dialer>) -> (Vec<Summary>, Vec<Event>) {
         let events = Arc::new(EventSink::memory());
         let ledger = Arc::new(Mutex::new(Ledger::open(&self.config.state_dir).unwrap()));
-        let mut s = pass::run_accounts(
+        let summaries = pass::run_accounts(
             Arc::new(self.config.clone()),
-            Arc::new(TcpDialer),
+            dialer,
             events.clone(),
             ledger,
             self.config.accounts.clone(),
         )
         .await;
-        pop3.wait_idle().await;
-        smtp.wait_idle().await;
-        (s.remove(0), events.collected())
+        (summaries, events.collected())
     }
 }
 
@@ -197,11 +305,61 @@ pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
     out
 }
 
+/// The events file as JSON values, every line whole (a bad line panics).
+pub fn event_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// Maildrop `info` (password [`PASSWORD`]) holding `messages`.
 pub fn mailbox_with(messages: impl IntoIterator<Item = mock_pop3::Message>) -> Maildrop {
     let mut mb = Maildrop::new("info", PASSWORD);
     mb.messages.extend(messages);
     mb
+}
+
+/// Maildrop `info` holding a message from `a@example.net` of about `size` octets for each
+/// number in `ids` (see [`mail`]).
+pub fn mails(ids: impl IntoIterator<Item = usize>, size: usize) -> Maildrop {
+    mailbox_with(ids.into_iter().map(|i| mail(i, "a@example.net", size)))
+}
+
+/// A POP3 mock on loopback serving `mailbox` and a default SMTP mock.
+pub async fn mocks(mailbox: Maildrop) -> (MockPop3Handle, MockSmtpHandle) {
+    let pop = pop3(mock_pop3::MockPop3::builder().mailbox(mailbox)).await;
+    (pop, smtp(mock_smtp::MockSmtp::builder()).await)
+}
+
+/// [`mocks`] serving `mailbox`, and a [`setup`] for them.
+pub async fn served(
+    mailbox: Maildrop,
+    account_extra: &str,
+    limits: &str,
+) -> (MockPop3Handle, MockSmtpHandle, Setup) {
+    let (pop, smtp) = mocks(mailbox).await;
+    let s = setup(&pop, &smtp, account_extra, limits);
+    (pop, smtp, s)
+}
+
+/// A POP3 mock on loopback serving `mailbox` without UIDL (see [`no_uidl`]).
+pub async fn without_uidl(mailbox: Maildrop) -> MockPop3Handle {
+    pop3(
+        mock_pop3::MockPop3::builder()
+            .capabilities_after_login(no_uidl())
+            .mailbox(mailbox),
+    )
+    .await
+}
+
+/// A POP3 server's capabilities after login: everything but UIDL.
+pub fn no_uidl() -> mock_pop3::Capabilities {
+    mock_pop3::Capabilities {
+        uidl: false,
+        ..mock_pop3::Capabilities::full_after_login()
+    }
 }
 
 /// Every Message-ID in `ids` delivered exactly once, and `expected` of them.

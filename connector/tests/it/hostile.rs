@@ -15,7 +15,7 @@ use popbridge::body::BodyBuilder;
 use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
-use popbridge::net::{BoxIo, DialFuture, Dialer, MemoryDialer, TcpDialer};
+use popbridge::net::{DialFuture, Dialer, MemoryDialer, TcpDialer};
 use popbridge::pass::{self, AccountFailure, Faults, Step, StopFlag, Summary};
 use popbridge::pop3::{self, Pop3Error};
 use popbridge::smtp::{self, Envelope, SmtpClient, SmtpError};
@@ -81,20 +81,8 @@ impl Dialer for PanickingDialer {
 /// `fetch` exited 0 although the account was never processed.
 #[tokio::test]
 async fn a_panicking_pass_is_reported_as_an_internal_failure_of_its_account() {
-    let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 400)]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
-    let events = Arc::new(EventSink::memory());
-    let ledger = Arc::new(Mutex::new(Ledger::open(&s.config.state_dir).unwrap()));
-    let summaries = pass::run_accounts(
-        Arc::new(s.config.clone()),
-        Arc::new(PanickingDialer),
-        events.clone(),
-        ledger,
-        s.config.accounts.clone(),
-    )
-    .await;
+    let (pop, _smtp, s) = served(mailbox_with([mail(1, "a@example.net", 400)]), "", "").await;
+    let (summaries, events) = s.run_through(Arc::new(PanickingDialer)).await;
     assert_eq!(summaries.len(), 1, "one summary per account: {summaries:?}");
     let sum = &summaries[0];
     assert_eq!(sum.account, "info");
@@ -102,7 +90,7 @@ async fn a_panicking_pass_is_reported_as_an_internal_failure_of_its_account() {
         Some(AccountFailure::Internal(why)) => assert!(why.contains("dialer exploded"), "{why}"),
         other => panic!("expected an internal failure, got {other:?}"),
     }
-    let failed = of_kind(&events.collected(), "account.failed");
+    let failed = of_kind(&events, "account.failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["account"], "info");
     assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
@@ -318,9 +306,7 @@ async fn login(s: &Setup) -> pop3::Transaction {
 #[tokio::test]
 async fn quit_with_a_retr_pending_reads_no_more_than_its_bound() {
     let big = mail(1, "a@example.net", 5 * 1024 * 1024).with_reported_size(100);
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([big]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, _smtp, s) = served(mailbox_with([big]), "", "").await;
 
     let mut txn = login(&s).await;
     txn.send_retr(1, 1000);
@@ -433,9 +419,7 @@ async fn a_server_that_does_not_dot_stuff_loses_no_mail() {
 async fn one_message_larger_than_listed_never_blocks_the_others() {
     let mut msgs: Vec<_> = (1..=6).map(|i| mail(i, "a@example.net", 1500)).collect();
     msgs[1] = mail(2, "a@example.net", 1024 * 1024).with_reported_size(100);
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mailbox_with(msgs), "", "").await;
     let mut mismatches = Vec::new();
     for pass in 1..=2 {
         let (sum, events) = s.pass(&pop, &smtp).await;
@@ -492,27 +476,14 @@ async fn one_message_larger_than_listed_never_blocks_the_others() {
 /// delivered again on every pass of a `leave_on_server` account without UIDL.
 #[tokio::test]
 async fn identical_copies_without_uidl_are_delivered_once_each() {
-    let caps = mock_pop3::Capabilities {
-        uidl: false,
-        ..mock_pop3::Capabilities::full_after_login()
-    };
-    let pop = pop3(
-        MockPop3::builder()
-            .capabilities_after_login(caps)
-            .mailbox(mailbox_with([
-                mail(1, "a@example.net", 600),
-                mail(1, "a@example.net", 600),
-            ])),
-    )
+    let pop = without_uidl(mailbox_with([
+        mail(1, "a@example.net", 600),
+        mail(1, "a@example.net", 600),
+    ]))
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, "leave_on_server = true", "");
-    let mut per_pass = Vec::new();
-    for _ in 0..3 {
-        let (sum, _) = s.pass(&pop, &smtp).await;
-        assert!(sum.failure.is_none(), "{sum:?}");
-        per_pass.push(sum.delivered);
-    }
+    let per_pass = s.passes(&pop, &smtp, 3, |sum| sum.delivered).await;
     assert_eq!(per_pass, [2, 0, 0]);
     assert_eq!(smtp.counts().accepted, 2);
     assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 2);
@@ -535,37 +506,18 @@ fn mem_world(pop: mock_pop3::Builder, smtp: mock_smtp::Builder, timeouts: &str) 
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         r#"state_dir = "{}"
-[transport]
-host = "smtp.test"
-port = 25
-[timeouts]
+{transport}[timeouts]
 {timeouts}
-[[account]]
-name = "info"
-host = "pop3.test"
-port = 110
-tls = "none"
-allow_plaintext = true
-username = "info"
+{account}username = "info"
 password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 "#,
-        dir.path().join("state").display()
+        dir.path().join("state").display(),
+        transport = transport("smtp.test", 25),
+        account = plain_account("info", "pop3.test", 110),
     );
     let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
-    let dialer = MemoryDialer::new();
-    let p = pop.clone();
-    dialer.route(
-        "pop3.test",
-        110,
-        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
-    );
-    let m = smtp.clone();
-    dialer.route(
-        "smtp.test",
-        25,
-        Arc::new(move || Box::new(m.connect_duplex()) as BoxIo),
-    );
+    let dialer = memory_dialer(&pop, &smtp);
     MemWorld {
         pop,
         smtp,
@@ -812,11 +764,7 @@ async fn max_download_size_caps_every_download_when_the_smtp_server_gives_no_siz
 #[tokio::test]
 async fn a_crash_at_any_step_loses_nothing_and_announces_every_possible_duplicate() {
     for step in Step::ALL {
-        let pop = pop3(
-            MockPop3::builder()
-                .mailbox(mailbox_with((1..=4).map(|i| mail(i, "a@example.net", 700)))),
-        )
-        .await;
+        let pop = pop3(MockPop3::builder().mailbox(mails(1..=4, 700))).await;
         let smtp = smtp(MockSmtp::builder()).await;
         let s = setup(&pop, &smtp, "", "");
         let uid_to_mid: HashMap<String, String> = (1..=4).map(|i| (uid(i), mid(i))).collect();
@@ -902,17 +850,6 @@ async fn a_crash_at_any_step_loses_nothing_and_announces_every_possible_duplicat
 // ---------------------------------------------------------------------------------------
 // 12. Exit codes and configuration checks of the binary.
 
-async fn popbridge(args: &[&str]) -> std::process::Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("popbridge hung")
-        .unwrap()
-}
-
 fn write_config(
     dir: &std::path::Path,
     pop3_port: u16,
@@ -925,25 +862,18 @@ fn write_config(
         &path,
         format!(
             r#"state_dir = "state"
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-{transport}
+{opening}{transport}
 [timeouts]
 connect = "5s"
 command = "10s"
 data = "30s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-username = "info"
+{info}username = "info"
 password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 {account}
-"#
+"#,
+            opening = crate::harness::transport("127.0.0.1", smtp_port),
+            info = plain_account("info", "127.0.0.1", pop3_port),
         ),
     );
     path.display().to_string()
@@ -965,10 +895,7 @@ async fn fetch_with_missing_ca_file(transport: &str, account: &str, key: &str) {
         &account.replace("{missing}", &missing),
     );
     let out = popbridge(&["--config", &cfg, "fetch"]).await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{key}: {stdout}\n{stderr}");
     assert!(stderr.contains(key), "{key}: {stderr}");
     assert!(pop.sessions().is_empty(), "{key}: POP3 server contacted");
@@ -995,7 +922,7 @@ async fn a_missing_account_ca_file_is_exit_2_before_any_connection() {
 async fn garbage_in_place_of_a_retr_reply_is_exit_1_and_an_interrupted_pass() {
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with((1..=3).map(|i| mail(i, "a@example.net", 500))))
+            .mailbox(mails(1..=3, 500))
             .fault(PopRule::new(
                 PopHook::command("RETR"),
                 PopFault::Reply("*** this is not POP3 ***".into()),
@@ -1012,24 +939,9 @@ async fn garbage_in_place_of_a_retr_reply_is_exit_1_and_an_interrupted_pass() {
         "",
     );
     let events = dir.path().join("events.jsonl");
-    let out = popbridge(&[
-        "--config",
-        &cfg,
-        "--events",
-        events.to_str().unwrap(),
-        "fetch",
-    ])
-    .await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    let lines: Vec<Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (code, stdout, stderr) = run(&cfg, &events, &["fetch"]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let lines = event_lines(&events);
     let interrupted: Vec<&Value> = lines
         .iter()
         .filter(|l| l["kind"] == "pass.interrupted")

@@ -677,25 +677,24 @@ impl Run {
 }
 
 /// The configuration file for one account on Dovecot delivering through smtp-sink.
+/// What precedes the account in the configurations written for the peers: state under
+/// `dir`, the transport to smtp-sink on `smtp_port`, the timeouts.
+pub(super) fn head_of_config(dir: &Path, smtp_port: u16) -> String {
+    let state = toml_str(&dir.join("popbridge-state").display().to_string());
+    format!(
+        "state_dir = {state}\n\n[transport]\nhost = \"127.0.0.1\"\nport = {smtp_port}\n\
+         helo = \"popbridge.test\"\n\n[timeouts]\nconnect = \"10s\"\ncommand = \"30s\"\n\
+         data = \"60s\"\n\n"
+    )
+}
+
 fn write_config(dir: &Path, pop3: SocketAddr, smtp: SocketAddr) -> PathBuf {
     let secret = dir.join("dovecot.pass");
     fs::write(&secret, format!("{PASSWORD}\n")).unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
         r#"# popbridge interop test
-state_dir = {state}
-
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-helo = "popbridge.test"
-
-[timeouts]
-connect = "10s"
-command = "30s"
-data = "60s"
-
-[[account]]
+{head}[[account]]
 name = "dovecot"
 host = "127.0.0.1"
 port = {pop3_port}
@@ -706,8 +705,7 @@ username = "{USER}"
 password_file = {secret}
 deliver_to = "{DELIVER_TO}"
 "#,
-        state = toml_str(&dir.join("popbridge-state").display().to_string()),
-        smtp_port = smtp.port(),
+        head = head_of_config(dir, smtp.port()),
         pop3_port = pop3.port(),
         secret = toml_str(&secret.display().to_string()),
     );

@@ -53,6 +53,23 @@ async fn pass_with(
     (summary, events.collected())
 }
 
+/// Four passes under a budget of 10 messages, each without a failure or an abort: `pick`
+/// of each one's summary and events.
+async fn four_passes_of_ten<T>(
+    s: &Setup,
+    pop: &MockPop3Handle,
+    smtp: &MockSmtpHandle,
+    pick: impl Fn(&Summary, &[Event]) -> T,
+) -> Vec<T> {
+    let mut per_pass = Vec::new();
+    for _ in 0..4 {
+        let (sum, events) = pass_with(s, pop, smtp, 10).await;
+        assert!(sum.failure.is_none() && sum.aborted.is_none(), "{sum:?}");
+        per_pass.push(pick(&sum, &events));
+    }
+    per_pass
+}
+
 /// Guards against: a maildrop whose UIDL reply outgrows what the connector holds failing
 /// every pass (a million 70-character UIDs are about 80 MB on the wire, past the old
 /// 64 MiB bound on a whole reply), instead of making progress on a slice of it.
@@ -181,24 +198,17 @@ fn a_million_entry_listing_is_held_in_a_few_megabytes() {
 /// losing or repeating messages between slices.
 #[tokio::test]
 async fn a_maildrop_larger_than_the_budget_is_emptied_over_several_passes() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..25).map(|i| mail(i, "a@example.net", 400)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
-    let mut per_pass = Vec::new();
-    for _ in 0..4 {
-        let (sum, _) = pass_with(&s, &pop, &smtp, 10).await;
-        assert!(sum.failure.is_none() && sum.aborted.is_none(), "{sum:?}");
-        per_pass.push((
+    let (pop, smtp, s) = served(mails(0..25, 400), "", "").await;
+    let per_pass = four_passes_of_ten(&s, &pop, &smtp, |sum, _| {
+        (
             sum.listed,
             sum.delivered,
             sum.deleted,
             sum.sliced,
             sum.remaining(),
-        ));
-    }
+        )
+    })
+    .await;
     assert_eq!(
         per_pass,
         [
@@ -217,22 +227,15 @@ async fn a_maildrop_larger_than_the_budget_is_emptied_over_several_passes() {
 /// room), or downloading a delivered message again.
 #[tokio::test]
 async fn with_leave_on_server_passes_advance_over_slices() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..25).map(|i| mail(i, "a@example.net", 400)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "leave_on_server = true", "");
-    let mut per_pass = Vec::new();
-    for _ in 0..4 {
-        let (sum, events) = pass_with(&s, &pop, &smtp, 10).await;
-        assert!(sum.failure.is_none() && sum.aborted.is_none(), "{sum:?}");
-        per_pass.push((
+    let (pop, smtp, s) = served(mails(0..25, 400), "leave_on_server = true", "").await;
+    let per_pass = four_passes_of_ten(&s, &pop, &smtp, |sum, events| {
+        (
             sum.delivered,
             sum.remaining(),
-            count(&events, "message.already_delivered"),
-        ));
-    }
+            count(events, "message.already_delivered"),
+        )
+    })
+    .await;
     assert_eq!(per_pass, [(10, 15, 0), (10, 5, 10), (5, 0, 20), (0, 0, 25)]);
     exactly_once(&delivered_ids(&smtp), 25);
     let mb = pop.mailbox("info").unwrap();
@@ -245,24 +248,11 @@ async fn with_leave_on_server_passes_advance_over_slices() {
 /// reporting what it delivered before as still to do.
 #[tokio::test]
 async fn without_uidl_leave_on_server_passes_advance_over_windows() {
-    let caps = mock_pop3::Capabilities {
-        uidl: false,
-        ..mock_pop3::Capabilities::full_after_login()
-    };
-    let pop = pop3(
-        MockPop3::builder()
-            .capabilities_after_login(caps)
-            .mailbox(mailbox_with((0..25).map(|i| mail(i, "a@example.net", 400)))),
-    )
-    .await;
+    let pop = without_uidl(mails(0..25, 400)).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, "leave_on_server = true", "");
-    let mut per_pass = Vec::new();
-    for _ in 0..4 {
-        let (sum, _) = pass_with(&s, &pop, &smtp, 10).await;
-        assert!(sum.failure.is_none() && sum.aborted.is_none(), "{sum:?}");
-        per_pass.push((sum.delivered, sum.remaining()));
-    }
+    let per_pass =
+        four_passes_of_ten(&s, &pop, &smtp, |sum, _| (sum.delivered, sum.remaining())).await;
     assert_eq!(per_pass, [(10, 15), (10, 5), (5, 0), (0, 0)]);
     exactly_once(&delivered_ids(&smtp), 25);
     assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 25);
@@ -274,9 +264,12 @@ async fn without_uidl_leave_on_server_passes_advance_over_windows() {
 async fn messages_likely_to_stay_do_not_crowd_out_new_ones() {
     let big = (0..8).map(|i| mail(i, "a@example.net", 20_000));
     let small = (8..13).map(|i| mail(i, "a@example.net", 500));
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(big.chain(small)))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "max_message_size = 10000");
+    let (pop, smtp, s) = served(
+        mailbox_with(big.chain(small)),
+        "",
+        "max_message_size = 10000",
+    )
+    .await;
     let (sum, _) = pass_with(&s, &pop, &smtp, 5).await;
     assert!(sum.failure.is_none(), "{sum:?}");
     assert_eq!(
@@ -308,12 +301,12 @@ async fn a_uid_listed_twice_is_no_key_even_when_one_copy_is_beyond_the_budget() 
             format!("uid-{i}")
         }
     };
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(
-        (0..7).map(|i| mail(i, "a@example.net", 400).with_uid(uid_of(i))),
-    )))
+    let (pop, smtp, s) = served(
+        mailbox_with((0..7).map(|i| mail(i, "a@example.net", 400).with_uid(uid_of(i)))),
+        "",
+        "",
+    )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     for _ in 0..4 {
         let (sum, _) = pass_with(&s, &pop, &smtp, 3).await;
         assert!(sum.failure.is_none(), "{sum:?}");

@@ -198,6 +198,9 @@ async fn an_unusable_challenge_is_cancelled_with_a_star_and_a_typed_error() {
 const PYSPNEGO: &str = "pyspnego==0.12.4";
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ntlm_pop3.py");
 /// A peer or popbridge run that takes longer has hung: the test fails.
+/// The `[timeouts]` of the binary's configuration.
+const TEN_AND_THIRTY: &str = "connect = \"10s\"\ncommand = \"30s\"";
+
 const STEP: Duration = Duration::from_secs(60);
 
 /// `python3` with pyspnego, or `None` when the test is skipped.
@@ -279,50 +282,19 @@ struct Run {
 
 /// `popbridge fetch` for one NTLM account on the peer, delivering to `smtp_port`.
 async fn fetch(dir: &Path, pop3_port: u16, smtp_port: u16, username: &str, password: &str) -> Run {
-    write_private(&dir.join("pass"), format!("{password}\n"));
-    let config = dir.join("popbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"state_dir = "state"
-[transport]
-host = "127.0.0.1"
-port = {smtp_port}
-[timeouts]
-connect = "10s"
-command = "30s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-auth = "spa"
-username = '{username}'
-password_file = "pass"
-deliver_to = "info@contoso.local"
-"#
-        ),
-    )
-    .unwrap();
+    let head = loopback_head(smtp_port, TEN_AND_THIRTY, "info", pop3_port);
+    let account = format!(
+        "auth = \"spa\"\nusername = '{username}'\npassword_file = \"pass\"\ndeliver_to = \"info@contoso.local\"\n"
+    );
+    let config = write_with_password_file(dir, password, &head, &account);
     let events = dir.join("events.jsonl");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--verbose")
-        .arg("--events")
-        .arg(&events)
-        .arg("fetch")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(STEP, run)
-        .await
-        .expect("popbridge hung")
-        .unwrap();
+    let (config, events) = (config.to_str().unwrap(), events.to_str().unwrap());
+    let args = ["--config", config, "--verbose", "--events", events, "fetch"];
+    let out = finish(popbridge_command(&args), STEP).await;
     Run {
         code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: text(&out.stdout),
+        stderr: text(&out.stderr),
     }
 }
 

@@ -247,15 +247,9 @@ async fn a_rotated_refresh_token_is_stored_0600_and_replaces_the_configured_one(
 }
 
 async fn popbridge_cli(args: &[&str]) -> std::process::Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-        .args(args)
-        .env("POPBRIDGE_TEST_CLIENT_SECRET", CLIENT_SECRET)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(std::time::Duration::from_secs(120), run)
-        .await
-        .expect("popbridge hung")
-        .unwrap()
+    let mut cmd = popbridge_command(args);
+    cmd.env("POPBRIDGE_TEST_CLIENT_SECRET", CLIENT_SECRET);
+    finish(cmd, std::time::Duration::from_secs(120)).await
 }
 
 /// Every file under `dir` holding one of `needles`, with the needle.
@@ -283,20 +277,7 @@ async fn no_token_or_client_secret_in_any_output_events_or_state_file_of_the_bin
     write_private(
         &config,
         format!(
-            r#"state_dir = "state"
-[transport]
-host = "127.0.0.1"
-port = {smtp}
-[timeouts]
-connect = "5s"
-command = "10s"
-[[account]]
-name = "gmail"
-host = "127.0.0.1"
-port = {pop}
-tls = "none"
-allow_plaintext = true
-username = "info"
+            r#"{head}username = "info"
 deliver_to = "info@contoso.local"
 ca_file = "ca.pem"
 [account.oauth2]
@@ -306,8 +287,12 @@ client_secret_env = "POPBRIDGE_TEST_CLIENT_SECRET"
 refresh_token_file = "refresh"
 scope = "https://mail.google.com/"
 "#,
-            smtp = w.smtp.addr().unwrap().port(),
-            pop = w.pop.addr().unwrap().port(),
+            head = loopback_head(
+                w.smtp.addr().unwrap().port(),
+                FIVE_AND_TEN,
+                "gmail",
+                w.pop.addr().unwrap().port()
+            ),
             token = w.endpoint.addr().unwrap().port(),
         ),
     );

@@ -12,18 +12,17 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(
-        (0..1200).map(|i| mail(i, "a@example.net", 600)),
-    )))
+    let (pop, smtp, s) = served(
+        mailbox_with((0..1200).map(|i| mail(i, "a@example.net", 600))),
+        "",
+        "",
+    )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
-    let mut per_pass = Vec::new();
-    for _ in 0..3 {
-        let (sum, _) = s.pass(&pop, &smtp).await;
-        assert!(sum.failure.is_none(), "{sum:?}");
-        per_pass.push((sum.delivered, sum.deleted, sum.postponed));
-    }
+    let per_pass = s
+        .passes(&pop, &smtp, 3, |sum| {
+            (sum.delivered, sum.deleted, sum.postponed)
+        })
+        .await;
     assert_eq!(per_pass, [(500, 500, 700), (500, 500, 200), (200, 200, 0)]);
     exactly_once(&delivered_ids(&smtp), 1200);
     let mb = pop.mailbox("info").unwrap();
@@ -35,7 +34,7 @@ async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
 async fn a_drop_after_dele_before_quit_costs_nothing() {
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with((0..10).map(|i| mail(i, "a@example.net", 800))))
+            .mailbox(mails(0..10, 800))
             .fault(PopRule::new(
                 PopHook::command("QUIT"),
                 PopFault::CloseBeforeReply,
@@ -81,9 +80,7 @@ async fn malformed_return_paths_are_repaired_and_never_stall_the_mailbox() {
     }
     let mut all: Vec<mock_pop3::Message> = msgs.into_iter().map(mock_pop3::Message::new).collect();
     all.extend((0..40).map(|i| mail(100 + i, "good@example.net", 500)));
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(all))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mailbox_with(all), "", "").await;
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!(sum.delivered, 47, "{sum:?}");
     assert_eq!(count(&events, "sender.repaired"), 7);
@@ -157,9 +154,12 @@ async fn senders_exchange_refuses_do_not_block_the_40_good_ones_and_end_in_quara
 #[tokio::test]
 async fn a_sender_without_domain_gets_the_default_domain() {
     let msg = raw(b"Return-Path: <user>\r\nFrom: user\r\nSubject: local\r\nMessage-ID: <l1@x>\r\n\r\nhello\r\n");
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([msg]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "default_domain = \"contoso.local\"");
+    let (pop, smtp, s) = served(
+        mailbox_with([msg]),
+        "",
+        "default_domain = \"contoso.local\"",
+    )
+    .await;
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!(sum.delivered, 1);
     assert_eq!(smtp.captured()[0].mail_from, "user@contoso.local");
@@ -173,10 +173,7 @@ async fn a_sender_without_domain_gets_the_default_domain() {
 
 #[tokio::test]
 async fn a_421_at_message_10_of_30_reconnects_and_delivers_all() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..30).map(|i| mail(i, "a@example.net", 700)))),
-    )
-    .await;
+    let pop = pop3(MockPop3::builder().mailbox(mails(0..30, 700))).await;
     let smtp = smtp(
         MockSmtp::builder().fault(
             FaultRule::new(
@@ -226,10 +223,12 @@ async fn an_oversize_message_is_never_retrieved_and_is_reported() {
 
 #[tokio::test]
 async fn stls_refused_means_nothing_in_clear_and_a_clear_error() {
-    let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 300)]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "tls_server_name = \"localhost\"", "");
+    let (pop, smtp, s) = served(
+        mailbox_with([mail(1, "a@example.net", 300)]),
+        "tls_server_name = \"localhost\"",
+        "",
+    )
+    .await;
     let mut cfg = s.config.clone();
     cfg.accounts[0].tls = popbridge::config::TlsMode::StartTls;
     let s = Setup {
@@ -291,10 +290,7 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
 
 #[tokio::test]
 async fn a_password_over_plain_text_is_refused_unless_allowed() {
-    let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 300)]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mailbox_with([mail(1, "a@example.net", 300)]), "", "").await;
     let mut cfg = s.config.clone();
     cfg.accounts[0].allow_plaintext = false;
     let s = Setup {
@@ -314,9 +310,7 @@ async fn a_password_over_plain_text_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn wrong_password_is_an_auth_failure_with_an_event() {
-    let pop = pop3(MockPop3::builder().mailbox(Maildrop::new("info", "another password"))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(Maildrop::new("info", "another password"), "", "").await;
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert!(
         matches!(sum.failure, Some(AccountFailure::Auth(_))),
@@ -327,12 +321,7 @@ async fn wrong_password_is_an_auth_failure_with_an_event() {
 
 #[tokio::test]
 async fn leave_on_server_delivers_once_and_keeps_everything() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..5).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "leave_on_server = true", "");
+    let (pop, smtp, s) = served(mails(0..5, 500), "leave_on_server = true", "").await;
     let (a, _) = s.pass(&pop, &smtp).await;
     let (b, _) = s.pass(&pop, &smtp).await;
     assert_eq!(
@@ -350,13 +339,10 @@ async fn leave_on_server_delivers_once_and_keeps_everything() {
 
 #[tokio::test]
 async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
-    let caps = mock_pop3::Capabilities {
-        uidl: false,
-        ..mock_pop3::Capabilities::full_after_login()
-    };
+    let caps = no_uidl();
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with((0..6).map(|i| mail(i, "a@example.net", 500))))
+            .mailbox(mails(0..6, 500))
             .capabilities_after_login(caps)
             .fault(PopRule::new(
                 PopHook::command("QUIT"),
@@ -376,10 +362,7 @@ async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
 
 #[tokio::test]
 async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
+    let pop = pop3(MockPop3::builder().mailbox(mails(0..3, 500))).await;
     let smtp = smtp(
         MockSmtp::builder()
             .mailbox(MailboxSpec::new("info@contoso.local"))
@@ -404,12 +387,7 @@ async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
 
 #[tokio::test]
 async fn two_passes_of_one_account_never_overlap() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mails(0..3, 500), "", "").await;
     // Another process (here: this test) holds the account's lock.
     let locks = s.state().join("locks");
     std::fs::create_dir_all(&locks).unwrap();
@@ -474,12 +452,7 @@ async fn apop_and_cram_md5_log_in() {
 
 #[tokio::test]
 async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..3).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mails(0..3, 500), "", "").await;
     let mut cfg = s.config.clone();
     cfg.transport.smtp_mut().unwrap().port = listener().await.local_addr().unwrap().port();
     let s = Setup {
@@ -685,12 +658,7 @@ async fn a_crash_after_delivery_and_before_dele_costs_nothing() {
     use popbridge::net::TcpDialer;
     use popbridge::pass::{run_accounts_with, StopFlag};
     use std::sync::Arc;
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..10).map(|i| mail(i, "a@example.net", 500)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served(mails(0..10, 500), "", "").await;
     let ledger = || {
         Arc::new(std::sync::Mutex::new(
             Ledger::open(&s.config.state_dir).unwrap(),

@@ -56,7 +56,7 @@ async fn fetch_with(
     let pop = pop3(
         MockPop3::builder()
             .tls(ServerTls::Implicit(server))
-            .mailbox(mailbox_with((0..2).map(|i| mail(i, "a@example.net", 800)))),
+            .mailbox(mails(0..2, 800)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -139,11 +139,7 @@ async fn without_ca_file_or_pin_the_self_signed_certificate_is_refused() {
 
 #[tokio::test]
 async fn implicit_tls_against_a_plain_port_says_to_use_starttls() {
-    let pop = pop3(
-        MockPop3::builder().mailbox(mailbox_with((0..2).map(|i| mail(i, "a@example.net", 800)))),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder()).await;
+    let (pop, smtp) = mocks(mails(0..2, 800)).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(dir.path(), &pop, &smtp, "", "")
         .replace("tls = \"none\"", "tls = \"implicit\"");

@@ -109,6 +109,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.reply().await
     }
 
+    /// Cancels an AUTH exchange with `*`: refused, "Authentication cancelled".
+    pub async fn cancel(&mut self) {
+        let r = self.cmd("*").await;
+        assert!(!r.is_ok());
+        assert_eq!(r.text, "Authentication cancelled");
+    }
+
+    /// Opens an AUTH exchange with `line` (e.g. `AUTH LOGIN`), skipping its first reply.
+    pub async fn begin(&mut self, line: &str) {
+        self.send(line).await;
+        let _ = self.response().await;
+    }
+
     /// The body of a multi-line response (after its `+OK`), unstuffed.
     pub async fn body(&mut self) -> Vec<u8> {
         let mut d = DotDecoder::new(64 << 20);

@@ -17,6 +17,12 @@ fn bob() -> Maildrop {
     Maildrop::new("bob", PASSWORD).with_demo_messages(2, 1500)
 }
 
+/// A whole NTLM exchange as `bob` with the right password succeeds.
+async fn logs_in(c: &mut Client<TcpStream>) {
+    let challenge = start(c).await;
+    assert!(c.cmd(&answer(&challenge, "bob", PASSWORD)).await.is_ok());
+}
+
 /// Sends `AUTH NTLM` and the NEGOTIATE message; returns the server's CHALLENGE.
 async fn start(c: &mut Client<TcpStream>) -> ntlm::Challenge {
     c.send("AUTH NTLM").await;
@@ -77,8 +83,7 @@ async fn the_challenge_names_the_mock_domain_has_a_timestamp_and_oem_text_when_a
     assert!(challenge.target_info.timestamp().is_some());
     // A client that asks for OEM text only gets it, and logs in with it.
     let (mut c, _) = Client::connect(&server).await;
-    c.send("AUTH NTLM").await;
-    let _ = c.response().await;
+    c.begin("AUTH NTLM").await;
     let mut oem = ntlm::negotiate();
     oem[12] &= !(ntlm::flags::NEGOTIATE_UNICODE as u8);
     c.send(&B64.encode(oem)).await;
@@ -120,15 +125,13 @@ async fn malformed_tokens_are_refused_without_an_auth_code() {
     let server = spawn(MockPop3::builder().mailbox(bob())).await;
     let (mut c, _) = Client::connect(&server).await;
     // Not a NEGOTIATE message.
-    c.send("AUTH NTLM").await;
-    let _ = c.response().await;
+    c.begin("AUTH NTLM").await;
     let r = c.cmd(&B64.encode(b"hello, not NTLM")).await;
     assert!(!r.is_ok());
     assert_eq!(r.code, None, "{r:?}");
     assert!(r.text.contains("Malformed NTLM"), "{r:?}");
     // Not base64.
-    c.send("AUTH NTLM").await;
-    let _ = c.response().await;
+    c.begin("AUTH NTLM").await;
     let r = c.cmd("!!!").await;
     assert!(!r.is_ok() && r.code.is_none(), "{r:?}");
     // An AUTHENTICATE message whose NT response points past its end.
@@ -144,26 +147,19 @@ async fn malformed_tokens_are_refused_without_an_auth_code() {
     let r = c.cmd(&B64.encode(ntlm::negotiate())).await;
     assert!(!r.is_ok() && r.code.is_none(), "{r:?}");
     // Back in AUTHORIZATION each time: a good NTLM login still works.
-    let challenge = start(&mut c).await;
-    assert!(c.cmd(&answer(&challenge, "bob", PASSWORD)).await.is_ok());
+    logs_in(&mut c).await;
 }
 
 #[tokio::test]
 async fn star_cancels_the_ntlm_exchange_at_either_step() {
     let server = spawn(MockPop3::builder().mailbox(bob())).await;
     let (mut c, _) = Client::connect(&server).await;
-    c.send("AUTH NTLM").await;
-    let _ = c.response().await;
-    let r = c.cmd("*").await;
-    assert!(!r.is_ok());
-    assert_eq!(r.text, "Authentication cancelled");
+    c.begin("AUTH NTLM").await;
+    c.cancel().await;
     let _ = start(&mut c).await;
-    let r = c.cmd("*").await;
-    assert!(!r.is_ok());
-    assert_eq!(r.text, "Authentication cancelled");
+    c.cancel().await;
     assert!(!c.cmd("STAT").await.is_ok(), "still in AUTHORIZATION");
-    let challenge = start(&mut c).await;
-    assert!(c.cmd(&answer(&challenge, "bob", PASSWORD)).await.is_ok());
+    logs_in(&mut c).await;
 }
 
 #[tokio::test]

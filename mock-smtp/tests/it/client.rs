@@ -60,17 +60,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.send_raw(format!("{line}\r\n").as_bytes()).await;
     }
 
+    /// Reads what the server sent into the buffer (bounded by the step): how many octets,
+    /// 0 once it closed (or the read failed).
+    async fn read_more(&mut self) -> usize {
+        timeout(self.step, self.stream.read_buf(&mut self.buf))
+            .await
+            .expect("server stalled")
+            .unwrap_or(0)
+    }
+
     /// The next reply, or `None` when the server closed.
     pub async fn try_reply(&mut self) -> Option<Reply> {
         loop {
             if let Some(r) = self.parser.parse(&mut self.buf).unwrap() {
                 return Some(r);
             }
-            let n = timeout(self.step, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("server stalled")
-                .unwrap_or(0);
-            if n == 0 {
+            if self.read_more().await == 0 {
                 return None;
             }
         }
@@ -108,11 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// True once the server closed the connection.
     pub async fn closed(&mut self) -> bool {
         loop {
-            let n = timeout(self.step, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("server stalled")
-                .unwrap_or(0);
-            if n == 0 {
+            if self.read_more().await == 0 {
                 return true;
             }
             self.buf.clear();

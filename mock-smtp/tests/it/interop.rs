@@ -90,6 +90,17 @@ impl Run {
         let _ = writeln!(s, "---- mock counts ----\n{:?}", server.counts());
         s
     }
+
+    /// The client succeeded (else a panic saying `what` failed, with the diagnostics);
+    /// returns once the mock saw its sessions end.
+    async fn succeeded_on(&self, server: &MockSmtpHandle, what: &str) {
+        assert!(
+            self.succeeded(),
+            "{what} failed\n{}",
+            self.diagnostics(server)
+        );
+        server.wait_idle().await;
+    }
 }
 
 /// The last 8 KB of a client's output (smtp-source `-c` prints a counter per message).
@@ -201,8 +212,7 @@ async fn swaks_delivers_plain() {
     let cmd = swaks(&bin, dir.path(), server.addr().unwrap(), subject, body);
     let out = run(cmd, dir.path(), "swaks").await;
     let why = || out.diagnostics(&server);
-    assert!(out.succeeded(), "swaks failed\n{}", why());
-    server.wait_idle().await;
+    out.succeeded_on(&server, "swaks").await;
 
     let txns = server.captured();
     assert_eq!(txns.len(), 1, "captured transactions\n{}", why());
@@ -276,8 +286,7 @@ async fn swaks_delivers_with_starttls() {
         .arg("localhost");
     let out = run(cmd, dir.path(), "swaks-tls").await;
     let why = || out.diagnostics(&server);
-    assert!(out.succeeded(), "swaks --tls failed\n{}", why());
-    server.wait_idle().await;
+    out.succeeded_on(&server, "swaks --tls").await;
 
     let txns = server.captured();
     assert_eq!(txns.len(), 1, "captured transactions\n{}", why());
@@ -544,8 +553,7 @@ async fn smtp_source_delivers_1000_messages_over_parallel_sessions() {
     let cmd = smtp_source(&bin, dir.path(), server.addr().unwrap(), 2, 4, 512);
     let out = run(cmd, dir.path(), "smtp-source-small").await;
     let why = || out.diagnostics(&server);
-    assert!(out.succeeded(), "smtp-source failed\n{}", why());
-    server.wait_idle().await;
+    out.succeeded_on(&server, "smtp-source").await;
     assert_eq!(last_counter(&out.stdout), Some(4), "counter\n{}", why());
     let txns = server.captured();
     assert_eq!(txns.len(), 4, "captured transactions\n{}", why());
@@ -602,8 +610,7 @@ async fn smtp_source_delivers_1000_messages_over_parallel_sessions() {
     );
     let out = run(cmd, dir.path(), "smtp-source-1000").await;
     let why = || out.diagnostics(&server);
-    assert!(out.succeeded(), "smtp-source failed\n{}", why());
-    server.wait_idle().await;
+    out.succeeded_on(&server, "smtp-source").await;
     eprintln!(
         "smtp-source: {MESSAGES} messages of {LEN} octets over {SESSIONS} sessions in {:?}",
         out.elapsed
