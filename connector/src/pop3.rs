@@ -4,7 +4,10 @@
 //! The protocol states are types: [`connect`] gives an [`Authorization`], whose
 //! `authenticate` gives a [`Transaction`]; only a `Transaction` can RETR, DELE or QUIT.
 //! LIST and UIDL are read line by line as they arrive, into the compact forms of
-//! [`crate::listing`]; a UIDL scan holds only the UIDs its caller selects.
+//! [`crate::listing`]; a UIDL scan holds only the UIDs its caller selects. The wire is a
+//! [`crate::conn::Connection`]: a login that sends a secret ([`login`]) takes only a
+//! [`Confidential`] one, so sending it in clear without the account's consent does not
+//! compile.
 //! Must never: send a password in clear unless allowed, continue in clear when STLS was
 //! required, keep bytes received before a TLS handshake, read an unbounded reply, hold a
 //! LIST or UIDL reply whole, or log a secret.

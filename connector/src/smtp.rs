@@ -7,7 +7,9 @@
 //! ... LAST) without waiting, so several messages are on the wire at once, and
 //! [`SmtpClient::outcome`] reads their replies in order (RFC 2920, RFC 3030). A reply that
 //! never came for a transaction whose last chunk was written leaves its outcome unknown;
-//! a transaction behind a 421 was certainly not processed.
+//! a transaction behind a 421 was certainly not processed. The wire is a
+//! [`crate::conn::Connection`]; a pipelined transaction is queued whole and goes out in
+//! one write.
 //!
 //! Must never: report a message as delivered unless the server answered 2xx to the end of
 //! its data for a recipient, send a bare CR or LF in DATA, or wait without a timeout.
