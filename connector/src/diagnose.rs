@@ -477,7 +477,7 @@ async fn probe_account(
     let connected = pop3::connect(dialer, &settings).await;
     d.certificate = watch.as_ref().and_then(CertificateReport::from_watch);
     let authorization = connected.map_err(|e| e.to_string())?;
-    d.tls = tls_description(a, server_name, authorization.tls);
+    d.tls = tls_description(a, server_name, authorization.is_tls());
     d.capabilities_before = authorization.capabilities.lines.clone();
     let mut txn = match authorization
         .authenticate(a.auth, &a.username, &secret)
@@ -599,7 +599,7 @@ async fn diagnose_smtp(
         Ok(client) => {
             d.extensions = client.ext.lines.clone();
             d.size = client.ext.max_size();
-            d.tls = client.tls;
+            d.tls = client.is_tls();
             client.quit().await;
         }
         Err(e) => d.ok = Err(e.to_string()),

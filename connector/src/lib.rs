@@ -8,6 +8,7 @@
 pub mod body;
 pub mod certinfo;
 pub mod config;
+pub mod conn;
 pub mod daemon;
 pub mod diagnose;
 pub mod events;

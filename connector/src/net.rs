@@ -5,11 +5,12 @@
 //! Must never: connect anywhere a caller did not name, or skip certificate checks unless
 //! `tls_accept_invalid_certs` was set explicitly.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -105,12 +106,105 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// certificate in it is trusted as exactly that certificate), only the certificate with
 /// fingerprint `pin` when one is given, or nothing checked at all when `accept_invalid`
 /// (an explicit, logged opt-in).
+///
+/// Built once per distinct trust (the pin, the opt-out, or the CA file's contents as read
+/// now) and shared afterwards: connecting again, or another account with the same
+/// settings, does not load the system roots again; a CA file whose contents changed (a
+/// configuration reload) gets a new one.
 pub fn client_config(
     ca_file: Option<&Path>,
     accept_invalid: bool,
     pin: Option<Fingerprint>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    with_verifier(verifier(ca_file, accept_invalid, pin)?)
+    /// More distinct trusts than any configuration has: the cache starts over past it.
+    const MAX_CACHED: usize = 64;
+    static BUILT: OnceLock<Mutex<HashMap<TrustKey, Arc<ClientConfig>>>> = OnceLock::new();
+    let trust = Trust::read(ca_file, accept_invalid, pin)?;
+    let key = trust.key();
+    let built = BUILT.get_or_init(Default::default);
+    if let Some(config) = built.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(config.clone());
+    }
+    let config = with_verifier(trust.verifier()?)?;
+    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    if built.len() >= MAX_CACHED {
+        built.clear();
+    }
+    built.insert(key, config.clone());
+    Ok(config)
+}
+
+/// What a client configuration trusts, as read from its settings now.
+enum Trust {
+    /// Only the certificate with this fingerprint (`tls_fingerprint`).
+    Pin(Fingerprint),
+    /// Anything (`tls_accept_invalid_certs`).
+    Anything,
+    /// The system roots, plus the certificates of a CA file (its path and contents).
+    Roots(Option<(PathBuf, Vec<u8>)>),
+}
+
+/// [`Trust`] as a cache key: a CA file by the SHA-256 of its contents.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum TrustKey {
+    Pin(Fingerprint),
+    Anything,
+    Roots(Option<[u8; 32]>),
+}
+
+impl Trust {
+    /// The trust the settings give: a pin wins, then the opt-out (logged), then the roots
+    /// with the CA file read now.
+    fn read(
+        ca_file: Option<&Path>,
+        accept_invalid: bool,
+        pin: Option<Fingerprint>,
+    ) -> Result<Self, TlsError> {
+        if let Some(pin) = pin {
+            return Ok(Self::Pin(pin));
+        }
+        if accept_invalid {
+            tracing::warn!("TLS certificate verification is OFF (tls_accept_invalid_certs = true)");
+            return Ok(Self::Anything);
+        }
+        let ca = match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| TlsError::CaFile {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Some((path.to_path_buf(), pem))
+            }
+            None => None,
+        };
+        Ok(Self::Roots(ca))
+    }
+
+    fn key(&self) -> TrustKey {
+        use sha2::{Digest, Sha256};
+        match self {
+            Self::Pin(pin) => TrustKey::Pin(*pin),
+            Self::Anything => TrustKey::Anything,
+            Self::Roots(ca) => {
+                TrustKey::Roots(ca.as_ref().map(|(_, pem)| Sha256::digest(pem).into()))
+            }
+        }
+    }
+
+    /// The certificate check behind [`client_config`].
+    fn verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+        match self {
+            // The pin replaces chain validation; the name, the validity and the
+            // handshake's signature are still checked.
+            Self::Pin(pin) => Ok(Arc::new(Exact {
+                fingerprints: vec![*pin],
+                chain: None,
+                pinned: true,
+            })),
+            Self::Anything => Ok(Arc::new(AcceptAnything)),
+            Self::Roots(ca) => roots_verifier(ca.as_ref().map(|(p, pem)| (p.as_path(), &pem[..]))),
+        }
+    }
 }
 
 /// The same configuration as [`client_config`], plus a watch that records the certificate
@@ -122,7 +216,7 @@ pub fn watched_client_config(
     pin: Option<Fingerprint>,
 ) -> Result<(Arc<ClientConfig>, CertificateWatch), TlsError> {
     let watch = CertificateWatch::default();
-    let inner = match verifier(ca_file, accept_invalid, pin) {
+    let inner = match Trust::read(ca_file, accept_invalid, pin).and_then(|t| t.verifier()) {
         // Still show the server's certificate: nothing can verify it, and it says so.
         Err(TlsError::NoRoots) => Arc::new(Exact {
             fingerprints: Vec::new(),
@@ -148,39 +242,19 @@ fn with_verifier(verifier: Arc<dyn ServerCertVerifier>) -> Result<Arc<ClientConf
     Ok(Arc::new(cfg))
 }
 
-/// The certificate check behind [`client_config`].
-fn verifier(
-    ca_file: Option<&Path>,
-    accept_invalid: bool,
-    pin: Option<Fingerprint>,
-) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-    if let Some(pin) = pin {
-        // The pin replaces chain validation; the name, the validity and the handshake's
-        // signature are still checked.
-        return Ok(Arc::new(Exact {
-            fingerprints: vec![pin],
-            chain: None,
-            pinned: true,
-        }));
-    }
-    if accept_invalid {
-        tracing::warn!("TLS certificate verification is OFF (tls_accept_invalid_certs = true)");
-        return Ok(Arc::new(AcceptAnything));
-    }
+/// Chain validation against the system roots plus the certificates of `ca` (its path and
+/// contents), which are also trusted exactly.
+fn roots_verifier(ca: Option<(&Path, &[u8])>) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     let mut exact = Vec::new();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         let _ = roots.add(cert);
     }
-    if let Some(path) = ca_file {
+    if let Some((path, mut pem)) = ca {
         let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|e| TlsError::CaFile {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in rustls_pemfile::certs(&mut pem) {
             let cert = cert.map_err(|e| TlsError::CaFile {
                 path: shown.clone(),
                 reason: e.to_string(),
@@ -420,14 +494,14 @@ impl ServerCertVerifier for Exact {
 
 /// Runs a TLS handshake over `io` with the server at `host:port`, verifying
 /// `server_name`, bounded by `limit`. A failure names the server and says what to do.
-pub async fn handshake(
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     config: Arc<ClientConfig>,
     server_name: &str,
     host: &str,
     port: u16,
-    io: BoxIo,
+    io: S,
     limit: Duration,
-) -> Result<BoxIo, TlsError> {
+) -> Result<tokio_rustls::client::TlsStream<S>, TlsError> {
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|_| TlsError::ServerName(server_name.into()))?;
     let connector = tokio_rustls::TlsConnector::from(config);
@@ -436,7 +510,7 @@ pub async fn handshake(
         reason,
     };
     match tokio::time::timeout(limit, connector.connect(name, io)).await {
-        Ok(Ok(tls)) => Ok(Box::new(tls)),
+        Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => {
             let refused = e
                 .get_ref()
@@ -653,5 +727,42 @@ impl Dialer for MemoryDialer {
                 )),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client-configuration cache: built once per distinct trust, rebuilt when a CA
+    //! file's contents change.
+
+    use super::*;
+    use mock_core::pki::TestPki;
+
+    #[test]
+    fn a_trust_is_built_once_and_a_changed_ca_file_gets_a_new_one() {
+        let pin = Fingerprint::of(&CertificateDer::from(vec![1u8, 2, 3]));
+        let a = client_config(None, false, Some(pin)).unwrap();
+        let b = client_config(None, false, Some(pin)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the same pin shares one configuration");
+        let anything = client_config(None, true, None).unwrap();
+        assert!(!Arc::ptr_eq(&a, &anything));
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, TestPki::localhost().unwrap().ca_pem).unwrap();
+        let first = client_config(Some(&ca), false, None).unwrap();
+        let again = client_config(Some(&ca), false, None).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "connecting again reuses it");
+        std::fs::write(&ca, TestPki::localhost().unwrap().ca_pem).unwrap();
+        let reloaded = client_config(Some(&ca), false, None).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &reloaded),
+            "another CA in the same file is trusted, not the cached one"
+        );
+        std::fs::remove_file(&ca).unwrap();
+        assert!(matches!(
+            client_config(Some(&ca), false, None),
+            Err(TlsError::CaFile { .. })
+        ));
     }
 }

@@ -2168,9 +2168,12 @@ impl Run<'_> {
         } else {
             String::new()
         };
-        let env = Envelope {
-            from: sender.address.clone(),
-            to: recipients,
+        let env = match Envelope::new(&sender.address, &recipients) {
+            Ok(env) => env,
+            Err(e) => {
+                self.defer_named(key, format!("not submitted: {e}"), named);
+                return;
+            }
         };
         if self.pickup.is_some() {
             return self
@@ -2444,7 +2447,7 @@ impl Run<'_> {
                     item,
                     key,
                     size: body.len(),
-                    sender: env.from,
+                    sender: env.from.into(),
                     reply: accepted.reply.first_line(),
                     named,
                 });
@@ -2722,8 +2725,9 @@ impl Run<'_> {
         let Some(pickup) = self.pickup.clone() else {
             return;
         };
+        let to: Vec<String> = env.to.iter().map(ToString::to_string).collect();
         let outcome = pickup
-            .deliver(&a.name, &key, &env.from, &env.to, prefix, &body)
+            .deliver(&a.name, &key, &env.from, &to, prefix, &body)
             .await;
         let reply = match outcome {
             Ok(PickupOutcome::Delivered(path)) => format!("written to {}", path.display()),

@@ -4,7 +4,10 @@
 //! The protocol states are types: [`connect`] gives an [`Authorization`], whose
 //! `authenticate` gives a [`Transaction`]; only a `Transaction` can RETR, DELE or QUIT.
 //! LIST and UIDL are read line by line as they arrive, into the compact forms of
-//! [`crate::listing`]; a UIDL scan holds only the UIDs its caller selects.
+//! [`crate::listing`]; a UIDL scan holds only the UIDs its caller selects. The wire is a
+//! [`crate::conn::Connection`]: a login that sends a secret ([`login`]) takes only a
+//! [`Confidential`] one, so sending it in clear without the account's consent does not
+//! compile.
 //! Must never: send a password in clear unless allowed, continue in clear when STLS was
 //! required, keep bytes received before a TLS handshake, read an unbounded reply, hold a
 //! LIST or UIDL reply whole, or log a secret.
@@ -22,17 +25,20 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use popbridge_proto::ntlm::{self, NtlmError};
 use popbridge_proto::pop3::{
-    AuthMethod, Pop3Command, Pop3Reply, Pop3Response, RespCode, Status, MAX_COMMAND_LINE,
-    MAX_RESPONSE_LINE,
+    AuthMethod, Pop3Command, Pop3Reply, Pop3Response, RespCode, SaslResponse, Status,
+    MAX_COMMAND_LINE, MAX_RESPONSE_LINE,
 };
 use popbridge_proto::{DotDecoder, DotError, LineDecoder};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::{Body, BodyBuilder};
 use crate::config::{Account, Config, TlsMode};
+use crate::conn::{
+    Confidential, ConnError, Connection, Consented, Deadline, PlaintextConsent, Setting, Timeouts,
+    TlsStream, TlsTarget, Transcript,
+};
 use crate::listing::{self, Budget, LineReader, ListingError, Sizes, UidListing, UidScan, Want};
-use crate::net::{self, BoxIo, Dialer, TlsError};
+use crate::net::{self, BoxIo, Dialer, Io, TlsError};
 use crate::secret::Secret;
 
 /// Longest status line accepted (RFC 2449 says 512; some servers are longer).
@@ -248,8 +254,8 @@ pub struct Settings<'a> {
     pub server_name: &'a str,
     /// TLS client configuration (required unless `tls` is none).
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
-    /// Whether credentials may cross an unencrypted connection.
-    pub allow_plaintext: bool,
+    /// The account's consent to credentials over an unencrypted connection, if it gave it.
+    pub plaintext: Option<PlaintextConsent>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Per-command timeout.
@@ -278,7 +284,7 @@ impl<'a> Settings<'a> {
             tls: account.tls,
             server_name: account.tls_server_name.as_deref().unwrap_or(&account.host),
             tls_config,
-            allow_plaintext: account.allow_plaintext,
+            plaintext: PlaintextConsent::of(account),
             connect_timeout: config.timeouts.connect,
             command_timeout: config.timeouts.command,
             data_timeout: config.timeouts.data,
@@ -286,103 +292,59 @@ impl<'a> Settings<'a> {
     }
 }
 
-/// The framed connection: owns the stream, the input buffer and the output buffer.
-struct Wire {
-    io: BoxIo,
-    inbuf: BytesMut,
-    out: BytesMut,
-    lines: LineDecoder,
-    account: String,
-    command_timeout: Duration,
-    data_timeout: Duration,
+/// A POP3 connection over `S`: status lines framed by a [`LineDecoder`] of [`MAX_LINE`].
+pub type Pop3Connection<S> = Connection<S, LineDecoder>;
+
+/// A connection failure while waiting for the reply to `command`.
+fn conn_error(command: &str, e: ConnError) -> Pop3Error {
+    match e {
+        ConnError::Write(e) | ConnError::Flush(e) | ConnError::Read(e) => Pop3Error::Io(e),
+        ConnError::Closed => Pop3Error::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("server closed the connection (waiting for the reply to {command})"),
+        )),
+        ConnError::Timeout { secs, setting } => Pop3Error::Timeout {
+            command: command.into(),
+            secs,
+            setting,
+        },
+        ConnError::Invalid(e) => Pop3Error::Protocol {
+            command: command.into(),
+            detail: e.to_string(),
+        },
+    }
 }
 
-impl Wire {
-    /// Queues a command; `shown` is what the transcript says (secrets redacted).
-    fn queue(&mut self, line: &str, shown: &str) {
-        tracing::debug!(target: "popbridge::wire", account = %self.account, "POP3 C: {shown}");
-        self.out.extend_from_slice(line.as_bytes());
-    }
-
-    async fn flush(&mut self, command: &str) -> Result<(), Pop3Error> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let data = std::mem::take(&mut self.out);
-        let write = async {
-            self.io.write_all(&data).await?;
-            self.io.flush().await
-        };
-        tokio::time::timeout(self.command_timeout, write)
+/// POP3 over the shared connection: status lines, multi-line bodies and listings.
+impl<S: Io> Connection<S, LineDecoder> {
+    /// Sends what is queued, within the `command` timeout.
+    async fn flush_for(&mut self, command: &str) -> Result<(), Pop3Error> {
+        let deadline = self.deadline(Setting::Command);
+        self.send(&deadline)
             .await
-            .map_err(|_| Pop3Error::Timeout {
-                command: command.into(),
-                secs: self.command_timeout.as_secs(),
-                setting: "command",
-            })??;
-        self.out = data;
-        self.out.clear();
-        Ok(())
+            .map_err(|e| conn_error(command, e))
     }
 
-    /// Reads more input before `deadline` (the whole reply's); an end of stream is an
-    /// error here.
-    async fn fill(&mut self, command: &str, deadline: &Deadline) -> Result<(), Pop3Error> {
-        self.inbuf.reserve(16 * 1024);
-        let n = tokio::time::timeout_at(deadline.at, self.io.read_buf(&mut self.inbuf))
-            .await
-            .map_err(|_| Pop3Error::Timeout {
-                command: command.into(),
-                secs: deadline.limit.as_secs(),
-                setting: deadline.setting,
-            })??;
-        if n == 0 {
-            return Err(Pop3Error::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("server closed the connection (waiting for the reply to {command})"),
-            )));
-        }
-        Ok(())
-    }
-
-    /// A deadline for a status line: the `command` timeout from now.
-    fn status_deadline(&self) -> Deadline {
-        Deadline::new(self.command_timeout, "command")
-    }
-
-    /// A deadline for a multi-line body: the `data` timeout from now.
-    fn data_deadline(&self) -> Deadline {
-        Deadline::new(self.data_timeout, "data")
-    }
-
+    /// Sends what is queued and reads one status line (or continuation), complete within
+    /// the `command` timeout.
     async fn response(&mut self, command: &str) -> Result<Pop3Response, Pop3Error> {
-        self.flush(command).await?;
-        let deadline = self.status_deadline();
-        loop {
-            let found = self
-                .lines
-                .next_line(&mut self.inbuf)
-                .map_err(|e| Pop3Error::Protocol {
-                    command: command.into(),
-                    detail: e.to_string(),
-                })?;
-            if let Some(line) = found {
-                let r = Pop3Response::parse(&line).map_err(|e| Pop3Error::Protocol {
-                    command: command.into(),
-                    detail: e.to_string(),
-                })?;
-                match &r {
-                    Pop3Response::Status(s) => {
-                        tracing::debug!(target: "popbridge::wire", account = %self.account, "POP3 S: {}", reply_text(s))
-                    }
-                    Pop3Response::Continue(_) => {
-                        tracing::debug!(target: "popbridge::wire", account = %self.account, "POP3 S: + (challenge)")
-                    }
-                }
-                return Ok(r);
+        self.flush_for(command).await?;
+        let deadline = self.deadline(Setting::Command);
+        let line = self
+            .next(&deadline)
+            .await
+            .map_err(|e| conn_error(command, e))?;
+        let r = Pop3Response::parse(&line).map_err(|e| Pop3Error::Protocol {
+            command: command.into(),
+            detail: e.to_string(),
+        })?;
+        if self.transcript().on() {
+            match &r {
+                Pop3Response::Status(s) => self.transcript().note('S', reply_text(s)),
+                Pop3Response::Continue(_) => self.transcript().note('S', "+ (challenge)"),
             }
-            self.fill(command, &deadline).await?;
         }
+        Ok(r)
     }
 
     /// A status reply; `-ERR` becomes `Refused`.
@@ -410,22 +372,24 @@ impl Wire {
     ) -> Result<(), Pop3Error> {
         let mut dec = DotDecoder::new(limit).with_lf_terminator();
         let mut chunk = BytesMut::new();
-        let deadline = self.data_deadline();
+        let deadline = self.deadline(Setting::Data);
         loop {
-            let p =
-                dec.decode(&self.inbuf, &mut chunk)
-                    .map_err(|DotError::TooLarge { limit }| Pop3Error::TooLarge {
-                        command: command.into(),
-                        limit,
-                    })?;
-            let _ = self.inbuf.split_to(p.consumed);
+            let p = dec.decode(self.buffered(), &mut chunk).map_err(
+                |DotError::TooLarge { limit }| Pop3Error::TooLarge {
+                    command: command.into(),
+                    limit,
+                },
+            )?;
+            self.consume(p.consumed);
             sink.push(&chunk).await?;
             chunk.clear();
             if p.done {
-                self.lines.reset();
+                self.reset_decoder();
                 return Ok(());
             }
-            self.fill(command, &deadline).await?;
+            self.fill(&deadline)
+                .await
+                .map_err(|e| conn_error(command, e))?;
         }
     }
 
@@ -438,10 +402,10 @@ impl Wire {
         mut on_line: impl FnMut(&[u8]) -> Result<(), String> + Send,
     ) -> Result<(), Pop3Error> {
         let mut reader = LineReader::new(listing::MAX_OCTETS, listing::MAX_LINE);
-        let deadline = self.data_deadline();
+        let deadline = self.deadline(Setting::Data);
         loop {
             let p = reader
-                .feed(&self.inbuf, &mut on_line)
+                .feed(self.buffered(), &mut on_line)
                 .map_err(|e| match e {
                     ListingError::TooLarge { limit } => Pop3Error::TooLarge {
                         command: command.into(),
@@ -452,12 +416,14 @@ impl Wire {
                         detail,
                     },
                 })?;
-            let _ = self.inbuf.split_to(p.consumed);
+            self.consume(p.consumed);
             if p.done {
-                self.lines.reset();
+                self.reset_decoder();
                 return Ok(());
             }
-            self.fill(command, &deadline).await?;
+            self.fill(&deadline)
+                .await
+                .map_err(|e| conn_error(command, e))?;
         }
     }
 
@@ -466,20 +432,22 @@ impl Wire {
     async fn listing(&mut self, command: &str) -> Result<Vec<u8>, Pop3Error> {
         let mut dec = DotDecoder::new(MAX_LISTING).with_lf_terminator();
         let mut out = BytesMut::new();
-        let deadline = self.data_deadline();
+        let deadline = self.deadline(Setting::Data);
         loop {
-            let p = dec
-                .decode(&self.inbuf, &mut out)
-                .map_err(|DotError::TooLarge { limit }| Pop3Error::TooLarge {
-                    command: command.into(),
-                    limit,
-                })?;
-            let _ = self.inbuf.split_to(p.consumed);
+            let p =
+                dec.decode(self.buffered(), &mut out)
+                    .map_err(|DotError::TooLarge { limit }| Pop3Error::TooLarge {
+                        command: command.into(),
+                        limit,
+                    })?;
+            self.consume(p.consumed);
             if p.done {
-                self.lines.reset();
+                self.reset_decoder();
                 return Ok(out.to_vec());
             }
-            self.fill(command, &deadline).await?;
+            self.fill(&deadline)
+                .await
+                .map_err(|e| conn_error(command, e))?;
         }
     }
 
@@ -488,20 +456,17 @@ impl Wire {
     async fn drain(&mut self, deadline: &Deadline) -> Result<u64, Pop3Error> {
         let mut total = 0u64;
         loop {
-            total += self.inbuf.len() as u64;
-            self.inbuf.clear();
-            match self.fill("QUIT", deadline).await {
+            total += self.discard_buffered() as u64;
+            match self.fill(deadline).await {
                 Ok(()) => {}
-                Err(Pop3Error::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Ok(total)
-                }
-                Err(e) => return Err(e),
+                Err(ConnError::Closed) => return Ok(total),
+                Err(e) => return Err(conn_error("QUIT", e)),
             }
         }
     }
 
     async fn capa(&mut self) -> Result<Capabilities, Pop3Error> {
-        self.queue("CAPA\r\n", "CAPA");
+        self.queue(&Pop3Command::Capa);
         match self.response("CAPA").await? {
             Pop3Response::Status(r) if r.is_ok() => {
                 Ok(Capabilities::parse(&self.listing("CAPA").await?))
@@ -509,127 +474,120 @@ impl Wire {
             _ => Ok(Capabilities::default()),
         }
     }
-}
 
-/// When a reply must be complete, and which setting said so (for the error).
-struct Deadline {
-    at: tokio::time::Instant,
-    limit: Duration,
-    setting: &'static str,
-}
+    /// Reads the greeting (its APOP timestamp, if any) and asks CAPA.
+    async fn greeting(&mut self) -> Result<(Option<String>, Capabilities), Pop3Error> {
+        let greeting = self.ok("greeting").await?;
+        let timestamp = greeting
+            .text
+            .find('<')
+            .and_then(|a| {
+                greeting.text[a..]
+                    .find('>')
+                    .map(|b| greeting.text[a..a + b + 1].to_string())
+            })
+            .filter(|t| t.contains('@'));
+        Ok((timestamp, self.capa().await?))
+    }
 
-impl Deadline {
-    fn new(limit: Duration, setting: &'static str) -> Self {
-        Self {
-            at: tokio::time::Instant::now() + limit,
-            limit,
-            setting,
+    /// STLS, failing closed: anything but `+OK` is [`Pop3Error::StlsUnavailable`].
+    async fn stls(&mut self) -> Result<(), Pop3Error> {
+        self.queue(&Pop3Command::Stls);
+        match self.response("STLS").await? {
+            Pop3Response::Status(r) if r.is_ok() => Ok(()),
+            Pop3Response::Status(r) => Err(Pop3Error::StlsUnavailable(format!(
+                "the server refused STLS: {}",
+                reply_text(&r)
+            ))),
+            Pop3Response::Continue(_) => Err(Pop3Error::StlsUnavailable(
+                "the server answered STLS with a continuation".into(),
+            )),
         }
     }
 }
 
+/// The connection of an [`Authorization`], typed by whether credentials may cross it.
+enum Link {
+    /// Encrypted (implicit TLS or STLS).
+    Tls(Box<Pop3Connection<TlsStream<BoxIo>>>),
+    /// Plain, for an account with `allow_plaintext = true`.
+    Consented(Pop3Connection<Consented<BoxIo>>),
+    /// Plain: only a login that sends no secret (APOP, CRAM-MD5).
+    Plain(Pop3Connection<BoxIo>),
+}
+
 /// Connected, not yet logged in.
 pub struct Authorization {
-    wire: Wire,
+    link: Link,
     /// The greeting's APOP timestamp, if any.
     timestamp: Option<String>,
     /// Capabilities before login (after STLS when used).
     pub capabilities: Capabilities,
-    /// True when the connection is encrypted.
-    pub tls: bool,
     host: String,
-    allow_plaintext: bool,
 }
 
 /// Connects, reads the greeting, upgrades to TLS as configured, and asks CAPA.
 pub async fn connect(dialer: &dyn Dialer, s: &Settings<'_>) -> Result<Authorization, Pop3Error> {
     let addr = format!("{}:{}", s.host, s.port);
-    let mut io = net::dial(dialer, s.host, s.port, s.connect_timeout)
+    let io = net::dial(dialer, s.host, s.port, s.connect_timeout)
         .await
         .map_err(|source| Pop3Error::Connect {
             addr: addr.clone(),
             source,
         })?;
-    let tls_config = || {
-        s.tls_config.clone().ok_or(TlsError::Handshake {
+    let conn = Connection::new(
+        io,
+        LineDecoder::new(MAX_LINE),
+        Timeouts {
+            command: s.command_timeout,
+            data: s.data_timeout,
+        },
+        Transcript::pop3(s.account),
+    );
+    let target = || {
+        let config = s.tls_config.clone().ok_or(TlsError::Handshake {
             server: addr.clone(),
             reason: "no TLS configuration".into(),
+        })?;
+        Ok::<_, TlsError>(TlsTarget {
+            config,
+            server_name: s.server_name,
+            host: s.host,
+            port: s.port,
+            limit: s.connect_timeout,
         })
     };
-    let mut tls = false;
-    if s.tls == TlsMode::Implicit {
-        io = net::handshake(
-            tls_config()?,
-            s.server_name,
-            s.host,
-            s.port,
-            io,
-            s.connect_timeout,
-        )
-        .await?;
-        tls = true;
-    }
-    let mut wire = Wire {
-        io,
-        inbuf: BytesMut::with_capacity(16 * 1024),
-        out: BytesMut::new(),
-        lines: LineDecoder::new(MAX_LINE),
-        account: s.account.to_string(),
-        command_timeout: s.command_timeout,
-        data_timeout: s.data_timeout,
-    };
-    let greeting = wire.ok("greeting").await?;
-    let timestamp = greeting
-        .text
-        .find('<')
-        .and_then(|a| {
-            greeting.text[a..]
-                .find('>')
-                .map(|b| greeting.text[a..a + b + 1].to_string())
-        })
-        .filter(|t| t.contains('@'));
-    let mut capabilities = wire.capa().await?;
-    if s.tls == TlsMode::StartTls {
-        // Sent even when CAPA did not list STLS: a refusal is the server's to give, and we
-        // fail closed either way.
-        wire.queue("STLS\r\n", "STLS");
-        match wire.response("STLS").await {
-            Ok(Pop3Response::Status(r)) if r.is_ok() => {}
-            Ok(Pop3Response::Status(r)) => {
-                return Err(Pop3Error::StlsUnavailable(format!(
-                    "the server refused STLS: {}",
-                    reply_text(&r)
-                )))
-            }
-            Ok(Pop3Response::Continue(_)) => {
-                return Err(Pop3Error::StlsUnavailable(
-                    "the server answered STLS with a continuation".into(),
-                ))
-            }
-            Err(e) => return Err(e),
+    let (link, timestamp, capabilities) = match s.tls {
+        TlsMode::Implicit => {
+            let mut tls = conn.start_tls(&target()?).await?;
+            let (timestamp, capabilities) = tls.greeting().await?;
+            (Link::Tls(Box::new(tls)), timestamp, capabilities)
         }
-        // Anything that arrived before the handshake came in clear: drop it.
-        wire.inbuf.clear();
-        wire.lines.reset();
-        wire.io = net::handshake(
-            tls_config()?,
-            s.server_name,
-            s.host,
-            s.port,
-            wire.io,
-            s.connect_timeout,
-        )
-        .await?;
-        tls = true;
-        capabilities = wire.capa().await?;
-    }
+        TlsMode::StartTls => {
+            let mut plain = conn;
+            let (timestamp, _) = plain.greeting().await?;
+            // Sent even when CAPA did not list STLS: a refusal is the server's to give, and
+            // we fail closed either way.
+            plain.stls().await?;
+            let mut tls = plain.start_tls(&target()?).await?;
+            let capabilities = tls.capa().await?;
+            (Link::Tls(Box::new(tls)), timestamp, capabilities)
+        }
+        TlsMode::None => {
+            let mut plain = conn;
+            let (timestamp, capabilities) = plain.greeting().await?;
+            let link = match &s.plaintext {
+                Some(consent) => Link::Consented(plain.consent(consent)),
+                None => Link::Plain(plain),
+            };
+            (link, timestamp, capabilities)
+        }
+    };
     Ok(Authorization {
-        wire,
+        link,
         timestamp,
         capabilities,
-        tls,
         host: addr,
-        allow_plaintext: s.allow_plaintext,
     })
 }
 
@@ -637,170 +595,282 @@ fn md5_hex(data: &[u8]) -> String {
     hex::encode(Md5::digest(data))
 }
 
+/// What the server offered before login: its capabilities and its greeting's APOP
+/// timestamp.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer<'a> {
+    /// CAPA before login.
+    pub capabilities: &'a Capabilities,
+    /// The greeting's `<...@...>` timestamp.
+    pub timestamp: Option<&'a str>,
+}
+
+/// Logs in with `method` over a connection credentials may cross: TLS, or a plain one for
+/// an account that allows it ([`Connection::consent`]). Refused credentials are `Auth`; a
+/// mailbox only temporarily unavailable is `Refused`.
+///
+/// On a plain connection without the account's consent this does not compile:
+///
+/// ```compile_fail
+/// use popbridge::config::AuthMethod;
+/// use popbridge::conn::Connection;
+/// use popbridge::net::BoxIo;
+/// use popbridge::pop3::{login, Offer, Pop3Error};
+/// use popbridge::proto::LineDecoder;
+/// use popbridge::secret::Secret;
+///
+/// async fn in_clear(
+///     conn: &mut Connection<BoxIo, LineDecoder>,
+///     offer: Offer<'_>,
+///     secret: &Secret,
+/// ) -> Result<(), Pop3Error> {
+///     login(conn, offer, AuthMethod::User, "bob", secret).await?;
+///     Ok(())
+/// }
+/// ```
+///
+/// Over TLS, or with the account's consent, it does:
+///
+/// ```
+/// use popbridge::config::AuthMethod;
+/// use popbridge::conn::{Connection, PlaintextConsent, TlsStream};
+/// use popbridge::net::BoxIo;
+/// use popbridge::pop3::{login, Offer, Pop3Error};
+/// use popbridge::proto::LineDecoder;
+/// use popbridge::secret::Secret;
+///
+/// async fn over_tls(
+///     conn: &mut Connection<TlsStream<BoxIo>, LineDecoder>,
+///     offer: Offer<'_>,
+///     secret: &Secret,
+/// ) -> Result<(), Pop3Error> {
+///     login(conn, offer, AuthMethod::User, "bob", secret).await?;
+///     Ok(())
+/// }
+///
+/// async fn in_clear_by_consent(
+///     conn: Connection<BoxIo, LineDecoder>,
+///     consent: &PlaintextConsent,
+///     offer: Offer<'_>,
+///     secret: &Secret,
+/// ) -> Result<(), Pop3Error> {
+///     let mut conn = conn.consent(consent);
+///     login(&mut conn, offer, AuthMethod::User, "bob", secret).await?;
+///     Ok(())
+/// }
+/// ```
+pub async fn login<S: Io + Confidential>(
+    conn: &mut Pop3Connection<S>,
+    offer: Offer<'_>,
+    method: AuthMethod,
+    user: &str,
+    secret: &Secret,
+) -> Result<Pop3Reply, Pop3Error> {
+    let caps = offer.capabilities;
+    match method {
+        AuthMethod::Apop => digest_login(conn, offer, DigestLogin::Apop, user, secret).await,
+        AuthMethod::CramMd5 => digest_login(conn, offer, DigestLogin::CramMd5, user, secret).await,
+        AuthMethod::User => {
+            let user_pass = async {
+                conn.queue(&Pop3Command::User(user.into()));
+                conn.ok("USER").await?;
+                conn.queue(&Pop3Command::Pass(secret.expose().into()));
+                conn.ok("PASS").await
+            };
+            user_pass.await.map_err(login_refused)
+        }
+        AuthMethod::Plain => {
+            let payload = format!("\0{user}\0{}", secret.expose());
+            let r = sasl(conn, caps, "PLAIN", payload.as_bytes()).await;
+            r.map_err(login_refused)
+        }
+        AuthMethod::Login => {
+            // A refusal before the password was asked for is not about the credentials.
+            sasl_begin(conn, caps, "LOGIN").await?;
+            conn.queue(&SaslResponse::described(user.as_bytes(), "(username)"));
+            expect_continue(conn, "AUTH LOGIN").await?;
+            conn.queue(&SaslResponse::secret(secret.expose().as_bytes()));
+            conn.ok("AUTH LOGIN").await.map_err(login_refused)
+        }
+        AuthMethod::Xoauth2 => {
+            let payload = format!("user={user}\x01auth=Bearer {}\x01\x01", secret.expose());
+            let r = sasl(conn, caps, "XOAUTH2", payload.as_bytes()).await;
+            r.map_err(login_refused)
+        }
+        AuthMethod::Ntlm => ntlm_login(conn, caps, user, secret)
+            .await
+            .map_err(login_refused),
+    }
+}
+
+/// A refused login: `Auth` (the credentials), or `Refused` when the response code says
+/// the mailbox is only temporarily unavailable (locked, busy).
+fn login_refused(e: Pop3Error) -> Pop3Error {
+    match e {
+        Pop3Error::Refused { reply, .. } => {
+            if reply.code.as_ref().is_some_and(RespCode::is_transient) {
+                Pop3Error::Refused {
+                    command: "login".into(),
+                    reply,
+                }
+            } else {
+                Pop3Error::Auth { reply }
+            }
+        }
+        other => other,
+    }
+}
+
+/// A login that sends a digest of the secret, never the secret: fit for any connection.
+#[derive(Debug, Clone, Copy)]
+enum DigestLogin {
+    /// APOP: MD5 of the greeting's timestamp and the secret.
+    Apop,
+    /// AUTH CRAM-MD5: HMAC-MD5 of the server's challenge.
+    CramMd5,
+}
+
+async fn digest_login<S: Io>(
+    conn: &mut Pop3Connection<S>,
+    offer: Offer<'_>,
+    digest: DigestLogin,
+    user: &str,
+    secret: &Secret,
+) -> Result<Pop3Reply, Pop3Error> {
+    match digest {
+        DigestLogin::Apop => {
+            let ts = offer.timestamp.ok_or(Pop3Error::NoApopTimestamp)?;
+            let digest = md5_hex(format!("{ts}{}", secret.expose()).as_bytes());
+            conn.queue(&Pop3Command::Apop {
+                name: user.into(),
+                digest,
+            });
+            conn.ok("APOP").await.map_err(login_refused)
+        }
+        DigestLogin::CramMd5 => {
+            let challenge = sasl_begin(conn, offer.capabilities, "CRAM-MD5").await?;
+            let challenge = B64
+                .decode(challenge.trim())
+                .map_err(|_| Pop3Error::Protocol {
+                    command: "AUTH CRAM-MD5".into(),
+                    detail: "challenge is not base64".into(),
+                })?;
+            let mut mac =
+                Hmac::<Md5>::new_from_slice(secret.expose().as_bytes()).map_err(|_| {
+                    Pop3Error::Protocol {
+                        command: "AUTH CRAM-MD5".into(),
+                        detail: "bad key".into(),
+                    }
+                })?;
+            mac.update(&challenge);
+            let resp = format!("{user} {}", hex::encode(mac.finalize().into_bytes()));
+            conn.queue(&SaslResponse::secret(resp.as_bytes()));
+            conn.ok("AUTH CRAM-MD5").await.map_err(login_refused)
+        }
+    }
+}
+
 impl Authorization {
+    /// True when the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.link, Link::Tls(_))
+    }
+
     /// Logs in; `Auth` for refused credentials, `Refused` for a locked or busy mailbox.
+    /// A method that sends a secret (USER/PASS, PLAIN, LOGIN, XOAUTH2, and NTLM, whose
+    /// response can be relayed or attacked offline) needs TLS or the account's
+    /// `allow_plaintext = true`: otherwise `Plaintext`, and nothing is sent.
     pub async fn authenticate(
-        mut self,
+        self,
         method: AuthMethod,
         user: &str,
         secret: &Secret,
     ) -> Result<Transaction, Pop3Error> {
-        // NTLM sends no password, but its response names the (Windows) account and can be
-        // relayed or attacked offline by whoever sees it: it needs TLS like a password.
-        let sends_secret = matches!(
-            method,
-            AuthMethod::User
-                | AuthMethod::Plain
-                | AuthMethod::Login
-                | AuthMethod::Xoauth2
-                | AuthMethod::Ntlm
-        );
-        if sends_secret && !self.tls && !self.allow_plaintext {
-            return Err(Pop3Error::Plaintext(self.host.clone()));
-        }
-        let w = &mut self.wire;
-        let result = match method {
-            AuthMethod::User => {
-                w.queue(
-                    &Pop3Command::User(user.into()).to_string(),
-                    &format!("USER {user}"),
-                );
-                let r = w.ok("USER").await;
-                match r {
-                    Ok(_) => {
-                        w.queue(
-                            &Pop3Command::Pass(secret.expose().into()).to_string(),
-                            "PASS ***",
-                        );
-                        w.ok("PASS").await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            AuthMethod::Apop => {
-                let ts = self.timestamp.clone().ok_or(Pop3Error::NoApopTimestamp)?;
-                let digest = md5_hex(format!("{ts}{}", secret.expose()).as_bytes());
-                w.queue(
-                    &format!("APOP {user} {digest}\r\n"),
-                    &format!("APOP {user} ***"),
-                );
-                w.ok("APOP").await
-            }
-            AuthMethod::Plain => {
-                let payload = B64.encode(format!("\0{user}\0{}", secret.expose()));
-                sasl(w, &self.capabilities, "PLAIN", Some(payload)).await
-            }
-            AuthMethod::Login => {
-                sasl_start(w, &self.capabilities, "LOGIN", None).await?;
-                w.queue(&format!("{}\r\n", B64.encode(user)), "(username)");
-                expect_continue(w, "AUTH LOGIN").await?;
-                w.queue(&format!("{}\r\n", B64.encode(secret.expose())), "***");
-                w.ok("AUTH LOGIN").await
-            }
-            AuthMethod::CramMd5 => {
-                let challenge = sasl_start(w, &self.capabilities, "CRAM-MD5", None).await?;
-                let challenge = B64
-                    .decode(challenge.trim())
-                    .map_err(|_| Pop3Error::Protocol {
-                        command: "AUTH CRAM-MD5".into(),
-                        detail: "challenge is not base64".into(),
-                    })?;
-                let mut mac =
-                    Hmac::<Md5>::new_from_slice(secret.expose().as_bytes()).map_err(|_| {
-                        Pop3Error::Protocol {
-                            command: "AUTH CRAM-MD5".into(),
-                            detail: "bad key".into(),
-                        }
-                    })?;
-                mac.update(&challenge);
-                let resp = format!("{user} {}", hex::encode(mac.finalize().into_bytes()));
-                w.queue(&format!("{}\r\n", B64.encode(resp)), "***");
-                w.ok("AUTH CRAM-MD5").await
-            }
-            AuthMethod::Xoauth2 => {
-                let payload = B64.encode(format!(
-                    "user={user}\x01auth=Bearer {}\x01\x01",
-                    secret.expose()
-                ));
-                sasl(w, &self.capabilities, "XOAUTH2", Some(payload)).await
-            }
-            AuthMethod::Ntlm => ntlm_login(w, &self.capabilities, user, secret).await,
+        let Self {
+            link,
+            timestamp,
+            capabilities,
+            host,
+        } = self;
+        let offer = Offer {
+            capabilities: &capabilities,
+            timestamp: timestamp.as_deref(),
         };
-        match result {
-            Ok(_) => {}
-            Err(Pop3Error::Refused { reply, .. }) => {
-                let transient = reply.code.as_ref().is_some_and(RespCode::is_transient);
-                return Err(if transient {
-                    Pop3Error::Refused {
-                        command: "login".into(),
-                        reply,
-                    }
-                } else {
-                    Pop3Error::Auth { reply }
-                });
+        let (result, mut conn) = match link {
+            Link::Tls(mut c) => {
+                let r = login(&mut *c, offer, method, user, secret).await;
+                (r, (*c).settle())
             }
-            Err(e) => return Err(e),
-        }
-        let mut w = self.wire;
-        let capabilities = if self.capabilities.known {
-            w.capa().await?
+            Link::Consented(mut c) => {
+                (login(&mut c, offer, method, user, secret).await, c.settle())
+            }
+            Link::Plain(mut c) => {
+                let digest = match method {
+                    AuthMethod::Apop => DigestLogin::Apop,
+                    AuthMethod::CramMd5 => DigestLogin::CramMd5,
+                    _ => return Err(Pop3Error::Plaintext(host)),
+                };
+                let r = digest_login(&mut c, offer, digest, user, secret).await;
+                (r, c)
+            }
+        };
+        result?;
+        let capabilities = if capabilities.known {
+            conn.capa().await?
         } else {
-            self.capabilities
+            capabilities
         };
         Ok(Transaction {
-            wire: w,
+            conn,
             capabilities,
             pending: VecDeque::new(),
         })
     }
 }
 
-/// Starts a SASL exchange: returns the first challenge.
-async fn sasl_start(
-    w: &mut Wire,
+/// Starts a SASL exchange without an initial response: returns the first challenge.
+async fn sasl_begin<S: Io>(
+    conn: &mut Pop3Connection<S>,
     caps: &Capabilities,
     mech: &str,
-    initial: Option<String>,
 ) -> Result<String, Pop3Error> {
+    offered(caps, mech)?;
+    conn.queue(&auth(mech, None));
+    expect_continue(conn, &format!("AUTH {mech}")).await
+}
+
+/// `AUTH mech [initial]`.
+fn auth(mech: &str, initial: Option<String>) -> Pop3Command {
+    Pop3Command::Auth {
+        mechanism: mech.into(),
+        initial,
+    }
+}
+
+/// `MechanismUnavailable` when CAPA lists SASL mechanisms and not `mech`.
+fn offered(caps: &Capabilities, mech: &str) -> Result<(), Pop3Error> {
     if caps.known && !caps.sasl.is_empty() && !caps.sasl.iter().any(|m| m == mech) {
         return Err(Pop3Error::MechanismUnavailable(mech.into()));
     }
-    match initial {
-        // RFC 5034: an initial response that would make the line longer than 255 octets
-        // goes after the continuation instead (long XOAUTH2 tokens).
-        Some(i) if format!("AUTH {mech} {i}\r\n").len() <= MAX_COMMAND_LINE => {
-            w.queue(&format!("AUTH {mech} {i}\r\n"), &format!("AUTH {mech} ***"));
-            Ok(String::new())
-        }
-        Some(i) => {
-            w.queue(&format!("AUTH {mech}\r\n"), &format!("AUTH {mech}"));
-            expect_continue(w, &format!("AUTH {mech}")).await?;
-            w.queue(&format!("{i}\r\n"), "***");
-            Ok(String::new())
-        }
-        None => {
-            w.queue(&format!("AUTH {mech}\r\n"), &format!("AUTH {mech}"));
-            expect_continue(w, &format!("AUTH {mech}")).await
-        }
-    }
+    Ok(())
 }
 
 /// AUTH NTLM as Exchange's POP3 service speaks it: `AUTH NTLM`, `+`, the NEGOTIATE
 /// message, `+ CHALLENGE`, the AUTHENTICATE message (NTLMv2), then `+OK` or `-ERR`.
 /// A challenge that cannot be used is answered with `*` (cancel) and a typed error.
-async fn ntlm_login(
-    w: &mut Wire,
+async fn ntlm_login<S: Io + Confidential>(
+    conn: &mut Pop3Connection<S>,
     caps: &Capabilities,
     user: &str,
     secret: &Secret,
 ) -> Result<Pop3Reply, Pop3Error> {
     const COMMAND: &str = "AUTH NTLM";
-    sasl_start(w, caps, "NTLM", None).await?;
-    w.queue(
-        &format!("{}\r\n", B64.encode(ntlm::negotiate())),
+    sasl_begin(conn, caps, "NTLM").await?;
+    conn.queue(&SaslResponse::described(
+        &ntlm::negotiate(),
         "(NTLM negotiate)",
-    );
-    let challenge = expect_continue(w, COMMAND).await?;
+    ));
+    let challenge = expect_continue(conn, COMMAND).await?;
     let challenge = B64
         .decode(challenge.trim())
         .map_err(|_| NtlmChallengeError::NotBase64)
@@ -808,7 +878,7 @@ async fn ntlm_login(
     let challenge = match challenge {
         Ok(c) => c,
         Err(e) => {
-            cancel(w, COMMAND).await;
+            cancel(conn, COMMAND).await;
             return Err(Pop3Error::NtlmChallenge(e));
         }
     };
@@ -825,43 +895,57 @@ async fn ntlm_login(
     ) {
         Ok(m) => m,
         Err(e) => {
-            cancel(w, COMMAND).await;
+            cancel(conn, COMMAND).await;
             return Err(Pop3Error::NtlmResponse(e));
         }
     };
-    w.queue(&format!("{}\r\n", B64.encode(message.as_bytes())), "***");
-    w.ok(COMMAND).await
+    conn.queue(&SaslResponse::secret(message.as_bytes()));
+    conn.ok(COMMAND).await
 }
 
 /// Cancels a SASL exchange (`*`, RFC 5034) and reads the server's answer, whatever it is:
 /// the login has failed either way.
-async fn cancel(w: &mut Wire, command: &str) {
-    w.queue("*\r\n", "*");
-    let _ = w.response(command).await;
+async fn cancel<S: Io>(conn: &mut Pop3Connection<S>, command: &str) {
+    conn.queue(&SaslResponse::cancel());
+    let _ = conn.response(command).await;
 }
 
-/// A one-step SASL mechanism (PLAIN, XOAUTH2): a continuation instead of the final
-/// reply is an error challenge, answered with an empty line.
-async fn sasl(
-    w: &mut Wire,
+/// A one-step SASL mechanism (PLAIN, XOAUTH2) with `payload` as its initial response: a
+/// continuation instead of the final reply is an error challenge, answered with an empty
+/// line.
+async fn sasl<S: Io + Confidential>(
+    conn: &mut Pop3Connection<S>,
     caps: &Capabilities,
     mech: &str,
-    initial: Option<String>,
+    payload: &[u8],
 ) -> Result<Pop3Reply, Pop3Error> {
-    sasl_start(w, caps, mech, initial).await?;
+    offered(caps, mech)?;
     let command = format!("AUTH {mech}");
-    match w.response(&command).await? {
+    let first = auth(mech, Some(B64.encode(payload)));
+    // RFC 5034: an initial response that would make the line longer than 255 octets goes
+    // after the continuation instead (long XOAUTH2 tokens).
+    if first.to_string().len() <= MAX_COMMAND_LINE {
+        conn.queue(&first);
+    } else {
+        conn.queue(&auth(mech, None));
+        expect_continue(conn, &command).await?;
+        conn.queue(&SaslResponse::secret(payload));
+    }
+    match conn.response(&command).await? {
         Pop3Response::Status(r) if r.is_ok() => Ok(r),
         Pop3Response::Status(reply) => Err(Pop3Error::Refused { command, reply }),
         Pop3Response::Continue(_) => {
-            w.queue("\r\n", "(empty)");
-            w.ok(&command).await
+            conn.queue(&SaslResponse::empty());
+            conn.ok(&command).await
         }
     }
 }
 
-async fn expect_continue(w: &mut Wire, command: &str) -> Result<String, Pop3Error> {
-    match w.response(command).await? {
+async fn expect_continue<S: Io>(
+    conn: &mut Pop3Connection<S>,
+    command: &str,
+) -> Result<String, Pop3Error> {
+    match conn.response(command).await? {
         Pop3Response::Continue(c) => Ok(c),
         Pop3Response::Status(reply) if !reply.is_ok() => Err(Pop3Error::Refused {
             command: command.into(),
@@ -909,7 +993,7 @@ pub enum Response {
 
 /// Logged in: the maildrop is locked for this session.
 pub struct Transaction {
-    wire: Wire,
+    conn: Pop3Connection<BoxIo>,
     /// Capabilities after login.
     pub capabilities: Capabilities,
     /// Commands sent whose replies are still to be read, each RETR with its bound.
@@ -920,10 +1004,10 @@ impl Transaction {
     /// Every message's size by number, from LIST, read as it arrives (about 4 octets a
     /// message). A bad line, or a number listed twice, is a protocol error.
     pub async fn list_sizes(&mut self) -> Result<Sizes, Pop3Error> {
-        self.wire.queue("LIST\r\n", "LIST");
-        self.wire.ok("LIST").await?;
+        self.conn.queue(&Pop3Command::List(None));
+        self.conn.ok("LIST").await?;
         let mut sizes = Sizes::new();
-        self.wire
+        self.conn
             .listing_lines("LIST", |line| sizes.line(line))
             .await?;
         Ok(sizes)
@@ -959,8 +1043,8 @@ impl Transaction {
         if self.capabilities.known && !self.capabilities.uidl {
             return Ok(None);
         }
-        self.wire.queue("UIDL\r\n", "UIDL");
-        match self.wire.ok("UIDL").await {
+        self.conn.queue(&Pop3Command::Uidl(None));
+        match self.conn.ok("UIDL").await {
             Ok(_) => {}
             Err(Pop3Error::Refused { reply, .. })
                 if !self.capabilities.known && reply.code.is_none() =>
@@ -969,7 +1053,7 @@ impl Transaction {
             }
             Err(e) => return Err(e),
         }
-        self.wire
+        self.conn
             .listing_lines("UIDL", |line| scan.line(line))
             .await?;
         scan.finish()
@@ -993,23 +1077,20 @@ impl Transaction {
                 detail: "not sent: replies to earlier commands are still owed".into(),
             });
         }
-        self.wire.queue(
-            &Pop3Command::Top { msg: n, lines: 0 }.to_string(),
-            &format!("TOP {n} 0"),
-        );
-        match self.wire.ok("TOP").await {
+        self.conn.queue(&Pop3Command::Top { msg: n, lines: 0 });
+        match self.conn.ok("TOP").await {
             Ok(_) => {}
             Err(Pop3Error::Refused { .. }) => return Ok(None),
             Err(e) => return Err(e),
         }
         let mut b = BodyBuilder::new(spool, u64::MAX);
-        self.wire
+        self.conn
             .multiline("TOP", crate::body::HEAD_MAX as u64 * 4, &mut b)
             .await?;
-        if !self.wire.inbuf.is_empty() {
+        if !self.conn.buffered().is_empty() {
             return Err(Pop3Error::Unasked {
                 command: format!("TOP {n} 0"),
-                octets: self.wire.inbuf.len(),
+                octets: self.conn.buffered().len(),
             });
         }
         Ok(Some(b.finish().await?))
@@ -1023,7 +1104,7 @@ impl Transaction {
     /// True when part of the next reply has already arrived (reading it will not wait
     /// for the server from scratch).
     pub fn buffered(&self) -> bool {
-        !self.wire.inbuf.is_empty()
+        !self.conn.buffered().is_empty()
     }
 
     /// Commands sent whose replies are not read yet.
@@ -1043,12 +1124,10 @@ impl Transaction {
     }
 
     fn send_with(&mut self, p: Pending, bound: u64) {
-        let line = match p {
-            Pending::Retr(n) => Pop3Command::Retr(n).to_string(),
-            Pending::Dele(n) => Pop3Command::Dele(n).to_string(),
-        };
-        let shown = line.trim_end().to_string();
-        self.wire.queue(&line, &shown);
+        self.conn.queue(&match p {
+            Pending::Retr(n) => Pop3Command::Retr(n),
+            Pending::Dele(n) => Pop3Command::Dele(n),
+        });
         self.pending.push_back((p, bound));
     }
 
@@ -1066,7 +1145,7 @@ impl Transaction {
             Pending::Retr(n) => format!("RETR {n}"),
             Pending::Dele(n) => format!("DELE {n}"),
         };
-        let reply = match self.wire.ok(&command).await {
+        let reply = match self.conn.ok(&command).await {
             Ok(r) => r,
             Err(Pop3Error::Refused { reply, .. }) => {
                 return Ok(Response::Refused { pending: p, reply })
@@ -1078,7 +1157,7 @@ impl Transaction {
             Pending::Dele(msg) => Response::Deleted { msg },
             Pending::Retr(msg) => {
                 let mut b = BodyBuilder::new(spool, threshold);
-                self.wire.multiline(&command, limit, &mut b).await?;
+                self.conn.multiline(&command, limit, &mut b).await?;
                 Response::Retr {
                     msg,
                     body: b.finish().await?,
@@ -1088,10 +1167,10 @@ impl Transaction {
         // A server speaks only when asked: with nothing outstanding, octets already waiting
         // mean this reply ended before the server's did (or an extra line came first), so it
         // may not be this command's. It is not used.
-        if self.pending.is_empty() && !self.wire.inbuf.is_empty() {
+        if self.pending.is_empty() && !self.conn.buffered().is_empty() {
             return Err(Pop3Error::Unasked {
                 command,
-                octets: self.wire.inbuf.len(),
+                octets: self.conn.buffered().len(),
             });
         }
         Ok(response)
@@ -1100,8 +1179,8 @@ impl Transaction {
     /// RSET: the server unmarks every message marked deleted in this session (a
     /// read-only client sends it before QUIT, so the QUIT commits nothing).
     pub async fn rset(&mut self) -> Result<Pop3Reply, Pop3Error> {
-        self.wire.queue("RSET\r\n", "RSET");
-        self.wire.ok("RSET").await
+        self.conn.queue(&Pop3Command::Rset);
+        self.conn.ok("RSET").await
     }
 
     /// QUIT: the server applies the deletions (UPDATE state). Pending replies are read
@@ -1110,18 +1189,18 @@ impl Transaction {
         while let Some((p, limit)) = self.pending.pop_front() {
             if let Pending::Retr(n) = p {
                 let command = format!("RETR {n}");
-                if self.wire.ok(&command).await.is_ok() {
+                if self.conn.ok(&command).await.is_ok() {
                     let mut sink = BodyBuilder::discarding();
-                    self.wire.multiline(&command, limit, &mut sink).await?;
+                    self.conn.multiline(&command, limit, &mut sink).await?;
                 }
             } else {
                 self.pending.push_front((p, limit));
                 self.next(Path::new("."), 0).await?;
             }
         }
-        self.wire.queue("QUIT\r\n", "QUIT");
-        let r = self.wire.ok("QUIT").await?;
-        let _ = tokio::time::timeout(self.wire.command_timeout, self.wire.io.shutdown()).await;
+        self.conn.queue(&Pop3Command::Quit);
+        let r = self.conn.ok("QUIT").await?;
+        self.conn.shutdown().await;
         Ok(r)
     }
 
@@ -1129,8 +1208,9 @@ impl Transaction {
     /// killed right after writing QUIT leaves behind (harnesses' crash fail point). The
     /// server applies the DELEs it was sent; this side never learns whether it did.
     pub async fn quit_and_vanish(mut self) {
-        self.wire.queue("QUIT\r\n", "QUIT (then gone)");
-        let _ = self.wire.flush("QUIT").await;
+        self.conn.queue(&Pop3Command::Quit);
+        let _ = self.conn.flush_for("QUIT").await;
+        self.conn.transcript().note('C', "(gone without reading)");
     }
 
     /// QUIT for a session whose replies stopped making sense: sends QUIT without reading
@@ -1140,12 +1220,13 @@ impl Transaction {
     /// did is unknown (`Ok` only says it closed the connection after the QUIT).
     pub async fn quit_blind(mut self) -> Result<(), Pop3Error> {
         self.pending.clear();
-        self.wire
-            .queue("QUIT\r\n", "QUIT (replies no longer trusted)");
-        self.wire.flush("QUIT").await?;
-        let deadline = self.wire.data_deadline();
-        let dropped = self.wire.drain(&deadline).await?;
-        tracing::debug!(target: "popbridge::wire", account = %self.wire.account, "POP3 S: ({dropped} octets dropped, then closed)");
+        self.conn.queue(&Pop3Command::Quit);
+        self.conn.flush_for("QUIT").await?;
+        let deadline = self.conn.deadline(Setting::Data);
+        let dropped = self.conn.drain(&deadline).await?;
+        self.conn
+            .transcript()
+            .note('S', format_args!("({dropped} octets dropped, then closed)"));
         Ok(())
     }
 }

@@ -7,7 +7,9 @@
 //! ... LAST) without waiting, so several messages are on the wire at once, and
 //! [`SmtpClient::outcome`] reads their replies in order (RFC 2920, RFC 3030). A reply that
 //! never came for a transaction whose last chunk was written leaves its outcome unknown;
-//! a transaction behind a 421 was certainly not processed.
+//! a transaction behind a 421 was certainly not processed. The wire is a
+//! [`crate::conn::Connection`]; a pipelined transaction is queued whole and goes out in
+//! one write.
 //!
 //! Must never: report a message as delivered unless the server answered 2xx to the end of
 //! its data for a recipient, send a bare CR or LF in DATA, or wait without a timeout.
@@ -18,14 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use popbridge_proto::smtp::{Param, Reply, ReplyParser, SmtpCommand};
+use popbridge_proto::smtp::{
+    AddressError, EnvelopeAddress, Param, Reply, ReplyParser, SmtpCommand,
+};
 use popbridge_proto::DotStuffer;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::body::Body;
 use crate::config::{Config, SmtpTransport};
-use crate::net::{self, BoxIo, Dialer, TlsError};
+use crate::conn::{ConnError, Connection, Deadline, Setting, Timeouts, TlsTarget, Transcript};
+use crate::net::{self, BoxIo, Dialer, Io, TlsError};
 
 /// Chunk size for BDAT and for streaming DATA.
 const CHUNK: usize = 1024 * 1024;
@@ -325,13 +330,36 @@ impl<'a> Settings<'a> {
     }
 }
 
-/// One message's envelope.
+/// One message's envelope: addresses that can only be sent as one path each (no CR or
+/// LF), valid mailboxes or not (the server judges).
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    /// Reverse path (`""` for `<>`).
-    pub from: String,
+    /// Reverse path (empty for `<>`).
+    pub from: EnvelopeAddress,
     /// Recipients.
-    pub to: Vec<String>,
+    pub to: Vec<EnvelopeAddress>,
+}
+
+impl Envelope {
+    /// The envelope from `from` (`""` for `<>`) to `to`; an error names the first address
+    /// that holds a CR or LF.
+    pub fn new(from: &str, to: &[String]) -> Result<Self, AddressError> {
+        Ok(Self {
+            from: EnvelopeAddress::new(from)?,
+            to: to
+                .iter()
+                .map(|t| EnvelopeAddress::new(t.as_str()))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// `RCPT TO:<to>`.
+fn rcpt_command(to: &EnvelopeAddress) -> SmtpCommand {
+    SmtpCommand::Rcpt {
+        to: to.clone(),
+        params: vec![],
+    }
 }
 
 /// A successful submission.
@@ -343,17 +371,12 @@ pub struct Accepted {
 
 /// An SMTP session.
 pub struct SmtpClient {
-    io: BoxIo,
-    inbuf: BytesMut,
-    parser: ReplyParser,
+    conn: SmtpConnection<BoxIo>,
+    /// What the replies read so far said.
+    tally: Tally,
     /// What the server advertised.
     pub ext: Extensions,
-    protocol_errors: u32,
-    command_timeout: Duration,
-    data_timeout: Duration,
     pipelining: bool,
-    /// True when encrypted.
-    pub tls: bool,
     /// Transactions written by [`SmtpClient::submit`] whose replies are not read yet.
     flights: VecDeque<Flight>,
     /// Set once a transaction was written in this session (the next starts with RSET).
@@ -362,18 +385,9 @@ pub struct SmtpClient {
     closing: Option<Reply>,
     /// Set when a reply timed out or stopped making sense: no later reply is read.
     dead: bool,
-    /// The last reply read, when it was a refusal (4xx or 5xx).
-    last_refusal: Option<Reply>,
-    /// Replies read in this session (to tell whether a transaction got any).
-    replies: u64,
-    /// The refusal after which the server hung up (see [`SmtpError::Dropped`]).
-    dropped: Option<Reply>,
     /// Set once a transaction written ahead was refused (or an RSET was): what follows
     /// goes one at a time on this session, each waiting for its MAIL and RCPT replies.
     wary: bool,
-    /// When the last reply was read (a session idle longer than [`IDLE_PROBE`] is probed
-    /// before transactions are written ahead of its replies).
-    last_reply: tokio::time::Instant,
     /// Set when [`SmtpClient::submit`] left commands on the wire that no flight tracks
     /// (a spool failure part-way): the session ends once the flights are answered.
     spent: bool,
@@ -440,20 +454,6 @@ fn end_io(source: io::Error) -> SmtpError {
     }
 }
 
-/// One BDAT chunk on the wire (its command line and its data), and the stage whose reply
-/// it is owed.
-fn bdat_chunk(data: &[u8], last: bool) -> (BytesMut, Stage) {
-    let (head, stage) = if last {
-        (format!("BDAT {} LAST\r\n", data.len()), Stage::EndOfData)
-    } else {
-        (format!("BDAT {}\r\n", data.len()), Stage::Chunk)
-    };
-    let mut out = BytesMut::with_capacity(head.len() + data.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(data);
-    (out, stage)
-}
-
 /// The spool gave `read` octets of a message of `expected`.
 fn short_spool(read: u64, expected: u64) -> io::Error {
     io::Error::new(
@@ -479,6 +479,149 @@ fn counts_as_protocol_error(code: u16) -> bool {
     matches!(code, 500 | 501 | 503)
 }
 
+/// An SMTP connection over `S`: replies read by a [`ReplyParser`].
+pub type SmtpConnection<S> = Connection<S, ReplyParser>;
+
+/// A connection failure at `stage`.
+fn conn_error(stage: Stage, e: ConnError) -> SmtpError {
+    match e {
+        ConnError::Write(source) | ConnError::Flush(source) | ConnError::Read(source) => {
+            SmtpError::Io { stage, source }
+        }
+        ConnError::Closed => SmtpError::Io {
+            stage,
+            source: io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"),
+        },
+        ConnError::Timeout { secs, setting } => SmtpError::Timeout {
+            stage,
+            secs,
+            setting,
+        },
+        ConnError::Invalid(e) => SmtpError::Protocol {
+            stage,
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// A failure writing what ends a transaction's data: before every octet was handed to the
+/// connection the server cannot have the whole message ([`Stage::Data`]); after that, or
+/// on a timeout, it may have received it all ([`Stage::EndOfData`]: outcome unknown).
+fn whole_error(e: ConnError) -> SmtpError {
+    match e {
+        ConnError::Write(source) => data_io(source),
+        ConnError::Flush(source) => end_io(source),
+        other => conn_error(Stage::EndOfData, other),
+    }
+}
+
+/// Sends the queued commands at `stage`, within the `command` timeout.
+async fn flush<S: Io>(conn: &mut SmtpConnection<S>, stage: Stage) -> Result<(), SmtpError> {
+    let deadline = conn.deadline(Setting::Command);
+    conn.send(&deadline).await.map_err(|e| conn_error(stage, e))
+}
+
+/// What the replies read so far in a session said.
+#[derive(Debug)]
+struct Tally {
+    /// Replies counted as protocol errors (500, 501, 503).
+    protocol_errors: u32,
+    /// The last reply read, when it was a refusal (4xx or 5xx).
+    last_refusal: Option<Reply>,
+    /// Replies read in this session (to tell whether a transaction got any).
+    replies: u64,
+    /// The refusal after which the server hung up (see [`SmtpError::Dropped`]).
+    dropped: Option<Reply>,
+    /// When the last reply was read (a session idle longer than [`IDLE_PROBE`] is probed
+    /// before transactions are written ahead of its replies).
+    last_reply: tokio::time::Instant,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            protocol_errors: 0,
+            last_refusal: None,
+            replies: 0,
+            dropped: None,
+            last_reply: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The next reply on `conn`, which must be complete by `deadline` as a whole.
+    async fn read<S: Io>(
+        &mut self,
+        conn: &mut SmtpConnection<S>,
+        stage: Stage,
+        deadline: &Deadline,
+    ) -> Result<Reply, SmtpError> {
+        let r = match conn.next(deadline).await {
+            Ok(r) => r,
+            Err(ConnError::Closed) => {
+                if conn.buffered().is_empty() {
+                    // Hung up at a reply boundary: right after a refusal, a deliberate drop.
+                    self.dropped = self.dropped.take().or(self.last_refusal.clone());
+                }
+                return Err(conn_error(stage, ConnError::Closed));
+            }
+            Err(e) => return Err(conn_error(stage, e)),
+        };
+        if conn.transcript().on() {
+            conn.transcript().note('S', r.first_line());
+        }
+        self.last_reply = tokio::time::Instant::now();
+        self.replies += 1;
+        self.last_refusal = (r.code >= 400).then(|| r.clone());
+        if counts_as_protocol_error(r.code) {
+            self.protocol_errors += 1;
+        }
+        if r.code < 400 && !answers(stage, r.code) {
+            return Err(SmtpError::Protocol {
+                stage,
+                detail: format!(
+                    "{} does not answer {stage}: the replies are out of step",
+                    r.first_line()
+                ),
+            });
+        }
+        Ok(r)
+    }
+
+    /// The next reply on `conn`, complete within the `command` timeout.
+    async fn command_reply<S: Io>(
+        &mut self,
+        conn: &mut SmtpConnection<S>,
+        stage: Stage,
+    ) -> Result<Reply, SmtpError> {
+        let deadline = conn.deadline(Setting::Command);
+        self.read(conn, stage, &deadline).await
+    }
+
+    /// EHLO (HELO if refused): what the server advertised.
+    async fn hello<S: Io>(
+        &mut self,
+        conn: &mut SmtpConnection<S>,
+        helo: &str,
+    ) -> Result<Extensions, SmtpError> {
+        conn.queue(&SmtpCommand::Ehlo(helo.into()));
+        flush(conn, Stage::Hello).await?;
+        let r = self.command_reply(conn, Stage::Hello).await?;
+        if r.is_positive() {
+            return Ok(Extensions::parse(&r));
+        }
+        conn.queue(&SmtpCommand::Helo(helo.into()));
+        flush(conn, Stage::Hello).await?;
+        let r = self.command_reply(conn, Stage::Hello).await?;
+        if !r.is_positive() {
+            return Err(SmtpError::Refused {
+                stage: Stage::Hello,
+                reply: r,
+            });
+        }
+        Ok(Extensions::default())
+    }
+}
+
 impl SmtpClient {
     /// Connects, reads the greeting, says EHLO (HELO if refused), and does STARTTLS when
     /// configured (failing closed).
@@ -490,150 +633,99 @@ impl SmtpClient {
                 addr: addr.clone(),
                 source,
             })?;
-        let mut c = Self {
+        let mut plain = Connection::new(
             io,
-            inbuf: BytesMut::with_capacity(8192),
-            parser: ReplyParser::new(),
-            ext: Extensions::default(),
-            protocol_errors: 0,
-            command_timeout: s.command_timeout,
-            data_timeout: s.data_timeout,
-            pipelining: s.pipelining,
-            tls: false,
-            flights: VecDeque::new(),
-            began: false,
-            closing: None,
-            dead: false,
-            spent: false,
-            wary: false,
-            last_refusal: None,
-            replies: 0,
-            dropped: None,
-            last_reply: tokio::time::Instant::now(),
-        };
-        let greeting = c.reply(Stage::Greeting).await?;
+            ReplyParser::new(),
+            Timeouts {
+                command: s.command_timeout,
+                data: s.data_timeout,
+            },
+            Transcript::smtp(),
+        );
+        let mut tally = Tally::new();
+        let greeting = tally.command_reply(&mut plain, Stage::Greeting).await?;
         if !greeting.is_positive() {
             return Err(SmtpError::Refused {
                 stage: Stage::Greeting,
                 reply: greeting,
             });
         }
-        c.hello(s.helo).await?;
-        if let Some(cfg) = &s.starttls {
-            if !c.ext.starttls {
-                return Err(SmtpError::StartTlsUnavailable(format!(
-                    "{addr} does not offer it"
-                )));
+        let ext = tally.hello(&mut plain, s.helo).await?;
+        let (conn, ext) = match &s.starttls {
+            None => (plain, ext),
+            Some(config) => {
+                if !ext.starttls {
+                    return Err(SmtpError::StartTlsUnavailable(format!(
+                        "{addr} does not offer it"
+                    )));
+                }
+                plain.queue(&SmtpCommand::StartTls);
+                flush(&mut plain, Stage::StartTls).await?;
+                let r = tally.command_reply(&mut plain, Stage::StartTls).await?;
+                if r.code != 220 {
+                    return Err(SmtpError::StartTlsUnavailable(format!(
+                        "the server answered {}",
+                        r.first_line()
+                    )));
+                }
+                let target = TlsTarget {
+                    config: config.clone(),
+                    server_name: s.host,
+                    host: s.host,
+                    port: s.port,
+                    limit: s.connect_timeout,
+                };
+                let mut tls = plain.start_tls(&target).await?;
+                let ext = tally.hello(&mut tls, s.helo).await?;
+                (tls.settle(), ext)
             }
-            c.write(b"STARTTLS\r\n", "STARTTLS", Stage::StartTls)
-                .await?;
-            let r = c.reply(Stage::StartTls).await?;
-            if r.code != 220 {
-                return Err(SmtpError::StartTlsUnavailable(format!(
-                    "the server answered {}",
-                    r.first_line()
-                )));
-            }
-            c.inbuf.clear();
-            c.parser = ReplyParser::new();
-            let io = std::mem::replace(&mut c.io, Box::new(tokio::io::duplex(1).0));
-            c.io =
-                net::handshake(cfg.clone(), s.host, s.host, s.port, io, s.connect_timeout).await?;
-            c.tls = true;
-            c.hello(s.helo).await?;
-        }
-        Ok(c)
+        };
+        Ok(Self {
+            conn,
+            tally,
+            ext,
+            pipelining: s.pipelining,
+            flights: VecDeque::new(),
+            began: false,
+            closing: None,
+            dead: false,
+            spent: false,
+            wary: false,
+        })
     }
 
-    async fn hello(&mut self, helo: &str) -> Result<(), SmtpError> {
-        let line = SmtpCommand::Ehlo(helo.into()).to_string();
-        self.write(line.as_bytes(), line.trim_end(), Stage::Hello)
-            .await?;
-        let r = self.reply(Stage::Hello).await?;
-        if r.is_positive() {
-            self.ext = Extensions::parse(&r);
-            return Ok(());
-        }
-        let line = SmtpCommand::Helo(helo.into()).to_string();
-        self.write(line.as_bytes(), line.trim_end(), Stage::Hello)
-            .await?;
-        let r = self.reply(Stage::Hello).await?;
-        if !r.is_positive() {
-            return Err(SmtpError::Refused {
-                stage: Stage::Hello,
-                reply: r,
-            });
-        }
-        self.ext = Extensions::default();
-        Ok(())
+    /// True when the session is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.conn.is_tls()
     }
 
     /// Replies this session counted as protocol errors (500, 501, 503).
     pub fn protocol_errors(&self) -> u32 {
-        self.protocol_errors
+        self.tally.protocol_errors
     }
 
-    async fn write(&mut self, data: &[u8], shown: &str, stage: Stage) -> Result<(), SmtpError> {
-        for l in shown.lines() {
-            tracing::debug!(target: "popbridge::wire", "SMTP C: {l}");
-        }
-        let t = self.command_timeout;
-        let w = async {
-            self.io.write_all(data).await?;
-            self.io.flush().await
-        };
-        tokio::time::timeout(t, w)
-            .await
-            .map_err(|_| SmtpError::Timeout {
-                stage,
-                secs: t.as_secs(),
-                setting: "command",
-            })?
-            .map_err(|source| SmtpError::Io { stage, source })
+    /// Sends the queued commands at `stage`, within the `command` timeout.
+    async fn write(&mut self, stage: Stage) -> Result<(), SmtpError> {
+        flush(&mut self.conn, stage).await
     }
 
-    /// Writes what ends a transaction's data. Until every octet is handed to the
-    /// connection the server cannot have the whole message (a failure is at
-    /// [`Stage::Data`]); a failure after that, or a timeout, may come after the server
-    /// received it all ([`Stage::EndOfData`]: outcome unknown).
-    async fn write_whole(&mut self, data: &[u8], shown: &str) -> Result<(), SmtpError> {
-        for l in shown.lines() {
-            tracing::debug!(target: "popbridge::wire", "SMTP C: {l}");
-        }
-        let t = self.command_timeout;
-        let timeout = SmtpError::Timeout {
-            stage: Stage::EndOfData,
-            secs: t.as_secs(),
-            setting: "command",
-        };
-        let deadline = tokio::time::Instant::now() + t;
-        tokio::time::timeout_at(deadline, self.io.write_all(data))
-            .await
-            .map_err(|_| timeout)?
-            .map_err(data_io)?;
-        let timeout = SmtpError::Timeout {
-            stage: Stage::EndOfData,
-            secs: t.as_secs(),
-            setting: "command",
-        };
-        tokio::time::timeout_at(deadline, self.io.flush())
-            .await
-            .map_err(|_| timeout)?
-            .map_err(end_io)
+    /// Sends the queued commands and data that end a transaction, within the `command`
+    /// timeout (see [`whole_error`] for what a failure means).
+    async fn write_whole(&mut self) -> Result<(), SmtpError> {
+        let deadline = self.conn.deadline(Setting::Command);
+        self.conn.send(&deadline).await.map_err(whole_error)
     }
 
     /// The next reply, complete within the `command` timeout.
     async fn reply(&mut self, stage: Stage) -> Result<Reply, SmtpError> {
-        let limit = self.command_timeout;
-        self.reply_within(stage, limit, "command").await
+        self.tally.command_reply(&mut self.conn, stage).await
     }
 
     /// The reply to the end of a message's data, complete within the `data` timeout (RFC
     /// 5321 asks a client to wait ten minutes for it: content filters run before it).
     async fn final_reply(&mut self) -> Result<Reply, SmtpError> {
-        let limit = self.data_timeout;
-        let r = self.reply_within(Stage::EndOfData, limit, "data").await?;
-        if !self.inbuf.is_empty() {
+        let r = self.reply_within(Stage::EndOfData, Setting::Data).await?;
+        if !self.conn.buffered().is_empty() {
             // Nothing was asked after the end of the data: more bytes mean the replies are
             // out of step, and this one may answer something else.
             return Err(SmtpError::Protocol {
@@ -644,66 +736,10 @@ impl SmtpClient {
         Ok(r)
     }
 
-    /// The next reply, which must be complete within `limit` as a whole.
-    async fn reply_within(
-        &mut self,
-        stage: Stage,
-        limit: Duration,
-        setting: &'static str,
-    ) -> Result<Reply, SmtpError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            match self.parser.parse(&mut self.inbuf) {
-                Ok(Some(r)) => {
-                    tracing::debug!(target: "popbridge::wire", "SMTP S: {}", r.first_line());
-                    self.last_reply = tokio::time::Instant::now();
-                    self.replies += 1;
-                    self.last_refusal = (r.code >= 400).then(|| r.clone());
-                    if counts_as_protocol_error(r.code) {
-                        self.protocol_errors += 1;
-                    }
-                    if r.code < 400 && !answers(stage, r.code) {
-                        return Err(SmtpError::Protocol {
-                            stage,
-                            detail: format!(
-                                "{} does not answer {stage}: the replies are out of step",
-                                r.first_line()
-                            ),
-                        });
-                    }
-                    return Ok(r);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(SmtpError::Protocol {
-                        stage,
-                        detail: e.to_string(),
-                    })
-                }
-            }
-            self.inbuf.reserve(8192);
-            let n = tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.inbuf))
-                .await
-                .map_err(|_| SmtpError::Timeout {
-                    stage,
-                    secs: limit.as_secs(),
-                    setting,
-                })?
-                .map_err(|source| SmtpError::Io { stage, source })?;
-            if n == 0 {
-                if self.inbuf.is_empty() {
-                    // Hung up at a reply boundary: right after a refusal, a deliberate drop.
-                    self.dropped = self.dropped.take().or(self.last_refusal.clone());
-                }
-                return Err(SmtpError::Io {
-                    stage,
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "server closed the connection",
-                    ),
-                });
-            }
-        }
+    /// The next reply, which must be complete within `setting`'s timeout as a whole.
+    async fn reply_within(&mut self, stage: Stage, setting: Setting) -> Result<Reply, SmtpError> {
+        let deadline = self.conn.deadline(setting);
+        self.tally.read(&mut self.conn, stage, &deadline).await
     }
 
     /// Submits one message: `prefix` (a trace header) then `body`. Succeeds only on 2xx at the
@@ -714,17 +750,18 @@ impl SmtpClient {
         prefix: &[u8],
         body: &Body,
     ) -> Result<Accepted, SmtpError> {
-        let (mail, rcpts) = self.envelope_lines(env, prefix, body);
+        let mail = self.mail_command(env, prefix, body);
         if self.pipelining && self.ext.pipelining {
             // MAIL and RCPT together; DATA only once they are known to be accepted, so a
             // refused sender costs at most one protocol error per recipient plus one.
-            let mut batch = mail.clone();
-            rcpts.iter().for_each(|r| batch.push_str(r));
-            self.write(batch.as_bytes(), batch.trim_end(), Stage::Mail)
-                .await?;
+            self.conn.queue(&mail);
+            env.to
+                .iter()
+                .for_each(|t| self.conn.queue(&rcpt_command(t)));
+            self.write(Stage::Mail).await?;
             let m = self.reply(Stage::Mail).await?;
             let mut refused = None;
-            for _ in &rcpts {
+            for _ in &env.to {
                 let r = self.reply(Stage::Rcpt).await?;
                 if !r.is_positive() && refused.is_none() {
                     refused = Some(r);
@@ -744,8 +781,8 @@ impl SmtpClient {
                 });
             }
         } else {
-            self.write(mail.as_bytes(), mail.trim_end(), Stage::Mail)
-                .await?;
+            self.conn.queue(&mail);
+            self.write(Stage::Mail).await?;
             let m = self.reply(Stage::Mail).await?;
             if !m.is_positive() {
                 return Err(SmtpError::Refused {
@@ -753,8 +790,9 @@ impl SmtpClient {
                     reply: m,
                 });
             }
-            for r in &rcpts {
-                self.write(r.as_bytes(), r.trim_end(), Stage::Rcpt).await?;
+            for t in &env.to {
+                self.conn.queue(&rcpt_command(t));
+                self.write(Stage::Rcpt).await?;
                 let reply = self.reply(Stage::Rcpt).await?;
                 if !reply.is_positive() {
                     self.rset().await?;
@@ -781,7 +819,8 @@ impl SmtpClient {
     }
 
     async fn data(&mut self, prefix: &[u8], body: &Body) -> Result<Reply, SmtpError> {
-        self.write(b"DATA\r\n", "DATA", Stage::Data).await?;
+        self.conn.queue(&SmtpCommand::Data);
+        self.write(Stage::Data).await?;
         let r = self.reply(Stage::Data).await?;
         if r.code != 354 {
             // The transaction is still open on the server: end it, or the next MAIL meets
@@ -793,9 +832,19 @@ impl SmtpClient {
             });
         }
         tracing::debug!(target: "popbridge::wire", "SMTP C: (message, {} octets)", prefix.len() as u64 + body.len());
-        let deadline = self.data_timeout;
+        let deadline = self.conn.deadline(Setting::Data);
+        // The spool's reads count against the deadline too.
+        let limit = self.conn.timeouts().data;
         // Until the end marker is written, the server cannot have the message: a failure
         // before it (the spool read short, the connection broke) is a known refusal.
+        let before_end = |e| match e {
+            ConnError::Write(source) => data_io(source),
+            other => conn_error(Stage::EndOfData, other),
+        };
+        let at_end = |e| match e {
+            ConnError::Write(source) | ConnError::Flush(source) => end_io(source),
+            other => conn_error(Stage::EndOfData, other),
+        };
         let send = async {
             let mut stuffer = DotStuffer::new(true);
             let mut out = BytesMut::with_capacity(CHUNK + CHUNK / 16);
@@ -811,7 +860,10 @@ impl SmtpClient {
                 read += n as u64;
                 stuffer.stuff(&buf[..n], &mut out);
                 if out.len() >= CHUNK {
-                    self.io.write_all(&out).await.map_err(data_io)?;
+                    self.conn
+                        .write_data(&out, &deadline)
+                        .await
+                        .map_err(before_end)?;
                     out.clear();
                 }
             }
@@ -820,17 +872,35 @@ impl SmtpClient {
             }
             // The end marker goes out with the last data: one write, no delayed-ACK stall.
             stuffer.finish(&mut out);
-            self.io.write_all(&out).await.map_err(end_io)?;
-            self.io.flush().await.map_err(end_io)
+            self.conn
+                .write_data(&out, &deadline)
+                .await
+                .map_err(at_end)?;
+            self.conn.flush(&deadline).await.map_err(at_end)
         };
-        tokio::time::timeout(deadline, send)
+        tokio::time::timeout(limit, send)
             .await
             .map_err(|_| SmtpError::Timeout {
                 stage: Stage::EndOfData,
-                secs: deadline.as_secs(),
+                secs: limit.as_secs(),
                 setting: "data",
             })??;
         self.final_reply().await
+    }
+
+    /// Queues one BDAT chunk, its command line then its data; returns the stage whose
+    /// reply it is owed.
+    fn queue_chunk(&mut self, data: &[u8], last: bool) -> Stage {
+        self.conn.queue(&SmtpCommand::Bdat {
+            size: data.len() as u64,
+            last,
+        });
+        self.conn.queue_data(data);
+        if last {
+            Stage::EndOfData
+        } else {
+            Stage::Chunk
+        }
     }
 
     async fn bdat(&mut self, prefix: &[u8], body: &Body) -> Result<Reply, SmtpError> {
@@ -838,11 +908,13 @@ impl SmtpClient {
         tracing::debug!(target: "popbridge::wire", "SMTP C: BDAT (message, {total} octets)");
         if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
             // Small message: command and data in one write.
-            let mut out = BytesMut::with_capacity(total as usize + 32);
-            out.extend_from_slice(format!("BDAT {total} LAST\r\n").as_bytes());
-            out.extend_from_slice(prefix);
-            out.extend_from_slice(bytes);
-            self.write(&out, "", Stage::EndOfData).await?;
+            self.conn.queue(&SmtpCommand::Bdat {
+                size: total,
+                last: true,
+            });
+            self.conn.queue_data(prefix);
+            self.conn.queue_data(bytes);
+            self.write(Stage::EndOfData).await?;
             return self.final_reply().await;
         }
         let mut reader = body.reader().await.map_err(SmtpError::Spool)?;
@@ -868,8 +940,8 @@ impl SmtpClient {
                 return Err(SmtpError::Spool(short_spool(read, body.len())));
             }
             let last = sent + pending.len() as u64 >= total;
-            let (out, stage) = bdat_chunk(&pending, last);
-            self.write(&out, "", stage).await?;
+            let stage = self.queue_chunk(&pending, last);
+            self.write(stage).await?;
             sent += pending.len() as u64;
             pending.clear();
             if last {
@@ -887,9 +959,8 @@ impl SmtpClient {
         }
     }
 
-    /// The MAIL line (with SIZE, BODY=8BITMIME and SMTPUTF8 as the server allows) and one
-    /// RCPT line per recipient.
-    fn envelope_lines(&self, env: &Envelope, prefix: &[u8], body: &Body) -> (String, Vec<String>) {
+    /// MAIL (with SIZE, BODY=8BITMIME and SMTPUTF8 as the server allows).
+    fn mail_command(&self, env: &Envelope, prefix: &[u8], body: &Body) -> SmtpCommand {
         let size = prefix.len() as u64 + body.len();
         let mut params = Vec::new();
         if self.ext.size.is_some() {
@@ -902,23 +973,23 @@ impl SmtpClient {
         if utf8 && self.ext.smtputf8 {
             params.push(Param::flag("SMTPUTF8"));
         }
-        let mail = SmtpCommand::Mail {
+        SmtpCommand::Mail {
             from: env.from.clone(),
             params,
         }
-        .to_string();
-        let rcpts = env
-            .to
+    }
+
+    /// Queues a transaction's envelope: RSET first when `rset`, MAIL, one RCPT per
+    /// recipient.
+    fn queue_envelope(&mut self, rset: bool, env: &Envelope, prefix: &[u8], body: &Body) {
+        if rset {
+            self.conn.queue(&SmtpCommand::Rset);
+        }
+        let mail = self.mail_command(env, prefix, body);
+        self.conn.queue(&mail);
+        env.to
             .iter()
-            .map(|t| {
-                SmtpCommand::Rcpt {
-                    to: t.clone(),
-                    params: vec![],
-                }
-                .to_string()
-            })
-            .collect();
-        (mail, rcpts)
+            .for_each(|t| self.conn.queue(&rcpt_command(t)));
     }
 
     /// True when transactions may be written ahead of their replies: the server offers
@@ -930,7 +1001,7 @@ impl SmtpClient {
             && !self.spent
             && !self.dead
             && self.closing.is_none()
-            && self.dropped.is_none()
+            && self.tally.dropped.is_none()
     }
 
     /// [`SmtpClient::can_pipeline`] for `body`: with CHUNKING any message; with DATA one
@@ -948,7 +1019,7 @@ impl SmtpClient {
     /// False once the session cannot take another transaction: the server closed it
     /// (421), a reply timed out or stopped making sense, or a submission broke off.
     pub fn is_usable(&self) -> bool {
-        !self.spent && !self.dead && self.closing.is_none() && self.dropped.is_none()
+        !self.spent && !self.dead && self.closing.is_none() && self.tally.dropped.is_none()
     }
 
     /// Writes one whole transaction for a single recipient without waiting for a reply:
@@ -964,10 +1035,11 @@ impl SmtpClient {
         prefix: &[u8],
         body: &Body,
     ) -> Result<(), SmtpError> {
-        if self.flights.is_empty() && self.last_reply.elapsed() >= IDLE_PROBE {
+        if self.flights.is_empty() && self.tally.last_reply.elapsed() >= IDLE_PROBE {
             // A session idle for a while may have been closed by the server: find out with
             // an RSET first, so that a dead session costs a retry, not an unknown outcome.
-            self.write(b"RSET\r\n", "RSET", Stage::Mail).await?;
+            self.conn.queue(&SmtpCommand::Rset);
+            self.write(Stage::Mail).await?;
             let r = self.reply(Stage::Mail).await?;
             if r.code == 421 {
                 self.closing = Some(r.clone());
@@ -981,19 +1053,13 @@ impl SmtpClient {
         if !self.ext.chunking {
             return self.submit_data(env, prefix, body).await;
         }
-        let (mail, rcpts) = self.envelope_lines(env, prefix, body);
         let rset = self.began;
         self.began = true;
-        let mut head = String::with_capacity(64 + mail.len());
-        if rset {
-            head.push_str("RSET\r\n");
-        }
-        head.push_str(&mail);
-        rcpts.iter().for_each(|r| head.push_str(r));
+        self.queue_envelope(rset, env, prefix, body);
         let total = prefix.len() as u64 + body.len();
         let mut flight = Flight {
             rset,
-            rcpts: rcpts.len(),
+            rcpts: env.to.len(),
             chunks: 0,
             by_data: false,
             data: None,
@@ -1001,13 +1067,13 @@ impl SmtpClient {
         };
         if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
             // The usual case: the whole transaction in one write.
-            let shown = format!("{}\nBDAT {total} LAST (message)", head.trim_end());
-            let mut out = BytesMut::with_capacity(head.len() + total as usize + 32);
-            out.extend_from_slice(head.as_bytes());
-            out.extend_from_slice(format!("BDAT {total} LAST\r\n").as_bytes());
-            out.extend_from_slice(prefix);
-            out.extend_from_slice(bytes);
-            if let Err(e) = self.write_whole(&out, &shown).await {
+            self.conn.queue(&SmtpCommand::Bdat {
+                size: total,
+                last: true,
+            });
+            self.conn.queue_data(prefix);
+            self.conn.queue_data(bytes);
+            if let Err(e) = self.write_whole().await {
                 self.spent = true;
                 return Err(e);
             }
@@ -1015,10 +1081,7 @@ impl SmtpClient {
             self.flights.push_back(flight);
             return Ok(());
         }
-        if let Err(e) = self
-            .write(head.as_bytes(), head.trim_end(), Stage::Mail)
-            .await
-        {
+        if let Err(e) = self.write(Stage::Mail).await {
             self.spent = true;
             return Err(e);
         }
@@ -1052,12 +1115,12 @@ impl SmtpClient {
                 return Err(SmtpError::Spool(short_spool(read, body.len())));
             }
             let last = sent + pending.len() as u64 >= total;
-            let (out, stage) = bdat_chunk(&pending, last);
+            let stage = self.queue_chunk(&pending, last);
             flight.chunks += 1;
             let written = if last {
-                self.write_whole(&out, "").await
+                self.write_whole().await
             } else {
-                self.write(&out, "", stage).await
+                self.write(stage).await
             };
             if let Err(e) = written {
                 self.spent = true;
@@ -1090,13 +1153,15 @@ impl SmtpClient {
 
     /// [`SmtpError::Dropped`] once the server hung up right after a refusal.
     fn hung_up_before(&self) -> Option<SmtpError> {
-        (self.dropped.clone()).map(|reply| SmtpError::Dropped { reply })
+        (self.tally.dropped.clone()).map(|reply| SmtpError::Dropped { reply })
     }
 
     /// True when `e`, a read failure, is that hang-up and came before any reply since
     /// `before` (so the transaction being read got none).
     fn hung_up(&self, e: &SmtpError, before: u64) -> bool {
-        matches!(e, SmtpError::Io { .. }) && self.replies == before && self.dropped.is_some()
+        matches!(e, SmtpError::Io { .. })
+            && self.tally.replies == before
+            && self.tally.dropped.is_some()
     }
 
     /// Reads the replies of the oldest transaction written by [`SmtpClient::submit`]: `Ok`
@@ -1120,7 +1185,7 @@ impl SmtpClient {
         {
             return Err(e);
         }
-        let before = self.replies;
+        let before = self.tally.replies;
         let r = self.read_flight(f).await;
         match r {
             Err(e) if self.hung_up(&e, before) => Err(self.hung_up_before().unwrap_or(e)),
@@ -1150,16 +1215,7 @@ impl SmtpClient {
                 "a spooled message is not written ahead of its replies",
             )));
         };
-        let (mail, rcpts) = self.envelope_lines(env, prefix, body);
         let rset = self.began;
-        self.began = true;
-        let mut head = String::with_capacity(64 + mail.len());
-        if rset {
-            head.push_str("RSET\r\n");
-        }
-        head.push_str(&mail);
-        rcpts.iter().for_each(|r| head.push_str(r));
-        head.push_str("DATA\r\n");
         let mut stuffer = DotStuffer::new(true);
         let mut data =
             BytesMut::with_capacity(prefix.len() + bytes.len() + bytes.len() / 32 + 8 + NEXT_ROOM);
@@ -1170,21 +1226,22 @@ impl SmtpClient {
         // the server reads both at once and answers them in one write: a server that
         // answered the message alone would hold the next replies until this end
         // acknowledged the first (Nagle's algorithm against a delayed ACK: 40 ms).
-        if !self.advance(&head).await {
+        self.queue_envelope(rset, env, prefix, body);
+        self.conn.queue(&SmtpCommand::Data);
+        if !self.advance().await {
             if let Some(e) = self.ended(Stage::Mail) {
+                self.conn.discard_queued();
                 return Err(e);
             }
-            if let Err(e) = self
-                .write(head.as_bytes(), head.trim_end(), Stage::Mail)
-                .await
-            {
+            if let Err(e) = self.write(Stage::Mail).await {
                 self.spent = true;
                 return Err(e);
             }
         }
+        self.began = true;
         self.flights.push_back(Flight {
             rset,
-            rcpts: rcpts.len(),
+            rcpts: env.to.len(),
             chunks: 0,
             by_data: true,
             data: Some(data),
@@ -1195,9 +1252,9 @@ impl SmtpClient {
 
     /// Reads what is owed before the newest DATA transaction's 354 (the final replies of
     /// those before it), then its MAIL, RCPT and DATA replies, and sends its message with
-    /// `next` (the next transaction's commands) behind it. Outcomes read here wait in
-    /// their flights. True when `next` went out.
-    async fn advance(&mut self, next: &str) -> bool {
+    /// the queued commands (the next transaction's) behind it. Outcomes read here wait in
+    /// their flights. True when the queued commands went out.
+    async fn advance(&mut self) -> bool {
         let Some(last) = self.flights.len().checked_sub(1) else {
             return false;
         };
@@ -1212,7 +1269,7 @@ impl SmtpClient {
         }
         let f = &mut self.flights[last];
         let (rset, rcpts, data) = (f.rset, f.rcpts, f.data.take());
-        match self.data_go(rset, rcpts, data, next).await {
+        match self.data_go(rset, rcpts, data).await {
             Ok(()) => true,
             Err(e) => {
                 self.flights[last].result = Some(Err(e));
@@ -1228,7 +1285,7 @@ impl SmtpClient {
         }
         if let Some(data) = f.data.take() {
             // No message came after it: its 354 is read now.
-            self.data_go(f.rset, f.rcpts, Some(data), "").await?;
+            self.data_go(f.rset, f.rcpts, Some(data)).await?;
         }
         self.data_final().await
     }
@@ -1242,7 +1299,6 @@ impl SmtpClient {
         rset: bool,
         rcpts: usize,
         data: Option<BytesMut>,
-        next: &str,
     ) -> Result<(), SmtpError> {
         if let Some(e) = self.ended(Stage::Mail) {
             return Err(e);
@@ -1289,47 +1345,17 @@ impl SmtpClient {
         }
         let data = data.unwrap_or_default();
         tracing::debug!(target: "popbridge::wire", "SMTP C: (message, {} octets on the wire)", data.len());
-        if let Err(e) = self.write_data_then(data, next).await {
+        // The queued commands (the next transaction's, if any) go out behind it.
+        let deadline = self.conn.deadline(Setting::Command);
+        if let Err((e, whole)) = self.conn.send_after(data, &deadline).await {
             self.dead = true;
-            return Err(e);
+            return Err(match e {
+                // Every octet of the message was handed over: the server may have it.
+                ConnError::Write(source) if whole => end_io(source),
+                e => whole_error(e),
+            });
         }
         Ok(())
-    }
-
-    /// Writes a message's data (its end marker included), then `next` in the same write.
-    /// Until every octet of the data is handed to the connection the server cannot have
-    /// the whole message (a failure is at [`Stage::Data`]); after that, or on a timeout,
-    /// it may have ([`Stage::EndOfData`]: outcome unknown).
-    async fn write_data_then(&mut self, mut data: BytesMut, next: &str) -> Result<(), SmtpError> {
-        for l in next.lines() {
-            tracing::debug!(target: "popbridge::wire", "SMTP C: {l}");
-        }
-        let end = data.len();
-        data.extend_from_slice(next.as_bytes());
-        let t = self.command_timeout;
-        let deadline = tokio::time::Instant::now() + t;
-        let timeout = || SmtpError::Timeout {
-            stage: Stage::EndOfData,
-            secs: t.as_secs(),
-            setting: "command",
-        };
-        let mut written = 0;
-        while written < data.len() {
-            let n = match tokio::time::timeout_at(deadline, self.io.write(&data[written..])).await {
-                Err(_) => return Err(timeout()),
-                Ok(Ok(0)) => Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(r) => r,
-            };
-            match n {
-                Ok(n) => written += n,
-                Err(e) if written < end => return Err(data_io(e)),
-                Err(e) => return Err(end_io(e)),
-            }
-        }
-        tokio::time::timeout_at(deadline, self.io.flush())
-            .await
-            .map_err(|_| timeout())?
-            .map_err(end_io)
     }
 
     /// The final reply of the oldest DATA transaction whose message went out.
@@ -1341,9 +1367,8 @@ impl SmtpClient {
             return Err(e);
         }
         let stage = Stage::EndOfData;
-        let limit = self.data_timeout;
-        let before = self.replies;
-        let r = match self.reply_within(stage, limit, "data").await {
+        let before = self.tally.replies;
+        let r = match self.reply_within(stage, Setting::Data).await {
             Ok(r) => r,
             Err(e) if self.hung_up(&e, before) => {
                 return Err(self.hung_up_before().unwrap_or(e));
@@ -1360,7 +1385,7 @@ impl SmtpClient {
             return Err(SmtpError::Refused { stage, reply: r });
         }
         let owed = self.flights.iter().any(|f| f.result.is_none());
-        if !owed && !self.inbuf.is_empty() {
+        if !owed && !self.conn.buffered().is_empty() {
             self.dead = true;
             return Err(SmtpError::Protocol {
                 stage,
@@ -1413,9 +1438,8 @@ impl SmtpClient {
             self.wary = true;
         }
         let stage = Stage::EndOfData;
-        let limit = self.data_timeout;
         let r = self
-            .reply_within(stage, limit, "data")
+            .reply_within(stage, Setting::Data)
             .await
             .map_err(at_end)?;
         if r.code == 421 {
@@ -1437,7 +1461,7 @@ impl SmtpClient {
                 ),
             });
         }
-        if self.flights.is_empty() && !self.inbuf.is_empty() {
+        if self.flights.is_empty() && !self.conn.buffered().is_empty() {
             return Err(SmtpError::Protocol {
                 stage,
                 detail: "more data after the final reply: the replies are out of step".into(),
@@ -1448,16 +1472,18 @@ impl SmtpClient {
 
     /// RSET, ignoring a refusal (the next MAIL will tell).
     pub async fn rset(&mut self) -> Result<(), SmtpError> {
-        self.write(b"RSET\r\n", "RSET", Stage::Mail).await?;
+        self.conn.queue(&SmtpCommand::Rset);
+        self.write(Stage::Mail).await?;
         self.reply(Stage::Mail).await.map(|_| ())
     }
 
     /// QUIT and close; errors (and the reply) are irrelevant at this point.
     pub async fn quit(mut self) {
-        if self.write(b"QUIT\r\n", "QUIT", Stage::Hello).await.is_ok() {
+        self.conn.queue(&SmtpCommand::Quit);
+        if self.write(Stage::Hello).await.is_ok() {
             let _ = self.reply(Stage::Hello).await;
         }
-        let _ = tokio::time::timeout(self.command_timeout, self.io.shutdown()).await;
+        self.conn.shutdown().await;
     }
 }
 
@@ -1472,7 +1498,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
     use super::*;
-    use crate::net::MemoryDialer;
+    use crate::net::{BoxIo, MemoryDialer};
 
     const EHLO: &str = "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 1000000\r\n";
 
@@ -1521,10 +1547,11 @@ mod tests {
     }
 
     fn envelope(n: usize) -> Envelope {
-        Envelope {
-            from: format!("sender{n}@example.net"),
-            to: vec!["info@contoso.test".into()],
-        }
+        Envelope::new(
+            &format!("sender{n}@example.net"),
+            &["info@contoso.test".into()],
+        )
+        .unwrap()
     }
 
     fn body(n: usize) -> Body {
@@ -1729,10 +1756,7 @@ mod tests {
         let serve = tokio::spawn(data_server(server));
         let envs = [
             envelope(0),
-            Envelope {
-                from: "refused@example.net".into(),
-                to: vec!["info@contoso.test".into()],
-            },
+            Envelope::new("refused@example.net", &["info@contoso.test".into()]).unwrap(),
             envelope(2),
         ];
         for (n, env) in envs.iter().enumerate() {

@@ -466,8 +466,8 @@ where
                 self.helo = Some(d);
                 self.send(&r);
             }
-            SmtpCommand::Mail { from, params } => self.mail(from, params),
-            SmtpCommand::Rcpt { to, .. } => self.rcpt(to).await?,
+            SmtpCommand::Mail { from, params } => self.mail(from.into(), params),
+            SmtpCommand::Rcpt { to, .. } => self.rcpt(to.into()).await?,
             SmtpCommand::Data => return self.data().await,
             SmtpCommand::Bdat { size, last } => return self.bdat(size, last).await,
             SmtpCommand::Rset => {

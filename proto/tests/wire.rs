@@ -8,9 +8,12 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 
 use bytes::BytesMut;
-use popbridge_proto::pop3::{self, Pop3Command, Pop3Reply, Pop3Response, RespCode, Status};
+use popbridge_proto::pop3::{
+    self, Pop3Command, Pop3Reply, Pop3Response, RespCode, SaslResponse, Status,
+};
 use popbridge_proto::smtp::{
-    self, EnhancedCode, Mailbox, Param, Path, Reply, ReplyError, ReplyParser, Severity, SmtpCommand,
+    self, EnhancedCode, EnvelopeAddress, Mailbox, Param, Path, Reply, ReplyError, ReplyParser,
+    Severity, SmtpCommand,
 };
 use popbridge_proto::{DotDecoder, DotError, DotStuffer, LineDecoder, LineError};
 
@@ -198,6 +201,54 @@ fn pop3_session_as_the_server_reads_it() {
     assert_eq!(canonical, 12);
     // The password never reaches Debug output.
     assert!(!format!("{cmds:?}").contains("x y"));
+}
+
+#[test]
+fn pop3_sasl_exchange_as_the_server_reads_it() {
+    // What the client writes for AUTH LOGIN, then a cancelled AUTH CRAM-MD5.
+    let lines = [
+        Pop3Command::Auth {
+            mechanism: "LOGIN".into(),
+            initial: None,
+        }
+        .to_string(),
+        SaslResponse::described(b"bob", "(username)").to_string(),
+        SaslResponse::secret(b"x y\r\nDELE 1").to_string(),
+        Pop3Command::Auth {
+            mechanism: "CRAM-MD5".into(),
+            initial: None,
+        }
+        .to_string(),
+        SaslResponse::cancel().to_string(),
+        SaslResponse::empty().to_string(),
+    ];
+    let session = lines.concat();
+    let read = |parts: &[&[u8]]| {
+        let mut framing = LineDecoder::new(pop3::MAX_SASL_LINE);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for part in parts {
+            buf.extend_from_slice(part);
+            while let Some(line) = framing.next_line(&mut buf).unwrap() {
+                got.push(line.to_vec());
+            }
+        }
+        got
+    };
+    let got = same_for_every_chunking(session.as_bytes(), read);
+    // One line each: a response never carries a line end of its own.
+    assert_eq!(got.len(), 6);
+    assert!(matches!(
+        Pop3Command::parse(&got[0]),
+        Ok(Pop3Command::Auth { .. })
+    ));
+    let password = SaslResponse::parse(&got[2]).unwrap();
+    assert_eq!(password, SaslResponse::secret(b"x y\r\nDELE 1"));
+    assert_eq!(password.redacted(), "***");
+    assert!(!format!("{password:?}").contains(password.base64().unwrap()));
+    assert_eq!(SaslResponse::parse(&got[1]).unwrap().base64(), Some("Ym9i"));
+    assert!(SaslResponse::parse(&got[4]).unwrap().is_cancel());
+    assert_eq!(SaslResponse::parse(&got[5]).unwrap().base64(), Some(""));
 }
 
 #[test]
@@ -592,11 +643,11 @@ fn smtp_pipelined_commands_and_data_as_the_server_reads_them() {
     let expected = vec![
         SmtpEvent::Command(Ok(SmtpCommand::Ehlo("a".into()))),
         SmtpEvent::Command(Ok(SmtpCommand::Mail {
-            from: "a@b.example".into(),
+            from: EnvelopeAddress::new("a@b.example").unwrap(),
             params: vec![Param::new("SIZE", "10")],
         })),
         SmtpEvent::Command(Ok(SmtpCommand::Rcpt {
-            to: "c@d.example".into(),
+            to: EnvelopeAddress::new("c@d.example").unwrap(),
             params: vec![],
         })),
         SmtpEvent::Command(Ok(SmtpCommand::Data)),
@@ -997,6 +1048,29 @@ fn generated_hostile_lines_never_panic_and_commands_round_trip() {
         parsed > 100,
         "the generator reaches valid commands ({parsed})"
     );
+}
+
+#[test]
+fn smtp_envelope_addresses_cannot_carry_a_line_end() {
+    // A header's CR LF can never become a second command: the address is refused whole.
+    let smuggled = "a@b.example>\r\nRCPT TO:<victim@c.example";
+    assert!(EnvelopeAddress::new(smuggled).is_err());
+    // What can be built is one line that reads back as the same command.
+    let odd = EnvelopeAddress::new("a..b@example.net").unwrap();
+    let mail = SmtpCommand::Mail {
+        from: odd.clone(),
+        params: vec![],
+    };
+    let wire = mail.to_string();
+    assert_eq!(wire, "MAIL FROM:<a..b@example.net>\r\n");
+    let (events, rest) = same_for_every_chunking(wire.as_bytes(), smtp_server_reads);
+    assert!(rest.is_empty());
+    assert_eq!(events, vec![SmtpEvent::Command(Ok(mail))]);
+    // A bare CR inside a path on the wire is a syntax error, not an address.
+    assert!(matches!(
+        SmtpCommand::parse(b"RCPT TO:<a\rb@c.example>\r\n"),
+        Err(smtp::CommandError::Syntax { verb: "RCPT", .. })
+    ));
 }
 
 /// Regression: a valid multi-byte character straddling the `FROM:`/`TO:` prefix once

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use popbridge::config::TlsMode;
+use popbridge::conn::PlaintextConsent;
 use popbridge::net::{self, TcpDialer};
 use popbridge::pop3::{self, Pop3Error, Response, Settings};
 use popbridge::secret::Secret;
@@ -131,7 +132,7 @@ pub async fn capture(o: &CaptureOptions, spool: &Path) -> Result<Capture, Captur
         tls: o.tls,
         server_name: &o.host,
         tls_config,
-        allow_plaintext: true,
+        plaintext: Some(PlaintextConsent::by_operator()),
         connect_timeout: o.timeout,
         command_timeout: o.timeout,
         data_timeout: o.timeout.saturating_mul(10),

@@ -30,8 +30,8 @@ mod values;
 
 pub use error::ConfigError;
 pub use policy::{Policy, SizeRule, SBS_DEFAULT_LIMIT};
-pub use values::{parse_duration, parse_size};
 pub use popbridge_proto::pop3::AuthMethod;
+pub use values::{parse_duration, parse_size};
 
 /// How long the ledger remembers a message after it left the server (`ledger_retention`).
 pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(90 * 86_400);
@@ -324,7 +324,6 @@ pub enum TlsMode {
     Implicit,
 }
 
-
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -343,7 +342,6 @@ impl fmt::Display for TlsMode {
         })
     }
 }
-
 
 impl Config {
     /// Reads and validates a configuration file, including the CA files it names (which

@@ -138,10 +138,7 @@ async fn send_short_spool(chunking: bool) {
         pipelining: true,
     };
     let mut client = SmtpClient::connect(&TcpDialer, &settings).await.unwrap();
-    let env = Envelope {
-        from: "a@example.net".into(),
-        to: vec!["info@contoso.local".into()],
-    };
+    let env = Envelope::new("a@example.net", &["info@contoso.local".into()]).unwrap();
     let sent = tokio::time::timeout(Duration::from_secs(30), client.send(&env, b"", &body)).await;
     let sent = sent.unwrap_or_else(|_| {
         panic!("chunking {chunking}: send did not end within 30 s on a short spool")

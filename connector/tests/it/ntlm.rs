@@ -16,6 +16,7 @@ use base64::Engine;
 use mock_pop3::MockPop3;
 use mock_smtp::MockSmtp;
 use popbridge::config::TlsMode;
+use popbridge::conn::PlaintextConsent;
 use popbridge::net::TcpDialer;
 use popbridge::pass::AccountFailure;
 use popbridge::pop3::{self, NtlmChallengeError, Pop3Error, Settings};
@@ -159,7 +160,7 @@ async fn an_unusable_challenge_is_cancelled_with_a_star_and_a_typed_error() {
             tls: TlsMode::None,
             server_name: "127.0.0.1",
             tls_config: None,
-            allow_plaintext: true,
+            plaintext: Some(PlaintextConsent::by_operator()),
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(10),

@@ -308,6 +308,102 @@ impl fmt::Debug for Pop3Command {
     }
 }
 
+/// A client's line in a SASL exchange (RFC 5034 section 4), sent after the server's `+`
+/// continuation: a base64 response, or `*` to cancel. Built from the octets it carries,
+/// so the line is always base64 (never a line end); its redacted form never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslResponse {
+    /// The base64 text; `None` for `*`.
+    base64: Option<String>,
+    /// What transcripts show in its place.
+    shown: &'static str,
+}
+
+impl SaslResponse {
+    /// `data` as a response; transcripts show `***` (it carries or proves a credential).
+    pub fn secret(data: &[u8]) -> Self {
+        Self::described(data, "***")
+    }
+
+    /// `data` as a response; transcripts show `shown`, a description (e.g. `(NTLM
+    /// negotiate)` for a message that carries nothing secret but is still not quoted).
+    pub fn described(data: &[u8], shown: &'static str) -> Self {
+        use base64::Engine;
+        Self {
+            base64: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+            shown,
+        }
+    }
+
+    /// The empty response (the answer to a server's error challenge).
+    pub fn empty() -> Self {
+        Self {
+            base64: Some(String::new()),
+            shown: "(empty)",
+        }
+    }
+
+    /// `*`: cancels the exchange.
+    pub fn cancel() -> Self {
+        Self {
+            base64: None,
+            shown: "*",
+        }
+    }
+
+    /// True for `*`.
+    pub fn is_cancel(&self) -> bool {
+        self.base64.is_none()
+    }
+
+    /// The base64 text of a response (`None` for `*`).
+    pub fn base64(&self) -> Option<&str> {
+        self.base64.as_deref()
+    }
+
+    /// The line as transcripts show it (never the response itself).
+    pub fn redacted(&self) -> String {
+        self.shown.to_string()
+    }
+
+    /// Parses one client line (server side): `*` cancels; anything else must be base64
+    /// (it is shown as `***`).
+    pub fn parse(line: &[u8]) -> Result<Self, CommandError> {
+        let line = trim_eol(line);
+        if line == b"*" {
+            return Ok(Self::cancel());
+        }
+        let base64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+        if !line.iter().all(base64) {
+            return Err(CommandError::Syntax {
+                keyword: "AUTH",
+                reason: "response is not base64",
+            });
+        }
+        Ok(Self {
+            base64: Some(String::from_utf8_lossy(line).into_owned()),
+            shown: "***",
+        })
+    }
+}
+
+impl fmt::Display for SaslResponse {
+    /// The exact wire line, CRLF included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.base64 {
+            Some(b) => write!(f, "{b}\r\n"),
+            None => f.write_str("*\r\n"),
+        }
+    }
+}
+
+impl fmt::Debug for SaslResponse {
+    /// The redacted line: a response never reaches debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SaslResponse({})", self.shown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,5 +533,22 @@ mod tests {
             assert!(!format!("{c:?}").contains("hunter2"));
             assert!(!c.redacted().contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn sasl_responses_are_base64_lines_and_never_shown() {
+        let r = SaslResponse::secret(b"\0bob\0hunter2");
+        assert_eq!(r.to_string(), "AGJvYgBodW50ZXIy\r\n");
+        assert_eq!(r.redacted(), "***");
+        assert!(!format!("{r:?}").contains("AGJvYgBodW50ZXIy"));
+        assert_eq!(SaslResponse::parse(r.to_string().as_bytes()), Ok(r));
+        let n = SaslResponse::described(b"NTLMSSP", "(NTLM negotiate)");
+        assert_eq!(n.redacted(), "(NTLM negotiate)");
+        assert_eq!(n.base64(), Some("TlRMTVNTUA=="));
+        assert_eq!(SaslResponse::empty().to_string(), "\r\n");
+        assert_eq!(SaslResponse::empty().redacted(), "(empty)");
+        assert_eq!(SaslResponse::cancel().to_string(), "*\r\n");
+        assert_eq!(SaslResponse::parse(b"*\r\n"), Ok(SaslResponse::cancel()));
+        assert!(SaslResponse::parse(b"not base64!\r\n").is_err());
     }
 }

@@ -9,7 +9,7 @@ mod command;
 mod reply;
 
 pub use auth::AuthMethod;
-pub use command::{CommandError, Pop3Command};
+pub use command::{CommandError, Pop3Command, SaslResponse};
 pub use reply::{Pop3Reply, Pop3Response, ReplyError, RespCode, Status};
 
 /// RFC 2449: a command line is at most 255 octets, CRLF included.

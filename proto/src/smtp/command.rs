@@ -4,6 +4,7 @@ use std::fmt;
 
 use thiserror::Error;
 
+use super::EnvelopeAddress;
 use crate::excerpt;
 use crate::line::trim_eol;
 
@@ -50,17 +51,19 @@ pub enum SmtpCommand {
     Ehlo(String),
     /// `HELO domain`
     Helo(String),
-    /// `MAIL FROM:<path> params`; `from` is the text between the brackets, unvalidated.
+    /// `MAIL FROM:<path> params`; `from` is the text between the brackets (never a CR or
+    /// LF; a valid mailbox or not is the server's call).
     Mail {
-        /// Reverse path text (`""` for `<>`).
-        from: String,
+        /// Reverse path text (empty for `<>`).
+        from: EnvelopeAddress,
         /// ESMTP parameters.
         params: Vec<Param>,
     },
-    /// `RCPT TO:<path> params`; `to` is the text between the brackets, unvalidated.
+    /// `RCPT TO:<path> params`; `to` is the text between the brackets (never a CR or LF; a
+    /// valid mailbox or not is the server's call).
     Rcpt {
         /// Forward path text.
-        to: String,
+        to: EnvelopeAddress,
         /// ESMTP parameters.
         params: Vec<Param>,
     },
@@ -242,7 +245,7 @@ fn path_and_params(
     rest: &str,
     prefix: &str,
     verb: &'static str,
-) -> Result<(String, Vec<Param>), CommandError> {
+) -> Result<(EnvelopeAddress, Vec<Param>), CommandError> {
     let syntax = |reason| CommandError::Syntax { verb, reason };
     // `get` rather than indexing: the prefix may end inside a multi-byte character.
     if !rest
@@ -277,7 +280,8 @@ fn path_and_params(
             None => Ok(Param::flag(p)),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((path.to_string(), params))
+    let path = EnvelopeAddress::new(path).map_err(|_| syntax("CR or LF in the address"))?;
+    Ok((path, params))
 }
 
 impl fmt::Display for SmtpCommand {
@@ -326,6 +330,10 @@ impl fmt::Debug for SmtpCommand {
 mod tests {
     use super::*;
 
+    fn addr(text: &str) -> EnvelopeAddress {
+        EnvelopeAddress::new(text).unwrap()
+    }
+
     #[test]
     fn wire_lines_are_exact_and_parse_back() {
         let cases = vec![
@@ -336,21 +344,21 @@ mod tests {
             (SmtpCommand::Helo("client".into()), "HELO client\r\n"),
             (
                 SmtpCommand::Mail {
-                    from: "a@b.example".into(),
+                    from: addr("a@b.example"),
                     params: vec![Param::new("SIZE", "1234"), Param::new("BODY", "8BITMIME")],
                 },
                 "MAIL FROM:<a@b.example> SIZE=1234 BODY=8BITMIME\r\n",
             ),
             (
                 SmtpCommand::Mail {
-                    from: String::new(),
+                    from: EnvelopeAddress::null(),
                     params: vec![],
                 },
                 "MAIL FROM:<>\r\n",
             ),
             (
                 SmtpCommand::Rcpt {
-                    to: "c@d.example".into(),
+                    to: addr("c@d.example"),
                     params: vec![],
                 },
                 "RCPT TO:<c@d.example>\r\n",
@@ -397,14 +405,14 @@ mod tests {
         assert_eq!(
             SmtpCommand::parse(b"mail from: <user> SMTPUTF8\r\n").unwrap(),
             SmtpCommand::Mail {
-                from: "user".into(),
+                from: addr("user"),
                 params: vec![Param::flag("SMTPUTF8")]
             }
         );
         assert_eq!(
             SmtpCommand::parse(b"MAIL FROM:a@b\r\n").unwrap(),
             SmtpCommand::Mail {
-                from: "a@b".into(),
+                from: addr("a@b"),
                 params: vec![]
             }
         );
@@ -433,6 +441,8 @@ mod tests {
             b"DATA now\r\n",
             b"MAIL FROM:<a@b>x\r\n",
             b"MAIL \xff\r\n",
+            b"MAIL FROM:<a\rb@c>\r\n",
+            b"RCPT TO:a\rb\r\n",
         ] {
             assert!(
                 matches!(SmtpCommand::parse(bad), Err(CommandError::Syntax { .. })),

@@ -8,7 +8,7 @@ mod address;
 mod command;
 mod reply;
 
-pub use address::{AddressError, Mailbox, Path};
+pub use address::{AddressError, EnvelopeAddress, Mailbox, Path};
 pub use command::{CommandError, Param, SmtpCommand};
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyParser, Severity};
 

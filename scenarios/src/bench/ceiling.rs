@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use popbridge_proto::pop3::{Pop3Command, Pop3Reply};
-use popbridge_proto::smtp::{Param, Reply, ReplyParser, SmtpCommand};
+use popbridge_proto::smtp::{EnvelopeAddress, Param, Reply, ReplyParser, SmtpCommand};
 use popbridge_proto::{DotDecoder, DotStuffer, LineDecoder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -332,6 +332,9 @@ pub async fn smtp_write(
         })
     };
     let (chunking, size) = (has("CHUNKING"), has("SIZE"));
+    let address =
+        |text: &str| EnvelopeAddress::new(text).map_err(|e| CeilingError::Protocol(e.to_string()));
+    let (from, rcpt) = (address("bench@poplab.invalid")?, address(&leg.rcpt)?);
     let mut w = Writer {
         c,
         parser,
@@ -346,13 +349,13 @@ pub async fn smtp_write(
             params.push(Param::new("SIZE", m.len().to_string()));
         }
         let mut out = SmtpCommand::Mail {
-            from: "bench@poplab.invalid".into(),
+            from: from.clone(),
             params,
         }
         .to_string();
         out.push_str(
             &SmtpCommand::Rcpt {
-                to: leg.rcpt.clone(),
+                to: rcpt.clone(),
                 params: Vec::new(),
             }
             .to_string(),
