@@ -15,5 +15,6 @@ mod named;
 mod ntlm;
 mod oauth2;
 mod pass;
+mod self_contained;
 mod sigkill;
 mod tls_pin;
