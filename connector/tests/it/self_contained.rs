@@ -59,5 +59,9 @@ fn no_file_points_to_design_notes_outside_the_repository() {
             }
         }
     }
-    assert!(found.is_empty(), "points outside the repository:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "points outside the repository:\n{}",
+        found.join("\n")
+    );
 }
