@@ -11,11 +11,11 @@ use popbridge::daemon::{Cause, Daemon, DaemonHandle};
 use popbridge::events::EventSink;
 use popbridge::ledger::Ledger;
 use popbridge::ledger::HISTORY_KEEP;
-use popbridge::net::{BoxIo, DialFuture, Dialer, MemoryDialer};
+use popbridge::net::{DialFuture, Dialer, MemoryDialer};
 use tempfile::TempDir;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::harness::PASSWORD;
+use crate::harness::{memory_dialer, PASSWORD};
 
 struct World {
     pop: Arc<MockPop3Handle>,
@@ -70,19 +70,7 @@ fn launch(
 ) -> World {
     let pop = Arc::new(pop);
     let smtp = Arc::new(MockSmtp::builder().spawn_in_memory());
-    let dialer = MemoryDialer::new();
-    let p = pop.clone();
-    dialer.route(
-        "pop3.test",
-        110,
-        Arc::new(move || Box::new(p.connect_duplex()) as BoxIo),
-    );
-    let s = smtp.clone();
-    dialer.route(
-        "smtp.test",
-        25,
-        Arc::new(move || Box::new(s.connect_duplex()) as BoxIo),
-    );
+    let dialer = memory_dialer(&pop, &smtp);
     let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));
     let (daemon, handle) = Daemon::new(config, wrap(dialer), Arc::new(EventSink::memory()), ledger);
     let run = tokio::spawn(daemon.run());
