@@ -2841,6 +2841,13 @@ impl Run<'_> {
                 self.digest_deles.insert(key.clone());
             }
             self.dele(txn, item.n, key);
+        } else if unconfirmed && !already {
+            // Recorded with the delivery, but the session broke before its DELE went out:
+            // an unconfirmed DELE that was never sent would make the message, listed
+            // again, look like another identical copy.
+            if let Err(e) = lock(self.cx.ledger).clear_unconfirmed(&a.name, &key) {
+                tracing::warn!(account = %a.name, "ledger: {e}");
+            }
         }
         true
     }
