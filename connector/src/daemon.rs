@@ -507,14 +507,14 @@ impl Job {
             return Vec::new();
         }
         let started = Instant::now();
-        let summaries = pass::run_accounts_until(
+        let summaries = pass::Runner::new(
             self.config.clone(),
             self.dialer.clone(),
             self.events.clone(),
             self.ledger.clone(),
-            vec![account],
-            self.stop.clone(),
         )
+        .stop_on(self.stop.clone())
+        .run(vec![account])
         .await;
         let finished = Instant::now();
         for s in &summaries {

@@ -335,13 +335,13 @@ async fn fetch(cli: &Cli, config: Config, only: Option<&str>) -> anyhow::Result<
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
-    let summaries = pass::run_accounts(
+    let summaries = pass::Runner::new(
         Arc::new(config),
         Arc::new(TcpDialer),
         Arc::new(events),
         Arc::new(Mutex::new(ledger)),
-        accounts,
     )
+    .run(accounts)
     .await;
     for s in &summaries {
         print_summary(s);

@@ -1,4 +1,4 @@
-//! The interop matrix: popbridge (in process, the same `pass::run_accounts` as
+//! The interop matrix: popbridge (in process, the same `pass::Runner` as
 //! `popbridge fetch`) fetches a mixed mailbox from real POP3 servers and delivers into real
 //! MTAs, each in its own container built by `containers/build.sh`.
 //!
@@ -26,7 +26,7 @@ use popbridge::config::Config;
 use popbridge::events::EventSink;
 use popbridge::ledger::Ledger;
 use popbridge::net::TcpDialer;
-use popbridge::pass::{run_accounts, Summary};
+use popbridge::pass::{Runner, Summary};
 use popbridge_containers::{
     body_of, Delivered, Mail, MailServer, Running, Server, TestPki, SERVER_NAME,
 };
@@ -154,13 +154,13 @@ async fn pass(config: &Path) -> (Summary, String) {
     let ledger = Ledger::open(&config.state_dir).unwrap();
     let accounts = config.accounts.clone();
     let events = Arc::new(EventSink::memory());
-    let mut summaries = run_accounts(
+    let mut summaries = Runner::new(
         Arc::new(config),
         Arc::new(TcpDialer),
         events.clone(),
         Arc::new(Mutex::new(ledger)),
-        accounts,
     )
+    .run(accounts)
     .await;
     assert_eq!(summaries.len(), 1);
     let mut log = String::new();

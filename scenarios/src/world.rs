@@ -4,7 +4,7 @@
 //! Responsible for: starting mock-pop3 and mock-smtp on `127.0.0.1:0` as the scenario
 //! declares them, writing popbridge's configuration (a temporary state folder, the mocks'
 //! addresses, one account per mailbox plus the scenario's extra keys), running the passes
-//! one after the other with `pass::run_accounts_with` (each with a freshly opened ledger,
+//! one after the other with `pass::Runner` (each with a freshly opened ledger,
 //! like a restart, and the crash point of `[run] crash`), bounded by the scenario's
 //! timeout, and collecting the mocks' final state, the capture and the events; for a
 //! mailbox with `[pop3.mailbox.oauth2]`, a mock OAuth2 token endpoint (HTTPS, the run's
@@ -38,7 +38,7 @@ use popbridge::config::{Config, ConfigError};
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
 use popbridge::net::{BoxIo, Dialer, MemoryDialer, TcpDialer};
-use popbridge::pass::{run_accounts_with, Faults, StopFlag, Summary};
+use popbridge::pass::{Faults, Runner, Summary};
 use popbridge_proto::pop3::AuthMethod;
 use tokio::net::TcpListener;
 
@@ -874,15 +874,14 @@ async fn passes(
             crash: s.crashes.get(&pass).copied(),
             sabotage: s.sabotage,
         };
-        let out = run_accounts_with(
+        let out = Runner::new(
             config.clone(),
             dialer.clone(),
             Arc::new(sink),
             Arc::new(Mutex::new(ledger)),
-            config.accounts.clone(),
-            StopFlag::default(),
-            faults,
         )
+        .faults(faults)
+        .run(config.accounts.clone())
         .await;
         summaries.push((pass, out));
         if faults.crash.is_some() {

@@ -350,13 +350,13 @@ async fn passes_prune_rows_gone_from_the_server_past_the_retention_never_a_kept_
     let pass = |config: Config| async move {
         let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));
         let accounts = config.accounts.clone();
-        popbridge::pass::run_accounts(
+        popbridge::pass::Runner::new(
             Arc::new(config),
             Arc::new(TcpDialer),
             Arc::new(EventSink::none()),
             ledger,
-            accounts,
         )
+        .run(accounts)
         .await
         .remove(0)
     };

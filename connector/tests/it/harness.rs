@@ -229,13 +229,13 @@ impl Setup {
     pub async fn run_through(&self, dialer: Arc<dyn Dialer>) -> (Vec<Summary>, Vec<Event>) {
         let events = Arc::new(EventSink::memory());
         let ledger = Arc::new(Mutex::new(Ledger::open(&self.config.state_dir).unwrap()));
-        let summaries = pass::run_accounts(
+        let summaries = pass::Runner::new(
             Arc::new(self.config.clone()),
             dialer,
             events.clone(),
             ledger,
-            self.config.accounts.clone(),
         )
+        .run(self.config.accounts.clone())
         .await;
         (summaries, events.collected())
     }

@@ -16,7 +16,7 @@ use popbridge::config::Config;
 use popbridge::events::{Event, EventSink};
 use popbridge::ledger::Ledger;
 use popbridge::net::{DialFuture, Dialer, MemoryDialer, TcpDialer};
-use popbridge::pass::{self, AccountFailure, Faults, Step, StopFlag, Summary};
+use popbridge::pass::{self, AccountFailure, Faults, Step, Summary};
 use popbridge::pop3::{self, Pop3Error};
 use popbridge::smtp::{self, Envelope, SmtpClient, SmtpError};
 use serde_json::Value;
@@ -530,13 +530,13 @@ impl MemWorld {
         let events = Arc::new(EventSink::memory());
         let ledger = Arc::new(Mutex::new(Ledger::open(&self.config.state_dir).unwrap()));
         let started = tokio::time::Instant::now();
-        let mut s = pass::run_accounts(
+        let mut s = pass::Runner::new(
             Arc::new(self.config.clone()),
             self.dialer.clone(),
             events.clone(),
             ledger,
-            self.config.accounts.clone(),
         )
+        .run(self.config.accounts.clone())
         .await;
         let took = started.elapsed();
         self.pop.wait_idle().await;
@@ -766,15 +766,14 @@ async fn a_crash_at_any_step_loses_nothing_and_announces_every_possible_duplicat
         let s = setup(&pop, &smtp, "", "");
         let uid_to_mid: HashMap<String, String> = (1..=4).map(|i| (uid(i), mid(i))).collect();
         let cfg = Arc::new(s.config.clone());
-        let crashed = pass::run_accounts_with(
+        let crashed = pass::Runner::new(
             cfg.clone(),
             Arc::new(TcpDialer),
             Arc::new(EventSink::none()),
             Arc::new(Mutex::new(Ledger::open(&cfg.state_dir).unwrap())),
-            cfg.accounts.clone(),
-            StopFlag::default(),
-            Faults::crash(step, 2),
         )
+        .faults(Faults::crash(step, 2))
+        .run(cfg.accounts.clone())
         .await;
         pop.wait_idle().await;
         smtp.wait_idle().await;

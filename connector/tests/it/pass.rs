@@ -656,7 +656,7 @@ async fn a_crash_after_delivery_and_before_dele_costs_nothing() {
     use popbridge::events::EventSink;
     use popbridge::ledger::Ledger;
     use popbridge::net::TcpDialer;
-    use popbridge::pass::{run_accounts_with, StopFlag};
+    use popbridge::pass::Runner;
     use std::sync::Arc;
     let (pop, smtp, s) = served(mails(0..10, 500), "", "").await;
     let ledger = || {
@@ -665,15 +665,17 @@ async fn a_crash_after_delivery_and_before_dele_costs_nothing() {
         ))
     };
     let cfg = Arc::new(s.config.clone());
-    let crashed = run_accounts_with(
+    let crashed = Runner::new(
         cfg.clone(),
         Arc::new(TcpDialer),
         Arc::new(EventSink::none()),
         ledger(),
-        cfg.accounts.clone(),
-        StopFlag::default(),
-        popbridge::pass::Faults::crash(popbridge::pass::Step::AfterRecord, 3),
     )
+    .faults(popbridge::pass::Faults::crash(
+        popbridge::pass::Step::AfterRecord,
+        3,
+    ))
+    .run(cfg.accounts.clone())
     .await;
     pop.wait_idle().await;
     assert_eq!(crashed[0].delivered, 3);

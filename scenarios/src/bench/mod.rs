@@ -892,13 +892,13 @@ async fn in_process(plan: &Plan, config_text: &str, dir: &Path) -> Ran {
     };
     let accounts = config.accounts.clone();
     let started = Instant::now();
-    let pass = popbridge::pass::run_accounts(
+    let pass = popbridge::pass::Runner::new(
         Arc::new(config),
         Arc::new(popbridge::net::TcpDialer),
         Arc::new(popbridge::events::EventSink::none()),
         ledger,
-        accounts,
     );
+    let pass = pass.run(accounts);
     match tokio::time::timeout(plan.timeout, pass).await {
         Ok(_) => Ran {
             wall: started.elapsed(),

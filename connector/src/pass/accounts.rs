@@ -1,0 +1,310 @@
+//! Running passes over several accounts: the per-account lock, the pass history, and the
+//! bound on passes at once.
+//!
+//! Must never: run two passes of one account at once, or drop a pass that panicked
+//! without reporting it.
+
+use super::*;
+
+/// How a pass ended, for the history: failed (the account could not be processed, or the
+/// pass was interrupted), stuck (messages stay that no later pass delivers unchanged:
+/// refused, over the size limit, not matching their LIST size), backlog (messages wait
+/// for the next pass: deferred, postponed), else ok.
+pub fn outcome(s: &Summary) -> (Outcome, Option<String>) {
+    if let Some(f) = &s.failure {
+        return (Outcome::Failed, Some(f.to_string()));
+    }
+    if let Some(a) = &s.aborted {
+        return (Outcome::Failed, Some(a.clone()));
+    }
+    // The same meanings as the exit codes: one definition of "stuck" and "backlog".
+    match crate::exit::Exit::of(s) {
+        crate::exit::Exit::Stuck => (Outcome::Stuck, None),
+        crate::exit::Exit::Backlog => (Outcome::Backlog, None),
+        _ => (Outcome::Ok, None),
+    }
+}
+
+/// Records a finished pass in the ledger's history (a failure to do so is only logged:
+/// the history is for people, the delivery records are what matters).
+pub(super) fn record_history(ledger: &Mutex<Ledger>, s: &Summary, started_at: i64) {
+    let (outcome, reason) = outcome(s);
+    let row = PassRow {
+        account: s.account.clone(),
+        started_at,
+        finished_at: unix_now(),
+        outcome,
+        reason,
+        counts: PassCounts {
+            listed: s.listed,
+            delivered: s.delivered,
+            deleted: s.deleted,
+            left: s.remaining(),
+            rejected: s.rejected,
+            deferred: s.deferred,
+            skipped: s.skipped,
+            quarantined: s.quarantined,
+        },
+    };
+    if let Err(e) = lock(ledger).record_pass(&row) {
+        tracing::warn!(account = %s.account, "ledger: pass history not recorded: {e}");
+    }
+}
+
+/// Lock files held by passes of this process.
+static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// An account's lock: the advisory file lock (other processes) and this process's entry.
+pub(super) struct AccountLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for AccountLock {
+    fn drop(&mut self) {
+        HELD.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p != &self.path);
+    }
+}
+
+/// Takes the account's lock under `state_dir/locks`, or says why not.
+///
+/// Within this process a registry decides. Across processes an advisory `flock` does; a
+/// child process forked by another thread holds a copy of our descriptor until its `exec`,
+/// which keeps a released flock alive for a moment, so a busy flock is retried briefly
+/// before the account is declared busy.
+pub(super) fn lock_account(
+    state_dir: &std::path::Path,
+    account: &str,
+) -> Result<AccountLock, String> {
+    let dir = state_dir.join("locks");
+    crate::private::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{}.lock", safe_name(account)));
+    {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if held.contains(&path) {
+            return Err("another pass of this account is running; this one was skipped".into());
+        }
+        held.push(path.clone());
+    }
+    let release = |path: &PathBuf| {
+        HELD.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p != path)
+    };
+    let file = match crate::private::open_options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            release(&path);
+            return Err(format!("cannot open {}: {e}", path.display()));
+        }
+    };
+    for attempt in 0..50 {
+        match file.try_lock() {
+            Ok(()) => return Ok(AccountLock { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) if attempt < 49 => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => break,
+            Err(std::fs::TryLockError::Error(e)) => {
+                release(&path);
+                return Err(format!("cannot lock {}: {e}", path.display()));
+            }
+        }
+    }
+    release(&path);
+    Err("another pass of this account is running (another process); this one was skipped".into())
+}
+
+/// Runs passes over several accounts, at most `config.parallel_accounts` at once: built
+/// from what every run needs, with what only some need (a stop flag, injected faults) set
+/// by name.
+///
+/// ```no_run
+/// # async fn f(config: std::sync::Arc<popbridge::config::Config>,
+/// #   ledger: popbridge::ledger::Ledger) {
+/// use popbridge::{events::EventSink, net::TcpDialer, pass::{Runner, StopFlag}};
+/// use std::sync::{Arc, Mutex};
+/// let stop = StopFlag::default();
+/// let accounts = config.accounts.clone();
+/// let summaries = Runner::new(config, Arc::new(TcpDialer), Arc::new(EventSink::none()),
+///     Arc::new(Mutex::new(ledger)))
+///     .stop_on(stop.clone())
+///     .run(accounts)
+///     .await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Runner {
+    config: Arc<Config>,
+    dialer: Arc<dyn Dialer>,
+    events: Arc<EventSink>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: StopFlag,
+    faults: Faults,
+}
+
+impl Runner {
+    /// A runner with the configuration, how to connect, where events go and the ledger.
+    pub fn new(
+        config: Arc<Config>,
+        dialer: Arc<dyn Dialer>,
+        events: Arc<EventSink>,
+        ledger: Arc<Mutex<Ledger>>,
+    ) -> Self {
+        Self {
+            config,
+            dialer,
+            events,
+            ledger,
+            stop: StopFlag::default(),
+            faults: Faults::NONE,
+        }
+    }
+
+    /// Stops taking new messages once `stop` is set (passes finish what is in hand).
+    pub fn stop_on(mut self, stop: StopFlag) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Injects `faults` (harnesses: a simulated crash at a step of a message, a sabotage).
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Runs one pass over each of `accounts` and returns their summaries, in the order
+    /// given. A pass that panics is reported as that account's
+    /// [`AccountFailure::Internal`] with an `account.failed` event, never dropped.
+    pub async fn run(&self, accounts: Vec<Account>) -> Vec<Summary> {
+        let Self {
+            config,
+            dialer,
+            events,
+            ledger,
+            stop,
+            faults,
+        } = self.clone();
+        let sem = Arc::new(tokio::sync::Semaphore::new(config.parallel_accounts.max(1)));
+        let mut tasks = Vec::new();
+        for account in accounts {
+            let name = account.name.clone();
+            let (config, dialer, events, ledger, sem, stop) = (
+                config.clone(),
+                dialer.clone(),
+                events.clone(),
+                ledger.clone(),
+                sem.clone(),
+                stop.clone(),
+            );
+            let id = PassId::new();
+            let pass = id.clone();
+            let task = tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.ok();
+                let cx = Context {
+                    config: &config,
+                    dialer: dialer.as_ref(),
+                    events: &events,
+                    ledger: &ledger,
+                    stop: &stop,
+                    faults,
+                    listing_budget: Budget::DEFAULT,
+                };
+                run_account_as(&cx, &account, &pass).await
+            });
+            tasks.push((name, id, task));
+        }
+        let mut out = Vec::new();
+        let started_at = unix_now();
+        for (account, id, t) in tasks {
+            match t.await {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    let why = if e.is_panic() {
+                        let p = e.into_panic();
+                        let text = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".into());
+                        format!("the pass panicked: {text}")
+                    } else {
+                        "the pass was cancelled".to_string()
+                    };
+                    let failure = AccountFailure::Internal(why);
+                    events.pass(&id).emit(Event::AccountFailed {
+                        account: account.clone(),
+                        error: failure.to_string(),
+                    });
+                    let summary = Summary {
+                        account,
+                        failure: Some(failure),
+                        pass: Some(id),
+                        ..Summary::default()
+                    };
+                    record_history(&ledger, &summary, started_at);
+                    out.push(summary);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_tell_failure_stuck_backlog_and_ok_apart() {
+        let s = |f: fn(&mut Summary)| {
+            let mut s = Summary::default();
+            f(&mut s);
+            outcome(&s)
+        };
+        assert_eq!(s(|_| {}), (Outcome::Ok, None));
+        // A backlog is postponed by design (capped or sliced).
+        assert_eq!(
+            s(|s| {
+                s.capped = 3;
+                s.postponed = 3
+            }),
+            (Outcome::Backlog, None)
+        );
+        assert_eq!(
+            s(|s| {
+                s.sliced = 3;
+                s.postponed = 3
+            }),
+            (Outcome::Backlog, None)
+        );
+        // Postponed by an interrupted pass is not a backlog.
+        assert_eq!(s(|s| s.postponed = 3), (Outcome::Stuck, None));
+        for stuck in [
+            |s: &mut Summary| s.rejected = 1,
+            |s: &mut Summary| s.skipped = 1,
+            |s: &mut Summary| s.mismatched = 1,
+            |s: &mut Summary| s.deferred = 1,
+            |s: &mut Summary| s.quarantined = 1,
+        ] {
+            assert_eq!(s(stuck), (Outcome::Stuck, None));
+        }
+        assert_eq!(
+            s(|s| {
+                s.capped = 1;
+                s.postponed = 1;
+                s.rejected = 1
+            }),
+            (Outcome::Stuck, None),
+            "stuck outranks backlog"
+        );
+    }
+}
