@@ -137,15 +137,7 @@ impl Run<'_> {
         }
         self.marked.extend(c.next);
         for (d, unconfirmed) in c.batch.into_iter().zip(c.deles) {
-            if !self.recorded(
-                txn,
-                &d.item,
-                d.key,
-                d.size,
-                &d.sender,
-                d.reply,
-                unconfirmed.is_some(),
-            ) {
+            if !self.recorded(txn, d, unconfirmed.is_some()) {
                 return;
             }
         }
@@ -194,18 +186,16 @@ impl Run<'_> {
     /// A delivery just recorded: counted, reported, then its DELE queued (`unconfirmed`:
     /// recorded as an unconfirmed DELE of a header-digest key). False when the crash fail
     /// point stopped the pass here.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn recorded(
-        &mut self,
-        txn: &mut Transaction,
-        item: &Item,
-        key: String,
-        size: u64,
-        sender: &str,
-        reply: String,
-        unconfirmed: bool,
-    ) -> bool {
+    pub(super) fn recorded(&mut self, txn: &mut Transaction, d: Done, unconfirmed: bool) -> bool {
         let a = self.account;
+        let Done {
+            item,
+            key,
+            size,
+            sender,
+            reply,
+            ..
+        } = d;
         self.marked.remove(&key);
         self.summary.delivered += 1;
         self.summary.delivered_octets = self.summary.delivered_octets.saturating_add(size);
@@ -213,7 +203,7 @@ impl Run<'_> {
             account: a.name.clone(),
             uid: key.clone(),
             size,
-            sender: sender.to_string(),
+            sender,
             reply,
         });
         // Fault injection: die between the recorded delivery and its DELE.

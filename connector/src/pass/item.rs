@@ -204,8 +204,22 @@ impl Run<'_> {
             })
     }
 
+    /// A message left on the server for a later pass (a temporary failure).
     pub(super) fn defer(&mut self, uid: String, reason: String) {
         self.defer_named(uid, reason, Named::default());
+    }
+
+    /// A message left on the server, refused (`failures`: the count towards quarantine, 0
+    /// when the refusal is not the message's fault or could not be counted).
+    pub(super) fn rejected(&mut self, uid: String, reply: String, failures: u32, named: Named) {
+        self.summary.rejected += 1;
+        self.emit_left(Event::Rejected {
+            account: self.account.name.clone(),
+            uid,
+            reply,
+            failures,
+            named,
+        });
     }
 
     /// [`Run::defer`] for a message whose header was read.
@@ -308,14 +322,7 @@ impl Run<'_> {
         };
         if let Err(reply) = kept {
             // Without a durable, recorded copy the message must stay where it is.
-            self.summary.rejected += 1;
-            self.emit_left(Event::Rejected {
-                account: a.name.clone(),
-                uid: key.into(),
-                reply: format!("{reply}; kept on the server"),
-                failures: 0,
-                named,
-            });
+            self.rejected(key.into(), format!("{reply}; kept on the server"), 0, named);
             return;
         }
         let delete = cfg.limits.quarantine_delete && !a.leave_on_server;

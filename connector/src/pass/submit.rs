@@ -465,14 +465,12 @@ impl Run<'_> {
                         // Without a count the message can never be quarantined safely: it
                         // stays on the server, refused.
                         tracing::error!(account = %a.name, "ledger: {le}");
-                        self.summary.rejected += 1;
-                        self.emit_left(Event::Rejected {
-                            account: a.name.clone(),
-                            uid: key,
-                            reply: format!("{reply} (not counted: the ledger failed: {le})"),
-                            failures: 0,
+                        self.rejected(
+                            key,
+                            format!("{reply} (not counted: the ledger failed: {le})"),
+                            0,
                             named,
-                        });
+                        );
                         return;
                     }
                 };
@@ -480,14 +478,7 @@ impl Run<'_> {
                 if self.policy.quarantine_after.is_some_and(|n| failures >= n) {
                     self.quarantine(txn, item.n, &key, &body, named).await;
                 } else {
-                    self.summary.rejected += 1;
-                    self.emit_left(Event::Rejected {
-                        account: a.name.clone(),
-                        uid: key,
-                        reply,
-                        failures,
-                        named,
-                    });
+                    self.rejected(key, reply, failures, named);
                 }
             }
             Err(e) => self.defer_named(key, e.to_string(), named),
@@ -539,35 +530,39 @@ impl Run<'_> {
                 path.display()
             ),
             Ok(PickupOutcome::Failed { path, error }) => {
-                self.summary.rejected += 1;
-                self.emit_left(Event::Rejected {
-                    account: a.name.clone(),
-                    uid: key,
-                    reply: format!(
+                self.rejected(
+                    key,
+                    format!(
                         "pickup failed: {error}; kept on the server, a copy is in the \
-                         failed-mail folder: {}",
+                     failed-mail folder: {}",
                         path.display()
                     ),
-                    failures: 0,
+                    0,
                     named,
-                });
+                );
                 return;
             }
             Err(e) => {
-                self.summary.rejected += 1;
-                self.emit_left(Event::Rejected {
-                    account: a.name.clone(),
-                    uid: key,
-                    reply: format!("pickup failed: {e}; kept on the server"),
-                    failures: 0,
+                self.rejected(
+                    key,
+                    format!("pickup failed: {e}; kept on the server"),
+                    0,
                     named,
-                });
+                );
                 return;
             }
         };
         // Published but not recorded (ledger failure): the journal marker stays, so the next
         // pass finds the message published and records it without writing it again.
-        if self.delivered(txn, item, key.clone(), body.len(), &env.from, reply, named) {
+        let done = Done {
+            item: item.clone(),
+            key: key.clone(),
+            size: body.len(),
+            sender: env.from.to_string(),
+            reply,
+            named,
+        };
+        if self.delivered(txn, done) {
             pickup.settle(&a.name, &key).await;
         }
     }
@@ -576,36 +571,32 @@ impl Run<'_> {
     /// next message's submission mark, and for a digest key its coming DELE), report it,
     /// then queue its DELE. This order is the no-loss, no-duplicate point. Returns false
     /// when the ledger failed: the message then stays on the server (`named` names it).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn delivered(
-        &mut self,
-        txn: &mut Transaction,
-        item: &Item,
-        key: String,
-        size: u64,
-        sender: &str,
-        reply: String,
-        named: Named,
-    ) -> bool {
+    pub(super) fn delivered(&mut self, txn: &mut Transaction, d: Done) -> bool {
         let a = self.account;
+        let (item, key) = (&d.item, &d.key);
         let dele = !a.leave_on_server;
         let along = Along {
             next: item.next.as_deref().filter(|_| self.pickup.is_none()),
             dele: (item.key.is_none() && dele).then(|| (item.size, self.listed_of(item.size))),
         };
         if let Err(e) = blocking(|| {
-            lock(self.cx.ledger).record_delivered_then(&a.name, &key, size, &reply, along)
+            lock(self.cx.ledger).record_delivered_then(&a.name, key, d.size, &d.reply, along)
         }) {
             // Delivered but not recorded: the message stays on the server rather than risk
             // losing track; its submission mark names it as a possible duplicate next time.
             tracing::error!(account = %a.name, "ledger: {e}");
-            self.defer_named(key, format!("delivered but the ledger failed: {e}"), named);
+            self.defer_named(
+                d.key,
+                format!("delivered but the ledger failed: {e}"),
+                d.named,
+            );
             return false;
         }
         if let Some(next) = along.next {
             self.marked.insert(next.to_string());
         }
-        self.recorded(txn, item, key, size, sender, reply, along.dele.is_some());
+        let unconfirmed = along.dele.is_some();
+        self.recorded(txn, d, unconfirmed);
         true
     }
 }
