@@ -536,13 +536,19 @@ impl Ledger {
         })
     }
 
-    /// Apply the missing migrations in one transaction (re-checking the version under the lock).
-    fn migrate(&mut self) -> Result<(), LedgerError> {
-        let path = &self.path;
+    /// A write transaction that takes the database's write lock as it begins, and the
+    /// database path for its errors.
+    fn immediate(&mut self) -> Result<(rusqlite::Transaction<'_>, &Path), LedgerError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+            .at(&self.path)?;
+        Ok((tx, &self.path))
+    }
+
+    /// Apply the missing migrations in one transaction (re-checking the version under the lock).
+    fn migrate(&mut self) -> Result<(), LedgerError> {
+        let (tx, path) = self.immediate()?;
         let current = user_version(&tx).at(path)?;
         check_version(path, current)?;
         if current == SCHEMA_VERSION {
@@ -655,13 +661,9 @@ impl Ledger {
         next: &[&str],
     ) -> Result<(), LedgerError> {
         let now = now();
-        let path = &self.path;
         // One transaction: committed (and, with synchronous = FULL, the WAL fsynced) before
         // commit returns.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         for d in batch {
             // Sizes beyond i64::MAX cannot occur; clamp rather than fail the record that
             // prevents a duplicate.
@@ -740,11 +742,7 @@ impl Ledger {
         if doomed.is_empty() {
             return Ok(());
         }
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         for key in doomed {
             unmark(&tx, path, account, key)?;
         }
@@ -775,11 +773,7 @@ impl Ledger {
         kind: FailureKind,
     ) -> Result<u32, LedgerError> {
         let now = now();
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let existing = tx
             .prepare_cached("SELECT state, failures FROM messages WHERE account = ?1 AND key = ?2")
             .at(path)?
@@ -878,11 +872,7 @@ impl Ledger {
             return Ok(());
         }
         let now = now();
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let mut unknown = 0usize;
         {
             let mut update = tx
@@ -929,11 +919,7 @@ impl Ledger {
         if uids.is_empty() {
             return Ok(());
         }
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         for uid in uids {
             tx.prepare_cached(
                 "INSERT INTO shared_uids (account, uid) VALUES (?1, ?2)
@@ -956,11 +942,7 @@ impl Ledger {
         if dele.is_empty() {
             return Ok(());
         }
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         for u in dele {
             set_unconfirmed(&tx, path, account, &u.key, u.size, u.listed)?;
         }
@@ -992,11 +974,7 @@ impl Ledger {
         account: &str,
         listed: &HashMap<u64, u32>,
     ) -> Result<Vec<String>, LedgerError> {
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let rows: Vec<(String, i64, i64)> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -1045,11 +1023,7 @@ impl Ledger {
         seen: &HashSet<String>,
     ) -> Result<(), LedgerError> {
         let now = now();
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let rows: Vec<(String, bool)> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -1099,11 +1073,7 @@ impl Ledger {
         now: i64,
     ) -> Result<usize, LedgerError> {
         let cutoff = now.saturating_sub(retention_secs.max(0));
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let mut doomed = Vec::new();
         {
             let mut stmt = tx
@@ -1156,12 +1126,8 @@ impl Ledger {
 
     /// Records one pass in the history, keeping the last [`HISTORY_KEEP`] of its account.
     pub fn record_pass(&mut self, pass: &PassRow) -> Result<(), LedgerError> {
-        let path = &self.path;
         let c = &pass.counts;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         tx.prepare_cached(
             "INSERT INTO passes (account, started_at, finished_at, outcome, reason, listed,
                 delivered, deleted, left_over, rejected, deferred, skipped, quarantined)

@@ -47,12 +47,24 @@ Message-ID: <m1@isp.example>\r\n\r\nbody of the poison message\r\n";
     ])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quarantine_release_delivers_exactly_once_across_two_passes() {
+/// A POP3 mock serving [`poison_mailbox`], an SMTP mock refusing its poison sender, a
+/// temporary folder for the configuration and the state, and the events file in it.
+async fn poison_refused() -> (
+    mock_pop3::MockPop3Handle,
+    MockSmtpHandle,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
     let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
+    (pop, refusing, dir, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_release_delivers_exactly_once_across_two_passes() {
+    let (pop, refusing, dir, events) = poison_refused().await;
     let cfg = write_config(dir.path(), &pop, &refusing, "", "poison_after = 1");
 
     let (code, out, err) = run(&cfg, &events, &["fetch"]).await;
@@ -142,10 +154,7 @@ async fn quarantine_release_delivers_exactly_once_across_two_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_delete_removes_the_copy_and_the_server_copy_without_delivering_it() {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
-    let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
+    let (pop, refusing, dir, events) = poison_refused().await;
     let cfg = write_config(dir.path(), &pop, &refusing, "", "poison_after = 1");
     let (code, out, err) = run(&cfg, &events, &["fetch"]).await;
     assert_eq!(code, Some(1), "{out}{err}");
@@ -188,10 +197,7 @@ async fn quarantine_delete_removes_the_copy_and_the_server_copy_without_deliveri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_delete_with_leave_on_server_keeps_the_server_copy_and_never_delivers_it() {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
-    let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
+    let (pop, refusing, dir, events) = poison_refused().await;
     let keep = "leave_on_server = true";
     let cfg = write_config(dir.path(), &pop, &refusing, keep, "poison_after = 1");
     run(&cfg, &events, &["fetch"]).await;
@@ -212,10 +218,7 @@ async fn quarantine_delete_with_leave_on_server_keeps_the_server_copy_and_never_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_last_pass_stuck_messages_and_quarantine_in_text_and_json() {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
-    let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
+    let (pop, refusing, dir, events) = poison_refused().await;
     let cfg = write_config(dir.path(), &pop, &refusing, "", "poison_after = 3");
 
     // Before any pass: nothing recorded, and it says so.

@@ -68,6 +68,14 @@ fn limited(max: u64) -> mock_smtp::Builder {
     })
 }
 
+/// `popbridge fetch` over `small` demo messages and one of 50 KB, behind an SMTP mock that
+/// refuses over 20 KB, the account with `extra`: it must exit 1. Its standard output.
+async fn one_over_the_limit(small: usize, extra: &str) -> String {
+    let mb = demo(small, 800).with_demo_messages(1, 50_000);
+    let w = world(mb, limited(20_000), extra).await;
+    exits(&w.cfg, &["fetch"], 1).await
+}
+
 /// Prepends `top` (top-level keys) to the configuration file `cfg`.
 fn prepend(cfg: &str, top: &str) {
     let original = std::fs::read_to_string(cfg).unwrap();
@@ -138,9 +146,7 @@ async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_1_when_messages_stay_on_the_server() {
-    let mb = demo(2, 800).with_demo_messages(1, 50_000);
-    let w = world(mb, limited(20_000), "").await;
-    let stdout = exits(&w.cfg, &["fetch"], 1).await;
+    let stdout = one_over_the_limit(2, "").await;
     assert!(
         stdout.contains("1 left on the server (1 over the size limit)"),
         "{stdout}"
@@ -245,9 +251,7 @@ async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
     );
 
     // Stuck mail outranks a backlog: one message over the size limit, and the cap.
-    let mb = demo(4, 800).with_demo_messages(1, 50_000);
-    let w = world(mb, limited(20_000), cap).await;
-    let stdout = exits(&w.cfg, &["fetch"], 1).await;
+    let stdout = one_over_the_limit(4, cap).await;
     assert!(
         stdout.contains("1 over the size limit, 2 for the next pass"),
         "{stdout}"

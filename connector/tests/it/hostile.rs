@@ -187,10 +187,12 @@ fn sabotage_ledger(state: &std::path::Path, sql: &str) {
     conn.execute_batch(sql).unwrap();
 }
 
-/// Guards against: a quarantine whose ledger record failed being reported as quarantined
-/// and (with `quarantine_delete`) deleted from the server, leaving no record of it.
-#[tokio::test]
-async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server() {
+/// Message 1 from a sender the SMTP mock refuses, then a good message 2; poison after one
+/// failure, quarantined mail deleted; the ledger sabotaged with `sql` (see
+/// [`sabotage_ledger`]).
+async fn refused_then_good_on_a_sabotaged_ledger(
+    sql: &str,
+) -> (MockPop3Handle, MockSmtpHandle, Setup) {
     let pop = pop3(MockPop3::builder().mailbox(mailbox_with([
         mail(1, "bad@refused.example", 400),
         mail(2, "good@example.net", 400),
@@ -203,15 +205,23 @@ async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server()
         "",
         "poison_after = 1\nquarantine_delete = true",
     );
-    sabotage_ledger(
-        &s.state(),
+    sabotage_ledger(&s.state(), sql);
+    (pop, smtp, s)
+}
+
+/// Guards against: a quarantine whose ledger record failed being reported as quarantined
+/// and (with `quarantine_delete`) deleted from the server, leaving no record of it.
+#[tokio::test]
+async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server() {
+    let (pop, smtp, s) = refused_then_good_on_a_sabotaged_ledger(
         "CREATE TRIGGER no_quarantine_update BEFORE UPDATE ON messages
              WHEN NEW.state = 'quarantined'
              BEGIN SELECT RAISE(ABORT, 'injected'); END;
          CREATE TRIGGER no_quarantine_insert BEFORE INSERT ON messages
              WHEN NEW.state = 'quarantined'
              BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-    );
+    )
+    .await;
     for pass in 1..=2 {
         let (sum, events) = s.pass(&pop, &smtp).await;
         assert_eq!(sum.quarantined, 0, "pass {pass}: {sum:?}");
@@ -237,24 +247,12 @@ async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server()
 /// failure (`unwrap_or(1)`), so a message was quarantined (and deleted) on a ledger error.
 #[tokio::test]
 async fn a_failure_the_ledger_cannot_count_never_quarantines_or_deletes() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([
-        mail(1, "bad@refused.example", 400),
-        mail(2, "good@example.net", 400),
-    ])))
-    .await;
-    let smtp = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let s = setup(
-        &pop,
-        &smtp,
-        "",
-        "poison_after = 1\nquarantine_delete = true",
-    );
-    sabotage_ledger(
-        &s.state(),
+    let (pop, smtp, s) = refused_then_good_on_a_sabotaged_ledger(
         "CREATE TRIGGER no_failure BEFORE INSERT ON messages
              WHEN NEW.state = 'failed'
              BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-    );
+    )
+    .await;
     for pass in 1..=3 {
         let (sum, events) = s.pass(&pop, &smtp).await;
         assert_eq!(
@@ -349,14 +347,14 @@ async fn a_server_that_does_not_dot_stuff_loses_no_mail() {
         .enumerate()
         .map(|(k, m)| (mid(k + 2), m.data.to_vec()))
         .collect();
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .dot_stuffing(false)
             .mailbox(mailbox_with(std::iter::once(first).chain(others))),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     let uid_to_mid: HashMap<String, String> = (1..=4).map(|i| (uid(i), mid(i))).collect();
     let (mut mismatches, mut failures) = (Vec::new(), Vec::new());
     let mut last = None;

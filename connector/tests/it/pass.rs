@@ -1,9 +1,7 @@
 //! The connector core's acceptance behaviours, each against the mocks on loopback.
 
 use mock_pop3::pki::TestPki;
-use mock_pop3::{
-    FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Maildrop, MockPop3, ServerTls,
-};
+use mock_pop3::{Maildrop, MockPop3, ServerTls};
 use mock_smtp::{FaultAction, FaultRule, Hook, Limits, MailboxSpec, MockSmtp};
 use popbridge::pass::AccountFailure;
 use popbridge_proto::pop3::AuthMethod;
@@ -32,17 +30,14 @@ async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
 
 #[tokio::test]
 async fn a_drop_after_dele_before_quit_costs_nothing() {
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .mailbox(mails(0..10, 800))
-            .fault(PopRule::new(
-                PopHook::command("QUIT"),
-                PopFault::CloseBeforeReply,
-            )),
+            .fault(quit_lost()),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     let (first, _) = s.pass(&pop, &smtp).await;
     assert_eq!(first.delivered, 10);
     assert_eq!(first.deleted, 0, "no QUIT, no deletion");
@@ -252,14 +247,14 @@ async fn stls_refused_means_nothing_in_clear_and_a_clear_error() {
 #[tokio::test]
 async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
     let pki = TestPki::localhost().unwrap();
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .mailbox(mailbox_with([mail(1, "a@example.net", 300)]))
             .tls(ServerTls::Implicit(pki.server_config().unwrap())),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     let mut cfg = s.config.clone();
     cfg.accounts[0].tls = popbridge::config::TlsMode::Implicit;
     cfg.accounts[0].allow_plaintext = false;
@@ -340,18 +335,15 @@ async fn leave_on_server_delivers_once_and_keeps_everything() {
 #[tokio::test]
 async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
     let caps = no_uidl();
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .mailbox(mails(0..6, 500))
             .capabilities_after_login(caps)
-            .fault(PopRule::new(
-                PopHook::command("QUIT"),
-                PopFault::CloseBeforeReply,
-            )),
+            .fault(quit_lost()),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     let (a, _) = s.pass(&pop, &smtp).await;
     assert_eq!(a.delivered, 6);
     let (b, events) = s.pass(&pop, &smtp).await;
@@ -547,9 +539,7 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
         MockPop3::builder().mailbox(mailbox_with(all))
     };
     // The old connector: no return-path repair, no reconnect before the error limit.
-    let pop = pop3(build()).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = served_from(build(), "", "").await;
     let mut cfg = s.config.clone();
     cfg.profile = popbridge::config::Profile::Sbs2008;
     let s = Setup {
