@@ -903,17 +903,26 @@ impl SmtpClient {
         }
     }
 
+    /// Queues `prefix` and `body` as one last BDAT chunk, its command line then its data,
+    /// when they fit one [`CHUNK`] in memory; false (nothing queued) when they do not.
+    fn queue_whole(&mut self, prefix: &[u8], body: &Body) -> bool {
+        let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) else {
+            return false;
+        };
+        self.conn.queue(&SmtpCommand::Bdat {
+            size: prefix.len() as u64 + body.len(),
+            last: true,
+        });
+        self.conn.queue_data(prefix);
+        self.conn.queue_data(bytes);
+        true
+    }
+
     async fn bdat(&mut self, prefix: &[u8], body: &Body) -> Result<Reply, SmtpError> {
         let total = prefix.len() as u64 + body.len();
         tracing::debug!(target: "popbridge::wire", "SMTP C: BDAT (message, {total} octets)");
-        if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
+        if self.queue_whole(prefix, body) {
             // Small message: command and data in one write.
-            self.conn.queue(&SmtpCommand::Bdat {
-                size: total,
-                last: true,
-            });
-            self.conn.queue_data(prefix);
-            self.conn.queue_data(bytes);
             self.write(Stage::EndOfData).await?;
             return self.final_reply().await;
         }
@@ -1065,14 +1074,8 @@ impl SmtpClient {
             data: None,
             result: None,
         };
-        if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
+        if self.queue_whole(prefix, body) {
             // The usual case: the whole transaction in one write.
-            self.conn.queue(&SmtpCommand::Bdat {
-                size: total,
-                last: true,
-            });
-            self.conn.queue_data(prefix);
-            self.conn.queue_data(bytes);
             if let Err(e) = self.write_whole().await {
                 self.spent = true;
                 return Err(e);
