@@ -546,6 +546,23 @@ impl Ledger {
         Ok((tx, &self.path))
     }
 
+    /// Runs `each` on every one of `items` in one write transaction (see
+    /// [`Ledger::immediate`]); with no items, no transaction at all.
+    fn each_in_one_transaction<T>(
+        &mut self,
+        items: &[T],
+        mut each: impl FnMut(&rusqlite::Transaction<'_>, &Path, &T) -> Result<(), LedgerError>,
+    ) -> Result<(), LedgerError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (tx, path) = self.immediate()?;
+        for item in items {
+            each(&tx, path, item)?;
+        }
+        tx.commit().at(path)
+    }
+
     /// Apply the missing migrations in one transaction (re-checking the version under the lock).
     fn migrate(&mut self) -> Result<(), LedgerError> {
         let (tx, path) = self.immediate()?;
@@ -916,11 +933,7 @@ impl Ledger {
         account: &str,
         uids: &[String],
     ) -> Result<(), LedgerError> {
-        if uids.is_empty() {
-            return Ok(());
-        }
-        let (tx, path) = self.immediate()?;
-        for uid in uids {
+        self.each_in_one_transaction(uids, |tx, path, uid| {
             tx.prepare_cached(
                 "INSERT INTO shared_uids (account, uid) VALUES (?1, ?2)
                  ON CONFLICT (account, uid) DO NOTHING",
@@ -928,8 +941,8 @@ impl Ledger {
             .at(path)?
             .execute(params![account, uid])
             .at(path)?;
-        }
-        tx.commit().at(path)
+            Ok(())
+        })
     }
 
     /// Remembers DELEs of header-digest messages whose QUIT was never confirmed (whether
@@ -939,14 +952,9 @@ impl Ledger {
         account: &str,
         dele: &[Unconfirmed],
     ) -> Result<(), LedgerError> {
-        if dele.is_empty() {
-            return Ok(());
-        }
-        let (tx, path) = self.immediate()?;
-        for u in dele {
-            set_unconfirmed(&tx, path, account, &u.key, u.size, u.listed)?;
-        }
-        tx.commit().at(path)
+        self.each_in_one_transaction(dele, |tx, path, u| {
+            set_unconfirmed(tx, path, account, &u.key, u.size, u.listed)
+        })
     }
 
     /// Forgets an unconfirmed DELE the server refused (so it certainly did not apply).

@@ -585,16 +585,20 @@ pub(super) fn start_dovecot(peers: &Peers, dir: &Path, tls: Option<&DovecotTls>)
         }
         fs::write(&conf, dovecot_conf(dir, port, peers.mail, tls)).unwrap();
         let mut cmd = Command::new(&peers.dovecot);
-        cmd.arg("-F")
-            .arg("-c")
-            .arg(&conf)
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&err).unwrap())
-            .current_dir(dir);
+        cmd.arg("-F").arg("-c").arg(&conf);
+        run_logged(&mut cmd, dir, &out, &err);
         cmd
     })
+}
+
+/// Sets `cmd` to run in `dir` with nothing of the environment but a default PATH, its
+/// standard output and error written to the files `out` and `err`.
+fn run_logged(cmd: &mut Command, dir: &Path, out: &Path, err: &Path) {
+    cmd.env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .stdout(fs::File::create(out).unwrap())
+        .stderr(fs::File::create(err).unwrap())
+        .current_dir(dir);
 }
 
 pub(super) fn start_smtp_sink(peers: &Peers, dir: &Path, dump: &Path) -> Peer {
@@ -612,12 +616,8 @@ pub(super) fn start_smtp_sink(peers: &Peers, dir: &Path, dump: &Path) -> Peer {
             .arg("-h")
             .arg("sink.test")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("256")
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&err).unwrap())
-            .current_dir(dir);
+            .arg("256");
+        run_logged(&mut cmd, dir, &out, &err);
         cmd
     })
 }
