@@ -218,18 +218,13 @@ async fn an_oversize_message_is_never_retrieved_and_is_reported() {
 
 #[tokio::test]
 async fn stls_refused_means_nothing_in_clear_and_a_clear_error() {
-    let (pop, smtp, s) = served(
+    let (pop, smtp, mut s) = served(
         mailbox_with([mail(1, "a@example.net", 300)]),
         "tls_server_name = \"localhost\"",
         "",
     )
     .await;
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].tls = popbridge::config::TlsMode::StartTls;
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    s.config.accounts[0].tls = popbridge::config::TlsMode::StartTls;
     let (sum, _) = s.pass(&pop, &smtp).await;
     match &sum.failure {
         Some(AccountFailure::Connect(e)) => assert!(e.contains("STLS required"), "{e}"),
@@ -247,7 +242,7 @@ async fn stls_refused_means_nothing_in_clear_and_a_clear_error() {
 #[tokio::test]
 async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
     let pki = TestPki::localhost().unwrap();
-    let (pop, smtp, s) = served_from(
+    let (pop, smtp, mut s) = served_from(
         MockPop3::builder()
             .mailbox(mailbox_with([mail(1, "a@example.net", 300)]))
             .tls(ServerTls::Implicit(pki.server_config().unwrap())),
@@ -255,14 +250,9 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
         "",
     )
     .await;
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].tls = popbridge::config::TlsMode::Implicit;
-    cfg.accounts[0].allow_plaintext = false;
-    cfg.accounts[0].tls_server_name = Some("localhost".into());
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    s.config.accounts[0].tls = popbridge::config::TlsMode::Implicit;
+    s.config.accounts[0].allow_plaintext = false;
+    s.config.accounts[0].tls_server_name = Some("localhost".into());
     let (sum, _) = s.pass(&pop, &smtp).await;
     match &sum.failure {
         Some(AccountFailure::Connect(e)) => assert!(e.contains("TLS handshake"), "{e}"),
@@ -271,12 +261,7 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
     assert_eq!(pop.mailbox("info").unwrap().retrievals, 0);
     let ca = s.dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].ca_file = Some(ca);
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    s.config.accounts[0].ca_file = Some(ca);
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert!(sum.failure.is_none(), "{sum:?}");
     assert_eq!(sum.delivered, 1);
@@ -285,13 +270,8 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
 
 #[tokio::test]
 async fn a_password_over_plain_text_is_refused_unless_allowed() {
-    let (pop, smtp, s) = served(mailbox_with([mail(1, "a@example.net", 300)]), "", "").await;
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].allow_plaintext = false;
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    let (pop, smtp, mut s) = served(mailbox_with([mail(1, "a@example.net", 300)]), "", "").await;
+    s.config.accounts[0].allow_plaintext = false;
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert!(
         matches!(&sum.failure, Some(AccountFailure::Connect(e)) if e.contains("in clear")),
@@ -418,18 +398,13 @@ async fn apop_and_cram_md5_log_in() {
         let mb = mailbox_with([mail(1, "a@example.net", 400)]).with_methods([method]);
         let pop = pop3(MockPop3::builder().mailbox(mb)).await;
         let smtp = smtp(MockSmtp::builder()).await;
-        let s = setup(&pop, &smtp, "", "");
-        let mut cfg = s.config.clone();
-        cfg.accounts[0].auth = if name == "apop" {
+        let mut s = setup(&pop, &smtp, "", "");
+        s.config.accounts[0].auth = if name == "apop" {
             AuthMethod::Apop
         } else {
             AuthMethod::CramMd5
         };
-        cfg.accounts[0].allow_plaintext = false;
-        let s = Setup {
-            config: cfg,
-            dir: s.dir,
-        };
+        s.config.accounts[0].allow_plaintext = false;
         let (sum, _) = s.pass(&pop, &smtp).await;
         assert_eq!(sum.delivered, 1, "{name}: {sum:?}");
         let cmds = &pop.sessions()[0].commands;
@@ -444,13 +419,8 @@ async fn apop_and_cram_md5_log_in() {
 
 #[tokio::test]
 async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() {
-    let (pop, smtp, s) = served(mails(0..3, 500), "", "").await;
-    let mut cfg = s.config.clone();
-    cfg.transport.smtp_mut().unwrap().port = listener().await.local_addr().unwrap().port();
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    let (pop, smtp, mut s) = served(mails(0..3, 500), "", "").await;
+    s.config.transport.smtp_mut().unwrap().port = listener().await.local_addr().unwrap().port();
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert!(
         matches!(&sum.failure, Some(AccountFailure::Connect(e)) if e.contains("SMTP")),
@@ -539,13 +509,8 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
         MockPop3::builder().mailbox(mailbox_with(all))
     };
     // The old connector: no return-path repair, no reconnect before the error limit.
-    let (pop, smtp, s) = served_from(build(), "", "").await;
-    let mut cfg = s.config.clone();
-    cfg.profile = popbridge::config::Profile::Sbs2008;
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    let (pop, smtp, mut s) = served_from(build(), "", "").await;
+    s.config.profile = popbridge::config::Profile::Sbs2008;
     for pass in 1..=3 {
         let (sum, _) = s.pass(&pop, &smtp).await;
         assert_eq!(sum.delivered, 0, "sbs2008 pass {pass}: {sum:?}");
@@ -594,15 +559,10 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     // sbs2008: downloads up to the receive connector's 50 MB, Exchange says 250, then bounces.
     let (p, m) = mk();
     let (pop, smtp) = (pop3(p).await, crate::harness::smtp(m).await);
-    let s = setup(&pop, &smtp, "", "");
-    let mut cfg = s.config.clone();
-    cfg.profile = popbridge::config::Profile::Sbs2008;
-    cfg.exchange.organization_receive_limit =
+    let mut s = setup(&pop, &smtp, "", "");
+    s.config.profile = popbridge::config::Profile::Sbs2008;
+    s.config.exchange.organization_receive_limit =
         popbridge::config::ReceiveLimit::Octets(10 * 1024 * 1024);
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.deleted), (2, 2));
     assert!(
@@ -622,14 +582,9 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     // Default profile, same servers: the organisation limit is known, the message is kept.
     let (p, m) = mk();
     let (pop, smtp) = (pop3(p).await, crate::harness::smtp(m).await);
-    let s = setup(&pop, &smtp, "", "");
-    let mut cfg = s.config.clone();
-    cfg.exchange.organization_receive_limit =
+    let mut s = setup(&pop, &smtp, "", "");
+    s.config.exchange.organization_receive_limit =
         popbridge::config::ReceiveLimit::Octets(10 * 1024 * 1024);
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.skipped), (1, 1), "{sum:?}");
     assert_eq!(count(&events, "message.skipped_oversize"), 1);
