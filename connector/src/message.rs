@@ -163,6 +163,20 @@ fn value_string(raw: &[u8]) -> String {
         .to_string()
 }
 
+/// Where [`parse_headers`] keeps a header field: the first occurrence only, or every one.
+enum Field<'a> {
+    One(&'a mut Option<String>),
+    All(&'a mut Vec<String>),
+}
+
+/// The one of `fields` whose header name is `name` (case-insensitive), if any.
+fn named<'a, const N: usize>(name: &[u8], fields: [(&str, Field<'a>); N]) -> Option<Field<'a>> {
+    fields
+        .into_iter()
+        .find(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+        .map(|(_, field)| field)
+}
+
 /// Parses the header fields (unfolded; first occurrence for single fields, all for lists; raw values, lossy UTF-8). `head` may include the body: stop at the header end or `max`.
 pub fn parse_headers(head: &[u8], max: usize) -> HeaderInfo {
     let region = &head[..head.len().min(max)];
@@ -172,41 +186,25 @@ pub fn parse_headers(head: &[u8], max: usize) -> HeaderInfo {
         ..HeaderInfo::default()
     };
     for (name, raw) in Fields::new(region, max) {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        let single = if is("return-path") {
-            Some(&mut info.return_path)
-        } else if is("sender") {
-            Some(&mut info.sender)
-        } else if is("from") {
-            Some(&mut info.from)
-        } else if is("message-id") {
-            Some(&mut info.message_id)
-        } else if is("subject") {
-            Some(&mut info.subject)
-        } else if is("date") {
-            Some(&mut info.date)
-        } else {
-            None
-        };
-        if let Some(slot) = single {
-            if slot.is_none() {
-                *slot = Some(value_string(raw));
-            }
-            continue;
-        }
-        let list = if is("delivered-to") {
-            Some(&mut info.delivered_to)
-        } else if is("x-original-to") {
-            Some(&mut info.x_original_to)
-        } else if is("to") {
-            Some(&mut info.to)
-        } else if is("cc") {
-            Some(&mut info.cc)
-        } else {
-            None
-        };
-        if let Some(list) = list {
-            list.push(value_string(raw));
+        let field = named(
+            name,
+            [
+                ("return-path", Field::One(&mut info.return_path)),
+                ("sender", Field::One(&mut info.sender)),
+                ("from", Field::One(&mut info.from)),
+                ("message-id", Field::One(&mut info.message_id)),
+                ("subject", Field::One(&mut info.subject)),
+                ("date", Field::One(&mut info.date)),
+                ("delivered-to", Field::All(&mut info.delivered_to)),
+                ("x-original-to", Field::All(&mut info.x_original_to)),
+                ("to", Field::All(&mut info.to)),
+                ("cc", Field::All(&mut info.cc)),
+            ],
+        );
+        match field {
+            Some(Field::One(slot)) if slot.is_none() => *slot = Some(value_string(raw)),
+            Some(Field::All(list)) => list.push(value_string(raw)),
+            _ => {}
         }
     }
     info
