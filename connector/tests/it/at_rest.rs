@@ -42,6 +42,21 @@ async fn one_message() -> (
     (pop, smtp, tempfile::tempdir().unwrap())
 }
 
+/// [`config`] for the mocks on loopback, the account with `account_extra`.
+fn mocks_config(
+    dir: &Path,
+    pop: &mock_pop3::MockPop3Handle,
+    smtp: &mock_smtp::MockSmtpHandle,
+    account_extra: &str,
+) -> PathBuf {
+    config(
+        dir,
+        pop.addr().unwrap().port(),
+        &smtp_transport(smtp),
+        account_extra,
+    )
+}
+
 /// The `[transport]` body for the SMTP mock on loopback.
 fn smtp_transport(smtp: &mock_smtp::MockSmtpHandle) -> String {
     format!(
@@ -218,13 +233,7 @@ async fn an_existing_world_readable_state_dir_is_tightened_with_a_warning_event(
         set_mode(&dir.path().join(d), 0o755);
     }
     set_mode(&q.join("old.eml"), 0o644);
-    let transport = smtp_transport(&smtp);
-    let cfg = config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
-        "password_file = \"pass\"",
-    );
+    let cfg = mocks_config(dir.path(), &pop, &smtp, "password_file = \"pass\"");
     let events = dir.path().join("events.jsonl");
     let out = fetch_with_events(dir.path(), &cfg, &[], &events).await;
     let stderr = text(&out.stderr);
@@ -251,11 +260,10 @@ async fn an_existing_world_readable_state_dir_is_tightened_with_a_warning_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readable_config_with_an_inline_password_is_refused_until_chmod_600() {
     let (pop, smtp, dir) = one_message().await;
-    let transport = smtp_transport(&smtp);
-    let cfg = config(
+    let cfg = mocks_config(
         dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
+        &pop,
+        &smtp,
         &format!("password = \"{PASSWORD}\""),
     );
     set_mode(&cfg, 0o644);
@@ -293,12 +301,7 @@ async fn a_readable_config_with_an_inline_password_is_refused_until_chmod_600() 
     // A password_file others can read is refused the same way.
     std::fs::write(dir.path().join("pass"), format!("{PASSWORD}\n")).unwrap();
     set_mode(&dir.path().join("pass"), 0o640);
-    let cfg = config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
-        "password_file = \"pass\"",
-    );
+    let cfg = mocks_config(dir.path(), &pop, &smtp, "password_file = \"pass\"");
     let out = popbridge_umask_022(dir.path(), &["--config", cfg.to_str().unwrap(), "fetch"]).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -313,11 +316,10 @@ async fn a_password_command_that_prints_the_secret_on_failure_leaks_it_nowhere()
     let (pop, smtp, dir) = one_message().await;
     // The secret is in a file the command reads, so the configuration does not show it.
     write_private(&dir.path().join("vault"), PASSWORD);
-    let transport = smtp_transport(&smtp);
-    let cfg = config(
+    let cfg = mocks_config(
         dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
+        &pop,
+        &smtp,
         "password_command = \"echo \\\"cannot unlock: $(cat vault) was refused\\\" >&2; exit 1\"",
     );
     set_mode(&cfg, 0o600);

@@ -368,9 +368,7 @@ async fn check_limits_flags_the_two_sbs_losses() {
         async move { popbridge(&["--config", &cfg, "check-limits", "--probe"]).await }
     };
     // Case 1: global 10 MB, receive connector 50 MB, mailbox unlimited.
-    let out = run("10MB", "").await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    let so = exited(&run("10MB", "").await, 1);
     assert!(
         so.contains("LOST") && so.contains("organization_receive_limit"),
         "{so}"
@@ -387,9 +385,7 @@ async fn check_limits_flags_the_two_sbs_losses() {
     assert!(so.contains("unknown (not declared"), "{so}");
     assert!(!so.contains("--probe"), "{so}");
     // Case 2: global 50 MB, connector 50 MB, mailbox 10 MB.
-    let out = run("50MB", "mailbox_receive_limit = \"10MB\"").await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    let so = exited(&run("50MB", "mailbox_receive_limit = \"10MB\"").await, 1);
     assert!(
         so.contains("LOST") && so.contains("mailbox_receive_limit"),
         "{so}"
