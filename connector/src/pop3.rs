@@ -382,13 +382,10 @@ impl<S: Io> Connection<S, LineDecoder> {
         let mut chunk = BytesMut::new();
         let deadline = self.deadline(Setting::Data);
         loop {
-            let p = dec
-                .decode(self.buffered(), &mut chunk)
-                .map_err(too_large(command))?;
-            self.consume(p.consumed);
+            let done = self.dot_step(command, &mut dec, &mut chunk)?;
             sink.push(&chunk).await?;
             chunk.clear();
-            if self.ended_or_fill(command, p.done, &deadline).await? {
+            if self.ended_or_fill(command, done, &deadline).await? {
                 return Ok(());
             }
         }
@@ -431,14 +428,26 @@ impl<S: Io> Connection<S, LineDecoder> {
         let mut out = BytesMut::new();
         let deadline = self.deadline(Setting::Data);
         loop {
-            let p = dec
-                .decode(self.buffered(), &mut out)
-                .map_err(too_large(command))?;
-            self.consume(p.consumed);
-            if self.ended_or_fill(command, p.done, &deadline).await? {
+            let done = self.dot_step(command, &mut dec, &mut out)?;
+            if self.ended_or_fill(command, done, &deadline).await? {
                 return Ok(out.to_vec());
             }
         }
+    }
+
+    /// Decodes what is buffered of a dot-stuffed reply to `command` into `out` and consumes
+    /// it: true when the reply ended.
+    fn dot_step(
+        &mut self,
+        command: &str,
+        dec: &mut DotDecoder,
+        out: &mut BytesMut,
+    ) -> Result<bool, Pop3Error> {
+        let p = dec
+            .decode(self.buffered(), out)
+            .map_err(too_large(command))?;
+        self.consume(p.consumed);
+        Ok(p.done)
     }
 
     /// After a step of reading a multi-line reply: true when it `done` (the decoder reset
