@@ -495,6 +495,23 @@ struct MemWorld {
     dialer: Arc<MemoryDialer>,
 }
 
+/// A [`mem_world`] whose POP3 mock holds one message of about `size` octets and sends at
+/// most `rate` octets a second.
+fn dripping(size: usize, rate: u64, timeouts: &str) -> MemWorld {
+    mem_world(
+        MockPop3::builder()
+            .mailbox(mailbox_with([mail(1, "a@example.net", size)]))
+            .throttle(rate),
+        MockSmtp::builder(),
+        timeouts,
+    )
+}
+
+/// An SMTP mock that answers the end of each message's data only after `delay`.
+fn slow_end_of_data(delay: Duration) -> mock_smtp::Builder {
+    MockSmtp::builder().fault(FaultRule::new(Hook::EndOfData, FaultAction::Delay(delay)))
+}
+
 fn mem_world(pop: mock_pop3::Builder, smtp: mock_smtp::Builder, timeouts: &str) -> MemWorld {
     let pop = Arc::new(pop.spawn_in_memory());
     let smtp = Arc::new(smtp.spawn_in_memory());
@@ -550,13 +567,7 @@ impl MemWorld {
 /// a second kept a session alive forever (a 40-byte line took 40 s under a 10 s timeout).
 #[tokio::test(start_paused = true)]
 async fn a_status_line_that_drips_is_cut_off_at_the_command_timeout() {
-    let w = mem_world(
-        MockPop3::builder()
-            .mailbox(mailbox_with([mail(1, "a@example.net", 400)]))
-            .throttle(1),
-        MockSmtp::builder(),
-        "command = \"10s\"\ndata = \"60s\"",
-    );
+    let w = dripping(400, 1, "command = \"10s\"\ndata = \"60s\"");
     let (sum, _, took) = w.pass().await;
     match &sum.failure {
         Some(AccountFailure::Connect(e)) => {
@@ -575,13 +586,7 @@ async fn a_status_line_that_drips_is_cut_off_at_the_command_timeout() {
 /// long as bytes kept coming), and a timeout message saying "within 0 s".
 #[tokio::test(start_paused = true)]
 async fn a_body_that_drips_is_cut_off_at_the_data_timeout() {
-    let w = mem_world(
-        MockPop3::builder()
-            .mailbox(mailbox_with([mail(1, "a@example.net", 100_000)]))
-            .throttle(1000),
-        MockSmtp::builder(),
-        "command = \"10s\"\ndata = \"30s\"",
-    );
+    let w = dripping(100_000, 1000, "command = \"10s\"\ndata = \"30s\"");
     let (sum, events, took) = w.pass().await;
     assert!(sum.failure.is_none(), "{sum:?}");
     let why = sum.aborted.clone().unwrap_or_default();
@@ -604,10 +609,7 @@ async fn a_body_that_drips_is_cut_off_at_the_data_timeout() {
 async fn a_slow_final_reply_within_the_data_timeout_is_one_delivery() {
     let w = mem_world(
         MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 500)])),
-        MockSmtp::builder().fault(FaultRule::new(
-            Hook::EndOfData,
-            FaultAction::Delay(Duration::from_secs(90)),
-        )),
+        slow_end_of_data(Duration::from_secs(90)),
         "command = \"30s\"\ndata = \"120s\"",
     );
     let (sum, _, _) = w.pass().await;
@@ -633,10 +635,7 @@ async fn a_final_reply_that_never_comes_is_not_resent_in_the_pass_and_flagged_ne
             mail(1, "a@example.net", 500),
             mail(2, "a@example.net", 500),
         ])),
-        MockSmtp::builder().fault(FaultRule::new(
-            Hook::EndOfData,
-            FaultAction::Delay(Duration::from_secs(200)),
-        )),
+        slow_end_of_data(Duration::from_secs(200)),
         "command = \"30s\"\ndata = \"120s\"",
     );
     let (first, events, _) = w.pass().await;
