@@ -609,29 +609,28 @@ impl Ledger {
             status_columns!(),
             " FROM messages WHERE account = ?1"
         );
-        let mut stmt = self.conn.prepare_cached(sql).at(&self.path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
-                Ok((row.get::<_, Value>(0)?, RawStatus::read(row, 1)?))
-            })
-            .at(&self.path)?;
         let mut out = HashMap::new();
-        for row in rows {
-            let (key, raw) = row.at(&self.path)?;
-            let key = match key {
-                Value::Text(key) => key,
-                other => {
-                    return Err(corrupt(
-                        &self.path,
-                        account,
-                        &format!("{other:?}"),
-                        "key is not text",
-                    ))
-                }
-            };
-            let status = decode(&self.path, account, &key, &raw)?;
-            out.insert(key, status);
-        }
+        self.each_row(
+            sql,
+            params![account],
+            |row| Ok((row.get::<_, Value>(0)?, RawStatus::read(row, 1)?)),
+            |(key, raw)| {
+                let key = match key {
+                    Value::Text(key) => key,
+                    other => {
+                        return Err(corrupt(
+                            &self.path,
+                            account,
+                            &format!("{other:?}"),
+                            "key is not text",
+                        ))
+                    }
+                };
+                let status = decode(&self.path, account, &key, &raw)?;
+                out.insert(key, status);
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -740,11 +739,33 @@ impl Ledger {
 
     /// The first column of `select` (a constant query taking the account as `?1`).
     fn strings_of(&self, account: &str, select: &str) -> Result<HashSet<String>, LedgerError> {
-        let mut stmt = self.conn.prepare_cached(select).at(&self.path)?;
-        let rows = stmt
-            .query_map(params![account], |row| row.get::<_, String>(0))
-            .at(&self.path)?;
-        rows.map(|r| r.at(&self.path)).collect()
+        let mut out = HashSet::new();
+        self.each_row(
+            select,
+            params![account],
+            |row| row.get::<_, String>(0),
+            |s| {
+                out.insert(s);
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Hands each row `sql` selects with `params`, as `read` reads it, to `each`, in order;
+    /// the first error of either ends it.
+    fn each_row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        mut each: impl FnMut(T) -> Result<(), LedgerError>,
+    ) -> Result<(), LedgerError> {
+        let mut stmt = self.conn.prepare_cached(sql).at(&self.path)?;
+        for row in stmt.query_map(params, read).at(&self.path)? {
+            each(row.at(&self.path)?)?;
+        }
+        Ok(())
     }
 
     /// Ends the submission marks of `account`, except those in `keep` (messages whose final
@@ -1171,16 +1192,13 @@ impl Ledger {
     /// The last `limit` passes of `account`, newest first.
     pub fn passes(&self, account: &str, limit: u32) -> Result<Vec<PassRow>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT started_at, finished_at, outcome, reason, listed, delivered, deleted,
+        let mut out = Vec::new();
+        self.each_row(
+            "SELECT started_at, finished_at, outcome, reason, listed, delivered, deleted,
                     left_over, rejected, deferred, skipped, quarantined
                  FROM passes WHERE account = ?1 ORDER BY id DESC LIMIT ?2",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account, limit], |row| {
+            params![account, limit],
+            |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, i64>(1)?,
@@ -1197,28 +1215,27 @@ impl Ledger {
                         quarantined: row.get(11)?,
                     },
                 ))
-            })
-            .at(path)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (started_at, finished_at, outcome, reason, counts) = row.at(path)?;
-            let outcome = Outcome::parse(&outcome).ok_or_else(|| {
-                corrupt(
-                    path,
-                    account,
-                    "-",
-                    &format!("unknown pass outcome {outcome:?}"),
-                )
-            })?;
-            out.push(PassRow {
-                account: account.to_string(),
-                started_at,
-                finished_at,
-                outcome,
-                reason,
-                counts,
-            });
-        }
+            },
+            |(started_at, finished_at, outcome, reason, counts)| {
+                let outcome = Outcome::parse(&outcome).ok_or_else(|| {
+                    corrupt(
+                        path,
+                        account,
+                        "-",
+                        &format!("unknown pass outcome {outcome:?}"),
+                    )
+                })?;
+                out.push(PassRow {
+                    account: account.to_string(),
+                    started_at,
+                    finished_at,
+                    outcome,
+                    reason,
+                    counts,
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1226,19 +1243,16 @@ impl Ledger {
     /// discarded (`quarantine delete`) are left out: their copy is gone.
     pub fn quarantined(&self, account: Option<&str>) -> Result<Vec<QuarantineRow>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT account, key, quarantine_path, last_reply, updated_at,
+        let mut out = Vec::new();
+        self.each_row(
+            "SELECT account, key, quarantine_path, last_reply, updated_at,
                     quarantine_action, action_at
                  FROM messages
                  WHERE state = 'quarantined' AND (?1 IS NULL OR account = ?1)
                     AND (quarantine_action IS NULL OR quarantine_action <> 'discard')
                  ORDER BY updated_at, account, key",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
+            params![account],
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -1247,24 +1261,23 @@ impl Ledger {
                     row.get::<_, i64>(4)?,
                     row.get::<_, Option<String>>(5)?,
                 ))
-            })
-            .at(path)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (account, key, qpath, reason, since, action) = row.at(path)?;
-            let Some(qpath) = qpath else {
-                return Err(corrupt(path, &account, &key, "quarantined without a path"));
-            };
-            let action = decode_action(path, &account, &key, action.as_deref())?;
-            out.push(QuarantineRow {
-                account,
-                key,
-                path: PathBuf::from(qpath),
-                reason,
-                since,
-                action,
-            });
-        }
+            },
+            |(account, key, qpath, reason, since, action)| {
+                let Some(qpath) = qpath else {
+                    return Err(corrupt(path, &account, &key, "quarantined without a path"));
+                };
+                let action = decode_action(path, &account, &key, action.as_deref())?;
+                out.push(QuarantineRow {
+                    account,
+                    key,
+                    path: PathBuf::from(qpath),
+                    reason,
+                    since,
+                    action,
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1274,26 +1287,20 @@ impl Ledger {
         account: &str,
     ) -> Result<HashMap<String, QuarantineAction>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT key, quarantine_action FROM messages
+        let mut out = HashMap::new();
+        self.each_row(
+            "SELECT key, quarantine_action FROM messages
                  WHERE account = ?1 AND state = 'quarantined'
                     AND quarantine_action IS NOT NULL",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
-            })
-            .at(path)?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (key, action) = row.at(path)?;
-            if let Some(a) = decode_action(path, account, &key, action.as_deref())? {
-                out.insert(key, a);
-            }
-        }
+            params![account],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
+            |(key, action)| {
+                if let Some(a) = decode_action(path, account, &key, action.as_deref())? {
+                    out.insert(key, a);
+                }
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1327,15 +1334,12 @@ impl Ledger {
     /// first.
     pub fn stuck(&self, account: &str) -> Result<Vec<StuckRow>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT key, failure_kind, last_reply, failures, created_at FROM messages
+        let mut out = Vec::new();
+        self.each_row(
+            "SELECT key, failure_kind, last_reply, failures, created_at FROM messages
                  WHERE account = ?1 AND state = 'failed' ORDER BY created_at, key",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
+            params![account],
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -1343,31 +1347,30 @@ impl Ledger {
                     row.get::<_, i64>(3)?,
                     row.get::<_, i64>(4)?,
                 ))
-            })
-            .at(path)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, kind, reason, failures, since) = row.at(path)?;
-            let kind = match kind.as_str() {
-                "refused" => FailureKind::Refused,
-                "mismatch" => FailureKind::Mismatch,
-                other => {
-                    return Err(corrupt(
-                        path,
-                        account,
-                        &key,
-                        &format!("unknown failure kind {other:?}"),
-                    ))
-                }
-            };
-            out.push(StuckRow {
-                key,
-                kind,
-                reason: reason.unwrap_or_default(),
-                failures: u32::try_from(failures).unwrap_or(u32::MAX),
-                since,
-            });
-        }
+            },
+            |(key, kind, reason, failures, since)| {
+                let kind = match kind.as_str() {
+                    "refused" => FailureKind::Refused,
+                    "mismatch" => FailureKind::Mismatch,
+                    other => {
+                        return Err(corrupt(
+                            path,
+                            account,
+                            &key,
+                            &format!("unknown failure kind {other:?}"),
+                        ))
+                    }
+                };
+                out.push(StuckRow {
+                    key,
+                    kind,
+                    reason: reason.unwrap_or_default(),
+                    failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                    since,
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1771,6 +1774,11 @@ mod tests {
         assert_eq!(l.status(A, "d").unwrap(), delivered);
     }
 
+    /// `l` records `key` of `account` as delivered.
+    fn delivered(l: &Ledger, account: &str, key: &str) -> bool {
+        matches!(l.status(account, key).unwrap(), Status::Delivered { .. })
+    }
+
     #[test]
     fn delivered_after_failures_and_idempotent() {
         let (dir, mut l) = open();
@@ -1796,10 +1804,7 @@ mod tests {
         // Delivered wins over Quarantined (a delivery must never be forgotten).
         l.record_quarantined(A, "q", &dir.path().join("q")).unwrap();
         l.record_delivered(A, "q", 5, "250 ok").unwrap();
-        assert!(matches!(
-            l.status(A, "q").unwrap(),
-            Status::Delivered { .. }
-        ));
+        assert!(delivered(&l, A, "q"));
     }
 
     #[test]
@@ -2081,10 +2086,7 @@ mod tests {
         let mut writer = Ledger::open(dir.path()).unwrap();
         let reader = Ledger::open(dir.path()).unwrap();
         writer.record_delivered(A, "k", 1, "250").unwrap();
-        assert!(matches!(
-            reader.status(A, "k").unwrap(),
-            Status::Delivered { .. }
-        ));
+        assert!(delivered(&reader, A, "k"));
 
         // A reader in the middle of a read transaction does not block the writer (WAL).
         let mut stmt = reader
@@ -2101,10 +2103,7 @@ mod tests {
         // And the second connection can write too.
         let mut second = reader;
         second.record_delivered(B, "x", 1, "250").unwrap();
-        assert!(matches!(
-            writer.status(B, "x").unwrap(),
-            Status::Delivered { .. }
-        ));
+        assert!(delivered(&writer, B, "x"));
     }
 
     #[test]
