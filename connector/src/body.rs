@@ -168,12 +168,7 @@ impl Body {
         let dir = path.parent().unwrap_or(Path::new("."));
         crate::private::create_dir_all_async(dir).await?;
         let tmp = path.with_extension("tmp");
-        let mut out = crate::private::open_options_async()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .await?;
+        let mut out = crate::private::create_async(&tmp).await?;
         let mut r = self.reader().await?;
         tokio::io::copy(&mut r, &mut out).await?;
         out.sync_all().await?;
@@ -260,12 +255,7 @@ impl BodyBuilder {
                 .spool_dir
                 .join(format!("spool-{}-{seq}.part", std::process::id()));
             let guard = SpoolFile { path: path.clone() };
-            let mut f = crate::private::open_options_async()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .await?;
+            let mut f = crate::private::create_async(&path).await?;
             f.write_all(&self.mem).await?;
             self.mem = BytesMut::new();
             self.file = Some((f, guard));

@@ -693,6 +693,30 @@ deliver_to = "info@contoso.local"
             .unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
+    /// A POP3 mock serving [`mailbox`] over `tls`, an SMTP mock from `smtp_builder`, and a
+    /// folder for the configuration's state.
+    async fn served(
+        tls: mock_pop3::ServerTls,
+        smtp_builder: mock_smtp::Builder,
+    ) -> (MockPop3Handle, MockSmtpHandle, TempDir) {
+        let pop = pop3(MockPop3::builder().mailbox(mailbox()).tls(tls)).await;
+        let sm = smtp(smtp_builder).await;
+        (pop, sm, tempfile::tempdir().unwrap())
+    }
+
+    /// [`config`] for the mocks `pop` and `sm`.
+    fn config_for(
+        dir: &TempDir,
+        pop: &MockPop3Handle,
+        sm: &MockSmtpHandle,
+        password: &str,
+        account: &str,
+        transport: &str,
+    ) -> Config {
+        let (pop3_port, smtp_port) = (pop.addr().unwrap().port(), sm.addr().unwrap().port());
+        config(dir, pop3_port, smtp_port, password, account, transport)
+    }
+
     const PLAIN: &str = "tls = \"none\"\nallow_plaintext = true";
 
     fn sizes_desc() -> Vec<u64> {
@@ -720,17 +744,8 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn a_healthy_setup_is_reported_and_left_untouched() {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox())).await;
-        let sm = smtp(MockSmtp::builder()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = config(
-            &dir,
-            pop.addr().unwrap().port(),
-            sm.addr().unwrap().port(),
-            PASSWORD,
-            PLAIN,
-            "",
-        );
+        let (pop, sm, dir) = served(mock_pop3::ServerTls::None, MockSmtp::builder()).await;
+        let cfg = config_for(&dir, &pop, &sm, PASSWORD, PLAIN, "");
         let before = pop.mailbox("info").unwrap().remaining;
 
         let report = diagnose(&cfg, &TcpDialer).await;
@@ -801,18 +816,9 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn a_wrong_password_shows_the_reply_and_never_the_password() {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox())).await;
-        let sm = smtp(MockSmtp::builder()).await;
-        let dir = tempfile::tempdir().unwrap();
+        let (pop, sm, dir) = served(mock_pop3::ServerTls::None, MockSmtp::builder()).await;
         let wrong = "Wr0ng-passw0rd-42";
-        let cfg = config(
-            &dir,
-            pop.addr().unwrap().port(),
-            sm.addr().unwrap().port(),
-            wrong,
-            PLAIN,
-            "",
-        );
+        let cfg = config_for(&dir, &pop, &sm, wrong, PLAIN, "");
 
         let report = diagnose(&cfg, &TcpDialer).await;
         pop.wait_idle().await;
@@ -894,21 +900,18 @@ deliver_to = "info@contoso.local"
     #[tokio::test]
     async fn tls_on_both_sides_is_reported() {
         let pki = TestPki::localhost().unwrap();
-        let pop = pop3(
-            MockPop3::builder()
-                .mailbox(mailbox())
-                .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
+        let (pop, sm, dir) = served(
+            mock_pop3::ServerTls::Implicit(pki.server_config().unwrap()),
+            MockSmtp::builder().tls(pki.server_config().unwrap()),
         )
         .await;
-        let sm = smtp(MockSmtp::builder().tls(pki.server_config().unwrap())).await;
-        let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, &pki.ca_pem).unwrap();
         let ca = ca.display().to_string();
-        let cfg = config(
+        let cfg = config_for(
             &dir,
-            pop.addr().unwrap().port(),
-            sm.addr().unwrap().port(),
+            &pop,
+            &sm,
             PASSWORD,
             &format!("tls = \"implicit\"\ntls_server_name = \"localhost\"\nca_file = \"{ca}\""),
             &format!("starttls = true\nca_file = \"{ca}\""),
@@ -969,18 +972,15 @@ deliver_to = "info@contoso.local"
     async fn a_tls_failure_is_a_connection_failure() {
         // The certificate is signed by a CA nobody trusts.
         let pki = TestPki::localhost().unwrap();
-        let pop = pop3(
-            MockPop3::builder()
-                .mailbox(mailbox())
-                .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
+        let (pop, sm, dir) = served(
+            mock_pop3::ServerTls::Implicit(pki.server_config().unwrap()),
+            MockSmtp::builder(),
         )
         .await;
-        let sm = smtp(MockSmtp::builder()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = config(
+        let cfg = config_for(
             &dir,
-            pop.addr().unwrap().port(),
-            sm.addr().unwrap().port(),
+            &pop,
+            &sm,
             PASSWORD,
             "tls = \"implicit\"\ntls_server_name = \"localhost\"",
             "",
@@ -1016,24 +1016,21 @@ deliver_to = "info@contoso.local"
     #[tokio::test]
     async fn stls_and_a_transport_limit_below_the_largest_message_are_reported() {
         let pki = TestPki::localhost().unwrap();
-        let pop = pop3(
-            MockPop3::builder()
-                .mailbox(mailbox())
-                .tls(mock_pop3::ServerTls::Stls(pki.server_config().unwrap())),
-        )
-        .await;
         let limits = mock_smtp::Limits {
             max_message_size: Some(16 * 1024),
             ..mock_smtp::Limits::default()
         };
-        let sm = smtp(MockSmtp::builder().limits(limits)).await;
-        let dir = tempfile::tempdir().unwrap();
+        let (pop, sm, dir) = served(
+            mock_pop3::ServerTls::Stls(pki.server_config().unwrap()),
+            MockSmtp::builder().limits(limits),
+        )
+        .await;
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, &pki.ca_pem).unwrap();
-        let cfg = config(
+        let cfg = config_for(
             &dir,
-            pop.addr().unwrap().port(),
-            sm.addr().unwrap().port(),
+            &pop,
+            &sm,
             PASSWORD,
             &format!(
                 "tls = \"starttls\"\ntls_server_name = \"localhost\"\nca_file = \"{}\"",

@@ -536,13 +536,36 @@ impl Ledger {
         })
     }
 
-    /// Apply the missing migrations in one transaction (re-checking the version under the lock).
-    fn migrate(&mut self) -> Result<(), LedgerError> {
-        let path = &self.path;
+    /// A write transaction that takes the database's write lock as it begins, and the
+    /// database path for its errors.
+    fn immediate(&mut self) -> Result<(rusqlite::Transaction<'_>, &Path), LedgerError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+            .at(&self.path)?;
+        Ok((tx, &self.path))
+    }
+
+    /// Runs `each` on every one of `items` in one write transaction (see
+    /// [`Ledger::immediate`]); with no items, no transaction at all.
+    fn each_in_one_transaction<T>(
+        &mut self,
+        items: &[T],
+        mut each: impl FnMut(&rusqlite::Transaction<'_>, &Path, &T) -> Result<(), LedgerError>,
+    ) -> Result<(), LedgerError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (tx, path) = self.immediate()?;
+        for item in items {
+            each(&tx, path, item)?;
+        }
+        tx.commit().at(path)
+    }
+
+    /// Apply the missing migrations in one transaction (re-checking the version under the lock).
+    fn migrate(&mut self) -> Result<(), LedgerError> {
+        let (tx, path) = self.immediate()?;
         let current = user_version(&tx).at(path)?;
         check_version(path, current)?;
         if current == SCHEMA_VERSION {
@@ -586,29 +609,28 @@ impl Ledger {
             status_columns!(),
             " FROM messages WHERE account = ?1"
         );
-        let mut stmt = self.conn.prepare_cached(sql).at(&self.path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
-                Ok((row.get::<_, Value>(0)?, RawStatus::read(row, 1)?))
-            })
-            .at(&self.path)?;
         let mut out = HashMap::new();
-        for row in rows {
-            let (key, raw) = row.at(&self.path)?;
-            let key = match key {
-                Value::Text(key) => key,
-                other => {
-                    return Err(corrupt(
-                        &self.path,
-                        account,
-                        &format!("{other:?}"),
-                        "key is not text",
-                    ))
-                }
-            };
-            let status = decode(&self.path, account, &key, &raw)?;
-            out.insert(key, status);
-        }
+        self.each_row(
+            sql,
+            params![account],
+            |row| Ok((row.get::<_, Value>(0)?, RawStatus::read(row, 1)?)),
+            |(key, raw)| {
+                let key = match key {
+                    Value::Text(key) => key,
+                    other => {
+                        return Err(corrupt(
+                            &self.path,
+                            account,
+                            &format!("{other:?}"),
+                            "key is not text",
+                        ))
+                    }
+                };
+                let status = decode(&self.path, account, &key, &raw)?;
+                out.insert(key, status);
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -655,13 +677,9 @@ impl Ledger {
         next: &[&str],
     ) -> Result<(), LedgerError> {
         let now = now();
-        let path = &self.path;
         // One transaction: committed (and, with synchronous = FULL, the WAL fsynced) before
         // commit returns.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         for d in batch {
             // Sizes beyond i64::MAX cannot occur; clamp rather than fail the record that
             // prevents a duplicate.
@@ -721,11 +739,33 @@ impl Ledger {
 
     /// The first column of `select` (a constant query taking the account as `?1`).
     fn strings_of(&self, account: &str, select: &str) -> Result<HashSet<String>, LedgerError> {
-        let mut stmt = self.conn.prepare_cached(select).at(&self.path)?;
-        let rows = stmt
-            .query_map(params![account], |row| row.get::<_, String>(0))
-            .at(&self.path)?;
-        rows.map(|r| r.at(&self.path)).collect()
+        let mut out = HashSet::new();
+        self.each_row(
+            select,
+            params![account],
+            |row| row.get::<_, String>(0),
+            |s| {
+                out.insert(s);
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Hands each row `sql` selects with `params`, as `read` reads it, to `each`, in order;
+    /// the first error of either ends it.
+    fn each_row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        mut each: impl FnMut(T) -> Result<(), LedgerError>,
+    ) -> Result<(), LedgerError> {
+        let mut stmt = self.conn.prepare_cached(sql).at(&self.path)?;
+        for row in stmt.query_map(params, read).at(&self.path)? {
+            each(row.at(&self.path)?)?;
+        }
+        Ok(())
     }
 
     /// Ends the submission marks of `account`, except those in `keep` (messages whose final
@@ -740,11 +780,7 @@ impl Ledger {
         if doomed.is_empty() {
             return Ok(());
         }
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         for key in doomed {
             unmark(&tx, path, account, key)?;
         }
@@ -775,11 +811,7 @@ impl Ledger {
         kind: FailureKind,
     ) -> Result<u32, LedgerError> {
         let now = now();
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let existing = tx
             .prepare_cached("SELECT state, failures FROM messages WHERE account = ?1 AND key = ?2")
             .at(path)?
@@ -878,11 +910,7 @@ impl Ledger {
             return Ok(());
         }
         let now = now();
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let mut unknown = 0usize;
         {
             let mut update = tx
@@ -926,15 +954,7 @@ impl Ledger {
         account: &str,
         uids: &[String],
     ) -> Result<(), LedgerError> {
-        if uids.is_empty() {
-            return Ok(());
-        }
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        for uid in uids {
+        self.each_in_one_transaction(uids, |tx, path, uid| {
             tx.prepare_cached(
                 "INSERT INTO shared_uids (account, uid) VALUES (?1, ?2)
                  ON CONFLICT (account, uid) DO NOTHING",
@@ -942,8 +962,8 @@ impl Ledger {
             .at(path)?
             .execute(params![account, uid])
             .at(path)?;
-        }
-        tx.commit().at(path)
+            Ok(())
+        })
     }
 
     /// Remembers DELEs of header-digest messages whose QUIT was never confirmed (whether
@@ -953,18 +973,9 @@ impl Ledger {
         account: &str,
         dele: &[Unconfirmed],
     ) -> Result<(), LedgerError> {
-        if dele.is_empty() {
-            return Ok(());
-        }
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        for u in dele {
-            set_unconfirmed(&tx, path, account, &u.key, u.size, u.listed)?;
-        }
-        tx.commit().at(path)
+        self.each_in_one_transaction(dele, |tx, path, u| {
+            set_unconfirmed(tx, path, account, &u.key, u.size, u.listed)
+        })
     }
 
     /// Forgets an unconfirmed DELE the server refused (so it certainly did not apply).
@@ -992,11 +1003,7 @@ impl Ledger {
         account: &str,
         listed: &HashMap<u64, u32>,
     ) -> Result<Vec<String>, LedgerError> {
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let rows: Vec<(String, i64, i64)> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -1045,11 +1052,7 @@ impl Ledger {
         seen: &HashSet<String>,
     ) -> Result<(), LedgerError> {
         let now = now();
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let rows: Vec<(String, bool)> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -1099,11 +1102,7 @@ impl Ledger {
         now: i64,
     ) -> Result<usize, LedgerError> {
         let cutoff = now.saturating_sub(retention_secs.max(0));
-        let path = &self.path;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         let mut doomed = Vec::new();
         {
             let mut stmt = tx
@@ -1156,12 +1155,8 @@ impl Ledger {
 
     /// Records one pass in the history, keeping the last [`HISTORY_KEEP`] of its account.
     pub fn record_pass(&mut self, pass: &PassRow) -> Result<(), LedgerError> {
-        let path = &self.path;
         let c = &pass.counts;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
+        let (tx, path) = self.immediate()?;
         tx.prepare_cached(
             "INSERT INTO passes (account, started_at, finished_at, outcome, reason, listed,
                 delivered, deleted, left_over, rejected, deferred, skipped, quarantined)
@@ -1197,16 +1192,13 @@ impl Ledger {
     /// The last `limit` passes of `account`, newest first.
     pub fn passes(&self, account: &str, limit: u32) -> Result<Vec<PassRow>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT started_at, finished_at, outcome, reason, listed, delivered, deleted,
+        let mut out = Vec::new();
+        self.each_row(
+            "SELECT started_at, finished_at, outcome, reason, listed, delivered, deleted,
                     left_over, rejected, deferred, skipped, quarantined
                  FROM passes WHERE account = ?1 ORDER BY id DESC LIMIT ?2",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account, limit], |row| {
+            params![account, limit],
+            |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, i64>(1)?,
@@ -1223,28 +1215,27 @@ impl Ledger {
                         quarantined: row.get(11)?,
                     },
                 ))
-            })
-            .at(path)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (started_at, finished_at, outcome, reason, counts) = row.at(path)?;
-            let outcome = Outcome::parse(&outcome).ok_or_else(|| {
-                corrupt(
-                    path,
-                    account,
-                    "-",
-                    &format!("unknown pass outcome {outcome:?}"),
-                )
-            })?;
-            out.push(PassRow {
-                account: account.to_string(),
-                started_at,
-                finished_at,
-                outcome,
-                reason,
-                counts,
-            });
-        }
+            },
+            |(started_at, finished_at, outcome, reason, counts)| {
+                let outcome = Outcome::parse(&outcome).ok_or_else(|| {
+                    corrupt(
+                        path,
+                        account,
+                        "-",
+                        &format!("unknown pass outcome {outcome:?}"),
+                    )
+                })?;
+                out.push(PassRow {
+                    account: account.to_string(),
+                    started_at,
+                    finished_at,
+                    outcome,
+                    reason,
+                    counts,
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1252,19 +1243,16 @@ impl Ledger {
     /// discarded (`quarantine delete`) are left out: their copy is gone.
     pub fn quarantined(&self, account: Option<&str>) -> Result<Vec<QuarantineRow>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT account, key, quarantine_path, last_reply, updated_at,
+        let mut out = Vec::new();
+        self.each_row(
+            "SELECT account, key, quarantine_path, last_reply, updated_at,
                     quarantine_action, action_at
                  FROM messages
                  WHERE state = 'quarantined' AND (?1 IS NULL OR account = ?1)
                     AND (quarantine_action IS NULL OR quarantine_action <> 'discard')
                  ORDER BY updated_at, account, key",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
+            params![account],
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -1273,24 +1261,23 @@ impl Ledger {
                     row.get::<_, i64>(4)?,
                     row.get::<_, Option<String>>(5)?,
                 ))
-            })
-            .at(path)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (account, key, qpath, reason, since, action) = row.at(path)?;
-            let Some(qpath) = qpath else {
-                return Err(corrupt(path, &account, &key, "quarantined without a path"));
-            };
-            let action = decode_action(path, &account, &key, action.as_deref())?;
-            out.push(QuarantineRow {
-                account,
-                key,
-                path: PathBuf::from(qpath),
-                reason,
-                since,
-                action,
-            });
-        }
+            },
+            |(account, key, qpath, reason, since, action)| {
+                let Some(qpath) = qpath else {
+                    return Err(corrupt(path, &account, &key, "quarantined without a path"));
+                };
+                let action = decode_action(path, &account, &key, action.as_deref())?;
+                out.push(QuarantineRow {
+                    account,
+                    key,
+                    path: PathBuf::from(qpath),
+                    reason,
+                    since,
+                    action,
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1300,26 +1287,20 @@ impl Ledger {
         account: &str,
     ) -> Result<HashMap<String, QuarantineAction>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT key, quarantine_action FROM messages
+        let mut out = HashMap::new();
+        self.each_row(
+            "SELECT key, quarantine_action FROM messages
                  WHERE account = ?1 AND state = 'quarantined'
                     AND quarantine_action IS NOT NULL",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
-            })
-            .at(path)?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (key, action) = row.at(path)?;
-            if let Some(a) = decode_action(path, account, &key, action.as_deref())? {
-                out.insert(key, a);
-            }
-        }
+            params![account],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
+            |(key, action)| {
+                if let Some(a) = decode_action(path, account, &key, action.as_deref())? {
+                    out.insert(key, a);
+                }
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1353,15 +1334,12 @@ impl Ledger {
     /// first.
     pub fn stuck(&self, account: &str) -> Result<Vec<StuckRow>, LedgerError> {
         let path = &self.path;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT key, failure_kind, last_reply, failures, created_at FROM messages
+        let mut out = Vec::new();
+        self.each_row(
+            "SELECT key, failure_kind, last_reply, failures, created_at FROM messages
                  WHERE account = ?1 AND state = 'failed' ORDER BY created_at, key",
-            )
-            .at(path)?;
-        let rows = stmt
-            .query_map(params![account], |row| {
+            params![account],
+            |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -1369,31 +1347,30 @@ impl Ledger {
                     row.get::<_, i64>(3)?,
                     row.get::<_, i64>(4)?,
                 ))
-            })
-            .at(path)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, kind, reason, failures, since) = row.at(path)?;
-            let kind = match kind.as_str() {
-                "refused" => FailureKind::Refused,
-                "mismatch" => FailureKind::Mismatch,
-                other => {
-                    return Err(corrupt(
-                        path,
-                        account,
-                        &key,
-                        &format!("unknown failure kind {other:?}"),
-                    ))
-                }
-            };
-            out.push(StuckRow {
-                key,
-                kind,
-                reason: reason.unwrap_or_default(),
-                failures: u32::try_from(failures).unwrap_or(u32::MAX),
-                since,
-            });
-        }
+            },
+            |(key, kind, reason, failures, since)| {
+                let kind = match kind.as_str() {
+                    "refused" => FailureKind::Refused,
+                    "mismatch" => FailureKind::Mismatch,
+                    other => {
+                        return Err(corrupt(
+                            path,
+                            account,
+                            &key,
+                            &format!("unknown failure kind {other:?}"),
+                        ))
+                    }
+                };
+                out.push(StuckRow {
+                    key,
+                    kind,
+                    reason: reason.unwrap_or_default(),
+                    failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                    since,
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1797,6 +1774,11 @@ mod tests {
         assert_eq!(l.status(A, "d").unwrap(), delivered);
     }
 
+    /// `l` records `key` of `account` as delivered.
+    fn delivered(l: &Ledger, account: &str, key: &str) -> bool {
+        matches!(l.status(account, key).unwrap(), Status::Delivered { .. })
+    }
+
     #[test]
     fn delivered_after_failures_and_idempotent() {
         let (dir, mut l) = open();
@@ -1822,10 +1804,7 @@ mod tests {
         // Delivered wins over Quarantined (a delivery must never be forgotten).
         l.record_quarantined(A, "q", &dir.path().join("q")).unwrap();
         l.record_delivered(A, "q", 5, "250 ok").unwrap();
-        assert!(matches!(
-            l.status(A, "q").unwrap(),
-            Status::Delivered { .. }
-        ));
+        assert!(delivered(&l, A, "q"));
     }
 
     #[test]
@@ -2107,10 +2086,7 @@ mod tests {
         let mut writer = Ledger::open(dir.path()).unwrap();
         let reader = Ledger::open(dir.path()).unwrap();
         writer.record_delivered(A, "k", 1, "250").unwrap();
-        assert!(matches!(
-            reader.status(A, "k").unwrap(),
-            Status::Delivered { .. }
-        ));
+        assert!(delivered(&reader, A, "k"));
 
         // A reader in the middle of a read transaction does not block the writer (WAL).
         let mut stmt = reader
@@ -2127,10 +2103,7 @@ mod tests {
         // And the second connection can write too.
         let mut second = reader;
         second.record_delivered(B, "x", 1, "250").unwrap();
-        assert!(matches!(
-            writer.status(B, "x").unwrap(),
-            Status::Delivered { .. }
-        ));
+        assert!(delivered(&writer, B, "x"));
     }
 
     #[test]

@@ -1093,6 +1093,14 @@ mod tests {
 
     const MB: u64 = 1024 * 1024;
 
+    /// The opening of the plain-text `[[account]]` table `info` on `127.0.0.1:pop3_port`.
+    fn loopback_account(pop3_port: u16) -> String {
+        format!(
+            "[[account]]\nname = \"info\"\nhost = \"127.0.0.1\"\nport = {pop3_port}\n\
+             tls = \"none\"\nallow_plaintext = true\n"
+        )
+    }
+
     fn config(profile: &str, max: &str, org: Option<&str>, mailbox: Option<&str>) -> Config {
         let org = org
             .map(|o| format!("[exchange]\norganization_receive_limit = \"{o}\"\n"))
@@ -1591,19 +1599,13 @@ port = {smtp_port}
 [timeouts]
 connect = "10s"
 command = "10s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-auth = "user"
+{account}auth = "user"
 username = "info"
 password = "{PASSWORD}"
 deliver_to = "info@contoso.local"
 "#,
             smtp_port = smtp.addr().unwrap().port(),
-            pop3_port = pop3.addr().unwrap().port(),
+            account = loopback_account(pop3.addr().unwrap().port()),
         );
         let c = Config::from_str(&text, Path::new("popbridge.toml")).unwrap();
         let r = check(&c, true, &TcpDialer).await;
@@ -1711,16 +1713,11 @@ host = "127.0.0.1"
 port = {smtp_port}
 [timeouts]
 connect = "2s"
-[[account]]
-name = "info"
-host = "127.0.0.1"
-port = {pop3_port}
-tls = "none"
-allow_plaintext = true
-username = "info"
+{account}username = "info"
 password = "hunter2-secret"
 deliver_to = "info@contoso.local"
-"#
+"#,
+            account = loopback_account(pop3_port),
         );
         let c = Config::from_str(&text, Path::new("popbridge.toml")).unwrap();
         let r = check(&c, true, &TcpDialer).await;

@@ -163,6 +163,20 @@ fn value_string(raw: &[u8]) -> String {
         .to_string()
 }
 
+/// Where [`parse_headers`] keeps a header field: the first occurrence only, or every one.
+enum Field<'a> {
+    One(&'a mut Option<String>),
+    All(&'a mut Vec<String>),
+}
+
+/// The one of `fields` whose header name is `name` (case-insensitive), if any.
+fn named<'a, const N: usize>(name: &[u8], fields: [(&str, Field<'a>); N]) -> Option<Field<'a>> {
+    fields
+        .into_iter()
+        .find(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+        .map(|(_, field)| field)
+}
+
 /// Parses the header fields (unfolded; first occurrence for single fields, all for lists; raw values, lossy UTF-8). `head` may include the body: stop at the header end or `max`.
 pub fn parse_headers(head: &[u8], max: usize) -> HeaderInfo {
     let region = &head[..head.len().min(max)];
@@ -172,41 +186,25 @@ pub fn parse_headers(head: &[u8], max: usize) -> HeaderInfo {
         ..HeaderInfo::default()
     };
     for (name, raw) in Fields::new(region, max) {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        let single = if is("return-path") {
-            Some(&mut info.return_path)
-        } else if is("sender") {
-            Some(&mut info.sender)
-        } else if is("from") {
-            Some(&mut info.from)
-        } else if is("message-id") {
-            Some(&mut info.message_id)
-        } else if is("subject") {
-            Some(&mut info.subject)
-        } else if is("date") {
-            Some(&mut info.date)
-        } else {
-            None
-        };
-        if let Some(slot) = single {
-            if slot.is_none() {
-                *slot = Some(value_string(raw));
-            }
-            continue;
-        }
-        let list = if is("delivered-to") {
-            Some(&mut info.delivered_to)
-        } else if is("x-original-to") {
-            Some(&mut info.x_original_to)
-        } else if is("to") {
-            Some(&mut info.to)
-        } else if is("cc") {
-            Some(&mut info.cc)
-        } else {
-            None
-        };
-        if let Some(list) = list {
-            list.push(value_string(raw));
+        let field = named(
+            name,
+            [
+                ("return-path", Field::One(&mut info.return_path)),
+                ("sender", Field::One(&mut info.sender)),
+                ("from", Field::One(&mut info.from)),
+                ("message-id", Field::One(&mut info.message_id)),
+                ("subject", Field::One(&mut info.subject)),
+                ("date", Field::One(&mut info.date)),
+                ("delivered-to", Field::All(&mut info.delivered_to)),
+                ("x-original-to", Field::All(&mut info.x_original_to)),
+                ("to", Field::All(&mut info.to)),
+                ("cc", Field::All(&mut info.cc)),
+            ],
+        );
+        match field {
+            Some(Field::One(slot)) if slot.is_none() => *slot = Some(value_string(raw)),
+            Some(Field::All(list)) => list.push(value_string(raw)),
+            _ => {}
         }
     }
     info
@@ -1083,18 +1081,20 @@ mod tests {
         assert_eq!((e.address.as_str(), e.repair), ("", None));
     }
 
+    /// `e` is the fallback sender, repaired from `original`: the repair's reason.
+    fn fell_back(e: EnvelopeSender, original: &str) -> String {
+        assert_eq!(e.address, "fallback@local.example");
+        assert_eq!(e.source, SenderSource::Fallback);
+        let r = e.repair.unwrap();
+        assert_eq!(r.original, original);
+        r.reason
+    }
+
     #[test]
     fn null_in_from_is_not_a_null_sender() {
         let e = sender(&info(None, None, Some("<>")), None, false);
-        assert_eq!(e.source, SenderSource::Fallback);
-        assert_eq!(e.address, "fallback@local.example");
-        let r = e.repair.unwrap();
-        assert_eq!(r.original, "");
-        assert!(
-            r.reason.starts_with("empty address in From"),
-            "{}",
-            r.reason
-        );
+        let reason = fell_back(e, "");
+        assert!(reason.starts_with("empty address in From"), "{reason}");
     }
 
     #[test]
@@ -1128,12 +1128,8 @@ mod tests {
     fn missing_domain_without_default_domain_falls_back() {
         for dd in [None, Some(""), Some("  ")] {
             let e = sender(&info(Some("user"), None, None), dd, false);
-            assert_eq!(e.address, "fallback@local.example");
-            assert_eq!(e.source, SenderSource::Fallback);
-            let r = e.repair.unwrap();
-            assert_eq!(r.original, "user");
             assert_eq!(
-                r.reason,
+                fell_back(e, "user"),
                 "no domain in Return-Path and no default_domain: used fallback_sender"
             );
         }
@@ -1158,12 +1154,8 @@ mod tests {
             Some("d.example"),
             false,
         );
-        assert_eq!(e.address, "fallback@local.example");
-        assert_eq!(e.source, SenderSource::Fallback);
-        let r = e.repair.unwrap();
-        assert_eq!(r.original, "bad..x@y");
         assert_eq!(
-            r.reason,
+            fell_back(e, "bad..x@y"),
             "invalid address in Return-Path (misplaced dot in local part): used fallback_sender"
         );
         // The null sender as the fallback.
@@ -1179,12 +1171,8 @@ mod tests {
     #[test]
     fn utf8_address_needs_smtputf8() {
         let i = info(None, None, Some("Jörg <jörg@example.de>"));
-        let e = sender(&i, None, false);
-        assert_eq!(e.address, "fallback@local.example");
-        assert_eq!(e.source, SenderSource::Fallback);
-        let r = e.repair.unwrap();
-        assert_eq!(r.original, "jörg@example.de");
-        assert!(r.reason.contains("SMTPUTF8"), "{}", r.reason);
+        let reason = fell_back(sender(&i, None, false), "jörg@example.de");
+        assert!(reason.contains("SMTPUTF8"), "{reason}");
 
         let e = sender(&i, None, true);
         assert_eq!(
@@ -1532,39 +1520,28 @@ Cc: body@x\n";
 
     #[test]
     fn rfc2822_dates() {
-        assert_eq!(rfc2822_date(at(0)), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc2822_date(at(951_782_400)),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
-        assert_eq!(
-            rfc2822_date(at(1_795_314_300)),
-            "Sun, 22 Nov 2026 02:25:00 +0000"
-        );
-        assert_eq!(
-            rfc2822_date(at(1_700_000_000)),
-            "Tue, 14 Nov 2023 22:13:20 +0000"
-        );
-        assert_eq!(
-            rfc2822_date(at(4_102_444_799)),
-            "Thu, 31 Dec 2099 23:59:59 +0000"
-        );
-        assert_eq!(
-            rfc2822_date(at(253_402_300_799)),
-            "Fri, 31 Dec 9999 23:59:59 +0000"
-        );
-        assert_eq!(
-            rfc2822_date(UNIX_EPOCH - Duration::from_secs(1)),
-            "Wed, 31 Dec 1969 23:59:59 +0000"
-        );
-        assert_eq!(
-            rfc2822_date(UNIX_EPOCH - Duration::from_millis(500)),
-            "Wed, 31 Dec 1969 23:59:59 +0000"
-        );
-        assert_eq!(
-            rfc2822_date(at(1_795_314_300) + Duration::from_millis(999)),
-            "Sun, 22 Nov 2026 02:25:00 +0000"
-        );
+        for (t, expected) in [
+            (at(0), "Thu, 01 Jan 1970 00:00:00 +0000"),
+            (at(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000"),
+            (at(1_795_314_300), "Sun, 22 Nov 2026 02:25:00 +0000"),
+            (at(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 +0000"),
+            (at(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 +0000"),
+            (at(253_402_300_799), "Fri, 31 Dec 9999 23:59:59 +0000"),
+            (
+                UNIX_EPOCH - Duration::from_secs(1),
+                "Wed, 31 Dec 1969 23:59:59 +0000",
+            ),
+            (
+                UNIX_EPOCH - Duration::from_millis(500),
+                "Wed, 31 Dec 1969 23:59:59 +0000",
+            ),
+            (
+                at(1_795_314_300) + Duration::from_millis(999),
+                "Sun, 22 Nov 2026 02:25:00 +0000",
+            ),
+        ] {
+            assert_eq!(rfc2822_date(t), expected, "{t:?}");
+        }
     }
 
     #[test]

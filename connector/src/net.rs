@@ -125,7 +125,10 @@ pub fn client_config(
     if let Some(config) = built.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(config.clone());
     }
-    let config = with_verifier(trust.verifier()?)?;
+    let config = with_verifier(Verifier {
+        check: trust.check()?,
+        watch: None,
+    })?;
     let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
     if built.len() >= MAX_CACHED {
         built.clear();
@@ -192,17 +195,18 @@ impl Trust {
     }
 
     /// The certificate check behind [`client_config`].
-    fn verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    fn check(&self) -> Result<Check, TlsError> {
         match self {
             // The pin replaces chain validation; the name, the validity and the
             // handshake's signature are still checked.
-            Self::Pin(pin) => Ok(Arc::new(Exact {
+            Self::Pin(pin) => Ok(Check::Exact(Exact {
                 fingerprints: vec![*pin],
                 chain: None,
                 pinned: true,
             })),
-            Self::Anything => Ok(Arc::new(AcceptAnything)),
-            Self::Roots(ca) => roots_verifier(ca.as_ref().map(|(p, pem)| (p.as_path(), &pem[..]))),
+            Self::Anything => Ok(Check::Anything),
+            Self::Roots(ca) => roots_verifier(ca.as_ref().map(|(p, pem)| (p.as_path(), &pem[..])))
+                .map(Check::Exact),
         }
     }
 }
@@ -216,35 +220,37 @@ pub fn watched_client_config(
     pin: Option<Fingerprint>,
 ) -> Result<(Arc<ClientConfig>, CertificateWatch), TlsError> {
     let watch = CertificateWatch::default();
-    let inner = match Trust::read(ca_file, accept_invalid, pin).and_then(|t| t.verifier()) {
+    let check = match Trust::read(ca_file, accept_invalid, pin).and_then(|t| t.check()) {
         // Still show the server's certificate: nothing can verify it, and it says so.
-        Err(TlsError::NoRoots) => Arc::new(Exact {
+        Err(TlsError::NoRoots) => Check::Exact(Exact {
             fingerprints: Vec::new(),
             chain: None,
             pinned: false,
         }),
         other => other?,
     };
-    let watching = Watching {
-        inner,
-        checked: !accept_invalid,
-        watch: watch.clone(),
+    let verifier = Verifier {
+        check,
+        watch: Some(Watched {
+            checked: !accept_invalid,
+            watch: watch.clone(),
+        }),
     };
-    Ok((with_verifier(Arc::new(watching))?, watch))
+    Ok((with_verifier(verifier)?, watch))
 }
 
-fn with_verifier(verifier: Arc<dyn ServerCertVerifier>) -> Result<Arc<ClientConfig>, TlsError> {
+fn with_verifier(verifier: Verifier) -> Result<Arc<ClientConfig>, TlsError> {
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
 
 /// Chain validation against the system roots plus the certificates of `ca` (its path and
 /// contents), which are also trusted exactly.
-fn roots_verifier(ca: Option<(&Path, &[u8])>) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+fn roots_verifier(ca: Option<(&Path, &[u8])>) -> Result<Exact, TlsError> {
     let mut roots = RootCertStore::empty();
     let mut exact = Vec::new();
     let native = rustls_native_certs::load_native_certs();
@@ -286,11 +292,11 @@ fn roots_verifier(ca: Option<(&Path, &[u8])>) -> Result<Arc<dyn ServerCertVerifi
             .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?,
         )
     };
-    Ok(Arc::new(Exact {
+    Ok(Exact {
         fingerprints: exact,
         chain,
         pinned: false,
-    }))
+    })
 }
 
 /// What a handshake saw of the server's certificate.
@@ -317,16 +323,49 @@ impl CertificateWatch {
     }
 }
 
-/// A verifier that decides exactly as `inner` and records what it was shown.
+/// The certificate check of a client configuration and, for `diagnose`, the watch that
+/// records what the server showed.
 #[derive(Debug)]
-struct Watching {
-    inner: Arc<dyn ServerCertVerifier>,
-    /// False under `tls_accept_invalid_certs`: `inner` accepts anything.
+struct Verifier {
+    check: Check,
+    /// `None` outside `diagnose`.
+    watch: Option<Watched>,
+}
+
+/// What a [`Verifier`] checks.
+#[derive(Debug)]
+enum Check {
+    /// Chain validation and certificates trusted exactly (see [`Exact`]).
+    Exact(Exact),
+    /// Nothing (`tls_accept_invalid_certs`): any certificate, any handshake signature.
+    Anything,
+}
+
+/// Where a [`Verifier`] records the certificate it was shown and its verdict.
+#[derive(Debug)]
+struct Watched {
+    /// False under `tls_accept_invalid_certs`: the check accepts anything.
     checked: bool,
     watch: CertificateWatch,
 }
 
-impl ServerCertVerifier for Watching {
+impl Verifier {
+    /// A handshake's signature, checked by `verify` with the provider's algorithms; not
+    /// checked at all under [`Check::Anything`].
+    fn signature(
+        &self,
+        verify: impl FnOnce(
+            &rustls::crypto::WebPkiSupportedAlgorithms,
+        ) -> Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        match self.check {
+            Check::Exact(_) => verify(&provider().signature_verification_algorithms),
+            Check::Anything => Ok(HandshakeSignatureValid::assertion()),
+        }
+    }
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -335,18 +374,21 @@ impl ServerCertVerifier for Watching {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        let verdict = match &result {
-            Ok(_) if self.checked => Ok(()),
-            Ok(_) => Err("not checked (tls_accept_invalid_certs = true)".to_string()),
-            Err(e) => Err(advice(e, &server_name.to_str()).unwrap_or_else(|| e.to_string())),
+        let result = match &self.check {
+            Check::Exact(exact) => exact.verify(end_entity, intermediates, server_name, ocsp, now),
+            Check::Anything => Ok(ServerCertVerified::assertion()),
         };
-        self.watch.record(SeenCertificate {
-            der: end_entity.to_vec(),
-            verdict,
-        });
+        if let Some(w) = &self.watch {
+            let verdict = match &result {
+                Ok(_) if w.checked => Ok(()),
+                Ok(_) => Err("not checked (tls_accept_invalid_certs = true)".to_string()),
+                Err(e) => Err(advice(e, &server_name.to_str()).unwrap_or_else(|| e.to_string())),
+            };
+            w.watch.record(SeenCertificate {
+                der: end_entity.to_vec(),
+                verdict,
+            });
+        }
         result
     }
 
@@ -356,7 +398,7 @@ impl ServerCertVerifier for Watching {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.signature(|algs| rustls::crypto::verify_tls12_signature(message, cert, dss, algs))
     }
 
     fn verify_tls13_signature(
@@ -365,11 +407,13 @@ impl ServerCertVerifier for Watching {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.signature(|algs| rustls::crypto::verify_tls13_signature(message, cert, dss, algs))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -412,8 +456,9 @@ impl std::fmt::Display for Untrusted {
 
 impl std::error::Error for Untrusted {}
 
-impl ServerCertVerifier for Exact {
-    fn verify_server_cert(
+impl Exact {
+    /// The server's certificate: the pin, then chain validation, then exact trust.
+    fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -455,40 +500,6 @@ impl ServerCertVerifier for Exact {
                 Ok(ServerCertVerified::assertion())
             }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -642,47 +653,6 @@ fn certificate_advice(
         }
         _ => return None,
     })
-}
-
-/// The verifier behind `tls_accept_invalid_certs`: accepts any certificate.
-#[derive(Debug)]
-struct AcceptAnything;
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Opens a stream for one route of a [`MemoryDialer`].

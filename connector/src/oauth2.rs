@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::config::{Account, Config, OAuth2};
 use crate::http::{self, HttpError};
 use crate::net::{self, Dialer, TlsError};
-use crate::secret::{Secret, SecretError};
+use crate::secret::{Secret, SecretError, SecretSource};
 
 /// The most octets read of a token endpoint's response (status line and headers included).
 pub const MAX_RESPONSE: usize = 64 * 1024;
@@ -751,6 +751,21 @@ impl<'a> Tokens<'a> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The secret `source` holds (the setting `key`), read within the command timeout and
+    /// recorded among [`Self::secrets`].
+    async fn resolve(
+        &self,
+        source: &SecretSource,
+        key: &'static str,
+    ) -> Result<Secret, OAuth2Error> {
+        let secret = source
+            .resolve(self.config.timeouts.command)
+            .await
+            .map_err(|source| OAuth2Error::Secret { key, source })?;
+        self.saw(&secret);
+        Ok(secret)
+    }
+
     fn saw(&self, s: &Secret) {
         self.seen
             .lock()
@@ -794,15 +809,8 @@ impl<'a> Tokens<'a> {
     /// configured one. Also the configured one's fingerprint.
     async fn refresh_token(&self) -> Result<(Secret, String, String), OAuth2Error> {
         let configured = self
-            .oauth
-            .refresh_token
-            .resolve(self.config.timeouts.command)
-            .await
-            .map_err(|source| OAuth2Error::Secret {
-                key: "refresh_token",
-                source,
-            })?;
-        self.saw(&configured);
+            .resolve(&self.oauth.refresh_token, "refresh_token")
+            .await?;
         let fp = fingerprint(&configured);
         let path = stored_path(&self.config.state_dir, &self.account.name);
         let in_memory = cache()
@@ -833,17 +841,7 @@ impl<'a> Tokens<'a> {
         let url = self.oauth.token_url.to_string();
         let (refresh, which, configured_fp) = self.refresh_token().await?;
         let client_secret = match &self.oauth.client_secret {
-            Some(source) => {
-                let s = source
-                    .resolve(self.config.timeouts.command)
-                    .await
-                    .map_err(|source| OAuth2Error::Secret {
-                        key: "client_secret",
-                        source,
-                    })?;
-                self.saw(&s);
-                Some(s)
-            }
+            Some(source) => Some(self.resolve(source, "client_secret").await?),
             None => None,
         };
         let mut pairs = vec![

@@ -540,12 +540,7 @@ async fn write_staged(
         .await
         .map_err(io_err("create", staging))?;
     let result = async {
-        let mut f = crate::private::open_options_async()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
-            .await?;
+        let mut f = crate::private::create_async(tmp).await?;
         f.write_all(head).await?;
         f.write_all(prefix).await?;
         let mut r = body.reader().await?;
@@ -617,11 +612,7 @@ async fn write_marker(journal: &Path, marker: &Path) -> Result<(), PickupError> 
     crate::private::create_dir_all_async(journal)
         .await
         .map_err(io_err("create", journal))?;
-    let f = crate::private::open_options_async()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(marker)
+    let f = crate::private::create_async(marker)
         .await
         .map_err(io_err("create", marker))?;
     f.sync_all().await.map_err(io_err("sync", marker))?;

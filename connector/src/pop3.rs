@@ -296,6 +296,14 @@ impl<'a> Settings<'a> {
 pub type Pop3Connection<S> = Connection<S, LineDecoder>;
 
 /// A connection failure while waiting for the reply to `command`.
+/// A multi-line reply to `command` that went past its limit, as the error it is.
+fn too_large(command: &str) -> impl Fn(DotError) -> Pop3Error + '_ {
+    move |DotError::TooLarge { limit }| Pop3Error::TooLarge {
+        command: command.into(),
+        limit,
+    }
+}
+
 fn conn_error(command: &str, e: ConnError) -> Pop3Error {
     match e {
         ConnError::Write(e) | ConnError::Flush(e) | ConnError::Read(e) => Pop3Error::Io(e),
@@ -374,22 +382,12 @@ impl<S: Io> Connection<S, LineDecoder> {
         let mut chunk = BytesMut::new();
         let deadline = self.deadline(Setting::Data);
         loop {
-            let p = dec.decode(self.buffered(), &mut chunk).map_err(
-                |DotError::TooLarge { limit }| Pop3Error::TooLarge {
-                    command: command.into(),
-                    limit,
-                },
-            )?;
-            self.consume(p.consumed);
+            let done = self.dot_step(command, &mut dec, &mut chunk)?;
             sink.push(&chunk).await?;
             chunk.clear();
-            if p.done {
-                self.reset_decoder();
+            if self.ended_or_fill(command, done, &deadline).await? {
                 return Ok(());
             }
-            self.fill(&deadline)
-                .await
-                .map_err(|e| conn_error(command, e))?;
         }
     }
 
@@ -417,13 +415,9 @@ impl<S: Io> Connection<S, LineDecoder> {
                     },
                 })?;
             self.consume(p.consumed);
-            if p.done {
-                self.reset_decoder();
+            if self.ended_or_fill(command, p.done, &deadline).await? {
                 return Ok(());
             }
-            self.fill(&deadline)
-                .await
-                .map_err(|e| conn_error(command, e))?;
         }
     }
 
@@ -434,21 +428,44 @@ impl<S: Io> Connection<S, LineDecoder> {
         let mut out = BytesMut::new();
         let deadline = self.deadline(Setting::Data);
         loop {
-            let p =
-                dec.decode(self.buffered(), &mut out)
-                    .map_err(|DotError::TooLarge { limit }| Pop3Error::TooLarge {
-                        command: command.into(),
-                        limit,
-                    })?;
-            self.consume(p.consumed);
-            if p.done {
-                self.reset_decoder();
+            let done = self.dot_step(command, &mut dec, &mut out)?;
+            if self.ended_or_fill(command, done, &deadline).await? {
                 return Ok(out.to_vec());
             }
-            self.fill(&deadline)
-                .await
-                .map_err(|e| conn_error(command, e))?;
         }
+    }
+
+    /// Decodes what is buffered of a dot-stuffed reply to `command` into `out` and consumes
+    /// it: true when the reply ended.
+    fn dot_step(
+        &mut self,
+        command: &str,
+        dec: &mut DotDecoder,
+        out: &mut BytesMut,
+    ) -> Result<bool, Pop3Error> {
+        let p = dec
+            .decode(self.buffered(), out)
+            .map_err(too_large(command))?;
+        self.consume(p.consumed);
+        Ok(p.done)
+    }
+
+    /// After a step of reading a multi-line reply: true when it `done` (the decoder reset
+    /// for the next reply); otherwise false once more of it arrived within `deadline`.
+    async fn ended_or_fill(
+        &mut self,
+        command: &str,
+        done: bool,
+        deadline: &Deadline,
+    ) -> Result<bool, Pop3Error> {
+        if done {
+            self.reset_decoder();
+            return Ok(true);
+        }
+        self.fill(deadline)
+            .await
+            .map_err(|e| conn_error(command, e))?;
+        Ok(false)
     }
 
     /// Reads and drops everything until the server closes, within `deadline`: what is

@@ -49,6 +49,16 @@ pub fn open_options_async() -> tokio::fs::OpenOptions {
     o
 }
 
+/// Creates `path` (emptying it if it exists) for writing, `0600` when new.
+pub async fn create_async(path: &Path) -> io::Result<tokio::fs::File> {
+    open_options_async()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .await
+}
+
 /// Sets `path`'s permission bits to exactly `mode` (no-op off Unix).
 pub fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
     #[cfg(unix)]

@@ -503,36 +503,29 @@ mod tests {
         );
     }
 
+    /// What `SecretSource::Command(cmd)` resolves to within the test's timeout.
+    async fn run_command(cmd: &str) -> Result<Secret, SecretError> {
+        SecretSource::Command(cmd.into()).resolve(T).await
+    }
+
     #[tokio::test]
     async fn command_output_is_the_secret() {
-        let got = SecretSource::Command("printf 'abc\\n'".into())
-            .resolve(T)
-            .await
-            .unwrap();
+        let got = run_command("printf 'abc\\n'").await.unwrap();
         assert_eq!(got.expose(), "abc");
-        let got = SecretSource::Command("printf 'a b\\r\\n'".into())
-            .resolve(T)
-            .await
-            .unwrap();
+        let got = run_command("printf 'a b\\r\\n'").await.unwrap();
         assert_eq!(got.expose(), "a b");
     }
 
     #[tokio::test]
     async fn command_stdin_is_null() {
-        let got = SecretSource::Command("cat; printf x".into())
-            .resolve(T)
-            .await
-            .unwrap();
+        let got = run_command("cat; printf x").await.unwrap();
         assert_eq!(got.expose(), "x");
     }
 
     #[tokio::test]
     async fn failing_command_reports_status_and_stderr_never_stdout() {
         let cmd = "echo topsecret-out; echo 'no such entry' >&2; echo second >&2; exit 3";
-        let err = SecretSource::Command(cmd.into())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = run_command(cmd).await.unwrap_err();
         let text = err.to_string();
         assert_eq!(
             text,
@@ -540,10 +533,7 @@ mod tests {
         );
         assert!(!format!("{err:?}").contains("topsecret"));
 
-        let err = SecretSource::Command("exit 1".into())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = run_command("exit 1").await.unwrap_err();
         assert_eq!(err.to_string(), "password command failed (exit status: 1)");
 
         // A command that shows the secret (or a token) in its complaint: never repeated.
@@ -569,25 +559,19 @@ mod tests {
                 "gpg: decryption failed: No secret key",
             ),
         ] {
-            let err = SecretSource::Command(cmd.into())
-                .resolve(T)
-                .await
+            let err = run_command(cmd).await
                 .unwrap_err();
             let text = err.to_string();
             assert!(text.ends_with(&format!("): {want}")), "{cmd}: {text}");
         }
 
-        let err = SecretSource::Command("true".into())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = run_command("true").await.unwrap_err();
         assert!(matches!(err, SecretError::CommandEmpty));
     }
 
     #[tokio::test]
     async fn huge_output_is_refused() {
-        let err = SecretSource::Command("head -c 100000 /dev/zero | tr '\\0' a".into())
-            .resolve(T)
+        let err = run_command("head -c 100000 /dev/zero | tr '\\0' a")
             .await
             .unwrap_err();
         assert!(matches!(err, SecretError::CommandOutputTooLarge { .. }));

@@ -903,17 +903,26 @@ impl SmtpClient {
         }
     }
 
+    /// Queues `prefix` and `body` as one last BDAT chunk, its command line then its data,
+    /// when they fit one [`CHUNK`] in memory; false (nothing queued) when they do not.
+    fn queue_whole(&mut self, prefix: &[u8], body: &Body) -> bool {
+        let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) else {
+            return false;
+        };
+        self.conn.queue(&SmtpCommand::Bdat {
+            size: prefix.len() as u64 + body.len(),
+            last: true,
+        });
+        self.conn.queue_data(prefix);
+        self.conn.queue_data(bytes);
+        true
+    }
+
     async fn bdat(&mut self, prefix: &[u8], body: &Body) -> Result<Reply, SmtpError> {
         let total = prefix.len() as u64 + body.len();
         tracing::debug!(target: "popbridge::wire", "SMTP C: BDAT (message, {total} octets)");
-        if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
+        if self.queue_whole(prefix, body) {
             // Small message: command and data in one write.
-            self.conn.queue(&SmtpCommand::Bdat {
-                size: total,
-                last: true,
-            });
-            self.conn.queue_data(prefix);
-            self.conn.queue_data(bytes);
             self.write(Stage::EndOfData).await?;
             return self.final_reply().await;
         }
@@ -1065,14 +1074,8 @@ impl SmtpClient {
             data: None,
             result: None,
         };
-        if let Some(bytes) = body.as_bytes().filter(|b| b.len() + prefix.len() <= CHUNK) {
+        if self.queue_whole(prefix, body) {
             // The usual case: the whole transaction in one write.
-            self.conn.queue(&SmtpCommand::Bdat {
-                size: total,
-                last: true,
-            });
-            self.conn.queue_data(prefix);
-            self.conn.queue_data(bytes);
             if let Err(e) = self.write_whole().await {
                 self.spent = true;
                 return Err(e);
@@ -1502,6 +1505,11 @@ mod tests {
 
     const EHLO: &str = "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 1000000\r\n";
 
+    /// The server end writes `text`.
+    async fn send(server: &mut BufReader<DuplexStream>, text: &[u8]) {
+        server.get_mut().write_all(text).await.unwrap();
+    }
+
     /// A client connected to the returned server end (greeting and EHLO answered).
     async fn connected() -> (SmtpClient, BufReader<DuplexStream>) {
         connected_with(EHLO).await
@@ -1532,15 +1540,11 @@ mod tests {
         };
         let mut server = BufReader::new(server);
         let serve = async {
-            server
-                .get_mut()
-                .write_all(b"220 mx.test\r\n")
-                .await
-                .unwrap();
+            send(&mut server, b"220 mx.test\r\n").await;
             let mut line = String::new();
             server.read_line(&mut line).await.unwrap();
             assert!(line.starts_with("EHLO"), "{line}");
-            server.get_mut().write_all(ehlo.as_bytes()).await.unwrap();
+            send(&mut server, ehlo.as_bytes()).await;
         };
         let (c, ()) = tokio::join!(SmtpClient::connect(&dialer, &settings), serve);
         (c.unwrap(), server)
@@ -1595,7 +1599,7 @@ mod tests {
         for n in 0..3 {
             read_transaction(&mut server, n > 0).await;
         }
-        server.get_mut().write_all(replies).await.unwrap();
+        send(&mut server, replies).await;
         c
     }
 
@@ -1623,11 +1627,7 @@ mod tests {
                 replies.push_str(&format!("250 queued as {n}\r\n"));
             }
         }
-        server
-            .get_mut()
-            .write_all(replies.as_bytes())
-            .await
-            .unwrap();
+        send(&mut server, replies.as_bytes()).await;
         for n in 0..4 {
             let r = c.outcome().await;
             match n {
@@ -1666,7 +1666,7 @@ mod tests {
         let (mut c, mut server) = connected().await;
         c.submit(&envelope(0), b"", &body(0)).await.unwrap();
         read_transaction(&mut server, false).await;
-        server.get_mut().write_all(b"250 ok\r\n").await.unwrap();
+        send(&mut server, b"250 ok\r\n").await;
         drop(server);
         let e = c.outcome().await.unwrap_err();
         assert!(e.outcome_unknown(), "{e}");
@@ -1725,11 +1725,7 @@ mod tests {
                 "RCPT" if sender_ok => "250 rcpt ok\r\n".into(),
                 "RCPT" => "503 5.5.1 need MAIL\r\n".into(),
                 "DATA" if sender_ok => {
-                    server
-                        .get_mut()
-                        .write_all(b"354 go ahead\r\n")
-                        .await
-                        .unwrap();
+                    send(&mut server, b"354 go ahead\r\n").await;
                     let mut text = String::new();
                     loop {
                         let mut l = String::new();
@@ -1746,7 +1742,7 @@ mod tests {
                 "DATA" => "503 5.5.1 need RCPT\r\n".into(),
                 _ => "500 what\r\n".into(),
             };
-            server.get_mut().write_all(reply.as_bytes()).await.unwrap();
+            send(&mut server, reply.as_bytes()).await;
         }
     }
 
@@ -1793,11 +1789,11 @@ mod tests {
         let (mut c, mut server) = connected_with("250-mx.test\r\n250 PIPELINING\r\n").await;
         c.submit(&envelope(0), b"", &body(0)).await.unwrap();
         // A server that kept another transaction open: MAIL refused, yet DATA says 354.
-        server
-            .get_mut()
-            .write_all(b"503 sender already given\r\n250 ok\r\n354 go\r\n")
-            .await
-            .unwrap();
+        send(
+            &mut server,
+            b"503 sender already given\r\n250 ok\r\n354 go\r\n",
+        )
+        .await;
         let e = c.outcome().await.unwrap_err();
         assert!(!e.outcome_unknown(), "{e}");
         assert!(!c.is_usable());
@@ -1813,11 +1809,7 @@ mod tests {
         let (mut c, mut server) = connected().await;
         c.submit(&envelope(0), b"", &body(0)).await.unwrap();
         read_transaction(&mut server, false).await;
-        server
-            .get_mut()
-            .write_all(b"501 bad sender\r\n250 ok\r\n250 queued\r\n")
-            .await
-            .unwrap();
+        send(&mut server, b"501 bad sender\r\n250 ok\r\n250 queued\r\n").await;
         let e = c.outcome().await.unwrap_err();
         assert!(e.outcome_unknown(), "{e}");
         assert!(!c.is_usable());

@@ -6,27 +6,33 @@
 
 use std::time::Duration;
 
-/// Parses a size: `"10MB"`, `"512 kb"`, `"1GB"`, `"123B"`, `"123"` (binary units:
-/// 1 KB = 1024 octets; also K/KiB, M/MiB, G/GiB, T/TB/TiB), case-insensitive.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    const UNITS: &str = "use B, KB, MB or GB";
+/// Splits `s`, a `what` ("size", "duration") whose accepted units `units` names, into its
+/// whole number and its unit (without the space before it), or says what is wrong.
+fn number_and_unit<'a>(s: &'a str, what: &str, units: &str) -> Result<(u64, &'a str), String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     if number.is_empty() {
         return Err(format!(
-            "invalid size {s:?}: expected a whole number with an optional unit ({UNITS})"
+            "invalid {what} {s:?}: expected a whole number with an optional unit ({units})"
         ));
     }
     if unit.starts_with(['.', ',']) {
         return Err(format!(
-            "invalid size {s:?}: fractions are not supported, use a smaller unit"
+            "invalid {what} {s:?}: fractions are not supported, use a smaller unit"
         ));
     }
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("invalid size {s:?}: number too large"))?;
-    let unit = unit.trim_start();
+        .map_err(|_| format!("invalid {what} {s:?}: number too large"))?;
+    Ok((n, unit.trim_start()))
+}
+
+/// Parses a size: `"10MB"`, `"512 kb"`, `"1GB"`, `"123B"`, `"123"` (binary units:
+/// 1 KB = 1024 octets; also K/KiB, M/MiB, G/GiB, T/TB/TiB), case-insensitive.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    const UNITS: &str = "use B, KB, MB or GB";
+    let (n, unit) = number_and_unit(s, "size", UNITS)?;
     let shift = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
@@ -47,23 +53,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// seconds (`"30"`), case-insensitive, optional space before the unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const UNITS: &str = "use ms, s, m, h or d";
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    if number.is_empty() {
-        return Err(format!(
-            "invalid duration {s:?}: expected a whole number with an optional unit ({UNITS})"
-        ));
-    }
-    if unit.starts_with(['.', ',']) {
-        return Err(format!(
-            "invalid duration {s:?}: fractions are not supported, use a smaller unit"
-        ));
-    }
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
-    let unit = unit.trim_start();
+    let (n, unit) = number_and_unit(s, "duration", UNITS)?;
     let too_large = || format!("invalid duration {s:?}: too large");
     match unit.to_ascii_lowercase().as_str() {
         "ms" => Ok(Duration::from_millis(n)),

@@ -47,13 +47,30 @@ Message-ID: <m1@isp.example>\r\n\r\nbody of the poison message\r\n";
     ])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quarantine_release_delivers_exactly_once_across_two_passes() {
+/// A POP3 mock serving [`poison_mailbox`], an SMTP mock refusing its poison sender, a
+/// temporary folder, the events file in it, and the configuration [`write_config`] wrote
+/// there (with `account` and `limits`).
+async fn poison_refused(
+    account: &str,
+    limits: &str,
+) -> (
+    mock_pop3::MockPop3Handle,
+    MockSmtpHandle,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    String,
+) {
     let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
     let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
-    let cfg = write_config(dir.path(), &pop, &refusing, "", "poison_after = 1");
+    let cfg = write_config(dir.path(), &pop, &refusing, account, limits);
+    (pop, refusing, dir, events, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_release_delivers_exactly_once_across_two_passes() {
+    let (pop, refusing, dir, events, cfg) = poison_refused("", "poison_after = 1").await;
 
     let (code, out, err) = run(&cfg, &events, &["fetch"]).await;
     assert_eq!(code, Some(1), "quarantined: {out}{err}");
@@ -142,11 +159,7 @@ async fn quarantine_release_delivers_exactly_once_across_two_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_delete_removes_the_copy_and_the_server_copy_without_delivering_it() {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
-    let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
-    let cfg = write_config(dir.path(), &pop, &refusing, "", "poison_after = 1");
+    let (pop, _refusing, dir, events, cfg) = poison_refused("", "poison_after = 1").await;
     let (code, out, err) = run(&cfg, &events, &["fetch"]).await;
     assert_eq!(code, Some(1), "{out}{err}");
     let copies = files_under(&dir.path().join("state/quarantine"));
@@ -188,12 +201,8 @@ async fn quarantine_delete_removes_the_copy_and_the_server_copy_without_deliveri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantine_delete_with_leave_on_server_keeps_the_server_copy_and_never_delivers_it() {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
-    let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
     let keep = "leave_on_server = true";
-    let cfg = write_config(dir.path(), &pop, &refusing, keep, "poison_after = 1");
+    let (pop, _refusing, dir, events, cfg) = poison_refused(keep, "poison_after = 1").await;
     run(&cfg, &events, &["fetch"]).await;
     let (code, out, err) = run(&cfg, &events, &["quarantine", "delete", "info", "u1"]).await;
     assert_eq!(code, Some(0), "{out}{err}");
@@ -212,11 +221,7 @@ async fn quarantine_delete_with_leave_on_server_keeps_the_server_copy_and_never_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_last_pass_stuck_messages_and_quarantine_in_text_and_json() {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
-    let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
-    let cfg = write_config(dir.path(), &pop, &refusing, "", "poison_after = 3");
+    let (_pop, _refusing, dir, events, cfg) = poison_refused("", "poison_after = 3").await;
 
     // Before any pass: nothing recorded, and it says so.
     let (code, out, err) = run(&cfg, &events, &["status"]).await;

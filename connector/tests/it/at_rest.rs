@@ -24,6 +24,47 @@ async fn popbridge_umask_022(dir: &Path, args: &[&str]) -> Output {
     finish(sh, Duration::from_secs(120)).await
 }
 
+/// `popbridge --config CFG EXTRA... --events EVENTS fetch` in `dir` under `umask 022`.
+async fn fetch_with_events(dir: &Path, cfg: &Path, extra: &[&str], events: &Path) -> Output {
+    let mut args = vec!["--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend(["--events", events.to_str().unwrap(), "fetch"]);
+    popbridge_umask_022(dir, &args).await
+}
+
+/// A POP3 mock serving one message, a default SMTP mock, and a folder to run in.
+async fn one_message() -> (
+    mock_pop3::MockPop3Handle,
+    mock_smtp::MockSmtpHandle,
+    tempfile::TempDir,
+) {
+    let (pop, smtp) = mocks(mailbox_with([mail(0, "a@example.net", 500)])).await;
+    (pop, smtp, tempfile::tempdir().unwrap())
+}
+
+/// [`config`] for the mocks on loopback, the account with `account_extra`.
+fn mocks_config(
+    dir: &Path,
+    pop: &mock_pop3::MockPop3Handle,
+    smtp: &mock_smtp::MockSmtpHandle,
+    account_extra: &str,
+) -> PathBuf {
+    config(
+        dir,
+        pop.addr().unwrap().port(),
+        &smtp_transport(smtp),
+        account_extra,
+    )
+}
+
+/// The `[transport]` body for the SMTP mock on loopback.
+fn smtp_transport(smtp: &mock_smtp::MockSmtpHandle) -> String {
+    format!(
+        "host = \"127.0.0.1\"\nport = {}",
+        smtp.addr().unwrap().port()
+    )
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
@@ -93,12 +134,8 @@ async fn quarantine_spool_ledger_journal_and_failed_copies_are_private_under_uma
     let smtp = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);
-    std::fs::write(dir.path().join("pass"), format!("{PASSWORD}\n")).unwrap();
-    set_mode(&dir.path().join("pass"), 0o600);
-    let smtp_transport = format!(
-        "host = \"127.0.0.1\"\nport = {}",
-        smtp.addr().unwrap().port()
-    );
+    write_private(&dir.path().join("pass"), format!("{PASSWORD}\n"));
+    let smtp_transport = smtp_transport(&smtp);
     let pop3_port = pop.addr().unwrap().port();
     let cfg = config(
         dir.path(),
@@ -108,17 +145,7 @@ async fn quarantine_spool_ledger_journal_and_failed_copies_are_private_under_uma
     );
     let cfg_arg = cfg.to_str().unwrap();
     let events = dir.path().join("events.jsonl");
-    let out = popbridge_umask_022(
-        dir.path(),
-        &[
-            "--config",
-            cfg_arg,
-            "--events",
-            events.to_str().unwrap(),
-            "fetch",
-        ],
-    )
-    .await;
+    let out = fetch_with_events(dir.path(), &cfg, &[], &events).await;
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
@@ -196,12 +223,8 @@ async fn quarantine_spool_ledger_journal_and_failed_copies_are_private_under_uma
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_world_readable_state_dir_is_tightened_with_a_warning_event() {
-    let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(0, "a@example.net", 500)]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pass"), format!("{PASSWORD}\n")).unwrap();
-    set_mode(&dir.path().join("pass"), 0o600);
+    let (pop, smtp, dir) = one_message().await;
+    write_private(&dir.path().join("pass"), format!("{PASSWORD}\n"));
     // As an older popbridge left it: 0755 folders, a 0644 quarantined message.
     let q = dir.path().join("state/quarantine/info");
     std::fs::create_dir_all(&q).unwrap();
@@ -210,28 +233,9 @@ async fn an_existing_world_readable_state_dir_is_tightened_with_a_warning_event(
         set_mode(&dir.path().join(d), 0o755);
     }
     set_mode(&q.join("old.eml"), 0o644);
-    let transport = format!(
-        "host = \"127.0.0.1\"\nport = {}",
-        smtp.addr().unwrap().port()
-    );
-    let cfg = config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
-        "password_file = \"pass\"",
-    );
+    let cfg = mocks_config(dir.path(), &pop, &smtp, "password_file = \"pass\"");
     let events = dir.path().join("events.jsonl");
-    let out = popbridge_umask_022(
-        dir.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-            "fetch",
-        ],
-    )
-    .await;
+    let out = fetch_with_events(dir.path(), &cfg, &[], &events).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(mode(&dir.path().join("state")), 0o700);
@@ -255,18 +259,11 @@ async fn an_existing_world_readable_state_dir_is_tightened_with_a_warning_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readable_config_with_an_inline_password_is_refused_until_chmod_600() {
-    let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(0, "a@example.net", 500)]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let transport = format!(
-        "host = \"127.0.0.1\"\nport = {}",
-        smtp.addr().unwrap().port()
-    );
-    let cfg = config(
+    let (pop, smtp, dir) = one_message().await;
+    let cfg = mocks_config(
         dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
+        &pop,
+        &smtp,
         &format!("password = \"{PASSWORD}\""),
     );
     set_mode(&cfg, 0o644);
@@ -304,12 +301,7 @@ async fn a_readable_config_with_an_inline_password_is_refused_until_chmod_600() 
     // A password_file others can read is refused the same way.
     std::fs::write(dir.path().join("pass"), format!("{PASSWORD}\n")).unwrap();
     set_mode(&dir.path().join("pass"), 0o640);
-    let cfg = config(
-        dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
-        "password_file = \"pass\"",
-    );
+    let cfg = mocks_config(dir.path(), &pop, &smtp, "password_file = \"pass\"");
     let out = popbridge_umask_022(dir.path(), &["--config", cfg.to_str().unwrap(), "fetch"]).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -321,37 +313,18 @@ async fn a_readable_config_with_an_inline_password_is_refused_until_chmod_600() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_command_that_prints_the_secret_on_failure_leaks_it_nowhere() {
-    let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(0, "a@example.net", 500)]))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (pop, smtp, dir) = one_message().await;
     // The secret is in a file the command reads, so the configuration does not show it.
-    std::fs::write(dir.path().join("vault"), PASSWORD).unwrap();
-    set_mode(&dir.path().join("vault"), 0o600);
-    let transport = format!(
-        "host = \"127.0.0.1\"\nport = {}",
-        smtp.addr().unwrap().port()
-    );
-    let cfg = config(
+    write_private(&dir.path().join("vault"), PASSWORD);
+    let cfg = mocks_config(
         dir.path(),
-        pop.addr().unwrap().port(),
-        &transport,
+        &pop,
+        &smtp,
         "password_command = \"echo \\\"cannot unlock: $(cat vault) was refused\\\" >&2; exit 1\"",
     );
     set_mode(&cfg, 0o600);
     let events = dir.path().join("events.jsonl");
-    let out = popbridge_umask_022(
-        dir.path(),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--verbose",
-            "--events",
-            events.to_str().unwrap(),
-            "fetch",
-        ],
-    )
-    .await;
+    let out = fetch_with_events(dir.path(), &cfg, &["--verbose"], &events).await;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     let events = std::fs::read_to_string(&events).unwrap_or_default();
     assert_ne!(out.status.code(), Some(0), "{stdout}{stderr}");

@@ -22,7 +22,11 @@ fn write_config(dir: &Path, pop3_port: u16, smtp_port: u16, extra: &str) -> Stri
 async fn exits(cfg: &str, args: &[&str], code: i32) -> String {
     let mut all = vec!["--config", cfg];
     all.extend_from_slice(args);
-    let out = popbridge(&all).await;
+    exited(&popbridge(&all).await, code)
+}
+
+/// `out` is of a run that exited `code`. Its standard output.
+fn exited(out: &std::process::Output, code: i32) -> String {
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -66,6 +70,14 @@ fn limited(max: u64) -> mock_smtp::Builder {
         max_message_size: Some(max),
         ..Limits::default()
     })
+}
+
+/// `popbridge fetch` over `small` demo messages and one of 50 KB, behind an SMTP mock that
+/// refuses over 20 KB, the account with `extra`: it must exit 1. Its standard output.
+async fn one_over_the_limit(small: usize, extra: &str) -> String {
+    let mb = demo(small, 800).with_demo_messages(1, 50_000);
+    let w = world(mb, limited(20_000), extra).await;
+    exits(&w.cfg, &["fetch"], 1).await
 }
 
 /// Prepends `top` (top-level keys) to the configuration file `cfg`.
@@ -138,9 +150,7 @@ async fn exit_0_when_everything_was_delivered_with_summary_events_and_a_redacted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_1_when_messages_stay_on_the_server() {
-    let mb = demo(2, 800).with_demo_messages(1, 50_000);
-    let w = world(mb, limited(20_000), "").await;
-    let stdout = exits(&w.cfg, &["fetch"], 1).await;
+    let stdout = one_over_the_limit(2, "").await;
     assert!(
         stdout.contains("1 left on the server (1 over the size limit)"),
         "{stdout}"
@@ -245,9 +255,7 @@ async fn a_backlog_exits_4_and_stuck_mail_exits_1() {
     );
 
     // Stuck mail outranks a backlog: one message over the size limit, and the cap.
-    let mb = demo(4, 800).with_demo_messages(1, 50_000);
-    let w = world(mb, limited(20_000), cap).await;
-    let stdout = exits(&w.cfg, &["fetch"], 1).await;
+    let stdout = one_over_the_limit(4, cap).await;
     assert!(
         stdout.contains("1 over the size limit, 2 for the next pass"),
         "{stdout}"
@@ -277,19 +285,8 @@ async fn run_trigger_reload_and_sigterm() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let out = out.expect("the daemon never listened");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stdout).starts_with("info: "),
-        "{}",
-        text(&out.stdout)
-    );
+    let stdout = exited(&out.expect("the daemon never listened"), 0);
+    assert!(stdout.starts_with("info: "), "{stdout}");
     pop.add_message(
         "info",
         mock_pop3::Message::new(&b"Subject: now\r\n\r\nx\r\n"[..]),
@@ -371,9 +368,7 @@ async fn check_limits_flags_the_two_sbs_losses() {
         async move { popbridge(&["--config", &cfg, "check-limits", "--probe"]).await }
     };
     // Case 1: global 10 MB, receive connector 50 MB, mailbox unlimited.
-    let out = run("10MB", "").await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    let so = exited(&run("10MB", "").await, 1);
     assert!(
         so.contains("LOST") && so.contains("organization_receive_limit"),
         "{so}"
@@ -390,9 +385,7 @@ async fn check_limits_flags_the_two_sbs_losses() {
     assert!(so.contains("unknown (not declared"), "{so}");
     assert!(!so.contains("--probe"), "{so}");
     // Case 2: global 50 MB, connector 50 MB, mailbox 10 MB.
-    let out = run("50MB", "mailbox_receive_limit = \"10MB\"").await;
-    let so = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    let so = exited(&run("50MB", "mailbox_receive_limit = \"10MB\"").await, 1);
     assert!(
         so.contains("LOST") && so.contains("mailbox_receive_limit"),
         "{so}"
@@ -418,15 +411,7 @@ async fn check_limits_with_probe_passes_a_safe_configuration() {
         format!("{original}\n[exchange]\norganization_receive_limit = \"50MB\"\n"),
     )
     .unwrap();
-    let out = popbridge(&["--config", cfg, "check-limits", "--probe"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let so = text(&out.stdout);
+    let so = exits(cfg, &["check-limits", "--probe"], 0).await;
     assert!(so.contains("Verdict: safe"), "{so}");
     assert!(so.contains("50 MB (EHLO SIZE, probed)"), "{so}");
     assert!(so.contains("50 MB (declared)"), "{so}");

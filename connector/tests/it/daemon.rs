@@ -83,6 +83,16 @@ fn launch(
     }
 }
 
+/// A POP3 mock holding [`mailbox`]`(n)` whose every RETR is answered only after `delay`.
+fn slow_retr(n: usize, delay: Duration) -> mock_pop3::Builder {
+    MockPop3::builder()
+        .mailbox(mailbox(n))
+        .fault(FaultRule::new(
+            Hook::command("RETR"),
+            FaultAction::Delay(delay),
+        ))
+}
+
 fn mailbox(n: usize) -> Maildrop {
     Maildrop::new("info", PASSWORD).with_demo_messages(n, 600)
 }
@@ -118,13 +128,7 @@ async fn passes_run_at_the_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_pass_is_never_overlapped_by_the_schedule() {
     // The first RETR takes 22 minutes; the interval is 5.
-    let pop = MockPop3::builder()
-        .mailbox(mailbox(3))
-        .fault(FaultRule::new(
-            Hook::command("RETR"),
-            FaultAction::Delay(Duration::from_secs(22 * 60)),
-        ))
-        .spawn_in_memory();
+    let pop = slow_retr(3, Duration::from_secs(22 * 60)).spawn_in_memory();
     let w = start(pop, "5m");
     w.handle.wait_completed(3).await;
     let h = w.handle.history();
@@ -154,13 +158,7 @@ async fn a_slow_pass_is_never_overlapped_by_the_schedule() {
 
 #[tokio::test(start_paused = true)]
 async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
-    let pop = MockPop3::builder()
-        .mailbox(mailbox(1))
-        .fault(FaultRule::new(
-            Hook::command("RETR"),
-            FaultAction::Delay(Duration::from_secs(10 * 60)),
-        ))
-        .spawn_in_memory();
+    let pop = slow_retr(1, Duration::from_secs(10 * 60)).spawn_in_memory();
     let w = start(pop, "1h");
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(
@@ -229,12 +227,7 @@ async fn a_bad_configuration_on_reload_keeps_the_old_one() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_finishes_the_message_in_flight_and_quits() {
-    let pop = MockPop3::builder()
-        .mailbox(mailbox(5))
-        .fault(FaultRule::new(
-            Hook::command("RETR"),
-            FaultAction::Delay(Duration::from_secs(120)),
-        ))
+    let pop = slow_retr(5, Duration::from_secs(120))
         .capabilities_after_login(mock_pop3::Capabilities {
             pipelining: false,
             ..mock_pop3::Capabilities::full_after_login()

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mock_pop3::{FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, MockPop3};
+use mock_pop3::MockPop3;
 use mock_smtp::{Delivery, MailboxSpec, MockSmtp, MockSmtpHandle};
 use popbridge::body::Body;
 use popbridge::config::{PickupTransport, Transport};
 use popbridge::events::Event;
-use popbridge::pickup::{Pickup, STAGING_DIR};
+use popbridge::pickup::{Pickup, Staged, STAGING_DIR};
 
 use crate::harness::*;
 
@@ -43,13 +43,28 @@ fn pickup_setup(
     let mut s = setup(pop, smtp, extra, "");
     s.config.received_header = false;
     let failed_dir = failed_dir.unwrap_or_else(|| s.state().join("failed"));
+    point_at_pickup(&mut s, pickup_dir, failed_dir);
+    s
+}
+
+/// Delivers `s`'s mail into `pickup_dir`, failed copies into `failed_dir`.
+fn point_at_pickup(s: &mut Setup, pickup_dir: &Path, failed_dir: PathBuf) {
     s.config.transport = Transport::Pickup(PickupTransport {
         dir: pickup_dir.to_path_buf(),
         failed_dir,
         mode: popbridge::config::DEFAULT_PICKUP_MODE,
         helo: s.config.transport.helo().to_string(),
     });
-    s
+}
+
+/// A file where a folder is expected, in a fresh temporary root: the root (removed on
+/// drop) and the file. Tests run as root, so permissions would not stop a write: a path
+/// through a file does.
+fn not_a_folder() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    (root, file)
 }
 
 /// `.eml` files at the top of a folder (what a pickup service would take), sorted.
@@ -91,6 +106,47 @@ fn staged_files(pickup_dir: &Path) -> Vec<PathBuf> {
     files_under(&pickup_dir.join(STAGING_DIR))
 }
 
+/// A fresh `Pickup` folder: its temporary root (removed on drop) and the folder.
+fn pickup_folder() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("Pickup");
+    std::fs::create_dir(&dir).unwrap();
+    (root, dir)
+}
+
+/// Mocks serving `msgs` and a [`pickup_setup`] delivering them into a fresh [`pickup_folder`]:
+/// the mocks, the folder's temporary root (removed on drop), the folder and the setup.
+async fn served_into_pickup(
+    msgs: Vec<mock_pop3::Message>,
+) -> (
+    mock_pop3::MockPop3Handle,
+    MockSmtpHandle,
+    tempfile::TempDir,
+    PathBuf,
+    Setup,
+) {
+    let (pop, smtp) = mocks(mailbox_with(msgs)).await;
+    let (root, dir) = pickup_folder();
+    let s = pickup_setup(&pop, &smtp, "", &dir, None);
+    (pop, smtp, root, dir, s)
+}
+
+/// Message `i` (UID `u{i}`) for `info@contoso.local`, staged as an earlier pass would.
+async fn stage_message(pickup: &Pickup, i: usize) -> Staged {
+    let body = Body::from_bytes(Bytes::from(message_bytes(i)));
+    pickup
+        .stage(
+            "info",
+            &format!("u{i}"),
+            "a@example.net",
+            &["info@contoso.local".to_string()],
+            b"",
+            &body,
+        )
+        .await
+        .unwrap()
+}
+
 fn rejected_replies(events: &[Event]) -> Vec<String> {
     events
         .iter()
@@ -107,16 +163,11 @@ async fn pickup_writes_each_message_once_with_its_envelope_and_never_connects_to
         MockPop3::builder()
             .mailbox(mailbox_with(messages(6)))
             // The first pass's QUIT is lost: nothing deleted, the ledger must prevent copies.
-            .fault(PopRule::new(
-                PopHook::command("QUIT"),
-                PopFault::CloseBeforeReply,
-            )),
+            .fault(quit_lost()),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Pickup");
-    std::fs::create_dir(&dir).unwrap();
+    let (_root, dir) = pickup_folder();
     let s = pickup_setup(&pop, &smtp, "", &dir, None);
 
     let (first, events) = s.pass(&pop, &smtp).await;
@@ -153,12 +204,7 @@ async fn pickup_writes_each_message_once_with_its_envelope_and_never_connects_to
 
 #[tokio::test]
 async fn pickup_keeps_the_trace_header_after_the_envelope_lines() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(messages(1)))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Pickup");
-    std::fs::create_dir(&dir).unwrap();
-    let mut s = pickup_setup(&pop, &smtp, "", &dir, None);
+    let (pop, smtp, _root, dir, mut s) = served_into_pickup(messages(1)).await;
     s.config.received_header = true;
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert_eq!(sum.delivered, 1);
@@ -174,21 +220,25 @@ async fn pickup_keeps_the_trace_header_after_the_envelope_lines() {
     assert!(data.ends_with(&message_bytes(0)));
 }
 
-#[tokio::test]
-async fn pickup_applies_the_configured_size_limit_only() {
+/// Two small messages and a 5000-octet one through the pickup folder, with `limit` set
+/// on the configuration: the large one must be skipped and kept on the server. The SMTP
+/// mock, to check it was never used.
+async fn pickup_with_a_4000_octet_limit(limit: impl FnOnce(&mut Setup)) -> MockSmtpHandle {
     let mut msgs = messages(2);
     msgs.push(raw(&vec![b'x'; 5000]).with_uid("big"));
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Pickup");
-    std::fs::create_dir(&dir).unwrap();
-    let mut s = pickup_setup(&pop, &smtp, "", &dir, None);
-    s.config.limits.max_message_size = Some(4000);
+    let (pop, smtp, _root, _dir, mut s) = served_into_pickup(msgs).await;
+    limit(&mut s);
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.skipped), (2, 1), "{sum:?}");
     assert_eq!(count(&events, "message.skipped_oversize"), 1);
     assert_eq!(pop.mailbox("info").unwrap().remaining, ["big"]);
+    smtp
+}
+
+#[tokio::test]
+async fn pickup_applies_the_configured_size_limit_only() {
+    let smtp =
+        pickup_with_a_4000_octet_limit(|s| s.config.limits.max_message_size = Some(4000)).await;
     assert!(smtp.sessions().is_empty());
 }
 
@@ -196,45 +246,20 @@ async fn pickup_applies_the_configured_size_limit_only() {
 async fn pickup_keeps_what_exchange_would_bounce() {
     // The pickup service hands messages to the categoriser, which applies Exchange's
     // organisation and mailbox limits: a larger message is kept, never written.
-    let mut msgs = messages(2);
-    msgs.push(raw(&vec![b'x'; 5000]).with_uid("big"));
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Pickup");
-    std::fs::create_dir(&dir).unwrap();
-    let mut s = pickup_setup(&pop, &smtp, "", &dir, None);
-    s.config.exchange.organization_receive_limit = popbridge::config::ReceiveLimit::Octets(4000);
-    let (sum, events) = s.pass(&pop, &smtp).await;
-    assert_eq!((sum.delivered, sum.skipped), (2, 1), "{sum:?}");
-    assert_eq!(count(&events, "message.skipped_oversize"), 1);
-    assert_eq!(pop.mailbox("info").unwrap().remaining, ["big"]);
+    pickup_with_a_4000_octet_limit(|s| {
+        s.config.exchange.organization_receive_limit = popbridge::config::ReceiveLimit::Octets(4000)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_crash_between_write_and_rename_publishes_nothing_and_the_next_pass_delivers_once() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(messages(3)))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Pickup");
-    std::fs::create_dir(&dir).unwrap();
-    let s = pickup_setup(&pop, &smtp, "", &dir, None);
+    let (pop, smtp, _root, dir, s) = served_into_pickup(messages(3)).await;
 
     // An earlier pass wrote u0 and u1 to their temporary names and died before the rename.
     let pickup = Pickup::from_config(&s.config).unwrap();
     for i in 0..2 {
-        let body = Body::from_bytes(Bytes::from(message_bytes(i)));
-        let staged = pickup
-            .stage(
-                "info",
-                &format!("u{i}"),
-                "a@example.net",
-                &["info@contoso.local".to_string()],
-                b"",
-                &body,
-            )
-            .await
-            .unwrap();
+        let staged = stage_message(&pickup, i).await;
         assert!(staged.path().exists());
         drop(staged); // the crash: no rename
     }
@@ -258,29 +283,13 @@ async fn a_crash_between_write_and_rename_publishes_nothing_and_the_next_pass_de
 
 #[tokio::test]
 async fn a_crash_after_the_rename_before_the_ledger_does_not_write_a_second_copy() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(messages(3)))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Pickup");
-    std::fs::create_dir(&dir).unwrap();
-    let s = pickup_setup(&pop, &smtp, "", &dir, None);
+    let (pop, smtp, _root, dir, s) = served_into_pickup(messages(3)).await;
 
     // An earlier pass published u0 and u1 and died before recording them; the pickup
     // service has already taken u1's file.
     let pickup = Pickup::from_config(&s.config).unwrap();
     for i in 0..2 {
-        let body = Body::from_bytes(Bytes::from(message_bytes(i)));
-        let staged = pickup
-            .stage(
-                "info",
-                &format!("u{i}"),
-                "a@example.net",
-                &["info@contoso.local".to_string()],
-                b"",
-                &body,
-            )
-            .await
-            .unwrap();
+        let staged = stage_message(&pickup, i).await;
         pickup.commit(staged).await.unwrap();
     }
     std::fs::remove_file(pickup.delivered_path("info", "u1")).unwrap();
@@ -304,12 +313,8 @@ async fn a_crash_after_the_rename_before_the_ledger_does_not_write_a_second_copy
 
 #[tokio::test]
 async fn an_unwritable_pickup_folder_keeps_mail_on_the_server_with_a_failed_mail_copy() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(messages(2)))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    // Tests run as root, so permissions would not stop the write: a path through a file.
-    let file = root.path().join("not-a-folder");
-    std::fs::write(&file, b"x").unwrap();
+    let (pop, smtp) = mocks(mailbox_with(messages(2))).await;
+    let (root, file) = not_a_folder();
     let mut s = pickup_setup(&pop, &smtp, "", &file.join("Pickup"), None);
 
     let (sum, events) = s.pass(&pop, &smtp).await;
@@ -347,12 +352,7 @@ async fn an_unwritable_pickup_folder_keeps_mail_on_the_server_with_a_failed_mail
     // Once the folder is fixed the mail flows, and the failed copies go away.
     let dir = root.path().join("Pickup");
     std::fs::create_dir(&dir).unwrap();
-    s.config.transport = Transport::Pickup(PickupTransport {
-        dir: dir.clone(),
-        failed_dir: failed_dir.clone(),
-        mode: popbridge::config::DEFAULT_PICKUP_MODE,
-        helo: s.config.transport.helo().to_string(),
-    });
+    point_at_pickup(&mut s, &dir, failed_dir.clone());
     let (ok, _) = s.pass(&pop, &smtp).await;
     assert_eq!((ok.delivered, ok.deleted), (2, 2), "{ok:?}");
     assert_eq!(by_message_id(&eml_files(&dir)).len(), 2);
@@ -366,11 +366,8 @@ async fn an_unwritable_pickup_folder_keeps_mail_on_the_server_with_a_failed_mail
 
 #[tokio::test]
 async fn with_nowhere_to_write_the_mail_stays_and_the_event_says_why() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(messages(2)))).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let file = root.path().join("not-a-folder");
-    std::fs::write(&file, b"x").unwrap();
+    let (pop, smtp) = mocks(mailbox_with(messages(2))).await;
+    let (_root, file) = not_a_folder();
     let s = pickup_setup(
         &pop,
         &smtp,
@@ -400,9 +397,7 @@ async fn a_catch_all_through_the_pickup_folder_writes_one_file_with_a_receiver_l
                 Message-ID: <c1@x>\r\n\r\nhello\r\n";
     let pop = pop3(MockPop3::builder().mailbox(mailbox_with([raw(msg)]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Pickup");
-    std::fs::create_dir(&dir).unwrap();
+    let (_root, dir) = pickup_folder();
     let s = pickup_setup(
         &pop,
         &smtp,

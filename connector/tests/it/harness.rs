@@ -339,9 +339,32 @@ pub async fn served(
     account_extra: &str,
     limits: &str,
 ) -> (MockPop3Handle, MockSmtpHandle, Setup) {
-    let (pop, smtp) = mocks(mailbox).await;
+    served_from(
+        mock_pop3::MockPop3::builder().mailbox(mailbox),
+        account_extra,
+        limits,
+    )
+    .await
+}
+
+/// A POP3 mock on loopback from `builder`, a default SMTP mock, and a [`setup`] for them.
+pub async fn served_from(
+    builder: mock_pop3::Builder,
+    account_extra: &str,
+    limits: &str,
+) -> (MockPop3Handle, MockSmtpHandle, Setup) {
+    let pop = pop3(builder).await;
+    let smtp = smtp(mock_smtp::MockSmtp::builder()).await;
     let s = setup(&pop, &smtp, account_extra, limits);
     (pop, smtp, s)
+}
+
+/// A POP3 fault: the connection closes instead of answering QUIT, so nothing is deleted.
+pub fn quit_lost() -> mock_pop3::FaultRule {
+    mock_pop3::FaultRule::new(
+        mock_pop3::Hook::command("QUIT"),
+        mock_pop3::FaultAction::CloseBeforeReply,
+    )
 }
 
 /// A POP3 mock on loopback serving `mailbox` without UIDL (see [`no_uidl`]).

@@ -187,10 +187,12 @@ fn sabotage_ledger(state: &std::path::Path, sql: &str) {
     conn.execute_batch(sql).unwrap();
 }
 
-/// Guards against: a quarantine whose ledger record failed being reported as quarantined
-/// and (with `quarantine_delete`) deleted from the server, leaving no record of it.
-#[tokio::test]
-async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server() {
+/// Message 1 from a sender the SMTP mock refuses, then a good message 2; poison after one
+/// failure, quarantined mail deleted; the ledger sabotaged with `sql` (see
+/// [`sabotage_ledger`]).
+async fn refused_then_good_on_a_sabotaged_ledger(
+    sql: &str,
+) -> (MockPop3Handle, MockSmtpHandle, Setup) {
     let pop = pop3(MockPop3::builder().mailbox(mailbox_with([
         mail(1, "bad@refused.example", 400),
         mail(2, "good@example.net", 400),
@@ -203,15 +205,23 @@ async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server()
         "",
         "poison_after = 1\nquarantine_delete = true",
     );
-    sabotage_ledger(
-        &s.state(),
+    sabotage_ledger(&s.state(), sql);
+    (pop, smtp, s)
+}
+
+/// Guards against: a quarantine whose ledger record failed being reported as quarantined
+/// and (with `quarantine_delete`) deleted from the server, leaving no record of it.
+#[tokio::test]
+async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server() {
+    let (pop, smtp, s) = refused_then_good_on_a_sabotaged_ledger(
         "CREATE TRIGGER no_quarantine_update BEFORE UPDATE ON messages
              WHEN NEW.state = 'quarantined'
              BEGIN SELECT RAISE(ABORT, 'injected'); END;
          CREATE TRIGGER no_quarantine_insert BEFORE INSERT ON messages
              WHEN NEW.state = 'quarantined'
              BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-    );
+    )
+    .await;
     for pass in 1..=2 {
         let (sum, events) = s.pass(&pop, &smtp).await;
         assert_eq!(sum.quarantined, 0, "pass {pass}: {sum:?}");
@@ -237,24 +247,12 @@ async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server()
 /// failure (`unwrap_or(1)`), so a message was quarantined (and deleted) on a ledger error.
 #[tokio::test]
 async fn a_failure_the_ledger_cannot_count_never_quarantines_or_deletes() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([
-        mail(1, "bad@refused.example", 400),
-        mail(2, "good@example.net", 400),
-    ])))
-    .await;
-    let smtp = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
-    let s = setup(
-        &pop,
-        &smtp,
-        "",
-        "poison_after = 1\nquarantine_delete = true",
-    );
-    sabotage_ledger(
-        &s.state(),
+    let (pop, smtp, s) = refused_then_good_on_a_sabotaged_ledger(
         "CREATE TRIGGER no_failure BEFORE INSERT ON messages
              WHEN NEW.state = 'failed'
              BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-    );
+    )
+    .await;
     for pass in 1..=3 {
         let (sum, events) = s.pass(&pop, &smtp).await;
         assert_eq!(
@@ -349,14 +347,14 @@ async fn a_server_that_does_not_dot_stuff_loses_no_mail() {
         .enumerate()
         .map(|(k, m)| (mid(k + 2), m.data.to_vec()))
         .collect();
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .dot_stuffing(false)
             .mailbox(mailbox_with(std::iter::once(first).chain(others))),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     let uid_to_mid: HashMap<String, String> = (1..=4).map(|i| (uid(i), mid(i))).collect();
     let (mut mismatches, mut failures) = (Vec::new(), Vec::new());
     let mut last = None;
@@ -497,6 +495,23 @@ struct MemWorld {
     dialer: Arc<MemoryDialer>,
 }
 
+/// A [`mem_world`] whose POP3 mock holds one message of about `size` octets and sends at
+/// most `rate` octets a second.
+fn dripping(size: usize, rate: u64, timeouts: &str) -> MemWorld {
+    mem_world(
+        MockPop3::builder()
+            .mailbox(mailbox_with([mail(1, "a@example.net", size)]))
+            .throttle(rate),
+        MockSmtp::builder(),
+        timeouts,
+    )
+}
+
+/// An SMTP mock that answers the end of each message's data only after `delay`.
+fn slow_end_of_data(delay: Duration) -> mock_smtp::Builder {
+    MockSmtp::builder().fault(FaultRule::new(Hook::EndOfData, FaultAction::Delay(delay)))
+}
+
 fn mem_world(pop: mock_pop3::Builder, smtp: mock_smtp::Builder, timeouts: &str) -> MemWorld {
     let pop = Arc::new(pop.spawn_in_memory());
     let smtp = Arc::new(smtp.spawn_in_memory());
@@ -552,13 +567,7 @@ impl MemWorld {
 /// a second kept a session alive forever (a 40-byte line took 40 s under a 10 s timeout).
 #[tokio::test(start_paused = true)]
 async fn a_status_line_that_drips_is_cut_off_at_the_command_timeout() {
-    let w = mem_world(
-        MockPop3::builder()
-            .mailbox(mailbox_with([mail(1, "a@example.net", 400)]))
-            .throttle(1),
-        MockSmtp::builder(),
-        "command = \"10s\"\ndata = \"60s\"",
-    );
+    let w = dripping(400, 1, "command = \"10s\"\ndata = \"60s\"");
     let (sum, _, took) = w.pass().await;
     match &sum.failure {
         Some(AccountFailure::Connect(e)) => {
@@ -577,13 +586,7 @@ async fn a_status_line_that_drips_is_cut_off_at_the_command_timeout() {
 /// long as bytes kept coming), and a timeout message saying "within 0 s".
 #[tokio::test(start_paused = true)]
 async fn a_body_that_drips_is_cut_off_at_the_data_timeout() {
-    let w = mem_world(
-        MockPop3::builder()
-            .mailbox(mailbox_with([mail(1, "a@example.net", 100_000)]))
-            .throttle(1000),
-        MockSmtp::builder(),
-        "command = \"10s\"\ndata = \"30s\"",
-    );
+    let w = dripping(100_000, 1000, "command = \"10s\"\ndata = \"30s\"");
     let (sum, events, took) = w.pass().await;
     assert!(sum.failure.is_none(), "{sum:?}");
     let why = sum.aborted.clone().unwrap_or_default();
@@ -606,10 +609,7 @@ async fn a_body_that_drips_is_cut_off_at_the_data_timeout() {
 async fn a_slow_final_reply_within_the_data_timeout_is_one_delivery() {
     let w = mem_world(
         MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 500)])),
-        MockSmtp::builder().fault(FaultRule::new(
-            Hook::EndOfData,
-            FaultAction::Delay(Duration::from_secs(90)),
-        )),
+        slow_end_of_data(Duration::from_secs(90)),
         "command = \"30s\"\ndata = \"120s\"",
     );
     let (sum, _, _) = w.pass().await;
@@ -635,10 +635,7 @@ async fn a_final_reply_that_never_comes_is_not_resent_in_the_pass_and_flagged_ne
             mail(1, "a@example.net", 500),
             mail(2, "a@example.net", 500),
         ])),
-        MockSmtp::builder().fault(FaultRule::new(
-            Hook::EndOfData,
-            FaultAction::Delay(Duration::from_secs(200)),
-        )),
+        slow_end_of_data(Duration::from_secs(200)),
         "command = \"30s\"\ndata = \"120s\"",
     );
     let (first, events, _) = w.pass().await;

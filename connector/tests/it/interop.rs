@@ -585,16 +585,20 @@ pub(super) fn start_dovecot(peers: &Peers, dir: &Path, tls: Option<&DovecotTls>)
         }
         fs::write(&conf, dovecot_conf(dir, port, peers.mail, tls)).unwrap();
         let mut cmd = Command::new(&peers.dovecot);
-        cmd.arg("-F")
-            .arg("-c")
-            .arg(&conf)
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&err).unwrap())
-            .current_dir(dir);
+        cmd.arg("-F").arg("-c").arg(&conf);
+        run_logged(&mut cmd, dir, &out, &err);
         cmd
     })
+}
+
+/// Sets `cmd` to run in `dir` with nothing of the environment but a default PATH, its
+/// standard output and error written to the files `out` and `err`.
+fn run_logged(cmd: &mut Command, dir: &Path, out: &Path, err: &Path) {
+    cmd.env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .stdout(fs::File::create(out).unwrap())
+        .stderr(fs::File::create(err).unwrap())
+        .current_dir(dir);
 }
 
 pub(super) fn start_smtp_sink(peers: &Peers, dir: &Path, dump: &Path) -> Peer {
@@ -612,12 +616,8 @@ pub(super) fn start_smtp_sink(peers: &Peers, dir: &Path, dump: &Path) -> Peer {
             .arg("-h")
             .arg("sink.test")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("256")
-            .env_clear()
-            .env("PATH", DEFAULT_PATH)
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&err).unwrap())
-            .current_dir(dir);
+            .arg("256");
+        run_logged(&mut cmd, dir, &out, &err);
         cmd
     })
 }
@@ -824,6 +824,43 @@ fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// The run's one `pass.finished` event counts `(delivered, deleted, remaining)`.
+fn assert_finished(run: &Run, expected: (usize, usize, usize), why: &dyn Fn() -> String) {
+    let finished = run.of_kind("pass.finished");
+    assert_eq!(finished.len(), 1, "pass.finished events\n{}", why());
+    let (delivered, deleted, remaining) = expected;
+    assert_eq!(
+        (
+            &finished[0]["delivered"],
+            &finished[0]["deleted"],
+            &finished[0]["remaining"]
+        ),
+        (
+            &Value::from(delivered),
+            &Value::from(deleted),
+            &Value::from(remaining)
+        ),
+        "pass.finished\n{}",
+        why()
+    );
+}
+
+/// smtp-sink counted [`MESSAGES`] messages and wrote as many dump files.
+fn assert_sink_took_all(sink: &Peer, dump: &Path, why: &dyn Fn() -> String) {
+    assert_eq!(
+        sink_count(sink),
+        Some(MESSAGES as u64),
+        "smtp-sink's message counter\n{}",
+        why()
+    );
+    assert_eq!(
+        dump_files(dump).len(),
+        MESSAGES,
+        "smtp-sink dump files\n{}",
+        why()
+    );
+}
+
 /// Checks smtp-sink's dump files: one per message, each message once, intact, with the
 /// right envelope.
 fn check_dumps(dump: &Path, mails: &[Mail], why: &dyn Fn() -> String) {
@@ -948,22 +985,7 @@ fn popbridge_moves_200_messages_from_dovecot_to_smtp_sink() {
         "UIDs are not Dovecot's %08Xu%08Xv\n{}",
         why()
     );
-    let finished = run.of_kind("pass.finished");
-    assert_eq!(finished.len(), 1, "pass.finished events\n{}", why());
-    assert_eq!(
-        (
-            &finished[0]["delivered"],
-            &finished[0]["deleted"],
-            &finished[0]["remaining"]
-        ),
-        (
-            &Value::from(MESSAGES),
-            &Value::from(MESSAGES),
-            &Value::from(0)
-        ),
-        "pass.finished\n{}",
-        why()
-    );
+    assert_finished(&run, (MESSAGES, MESSAGES, 0), &why);
     let left = maildir_files(&maildir);
     assert!(
         left.is_empty(),
@@ -971,18 +993,7 @@ fn popbridge_moves_200_messages_from_dovecot_to_smtp_sink() {
         left.len(),
         why()
     );
-    assert_eq!(
-        sink_count(&sink),
-        Some(MESSAGES as u64),
-        "smtp-sink's message counter\n{}",
-        why()
-    );
-    assert_eq!(
-        dump_files(&dump).len(),
-        MESSAGES,
-        "smtp-sink dump files\n{}",
-        why()
-    );
+    assert_sink_took_all(&sink, &dump, &why);
     check_dumps(&dump, &mails, &why);
     // Dovecot's own account of the session (logged asynchronously, after its reply to
     // QUIT): every message retrieved and deleted, and nothing went wrong on its side.
@@ -1022,30 +1033,8 @@ fn popbridge_moves_200_messages_from_dovecot_to_smtp_sink() {
         why()
     );
     assert_eq!(run.count("account.failed"), 0, "account.failed\n{}", why());
-    let finished = run.of_kind("pass.finished");
-    assert_eq!(finished.len(), 1, "pass.finished events\n{}", why());
-    assert_eq!(
-        (
-            &finished[0]["delivered"],
-            &finished[0]["deleted"],
-            &finished[0]["remaining"]
-        ),
-        (&Value::from(0), &Value::from(0), &Value::from(0)),
-        "pass.finished\n{}",
-        why()
-    );
-    assert_eq!(
-        sink_count(&sink),
-        Some(MESSAGES as u64),
-        "smtp-sink's message counter\n{}",
-        why()
-    );
-    assert_eq!(
-        dump_files(&dump).len(),
-        MESSAGES,
-        "smtp-sink dump files\n{}",
-        why()
-    );
+    assert_finished(&run, (0, 0, 0), &why);
+    assert_sink_took_all(&sink, &dump, &why);
     assert!(maildir_files(&maildir).is_empty(), "mailbox\n{}", why());
     eprintln!(
         "popbridge: second run in {:.3} s, nothing to do",

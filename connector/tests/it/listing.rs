@@ -79,16 +79,16 @@ async fn a_million_uids_of_70_characters_make_progress_instead_of_failing() {
     let before = vm_hwm_kib();
     // One shared body: the mock keeps one copy of it (and of its wire form).
     let body = mail(0, "a@example.net", 300).data;
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .record_transcript(false)
             .mailbox(mailbox_with(
                 (0..MESSAGES).map(|i| Message::new(body.clone()).with_uid(long_uid(i))),
             )),
+        "",
+        "max_messages_per_session = 3",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "max_messages_per_session = 3");
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert!(sum.failure.is_none(), "{sum:?}");
     assert!(sum.aborted.is_none(), "{sum:?}");

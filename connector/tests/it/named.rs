@@ -29,6 +29,30 @@ fn json(events: &[popbridge::events::Event], kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A POP3 mock serving `msgs` with the fault `rule`, an SMTP mock taking at most 64 KB a
+/// message, and a [`setup`] for them.
+async fn against_a_64_kb_limit(
+    msgs: Vec<mock_pop3::Message>,
+    rule: PopRule,
+) -> (mock_pop3::MockPop3Handle, mock_smtp::MockSmtpHandle, Setup) {
+    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs)).fault(rule)).await;
+    let smtp = smtp(MockSmtp::builder().limits(Limits {
+        max_message_size: Some(64 * 1024),
+        ..Limits::default()
+    }))
+    .await;
+    let s = setup(&pop, &smtp, "", "");
+    (pop, smtp, s)
+}
+
+/// How many TOP commands the POP3 mock was sent, over all its sessions.
+fn tops(pop: &mock_pop3::MockPop3Handle) -> usize {
+    pop.sessions()
+        .iter()
+        .map(|s| s.commands.iter().filter(|c| c.starts_with("TOP")).count())
+        .sum()
+}
+
 const SCANS: &str = "From: Alice Example <alice@example.net>\r\nSubject: Scans\r\n\
     Date: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <scans-1@example.net>";
 
@@ -41,18 +65,7 @@ async fn an_oversize_skip_event_names_its_sender_and_subject_from_top() {
         with_header(SCANS, 100 * 1024),
         mail(2, "b@example.net", 800),
     ];
-    let pop = pop3(
-        MockPop3::builder()
-            .mailbox(mailbox_with(msgs))
-            .fault(PopRule::new(PopHook::command("QUIT"), PopFault::CloseBeforeReply).times(1)),
-    )
-    .await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(64 * 1024),
-        ..Limits::default()
-    }))
-    .await;
-    let s = setup(&pop, &smtp, "", "");
+    let (pop, smtp, s) = against_a_64_kb_limit(msgs, quit_lost().times(1)).await;
     let (first, events) = s.pass(&pop, &smtp).await;
     assert_eq!((first.delivered, first.skipped, first.deleted), (2, 1, 0));
     let skips = json(&events, "message.skipped_oversize");
@@ -75,13 +88,9 @@ async fn an_oversize_skip_event_names_its_sender_and_subject_from_top() {
          (2026-12-01): over the 64 KB limit"
     );
     // One TOP per pass for it, never pipelined behind the DELEs, never a RETR.
-    let sessions = pop.sessions();
-    let tops: usize = sessions
-        .iter()
-        .map(|s| s.commands.iter().filter(|c| c.starts_with("TOP")).count())
-        .sum();
-    assert_eq!(tops, 2);
-    assert!(sessions
+    assert_eq!(tops(&pop), 2);
+    assert!(pop
+        .sessions()
         .iter()
         .all(|s| !s.commands.contains(&"RETR 2".to_string())));
     let mb = pop.mailbox("info").unwrap();
@@ -96,21 +105,14 @@ async fn without_top_the_skip_event_has_no_names_and_the_pass_goes_on() {
         mail(1, "a@example.net", 800),
     ];
     // TOP listed by CAPA but refused.
-    let pop = pop3(
-        MockPop3::builder()
-            .mailbox(mailbox_with(msgs.clone()))
-            .fault(PopRule::new(
-                PopHook::command("TOP"),
-                PopFault::Reply("-ERR not today".into()),
-            )),
+    let (pop, smtp, s) = against_a_64_kb_limit(
+        msgs.clone(),
+        PopRule::new(
+            PopHook::command("TOP"),
+            PopFault::Reply("-ERR not today".into()),
+        ),
     )
     .await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(64 * 1024),
-        ..Limits::default()
-    }))
-    .await;
-    let s = setup(&pop, &smtp, "", "");
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.skipped), (1, 2), "{sum:?}");
     for skip in json(&events, "message.skipped_oversize") {
@@ -119,12 +121,7 @@ async fn without_top_the_skip_event_has_no_names_and_the_pass_goes_on() {
             "{skip}"
         );
     }
-    let tops: usize = pop
-        .sessions()
-        .iter()
-        .map(|s| s.commands.iter().filter(|c| c.starts_with("TOP")).count())
-        .sum();
-    assert_eq!(tops, 1, "a refusal is not asked again");
+    assert_eq!(tops(&pop), 1, "a refusal is not asked again");
     assert!(sum.left[0].describe().contains(": over the 64 KB limit"));
 
     // TOP not in CAPA: not asked at all.
@@ -195,18 +192,11 @@ async fn a_top_that_breaks_the_session_costs_nothing() {
         mail(1, "a@example.net", 800),
         mail(2, "b@example.net", 800),
     ];
-    let pop = pop3(
-        MockPop3::builder()
-            .mailbox(mailbox_with(msgs))
-            .fault(PopRule::new(PopHook::command("TOP"), PopFault::CloseBeforeReply).times(1)),
+    let (pop, smtp, s) = against_a_64_kb_limit(
+        msgs,
+        PopRule::new(PopHook::command("TOP"), PopFault::CloseBeforeReply).times(1),
     )
     .await;
-    let smtp = smtp(MockSmtp::builder().limits(Limits {
-        max_message_size: Some(64 * 1024),
-        ..Limits::default()
-    }))
-    .await;
-    let s = setup(&pop, &smtp, "", "");
     let (first, events) = s.pass(&pop, &smtp).await;
     assert_eq!((first.delivered, first.skipped), (0, 1), "{first:?}");
     assert!(first.aborted.is_some(), "{first:?}");

@@ -47,6 +47,17 @@ pub async fn world(dir: &Path, cfg: ProviderConfig, messages: usize) -> World {
     }
 }
 
+/// [`world`] with [`provider_config`] changed by `change`.
+async fn world_with(
+    dir: &Path,
+    messages: usize,
+    change: impl FnOnce(&mut ProviderConfig),
+) -> World {
+    let mut cfg = provider_config();
+    change(&mut cfg);
+    world(dir, cfg, messages).await
+}
+
 pub fn provider_config() -> ProviderConfig {
     let mut cfg = ProviderConfig::new("info", CLIENT_ID, REFRESH);
     cfg.client_secret = Some(CLIENT_SECRET.into());
@@ -156,9 +167,7 @@ async fn a_cached_token_the_server_refuses_is_replaced_once_and_the_login_retrie
 async fn a_fresh_token_the_server_refuses_is_an_auth_failure_without_a_second_request() {
     let dir = tempfile::tempdir().unwrap();
     // Tokens for another user: the POP3 server refuses them for `info`.
-    let mut cfg = provider_config();
-    cfg.user = "someone-else".into();
-    let w = world(dir.path(), cfg, 2).await;
+    let w = world_with(dir.path(), 2, |cfg| cfg.user = "someone-else".into()).await;
     let s = setup_oauth(&w, "");
     let (summary, events) = s.pass(&w.pop, &w.smtp).await;
     assert!(
@@ -174,9 +183,7 @@ async fn a_fresh_token_the_server_refuses_is_an_auth_failure_without_a_second_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_refresh_token_is_an_auth_failure_reported_once_and_nothing_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = provider_config();
-    cfg.revoked = true;
-    let w = world(dir.path(), cfg, 2).await;
+    let w = world_with(dir.path(), 2, |cfg| cfg.revoked = true).await;
     let s = setup_oauth(&w, "");
     for _ in 0..2 {
         let (summary, events) = s.pass(&w.pop, &w.smtp).await;
@@ -200,9 +207,7 @@ async fn a_revoked_refresh_token_is_an_auth_failure_reported_once_and_nothing_mo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_refresh_token_is_stored_0600_and_replaces_the_configured_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = provider_config();
-    cfg.rotate = true;
-    let w = world(dir.path(), cfg, 1).await;
+    let w = world_with(dir.path(), 1, |cfg| cfg.rotate = true).await;
     let s = setup_oauth(&w, "");
     let (summary, events) = s.pass(&w.pop, &w.smtp).await;
     assert_eq!(summary.delivered, 1);
@@ -269,9 +274,7 @@ fn files_holding(dir: &Path, needles: &[String]) -> Vec<(PathBuf, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_client_secret_in_any_output_events_or_state_file_of_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = provider_config();
-    cfg.rotate = true;
-    let w = world(dir.path(), cfg, 3).await;
+    let w = world_with(dir.path(), 3, |cfg| cfg.rotate = true).await;
     write_private(&dir.path().join("refresh"), format!("{REFRESH}\n"));
     let config = dir.path().join("popbridge.toml");
     write_private(

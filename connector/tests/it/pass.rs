@@ -1,9 +1,7 @@
 //! The connector core's acceptance behaviours, each against the mocks on loopback.
 
 use mock_pop3::pki::TestPki;
-use mock_pop3::{
-    FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, Maildrop, MockPop3, ServerTls,
-};
+use mock_pop3::{Maildrop, MockPop3, ServerTls};
 use mock_smtp::{FaultAction, FaultRule, Hook, Limits, MailboxSpec, MockSmtp};
 use popbridge::pass::AccountFailure;
 use popbridge_proto::pop3::AuthMethod;
@@ -32,17 +30,14 @@ async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
 
 #[tokio::test]
 async fn a_drop_after_dele_before_quit_costs_nothing() {
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .mailbox(mails(0..10, 800))
-            .fault(PopRule::new(
-                PopHook::command("QUIT"),
-                PopFault::CloseBeforeReply,
-            )),
+            .fault(quit_lost()),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     let (first, _) = s.pass(&pop, &smtp).await;
     assert_eq!(first.delivered, 10);
     assert_eq!(first.deleted, 0, "no QUIT, no deletion");
@@ -223,18 +218,13 @@ async fn an_oversize_message_is_never_retrieved_and_is_reported() {
 
 #[tokio::test]
 async fn stls_refused_means_nothing_in_clear_and_a_clear_error() {
-    let (pop, smtp, s) = served(
+    let (pop, smtp, mut s) = served(
         mailbox_with([mail(1, "a@example.net", 300)]),
         "tls_server_name = \"localhost\"",
         "",
     )
     .await;
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].tls = popbridge::config::TlsMode::StartTls;
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    s.config.accounts[0].tls = popbridge::config::TlsMode::StartTls;
     let (sum, _) = s.pass(&pop, &smtp).await;
     match &sum.failure {
         Some(AccountFailure::Connect(e)) => assert!(e.contains("STLS required"), "{e}"),
@@ -252,22 +242,17 @@ async fn stls_refused_means_nothing_in_clear_and_a_clear_error() {
 #[tokio::test]
 async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
     let pki = TestPki::localhost().unwrap();
-    let pop = pop3(
+    let (pop, smtp, mut s) = served_from(
         MockPop3::builder()
             .mailbox(mailbox_with([mail(1, "a@example.net", 300)]))
             .tls(ServerTls::Implicit(pki.server_config().unwrap())),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].tls = popbridge::config::TlsMode::Implicit;
-    cfg.accounts[0].allow_plaintext = false;
-    cfg.accounts[0].tls_server_name = Some("localhost".into());
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    s.config.accounts[0].tls = popbridge::config::TlsMode::Implicit;
+    s.config.accounts[0].allow_plaintext = false;
+    s.config.accounts[0].tls_server_name = Some("localhost".into());
     let (sum, _) = s.pass(&pop, &smtp).await;
     match &sum.failure {
         Some(AccountFailure::Connect(e)) => assert!(e.contains("TLS handshake"), "{e}"),
@@ -276,12 +261,7 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
     assert_eq!(pop.mailbox("info").unwrap().retrievals, 0);
     let ca = s.dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].ca_file = Some(ca);
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    s.config.accounts[0].ca_file = Some(ca);
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert!(sum.failure.is_none(), "{sum:?}");
     assert_eq!(sum.delivered, 1);
@@ -290,13 +270,8 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
 
 #[tokio::test]
 async fn a_password_over_plain_text_is_refused_unless_allowed() {
-    let (pop, smtp, s) = served(mailbox_with([mail(1, "a@example.net", 300)]), "", "").await;
-    let mut cfg = s.config.clone();
-    cfg.accounts[0].allow_plaintext = false;
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    let (pop, smtp, mut s) = served(mailbox_with([mail(1, "a@example.net", 300)]), "", "").await;
+    s.config.accounts[0].allow_plaintext = false;
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert!(
         matches!(&sum.failure, Some(AccountFailure::Connect(e)) if e.contains("in clear")),
@@ -340,18 +315,15 @@ async fn leave_on_server_delivers_once_and_keeps_everything() {
 #[tokio::test]
 async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
     let caps = no_uidl();
-    let pop = pop3(
+    let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .mailbox(mails(0..6, 500))
             .capabilities_after_login(caps)
-            .fault(PopRule::new(
-                PopHook::command("QUIT"),
-                PopFault::CloseBeforeReply,
-            )),
+            .fault(quit_lost()),
+        "",
+        "",
     )
     .await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
     let (a, _) = s.pass(&pop, &smtp).await;
     assert_eq!(a.delivered, 6);
     let (b, events) = s.pass(&pop, &smtp).await;
@@ -426,18 +398,13 @@ async fn apop_and_cram_md5_log_in() {
         let mb = mailbox_with([mail(1, "a@example.net", 400)]).with_methods([method]);
         let pop = pop3(MockPop3::builder().mailbox(mb)).await;
         let smtp = smtp(MockSmtp::builder()).await;
-        let s = setup(&pop, &smtp, "", "");
-        let mut cfg = s.config.clone();
-        cfg.accounts[0].auth = if name == "apop" {
+        let mut s = setup(&pop, &smtp, "", "");
+        s.config.accounts[0].auth = if name == "apop" {
             AuthMethod::Apop
         } else {
             AuthMethod::CramMd5
         };
-        cfg.accounts[0].allow_plaintext = false;
-        let s = Setup {
-            config: cfg,
-            dir: s.dir,
-        };
+        s.config.accounts[0].allow_plaintext = false;
         let (sum, _) = s.pass(&pop, &smtp).await;
         assert_eq!(sum.delivered, 1, "{name}: {sum:?}");
         let cmds = &pop.sessions()[0].commands;
@@ -452,13 +419,8 @@ async fn apop_and_cram_md5_log_in() {
 
 #[tokio::test]
 async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() {
-    let (pop, smtp, s) = served(mails(0..3, 500), "", "").await;
-    let mut cfg = s.config.clone();
-    cfg.transport.smtp_mut().unwrap().port = listener().await.local_addr().unwrap().port();
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    let (pop, smtp, mut s) = served(mails(0..3, 500), "", "").await;
+    s.config.transport.smtp_mut().unwrap().port = listener().await.local_addr().unwrap().port();
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert!(
         matches!(&sum.failure, Some(AccountFailure::Connect(e)) if e.contains("SMTP")),
@@ -547,15 +509,8 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
         MockPop3::builder().mailbox(mailbox_with(all))
     };
     // The old connector: no return-path repair, no reconnect before the error limit.
-    let pop = pop3(build()).await;
-    let smtp = smtp(MockSmtp::builder()).await;
-    let s = setup(&pop, &smtp, "", "");
-    let mut cfg = s.config.clone();
-    cfg.profile = popbridge::config::Profile::Sbs2008;
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
+    let (pop, smtp, mut s) = served_from(build(), "", "").await;
+    s.config.profile = popbridge::config::Profile::Sbs2008;
     for pass in 1..=3 {
         let (sum, _) = s.pass(&pop, &smtp).await;
         assert_eq!(sum.delivered, 0, "sbs2008 pass {pass}: {sum:?}");
@@ -604,15 +559,10 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     // sbs2008: downloads up to the receive connector's 50 MB, Exchange says 250, then bounces.
     let (p, m) = mk();
     let (pop, smtp) = (pop3(p).await, crate::harness::smtp(m).await);
-    let s = setup(&pop, &smtp, "", "");
-    let mut cfg = s.config.clone();
-    cfg.profile = popbridge::config::Profile::Sbs2008;
-    cfg.exchange.organization_receive_limit =
+    let mut s = setup(&pop, &smtp, "", "");
+    s.config.profile = popbridge::config::Profile::Sbs2008;
+    s.config.exchange.organization_receive_limit =
         popbridge::config::ReceiveLimit::Octets(10 * 1024 * 1024);
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.deleted), (2, 2));
     assert!(
@@ -632,14 +582,9 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     // Default profile, same servers: the organisation limit is known, the message is kept.
     let (p, m) = mk();
     let (pop, smtp) = (pop3(p).await, crate::harness::smtp(m).await);
-    let s = setup(&pop, &smtp, "", "");
-    let mut cfg = s.config.clone();
-    cfg.exchange.organization_receive_limit =
+    let mut s = setup(&pop, &smtp, "", "");
+    s.config.exchange.organization_receive_limit =
         popbridge::config::ReceiveLimit::Octets(10 * 1024 * 1024);
-    let s = Setup {
-        config: cfg,
-        dir: s.dir,
-    };
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.skipped), (1, 1), "{sum:?}");
     assert_eq!(count(&events, "message.skipped_oversize"), 1);
