@@ -484,6 +484,11 @@ impl<S: Io> Connection<S, LineDecoder> {
 
     async fn capa(&mut self) -> Result<Capabilities, Pop3Error> {
         self.queue(&Pop3Command::Capa);
+        self.capa_reply().await
+    }
+
+    /// Reads the reply to a CAPA already queued or sent (a refusal: nothing known).
+    async fn capa_reply(&mut self) -> Result<Capabilities, Pop3Error> {
         match self.response("CAPA").await? {
             Pop3Response::Status(r) if r.is_ok() => {
                 Ok(Capabilities::parse(&self.listing("CAPA").await?))
@@ -687,6 +692,20 @@ pub async fn login<S: Io + Confidential>(
     match method {
         AuthMethod::Apop => digest_login(conn, offer, DigestLogin::Apop, user, secret).await,
         AuthMethod::CramMd5 => digest_login(conn, offer, DigestLogin::CramMd5, user, secret).await,
+        AuthMethod::User if caps.pipelining => {
+            // RFC 2449 PIPELINING: USER and PASS in one write, one round trip. Both replies
+            // are read to stay in step; a refused USER is the error (its PASS is refused
+            // too). After a USER reply that never came, nothing more is read.
+            conn.queue(&Pop3Command::User(user.into()));
+            conn.queue(&Pop3Command::Pass(secret.expose().into()));
+            let user = conn.ok("USER").await;
+            if matches!(user, Ok(_) | Err(Pop3Error::Refused { .. })) {
+                let pass = conn.ok("PASS").await;
+                user.and(pass).map_err(login_refused)
+            } else {
+                user.map_err(login_refused)
+            }
+        }
         AuthMethod::User => {
             let user_pass = async {
                 conn.queue(&Pop3Command::User(user.into()));
@@ -803,6 +822,74 @@ impl Authorization {
         user: &str,
         secret: &Secret,
     ) -> Result<Transaction, Pop3Error> {
+        let (mut conn, capabilities) = self.log_in(method, user, secret).await?;
+        let capabilities = if capabilities.known {
+            conn.capa().await?
+        } else {
+            capabilities
+        };
+        Ok(Transaction {
+            conn,
+            capabilities,
+            pending: VecDeque::new(),
+            uidl_ahead: false,
+            quit_queued: false,
+        })
+    }
+
+    /// [`Authorization::authenticate`], then LIST: every message's size by number (see
+    /// [`Transaction::list_sizes`]). With PIPELINING offered before login, the CAPA after
+    /// login, LIST and (when UIDL was offered too) UIDL go out in one write, two round
+    /// trips fewer on a distant server; the UIDL reply then waits for
+    /// [`Transaction::uidl_scan`], which must come next.
+    pub async fn authenticate_and_list(
+        self,
+        method: AuthMethod,
+        user: &str,
+        secret: &Secret,
+    ) -> Result<(Transaction, Sizes), Pop3Error> {
+        let (mut conn, before) = self.log_in(method, user, secret).await?;
+        if !(before.known && before.pipelining) {
+            let capabilities = if before.known {
+                conn.capa().await?
+            } else {
+                before
+            };
+            let mut txn = Transaction {
+                conn,
+                capabilities,
+                pending: VecDeque::new(),
+                uidl_ahead: false,
+                quit_queued: false,
+            };
+            let sizes = txn.list_sizes().await?;
+            return Ok((txn, sizes));
+        }
+        conn.queue(&Pop3Command::Capa);
+        conn.queue(&Pop3Command::List(None));
+        if before.uidl {
+            conn.queue(&Pop3Command::Uidl(None));
+        }
+        let capabilities = conn.capa_reply().await?;
+        let mut txn = Transaction {
+            conn,
+            capabilities,
+            pending: VecDeque::new(),
+            uidl_ahead: before.uidl,
+            quit_queued: false,
+        };
+        let sizes = txn.read_list().await?;
+        Ok((txn, sizes))
+    }
+
+    /// Logs in: the connection in the TRANSACTION state, and the capabilities offered
+    /// before login.
+    async fn log_in(
+        self,
+        method: AuthMethod,
+        user: &str,
+        secret: &Secret,
+    ) -> Result<(Pop3Connection<BoxIo>, Capabilities), Pop3Error> {
         let Self {
             link,
             timestamp,
@@ -813,7 +900,7 @@ impl Authorization {
             capabilities: &capabilities,
             timestamp: timestamp.as_deref(),
         };
-        let (result, mut conn) = match link {
+        let (result, conn) = match link {
             Link::Tls(mut c) => {
                 let r = login(&mut *c, offer, method, user, secret).await;
                 (r, (*c).settle())
@@ -832,16 +919,7 @@ impl Authorization {
             }
         };
         result?;
-        let capabilities = if capabilities.known {
-            conn.capa().await?
-        } else {
-            capabilities
-        };
-        Ok(Transaction {
-            conn,
-            capabilities,
-            pending: VecDeque::new(),
-        })
+        Ok((conn, capabilities))
     }
 }
 
@@ -1015,13 +1093,24 @@ pub struct Transaction {
     pub capabilities: Capabilities,
     /// Commands sent whose replies are still to be read, each RETR with its bound.
     pending: VecDeque<(Pending, u64)>,
+    /// Set while the reply to a UIDL sent ahead with LIST is still to be read (by
+    /// [`Transaction::uidl_scan`], or dropped before any other command).
+    uidl_ahead: bool,
+    /// Set once QUIT is queued behind the commands in flight ([`Transaction::queue_quit`]).
+    quit_queued: bool,
 }
 
 impl Transaction {
     /// Every message's size by number, from LIST, read as it arrives (about 4 octets a
     /// message). A bad line, or a number listed twice, is a protocol error.
     pub async fn list_sizes(&mut self) -> Result<Sizes, Pop3Error> {
+        self.settle_ahead().await?;
         self.conn.queue(&Pop3Command::List(None));
+        self.read_list().await
+    }
+
+    /// Reads the reply to a LIST already queued or sent.
+    async fn read_list(&mut self) -> Result<Sizes, Pop3Error> {
         self.conn.ok("LIST").await?;
         let mut sizes = Sizes::new();
         self.conn
@@ -1057,10 +1146,17 @@ impl Transaction {
     where
         F: FnMut(u32, &str) -> Want + Send,
     {
+        let ahead = std::mem::take(&mut self.uidl_ahead);
         if self.capabilities.known && !self.capabilities.uidl {
+            if ahead {
+                // Offered before login, not after: the same answer as when it was not sent.
+                self.drop_uidl_reply().await?;
+            }
             return Ok(None);
         }
-        self.conn.queue(&Pop3Command::Uidl(None));
+        if !ahead {
+            self.conn.queue(&Pop3Command::Uidl(None));
+        }
         match self.conn.ok("UIDL").await {
             Ok(_) => {}
             Err(Pop3Error::Refused { reply, .. })
@@ -1081,10 +1177,29 @@ impl Transaction {
             })
     }
 
+    /// Reads and drops the reply to a UIDL sent ahead and not asked for since, so that the
+    /// next command's reply is the next one read.
+    async fn settle_ahead(&mut self) -> Result<(), Pop3Error> {
+        if std::mem::take(&mut self.uidl_ahead) {
+            self.drop_uidl_reply().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the reply to a UIDL already sent and drops it (bounded like any listing).
+    async fn drop_uidl_reply(&mut self) -> Result<(), Pop3Error> {
+        match self.conn.ok("UIDL").await {
+            Ok(_) => self.conn.listing_lines("UIDL", |_| Ok(())).await,
+            Err(Pop3Error::Refused { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The header of message `n` (TOP n 0), bounded; `None` when TOP is unavailable (not
     /// in CAPA, or refused). Never pipelined: with replies still owed it is a protocol
     /// error, and octets waiting after its reply make it [`Pop3Error::Unasked`].
     pub async fn top(&mut self, n: u32, spool: &Path) -> Result<Option<Body>, Pop3Error> {
+        self.settle_ahead().await?;
         if self.capabilities.known && !self.capabilities.top {
             return Ok(None);
         }
@@ -1141,6 +1256,7 @@ impl Transaction {
     }
 
     fn send_with(&mut self, p: Pending, bound: u64) {
+        debug_assert!(!self.quit_queued, "a command after QUIT");
         self.conn.queue(&match p {
             Pending::Retr(n) => Pop3Command::Retr(n),
             Pending::Dele(n) => Pop3Command::Dele(n),
@@ -1148,10 +1264,22 @@ impl Transaction {
         self.pending.push_back((p, bound));
     }
 
+    /// Queues QUIT behind the commands in flight, to go out in the same write as the last
+    /// of them (one round trip fewer at the end of a session); [`Transaction::quit`] then
+    /// reads its reply after theirs. QUIT must be the session's last command: the server
+    /// applies the DELEs it was sent, so it is queued only once every DELE in flight is for
+    /// a delivery the ledger holds and nothing needs the connection dropped without QUIT.
+    pub fn queue_quit(&mut self) {
+        if !std::mem::replace(&mut self.quit_queued, true) {
+            self.conn.queue(&Pop3Command::Quit);
+        }
+    }
+
     /// Reads the reply to the oldest pending command. A RETR body is bounded as given to
     /// [`Transaction::send_retr`] (past it the connection is out of step: `TooLarge`);
     /// bodies over `threshold` spill to `spool`.
     pub async fn next(&mut self, spool: &Path, threshold: u64) -> Result<Response, Pop3Error> {
+        self.settle_ahead().await?;
         let Some((p, limit)) = self.pending.pop_front() else {
             return Err(Pop3Error::Protocol {
                 command: "(pipeline)".into(),
@@ -1183,8 +1311,15 @@ impl Transaction {
         };
         // A server speaks only when asked: with nothing outstanding, octets already waiting
         // mean this reply ended before the server's did (or an extra line came first), so it
-        // may not be this command's. It is not used.
-        if self.pending.is_empty() && !self.conn.buffered().is_empty() {
+        // may not be this command's. It is not used. With QUIT queued, one line may wait:
+        // the QUIT reply (read by `quit`).
+        let waiting = self.conn.buffered();
+        let quit_reply = self.quit_queued
+            && waiting
+                .iter()
+                .position(|&c| c == b'\n')
+                .is_none_or(|i| i + 1 == waiting.len());
+        if self.pending.is_empty() && !waiting.is_empty() && !quit_reply {
             return Err(Pop3Error::Unasked {
                 command,
                 octets: self.conn.buffered().len(),
@@ -1196,6 +1331,7 @@ impl Transaction {
     /// RSET: the server unmarks every message marked deleted in this session (a
     /// read-only client sends it before QUIT, so the QUIT commits nothing).
     pub async fn rset(&mut self) -> Result<Pop3Reply, Pop3Error> {
+        self.settle_ahead().await?;
         self.conn.queue(&Pop3Command::Rset);
         self.conn.ok("RSET").await
     }
@@ -1203,6 +1339,7 @@ impl Transaction {
     /// QUIT: the server applies the deletions (UPDATE state). Pending replies are read
     /// first, each as bounded as when it was sent (bodies are dropped, never spooled).
     pub async fn quit(mut self) -> Result<Pop3Reply, Pop3Error> {
+        self.settle_ahead().await?;
         while let Some((p, limit)) = self.pending.pop_front() {
             if let Pending::Retr(n) = p {
                 let command = format!("RETR {n}");
@@ -1215,7 +1352,7 @@ impl Transaction {
                 self.next(Path::new("."), 0).await?;
             }
         }
-        self.conn.queue(&Pop3Command::Quit);
+        self.queue_quit();
         let r = self.conn.ok("QUIT").await?;
         self.conn.shutdown().await;
         Ok(r)
@@ -1225,7 +1362,7 @@ impl Transaction {
     /// killed right after writing QUIT leaves behind (harnesses' crash fail point). The
     /// server applies the DELEs it was sent; this side never learns whether it did.
     pub async fn quit_and_vanish(mut self) {
-        self.conn.queue(&Pop3Command::Quit);
+        self.queue_quit();
         let _ = self.conn.flush_for("QUIT").await;
         self.conn.transcript().note('C', "(gone without reading)");
     }
@@ -1237,7 +1374,7 @@ impl Transaction {
     /// did is unknown (`Ok` only says it closed the connection after the QUIT).
     pub async fn quit_blind(mut self) -> Result<(), Pop3Error> {
         self.pending.clear();
-        self.conn.queue(&Pop3Command::Quit);
+        self.queue_quit();
         self.conn.flush_for("QUIT").await?;
         let deadline = self.conn.deadline(Setting::Data);
         let dropped = self.conn.drain(&deadline).await?;

@@ -31,14 +31,17 @@ impl Run<'_> {
         &mut self,
         settings: &pop3::Settings<'_>,
         credential: &Credential<'_>,
-    ) -> Result<Transaction, AccountFailure> {
+    ) -> Result<(Transaction, Sizes), AccountFailure> {
         let a = self.account;
         let tokens = match credential {
             Credential::Password(secret) => {
                 let auth = pop3::connect(self.cx.dialer, settings)
                     .await
                     .map_err(pop3_failure)?;
-                return match auth.authenticate(a.auth, &a.username, secret).await {
+                return match auth
+                    .authenticate_and_list(a.auth, &a.username, secret)
+                    .await
+                {
                     Ok(t) => Ok(t),
                     Err(e) => Err(self.login_failure(e)),
                 };
@@ -50,7 +53,10 @@ impl Run<'_> {
         let auth = pop3::connect(self.cx.dialer, settings)
             .await
             .map_err(pop3_failure)?;
-        match auth.authenticate(a.auth, &a.username, &access.token).await {
+        match auth
+            .authenticate_and_list(a.auth, &a.username, &access.token)
+            .await
+        {
             Ok(t) => Ok(t),
             Err(e) if e.is_auth() && access.refreshed.is_none() => {
                 tracing::info!(
@@ -64,7 +70,7 @@ impl Run<'_> {
                 let auth = pop3::connect(self.cx.dialer, settings)
                     .await
                     .map_err(pop3_failure)?;
-                auth.authenticate(a.auth, &a.username, &access.token)
+                auth.authenticate_and_list(a.auth, &a.username, &access.token)
                     .await
                     .map_err(|e| self.login_failure(e))
             }
@@ -130,8 +136,7 @@ impl Run<'_> {
         self.suspects_waiting = false;
         self.size_counts.clear();
         self.digests = DigestKeys::default();
-        let mut txn = self.login(settings, credential).await?;
-        let sizes = txn.list_sizes().await.map_err(pop3_failure)?;
+        let (mut txn, sizes) = self.login(settings, credential).await?;
         if restarts == 0 {
             self.summary.listed = sizes.len() as u32;
         }
@@ -609,6 +614,16 @@ impl Run<'_> {
         }
     }
 
+    /// True when this session's next command is its QUIT, which may then go out with the
+    /// last DELEs: no released message is waiting to be delivered in this session, and no
+    /// DELE in flight is for a message known by header digest alone (whether the server
+    /// refused one of those must be seen before deletions may apply, see `pop3_session`).
+    fn quit_comes_next(&self) -> bool {
+        let releases = !self.releases_done
+            && (self.actions.values()).any(|act| *act == QuarantineAction::Release);
+        !releases && self.digest_deles.is_empty() && self.crashed.is_none()
+    }
+
     pub(super) async fn process(
         &mut self,
         txn: &mut Transaction,
@@ -780,7 +795,13 @@ impl Run<'_> {
                     None => break,
                 }
             }
-            if txn.in_flight() == 0 || (self.suspects_waiting && in_flight_retr == 0) {
+            // Only DELE replies owed, and nothing left to retrieve: they are read with the
+            // last commit's, below, rather than waited for before it.
+            let retrieved_all = in_flight_retr == 0 && queue.peek().is_none();
+            if txn.in_flight() == 0
+                || (self.suspects_waiting && in_flight_retr == 0)
+                || retrieved_all
+            {
                 break Ok(());
             }
             // Accepted deliveries never wait for a server that has not started its next
@@ -888,6 +909,9 @@ impl Run<'_> {
             if self.crashed.is_some() {
                 result = Err(Broken::Crashed);
             } else if result.is_ok() {
+                if self.quit_comes_next() {
+                    txn.queue_quit();
+                }
                 // The DELEs of the last commit are answered here, like the others.
                 result = self.answer_pending(txn).await;
             }

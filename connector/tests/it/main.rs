@@ -15,6 +15,7 @@ mod named;
 mod ntlm;
 mod oauth2;
 mod pass;
+mod round_trips;
 mod self_contained;
 mod sigkill;
 mod tls_pin;
