@@ -11,7 +11,6 @@ use mock_core::host::{Host, Protocol, SessionEnd, Settings};
 use popbridge_proto::DotStuffer;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::caps::Capabilities;
@@ -359,22 +358,12 @@ impl Builder {
             retrievals: tokio::sync::watch::Sender::new(0),
         })
     }
-
-    /// Starts serving on a listener the caller bound (tests bind `127.0.0.1:0`).
-    pub fn spawn(self, listener: TcpListener) -> MockPop3Handle {
-        MockPop3Handle::listening(self.build(), listener)
-    }
-
-    /// Starts a server without a listener: connect with [`mock_core::Handle::connect_duplex`].
-    pub fn spawn_in_memory(self) -> MockPop3Handle {
-        MockPop3Handle::in_memory(self.build())
-    }
 }
 
 mock_core::handle_type! {
     /// A running mock POP3 server: the core [`mock_core::Handle`] (address, sessions, transcripts,
     /// faults on or off, in-memory connections, waiting, shutdown) and the mailboxes.
-    pub struct MockPop3Handle(Shared);
+    pub struct MockPop3Handle(Shared) from Builder;
 }
 
 impl MockPop3Handle {

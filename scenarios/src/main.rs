@@ -139,45 +139,7 @@ enum Command {
     /// RSET before QUIT) and writes DIR/capture.toml and DIR/fixtures/*.eml (mode 0600), a
     /// scenario that replays it. The password comes from --password-env, --password-file
     /// or, when neither is given, a prompt; never from the command line.
-    Capture {
-        /// The server's host.
-        #[arg(long)]
-        host: String,
-        /// The server's port (default 110, or 995 with --tls implicit).
-        #[arg(long)]
-        port: Option<u16>,
-        /// The login name.
-        #[arg(long)]
-        user: String,
-        /// The environment variable holding the password.
-        #[arg(long, conflicts_with = "password_file")]
-        password_env: Option<String>,
-        /// A file whose first line is the password.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// TLS: none | starttls | implicit (as popbridge's `tls`).
-        #[arg(long, default_value = "starttls")]
-        tls: String,
-        /// A CA certificate (or the server's own) to trust besides the system roots.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// Keep headers only; bodies become filler of the same size.
-        #[arg(long)]
-        headers_only: bool,
-        /// Also replace addresses, names and subjects by stable pseudonyms (keyed hash;
-        /// implies --headers-only). The key comes from --redact-key-file, else is random.
-        #[arg(long)]
-        redact: bool,
-        /// A file holding the redaction key (the same key gives the same pseudonyms).
-        #[arg(long, requires = "redact")]
-        redact_key_file: Option<PathBuf>,
-        /// Seconds to wait for each reply.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// The folder to write into.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Capture(CaptureArgs),
     /// Measures throughput: popbridge (a child process by default) and external connectors
     /// each move the same mailbox from POP3 to SMTP, on fresh loopback mocks or on real
     /// loopback servers, several rounds each, beside a pipelined POP3 reader and a
@@ -200,18 +162,44 @@ enum Command {
 }
 
 /// The `capture` subcommand's arguments.
+#[derive(clap::Args, Debug)]
 struct CaptureArgs {
+    /// The server's host.
+    #[arg(long)]
     host: String,
+    /// The server's port (default 110, or 995 with --tls implicit).
+    #[arg(long)]
     port: Option<u16>,
+    /// The login name.
+    #[arg(long)]
     user: String,
+    /// The environment variable holding the password.
+    #[arg(long, conflicts_with = "password_file")]
     password_env: Option<String>,
+    /// A file whose first line is the password.
+    #[arg(long)]
     password_file: Option<PathBuf>,
+    /// TLS: none | starttls | implicit (as popbridge's `tls`).
+    #[arg(long, default_value = "starttls")]
     tls: String,
+    /// A CA certificate (or the server's own) to trust besides the system roots.
+    #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Keep headers only; bodies become filler of the same size.
+    #[arg(long)]
     headers_only: bool,
+    /// Also replace addresses, names and subjects by stable pseudonyms (keyed hash;
+    /// implies --headers-only). The key comes from --redact-key-file, else is random.
+    #[arg(long)]
     redact: bool,
+    /// A file holding the redaction key (the same key gives the same pseudonyms).
+    #[arg(long, requires = "redact")]
     redact_key_file: Option<PathBuf>,
+    /// Seconds to wait for each reply.
+    #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// The folder to write into.
+    #[arg(long)]
     out: PathBuf,
 }
 
@@ -558,35 +546,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::MockSmtp { scenario } => {
             return runtime.block_on(serve(scenario, Sides::Smtp, false))
         }
-        Command::Capture {
-            host,
-            port,
-            user,
-            password_env,
-            password_file,
-            tls,
-            ca_file,
-            headers_only,
-            redact,
-            redact_key_file,
-            timeout,
-            out,
-        } => {
-            return runtime.block_on(capture(CaptureArgs {
-                host,
-                port,
-                user,
-                password_env,
-                password_file,
-                tls,
-                ca_file,
-                headers_only,
-                redact,
-                redact_key_file,
-                timeout,
-                out,
-            }))
-        }
+        Command::Capture(args) => return runtime.block_on(capture(args)),
     };
     let connector = match connector_cmd {
         None => poplab::Connector::Popbridge,

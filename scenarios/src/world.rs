@@ -301,6 +301,20 @@ pub struct Observed {
     pub skipped: Option<String>,
 }
 
+impl Observed {
+    /// An empty observation of scenario `s` but for its account names.
+    pub fn of_accounts(s: &Scenario) -> Self {
+        Self {
+            accounts: s
+                .mailboxes
+                .iter()
+                .map(|m| (account_name(&m.user), m.user.clone()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Where runs make their temporary folders (state, scratch): the system's temporary
 /// folder unless [`set_scratch_root`] said otherwise.
 static SCRATCH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -363,14 +377,9 @@ pub async fn run_external_with_kills(
 
 fn observed_for(s: &Scenario, connector: &Connector) -> Observed {
     Observed {
-        accounts: s
-            .mailboxes
-            .iter()
-            .map(|m| (account_name(&m.user), m.user.clone()))
-            .collect(),
         connector: connector.name(),
         external: connector.is_external(),
-        ..Observed::default()
+        ..Observed::of_accounts(s)
     }
 }
 

@@ -24,6 +24,11 @@ fn bob(n: usize) -> Maildrop {
     Maildrop::new("bob", "s3cret pass").with_demo_messages(n, 1500)
 }
 
+/// A server holding `bob(1)` with capabilities `caps`.
+async fn bob_with(caps: Capabilities) -> mock_pop3::MockPop3Handle {
+    spawn(MockPop3::builder().mailbox(bob(1)).capabilities(caps)).await
+}
+
 async fn logged_in(server: &mock_pop3::MockPop3Handle) -> Client<TcpStream> {
     let (mut c, g) = Client::connect(server).await;
     assert!(g.is_ok());
@@ -92,14 +97,10 @@ async fn a_second_session_gets_in_use() {
     assert_eq!(r.code, Some(RespCode::InUse));
     // Without RESP-CODES the refusal carries no code.
     assert!(first.cmd("QUIT").await.is_ok());
-    let server2 = spawn(
-        MockPop3::builder()
-            .mailbox(bob(1))
-            .capabilities(Capabilities {
-                resp_codes: false,
-                ..Capabilities::full()
-            }),
-    )
+    let server2 = bob_with(Capabilities {
+        resp_codes: false,
+        ..Capabilities::full()
+    })
     .await;
     let _held = logged_in(&server2).await;
     let (mut c, _) = Client::connect(&server2).await;
@@ -387,14 +388,10 @@ async fn switched_off_capabilities_refuse_their_commands() {
     assert!(!c.cmd("TOP 1 0").await.is_ok(), "TOP off");
     assert!(c.multi("RETR 1").await.0.is_ok(), "RETR always works");
     // USER switched off.
-    let server = spawn(
-        MockPop3::builder()
-            .mailbox(bob(1))
-            .capabilities(Capabilities {
-                user: false,
-                ..Capabilities::full()
-            }),
-    )
+    let server = bob_with(Capabilities {
+        user: false,
+        ..Capabilities::full()
+    })
     .await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.cmd("USER bob").await.is_ok());

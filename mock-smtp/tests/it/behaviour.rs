@@ -140,46 +140,25 @@ async fn helo_works_and_sequence_errors_have_exchange_texts() {
     }))
     .await;
     let (mut c, _) = Client::connect(&server).await;
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.net>").await.first_line(),
-        "503 5.5.2 Send hello first"
-    );
-    assert_eq!(
-        c.cmd("HELO client").await.first_line(),
-        "250 exchange.contoso.local Hello [127.0.0.1]"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<bob@contoso.local>").await.first_line(),
-        "503 5.5.2 Need mail command"
-    );
-    assert_eq!(
-        c.cmd("DATA").await.first_line(),
-        "503 5.5.2 Need mail command"
-    );
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.net>").await.first_line(),
-        "250 2.1.0 Sender OK"
-    );
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.net>").await.first_line(),
-        "503 5.5.2 Sender already specified"
-    );
-    assert_eq!(
-        c.cmd("DATA").await.first_line(),
-        "503 5.5.2 Need rcpt command"
-    );
-    assert_eq!(
-        c.cmd("XYZZY").await.first_line(),
-        "500 5.3.3 Unrecognized command"
-    );
-    assert_eq!(
-        c.cmd("MAIL TO:<x@y.z>").await.first_line(),
-        "501 5.5.4 Invalid arguments"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<bob@contoso.local>").await.first_line(),
-        "250 2.1.5 Recipient OK"
-    );
+    c.dialogue(&[
+        ("MAIL FROM:<a@example.net>", "503 5.5.2 Send hello first"),
+        (
+            "HELO client",
+            "250 exchange.contoso.local Hello [127.0.0.1]",
+        ),
+        ("RCPT TO:<bob@contoso.local>", "503 5.5.2 Need mail command"),
+        ("DATA", "503 5.5.2 Need mail command"),
+        ("MAIL FROM:<a@example.net>", "250 2.1.0 Sender OK"),
+        (
+            "MAIL FROM:<a@example.net>",
+            "503 5.5.2 Sender already specified",
+        ),
+        ("DATA", "503 5.5.2 Need rcpt command"),
+        ("XYZZY", "500 5.3.3 Unrecognized command"),
+        ("MAIL TO:<x@y.z>", "501 5.5.4 Invalid arguments"),
+        ("RCPT TO:<bob@contoso.local>", "250 2.1.5 Recipient OK"),
+    ])
+    .await;
     assert_eq!(c.cmd("RSET").await.code, 250);
     assert_eq!(c.cmd("NOOP").await.first_line(), "250 2.0.0 OK");
     drop(c);
@@ -352,14 +331,11 @@ async fn default_domain_repairs_a_missing_domain_and_nothing_else() {
             .code,
         250
     );
-    assert_eq!(
-        c.cmd("MAIL FROM:<bad..user>").await.first_line(),
-        "501 5.1.7 Invalid address"
-    );
-    assert_eq!(
-        c.cmd("MAIL FROM:<user@>").await.first_line(),
-        "501 5.1.7 Invalid address"
-    );
+    c.dialogue(&[
+        ("MAIL FROM:<bad..user>", "501 5.1.7 Invalid address"),
+        ("MAIL FROM:<user@>", "501 5.1.7 Invalid address"),
+    ])
+    .await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
     let t = server.captured();
@@ -380,14 +356,11 @@ async fn recipients_known_unknown_relay_and_malformed() {
     let server = spawn(contoso()).await;
     let (mut c, _) = ehlo(&server).await;
     c.cmd("MAIL FROM:<a@example.net>").await;
-    assert_eq!(
-        c.cmd("RCPT TO:<Bob@Contoso.local>").await.first_line(),
-        "250 2.1.5 Recipient OK"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<nobody@contoso.local>").await.first_line(),
-        "550 5.1.1 User unknown"
-    );
+    c.dialogue(&[
+        ("RCPT TO:<Bob@Contoso.local>", "250 2.1.5 Recipient OK"),
+        ("RCPT TO:<nobody@contoso.local>", "550 5.1.1 User unknown"),
+    ])
+    .await;
     assert_eq!(
         c.cmd("RCPT TO:<someone@elsewhere.example>")
             .await

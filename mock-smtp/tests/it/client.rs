@@ -60,6 +60,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.send_raw(format!("{line}\r\n").as_bytes()).await;
     }
 
+    /// Sends each command in turn and checks the first line of its reply.
+    pub async fn dialogue(&mut self, steps: &[(&str, &str)]) {
+        for (command, reply) in steps {
+            assert_eq!(self.cmd(command).await.first_line(), *reply, "{command}");
+        }
+    }
+
     /// Reads what the server sent into the buffer (bounded by the step): how many octets,
     /// 0 once it closed (or the read failed).
     async fn read_more(&mut self) -> usize {

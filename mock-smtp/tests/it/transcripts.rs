@@ -5,10 +5,12 @@ use mock_smtp::{Limits, MailboxSpec, MockSmtp, MockSmtpHandle};
 
 use crate::client::{message, Client};
 
-/// Runs a script of (bytes to send, replies they produce) and returns the transcript.
+/// Says `EHLO client.example`, then runs a script of (bytes to send, replies they
+/// produce) and returns the transcript.
 async fn session(server: &MockSmtpHandle, script: &[(&[u8], usize)]) -> String {
     let (mut c, _) = Client::over(server.connect_duplex()).await;
-    for (chunk, replies) in script {
+    let ehlo: (&[u8], usize) = (b"EHLO client.example\r\n", 1);
+    for (chunk, replies) in std::iter::once(&ehlo).chain(script) {
         c.send_raw(chunk).await;
         for _ in 0..*replies {
             c.reply().await;
@@ -31,7 +33,6 @@ async fn normal_pipelined_delivery() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<alice@example.net> SIZE=200\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n", 3),
             (&wire, 1),
             (b"QUIT\r\n", 1),
@@ -53,7 +54,6 @@ async fn five_malformed_senders_end_in_421() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<user one@example.net>\r\n", 1),
             (b"MAIL FROM:<@example.net>\r\n", 1),
             (b"MAIL FROM:<user..two@example.net>\r\n", 1),
@@ -71,7 +71,6 @@ async fn size_over_the_limit_at_mail_from() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<alice@example.net> SIZE=20971520\r\n", 1),
             (b"QUIT\r\n", 1),
         ],
@@ -89,7 +88,6 @@ async fn default_domain_repairs_a_bare_local_part() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<user>\r\n", 1),
             (b"RCPT TO:<bob@contoso.local>\r\n", 1),
             (b"DATA\r\n", 1),
@@ -111,7 +109,6 @@ async fn bdat_delivery() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (
                 b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@contoso.local>\r\n",
                 2,
@@ -143,7 +140,6 @@ async fn mailbox_limit_ndr_after_a_250() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<alice@example.net> SIZE=20480\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n", 3),
             (&body, 1),
             (b"QUIT\r\n", 1),

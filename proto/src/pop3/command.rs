@@ -483,30 +483,21 @@ mod tests {
                 ..
             })
         ));
-        assert!(matches!(
-            Pop3Command::parse(b"RETR x\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"RETR 99999999999\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"RETR 4294967296\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"TOP 1\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"QUIT now\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"USER\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
+        let bad = [
+            "RETR x",
+            "RETR 99999999999",
+            "RETR 4294967296",
+            "TOP 1",
+            "QUIT now",
+            "USER",
+        ];
+        for line in bad.map(|l| format!("{l}\r\n")) {
+            let parsed = Pop3Command::parse(line.as_bytes());
+            assert!(
+                matches!(parsed, Err(CommandError::Syntax { .. })),
+                "{line:?}"
+            );
+        }
         assert_eq!(Pop3Command::parse(b"\r\n"), Err(CommandError::Empty));
         assert_eq!(
             Pop3Command::parse(b"XYZZY 1\r\n"),
