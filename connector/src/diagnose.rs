@@ -720,7 +720,7 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn a_healthy_setup_is_reported_and_left_untouched() {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox())).await;
+        let pop = pop3(MockPop3::builder().maildrop(mailbox())).await;
         let sm = smtp(MockSmtp::builder()).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(
@@ -731,7 +731,7 @@ deliver_to = "info@contoso.local"
             PLAIN,
             "",
         );
-        let before = pop.mailbox("info").unwrap().remaining;
+        let before = pop.maildrop("info").unwrap().remaining;
 
         let report = diagnose(&cfg, &TcpDialer).await;
         pop.wait_idle().await;
@@ -781,7 +781,7 @@ deliver_to = "info@contoso.local"
         assert!(!text.contains(PASSWORD), "{text}");
 
         // Nothing changed: no RETR, no DELE, QUIT; no SMTP transaction.
-        let mb = pop.mailbox("info").unwrap();
+        let mb = pop.maildrop("info").unwrap();
         assert_eq!(mb.remaining, before);
         assert_eq!(mb.retrievals, 0);
         assert!(mb.deleted.is_empty());
@@ -801,7 +801,7 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn a_wrong_password_shows_the_reply_and_never_the_password() {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox())).await;
+        let pop = pop3(MockPop3::builder().maildrop(mailbox())).await;
         let sm = smtp(MockSmtp::builder()).await;
         let dir = tempfile::tempdir().unwrap();
         let wrong = "Wr0ng-passw0rd-42";
@@ -835,7 +835,7 @@ deliver_to = "info@contoso.local"
         assert!(!text.contains(wrong), "{text}");
         assert!(!text.contains(PASSWORD), "{text}");
         assert!(!format!("{report:?}").contains(wrong));
-        let mb = pop.mailbox("info").unwrap();
+        let mb = pop.maildrop("info").unwrap();
         assert_eq!((mb.remaining.len(), mb.retrievals), (SIZES.len(), 0));
         // The transport is still checked.
         assert_eq!(report.transport.ok, Ok(()));
@@ -843,7 +843,7 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn an_unreachable_transport_fails() {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox())).await;
+        let pop = pop3(MockPop3::builder().maildrop(mailbox())).await;
         let gone = listener().await;
         let port = gone.local_addr().unwrap().port();
         drop(gone);
@@ -896,7 +896,7 @@ deliver_to = "info@contoso.local"
         let pki = TestPki::localhost().unwrap();
         let pop = pop3(
             MockPop3::builder()
-                .mailbox(mailbox())
+                .maildrop(mailbox())
                 .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
         )
         .await;
@@ -971,7 +971,7 @@ deliver_to = "info@contoso.local"
         let pki = TestPki::localhost().unwrap();
         let pop = pop3(
             MockPop3::builder()
-                .mailbox(mailbox())
+                .maildrop(mailbox())
                 .tls(mock_pop3::ServerTls::Implicit(pki.server_config().unwrap())),
         )
         .await;
@@ -1018,7 +1018,7 @@ deliver_to = "info@contoso.local"
         let pki = TestPki::localhost().unwrap();
         let pop = pop3(
             MockPop3::builder()
-                .mailbox(mailbox())
+                .maildrop(mailbox())
                 .tls(mock_pop3::ServerTls::Stls(pki.server_config().unwrap())),
         )
         .await;

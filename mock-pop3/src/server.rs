@@ -281,9 +281,9 @@ impl MockPop3 {
 }
 
 impl Builder {
-    /// Adds a mailbox.
-    pub fn mailbox(mut self, mailbox: Maildrop) -> Self {
-        self.mailboxes.push(mailbox);
+    /// Adds a maildrop.
+    pub fn maildrop(mut self, maildrop: Maildrop) -> Self {
+        self.mailboxes.push(maildrop);
         self
     }
 
@@ -373,8 +373,8 @@ impl MockPop3Handle {
         self.shared().retrievals.subscribe()
     }
 
-    /// A mailbox's state.
-    pub fn mailbox(&self, user: &str) -> Option<MaildropReport> {
+    /// A maildrop's state.
+    pub fn maildrop(&self, user: &str) -> Option<MaildropReport> {
         let st = self.shared().state();
         st.mailboxes.get(user).map(|mb| MaildropReport {
             user: user.to_string(),
@@ -386,10 +386,10 @@ impl MockPop3Handle {
         })
     }
 
-    /// Every mailbox's state, by user.
-    pub fn mailboxes(&self) -> Vec<MaildropReport> {
+    /// Every maildrop's state, by user.
+    pub fn maildrops(&self) -> Vec<MaildropReport> {
         let users: Vec<String> = self.shared().state().mailboxes.keys().cloned().collect();
-        users.iter().filter_map(|u| self.mailbox(u)).collect()
+        users.iter().filter_map(|u| self.maildrop(u)).collect()
     }
 
     /// Adds a message to a mailbox now; false when there is no such mailbox.

@@ -363,7 +363,7 @@ async fn serve(file: PathBuf, sides: Sides, check: bool) -> anyhow::Result<ExitC
     if tokio::time::timeout(STOP_BOUND, idle).await.is_err() {
         eprintln!("poplab: a session was still open; its state is reported as it stands");
     }
-    let mailboxes = pop3.as_ref().map(|h| h.mailboxes()).unwrap_or_default();
+    let mailboxes = pop3.as_ref().map(|h| h.maildrops()).unwrap_or_default();
     let captured = smtp.as_ref().map(|h| h.captured()).unwrap_or_default();
     let state = poplab::serve::final_state(&scenario, mailboxes.clone(), captured.clone());
     let mut code = Exit::Passed.into();

@@ -632,7 +632,7 @@ async fn run_inner(
         }
     }
     // What is left, whatever happened.
-    obs.mailboxes = pop3.mailboxes();
+    obs.mailboxes = pop3.maildrops();
     obs.captured = smtp.captured();
     for pe in &obs.events {
         if let Event::Quarantined {
@@ -770,7 +770,7 @@ async fn start_pop3_on(s: &Scenario, dir: &Path, net: Net) -> Result<Pop3Side, S
             }
             m = m.with_message(message);
         }
-        pop3 = pop3.mailbox(m);
+        pop3 = pop3.maildrop(m);
     }
     for f in &s.pop3_faults {
         pop3 = pop3.fault(f.clone());
@@ -832,7 +832,7 @@ async fn start_smtp_on(s: &Scenario, net: Net) -> Result<MockSmtpHandle, String>
 /// nothing else changed: the connector learnt something), transactions seen on the SMTP
 /// side.
 fn footprint(pop3: &MockPop3Handle, smtp: &MockSmtpHandle) -> (usize, usize, usize, usize) {
-    let mbs = pop3.mailboxes();
+    let mbs = pop3.maildrops();
     (
         mbs.iter().map(|m| m.remaining.len()).sum(),
         mbs.iter().map(|m| m.deleted.len()).sum(),

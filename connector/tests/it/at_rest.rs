@@ -89,7 +89,7 @@ async fn quarantine_spool_ledger_journal_and_failed_copies_are_private_under_uma
     let mut all: Vec<_> = (0..2).map(|i| mail(i, "ok@example.net", 800)).collect();
     all.push(mail(2, "big@example.net", 300_000));
     all.push(mail(3, "bad@refused.example", 900));
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(all))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with(all))).await;
     let smtp = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);
@@ -197,7 +197,7 @@ async fn quarantine_spool_ledger_journal_and_failed_copies_are_private_under_uma
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_world_readable_state_dir_is_tightened_with_a_warning_event() {
     let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(0, "a@example.net", 500)]))).await;
+        pop3(MockPop3::builder().maildrop(mailbox_with([mail(0, "a@example.net", 500)]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pass"), format!("{PASSWORD}\n")).unwrap();
@@ -256,7 +256,7 @@ async fn an_existing_world_readable_state_dir_is_tightened_with_a_warning_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readable_config_with_an_inline_password_is_refused_until_chmod_600() {
     let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(0, "a@example.net", 500)]))).await;
+        pop3(MockPop3::builder().maildrop(mailbox_with([mail(0, "a@example.net", 500)]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let dir = tempfile::tempdir().unwrap();
     let transport = format!(
@@ -322,7 +322,7 @@ async fn a_readable_config_with_an_inline_password_is_refused_until_chmod_600() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_command_that_prints_the_secret_on_failure_leaks_it_nowhere() {
     let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(0, "a@example.net", 500)]))).await;
+        pop3(MockPop3::builder().maildrop(mailbox_with([mail(0, "a@example.net", 500)]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let dir = tempfile::tempdir().unwrap();
     // The secret is in a file the command reads, so the configuration does not show it.

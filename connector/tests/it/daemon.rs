@@ -90,7 +90,7 @@ fn mailbox(n: usize) -> Maildrop {
 #[tokio::test(start_paused = true)]
 async fn passes_run_at_the_interval() {
     let w = start(
-        MockPop3::builder().mailbox(mailbox(2)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
         "15m",
     );
     w.handle.wait_completed(1).await;
@@ -109,7 +109,7 @@ async fn passes_run_at_the_interval() {
         "{:#?}",
         h.iter().map(|r| &r.summary).collect::<Vec<_>>()
     );
-    assert!(w.pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(w.pop.maildrop("info").unwrap().remaining.is_empty());
     assert_eq!(w.smtp.counts().accepted, 3);
     w.handle.stop().await;
     w.run.await.unwrap();
@@ -119,7 +119,7 @@ async fn passes_run_at_the_interval() {
 async fn a_slow_pass_is_never_overlapped_by_the_schedule() {
     // The first RETR takes 22 minutes; the interval is 5.
     let pop = MockPop3::builder()
-        .mailbox(mailbox(3))
+        .maildrop(mailbox(3))
         .fault(FaultRule::new(
             Hook::command("RETR"),
             FaultAction::Delay(Duration::from_secs(22 * 60)),
@@ -155,7 +155,7 @@ async fn a_slow_pass_is_never_overlapped_by_the_schedule() {
 #[tokio::test(start_paused = true)]
 async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
     let pop = MockPop3::builder()
-        .mailbox(mailbox(1))
+        .maildrop(mailbox(1))
         .fault(FaultRule::new(
             Hook::command("RETR"),
             FaultAction::Delay(Duration::from_secs(10 * 60)),
@@ -184,7 +184,7 @@ async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
         (Cause::Scheduled, Cause::Triggered)
     );
     assert!(h[1].started >= h[0].finished);
-    assert!(w.pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(w.pop.maildrop("info").unwrap().remaining.is_empty());
     assert!(w
         .handle
         .trigger(Some("nobody".into()))
@@ -198,7 +198,7 @@ async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
 #[tokio::test(start_paused = true)]
 async fn a_bad_configuration_on_reload_keeps_the_old_one() {
     let w = start(
-        MockPop3::builder().mailbox(mailbox(1)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
         "15m",
     );
     w.handle.wait_completed(1).await;
@@ -230,7 +230,7 @@ async fn a_bad_configuration_on_reload_keeps_the_old_one() {
 #[tokio::test(start_paused = true)]
 async fn stop_finishes_the_message_in_flight_and_quits() {
     let pop = MockPop3::builder()
-        .mailbox(mailbox(5))
+        .maildrop(mailbox(5))
         .fault(FaultRule::new(
             Hook::command("RETR"),
             FaultAction::Delay(Duration::from_secs(120)),
@@ -261,7 +261,7 @@ async fn stop_finishes_the_message_in_flight_and_quits() {
         w.pop.sessions()[0].end,
         Some(mock_pop3::SessionEnd::QuitUpdate)
     );
-    assert_eq!(w.pop.mailbox("info").unwrap().remaining.len(), 4);
+    assert_eq!(w.pop.maildrop("info").unwrap().remaining.len(), 4);
 }
 
 /// A configuration with `top` (global keys after `state_dir`) and one `[[account]]` per
@@ -315,8 +315,8 @@ fn start_two(pop: MockPop3Handle) -> World {
 #[tokio::test(start_paused = true)]
 async fn an_account_interval_overrides_the_global_one() {
     let pop = MockPop3::builder()
-        .mailbox(Maildrop::new("fast", PASSWORD).with_demo_messages(1, 600))
-        .mailbox(Maildrop::new("slow", PASSWORD).with_demo_messages(1, 600))
+        .maildrop(Maildrop::new("fast", PASSWORD).with_demo_messages(1, 600))
+        .maildrop(Maildrop::new("slow", PASSWORD).with_demo_messages(1, 600))
         .spawn_in_memory();
     let w = start_two(pop);
     // 29 minutes on the paused clock: passes at 0, 10 and 20 minutes for `fast`, at 0 for
@@ -402,7 +402,7 @@ fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_pass_have_the_documented_names_and_values() {
     let w = start(
-        MockPop3::builder().mailbox(mailbox(2)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
         "24h",
     );
     w.handle.wait_completed(1).await;
@@ -504,7 +504,7 @@ async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
     let names = ["a", "b", "c"];
     let mut pop = MockPop3::builder();
     for n in names {
-        pop = pop.mailbox(Maildrop::new(n, PASSWORD).with_demo_messages(1, 600));
+        pop = pop.maildrop(Maildrop::new(n, PASSWORD).with_demo_messages(1, 600));
     }
     let dir = tempfile::tempdir().unwrap();
     let config = accounts_config(
@@ -560,7 +560,7 @@ async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
 async fn the_pass_history_keeps_the_last_passes_of_each_account() {
     let keep = usize::try_from(HISTORY_KEEP).unwrap();
     let w = start(
-        MockPop3::builder().mailbox(mailbox(1)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
         "5m",
     );
     w.handle.wait_completed(keep as u64 + 5).await;

@@ -43,7 +43,7 @@ async fn an_oversize_skip_event_names_its_sender_and_subject_from_top() {
     ];
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with(msgs))
+            .maildrop(mailbox_with(msgs))
             .fault(PopRule::new(PopHook::command("QUIT"), PopFault::CloseBeforeReply).times(1)),
     )
     .await;
@@ -84,7 +84,7 @@ async fn an_oversize_skip_event_names_its_sender_and_subject_from_top() {
     assert!(sessions
         .iter()
         .all(|s| !s.commands.contains(&"RETR 2".to_string())));
-    let mb = pop.mailbox("info").unwrap();
+    let mb = pop.maildrop("info").unwrap();
     assert_eq!(mb.remaining.len(), 1, "the big one stays");
 }
 
@@ -98,7 +98,7 @@ async fn without_top_the_skip_event_has_no_names_and_the_pass_goes_on() {
     // TOP listed by CAPA but refused.
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with(msgs.clone()))
+            .maildrop(mailbox_with(msgs.clone()))
             .fault(PopRule::new(
                 PopHook::command("TOP"),
                 PopFault::Reply("-ERR not today".into()),
@@ -130,7 +130,7 @@ async fn without_top_the_skip_event_has_no_names_and_the_pass_goes_on() {
     // TOP not in CAPA: not asked at all.
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with(msgs))
+            .maildrop(mailbox_with(msgs))
             .capabilities_after_login(Capabilities {
                 top: false,
                 ..Capabilities::full_after_login()
@@ -156,7 +156,7 @@ async fn a_rejected_message_is_named_escaped_and_cut() {
         "Return-Path: <bad@refused.example>\r\nFrom: Mallory \x1b[31m<bad@refused.example>\r\n\
          Subject: =?UTF-8?Q?Invoice_=E2=80=AE?= {long}\r\nMessage-ID: <r1@refused.example>"
     );
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with([
         with_header(&header, 600),
         mail(1, "ok@example.net", 600),
     ])))
@@ -197,7 +197,7 @@ async fn a_top_that_breaks_the_session_costs_nothing() {
     ];
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with(msgs))
+            .maildrop(mailbox_with(msgs))
             .fault(PopRule::new(PopHook::command("TOP"), PopFault::CloseBeforeReply).times(1)),
     )
     .await;
@@ -213,7 +213,7 @@ async fn a_top_that_breaks_the_session_costs_nothing() {
     let skips = json(&events, "message.skipped_oversize");
     assert_eq!(skips.len(), 1);
     assert!(skips[0].get("subject").is_none());
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
     let (second, events) = s.pass(&pop, &smtp).await;
     assert_eq!((second.delivered, second.skipped), (2, 1), "{second:?}");
     assert_eq!(
@@ -221,5 +221,5 @@ async fn a_top_that_breaks_the_session_costs_nothing() {
         "Scans"
     );
     exactly_once(&delivered_ids(&smtp), 2);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 1);
 }

@@ -26,7 +26,7 @@ fn bob(n: usize) -> Maildrop {
 
 /// A server holding `bob(1)` with capabilities `caps`.
 async fn bob_with(caps: Capabilities) -> mock_pop3::MockPop3Handle {
-    spawn(MockPop3::builder().mailbox(bob(1)).capabilities(caps)).await
+    spawn(MockPop3::builder().maildrop(bob(1)).capabilities(caps)).await
 }
 
 async fn logged_in(server: &mock_pop3::MockPop3Handle) -> Client<TcpStream> {
@@ -43,7 +43,7 @@ fn uids(n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn dele_marks_rset_unmarks_and_only_quit_deletes() {
-    let server = spawn(MockPop3::builder().mailbox(bob(3))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(3))).await;
     let mut c = logged_in(&server).await;
     assert!(c.cmd("DELE 1").await.is_ok());
     assert_eq!(c.cmd("DELE 1").await.text, "Message 1 already deleted");
@@ -56,11 +56,11 @@ async fn dele_marks_rset_unmarks_and_only_quit_deletes() {
     assert_eq!(c.cmd("STAT").await.text.split(' ').next(), Some("3"));
     assert!(c.cmd("DELE 2").await.is_ok());
     // Not yet deleted while the session runs.
-    assert_eq!(server.mailbox("bob").unwrap().remaining, uids(3));
+    assert_eq!(server.maildrop("bob").unwrap().remaining, uids(3));
     assert!(c.cmd("QUIT").await.is_ok());
     assert!(c.closed().await);
     server.wait_idle().await;
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(mb.remaining, vec!["bob-000001", "bob-000003"]);
     assert_eq!(mb.deleted, vec!["bob-000002"]);
     assert_eq!(server.sessions()[0].end, Some(SessionEnd::QuitUpdate));
@@ -68,7 +68,7 @@ async fn dele_marks_rset_unmarks_and_only_quit_deletes() {
 
 #[tokio::test]
 async fn a_dropped_connection_deletes_nothing_and_releases_the_lock() {
-    let server = spawn(MockPop3::builder().mailbox(bob(3))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(3))).await;
     let mut c = logged_in(&server).await;
     for i in 1..=3 {
         let (r, _) = c.multi(&format!("RETR {i}")).await;
@@ -77,7 +77,7 @@ async fn a_dropped_connection_deletes_nothing_and_releases_the_lock() {
     }
     drop(c);
     server.wait_idle().await;
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(mb.remaining, uids(3));
     assert!(mb.deleted.is_empty());
     assert_eq!(mb.retrieved, uids(3));
@@ -89,7 +89,7 @@ async fn a_dropped_connection_deletes_nothing_and_releases_the_lock() {
 
 #[tokio::test]
 async fn a_second_session_gets_in_use() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let mut first = logged_in(&server).await;
     let (mut second, _) = Client::connect(&server).await;
     let r = second.login("bob", "s3cret pass").await;
@@ -114,7 +114,7 @@ async fn stat_list_uidl_retr_top_noop_answer_per_rfc_1939() {
     let msg =
         b"Subject: hi\r\nFrom: a@b.example\r\n\r\nline1\r\n.dotted\r\nline3\r\nline4\r\n".to_vec();
     let server = spawn(
-        MockPop3::builder().mailbox(
+        MockPop3::builder().maildrop(
             Maildrop::new("bob", "s3cret pass")
                 .with_message(Message::new(msg.clone()))
                 .with_demo_messages(1, 3000),
@@ -154,7 +154,7 @@ async fn stat_list_uidl_retr_top_noop_answer_per_rfc_1939() {
 
 #[tokio::test]
 async fn transaction_commands_are_refused_before_login_and_wrong_password_fails_with_auth_code() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     for cmd in ["STAT", "LIST", "RETR 1", "DELE 1", "NOOP"] {
         assert!(!c.cmd(cmd).await.is_ok(), "{cmd}");
@@ -174,7 +174,7 @@ fn apop_digest(greeting: &str, pass: &str) -> String {
 
 #[tokio::test]
 async fn apop_uses_the_greeting_timestamp() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, g) = Client::connect(&server).await;
     let bad = apop_digest(&g.text, "wrong");
     assert_eq!(
@@ -189,7 +189,7 @@ async fn apop_uses_the_greeting_timestamp() {
 
 #[tokio::test]
 async fn greeting_without_timestamp_makes_apop_impossible() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1)).apop_timestamp(false)).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1)).apop_timestamp(false)).await;
     let (mut c, g) = Client::connect(&server).await;
     assert!(!g.text.contains('<'));
     let r = c.cmd("APOP bob 0123456789abcdef0123456789abcdef").await;
@@ -199,7 +199,7 @@ async fn greeting_without_timestamp_makes_apop_impossible() {
 
 #[tokio::test]
 async fn auth_plain_with_initial_response_and_continuation() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     let wrong = B64.encode(b"\0bob\0nope");
     assert_eq!(
@@ -218,7 +218,7 @@ async fn auth_plain_with_initial_response_and_continuation() {
 
 #[tokio::test]
 async fn auth_login_asks_for_username_then_password() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.send("AUTH LOGIN").await;
     assert_eq!(
@@ -235,7 +235,7 @@ async fn auth_login_asks_for_username_then_password() {
 
 #[tokio::test]
 async fn auth_cram_md5_checks_the_hmac_of_the_challenge() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     for (pass, ok) in [("wrong", false), ("s3cret pass", true)] {
         let (mut c, _) = Client::connect(&server).await;
         c.send("AUTH CRAM-MD5").await;
@@ -256,7 +256,7 @@ async fn auth_cram_md5_checks_the_hmac_of_the_challenge() {
 #[tokio::test]
 async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
     let token = "ya29.".to_string() + &"A".repeat(2000);
-    let server = spawn(MockPop3::builder().mailbox(bob(1).with_token(token.clone()))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1).with_token(token.clone()))).await;
     let (mut c, _) = Client::connect(&server).await;
     // Wrong token: an error challenge, the client answers with an empty line, then -ERR [AUTH].
     let bad = B64.encode("user=bob\x01auth=Bearer nope\x01\x01");
@@ -276,7 +276,7 @@ async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
     assert!(c.cmd(&good).await.is_ok());
     assert!(!server.transcript().contains(&token[..40]));
     // And a long AUTH command line itself is refused (RFC 2449: 255 octets).
-    let server2 = spawn(MockPop3::builder().mailbox(bob(1).with_token(token.clone()))).await;
+    let server2 = spawn(MockPop3::builder().maildrop(bob(1).with_token(token.clone()))).await;
     let (mut c2, _) = Client::connect(&server2).await;
     let r = c2.cmd(&format!("AUTH XOAUTH2 {good}")).await;
     assert!(!r.is_ok());
@@ -285,7 +285,7 @@ async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
 
 #[tokio::test]
 async fn star_cancels_an_auth_exchange() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.begin("AUTH LOGIN").await;
     c.cancel().await;
@@ -299,7 +299,7 @@ async fn star_cancels_an_auth_exchange() {
 async fn mailbox_methods_and_server_sasl_list_restrict_authentication() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(1).with_methods([AuthMethod::Apop]))
+            .maildrop(bob(1).with_methods([AuthMethod::Apop]))
             .capabilities(Capabilities {
                 sasl: vec![AuthMethod::Plain],
                 ..Capabilities::full()
@@ -322,7 +322,7 @@ async fn capa_lists_what_is_switched_on_before_and_after_login() {
     let pki = TestPki::localhost().unwrap();
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(1))
+            .maildrop(bob(1))
             .tls(ServerTls::Stls(pki.server_config().unwrap()))
             .capabilities(Capabilities {
                 login_delay: Some(0),
@@ -366,7 +366,7 @@ async fn switched_off_capabilities_refuse_their_commands() {
     let none = Capabilities::minimal();
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(2))
+            .maildrop(bob(2))
             .capabilities(Capabilities {
                 user: true,
                 ..none.clone()
@@ -401,7 +401,7 @@ async fn switched_off_capabilities_refuse_their_commands() {
 #[tokio::test(start_paused = true)]
 async fn login_delay_is_enforced_on_the_paused_clock() {
     let server = MockPop3::builder()
-        .mailbox(bob(1))
+        .maildrop(bob(1))
         .capabilities(Capabilities {
             login_delay: Some(60),
             ..Capabilities::full()
@@ -422,7 +422,7 @@ async fn login_delay_is_enforced_on_the_paused_clock() {
 async fn expire_zero_deletes_retrieved_messages_at_quit() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(3))
+            .maildrop(bob(3))
             .capabilities_after_login(Capabilities {
                 expire: Some(Expire::Days(0)),
                 ..Capabilities::full_after_login()
@@ -434,7 +434,7 @@ async fn expire_zero_deletes_retrieved_messages_at_quit() {
     c.multi("RETR 2").await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
-    assert_eq!(server.mailbox("bob").unwrap().deleted, vec!["bob-000002"]);
+    assert_eq!(server.maildrop("bob").unwrap().deleted, vec!["bob-000002"]);
 }
 
 async fn tls_client(pki: &TestPki, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
@@ -450,7 +450,7 @@ async fn implicit_tls_greets_after_the_handshake() {
     let pki = TestPki::localhost().unwrap();
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(2))
+            .maildrop(bob(2))
             .tls(ServerTls::Implicit(pki.server_config().unwrap())),
     )
     .await;
@@ -484,7 +484,7 @@ async fn stls_upgrades_and_discards_commands_injected_before_the_handshake() {
     let pki = TestPki::localhost().unwrap();
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(1))
+            .maildrop(bob(1))
             .tls(ServerTls::Stls(pki.server_config().unwrap())),
     )
     .await;
@@ -517,14 +517,14 @@ async fn stls_upgrades_and_discards_commands_injected_before_the_handshake() {
 
 #[tokio::test]
 async fn stls_is_refused_without_tls_configured_or_when_switched_off() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.list("CAPA").await.contains(&"STLS".to_string()));
     assert!(!c.cmd("STLS").await.is_ok());
     let pki = TestPki::localhost().unwrap();
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(1))
+            .maildrop(bob(1))
             .tls(ServerTls::Stls(pki.server_config().unwrap()))
             .capabilities(Capabilities {
                 stls: false,
@@ -539,7 +539,7 @@ async fn stls_is_refused_without_tls_configured_or_when_switched_off() {
 #[tokio::test]
 async fn replace_reply_fires_on_the_nth_use_for_k_times() {
     let server = spawn(
-        MockPop3::builder().mailbox(bob(5)).fault(
+        MockPop3::builder().maildrop(bob(5)).fault(
             FaultRule::new(
                 Hook::command("RETR"),
                 FaultAction::Reply("-ERR [SYS/TEMP] disk trouble".into()),
@@ -562,7 +562,7 @@ async fn replace_reply_fires_on_the_nth_use_for_k_times() {
     c.cmd("QUIT").await;
     server.wait_idle().await;
     assert_eq!(
-        server.mailbox("bob").unwrap().retrieved,
+        server.maildrop("bob").unwrap().retrieved,
         vec!["bob-000001", "bob-000004", "bob-000005"]
     );
 }
@@ -571,7 +571,7 @@ async fn replace_reply_fires_on_the_nth_use_for_k_times() {
 async fn replaced_greeting_and_garbage_line() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(1))
+            .maildrop(bob(1))
             .fault(FaultRule::new(
                 Hook::Greeting,
                 FaultAction::Reply("-ERR [SYS/TEMP] maintenance".into()),
@@ -600,7 +600,7 @@ async fn replaced_greeting_and_garbage_line() {
 async fn close_before_reply_and_close_after_n_bytes() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(3))
+            .maildrop(bob(3))
             .fault(FaultRule::new(Hook::command("RETR"), FaultAction::CloseAfterBytes(100)).nth(2))
             .fault(FaultRule::new(
                 Hook::command("QUIT"),
@@ -617,7 +617,7 @@ async fn close_before_reply_and_close_after_n_bytes() {
     assert!(got.starts_with(b"+OK 1500 octets\r\n"));
     server.wait_idle().await;
     assert_eq!(server.sessions()[0].end, Some(SessionEnd::FaultClosed));
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(
         mb.retrieved,
         vec!["bob-000001"],
@@ -630,13 +630,13 @@ async fn close_before_reply_and_close_after_n_bytes() {
     c.send("QUIT").await;
     assert_eq!(c.line().await, None);
     server.wait_idle().await;
-    assert_eq!(server.mailbox("bob").unwrap().remaining.len(), 3);
+    assert_eq!(server.maildrop("bob").unwrap().remaining.len(), 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn delay_and_throttle_run_on_the_paused_clock() {
     let server = MockPop3::builder()
-        .mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
+        .maildrop(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
         .fault(FaultRule::new(
             Hook::command("STAT"),
             FaultAction::Delay(Duration::from_secs(30)),
@@ -651,7 +651,7 @@ async fn delay_and_throttle_run_on_the_paused_clock() {
     assert!(t.elapsed() < Duration::from_secs(31));
 
     let server = MockPop3::builder()
-        .mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
+        .maildrop(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
         .throttle(1000)
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
@@ -670,7 +670,7 @@ async fn delay_and_throttle_run_on_the_paused_clock() {
 #[tokio::test(start_paused = true)]
 async fn an_idle_client_is_disconnected_after_the_timeout() {
     let server = MockPop3::builder()
-        .mailbox(bob(1))
+        .maildrop(bob(1))
         .idle_timeout(Duration::from_secs(600))
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
@@ -681,14 +681,14 @@ async fn an_idle_client_is_disconnected_after_the_timeout() {
     assert!(c.closed().await);
     server.wait_idle().await;
     assert_eq!(server.sessions()[0].end, Some(SessionEnd::Timeout));
-    assert_eq!(server.mailbox("bob").unwrap().remaining.len(), 1);
+    assert_eq!(server.maildrop("bob").unwrap().remaining.len(), 1);
 }
 
 #[tokio::test]
 async fn probabilistic_faults_replay_with_the_same_seed() {
     async fn run(seed: u64) -> (Vec<bool>, String) {
         let server = spawn(
-            MockPop3::builder().mailbox(bob(40)).seed(seed).fault(
+            MockPop3::builder().maildrop(bob(40)).seed(seed).fault(
                 FaultRule::new(
                     Hook::command("RETR"),
                     FaultAction::Reply("-ERR [SYS/TEMP] flaky".into()),
@@ -723,7 +723,7 @@ async fn probabilistic_faults_replay_with_the_same_seed() {
 #[tokio::test]
 async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
     let server = spawn(
-        MockPop3::builder().mailbox(
+        MockPop3::builder().maildrop(
             Maildrop::new("bob", "s3cret pass")
                 .with_message(
                     Message::new(&b"Subject: a\r\n\r\nbody\r\n"[..])
@@ -746,7 +746,7 @@ async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
     assert!(c.cmd("DELE 1").await.is_ok());
     c.cmd("QUIT").await;
     server.wait_idle().await;
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(
         mb.remaining,
         vec!["same"],
@@ -757,7 +757,7 @@ async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
 
 #[tokio::test]
 async fn pipelined_commands_are_answered_in_order() {
-    let server = spawn(MockPop3::builder().mailbox(bob(3))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(3))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.send_raw(
         b"USER bob\r\nPASS s3cret pass\r\nSTAT\r\nRETR 1\r\nRETR 2\r\nDELE 1\r\nDELE 2\r\nQUIT\r\n",
@@ -775,14 +775,18 @@ async fn pipelined_commands_are_answered_in_order() {
     }
     assert!(c.closed().await);
     server.wait_idle().await;
-    assert_eq!(server.mailbox("bob").unwrap().remaining, vec!["bob-000003"]);
+    assert_eq!(
+        server.maildrop("bob").unwrap().remaining,
+        vec!["bob-000003"]
+    );
 }
 
 #[tokio::test]
 async fn replies_pipelined_behind_a_large_body_never_overtake_it() {
     let big = 200 * 1024;
     let server = spawn(
-        MockPop3::builder().mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(3, big)),
+        MockPop3::builder()
+            .maildrop(Maildrop::new("bob", "s3cret pass").with_demo_messages(3, big)),
     )
     .await;
     let (mut c, _) = Client::connect(&server).await;
@@ -805,7 +809,7 @@ async fn replies_pipelined_behind_a_large_body_never_overtake_it() {
 
 #[tokio::test]
 async fn inspection_shows_commands_and_a_redacted_transcript() {
-    let server = spawn(MockPop3::builder().mailbox(bob(2))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(2))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.login("bob", "s3cret pass").await;
     c.multi("RETR 2").await;
@@ -826,7 +830,7 @@ async fn inspection_shows_commands_and_a_redacted_transcript() {
         t.contains("C: RETR 2") && t.contains("S: +OK 1500 octets"),
         "{t}"
     );
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(
         (
             mb.retrieved.clone(),
@@ -844,7 +848,7 @@ async fn inspection_shows_commands_and_a_redacted_transcript() {
 
 #[tokio::test]
 async fn hostile_clients_get_errors_not_crashes() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.cmd("\u{0}\u{1}binary").await.is_ok());
     c.send_raw(b"\xff\xfe\xfd\r\n").await;
@@ -862,8 +866,8 @@ async fn hostile_clients_get_errors_not_crashes() {
 
 #[tokio::test]
 async fn messages_added_later_show_up_in_the_next_session_and_servers_share_nothing() {
-    let a = spawn(MockPop3::builder().mailbox(bob(1))).await;
-    let b = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let a = spawn(MockPop3::builder().maildrop(bob(1))).await;
+    let b = spawn(MockPop3::builder().maildrop(bob(1))).await;
     assert!(a.add_message("bob", Message::new(&b"Subject: late\r\n\r\nx\r\n"[..])));
     assert!(!a.add_message("nobody", Message::new(&b"x"[..])));
     let mut c = logged_in(&a).await;
@@ -871,9 +875,9 @@ async fn messages_added_later_show_up_in_the_next_session_and_servers_share_noth
     c.cmd("DELE 1").await;
     c.cmd("QUIT").await;
     a.wait_idle().await;
-    assert_eq!(a.mailbox("bob").unwrap().remaining.len(), 1);
-    assert_eq!(b.mailbox("bob").unwrap().remaining.len(), 1);
-    assert_eq!(b.mailbox("bob").unwrap().remaining[0], "bob-000001");
+    assert_eq!(a.maildrop("bob").unwrap().remaining.len(), 1);
+    assert_eq!(b.maildrop("bob").unwrap().remaining.len(), 1);
+    assert_eq!(b.maildrop("bob").unwrap().remaining[0], "bob-000001");
     let a2 = Arc::new(a);
     assert!(Arc::strong_count(&a2) == 1);
 }
@@ -914,7 +918,7 @@ async fn xoauth2_accepts_only_valid_tokens_issued_by_the_mock_token_endpoint() {
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         pki.server_config().unwrap(),
     );
-    let server = spawn(MockPop3::builder().mailbox(bob(1).with_oauth(provider.clone()))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1).with_oauth(provider.clone()))).await;
     let addr = endpoint.addr().unwrap();
 
     let (status, json) = token_request(

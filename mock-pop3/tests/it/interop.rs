@@ -106,7 +106,7 @@ impl Fixture {
                 .filter(|l| *l == DOT_LINE)
                 .count();
         }
-        let mut builder = MockPop3::builder().mailbox(mailbox);
+        let mut builder = MockPop3::builder().maildrop(mailbox);
         let mut ca_file = None;
         if setup.tls {
             let pki = TestPki::localhost().unwrap();
@@ -116,7 +116,7 @@ impl Fixture {
             builder = builder.tls(ServerTls::Implicit(pki.server_config().unwrap()));
         }
         let server = spawn(builder).await;
-        let uids = server.mailbox(USER).unwrap().remaining;
+        let uids = server.maildrop(USER).unwrap().remaining;
         assert_eq!(uids.len(), setup.sizes.len());
         Self {
             server,
@@ -164,7 +164,7 @@ impl Outcome {
             "---- mock transcript ----\n{}",
             server.transcript().trim_end()
         );
-        let _ = writeln!(s, "---- mailbox ----\n{:?}", server.mailbox(USER));
+        let _ = writeln!(s, "---- mailbox ----\n{:?}", server.maildrop(USER));
         s
     }
 }
@@ -194,7 +194,7 @@ async fn check(fx: &Fixture, outcome: &Outcome, delivered: &Path, tls: bool, aut
     server.wait_idle().await;
     let why = || outcome.diagnostics(server);
 
-    let report = server.mailbox(USER).unwrap();
+    let report = server.maildrop(USER).unwrap();
     let mut retrieved = report.retrieved.clone();
     retrieved.sort();
     let mut deleted = report.deleted.clone();

@@ -662,7 +662,7 @@ async fn mock_pop3(
         mailbox = mailbox.with_message(Message::new(m.clone()));
     }
     let mut b = MockPop3::builder()
-        .mailbox(mailbox)
+        .maildrop(mailbox)
         .record_transcript(false)
         .idle_timeout(Duration::from_secs(600));
     if let Some(pki) = tls {
@@ -979,7 +979,7 @@ async fn connector_round(
             let _ = tokio::time::timeout(SETTLE, mocks.smtp.wait_idle()).await;
             let left = mocks
                 .pop3
-                .mailbox(USER)
+                .maildrop(USER)
                 .map_or(n as usize, |m| m.remaining.len()) as u64;
             let accepted = mocks.smtp.counts().accepted;
             let retrieved = *mocks.pop3.retrievals_watch().borrow();
@@ -1110,7 +1110,7 @@ async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
             let tls = tls.as_deref().map(tls_client).transpose()?;
             let mut round = pop3_leg_run(plan, upstream, tls, USER, PASSWORD).await?;
             let _ = tokio::time::timeout(SETTLE, pop3.wait_idle()).await;
-            let left = pop3.mailbox(USER).map_or(0, |m| m.remaining.len());
+            let left = pop3.maildrop(USER).map_or(0, |m| m.remaining.len());
             if round.failure.is_none() && left != 0 {
                 round.failure = Some(format!("{left} left on the POP3 server after QUIT"));
             }
