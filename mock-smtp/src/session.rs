@@ -556,7 +556,7 @@ where
         let ext = &self.shared.cfg.ext;
         let mut needs_utf8 = false;
         for p in &params {
-            let ok = match (p.keyword.as_str(), p.value.as_deref()) {
+            let ok = match (p.keyword(), p.value()) {
                 ("SIZE", Some(v)) => match v.parse::<u64>() {
                     Ok(n) => {
                         if self

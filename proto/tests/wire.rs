@@ -644,7 +644,7 @@ fn smtp_pipelined_commands_and_data_as_the_server_reads_them() {
         SmtpEvent::Command(Ok(SmtpCommand::Ehlo("a".into()))),
         SmtpEvent::Command(Ok(SmtpCommand::Mail {
             from: EnvelopeAddress::new("a@b.example").unwrap(),
-            params: vec![Param::new("SIZE", "10")],
+            params: vec![Param::new("SIZE", "10").unwrap()],
         })),
         SmtpEvent::Command(Ok(SmtpCommand::Rcpt {
             to: EnvelopeAddress::new("c@d.example").unwrap(),
@@ -680,8 +680,8 @@ fn smtp_pipelined_commands_and_data_as_the_server_reads_them() {
             domain: "b.example".into()
         }))
     );
-    assert_eq!(params[0].keyword, "SIZE");
-    assert_eq!(params[0].value.as_deref(), Some("10"));
+    assert_eq!(params[0].keyword(), "SIZE");
+    assert_eq!(params[0].value(), Some("10"));
     let SmtpEvent::Command(Ok(SmtpCommand::Rcpt { to, .. })) = &events[2] else {
         unreachable!()
     };
