@@ -739,21 +739,32 @@ fn ten_megabyte_line_without_newline_is_refused_near_the_limit() {
     }
 }
 
+/// Feeds a fresh reply parser `buf` and then, while it wants more, what `more` gives for
+/// the octets fed so far (asserted under `cap`): its first answer and the octets fed.
+fn feed_until_answer(
+    buf: &mut BytesMut,
+    cap: usize,
+    more: impl Fn(usize) -> Vec<u8>,
+) -> (Result<Option<Reply>, ReplyError>, usize) {
+    let mut p = ReplyParser::new();
+    let mut fed = buf.len();
+    loop {
+        assert!(fed < cap, "no answer after {fed} octets");
+        let chunk = more(fed);
+        buf.extend_from_slice(&chunk);
+        fed += chunk.len();
+        match p.parse(buf) {
+            Ok(None) => {}
+            other => return (other, fed),
+        }
+    }
+}
+
 #[test]
 fn ten_megabyte_reply_line_is_refused_near_the_limit() {
     const CHUNK: usize = 64 * 1024;
-    let mut p = ReplyParser::new();
     let mut buf = BytesMut::from(&b"250-"[..]);
-    let mut fed = 4;
-    let err = loop {
-        assert!(fed < 10 * 1024 * 1024);
-        buf.extend_from_slice(&[b'x'; CHUNK]);
-        fed += CHUNK;
-        match p.parse(&mut buf) {
-            Ok(None) => {}
-            other => break other,
-        }
-    };
+    let (err, fed) = feed_until_answer(&mut buf, 10 * 1024 * 1024, |_| vec![b'x'; CHUNK]);
     assert_eq!(
         err,
         Err(ReplyError::Line(LineError::TooLong {
@@ -932,35 +943,16 @@ fn multi_line_data_that_never_ends_hits_the_limit() {
 #[test]
 fn endless_multi_line_reply_is_too_many_lines() {
     let line = b"250-x\r\n";
-    let mut p = ReplyParser::new();
     let mut buf = BytesMut::new();
-    let mut fed = 0usize;
-    let err = loop {
-        assert!(fed < 10 * 1024 * 1024);
-        buf.extend_from_slice(&line.repeat(1000));
-        fed += 1000 * line.len();
-        match p.parse(&mut buf) {
-            Ok(None) => {}
-            other => break other,
-        }
-    };
+    let (err, fed) = feed_until_answer(&mut buf, 10 * 1024 * 1024, |_| line.repeat(1000));
     assert_eq!(err, Err(ReplyError::TooManyLines(smtp::MAX_REPLY_LINES)));
     // It gave up on the first line over the bound, not later.
     assert_eq!(fed - buf.len(), (smtp::MAX_REPLY_LINES + 1) * line.len());
 
     // Same, one byte at a time.
-    let mut p = ReplyParser::new();
-    let mut buf = BytesMut::new();
-    let mut fed = 0usize;
-    let err = loop {
-        assert!(fed < 1 << 20);
-        buf.extend_from_slice(&[line[fed % line.len()]]);
-        fed += 1;
-        match p.parse(&mut buf) {
-            Ok(None) => {}
-            other => break other,
-        }
-    };
+    let (err, fed) = feed_until_answer(&mut BytesMut::new(), 1 << 20, |fed| {
+        vec![line[fed % line.len()]]
+    });
     assert_eq!(err, Err(ReplyError::TooManyLines(smtp::MAX_REPLY_LINES)));
     assert_eq!(fed, (smtp::MAX_REPLY_LINES + 1) * line.len());
 }

@@ -900,22 +900,35 @@ async fn passes(
         }
         // The mocks apply a session's end (QUIT's deletions, a dropped connection) when
         // they see it: wait for that before the next pass or the inspection.
-        let settle = async {
-            pop3.wait_idle().await;
-            smtp.wait_idle().await;
-        };
-        if tokio::time::timeout(settle_bound, settle).await.is_err() {
-            return Err(format!(
-                "pass {pass}: a mock session was still open {} s after the pass",
-                settle_bound.as_secs()
-            ));
-        }
+        mocks_idle(pop3, smtp, settle_bound, pass, "the pass").await?;
         if pass > planned && footprint(pop3, smtp) == before {
             *settled = Some(true);
             break;
         }
     }
     Ok(())
+}
+
+/// Waits up to `bound` for both mocks to see every session end; past it, an error saying
+/// a session of pass `pass` was still open that long after `what`.
+async fn mocks_idle(
+    pop3: &MockPop3Handle,
+    smtp: &MockSmtpHandle,
+    bound: Duration,
+    pass: u32,
+    what: &str,
+) -> Result<(), String> {
+    let settle = async {
+        pop3.wait_idle().await;
+        smtp.wait_idle().await;
+    };
+    match tokio::time::timeout(bound, settle).await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(format!(
+            "pass {pass}: a mock session was still open {} s after {what}",
+            bound.as_secs()
+        )),
+    }
 }
 
 /// How long the mocks get to see their sessions end after a pass: [`SETTLE`] plus what
@@ -1028,17 +1041,8 @@ async fn external_passes(
                 ));
             }
         }
-        let settle = async {
-            pop3.wait_idle().await;
-            smtp.wait_idle().await;
-        };
         let bound = settle_bound(s);
-        if tokio::time::timeout(bound, settle).await.is_err() {
-            return Err(format!(
-                "pass {pass}: a mock session was still open {} s after the connector command ended",
-                bound.as_secs()
-            ));
-        }
+        mocks_idle(pop3, smtp, bound, pass, "the connector command ended").await?;
         if pass > planned && footprint(pop3, smtp) == before {
             *settled = Some(true);
             break;

@@ -647,6 +647,11 @@ struct Mocks {
     ca_file: Option<PathBuf>,
 }
 
+/// A mock's listening address (`what` names the mock in the error).
+fn mock_addr(addr: Option<SocketAddr>, what: &str) -> Result<SocketAddr, BenchError> {
+    addr.ok_or_else(|| BenchError::Setup(format!("{what} mock address")))
+}
+
 async fn listener() -> Result<tokio::net::TcpListener, BenchError> {
     tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -949,22 +954,8 @@ async fn connector_round(
     match &plan.servers {
         Servers::Mocks { .. } => {
             let mocks = start_mocks(plan, dir).await?;
-            let pop3 = via(
-                mocks
-                    .pop3
-                    .addr()
-                    .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?,
-                pop3_shape,
-            )
-            .await?;
-            let smtp = via(
-                mocks
-                    .smtp
-                    .addr()
-                    .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?,
-                smtp_shape,
-            )
-            .await?;
+            let pop3 = via(mock_addr(mocks.pop3.addr(), "POP3")?, pop3_shape).await?;
+            let smtp = via(mock_addr(mocks.smtp.addr(), "SMTP")?, smtp_shape).await?;
             let ep = Endpoints {
                 pop3: pop3.addr,
                 smtp: smtp.addr,
@@ -1104,9 +1095,7 @@ async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     match &plan.servers {
         Servers::Mocks { tls } => {
             let pop3 = mock_pop3(&plan.messages, tls.as_deref()).await?;
-            let upstream = pop3
-                .addr()
-                .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?;
+            let upstream = mock_addr(pop3.addr(), "POP3")?;
             let tls = tls.as_deref().map(tls_client).transpose()?;
             let mut round = pop3_leg_run(plan, upstream, tls, USER, PASSWORD).await?;
             let _ = tokio::time::timeout(SETTLE, pop3.wait_idle()).await;
@@ -1152,9 +1141,7 @@ async fn smtp_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     match &plan.servers {
         Servers::Mocks { tls } => {
             let smtp = mock_smtp(tls.as_deref(), plan.largest(), plan.error_limit).await?;
-            let upstream = smtp
-                .addr()
-                .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?;
+            let upstream = mock_addr(smtp.addr(), "SMTP")?;
             let tls = tls.as_deref().map(tls_client).transpose()?;
             let mut round = smtp_leg_run(plan, upstream, tls).await?;
             let _ = tokio::time::timeout(SETTLE, smtp.wait_idle()).await;
