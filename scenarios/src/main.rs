@@ -203,6 +203,21 @@ struct CaptureArgs {
     out: PathBuf,
 }
 
+/// The connector `--connector-cmd` names (popbridge without one), or `None` once it said
+/// why the template is refused.
+fn connector(connector_cmd: Option<String>) -> Option<poplab::Connector> {
+    let Some(template) = connector_cmd else {
+        return Some(poplab::Connector::Popbridge);
+    };
+    match poplab::external::check_template(&template) {
+        Ok(()) => Some(poplab::Connector::External { template }),
+        Err(e) => {
+            eprintln!("poplab: --connector-cmd: {e}");
+            None
+        }
+    }
+}
+
 /// The password: from the named variable, the file's first line, or a prompt on the
 /// terminal (echo off through `stty`).
 fn read_password(a: &CaptureArgs) -> anyhow::Result<String> {
@@ -484,15 +499,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             json,
             sabotage,
         } => {
-            let connector = match connector_cmd {
-                None => poplab::Connector::Popbridge,
-                Some(template) => {
-                    if let Err(e) = poplab::external::check_template(&template) {
-                        eprintln!("poplab: --connector-cmd: {e}");
-                        return Ok(Exit::Invalid.into());
-                    }
-                    poplab::Connector::External { template }
-                }
+            let Some(connector) = connector(connector_cmd) else {
+                return Ok(Exit::Invalid.into());
             };
             let sabotage = match sabotage.map(|s| s.parse()) {
                 None => None,
@@ -548,15 +556,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         Command::Capture(args) => return runtime.block_on(capture(args)),
     };
-    let connector = match connector_cmd {
-        None => poplab::Connector::Popbridge,
-        Some(template) => {
-            if let Err(e) = poplab::external::check_template(&template) {
-                eprintln!("poplab: --connector-cmd: {e}");
-                return Ok(Exit::Invalid.into());
-            }
-            poplab::Connector::External { template }
-        }
+    let Some(connector) = connector(connector_cmd) else {
+        return Ok(Exit::Invalid.into());
     };
     let groups = match poplab::scenario_groups(&paths) {
         Ok(f) => f,

@@ -29,6 +29,18 @@ async fn bob_with(caps: Capabilities) -> mock_pop3::MockPop3Handle {
     spawn(MockPop3::builder().maildrop(bob(1)).capabilities(caps)).await
 }
 
+/// A localhost PKI and a builder holding `bob(n)` over TLS `mode` with its server config.
+fn bob_over_tls(
+    n: usize,
+    mode: fn(Arc<rustls::ServerConfig>) -> ServerTls,
+) -> (TestPki, mock_pop3::Builder) {
+    let pki = TestPki::localhost().unwrap();
+    let builder = MockPop3::builder()
+        .maildrop(bob(n))
+        .tls(mode(pki.server_config().unwrap()));
+    (pki, builder)
+}
+
 async fn logged_in(server: &mock_pop3::MockPop3Handle) -> Client<TcpStream> {
     let (mut c, g) = Client::connect(server).await;
     assert!(g.is_ok());
@@ -319,17 +331,12 @@ async fn mailbox_methods_and_server_sasl_list_restrict_authentication() {
 
 #[tokio::test]
 async fn capa_lists_what_is_switched_on_before_and_after_login() {
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .maildrop(bob(1))
-            .tls(ServerTls::Stls(pki.server_config().unwrap()))
-            .capabilities(Capabilities {
-                login_delay: Some(0),
-                expire: Some(Expire::Never),
-                ..Capabilities::full()
-            }),
-    )
+    let (_pki, builder) = bob_over_tls(1, ServerTls::Stls);
+    let server = spawn(builder.capabilities(Capabilities {
+        login_delay: Some(0),
+        expire: Some(Expire::Never),
+        ..Capabilities::full()
+    }))
     .await;
     let (mut c, _) = Client::connect(&server).await;
     let before = c.list("CAPA").await;
@@ -447,13 +454,8 @@ async fn tls_client(pki: &TestPki, tcp: TcpStream) -> tokio_rustls::client::TlsS
 
 #[tokio::test]
 async fn implicit_tls_greets_after_the_handshake() {
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .maildrop(bob(2))
-            .tls(ServerTls::Implicit(pki.server_config().unwrap())),
-    )
-    .await;
+    let (pki, builder) = bob_over_tls(2, ServerTls::Implicit);
+    let server = spawn(builder).await;
     let tcp = TcpStream::connect(server.addr().unwrap()).await.unwrap();
     let (mut c, g) = Client::over(tls_client(&pki, tcp).await).await;
     assert!(g.is_ok());
@@ -481,13 +483,8 @@ async fn implicit_tls_greets_after_the_handshake() {
 
 #[tokio::test]
 async fn stls_upgrades_and_discards_commands_injected_before_the_handshake() {
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .maildrop(bob(1))
-            .tls(ServerTls::Stls(pki.server_config().unwrap())),
-    )
-    .await;
+    let (pki, builder) = bob_over_tls(1, ServerTls::Stls);
+    let server = spawn(builder).await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(c.list("CAPA").await.contains(&"STLS".to_string()));
     // STLS and an injected command in the same packet: the injected one must be dropped.
@@ -521,16 +518,11 @@ async fn stls_is_refused_without_tls_configured_or_when_switched_off() {
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.list("CAPA").await.contains(&"STLS".to_string()));
     assert!(!c.cmd("STLS").await.is_ok());
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .maildrop(bob(1))
-            .tls(ServerTls::Stls(pki.server_config().unwrap()))
-            .capabilities(Capabilities {
-                stls: false,
-                ..Capabilities::full()
-            }),
-    )
+    let (_pki, builder) = bob_over_tls(1, ServerTls::Stls);
+    let server = spawn(builder.capabilities(Capabilities {
+        stls: false,
+        ..Capabilities::full()
+    }))
     .await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.cmd("STLS").await.is_ok());
