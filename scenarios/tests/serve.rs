@@ -226,12 +226,17 @@ fn smtp_by_hand(addr: &str, message: &str) {
     smtp_reply("221");
 }
 
+/// `poplab serve --check` on [`ONE_MESSAGE`], written into `dir`.
+fn serve_check_one_message(dir: &std::path::Path) -> Served {
+    let case = dir.join("one.toml");
+    std::fs::write(&case, ONE_MESSAGE).unwrap();
+    Served::start(&["serve", "--check", case.to_str().unwrap()])
+}
+
 #[test]
 fn serve_check_with_nothing_fetched_fails_the_expectations_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let case = dir.path().join("one.toml");
-    std::fs::write(&case, ONE_MESSAGE).unwrap();
-    let mut served = Served::start(&["serve", "--check", case.to_str().unwrap()]);
+    let mut served = serve_check_one_message(dir.path());
     let _ = served.json_line();
     let (code, out) = served.finish();
     assert_eq!(code, Some(1), "{out}");
@@ -242,9 +247,7 @@ fn serve_check_with_nothing_fetched_fails_the_expectations_and_exits_1() {
 #[test]
 fn serve_check_after_a_delivery_by_hand_passes_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let case = dir.path().join("one.toml");
-    std::fs::write(&case, ONE_MESSAGE).unwrap();
-    let mut served = Served::start(&["serve", "--check", case.to_str().unwrap()]);
+    let mut served = serve_check_one_message(dir.path());
     let addrs = served.json_line();
 
     // POP3 by hand: RETR the message, keep its dot-stuffed lines and final dot as sent.

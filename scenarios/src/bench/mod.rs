@@ -809,6 +809,25 @@ struct Ran {
     failure: Option<String>,
 }
 
+/// A connector's round from its run: `messages` moved, failed with the run's own failure
+/// or else `shortfall`; the whole mailbox's bytes only when it did not fail. No latencies.
+fn subject_round(plan: &Plan, ran: Ran, messages: u64, shortfall: Option<String>) -> Round {
+    let failure = ran.failure.or(shortfall);
+    Round {
+        wall_s: ran.wall.as_secs_f64(),
+        messages,
+        bytes: if failure.is_none() {
+            total_bytes(plan)
+        } else {
+            0
+        },
+        cpu_s: ran.usage.map(|u| u.cpu_s),
+        peak_rss_mb: ran.usage.map(|u| u.max_rss_kib as f64 * 1024.0 / 1e6),
+        failure,
+        ..Round::default()
+    }
+}
+
 /// Runs one connector once against `ep`.
 async fn run_subject(
     plan: &Plan,
@@ -980,24 +999,16 @@ async fn connector_round(
             let lat = measure::latencies(&sent, &acc);
             mocks.pop3.shutdown().await;
             mocks.smtp.shutdown().await;
-            let failure = ran.failure.or_else(|| {
-                (left != 0 || accepted != n).then(|| {
-                    format!("moved {} of {n}: {left} left on the POP3 server, {accepted} accepted by SMTP", n - left)
-                })
+            let shortfall = (left != 0 || accepted != n).then(|| {
+                format!(
+                    "moved {} of {n}: {left} left on the POP3 server, {accepted} accepted by SMTP",
+                    n - left
+                )
             });
             Ok(Round {
-                wall_s: ran.wall.as_secs_f64(),
-                messages: accepted.min(n),
-                bytes: if failure.is_none() {
-                    total_bytes(plan)
-                } else {
-                    0
-                },
                 p50_ms: ms(measure::percentile(&lat, 50.0)),
                 p99_ms: ms(measure::percentile(&lat, 99.0)),
-                cpu_s: ran.usage.map(|u| u.cpu_s),
-                peak_rss_mb: ran.usage.map(|u| u.max_rss_kib as f64 * 1024.0 / 1e6),
-                failure,
+                ..subject_round(plan, ran, accepted.min(n), shortfall)
             })
         }
         Servers::Real(real) => {
@@ -1015,27 +1026,13 @@ async fn connector_round(
             smtp.close().await;
             let ran = ran?;
             let left = maildir_count(&real.maildir);
-            let failure = ran.failure.or_else(|| {
-                (left != 0).then(|| {
-                    format!(
-                        "moved {} of {n}: {left} left in the Maildir",
-                        n.saturating_sub(left)
-                    )
-                })
+            let shortfall = (left != 0).then(|| {
+                format!(
+                    "moved {} of {n}: {left} left in the Maildir",
+                    n.saturating_sub(left)
+                )
             });
-            Ok(Round {
-                wall_s: ran.wall.as_secs_f64(),
-                messages: n.saturating_sub(left),
-                bytes: if failure.is_none() {
-                    total_bytes(plan)
-                } else {
-                    0
-                },
-                cpu_s: ran.usage.map(|u| u.cpu_s),
-                peak_rss_mb: ran.usage.map(|u| u.max_rss_kib as f64 * 1024.0 / 1e6),
-                failure,
-                ..Round::default()
-            })
+            Ok(subject_round(plan, ran, n.saturating_sub(left), shortfall))
         }
     }
 }
