@@ -117,6 +117,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.data_body(body).await
     }
 
+    /// Delivers as [`Client::deliver`] does and checks the final reply is 250.
+    pub async fn deliver_ok(&mut self, from: &str, to: &str, body: &[u8]) {
+        let r = self.deliver(from, to, body).await;
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+
     /// True once the server closed the connection.
     pub async fn closed(&mut self) -> bool {
         loop {
