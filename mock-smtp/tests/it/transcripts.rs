@@ -23,22 +23,26 @@ async fn session(server: &MockSmtpHandle, script: &[(&[u8], usize)]) -> String {
     server.transcript()
 }
 
+/// One delivery from alice to bob, MAIL FROM (with `mail_params`), RCPT and DATA in one
+/// write, then `message` dot-stuffed, then QUIT: the transcript.
+async fn pipelined_delivery(server: &MockSmtpHandle, mail_params: &str, message: &[u8]) -> String {
+    let head = format!(
+        "MAIL FROM:<alice@example.net>{mail_params}\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n"
+    );
+    let wire = popbridge_proto::DotStuffer::stuff_all(message, true);
+    session(
+        server,
+        &[(head.as_bytes(), 3), (&wire, 1), (b"QUIT\r\n", 1)],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn normal_pipelined_delivery() {
     let server = MockSmtp::builder()
         .mailbox(MailboxSpec::new("bob@contoso.local"))
         .spawn_in_memory();
-    let body = crate::client::message("hello", 200);
-    let wire = popbridge_proto::DotStuffer::stuff_all(&body, true);
-    let t = session(
-        &server,
-        &[
-            (b"MAIL FROM:<alice@example.net> SIZE=200\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n", 3),
-            (&wire, 1),
-            (b"QUIT\r\n", 1),
-        ],
-    )
-    .await;
+    let t = pipelined_delivery(&server, " SIZE=200", &message("hello", 200)).await;
     let stats = &server.sessions()[0];
     // MAIL, RCPT and DATA arrive together and are answered in one write.
     let t = format!(
@@ -135,17 +139,8 @@ async fn mailbox_limit_ndr_after_a_250() {
         })
         .mailbox(MailboxSpec::new("bob@contoso.local").receive_limit(10 * 1024))
         .spawn_in_memory();
-    let body =
-        popbridge_proto::DotStuffer::stuff_all(&message("twenty kilobytes", 20 * 1024), true);
-    let t = session(
-        &server,
-        &[
-            (b"MAIL FROM:<alice@example.net> SIZE=20480\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n", 3),
-            (&body, 1),
-            (b"QUIT\r\n", 1),
-        ],
-    )
-    .await;
+    let body = message("twenty kilobytes", 20 * 1024);
+    let t = pipelined_delivery(&server, " SIZE=20480", &body).await;
     let txn = &server.captured()[0];
     let report = format!(
         "{t}-- capture --\nsession reply: {:?}\ndeliveries: {:?}\n",
