@@ -62,18 +62,19 @@ async fn greeting_and_ehlo_look_like_exchange() {
 #[tokio::test]
 async fn every_extension_can_be_switched() {
     let pki = TestPki::localhost().unwrap();
+    // A server with TLS and credentials that offers `extensions`.
+    let offering = |extensions| {
+        MockSmtp::builder()
+            .extensions(extensions)
+            .tls(pki.server_config().unwrap())
+            .credentials("u", "p")
+    };
     let all = Extensions {
         smtputf8: true,
         auth: true,
         ..Extensions::default()
     };
-    let server = spawn(
-        MockSmtp::builder()
-            .extensions(all)
-            .tls(pki.server_config().unwrap())
-            .credentials("u", "p"),
-    )
-    .await;
+    let server = spawn(offering(all)).await;
     let (_, lines) = ehlo(&server).await;
     for ext in [
         "SIZE 10485760",
@@ -102,13 +103,7 @@ async fn every_extension_can_be_switched() {
         smtputf8: false,
         auth: false,
     };
-    let server = spawn(
-        MockSmtp::builder()
-            .extensions(none)
-            .tls(pki.server_config().unwrap())
-            .credentials("u", "p"),
-    )
-    .await;
+    let server = spawn(offering(none)).await;
     let (mut c, lines) = ehlo(&server).await;
     assert_eq!(lines, ["exchange.contoso.local Hello [127.0.0.1]"]);
     // Without ENHANCEDSTATUSCODES, replies carry no enhanced code.
