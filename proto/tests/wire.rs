@@ -129,17 +129,25 @@ type Pop3Read = Result<Pop3Command, pop3::CommandError>;
 /// Server side: frame lines with the RFC 2449 limit and parse each as a command.
 /// Returns the commands and the unframed rest.
 fn pop3_server_reads(parts: &[&[u8]]) -> (Vec<Pop3Read>, Vec<u8>) {
-    let mut lines = LineDecoder::new(pop3::MAX_COMMAND_LINE);
+    let (lines, rest) = framed_lines(pop3::MAX_COMMAND_LINE, parts);
+    for line in &lines {
+        assert!(line.len() <= pop3::MAX_COMMAND_LINE);
+    }
+    (lines.iter().map(|l| Pop3Command::parse(l)).collect(), rest)
+}
+
+/// The lines a `limit` line decoder frames from `parts` fed in turn, and the unframed rest.
+fn framed_lines(limit: usize, parts: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let mut framing = LineDecoder::new(limit);
     let mut buf = BytesMut::new();
-    let mut cmds = Vec::new();
+    let mut lines = Vec::new();
     for part in parts {
         buf.extend_from_slice(part);
-        while let Some(line) = lines.next_line(&mut buf).unwrap() {
-            assert!(line.len() <= pop3::MAX_COMMAND_LINE);
-            cmds.push(Pop3Command::parse(&line));
+        while let Some(line) = framing.next_line(&mut buf).unwrap() {
+            lines.push(line.to_vec());
         }
     }
-    (cmds, buf.to_vec())
+    (lines, buf.to_vec())
 }
 
 #[test]
@@ -223,18 +231,7 @@ fn pop3_sasl_exchange_as_the_server_reads_it() {
         SaslResponse::empty().to_string(),
     ];
     let session = lines.concat();
-    let read = |parts: &[&[u8]]| {
-        let mut framing = LineDecoder::new(pop3::MAX_SASL_LINE);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for part in parts {
-            buf.extend_from_slice(part);
-            while let Some(line) = framing.next_line(&mut buf).unwrap() {
-                got.push(line.to_vec());
-            }
-        }
-        got
-    };
+    let read = |parts: &[&[u8]]| framed_lines(pop3::MAX_SASL_LINE, parts).0;
     let got = same_for_every_chunking(session.as_bytes(), read);
     // One line each: a response never carries a line end of its own.
     assert_eq!(got.len(), 6);
@@ -1271,23 +1268,23 @@ fn unstuff_model(wire: &[u8]) -> Vec<u8> {
 
 /// Where the data ends: just after the first CRLF . CRLF, the start counting as a CRLF.
 fn terminator_end(wire: &[u8]) -> Option<usize> {
-    let mut with_start = b"\r\n".to_vec();
-    with_start.extend_from_slice(wire);
-    with_start
-        .windows(5)
-        .position(|w| w == b"\r\n.\r\n")
-        .map(|p| p + 3)
+    end_after_first(wire, b"\r\n.\r\n")
 }
 
 /// Where the data ends for the POP3 client's decoder: just after the first `LF . CRLF`
 /// (that LF bare or part of a CRLF), the start counting as a CRLF.
 fn lenient_terminator_end(wire: &[u8]) -> Option<usize> {
+    end_after_first(wire, b"\n.\r\n")
+}
+
+/// Just after the first `marker` in `wire`, the start of `wire` counting as a CRLF.
+fn end_after_first(wire: &[u8], marker: &[u8]) -> Option<usize> {
     let mut with_start = b"\r\n".to_vec();
     with_start.extend_from_slice(wire);
     with_start
-        .windows(4)
-        .position(|w| w == b"\n.\r\n")
-        .map(|p| p + 2)
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .map(|p| p + marker.len() - 2)
 }
 
 #[test]
