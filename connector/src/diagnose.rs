@@ -699,7 +699,7 @@ deliver_to = "info@contoso.local"
         tls: mock_pop3::ServerTls,
         smtp_builder: mock_smtp::Builder,
     ) -> (MockPop3Handle, MockSmtpHandle, TempDir) {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox()).tls(tls)).await;
+        let pop = pop3(MockPop3::builder().maildrop(mailbox()).tls(tls)).await;
         let sm = smtp(smtp_builder).await;
         (pop, sm, tempfile::tempdir().unwrap())
     }
@@ -746,7 +746,7 @@ deliver_to = "info@contoso.local"
     async fn a_healthy_setup_is_reported_and_left_untouched() {
         let (pop, sm, dir) = served(mock_pop3::ServerTls::None, MockSmtp::builder()).await;
         let cfg = config_for(&dir, &pop, &sm, PASSWORD, PLAIN, "");
-        let before = pop.mailbox("info").unwrap().remaining;
+        let before = pop.maildrop("info").unwrap().remaining;
 
         let report = diagnose(&cfg, &TcpDialer).await;
         pop.wait_idle().await;
@@ -796,7 +796,7 @@ deliver_to = "info@contoso.local"
         assert!(!text.contains(PASSWORD), "{text}");
 
         // Nothing changed: no RETR, no DELE, QUIT; no SMTP transaction.
-        let mb = pop.mailbox("info").unwrap();
+        let mb = pop.maildrop("info").unwrap();
         assert_eq!(mb.remaining, before);
         assert_eq!(mb.retrievals, 0);
         assert!(mb.deleted.is_empty());
@@ -841,7 +841,7 @@ deliver_to = "info@contoso.local"
         assert!(!text.contains(wrong), "{text}");
         assert!(!text.contains(PASSWORD), "{text}");
         assert!(!format!("{report:?}").contains(wrong));
-        let mb = pop.mailbox("info").unwrap();
+        let mb = pop.maildrop("info").unwrap();
         assert_eq!((mb.remaining.len(), mb.retrievals), (SIZES.len(), 0));
         // The transport is still checked.
         assert_eq!(report.transport.ok, Ok(()));
@@ -849,7 +849,7 @@ deliver_to = "info@contoso.local"
 
     #[tokio::test]
     async fn an_unreachable_transport_fails() {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox())).await;
+        let pop = pop3(MockPop3::builder().maildrop(mailbox())).await;
         let gone = listener().await;
         let port = gone.local_addr().unwrap().port();
         drop(gone);

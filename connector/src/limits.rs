@@ -1575,7 +1575,7 @@ deliver_to = "info@contoso.local"
 
         const PASSWORD: &str = "Sw0rdfish-s3cret!";
         let pop3 = MockPop3::builder()
-            .mailbox(
+            .maildrop(
                 Maildrop::new("info", PASSWORD)
                     .with_demo_messages(2, 5_000)
                     .with_demo_messages(1, 40_000)
@@ -1588,7 +1588,7 @@ deliver_to = "info@contoso.local"
                 ..Default::default()
             })
             .spawn(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        let before = pop3.mailbox("info").unwrap();
+        let before = pop3.maildrop("info").unwrap();
         let text = format!(
             r#"state_dir = "/var/lib/popbridge"
 [exchange]
@@ -1669,7 +1669,7 @@ deliver_to = "info@contoso.local"
             ]
         );
         // Nothing retrieved, nothing deleted, nothing submitted.
-        let after = pop3.mailbox("info").unwrap();
+        let after = pop3.maildrop("info").unwrap();
         assert_eq!(after.remaining, before.remaining);
         assert!(after.deleted.is_empty() && after.retrieved.is_empty());
         for s in pop3.sessions() {

@@ -973,14 +973,14 @@ impl SmtpClient {
         let size = prefix.len() as u64 + body.len();
         let mut params = Vec::new();
         if self.ext.size.is_some() {
-            params.push(Param::new("SIZE", size.to_string()));
+            params.push(Param::new("SIZE", size.to_string()).expect("digits are an esmtp-value"));
         }
         if body.has_8bit() && self.ext.eightbitmime {
-            params.push(Param::new("BODY", "8BITMIME"));
+            params.push(Param::new("BODY", "8BITMIME").expect("a valid ESMTP parameter"));
         }
         let utf8 = !env.from.is_ascii() || env.to.iter().any(|t| !t.is_ascii());
         if utf8 && self.ext.smtputf8 {
-            params.push(Param::flag("SMTPUTF8"));
+            params.push(Param::flag("SMTPUTF8").expect("a valid ESMTP parameter"));
         }
         SmtpCommand::Mail {
             from: env.from.clone(),

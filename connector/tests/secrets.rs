@@ -55,7 +55,7 @@ async fn no_secret_in_any_log_line_event_or_transcript() {
             .with_token(token.clone())
             .with_methods([method])
             .with_demo_messages(2, 500);
-        let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+        let pop = pop3(MockPop3::builder().maildrop(mb)).await;
         let smtp = smtp(MockSmtp::builder()).await;
         let s = setup(&pop, &smtp, "", "");
         let mut cfg = s.config.clone();

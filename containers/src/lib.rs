@@ -317,18 +317,8 @@ impl MailServer {
         let kind = self.server;
         let server = kind.name();
         let engine = |source| ContainerError::Engine { server, source };
-        let users: String = self
-            .users
-            .iter()
-            .map(|(u, p)| format!("{u} {p}\n"))
-            .collect();
-        self.copy("users", users.into_bytes());
-        let settings: String = self
-            .settings
-            .iter()
-            .map(|(k, v)| format!("{k}={v}\n"))
-            .collect();
-        self.copy("settings", settings.into_bytes());
+        self.copy("users", pair_lines(&self.users, " "));
+        self.copy("settings", pair_lines(&self.settings, "="));
         let ports = self.server.ports(self.tls);
         let container = self
             .with_startup_timeout(STARTUP)
@@ -486,6 +476,15 @@ impl Running {
         );
         tail(&text, 16 * 1024)
     }
+}
+
+/// One `key{sep}value` line per pair, for the files the images' start scripts read.
+fn pair_lines(pairs: &[(String, String)], sep: &str) -> Vec<u8> {
+    let text: String = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}{sep}{v}\n"))
+        .collect();
+    text.into_bytes()
 }
 
 /// The last `limit` octets of `text` (at a character boundary).

@@ -364,56 +364,37 @@ async fn cell(pop: Server, mta: Server, login: Auth, tls: Tls) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dovecot_to_postfix_user_plaintext() {
-    cell(Server::Dovecot, Server::Postfix, Auth::User, Tls::None).await;
+/// One test per matrix cell, grouped by server pair:
+/// `POP3 server, MTA: test_name(login, TLS), ...;`.
+macro_rules! cells {
+    ($($pop:ident, $mta:ident: $($name:ident($login:ident, $tls:ident)),+;)*) => {$($(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            cell(Server::$pop, Server::$mta, Auth::$login, Tls::$tls).await;
+        }
+    )+)*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dovecot_to_postfix_apop_starttls() {
-    cell(Server::Dovecot, Server::Postfix, Auth::Apop, Tls::Stls).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dovecot_to_postfix_cram_md5_implicit_tls() {
-    cell(
-        Server::Dovecot,
-        Server::Postfix,
-        Auth::CramMd5,
-        Tls::Implicit,
-    )
-    .await;
+cells! {
+    Dovecot, Postfix: dovecot_to_postfix_user_plaintext(User, None),
+        dovecot_to_postfix_apop_starttls(Apop, Stls),
+        dovecot_to_postfix_cram_md5_implicit_tls(CramMd5, Implicit);
+    Mailutils, Postfix: mailutils_to_postfix_user_starttls(User, Stls);
+    Courier, Postfix: courier_to_postfix_cram_md5_starttls(CramMd5, Stls),
+        courier_to_postfix_login_implicit_tls(Login, Implicit),
+        courier_to_postfix_user_plaintext(User, None);
+    Popa3d, Postfix: popa3d_to_postfix_user_plaintext(User, None);
+    Dovecot, Exim: dovecot_to_exim_login_starttls(Login, Stls);
+    Cyrus, Postfix: cyrus_to_postfix_plain_implicit_tls(Plain, Implicit),
+        cyrus_to_postfix_apop_starttls(Apop, Stls),
+        cyrus_to_postfix_cram_md5_plaintext(CramMd5, None);
+    Dovecot, OpenSmtpd: dovecot_to_opensmtpd_user_plaintext(User, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dovecot_to_postfix_plain_starttls_and_login_implicit_tls() {
     cell(Server::Dovecot, Server::Postfix, Auth::Plain, Tls::Stls).await;
     cell(Server::Dovecot, Server::Postfix, Auth::Login, Tls::Implicit).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn courier_to_postfix_cram_md5_starttls() {
-    cell(Server::Courier, Server::Postfix, Auth::CramMd5, Tls::Stls).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mailutils_to_postfix_user_starttls() {
-    cell(Server::Mailutils, Server::Postfix, Auth::User, Tls::Stls).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn popa3d_to_postfix_user_plaintext() {
-    cell(Server::Popa3d, Server::Postfix, Auth::User, Tls::None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dovecot_to_exim_login_starttls() {
-    cell(Server::Dovecot, Server::Exim, Auth::Login, Tls::Stls).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dovecot_to_opensmtpd_user_plaintext() {
-    cell(Server::Dovecot, Server::OpenSmtpd, Auth::User, Tls::None).await;
 }
 
 /// The poison-sender mailbox: four poison messages in a row between good ones (Postfix
@@ -538,16 +519,6 @@ async fn exim_acl_refuses_poison_senders_and_drops_sessions_at_its_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cyrus_to_postfix_plain_implicit_tls() {
-    cell(Server::Cyrus, Server::Postfix, Auth::Plain, Tls::Implicit).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cyrus_to_postfix_apop_starttls() {
-    cell(Server::Cyrus, Server::Postfix, Auth::Apop, Tls::Stls).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opensmtpd_refuses_poison_senders_and_popbridge_delivers_the_rest() {
     // OpenSMTPD has no per-session error limit to reach: refusals only.
     let settings = [("POISON_SENDERS", "^ghost-")];
@@ -593,19 +564,4 @@ async fn postfix_message_size_limit_keeps_the_12_mb_message_on_the_server() {
         )
         .await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn courier_to_postfix_login_implicit_tls() {
-    cell(Server::Courier, Server::Postfix, Auth::Login, Tls::Implicit).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cyrus_to_postfix_cram_md5_plaintext() {
-    cell(Server::Cyrus, Server::Postfix, Auth::CramMd5, Tls::None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn courier_to_postfix_user_plaintext() {
-    cell(Server::Courier, Server::Postfix, Auth::User, Tls::None).await;
 }

@@ -55,6 +55,19 @@ where
     .unwrap_or_else(|_| panic!("no whole reply to {command:?} within {REPLY:?}"))
 }
 
+/// The next line poplab prints, as JSON (`what` names it when it does not come).
+async fn json_line<R>(out: &mut tokio::io::Lines<BufReader<R>>, what: &str) -> Value
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let line = timeout(START, out.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} in time"))
+        .unwrap()
+        .unwrap_or_else(|| panic!("poplab ended before {what}"));
+    serde_json::from_str(&line).unwrap()
+}
+
 #[tokio::test]
 async fn the_poplab_image_serves_a_scenario_on_the_host_loopback() {
     if !popbridge_containers::ready_or_skip(&["poplab"]) {
@@ -73,11 +86,7 @@ async fn the_poplab_image_serves_a_scenario_on_the_host_loopback() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = timeout(START, out.next_line())
-        .await
-        .expect("no address line")
-        .unwrap();
-    let addresses: Value = serde_json::from_str(&first.expect("poplab ended early")).unwrap();
+    let addresses = json_line(&mut out, "the address line").await;
     let pop3 = addresses["pop3"].as_str().unwrap();
     assert!(pop3.starts_with("127.0.0.1:"), "not on loopback: {pop3}");
     let user = addresses["mailboxes"][0]["user"].as_str().unwrap();
@@ -85,16 +94,15 @@ async fn the_poplab_image_serves_a_scenario_on_the_host_loopback() {
 
     let (r, mut w) = TcpStream::connect(pop3).await.unwrap().into_split();
     let mut r = BufReader::new(r);
-    assert!(ask(&mut r, &mut w, "", false).await.starts_with("+OK"));
-    assert!(ask(&mut r, &mut w, &format!("USER {user}"), false)
-        .await
-        .starts_with("+OK"));
-    assert!(ask(&mut r, &mut w, &format!("PASS {password}"), false)
-        .await
-        .starts_with("+OK"));
-    assert!(ask(&mut r, &mut w, "STAT", false)
-        .await
-        .starts_with("+OK 3 "));
+    for (command, reply) in [
+        (String::new(), "+OK"),
+        (format!("USER {user}"), "+OK"),
+        (format!("PASS {password}"), "+OK"),
+        ("STAT".into(), "+OK 3 "),
+    ] {
+        let got = ask(&mut r, &mut w, &command, false).await;
+        assert!(got.starts_with(reply), "{command}: {got}");
+    }
     let first_message = ask(&mut r, &mut w, "RETR 1", true).await;
     assert!(
         first_message.contains("Hello from Alice"),
@@ -106,11 +114,7 @@ async fn the_poplab_image_serves_a_scenario_on_the_host_loopback() {
     assert!(ask(&mut r, &mut w, "QUIT", false).await.starts_with("+OK"));
 
     drop(child.stdin.take());
-    let last = timeout(START, out.next_line())
-        .await
-        .expect("no final state")
-        .unwrap();
-    let state: Value = serde_json::from_str(&last.expect("no final state line")).unwrap();
+    let state = json_line(&mut out, "the final state").await;
     let messages = state["messages"].as_array().unwrap();
     let deleted: Vec<bool> = messages.iter().map(|m| m["deleted"] == true).collect();
     assert_eq!(deleted, [true, false, false], "{state}");

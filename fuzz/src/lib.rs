@@ -11,6 +11,7 @@
 //! parser do so are skipped, see [`scenario_toml`]), depend on a crate poplab does not
 //! depend on, or hold a crate-level attribute (it is also compiled as a module).
 
+use std::fmt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -400,6 +401,22 @@ pub fn smtp_reply(data: &[u8]) {
 // pop3_command / smtp_command
 // ---------------------------------------------------------------------------------------
 
+/// A parsed command's wire line is one CRLF-terminated line starting with its `verb` that
+/// parses back to the same command (`redacted` names it in a failure).
+fn check_wire_line<C, E>(cmd: &C, verb: &str, redacted: &str, parse: fn(&[u8]) -> Result<C, E>)
+where
+    C: Clone + PartialEq + fmt::Debug + fmt::Display,
+    E: PartialEq + fmt::Debug,
+{
+    let wire = cmd.to_string();
+    assert!(wire.ends_with("\r\n") && wire.starts_with(verb), "{wire:?}");
+    assert_eq!(
+        parse(wire.as_bytes()),
+        Ok(cmd.clone()),
+        "re-parsing {redacted:?}"
+    );
+}
+
 /// Target `pop3_command`: the input is one client line as mock-pop3 reads it. A parsed
 /// command renders to one CRLF-terminated line that parses back to the same command, and
 /// its redacted and Debug forms carry no secret.
@@ -407,18 +424,8 @@ pub fn pop3_command(data: &[u8]) {
     let Ok(cmd) = Pop3Command::parse(data) else {
         return;
     };
-    let wire = cmd.to_string();
-    assert!(
-        wire.ends_with("\r\n") && wire.starts_with(cmd.keyword()),
-        "{wire:?}"
-    );
-    assert_eq!(
-        Pop3Command::parse(wire.as_bytes()),
-        Ok(cmd.clone()),
-        "re-parsing {:?}",
-        cmd.redacted()
-    );
     let redacted = cmd.redacted();
+    check_wire_line(&cmd, cmd.keyword(), &redacted, Pop3Command::parse);
     match &cmd {
         Pop3Command::Pass(_) => assert_eq!(redacted, "PASS ***"),
         Pop3Command::Apop { name, .. } => assert_eq!(redacted, format!("APOP {name} ***")),
@@ -438,18 +445,8 @@ pub fn smtp_command(data: &[u8]) {
     let Ok(cmd) = SmtpCommand::parse(data) else {
         return;
     };
-    let wire = cmd.to_string();
-    assert!(
-        wire.ends_with("\r\n") && wire.starts_with(cmd.verb()),
-        "{wire:?}"
-    );
-    assert_eq!(
-        SmtpCommand::parse(wire.as_bytes()),
-        Ok(cmd.clone()),
-        "re-parsing {:?}",
-        cmd.redacted()
-    );
     let redacted = cmd.redacted();
+    check_wire_line(&cmd, cmd.verb(), &redacted, SmtpCommand::parse);
     if let SmtpCommand::Auth {
         mechanism,
         initial: Some(_),

@@ -451,10 +451,11 @@ macro_rules! impl_record {
 }
 
 /// Declares a mock's handle: a newtype over [`Handle`] that dereferences to it, so the
-/// mock adds only its own inspection methods (through the private `shared()`).
+/// mock adds only its own inspection methods (through the private `shared()`); and its
+/// builder's `spawn` and `spawn_in_memory`, over the builder's `build(self) -> Arc<_>`.
 #[macro_export]
 macro_rules! handle_type {
-    ($(#[$meta:meta])* $vis:vis struct $name:ident($protocol:ty);) => {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident($protocol:ty) from $builder:ty;) => {
         $(#[$meta])*
         $vis struct $name($crate::host::Handle<$protocol>);
 
@@ -467,19 +468,21 @@ macro_rules! handle_type {
         }
 
         impl $name {
-            fn listening(
-                protocol: ::std::sync::Arc<$protocol>,
-                listener: ::tokio::net::TcpListener,
-            ) -> Self {
-                Self($crate::host::Handle::spawn(protocol, listener))
-            }
-
-            fn in_memory(protocol: ::std::sync::Arc<$protocol>) -> Self {
-                Self($crate::host::Handle::in_memory(protocol))
-            }
-
             fn shared(&self) -> &$protocol {
                 self.0.protocol()
+            }
+        }
+
+        impl $builder {
+            /// Starts serving on a listener the caller bound (tests bind `127.0.0.1:0`).
+            pub fn spawn(self, listener: ::tokio::net::TcpListener) -> $name {
+                $name($crate::host::Handle::spawn(self.build(), listener))
+            }
+
+            /// Starts a server without a listener: connect with
+            /// [`mock_core::Handle::connect_duplex`].
+            pub fn spawn_in_memory(self) -> $name {
+                $name($crate::host::Handle::in_memory(self.build()))
             }
         }
     };

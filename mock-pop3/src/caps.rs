@@ -95,29 +95,21 @@ impl Capabilities {
 
     /// The CAPA listing body lines (without the `+OK` line or the terminator).
     pub(crate) fn listing(&self, stls_possible: bool) -> Vec<String> {
-        let mut v = Vec::new();
-        if self.top {
-            v.push("TOP".to_string());
-        }
-        if self.uidl {
-            v.push("UIDL".into());
-        }
-        if self.user {
-            v.push("USER".into());
-        }
+        // The names of the switched-on flags among `flags`, in order.
+        let named = |flags: &[(bool, &str)]| {
+            let on = flags.iter().filter(|(on, _)| *on);
+            on.map(|(_, name)| name.to_string()).collect::<Vec<_>>()
+        };
+        let mut v = named(&[(self.top, "TOP"), (self.uidl, "UIDL"), (self.user, "USER")]);
         if !self.sasl.is_empty() {
             let names: Vec<_> = self.sasl.iter().filter_map(|m| m.sasl_name()).collect();
             v.push(format!("SASL {}", names.join(" ")));
         }
-        if self.resp_codes {
-            v.push("RESP-CODES".into());
-        }
-        if self.auth_resp_code {
-            v.push("AUTH-RESP-CODE".into());
-        }
-        if self.pipelining {
-            v.push("PIPELINING".into());
-        }
+        v.extend(named(&[
+            (self.resp_codes, "RESP-CODES"),
+            (self.auth_resp_code, "AUTH-RESP-CODE"),
+            (self.pipelining, "PIPELINING"),
+        ]));
         if let Some(d) = self.login_delay {
             v.push(format!("LOGIN-DELAY {d}"));
         }

@@ -19,7 +19,7 @@
 //! use mock_pop3::{Maildrop, MockPop3};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let server = MockPop3::builder()
-//!     .mailbox(Maildrop::new("bob", "secret").with_demo_messages(3, 1024))
+//!     .maildrop(Maildrop::new("bob", "secret").with_demo_messages(3, 1024))
 //!     .spawn(listener);
 //! println!("POP3 on {}", server.addr().unwrap());
 //! server.shutdown().await;

@@ -77,7 +77,7 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     let mut builder = MockPop3::builder()
-        .mailbox(mailbox)
+        .maildrop(mailbox)
         .seed(args.seed)
         .apop_timestamp(!args.no_apop_timestamp);
     if args.minimal {
@@ -107,7 +107,7 @@ async fn run(args: Args) -> Result<()> {
     eprintln!("mock-pop3 listening on {addr}; close stdin (Ctrl-D) or press Ctrl-C to stop and print the final state");
     standalone::wait_for_stop(args.exit_after).await;
     let state =
-        serde_json::json!({ "mailboxes": server.mailboxes(), "sessions": server.sessions().len() });
+        serde_json::json!({ "mailboxes": server.maildrops(), "sessions": server.sessions().len() });
     println!("{state}");
     server.shutdown().await;
     Ok(())

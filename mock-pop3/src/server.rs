@@ -11,7 +11,6 @@ use mock_core::host::{Host, Protocol, SessionEnd, Settings};
 use popbridge_proto::DotStuffer;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::caps::Capabilities;
@@ -282,9 +281,9 @@ impl MockPop3 {
 }
 
 impl Builder {
-    /// Adds a mailbox.
-    pub fn mailbox(mut self, mailbox: Maildrop) -> Self {
-        self.mailboxes.push(mailbox);
+    /// Adds a maildrop.
+    pub fn maildrop(mut self, maildrop: Maildrop) -> Self {
+        self.mailboxes.push(maildrop);
         self
     }
 
@@ -359,22 +358,12 @@ impl Builder {
             retrievals: tokio::sync::watch::Sender::new(0),
         })
     }
-
-    /// Starts serving on a listener the caller bound (tests bind `127.0.0.1:0`).
-    pub fn spawn(self, listener: TcpListener) -> MockPop3Handle {
-        MockPop3Handle::listening(self.build(), listener)
-    }
-
-    /// Starts a server without a listener: connect with [`mock_core::Handle::connect_duplex`].
-    pub fn spawn_in_memory(self) -> MockPop3Handle {
-        MockPop3Handle::in_memory(self.build())
-    }
 }
 
 mock_core::handle_type! {
     /// A running mock POP3 server: the core [`mock_core::Handle`] (address, sessions, transcripts,
     /// faults on or off, in-memory connections, waiting, shutdown) and the mailboxes.
-    pub struct MockPop3Handle(Shared);
+    pub struct MockPop3Handle(Shared) from Builder;
 }
 
 impl MockPop3Handle {
@@ -384,8 +373,8 @@ impl MockPop3Handle {
         self.shared().retrievals.subscribe()
     }
 
-    /// A mailbox's state.
-    pub fn mailbox(&self, user: &str) -> Option<MaildropReport> {
+    /// A maildrop's state.
+    pub fn maildrop(&self, user: &str) -> Option<MaildropReport> {
         let st = self.shared().state();
         st.mailboxes.get(user).map(|mb| MaildropReport {
             user: user.to_string(),
@@ -397,10 +386,10 @@ impl MockPop3Handle {
         })
     }
 
-    /// Every mailbox's state, by user.
-    pub fn mailboxes(&self) -> Vec<MaildropReport> {
+    /// Every maildrop's state, by user.
+    pub fn maildrops(&self) -> Vec<MaildropReport> {
         let users: Vec<String> = self.shared().state().mailboxes.keys().cloned().collect();
-        users.iter().filter_map(|u| self.mailbox(u)).collect()
+        users.iter().filter_map(|u| self.maildrop(u)).collect()
     }
 
     /// Adds a message to a mailbox now; false when there is no such mailbox.

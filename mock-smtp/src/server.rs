@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use mock_core::host::{Host, Protocol, Settings};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::capture::{Delivery, Outcome, Received, SessionStats};
@@ -326,22 +325,12 @@ impl Builder {
             accepted: watch::channel(0).0,
         })
     }
-
-    /// Starts serving on a listener the caller bound (tests bind `127.0.0.1:0`).
-    pub fn spawn(self, listener: TcpListener) -> MockSmtpHandle {
-        MockSmtpHandle::listening(self.build(), listener)
-    }
-
-    /// Starts a server without a listener: connect with [`mock_core::Handle::connect_duplex`].
-    pub fn spawn_in_memory(self) -> MockSmtpHandle {
-        MockSmtpHandle::in_memory(self.build())
-    }
 }
 
 mock_core::handle_type! {
     /// A running mock SMTP server: the core [`mock_core::Handle`] (address, sessions, transcripts,
     /// faults on or off, in-memory connections, waiting, shutdown) and the capture.
-    pub struct MockSmtpHandle(Shared);
+    pub struct MockSmtpHandle(Shared) from Builder;
 }
 
 impl MockSmtpHandle {

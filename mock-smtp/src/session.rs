@@ -398,6 +398,15 @@ where
         Ok(self.conn.read(&mut self.inbuf).await? > 0)
     }
 
+    /// Reads more; an `UnexpectedEof` error saying `what` when the client closed.
+    async fn fill_or_eof(&mut self, what: &'static str) -> io::Result<()> {
+        if self.fill().await? {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::UnexpectedEof, what))
+        }
+    }
+
     async fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
@@ -556,7 +565,7 @@ where
         let ext = &self.shared.cfg.ext;
         let mut needs_utf8 = false;
         for p in &params {
-            let ok = match (p.keyword.as_str(), p.value.as_deref()) {
+            let ok = match (p.keyword(), p.value()) {
                 ("SIZE", Some(v)) => match v.parse::<u64>() {
                     Ok(n) => {
                         if self
@@ -717,12 +726,7 @@ where
             if p.done {
                 break;
             }
-            if !self.fill().await? {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed during DATA",
-                ));
-            }
+            self.fill_or_eof("closed during DATA").await?;
         }
         self.lines.reset();
         let size = dec.total();
@@ -749,12 +753,7 @@ where
                 self.lines.reset();
                 return Ok(());
             }
-            if !self.fill().await? {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed during BDAT",
-                ));
-            }
+            self.fill_or_eof("closed during BDAT").await?;
         }
     }
 
@@ -784,12 +783,7 @@ where
             if remaining == 0 {
                 break;
             }
-            if !self.fill().await? {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed during BDAT",
-                ));
-            }
+            self.fill_or_eof("closed during BDAT").await?;
         }
         self.lines.reset();
         if !cfg_chunking {

@@ -362,6 +362,16 @@ mod tests {
         (out.to_vec(), p.consumed)
     }
 
+    /// `wire`, complete with its terminator, decodes to `data`.
+    fn decodes_to(wire: &[u8], data: &[u8]) {
+        assert_eq!(
+            decode_all(wire).0,
+            data,
+            "{:?}",
+            String::from_utf8_lossy(wire)
+        );
+    }
+
     #[test]
     fn hand_written_wire_bytes_decode() {
         let (out, used) = decode_all(b"line 1\r\n..dot\r\n\r\n.\r\nNEXT");
@@ -373,10 +383,8 @@ mod tests {
     #[test]
     fn bare_lf_dot_lf_does_not_end_the_data() {
         // A lone dot ended by a bare LF was never stuffed: it stays, with its line.
-        let (out, _) = decode_all(b"a\n.\nb\r\n.\r\n");
-        assert_eq!(out, b"a\n.\nb\r\n");
-        let (out, _) = decode_all(b"a\r\n.\nb\r\n.\r\n");
-        assert_eq!(out, b"a\r\n\nb\r\n");
+        decodes_to(b"a\n.\nb\r\n.\r\n", b"a\n.\nb\r\n");
+        decodes_to(b"a\r\n.\nb\r\n.\r\n", b"a\r\n\nb\r\n");
     }
 
     #[test]
@@ -392,17 +400,15 @@ mod tests {
         let p = DotDecoder::new(100).decode(input, &mut out).unwrap();
         assert_eq!((&out[..], p.done), (&b"a\nb\n.\r\nNEXT"[..], false));
         // `LF . .` is a stuffed dot; `LF . x` and `LF . CR x` are data.
-        assert_eq!(decode_all(b"a\n..x\r\n.\r\n").0, b"a\n.x\r\n");
-        assert_eq!(decode_all(b"a\n.x\r\n.\r\n").0, b"a\n.x\r\n");
-        assert_eq!(decode_all(b"a\n.\rx\r\n.\r\n").0, b"a\n.\rx\r\n");
+        decodes_to(b"a\n..x\r\n.\r\n", b"a\n.x\r\n");
+        decodes_to(b"a\n.x\r\n.\r\n", b"a\n.x\r\n");
+        decodes_to(b"a\n.\rx\r\n.\r\n", b"a\n.\rx\r\n");
     }
 
     #[test]
     fn keeps_nul_8bit_and_bare_cr() {
-        let (out, _) = decode_all(b"a\0b\xff\rc\r\r\n.\r\n");
-        assert_eq!(out, b"a\0b\xff\rc\r\r\n");
-        let (out, _) = decode_all(b".\rx\r\n.\r\n");
-        assert_eq!(out, b"\rx\r\n");
+        decodes_to(b"a\0b\xff\rc\r\r\n.\r\n", b"a\0b\xff\rc\r\r\n");
+        decodes_to(b".\rx\r\n.\r\n", b"\rx\r\n");
     }
 
     #[test]

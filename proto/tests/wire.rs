@@ -129,17 +129,25 @@ type Pop3Read = Result<Pop3Command, pop3::CommandError>;
 /// Server side: frame lines with the RFC 2449 limit and parse each as a command.
 /// Returns the commands and the unframed rest.
 fn pop3_server_reads(parts: &[&[u8]]) -> (Vec<Pop3Read>, Vec<u8>) {
-    let mut lines = LineDecoder::new(pop3::MAX_COMMAND_LINE);
+    let (lines, rest) = framed_lines(pop3::MAX_COMMAND_LINE, parts);
+    for line in &lines {
+        assert!(line.len() <= pop3::MAX_COMMAND_LINE);
+    }
+    (lines.iter().map(|l| Pop3Command::parse(l)).collect(), rest)
+}
+
+/// The lines a `limit` line decoder frames from `parts` fed in turn, and the unframed rest.
+fn framed_lines(limit: usize, parts: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let mut framing = LineDecoder::new(limit);
     let mut buf = BytesMut::new();
-    let mut cmds = Vec::new();
+    let mut lines = Vec::new();
     for part in parts {
         buf.extend_from_slice(part);
-        while let Some(line) = lines.next_line(&mut buf).unwrap() {
-            assert!(line.len() <= pop3::MAX_COMMAND_LINE);
-            cmds.push(Pop3Command::parse(&line));
+        while let Some(line) = framing.next_line(&mut buf).unwrap() {
+            lines.push(line.to_vec());
         }
     }
-    (cmds, buf.to_vec())
+    (lines, buf.to_vec())
 }
 
 #[test]
@@ -223,18 +231,7 @@ fn pop3_sasl_exchange_as_the_server_reads_it() {
         SaslResponse::empty().to_string(),
     ];
     let session = lines.concat();
-    let read = |parts: &[&[u8]]| {
-        let mut framing = LineDecoder::new(pop3::MAX_SASL_LINE);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for part in parts {
-            buf.extend_from_slice(part);
-            while let Some(line) = framing.next_line(&mut buf).unwrap() {
-                got.push(line.to_vec());
-            }
-        }
-        got
-    };
+    let read = |parts: &[&[u8]]| framed_lines(pop3::MAX_SASL_LINE, parts).0;
     let got = same_for_every_chunking(session.as_bytes(), read);
     // One line each: a response never carries a line end of its own.
     assert_eq!(got.len(), 6);
@@ -644,7 +641,7 @@ fn smtp_pipelined_commands_and_data_as_the_server_reads_them() {
         SmtpEvent::Command(Ok(SmtpCommand::Ehlo("a".into()))),
         SmtpEvent::Command(Ok(SmtpCommand::Mail {
             from: EnvelopeAddress::new("a@b.example").unwrap(),
-            params: vec![Param::new("SIZE", "10")],
+            params: vec![Param::new("SIZE", "10").unwrap()],
         })),
         SmtpEvent::Command(Ok(SmtpCommand::Rcpt {
             to: EnvelopeAddress::new("c@d.example").unwrap(),
@@ -680,8 +677,8 @@ fn smtp_pipelined_commands_and_data_as_the_server_reads_them() {
             domain: "b.example".into()
         }))
     );
-    assert_eq!(params[0].keyword, "SIZE");
-    assert_eq!(params[0].value.as_deref(), Some("10"));
+    assert_eq!(params[0].keyword(), "SIZE");
+    assert_eq!(params[0].value(), Some("10"));
     let SmtpEvent::Command(Ok(SmtpCommand::Rcpt { to, .. })) = &events[2] else {
         unreachable!()
     };
@@ -739,21 +736,32 @@ fn ten_megabyte_line_without_newline_is_refused_near_the_limit() {
     }
 }
 
+/// Feeds a fresh reply parser `buf` and then, while it wants more, what `more` gives for
+/// the octets fed so far (asserted under `cap`): its first answer and the octets fed.
+fn feed_until_answer(
+    buf: &mut BytesMut,
+    cap: usize,
+    more: impl Fn(usize) -> Vec<u8>,
+) -> (Result<Option<Reply>, ReplyError>, usize) {
+    let mut p = ReplyParser::new();
+    let mut fed = buf.len();
+    loop {
+        assert!(fed < cap, "no answer after {fed} octets");
+        let chunk = more(fed);
+        buf.extend_from_slice(&chunk);
+        fed += chunk.len();
+        match p.parse(buf) {
+            Ok(None) => {}
+            other => return (other, fed),
+        }
+    }
+}
+
 #[test]
 fn ten_megabyte_reply_line_is_refused_near_the_limit() {
     const CHUNK: usize = 64 * 1024;
-    let mut p = ReplyParser::new();
     let mut buf = BytesMut::from(&b"250-"[..]);
-    let mut fed = 4;
-    let err = loop {
-        assert!(fed < 10 * 1024 * 1024);
-        buf.extend_from_slice(&[b'x'; CHUNK]);
-        fed += CHUNK;
-        match p.parse(&mut buf) {
-            Ok(None) => {}
-            other => break other,
-        }
-    };
+    let (err, fed) = feed_until_answer(&mut buf, 10 * 1024 * 1024, |_| vec![b'x'; CHUNK]);
     assert_eq!(
         err,
         Err(ReplyError::Line(LineError::TooLong {
@@ -932,35 +940,16 @@ fn multi_line_data_that_never_ends_hits_the_limit() {
 #[test]
 fn endless_multi_line_reply_is_too_many_lines() {
     let line = b"250-x\r\n";
-    let mut p = ReplyParser::new();
     let mut buf = BytesMut::new();
-    let mut fed = 0usize;
-    let err = loop {
-        assert!(fed < 10 * 1024 * 1024);
-        buf.extend_from_slice(&line.repeat(1000));
-        fed += 1000 * line.len();
-        match p.parse(&mut buf) {
-            Ok(None) => {}
-            other => break other,
-        }
-    };
+    let (err, fed) = feed_until_answer(&mut buf, 10 * 1024 * 1024, |_| line.repeat(1000));
     assert_eq!(err, Err(ReplyError::TooManyLines(smtp::MAX_REPLY_LINES)));
     // It gave up on the first line over the bound, not later.
     assert_eq!(fed - buf.len(), (smtp::MAX_REPLY_LINES + 1) * line.len());
 
     // Same, one byte at a time.
-    let mut p = ReplyParser::new();
-    let mut buf = BytesMut::new();
-    let mut fed = 0usize;
-    let err = loop {
-        assert!(fed < 1 << 20);
-        buf.extend_from_slice(&[line[fed % line.len()]]);
-        fed += 1;
-        match p.parse(&mut buf) {
-            Ok(None) => {}
-            other => break other,
-        }
-    };
+    let (err, fed) = feed_until_answer(&mut BytesMut::new(), 1 << 20, |fed| {
+        vec![line[fed % line.len()]]
+    });
     assert_eq!(err, Err(ReplyError::TooManyLines(smtp::MAX_REPLY_LINES)));
     assert_eq!(fed, (smtp::MAX_REPLY_LINES + 1) * line.len());
 }
@@ -1279,23 +1268,23 @@ fn unstuff_model(wire: &[u8]) -> Vec<u8> {
 
 /// Where the data ends: just after the first CRLF . CRLF, the start counting as a CRLF.
 fn terminator_end(wire: &[u8]) -> Option<usize> {
-    let mut with_start = b"\r\n".to_vec();
-    with_start.extend_from_slice(wire);
-    with_start
-        .windows(5)
-        .position(|w| w == b"\r\n.\r\n")
-        .map(|p| p + 3)
+    end_after_first(wire, b"\r\n.\r\n")
 }
 
 /// Where the data ends for the POP3 client's decoder: just after the first `LF . CRLF`
 /// (that LF bare or part of a CRLF), the start counting as a CRLF.
 fn lenient_terminator_end(wire: &[u8]) -> Option<usize> {
+    end_after_first(wire, b"\n.\r\n")
+}
+
+/// Just after the first `marker` in `wire`, the start of `wire` counting as a CRLF.
+fn end_after_first(wire: &[u8], marker: &[u8]) -> Option<usize> {
     let mut with_start = b"\r\n".to_vec();
     with_start.extend_from_slice(wire);
     with_start
-        .windows(4)
-        .position(|w| w == b"\n.\r\n")
-        .map(|p| p + 2)
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .map(|p| p + marker.len() - 2)
 }
 
 #[test]

@@ -139,45 +139,7 @@ enum Command {
     /// RSET before QUIT) and writes DIR/capture.toml and DIR/fixtures/*.eml (mode 0600), a
     /// scenario that replays it. The password comes from --password-env, --password-file
     /// or, when neither is given, a prompt; never from the command line.
-    Capture {
-        /// The server's host.
-        #[arg(long)]
-        host: String,
-        /// The server's port (default 110, or 995 with --tls implicit).
-        #[arg(long)]
-        port: Option<u16>,
-        /// The login name.
-        #[arg(long)]
-        user: String,
-        /// The environment variable holding the password.
-        #[arg(long, conflicts_with = "password_file")]
-        password_env: Option<String>,
-        /// A file whose first line is the password.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// TLS: none | starttls | implicit (as popbridge's `tls`).
-        #[arg(long, default_value = "starttls")]
-        tls: String,
-        /// A CA certificate (or the server's own) to trust besides the system roots.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// Keep headers only; bodies become filler of the same size.
-        #[arg(long)]
-        headers_only: bool,
-        /// Also replace addresses, names and subjects by stable pseudonyms (keyed hash;
-        /// implies --headers-only). The key comes from --redact-key-file, else is random.
-        #[arg(long)]
-        redact: bool,
-        /// A file holding the redaction key (the same key gives the same pseudonyms).
-        #[arg(long, requires = "redact")]
-        redact_key_file: Option<PathBuf>,
-        /// Seconds to wait for each reply.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// The folder to write into.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Capture(CaptureArgs),
     /// Measures throughput: popbridge (a child process by default) and external connectors
     /// each move the same mailbox from POP3 to SMTP, on fresh loopback mocks or on real
     /// loopback servers, several rounds each, beside a pipelined POP3 reader and a
@@ -200,19 +162,60 @@ enum Command {
 }
 
 /// The `capture` subcommand's arguments.
+#[derive(clap::Args, Debug)]
 struct CaptureArgs {
+    /// The server's host.
+    #[arg(long)]
     host: String,
+    /// The server's port (default 110, or 995 with --tls implicit).
+    #[arg(long)]
     port: Option<u16>,
+    /// The login name.
+    #[arg(long)]
     user: String,
+    /// The environment variable holding the password.
+    #[arg(long, conflicts_with = "password_file")]
     password_env: Option<String>,
+    /// A file whose first line is the password.
+    #[arg(long)]
     password_file: Option<PathBuf>,
+    /// TLS: none | starttls | implicit (as popbridge's `tls`).
+    #[arg(long, default_value = "starttls")]
     tls: String,
+    /// A CA certificate (or the server's own) to trust besides the system roots.
+    #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Keep headers only; bodies become filler of the same size.
+    #[arg(long)]
     headers_only: bool,
+    /// Also replace addresses, names and subjects by stable pseudonyms (keyed hash;
+    /// implies --headers-only). The key comes from --redact-key-file, else is random.
+    #[arg(long)]
     redact: bool,
+    /// A file holding the redaction key (the same key gives the same pseudonyms).
+    #[arg(long, requires = "redact")]
     redact_key_file: Option<PathBuf>,
+    /// Seconds to wait for each reply.
+    #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// The folder to write into.
+    #[arg(long)]
     out: PathBuf,
+}
+
+/// The connector `--connector-cmd` names (popbridge without one), or `None` once it said
+/// why the template is refused.
+fn connector(connector_cmd: Option<String>) -> Option<poplab::Connector> {
+    let Some(template) = connector_cmd else {
+        return Some(poplab::Connector::Popbridge);
+    };
+    match poplab::external::check_template(&template) {
+        Ok(()) => Some(poplab::Connector::External { template }),
+        Err(e) => {
+            eprintln!("poplab: --connector-cmd: {e}");
+            None
+        }
+    }
 }
 
 /// The password: from the named variable, the file's first line, or a prompt on the
@@ -375,7 +378,7 @@ async fn serve(file: PathBuf, sides: Sides, check: bool) -> anyhow::Result<ExitC
     if tokio::time::timeout(STOP_BOUND, idle).await.is_err() {
         eprintln!("poplab: a session was still open; its state is reported as it stands");
     }
-    let mailboxes = pop3.as_ref().map(|h| h.mailboxes()).unwrap_or_default();
+    let mailboxes = pop3.as_ref().map(|h| h.maildrops()).unwrap_or_default();
     let captured = smtp.as_ref().map(|h| h.captured()).unwrap_or_default();
     let state = poplab::serve::final_state(&scenario, mailboxes.clone(), captured.clone());
     let mut code = Exit::Passed.into();
@@ -496,15 +499,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             json,
             sabotage,
         } => {
-            let connector = match connector_cmd {
-                None => poplab::Connector::Popbridge,
-                Some(template) => {
-                    if let Err(e) = poplab::external::check_template(&template) {
-                        eprintln!("poplab: --connector-cmd: {e}");
-                        return Ok(Exit::Invalid.into());
-                    }
-                    poplab::Connector::External { template }
-                }
+            let Some(connector) = connector(connector_cmd) else {
+                return Ok(Exit::Invalid.into());
             };
             let sabotage = match sabotage.map(|s| s.parse()) {
                 None => None,
@@ -558,45 +554,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::MockSmtp { scenario } => {
             return runtime.block_on(serve(scenario, Sides::Smtp, false))
         }
-        Command::Capture {
-            host,
-            port,
-            user,
-            password_env,
-            password_file,
-            tls,
-            ca_file,
-            headers_only,
-            redact,
-            redact_key_file,
-            timeout,
-            out,
-        } => {
-            return runtime.block_on(capture(CaptureArgs {
-                host,
-                port,
-                user,
-                password_env,
-                password_file,
-                tls,
-                ca_file,
-                headers_only,
-                redact,
-                redact_key_file,
-                timeout,
-                out,
-            }))
-        }
+        Command::Capture(args) => return runtime.block_on(capture(args)),
     };
-    let connector = match connector_cmd {
-        None => poplab::Connector::Popbridge,
-        Some(template) => {
-            if let Err(e) = poplab::external::check_template(&template) {
-                eprintln!("poplab: --connector-cmd: {e}");
-                return Ok(Exit::Invalid.into());
-            }
-            poplab::Connector::External { template }
-        }
+    let Some(connector) = connector(connector_cmd) else {
+        return Ok(Exit::Invalid.into());
     };
     let groups = match poplab::scenario_groups(&paths) {
         Ok(f) => f,

@@ -410,20 +410,15 @@ impl ScenarioReport {
     }
 
     fn render_events(&self, s: &mut String) {
-        let events: Vec<String> = self
-            .events
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
         let _ = writeln!(
             s,
             "  events over {} pass{}: {}",
             self.passes,
             if self.passes == 1 { "" } else { "es" },
-            if events.is_empty() {
+            if self.events.is_empty() {
                 "none".to_string()
             } else {
-                events.join(", ")
+                counts_text(&self.events)
             }
         );
     }
@@ -491,12 +486,19 @@ fn outcome_text(o: &BTreeMap<Outcome, u32>) -> String {
     match o.len() {
         0 => "-".into(),
         1 => o.keys().next().map(ToString::to_string).unwrap_or_default(),
-        _ => o
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        _ => counts_text(o),
     }
+}
+
+/// Counts as `key n, key n, ...` in key order.
+pub(crate) fn counts_text<K: std::fmt::Display, V: std::fmt::Display>(
+    counts: &BTreeMap<K, V>,
+) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn norm(addrs: &[String]) -> Vec<String> {

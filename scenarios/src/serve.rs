@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::outcome;
 use crate::report::{self, ScenarioReport};
-use crate::world::{account_name, Observed};
+use crate::world::Observed;
 use crate::Scenario;
 
 /// The line printed when the mocks are up (`None` for a side that is not running).
@@ -110,14 +110,9 @@ pub fn final_state(s: &Scenario, mailboxes: Vec<MaildropReport>, captured: Vec<R
 /// by hand).
 fn observed(s: &Scenario, mailboxes: Vec<MaildropReport>, captured: Vec<Received>) -> Observed {
     Observed {
-        accounts: s
-            .mailboxes
-            .iter()
-            .map(|m| (account_name(&m.user), m.user.clone()))
-            .collect(),
         mailboxes,
         captured,
-        ..Observed::default()
+        ..Observed::of_accounts(s)
     }
 }
 

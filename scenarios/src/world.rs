@@ -301,6 +301,20 @@ pub struct Observed {
     pub skipped: Option<String>,
 }
 
+impl Observed {
+    /// An empty observation of scenario `s` but for its account names.
+    pub fn of_accounts(s: &Scenario) -> Self {
+        Self {
+            accounts: s
+                .mailboxes
+                .iter()
+                .map(|m| (account_name(&m.user), m.user.clone()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Where runs make their temporary folders (state, scratch): the system's temporary
 /// folder unless [`set_scratch_root`] said otherwise.
 static SCRATCH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -363,14 +377,9 @@ pub async fn run_external_with_kills(
 
 fn observed_for(s: &Scenario, connector: &Connector) -> Observed {
     Observed {
-        accounts: s
-            .mailboxes
-            .iter()
-            .map(|m| (account_name(&m.user), m.user.clone()))
-            .collect(),
         connector: connector.name(),
         external: connector.is_external(),
-        ..Observed::default()
+        ..Observed::of_accounts(s)
     }
 }
 
@@ -623,7 +632,7 @@ async fn run_inner(
         }
     }
     // What is left, whatever happened.
-    obs.mailboxes = pop3.mailboxes();
+    obs.mailboxes = pop3.maildrops();
     obs.captured = smtp.captured();
     for pe in &obs.events {
         if let Event::Quarantined {
@@ -761,7 +770,7 @@ async fn start_pop3_on(s: &Scenario, dir: &Path, net: Net) -> Result<Pop3Side, S
             }
             m = m.with_message(message);
         }
-        pop3 = pop3.mailbox(m);
+        pop3 = pop3.maildrop(m);
     }
     for f in &s.pop3_faults {
         pop3 = pop3.fault(f.clone());
@@ -823,7 +832,7 @@ async fn start_smtp_on(s: &Scenario, net: Net) -> Result<MockSmtpHandle, String>
 /// nothing else changed: the connector learnt something), transactions seen on the SMTP
 /// side.
 fn footprint(pop3: &MockPop3Handle, smtp: &MockSmtpHandle) -> (usize, usize, usize, usize) {
-    let mbs = pop3.mailboxes();
+    let mbs = pop3.maildrops();
     (
         mbs.iter().map(|m| m.remaining.len()).sum(),
         mbs.iter().map(|m| m.deleted.len()).sum(),
@@ -890,22 +899,35 @@ async fn passes(
         }
         // The mocks apply a session's end (QUIT's deletions, a dropped connection) when
         // they see it: wait for that before the next pass or the inspection.
-        let settle = async {
-            pop3.wait_idle().await;
-            smtp.wait_idle().await;
-        };
-        if tokio::time::timeout(settle_bound, settle).await.is_err() {
-            return Err(format!(
-                "pass {pass}: a mock session was still open {} s after the pass",
-                settle_bound.as_secs()
-            ));
-        }
+        mocks_idle(pop3, smtp, settle_bound, pass, "the pass").await?;
         if pass > planned && footprint(pop3, smtp) == before {
             *settled = Some(true);
             break;
         }
     }
     Ok(())
+}
+
+/// Waits up to `bound` for both mocks to see every session end; past it, an error saying
+/// a session of pass `pass` was still open that long after `what`.
+async fn mocks_idle(
+    pop3: &MockPop3Handle,
+    smtp: &MockSmtpHandle,
+    bound: Duration,
+    pass: u32,
+    what: &str,
+) -> Result<(), String> {
+    let settle = async {
+        pop3.wait_idle().await;
+        smtp.wait_idle().await;
+    };
+    match tokio::time::timeout(bound, settle).await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(format!(
+            "pass {pass}: a mock session was still open {} s after {what}",
+            bound.as_secs()
+        )),
+    }
 }
 
 /// How long the mocks get to see their sessions end after a pass: [`SETTLE`] plus what
@@ -1018,17 +1040,8 @@ async fn external_passes(
                 ));
             }
         }
-        let settle = async {
-            pop3.wait_idle().await;
-            smtp.wait_idle().await;
-        };
         let bound = settle_bound(s);
-        if tokio::time::timeout(bound, settle).await.is_err() {
-            return Err(format!(
-                "pass {pass}: a mock session was still open {} s after the connector command ended",
-                bound.as_secs()
-            ));
-        }
+        mocks_idle(pop3, smtp, bound, pass, "the connector command ended").await?;
         if pass > planned && footprint(pop3, smtp) == before {
             *settled = Some(true);
             break;

@@ -130,7 +130,7 @@ async fn capture_from_mock_pop3_is_exact_read_only_private_and_replays() {
         mailbox =
             mailbox.with_message(Message::new(m.as_bytes().to_vec()).with_uid(format!("uid-{i}")));
     }
-    let pop = MockPop3::builder().mailbox(mailbox).spawn(listener);
+    let pop = MockPop3::builder().maildrop(mailbox).spawn(listener);
     let port = pop.addr().unwrap().port();
     let spool = tempfile::tempdir().unwrap();
 
@@ -148,7 +148,7 @@ async fn capture_from_mock_pop3_is_exact_read_only_private_and_replays() {
     assert!(!transcript.contains("DELE"), "{transcript}");
     let rset = transcript.find("RSET").expect("RSET sent");
     assert!(transcript[rset..].contains("QUIT"), "{transcript}");
-    let report = pop.mailbox("info").unwrap();
+    let report = pop.maildrop("info").unwrap();
     assert_eq!(report.remaining, ["uid-0", "uid-1", "uid-2"]);
     assert!(report.deleted.is_empty());
 
@@ -199,7 +199,7 @@ async fn capture_from_mock_pop3_is_exact_read_only_private_and_replays() {
     assert_eq!(r.messages[0].bytes, again.messages[0].bytes);
     assert_eq!(r.messages[0].bytes.len(), MESSAGES[0].len());
     replays_three_delivered(&scenario);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
 }
 
 // ------------------------------------------------------------------- Dovecot

@@ -109,12 +109,7 @@ fn the_binary_exits_1_on_a_wrong_expectation_and_0_on_a_good_case() {
 #[test]
 fn the_binary_exits_2_on_an_invalid_file_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("typo.toml");
-    std::fs::write(
-        &path,
-        "description = \"typo\"\n\n[[pop3.mailbox]]\nuser = \"info\"\n\n[[pop3.mailbox.message]]\nlabel = \"a\"\nsubjet = \"hi\"\n",
-    )
-    .unwrap();
+    let path = write_case(dir.path(), "typo.toml", "description = \"typo\"\n\n[[pop3.mailbox]]\nuser = \"info\"\n\n[[pop3.mailbox.message]]\nlabel = \"a\"\nsubjet = \"hi\"\n");
     let (code, out, err) = poplab(&["run", path.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{out}{err}");
     let want = format!(
@@ -127,10 +122,16 @@ fn the_binary_exits_2_on_an_invalid_file_naming_file_line_and_key() {
     assert!(err.contains("/nonexistent/poplab/case.toml"), "{err}");
 }
 
+/// Writes `text` as file `name` in `dir`; its path.
+fn write_case(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 fn run_text(name: &str, text: &str) -> poplab::ScenarioReport {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(name);
-    std::fs::write(&path, text).unwrap();
+    let path = write_case(dir.path(), name, text);
     runtime()
         .block_on(poplab::run_file(&path))
         .unwrap_or_else(|e| panic!("{e}"))
@@ -274,12 +275,11 @@ fn a_real_clock_scenario_reports_no_virtual_time() {
 #[test]
 fn an_external_connector_falls_back_to_the_real_clock_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ext.toml");
-    std::fs::write(
-        &path,
+    let path = write_case(
+        dir.path(),
+        "ext.toml",
         "[[pop3.fault]]\non = \"greeting\"\naction = \"delay\"\ndelay = \"1s\"\n",
-    )
-    .unwrap();
+    );
     let connector = poplab::Connector::External {
         template: "true {user}".into(),
     };
@@ -334,12 +334,7 @@ m = "delivered"
 #[test]
 fn an_oauth2_mailbox_must_accept_xoauth2() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        "[[pop3.mailbox]]\nuser = \"info\"\nauth = [\"user\"]\n[pop3.mailbox.oauth2]\nlifetime = \"0s\"\n",
-    )
-    .unwrap();
+    let path = write_case(dir.path(), "bad.toml", "[[pop3.mailbox]]\nuser = \"info\"\nauth = [\"user\"]\n[pop3.mailbox.oauth2]\nlifetime = \"0s\"\n");
     let e = poplab::schema::load(&path).unwrap_err().to_string();
     assert!(
         e.contains("pop3.mailbox[0].auth") && e.contains("xoauth2"),

@@ -5,7 +5,7 @@
 //! promise over a sweep of seeds.
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use popbridge::faults::Sabotage;
 use poplab::chaos::{self, ChaosReport, Options, Profile};
@@ -29,6 +29,16 @@ fn options(seed: u64, runs: u64) -> Options {
 
 fn run(opts: &Options) -> ChaosReport {
     runtime().block_on(chaos::run(opts, |_, _, _| {}))
+}
+
+/// Seeds 3 and 4 run with `sabotage`, failures saved in `dir`: the report, checked failed.
+fn sabotaged(sabotage: Sabotage, dir: &Path) -> ChaosReport {
+    let mut opts = options(3, 2);
+    opts.sabotage = Some(sabotage);
+    opts.save_failures = Some(dir.to_path_buf());
+    let report = run(&opts);
+    assert!(!report.passed(), "{}", report.render_table());
+    report
 }
 
 /// The first saved reproduction of a report.
@@ -67,11 +77,7 @@ fn a_seed_replays_to_the_same_json_report() {
 fn a_build_that_deletes_before_the_ledger_records_is_caught_and_shrunk() {
     let dir = tempfile::tempdir().unwrap();
     // Seeds 3 and 4 lose mail with this build.
-    let mut opts = options(3, 2);
-    opts.sabotage = Some(Sabotage::DeleBeforeLedger);
-    opts.save_failures = Some(dir.path().to_path_buf());
-    let report = run(&opts);
-    assert!(!report.passed(), "{}", report.render_table());
+    let report = sabotaged(Sabotage::DeleBeforeLedger, dir.path());
     assert!(report.violations.get("lost").copied().unwrap_or(0) > 0);
     assert!(report.total.lost > 0);
     // The shrunk reproduction is small and ordinary: `poplab run` shows the loss.
@@ -94,11 +100,7 @@ fn a_build_that_deletes_before_the_ledger_records_is_caught_and_shrunk() {
 fn a_build_that_skips_the_ledger_check_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     // Seeds 3 and 4 duplicate mail with this build.
-    let mut opts = options(3, 2);
-    opts.sabotage = Some(Sabotage::SkipLedgerCheck);
-    opts.save_failures = Some(dir.path().to_path_buf());
-    let report = run(&opts);
-    assert!(!report.passed(), "{}", report.render_table());
+    let report = sabotaged(Sabotage::SkipLedgerCheck, dir.path());
     assert!(report.total.avoidable_duplicates > 0);
     assert!(report.violations.contains_key("avoidable duplicate"));
     let replay = runtime()

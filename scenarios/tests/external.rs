@@ -13,6 +13,13 @@ use common::{case, poplab_files, require_fetchmail, root, with_drop_before_quit}
 const TEMPLATE: &str =
     "{script} {pop3_host} {pop3_port} {user} {password} {smtp_host} {smtp_port} {rcpt} {scratch}";
 
+/// Asserts that `text` holds every one of `parts` (showing `shown` when one is missing).
+fn says(text: &str, parts: &[&str], shown: &str) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} missing from:\n{shown}");
+    }
+}
+
 #[test]
 fn fetchmail_through_the_twelve_hundred_and_drop_before_quit_cases() {
     if !require_fetchmail() {
@@ -32,26 +39,26 @@ fn fetchmail_through_the_twelve_hundred_and_drop_before_quit_cases() {
         assert!(part.contains("not applicable: [expect.events]"), "{stdout}");
     }
     // 1,200: all delivered once, nothing differs from popbridge.
-    assert!(
-        twelve.contains("msg    1200  delivered  delivered"),
-        "{stdout}"
-    );
-    assert!(
-        twelve.contains("lost 0 (expected 0), duplicates 0 (expected 0)"),
-        "{stdout}"
+    says(
+        &twelve,
+        &[
+            "msg    1200  delivered  delivered",
+            "lost 0 (expected 0), duplicates 0 (expected 0)",
+        ],
+        &stdout,
     );
     assert!(!twelve.contains("differs from popbridge"), "{stdout}");
     // Drop before QUIT: fetchmail delivers the three messages again, and says so.
-    assert!(
-        drop.contains("duplicates 3 (3 unexplained) (popbridge: 0)"),
-        "{stdout}"
+    says(
+        &drop,
+        &[
+            "duplicates 3 (3 unexplained) (popbridge: 0)",
+            "differs from popbridge: duplicates: popbridge 0, this connector 3",
+            "pass 2, mailbox info: exit 0",
+            "1 differs from popbridge",
+        ],
+        &stdout,
     );
-    assert!(
-        drop.contains("differs from popbridge: duplicates: popbridge 0, this connector 3"),
-        "{stdout}"
-    );
-    assert!(drop.contains("pass 2, mailbox info: exit 0"), "{stdout}");
-    assert!(drop.contains("1 differs from popbridge"), "{stdout}");
 }
 
 #[test]
@@ -96,18 +103,15 @@ fn a_connector_that_does_nothing_fails_the_other_expectations_and_crash_is_not_a
         &[case("crash-after-delivery.toml")],
     );
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(
-        stdout.contains("not applicable: [run] crash (pass 1"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("pass 1, mailbox info: exit 0"), "{stdout}");
-    assert!(
-        stdout.contains("| pass 1 for info at 127.0.0.1:[POP3-PORT] to info@contoso.local"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(": expected delivered, got left"),
-        "{stdout}"
+    says(
+        &stdout,
+        &[
+            "not applicable: [run] crash (pass 1",
+            "pass 1, mailbox info: exit 0",
+            "| pass 1 for info at 127.0.0.1:[POP3-PORT] to info@contoso.local",
+            ": expected delivered, got left",
+        ],
+        &stdout,
     );
     assert!(!stdout.contains("events.\""), "{stdout}");
 

@@ -142,36 +142,11 @@ fn mock_smtp_from_a_scenario_serves_only_that_side() {
     assert!(addrs.get("pop3").is_none(), "{addrs}");
     let smtp = addrs["smtp"].as_str().unwrap().to_string();
     assert!(smtp.starts_with("127.0.0.1:"), "{smtp}");
-    // One SMTP transaction by hand: the captured message shows up in the final state.
-    let mut s = std::net::TcpStream::connect(&smtp).unwrap();
-    s.set_read_timeout(Some(BOUND)).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut expect = |code: &str| loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.starts_with(code), "{line}");
-        if line.as_bytes().get(3) == Some(&b' ') {
-            break;
-        }
-    };
-    expect("220");
     let data = std::fs::read_to_string(&case).unwrap();
     assert!(data.contains("label = \"hello\""));
+    // One SMTP transaction by hand: the captured message shows up in the final state.
     let msg = "From: alice@example.net\r\nMessage-ID: <hello@poplab.invalid>\r\n\r\nhi\r\n.\r\n";
-    for (cmd, code) in [
-        ("EHLO t\r\n", "250"),
-        ("MAIL FROM:<alice@example.net>\r\n", "250"),
-        ("RCPT TO:<info@contoso.local>\r\n", "250"),
-        ("DATA\r\n", "354"),
-    ] {
-        s.write_all(cmd.as_bytes()).unwrap();
-        expect(code);
-    }
-    s.write_all(msg.as_bytes()).unwrap();
-    expect("250");
-    s.write_all(b"QUIT\r\n").unwrap();
-    expect("221");
-    drop(s);
+    smtp_by_hand(&smtp, msg);
     let state = served.stop();
     let hello = &state["messages"][0];
     assert_eq!(hello["label"], "hello", "{state}");
@@ -230,12 +205,38 @@ fn replies(s: &std::net::TcpStream) -> impl FnMut(&str) -> String {
     }
 }
 
+/// One SMTP transaction by hand on `addr`, from alice@example.net to info@contoso.local:
+/// `message` is the DATA text with its final dot; every reply is checked.
+fn smtp_by_hand(addr: &str, message: &str) {
+    let mut smtp = std::net::TcpStream::connect(addr).unwrap();
+    let mut smtp_reply = replies(&smtp);
+    smtp_reply("220");
+    for (cmd, code) in [
+        ("EHLO t\r\n", "250"),
+        ("MAIL FROM:<alice@example.net>\r\n", "250"),
+        ("RCPT TO:<info@contoso.local>\r\n", "250"),
+        ("DATA\r\n", "354"),
+    ] {
+        smtp.write_all(cmd.as_bytes()).unwrap();
+        smtp_reply(code);
+    }
+    smtp.write_all(message.as_bytes()).unwrap();
+    smtp_reply("250");
+    smtp.write_all(b"QUIT\r\n").unwrap();
+    smtp_reply("221");
+}
+
+/// `poplab serve --check` on [`ONE_MESSAGE`], written into `dir`.
+fn serve_check_one_message(dir: &std::path::Path) -> Served {
+    let case = dir.join("one.toml");
+    std::fs::write(&case, ONE_MESSAGE).unwrap();
+    Served::start(&["serve", "--check", case.to_str().unwrap()])
+}
+
 #[test]
 fn serve_check_with_nothing_fetched_fails_the_expectations_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let case = dir.path().join("one.toml");
-    std::fs::write(&case, ONE_MESSAGE).unwrap();
-    let mut served = Served::start(&["serve", "--check", case.to_str().unwrap()]);
+    let mut served = serve_check_one_message(dir.path());
     let _ = served.json_line();
     let (code, out) = served.finish();
     assert_eq!(code, Some(1), "{out}");
@@ -246,9 +247,7 @@ fn serve_check_with_nothing_fetched_fails_the_expectations_and_exits_1() {
 #[test]
 fn serve_check_after_a_delivery_by_hand_passes_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let case = dir.path().join("one.toml");
-    std::fs::write(&case, ONE_MESSAGE).unwrap();
-    let mut served = Served::start(&["serve", "--check", case.to_str().unwrap()]);
+    let mut served = serve_check_one_message(dir.path());
     let addrs = served.json_line();
 
     // POP3 by hand: RETR the message, keep its dot-stuffed lines and final dot as sent.
@@ -275,28 +274,13 @@ fn serve_check_after_a_delivery_by_hand_passes_and_exits_0() {
     );
 
     // SMTP by hand.
-    let mut smtp = std::net::TcpStream::connect(addrs["smtp"].as_str().unwrap()).unwrap();
-    let mut smtp_reply = replies(&smtp);
-    smtp_reply("220");
-    for (cmd, code) in [
-        ("EHLO t\r\n", "250"),
-        ("MAIL FROM:<alice@example.net>\r\n", "250"),
-        ("RCPT TO:<info@contoso.local>\r\n", "250"),
-        ("DATA\r\n", "354"),
-    ] {
-        smtp.write_all(cmd.as_bytes()).unwrap();
-        smtp_reply(code);
-    }
-    smtp.write_all(body.as_bytes()).unwrap();
-    smtp_reply("250");
-    smtp.write_all(b"QUIT\r\n").unwrap();
-    smtp_reply("221");
+    smtp_by_hand(addrs["smtp"].as_str().unwrap(), &body);
 
     for cmd in ["DELE 1\r\n", "QUIT\r\n"] {
         pop.write_all(cmd.as_bytes()).unwrap();
         pop_reply("+OK");
     }
-    drop((pop, smtp));
+    drop(pop);
 
     let (code, out) = served.finish();
     assert_eq!(code, Some(0), "{out}");

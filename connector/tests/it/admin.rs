@@ -60,7 +60,7 @@ async fn poison_refused(
     std::path::PathBuf,
     String,
 ) {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
+    let pop = pop3(MockPop3::builder().maildrop(poison_mailbox())).await;
     let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
@@ -135,7 +135,7 @@ async fn quarantine_release_delivers_exactly_once_across_two_passes() {
         );
     }
     pop.wait_idle().await;
-    let report = pop.mailbox("info").unwrap();
+    let report = pop.maildrop("info").unwrap();
     assert!(report.remaining.is_empty(), "{report:?}");
     assert_eq!(
         kinds(&events)
@@ -195,7 +195,7 @@ async fn quarantine_delete_removes_the_copy_and_the_server_copy_without_deliveri
     pop.wait_idle().await;
     accepting.wait_idle().await;
     assert!(delivered_ids(&accepting).is_empty());
-    let report = pop.mailbox("info").unwrap();
+    let report = pop.maildrop("info").unwrap();
     assert_eq!(report.deleted, ["u0", "u1"], "{report:?}");
 }
 
@@ -216,7 +216,7 @@ async fn quarantine_delete_with_leave_on_server_keeps_the_server_copy_and_never_
     pop.wait_idle().await;
     accepting.wait_idle().await;
     assert!(delivered_ids(&accepting).is_empty());
-    assert_eq!(pop.mailbox("info").unwrap().remaining, ["u0", "u1"]);
+    assert_eq!(pop.maildrop("info").unwrap().remaining, ["u0", "u1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +285,7 @@ async fn status_shows_the_last_pass_stuck_messages_and_quarantine_in_text_and_js
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_with_the_daemon_running_shows_the_next_pass() {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([mail(0, "a@b.example", 500)]))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with([mail(0, "a@b.example", 500)]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &pop, &smtp, "", "");
@@ -345,7 +345,7 @@ async fn status_with_the_daemon_running_shows_the_next_pass() {
 async fn passes_prune_rows_gone_from_the_server_past_the_retention_never_a_kept_one() {
     let kept = mail(0, "a@b.example", 500).with_uid("kept");
     let gone = mail(1, "a@b.example", 500).with_uid("gone");
-    let full = pop3(MockPop3::builder().mailbox(mailbox_with([kept.clone(), gone]))).await;
+    let full = pop3(MockPop3::builder().maildrop(mailbox_with([kept.clone(), gone]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let dir = tempfile::tempdir().unwrap();
     let at = |pop: &mock_pop3::MockPop3Handle| {
@@ -368,7 +368,7 @@ async fn passes_prune_rows_gone_from_the_server_past_the_retention_never_a_kept_
     let s = pass(at(&full)).await;
     assert_eq!(s.delivered, 2, "{s:?}");
     // The same maildrop later: "gone" was deleted by someone else, "kept" stays.
-    let later = pop3(MockPop3::builder().mailbox(mailbox_with([kept]))).await;
+    let later = pop3(MockPop3::builder().maildrop(mailbox_with([kept]))).await;
     let state = dir.path().join("state");
     let age_all = |days: i64| {
         let conn = rusqlite::Connection::open(state.join("ledger.sqlite3")).unwrap();
@@ -419,7 +419,7 @@ async fn passes_prune_rows_gone_from_the_server_past_the_retention_never_a_kept_
 /// from its local copy once released, and only once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_message_no_longer_on_the_server_is_delivered_from_its_copy_once() {
-    let pop = pop3(MockPop3::builder().mailbox(poison_mailbox())).await;
+    let pop = pop3(MockPop3::builder().maildrop(poison_mailbox())).await;
     let refusing = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let mut s = setup(
         &pop,
@@ -433,7 +433,7 @@ async fn a_released_message_no_longer_on_the_server_is_delivered_from_its_copy_o
         (1, 1, 2),
         "{sum:?}"
     );
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 
     let events = EventSink::memory();
     let mut ledger = Ledger::open(&s.state()).unwrap();

@@ -130,7 +130,7 @@ async fn quarantine_spool_ledger_journal_and_failed_copies_are_private_under_uma
     let mut all: Vec<_> = (0..2).map(|i| mail(i, "ok@example.net", 800)).collect();
     all.push(mail(2, "big@example.net", 300_000));
     all.push(mail(3, "bad@refused.example", 900));
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(all))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with(all))).await;
     let smtp = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let dir = tempfile::tempdir().unwrap();
     set_mode(dir.path(), 0o755);

@@ -46,7 +46,7 @@ struct World {
 }
 
 async fn world(mailbox: Maildrop, smtp_builder: mock_smtp::Builder, extra: &str) -> World {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox)).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox)).await;
     let smtp = smtp(smtp_builder).await;
     let dir = tempfile::tempdir().unwrap();
     let (pop3_port, smtp_port) = (pop.addr().unwrap().port(), smtp.addr().unwrap().port());
@@ -194,7 +194,7 @@ async fn exit_3_when_the_server_cannot_be_reached_or_refuses_the_login() {
         text(&out.stdout)
     );
 
-    let pop = pop3(MockPop3::builder().mailbox(Maildrop::new("info", "different"))).await;
+    let pop = pop3(MockPop3::builder().maildrop(Maildrop::new("info", "different"))).await;
     let cfg = write_config(
         dir.path(),
         pop.addr().unwrap().port(),
@@ -332,7 +332,7 @@ async fn run_trigger_reload_and_sigterm() {
         "{stderr}"
     );
     assert!(!dir.path().join("state/popbridge.sock").exists());
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
     assert_eq!(smtp.counts().accepted, 3);
 }
 
@@ -347,8 +347,8 @@ async fn diagnose_reports_and_changes_nothing() {
     );
     assert!(!stdout.contains(PASSWORD));
     pop.wait_idle().await;
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
-    assert_eq!(pop.mailbox("info").unwrap().retrievals, 0);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
+    assert_eq!(pop.maildrop("info").unwrap().retrievals, 0);
     let cfg = write_config(dir.path(), pop.addr().unwrap().port(), 1, "");
     let out = popbridge(&["--config", &cfg, "diagnose"]).await;
     assert_eq!(out.status.code(), Some(3));
@@ -392,7 +392,7 @@ async fn check_limits_flags_the_two_sbs_losses() {
     );
     pop.wait_idle().await;
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         2,
         "probing deletes nothing"
     );
@@ -421,7 +421,7 @@ async fn check_limits_with_probe_passes_a_safe_configuration() {
     );
     pop.wait_idle().await;
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         2,
         "probing changes nothing"
     );
@@ -654,7 +654,7 @@ async fn check_limits_probe_names_a_stuck_message_with_its_sender_and_subject() 
     assert!(so.contains("stuck: 1 message(s)"), "{so}");
     assert!(!so.contains("--probe"), "{so}");
     pop.wait_idle().await;
-    let mailbox = pop.mailbox("info").unwrap();
+    let mailbox = pop.maildrop("info").unwrap();
     assert_eq!(mailbox.remaining.len(), 2, "probing changes nothing");
     assert!(mailbox.retrieved.is_empty());
 }

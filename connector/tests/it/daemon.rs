@@ -86,7 +86,7 @@ fn launch(
 /// A POP3 mock holding [`mailbox`]`(n)` whose every RETR is answered only after `delay`.
 fn slow_retr(n: usize, delay: Duration) -> mock_pop3::Builder {
     MockPop3::builder()
-        .mailbox(mailbox(n))
+        .maildrop(mailbox(n))
         .fault(FaultRule::new(
             Hook::command("RETR"),
             FaultAction::Delay(delay),
@@ -100,7 +100,7 @@ fn mailbox(n: usize) -> Maildrop {
 #[tokio::test(start_paused = true)]
 async fn passes_run_at_the_interval() {
     let w = start(
-        MockPop3::builder().mailbox(mailbox(2)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
         "15m",
     );
     w.handle.wait_completed(1).await;
@@ -119,7 +119,7 @@ async fn passes_run_at_the_interval() {
         "{:#?}",
         h.iter().map(|r| &r.summary).collect::<Vec<_>>()
     );
-    assert!(w.pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(w.pop.maildrop("info").unwrap().remaining.is_empty());
     assert_eq!(w.smtp.counts().accepted, 3);
     w.handle.stop().await;
     w.run.await.unwrap();
@@ -182,7 +182,7 @@ async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
         (Cause::Scheduled, Cause::Triggered)
     );
     assert!(h[1].started >= h[0].finished);
-    assert!(w.pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(w.pop.maildrop("info").unwrap().remaining.is_empty());
     assert!(w
         .handle
         .trigger(Some("nobody".into()))
@@ -196,7 +196,7 @@ async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
 #[tokio::test(start_paused = true)]
 async fn a_bad_configuration_on_reload_keeps_the_old_one() {
     let w = start(
-        MockPop3::builder().mailbox(mailbox(1)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
         "15m",
     );
     w.handle.wait_completed(1).await;
@@ -254,7 +254,7 @@ async fn stop_finishes_the_message_in_flight_and_quits() {
         w.pop.sessions()[0].end,
         Some(mock_pop3::SessionEnd::QuitUpdate)
     );
-    assert_eq!(w.pop.mailbox("info").unwrap().remaining.len(), 4);
+    assert_eq!(w.pop.maildrop("info").unwrap().remaining.len(), 4);
 }
 
 /// A configuration with `top` (global keys after `state_dir`) and one `[[account]]` per
@@ -308,8 +308,8 @@ fn start_two(pop: MockPop3Handle) -> World {
 #[tokio::test(start_paused = true)]
 async fn an_account_interval_overrides_the_global_one() {
     let pop = MockPop3::builder()
-        .mailbox(Maildrop::new("fast", PASSWORD).with_demo_messages(1, 600))
-        .mailbox(Maildrop::new("slow", PASSWORD).with_demo_messages(1, 600))
+        .maildrop(Maildrop::new("fast", PASSWORD).with_demo_messages(1, 600))
+        .maildrop(Maildrop::new("slow", PASSWORD).with_demo_messages(1, 600))
         .spawn_in_memory();
     let w = start_two(pop);
     // 29 minutes on the paused clock: passes at 0, 10 and 20 minutes for `fast`, at 0 for
@@ -395,7 +395,7 @@ fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_pass_have_the_documented_names_and_values() {
     let w = start(
-        MockPop3::builder().mailbox(mailbox(2)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
         "24h",
     );
     w.handle.wait_completed(1).await;
@@ -497,7 +497,7 @@ async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
     let names = ["a", "b", "c"];
     let mut pop = MockPop3::builder();
     for n in names {
-        pop = pop.mailbox(Maildrop::new(n, PASSWORD).with_demo_messages(1, 600));
+        pop = pop.maildrop(Maildrop::new(n, PASSWORD).with_demo_messages(1, 600));
     }
     let dir = tempfile::tempdir().unwrap();
     let config = accounts_config(
@@ -553,7 +553,7 @@ async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
 async fn the_pass_history_keeps_the_last_passes_of_each_account() {
     let keep = usize::try_from(HISTORY_KEEP).unwrap();
     let w = start(
-        MockPop3::builder().mailbox(mailbox(1)).spawn_in_memory(),
+        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
         "5m",
     );
     w.handle.wait_completed(keep as u64 + 5).await;

@@ -161,7 +161,7 @@ fn rejected_replies(events: &[Event]) -> Vec<String> {
 async fn pickup_writes_each_message_once_with_its_envelope_and_never_connects_to_smtp() {
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with(messages(6)))
+            .maildrop(mailbox_with(messages(6)))
             // The first pass's QUIT is lost: nothing deleted, the ledger must prevent copies.
             .fault(quit_lost()),
     )
@@ -188,13 +188,13 @@ async fn pickup_writes_each_message_once_with_its_envelope_and_never_connects_to
         );
     }
     assert!(staged_files(&dir).is_empty(), "nothing left staged");
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 6);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 6);
 
     let (second, events) = s.pass(&pop, &smtp).await;
     assert_eq!((second.delivered, second.deleted), (0, 6), "{second:?}");
     assert_eq!(count(&events, "message.already_delivered"), 6);
     assert_eq!(eml_files(&dir), files, "no second copy");
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
     assert!(smtp.sessions().is_empty(), "no SMTP connection at all");
     assert!(
         files_under(&s.state().join("pickup-journal")).is_empty(),
@@ -231,7 +231,7 @@ async fn pickup_with_a_4000_octet_limit(limit: impl FnOnce(&mut Setup)) -> MockS
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.skipped), (2, 1), "{sum:?}");
     assert_eq!(count(&events, "message.skipped_oversize"), 1);
-    assert_eq!(pop.mailbox("info").unwrap().remaining, ["big"]);
+    assert_eq!(pop.maildrop("info").unwrap().remaining, ["big"]);
     smtp
 }
 
@@ -278,7 +278,7 @@ async fn a_crash_between_write_and_rename_publishes_nothing_and_the_next_pass_de
         staged_files(&dir).is_empty(),
         "stale temporary files cleaned up"
     );
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 }
 
 #[tokio::test]
@@ -307,7 +307,7 @@ async fn a_crash_after_the_rename_before_the_ledger_does_not_write_a_second_copy
         ["<p0@isp.example>", "<p2@isp.example>"],
         "u1 was consumed and not written again; u0 not written twice"
     );
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
     assert!(files_under(&s.state().join("pickup-journal")).is_empty());
 }
 
@@ -331,7 +331,7 @@ async fn an_unwritable_pickup_folder_keeps_mail_on_the_server_with_a_failed_mail
         assert!(r.contains("not-a-folder"), "names the folder: {r}");
         assert!(r.contains("failed-mail folder"), "{r}");
     }
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 2);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 2);
     let failed_dir = s.state().join("failed");
     let copies = by_message_id(&eml_files(&failed_dir));
     assert_eq!(copies.len(), 2);
@@ -360,7 +360,7 @@ async fn an_unwritable_pickup_folder_keeps_mail_on_the_server_with_a_failed_mail
         eml_files(&failed_dir).is_empty(),
         "no copy left to resubmit twice"
     );
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
     assert!(smtp.sessions().is_empty());
 }
 
@@ -386,8 +386,8 @@ async fn with_nowhere_to_write_the_mail_stays_and_the_event_says_why() {
         assert!(r.contains("the failed-mail copy failed too"), "{r}");
         assert!(r.contains("kept on the server"), "{r}");
     }
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 2);
-    assert_eq!(pop.mailbox("info").unwrap().retrievals, 2);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 2);
+    assert_eq!(pop.maildrop("info").unwrap().retrievals, 2);
 }
 
 #[tokio::test]
@@ -395,7 +395,7 @@ async fn a_catch_all_through_the_pickup_folder_writes_one_file_with_a_receiver_l
     let msg = b"Return-Path: <a@example.net>\r\nDelivered-To: Alice@Contoso.local\r\n\
                 Delivered-To: bob@contoso.local\r\nTo: ext@example.net\r\n\
                 Message-ID: <c1@x>\r\n\r\nhello\r\n";
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([raw(msg)]))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with([raw(msg)]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let (_root, dir) = pickup_folder();
     let s = pickup_setup(
@@ -501,7 +501,7 @@ async fn a_catch_all_routes_each_message_once_to_its_local_recipients() {
         // Nothing local: the account's deliver_to (the postmaster).
         routed("none", "To: nobody@example.net\r\n"),
     ];
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with(msgs))).await;
     let mut builder = MockSmtp::builder();
     for m in [
         "alice@contoso.local",
@@ -541,7 +541,7 @@ async fn a_catch_all_routes_each_message_once_to_its_local_recipients() {
     assert_eq!(per_mailbox["carol@contoso.local"], set(&["bcc", "tocc"]));
     assert_eq!(per_mailbox["boss@other.example"], set(&["boss"]));
     assert_eq!(per_mailbox["info@contoso.local"], set(&["none"]));
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 
     // The trace header names a recipient only when there is one (Bcc privacy).
     for t in smtp.captured() {
@@ -578,7 +578,7 @@ async fn a_refused_local_recipient_keeps_the_whole_message_never_half_delivered(
         "Delivered-To: alice@contoso.local\r\nDelivered-To: ghost@contoso.local\r\n",
     );
     let ok = routed("fine", "To: alice@contoso.local\r\n");
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([msg, ok]))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with([msg, ok]))).await;
     let smtp = smtp(
         MockSmtp::builder()
             .accepted_domain("contoso.local")
@@ -597,5 +597,5 @@ async fn a_refused_local_recipient_keeps_the_whole_message_never_half_delivered(
         .filter(|t| t.delivered())
         .collect();
     assert_eq!(delivered.len(), 1, "alice did not get the refused message");
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 1);
 }

@@ -329,7 +329,7 @@ pub fn mails(ids: impl IntoIterator<Item = usize>, size: usize) -> Maildrop {
 
 /// A POP3 mock on loopback serving `mailbox` and a default SMTP mock.
 pub async fn mocks(mailbox: Maildrop) -> (MockPop3Handle, MockSmtpHandle) {
-    let pop = pop3(mock_pop3::MockPop3::builder().mailbox(mailbox)).await;
+    let pop = pop3(mock_pop3::MockPop3::builder().maildrop(mailbox)).await;
     (pop, smtp(mock_smtp::MockSmtp::builder()).await)
 }
 
@@ -340,7 +340,7 @@ pub async fn served(
     limits: &str,
 ) -> (MockPop3Handle, MockSmtpHandle, Setup) {
     served_from(
-        mock_pop3::MockPop3::builder().mailbox(mailbox),
+        mock_pop3::MockPop3::builder().maildrop(mailbox),
         account_extra,
         limits,
     )
@@ -372,7 +372,7 @@ pub async fn without_uidl(mailbox: Maildrop) -> MockPop3Handle {
     pop3(
         mock_pop3::MockPop3::builder()
             .capabilities_after_login(no_uidl())
-            .mailbox(mailbox),
+            .maildrop(mailbox),
     )
     .await
 }

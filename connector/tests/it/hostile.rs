@@ -56,7 +56,7 @@ fn tally(ids: &[String]) -> HashMap<String, usize> {
 /// `uid_to_mid` maps the mock's UIDs to the Message-IDs of the messages.
 fn nothing_lost(pop: &MockPop3Handle, smtp: &MockSmtpHandle, uid_to_mid: &HashMap<String, String>) {
     let delivered = delivered_ids(smtp);
-    for u in pop.mailbox("info").unwrap().deleted {
+    for u in pop.maildrop("info").unwrap().deleted {
         let m = &uid_to_mid[&u];
         assert!(
             delivered.contains(m),
@@ -93,7 +93,7 @@ async fn a_panicking_pass_is_reported_as_an_internal_failure_of_its_account() {
     let failed = of_kind(&events, "account.failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["account"], "info");
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ fn sabotage_ledger(state: &std::path::Path, sql: &str) {
 async fn refused_then_good_on_a_sabotaged_ledger(
     sql: &str,
 ) -> (MockPop3Handle, MockSmtpHandle, Setup) {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with([
         mail(1, "bad@refused.example", 400),
         mail(2, "good@example.net", 400),
     ])))
@@ -235,7 +235,7 @@ async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server()
             "pass {pass}: {reply}"
         );
         assert_eq!(
-            pop.mailbox("info").unwrap().remaining,
+            pop.maildrop("info").unwrap().remaining,
             [uid(1)],
             "pass {pass}: the refused message stays, the good one is gone"
         );
@@ -271,7 +271,7 @@ async fn a_failure_the_ledger_cannot_count_never_quarantines_or_deletes() {
             "{rejected:?}"
         );
         assert_eq!(
-            pop.mailbox("info").unwrap().remaining,
+            pop.maildrop("info").unwrap().remaining,
             [uid(1)],
             "pass {pass}"
         );
@@ -323,7 +323,7 @@ async fn quit_with_a_retr_pending_reads_no_more_than_its_bound() {
     pop.wait_idle().await;
     assert!(files_under(spool.path()).is_empty(), "nothing left spooled");
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         1,
         "no QUIT applied"
     );
@@ -350,7 +350,7 @@ async fn a_server_that_does_not_dot_stuff_loses_no_mail() {
     let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .dot_stuffing(false)
-            .mailbox(mailbox_with(std::iter::once(first).chain(others))),
+            .maildrop(mailbox_with(std::iter::once(first).chain(others))),
         "",
         "",
     )
@@ -363,7 +363,10 @@ async fn a_server_that_does_not_dot_stuff_loses_no_mail() {
         nothing_lost(&pop, &smtp, &uid_to_mid);
         failures.extend(sum.failure);
         mismatches.extend(of_kind(&events, "message.size_mismatch"));
-        let now = (pop.mailbox("info").unwrap().remaining, delivered_ids(&smtp));
+        let now = (
+            pop.maildrop("info").unwrap().remaining,
+            delivered_ids(&smtp),
+        );
         if last.as_ref() == Some(&now) {
             break;
         }
@@ -397,7 +400,7 @@ async fn a_server_that_does_not_dot_stuff_loses_no_mail() {
             t.data.len()
         );
     }
-    assert_eq!(pop.mailbox("info").unwrap().remaining, [uid(1)]);
+    assert_eq!(pop.maildrop("info").unwrap().remaining, [uid(1)]);
     assert!(!mismatches.is_empty());
     assert!(
         mismatches.iter().all(|m| m["uid"] == uid(1)),
@@ -422,7 +425,7 @@ async fn one_message_larger_than_listed_never_blocks_the_others() {
         assert_eq!(sum.mismatched, 1, "pass {pass}: {sum:?}");
         mismatches.extend(of_kind(&events, "message.size_mismatch"));
     }
-    assert_eq!(pop.mailbox("info").unwrap().remaining, [uid(2)]);
+    assert_eq!(pop.maildrop("info").unwrap().remaining, [uid(2)]);
     let counts = tally(&delivered_ids(&smtp));
     for i in [1, 3, 4, 5, 6] {
         assert_eq!(counts.get(&mid(i)), Some(&1), "{counts:?}");
@@ -461,7 +464,7 @@ async fn one_message_larger_than_listed_never_blocks_the_others() {
     );
     assert!(pass[0].iter().any(|c| c == "DELE 2") && pass[0].last().is_some_and(|c| c == "QUIT"));
     let (sum, _) = s.pass(&pop, &smtp).await;
-    assert_eq!(pop.mailbox("info").unwrap().remaining, [uid(2)], "{sum:?}");
+    assert_eq!(pop.maildrop("info").unwrap().remaining, [uid(2)], "{sum:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -481,7 +484,7 @@ async fn identical_copies_without_uidl_are_delivered_once_each() {
     let per_pass = s.passes(&pop, &smtp, 3, |sum| sum.delivered).await;
     assert_eq!(per_pass, [2, 0, 0]);
     assert_eq!(smtp.counts().accepted, 2);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 2);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -500,7 +503,7 @@ struct MemWorld {
 fn dripping(size: usize, rate: u64, timeouts: &str) -> MemWorld {
     mem_world(
         MockPop3::builder()
-            .mailbox(mailbox_with([mail(1, "a@example.net", size)]))
+            .maildrop(mailbox_with([mail(1, "a@example.net", size)]))
             .throttle(rate),
         MockSmtp::builder(),
         timeouts,
@@ -579,7 +582,7 @@ async fn a_status_line_that_drips_is_cut_off_at_the_command_timeout() {
         took >= Duration::from_secs(10) && took < Duration::from_secs(12),
         "gave up after {took:?}"
     );
-    assert_eq!(w.pop.mailbox("info").unwrap().remaining.len(), 1);
+    assert_eq!(w.pop.maildrop("info").unwrap().remaining.len(), 1);
 }
 
 /// Guards against: the same for a message body (it took as long as the server liked as
@@ -597,7 +600,7 @@ async fn a_body_that_drips_is_cut_off_at_the_data_timeout() {
     assert_eq!(count(&events, "pass.interrupted"), 1);
     assert!(took < Duration::from_secs(40), "took {took:?}");
     assert_eq!(sum.delivered, 0);
-    assert_eq!(w.pop.mailbox("info").unwrap().remaining.len(), 1);
+    assert_eq!(w.pop.maildrop("info").unwrap().remaining.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -608,7 +611,7 @@ async fn a_body_that_drips_is_cut_off_at_the_data_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_final_reply_within_the_data_timeout_is_one_delivery() {
     let w = mem_world(
-        MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 500)])),
+        MockPop3::builder().maildrop(mailbox_with([mail(1, "a@example.net", 500)])),
         slow_end_of_data(Duration::from_secs(90)),
         "command = \"30s\"\ndata = \"120s\"",
     );
@@ -622,7 +625,7 @@ async fn a_slow_final_reply_within_the_data_timeout_is_one_delivery() {
     assert_eq!(txns.len(), 1, "sent once");
     assert_eq!(txns[0].outcome, Outcome::Accepted);
     assert!(!txns[0].unconfirmed());
-    assert!(w.pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(w.pop.maildrop("info").unwrap().remaining.is_empty());
 }
 
 /// Guards against: a message whose final reply never came being sent again in the same
@@ -631,7 +634,7 @@ async fn a_slow_final_reply_within_the_data_timeout_is_one_delivery() {
 #[tokio::test(start_paused = true)]
 async fn a_final_reply_that_never_comes_is_not_resent_in_the_pass_and_flagged_next_time() {
     let w = mem_world(
-        MockPop3::builder().mailbox(mailbox_with([
+        MockPop3::builder().maildrop(mailbox_with([
             mail(1, "a@example.net", 500),
             mail(2, "a@example.net", 500),
         ])),
@@ -666,7 +669,7 @@ async fn a_final_reply_that_never_comes_is_not_resent_in_the_pass_and_flagged_ne
         "not re-sent in the same pass: {:?}",
         ids(&w)
     );
-    assert_eq!(w.pop.mailbox("info").unwrap().remaining, [uid(1)]);
+    assert_eq!(w.pop.maildrop("info").unwrap().remaining, [uid(1)]);
 
     let (second, events, _) = w.pass().await;
     assert_eq!(second.delivered, 1, "{second:?}");
@@ -685,7 +688,7 @@ async fn a_final_reply_that_never_comes_is_not_resent_in_the_pass_and_flagged_ne
     assert_eq!(ones.len(), 2);
     assert!(ones[0].unconfirmed(), "the first acceptance was never seen");
     assert!(!ones[1].unconfirmed());
-    assert!(w.pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(w.pop.maildrop("info").unwrap().remaining.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -709,7 +712,7 @@ async fn max_download_size_caps_every_download_when_the_smtp_server_gives_no_siz
         } else {
             m.with_reported_size(listed)
         };
-        let pop = pop3(MockPop3::builder().mailbox(mailbox_with([m]))).await;
+        let pop = pop3(MockPop3::builder().maildrop(mailbox_with([m]))).await;
         let smtp = smtp(MockSmtp::builder().extensions(ext.clone())).await;
         let s = setup(
             &pop,
@@ -742,7 +745,7 @@ async fn max_download_size_caps_every_download_when_the_smtp_server_gives_no_siz
             );
         }
         assert!(files_under(&s.state().join("spool")).is_empty());
-        assert_eq!(pop.mailbox("info").unwrap().remaining, [uid(1)]);
+        assert_eq!(pop.maildrop("info").unwrap().remaining, [uid(1)]);
     }
 }
 
@@ -758,7 +761,7 @@ async fn max_download_size_caps_every_download_when_the_smtp_server_gives_no_siz
 #[tokio::test]
 async fn a_crash_at_any_step_loses_nothing_and_announces_every_possible_duplicate() {
     for step in Step::ALL {
-        let pop = pop3(MockPop3::builder().mailbox(mails(1..=4, 700))).await;
+        let pop = pop3(MockPop3::builder().maildrop(mails(1..=4, 700))).await;
         let smtp = smtp(MockSmtp::builder()).await;
         let s = setup(&pop, &smtp, "", "");
         let uid_to_mid: HashMap<String, String> = (1..=4).map(|i| (uid(i), mid(i))).collect();
@@ -794,7 +797,7 @@ async fn a_crash_at_any_step_loses_nothing_and_announces_every_possible_duplicat
             nothing_lost(&pop, &smtp, &uid_to_mid);
         }
         assert!(
-            pop.mailbox("info").unwrap().remaining.is_empty(),
+            pop.maildrop("info").unwrap().remaining.is_empty(),
             "{step}: all delivered and deleted"
         );
         let counts = tally(&delivered_ids(&smtp));
@@ -876,7 +879,7 @@ deliver_to = "info@contoso.local"
 /// exit 2, the message names `key`, and neither server was contacted.
 async fn fetch_with_missing_ca_file(transport: &str, account: &str, key: &str) {
     let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 400)]))).await;
+        pop3(MockPop3::builder().maildrop(mailbox_with([mail(1, "a@example.net", 400)]))).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-ca.pem").display().to_string();
@@ -915,7 +918,7 @@ async fn a_missing_account_ca_file_is_exit_2_before_any_connection() {
 async fn garbage_in_place_of_a_retr_reply_is_exit_1_and_an_interrupted_pass() {
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mails(1..=3, 500))
+            .maildrop(mails(1..=3, 500))
             .fault(PopRule::new(
                 PopHook::command("RETR"),
                 PopFault::Reply("*** this is not POP3 ***".into()),
@@ -950,7 +953,7 @@ async fn garbage_in_place_of_a_retr_reply_is_exit_1_and_an_interrupted_pass() {
     assert!(!lines.iter().any(|l| l["kind"] == "account.failed"));
     pop.wait_idle().await;
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         3,
         "nothing deleted that was not delivered"
     );

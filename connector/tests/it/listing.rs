@@ -82,7 +82,7 @@ async fn a_million_uids_of_70_characters_make_progress_instead_of_failing() {
     let (pop, smtp, s) = served_from(
         MockPop3::builder()
             .record_transcript(false)
-            .mailbox(mailbox_with(
+            .maildrop(mailbox_with(
                 (0..MESSAGES).map(|i| Message::new(body.clone()).with_uid(long_uid(i))),
             )),
         "",
@@ -106,7 +106,7 @@ async fn a_million_uids_of_70_characters_make_progress_instead_of_failing() {
         .unwrap();
     assert_eq!(finished as usize, MESSAGES - 3);
     assert_eq!(smtp.counts().accepted, 3);
-    let mb = pop.mailbox("info").unwrap();
+    let mb = pop.maildrop("info").unwrap();
     assert_eq!(mb.remaining.len(), MESSAGES - 3);
     assert_eq!(mb.deleted, [long_uid(0), long_uid(1), long_uid(2)]);
     eprintln!(
@@ -219,7 +219,7 @@ async fn a_maildrop_larger_than_the_budget_is_emptied_over_several_passes() {
         ]
     );
     exactly_once(&delivered_ids(&smtp), 25);
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 }
 
 /// Guards against: a `leave_on_server` maildrop larger than the budget re-reading the
@@ -238,7 +238,7 @@ async fn with_leave_on_server_passes_advance_over_slices() {
     .await;
     assert_eq!(per_pass, [(10, 15, 0), (10, 5, 10), (5, 0, 20), (0, 0, 25)]);
     exactly_once(&delivered_ids(&smtp), 25);
-    let mb = pop.mailbox("info").unwrap();
+    let mb = pop.maildrop("info").unwrap();
     assert_eq!(mb.remaining.len(), 25);
     assert_eq!(mb.retrievals, 25, "nothing downloaded twice");
 }
@@ -255,7 +255,7 @@ async fn without_uidl_leave_on_server_passes_advance_over_windows() {
         four_passes_of_ten(&s, &pop, &smtp, |sum, _| (sum.delivered, sum.remaining())).await;
     assert_eq!(per_pass, [(10, 15), (10, 5), (5, 0), (0, 0)]);
     exactly_once(&delivered_ids(&smtp), 25);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 25);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 25);
 }
 
 /// Guards against: messages that stay on the server every pass (over the size limit,
@@ -286,7 +286,7 @@ async fn messages_likely_to_stay_do_not_crowd_out_new_ones() {
     );
     assert_eq!(sum.remaining(), 8, "the oversize ones stay, counted");
     exactly_once(&delivered_ids(&smtp), 5);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 8);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 8);
 }
 
 /// Guards against: a UID listed twice, once inside the budget and once beyond it, keying
@@ -312,5 +312,5 @@ async fn a_uid_listed_twice_is_no_key_even_when_one_copy_is_beyond_the_budget() 
         assert!(sum.failure.is_none(), "{sum:?}");
     }
     exactly_once(&delivered_ids(&smtp), 7);
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 }

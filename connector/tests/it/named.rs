@@ -35,7 +35,7 @@ async fn against_a_64_kb_limit(
     msgs: Vec<mock_pop3::Message>,
     rule: PopRule,
 ) -> (mock_pop3::MockPop3Handle, mock_smtp::MockSmtpHandle, Setup) {
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs)).fault(rule)).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with(msgs)).fault(rule)).await;
     let smtp = smtp(MockSmtp::builder().limits(Limits {
         max_message_size: Some(64 * 1024),
         ..Limits::default()
@@ -93,7 +93,7 @@ async fn an_oversize_skip_event_names_its_sender_and_subject_from_top() {
         .sessions()
         .iter()
         .all(|s| !s.commands.contains(&"RETR 2".to_string())));
-    let mb = pop.mailbox("info").unwrap();
+    let mb = pop.maildrop("info").unwrap();
     assert_eq!(mb.remaining.len(), 1, "the big one stays");
 }
 
@@ -127,7 +127,7 @@ async fn without_top_the_skip_event_has_no_names_and_the_pass_goes_on() {
     // TOP not in CAPA: not asked at all.
     let pop = pop3(
         MockPop3::builder()
-            .mailbox(mailbox_with(msgs))
+            .maildrop(mailbox_with(msgs))
             .capabilities_after_login(Capabilities {
                 top: false,
                 ..Capabilities::full_after_login()
@@ -153,7 +153,7 @@ async fn a_rejected_message_is_named_escaped_and_cut() {
         "Return-Path: <bad@refused.example>\r\nFrom: Mallory \x1b[31m<bad@refused.example>\r\n\
          Subject: =?UTF-8?Q?Invoice_=E2=80=AE?= {long}\r\nMessage-ID: <r1@refused.example>"
     );
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with([
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with([
         with_header(&header, 600),
         mail(1, "ok@example.net", 600),
     ])))
@@ -203,7 +203,7 @@ async fn a_top_that_breaks_the_session_costs_nothing() {
     let skips = json(&events, "message.skipped_oversize");
     assert_eq!(skips.len(), 1);
     assert!(skips[0].get("subject").is_none());
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
     let (second, events) = s.pass(&pop, &smtp).await;
     assert_eq!((second.delivered, second.skipped), (2, 1), "{second:?}");
     assert_eq!(
@@ -211,5 +211,5 @@ async fn a_top_that_breaks_the_session_costs_nothing() {
         "Scans"
     );
     exactly_once(&delivered_ids(&smtp), 2);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 1);
 }

@@ -49,7 +49,7 @@ fn ntlm_setup(s: Setup, username: &str, password: &str, allow_plaintext: bool) -
 async fn ntlm_logs_in_as_domain_user_and_delivers_but_never_in_clear_unless_allowed() {
     let mb = mailbox_with([mail(1, "a@example.net", 400), mail(2, "b@example.net", 400)])
         .with_methods([AuthMethod::Ntlm]);
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let pop = pop3(MockPop3::builder().maildrop(mb)).await;
     let smtp = smtp(MockSmtp::builder()).await;
 
     let s = ntlm_setup(setup(&pop, &smtp, "", ""), "CONTOSO\\info", PASSWORD, false);
@@ -77,7 +77,7 @@ async fn ntlm_logs_in_as_domain_user_and_delivers_but_never_in_clear_unless_allo
         session.commands.iter().any(|c| c == "AUTH NTLM"),
         "{session:?}"
     );
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 }
 
 #[tokio::test]
@@ -89,7 +89,7 @@ async fn a_bare_user_and_a_upn_log_in_too() {
         let mb = mock_pop3::Maildrop::new(mailbox, PASSWORD)
             .with_message(mail(1, "a@example.net", 400))
             .with_methods([AuthMethod::Ntlm]);
-        let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+        let pop = pop3(MockPop3::builder().maildrop(mb)).await;
         let smtp = smtp(MockSmtp::builder()).await;
         let s = ntlm_setup(setup(&pop, &smtp, "", ""), login, PASSWORD, true);
         let (sum, _) = s.pass(&pop, &smtp).await;
@@ -100,7 +100,7 @@ async fn a_bare_user_and_a_upn_log_in_too() {
 #[tokio::test]
 async fn a_wrong_password_is_an_auth_failure_and_nothing_moves() {
     let mb = mailbox_with([mail(1, "a@example.net", 400)]).with_methods([AuthMethod::Ntlm]);
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let pop = pop3(MockPop3::builder().maildrop(mb)).await;
     let smtp = smtp(MockSmtp::builder()).await;
     let s = ntlm_setup(
         setup(&pop, &smtp, "", ""),
@@ -115,7 +115,7 @@ async fn a_wrong_password_is_an_auth_failure_and_nothing_moves() {
     );
     assert_eq!(count(&events, "auth.failed"), 1);
     assert!(smtp.captured().is_empty());
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 1);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 1);
 }
 
 /// A POP3 server that answers AUTH NTLM's NEGOTIATE with `challenge`; returns the lines

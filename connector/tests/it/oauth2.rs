@@ -36,7 +36,7 @@ pub async fn world(dir: &Path, cfg: ProviderConfig, messages: usize) -> World {
     let mb = mailbox_with((0..messages).map(|i| mail(i, "alice@example.net", 600)))
         .with_methods([AuthMethod::Xoauth2])
         .with_oauth(provider.clone());
-    let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+    let pop = pop3(MockPop3::builder().maildrop(mb)).await;
     let smtp = smtp(MockSmtp::builder()).await;
     World {
         provider,
@@ -177,7 +177,7 @@ async fn a_fresh_token_the_server_refuses_is_an_auth_failure_without_a_second_re
     assert_eq!(w.provider.requests().len(), 1, "never refreshed in a loop");
     assert_eq!(w.provider.logins().len(), 1);
     assert_eq!(count(&events, "auth.failed"), 1);
-    assert_eq!(w.pop.mailbox("info").unwrap().retrieved.len(), 0);
+    assert_eq!(w.pop.maildrop("info").unwrap().retrieved.len(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +200,7 @@ async fn a_revoked_refresh_token_is_an_auth_failure_reported_once_and_nothing_mo
     }
     assert_eq!(w.provider.requests().len(), 2, "one request per pass");
     assert!(w.provider.logins().is_empty(), "no POP3 login attempted");
-    let mb = w.pop.mailbox("info").unwrap();
+    let mb = w.pop.maildrop("info").unwrap();
     assert_eq!((mb.retrieved.len(), mb.deleted.len()), (0, 0));
 }
 
@@ -520,5 +520,5 @@ async fn diagnose_logs_in_with_a_token_and_shows_a_refusal_without_any_secret() 
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "{text}");
     }
-    assert_eq!(w.pop.mailbox("info").unwrap().deleted.len(), 0);
+    assert_eq!(w.pop.maildrop("info").unwrap().deleted.len(), 0);
 }

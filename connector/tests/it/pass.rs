@@ -23,7 +23,7 @@ async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
         .await;
     assert_eq!(per_pass, [(500, 500, 700), (500, 500, 200), (200, 200, 0)]);
     exactly_once(&delivered_ids(&smtp), 1200);
-    let mb = pop.mailbox("info").unwrap();
+    let mb = pop.maildrop("info").unwrap();
     assert!(mb.remaining.is_empty());
     assert_eq!(mb.retrievals, 1200, "nothing downloaded twice");
 }
@@ -32,7 +32,7 @@ async fn twelve_hundred_messages_in_three_passes_of_at_most_500() {
 async fn a_drop_after_dele_before_quit_costs_nothing() {
     let (pop, smtp, s) = served_from(
         MockPop3::builder()
-            .mailbox(mails(0..10, 800))
+            .maildrop(mails(0..10, 800))
             .fault(quit_lost()),
         "",
         "",
@@ -46,7 +46,7 @@ async fn a_drop_after_dele_before_quit_costs_nothing() {
         "{first:?}"
     );
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         10,
         "the server kept everything"
     );
@@ -54,7 +54,7 @@ async fn a_drop_after_dele_before_quit_costs_nothing() {
     assert_eq!((second.delivered, second.deleted), (0, 10));
     assert_eq!(count(&events, "message.already_delivered"), 10);
     exactly_once(&delivered_ids(&smtp), 10);
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 }
 
 #[tokio::test]
@@ -101,7 +101,7 @@ async fn senders_exchange_refuses_do_not_block_the_40_good_ones_and_end_in_quara
         };
         all.push(mail(i, &from, 400));
     }
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(all))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with(all))).await;
     let smtp = smtp(MockSmtp::builder().reject_sender("@refused.example")).await;
     let s = setup(&pop, &smtp, "", "poison_after = 3");
     let (first, events) = s.pass(&pop, &smtp).await;
@@ -118,7 +118,7 @@ async fn senders_exchange_refuses_do_not_block_the_40_good_ones_and_end_in_quara
             .collect::<Vec<_>>()
     );
     assert!(count(&events, "session.reconnected") >= 1);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 7);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 7);
     let (second, _) = s.pass(&pop, &smtp).await;
     assert_eq!(
         (second.delivered, second.rejected, second.quarantined),
@@ -133,7 +133,7 @@ async fn senders_exchange_refuses_do_not_block_the_40_good_ones_and_end_in_quara
         .unwrap()
         .contains("@refused.example")));
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         7,
         "quarantine keeps them on the server by default"
     );
@@ -168,7 +168,7 @@ async fn a_sender_without_domain_gets_the_default_domain() {
 
 #[tokio::test]
 async fn a_421_at_message_10_of_30_reconnects_and_delivers_all() {
-    let pop = pop3(MockPop3::builder().mailbox(mails(0..30, 700))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mails(0..30, 700))).await;
     let smtp = smtp(
         MockSmtp::builder().fault(
             FaultRule::new(
@@ -186,7 +186,7 @@ async fn a_421_at_message_10_of_30_reconnects_and_delivers_all() {
     assert_eq!(sum.delivered, 30, "{sum:?}");
     assert_eq!(count(&events, "session.reconnected"), 1);
     exactly_once(&delivered_ids(&smtp), 30);
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
     assert_eq!(smtp.sessions().len(), 2);
 }
 
@@ -194,7 +194,7 @@ async fn a_421_at_message_10_of_30_reconnects_and_delivers_all() {
 async fn an_oversize_message_is_never_retrieved_and_is_reported() {
     let mut msgs: Vec<_> = (0..4).map(|i| mail(i, "a@example.net", 2000)).collect();
     msgs.insert(2, mail(99, "big@example.net", 12 * 1024 * 1024));
-    let pop = pop3(MockPop3::builder().mailbox(mailbox_with(msgs))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mailbox_with(msgs))).await;
     let smtp = smtp(MockSmtp::builder().limits(Limits {
         max_message_size: Some(10 * 1024 * 1024),
         ..Limits::default()
@@ -204,7 +204,7 @@ async fn an_oversize_message_is_never_retrieved_and_is_reported() {
     let (sum, events) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.skipped), (4, 1), "{sum:?}");
     assert_eq!(count(&events, "message.skipped_oversize"), 1);
-    let mb = pop.mailbox("info").unwrap();
+    let mb = pop.maildrop("info").unwrap();
     assert_eq!(mb.remaining, vec!["info-000003"], "the big one stays");
     assert!(
         !mb.retrieved.contains(&"info-000003".to_string()),
@@ -244,7 +244,7 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
     let pki = TestPki::localhost().unwrap();
     let (pop, smtp, mut s) = served_from(
         MockPop3::builder()
-            .mailbox(mailbox_with([mail(1, "a@example.net", 300)]))
+            .maildrop(mailbox_with([mail(1, "a@example.net", 300)]))
             .tls(ServerTls::Implicit(pki.server_config().unwrap())),
         "",
         "",
@@ -258,7 +258,7 @@ async fn an_unknown_ca_is_refused_unless_ca_file_names_it() {
         Some(AccountFailure::Connect(e)) => assert!(e.contains("TLS handshake"), "{e}"),
         other => panic!("expected a TLS failure, got {other:?}"),
     }
-    assert_eq!(pop.mailbox("info").unwrap().retrievals, 0);
+    assert_eq!(pop.maildrop("info").unwrap().retrievals, 0);
     let ca = s.dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     s.config.accounts[0].ca_file = Some(ca);
@@ -303,10 +303,10 @@ async fn leave_on_server_delivers_once_and_keeps_everything() {
         (a.delivered, a.deleted, b.delivered, b.deleted),
         (5, 0, 0, 0)
     );
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 5);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 5);
     exactly_once(&delivered_ids(&smtp), 5);
     assert_eq!(
-        pop.mailbox("info").unwrap().retrievals,
+        pop.maildrop("info").unwrap().retrievals,
         5,
         "known UIDs are not downloaded again"
     );
@@ -317,7 +317,7 @@ async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
     let caps = no_uidl();
     let (pop, smtp, s) = served_from(
         MockPop3::builder()
-            .mailbox(mails(0..6, 500))
+            .maildrop(mails(0..6, 500))
             .capabilities_after_login(caps)
             .fault(quit_lost()),
         "",
@@ -334,7 +334,7 @@ async fn a_server_without_uidl_is_deduplicated_by_header_digest() {
 
 #[tokio::test]
 async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
-    let pop = pop3(MockPop3::builder().mailbox(mails(0..3, 500))).await;
+    let pop = pop3(MockPop3::builder().maildrop(mails(0..3, 500))).await;
     let smtp = smtp(
         MockSmtp::builder()
             .mailbox(MailboxSpec::new("info@contoso.local"))
@@ -354,7 +354,7 @@ async fn a_temporary_refusal_keeps_the_message_for_the_next_pass() {
     let (b, _) = s.pass(&pop, &smtp).await;
     assert_eq!(b.delivered, 1);
     exactly_once(&delivered_ids(&smtp), 3);
-    assert!(pop.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
 }
 
 #[tokio::test]
@@ -396,7 +396,7 @@ async fn apop_and_cram_md5_log_in() {
         (AuthMethod::CramMd5, "cram-md5"),
     ] {
         let mb = mailbox_with([mail(1, "a@example.net", 400)]).with_methods([method]);
-        let pop = pop3(MockPop3::builder().mailbox(mb)).await;
+        let pop = pop3(MockPop3::builder().maildrop(mb)).await;
         let smtp = smtp(MockSmtp::builder()).await;
         let mut s = setup(&pop, &smtp, "", "");
         s.config.accounts[0].auth = if name == "apop" {
@@ -428,9 +428,9 @@ async fn an_unreachable_smtp_server_is_a_connection_failure_and_nothing_moves() 
     );
     assert_eq!((sum.delivered, sum.deferred), (0, 3));
     assert_eq!(count(&events, "message.deferred"), 3);
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 3);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
     assert_eq!(
-        pop.mailbox("info").unwrap().retrievals,
+        pop.maildrop("info").unwrap().retrievals,
         0,
         "nothing downloaded without a place to put it"
     );
@@ -450,7 +450,7 @@ async fn a_large_message_is_spooled_and_arrives_byte_exact_over_bdat_and_data() 
         m
     };
     for chunking in [true, false] {
-        let pop = pop3(MockPop3::builder().mailbox(mailbox_with([raw(&big)]))).await;
+        let pop = pop3(MockPop3::builder().maildrop(mailbox_with([raw(&big)]))).await;
         let ext = mock_smtp::Extensions {
             chunking,
             ..mock_smtp::Extensions::default()
@@ -482,7 +482,7 @@ async fn a_large_message_is_spooled_and_arrives_byte_exact_over_bdat_and_data() 
 #[tokio::test]
 async fn helo_is_used_when_ehlo_is_refused() {
     let pop =
-        pop3(MockPop3::builder().mailbox(mailbox_with([mail(1, "a@example.net", 400)]))).await;
+        pop3(MockPop3::builder().maildrop(mailbox_with([mail(1, "a@example.net", 400)]))).await;
     let smtp = smtp(MockSmtp::builder().fault(FaultRule::new(
         Hook::command("EHLO"),
         FaultAction::Reply("500 5.3.3 Unrecognized command".into()),
@@ -506,7 +506,7 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
             .map(|i| raw(format!("Return-Path: <bad sender{i}@example.net>\r\nFrom: x\r\nSubject: bad {i}\r\nMessage-ID: <bad{i}@x>\r\n\r\nbody\r\n").as_bytes()))
             .collect();
         all.extend((0..20).map(|i| mail(10 + i, "good@example.net", 500)));
-        MockPop3::builder().mailbox(mailbox_with(all))
+        MockPop3::builder().maildrop(mailbox_with(all))
     };
     // The old connector: no return-path repair, no reconnect before the error limit.
     let (pop, smtp, mut s) = served_from(build(), "", "").await;
@@ -516,7 +516,7 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
         assert_eq!(sum.delivered, 0, "sbs2008 pass {pass}: {sum:?}");
     }
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         25,
         "the same five come first again, every pass"
     );
@@ -535,7 +535,7 @@ async fn the_sbs2008_profile_stalls_on_five_malformed_senders_and_the_default_pr
     let s = setup(&pop2, &smtp2, "", "");
     let (sum, _) = s.pass(&pop2, &smtp2).await;
     assert_eq!(sum.delivered, 25, "{sum:?}");
-    assert!(pop2.mailbox("info").unwrap().remaining.is_empty());
+    assert!(pop2.maildrop("info").unwrap().remaining.is_empty());
     assert!(smtp2.sessions().iter().all(|s| s.protocol_errors == 0));
 }
 
@@ -547,7 +547,7 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
             mail(2, "a@example.net", 1000),
         ];
         (
-            MockPop3::builder().mailbox(mailbox_with(msgs)),
+            MockPop3::builder().maildrop(mailbox_with(msgs)),
             MockSmtp::builder()
                 .limits(Limits {
                     max_message_size: Some(50 * 1024 * 1024),
@@ -566,7 +566,7 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     let (sum, _) = s.pass(&pop, &smtp).await;
     assert_eq!((sum.delivered, sum.deleted), (2, 2));
     assert!(
-        pop.mailbox("info").unwrap().remaining.is_empty(),
+        pop.maildrop("info").unwrap().remaining.is_empty(),
         "gone from the POP3 server"
     );
     let ndrs: Vec<String> = smtp
@@ -589,7 +589,7 @@ async fn the_sbs_size_loss_happens_under_sbs2008_and_never_by_default() {
     assert_eq!((sum.delivered, sum.skipped), (1, 1), "{sum:?}");
     assert_eq!(count(&events, "message.skipped_oversize"), 1);
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         1,
         "kept on the server and reported"
     );
@@ -625,7 +625,7 @@ async fn a_crash_after_delivery_and_before_dele_costs_nothing() {
     pop.wait_idle().await;
     assert_eq!(crashed[0].delivered, 3);
     assert_eq!(
-        pop.mailbox("info").unwrap().remaining.len(),
+        pop.maildrop("info").unwrap().remaining.len(),
         10,
         "no QUIT: nothing deleted"
     );

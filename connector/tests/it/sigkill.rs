@@ -71,7 +71,7 @@ impl Lab {
         for i in 0..messages {
             mb = mb.with_message(mail(i, "sender@example.net", SIZE).with_uid(uid(i)));
         }
-        let pop = pop3(MockPop3::builder().mailbox(mb).record_transcript(false)).await;
+        let pop = pop3(MockPop3::builder().maildrop(mb).record_transcript(false)).await;
         let smtp = smtp(MockSmtp::builder().record_transcript(false)).await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("popbridge.toml");
@@ -216,7 +216,7 @@ async fn campaign(random_moments: bool) {
     for _ in 0..FINAL_RUNS {
         lab.run(None).await;
         if lab.runs.last().unwrap().status.success()
-            && lab.pop.mailbox("info").unwrap().remaining.is_empty()
+            && lab.pop.maildrop("info").unwrap().remaining.is_empty()
         {
             break;
         }
@@ -257,7 +257,7 @@ async fn campaign(random_moments: bool) {
     }
 
     // 0 lost: everything deleted was accepted; everything was accepted and deleted.
-    let mailbox = lab.pop.mailbox("info").unwrap();
+    let mailbox = lab.pop.maildrop("info").unwrap();
     let lost: Vec<&String> = mailbox
         .deleted
         .iter()

@@ -56,7 +56,7 @@ async fn fetch_with(
     let pop = pop3(
         MockPop3::builder()
             .tls(ServerTls::Implicit(server))
-            .mailbox(mails(0..2, 800)),
+            .maildrop(mails(0..2, 800)),
     )
     .await;
     let smtp = smtp(MockSmtp::builder()).await;
@@ -155,5 +155,5 @@ async fn implicit_tls_against_a_plain_port_says_to_use_starttls() {
             && why.contains("tls = \"starttls\""),
         "{why}"
     );
-    assert_eq!(pop.mailbox("info").unwrap().remaining.len(), 2);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 2);
 }

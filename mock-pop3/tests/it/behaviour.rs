@@ -24,6 +24,23 @@ fn bob(n: usize) -> Maildrop {
     Maildrop::new("bob", "s3cret pass").with_demo_messages(n, 1500)
 }
 
+/// A server holding `bob(1)` with capabilities `caps`.
+async fn bob_with(caps: Capabilities) -> mock_pop3::MockPop3Handle {
+    spawn(MockPop3::builder().maildrop(bob(1)).capabilities(caps)).await
+}
+
+/// A localhost PKI and a builder holding `bob(n)` over TLS `mode` with its server config.
+fn bob_over_tls(
+    n: usize,
+    mode: fn(Arc<rustls::ServerConfig>) -> ServerTls,
+) -> (TestPki, mock_pop3::Builder) {
+    let pki = TestPki::localhost().unwrap();
+    let builder = MockPop3::builder()
+        .maildrop(bob(n))
+        .tls(mode(pki.server_config().unwrap()));
+    (pki, builder)
+}
+
 async fn logged_in(server: &mock_pop3::MockPop3Handle) -> Client<TcpStream> {
     let (mut c, g) = Client::connect(server).await;
     assert!(g.is_ok());
@@ -38,7 +55,7 @@ fn uids(n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn dele_marks_rset_unmarks_and_only_quit_deletes() {
-    let server = spawn(MockPop3::builder().mailbox(bob(3))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(3))).await;
     let mut c = logged_in(&server).await;
     assert!(c.cmd("DELE 1").await.is_ok());
     assert_eq!(c.cmd("DELE 1").await.text, "Message 1 already deleted");
@@ -51,11 +68,11 @@ async fn dele_marks_rset_unmarks_and_only_quit_deletes() {
     assert_eq!(c.cmd("STAT").await.text.split(' ').next(), Some("3"));
     assert!(c.cmd("DELE 2").await.is_ok());
     // Not yet deleted while the session runs.
-    assert_eq!(server.mailbox("bob").unwrap().remaining, uids(3));
+    assert_eq!(server.maildrop("bob").unwrap().remaining, uids(3));
     assert!(c.cmd("QUIT").await.is_ok());
     assert!(c.closed().await);
     server.wait_idle().await;
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(mb.remaining, vec!["bob-000001", "bob-000003"]);
     assert_eq!(mb.deleted, vec!["bob-000002"]);
     assert_eq!(server.sessions()[0].end, Some(SessionEnd::QuitUpdate));
@@ -63,7 +80,7 @@ async fn dele_marks_rset_unmarks_and_only_quit_deletes() {
 
 #[tokio::test]
 async fn a_dropped_connection_deletes_nothing_and_releases_the_lock() {
-    let server = spawn(MockPop3::builder().mailbox(bob(3))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(3))).await;
     let mut c = logged_in(&server).await;
     for i in 1..=3 {
         let (r, _) = c.multi(&format!("RETR {i}")).await;
@@ -72,7 +89,7 @@ async fn a_dropped_connection_deletes_nothing_and_releases_the_lock() {
     }
     drop(c);
     server.wait_idle().await;
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(mb.remaining, uids(3));
     assert!(mb.deleted.is_empty());
     assert_eq!(mb.retrieved, uids(3));
@@ -84,7 +101,7 @@ async fn a_dropped_connection_deletes_nothing_and_releases_the_lock() {
 
 #[tokio::test]
 async fn a_second_session_gets_in_use() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let mut first = logged_in(&server).await;
     let (mut second, _) = Client::connect(&server).await;
     let r = second.login("bob", "s3cret pass").await;
@@ -92,14 +109,10 @@ async fn a_second_session_gets_in_use() {
     assert_eq!(r.code, Some(RespCode::InUse));
     // Without RESP-CODES the refusal carries no code.
     assert!(first.cmd("QUIT").await.is_ok());
-    let server2 = spawn(
-        MockPop3::builder()
-            .mailbox(bob(1))
-            .capabilities(Capabilities {
-                resp_codes: false,
-                ..Capabilities::full()
-            }),
-    )
+    let server2 = bob_with(Capabilities {
+        resp_codes: false,
+        ..Capabilities::full()
+    })
     .await;
     let _held = logged_in(&server2).await;
     let (mut c, _) = Client::connect(&server2).await;
@@ -113,7 +126,7 @@ async fn stat_list_uidl_retr_top_noop_answer_per_rfc_1939() {
     let msg =
         b"Subject: hi\r\nFrom: a@b.example\r\n\r\nline1\r\n.dotted\r\nline3\r\nline4\r\n".to_vec();
     let server = spawn(
-        MockPop3::builder().mailbox(
+        MockPop3::builder().maildrop(
             Maildrop::new("bob", "s3cret pass")
                 .with_message(Message::new(msg.clone()))
                 .with_demo_messages(1, 3000),
@@ -153,7 +166,7 @@ async fn stat_list_uidl_retr_top_noop_answer_per_rfc_1939() {
 
 #[tokio::test]
 async fn transaction_commands_are_refused_before_login_and_wrong_password_fails_with_auth_code() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     for cmd in ["STAT", "LIST", "RETR 1", "DELE 1", "NOOP"] {
         assert!(!c.cmd(cmd).await.is_ok(), "{cmd}");
@@ -173,7 +186,7 @@ fn apop_digest(greeting: &str, pass: &str) -> String {
 
 #[tokio::test]
 async fn apop_uses_the_greeting_timestamp() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, g) = Client::connect(&server).await;
     let bad = apop_digest(&g.text, "wrong");
     assert_eq!(
@@ -188,7 +201,7 @@ async fn apop_uses_the_greeting_timestamp() {
 
 #[tokio::test]
 async fn greeting_without_timestamp_makes_apop_impossible() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1)).apop_timestamp(false)).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1)).apop_timestamp(false)).await;
     let (mut c, g) = Client::connect(&server).await;
     assert!(!g.text.contains('<'));
     let r = c.cmd("APOP bob 0123456789abcdef0123456789abcdef").await;
@@ -198,7 +211,7 @@ async fn greeting_without_timestamp_makes_apop_impossible() {
 
 #[tokio::test]
 async fn auth_plain_with_initial_response_and_continuation() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     let wrong = B64.encode(b"\0bob\0nope");
     assert_eq!(
@@ -217,7 +230,7 @@ async fn auth_plain_with_initial_response_and_continuation() {
 
 #[tokio::test]
 async fn auth_login_asks_for_username_then_password() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.send("AUTH LOGIN").await;
     assert_eq!(
@@ -234,7 +247,7 @@ async fn auth_login_asks_for_username_then_password() {
 
 #[tokio::test]
 async fn auth_cram_md5_checks_the_hmac_of_the_challenge() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     for (pass, ok) in [("wrong", false), ("s3cret pass", true)] {
         let (mut c, _) = Client::connect(&server).await;
         c.send("AUTH CRAM-MD5").await;
@@ -255,7 +268,7 @@ async fn auth_cram_md5_checks_the_hmac_of_the_challenge() {
 #[tokio::test]
 async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
     let token = "ya29.".to_string() + &"A".repeat(2000);
-    let server = spawn(MockPop3::builder().mailbox(bob(1).with_token(token.clone()))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1).with_token(token.clone()))).await;
     let (mut c, _) = Client::connect(&server).await;
     // Wrong token: an error challenge, the client answers with an empty line, then -ERR [AUTH].
     let bad = B64.encode("user=bob\x01auth=Bearer nope\x01\x01");
@@ -275,7 +288,7 @@ async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
     assert!(c.cmd(&good).await.is_ok());
     assert!(!server.transcript().contains(&token[..40]));
     // And a long AUTH command line itself is refused (RFC 2449: 255 octets).
-    let server2 = spawn(MockPop3::builder().mailbox(bob(1).with_token(token.clone()))).await;
+    let server2 = spawn(MockPop3::builder().maildrop(bob(1).with_token(token.clone()))).await;
     let (mut c2, _) = Client::connect(&server2).await;
     let r = c2.cmd(&format!("AUTH XOAUTH2 {good}")).await;
     assert!(!r.is_ok());
@@ -284,7 +297,7 @@ async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
 
 #[tokio::test]
 async fn star_cancels_an_auth_exchange() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.begin("AUTH LOGIN").await;
     c.cancel().await;
@@ -298,7 +311,7 @@ async fn star_cancels_an_auth_exchange() {
 async fn mailbox_methods_and_server_sasl_list_restrict_authentication() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(1).with_methods([AuthMethod::Apop]))
+            .maildrop(bob(1).with_methods([AuthMethod::Apop]))
             .capabilities(Capabilities {
                 sasl: vec![AuthMethod::Plain],
                 ..Capabilities::full()
@@ -318,17 +331,12 @@ async fn mailbox_methods_and_server_sasl_list_restrict_authentication() {
 
 #[tokio::test]
 async fn capa_lists_what_is_switched_on_before_and_after_login() {
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .mailbox(bob(1))
-            .tls(ServerTls::Stls(pki.server_config().unwrap()))
-            .capabilities(Capabilities {
-                login_delay: Some(0),
-                expire: Some(Expire::Never),
-                ..Capabilities::full()
-            }),
-    )
+    let (_pki, builder) = bob_over_tls(1, ServerTls::Stls);
+    let server = spawn(builder.capabilities(Capabilities {
+        login_delay: Some(0),
+        expire: Some(Expire::Never),
+        ..Capabilities::full()
+    }))
     .await;
     let (mut c, _) = Client::connect(&server).await;
     let before = c.list("CAPA").await;
@@ -365,7 +373,7 @@ async fn switched_off_capabilities_refuse_their_commands() {
     let none = Capabilities::minimal();
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(2))
+            .maildrop(bob(2))
             .capabilities(Capabilities {
                 user: true,
                 ..none.clone()
@@ -387,14 +395,10 @@ async fn switched_off_capabilities_refuse_their_commands() {
     assert!(!c.cmd("TOP 1 0").await.is_ok(), "TOP off");
     assert!(c.multi("RETR 1").await.0.is_ok(), "RETR always works");
     // USER switched off.
-    let server = spawn(
-        MockPop3::builder()
-            .mailbox(bob(1))
-            .capabilities(Capabilities {
-                user: false,
-                ..Capabilities::full()
-            }),
-    )
+    let server = bob_with(Capabilities {
+        user: false,
+        ..Capabilities::full()
+    })
     .await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.cmd("USER bob").await.is_ok());
@@ -404,7 +408,7 @@ async fn switched_off_capabilities_refuse_their_commands() {
 #[tokio::test(start_paused = true)]
 async fn login_delay_is_enforced_on_the_paused_clock() {
     let server = MockPop3::builder()
-        .mailbox(bob(1))
+        .maildrop(bob(1))
         .capabilities(Capabilities {
             login_delay: Some(60),
             ..Capabilities::full()
@@ -425,7 +429,7 @@ async fn login_delay_is_enforced_on_the_paused_clock() {
 async fn expire_zero_deletes_retrieved_messages_at_quit() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(3))
+            .maildrop(bob(3))
             .capabilities_after_login(Capabilities {
                 expire: Some(Expire::Days(0)),
                 ..Capabilities::full_after_login()
@@ -437,7 +441,7 @@ async fn expire_zero_deletes_retrieved_messages_at_quit() {
     c.multi("RETR 2").await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
-    assert_eq!(server.mailbox("bob").unwrap().deleted, vec!["bob-000002"]);
+    assert_eq!(server.maildrop("bob").unwrap().deleted, vec!["bob-000002"]);
 }
 
 async fn tls_client(pki: &TestPki, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
@@ -450,13 +454,8 @@ async fn tls_client(pki: &TestPki, tcp: TcpStream) -> tokio_rustls::client::TlsS
 
 #[tokio::test]
 async fn implicit_tls_greets_after_the_handshake() {
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .mailbox(bob(2))
-            .tls(ServerTls::Implicit(pki.server_config().unwrap())),
-    )
-    .await;
+    let (pki, builder) = bob_over_tls(2, ServerTls::Implicit);
+    let server = spawn(builder).await;
     let tcp = TcpStream::connect(server.addr().unwrap()).await.unwrap();
     let (mut c, g) = Client::over(tls_client(&pki, tcp).await).await;
     assert!(g.is_ok());
@@ -484,13 +483,8 @@ async fn implicit_tls_greets_after_the_handshake() {
 
 #[tokio::test]
 async fn stls_upgrades_and_discards_commands_injected_before_the_handshake() {
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .mailbox(bob(1))
-            .tls(ServerTls::Stls(pki.server_config().unwrap())),
-    )
-    .await;
+    let (pki, builder) = bob_over_tls(1, ServerTls::Stls);
+    let server = spawn(builder).await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(c.list("CAPA").await.contains(&"STLS".to_string()));
     // STLS and an injected command in the same packet: the injected one must be dropped.
@@ -520,20 +514,15 @@ async fn stls_upgrades_and_discards_commands_injected_before_the_handshake() {
 
 #[tokio::test]
 async fn stls_is_refused_without_tls_configured_or_when_switched_off() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.list("CAPA").await.contains(&"STLS".to_string()));
     assert!(!c.cmd("STLS").await.is_ok());
-    let pki = TestPki::localhost().unwrap();
-    let server = spawn(
-        MockPop3::builder()
-            .mailbox(bob(1))
-            .tls(ServerTls::Stls(pki.server_config().unwrap()))
-            .capabilities(Capabilities {
-                stls: false,
-                ..Capabilities::full()
-            }),
-    )
+    let (_pki, builder) = bob_over_tls(1, ServerTls::Stls);
+    let server = spawn(builder.capabilities(Capabilities {
+        stls: false,
+        ..Capabilities::full()
+    }))
     .await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.cmd("STLS").await.is_ok());
@@ -542,7 +531,7 @@ async fn stls_is_refused_without_tls_configured_or_when_switched_off() {
 #[tokio::test]
 async fn replace_reply_fires_on_the_nth_use_for_k_times() {
     let server = spawn(
-        MockPop3::builder().mailbox(bob(5)).fault(
+        MockPop3::builder().maildrop(bob(5)).fault(
             FaultRule::new(
                 Hook::command("RETR"),
                 FaultAction::Reply("-ERR [SYS/TEMP] disk trouble".into()),
@@ -565,7 +554,7 @@ async fn replace_reply_fires_on_the_nth_use_for_k_times() {
     c.cmd("QUIT").await;
     server.wait_idle().await;
     assert_eq!(
-        server.mailbox("bob").unwrap().retrieved,
+        server.maildrop("bob").unwrap().retrieved,
         vec!["bob-000001", "bob-000004", "bob-000005"]
     );
 }
@@ -574,7 +563,7 @@ async fn replace_reply_fires_on_the_nth_use_for_k_times() {
 async fn replaced_greeting_and_garbage_line() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(1))
+            .maildrop(bob(1))
             .fault(FaultRule::new(
                 Hook::Greeting,
                 FaultAction::Reply("-ERR [SYS/TEMP] maintenance".into()),
@@ -603,7 +592,7 @@ async fn replaced_greeting_and_garbage_line() {
 async fn close_before_reply_and_close_after_n_bytes() {
     let server = spawn(
         MockPop3::builder()
-            .mailbox(bob(3))
+            .maildrop(bob(3))
             .fault(FaultRule::new(Hook::command("RETR"), FaultAction::CloseAfterBytes(100)).nth(2))
             .fault(FaultRule::new(
                 Hook::command("QUIT"),
@@ -620,7 +609,7 @@ async fn close_before_reply_and_close_after_n_bytes() {
     assert!(got.starts_with(b"+OK 1500 octets\r\n"));
     server.wait_idle().await;
     assert_eq!(server.sessions()[0].end, Some(SessionEnd::FaultClosed));
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(
         mb.retrieved,
         vec!["bob-000001"],
@@ -633,13 +622,13 @@ async fn close_before_reply_and_close_after_n_bytes() {
     c.send("QUIT").await;
     assert_eq!(c.line().await, None);
     server.wait_idle().await;
-    assert_eq!(server.mailbox("bob").unwrap().remaining.len(), 3);
+    assert_eq!(server.maildrop("bob").unwrap().remaining.len(), 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn delay_and_throttle_run_on_the_paused_clock() {
     let server = MockPop3::builder()
-        .mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
+        .maildrop(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
         .fault(FaultRule::new(
             Hook::command("STAT"),
             FaultAction::Delay(Duration::from_secs(30)),
@@ -654,7 +643,7 @@ async fn delay_and_throttle_run_on_the_paused_clock() {
     assert!(t.elapsed() < Duration::from_secs(31));
 
     let server = MockPop3::builder()
-        .mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
+        .maildrop(Maildrop::new("bob", "s3cret pass").with_demo_messages(1, 10_000))
         .throttle(1000)
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
@@ -673,7 +662,7 @@ async fn delay_and_throttle_run_on_the_paused_clock() {
 #[tokio::test(start_paused = true)]
 async fn an_idle_client_is_disconnected_after_the_timeout() {
     let server = MockPop3::builder()
-        .mailbox(bob(1))
+        .maildrop(bob(1))
         .idle_timeout(Duration::from_secs(600))
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
@@ -684,14 +673,14 @@ async fn an_idle_client_is_disconnected_after_the_timeout() {
     assert!(c.closed().await);
     server.wait_idle().await;
     assert_eq!(server.sessions()[0].end, Some(SessionEnd::Timeout));
-    assert_eq!(server.mailbox("bob").unwrap().remaining.len(), 1);
+    assert_eq!(server.maildrop("bob").unwrap().remaining.len(), 1);
 }
 
 #[tokio::test]
 async fn probabilistic_faults_replay_with_the_same_seed() {
     async fn run(seed: u64) -> (Vec<bool>, String) {
         let server = spawn(
-            MockPop3::builder().mailbox(bob(40)).seed(seed).fault(
+            MockPop3::builder().maildrop(bob(40)).seed(seed).fault(
                 FaultRule::new(
                     Hook::command("RETR"),
                     FaultAction::Reply("-ERR [SYS/TEMP] flaky".into()),
@@ -726,7 +715,7 @@ async fn probabilistic_faults_replay_with_the_same_seed() {
 #[tokio::test]
 async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
     let server = spawn(
-        MockPop3::builder().mailbox(
+        MockPop3::builder().maildrop(
             Maildrop::new("bob", "s3cret pass")
                 .with_message(
                     Message::new(&b"Subject: a\r\n\r\nbody\r\n"[..])
@@ -749,7 +738,7 @@ async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
     assert!(c.cmd("DELE 1").await.is_ok());
     c.cmd("QUIT").await;
     server.wait_idle().await;
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(
         mb.remaining,
         vec!["same"],
@@ -760,7 +749,7 @@ async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
 
 #[tokio::test]
 async fn pipelined_commands_are_answered_in_order() {
-    let server = spawn(MockPop3::builder().mailbox(bob(3))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(3))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.send_raw(
         b"USER bob\r\nPASS s3cret pass\r\nSTAT\r\nRETR 1\r\nRETR 2\r\nDELE 1\r\nDELE 2\r\nQUIT\r\n",
@@ -778,14 +767,18 @@ async fn pipelined_commands_are_answered_in_order() {
     }
     assert!(c.closed().await);
     server.wait_idle().await;
-    assert_eq!(server.mailbox("bob").unwrap().remaining, vec!["bob-000003"]);
+    assert_eq!(
+        server.maildrop("bob").unwrap().remaining,
+        vec!["bob-000003"]
+    );
 }
 
 #[tokio::test]
 async fn replies_pipelined_behind_a_large_body_never_overtake_it() {
     let big = 200 * 1024;
     let server = spawn(
-        MockPop3::builder().mailbox(Maildrop::new("bob", "s3cret pass").with_demo_messages(3, big)),
+        MockPop3::builder()
+            .maildrop(Maildrop::new("bob", "s3cret pass").with_demo_messages(3, big)),
     )
     .await;
     let (mut c, _) = Client::connect(&server).await;
@@ -808,7 +801,7 @@ async fn replies_pipelined_behind_a_large_body_never_overtake_it() {
 
 #[tokio::test]
 async fn inspection_shows_commands_and_a_redacted_transcript() {
-    let server = spawn(MockPop3::builder().mailbox(bob(2))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(2))).await;
     let (mut c, _) = Client::connect(&server).await;
     c.login("bob", "s3cret pass").await;
     c.multi("RETR 2").await;
@@ -829,7 +822,7 @@ async fn inspection_shows_commands_and_a_redacted_transcript() {
         t.contains("C: RETR 2") && t.contains("S: +OK 1500 octets"),
         "{t}"
     );
-    let mb = server.mailbox("bob").unwrap();
+    let mb = server.maildrop("bob").unwrap();
     assert_eq!(
         (
             mb.retrieved.clone(),
@@ -847,7 +840,7 @@ async fn inspection_shows_commands_and_a_redacted_transcript() {
 
 #[tokio::test]
 async fn hostile_clients_get_errors_not_crashes() {
-    let server = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.cmd("\u{0}\u{1}binary").await.is_ok());
     c.send_raw(b"\xff\xfe\xfd\r\n").await;
@@ -865,8 +858,8 @@ async fn hostile_clients_get_errors_not_crashes() {
 
 #[tokio::test]
 async fn messages_added_later_show_up_in_the_next_session_and_servers_share_nothing() {
-    let a = spawn(MockPop3::builder().mailbox(bob(1))).await;
-    let b = spawn(MockPop3::builder().mailbox(bob(1))).await;
+    let a = spawn(MockPop3::builder().maildrop(bob(1))).await;
+    let b = spawn(MockPop3::builder().maildrop(bob(1))).await;
     assert!(a.add_message("bob", Message::new(&b"Subject: late\r\n\r\nx\r\n"[..])));
     assert!(!a.add_message("nobody", Message::new(&b"x"[..])));
     let mut c = logged_in(&a).await;
@@ -874,9 +867,9 @@ async fn messages_added_later_show_up_in_the_next_session_and_servers_share_noth
     c.cmd("DELE 1").await;
     c.cmd("QUIT").await;
     a.wait_idle().await;
-    assert_eq!(a.mailbox("bob").unwrap().remaining.len(), 1);
-    assert_eq!(b.mailbox("bob").unwrap().remaining.len(), 1);
-    assert_eq!(b.mailbox("bob").unwrap().remaining[0], "bob-000001");
+    assert_eq!(a.maildrop("bob").unwrap().remaining.len(), 1);
+    assert_eq!(b.maildrop("bob").unwrap().remaining.len(), 1);
+    assert_eq!(b.maildrop("bob").unwrap().remaining[0], "bob-000001");
     let a2 = Arc::new(a);
     assert!(Arc::strong_count(&a2) == 1);
 }
@@ -917,7 +910,7 @@ async fn xoauth2_accepts_only_valid_tokens_issued_by_the_mock_token_endpoint() {
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         pki.server_config().unwrap(),
     );
-    let server = spawn(MockPop3::builder().mailbox(bob(1).with_oauth(provider.clone()))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob(1).with_oauth(provider.clone()))).await;
     let addr = endpoint.addr().unwrap();
 
     let (status, json) = token_request(

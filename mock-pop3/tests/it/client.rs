@@ -48,12 +48,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// Wraps a connected stream and reads the greeting.
     pub async fn over(stream: S) -> (Self, Pop3Reply) {
-        let mut c = Self {
-            stream,
-            buf: BytesMut::new(),
-            lines: LineDecoder::new(4096),
-            step: STEP,
-        };
+        let mut c = Self::resume(stream);
         let g = c.reply().await;
         (c, g)
     }

@@ -52,6 +52,26 @@ struct Setup {
     tls: bool,
 }
 
+impl Setup {
+    /// No TLS, the usual sizes, `method` only.
+    fn plain(method: AuthMethod) -> Self {
+        Self {
+            sizes: SIZES,
+            method,
+            tls: false,
+        }
+    }
+
+    /// Implicit TLS, one large message, USER/PASS.
+    fn implicit_tls() -> Self {
+        Self {
+            sizes: SIZES_LARGE,
+            method: AuthMethod::User,
+            tls: true,
+        }
+    }
+}
+
 /// A running mock with its mailbox and, for TLS, the CA file clients trust.
 struct Fixture {
     server: MockPop3Handle,
@@ -86,7 +106,7 @@ impl Fixture {
                 .filter(|l| *l == DOT_LINE)
                 .count();
         }
-        let mut builder = MockPop3::builder().mailbox(mailbox);
+        let mut builder = MockPop3::builder().maildrop(mailbox);
         let mut ca_file = None;
         if setup.tls {
             let pki = TestPki::localhost().unwrap();
@@ -96,7 +116,7 @@ impl Fixture {
             builder = builder.tls(ServerTls::Implicit(pki.server_config().unwrap()));
         }
         let server = spawn(builder).await;
-        let uids = server.mailbox(USER).unwrap().remaining;
+        let uids = server.maildrop(USER).unwrap().remaining;
         assert_eq!(uids.len(), setup.sizes.len());
         Self {
             server,
@@ -144,7 +164,7 @@ impl Outcome {
             "---- mock transcript ----\n{}",
             server.transcript().trim_end()
         );
-        let _ = writeln!(s, "---- mailbox ----\n{:?}", server.mailbox(USER));
+        let _ = writeln!(s, "---- mailbox ----\n{:?}", server.maildrop(USER));
         s
     }
 }
@@ -174,7 +194,7 @@ async fn check(fx: &Fixture, outcome: &Outcome, delivered: &Path, tls: bool, aut
     server.wait_idle().await;
     let why = || outcome.diagnostics(server);
 
-    let report = server.mailbox(USER).unwrap();
+    let report = server.maildrop(USER).unwrap();
     let mut retrieved = report.retrieved.clone();
     retrieved.sort();
     let mut deleted = report.deleted.clone();
@@ -330,32 +350,17 @@ async fn fetchmail(setup: Setup, protocol: &str, auth_prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetchmail_user_pass() {
-    let setup = Setup {
-        sizes: SIZES,
-        method: AuthMethod::User,
-        tls: false,
-    };
-    fetchmail(setup, "POP3", "PASS ").await;
+    fetchmail(Setup::plain(AuthMethod::User), "POP3", "PASS ").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetchmail_apop() {
-    let setup = Setup {
-        sizes: SIZES,
-        method: AuthMethod::Apop,
-        tls: false,
-    };
-    fetchmail(setup, "APOP", "APOP ").await;
+    fetchmail(Setup::plain(AuthMethod::Apop), "APOP", "APOP ").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetchmail_implicit_tls() {
-    let setup = Setup {
-        sizes: SIZES_LARGE,
-        method: AuthMethod::User,
-        tls: true,
-    };
-    fetchmail(setup, "POP3", "PASS ").await;
+    fetchmail(Setup::implicit_tls(), "POP3", "PASS ").await;
 }
 
 // ---------------------------------------------------------------- mpop
@@ -396,30 +401,15 @@ async fn mpop(setup: Setup, auth: &str, auth_prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpop_user_pass() {
-    let setup = Setup {
-        sizes: SIZES,
-        method: AuthMethod::User,
-        tls: false,
-    };
-    mpop(setup, "user", "PASS ").await;
+    mpop(Setup::plain(AuthMethod::User), "user", "PASS ").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpop_apop() {
-    let setup = Setup {
-        sizes: SIZES,
-        method: AuthMethod::Apop,
-        tls: false,
-    };
-    mpop(setup, "apop", "APOP ").await;
+    mpop(Setup::plain(AuthMethod::Apop), "apop", "APOP ").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpop_implicit_tls() {
-    let setup = Setup {
-        sizes: SIZES_LARGE,
-        method: AuthMethod::User,
-        tls: true,
-    };
-    mpop(setup, "user", "PASS ").await;
+    mpop(Setup::implicit_tls(), "user", "PASS ").await;
 }

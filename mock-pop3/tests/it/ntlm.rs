@@ -54,7 +54,7 @@ async fn ntlm_login(
 
 #[tokio::test]
 async fn the_right_password_logs_in_whatever_the_domain() {
-    let server = spawn(MockPop3::builder().mailbox(bob())).await;
+    let server = spawn(MockPop3::builder().maildrop(bob())).await;
     for login in ["CONTOSO\\bob", "bob"] {
         let (mut c, r) = ntlm_login(&server, login, PASSWORD).await;
         assert!(r.is_ok(), "{login}: {r:?}");
@@ -75,7 +75,7 @@ async fn the_right_password_logs_in_whatever_the_domain() {
 
 #[tokio::test]
 async fn the_challenge_names_the_mock_domain_has_a_timestamp_and_oem_text_when_asked() {
-    let server = spawn(MockPop3::builder().mailbox(bob())).await;
+    let server = spawn(MockPop3::builder().maildrop(bob())).await;
     let (mut c, _) = Client::connect(&server).await;
     let challenge = start(&mut c).await;
     assert_eq!(challenge.target_name, "MOCK");
@@ -97,14 +97,14 @@ async fn the_challenge_names_the_mock_domain_has_a_timestamp_and_oem_text_when_a
     assert!(c.cmd(&answer(&challenge, "bob", PASSWORD)).await.is_ok());
     // A UPN logs into a mailbox of that exact name.
     let server =
-        spawn(MockPop3::builder().mailbox(Maildrop::new("bob@contoso.example", PASSWORD))).await;
+        spawn(MockPop3::builder().maildrop(Maildrop::new("bob@contoso.example", PASSWORD))).await;
     let (_, r) = ntlm_login(&server, "bob@contoso.example", PASSWORD).await;
     assert!(r.is_ok(), "{r:?}");
 }
 
 #[tokio::test]
 async fn a_wrong_password_is_an_auth_failure_and_the_session_stays_in_authorization() {
-    let server = spawn(MockPop3::builder().mailbox(bob())).await;
+    let server = spawn(MockPop3::builder().maildrop(bob())).await;
     let (mut c, r) = ntlm_login(&server, "CONTOSO\\bob", "s3cret pas").await;
     assert!(!r.is_ok());
     assert_eq!(r.code, Some(RespCode::Auth), "{r:?}");
@@ -113,7 +113,7 @@ async fn a_wrong_password_is_an_auth_failure_and_the_session_stays_in_authorizat
     let (_, r) = ntlm_login(&server, "CONTOSO\\alice", PASSWORD).await;
     assert_eq!(r.code, Some(RespCode::Auth), "{r:?}");
     // So does a mailbox that does not accept NTLM.
-    let server = spawn(MockPop3::builder().mailbox(bob().with_methods([AuthMethod::User]))).await;
+    let server = spawn(MockPop3::builder().maildrop(bob().with_methods([AuthMethod::User]))).await;
     let (_, r) = ntlm_login(&server, "bob", PASSWORD).await;
     assert_eq!(r.code, Some(RespCode::Auth), "{r:?}");
     // And the session goes on: USER/PASS still works after a refused NTLM login.
@@ -122,7 +122,7 @@ async fn a_wrong_password_is_an_auth_failure_and_the_session_stays_in_authorizat
 
 #[tokio::test]
 async fn malformed_tokens_are_refused_without_an_auth_code() {
-    let server = spawn(MockPop3::builder().mailbox(bob())).await;
+    let server = spawn(MockPop3::builder().maildrop(bob())).await;
     let (mut c, _) = Client::connect(&server).await;
     // Not a NEGOTIATE message.
     c.begin("AUTH NTLM").await;
@@ -152,7 +152,7 @@ async fn malformed_tokens_are_refused_without_an_auth_code() {
 
 #[tokio::test]
 async fn star_cancels_the_ntlm_exchange_at_either_step() {
-    let server = spawn(MockPop3::builder().mailbox(bob())).await;
+    let server = spawn(MockPop3::builder().maildrop(bob())).await;
     let (mut c, _) = Client::connect(&server).await;
     c.begin("AUTH NTLM").await;
     c.cancel().await;
@@ -164,7 +164,7 @@ async fn star_cancels_the_ntlm_exchange_at_either_step() {
 
 #[tokio::test]
 async fn capa_lists_ntlm_and_auth_lists_it_among_the_mechanisms() {
-    let server = spawn(MockPop3::builder().mailbox(bob())).await;
+    let server = spawn(MockPop3::builder().maildrop(bob())).await;
     let (mut c, _) = Client::connect(&server).await;
     let capa = c.list("CAPA").await;
     assert!(

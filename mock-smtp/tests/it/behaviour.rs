@@ -62,18 +62,19 @@ async fn greeting_and_ehlo_look_like_exchange() {
 #[tokio::test]
 async fn every_extension_can_be_switched() {
     let pki = TestPki::localhost().unwrap();
+    // A server with TLS and credentials that offers `extensions`.
+    let offering = |extensions| {
+        MockSmtp::builder()
+            .extensions(extensions)
+            .tls(pki.server_config().unwrap())
+            .credentials("u", "p")
+    };
     let all = Extensions {
         smtputf8: true,
         auth: true,
         ..Extensions::default()
     };
-    let server = spawn(
-        MockSmtp::builder()
-            .extensions(all)
-            .tls(pki.server_config().unwrap())
-            .credentials("u", "p"),
-    )
-    .await;
+    let server = spawn(offering(all)).await;
     let (_, lines) = ehlo(&server).await;
     for ext in [
         "SIZE 10485760",
@@ -102,13 +103,7 @@ async fn every_extension_can_be_switched() {
         smtputf8: false,
         auth: false,
     };
-    let server = spawn(
-        MockSmtp::builder()
-            .extensions(none)
-            .tls(pki.server_config().unwrap())
-            .credentials("u", "p"),
-    )
-    .await;
+    let server = spawn(offering(none)).await;
     let (mut c, lines) = ehlo(&server).await;
     assert_eq!(lines, ["exchange.contoso.local Hello [127.0.0.1]"]);
     // Without ENHANCEDSTATUSCODES, replies carry no enhanced code.
@@ -140,46 +135,25 @@ async fn helo_works_and_sequence_errors_have_exchange_texts() {
     }))
     .await;
     let (mut c, _) = Client::connect(&server).await;
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.net>").await.first_line(),
-        "503 5.5.2 Send hello first"
-    );
-    assert_eq!(
-        c.cmd("HELO client").await.first_line(),
-        "250 exchange.contoso.local Hello [127.0.0.1]"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<bob@contoso.local>").await.first_line(),
-        "503 5.5.2 Need mail command"
-    );
-    assert_eq!(
-        c.cmd("DATA").await.first_line(),
-        "503 5.5.2 Need mail command"
-    );
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.net>").await.first_line(),
-        "250 2.1.0 Sender OK"
-    );
-    assert_eq!(
-        c.cmd("MAIL FROM:<a@example.net>").await.first_line(),
-        "503 5.5.2 Sender already specified"
-    );
-    assert_eq!(
-        c.cmd("DATA").await.first_line(),
-        "503 5.5.2 Need rcpt command"
-    );
-    assert_eq!(
-        c.cmd("XYZZY").await.first_line(),
-        "500 5.3.3 Unrecognized command"
-    );
-    assert_eq!(
-        c.cmd("MAIL TO:<x@y.z>").await.first_line(),
-        "501 5.5.4 Invalid arguments"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<bob@contoso.local>").await.first_line(),
-        "250 2.1.5 Recipient OK"
-    );
+    c.dialogue(&[
+        ("MAIL FROM:<a@example.net>", "503 5.5.2 Send hello first"),
+        (
+            "HELO client",
+            "250 exchange.contoso.local Hello [127.0.0.1]",
+        ),
+        ("RCPT TO:<bob@contoso.local>", "503 5.5.2 Need mail command"),
+        ("DATA", "503 5.5.2 Need mail command"),
+        ("MAIL FROM:<a@example.net>", "250 2.1.0 Sender OK"),
+        (
+            "MAIL FROM:<a@example.net>",
+            "503 5.5.2 Sender already specified",
+        ),
+        ("DATA", "503 5.5.2 Need rcpt command"),
+        ("XYZZY", "500 5.3.3 Unrecognized command"),
+        ("MAIL TO:<x@y.z>", "501 5.5.4 Invalid arguments"),
+        ("RCPT TO:<bob@contoso.local>", "250 2.1.5 Recipient OK"),
+    ])
+    .await;
     assert_eq!(c.cmd("RSET").await.code, 250);
     assert_eq!(c.cmd("NOOP").await.first_line(), "250 2.0.0 OK");
     drop(c);
@@ -346,20 +320,13 @@ async fn which_codes_count_and_the_limit_are_configurable() {
 async fn default_domain_repairs_a_missing_domain_and_nothing_else() {
     let server = spawn(contoso().default_domain("contoso.local")).await;
     let (mut c, _) = ehlo(&server).await;
-    assert_eq!(
-        c.deliver("user", "bob@contoso.local", &message("repaired", 200))
-            .await
-            .code,
-        250
-    );
-    assert_eq!(
-        c.cmd("MAIL FROM:<bad..user>").await.first_line(),
-        "501 5.1.7 Invalid address"
-    );
-    assert_eq!(
-        c.cmd("MAIL FROM:<user@>").await.first_line(),
-        "501 5.1.7 Invalid address"
-    );
+    c.deliver_ok("user", "bob@contoso.local", &message("repaired", 200))
+        .await;
+    c.dialogue(&[
+        ("MAIL FROM:<bad..user>", "501 5.1.7 Invalid address"),
+        ("MAIL FROM:<user@>", "501 5.1.7 Invalid address"),
+    ])
+    .await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
     let t = server.captured();
@@ -380,14 +347,11 @@ async fn recipients_known_unknown_relay_and_malformed() {
     let server = spawn(contoso()).await;
     let (mut c, _) = ehlo(&server).await;
     c.cmd("MAIL FROM:<a@example.net>").await;
-    assert_eq!(
-        c.cmd("RCPT TO:<Bob@Contoso.local>").await.first_line(),
-        "250 2.1.5 Recipient OK"
-    );
-    assert_eq!(
-        c.cmd("RCPT TO:<nobody@contoso.local>").await.first_line(),
-        "550 5.1.1 User unknown"
-    );
+    c.dialogue(&[
+        ("RCPT TO:<Bob@Contoso.local>", "250 2.1.5 Recipient OK"),
+        ("RCPT TO:<nobody@contoso.local>", "550 5.1.1 User unknown"),
+    ])
+    .await;
     assert_eq!(
         c.cmd("RCPT TO:<someone@elsewhere.example>")
             .await
@@ -443,18 +407,10 @@ async fn limits_after_acceptance_produce_ndrs_after_a_250() {
         .await;
     assert_eq!(r.code, 250);
     // Quota: the first fits, the second overflows.
-    assert_eq!(
-        c.deliver("a@example.net", "full@contoso.local", &message("q1", 1000))
-            .await
-            .code,
-        250
-    );
-    assert_eq!(
-        c.deliver("a@example.net", "full@contoso.local", &message("q2", 1000))
-            .await
-            .code,
-        250
-    );
+    c.deliver_ok("a@example.net", "full@contoso.local", &message("q1", 1000))
+        .await;
+    c.deliver_ok("a@example.net", "full@contoso.local", &message("q2", 1000))
+        .await;
     // Several recipients: delivered to one, bounced for the other.
     c.cmd("MAIL FROM:<a@example.net>").await;
     c.cmd("RCPT TO:<small@contoso.local>").await;
@@ -501,16 +457,12 @@ async fn organization_limit_bounces_for_everyone_after_acceptance() {
     )
     .await;
     let (mut c, _) = ehlo(&server).await;
-    assert_eq!(
-        c.deliver(
-            "a@example.net",
-            "bob@contoso.local",
-            &message("org", 20_000)
-        )
-        .await
-        .code,
-        250
-    );
+    c.deliver_ok(
+        "a@example.net",
+        "bob@contoso.local",
+        &message("org", 20_000),
+    )
+    .await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
     assert_eq!(
@@ -568,12 +520,8 @@ async fn anti_spam_rules_reject_with_550_and_keep_badmail() {
             .first_line(),
         spam_reply
     );
-    assert_eq!(
-        c.deliver("a@example.net", "bob@contoso.local", &message("fine", 300))
-            .await
-            .code,
-        250
-    );
+    c.deliver_ok("a@example.net", "bob@contoso.local", &message("fine", 300))
+        .await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
     let t = server.captured();
@@ -755,12 +703,8 @@ async fn starttls_discards_injected_commands_and_requires_a_new_ehlo() {
     );
     let r = c.cmd("EHLO again").await;
     assert!(!r.lines.contains(&"STARTTLS".to_string()));
-    assert_eq!(
-        c.deliver("a@example.net", "bob@contoso.local", &message("tls", 300))
-            .await
-            .code,
-        250
-    );
+    c.deliver_ok("a@example.net", "bob@contoso.local", &message("tls", 300))
+        .await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
     assert!(server.sessions()[0].tls);
@@ -812,16 +756,12 @@ async fn a_421_at_message_k_closes_the_connection_and_the_message_is_not_taken()
     .await;
     let (mut c, _) = ehlo(&server).await;
     for i in 1..=2 {
-        assert_eq!(
-            c.deliver(
-                "a@example.net",
-                "bob@contoso.local",
-                &message(&format!("m{i}"), 300)
-            )
-            .await
-            .code,
-            250
-        );
+        c.deliver_ok(
+            "a@example.net",
+            "bob@contoso.local",
+            &message(&format!("m{i}"), 300),
+        )
+        .await;
     }
     let r = c
         .deliver("a@example.net", "bob@contoso.local", &message("m3", 300))
@@ -921,16 +861,12 @@ async fn count_only_mode_keeps_counters_and_no_records() {
     .await;
     let (mut c, _) = ehlo(&server).await;
     for i in 0..20 {
-        assert_eq!(
-            c.deliver(
-                "a@example.net",
-                "bob@contoso.local",
-                &message(&format!("m{i}"), 500)
-            )
-            .await
-            .code,
-            250
-        );
+        c.deliver_ok(
+            "a@example.net",
+            "bob@contoso.local",
+            &message(&format!("m{i}"), 500),
+        )
+        .await;
     }
     c.cmd("QUIT").await;
     server.wait_idle().await;

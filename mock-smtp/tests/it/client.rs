@@ -60,6 +60,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.send_raw(format!("{line}\r\n").as_bytes()).await;
     }
 
+    /// Sends each command in turn and checks the first line of its reply.
+    pub async fn dialogue(&mut self, steps: &[(&str, &str)]) {
+        for (command, reply) in steps {
+            assert_eq!(self.cmd(command).await.first_line(), *reply, "{command}");
+        }
+    }
+
     /// Reads what the server sent into the buffer (bounded by the step): how many octets,
     /// 0 once it closed (or the read failed).
     async fn read_more(&mut self) -> usize {
@@ -108,6 +115,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let r = self.cmd("DATA").await;
         assert_eq!(r.code, 354);
         self.data_body(body).await
+    }
+
+    /// Delivers as [`Client::deliver`] does and checks the final reply is 250.
+    pub async fn deliver_ok(&mut self, from: &str, to: &str, body: &[u8]) {
+        let r = self.deliver(from, to, body).await;
+        assert_eq!(r.code, 250, "{r:?}");
     }
 
     /// True once the server closed the connection.

@@ -5,10 +5,12 @@ use mock_smtp::{Limits, MailboxSpec, MockSmtp, MockSmtpHandle};
 
 use crate::client::{message, Client};
 
-/// Runs a script of (bytes to send, replies they produce) and returns the transcript.
+/// Says `EHLO client.example`, then runs a script of (bytes to send, replies they
+/// produce) and returns the transcript.
 async fn session(server: &MockSmtpHandle, script: &[(&[u8], usize)]) -> String {
     let (mut c, _) = Client::over(server.connect_duplex()).await;
-    for (chunk, replies) in script {
+    let ehlo: (&[u8], usize) = (b"EHLO client.example\r\n", 1);
+    for (chunk, replies) in std::iter::once(&ehlo).chain(script) {
         c.send_raw(chunk).await;
         for _ in 0..*replies {
             c.reply().await;
@@ -21,23 +23,26 @@ async fn session(server: &MockSmtpHandle, script: &[(&[u8], usize)]) -> String {
     server.transcript()
 }
 
+/// One delivery from alice to bob, MAIL FROM (with `mail_params`), RCPT and DATA in one
+/// write, then `message` dot-stuffed, then QUIT: the transcript.
+async fn pipelined_delivery(server: &MockSmtpHandle, mail_params: &str, message: &[u8]) -> String {
+    let head = format!(
+        "MAIL FROM:<alice@example.net>{mail_params}\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n"
+    );
+    let wire = popbridge_proto::DotStuffer::stuff_all(message, true);
+    session(
+        server,
+        &[(head.as_bytes(), 3), (&wire, 1), (b"QUIT\r\n", 1)],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn normal_pipelined_delivery() {
     let server = MockSmtp::builder()
         .mailbox(MailboxSpec::new("bob@contoso.local"))
         .spawn_in_memory();
-    let body = crate::client::message("hello", 200);
-    let wire = popbridge_proto::DotStuffer::stuff_all(&body, true);
-    let t = session(
-        &server,
-        &[
-            (b"EHLO client.example\r\n", 1),
-            (b"MAIL FROM:<alice@example.net> SIZE=200\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n", 3),
-            (&wire, 1),
-            (b"QUIT\r\n", 1),
-        ],
-    )
-    .await;
+    let t = pipelined_delivery(&server, " SIZE=200", &message("hello", 200)).await;
     let stats = &server.sessions()[0];
     // MAIL, RCPT and DATA arrive together and are answered in one write.
     let t = format!(
@@ -53,7 +58,6 @@ async fn five_malformed_senders_end_in_421() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<user one@example.net>\r\n", 1),
             (b"MAIL FROM:<@example.net>\r\n", 1),
             (b"MAIL FROM:<user..two@example.net>\r\n", 1),
@@ -71,7 +75,6 @@ async fn size_over_the_limit_at_mail_from() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<alice@example.net> SIZE=20971520\r\n", 1),
             (b"QUIT\r\n", 1),
         ],
@@ -89,7 +92,6 @@ async fn default_domain_repairs_a_bare_local_part() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (b"MAIL FROM:<user>\r\n", 1),
             (b"RCPT TO:<bob@contoso.local>\r\n", 1),
             (b"DATA\r\n", 1),
@@ -111,7 +113,6 @@ async fn bdat_delivery() {
     let t = session(
         &server,
         &[
-            (b"EHLO client.example\r\n", 1),
             (
                 b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@contoso.local>\r\n",
                 2,
@@ -138,18 +139,8 @@ async fn mailbox_limit_ndr_after_a_250() {
         })
         .mailbox(MailboxSpec::new("bob@contoso.local").receive_limit(10 * 1024))
         .spawn_in_memory();
-    let body =
-        popbridge_proto::DotStuffer::stuff_all(&message("twenty kilobytes", 20 * 1024), true);
-    let t = session(
-        &server,
-        &[
-            (b"EHLO client.example\r\n", 1),
-            (b"MAIL FROM:<alice@example.net> SIZE=20480\r\nRCPT TO:<bob@contoso.local>\r\nDATA\r\n", 3),
-            (&body, 1),
-            (b"QUIT\r\n", 1),
-        ],
-    )
-    .await;
+    let body = message("twenty kilobytes", 20 * 1024);
+    let t = pipelined_delivery(&server, " SIZE=20480", &body).await;
     let txn = &server.captured()[0];
     let report = format!(
         "{t}-- capture --\nsession reply: {:?}\ndeliveries: {:?}\n",

@@ -135,6 +135,15 @@ impl Pop3Command {
                 .filter(|a| !a.is_empty())
                 .collect::<Vec<_>>()
         };
+        // The arguments when there are `n` of them, else a syntax error saying `reason`.
+        let exactly = |n: usize, keyword, reason| {
+            let a = args();
+            if a.len() == n {
+                Ok(a)
+            } else {
+                Err(CommandError::Syntax { keyword, reason })
+            }
+        };
         let text = |b: &[u8], keyword| {
             String::from_utf8(b.to_vec()).map_err(|_| CommandError::Syntax {
                 keyword,
@@ -143,13 +152,7 @@ impl Pop3Command {
         };
         let cmd = match &kw_upper[..] {
             b"USER" => {
-                let a = args();
-                if a.len() != 1 {
-                    return Err(CommandError::Syntax {
-                        keyword: "USER",
-                        reason: "expects one name",
-                    });
-                }
+                let a = exactly(1, "USER", "expects one name")?;
                 Self::User(text(a[0], "USER")?)
             }
             b"PASS" => {
@@ -162,13 +165,7 @@ impl Pop3Command {
                 Self::Pass(text(rest, "PASS")?)
             }
             b"APOP" => {
-                let a = args();
-                if a.len() != 2 {
-                    return Err(CommandError::Syntax {
-                        keyword: "APOP",
-                        reason: "expects name and digest",
-                    });
-                }
+                let a = exactly(2, "APOP", "expects name and digest")?;
                 Self::Apop {
                     name: text(a[0], "APOP")?,
                     digest: text(a[1], "APOP")?,
@@ -204,13 +201,7 @@ impl Pop3Command {
             b"RETR" => Self::Retr(one_number(&args(), "RETR")?),
             b"DELE" => Self::Dele(one_number(&args(), "DELE")?),
             b"TOP" => {
-                let a = args();
-                if a.len() != 2 {
-                    return Err(CommandError::Syntax {
-                        keyword: "TOP",
-                        reason: "expects message and line count",
-                    });
-                }
+                let a = exactly(2, "TOP", "expects message and line count")?;
                 Self::Top {
                     msg: number(a[0], "TOP")?,
                     lines: number(a[1], "TOP")?,
@@ -483,30 +474,21 @@ mod tests {
                 ..
             })
         ));
-        assert!(matches!(
-            Pop3Command::parse(b"RETR x\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"RETR 99999999999\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"RETR 4294967296\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"TOP 1\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"QUIT now\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Pop3Command::parse(b"USER\r\n"),
-            Err(CommandError::Syntax { .. })
-        ));
+        let bad = [
+            "RETR x",
+            "RETR 99999999999",
+            "RETR 4294967296",
+            "TOP 1",
+            "QUIT now",
+            "USER",
+        ];
+        for line in bad.map(|l| format!("{l}\r\n")) {
+            let parsed = Pop3Command::parse(line.as_bytes());
+            assert!(
+                matches!(parsed, Err(CommandError::Syntax { .. })),
+                "{line:?}"
+            );
+        }
         assert_eq!(Pop3Command::parse(b"\r\n"), Err(CommandError::Empty));
         assert_eq!(
             Pop3Command::parse(b"XYZZY 1\r\n"),

@@ -8,31 +8,57 @@ use super::EnvelopeAddress;
 use crate::excerpt;
 use crate::line::trim_eol;
 
-/// An ESMTP parameter on MAIL or RCPT (`SIZE=1234`, `BODY=8BITMIME`, `SMTPUTF8`).
+/// An ESMTP parameter on MAIL or RCPT (`SIZE=1234`, `BODY=8BITMIME`, `SMTPUTF8`); built
+/// only through [`Param::new`] and [`Param::flag`], so it always has the RFC 5321 syntax and
+/// renders as one token of the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
-    /// Upper-case keyword.
-    pub keyword: String,
-    /// Value after `=`, if any.
-    pub value: Option<String>,
+    keyword: String,
+    value: Option<String>,
 }
 
 impl Param {
-    /// A parameter with a value.
-    pub fn new(keyword: &str, value: impl Into<String>) -> Self {
-        Self {
-            keyword: keyword.to_ascii_uppercase(),
-            value: Some(value.into()),
+    /// A parameter with a value: `keyword` an esmtp-keyword (ALPHA / DIGIT, then ALPHA /
+    /// DIGIT / `-`), `value` an esmtp-value (one or more of `%d33-60 / %d62-126`: no space,
+    /// control, `=` or non-ASCII octet).
+    pub fn new(keyword: &str, value: impl Into<String>) -> Result<Self, CommandError> {
+        let value = value.into();
+        if value.is_empty() || !value.bytes().all(|b| matches!(b, 33..=60 | 62..=126)) {
+            return Err(CommandError::Param("not an esmtp-value"));
         }
+        Ok(Self {
+            keyword: esmtp_keyword(keyword)?,
+            value: Some(value),
+        })
     }
 
-    /// A parameter without a value.
-    pub fn flag(keyword: &str) -> Self {
-        Self {
-            keyword: keyword.to_ascii_uppercase(),
+    /// A parameter without a value; `keyword` as for [`Param::new`].
+    pub fn flag(keyword: &str) -> Result<Self, CommandError> {
+        Ok(Self {
+            keyword: esmtp_keyword(keyword)?,
             value: None,
-        }
+        })
     }
+
+    /// The keyword, upper case.
+    pub fn keyword(&self) -> &str {
+        &self.keyword
+    }
+
+    /// The value after `=`, if any.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+}
+
+/// `keyword` upper-cased when it is an esmtp-keyword (RFC 5321 section 4.1.2).
+fn esmtp_keyword(keyword: &str) -> Result<String, CommandError> {
+    let mut bytes = keyword.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(CommandError::Param("not an esmtp-keyword"));
+    }
+    Ok(keyword.to_ascii_uppercase())
 }
 
 impl fmt::Display for Param {
@@ -111,6 +137,10 @@ pub enum CommandError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// An ESMTP parameter whose keyword or value RFC 5321 does not allow (a parsed one is
+    /// reported as [`CommandError::Syntax`] of its MAIL or RCPT).
+    #[error("ESMTP parameter: {0}")]
+    Param(&'static str),
 }
 
 impl SmtpCommand {
@@ -274,10 +304,12 @@ fn path_and_params(
     }
     let params = params
         .split_ascii_whitespace()
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok(Param::new(k, v)),
-            Some(_) => Err(syntax("malformed parameter")),
-            None => Ok(Param::flag(p)),
+        .map(|p| {
+            match p.split_once('=') {
+                Some((k, v)) => Param::new(k, v),
+                None => Param::flag(p),
+            }
+            .map_err(|_| syntax("malformed parameter"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let path = EnvelopeAddress::new(path).map_err(|_| syntax("CR or LF in the address"))?;
@@ -334,6 +366,10 @@ mod tests {
         EnvelopeAddress::new(text).unwrap()
     }
 
+    fn param(keyword: &str, value: &str) -> Param {
+        Param::new(keyword, value).unwrap()
+    }
+
     #[test]
     fn wire_lines_are_exact_and_parse_back() {
         let cases = vec![
@@ -345,7 +381,7 @@ mod tests {
             (
                 SmtpCommand::Mail {
                     from: addr("a@b.example"),
-                    params: vec![Param::new("SIZE", "1234"), Param::new("BODY", "8BITMIME")],
+                    params: vec![param("SIZE", "1234"), param("BODY", "8BITMIME")],
                 },
                 "MAIL FROM:<a@b.example> SIZE=1234 BODY=8BITMIME\r\n",
             ),
@@ -406,7 +442,7 @@ mod tests {
             SmtpCommand::parse(b"mail from: <user> SMTPUTF8\r\n").unwrap(),
             SmtpCommand::Mail {
                 from: addr("user"),
-                params: vec![Param::flag("SMTPUTF8")]
+                params: vec![Param::flag("SMTPUTF8").unwrap()]
             }
         );
         assert_eq!(
@@ -443,11 +479,53 @@ mod tests {
             b"MAIL \xff\r\n",
             b"MAIL FROM:<a\rb@c>\r\n",
             b"RCPT TO:a\rb\r\n",
+            // Parameters are built through `Param`: what it refuses is a syntax error.
+            b"MAIL FROM:<a@b> SIZE=\r\n",
+            b"MAIL FROM:<a@b> =1\r\n",
+            b"MAIL FROM:<a@b> SIZE=1=2\r\n",
+            b"RCPT TO:<a@b> NOTIFY=\x01\r\n",
+            b"RCPT TO:<a@b> X_Y\r\n",
         ] {
             assert!(
                 matches!(SmtpCommand::parse(bad), Err(CommandError::Syntax { .. })),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn params_are_built_only_with_rfc_5321_syntax() {
+        let p = param("size", "1234");
+        assert_eq!((p.keyword(), p.value()), ("SIZE", Some("1234")));
+        assert_eq!(p.to_string(), "SIZE=1234");
+        assert_eq!(Param::flag("x-Ext1").unwrap().to_string(), "X-EXT1");
+        assert_eq!(param("ENVID", "a+2Bb!~").value(), Some("a+2Bb!~"));
+        for value in [
+            "",
+            "a\r\nRCPT TO:<x@y>",
+            "a\rb",
+            "a\nb",
+            "a b",
+            " a",
+            "a=b",
+            "=",
+            "\u{e9}",
+            "a\tb",
+            "\0",
+        ] {
+            assert_eq!(
+                Param::new("ENVID", value),
+                Err(CommandError::Param("not an esmtp-value")),
+                "{value:?}"
+            );
+        }
+        for keyword in ["", "-SIZE", "SI ZE", "SIZE\r\n", "SI=ZE", "S_ZE", "\u{e9}"] {
+            assert_eq!(
+                Param::flag(keyword),
+                Err(CommandError::Param("not an esmtp-keyword")),
+                "{keyword:?}"
+            );
+            assert!(Param::new(keyword, "1").is_err(), "{keyword:?}");
         }
     }
 

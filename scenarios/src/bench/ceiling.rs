@@ -346,7 +346,8 @@ pub async fn smtp_write(
     let envelope = |m: &Bytes| {
         let mut params = Vec::new();
         if size {
-            params.push(Param::new("SIZE", m.len().to_string()));
+            params
+                .push(Param::new("SIZE", m.len().to_string()).expect("digits are an esmtp-value"));
         }
         let mut out = SmtpCommand::Mail {
             from: from.clone(),

@@ -647,6 +647,11 @@ struct Mocks {
     ca_file: Option<PathBuf>,
 }
 
+/// A mock's listening address (`what` names the mock in the error).
+fn mock_addr(addr: Option<SocketAddr>, what: &str) -> Result<SocketAddr, BenchError> {
+    addr.ok_or_else(|| BenchError::Setup(format!("{what} mock address")))
+}
+
 async fn listener() -> Result<tokio::net::TcpListener, BenchError> {
     tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -662,7 +667,7 @@ async fn mock_pop3(
         mailbox = mailbox.with_message(Message::new(m.clone()));
     }
     let mut b = MockPop3::builder()
-        .mailbox(mailbox)
+        .maildrop(mailbox)
         .record_transcript(false)
         .idle_timeout(Duration::from_secs(600));
     if let Some(pki) = tls {
@@ -802,6 +807,25 @@ struct Ran {
     wall: Duration,
     usage: Option<measure::Usage>,
     failure: Option<String>,
+}
+
+/// A connector's round from its run: `messages` moved, failed with the run's own failure
+/// or else `shortfall`; the whole mailbox's bytes only when it did not fail. No latencies.
+fn subject_round(plan: &Plan, ran: Ran, messages: u64, shortfall: Option<String>) -> Round {
+    let failure = ran.failure.or(shortfall);
+    Round {
+        wall_s: ran.wall.as_secs_f64(),
+        messages,
+        bytes: if failure.is_none() {
+            total_bytes(plan)
+        } else {
+            0
+        },
+        cpu_s: ran.usage.map(|u| u.cpu_s),
+        peak_rss_mb: ran.usage.map(|u| u.max_rss_kib as f64 * 1024.0 / 1e6),
+        failure,
+        ..Round::default()
+    }
 }
 
 /// Runs one connector once against `ep`.
@@ -949,22 +973,8 @@ async fn connector_round(
     match &plan.servers {
         Servers::Mocks { .. } => {
             let mocks = start_mocks(plan, dir).await?;
-            let pop3 = via(
-                mocks
-                    .pop3
-                    .addr()
-                    .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?,
-                pop3_shape,
-            )
-            .await?;
-            let smtp = via(
-                mocks
-                    .smtp
-                    .addr()
-                    .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?,
-                smtp_shape,
-            )
-            .await?;
+            let pop3 = via(mock_addr(mocks.pop3.addr(), "POP3")?, pop3_shape).await?;
+            let smtp = via(mock_addr(mocks.smtp.addr(), "SMTP")?, smtp_shape).await?;
             let ep = Endpoints {
                 pop3: pop3.addr,
                 smtp: smtp.addr,
@@ -979,7 +989,7 @@ async fn connector_round(
             let _ = tokio::time::timeout(SETTLE, mocks.smtp.wait_idle()).await;
             let left = mocks
                 .pop3
-                .mailbox(USER)
+                .maildrop(USER)
                 .map_or(n as usize, |m| m.remaining.len()) as u64;
             let accepted = mocks.smtp.counts().accepted;
             let retrieved = *mocks.pop3.retrievals_watch().borrow();
@@ -989,24 +999,16 @@ async fn connector_round(
             let lat = measure::latencies(&sent, &acc);
             mocks.pop3.shutdown().await;
             mocks.smtp.shutdown().await;
-            let failure = ran.failure.or_else(|| {
-                (left != 0 || accepted != n).then(|| {
-                    format!("moved {} of {n}: {left} left on the POP3 server, {accepted} accepted by SMTP", n - left)
-                })
+            let shortfall = (left != 0 || accepted != n).then(|| {
+                format!(
+                    "moved {} of {n}: {left} left on the POP3 server, {accepted} accepted by SMTP",
+                    n - left
+                )
             });
             Ok(Round {
-                wall_s: ran.wall.as_secs_f64(),
-                messages: accepted.min(n),
-                bytes: if failure.is_none() {
-                    total_bytes(plan)
-                } else {
-                    0
-                },
                 p50_ms: ms(measure::percentile(&lat, 50.0)),
                 p99_ms: ms(measure::percentile(&lat, 99.0)),
-                cpu_s: ran.usage.map(|u| u.cpu_s),
-                peak_rss_mb: ran.usage.map(|u| u.max_rss_kib as f64 * 1024.0 / 1e6),
-                failure,
+                ..subject_round(plan, ran, accepted.min(n), shortfall)
             })
         }
         Servers::Real(real) => {
@@ -1024,27 +1026,13 @@ async fn connector_round(
             smtp.close().await;
             let ran = ran?;
             let left = maildir_count(&real.maildir);
-            let failure = ran.failure.or_else(|| {
-                (left != 0).then(|| {
-                    format!(
-                        "moved {} of {n}: {left} left in the Maildir",
-                        n.saturating_sub(left)
-                    )
-                })
+            let shortfall = (left != 0).then(|| {
+                format!(
+                    "moved {} of {n}: {left} left in the Maildir",
+                    n.saturating_sub(left)
+                )
             });
-            Ok(Round {
-                wall_s: ran.wall.as_secs_f64(),
-                messages: n.saturating_sub(left),
-                bytes: if failure.is_none() {
-                    total_bytes(plan)
-                } else {
-                    0
-                },
-                cpu_s: ran.usage.map(|u| u.cpu_s),
-                peak_rss_mb: ran.usage.map(|u| u.max_rss_kib as f64 * 1024.0 / 1e6),
-                failure,
-                ..Round::default()
-            })
+            Ok(subject_round(plan, ran, n.saturating_sub(left), shortfall))
         }
     }
 }
@@ -1104,13 +1092,11 @@ async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     match &plan.servers {
         Servers::Mocks { tls } => {
             let pop3 = mock_pop3(&plan.messages, tls.as_deref()).await?;
-            let upstream = pop3
-                .addr()
-                .ok_or_else(|| BenchError::Setup("POP3 mock address".into()))?;
+            let upstream = mock_addr(pop3.addr(), "POP3")?;
             let tls = tls.as_deref().map(tls_client).transpose()?;
             let mut round = pop3_leg_run(plan, upstream, tls, USER, PASSWORD).await?;
             let _ = tokio::time::timeout(SETTLE, pop3.wait_idle()).await;
-            let left = pop3.mailbox(USER).map_or(0, |m| m.remaining.len());
+            let left = pop3.maildrop(USER).map_or(0, |m| m.remaining.len());
             if round.failure.is_none() && left != 0 {
                 round.failure = Some(format!("{left} left on the POP3 server after QUIT"));
             }
@@ -1152,9 +1138,7 @@ async fn smtp_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
     match &plan.servers {
         Servers::Mocks { tls } => {
             let smtp = mock_smtp(tls.as_deref(), plan.largest(), plan.error_limit).await?;
-            let upstream = smtp
-                .addr()
-                .ok_or_else(|| BenchError::Setup("SMTP mock address".into()))?;
+            let upstream = mock_addr(smtp.addr(), "SMTP")?;
             let tls = tls.as_deref().map(tls_client).transpose()?;
             let mut round = smtp_leg_run(plan, upstream, tls).await?;
             let _ = tokio::time::timeout(SETTLE, smtp.wait_idle()).await;

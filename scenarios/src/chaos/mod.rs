@@ -86,13 +86,9 @@ pub async fn run_spec(spec: &Spec, connector: &Connector) -> (Verdict, Observed)
     let scenario = match schema::parse(&text, &path) {
         Ok(s) => s,
         Err(e) => {
-            let mut v = Verdict::default();
-            v.violations.push(Violation {
-                kind: Kind::Harness,
-                message: String::new(),
-                detail: format!("the world is not a valid scenario (a poplab bug): {e}"),
-                expected: false,
-            });
+            let v = harness_failure(format!(
+                "the world is not a valid scenario (a poplab bug): {e}"
+            ));
             return (v, Observed::default());
         }
     };
@@ -158,6 +154,18 @@ pub async fn run_seed(seed: u64, opts: &Options, shrinks: &AtomicU64) -> RunResu
     result
 }
 
+/// A verdict of one harness failure (not the connector's): `detail` says what broke.
+fn harness_failure(detail: String) -> Verdict {
+    let mut v = Verdict::default();
+    v.violations.push(Violation {
+        kind: Kind::Harness,
+        message: String::new(),
+        detail,
+        expected: false,
+    });
+    v
+}
+
 /// The description of a saved failure: its seed and what went wrong.
 fn headline(small: &Spec, verdict: &Verdict, original: &Spec) -> String {
     let what = verdict
@@ -204,13 +212,7 @@ pub async fn run(opts: &Options, progress: impl Fn(&RunResult, u64, u64)) -> Cha
             }
             Err(e) => {
                 // A panicking run is a harness failure of its own: reported, not lost.
-                let mut v = Verdict::default();
-                v.violations.push(Violation {
-                    kind: Kind::Harness,
-                    message: String::new(),
-                    detail: format!("the run panicked: {e}"),
-                    expected: false,
-                });
+                let v = harness_failure(format!("the run panicked: {e}"));
                 results.push(RunResult {
                     seed: u64::MAX,
                     messages: 0,

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::oracle::{Fate, Kind, Verdict};
 use super::{classes, Options, RunResult};
+use crate::report::counts_text;
 
 /// Outcomes added up over runs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -242,17 +243,12 @@ impl ChaosReport {
             let _ = writeln!(s, "{}", line.trim_end());
         }
         if !self.expected.is_empty() {
-            let list: Vec<String> = self
-                .expected
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
             let _ = writeln!(
                 s,
                 "  expected under the {} profile (the old connector's known failures, or a \
                  server joining a message to a transaction it should have reset): {}",
                 self.profile,
-                list.join(", ")
+                counts_text(&self.expected)
             );
         }
         if self.failures.is_empty() && !self.expected.is_empty() {
@@ -268,17 +264,12 @@ impl ChaosReport {
                 self.runs
             );
         } else {
-            let list: Vec<String> = self
-                .violations
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
             let _ = writeln!(
                 s,
                 "  FAIL: {} of {} runs broke a promise ({})",
                 self.failures.len(),
                 self.runs,
-                list.join(", ")
+                counts_text(&self.violations)
             );
             for f in self.failures.iter().take(20) {
                 let _ = writeln!(s, "  seed {}:", f.seed);

@@ -490,12 +490,46 @@ const GARBAGE: [&str; 5] = [
     "\u{1}\u{7f}binary junk",
 ];
 
+/// A hook list and how to draw which of its events fires first.
+type Hooks<'a> = (&'a [&'a str], &'a dyn Fn(&mut ChaCha8Rng) -> u32);
+
+/// A fault on `side` with its hook drawn (a per-message one with probability `p_message`,
+/// else a per-session one), its first firing and how many times; class and action are
+/// left for the caller. The draws keep their order, so a seed gives the same world.
+fn unarmed_fault(
+    r: &mut ChaCha8Rng,
+    side: Side,
+    per_message: Hooks<'_>,
+    per_session: Hooks<'_>,
+    p_message: f64,
+) -> FaultSpec {
+    let on_message = *pick(r, per_message.0);
+    let on_session = *pick(r, per_session.0);
+    let (on, nth) = if r.gen_bool(p_message) {
+        (on_message, (per_message.1)(r))
+    } else {
+        (on_session, (per_session.1)(r))
+    };
+    let times = *pick(r, &[1u32, 1, 1, 2, 3]);
+    FaultSpec {
+        side,
+        class: "",
+        on: on.into(),
+        action: "",
+        reply: None,
+        delay: None,
+        bytes: None,
+        nth,
+        times,
+    }
+}
+
 fn draw_faults(r: &mut ChaCha8Rng, spec: &mut Spec) {
     let n = spec.messages.len() as u32;
     let passes = spec.fault_passes;
     // Per-message hooks fire up to about every message of every fault pass.
-    let per_message = |r: &mut ChaCha8Rng| r.gen_range(1..=(n * passes + 2));
-    let per_session = |r: &mut ChaCha8Rng| r.gen_range(1..=passes + 1);
+    let per_message = &|r: &mut ChaCha8Rng| r.gen_range(1..=(n * passes + 2));
+    let per_session = &|r: &mut ChaCha8Rng| r.gen_range(1..=passes + 1);
     let pop3_faults = if r.gen_bool(0.1) {
         0
     } else {
@@ -507,28 +541,16 @@ fn draw_faults(r: &mut ChaCha8Rng, spec: &mut Spec) {
         r.gen_range(0..=6)
     };
     for _ in 0..pop3_faults {
-        let on_message = *pick(r, &["RETR", "RETR", "DELE", "TOP", "any"]);
-        let on_session = *pick(
+        let mut f = unarmed_fault(
             r,
-            &["greeting", "USER", "PASS", "CAPA", "LIST", "UIDL", "QUIT"],
+            Side::Pop3,
+            (&["RETR", "RETR", "DELE", "TOP", "any"], per_message),
+            (
+                &["greeting", "USER", "PASS", "CAPA", "LIST", "UIDL", "QUIT"],
+                per_session,
+            ),
+            0.6,
         );
-        let (on, nth) = if r.gen_bool(0.6) {
-            (on_message, per_message(r))
-        } else {
-            (on_session, per_session(r))
-        };
-        let times = *pick(r, &[1u32, 1, 1, 2, 3]);
-        let mut f = FaultSpec {
-            side: Side::Pop3,
-            class: "",
-            on: on.into(),
-            action: "",
-            reply: None,
-            delay: None,
-            bytes: None,
-            nth,
-            times,
-        };
         match r.gen_range(0..100) {
             0..=19 => {
                 f.class = "pop3-close";
@@ -573,25 +595,16 @@ fn draw_faults(r: &mut ChaCha8Rng, spec: &mut Spec) {
         spec.faults.push(f);
     }
     for _ in 0..smtp_faults {
-        let on_message = *pick(r, &["MAIL", "RCPT", "DATA", "BDAT", "data-end", "data-end"]);
-        let on_session = *pick(r, &["greeting", "EHLO", "QUIT", "RSET"]);
-        let (on, nth) = if r.gen_bool(0.75) {
-            (on_message, per_message(r))
-        } else {
-            (on_session, per_session(r))
-        };
-        let times = *pick(r, &[1u32, 1, 1, 2, 3]);
-        let mut f = FaultSpec {
-            side: Side::Smtp,
-            class: "",
-            on: on.into(),
-            action: "",
-            reply: None,
-            delay: None,
-            bytes: None,
-            nth,
-            times,
-        };
+        let mut f = unarmed_fault(
+            r,
+            Side::Smtp,
+            (
+                &["MAIL", "RCPT", "DATA", "BDAT", "data-end", "data-end"],
+                per_message,
+            ),
+            (&["greeting", "EHLO", "QUIT", "RSET"], per_session),
+            0.75,
+        );
         match r.gen_range(0..100) {
             0..=19 => {
                 f.class = "smtp-4xx";
