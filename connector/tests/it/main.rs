@@ -3,6 +3,7 @@
 
 mod admin;
 mod at_rest;
+mod broken_commit;
 mod cli;
 mod daemon;
 mod delivery;
