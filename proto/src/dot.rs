@@ -189,23 +189,31 @@ impl DotDecoder {
                     self.state = State::Cr;
                 }
                 State::Body => {
+                    // Only a line that starts with a dot needs decoding: everything up to
+                    // the next one (or the end of the input) is data as it stands, line
+                    // ends included. In Body the byte before `rest` is never a CR (that
+                    // is state Cr), so a line end at its very start is a bare LF.
                     let rest = &input[i..];
-                    let n = rest
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .unwrap_or(rest.len());
-                    if n > 0 {
-                        self.emit(out, &rest[..n])?;
-                        i += n;
-                        continue;
-                    }
-                    self.emit(out, &rest[..1])?;
-                    self.state = if b == b'\r' {
-                        State::Cr
-                    } else {
-                        State::Start { crlf: false }
+                    let (n, next) = match memchr::memmem::find(rest, b"\n.") {
+                        Some(p) => (
+                            p + 1,
+                            State::Start {
+                                crlf: p > 0 && rest[p - 1] == b'\r',
+                            },
+                        ),
+                        None => (
+                            rest.len(),
+                            match rest {
+                                [.., b'\r', b'\n'] => State::Start { crlf: true },
+                                [.., b'\n'] => State::Start { crlf: false },
+                                [.., b'\r'] => State::Cr,
+                                _ => State::Body,
+                            },
+                        ),
                     };
-                    i += 1;
+                    self.emit(out, &rest[..n])?;
+                    self.state = next;
+                    i += n;
                 }
                 State::Cr => {
                     self.emit(out, &input[i..=i])?;
@@ -223,6 +231,29 @@ impl DotDecoder {
             done: self.state == State::Done,
         })
     }
+}
+
+/// The length of the run of whole lines at the start of `input` that normalised stuffing
+/// leaves as they are: each ends in CRLF and holds no other CR or LF; the run stops after a
+/// line followed by one that starts with a dot (the caller stuffs it at that line start).
+/// 0 when the first line is not such a line, or is not complete within `input`.
+fn clean_lines(input: &[u8]) -> usize {
+    let mut end = 0;
+    for lf in memchr::memchr_iter(b'\n', input) {
+        // The line `input[end..=lf]` must be `text CR LF` with no CR in `text`.
+        if lf == end
+            || input[lf - 1] != b'\r'
+            || memchr::memchr(b'\r', &input[end..lf - 1]).is_some()
+        {
+            break;
+        }
+        end = lf + 1;
+        // A dot starting the next line is stuffed by the caller, at that line start.
+        if input.get(end) == Some(&b'.') {
+            break;
+        }
+    }
+    end
 }
 
 /// Streaming dot-stuffer for sending multi-line data.
@@ -309,11 +340,17 @@ impl DotStuffer {
                     if self.at_line_start && b == b'.' {
                         out.put_u8(b'.');
                     }
+                    // Whole CRLF-ended lines that need nothing go out as they are: up to
+                    // the first bare CR, bare LF, or line starting with a dot.
                     let rest = &input[i..];
-                    let n = rest
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .unwrap_or(rest.len());
+                    let n = clean_lines(rest);
+                    if n > 0 {
+                        out.extend_from_slice(&rest[..n]);
+                        self.at_line_start = true;
+                        i += n;
+                        continue;
+                    }
+                    let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
                     out.extend_from_slice(&rest[..n]);
                     self.at_line_start = false;
                     i += n;
