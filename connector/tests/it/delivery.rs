@@ -140,7 +140,6 @@ async fn stage_message(pickup: &Pickup, i: usize) -> Staged {
             &format!("u{i}"),
             "a@example.net",
             &["info@contoso.local".to_string()],
-            b"",
             &body,
         )
         .await
