@@ -1364,27 +1364,21 @@ fn dot_decoder_matches_a_model_on_random_wire_bytes() {
 #[test]
 fn stuffer_rules_by_hand() {
     // The exact finish() rule, including the bare-LF and bare-CR endings.
-    let raw: &[(&[u8], &[u8])] = &[
-        (b"", b".\r\n"),
-        (b"a", b"a\r\n.\r\n"),
-        (b"a\r\n", b"a\r\n.\r\n"),
-        (b"a\n", b"a\n.\r\n"),
-        (b"a\r", b"a\r\r\n.\r\n"),
-        (b".", b"..\r\n.\r\n"),
-        (b"\r\n.\r\n", b"\r\n..\r\n.\r\n"),
-        (b"x\n.\n", b"x\n..\n.\r\n"),
+    // (message, stuffed as it is, stuffed with its line endings normalised).
+    let cases: &[(&[u8], &[u8], &[u8])] = &[
+        (b"", b".\r\n", b".\r\n"),
+        (b"a", b"a\r\n.\r\n", b"a\r\n.\r\n"),
+        (b"a\r\n", b"a\r\n.\r\n", b"a\r\n.\r\n"),
+        (b"a\n", b"a\n.\r\n", b"a\r\n.\r\n"),
+        (b"a\r", b"a\r\r\n.\r\n", b"a\r\n.\r\n"),
+        (b".", b"..\r\n.\r\n", b"..\r\n.\r\n"),
+        (b"\r\n.\r\n", b"\r\n..\r\n.\r\n", b"\r\n..\r\n.\r\n"),
+        (b"x\n.\n", b"x\n..\n.\r\n", b"x\r\n..\r\n.\r\n"),
+        (b"\r.\n.", b"\r.\n..\r\n.\r\n", b"\r\n..\r\n..\r\n.\r\n"),
+        (b"\n\r", b"\n\r\r\n.\r\n", b"\r\n\r\n.\r\n"),
     ];
-    for (msg, wire) in raw {
-        assert_eq!(&DotStuffer::stuff_all(msg, false)[..], *wire, "{msg:?}");
-    }
-    let norm: &[(&[u8], &[u8])] = &[
-        (b"", b".\r\n"),
-        (b"a\n", b"a\r\n.\r\n"),
-        (b"a\r", b"a\r\n.\r\n"),
-        (b"\r.\n.", b"\r\n..\r\n..\r\n.\r\n"),
-        (b"\n\r", b"\r\n\r\n.\r\n"),
-    ];
-    for (msg, wire) in norm {
-        assert_eq!(&DotStuffer::stuff_all(msg, true)[..], *wire, "{msg:?}");
+    for (msg, raw, norm) in cases {
+        assert_eq!(&DotStuffer::stuff_all(msg, false)[..], *raw, "{msg:?}");
+        assert_eq!(&DotStuffer::stuff_all(msg, true)[..], *norm, "{msg:?}");
     }
 }
