@@ -858,6 +858,10 @@ fn nul_and_invalid_utf8_replies_are_errors() {
     }
 
     let malformed: &[&[u8]] = &[
+        b"25\r\n",
+        b"abc def\r\n",
+        b"250x\r\n",
+        b"650 nope\r\n",
         b"\0\0\0\r\n",
         b"2\x0050 x\r\n",
         b"250\0x\r\n",
