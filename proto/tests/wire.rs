@@ -828,6 +828,23 @@ fn nul_and_invalid_utf8_commands_are_errors() {
         b"MAIL FROM:<a@b>\0\r\n",
         b"EHLO a \0\r\n",
         b"MAIL FROM:<a@b> =x\r\n",
+        b"MAIL <a@b>\r\n",
+        b"MAIL FROM:<a@b\r\n",
+        b"RCPT TO:<>\r\n",
+        b"EHLO\r\n",
+        b"BDAT x\r\n",
+        b"BDAT 1 NOW\r\n",
+        b"DATA now\r\n",
+        b"MAIL FROM:<a@b>x\r\n",
+        b"MAIL \xff\r\n",
+        b"MAIL FROM:<a\rb@c>\r\n",
+        b"RCPT TO:a\rb\r\n",
+        // Parameters are built through `Param`: what it refuses is a syntax error.
+        b"MAIL FROM:<a@b> SIZE=\r\n",
+        b"MAIL FROM:<a@b> =1\r\n",
+        b"MAIL FROM:<a@b> SIZE=1=2\r\n",
+        b"RCPT TO:<a@b> NOTIFY=\x01\r\n",
+        b"RCPT TO:<a@b> X_Y\r\n",
     ];
     for line in smtp_syntax {
         assert!(
