@@ -105,12 +105,14 @@ fn mailbox(n: usize) -> Maildrop {
     Maildrop::new("info", PASSWORD).with_demo_messages(n, 600)
 }
 
+/// A POP3 server holding `n` demo messages for `info`.
+fn serving(n: usize) -> MockPop3Handle {
+    MockPop3::builder().maildrop(mailbox(n)).spawn_in_memory()
+}
+
 #[tokio::test(start_paused = true)]
 async fn passes_run_at_the_interval() {
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
-        "15m",
-    );
+    let w = start(serving(2), "15m");
     w.handle.wait_completed(1).await;
     w.pop.add_message(
         "info",
@@ -200,10 +202,7 @@ async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn a_bad_configuration_on_reload_keeps_the_old_one() {
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
-        "15m",
-    );
+    let w = start(serving(1), "15m");
     w.handle.wait_completed(1).await;
     let bad_path = w.dir.path().join("bad.toml");
     std::fs::write(&bad_path, "state_dir = \"x\"\ninterval = \"1m\"\n").unwrap();
@@ -397,10 +396,7 @@ fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
 /// with values that do not match the pass it reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_pass_have_the_documented_names_and_values() {
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
-        "24h",
-    );
+    let w = start(serving(2), "24h");
     w.handle.wait_completed(1).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -553,10 +549,7 @@ async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
 #[tokio::test(start_paused = true)]
 async fn the_pass_history_keeps_the_last_passes_of_each_account() {
     let keep = usize::try_from(HISTORY_KEEP).unwrap();
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
-        "5m",
-    );
+    let w = start(serving(1), "5m");
     w.handle.wait_completed(keep as u64 + 5).await;
     let h = w.handle.history();
     assert_eq!(h.len(), keep);
