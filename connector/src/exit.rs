@@ -107,43 +107,23 @@ mod tests {
 
     #[test]
     fn backlog_is_not_stuck_and_the_most_severe_account_wins() {
-        let backlog = Summary {
-            postponed: 100,
-            capped: 100,
-            ..Summary::default()
+        let summary = |set: fn(&mut Summary)| {
+            let mut s = Summary::default();
+            set(&mut s);
+            s
         };
+        let backlog = summary(|s| (s.postponed, s.capped) = (100, 100));
         assert_eq!(Exit::of(&backlog), Exit::Backlog);
-        let sliced = Summary {
-            postponed: 7,
-            sliced: 7,
-            ..Summary::default()
-        };
+        let sliced = summary(|s| (s.postponed, s.sliced) = (7, 7));
         assert_eq!(Exit::of(&sliced), Exit::Backlog);
-        let stuck = Summary {
-            rejected: 1,
-            postponed: 100,
-            capped: 100,
-            ..Summary::default()
-        };
+        let stuck = summary(|s| (s.rejected, s.postponed, s.capped) = (1, 100, 100));
         assert_eq!(Exit::of(&stuck), Exit::Stuck);
-        let interrupted = Summary {
-            postponed: 3,
-            ..Summary::default()
-        };
+        let interrupted = summary(|s| s.postponed = 3);
         assert_eq!(Exit::of(&interrupted), Exit::Stuck);
-        let aborted = Summary {
-            aborted: Some("lost".into()),
-            ..Summary::default()
-        };
+        let aborted = summary(|s| s.aborted = Some("lost".into()));
         assert_eq!(Exit::of(&aborted), Exit::Stuck);
-        let connect = Summary {
-            failure: Some(AccountFailure::Connect("refused".into())),
-            ..Summary::default()
-        };
-        let config = Summary {
-            failure: Some(AccountFailure::Config("bad".into())),
-            ..Summary::default()
-        };
+        let connect = summary(|s| s.failure = Some(AccountFailure::Connect("refused".into())));
+        let config = summary(|s| s.failure = Some(AccountFailure::Config("bad".into())));
         let ok = Summary::default();
         assert_eq!(Exit::of_all(&[]), Exit::Delivered);
         assert_eq!(Exit::of_all(&[ok.clone(), backlog.clone()]), Exit::Backlog);

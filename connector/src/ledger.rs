@@ -954,14 +954,13 @@ impl Ledger {
         account: &str,
         uids: &[String],
     ) -> Result<(), LedgerError> {
+        const INSERT: &str = "INSERT INTO shared_uids (account, uid) VALUES (?1, ?2)
+                              ON CONFLICT (account, uid) DO NOTHING";
         self.each_in_one_transaction(uids, |tx, path, uid| {
-            tx.prepare_cached(
-                "INSERT INTO shared_uids (account, uid) VALUES (?1, ?2)
-                 ON CONFLICT (account, uid) DO NOTHING",
-            )
-            .at(path)?
-            .execute(params![account, uid])
-            .at(path)?;
+            tx.prepare_cached(INSERT)
+                .at(path)?
+                .execute(params![account, uid])
+                .at(path)?;
             Ok(())
         })
     }
@@ -1252,17 +1251,15 @@ impl Ledger {
                     AND (quarantine_action IS NULL OR quarantine_action <> 'discard')
                  ORDER BY updated_at, account, key",
             params![account],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, i64>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                ))
-            },
-            |(account, key, qpath, reason, since, action)| {
+            |row| row.try_into(),
+            |(account, key, qpath, reason, since, action): (
+                String,
+                String,
+                Option<String>,
+                Option<String>,
+                i64,
+                Option<String>,
+            )| {
                 let Some(qpath) = qpath else {
                     return Err(corrupt(path, &account, &key, "quarantined without a path"));
                 };
@@ -1339,16 +1336,8 @@ impl Ledger {
             "SELECT key, failure_kind, last_reply, failures, created_at FROM messages
                  WHERE account = ?1 AND state = 'failed' ORDER BY created_at, key",
             params![account],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            },
-            |(key, kind, reason, failures, since)| {
+            |row| row.try_into(),
+            |(key, kind, reason, failures, since): (String, String, Option<String>, i64, i64)| {
                 let kind = match kind.as_str() {
                     "refused" => FailureKind::Refused,
                     "mismatch" => FailureKind::Mismatch,

@@ -1108,23 +1108,11 @@ mod tests {
         let mailbox = mailbox
             .map(|m| format!("mailbox_receive_limit = \"{m}\"\n"))
             .unwrap_or_default();
+        // The configuration tests' minimal file (one account, `info`), then the account's
+        // own limit and the tables after it.
+        let minimal = crate::config::tests::MINIMAL;
         let text = format!(
-            r#"profile = "{profile}"
-state_dir = "/var/lib/popbridge"
-{org}
-[transport]
-host = "127.0.0.1"
-
-[limits]
-max_message_size = "{max}"
-
-[[account]]
-name = "info"
-host = "pop.isp.example"
-username = "info@isp.example"
-password = "hunter2-secret"
-deliver_to = "info@contoso.local"
-{mailbox}"#
+            "profile = \"{profile}\"\n{minimal}{mailbox}\n{org}\n[limits]\nmax_message_size = \"{max}\"\n"
         );
         Config::from_str(&text, Path::new("popbridge.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"))

@@ -1001,6 +1001,11 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    /// The address and source of `e`, to compare at once.
+    fn chosen(e: &EnvelopeSender) -> (&str, SenderSource) {
+        (e.address.as_str(), e.source.clone())
+    }
+
     fn info(rp: Option<&str>, sender: Option<&str>, from: Option<&str>) -> HeaderInfo {
         HeaderInfo {
             return_path: rp.map(Into::into),
@@ -1037,15 +1042,9 @@ mod tests {
             None,
             false,
         );
-        assert_eq!(
-            (e.address.as_str(), e.source),
-            ("s@b.example", SenderSource::Sender)
-        );
+        assert_eq!(chosen(&e), ("s@b.example", SenderSource::Sender));
         let e = sender(&info(None, None, Some("\"F\" <f@c.example>")), None, false);
-        assert_eq!(
-            (e.address.as_str(), e.source),
-            ("f@c.example", SenderSource::From)
-        );
+        assert_eq!(chosen(&e), ("f@c.example", SenderSource::From));
         assert_eq!(e.repair, None);
     }
 
@@ -1056,10 +1055,7 @@ mod tests {
             None,
             false,
         );
-        assert_eq!(
-            (e.address.as_str(), e.source),
-            ("f@c.example", SenderSource::From)
-        );
+        assert_eq!(chosen(&e), ("f@c.example", SenderSource::From));
     }
 
     #[test]
@@ -1160,7 +1156,7 @@ mod tests {
         );
         // The null sender as the fallback.
         let e = envelope_sender(&info(None, None, Some("<a b@c>")), None, "", false, true);
-        assert_eq!((e.address.as_str(), e.source), ("", SenderSource::Fallback));
+        assert_eq!(chosen(&e), ("", SenderSource::Fallback));
         assert!(e
             .repair
             .unwrap()
@@ -1250,10 +1246,7 @@ mod tests {
             false,
             false,
         );
-        assert_eq!(
-            (e.address.as_str(), e.source),
-            ("John Smith", SenderSource::From)
-        );
+        assert_eq!(chosen(&e), ("John Smith", SenderSource::From));
     }
 
     #[test]

@@ -375,7 +375,9 @@ impl ServerCertVerifier for Verifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let result = match &self.check {
-            Check::Exact(exact) => exact.verify(end_entity, intermediates, server_name, ocsp, now),
+            Check::Exact(exact) => exact.verify(end_entity, server_name, now, |chain| {
+                chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            }),
             Check::Anything => Ok(ServerCertVerified::assertion()),
         };
         if let Some(w) = &self.watch {
@@ -457,14 +459,16 @@ impl std::fmt::Display for Untrusted {
 impl std::error::Error for Untrusted {}
 
 impl Exact {
-    /// The server's certificate: the pin, then chain validation, then exact trust.
+    /// The server's certificate: the pin, then chain validation (`validate` with the
+    /// chain verifier, given the rest of the certificates), then exact trust.
     fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        ocsp: &[u8],
         now: UnixTime,
+        validate: impl FnOnce(
+            &rustls::client::WebPkiServerVerifier,
+        ) -> Result<ServerCertVerified, rustls::Error>,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fingerprint = Fingerprint::of(end_entity);
         let exact = self.fingerprints.contains(&fingerprint);
@@ -476,9 +480,7 @@ impl Exact {
             ));
         }
         let chained = match &self.chain {
-            Some(chain) => {
-                chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            }
+            Some(chain) => validate(chain),
             None => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
             )),

@@ -253,9 +253,8 @@ impl Pickup {
         body: &Body,
     ) -> Result<PickupOutcome, PickupError> {
         let head = envelope_lines(envelope_from, recipients, first_line(prefix, body))?;
-        let name = Self::file_name(account, key);
-        let target = self.delivered_path(account, key);
-        if self.published(&name, &target).await? {
+        let (name, published) = self.earlier(account, key).await?;
+        if let Some(target) = published {
             // Still there (not yet consumed): make sure its folder entry is durable before
             // the ledger records it.
             if exists(&target).await.unwrap_or(false) {
@@ -294,6 +293,19 @@ impl Pickup {
         }
     }
 
+    /// The message's file name, and its path in the pickup folder when an earlier attempt
+    /// published it (see [`Pickup::published`]).
+    async fn earlier(
+        &self,
+        account: &str,
+        key: &str,
+    ) -> Result<(String, Option<PathBuf>), PickupError> {
+        let name = Self::file_name(account, key);
+        let target = self.delivered_path(account, key);
+        let published = self.published(&name, &target).await?;
+        Ok((name, published.then_some(target)))
+    }
+
     /// True when an earlier attempt published the message: the `.eml` is there, or its
     /// marker is there without its staged file (the pickup service consumed the `.eml`).
     async fn published(&self, name: &str, target: &Path) -> Result<bool, PickupError> {
@@ -310,8 +322,8 @@ impl Pickup {
 
     /// Step 1 only: writes the message to the staging folder and fsyncs it, without
     /// publishing it. [`Pickup::commit`] publishes it; dropping the result instead leaves
-    /// what a crash before the rename leaves. A test hook (feature `test-hooks`): passes
-    /// stage through [`Pickup::deliver`] only.
+    /// what a crash before the rename leaves. The message is `body` alone (no prefix). A
+    /// test hook (feature `test-hooks`): passes stage through [`Pickup::deliver`] only.
     #[cfg(any(test, feature = "test-hooks"))]
     pub async fn stage(
         &self,
@@ -319,20 +331,18 @@ impl Pickup {
         key: &str,
         envelope_from: &str,
         recipients: &[String],
-        prefix: &[u8],
         body: &Body,
     ) -> Result<Staged, PickupError> {
-        let head = envelope_lines(envelope_from, recipients, first_line(prefix, body))?;
-        let name = Self::file_name(account, key);
-        let target = self.delivered_path(account, key);
-        if self.published(&name, &target).await? {
+        let head = envelope_lines(envelope_from, recipients, first_line(b"", body))?;
+        let (name, published) = self.earlier(account, key).await?;
+        if let Some(target) = published {
             return Err(PickupError::Io {
                 action: "stage",
                 path: target,
                 source: io::Error::new(io::ErrorKind::AlreadyExists, "already published"),
             });
         }
-        self.stage_bytes(&name, &head, prefix, body).await
+        self.stage_bytes(&name, &head, b"", body).await
     }
 
     async fn stage_bytes(
@@ -356,6 +366,19 @@ impl Pickup {
         // A marker left by an attempt that stopped before its rename must go before the
         // staged file is rewritten: if the rewrite failed and removed the staged file, the
         // marker alone would claim the message was published.
+        let marker = self.remove_marker(name).await?;
+        let tmp = Self::staging_path(&self.dir, name);
+        write_staged(&tmp, head, prefix, body, self.mode).await?;
+        Ok(Staged {
+            tmp,
+            target: self.dir.join(format!("{name}.eml")),
+            marker,
+        })
+    }
+
+    /// Removes the marker of the staged file `name` when there is one (syncing the journal
+    /// folder then); returns its path either way.
+    async fn remove_marker(&self, name: &str) -> Result<PathBuf, PickupError> {
         let marker = self.marker_path(name);
         match tokio::fs::remove_file(&marker).await {
             Ok(()) => sync_dir(&self.journal)
@@ -364,13 +387,7 @@ impl Pickup {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &marker)(e)),
         }
-        let tmp = Self::staging_path(&self.dir, name);
-        write_staged(&tmp, head, prefix, body, self.mode).await?;
-        Ok(Staged {
-            tmp,
-            target: self.dir.join(format!("{name}.eml")),
-            marker,
-        })
+        Ok(marker)
     }
 
     /// Steps 2 and 3: records the marker, then renames the staged file into the pickup
@@ -439,14 +456,7 @@ impl Pickup {
                 };
                 // Markers belong to the pickup folder's staged files only.
                 if dir == &self.dir {
-                    let marker = self.marker_path(name);
-                    match tokio::fs::remove_file(&marker).await {
-                        Ok(()) => sync_dir(&self.journal)
-                            .await
-                            .map_err(io_err("sync", &self.journal))?,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io_err("remove", &marker)(e)),
-                    }
+                    self.remove_marker(name).await?;
                 }
                 let path = entry.path();
                 tokio::fs::remove_file(&path)
@@ -799,7 +809,7 @@ mod tests {
     async fn a_crash_between_marker_and_rename_rewrites_the_message_once() {
         let (_t, p) = fixture();
         let staged = p
-            .stage("info", "u1", "a@example.net", &rcpts(), b"", &body())
+            .stage("info", "u1", "a@example.net", &rcpts(), &body())
             .await
             .unwrap();
         write_marker(&p.journal, &staged.marker).await.unwrap();
@@ -812,7 +822,7 @@ mod tests {
         assert_eq!(eml_files(p.dir()).len(), 1);
         // The same crash followed by the clean-up at the start of a pass.
         let staged = p
-            .stage("info", "u2", "a@example.net", &rcpts(), b"", &body())
+            .stage("info", "u2", "a@example.net", &rcpts(), &body())
             .await
             .unwrap();
         write_marker(&p.journal, &staged.marker).await.unwrap();
@@ -829,7 +839,7 @@ mod tests {
             ("info2", "u1"),
             ("sales", "u1"),
         ] {
-            p.stage(account, key, "a@example.net", &rcpts(), b"", &body())
+            p.stage(account, key, "a@example.net", &rcpts(), &body())
                 .await
                 .unwrap();
         }

@@ -627,12 +627,11 @@ impl SmtpClient {
     /// configured (failing closed).
     pub async fn connect(dialer: &dyn Dialer, s: &Settings<'_>) -> Result<Self, SmtpError> {
         let addr = format!("{}:{}", s.host, s.port);
-        let io = net::dial(dialer, s.host, s.port, s.connect_timeout)
-            .await
-            .map_err(|source| SmtpError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
+        let dialed = net::dial(dialer, s.host, s.port, s.connect_timeout).await;
+        let io = dialed.map_err(|source| SmtpError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
         let mut plain = Connection::new(
             io,
             ReplyParser::new(),

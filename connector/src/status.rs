@@ -216,7 +216,16 @@ impl Report {
             match &a.last_pass {
                 None => out.push_str("  last pass:   none recorded\n"),
                 Some(p) => {
-                    let c = &p.counts;
+                    let PassCounts {
+                        listed,
+                        delivered,
+                        deleted,
+                        left,
+                        rejected,
+                        deferred,
+                        skipped,
+                        quarantined,
+                    } = p.counts;
                     out.push_str(&format!(
                         "  last pass:   {} {}{}\n",
                         p.finished_at,
@@ -227,16 +236,9 @@ impl Report {
                             .unwrap_or_default()
                     ));
                     out.push_str(&format!(
-                        "  counts:      {} listed, {} delivered, {} deleted, {} left \
-                         ({} rejected, {} deferred, {} skipped, {} quarantined)\n",
-                        c.listed,
-                        c.delivered,
-                        c.deleted,
-                        c.left,
-                        c.rejected,
-                        c.deferred,
-                        c.skipped,
-                        c.quarantined
+                        "  counts:      {listed} listed, {delivered} delivered, {deleted} deleted, \
+                         {left} left ({rejected} rejected, {deferred} deferred, {skipped} skipped, \
+                         {quarantined} quarantined)\n"
                     ));
                 }
             }

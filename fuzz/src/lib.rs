@@ -57,46 +57,34 @@ fn frame_lines(max: usize, parts: &[&[u8]]) -> Framed {
     let limit = decoder.max();
     assert!(limit >= max.max(2), "the decoder lowered its maximum");
     let mut buf = BytesMut::new();
-    let mut lines = Vec::new();
-    let mut fed = 0;
-    for part in parts {
-        buf.extend_from_slice(part);
-        fed += part.len();
-        loop {
-            match decoder.next_line(&mut buf) {
-                Ok(Some(line)) => {
-                    assert!(line.len() <= limit, "line of {} > max {limit}", line.len());
-                    assert_eq!(line.last(), Some(&b'\n'), "a line ends with LF");
-                    assert_eq!(
-                        line.iter().filter(|&&b| b == b'\n').count(),
-                        1,
-                        "one LF per line"
-                    );
-                    lines.push(line.to_vec());
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    assert_eq!(e, LineError::TooLong { max: limit });
-                    assert!(buf.len() >= limit, "TooLong before max octets arrived");
-                    assert!(
-                        !buf[..limit].contains(&b'\n'),
-                        "TooLong with a LF within the limit"
-                    );
-                    return Framed {
-                        lines,
-                        consumed: fed - buf.len(),
-                        error: Some(e),
-                    };
-                }
-            }
+    let (lines, error, consumed) = feed(&mut buf, parts, |buf| decoder.next_line(buf));
+    for line in &lines {
+        assert!(line.len() <= limit, "line of {} > max {limit}", line.len());
+        assert_eq!(line.last(), Some(&b'\n'), "a line ends with LF");
+        assert_eq!(
+            line.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "one LF per line"
+        );
+    }
+    match &error {
+        Some(e) => {
+            assert_eq!(*e, LineError::TooLong { max: limit });
+            assert!(buf.len() >= limit, "TooLong before max octets arrived");
+            assert!(
+                !buf[..limit].contains(&b'\n'),
+                "TooLong with a LF within the limit"
+            );
+        }
+        None => {
+            assert!(buf.len() < limit, "incomplete with max octets buffered");
+            assert!(!buf.contains(&b'\n'), "incomplete with a LF buffered");
         }
     }
-    assert!(buf.len() < limit, "incomplete with max octets buffered");
-    assert!(!buf.contains(&b'\n'), "incomplete with a LF buffered");
     Framed {
-        lines,
-        consumed: fed - buf.len(),
-        error: None,
+        lines: lines.iter().map(|line| line.to_vec()).collect(),
+        consumed,
+        error,
     }
 }
 
@@ -345,24 +333,34 @@ fn parse_replies(
     parts: &[&[u8]],
 ) -> (Vec<Result<Reply, ReplyError>>, usize) {
     let mut parser = ReplyParser::with_limits(max_line, max_lines);
-    let mut buf = BytesMut::new();
-    let mut replies = Vec::new();
+    let (replies, error, consumed) = feed(&mut BytesMut::new(), parts, |buf| parser.parse(buf));
+    let mut replies: Vec<_> = replies.into_iter().map(Ok).collect();
+    replies.extend(error.map(Err));
+    (replies, consumed)
+}
+
+/// Appends `parts` one after the other to `buf`, after each taking items off it with
+/// `next` until it has none; stops at `next`'s first error. Returns the items, that error
+/// and the octets taken off the buffer.
+fn feed<T, E>(
+    buf: &mut BytesMut,
+    parts: &[&[u8]],
+    mut next: impl FnMut(&mut BytesMut) -> Result<Option<T>, E>,
+) -> (Vec<T>, Option<E>, usize) {
+    let mut items = Vec::new();
     let mut fed = 0;
     for part in parts {
         buf.extend_from_slice(part);
         fed += part.len();
         loop {
-            match parser.parse(&mut buf) {
-                Ok(Some(reply)) => replies.push(Ok(reply)),
+            match next(buf) {
+                Ok(Some(item)) => items.push(item),
                 Ok(None) => break,
-                Err(e) => {
-                    replies.push(Err(e));
-                    return (replies, fed - buf.len());
-                }
+                Err(e) => return (items, Some(e), fed - buf.len()),
             }
         }
     }
-    (replies, fed - buf.len())
+    (items, None, fed - buf.len())
 }
 
 /// Target `smtp_reply`: byte 0 = split point, byte 1 = limits (0: the defaults 2048

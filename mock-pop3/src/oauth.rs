@@ -529,6 +529,17 @@ mod tests {
             .into_bytes()
     }
 
+    /// A refresh-token grant of client `cid` for `token`, with `secret` when given.
+    fn refresh(token: &str, secret: Option<&str>) -> Vec<u8> {
+        let mut pairs = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", "cid"),
+        ];
+        pairs.extend(secret.map(|s| ("client_secret", s)));
+        form(&pairs)
+    }
+
     const FORM: &str = "application/x-www-form-urlencoded";
 
     #[test]
@@ -537,12 +548,7 @@ mod tests {
         cfg.client_secret = Some("cs".into());
         cfg.rotate = true;
         let p = OAuthProvider::new(cfg);
-        let ok = form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", "rt-0"),
-            ("client_id", "cid"),
-            ("client_secret", "cs"),
-        ]);
+        let ok = refresh("rt-0", Some("cs"));
         let (status, body) = p.grant("POST", "/token", FORM, &ok);
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -561,12 +567,7 @@ mod tests {
         // A wrong secret, a wrong client, a wrong grant type, a wrong path.
         for (body, status, error) in [
             (
-                form(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", "mock-access-refresh-1"),
-                    ("client_id", "cid"),
-                    ("client_secret", "nope"),
-                ]),
+                refresh("mock-access-refresh-1", Some("nope")),
                 401,
                 "invalid_client",
             ),
@@ -582,12 +583,7 @@ mod tests {
         }
         assert_eq!(p.grant("POST", "/other", FORM, &ok).0, 404);
         p.set_revoked(true);
-        let rotated = form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", "mock-access-refresh-1"),
-            ("client_id", "cid"),
-            ("client_secret", "cs"),
-        ]);
+        let rotated = refresh("mock-access-refresh-1", Some("cs"));
         assert_eq!(p.grant("POST", "/token", FORM, &rotated).0, 400);
         let errors: Vec<_> = p.requests().into_iter().map(|r| r.error).collect();
         assert_eq!(errors.last().unwrap().as_deref(), Some("invalid_grant"));
@@ -599,11 +595,7 @@ mod tests {
         let mut cfg = ProviderConfig::new("info", "cid", "rt");
         cfg.expire_first_token = true;
         let p = OAuthProvider::new(cfg);
-        let ok = form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", "rt"),
-            ("client_id", "cid"),
-        ]);
+        let ok = refresh("rt", None);
         p.grant("POST", "/token", FORM, &ok);
         p.grant("POST", "/token", FORM, &ok);
         let issued = p.issued();

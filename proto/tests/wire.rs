@@ -828,6 +828,23 @@ fn nul_and_invalid_utf8_commands_are_errors() {
         b"MAIL FROM:<a@b>\0\r\n",
         b"EHLO a \0\r\n",
         b"MAIL FROM:<a@b> =x\r\n",
+        b"MAIL <a@b>\r\n",
+        b"MAIL FROM:<a@b\r\n",
+        b"RCPT TO:<>\r\n",
+        b"EHLO\r\n",
+        b"BDAT x\r\n",
+        b"BDAT 1 NOW\r\n",
+        b"DATA now\r\n",
+        b"MAIL FROM:<a@b>x\r\n",
+        b"MAIL \xff\r\n",
+        b"MAIL FROM:<a\rb@c>\r\n",
+        b"RCPT TO:a\rb\r\n",
+        // Parameters are built through `Param`: what it refuses is a syntax error.
+        b"MAIL FROM:<a@b> SIZE=\r\n",
+        b"MAIL FROM:<a@b> =1\r\n",
+        b"MAIL FROM:<a@b> SIZE=1=2\r\n",
+        b"RCPT TO:<a@b> NOTIFY=\x01\r\n",
+        b"RCPT TO:<a@b> X_Y\r\n",
     ];
     for line in smtp_syntax {
         assert!(
@@ -858,6 +875,10 @@ fn nul_and_invalid_utf8_replies_are_errors() {
     }
 
     let malformed: &[&[u8]] = &[
+        b"25\r\n",
+        b"abc def\r\n",
+        b"250x\r\n",
+        b"650 nope\r\n",
         b"\0\0\0\r\n",
         b"2\x0050 x\r\n",
         b"250\0x\r\n",
@@ -1364,27 +1385,21 @@ fn dot_decoder_matches_a_model_on_random_wire_bytes() {
 #[test]
 fn stuffer_rules_by_hand() {
     // The exact finish() rule, including the bare-LF and bare-CR endings.
-    let raw: &[(&[u8], &[u8])] = &[
-        (b"", b".\r\n"),
-        (b"a", b"a\r\n.\r\n"),
-        (b"a\r\n", b"a\r\n.\r\n"),
-        (b"a\n", b"a\n.\r\n"),
-        (b"a\r", b"a\r\r\n.\r\n"),
-        (b".", b"..\r\n.\r\n"),
-        (b"\r\n.\r\n", b"\r\n..\r\n.\r\n"),
-        (b"x\n.\n", b"x\n..\n.\r\n"),
+    // (message, stuffed as it is, stuffed with its line endings normalised).
+    let cases: &[(&[u8], &[u8], &[u8])] = &[
+        (b"", b".\r\n", b".\r\n"),
+        (b"a", b"a\r\n.\r\n", b"a\r\n.\r\n"),
+        (b"a\r\n", b"a\r\n.\r\n", b"a\r\n.\r\n"),
+        (b"a\n", b"a\n.\r\n", b"a\r\n.\r\n"),
+        (b"a\r", b"a\r\r\n.\r\n", b"a\r\n.\r\n"),
+        (b".", b"..\r\n.\r\n", b"..\r\n.\r\n"),
+        (b"\r\n.\r\n", b"\r\n..\r\n.\r\n", b"\r\n..\r\n.\r\n"),
+        (b"x\n.\n", b"x\n..\n.\r\n", b"x\r\n..\r\n.\r\n"),
+        (b"\r.\n.", b"\r.\n..\r\n.\r\n", b"\r\n..\r\n..\r\n.\r\n"),
+        (b"\n\r", b"\n\r\r\n.\r\n", b"\r\n\r\n.\r\n"),
     ];
-    for (msg, wire) in raw {
-        assert_eq!(&DotStuffer::stuff_all(msg, false)[..], *wire, "{msg:?}");
-    }
-    let norm: &[(&[u8], &[u8])] = &[
-        (b"", b".\r\n"),
-        (b"a\n", b"a\r\n.\r\n"),
-        (b"a\r", b"a\r\n.\r\n"),
-        (b"\r.\n.", b"\r\n..\r\n..\r\n.\r\n"),
-        (b"\n\r", b"\r\n\r\n.\r\n"),
-    ];
-    for (msg, wire) in norm {
-        assert_eq!(&DotStuffer::stuff_all(msg, true)[..], *wire, "{msg:?}");
+    for (msg, raw, norm) in cases {
+        assert_eq!(&DotStuffer::stuff_all(msg, false)[..], *raw, "{msg:?}");
+        assert_eq!(&DotStuffer::stuff_all(msg, true)[..], *norm, "{msg:?}");
     }
 }

@@ -430,17 +430,8 @@ fn one_of<'a>(t: &Received, names: impl Iterator<Item = &'a str>) -> String {
         SmtpOutcome::Accepted => "accepted".into(),
         SmtpOutcome::Abandoned => "abandoned".into(),
     };
-    const SHOWN: usize = 5;
     let names: Vec<&str> = names.collect();
-    let mut list = names
-        .iter()
-        .take(SHOWN)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > SHOWN {
-        list.push_str(&format!(" and {} more", names.len() - SHOWN));
-    }
+    let list = crate::report::first_few(&names, 5, ", ", " and");
     format!("{what} for one of {list}")
 }
 

@@ -822,15 +822,19 @@ fn status(held: bool, popbridge_only: bool, external: bool) -> CheckStatus {
 }
 
 fn summarise(items: &[String]) -> String {
-    const SHOWN: usize = 3;
+    first_few(items, 3, "; ", "; and")
+}
+
+/// The first `shown` of `items` joined by `sep`, then `{and} N more` when there are more.
+pub(crate) fn first_few(items: &[impl AsRef<str>], shown: usize, sep: &str, and: &str) -> String {
     let mut s = items
         .iter()
-        .take(SHOWN)
-        .cloned()
+        .take(shown)
+        .map(AsRef::as_ref)
         .collect::<Vec<_>>()
-        .join("; ");
-    if items.len() > SHOWN {
-        let _ = write!(s, "; and {} more", items.len() - SHOWN);
+        .join(sep);
+    if items.len() > shown {
+        let _ = write!(s, "{and} {} more", items.len() - shown);
     }
     s
 }

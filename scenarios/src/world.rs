@@ -531,20 +531,27 @@ async fn run_inner(
                 );
                 oauth2_ports.insert(user.clone(), port);
             }
-            let p = pop3.clone();
-            let shape = s.network.map(|n| n.pop3);
-            dialer.route(
-                "127.0.0.1",
-                MEMORY_POP3_PORT,
-                Arc::new(move || shaped(p.connect_duplex(), shape)),
-            );
-            let m = smtp.clone();
-            let shape = s.network.map(|n| n.smtp);
-            dialer.route(
-                "127.0.0.1",
-                MEMORY_SMTP_PORT,
-                Arc::new(move || shaped(m.connect_duplex(), shape)),
-            );
+            let (p, m, network) = (pop3.clone(), smtp.clone(), s.network);
+            type Duplex = Arc<dyn Fn() -> tokio::io::DuplexStream + Send + Sync>;
+            let servers: [(u16, Option<Shape>, Duplex); 2] = [
+                (
+                    MEMORY_POP3_PORT,
+                    network.map(|n| n.pop3),
+                    Arc::new(move || p.connect_duplex()),
+                ),
+                (
+                    MEMORY_SMTP_PORT,
+                    network.map(|n| n.smtp),
+                    Arc::new(move || m.connect_duplex()),
+                ),
+            ];
+            for (port, shape, connect) in servers {
+                dialer.route(
+                    "127.0.0.1",
+                    port,
+                    Arc::new(move || shaped(connect(), shape)),
+                );
+            }
             (MEMORY_POP3_PORT, MEMORY_SMTP_PORT, Arc::new(dialer))
         }
     };

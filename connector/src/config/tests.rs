@@ -18,7 +18,8 @@ fn err(text: &str) -> String {
     }
 }
 
-const MINIMAL: &str = r#"state_dir = "/var/lib/popbridge"
+/// A minimal valid file: the transport and one account, `info`.
+pub(crate) const MINIMAL: &str = r#"state_dir = "/var/lib/popbridge"
 
 [transport]
 host = "127.0.0.1"

@@ -449,14 +449,17 @@ fn parse_rfc3339_utc(t: &str) -> Option<i64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    // Days since 1970-01-01 of a civil date (proleptic Gregorian).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    // Days since 1970-01-01, counted year by year then month by month (Gregorian leap
+    // years; the times checked are recent ones, so never before 1970).
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let feb = if leap(y) { 29 } else { 28 };
+    let months = [31, feb, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days = (1970..y)
+        .map(|y| if leap(y) { 366 } else { 365 })
+        .sum::<i64>()
+        + months[..mo as usize - 1].iter().sum::<i64>()
+        + d
+        - 1;
     Some(days * 86_400 + h * 3600 + mi * 60 + s)
 }
 

@@ -25,6 +25,14 @@ struct World {
     run: tokio::task::JoinHandle<()>,
 }
 
+impl World {
+    /// Stops the daemon and waits for its task to end.
+    async fn stop(self) {
+        self.handle.stop().await;
+        self.run.await.unwrap();
+    }
+}
+
 fn config_text(dir: &TempDir, interval: &str) -> String {
     format!(
         r#"state_dir = "{}"
@@ -97,12 +105,14 @@ fn mailbox(n: usize) -> Maildrop {
     Maildrop::new("info", PASSWORD).with_demo_messages(n, 600)
 }
 
+/// A POP3 server holding `n` demo messages for `info`.
+fn serving(n: usize) -> MockPop3Handle {
+    MockPop3::builder().maildrop(mailbox(n)).spawn_in_memory()
+}
+
 #[tokio::test(start_paused = true)]
 async fn passes_run_at_the_interval() {
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
-        "15m",
-    );
+    let w = start(serving(2), "15m");
     w.handle.wait_completed(1).await;
     w.pop.add_message(
         "info",
@@ -121,8 +131,7 @@ async fn passes_run_at_the_interval() {
     );
     assert!(w.pop.maildrop("info").unwrap().remaining.is_empty());
     assert_eq!(w.smtp.counts().accepted, 3);
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,8 +161,7 @@ async fn a_slow_pass_is_never_overlapped_by_the_schedule() {
         w.pop.sessions().iter().filter(|s| s.user.is_some()).count(),
         3
     );
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,16 +197,12 @@ async fn a_trigger_during_a_pass_waits_for_it_then_runs() {
         .await
         .unwrap_err()
         .contains("no account named"));
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_bad_configuration_on_reload_keeps_the_old_one() {
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
-        "15m",
-    );
+    let w = start(serving(1), "15m");
     w.handle.wait_completed(1).await;
     let bad_path = w.dir.path().join("bad.toml");
     std::fs::write(&bad_path, "state_dir = \"x\"\ninterval = \"1m\"\n").unwrap();
@@ -221,8 +225,7 @@ async fn a_bad_configuration_on_reload_keeps_the_old_one() {
     w.handle.wait_completed(3).await;
     let h = w.handle.history();
     assert_eq!(h[2].started - h[1].started, Duration::from_secs(1800));
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -337,8 +340,7 @@ async fn an_account_interval_overrides_the_global_one() {
     assert_eq!(h.iter().filter(|r| r.account == "slow").count(), 2);
     assert_eq!(h.iter().filter(|r| r.account == "fast").count(), 4);
     assert_eq!(w.smtp.counts().accepted, 2);
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }
 
 /// One HTTP/1.1 request over loopback; the whole response as text.
@@ -394,10 +396,7 @@ fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
 /// with values that do not match the pass it reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_pass_have_the_documented_names_and_values() {
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(2)).spawn_in_memory(),
-        "24h",
-    );
+    let w = start(serving(2), "24h");
     w.handle.wait_completed(1).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -458,8 +457,7 @@ async fn metrics_after_a_pass_have_the_documented_names_and_values() {
     huge.extend(std::iter::repeat_n(b'a', 20_000));
     assert!(http(addr, &huge).await.starts_with("HTTP/1.1 431 "));
     server.abort();
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }
 
 /// Routes of a [`MemoryDialer`] whose POP3 connections each announce themselves on
@@ -543,8 +541,7 @@ async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
         names
     );
     assert_eq!(w.smtp.counts().accepted, 3);
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }
 
 /// Guards against: the daemon's pass history growing without bound in a long-running
@@ -552,10 +549,7 @@ async fn scheduled_and_triggered_passes_honour_parallel_accounts() {
 #[tokio::test(start_paused = true)]
 async fn the_pass_history_keeps_the_last_passes_of_each_account() {
     let keep = usize::try_from(HISTORY_KEEP).unwrap();
-    let w = start(
-        MockPop3::builder().maildrop(mailbox(1)).spawn_in_memory(),
-        "5m",
-    );
+    let w = start(serving(1), "5m");
     w.handle.wait_completed(keep as u64 + 5).await;
     let h = w.handle.history();
     assert_eq!(h.len(), keep);
@@ -565,6 +559,5 @@ async fn the_pass_history_keeps_the_last_passes_of_each_account() {
         "the latest passes are kept"
     );
     assert_eq!(w.smtp.counts().accepted, 1);
-    w.handle.stop().await;
-    w.run.await.unwrap();
+    w.stop().await;
 }

@@ -131,20 +131,18 @@ async fn served_into_pickup(
     (pop, smtp, root, dir, s)
 }
 
-/// Message `i` (UID `u{i}`) for `info@contoso.local`, staged as an earlier pass would.
-async fn stage_message(pickup: &Pickup, i: usize) -> Staged {
-    let body = Body::from_bytes(Bytes::from(message_bytes(i)));
-    pickup
-        .stage(
-            "info",
-            &format!("u{i}"),
-            "a@example.net",
-            &["info@contoso.local".to_string()],
-            b"",
-            &body,
-        )
-        .await
-        .unwrap()
+/// The pickup of `s`, and messages 0 and 1 (UIDs `u0`, `u1`) for `info@contoso.local`
+/// staged in it as an earlier pass would.
+async fn two_staged(s: &Setup) -> (Pickup, Vec<Staged>) {
+    let pickup = Pickup::from_config(&s.config).unwrap();
+    let mut staged = Vec::new();
+    for i in 0..2 {
+        let body = Body::from_bytes(Bytes::from(message_bytes(i)));
+        let (key, to) = (format!("u{i}"), ["info@contoso.local".to_string()]);
+        let one = pickup.stage("info", &key, "a@example.net", &to, &body);
+        staged.push(one.await.unwrap());
+    }
+    (pickup, staged)
 }
 
 fn rejected_replies(events: &[Event]) -> Vec<String> {
@@ -257,9 +255,8 @@ async fn a_crash_between_write_and_rename_publishes_nothing_and_the_next_pass_de
     let (pop, smtp, _root, dir, s) = served_into_pickup(messages(3)).await;
 
     // An earlier pass wrote u0 and u1 to their temporary names and died before the rename.
-    let pickup = Pickup::from_config(&s.config).unwrap();
-    for i in 0..2 {
-        let staged = stage_message(&pickup, i).await;
+    let (_pickup, staged) = two_staged(&s).await;
+    for staged in staged {
         assert!(staged.path().exists());
         drop(staged); // the crash: no rename
     }
@@ -287,9 +284,8 @@ async fn a_crash_after_the_rename_before_the_ledger_does_not_write_a_second_copy
 
     // An earlier pass published u0 and u1 and died before recording them; the pickup
     // service has already taken u1's file.
-    let pickup = Pickup::from_config(&s.config).unwrap();
-    for i in 0..2 {
-        let staged = stage_message(&pickup, i).await;
+    let (pickup, staged) = two_staged(&s).await;
+    for staged in staged {
         pickup.commit(staged).await.unwrap();
     }
     std::fs::remove_file(pickup.delivered_path("info", "u1")).unwrap();

@@ -241,6 +241,13 @@ impl Setup {
     }
 }
 
+/// Asserts that `text` contains each of `wanted`, showing `text` when one is missing.
+pub fn assert_contains_all(text: &str, wanted: &[&str]) {
+    for w in wanted {
+        assert!(text.contains(w), "{w:?} missing from:\n{text}");
+    }
+}
+
 pub fn count(events: &[Event], kind: &str) -> usize {
     events
         .iter()

@@ -43,6 +43,14 @@ fn of_kind(events: &[Event], kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Field `field` of the one event of kind `kind`, checked to be of message 1.
+fn only_for_first(events: &[Event], kind: &str, field: &str) -> String {
+    let of = of_kind(events, kind);
+    assert_eq!(of.len(), 1, "{of:?}");
+    assert_eq!(of[0]["uid"], uid(1));
+    of[0][field].as_str().unwrap().to_string()
+}
+
 /// How often each Message-ID was delivered.
 fn tally(ids: &[String]) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -226,10 +234,7 @@ async fn a_quarantine_the_ledger_cannot_record_keeps_the_message_on_the_server()
         let (sum, events) = s.pass(&pop, &smtp).await;
         assert_eq!(sum.quarantined, 0, "pass {pass}: {sum:?}");
         assert_eq!(count(&events, "message.quarantined"), 0, "pass {pass}");
-        let rejected = of_kind(&events, "message.rejected");
-        assert_eq!(rejected.len(), 1, "pass {pass}: {rejected:?}");
-        assert_eq!(rejected[0]["uid"], uid(1));
-        let reply = rejected[0]["reply"].as_str().unwrap();
+        let reply = only_for_first(&events, "message.rejected", "reply");
         assert!(
             reply.contains("quarantine not recorded") && reply.contains("kept on the server"),
             "pass {pass}: {reply}"
@@ -261,15 +266,8 @@ async fn a_failure_the_ledger_cannot_count_never_quarantines_or_deletes() {
             "pass {pass}: {sum:?}"
         );
         assert_eq!(count(&events, "message.quarantined"), 0, "pass {pass}");
-        let rejected = of_kind(&events, "message.rejected");
-        assert_eq!(rejected.len(), 1, "pass {pass}: {rejected:?}");
-        assert!(
-            rejected[0]["reply"]
-                .as_str()
-                .unwrap()
-                .contains("not counted"),
-            "{rejected:?}"
-        );
+        let reply = only_for_first(&events, "message.rejected", "reply");
+        assert!(reply.contains("not counted"), "pass {pass}: {reply}");
         assert_eq!(
             pop.maildrop("info").unwrap().remaining,
             [uid(1)],
@@ -643,10 +641,7 @@ async fn a_final_reply_that_never_comes_is_not_resent_in_the_pass_and_flagged_ne
     );
     let (first, events, _) = w.pass().await;
     assert_eq!((first.delivered, first.deferred), (1, 1), "{first:?}");
-    let deferred = of_kind(&events, "message.deferred");
-    assert_eq!(deferred.len(), 1, "{deferred:?}");
-    assert_eq!(deferred[0]["uid"], uid(1));
-    let reason = deferred[0]["reason"].as_str().unwrap();
+    let reason = only_for_first(&events, "message.deferred", "reason");
     assert!(
         reason.contains("may have accepted") && reason.contains("timeouts.data"),
         "{reason}"

@@ -283,6 +283,16 @@ async fn check(fx: &Fixture, outcome: &Outcome, delivered: &Path, tls: bool, aut
     );
 }
 
+/// One multi-threaded test each `name => client(setup, ...)`, running that client.
+macro_rules! client_tests {
+    ($($name:ident => $run:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $run.await;
+        }
+    )*};
+}
+
 // ---------------------------------------------------------------- fetchmail
 
 /// The fetchmailrc: one poll entry, delivering through an MDA that appends to `out`.
@@ -348,19 +358,10 @@ async fn fetchmail(setup: Setup, protocol: &str, auth_prefix: &str) {
     fx.server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetchmail_user_pass() {
-    fetchmail(Setup::plain(AuthMethod::User), "POP3", "PASS ").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetchmail_apop() {
-    fetchmail(Setup::plain(AuthMethod::Apop), "APOP", "APOP ").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetchmail_implicit_tls() {
-    fetchmail(Setup::implicit_tls(), "POP3", "PASS ").await;
+client_tests! {
+    fetchmail_user_pass => fetchmail(Setup::plain(AuthMethod::User), "POP3", "PASS ");
+    fetchmail_apop => fetchmail(Setup::plain(AuthMethod::Apop), "APOP", "APOP ");
+    fetchmail_implicit_tls => fetchmail(Setup::implicit_tls(), "POP3", "PASS ");
 }
 
 // ---------------------------------------------------------------- mpop
@@ -399,17 +400,8 @@ async fn mpop(setup: Setup, auth: &str, auth_prefix: &str) {
     fx.server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mpop_user_pass() {
-    mpop(Setup::plain(AuthMethod::User), "user", "PASS ").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mpop_apop() {
-    mpop(Setup::plain(AuthMethod::Apop), "apop", "APOP ").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mpop_implicit_tls() {
-    mpop(Setup::implicit_tls(), "user", "PASS ").await;
+client_tests! {
+    mpop_user_pass => mpop(Setup::plain(AuthMethod::User), "user", "PASS ");
+    mpop_apop => mpop(Setup::plain(AuthMethod::Apop), "apop", "APOP ");
+    mpop_implicit_tls => mpop(Setup::implicit_tls(), "user", "PASS ");
 }

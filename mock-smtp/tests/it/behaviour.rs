@@ -30,6 +30,13 @@ fn contoso() -> mock_smtp::Builder {
         .mailbox(MailboxSpec::new("carol@contoso.local"))
 }
 
+/// A client over `server` that waits up to an hour for each reply (paused-time tests).
+async fn patient_client(server: &mock_smtp::MockSmtpHandle) -> Client<tokio::io::DuplexStream> {
+    let (mut c, _) = Client::over(server.connect_duplex()).await;
+    c.step = Duration::from_secs(3600);
+    c
+}
+
 #[tokio::test]
 async fn greeting_and_ehlo_look_like_exchange() {
     let server = spawn(MockSmtp::builder()).await;
@@ -372,8 +379,7 @@ async fn unknown_recipients_are_tarpitted() {
             ..Limits::default()
         })
         .spawn_in_memory();
-    let (mut c, _) = Client::over(server.connect_duplex()).await;
-    c.step = Duration::from_secs(3600);
+    let mut c = patient_client(&server).await;
     c.cmd("EHLO x").await;
     c.cmd("MAIL FROM:<a@example.net>").await;
     let t = Instant::now();
@@ -832,8 +838,7 @@ async fn delay_throttle_and_idle_timeout_on_the_paused_clock() {
             ..Limits::default()
         })
         .spawn_in_memory();
-    let (mut c, _) = Client::over(server.connect_duplex()).await;
-    c.step = Duration::from_secs(3600);
+    let mut c = patient_client(&server).await;
     let t = Instant::now();
     let r = c.cmd("EHLO x").await;
     assert_eq!(r.code, 250);

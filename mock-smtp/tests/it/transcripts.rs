@@ -23,6 +23,13 @@ async fn session(server: &MockSmtpHandle, script: &[(&[u8], usize)]) -> String {
     server.transcript()
 }
 
+/// [`session`] on a fresh server with the default settings: the server and the transcript.
+async fn default_session(script: &[(&[u8], usize)]) -> (MockSmtpHandle, String) {
+    let server = MockSmtp::builder().spawn_in_memory();
+    let t = session(&server, script).await;
+    (server, t)
+}
+
 /// One delivery from alice to bob, MAIL FROM (with `mail_params`), RCPT and DATA in one
 /// write, then `message` dot-stuffed, then QUIT: the transcript.
 async fn pipelined_delivery(server: &MockSmtpHandle, mail_params: &str, message: &[u8]) -> String {
@@ -54,31 +61,23 @@ async fn normal_pipelined_delivery() {
 
 #[tokio::test]
 async fn five_malformed_senders_end_in_421() {
-    let server = MockSmtp::builder().spawn_in_memory();
-    let t = session(
-        &server,
-        &[
-            (b"MAIL FROM:<user one@example.net>\r\n", 1),
-            (b"MAIL FROM:<@example.net>\r\n", 1),
-            (b"MAIL FROM:<user..two@example.net>\r\n", 1),
-            (b"MAIL FROM:<user@-bad-.example>\r\n", 1),
-            (b"MAIL FROM:<user\"@example.net>\r\n", 2),
-        ],
-    )
+    let (_server, t) = default_session(&[
+        (b"MAIL FROM:<user one@example.net>\r\n", 1),
+        (b"MAIL FROM:<@example.net>\r\n", 1),
+        (b"MAIL FROM:<user..two@example.net>\r\n", 1),
+        (b"MAIL FROM:<user@-bad-.example>\r\n", 1),
+        (b"MAIL FROM:<user\"@example.net>\r\n", 2),
+    ])
     .await;
     insta::assert_snapshot!(t);
 }
 
 #[tokio::test]
 async fn size_over_the_limit_at_mail_from() {
-    let server = MockSmtp::builder().spawn_in_memory();
-    let t = session(
-        &server,
-        &[
-            (b"MAIL FROM:<alice@example.net> SIZE=20971520\r\n", 1),
-            (b"QUIT\r\n", 1),
-        ],
-    )
+    let (_server, t) = default_session(&[
+        (b"MAIL FROM:<alice@example.net> SIZE=20971520\r\n", 1),
+        (b"QUIT\r\n", 1),
+    ])
     .await;
     insta::assert_snapshot!(t);
 }
@@ -109,19 +108,15 @@ async fn default_domain_repairs_a_bare_local_part() {
 
 #[tokio::test]
 async fn bdat_delivery() {
-    let server = MockSmtp::builder().spawn_in_memory();
-    let t = session(
-        &server,
-        &[
-            (
-                b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@contoso.local>\r\n",
-                2,
-            ),
-            (b"BDAT 20\r\nSubject: chunked\r\n\r\n", 1),
-            (b"BDAT 6 LAST\r\nbody\r\n", 1),
-            (b"QUIT\r\n", 1),
-        ],
-    )
+    let (server, t) = default_session(&[
+        (
+            b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@contoso.local>\r\n",
+            2,
+        ),
+        (b"BDAT 20\r\nSubject: chunked\r\n\r\n", 1),
+        (b"BDAT 6 LAST\r\nbody\r\n", 1),
+        (b"QUIT\r\n", 1),
+    ])
     .await;
     insta::assert_snapshot!(t);
     assert_eq!(

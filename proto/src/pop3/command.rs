@@ -110,11 +110,11 @@ impl Pop3Command {
     pub fn redacted(&self) -> String {
         match self {
             Self::Pass(_) => "PASS ***".into(),
-            Self::Apop { name, .. } => format!("APOP {name} ***"),
             Self::Auth {
                 mechanism,
                 initial: Some(_),
             } => format!("AUTH {mechanism} ***"),
+            Self::Apop { name, .. } => format!("APOP {name} ***"),
             other => other.to_string().trim_end().to_string(),
         }
     }

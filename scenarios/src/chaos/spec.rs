@@ -481,6 +481,17 @@ const POP3_ERRORS: [&str; 5] = [
     "-ERR [AUTH] credentials rejected",
     "-ERR [SYS/PERM] internal error",
 ];
+/// Temporary refusals an SMTP fault replies.
+const SMTP_4XX: &[&str] = &[
+    "451 4.3.0 Temporary failure",
+    "452 4.3.1 Insufficient system resources",
+    "454 4.7.0 Try again later",
+];
+/// Permanent refusals an SMTP fault replies.
+const SMTP_5XX: &[&str] = &[
+    "550 5.7.1 Message rejected",
+    "554 5.6.0 Invalid message content",
+];
 /// Garbage lines.
 const GARBAGE: [&str; 5] = [
     "* OK IMAP4rev1 ready",
@@ -606,34 +617,15 @@ fn draw_faults(r: &mut ChaCha8Rng, spec: &mut Spec) {
             0.75,
         );
         match r.gen_range(0..100) {
-            0..=19 => {
-                f.class = "smtp-4xx";
+            roll @ 0..=29 => {
+                let (class, replies) = if roll < 20 {
+                    ("smtp-4xx", SMTP_4XX)
+                } else {
+                    ("smtp-5xx", SMTP_5XX)
+                };
+                f.class = class;
                 f.action = "reply";
-                f.reply = Some(
-                    pick(
-                        r,
-                        &[
-                            "451 4.3.0 Temporary failure",
-                            "452 4.3.1 Insufficient system resources",
-                            "454 4.7.0 Try again later",
-                        ],
-                    )
-                    .to_string(),
-                );
-            }
-            20..=29 => {
-                f.class = "smtp-5xx";
-                f.action = "reply";
-                f.reply = Some(
-                    pick(
-                        r,
-                        &[
-                            "550 5.7.1 Message rejected",
-                            "554 5.6.0 Invalid message content",
-                        ],
-                    )
-                    .to_string(),
-                );
+                f.reply = Some(pick(r, replies).to_string());
             }
             30..=44 => {
                 f.class = "smtp-421";
