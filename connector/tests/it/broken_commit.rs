@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use mock_pop3::{Capabilities, FaultAction, FaultRule, Hook, MockPop3};
 use mock_smtp::MockSmtp;
-use popbridge::config::Config;
 use popbridge::events::EventSink;
 use popbridge::ledger::Ledger;
 use popbridge::pass::Runner;
 
 use crate::harness::{
-    delivered_ids, mail, mailbox_with, memory_dialer, plain_account, pop3, smtp, transport,
-    PASSWORD,
+    delivered_ids, in_memory_setup, mail, mailbox_with, memory_dialer, pop3, smtp,
 };
 
 /// Guards against: a duplicate after a session broke with a commit of digest-keyed
@@ -57,14 +55,8 @@ async fn a_session_broken_during_a_commit_of_digest_keyed_deliveries_costs_no_du
         .await,
     );
     let smtp = Arc::new(smtp(MockSmtp::builder()).await);
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "state_dir = \"{}\"\n{}[timeouts]\ncommand = \"10s\"\n{}auth = \"user\"\nusername = \"info\"\npassword = \"{PASSWORD}\"\ndeliver_to = \"info@contoso.local\"\n",
-        dir.path().join("state").display(),
-        transport("smtp.test", 25),
-        plain_account("info", "pop3.test", 110),
-    );
-    let config = Arc::new(Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap());
+    let (_dir, config) = in_memory_setup();
+    let config = Arc::new(config);
     let dialer = Arc::new(memory_dialer(&pop, &smtp));
     for _ in 0..3 {
         let ledger = Arc::new(Mutex::new(Ledger::open(&config.state_dir).unwrap()));

@@ -139,6 +139,21 @@ pub fn transport(host: &str, port: u16) -> String {
     format!("[transport]\nhost = \"{host}\"\nport = {port}\n")
 }
 
+/// A state directory (kept as long as the value lives) and a configuration for one
+/// account `info` logging in with USER/PASS in plain text to `pop3.test:110` and
+/// delivering through `smtp.test:25`: the routes of [`memory_dialer`].
+pub fn in_memory_setup() -> (TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "state_dir = \"{}\"\n{}[timeouts]\ncommand = \"10s\"\n{}auth = \"user\"\nusername = \"info\"\npassword = \"{PASSWORD}\"\ndeliver_to = \"info@contoso.local\"\n",
+        dir.path().join("state").display(),
+        transport("smtp.test", 25),
+        plain_account("info", "pop3.test", 110),
+    );
+    let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
+    (dir, config)
+}
+
 /// A dialer that reaches the in-memory mocks as `pop3.test:110` and `smtp.test:25`.
 pub fn memory_dialer(pop: &Arc<MockPop3Handle>, smtp: &Arc<MockSmtpHandle>) -> MemoryDialer {
     let dialer = MemoryDialer::new();

@@ -17,7 +17,7 @@ use popbridge::pop3::{self, Pop3Error, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
 
-use crate::harness::{plain_account, transport, PASSWORD};
+use crate::harness::{in_memory_setup, PASSWORD};
 
 /// One step: the command lines it waits for, then its answer.
 type Step = (Vec<String>, String);
@@ -79,14 +79,7 @@ fn scripted(
     MemoryDialer,
     oneshot::Receiver<Result<(), String>>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "state_dir = \"{}\"\n{}[timeouts]\ncommand = \"10s\"\n{}auth = \"user\"\nusername = \"info\"\npassword = \"{PASSWORD}\"\ndeliver_to = \"info@contoso.local\"\n",
-        dir.path().join("state").display(),
-        transport("smtp.test", 25),
-        plain_account("info", "pop3.test", 110),
-    );
-    let config = Config::from_str(&text, &dir.path().join("popbridge.toml")).unwrap();
+    let (dir, config) = in_memory_setup();
     let (tx, rx) = oneshot::channel();
     let once = Mutex::new(Some((steps, tx)));
     let dialer = MemoryDialer::new();
