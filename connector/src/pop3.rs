@@ -822,19 +822,8 @@ impl Authorization {
         user: &str,
         secret: &Secret,
     ) -> Result<Transaction, Pop3Error> {
-        let (mut conn, capabilities) = self.log_in(method, user, secret).await?;
-        let capabilities = if capabilities.known {
-            conn.capa().await?
-        } else {
-            capabilities
-        };
-        Ok(Transaction {
-            conn,
-            capabilities,
-            pending: VecDeque::new(),
-            uidl_ahead: false,
-            quit_queued: false,
-        })
+        let (conn, before) = self.log_in(method, user, secret).await?;
+        Transaction::after_login(conn, before).await
     }
 
     /// [`Authorization::authenticate`], then LIST: every message's size by number (see
@@ -850,18 +839,7 @@ impl Authorization {
     ) -> Result<(Transaction, Sizes), Pop3Error> {
         let (mut conn, before) = self.log_in(method, user, secret).await?;
         if !(before.known && before.pipelining) {
-            let capabilities = if before.known {
-                conn.capa().await?
-            } else {
-                before
-            };
-            let mut txn = Transaction {
-                conn,
-                capabilities,
-                pending: VecDeque::new(),
-                uidl_ahead: false,
-                quit_queued: false,
-            };
+            let mut txn = Transaction::after_login(conn, before).await?;
             let sizes = txn.list_sizes().await?;
             return Ok((txn, sizes));
         }
@@ -871,13 +849,8 @@ impl Authorization {
             conn.queue(&Pop3Command::Uidl(None));
         }
         let capabilities = conn.capa_reply().await?;
-        let mut txn = Transaction {
-            conn,
-            capabilities,
-            pending: VecDeque::new(),
-            uidl_ahead: before.uidl,
-            quit_queued: false,
-        };
+        let mut txn = Transaction::new(conn, capabilities);
+        txn.uidl_ahead = before.uidl;
         let sizes = txn.read_list().await?;
         Ok((txn, sizes))
     }
@@ -1101,6 +1074,31 @@ pub struct Transaction {
 }
 
 impl Transaction {
+    /// A session just logged in, nothing in flight.
+    fn new(conn: Pop3Connection<BoxIo>, capabilities: Capabilities) -> Self {
+        Self {
+            conn,
+            capabilities,
+            pending: VecDeque::new(),
+            uidl_ahead: false,
+            quit_queued: false,
+        }
+    }
+
+    /// A session just logged in, with the capabilities asked again (RFC 2449: they may
+    /// change at login) unless CAPA was refused before it (`before` then stays).
+    async fn after_login(
+        mut conn: Pop3Connection<BoxIo>,
+        before: Capabilities,
+    ) -> Result<Self, Pop3Error> {
+        let capabilities = if before.known {
+            conn.capa().await?
+        } else {
+            before
+        };
+        Ok(Self::new(conn, capabilities))
+    }
+
     /// Every message's size by number, from LIST, read as it arrives (about 4 octets a
     /// message). A bad line, or a number listed twice, is a protocol error.
     pub async fn list_sizes(&mut self) -> Result<Sizes, Pop3Error> {
@@ -1314,12 +1312,11 @@ impl Transaction {
         // may not be this command's. It is not used. With QUIT queued, one line may wait:
         // the QUIT reply (read by `quit`).
         let waiting = self.conn.buffered();
-        let quit_reply = self.quit_queued
-            && waiting
-                .iter()
-                .position(|&c| c == b'\n')
-                .is_none_or(|i| i + 1 == waiting.len());
-        if self.pending.is_empty() && !waiting.is_empty() && !quit_reply {
+        let quit_reply = |w: &[u8]| memchr::memchr(b'\n', w).is_none_or(|i| i + 1 == w.len());
+        if self.pending.is_empty()
+            && !waiting.is_empty()
+            && !(self.quit_queued && quit_reply(waiting))
+        {
             return Err(Pop3Error::Unasked {
                 command,
                 octets: self.conn.buffered().len(),
