@@ -14,6 +14,13 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 /// Header bytes kept in memory even for spooled messages (enough for any sane header).
 pub const HEAD_MAX: usize = 256 * 1024;
 
+/// The most a LIST size reserves up front (a larger body grows past it as it arrives).
+const PRESIZE_MAX: u64 = 16 * 1024 * 1024;
+
+/// Unused room a finished in-memory body may keep; past it the body is copied into a
+/// buffer of its own size.
+const SLACK_MAX: usize = 64 * 1024;
+
 static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A removable spool file.
@@ -212,6 +219,18 @@ impl BodyBuilder {
         }
     }
 
+    /// The same builder, its buffer sized up front for a body of `listed` octets (as LIST
+    /// gave it) when that stays in memory: one allocation instead of a doubling series
+    /// that copies the body again and again. Only a hint: a server that lists more than
+    /// it sends costs the difference until [`BodyBuilder::finish`] gives it back.
+    pub fn expecting(mut self, listed: u64) -> Self {
+        if !self.discard && listed <= self.threshold {
+            self.mem
+                .reserve(usize::try_from(listed.min(PRESIZE_MAX)).unwrap_or(0));
+        }
+        self
+    }
+
     /// A builder that keeps nothing (reads a body only to skip it).
     pub fn discarding() -> Self {
         let mut b = Self::new(Path::new(""), u64::MAX);
@@ -273,6 +292,10 @@ impl BodyBuilder {
                 f.flush().await?;
                 Storage::File(guard)
             }
+            // Room a lying LIST size reserved is not kept while the message waits.
+            None if self.mem.capacity() - self.mem.len() > SLACK_MAX => {
+                Storage::Memory(Bytes::copy_from_slice(&self.mem))
+            }
             None => Storage::Memory(self.mem.freeze()),
         };
         Ok(Body {
@@ -289,6 +312,30 @@ impl BodyBuilder {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_listed_size_is_only_a_hint_whether_the_body_is_shorter_or_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        // Listed far larger than sent (a lying server), then smaller than sent.
+        for (listed, parts) in [(8 << 20, 3), (10, 40)] {
+            let mut b = BodyBuilder::new(dir.path(), 1 << 20).expecting(listed);
+            for _ in 0..parts {
+                b.push(b"Subject: x\r\n").await.unwrap();
+            }
+            let body = b.finish().await.unwrap();
+            assert_eq!(
+                body.as_bytes().unwrap()[..],
+                b"Subject: x\r\n".repeat(parts)[..]
+            );
+            assert_eq!(body.len(), 12 * parts as u64);
+        }
+        // Over the threshold it still spills, whatever was listed.
+        let mut b = BodyBuilder::new(dir.path(), 100).expecting(50);
+        b.push(&[b'a'; 300]).await.unwrap();
+        let body = b.finish().await.unwrap();
+        assert!(body.as_bytes().is_none());
+        assert_eq!(body.len(), 300);
+    }
 
     #[tokio::test]
     async fn small_bodies_stay_in_memory_and_large_ones_spill_then_vanish() {

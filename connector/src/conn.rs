@@ -31,7 +31,7 @@ use crate::net::{self, BoxIo, TlsError};
 pub type TlsStream<S> = tokio_rustls::client::TlsStream<S>;
 
 /// Read buffer capacity reserved before each read.
-const READ_AHEAD: usize = 16 * 1024;
+const READ_AHEAD: usize = 128 * 1024;
 /// A write buffer grown past this by a large transaction is given back once sent.
 const KEEP_OUT: usize = 64 * 1024;
 
@@ -374,13 +374,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, D: Decoder> Connection<S, D> {
     }
 
     /// Writes `data` with the queued lines behind it, in one write where the stream takes
-    /// it whole, and flushes, by `deadline`. On failure, also whether every octet of
-    /// `data` was handed to the stream. The queue is empty afterwards.
+    /// it whole, and flushes, by `deadline`; gives the buffer back emptied, for the next
+    /// message. On failure, also whether every octet of `data` was handed to the stream.
+    /// The queue is empty afterwards.
     pub async fn send_after(
         &mut self,
         mut data: BytesMut,
         deadline: &Deadline,
-    ) -> Result<(), (ConnError, bool)> {
+    ) -> Result<BytesMut, (ConnError, bool)> {
         let end = data.len();
         data.extend_from_slice(&self.out);
         self.out.clear();
@@ -399,7 +400,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send, D: Decoder> Connection<S, D> {
         bounded(deadline, self.io.flush())
             .await
             .map_err(|e| (e, true))?
-            .map_err(|e| (ConnError::Flush(e), true))
+            .map_err(|e| (ConnError::Flush(e), true))?;
+        data.clear();
+        Ok(data)
     }
 
     /// Drops the queued lines unsent (the session they were for ended).

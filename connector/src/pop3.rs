@@ -1026,6 +1026,15 @@ async fn expect_continue<S: Io>(
     }
 }
 
+/// What a command in flight is expected to bring back: for a RETR, the octets its body
+/// may reach before the reply is `TooLarge`, and the octets LIST gave (a hint only, for
+/// the buffer's first size).
+#[derive(Debug, Clone, Copy, Default)]
+struct Expect {
+    bound: u64,
+    listed: u64,
+}
+
 /// A command whose reply is still to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pending {
@@ -1065,7 +1074,7 @@ pub struct Transaction {
     /// Capabilities after login.
     pub capabilities: Capabilities,
     /// Commands sent whose replies are still to be read, each RETR with its bound.
-    pending: VecDeque<(Pending, u64)>,
+    pending: VecDeque<(Pending, Expect)>,
     /// Set while the reply to a UIDL sent ahead with LIST is still to be read (by
     /// [`Transaction::uidl_scan`], or dropped before any other command).
     uidl_ahead: bool,
@@ -1242,24 +1251,25 @@ impl Transaction {
         self.pending.len()
     }
 
-    /// Sends `RETR n` without waiting; its body will be read up to `bound` octets (past it
-    /// the reply is `TooLarge`). The reply comes from [`Transaction::next`].
-    pub fn send_retr(&mut self, n: u32, bound: u64) {
-        self.send_with(Pending::Retr(n), bound);
+    /// Sends `RETR n` without waiting; its body, listed as `listed` octets, will be read up
+    /// to `bound` octets (past it the reply is `TooLarge`). The reply comes from
+    /// [`Transaction::next`].
+    pub fn send_retr(&mut self, n: u32, listed: u64, bound: u64) {
+        self.send_with(Pending::Retr(n), Expect { bound, listed });
     }
 
     /// Sends `DELE n` without waiting (the reply comes from [`Transaction::next`]).
     pub fn send_dele(&mut self, n: u32) {
-        self.send_with(Pending::Dele(n), 0);
+        self.send_with(Pending::Dele(n), Expect::default());
     }
 
-    fn send_with(&mut self, p: Pending, bound: u64) {
+    fn send_with(&mut self, p: Pending, expect: Expect) {
         debug_assert!(!self.quit_queued, "a command after QUIT");
         self.conn.queue(&match p {
             Pending::Retr(n) => Pop3Command::Retr(n),
             Pending::Dele(n) => Pop3Command::Dele(n),
         });
-        self.pending.push_back((p, bound));
+        self.pending.push_back((p, expect));
     }
 
     /// Queues QUIT behind the commands in flight, to go out in the same write as the last
@@ -1278,7 +1288,7 @@ impl Transaction {
     /// bodies over `threshold` spill to `spool`.
     pub async fn next(&mut self, spool: &Path, threshold: u64) -> Result<Response, Pop3Error> {
         self.settle_ahead().await?;
-        let Some((p, limit)) = self.pending.pop_front() else {
+        let Some((p, expect)) = self.pending.pop_front() else {
             return Err(Pop3Error::Protocol {
                 command: "(pipeline)".into(),
                 detail: "no command pending".into(),
@@ -1299,8 +1309,8 @@ impl Transaction {
         let response = match p {
             Pending::Dele(msg) => Response::Deleted { msg },
             Pending::Retr(msg) => {
-                let mut b = BodyBuilder::new(spool, threshold);
-                self.conn.multiline(&command, limit, &mut b).await?;
+                let mut b = BodyBuilder::new(spool, threshold).expecting(expect.listed);
+                self.conn.multiline(&command, expect.bound, &mut b).await?;
                 Response::Retr {
                     msg,
                     body: b.finish().await?,
@@ -1337,15 +1347,17 @@ impl Transaction {
     /// first, each as bounded as when it was sent (bodies are dropped, never spooled).
     pub async fn quit(mut self) -> Result<Pop3Reply, Pop3Error> {
         self.settle_ahead().await?;
-        while let Some((p, limit)) = self.pending.pop_front() {
+        while let Some((p, expect)) = self.pending.pop_front() {
             if let Pending::Retr(n) = p {
                 let command = format!("RETR {n}");
                 if self.conn.ok(&command).await.is_ok() {
                     let mut sink = BodyBuilder::discarding();
-                    self.conn.multiline(&command, limit, &mut sink).await?;
+                    self.conn
+                        .multiline(&command, expect.bound, &mut sink)
+                        .await?;
                 }
             } else {
-                self.pending.push_front((p, limit));
+                self.pending.push_front((p, expect));
                 self.next(Path::new("."), 0).await?;
             }
         }

@@ -34,6 +34,11 @@ use crate::net::{self, BoxIo, Dialer, Io, TlsError};
 
 /// Chunk size for BDAT and for streaming DATA.
 const CHUNK: usize = 1024 * 1024;
+
+/// The largest message written ahead of its replies with DATA: it waits, stuffed (a
+/// second copy of a body already held in memory), for its 354. Bodies over
+/// `memory_threshold` are spooled and always go one at a time.
+pub const DATA_AHEAD_MAX: usize = 8 * 1024 * 1024;
 /// A session without a reply for this long is probed (RSET) before transactions are
 /// written ahead of their replies: servers close idle sessions.
 const IDLE_PROBE: Duration = Duration::from_secs(1);
@@ -381,6 +386,9 @@ pub struct SmtpClient {
     flights: VecDeque<Flight>,
     /// Set once a transaction was written in this session (the next starts with RSET).
     began: bool,
+    /// The buffer the last message went out of, kept for the next one's stuffed data (no
+    /// fresh pages to fault in for every message).
+    spare: BytesMut,
     /// The 421 with which the server closed the session: nothing after it was processed.
     closing: Option<Reply>,
     /// Set when a reply timed out or stopped making sense: no later reply is read.
@@ -396,6 +404,9 @@ pub struct SmtpClient {
 /// Room left behind a DATA transaction's message for the next one's commands (RSET, MAIL,
 /// RCPT, DATA), so they join its write without moving it.
 const NEXT_ROOM: usize = 1024;
+
+/// The largest emptied message buffer kept for the next message (a larger one is freed).
+const SPARE_MAX: usize = 4 * 1024 * 1024;
 
 /// A transaction written ahead of its replies: which replies it is owed, in order.
 #[derive(Debug)]
@@ -686,6 +697,7 @@ impl SmtpClient {
             pipelining: s.pipelining,
             flights: VecDeque::new(),
             began: false,
+            spare: BytesMut::new(),
             closing: None,
             dead: false,
             spent: false,
@@ -1013,10 +1025,10 @@ impl SmtpClient {
     }
 
     /// [`SmtpClient::can_pipeline`] for `body`: with CHUNKING any message; with DATA one
-    /// held in memory (it is kept, stuffed, until its 354).
+    /// held in memory (it is kept, stuffed, until its 354) of at most [`DATA_AHEAD_MAX`].
     pub fn can_pipeline_body(&self, body: &Body) -> bool {
         self.can_pipeline()
-            && (self.ext.chunking || body.as_bytes().is_some_and(|b| b.len() < CHUNK))
+            && (self.ext.chunking || body.as_bytes().is_some_and(|b| b.len() <= DATA_AHEAD_MAX))
     }
 
     /// Transactions written by [`SmtpClient::submit`] whose outcome is not read yet.
@@ -1219,8 +1231,8 @@ impl SmtpClient {
         };
         let rset = self.began;
         let mut stuffer = DotStuffer::new(true);
-        let mut data =
-            BytesMut::with_capacity(prefix.len() + bytes.len() + bytes.len() / 32 + 8 + NEXT_ROOM);
+        let mut data = std::mem::take(&mut self.spare);
+        data.reserve(prefix.len() + bytes.len() + bytes.len() / 32 + 8 + NEXT_ROOM);
         stuffer.stuff(prefix, &mut data);
         stuffer.stuff(&bytes, &mut data);
         stuffer.finish(&mut data);
@@ -1349,13 +1361,17 @@ impl SmtpClient {
         tracing::debug!(target: "popbridge::wire", "SMTP C: (message, {} octets on the wire)", data.len());
         // The queued commands (the next transaction's, if any) go out behind it.
         let deadline = self.conn.deadline(Setting::Command);
-        if let Err((e, whole)) = self.conn.send_after(data, &deadline).await {
-            self.dead = true;
-            return Err(match e {
-                // Every octet of the message was handed over: the server may have it.
-                ConnError::Write(source) if whole => end_io(source),
-                e => whole_error(e),
-            });
+        match self.conn.send_after(data, &deadline).await {
+            Ok(emptied) if emptied.capacity() <= SPARE_MAX => self.spare = emptied,
+            Ok(_) => {}
+            Err((e, whole)) => {
+                self.dead = true;
+                return Err(match e {
+                    // Every octet of the message was handed over: the server may have it.
+                    ConnError::Write(source) if whole => end_io(source),
+                    e => whole_error(e),
+                });
+            }
         }
         Ok(())
     }
@@ -1781,6 +1797,46 @@ mod tests {
             "{got:?}"
         );
         assert!(got[1].contains("body 2"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn messages_of_megabytes_held_in_memory_go_ahead_too_each_with_its_own_data() {
+        let (mut c, server) = connected_with("250-mx.test\r\n250 PIPELINING\r\n").await;
+        let serve = tokio::spawn(data_server(server));
+        // Past the streaming chunk size, and each one's lines its own: the buffer one
+        // message went out of carries the next, and must carry nothing of the one before.
+        let big = |n: usize, lines: usize| {
+            let line = format!("{n}{}\r\n", "x".repeat(998));
+            Body::from_bytes(Bytes::from(format!(
+                "Subject: {n}\r\n\r\n{}",
+                line.repeat(lines)
+            )))
+        };
+        let bodies = [big(0, 2100), big(1, 1500), big(2, 2300)];
+        for (n, b) in bodies.iter().enumerate() {
+            assert!(b.len() > CHUNK as u64);
+            assert!(c.can_pipeline_body(b), "message {n} goes ahead");
+            c.submit(&envelope(n), b"", b).await.unwrap();
+        }
+        assert_eq!(c.in_flight(), 3);
+        for n in 0..3 {
+            let r = c.outcome().await.unwrap();
+            assert_eq!(r.reply.first_line(), format!("250 queued as {}", n + 1));
+        }
+        c.quit().await;
+        let got = serve.await.unwrap();
+        assert_eq!(got.len(), 3);
+        for (n, (text, b)) in got.iter().zip(&bodies).enumerate() {
+            assert_eq!(
+                text.as_bytes(),
+                &b.as_bytes().unwrap()[..],
+                "message {n} arrived as it was"
+            );
+        }
+        // Past the bound, a message waits for the replies before it (one at a time).
+        let (c, _server) = connected_with("250-mx.test\r\n250 PIPELINING\r\n").await;
+        let over = Body::from_bytes(Bytes::from(vec![b'a'; DATA_AHEAD_MAX + 1]));
+        assert!(!c.can_pipeline_body(&over));
     }
 
     #[tokio::test]

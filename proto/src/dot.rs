@@ -15,6 +15,11 @@
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
+/// The searcher for a line that starts with a dot, built once: building one per call
+/// costs more than the search on the short runs between such lines.
+static LINE_DOT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n."));
+
 /// Why multi-line data could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DotError {
@@ -194,7 +199,7 @@ impl DotDecoder {
                     // ends included. In Body the byte before `rest` is never a CR (that
                     // is state Cr), so a line end at its very start is a bare LF.
                     let rest = &input[i..];
-                    let (n, next) = match memchr::memmem::find(rest, b"\n.") {
+                    let (n, next) = match LINE_DOT.find(rest) {
                         Some(p) => (
                             p + 1,
                             State::Start {

@@ -150,7 +150,7 @@ pub async fn capture(o: &CaptureOptions, spool: &Path) -> Result<Capture, Captur
     let mut messages = Vec::with_capacity(sizes.len());
     for &(n, size) in &sizes {
         // Generous: a server whose LIST understates a message still gets it captured.
-        t.send_retr(n, size.saturating_mul(2).saturating_add(16 << 20));
+        t.send_retr(n, size, size.saturating_mul(2).saturating_add(16 << 20));
         let body = match t.next(spool, IN_MEMORY).await? {
             Response::Retr { body, .. } => body,
             Response::Refused { reply, .. } => {

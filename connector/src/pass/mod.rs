@@ -101,7 +101,7 @@ const RETR_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// The most messages written to the SMTP server ahead of their replies...
 const SMTP_WINDOW: usize = 8;
 /// ...and the most octets they may hold (one message at least).
-const SMTP_WINDOW_BYTES: u64 = 2 * 1024 * 1024;
+const SMTP_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// Protocol errors one pipelined transaction can cost at worst (MAIL refused, then its
 /// RCPT and BDAT refused as out of sequence).
 const ERRORS_PER_TRANSACTION: u32 = 3;

@@ -758,8 +758,12 @@ impl Run<'_> {
         let threshold = self.cx.config.limits.memory_threshold;
         let result = loop {
             // After a stop request, no new message is started; those in flight finish. A
-            // suspect goes alone, once everything before it is answered.
-            while in_flight_retr < window && !self.cx.stop.is_stopped() {
+            // suspect goes alone, once everything before it is answered. The window is
+            // topped up once it is half empty, not after every message: RETRs then go out
+            // several to a write, and the server wakes once for them.
+            let low = in_flight_retr == 0
+                || (in_flight_retr <= window / 2 && retr_bytes <= window_bytes / 2);
+            while low && in_flight_retr < window && !self.cx.stop.is_stopped() {
                 match queue.peek().map(|&i| &todo[i]) {
                     Some(item) if item.alone && txn.in_flight() > 0 => break,
                     // Suspects go in a session of their own, once this one's deletions are
@@ -783,7 +787,7 @@ impl Run<'_> {
                     }
                     Some(_) => {
                         let item = &todo[queue.next().expect("peeked")];
-                        txn.send_retr(item.n, bound(item.size));
+                        txn.send_retr(item.n, item.size, bound(item.size));
                         in_flight_retr += 1;
                         retr_sizes.push_back(item.size);
                         retr_bytes += item.size;

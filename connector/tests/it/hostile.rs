@@ -302,7 +302,7 @@ async fn quit_with_a_retr_pending_reads_no_more_than_its_bound() {
     let (pop, _smtp, s) = served(mailbox_with([big]), "", "").await;
 
     let mut txn = login(&s).await;
-    txn.send_retr(1, 1000);
+    txn.send_retr(1, 500, 1000);
     match txn.quit().await {
         Err(Pop3Error::TooLarge { limit, .. }) => assert_eq!(limit, 1000),
         other => panic!("expected TooLarge from QUIT, got {other:?}"),
@@ -311,7 +311,7 @@ async fn quit_with_a_retr_pending_reads_no_more_than_its_bound() {
 
     let spool = tempfile::tempdir().unwrap();
     let mut txn = login(&s).await;
-    txn.send_retr(1, 1000);
+    txn.send_retr(1, 500, 1000);
     match txn.next(spool.path(), 0).await {
         Err(Pop3Error::TooLarge { limit, .. }) => assert_eq!(limit, 1000),
         Err(e) => panic!("expected TooLarge, got {e:?}"),

@@ -196,7 +196,7 @@ async fn a_uidl_sent_ahead_that_capa_after_login_withdraws_is_read_and_dropped()
         txn.uidl().await.unwrap().is_none(),
         "UIDL withdrawn after login"
     );
-    txn.send_retr(1, 1000);
+    txn.send_retr(1, 500, 1000);
     let spool = tempfile::tempdir().unwrap();
     match txn.next(spool.path(), 1 << 20).await.unwrap() {
         Response::Retr { msg: 1, body } => assert_eq!(body.len(), 18),

@@ -104,6 +104,59 @@ pub fn wrapped(poplab: &Path, out: &Path, inner: &str) -> String {
     )
 }
 
+/// The whole machine's CPU time so far (Linux `/proc/stat`, in clock ticks): read before
+/// and after a round, it tells how many cores were busy meanwhile, with every process on
+/// the machine counted (the servers', the connector's, the harness's). A round whose cores
+/// were all busy was limited by the machine, whatever its ratios say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineCpu {
+    busy: u64,
+    total: u64,
+    cores: u32,
+}
+
+impl MachineCpu {
+    /// Reads the counters now; `None` where `/proc/stat` is missing or unreadable.
+    pub fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// Reads the aggregate `cpu` line and counts the `cpuN` lines of a `/proc/stat` text.
+    pub fn parse(stat: &str) -> Option<Self> {
+        let mut lines = stat.lines();
+        let first = lines.next()?;
+        let mut fields = first.split_ascii_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+        let total: u64 = ticks.iter().take(8).sum();
+        let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+        let cores = lines
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count();
+        Some(Self {
+            busy: total.checked_sub(idle)?,
+            total,
+            cores: u32::try_from(cores).ok().filter(|&c| c > 0)?,
+        })
+    }
+
+    /// How many cores were busy on average between `self` and `later` (0 to the number of
+    /// cores); `None` when no tick passed.
+    pub fn busy_cores(self, later: Self) -> Option<f64> {
+        let total = later.total.checked_sub(self.total).filter(|&t| t > 0)?;
+        let busy = later.busy.checked_sub(self.busy)?;
+        Some(busy as f64 / total as f64 * f64::from(self.cores))
+    }
+
+    /// The number of cores the counters cover.
+    pub fn cores(self) -> u32 {
+        self.cores
+    }
+}
+
 /// The `p`-th percentile (0–100) of `sorted` (ascending), nearest rank; `None` when empty.
 pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     if sorted.is_empty() {
@@ -140,6 +193,23 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), Some(Duration::from_millis(99)));
         assert_eq!(percentile(&v[..1], 99.0), Some(Duration::from_millis(1)));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn busy_cores_come_from_the_aggregate_line() {
+        let at = |user: u64, idle: u64| {
+            format!(
+                "cpu  {user} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 0 0 1 0 0 0 0 0 0\ncpu1 1 0 0 1 0 0 0 0 0 0\nintr 5\n"
+            )
+        };
+        let before = MachineCpu::parse(&at(100, 100)).unwrap();
+        assert_eq!(before.cores(), 2);
+        // 150 ticks busy out of 200: three quarters of two cores.
+        let after = MachineCpu::parse(&at(250, 150)).unwrap();
+        assert_eq!(before.busy_cores(after), Some(1.5));
+        assert_eq!(before.busy_cores(before), None);
+        assert_eq!(MachineCpu::parse("intr 5\n"), None);
+        assert_eq!(MachineCpu::parse("cpu  x 0 0 0\ncpu0 1 1\n"), None);
     }
 
     #[test]

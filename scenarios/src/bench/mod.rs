@@ -540,6 +540,11 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
     }
     let sizes: Vec<usize> = plan.messages.iter().map(Bytes::len).collect();
     let mut notes = Vec::new();
+    if let Some(cores) = measure::MachineCpu::now().map(measure::MachineCpu::cores) {
+        notes.push(format!(
+            "busy cores: how many of this machine's {cores} cores were busy on average during each run, every process counted (servers, connector, poplab); near {cores}, the machine was the limit"
+        ));
+    }
     if plan
         .subjects
         .iter()
@@ -806,6 +811,8 @@ fn popbridge_config(
 struct Ran {
     wall: Duration,
     usage: Option<measure::Usage>,
+    /// Cores busy on the whole machine during the run.
+    busy: Option<f64>,
     failure: Option<String>,
 }
 
@@ -823,6 +830,7 @@ fn subject_round(plan: &Plan, ran: Ran, messages: u64, shortfall: Option<String>
         },
         cpu_s: ran.usage.map(|u| u.cpu_s),
         peak_rss_mb: ran.usage.map(|u| u.max_rss_kib as f64 * 1024.0 / 1e6),
+        busy_cores: ran.busy,
         failure,
         ..Round::default()
     }
@@ -867,9 +875,11 @@ async fn run_subject(
     };
     let usage_file = dir.join("usage.json");
     let command = measure::wrapped(&plan.poplab, &usage_file, &inner);
+    let cpu = measure::MachineCpu::now();
     let started = Instant::now();
     let run = external::run_command(&command, plan.timeout, 1, &ep.user).await;
     let wall = started.elapsed();
+    let busy = busy_since(cpu);
     let usage = measure::read_usage(&usage_file).ok();
     let failure = if run.timed_out {
         Some(format!(
@@ -894,6 +904,7 @@ async fn run_subject(
     Ok(Ran {
         wall: usage.map_or(wall, |u| Duration::from_secs_f64(u.wall_s)),
         usage,
+        busy,
         failure,
     })
 }
@@ -903,6 +914,7 @@ async fn in_process(plan: &Plan, config_text: &str, dir: &Path) -> Ran {
     let fail = |failure: String| Ran {
         wall: Duration::ZERO,
         usage: None,
+        busy: None,
         failure: Some(failure),
     };
     let config = match popbridge::config::Config::from_str(config_text, &dir.join("popbridge.toml"))
@@ -915,6 +927,7 @@ async fn in_process(plan: &Plan, config_text: &str, dir: &Path) -> Ran {
         Err(e) => return fail(format!("ledger: {e}")),
     };
     let accounts = config.accounts.clone();
+    let cpu = measure::MachineCpu::now();
     let started = Instant::now();
     let pass = popbridge::pass::Runner::new(
         Arc::new(config),
@@ -927,6 +940,7 @@ async fn in_process(plan: &Plan, config_text: &str, dir: &Path) -> Ran {
         Ok(_) => Ran {
             wall: started.elapsed(),
             usage: None,
+            busy: busy_since(cpu),
             failure: None,
         },
         Err(_) => fail(format!(
@@ -1067,6 +1081,11 @@ fn leg_round(r: Result<ceiling::LegRun, ceiling::CeilingError>, n: u64) -> Round
     }
 }
 
+/// Cores busy on the machine since `before` was read.
+fn busy_since(before: Option<measure::MachineCpu>) -> Option<f64> {
+    before?.busy_cores(measure::MachineCpu::now()?)
+}
+
 /// The POP3 reader's leg to `upstream` (through the latency proxy when shaped).
 async fn pop3_leg_run(
     plan: &Plan,
@@ -1083,9 +1102,14 @@ async fn pop3_leg_run(
         user: user.into(),
         password: password.into(),
     };
+    let cpu = measure::MachineCpu::now();
     let run = ceiling::pop3_read(&leg, plan.window, deadline).await;
+    let busy = busy_since(cpu);
     v.close().await;
-    Ok(leg_round(run, plan.messages.len() as u64))
+    Ok(Round {
+        busy_cores: busy,
+        ..leg_round(run, plan.messages.len() as u64)
+    })
 }
 
 async fn pop3_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {
@@ -1128,9 +1152,14 @@ async fn smtp_leg_run(
         tls,
         rcpt: plan.rcpt.clone(),
     };
+    let cpu = measure::MachineCpu::now();
     let run = ceiling::smtp_write(&leg, &plan.messages, plan.window, deadline).await;
+    let busy = busy_since(cpu);
     v.close().await;
-    Ok(leg_round(run, plan.messages.len() as u64))
+    Ok(Round {
+        busy_cores: busy,
+        ..leg_round(run, plan.messages.len() as u64)
+    })
 }
 
 async fn smtp_ceiling_round(plan: &Plan) -> Result<Round, BenchError> {

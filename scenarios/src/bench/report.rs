@@ -26,6 +26,9 @@ pub struct Round {
     pub cpu_s: Option<f64>,
     /// Peak resident set size of its largest process, in MB.
     pub peak_rss_mb: Option<f64>,
+    /// How many of the machine's cores were busy on average during the run, every process
+    /// counted (the servers' too): near the core count, the machine was the limit.
+    pub busy_cores: Option<f64>,
     /// Why the round does not count (the mailbox was not moved whole, a timeout...).
     pub failure: Option<String>,
 }
@@ -182,8 +185,8 @@ impl Report {
     /// The markdown table, the notes and any failed rounds.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
-        out.push_str("| connector | msg/s | MB/s | p50 ms | p99 ms | CPU s | peak RSS MB | ×slower leg | ×first connector |\n");
-        out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| connector | msg/s | MB/s | p50 ms | p99 ms | CPU s | peak RSS MB | busy cores | ×slower leg | ×first connector |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
         let slower = self.slower_leg();
         let first = self.first_connector();
         for row in &self.rows {
@@ -218,7 +221,7 @@ impl Report {
                 _ => format!("{} (ceiling)", row.name),
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 name.replace('|', "\\|"),
                 cell(row.rate(), 0),
                 cell(row.stat(|r| Some(r.mb_per_s())), 1),
@@ -226,6 +229,7 @@ impl Report {
                 cell(row.stat(|r| r.p99_ms), 1),
                 cell(row.stat(|r| r.cpu_s), 2),
                 cell(row.stat(|r| r.peak_rss_mb), 1),
+                cell(row.stat(|r| r.busy_cores), 2),
                 ratio(slower),
                 if row.kind.is_connector() {
                     ratio(first)
@@ -272,6 +276,7 @@ impl Report {
                 "p99_ms": row.stat(|r| r.p99_ms),
                 "cpu_s": row.stat(|r| r.cpu_s),
                 "peak_rss_mb": row.stat(|r| r.peak_rss_mb),
+                "busy_cores": row.stat(|r| r.busy_cores),
                 "x_slower_leg": Self::ratio(row, slower),
                 "x_first_connector": if row.kind.is_connector() { Self::ratio(row, first) } else { None },
                 "rounds": row.rounds,
