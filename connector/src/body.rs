@@ -259,26 +259,53 @@ impl BodyBuilder {
         if self.discard {
             return Ok(());
         }
-        if self.head.len() < HEAD_MAX {
-            let n = (HEAD_MAX - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..n]);
-        }
         if let Some((f, _)) = self.file.as_mut() {
+            if self.head.len() < HEAD_MAX {
+                let n = (HEAD_MAX - self.head.len()).min(data.len());
+                self.head.extend_from_slice(&data[..n]);
+            }
             return f.write_all(data).await;
         }
         self.mem.extend_from_slice(data);
-        if self.mem.len() as u64 > self.threshold {
-            crate::private::create_dir_all_async(&self.spool_dir).await?;
-            let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
-            let path = self
-                .spool_dir
-                .join(format!("spool-{}-{seq}.part", std::process::id()));
-            let guard = SpoolFile { path: path.clone() };
-            let mut f = crate::private::create_async(&path).await?;
-            f.write_all(&self.mem).await?;
-            self.mem = BytesMut::new();
-            self.file = Some((f, guard));
+        self.spill_if_over().await
+    }
+
+    /// The buffer to decode into directly while the body is held in memory (no copy in
+    /// between); after writing into it, [`BodyBuilder::appended`] accounts for what was
+    /// added. `None` once spooled or when discarding: then [`BodyBuilder::push`].
+    pub fn in_memory(&mut self) -> Option<&mut BytesMut> {
+        (!self.discard && self.file.is_none()).then_some(&mut self.mem)
+    }
+
+    /// Accounts for what was written into [`BodyBuilder::in_memory`]'s buffer past its
+    /// first `from` octets, as [`BodyBuilder::push`] would have.
+    pub async fn appended(&mut self, from: usize) -> io::Result<()> {
+        let Some(added) = self.mem.get(from..).filter(|a| !a.is_empty()) else {
+            return Ok(());
+        };
+        self.len += added.len() as u64;
+        self.has_8bit |= !self.has_8bit && !added.is_ascii();
+        self.pending_cr = self.line_ends.count(added, self.pending_cr);
+        self.spill_if_over().await
+    }
+
+    /// Past the threshold, moves what is held in memory into a spool file (keeping the
+    /// header part in memory), where the rest of the body goes too.
+    async fn spill_if_over(&mut self) -> io::Result<()> {
+        if self.mem.len() as u64 <= self.threshold {
+            return Ok(());
         }
+        crate::private::create_dir_all_async(&self.spool_dir).await?;
+        let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .spool_dir
+            .join(format!("spool-{}-{seq}.part", std::process::id()));
+        let guard = SpoolFile { path: path.clone() };
+        let mut f = crate::private::create_async(&path).await?;
+        f.write_all(&self.mem).await?;
+        self.head = BytesMut::from(&self.mem[..self.mem.len().min(HEAD_MAX)]);
+        self.mem = BytesMut::new();
+        self.file = Some((f, guard));
         Ok(())
     }
 
@@ -287,20 +314,26 @@ impl BodyBuilder {
         if self.pending_cr {
             self.line_ends.bare_cr += 1;
         }
-        let storage = match self.file {
+        let (storage, head) = match self.file {
             Some((mut f, guard)) => {
                 f.flush().await?;
-                Storage::File(guard)
+                (Storage::File(guard), self.head.freeze())
             }
-            // Room a lying LIST size reserved is not kept while the message waits.
-            None if self.mem.capacity() - self.mem.len() > SLACK_MAX => {
-                Storage::Memory(Bytes::copy_from_slice(&self.mem))
+            None => {
+                // Room a lying LIST size reserved is not kept while the message waits.
+                let mem = if self.mem.capacity() - self.mem.len() > SLACK_MAX {
+                    Bytes::copy_from_slice(&self.mem)
+                } else {
+                    self.mem.freeze()
+                };
+                // In memory, the header part is the body's own first octets.
+                let head = mem.slice(..mem.len().min(HEAD_MAX));
+                (Storage::Memory(mem), head)
             }
-            None => Storage::Memory(self.mem.freeze()),
         };
         Ok(Body {
             storage,
-            head: self.head.freeze(),
+            head,
             len: self.len,
             has_8bit: self.has_8bit,
             line_ends: self.line_ends,

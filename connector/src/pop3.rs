@@ -382,9 +382,21 @@ impl<S: Io> Connection<S, LineDecoder> {
         let mut chunk = BytesMut::new();
         let deadline = self.deadline(Setting::Data);
         loop {
-            let done = self.dot_step(command, &mut dec, &mut chunk)?;
-            sink.push(&chunk).await?;
-            chunk.clear();
+            // Decoded straight into the body while it is held in memory.
+            let done = match sink.in_memory() {
+                Some(mem) => {
+                    let from = mem.len();
+                    let done = self.dot_step(command, &mut dec, mem)?;
+                    sink.appended(from).await?;
+                    done
+                }
+                None => {
+                    let done = self.dot_step(command, &mut dec, &mut chunk)?;
+                    sink.push(&chunk).await?;
+                    chunk.clear();
+                    done
+                }
+            };
             if self.ended_or_fill(command, done, &deadline).await? {
                 return Ok(());
             }

@@ -372,6 +372,9 @@ pub async fn smtp_write(
             out.push_str(&SmtpCommand::Data.to_string());
             out
         };
+        // One buffer for every message's write, and each write made ready (stuffed, the
+        // next commands behind it) before its 354 is waited for, so the writer's own work
+        // overlaps the server's handling of the message before.
         let mut wire = BytesMut::new();
         for i in 0..messages.len() {
             if i == 0 {
@@ -379,15 +382,20 @@ pub async fn smtp_write(
                 w.expect
                     .extend([Expect::Mail, Expect::Rcpt, Expect::DataGo(0)]);
             }
+            wire.clear();
+            let mut stuffer = DotStuffer::new(false);
+            stuffer.stuff(&messages[i], &mut wire);
+            stuffer.finish(&mut wire);
+            let next = (i + 1 < messages.len()).then(|| data_cmds(i + 1));
+            if let Some(cmds) = &next {
+                wire.extend_from_slice(cmds.as_bytes());
+            }
             // The body may only follow its 354: read up to it (earlier finals on the way).
             while w.expect.iter().any(|e| matches!(e, Expect::DataGo(_))) {
                 w.settle().await?;
             }
-            wire.clear();
-            wire.extend_from_slice(&DotStuffer::stuff_all(&messages[i], false));
             w.expect.push_back(Expect::Final(i));
-            if i + 1 < messages.len() {
-                wire.extend_from_slice(data_cmds(i + 1).as_bytes());
+            if next.is_some() {
                 w.expect
                     .extend([Expect::Mail, Expect::Rcpt, Expect::DataGo(i + 1)]);
             }
