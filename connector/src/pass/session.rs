@@ -759,10 +759,12 @@ impl Run<'_> {
         let result = loop {
             // After a stop request, no new message is started; those in flight finish. A
             // suspect goes alone, once everything before it is answered. The window is
-            // topped up once it is half empty, not after every message: RETRs then go out
-            // several to a write, and the server wakes once for them.
+            // topped up once an eighth of it is free, not after every message: RETRs then
+            // go out several to a write and the server wakes once for them, while a
+            // distant server still has nearly the whole window to answer.
             let low = in_flight_retr == 0
-                || (in_flight_retr <= window / 2 && retr_bytes <= window_bytes / 2);
+                || (in_flight_retr <= window - window / 8
+                    && retr_bytes <= window_bytes - window_bytes / 8);
             while low && in_flight_retr < window && !self.cx.stop.is_stopped() {
                 match queue.peek().map(|&i| &todo[i]) {
                     Some(item) if item.alone && txn.in_flight() > 0 => break,
