@@ -1625,6 +1625,15 @@ mod tests {
         keys.iter().map(|k| k.to_string()).collect()
     }
 
+    /// The status of a message refused `failures` times, last with `last_reply`.
+    fn refused(failures: u32, last_reply: &str) -> Status {
+        Status::Failed {
+            failures,
+            last_reply: last_reply.into(),
+            kind: FailureKind::Refused,
+        }
+    }
+
     #[test]
     fn open_creates_file_with_wal_and_full_sync() {
         let dir = TempDir::new().unwrap();
@@ -1693,14 +1702,7 @@ mod tests {
         }
 
         assert_eq!(l.record_failure(A, "f", "550 5.7.1 rejected").unwrap(), 1);
-        assert_eq!(
-            l.status(A, "f").unwrap(),
-            Status::Failed {
-                failures: 1,
-                last_reply: "550 5.7.1 rejected".into(),
-                kind: FailureKind::Refused,
-            }
-        );
+        assert_eq!(l.status(A, "f").unwrap(), refused(1, "550 5.7.1 rejected"));
 
         let q = dir.path().join("quarantine").join("q.eml");
         l.record_quarantined(A, "q", &q).unwrap();
@@ -1727,14 +1729,7 @@ mod tests {
         assert_eq!(l.record_failure(A, "k", "550 one").unwrap(), 1);
         assert_eq!(l.record_failure(A, "k", "550 two").unwrap(), 2);
         assert_eq!(l.record_failure(A, "k", "554 three").unwrap(), 3);
-        assert_eq!(
-            l.status(A, "k").unwrap(),
-            Status::Failed {
-                failures: 3,
-                last_reply: "554 three".into(),
-                kind: FailureKind::Refused,
-            }
-        );
+        assert_eq!(l.status(A, "k").unwrap(), refused(3, "554 three"));
         // Another key and another account count separately.
         assert_eq!(l.record_failure(A, "other", "550").unwrap(), 1);
         assert_eq!(l.record_failure(B, "k", "550").unwrap(), 1);
@@ -1811,14 +1806,7 @@ mod tests {
         };
         let l = Ledger::open(dir.path()).unwrap();
         assert_eq!((l.statuses(A).unwrap(), l.statuses(B).unwrap()), expected);
-        assert_eq!(
-            l.status(A, "f").unwrap(),
-            Status::Failed {
-                failures: 2,
-                last_reply: "550 no".into(),
-                kind: FailureKind::Refused,
-            }
-        );
+        assert_eq!(l.status(A, "f").unwrap(), refused(2, "550 no"));
         let deleted: Option<i64> = l
             .conn
             .query_row("SELECT deleted_at FROM messages WHERE key = 'd'", [], |r| {
@@ -2056,11 +2044,7 @@ mod tests {
         }
         assert_eq!(
             l.status(account, keys[1]).unwrap(),
-            Status::Failed {
-                failures: 1,
-                last_reply: "550 x'); DROP TABLE messages; --".into(),
-                kind: FailureKind::Refused,
-            }
+            refused(1, "550 x'); DROP TABLE messages; --")
         );
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         l.record_deleted(account, &keys).unwrap();
@@ -2174,14 +2158,7 @@ mod tests {
         }
         let mut l = Ledger::open(dir.path()).unwrap();
         assert_eq!(user_version(&l.conn).unwrap(), SCHEMA_VERSION);
-        assert_eq!(
-            l.status(A, "old").unwrap(),
-            Status::Failed {
-                failures: 2,
-                last_reply: "550 no".into(),
-                kind: FailureKind::Refused,
-            }
-        );
+        assert_eq!(l.status(A, "old").unwrap(), refused(2, "550 no"));
         l.begin_submission(A, "old").unwrap();
         assert_eq!(l.submitting(A).unwrap(), set(&["old"]));
     }

@@ -393,6 +393,11 @@ mod tests {
 
     const T: Duration = Duration::from_secs(10);
 
+    /// The error `source` is refused with (under the test deadline).
+    async fn refused(source: SecretSource) -> SecretError {
+        source.resolve(T).await.unwrap_err()
+    }
+
     #[test]
     fn a_secret_never_prints() {
         let s = Secret::new("hunter2".into());
@@ -436,20 +441,14 @@ mod tests {
 
         let empty = format!("{var}_EMPTY");
         std::env::set_var(&empty, "");
-        let err = SecretSource::Env(empty.clone())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = refused(SecretSource::Env(empty.clone())).await;
         assert_eq!(
             err.to_string(),
             format!("environment variable {empty} is empty")
         );
 
         let missing = format!("{var}_MISSING");
-        let err = SecretSource::Env(missing.clone())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = refused(SecretSource::Env(missing.clone())).await;
         assert!(matches!(err, SecretError::EnvMissing { .. }));
         assert_eq!(
             err.to_string(),
@@ -470,28 +469,19 @@ mod tests {
         assert_eq!(got.expose(), "s3cret");
 
         std::fs::write(&path, "\n").unwrap();
-        let err = SecretSource::File(path.clone())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = refused(SecretSource::File(path.clone())).await;
         assert_eq!(
             err.to_string(),
             format!("password file {} is empty", path.display())
         );
 
         std::fs::write(&path, b"\xff\xfehunter2").unwrap();
-        let err = SecretSource::File(path.clone())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = refused(SecretSource::File(path.clone())).await;
         assert!(matches!(err, SecretError::FileNotUtf8 { .. }));
         assert!(!err.to_string().contains("hunter2"));
 
         let missing = dir.path().join("missing");
-        let err = SecretSource::File(missing.clone())
-            .resolve(T)
-            .await
-            .unwrap_err();
+        let err = refused(SecretSource::File(missing.clone())).await;
         assert!(matches!(err, SecretError::FileRead { .. }));
         assert!(
             err.to_string().starts_with(&format!(

@@ -23,6 +23,7 @@ use popbridge::message::{
 };
 use popbridge::routing::{self, is_local, recipients};
 use popbridge::secret::{Secret, SecretSource};
+use popbridge_proto::line::crlf_normalised;
 use popbridge_proto::pop3::{Pop3Command, Pop3Reply, Pop3Response, MAX_RESPONSE_LINE};
 use popbridge_proto::smtp::{
     Mailbox, Reply, ReplyError, ReplyParser, SmtpCommand, MAX_REPLY_LINE, MAX_REPLY_LINES,
@@ -200,30 +201,6 @@ fn expected_end(input: &[u8], lf_end: bool) -> Option<usize> {
         .map(|p| p + pattern.len())
 }
 
-/// Bare CR and bare LF turned into CRLF, then a CRLF added to unfinished non-empty data:
-/// what a normalising stuffer's output decodes to.
-fn normalised(x: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(x.len() + 2);
-    let mut i = 0;
-    while i < x.len() {
-        match x[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if x.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// Target `dot_decoder`: byte 0 = split point, byte 1 = bit 0 `LF . CRLF` also ends the
 /// data (POP3 client mode), bits 1-7 the limit (0-126 octets, 127 unlimited); the rest =
 /// dot-stuffed data. Checks incomplete/done/TooLarge against an unlimited and a
@@ -310,7 +287,7 @@ pub fn dot_decoder(data: &[u8]) {
                     _ => {}
                 }
             }
-            assert_eq!(out, normalised(input), "normalised round trip");
+            assert_eq!(out, crlf_normalised(input), "normalised round trip");
         } else {
             let mut expect = input.to_vec();
             if !expect.is_empty() && !expect.ends_with(b"\n") {

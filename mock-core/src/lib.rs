@@ -6,7 +6,8 @@
 //! accept loop, one record per session with its transcript and [`SessionEnd`], waiting
 //! for quiet, shutdown and the handle tests inspect, over the task [`tracker`]), the
 //! standalone binaries' helpers ([`standalone`]), and, behind the `test-support` feature,
-//! the peer-skip helpers of the test suites that drive real programs (`test_support`).
+//! the peer-skip helpers of the test suites that drive real programs (`test_support`) and
+//! the protocol-blind half of the mocks' test clients (`test_client`).
 //!
 //! Must never: know a protocol's commands or replies, share state between server
 //! instances, sleep in place of a signal, or be used outside tests, benchmarks and the
@@ -17,6 +18,8 @@ pub mod host;
 pub mod pki;
 pub mod standalone;
 pub mod stream;
+#[cfg(feature = "test-support")]
+pub mod test_client;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod tracker;

@@ -11,6 +11,8 @@ pub mod line;
 pub mod ntlm;
 pub mod pop3;
 pub mod smtp;
+#[cfg(test)]
+mod test_support;
 
 pub use dot::{DotDecoder, DotError, DotStuffer, Progress};
 pub use line::{LineDecoder, LineError};

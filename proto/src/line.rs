@@ -1,7 +1,8 @@
-//! Line framing: finds CRLF- (or LF-) terminated lines in a growing buffer.
+//! Line framing: finds CRLF- (or LF-) terminated lines in a growing buffer; line ends.
 //!
 //! Responsible for: a hard maximum line length and remembering how far it has
-//! scanned, so re-feeding a buffer one byte at a time stays linear.
+//! scanned, so re-feeding a buffer one byte at a time stays linear; the whole-message
+//! form of SMTP's line-end rule (`crlf_normalised`), which checks and judges compare with.
 //! Must never: return a line longer than its maximum, or drop bytes that follow a line.
 
 use bytes::BytesMut;
@@ -81,6 +82,33 @@ pub fn trim_eol(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// `data` as it reads after SMTP DATA normalised it: CRLF, bare CR and bare LF each
+/// become one CRLF, and non-empty data not ending in a line end gets a final CRLF.
+///
+/// What a normalising `DotStuffer`'s output decodes to, computed whole and separately
+/// from it (the stuffer never calls this). At most twice the input plus two octets.
+pub fn crlf_normalised(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +184,19 @@ mod tests {
         assert_eq!(trim_eol(b"a\n"), b"a");
         assert_eq!(trim_eol(b"a"), b"a");
         assert_eq!(trim_eol(b"a\r\r\n"), b"a\r");
+    }
+
+    #[test]
+    fn crlf_normalised_makes_every_line_end_crlf_and_finishes_the_data() {
+        let cases: [(&[u8], &[u8]); 5] = [
+            (b"", b""),
+            (b"a", b"a\r\n"),
+            (b"a\r\nb\nc\rd", b"a\r\nb\r\nc\r\nd\r\n"),
+            (b"\r\r\n\n", b"\r\n\r\n\r\n"),
+            (b"x\r", b"x\r\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(crlf_normalised(input), want, "{input:?}");
+        }
     }
 }

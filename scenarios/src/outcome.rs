@@ -62,11 +62,10 @@ pub struct MessageOutcome {
     pub lost: bool,
 }
 
-/// Every message's outcome and the global counts.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Decided {
-    /// Per message copy, in declaration order.
-    pub messages: Vec<MessageOutcome>,
+/// A run's global counts: lost copies and extra deliveries (the report's `lost`,
+/// `duplicates` and `unexplained`, flattened into it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
     /// Copies gone from the POP3 server without a good delivery (nor a quarantine copy).
     pub lost: u64,
     /// Accepted transactions beyond the first, summed over copies.
@@ -74,6 +73,16 @@ pub struct Decided {
     /// Of those, the ones the protocol did not make unavoidable (see
     /// [`MessageOutcome::unexplained`]).
     pub unexplained: u64,
+}
+
+/// Every message's outcome and the global counts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Decided {
+    /// Per message copy, in declaration order.
+    pub messages: Vec<MessageOutcome>,
+    /// Lost copies and extra deliveries.
+    #[serde(flatten)]
+    pub totals: Totals,
     /// Captured transactions no message could be matched to, described.
     pub unmatched: Vec<String>,
 }
@@ -687,9 +696,9 @@ pub fn decide(planned: &[Planned], obs: &Observed) -> Decided {
         }
     }
     for r in results.into_iter().flatten() {
-        out.lost += u64::from(r.lost);
-        out.duplicates += u64::from(r.accepted.saturating_sub(1));
-        out.unexplained += u64::from(r.unexplained);
+        out.totals.lost += u64::from(r.lost);
+        out.totals.duplicates += u64::from(r.accepted.saturating_sub(1));
+        out.totals.unexplained += u64::from(r.unexplained);
         out.messages.push(r);
     }
     out.unmatched = unmatched;

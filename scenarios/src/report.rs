@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::external::ExternalRun;
-use crate::outcome::{Decided, MessageOutcome};
+use crate::outcome::{Decided, MessageOutcome, Totals};
 use crate::schema::{event_kind, Clock, Duplicates, Outcome, Scenario};
 use crate::world::Observed;
 
@@ -128,12 +128,10 @@ pub struct ScenarioReport {
     pub labels: Vec<LabelReport>,
     /// Per message copy.
     pub messages: Vec<MessageOutcome>,
-    /// Messages lost.
-    pub lost: u64,
-    /// Extra deliveries.
-    pub duplicates: u64,
-    /// Of those, the ones the protocol did not make unavoidable.
-    pub unexplained: u64,
+    /// Messages lost, extra deliveries, and of those the ones the protocol did not make
+    /// unavoidable (`lost`, `duplicates`, `unexplained`).
+    #[serde(flatten)]
+    pub totals: Totals,
     /// popbridge event counts by kind.
     pub events: BTreeMap<String, u64>,
     /// Every expectation checked.
@@ -333,17 +331,17 @@ impl ScenarioReport {
                 format!(" (expected {})", c.expected)
             }
         };
-        let unexplained = if self.duplicates > 0 {
-            format!(" ({} unexplained)", self.unexplained)
+        let unexplained = if self.totals.duplicates > 0 {
+            format!(" ({} unexplained)", self.totals.unexplained)
         } else {
             String::new()
         };
         let _ = writeln!(
             s,
             "  lost {}{}, duplicates {}{unexplained}{}",
-            self.lost,
+            self.totals.lost,
             find("lost").map_or(String::new(), against),
-            self.duplicates,
+            self.totals.duplicates,
             find("duplicates").map_or(String::new(), against),
         );
         if self.external {
@@ -601,15 +599,16 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
     checks.push(Check {
         what: "lost".into(),
         expected: expect.lost.to_string(),
-        actual: decided.lost.to_string(),
-        why: if decided.lost == expect.lost {
+        actual: decided.totals.lost.to_string(),
+        why: if decided.totals.lost == expect.lost {
             String::new()
         } else {
             summarise(&lost_names)
         },
-        passed: status(decided.lost == expect.lost, only.lost, external) != CheckStatus::Failed,
+        passed: status(decided.totals.lost == expect.lost, only.lost, external)
+            != CheckStatus::Failed,
         popbridge_only: only.lost,
-        status: status(decided.lost == expect.lost, only.lost, external),
+        status: status(decided.totals.lost == expect.lost, only.lost, external),
         line: s.line_of(&["expect", "lost"]),
     });
     let dup_names: Vec<String> = decided
@@ -619,12 +618,15 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         .map(|m| format!("{} accepted {} times", m.name, m.accepted))
         .collect();
     let (dups_ok, dups_actual) = match expect.duplicates {
-        Duplicates::Count(n) => (decided.duplicates == n, decided.duplicates.to_string()),
+        Duplicates::Count(n) => (
+            decided.totals.duplicates == n,
+            decided.totals.duplicates.to_string(),
+        ),
         Duplicates::Explained => (
-            decided.unexplained == 0,
+            decided.totals.unexplained == 0,
             format!(
                 "{} ({} unexplained)",
-                decided.duplicates, decided.unexplained
+                decided.totals.duplicates, decided.totals.unexplained
             ),
         ),
     };
@@ -780,9 +782,7 @@ pub fn build(s: &Scenario, obs: &Observed, decided: Decided) -> ScenarioReport {
         passes: s.file.run.passes,
         labels,
         messages: decided.messages,
-        lost: decided.lost,
-        duplicates: decided.duplicates,
-        unexplained: decided.unexplained,
+        totals: decided.totals,
         events,
         checks,
         unmatched: decided.unmatched,

@@ -99,8 +99,8 @@ pub fn final_state(s: &Scenario, mailboxes: Vec<MaildropReport>, captured: Vec<R
         .collect();
     json!({
         "messages": messages,
-        "lost": decided.lost,
-        "duplicates": decided.duplicates,
+        "lost": decided.totals.lost,
+        "duplicates": decided.totals.duplicates,
         "unmatched": unmatched.iter().map(|&i| outcome::describe(&obs.captured[i])).collect::<Vec<_>>(),
         "retrievals": obs.mailboxes.iter().map(|m| json!({ "user": m.user, "retrievals": m.retrievals })).collect::<Vec<_>>(),
     })

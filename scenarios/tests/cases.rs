@@ -248,7 +248,7 @@ fn after_the_first_pass_the_stalled_message_and_what_follows_are_left() {
     let report = run_text("slow-server-one-pass.toml", &one);
     let table = report.render_table();
     assert!(report.passed(), "{table}");
-    assert_eq!(report.lost, 0);
+    assert_eq!(report.totals.lost, 0);
     assert_eq!(report.events.get("pass.interrupted"), Some(&1), "{table}");
     assert_eq!(report.events.get("message.delivered"), Some(&1), "{table}");
     let before = &report.messages[0];

@@ -93,7 +93,7 @@ fn a_build_that_deletes_before_the_ledger_records_is_caught_and_shrunk() {
     assert!(text.contains("sabotage = \"dele-before-ledger\""), "{text}");
     let replay = runtime().block_on(poplab::run_file(&path)).unwrap();
     assert!(!replay.passed(), "{}", replay.render_table());
-    assert!(replay.lost > 0, "{}", replay.render_table());
+    assert!(replay.totals.lost > 0, "{}", replay.render_table());
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn a_build_that_skips_the_ledger_check_is_caught() {
         .block_on(poplab::run_file(saved(&report)))
         .unwrap();
     assert!(!replay.passed(), "{}", replay.render_table());
-    assert!(replay.unexplained > 0, "{}", replay.render_table());
+    assert!(replay.totals.unexplained > 0, "{}", replay.render_table());
 }
 
 #[test]

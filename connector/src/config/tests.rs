@@ -18,6 +18,15 @@ fn err(text: &str) -> String {
     }
 }
 
+/// Asserts, for each `(from, to, want)`, that `MINIMAL` with `from` replaced by `to` is
+/// refused with exactly `want`.
+fn assert_minimal_errs(cases: &[(&str, &str, &str)]) {
+    for (from, to, want) in cases {
+        assert!(MINIMAL.contains(from), "{from:?} is not in MINIMAL");
+        assert_eq!(err(&MINIMAL.replace(from, to)), *want, "{from:?} -> {to:?}");
+    }
+}
+
 /// A minimal valid file: the transport and one account, `info`.
 pub(crate) const MINIMAL: &str = r#"state_dir = "/var/lib/popbridge"
 
@@ -397,13 +406,11 @@ fn tls_fingerprint_is_parsed_for_accounts_and_the_transport_and_refused_when_mal
 
 #[test]
 fn unknown_key() {
-    let text = MINIMAL.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nbogus = 1");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:5: transport.bogus: unknown key \"bogus\", expected one of \"kind\", \"host\", \
+    assert_minimal_errs(&[
+        ("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nbogus = 1", "popbridge.toml:5: transport.bogus: unknown key \"bogus\", expected one of \"kind\", \"host\", \
          \"pickup_dir\", \"failed_dir\", \"pickup_mode\", \"port\", \"helo\", \"starttls\", \"ca_file\", \
-         \"tls_accept_invalid_certs\", \"tls_fingerprint\""
-    );
+         \"tls_accept_invalid_certs\", \"tls_fingerprint\""),
+    ]);
     let text = format!("statedir = 1\n{MINIMAL}");
     assert!(
         err(&text)
@@ -455,55 +462,20 @@ fn ntlm_is_also_called_spa() {
 
 #[test]
 fn bad_size() {
-    let text = MINIMAL.replace(
-        "[[account]]",
-        "[limits]\nmax_message_size = \"10XB\"\n\n[[account]]",
-    );
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:7: limits.max_message_size: invalid size \"10XB\": unknown unit \"XB\" (use B, KB, MB or GB)"
-    );
-    let text = MINIMAL.replace(
-        "[[account]]",
-        "[limits]\nmemory_threshold = -1\n\n[[account]]",
-    );
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:7: limits.memory_threshold: must not be negative"
-    );
-    let text = MINIMAL.replace(
-        "[[account]]",
-        "[limits]\nmemory_threshold = 1.5\n\n[[account]]",
-    );
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:7: limits.memory_threshold: invalid type: floating point \"1.5\", expected a size such as \"10MB\" or a number of octets"
-    );
-    let text = MINIMAL.replace(
-        "[[account]]",
-        "[limits]\nmax_message_size = 0\n\n[[account]]",
-    );
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:7: limits.max_message_size: must be greater than 0 (or \"auto\")"
-    );
+    assert_minimal_errs(&[
+        ("[[account]]", "[limits]\nmax_message_size = \"10XB\"\n\n[[account]]", "popbridge.toml:7: limits.max_message_size: invalid size \"10XB\": unknown unit \"XB\" (use B, KB, MB or GB)"),
+        ("[[account]]", "[limits]\nmemory_threshold = -1\n\n[[account]]", "popbridge.toml:7: limits.memory_threshold: must not be negative"),
+        ("[[account]]", "[limits]\nmemory_threshold = 1.5\n\n[[account]]", "popbridge.toml:7: limits.memory_threshold: invalid type: floating point \"1.5\", expected a size such as \"10MB\" or a number of octets"),
+        ("[[account]]", "[limits]\nmax_message_size = 0\n\n[[account]]", "popbridge.toml:7: limits.max_message_size: must be greater than 0 (or \"auto\")"),
+    ]);
 }
 
 #[test]
 fn bad_duration() {
-    let text = MINIMAL.replace(
-        "[[account]]",
-        "[timeouts]\ncommand = \"1m\"\nconnect = \"30x\"\n\n[[account]]",
-    );
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:8: timeouts.connect: invalid duration \"30x\": unknown unit \"x\" (use ms, s, m, h or d)"
-    );
-    let text = MINIMAL.replace("[[account]]", "[timeouts]\ndata = \"0s\"\n\n[[account]]");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:7: timeouts.data: must be greater than 0"
-    );
+    assert_minimal_errs(&[
+        ("[[account]]", "[timeouts]\ncommand = \"1m\"\nconnect = \"30x\"\n\n[[account]]", "popbridge.toml:8: timeouts.connect: invalid duration \"30x\": unknown unit \"x\" (use ms, s, m, h or d)"),
+        ("[[account]]", "[timeouts]\ndata = \"0s\"\n\n[[account]]", "popbridge.toml:7: timeouts.data: must be greater than 0"),
+    ]);
 }
 
 #[test]
@@ -514,20 +486,16 @@ fn two_password_sources() {
         "popbridge.toml:12: account[0].password_env: conflicts with password; set exactly one of password, password_env, password_file, password_command"
     );
     // The later one in the file is blamed, whatever the order of the keys.
-    let text = MINIMAL.replace("username = ", "password_command = \"pass x\"\nusername = ");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:11: account[0].password: conflicts with password_command; set exactly one of password, password_env, password_file, password_command"
-    );
+    assert_minimal_errs(&[
+        ("username = ", "password_command = \"pass x\"\nusername = ", "popbridge.toml:11: account[0].password: conflicts with password_command; set exactly one of password, password_env, password_file, password_command"),
+    ]);
 }
 
 #[test]
 fn no_password_source() {
-    let text = MINIMAL.replace("password = \"hunter2-secret\"\n", "");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:6: account[0]: no password source; set exactly one of password, password_env, password_file, password_command"
-    );
+    assert_minimal_errs(&[
+        ("password = \"hunter2-secret\"\n", "", "popbridge.toml:6: account[0]: no password source; set exactly one of password, password_env, password_file, password_command"),
+    ]);
 }
 
 #[test]
@@ -542,51 +510,50 @@ fn duplicate_account_name() {
 
 #[test]
 fn invalid_deliver_to() {
-    let text = MINIMAL.replace("\"info@contoso.local\"", "\"info\"");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:11: account[0].deliver_to: address \"info\" has no domain; a full address local@domain is required"
-    );
-    let text = MINIMAL.replace("\"info@contoso.local\"", "\"info@contoso..local\"");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:11: account[0].deliver_to: invalid address \"info@contoso..local\": empty or over-long domain label; a full address local@domain is required"
-    );
+    assert_minimal_errs(&[
+        ("\"info@contoso.local\"", "\"info\"", "popbridge.toml:11: account[0].deliver_to: address \"info\" has no domain; a full address local@domain is required"),
+        ("\"info@contoso.local\"", "\"info@contoso..local\"", "popbridge.toml:11: account[0].deliver_to: invalid address \"info@contoso..local\": empty or over-long domain label; a full address local@domain is required"),
+    ]);
 }
 
 #[test]
 fn missing_transport() {
-    let text = MINIMAL.replace("[transport]\nhost = \"127.0.0.1\"\n", "");
-    assert_eq!(err(&text), "popbridge.toml: missing [transport] section");
+    assert_minimal_errs(&[(
+        "[transport]\nhost = \"127.0.0.1\"\n",
+        "",
+        "popbridge.toml: missing [transport] section",
+    )]);
 }
 
 #[test]
 fn missing_keys() {
-    let text = MINIMAL.replace("username = \"info@isp.example\"\n", "");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:6: account[0].username: missing required key"
-    );
-    let text = MINIMAL.replace("host = \"127.0.0.1\"\n", "port = 25\n");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:3: transport.host: missing required key"
-    );
-    let text = MINIMAL.replace("state_dir = \"/var/lib/popbridge\"\n", "");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml: state_dir: missing required key"
-    );
+    assert_minimal_errs(&[
+        (
+            "username = \"info@isp.example\"\n",
+            "",
+            "popbridge.toml:6: account[0].username: missing required key",
+        ),
+        (
+            "host = \"127.0.0.1\"\n",
+            "port = 25\n",
+            "popbridge.toml:3: transport.host: missing required key",
+        ),
+        (
+            "state_dir = \"/var/lib/popbridge\"\n",
+            "",
+            "popbridge.toml: state_dir: missing required key",
+        ),
+    ]);
     let text = MINIMAL.split("[[account]]").next().unwrap().to_string();
     assert_eq!(
         err(&text),
         "popbridge.toml: account: at least one [[account]] is required"
     );
-    let text = MINIMAL.replace("[[account]]", "[account]");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:6: account: accounts are written as [[account]] (an array of tables)"
-    );
+    assert_minimal_errs(&[(
+        "[[account]]",
+        "[account]",
+        "popbridge.toml:6: account: accounts are written as [[account]] (an array of tables)",
+    )]);
 }
 
 #[test]
@@ -618,16 +585,10 @@ fn other_validation_errors() {
     for (line, want) in in_account {
         assert_eq!(err(&format!("{MINIMAL}{line}\n")), want);
     }
-    let text = MINIMAL.replace("name = \"info\"", "name = \"in fo\"");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:7: account[0].name: invalid account name \"in fo\": use 1 to 64 of A-Z a-z 0-9 . _ -"
-    );
-    let text = MINIMAL.replace("\"hunter2-secret\"", "\"\"");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:10: account[0].password: must not be empty"
-    );
+    assert_minimal_errs(&[
+        ("name = \"info\"", "name = \"in fo\"", "popbridge.toml:7: account[0].name: invalid account name \"in fo\": use 1 to 64 of A-Z a-z 0-9 . _ -"),
+        ("\"hunter2-secret\"", "\"\"", "popbridge.toml:10: account[0].password: must not be empty"),
+    ]);
 }
 
 #[test]
@@ -648,11 +609,11 @@ fn type_errors_are_readable() {
         err(&format!("{MINIMAL}leave_on_server = \"yes\"\n")),
         "popbridge.toml:12: account[0].leave_on_server: invalid type: string \"yes\", expected a boolean"
     );
-    let text = MINIMAL.replace("password = \"hunter2-secret\"", "password_file = \"\"");
-    assert_eq!(
-        err(&text),
-        "popbridge.toml:10: account[0].password_file: must not be empty"
-    );
+    assert_minimal_errs(&[(
+        "password = \"hunter2-secret\"",
+        "password_file = \"\"",
+        "popbridge.toml:10: account[0].password_file: must not be empty",
+    )]);
 }
 
 #[test]

@@ -70,7 +70,7 @@ async fn dele_marks_rset_unmarks_and_only_quit_deletes() {
     // Not yet deleted while the session runs.
     assert_eq!(server.maildrop("bob").unwrap().remaining, uids(3));
     assert!(c.cmd("QUIT").await.is_ok());
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     server.wait_idle().await;
     let mb = server.maildrop("bob").unwrap();
     assert_eq!(mb.remaining, vec!["bob-000001", "bob-000003"]);
@@ -218,7 +218,7 @@ async fn auth_plain_with_initial_response_and_continuation() {
         c.cmd(&format!("AUTH PLAIN {wrong}")).await.code,
         Some(RespCode::Auth)
     );
-    c.send("AUTH PLAIN").await;
+    c.wire.send("AUTH PLAIN").await;
     assert_eq!(c.response().await, Pop3Response::Continue(String::new()));
     assert!(c.cmd(&B64.encode(b"\0bob\0s3cret pass")).await.is_ok());
     assert!(c.cmd("QUIT").await.is_ok());
@@ -232,12 +232,12 @@ async fn auth_plain_with_initial_response_and_continuation() {
 async fn auth_login_asks_for_username_then_password() {
     let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
-    c.send("AUTH LOGIN").await;
+    c.wire.send("AUTH LOGIN").await;
     assert_eq!(
         c.response().await,
         Pop3Response::Continue("VXNlcm5hbWU6".into())
     );
-    c.send(&B64.encode("bob")).await;
+    c.wire.send(&B64.encode("bob")).await;
     assert_eq!(
         c.response().await,
         Pop3Response::Continue("UGFzc3dvcmQ6".into())
@@ -250,7 +250,7 @@ async fn auth_cram_md5_checks_the_hmac_of_the_challenge() {
     let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     for (pass, ok) in [("wrong", false), ("s3cret pass", true)] {
         let (mut c, _) = Client::connect(&server).await;
-        c.send("AUTH CRAM-MD5").await;
+        c.wire.send("AUTH CRAM-MD5").await;
         let Pop3Response::Continue(ch) = c.response().await else {
             panic!("no challenge")
         };
@@ -272,7 +272,7 @@ async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
     let (mut c, _) = Client::connect(&server).await;
     // Wrong token: an error challenge, the client answers with an empty line, then -ERR [AUTH].
     let bad = B64.encode("user=bob\x01auth=Bearer nope\x01\x01");
-    c.send(&format!("AUTH XOAUTH2 {bad}")).await;
+    c.wire.send(&format!("AUTH XOAUTH2 {bad}")).await;
     let Pop3Response::Continue(err) = c.response().await else {
         panic!("expected error challenge")
     };
@@ -283,7 +283,7 @@ async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
     // A token too long for the 255-octet command line goes after the `+ ` continuation.
     let good = B64.encode(format!("user=bob\x01auth=Bearer {token}\x01\x01"));
     assert!(good.len() > 255);
-    c.send("AUTH XOAUTH2").await;
+    c.wire.send("AUTH XOAUTH2").await;
     assert_eq!(c.response().await, Pop3Response::Continue(String::new()));
     assert!(c.cmd(&good).await.is_ok());
     assert!(!server.transcript().contains(&token[..40]));
@@ -292,7 +292,7 @@ async fn auth_xoauth2_with_long_token_after_continuation_and_error_challenge() {
     let (mut c2, _) = Client::connect(&server2).await;
     let r = c2.cmd(&format!("AUTH XOAUTH2 {good}")).await;
     assert!(!r.is_ok());
-    assert!(c2.closed().await);
+    assert!(c2.wire.closed().await);
 }
 
 #[tokio::test]
@@ -488,13 +488,13 @@ async fn stls_upgrades_and_discards_commands_injected_before_the_handshake() {
     let (mut c, _) = Client::connect(&server).await;
     assert!(c.list("CAPA").await.contains(&"STLS".to_string()));
     // STLS and an injected command in the same packet: the injected one must be dropped.
-    c.send_raw(b"STLS\r\nUSER injected\r\n").await;
+    c.wire.send_raw(b"STLS\r\nUSER injected\r\n").await;
     assert!(c.reply().await.is_ok());
     assert!(
-        c.buf.is_empty(),
+        c.wire.buf.is_empty(),
         "nothing may follow the STLS reply in clear"
     );
-    let tls = tls_client(&pki, c.stream).await;
+    let tls = tls_client(&pki, c.wire.stream).await;
     let mut c = Client::resume(tls);
     // Had USER been kept, PASS would log in without a USER in the TLS session.
     let r = c.cmd("PASS s3cret pass").await;
@@ -580,7 +580,7 @@ async fn replaced_greeting_and_garbage_line() {
     let (mut c, g) = Client::connect(&server).await;
     assert!(g.is_ok(), "only the first greeting is replaced");
     c.login("bob", "s3cret pass").await;
-    c.send("STAT").await;
+    c.wire.send("STAT").await;
     assert_eq!(c.line().await.unwrap(), b"\x00garbage\xff\r\n");
     assert!(
         c.reply().await.is_ok(),
@@ -603,7 +603,7 @@ async fn close_before_reply_and_close_after_n_bytes() {
     let mut c = logged_in(&server).await;
     assert!(c.multi("RETR 1").await.0.is_ok());
     assert!(c.cmd("DELE 1").await.is_ok());
-    c.send("RETR 2").await;
+    c.wire.send("RETR 2").await;
     let got = c.drain().await;
     assert_eq!(got.len(), 100, "exactly 100 octets of the reply arrive");
     assert!(got.starts_with(b"+OK 1500 octets\r\n"));
@@ -619,7 +619,7 @@ async fn close_before_reply_and_close_after_n_bytes() {
     // QUIT closed before its reply: no UPDATE state, nothing deleted.
     let mut c = logged_in(&server).await;
     assert!(c.cmd("DELE 1").await.is_ok());
-    c.send("QUIT").await;
+    c.wire.send("QUIT").await;
     assert_eq!(c.line().await, None);
     server.wait_idle().await;
     assert_eq!(server.maildrop("bob").unwrap().remaining.len(), 3);
@@ -635,7 +635,7 @@ async fn delay_and_throttle_run_on_the_paused_clock() {
         ))
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
-    c.step = Duration::from_secs(3600);
+    c.wire.step = Duration::from_secs(3600);
     c.login("bob", "s3cret pass").await;
     let t = Instant::now();
     assert!(c.cmd("STAT").await.is_ok());
@@ -647,7 +647,7 @@ async fn delay_and_throttle_run_on_the_paused_clock() {
         .throttle(1000)
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
-    c.step = Duration::from_secs(3600);
+    c.wire.step = Duration::from_secs(3600);
     c.login("bob", "s3cret pass").await;
     let t = Instant::now();
     let (_, body) = c.multi("RETR 1").await;
@@ -666,11 +666,11 @@ async fn an_idle_client_is_disconnected_after_the_timeout() {
         .idle_timeout(Duration::from_secs(600))
         .spawn_in_memory();
     let (mut c, _) = Client::over(server.connect_duplex()).await;
-    c.step = Duration::from_secs(3600);
+    c.wire.step = Duration::from_secs(3600);
     c.login("bob", "s3cret pass").await;
     c.cmd("DELE 1").await;
     tokio::time::advance(Duration::from_secs(601)).await;
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     server.wait_idle().await;
     assert_eq!(server.sessions()[0].end, Some(SessionEnd::Timeout));
     assert_eq!(server.maildrop("bob").unwrap().remaining.len(), 1);
@@ -751,7 +751,7 @@ async fn wrong_list_size_and_duplicate_uids_are_served_as_declared() {
 async fn pipelined_commands_are_answered_in_order() {
     let server = spawn(MockPop3::builder().maildrop(bob(3))).await;
     let (mut c, _) = Client::connect(&server).await;
-    c.send_raw(
+    c.wire.send_raw(
         b"USER bob\r\nPASS s3cret pass\r\nSTAT\r\nRETR 1\r\nRETR 2\r\nDELE 1\r\nDELE 2\r\nQUIT\r\n",
     )
     .await;
@@ -765,7 +765,7 @@ async fn pipelined_commands_are_answered_in_order() {
     for _ in 0..3 {
         assert!(c.reply().await.is_ok());
     }
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     server.wait_idle().await;
     assert_eq!(
         server.maildrop("bob").unwrap().remaining,
@@ -782,7 +782,7 @@ async fn replies_pipelined_behind_a_large_body_never_overtake_it() {
     )
     .await;
     let (mut c, _) = Client::connect(&server).await;
-    c.send_raw(
+    c.wire.send_raw(
         b"USER bob\r\nPASS s3cret pass\r\nRETR 1\r\nDELE 1\r\nNOOP\r\nRETR 2\r\nRETR 3\r\nQUIT\r\n",
     )
     .await;
@@ -806,7 +806,7 @@ async fn inspection_shows_commands_and_a_redacted_transcript() {
     c.login("bob", "s3cret pass").await;
     c.multi("RETR 2").await;
     c.cmd("DELE 2").await;
-    c.send("PASS \u{fffd}s3cret pass again").await;
+    c.wire.send("PASS \u{fffd}s3cret pass again").await;
     c.reply().await;
     c.cmd("QUIT").await;
     server.wait_idle().await;
@@ -843,14 +843,14 @@ async fn hostile_clients_get_errors_not_crashes() {
     let server = spawn(MockPop3::builder().maildrop(bob(1))).await;
     let (mut c, _) = Client::connect(&server).await;
     assert!(!c.cmd("\u{0}\u{1}binary").await.is_ok());
-    c.send_raw(b"\xff\xfe\xfd\r\n").await;
+    c.wire.send_raw(b"\xff\xfe\xfd\r\n").await;
     assert!(!c.reply().await.is_ok());
     // A 10 MB line: refused once it passes 255 octets, the connection closes.
     let big = vec![b'A'; 10 * 1024 * 1024];
-    let _ = tokio::io::AsyncWriteExt::write_all(&mut c.stream, &big).await;
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut c.wire.stream, &big).await;
     let r = c.reply().await;
     assert_eq!(r.text, "Line too long");
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     // The server still serves others.
     let mut c = logged_in(&server).await;
     assert!(c.cmd("QUIT").await.is_ok());
@@ -928,7 +928,7 @@ async fn xoauth2_accepts_only_valid_tokens_issued_by_the_mock_token_endpoint() {
         async move {
             let (mut c, _) = Client::connect(server).await;
             let payload = B64.encode(format!("user=bob\x01auth=Bearer {token}\x01\x01"));
-            c.send(&format!("AUTH XOAUTH2 {payload}")).await;
+            c.wire.send(&format!("AUTH XOAUTH2 {payload}")).await;
             let r = match c.response().await {
                 Pop3Response::Status(r) => (r.is_ok(), false),
                 // Gmail's failure: a base64 JSON challenge, an empty answer, then -ERR.

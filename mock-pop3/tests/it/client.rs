@@ -1,17 +1,14 @@
 //! A deliberately small POP3 test client built on `proto`, plus server helpers.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
+use mock_core::test_client::{connect, Wire};
 use mock_pop3::{Builder, MockPop3Handle};
 use popbridge_proto::pop3::{Pop3Reply, Pop3Response};
 use popbridge_proto::{DotDecoder, LineDecoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
 
-/// Every test read is bounded: a hang fails the test instead of stalling CI.
-pub const STEP: Duration = Duration::from_secs(10);
+pub use mock_core::test_client::STEP;
 
 /// Spawns the server on a fresh loopback port.
 pub async fn spawn(builder: Builder) -> MockPop3Handle {
@@ -19,19 +16,16 @@ pub async fn spawn(builder: Builder) -> MockPop3Handle {
     builder.spawn(listener)
 }
 
+/// A POP3 client: the connection (`wire`: sending, reading under a deadline, EOF) and
+/// its line framing.
 pub struct Client<S> {
-    pub stream: S,
-    pub buf: BytesMut,
+    pub wire: Wire<S>,
     lines: LineDecoder,
-    /// Bound on each read; raise it for paused-clock tests where time jumps.
-    pub step: Duration,
 }
 
 impl Client<TcpStream> {
     pub async fn connect(server: &MockPop3Handle) -> (Self, Pop3Reply) {
-        let stream = TcpStream::connect(server.addr().unwrap()).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self::over(stream).await
+        Self::over(connect(server.addr().unwrap()).await).await
     }
 }
 
@@ -39,10 +33,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Wraps a stream without reading a greeting (after a TLS upgrade).
     pub fn resume(stream: S) -> Self {
         Self {
-            stream,
-            buf: BytesMut::new(),
+            wire: Wire::new(stream),
             lines: LineDecoder::new(4096),
-            step: STEP,
         }
     }
 
@@ -53,31 +45,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         (c, g)
     }
 
-    pub async fn send(&mut self, line: &str) {
-        // One write per command: a line split over two writes stalls on delayed ACKs.
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
     /// Reads until `buf` holds more, or returns false at EOF.
     async fn fill(&mut self) -> bool {
-        let n = timeout(self.step, self.stream.read_buf(&mut self.buf))
-            .await
-            .expect("server stalled")
-            .unwrap_or(0);
-        n > 0
+        self.wire.read_more().await > 0
     }
 
     /// The next raw line, or `None` at EOF.
     pub async fn line(&mut self) -> Option<Vec<u8>> {
         loop {
-            if let Some(l) = self.lines.next_line(&mut self.buf).unwrap() {
+            if let Some(l) = self.lines.next_line(&mut self.wire.buf).unwrap() {
                 return Some(l.to_vec());
             }
             if !self.fill().await {
@@ -100,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// Sends a command and returns its status reply.
     pub async fn cmd(&mut self, line: &str) -> Pop3Reply {
-        self.send(line).await;
+        self.wire.send(line).await;
         self.reply().await
     }
 
@@ -113,7 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// Opens an AUTH exchange with `line` (e.g. `AUTH LOGIN`), skipping its first reply.
     pub async fn begin(&mut self, line: &str) {
-        self.send(line).await;
+        self.wire.send(line).await;
         let _ = self.response().await;
     }
 
@@ -122,8 +98,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut d = DotDecoder::new(64 << 20);
         let mut out = BytesMut::new();
         loop {
-            let p = d.decode(&self.buf.clone(), &mut out).unwrap();
-            let _ = self.buf.split_to(p.consumed);
+            let p = d.decode(&self.wire.buf.clone(), &mut out).unwrap();
+            let _ = self.wire.buf.split_to(p.consumed);
             if p.done {
                 return out.to_vec();
             }
@@ -165,16 +141,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Everything until the server closes the connection (what is buffered included).
     pub async fn drain(&mut self) -> Vec<u8> {
         while self.fill().await {}
-        std::mem::take(&mut self.buf).to_vec()
-    }
-
-    /// True once the server closed the connection (reads until EOF, bounded).
-    pub async fn closed(&mut self) -> bool {
-        loop {
-            if !self.fill().await {
-                return true;
-            }
-            self.buf.clear();
-        }
+        std::mem::take(&mut self.wire.buf).to_vec()
     }
 }

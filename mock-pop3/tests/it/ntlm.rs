@@ -25,9 +25,9 @@ async fn logs_in(c: &mut Client<TcpStream>) {
 
 /// Sends `AUTH NTLM` and the NEGOTIATE message; returns the server's CHALLENGE.
 async fn start(c: &mut Client<TcpStream>) -> ntlm::Challenge {
-    c.send("AUTH NTLM").await;
+    c.wire.send("AUTH NTLM").await;
     assert_eq!(c.response().await, Pop3Response::Continue(String::new()));
-    c.send(&B64.encode(ntlm::negotiate())).await;
+    c.wire.send(&B64.encode(ntlm::negotiate())).await;
     let Pop3Response::Continue(challenge) = c.response().await else {
         panic!("no NTLM challenge")
     };
@@ -86,7 +86,7 @@ async fn the_challenge_names_the_mock_domain_has_a_timestamp_and_oem_text_when_a
     c.begin("AUTH NTLM").await;
     let mut oem = ntlm::negotiate();
     oem[12] &= !(ntlm::flags::NEGOTIATE_UNICODE as u8);
-    c.send(&B64.encode(oem)).await;
+    c.wire.send(&B64.encode(oem)).await;
     let Pop3Response::Continue(challenge) = c.response().await else {
         panic!("no NTLM challenge")
     };

@@ -33,7 +33,7 @@ fn contoso() -> mock_smtp::Builder {
 /// A client over `server` that waits up to an hour for each reply (paused-time tests).
 async fn patient_client(server: &mock_smtp::MockSmtpHandle) -> Client<tokio::io::DuplexStream> {
     let (mut c, _) = Client::over(server.connect_duplex()).await;
-    c.step = Duration::from_secs(3600);
+    c.wire.step = Duration::from_secs(3600);
     c
 }
 
@@ -63,7 +63,7 @@ async fn greeting_and_ehlo_look_like_exchange() {
         c.cmd("QUIT").await.first_line(),
         "221 2.0.0 Service closing transmission channel"
     );
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
 }
 
 #[tokio::test]
@@ -267,13 +267,13 @@ async fn five_malformed_senders_end_the_session_with_421() {
             .await;
         assert_eq!(r.first_line(), "501 5.1.7 Invalid address");
     }
-    c.send("MAIL FROM:<still..bad@example.net>").await;
+    c.wire.send("MAIL FROM:<still..bad@example.net>").await;
     assert_eq!(c.reply().await.first_line(), "501 5.1.7 Invalid address");
     assert_eq!(
         c.reply().await.first_line(),
         "421 4.7.0 Too many errors on this connection, closing transmission channel"
     );
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     server.wait_idle().await;
     let s = &server.sessions()[0];
     assert_eq!(s.protocol_errors, 5);
@@ -317,10 +317,10 @@ async fn which_codes_count_and_the_limit_are_configurable() {
         );
     }
     assert_eq!(c.cmd("BOGUS").await.code, 500);
-    c.send("BOGUS").await;
+    c.wire.send("BOGUS").await;
     assert_eq!(c.reply().await.code, 500);
     assert_eq!(c.reply().await.code, 421);
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
 }
 
 #[tokio::test]
@@ -556,7 +556,7 @@ async fn capture_keeps_the_envelope_and_dot_unstuffed_bytes() {
     let server = spawn(contoso()).await;
     let (mut c, _) = ehlo(&server).await;
     let body = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\nend\r\n".to_vec();
-    c.send_raw(b"MAIL FROM:<a@example.net> SIZE=55 BODY=8BITMIME\r\nRCPT TO:<bob@contoso.local>\r\nRCPT TO:<nobody@contoso.local>\r\nRCPT TO:<carol@contoso.local>\r\nDATA\r\n").await;
+    c.wire.send_raw(b"MAIL FROM:<a@example.net> SIZE=55 BODY=8BITMIME\r\nRCPT TO:<bob@contoso.local>\r\nRCPT TO:<nobody@contoso.local>\r\nRCPT TO:<carol@contoso.local>\r\nDATA\r\n").await;
     let codes: Vec<u16> = [
         c.reply().await,
         c.reply().await,
@@ -612,21 +612,23 @@ async fn bdat_chunks_are_joined_and_size_checked() {
     c.cmd("MAIL FROM:<a@example.net>").await;
     c.cmd("RCPT TO:<bob@contoso.local>").await;
     // Raw bytes: no dot-stuffing, a lone dot line is data.
-    c.send_raw(b"BDAT 12\r\nSubject: a\r\n").await;
+    c.wire.send_raw(b"BDAT 12\r\nSubject: a\r\n").await;
     assert_eq!(c.reply().await.first_line(), "250 2.0.0 12 octets received");
-    c.send_raw(b"BDAT 10 LAST\r\n\r\n.\r\nend\r\n").await;
+    c.wire.send_raw(b"BDAT 10 LAST\r\n\r\n.\r\nend\r\n").await;
     assert_eq!(c.reply().await.code, 250);
     // Too big in chunks: refused at the last chunk, chunk bytes still consumed.
     c.cmd("MAIL FROM:<a@example.net>").await;
     c.cmd("RCPT TO:<bob@contoso.local>").await;
     let chunk = vec![b'x'; 800];
-    c.send_raw(format!("BDAT {}\r\n", chunk.len()).as_bytes())
+    c.wire
+        .send_raw(format!("BDAT {}\r\n", chunk.len()).as_bytes())
         .await;
-    c.send_raw(&chunk).await;
+    c.wire.send_raw(&chunk).await;
     assert_eq!(c.reply().await.code, 250);
-    c.send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes())
+    c.wire
+        .send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes())
         .await;
-    c.send_raw(&chunk).await;
+    c.wire.send_raw(&chunk).await;
     assert_eq!(
         c.reply().await.first_line(),
         "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -674,14 +676,15 @@ async fn auth_plain_and_login_and_the_logon_failure_limit() {
             "535 5.7.3 Authentication unsuccessful"
         );
     }
-    c.send(&format!("AUTH PLAIN {}", B64.encode("\0svc\0nope")))
+    c.wire
+        .send(&format!("AUTH PLAIN {}", B64.encode("\0svc\0nope")))
         .await;
     assert_eq!(c.reply().await.code, 535);
     assert_eq!(
         c.reply().await.first_line(),
         "421 4.7.0 Too many errors on this connection, closing transmission channel"
     );
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     server.wait_idle().await;
     assert!(!server.transcript().contains(&B64.encode("\0svc\0pw")));
     assert!(!server.transcript().contains(&B64.encode("pw")));
@@ -693,13 +696,14 @@ async fn starttls_discards_injected_commands_and_requires_a_new_ehlo() {
     let server = spawn(MockSmtp::builder().tls(pki.server_config().unwrap())).await;
     let (mut c, lines) = ehlo(&server).await;
     assert!(lines.contains(&"STARTTLS".to_string()));
-    c.send_raw(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
+    c.wire
+        .send_raw(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
         .await;
     assert_eq!(c.reply().await.first_line(), "220 2.0.0 SMTP server ready");
-    assert!(c.buf.is_empty());
+    assert!(c.wire.buf.is_empty());
     let connector = tokio_rustls::TlsConnector::from(pki.client_config().unwrap());
     let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), c.stream)
+        .connect(ServerName::try_from("localhost").unwrap(), c.wire.stream)
         .await
         .unwrap();
     let mut c = Client::resume(tls);
@@ -776,7 +780,7 @@ async fn a_421_at_message_k_closes_the_connection_and_the_message_is_not_taken()
         r.first_line(),
         "421 4.3.2 Service not available, closing transmission channel"
     );
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     server.wait_idle().await;
     let t = server.captured();
     assert_eq!(t.len(), 3);
@@ -804,7 +808,7 @@ async fn a_421_at_command_n_counts_every_command() {
         r.first_line(),
         "421 4.4.2 Message submission rate for this client has exceeded the configured limit"
     );
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     server.wait_idle().await;
     assert_eq!(server.captured()[0].outcome, Outcome::Abandoned);
     assert_eq!(server.counts().accepted, 0);
@@ -819,7 +823,7 @@ async fn close_without_reply_at_command_n() {
     .await;
     let (mut c, _) = ehlo(&server).await;
     assert!(c.cmd("MAIL FROM:<a@example.net>").await.is_positive());
-    c.send("RCPT TO:<bob@contoso.local>").await;
+    c.wire.send("RCPT TO:<bob@contoso.local>").await;
     assert!(c.try_reply().await.is_none(), "closed without a reply");
     server.wait_idle().await;
     assert_eq!(server.captured()[0].outcome, Outcome::Abandoned);
@@ -853,7 +857,7 @@ async fn delay_throttle_and_idle_timeout_on_the_paused_clock() {
         c.reply().await.first_line(),
         "421 4.4.1 Connection timed out"
     );
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
 }
 
 #[tokio::test]
@@ -915,9 +919,9 @@ async fn a_line_longer_than_the_limit_is_a_500_not_a_crash() {
     let (mut c, _) = ehlo(&server).await;
     let mut line = vec![b'A'; 100_000];
     line.extend_from_slice(b"\r\n");
-    c.send_raw(&line).await;
+    c.wire.send_raw(&line).await;
     assert_eq!(c.reply().await.first_line(), "500 5.5.2 Line too long");
-    c.send_raw(b"\0\xff\xfe\r\n").await;
+    c.wire.send_raw(b"\0\xff\xfe\r\n").await;
     assert_eq!(c.reply().await.code, 501);
     assert_eq!(c.cmd("NOOP").await.code, 250);
 }

@@ -1,47 +1,36 @@
 //! A small SMTP test client built on `proto`, plus server helpers.
 
-use std::time::Duration;
-
-use bytes::BytesMut;
+use mock_core::test_client::{connect, Wire};
 use mock_smtp::{Builder, MockSmtpHandle};
 use popbridge_proto::smtp::{Reply, ReplyParser};
 use popbridge_proto::DotStuffer;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-
-/// Every read is bounded: a hang fails the test instead of stalling CI.
-pub const STEP: Duration = Duration::from_secs(10);
 
 /// Spawns the server on a fresh loopback port.
 pub async fn spawn(builder: Builder) -> MockSmtpHandle {
     builder.spawn(TcpListener::bind("127.0.0.1:0").await.unwrap())
 }
 
+/// An SMTP client: the connection (`wire`: sending, reading under a deadline, EOF) and
+/// its reply parser.
 pub struct Client<S> {
-    pub stream: S,
-    pub buf: BytesMut,
+    pub wire: Wire<S>,
     parser: ReplyParser,
-    /// Bound on each read; raise it for paused-clock tests.
-    pub step: Duration,
 }
 
 impl Client<TcpStream> {
     /// Connects and reads the greeting.
     pub async fn connect(server: &MockSmtpHandle) -> (Self, Reply) {
-        let s = TcpStream::connect(server.addr().unwrap()).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        Self::over(s).await
+        Self::over(connect(server.addr().unwrap()).await).await
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub fn resume(stream: S) -> Self {
         Self {
-            stream,
-            buf: BytesMut::new(),
+            wire: Wire::new(stream),
             parser: ReplyParser::new(),
-            step: STEP,
         }
     }
 
@@ -51,15 +40,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         (c, g)
     }
 
-    /// Writes raw bytes in one write.
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    pub async fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes()).await;
-    }
-
     /// Sends each command in turn and checks the first line of its reply.
     pub async fn dialogue(&mut self, steps: &[(&str, &str)]) {
         for (command, reply) in steps {
@@ -67,22 +47,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Reads what the server sent into the buffer (bounded by the step): how many octets,
-    /// 0 once it closed (or the read failed).
-    async fn read_more(&mut self) -> usize {
-        timeout(self.step, self.stream.read_buf(&mut self.buf))
-            .await
-            .expect("server stalled")
-            .unwrap_or(0)
-    }
-
     /// The next reply, or `None` when the server closed.
     pub async fn try_reply(&mut self) -> Option<Reply> {
         loop {
-            if let Some(r) = self.parser.parse(&mut self.buf).unwrap() {
+            if let Some(r) = self.parser.parse(&mut self.wire.buf).unwrap() {
                 return Some(r);
             }
-            if self.read_more().await == 0 {
+            if self.wire.read_more().await == 0 {
                 return None;
             }
         }
@@ -95,14 +66,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     pub async fn cmd(&mut self, line: &str) -> Reply {
-        self.send(line).await;
+        self.wire.send(line).await;
         self.reply().await
     }
 
     /// Sends a message body dot-stuffed with its terminator (one write) and reads the reply.
     pub async fn data_body(&mut self, body: &[u8]) -> Reply {
         let wire = DotStuffer::stuff_all(body, true);
-        self.send_raw(&wire).await;
+        self.wire.send_raw(&wire).await;
         self.reply().await
     }
 
@@ -121,16 +92,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub async fn deliver_ok(&mut self, from: &str, to: &str, body: &[u8]) {
         let r = self.deliver(from, to, body).await;
         assert_eq!(r.code, 250, "{r:?}");
-    }
-
-    /// True once the server closed the connection.
-    pub async fn closed(&mut self) -> bool {
-        loop {
-            if self.read_more().await == 0 {
-                return true;
-            }
-            self.buf.clear();
-        }
     }
 }
 

@@ -11,13 +11,13 @@ async fn session(server: &MockSmtpHandle, script: &[(&[u8], usize)]) -> String {
     let (mut c, _) = Client::over(server.connect_duplex()).await;
     let ehlo: (&[u8], usize) = (b"EHLO client.example\r\n", 1);
     for (chunk, replies) in std::iter::once(&ehlo).chain(script) {
-        c.send_raw(chunk).await;
+        c.wire.send_raw(chunk).await;
         for _ in 0..*replies {
             c.reply().await;
         }
     }
     // Every script ends with the server closing (QUIT or the error limit).
-    assert!(c.closed().await);
+    assert!(c.wire.closed().await);
     drop(c);
     server.wait_idle().await;
     server.transcript()

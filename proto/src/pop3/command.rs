@@ -439,14 +439,7 @@ mod tests {
             (Pop3Command::Noop, "NOOP\r\n"),
             (Pop3Command::Quit, "QUIT\r\n"),
         ];
-        for (cmd, wire) in cases {
-            assert_eq!(cmd.to_string(), wire);
-            assert_eq!(
-                Pop3Command::parse(wire.as_bytes()).unwrap(),
-                cmd,
-                "{wire:?}"
-            );
-        }
+        crate::test_support::assert_wire_round_trips(cases, Pop3Command::parse);
     }
 
     #[test]

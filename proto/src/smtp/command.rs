@@ -426,14 +426,7 @@ mod tests {
                 "AUTH PLAIN AGEAYg==\r\n",
             ),
         ];
-        for (cmd, wire) in cases {
-            assert_eq!(cmd.to_string(), wire);
-            assert_eq!(
-                SmtpCommand::parse(wire.as_bytes()).unwrap(),
-                cmd,
-                "{wire:?}"
-            );
-        }
+        crate::test_support::assert_wire_round_trips(cases, SmtpCommand::parse);
     }
 
     #[test]

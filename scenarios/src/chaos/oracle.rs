@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 
 use mock_smtp::{Delivery, Outcome as SmtpOutcome, Received};
 use popbridge::events::Event;
+use popbridge_proto::line::crlf_normalised;
 use serde::Serialize;
 
 use super::spec::{Class, Expected, Msg, Profile, Spec, USER};
@@ -128,34 +129,13 @@ impl Verdict {
     }
 }
 
-/// CRLF everywhere and a final CRLF: how a message reads after DATA normalised it.
-fn normalised(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 16);
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'\r' if data.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// True when a transaction carries the message intact (after the connector's trace
 /// header): byte for byte over BDAT, line ends normalised over DATA.
 fn intact(t: &Received, original: &[u8]) -> bool {
     if t.bdat {
         t.data.ends_with(original)
     } else {
-        normalised(&t.data).ends_with(&normalised(original))
+        crlf_normalised(&t.data).ends_with(&crlf_normalised(original))
     }
 }
 
