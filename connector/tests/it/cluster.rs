@@ -83,16 +83,18 @@ async fn scratch_writers(db: &tokio_postgres::Client) -> Vec<String> {
         .collect()
 }
 
-/// Claims in small batches until nothing is left; the accounts claimed.
-async fn claim_all(cluster: &mut Cluster) -> Vec<String> {
+/// Claims in small batches until nothing is left (at most `rounds` claims); the accounts
+/// claimed.
+async fn claim_all(cluster: &mut Cluster, rounds: usize) -> Vec<String> {
     let mut claimed = Vec::new();
-    loop {
-        let batch = cluster.claim(3).await.unwrap();
+    for _ in 0..rounds {
+        let batch = cluster.claim(2).await.unwrap();
         if batch.is_empty() {
             return claimed;
         }
         claimed.extend(batch.iter().map(|l| l.account().to_owned()));
     }
+    panic!("still claiming after {rounds} claims: held leases are claimed again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +110,7 @@ async fn two_instances_claim_disjoint_sets_covering_every_account() {
         "registering is idempotent"
     );
 
-    let (by_a, by_b) = tokio::join!(claim_all(&mut a), claim_all(&mut b));
+    let (by_a, by_b) = tokio::join!(claim_all(&mut a, 50), claim_all(&mut b, 50));
 
     let set_a: BTreeSet<&String> = by_a.iter().collect();
     let set_b: BTreeSet<&String> = by_b.iter().collect();
@@ -171,6 +173,48 @@ async fn expired_lease_is_taken_over_and_the_old_owners_write_is_refused() {
         ["a while it held the lease", "b"],
         "the old owner's write after the takeover must not be in the database"
     );
+}
+
+#[tokio::test]
+async fn an_open_fenced_transaction_holds_off_a_takeover_without_blocking_other_claims() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = observer(&pg).await;
+    let mut a = instance(&pg, "a", Duration::from_secs(1)).await;
+    let mut b = instance(&pg, "b", LONG_TTL).await;
+    a.register(&["alice", "bob"]).await.unwrap();
+    let mut leases = a.claim(10).await.unwrap();
+    let bob_expiry = leases[1].expires_at();
+    let alice = &mut leases[0];
+    let account = alice.account().to_owned();
+    let mut tx = alice.fenced_transaction(&mut a).await.unwrap();
+    tx.execute(
+        "INSERT INTO scratch (account, writer) VALUES ($1, 'a')",
+        &[&account],
+    )
+    .await
+    .unwrap();
+
+    // The fence set alice's expiry to its transaction's start + 1 s: before this.
+    let after_fence: SystemTime = db
+        .query_one("SELECT now() + interval '1 second'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_for_db_clock(&db, after_fence.max(bob_expiry)).await;
+    // Both leases have expired by the database's clock; alice's row is still locked by
+    // a's open transaction, so b skips it (and does not wait for it).
+    let taken = tokio::time::timeout(CLOCK_WAIT, b.claim(10))
+        .await
+        .expect("a claim must not wait for a locked lease")
+        .unwrap();
+    let taken: Vec<&str> = taken.iter().map(|l| l.account()).collect();
+    assert_eq!(taken, ["bob"]);
+
+    tx.commit().await.unwrap();
+    assert_eq!(scratch_writers(&db).await, ["a"]);
+    let taken = b.claim(10).await.unwrap();
+    assert_eq!(taken.len(), 1, "alice is free once a's transaction ended");
+    assert!(taken[0].epoch() > leases[0].epoch());
 }
 
 #[tokio::test]
