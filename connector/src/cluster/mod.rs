@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
 
 pub use claim::{AccountKey, Claim, Fenced, Key, Lease, Slot, SlotKey};
 pub use error::ClusterError;
@@ -233,10 +234,8 @@ impl Cluster {
     pub async fn claim(&mut self, max: usize) -> Result<Vec<Lease>, ClusterError> {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         self.ready().await?;
-        let sent = Instant::now();
-        let result = self
-            .client
-            .query(
+        let (rows, act_until) = self
+            .claim_rows(
                 "UPDATE lease SET owner = $1, epoch = lease.epoch + 1, \
                      expires_at = now() + make_interval(secs => $2) \
                  FROM (SELECT account FROM lease \
@@ -244,26 +243,16 @@ impl Cluster {
                        ORDER BY account FOR UPDATE SKIP LOCKED LIMIT $3) due \
                  WHERE lease.account = due.account \
                  RETURNING lease.account, lease.epoch, lease.expires_at",
-                &[
-                    &self.config.instance_id,
-                    &self.config.ttl.as_secs_f64(),
-                    &limit,
-                ],
+                &[&limit],
             )
-            .await;
-        let rows = result.map_err(|e| self.fail(e))?;
-        let act_until = sent + self.config.act_for();
+            .await?;
         let mut leases: Vec<Lease> = rows
             .iter()
             .map(|row| {
-                Claim::new(
-                    AccountKey {
-                        account: row.get(0),
-                    },
-                    row.get(1),
-                    row.get(2),
-                    act_until,
-                )
+                let key = AccountKey {
+                    account: row.get(0),
+                };
+                Claim::new(key, row.get(1), row.get(2), act_until)
             })
             .collect();
         leases.sort_by(|a, b| a.account().cmp(b.account()));
@@ -288,10 +277,8 @@ impl Cluster {
             )
             .await;
         created.map_err(|e| self.fail(e))?;
-        let sent = Instant::now();
-        let result = self
-            .client
-            .query_opt(
+        let (rows, act_until) = self
+            .claim_rows(
                 "UPDATE server_slot SET owner = $1, epoch = server_slot.epoch + 1, \
                      expires_at = now() + make_interval(secs => $2) \
                  FROM (SELECT server, slot FROM server_slot \
@@ -300,22 +287,32 @@ impl Cluster {
                        ORDER BY slot FOR UPDATE SKIP LOCKED LIMIT 1) free \
                  WHERE server_slot.server = free.server AND server_slot.slot = free.slot \
                  RETURNING server_slot.slot, server_slot.epoch, server_slot.expires_at",
-                &[
-                    &self.config.instance_id,
-                    &self.config.ttl.as_secs_f64(),
-                    &server,
-                    &cap,
-                ],
+                &[&server, &cap],
             )
-            .await;
-        let row = result.map_err(|e| self.fail(e))?;
-        Ok(row.map(|row| {
+            .await?;
+        Ok(rows.first().map(|row| {
             let key = SlotKey {
                 server: server.to_owned(),
                 slot: row.get(0),
             };
-            Claim::new(key, row.get(1), row.get(2), sent + self.config.act_for())
+            Claim::new(key, row.get(1), row.get(2), act_until)
         }))
+    }
+
+    /// Runs a claiming statement (`$1` owner, `$2` ttl in seconds, then `params`): the
+    /// rows claimed, and until when they allow work.
+    async fn claim_rows(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Vec<Row>, Instant), ClusterError> {
+        let ttl = self.config.ttl.as_secs_f64();
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&self.config.instance_id, &ttl];
+        all.extend_from_slice(params);
+        let sent = Instant::now();
+        let result = self.client.query(sql, &all).await;
+        let rows = result.map_err(|e| self.fail(e))?;
+        Ok((rows, sent + self.config.act_for()))
     }
 
     /// Makes the connection usable: rolls back a transaction left open, reconnects when

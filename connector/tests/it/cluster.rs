@@ -38,6 +38,20 @@ async fn observer(pg: &Postgres) -> tokio_postgres::Client {
     client
 }
 
+/// A plain client, and instances `a` (leases of `ttl_a`) and `b` (long leases) with
+/// `accounts` registered.
+async fn a_and_b(
+    pg: &Postgres,
+    ttl_a: Duration,
+    accounts: &[&str],
+) -> (tokio_postgres::Client, Cluster, Cluster) {
+    let db = observer(pg).await;
+    let mut a = instance(pg, "a", ttl_a).await;
+    let b = instance(pg, "b", LONG_TTL).await;
+    a.register(accounts).await.unwrap();
+    (db, a, b)
+}
+
 /// Waits (bounded) until the database's clock is past `t`.
 async fn wait_for_db_clock(db: &tokio_postgres::Client, t: SystemTime) {
     let deadline = Instant::now() + CLOCK_WAIT;
@@ -139,10 +153,7 @@ async fn two_instances_claim_disjoint_sets_covering_every_account() {
 #[tokio::test]
 async fn expired_lease_is_taken_over_and_the_old_owners_write_is_refused() {
     let Some(pg) = Postgres::start() else { return };
-    let db = observer(&pg).await;
-    let mut a = instance(&pg, "a", Duration::from_secs(1)).await;
-    let mut b = instance(&pg, "b", LONG_TTL).await;
-    a.register(&["alice"]).await.unwrap();
+    let (db, mut a, mut b) = a_and_b(&pg, Duration::from_secs(1), &["alice"]).await;
     let mut old = a.claim(10).await.unwrap().pop().unwrap();
     write_fenced(&mut old, &mut a, "a while it held the lease")
         .await
@@ -178,10 +189,7 @@ async fn expired_lease_is_taken_over_and_the_old_owners_write_is_refused() {
 #[tokio::test]
 async fn an_open_fenced_transaction_holds_off_a_takeover_without_blocking_other_claims() {
     let Some(pg) = Postgres::start() else { return };
-    let db = observer(&pg).await;
-    let mut a = instance(&pg, "a", Duration::from_secs(1)).await;
-    let mut b = instance(&pg, "b", LONG_TTL).await;
-    a.register(&["alice", "bob"]).await.unwrap();
+    let (db, mut a, mut b) = a_and_b(&pg, Duration::from_secs(1), &["alice", "bob"]).await;
     let mut leases = a.claim(10).await.unwrap();
     let bob_expiry = leases[1].expires_at();
     let alice = &mut leases[0];
@@ -220,11 +228,8 @@ async fn an_open_fenced_transaction_holds_off_a_takeover_without_blocking_other_
 #[tokio::test]
 async fn heartbeat_extends_the_lease_past_its_first_expiry() {
     let Some(pg) = Postgres::start() else { return };
-    let db = observer(&pg).await;
     let ttl = Duration::from_secs(2);
-    let mut a = instance(&pg, "a", ttl).await;
-    let mut b = instance(&pg, "b", LONG_TTL).await;
-    a.register(&["alice"]).await.unwrap();
+    let (db, mut a, mut b) = a_and_b(&pg, ttl, &["alice"]).await;
     let mut lease = a.claim(1).await.unwrap().pop().unwrap();
     let first_expiry = lease.expires_at();
 
