@@ -4,7 +4,11 @@
 //! Every test starts its own server; a machine without PostgreSQL skips them (fails with
 //! `POPBRIDGE_REQUIRE_PEERS=1`). Waiting for the database's clock to pass an expiry is a
 //! bounded poll of `now()`, never a fixed sleep.
+//!
+//! Must never: mock the database, or depend on the order in which the instances' requests
+//! reach it (concurrent claims are checked by their sum, not their split).
 
+/// The PostgreSQL fixture, a file of its own beside this one.
 #[path = "pg.rs"]
 mod pg;
 

@@ -10,6 +10,9 @@
 //!
 //! `fsync` is off: the tests never crash the machine, and a clean stop or restart still
 //! writes everything.
+//!
+//! Must never: listen on TCP, touch a cluster it did not create, wait for the server
+//! other than through `pg_ctl -w` (bounded by its `-t`), or skip silently.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
