@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod certinfo;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod daemon;

@@ -5,6 +5,7 @@ mod admin;
 mod at_rest;
 mod broken_commit;
 mod cli;
+mod cluster;
 mod daemon;
 mod delivery;
 mod dovecot_tls;
