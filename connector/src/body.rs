@@ -188,6 +188,24 @@ impl Body {
     }
 }
 
+/// What a builder learnt of the octets pushed so far, wherever they went.
+#[derive(Default)]
+struct Seen {
+    len: u64,
+    has_8bit: bool,
+    line_ends: LineEnds,
+    pending_cr: bool,
+}
+
+impl Seen {
+    /// Counts `data`, the octets after those seen so far.
+    fn add(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        self.has_8bit |= !self.has_8bit && !data.is_ascii();
+        self.pending_cr = self.line_ends.count(data, self.pending_cr);
+    }
+}
+
 /// Collects a message as it arrives, spilling to a spool file past a threshold.
 pub struct BodyBuilder {
     spool_dir: PathBuf,
@@ -195,10 +213,7 @@ pub struct BodyBuilder {
     mem: BytesMut,
     head: BytesMut,
     file: Option<(tokio::fs::File, SpoolFile)>,
-    len: u64,
-    has_8bit: bool,
-    line_ends: LineEnds,
-    pending_cr: bool,
+    seen: Seen,
     discard: bool,
 }
 
@@ -211,10 +226,7 @@ impl BodyBuilder {
             mem: BytesMut::new(),
             head: BytesMut::new(),
             file: None,
-            len: 0,
-            has_8bit: false,
-            line_ends: LineEnds::default(),
-            pending_cr: false,
+            seen: Seen::default(),
             discard: false,
         }
     }
@@ -240,12 +252,12 @@ impl BodyBuilder {
 
     /// Octets so far.
     pub fn len(&self) -> u64 {
-        self.len
+        self.seen.len
     }
 
     /// True before any octet arrived.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.seen.len == 0
     }
 
     /// Appends decoded message bytes.
@@ -253,9 +265,7 @@ impl BodyBuilder {
         if data.is_empty() {
             return Ok(());
         }
-        self.len += data.len() as u64;
-        self.has_8bit |= !self.has_8bit && !data.is_ascii();
-        self.pending_cr = self.line_ends.count(data, self.pending_cr);
+        self.seen.add(data);
         if self.discard {
             return Ok(());
         }
@@ -283,9 +293,7 @@ impl BodyBuilder {
         let Some(added) = self.mem.get(from..).filter(|a| !a.is_empty()) else {
             return Ok(());
         };
-        self.len += added.len() as u64;
-        self.has_8bit |= !self.has_8bit && !added.is_ascii();
-        self.pending_cr = self.line_ends.count(added, self.pending_cr);
+        self.seen.add(added);
         self.spill_if_over().await
     }
 
@@ -311,8 +319,8 @@ impl BodyBuilder {
 
     /// The finished body.
     pub async fn finish(mut self) -> io::Result<Body> {
-        if self.pending_cr {
-            self.line_ends.bare_cr += 1;
+        if self.seen.pending_cr {
+            self.seen.line_ends.bare_cr += 1;
         }
         let (storage, head) = match self.file {
             Some((mut f, guard)) => {
@@ -334,9 +342,9 @@ impl BodyBuilder {
         Ok(Body {
             storage,
             head,
-            len: self.len,
-            has_8bit: self.has_8bit,
-            line_ends: self.line_ends,
+            len: self.seen.len,
+            has_8bit: self.seen.has_8bit,
+            line_ends: self.seen.line_ends,
         })
     }
 }

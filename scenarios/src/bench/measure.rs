@@ -1,5 +1,5 @@
-//! CPU seconds and peak RSS of one measured command, and the per-message latency
-//! distribution.
+//! CPU seconds and peak RSS of one measured command, how busy the whole machine was
+//! meanwhile, and the per-message latency distribution.
 //!
 //! A process's resource usage is only exact once it has been waited for, so the command
 //! runs under a small wrapper (`poplab bench-rusage --out FILE -- COMMAND…`, this module's
@@ -155,6 +155,15 @@ impl MachineCpu {
     pub fn cores(self) -> u32 {
         self.cores
     }
+}
+
+/// Runs `work` and tells how many of the machine's cores were busy meanwhile (`None`
+/// where the counters cannot be read).
+pub async fn busy_while<T>(work: impl std::future::Future<Output = T>) -> (T, Option<f64>) {
+    let before = MachineCpu::now();
+    let out = work.await;
+    let busy = before.and_then(|b| b.busy_cores(MachineCpu::now()?));
+    (out, busy)
 }
 
 /// The `p`-th percentile (0–100) of `sorted` (ascending), nearest rank; `None` when empty.

@@ -875,11 +875,10 @@ async fn run_subject(
     };
     let usage_file = dir.join("usage.json");
     let command = measure::wrapped(&plan.poplab, &usage_file, &inner);
-    let cpu = measure::MachineCpu::now();
     let started = Instant::now();
-    let run = external::run_command(&command, plan.timeout, 1, &ep.user).await;
+    let (run, busy) =
+        measure::busy_while(external::run_command(&command, plan.timeout, 1, &ep.user)).await;
     let wall = started.elapsed();
-    let busy = busy_since(cpu);
     let usage = measure::read_usage(&usage_file).ok();
     let failure = if run.timed_out {
         Some(format!(
@@ -927,7 +926,6 @@ async fn in_process(plan: &Plan, config_text: &str, dir: &Path) -> Ran {
         Err(e) => return fail(format!("ledger: {e}")),
     };
     let accounts = config.accounts.clone();
-    let cpu = measure::MachineCpu::now();
     let started = Instant::now();
     let pass = popbridge::pass::Runner::new(
         Arc::new(config),
@@ -936,14 +934,14 @@ async fn in_process(plan: &Plan, config_text: &str, dir: &Path) -> Ran {
         ledger,
     );
     let pass = pass.run(accounts);
-    match tokio::time::timeout(plan.timeout, pass).await {
-        Ok(_) => Ran {
+    match measure::busy_while(tokio::time::timeout(plan.timeout, pass)).await {
+        (Ok(_), busy) => Ran {
             wall: started.elapsed(),
             usage: None,
-            busy: busy_since(cpu),
+            busy,
             failure: None,
         },
-        Err(_) => fail(format!(
+        (Err(_), _) => fail(format!(
             "did not finish within {} s (--round-timeout)",
             plan.timeout.as_secs()
         )),
@@ -1081,11 +1079,6 @@ fn leg_round(r: Result<ceiling::LegRun, ceiling::CeilingError>, n: u64) -> Round
     }
 }
 
-/// Cores busy on the machine since `before` was read.
-fn busy_since(before: Option<measure::MachineCpu>) -> Option<f64> {
-    before?.busy_cores(measure::MachineCpu::now()?)
-}
-
 /// The POP3 reader's leg to `upstream` (through the latency proxy when shaped).
 async fn pop3_leg_run(
     plan: &Plan,
@@ -1102,9 +1095,7 @@ async fn pop3_leg_run(
         user: user.into(),
         password: password.into(),
     };
-    let cpu = measure::MachineCpu::now();
-    let run = ceiling::pop3_read(&leg, plan.window, deadline).await;
-    let busy = busy_since(cpu);
+    let (run, busy) = measure::busy_while(ceiling::pop3_read(&leg, plan.window, deadline)).await;
     v.close().await;
     Ok(Round {
         busy_cores: busy,
@@ -1152,9 +1143,13 @@ async fn smtp_leg_run(
         tls,
         rcpt: plan.rcpt.clone(),
     };
-    let cpu = measure::MachineCpu::now();
-    let run = ceiling::smtp_write(&leg, &plan.messages, plan.window, deadline).await;
-    let busy = busy_since(cpu);
+    let (run, busy) = measure::busy_while(ceiling::smtp_write(
+        &leg,
+        &plan.messages,
+        plan.window,
+        deadline,
+    ))
+    .await;
     v.close().await;
     Ok(Round {
         busy_cores: busy,
