@@ -145,8 +145,10 @@ enum Command {
     /// loopback servers, several rounds each, beside a pipelined POP3 reader and a
     /// pipelined SMTP writer (the two legs' ceilings). Prints per connector msg/s, MB/s,
     /// per-message latency p50/p99 (ms), CPU seconds, peak RSS (MB), the ratio to the
-    /// slower leg and to the first connector: medians with min–max. Exit 0 when every round
-    /// moved the whole mailbox, 1 when one did not (named), 2 on bad arguments.
+    /// slower leg, to the serial bound (the reader's login, LIST and QUIT around the slower
+    /// leg's streaming: what no connector can beat) and to the first connector: medians with
+    /// min–max. Exit 0 when every round moved the whole mailbox, 1 when one did not
+    /// (named), 2 on bad arguments.
     Bench(poplab::bench::BenchArgs),
     /// (internal) Runs COMMAND, waits for it and writes its CPU time and peak RSS as JSON to
     /// FILE: how `bench` measures a connector.

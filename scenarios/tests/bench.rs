@@ -59,12 +59,41 @@ fn check_row(row: &Value, name: &str) {
     }
 }
 
+/// A connector row measured against the ceilings: its ratio to the serial bound too.
+fn check_bounded(row: &Value) {
+    assert!(
+        row["x_serial_bound"].as_f64().is_some_and(|x| x > 0.0),
+        "{row}"
+    );
+}
+
 fn check_ceilings(doc: &Value) {
     let ceilings = doc["ceilings"].as_array().expect("ceilings");
-    assert_eq!(ceilings.len(), 2, "{doc}");
+    assert_eq!(ceilings.len(), 3, "{doc}");
     check_row(&ceilings[0], "POP3 reader");
     check_row(&ceilings[1], "SMTP writer");
+    check_row(&ceilings[2], "serial bound");
+    // Computed from the legs' phases: never faster than the slower leg's stream allows.
+    let phases = |i: usize| ceilings[i]["rounds"][0]["phases"].clone();
+    for i in 0..2 {
+        for part in ["setup_s", "stream_s", "quit_s"] {
+            assert!(phases(i)[part].as_f64().is_some_and(|s| s >= 0.0), "{doc}");
+        }
+    }
+    let bound_s = ceilings[2]["rounds"][0]["wall_s"].as_f64().expect("wall_s");
+    let reader = phases(0);
+    let slower_stream = reader["stream_s"]
+        .as_f64()
+        .expect("stream")
+        .max(phases(1)["stream_s"].as_f64().expect("stream"));
+    assert!(bound_s >= slower_stream, "{doc}");
     assert!(doc["slower_leg"].is_string(), "{doc}");
+    assert!(positive(&doc["serial_bound"]), "{doc}");
+    for row in doc["connectors"].as_array().expect("connectors") {
+        if row["kind"] == "connector" {
+            check_bounded(row);
+        }
+    }
     assert_eq!(doc["parameters"]["messages"], 20);
     assert_eq!(doc["parameters"]["servers"]["kind"], "mocks");
     assert_eq!(doc["passed"], true);

@@ -95,9 +95,9 @@ use crate::routing;
 use crate::smtp::{self, Envelope, SmtpClient, SmtpError};
 
 /// The most RETRs kept in flight when the server offers PIPELINING...
-const RETR_WINDOW: usize = 512;
+const RETR_WINDOW: usize = 1024;
 /// ...and the most octets (by LIST size) they may add up to (one message at least).
-const RETR_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+const RETR_WINDOW_BYTES: u64 = 8 * 1024 * 1024;
 /// The most messages written to the SMTP server ahead of their replies...
 const SMTP_WINDOW: usize = 8;
 /// ...and the most octets they may hold (one message at least).

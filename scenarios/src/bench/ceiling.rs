@@ -35,6 +35,14 @@ pub struct LegRun {
     pub bytes: u64,
     /// From the connection to the QUIT reply.
     pub elapsed: Duration,
+    /// From the connection until the first message could be asked for (POP3: greeting,
+    /// login and LIST read; SMTP: greeting and EHLO, STARTTLS included).
+    pub setup: Duration,
+    /// Moving the messages: from the first RETR (or MAIL) written to the last message read
+    /// whole (or accepted). The reader's DELEs are not in it.
+    pub stream: Duration,
+    /// From QUIT written to its reply (for POP3 the server applies the deletions then).
+    pub quit: Duration,
 }
 
 /// Why a ceiling leg failed.
@@ -228,6 +236,7 @@ pub async fn pop3_read(
             .ok_or_else(|| CeilingError::Protocol("a LIST line without a number".into()))?;
         numbers.push(n);
     }
+    let setup = started.elapsed();
     let mut bytes = 0u64;
     pipelined(&mut c, &numbers, window, Pop3Command::Retr, |c| {
         Box::pin(async move {
@@ -238,16 +247,21 @@ pub async fn pop3_read(
     .await?
     .into_iter()
     .for_each(|b| bytes += b);
+    let stream = started.elapsed() - setup;
     pipelined(&mut c, &numbers, window, Pop3Command::Dele, |c| {
         Box::pin(async move { c.pop3_ok("DELE").await.map(|_| 0) })
     })
     .await?;
+    let quitting = Instant::now();
     c.send(Pop3Command::Quit.to_string().as_bytes()).await?;
     c.pop3_ok("QUIT").await?;
     Ok(LegRun {
         messages: numbers.len() as u64,
         bytes,
         elapsed: started.elapsed(),
+        setup,
+        stream,
+        quit: quitting.elapsed(),
     })
 }
 
@@ -332,6 +346,7 @@ pub async fn smtp_write(
         })
     };
     let (chunking, size) = (has("CHUNKING"), has("SIZE"));
+    let setup = started.elapsed();
     let address =
         |text: &str| EnvelopeAddress::new(text).map_err(|e| CeilingError::Protocol(e.to_string()));
     let (from, rcpt) = (address("bench@poplab.invalid")?, address(&leg.rcpt)?);
@@ -430,12 +445,17 @@ pub async fn smtp_write(
     while !w.expect.is_empty() {
         w.settle().await?;
     }
+    let stream = started.elapsed() - setup;
+    let quitting = Instant::now();
     w.c.send(SmtpCommand::Quit.to_string().as_bytes()).await?;
     let _ = w.c.smtp_reply(&mut w.parser).await;
     Ok(LegRun {
         messages: w.finals as u64,
         bytes: w.bytes,
         elapsed: started.elapsed(),
+        setup,
+        stream,
+        quit: quitting.elapsed(),
     })
 }
 

@@ -538,6 +538,17 @@ pub async fn run(a: &BenchArgs) -> Result<Report, BenchError> {
             rows[n + 1].rounds.push(smtp_ceiling_round(&plan).await?);
         }
     }
+    if plan.ceilings {
+        let n = plan.subjects.len();
+        let rounds = (rows[n].rounds.iter().zip(&rows[n + 1].rounds))
+            .filter_map(|(p, s)| report::serial_bound(p, s))
+            .collect();
+        rows.push(Row {
+            name: "serial bound".into(),
+            kind: Kind::SerialBound,
+            rounds,
+        });
+    }
     let sizes: Vec<usize> = plan.messages.iter().map(Bytes::len).collect();
     let mut notes = Vec::new();
     if let Some(cores) = measure::MachineCpu::now().map(measure::MachineCpu::cores) {
@@ -1064,6 +1075,11 @@ fn leg_round(r: Result<ceiling::LegRun, ceiling::CeilingError>, n: u64) -> Round
             wall_s: run.elapsed.as_secs_f64(),
             messages: run.messages,
             bytes: run.bytes,
+            phases: Some(report::Phases {
+                setup_s: run.setup.as_secs_f64(),
+                stream_s: run.stream.as_secs_f64(),
+                quit_s: run.quit.as_secs_f64(),
+            }),
             ..Round::default()
         },
         Ok(run) => Round {

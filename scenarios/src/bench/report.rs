@@ -31,6 +31,40 @@ pub struct Round {
     pub busy_cores: Option<f64>,
     /// Why the round does not count (the mailbox was not moved whole, a timeout...).
     pub failure: Option<String>,
+    /// A ceiling leg's phases, in seconds: what the serial bound is made of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+/// Where a ceiling leg's time went, in seconds (see `ceiling::LegRun`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Phases {
+    /// Connection to the first message asked for (greeting, login, LIST; or EHLO).
+    pub setup_s: f64,
+    /// Moving the messages.
+    pub stream_s: f64,
+    /// QUIT to its reply.
+    pub quit_s: f64,
+}
+
+/// The serial bound of one round from the two legs' rounds: the POP3 reader's setup,
+/// then the slower of the two legs' streaming, then the reader's QUIT. A connector must
+/// log in and list before its first submission and QUIT after its last deletion, so
+/// however well it overlaps the two legs it needs at least this long. `None` unless both
+/// legs moved the whole mailbox.
+pub fn serial_bound(pop3: &Round, smtp: &Round) -> Option<Round> {
+    let (Some(p), Some(s)) = (pop3.phases, smtp.phases) else {
+        return None;
+    };
+    if pop3.failure.is_some() || smtp.failure.is_some() {
+        return None;
+    }
+    Some(Round {
+        wall_s: p.setup_s + p.stream_s.max(s.stream_s) + p.quit_s,
+        messages: pop3.messages,
+        bytes: pop3.bytes,
+        ..Round::default()
+    })
 }
 
 impl Round {
@@ -58,6 +92,8 @@ pub enum Kind {
     Pop3Ceiling,
     /// The pipelined SMTP writer.
     SmtpCeiling,
+    /// Computed from the two legs' phases (see [`serial_bound`]), not run.
+    SerialBound,
 }
 
 impl Kind {
@@ -156,12 +192,19 @@ impl Report {
     pub fn slower_leg(&self) -> Option<&Row> {
         self.rows
             .iter()
-            .filter(|r| !r.kind.is_connector())
+            .filter(|r| matches!(r.kind, Kind::Pop3Ceiling | Kind::SmtpCeiling))
             .filter(|r| r.rate().is_some())
             .min_by(|a, b| {
                 let (x, y) = (a.rate().map(|s| s.median), b.rate().map(|s| s.median));
                 x.unwrap_or(f64::MAX).total_cmp(&y.unwrap_or(f64::MAX))
             })
+    }
+
+    /// The serial bound's row, when both legs were measured.
+    pub fn serial_bound(&self) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.kind == Kind::SerialBound && r.rate().is_some())
     }
 
     fn first_connector(&self) -> Option<&Row> {
@@ -185,9 +228,10 @@ impl Report {
     /// The markdown table, the notes and any failed rounds.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
-        out.push_str("| connector | msg/s | MB/s | p50 ms | p99 ms | CPU s | peak RSS MB | busy cores | ×slower leg | ×first connector |\n");
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| connector | msg/s | MB/s | p50 ms | p99 ms | CPU s | peak RSS MB | busy cores | ×slower leg | ×serial bound | ×first connector |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         let slower = self.slower_leg();
+        let bound = self.serial_bound();
         let first = self.first_connector();
         for row in &self.rows {
             let cell = |s: Option<Stat>, digits: usize| match s {
@@ -218,10 +262,11 @@ impl Report {
             };
             let name = match row.kind {
                 Kind::Connector | Kind::LoopbackConnector => row.name.clone(),
+                Kind::SerialBound => format!("{} (computed)", row.name),
                 _ => format!("{} (ceiling)", row.name),
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 name.replace('|', "\\|"),
                 cell(row.rate(), 0),
                 cell(row.stat(|r| Some(r.mb_per_s())), 1),
@@ -231,6 +276,11 @@ impl Report {
                 cell(row.stat(|r| r.peak_rss_mb), 1),
                 cell(row.stat(|r| r.busy_cores), 2),
                 ratio(slower),
+                if row.kind.is_connector() {
+                    ratio(bound)
+                } else {
+                    "—".into()
+                },
                 if row.kind.is_connector() {
                     ratio(first)
                 } else {
@@ -244,6 +294,12 @@ impl Report {
                 "slower leg: {} ({} msg/s)\n",
                 s.name,
                 s.rate().map_or("—".into(), |r| format!("{:.0}", r.median))
+            ));
+        }
+        if let Some(b) = bound {
+            out.push_str(&format!(
+                "serial bound: {} msg/s, the POP3 reader's login, LIST and QUIT around the slower leg's streaming: by the ceilings measured, the best a connector that lists before its first message and QUITs after its last deletion can do\n",
+                b.rate().map_or("—".into(), |r| format!("{:.0}", r.median))
             ));
         }
         out.push_str(&format!("p50/p99: {}\n", self.latency_basis));
@@ -265,6 +321,7 @@ impl Report {
     /// The same figures as one JSON document.
     pub fn to_json(&self) -> Value {
         let slower = self.slower_leg();
+        let bound = self.serial_bound();
         let first = self.first_connector();
         let row_json = |row: &Row| {
             json!({
@@ -278,6 +335,7 @@ impl Report {
                 "peak_rss_mb": row.stat(|r| r.peak_rss_mb),
                 "busy_cores": row.stat(|r| r.busy_cores),
                 "x_slower_leg": Self::ratio(row, slower),
+                "x_serial_bound": if row.kind.is_connector() { Self::ratio(row, bound) } else { None },
                 "x_first_connector": if row.kind.is_connector() { Self::ratio(row, first) } else { None },
                 "rounds": row.rounds,
                 "failures": row.failures(),
@@ -288,6 +346,7 @@ impl Report {
             "connectors": self.rows.iter().filter(|r| r.kind.is_connector()).map(row_json).collect::<Vec<_>>(),
             "ceilings": self.rows.iter().filter(|r| !r.kind.is_connector()).map(row_json).collect::<Vec<_>>(),
             "slower_leg": slower.map(|r| r.name.clone()),
+            "serial_bound": bound.and_then(Row::rate),
             "latency_basis": self.latency_basis,
             "notes": self.notes,
             "passed": self.passed(),
@@ -298,6 +357,21 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(rows: Vec<(&str, Kind, Vec<Round>)>) -> Report {
+        Report {
+            parameters: json!({}),
+            rows: (rows.into_iter())
+                .map(|(name, kind, rounds)| Row {
+                    name: name.into(),
+                    kind,
+                    rounds,
+                })
+                .collect(),
+            latency_basis: "x".into(),
+            notes: vec![],
+        }
+    }
 
     fn round(wall_s: f64, messages: u64) -> Round {
         Round {
@@ -312,33 +386,16 @@ mod tests {
     fn medians_skip_failed_rounds_and_ratios_use_the_slower_leg() {
         let mut failed = round(1.0, 5);
         failed.failure = Some("moved 5 of 10".into());
-        let report = Report {
-            parameters: json!({}),
-            rows: vec![
-                Row {
-                    name: "a".into(),
-                    kind: Kind::Connector,
-                    rounds: vec![round(1.0, 10), failed, round(2.0, 10), round(0.5, 10)],
-                },
-                Row {
-                    name: "b".into(),
-                    kind: Kind::Connector,
-                    rounds: vec![round(1.0, 20)],
-                },
-                Row {
-                    name: "POP3 reader".into(),
-                    kind: Kind::Pop3Ceiling,
-                    rounds: vec![round(1.0, 40)],
-                },
-                Row {
-                    name: "SMTP writer".into(),
-                    kind: Kind::SmtpCeiling,
-                    rounds: vec![round(1.0, 100)],
-                },
-            ],
-            latency_basis: "x".into(),
-            notes: vec![],
-        };
+        let report = report(vec![
+            (
+                "a",
+                Kind::Connector,
+                vec![round(1.0, 10), failed, round(2.0, 10), round(0.5, 10)],
+            ),
+            ("b", Kind::Connector, vec![round(1.0, 20)]),
+            ("POP3 reader", Kind::Pop3Ceiling, vec![round(1.0, 40)]),
+            ("SMTP writer", Kind::SmtpCeiling, vec![round(1.0, 100)]),
+        ]);
         assert_eq!(
             report.rows[0].rate(),
             Some(Stat {
@@ -366,5 +423,60 @@ mod tests {
         );
         assert!(t.contains("FAILED: a: round 2: moved 5 of 10"), "{t}");
         assert!(t.contains("| POP3 reader (ceiling) | 40 |"), "{t}");
+    }
+
+    fn leg(messages: u64, setup_s: f64, stream_s: f64, quit_s: f64) -> Round {
+        Round {
+            phases: Some(Phases {
+                setup_s,
+                stream_s,
+                quit_s,
+            }),
+            ..round(setup_s + stream_s + quit_s + 0.1, messages)
+        }
+    }
+
+    #[test]
+    fn the_serial_bound_is_login_then_the_slower_stream_then_quit_and_never_the_slower_leg() {
+        // The reader streams in 0.5 s, the writer in 0.8 s: 0.2 + 0.8 + 0.1.
+        let bound = serial_bound(&leg(100, 0.2, 0.5, 0.1), &leg(100, 0.05, 0.8, 0.01));
+        let bound = bound.expect("both legs moved everything");
+        assert!((bound.wall_s - 1.1).abs() < 1e-9, "{}", bound.wall_s);
+        assert_eq!((bound.messages, bound.bytes), (100, 100_000));
+        // The writer's own setup and QUIT are not the connector's: only the reader's are.
+        let faster_writer = serial_bound(&leg(100, 0.2, 0.5, 0.1), &leg(100, 3.0, 0.1, 3.0));
+        assert!((faster_writer.expect("moved").wall_s - 0.8).abs() < 1e-9);
+        // A failed leg, or one without phases, gives none.
+        let mut failed = leg(100, 0.2, 0.5, 0.1);
+        failed.failure = Some("timed out".into());
+        assert!(serial_bound(&failed, &leg(100, 0.05, 0.8, 0.01)).is_none());
+        assert!(serial_bound(&round(1.0, 100), &leg(100, 0.05, 0.8, 0.01)).is_none());
+
+        let report = report(vec![
+            ("a", Kind::Connector, vec![round(2.2, 100)]),
+            (
+                "POP3 reader",
+                Kind::Pop3Ceiling,
+                vec![leg(100, 0.2, 0.5, 0.1)],
+            ),
+            (
+                "SMTP writer",
+                Kind::SmtpCeiling,
+                vec![leg(100, 0.05, 0.8, 0.01)],
+            ),
+            ("serial bound", Kind::SerialBound, vec![bound]),
+        ]);
+        // Slower than both legs, yet never taken for the slower leg.
+        assert_eq!(
+            report.slower_leg().map(|r| r.name.as_str()),
+            Some("SMTP writer")
+        );
+        let j = report.to_json();
+        assert_eq!(j["connectors"][0]["x_serial_bound"], json!(0.5));
+        assert_eq!(j["ceilings"][2]["x_serial_bound"], json!(null));
+        let t = report.render_table();
+        assert!(t.contains("| serial bound (computed) | 91 |"), "{t}");
+        assert!(t.contains("| 0.50 | 1.00 |"), "{t}");
+        assert!(t.contains("serial bound: 91 msg/s"), "{t}");
     }
 }
