@@ -895,11 +895,7 @@ impl Ledger {
             .execute(params![account, key, text, now])
             .at(&self.path)?;
         if changed == 0 {
-            tracing::warn!(
-                account,
-                key,
-                "quarantine not recorded: the message is already delivered"
-            );
+            quarantine_kept_delivered(account, key);
         }
         Ok(())
     }
@@ -1442,6 +1438,16 @@ fn unmark(conn: &Connection, path: &Path, account: &str, key: &str) -> Result<()
         .execute(params![account, key])
         .at(path)
         .map(|_| ())
+}
+
+/// Says that a quarantine was not recorded because the message is already delivered
+/// (a Delivered row is never downgraded); either ledger's.
+pub(crate) fn quarantine_kept_delivered(account: &str, key: &str) {
+    tracing::warn!(
+        account,
+        key,
+        "quarantine not recorded: the message is already delivered"
+    );
 }
 
 /// True for a key taken from a UIDL (what a listing names), false for a header-digest or

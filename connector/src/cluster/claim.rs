@@ -335,6 +335,19 @@ impl<K: Key> Fenced<'_, K> {
     }
 }
 
+impl Fenced<'_, AccountKey> {
+    /// The account whose lease fences this transaction: the only one its ledger writes
+    /// touch.
+    pub fn account(&self) -> &str {
+        &self.claim.key.account
+    }
+
+    /// The lease's epoch, kept with every ledger row this transaction writes.
+    pub fn epoch(&self) -> i64 {
+        self.claim.epoch
+    }
+}
+
 impl<K: Key> Drop for Fenced<'_, K> {
     fn drop(&mut self) {
         if self.open {

@@ -54,6 +54,16 @@ pub enum ClusterError {
         /// The account or server slot.
         claim: String,
     },
+    /// A ledger row that cannot be read as any status (it breaks the schema's rules).
+    #[error("cluster ledger: account {account:?}, key {key:?}: {detail}")]
+    Corrupt {
+        /// The row's account.
+        account: String,
+        /// The row's key.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// COMMIT of a fenced transaction did not succeed: its outcome may be unknown (the
     /// connection dropped), and it must be treated as not committed.
     #[error(

@@ -1,17 +1,20 @@
-//! Several popbridge instances over one PostgreSQL: fenced account leases and per-server
-//! session slots (the first step of the cluster design; not wired into the pass yet).
+//! Several popbridge instances over one PostgreSQL: fenced account leases, per-server
+//! session slots and the shared delivery ledger (the first steps of the cluster design;
+//! not wired into the pass yet).
 //!
 //! Responsible for: the connection to the cluster database (a unix socket or the
-//! loopback, no TLS yet), reconnecting after it was lost, the `lease` and `server_slot`
-//! tables (created idempotently, versioned by `schema_version`), and claiming free or
-//! expired rows by the database's clock (`FOR UPDATE SKIP LOCKED`, epoch + 1). What a
-//! claim guarantees, and how it fences writes, is in [`claim`](Claim).
+//! loopback, no TLS yet), reconnecting after it was lost, the tables (created
+//! idempotently, versioned by `schema_version`), and claiming free or expired rows by the
+//! database's clock (`FOR UPDATE SKIP LOCKED`, epoch + 1). What a claim guarantees, and
+//! how it fences writes, is in [`claim`](Claim); the ledger's records, written only
+//! inside a fenced transaction, are methods of [`Fenced`].
 //! Must never: judge a lease's expiry by the local wall clock, connect to a database on
 //! another machine without TLS, or put the database password in a `Display`/`Debug`
 //! string, an error or a log line.
 
 mod claim;
 mod error;
+mod ledger;
 mod schema;
 
 use std::fmt;

@@ -10,7 +10,7 @@
 
 /// The PostgreSQL fixture, a file of its own beside this one.
 #[path = "pg.rs"]
-mod pg;
+pub(crate) mod pg;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -57,7 +57,7 @@ async fn a_and_b(
 }
 
 /// Waits (bounded) until the database's clock is past `t`.
-async fn wait_for_db_clock(db: &tokio_postgres::Client, t: SystemTime) {
+pub(crate) async fn wait_for_db_clock(db: &tokio_postgres::Client, t: SystemTime) {
     let deadline = Instant::now() + CLOCK_WAIT;
     loop {
         let past: bool = db

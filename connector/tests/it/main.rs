@@ -6,6 +6,7 @@ mod at_rest;
 mod broken_commit;
 mod cli;
 mod cluster;
+mod cluster_ledger;
 mod daemon;
 mod delivery;
 mod dovecot_tls;

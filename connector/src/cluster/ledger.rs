@@ -1,0 +1,431 @@
+//! The shared delivery ledger in the cluster database: per account and message key, the
+//! same records as the local SQLite ledger ([`crate::ledger`]): delivered, failed,
+//! quarantined, deleted from the server, DELEs whose QUIT was never confirmed, submission
+//! marks (possible duplicates), and the UIDs a server listed for more than one message.
+//!
+//! Every read and write goes through a [`Fenced`] transaction of the account's lease, so
+//! a write lands only while the lease is this instance's, and only the lease's own
+//! account is touched; each row keeps the epoch of its last write. Nothing is durable
+//! until the caller commits the transaction ([`Fenced::commit`]): a DELE may follow only
+//! that commit. Times are unix seconds by the database's clock.
+//!
+//! Responsible for: the `ledger_*` tables' rows and reading them back as
+//! [`Status`]es.
+//! Must never: write outside a fenced transaction, downgrade a Delivered row (to Failed,
+//! Quarantined or New), format a caller's string into SQL, or panic on a row that breaks
+//! the schema's rules (it is [`ClusterError::Corrupt`]).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
+
+use super::{AccountKey, ClusterError, Fenced};
+use crate::ledger::{Delivery, FailureKind, Status, Unconfirmed};
+
+/// The database's clock in unix seconds as `clock.t`, for a statement's FROM (a macro so
+/// statements stay `&'static str`). `now()` is the transaction's start: one time per
+/// fenced transaction.
+macro_rules! clock {
+    () => {
+        "(SELECT floor(extract(epoch FROM now()))::bigint AS t) clock"
+    };
+}
+
+impl Fenced<'_, AccountKey> {
+    /// Every recorded row of the account, by key (keys absent from the map are `New`).
+    pub async fn statuses(&mut self) -> Result<HashMap<String, Status>, ClusterError> {
+        let account = self.account().to_owned();
+        let rows = self
+            .query(
+                "SELECT key, state, delivered_at, failures, last_reply, failure_kind, \
+                        quarantine_path, deleted_at \
+                 FROM ledger_message WHERE account = $1",
+                &[&account],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = column(row, 0, &account, "?")?;
+                let status = decode(row, &account, &key)?;
+                Ok((key, status))
+            })
+            .collect()
+    }
+
+    /// The account's keys marked as submitting.
+    pub async fn submitting(&mut self) -> Result<HashSet<String>, ClusterError> {
+        self.keys("SELECT key FROM ledger_submission WHERE account = $1")
+            .await
+    }
+
+    /// The UIDs the server listed for more than one message at some point.
+    pub async fn shared_uids(&mut self) -> Result<HashSet<String>, ClusterError> {
+        self.keys("SELECT uid FROM ledger_shared_uid WHERE account = $1")
+            .await
+    }
+
+    /// Group commit: records every accepted delivery of `batch` (overriding Failed and
+    /// Quarantined; a repeat keeps the first record), ends each one's submission mark,
+    /// records its unconfirmed DELE where it has one, and marks `next` as submitting.
+    pub async fn record_deliveries(
+        &mut self,
+        batch: &[Delivery<'_>],
+        next: &[&str],
+    ) -> Result<(), ClusterError> {
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        for d in batch {
+            // Sizes beyond i64::MAX cannot occur; clamp rather than fail the record that
+            // prevents a duplicate.
+            let size = i64::try_from(d.size).unwrap_or(i64::MAX);
+            self.execute(
+                concat!(
+                    "INSERT INTO ledger_message \
+                        (account, key, state, delivered_at, size, delivery_reply, failures, \
+                         created_at, updated_at, epoch) \
+                     SELECT $1, $2, 'delivered', t, $3, $4, 0, t, t, $5 FROM ",
+                    clock!(),
+                    " ON CONFLICT (account, key) DO UPDATE SET \
+                        state = 'delivered', delivered_at = excluded.delivered_at, \
+                        size = excluded.size, delivery_reply = excluded.delivery_reply, \
+                        updated_at = excluded.updated_at, epoch = excluded.epoch, \
+                        quarantine_action = NULL \
+                     WHERE ledger_message.state <> 'delivered'"
+                ),
+                &[&account, &d.key, &size, &d.reply, &epoch],
+            )
+            .await?;
+            self.unmark(d.key).await?;
+            if let Some((size, listed)) = d.dele {
+                self.set_unconfirmed(d.key, size, listed).await?;
+            }
+        }
+        for key in next {
+            if !batch.iter().any(|d| d.key == *key) {
+                self.execute(
+                    concat!(
+                        "INSERT INTO ledger_submission (account, key, since, epoch) \
+                         SELECT $1, $2, t, $3 FROM ",
+                        clock!(),
+                        " ON CONFLICT (account, key) DO NOTHING"
+                    ),
+                    &[&account, key, &epoch],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `keys` as submitting: their final data is about to go to the SMTP server
+    /// (a repeat keeps the first time).
+    pub async fn begin_submissions(&mut self, keys: &[&str]) -> Result<(), ClusterError> {
+        self.record_deliveries(&[], keys).await
+    }
+
+    /// Ends the account's submission marks, except those in `keep` (messages whose final
+    /// data was sent without a reply: the server may have them).
+    pub async fn clear_submissions(&mut self, keep: &HashSet<String>) -> Result<(), ClusterError> {
+        let account = self.account().to_owned();
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        self.execute(
+            "DELETE FROM ledger_submission WHERE account = $1 AND NOT (key = ANY($2))",
+            &[&account, &keep],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Counts a failed attempt of `kind` and keeps its reply; returns the new count. A
+    /// Delivered or Quarantined row is left as it is (its stored count is returned). Ends
+    /// the submission mark, except for a [`FailureKind::Mismatch`] (nothing was submitted
+    /// in that attempt, so a mark from an earlier one still stands).
+    pub async fn record_failure_of(
+        &mut self,
+        key: &str,
+        reply: &str,
+        kind: FailureKind,
+    ) -> Result<u32, ClusterError> {
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        // One statement: a new row counts 1, a Failed row one more, any other is kept.
+        let rows = self
+            .query(
+                concat!(
+                    "INSERT INTO ledger_message \
+                        (account, key, state, failures, last_reply, failure_kind, \
+                         created_at, updated_at, epoch) \
+                     SELECT $1, $2, 'failed', 1, $3, $4, t, t, $5 FROM ",
+                    clock!(),
+                    " ON CONFLICT (account, key) DO UPDATE SET \
+                        failures = LEAST(ledger_message.failures + 1, 4294967295), \
+                        last_reply = excluded.last_reply, \
+                        failure_kind = excluded.failure_kind, \
+                        updated_at = excluded.updated_at, epoch = excluded.epoch \
+                     WHERE ledger_message.state = 'failed' \
+                     RETURNING failures"
+                ),
+                &[&account, &key, &reply, &kind.as_str(), &epoch],
+            )
+            .await?;
+        let count = match rows.first() {
+            Some(row) => column::<i64>(row, 0, &account, key)?,
+            None => {
+                // Delivered or Quarantined: left alone, its count told.
+                let row = self
+                    .query(
+                        "SELECT failures FROM ledger_message WHERE account = $1 AND key = $2",
+                        &[&account, &key],
+                    )
+                    .await?;
+                tracing::warn!(
+                    account,
+                    key,
+                    "failure not recorded: the message is already delivered or quarantined"
+                );
+                let count = match row.first() {
+                    Some(row) => column::<i64>(row, 0, &account, key)?,
+                    None => 0,
+                };
+                self.unmark(key).await?;
+                return failures(count, &account, key);
+            }
+        };
+        if kind != FailureKind::Mismatch {
+            self.unmark(key).await?;
+        }
+        failures(count, &account, key)
+    }
+
+    /// Records that a durable local copy of the message is at `path`; never downgrades
+    /// Delivered.
+    pub async fn record_quarantined(&mut self, key: &str, path: &Path) -> Result<(), ClusterError> {
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        let text = path.to_str().ok_or_else(|| ClusterError::Corrupt {
+            account: account.clone(),
+            key: key.to_owned(),
+            detail: format!("the quarantine path {} is not UTF-8", path.display()),
+        })?;
+        let changed = self
+            .execute(
+                concat!(
+                    "INSERT INTO ledger_message \
+                        (account, key, state, failures, quarantine_path, created_at, \
+                         updated_at, epoch) \
+                     SELECT $1, $2, 'quarantined', 0, $3, t, t, $4 FROM ",
+                    clock!(),
+                    " ON CONFLICT (account, key) DO UPDATE SET \
+                        state = 'quarantined', quarantine_path = excluded.quarantine_path, \
+                        updated_at = excluded.updated_at, epoch = excluded.epoch, \
+                        quarantine_action = NULL, action_at = NULL \
+                     WHERE ledger_message.state <> 'delivered'"
+                ),
+                &[&account, &key, &text, &epoch],
+            )
+            .await?;
+        if changed == 0 {
+            crate::ledger::quarantine_kept_delivered(&account, key);
+        }
+        Ok(())
+    }
+
+    /// Marks `keys` as deleted from the server (after a successful QUIT).
+    pub async fn record_deleted(&mut self, keys: &[String]) -> Result<(), ClusterError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        self.execute(
+            concat!(
+                "UPDATE ledger_message SET deleted_at = t, updated_at = t, epoch = $3, \
+                    unconfirmed_size = NULL, unconfirmed_listed = NULL FROM ",
+                clock!(),
+                " WHERE account = $1 AND key = ANY($2) AND deleted_at IS NULL"
+            ),
+            &[&account, &keys, &epoch],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Remembers UIDs listed for more than one message: their messages stay keyed by
+    /// header digest even once the UID is unique again.
+    pub async fn record_shared_uids(&mut self, uids: &[String]) -> Result<(), ClusterError> {
+        let account = self.account().to_owned();
+        self.execute(
+            "INSERT INTO ledger_shared_uid (account, uid) SELECT $1, unnest($2::text[]) \
+             ON CONFLICT (account, uid) DO NOTHING",
+            &[&account, &uids],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Remembers DELEs of header-digest messages whose QUIT was never confirmed.
+    pub async fn record_unconfirmed(&mut self, dele: &[Unconfirmed]) -> Result<(), ClusterError> {
+        for u in dele {
+            self.set_unconfirmed(&u.key, u.size, u.listed).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets an unconfirmed DELE the server refused (so it certainly did not apply).
+    pub async fn clear_unconfirmed(&mut self, key: &str) -> Result<(), ClusterError> {
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        self.execute(
+            "UPDATE ledger_message SET unconfirmed_size = NULL, unconfirmed_listed = NULL, \
+                epoch = $3 \
+             WHERE account = $1 AND key = $2",
+            &[&account, &key, &epoch],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Decides the account's unconfirmed DELEs from a new listing, `listed` giving how
+    /// many messages it holds of each LIST size, as [`crate::ledger::Ledger::resolve_unconfirmed`]
+    /// does: the same number listed as before means not applied; anything else counts as
+    /// applied (a look-alike still listed is delivered again rather than taken for the
+    /// deleted one). Returns the keys now recorded as deleted.
+    pub async fn resolve_unconfirmed(
+        &mut self,
+        listed: &HashMap<u64, u32>,
+    ) -> Result<Vec<String>, ClusterError> {
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        let rows = self
+            .query(
+                "SELECT key, unconfirmed_size, unconfirmed_listed FROM ledger_message \
+                 WHERE account = $1 AND unconfirmed_size IS NOT NULL",
+                &[&account],
+            )
+            .await?;
+        let mut deleted = Vec::new();
+        for row in &rows {
+            let key: String = column(row, 0, &account, "?")?;
+            let size: i64 = column(row, 1, &account, &key)?;
+            let before: Option<i64> = column(row, 2, &account, &key)?;
+            let seen = i64::from(listed.get(&(size.max(0) as u64)).copied().unwrap_or(0));
+            let kept = Some(seen) == before;
+            if !kept {
+                deleted.push(key.clone());
+            }
+            self.execute(
+                concat!(
+                    "UPDATE ledger_message SET unconfirmed_size = NULL, \
+                        unconfirmed_listed = NULL, epoch = $4, \
+                        deleted_at = CASE WHEN $3 THEN deleted_at ELSE t END FROM ",
+                    clock!(),
+                    " WHERE account = $1 AND key = $2"
+                ),
+                &[&account, &key, &kept, &epoch],
+            )
+            .await?;
+        }
+        Ok(deleted)
+    }
+
+    /// The first column of `select` (a constant query taking the account as `$1`).
+    async fn keys(&mut self, select: &str) -> Result<HashSet<String>, ClusterError> {
+        let account = self.account().to_owned();
+        let rows = self.query(select, &[&account]).await?;
+        rows.iter()
+            .map(|row| column(row, 0, &account, "?"))
+            .collect()
+    }
+
+    /// Ends `key`'s submission mark, if any.
+    async fn unmark(&mut self, key: &str) -> Result<(), ClusterError> {
+        let account = self.account().to_owned();
+        self.execute(
+            "DELETE FROM ledger_submission WHERE account = $1 AND key = $2",
+            &[&account, &key],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Records a DELE of `key` (LIST size `size`, `listed` messages of that size) as
+    /// unconfirmed, unless the message is already recorded as deleted.
+    async fn set_unconfirmed(
+        &mut self,
+        key: &str,
+        size: u64,
+        listed: u32,
+    ) -> Result<(), ClusterError> {
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        let (size, listed) = (i64::try_from(size).unwrap_or(i64::MAX), i64::from(listed));
+        self.execute(
+            "UPDATE ledger_message SET unconfirmed_size = $3, unconfirmed_listed = $4, \
+                epoch = $5 \
+             WHERE account = $1 AND key = $2 AND deleted_at IS NULL",
+            &[&account, &key, &size, &listed, &epoch],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Column `i` of `row` as `T`; a value of another type is [`ClusterError::Corrupt`].
+fn column<'r, T: FromSql<'r>>(
+    row: &'r Row,
+    i: usize,
+    account: &str,
+    key: &str,
+) -> Result<T, ClusterError> {
+    row.try_get(i).map_err(|e| ClusterError::Corrupt {
+        account: account.to_owned(),
+        key: key.to_owned(),
+        detail: format!("column {i}: {e}"),
+    })
+}
+
+/// A stored failure count as a `u32`.
+fn failures(n: i64, account: &str, key: &str) -> Result<u32, ClusterError> {
+    u32::try_from(n).map_err(|_| ClusterError::Corrupt {
+        account: account.to_owned(),
+        key: key.to_owned(),
+        detail: format!("failure count {n} out of range"),
+    })
+}
+
+/// A row of [`Fenced::statuses`]' query as a [`Status`].
+fn decode(row: &Row, account: &str, key: &str) -> Result<Status, ClusterError> {
+    let corrupt = |detail: String| ClusterError::Corrupt {
+        account: account.to_owned(),
+        key: key.to_owned(),
+        detail,
+    };
+    let state: String = column(row, 1, account, key)?;
+    match state.as_str() {
+        "delivered" => {
+            let at: Option<i64> = column(row, 2, account, key)?;
+            let deleted: Option<i64> = column(row, 7, account, key)?;
+            Ok(Status::Delivered {
+                at: at.ok_or_else(|| corrupt("delivered_at is NULL".into()))?,
+                deleted: deleted.is_some(),
+            })
+        }
+        "failed" => {
+            let count: i64 = column(row, 3, account, key)?;
+            let last_reply: Option<String> = column(row, 4, account, key)?;
+            let kind: String = column(row, 5, account, key)?;
+            let kind = match kind.as_str() {
+                "refused" => FailureKind::Refused,
+                "mismatch" => FailureKind::Mismatch,
+                other => return Err(corrupt(format!("failure_kind is {other:?}"))),
+            };
+            Ok(Status::Failed {
+                failures: failures(count, account, key)?,
+                last_reply: last_reply.ok_or_else(|| corrupt("last_reply is NULL".into()))?,
+                kind,
+            })
+        }
+        "quarantined" => {
+            let path: Option<String> = column(row, 6, account, key)?;
+            Ok(Status::Quarantined {
+                path: PathBuf::from(path.ok_or_else(|| corrupt("quarantine_path is NULL".into()))?),
+            })
+        }
+        other => Err(corrupt(format!("unknown state {other:?}"))),
+    }
+}

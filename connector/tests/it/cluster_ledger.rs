@@ -1,0 +1,367 @@
+//! The shared delivery ledger over a real PostgreSQL (the `pg` fixture): that it keeps the
+//! same records as the local SQLite ledger, that only the lease's current holder writes
+//! to it, and that nothing of a transaction that did not commit is recorded.
+//!
+//! A machine without PostgreSQL skips these tests (fails with `POPBRIDGE_REQUIRE_PEERS=1`).
+//!
+//! Must never: mock the database, or compare times taken from two clocks.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use popbridge::cluster::{Cluster, ClusterError, Lease};
+use popbridge::ledger::{Delivery, FailureKind, Ledger, Status, Unconfirmed};
+use tokio_postgres::NoTls;
+
+use crate::cluster::pg::Postgres;
+use crate::cluster::wait_for_db_clock;
+
+/// A lease time to live no test outlasts.
+const LONG_TTL: Duration = Duration::from_secs(600);
+const ACCOUNT: &str = "alice";
+
+async fn instance(pg: &Postgres, id: &str, ttl: Duration) -> Cluster {
+    let mut c = Cluster::connect(&pg.url(), id, ttl).await.unwrap();
+    c.register(&[ACCOUNT]).await.unwrap();
+    c
+}
+
+async fn lease_of(cluster: &mut Cluster) -> Lease {
+    cluster
+        .claim(1)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the account is free")
+}
+
+/// Statuses with their delivery times left out (the two ledgers read different clocks).
+fn timeless(statuses: HashMap<String, Status>) -> HashMap<String, Status> {
+    statuses
+        .into_iter()
+        .map(|(k, s)| match s {
+            Status::Delivered { deleted, .. } => (k, Status::Delivered { at: 0, deleted }),
+            other => (k, other),
+        })
+        .collect()
+}
+
+fn set(keys: &[&str]) -> HashSet<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+/// What one script of ledger calls returned, and what the ledger held after it.
+#[derive(Debug, PartialEq)]
+struct Trace {
+    counts: Vec<u32>,
+    /// The marks right after the group commit (the end of the script clears most).
+    marked_after_commit: HashSet<String>,
+    deleted: Vec<String>,
+    statuses: HashMap<String, Status>,
+    submitting: HashSet<String>,
+    shared: HashSet<String>,
+}
+
+const QUARANTINE: &str = "/var/lib/popbridge/quarantine/alice/k6.eml";
+
+fn deliveries() -> [Delivery<'static>; 2] {
+    [
+        Delivery {
+            key: "k1",
+            size: 100,
+            reply: "250 2.0.0 queued",
+            dele: None,
+        },
+        Delivery {
+            key: "sha256:k2",
+            size: 200,
+            reply: "250 2.0.0 queued",
+            dele: Some((200, 1)),
+        },
+    ]
+}
+
+/// The script on the local SQLite ledger.
+fn local_trace(l: &mut Ledger) -> Trace {
+    let a = ACCOUNT;
+    let mut counts = vec![
+        l.record_failure_of(a, "k1", "550 5.7.1 no", FailureKind::Refused)
+            .unwrap(),
+        l.record_failure_of(a, "k1", "550 5.7.1 still no", FailureKind::Refused)
+            .unwrap(),
+        l.record_failure_of(a, "k4", "size mismatch", FailureKind::Mismatch)
+            .unwrap(),
+    ];
+    l.begin_submissions(a, &["k3", "k4", "sha256:k2"]).unwrap();
+    l.record_deliveries(a, &deliveries(), &["k5"]).unwrap();
+    let marked_after_commit = l.submitting(a).unwrap();
+    counts.push(
+        l.record_failure_of(a, "k1", "550 late", FailureKind::Refused)
+            .unwrap(),
+    );
+    l.record_quarantined(a, "k6", Path::new(QUARANTINE))
+        .unwrap();
+    l.record_quarantined(a, "k1", Path::new(QUARANTINE))
+        .unwrap();
+    l.record_deleted(a, &["k1".into(), "gone".into()]).unwrap();
+    l.record_shared_uids(a, &["u1".into(), "u2".into(), "u1".into()])
+        .unwrap();
+    l.record_unconfirmed(
+        a,
+        &[Unconfirmed {
+            key: "k6".into(),
+            size: 300,
+            listed: 2,
+        }],
+    )
+    .unwrap();
+    let mut deleted = l
+        .resolve_unconfirmed(a, &HashMap::from([(200, 0), (300, 2)]))
+        .unwrap();
+    l.clear_unconfirmed(a, "k6").unwrap();
+    l.clear_submissions(a, &set(&["k3"])).unwrap();
+    deleted.sort();
+    Trace {
+        counts,
+        marked_after_commit,
+        deleted,
+        statuses: timeless(l.statuses(a).unwrap()),
+        submitting: l.submitting(a).unwrap(),
+        shared: l.shared_uids(a).unwrap(),
+    }
+}
+
+/// The same script on the cluster ledger, in one fenced transaction per call, as a pass
+/// would commit them.
+async fn cluster_trace(lease: &mut Lease, c: &mut Cluster) -> Trace {
+    let mut counts = Vec::new();
+    for (reply, kind, key) in [
+        ("550 5.7.1 no", FailureKind::Refused, "k1"),
+        ("550 5.7.1 still no", FailureKind::Refused, "k1"),
+        ("size mismatch", FailureKind::Mismatch, "k4"),
+    ] {
+        let mut tx = lease.fenced_transaction(c).await.unwrap();
+        counts.push(tx.record_failure_of(key, reply, kind).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    tx.begin_submissions(&["k3", "k4", "sha256:k2"])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    tx.record_deliveries(&deliveries(), &["k5"]).await.unwrap();
+    let marked_after_commit = tx.submitting().await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    counts.push(
+        tx.record_failure_of("k1", "550 late", FailureKind::Refused)
+            .await
+            .unwrap(),
+    );
+    tx.record_quarantined("k6", Path::new(QUARANTINE))
+        .await
+        .unwrap();
+    tx.record_quarantined("k1", Path::new(QUARANTINE))
+        .await
+        .unwrap();
+    tx.record_deleted(&["k1".into(), "gone".into()])
+        .await
+        .unwrap();
+    tx.record_shared_uids(&["u1".into(), "u2".into(), "u1".into()])
+        .await
+        .unwrap();
+    tx.record_unconfirmed(&[Unconfirmed {
+        key: "k6".into(),
+        size: 300,
+        listed: 2,
+    }])
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    let mut deleted = tx
+        .resolve_unconfirmed(&HashMap::from([(200, 0), (300, 2)]))
+        .await
+        .unwrap();
+    tx.clear_unconfirmed("k6").await.unwrap();
+    tx.clear_submissions(&set(&["k3"])).await.unwrap();
+    tx.commit().await.unwrap();
+    deleted.sort();
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    let trace = Trace {
+        counts,
+        marked_after_commit,
+        deleted,
+        statuses: timeless(tx.statuses().await.unwrap()),
+        submitting: tx.submitting().await.unwrap(),
+        shared: tx.shared_uids().await.unwrap(),
+    };
+    tx.commit().await.unwrap();
+    trace
+}
+
+#[tokio::test]
+async fn the_cluster_ledger_keeps_the_same_records_as_the_local_one() {
+    let Some(pg) = Postgres::start() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let local = local_trace(&mut Ledger::open(state.path()).unwrap());
+    let mut a = instance(&pg, "a", LONG_TTL).await;
+    let mut lease = lease_of(&mut a).await;
+    let shared = cluster_trace(&mut lease, &mut a).await;
+    assert_eq!(shared, local);
+    // What the script must have left, whichever ledger: a delivery overrides failures and
+    // is never downgraded, its mark ends, and the DELE of a digest key that vanished from
+    // the listing counts as applied.
+    assert_eq!(local.counts, [1, 2, 1, 2]);
+    assert_eq!(local.marked_after_commit, set(&["k3", "k4", "k5"]));
+    assert_eq!(local.deleted, ["sha256:k2"]);
+    assert_eq!(
+        local.statuses["k1"],
+        Status::Delivered {
+            at: 0,
+            deleted: true
+        }
+    );
+    assert!(matches!(local.statuses["k6"], Status::Quarantined { .. }));
+    assert!(matches!(
+        local.statuses["k4"],
+        Status::Failed {
+            kind: FailureKind::Mismatch,
+            ..
+        }
+    ));
+    assert_eq!(local.submitting, set(&["k3"]));
+    assert_eq!(local.shared, set(&["u1", "u2"]));
+}
+
+/// A plain client, for what the test itself reads.
+async fn observer(pg: &Postgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Every ledger row of the account: key and the epoch of its last write.
+async fn row_epochs(db: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    db.query(
+        "SELECT key, epoch FROM ledger_message WHERE account = $1 ORDER BY key",
+        &[&ACCOUNT],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect()
+}
+
+async fn deliver(lease: &mut Lease, c: &mut Cluster, key: &str) -> Result<(), ClusterError> {
+    let mut tx = lease.fenced_transaction(c).await?;
+    let d = Delivery {
+        key,
+        size: 10,
+        reply: "250 ok",
+        dele: None,
+    };
+    tx.record_deliveries(&[d], &[]).await?;
+    tx.commit().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_current_holder_writes_and_the_next_one_sees_every_delivery() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = observer(&pg).await;
+    let mut a = instance(&pg, "a", Duration::from_secs(1)).await;
+    let mut b = instance(&pg, "b", LONG_TTL).await;
+    let mut old = lease_of(&mut a).await;
+    deliver(&mut old, &mut a, "m1").await.unwrap();
+    // The lease runs out by the database's clock; b takes the account over.
+    wait_for_db_clock(&db, old.expires_at()).await;
+    let mut new = lease_of(&mut b).await;
+    assert!(new.epoch() > old.epoch());
+    // a's delivery is b's to see: b never submits it again.
+    let mut tx = new.fenced_transaction(&mut b).await.unwrap();
+    let seen = tx.statuses().await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(matches!(
+        seen["m1"],
+        Status::Delivered { deleted: false, .. }
+    ));
+    // a, no longer the holder, can record nothing.
+    let refused = deliver(&mut old, &mut a, "m2").await.unwrap_err();
+    assert!(refused.is_fenced(), "{refused}");
+    deliver(&mut new, &mut b, "m3").await.unwrap();
+    assert_eq!(
+        row_epochs(&db).await,
+        [("m1".into(), old.epoch()), ("m3".into(), new.epoch())]
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_that_does_not_commit_records_nothing() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = observer(&pg).await;
+    let mut a = instance(&pg, "a", LONG_TTL).await;
+    let mut lease = lease_of(&mut a).await;
+    {
+        let mut tx = lease.fenced_transaction(&mut a).await.unwrap();
+        tx.begin_submissions(&["m1"]).await.unwrap();
+        tx.record_deliveries(&deliveries(), &[]).await.unwrap();
+        tx.rollback().await;
+    }
+    {
+        // Dropped without a commit: rolled back before the next statement.
+        let mut tx = lease.fenced_transaction(&mut a).await.unwrap();
+        tx.record_deliveries(&deliveries(), &["m2"]).await.unwrap();
+    }
+    let mut tx = lease.fenced_transaction(&mut a).await.unwrap();
+    assert!(tx.statuses().await.unwrap().is_empty());
+    assert!(tx.submitting().await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    assert!(row_epochs(&db).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_database_of_the_lease_only_schema_gains_the_ledger_and_keeps_its_leases() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = observer(&pg).await;
+    // What the first cluster release created: schema 1, leases only.
+    db.batch_execute(
+        "CREATE TABLE schema_version (version integer NOT NULL);
+         INSERT INTO schema_version VALUES (1);
+         CREATE TABLE lease (account text PRIMARY KEY, owner text,
+             epoch bigint NOT NULL DEFAULT 0, expires_at timestamptz);
+         CREATE TABLE server_slot (server text NOT NULL, slot integer NOT NULL, owner text,
+             epoch bigint NOT NULL DEFAULT 0, expires_at timestamptz,
+             PRIMARY KEY (server, slot));
+         INSERT INTO lease (account, epoch) VALUES ('alice', 7);",
+    )
+    .await
+    .unwrap();
+    let mut a = instance(&pg, "a", LONG_TTL).await;
+    let mut lease = lease_of(&mut a).await;
+    assert_eq!(
+        lease.epoch(),
+        8,
+        "the lease row was kept, its epoch raised by the claim"
+    );
+    deliver(&mut lease, &mut a, "m1").await.unwrap();
+    let versions: Vec<i32> = db
+        .query("SELECT version FROM schema_version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [2]);
+    // A newer schema than this build knows is refused, not altered.
+    db.batch_execute("UPDATE schema_version SET version = 99")
+        .await
+        .unwrap();
+    let refused = Cluster::connect(&pg.url(), "b", LONG_TTL).await.err();
+    assert!(
+        matches!(refused, Some(ClusterError::Schema { found: 99, .. })),
+        "{refused:?}"
+    );
+}
