@@ -131,7 +131,8 @@ impl Outcome {
         }
     }
 
-    fn parse(s: &str) -> Option<Outcome> {
+    /// The outcome a stored name stands for.
+    pub(crate) fn parse(s: &str) -> Option<Outcome> {
         Some(match s {
             "ok" => Self::Ok,
             "backlog" => Self::Backlog,
@@ -163,6 +164,23 @@ pub struct PassCounts {
     pub quarantined: u32,
 }
 
+impl PassCounts {
+    /// The counts in the order the history stores them: listed, delivered, deleted, left,
+    /// rejected, deferred, skipped, quarantined.
+    pub fn in_order(&self) -> [u32; 8] {
+        [
+            self.listed,
+            self.delivered,
+            self.deleted,
+            self.left,
+            self.rejected,
+            self.deferred,
+            self.skipped,
+            self.quarantined,
+        ]
+    }
+}
+
 /// One pass of the history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PassRow {
@@ -192,10 +210,20 @@ pub enum QuarantineAction {
 }
 
 impl QuarantineAction {
-    fn as_str(self) -> &'static str {
+    /// The stored name.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Release => "release",
             Self::Discard => "discard",
+        }
+    }
+
+    /// The action a stored name stands for.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "release" => Some(Self::Release),
+            "discard" => Some(Self::Discard),
+            _ => None,
         }
     }
 }
@@ -279,6 +307,15 @@ impl FailureKind {
         match self {
             Self::Refused => "refused",
             Self::Mismatch => "mismatch",
+        }
+    }
+
+    /// The kind a stored name stands for.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "refused" => Some(Self::Refused),
+            "mismatch" => Some(Self::Mismatch),
+            _ => None,
         }
     }
 }
@@ -1150,7 +1187,16 @@ impl Ledger {
 
     /// Records one pass in the history, keeping the last [`HISTORY_KEEP`] of its account.
     pub fn record_pass(&mut self, pass: &PassRow) -> Result<(), LedgerError> {
-        let c = &pass.counts;
+        let counts = pass.counts.in_order();
+        let outcome = pass.outcome.as_str();
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![
+            &pass.account,
+            &pass.started_at,
+            &pass.finished_at,
+            &outcome,
+            &pass.reason,
+        ];
+        values.extend(counts.iter().map(|c| c as &dyn rusqlite::ToSql));
         let (tx, path) = self.immediate()?;
         tx.prepare_cached(
             "INSERT INTO passes (account, started_at, finished_at, outcome, reason, listed,
@@ -1158,21 +1204,7 @@ impl Ledger {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .at(path)?
-        .execute(params![
-            pass.account,
-            pass.started_at,
-            pass.finished_at,
-            pass.outcome.as_str(),
-            pass.reason,
-            c.listed,
-            c.delivered,
-            c.deleted,
-            c.left,
-            c.rejected,
-            c.deferred,
-            c.skipped,
-            c.quarantined
-        ])
+        .execute(values.as_slice())
         .at(path)?;
         tx.prepare_cached(
             "DELETE FROM passes WHERE account = ?1 AND id NOT IN
@@ -1334,17 +1366,13 @@ impl Ledger {
             params![account],
             |row| row.try_into(),
             |(key, kind, reason, failures, since): (String, String, Option<String>, i64, i64)| {
-                let kind = match kind.as_str() {
-                    "refused" => FailureKind::Refused,
-                    "mismatch" => FailureKind::Mismatch,
-                    other => {
-                        return Err(corrupt(
-                            path,
-                            account,
-                            &key,
-                            &format!("unknown failure kind {other:?}"),
-                        ))
-                    }
+                let Some(kind) = FailureKind::parse(&kind) else {
+                    return Err(corrupt(
+                        path,
+                        account,
+                        &key,
+                        &format!("unknown failure kind {kind:?}"),
+                    ));
                 };
                 out.push(StuckRow {
                     key,
@@ -1464,14 +1492,14 @@ fn decode_action(
 ) -> Result<Option<QuarantineAction>, LedgerError> {
     match v {
         None => Ok(None),
-        Some("release") => Ok(Some(QuarantineAction::Release)),
-        Some("discard") => Ok(Some(QuarantineAction::Discard)),
-        Some(other) => Err(corrupt(
-            path,
-            account,
-            key,
-            &format!("unknown quarantine action {other:?}"),
-        )),
+        Some(s) => QuarantineAction::parse(s).map(Some).ok_or_else(|| {
+            corrupt(
+                path,
+                account,
+                key,
+                &format!("unknown quarantine action {s:?}"),
+            )
+        }),
     }
 }
 
@@ -1574,16 +1602,16 @@ fn decode(path: &Path, account: &str, key: &str, raw: &RawStatus) -> Result<Stat
         State::Failed => {
             let failures = decode_failures(path, account, key, &raw.failures)?;
             let kind = match &raw.failure_kind {
-                Value::Text(k) if k == "refused" => FailureKind::Refused,
-                Value::Text(k) if k == "mismatch" => FailureKind::Mismatch,
-                other => {
-                    return Err(corrupt(
-                        path,
-                        account,
-                        key,
-                        &format!("failure_kind is {other:?}"),
-                    ))
-                }
+                Value::Text(k) => FailureKind::parse(k),
+                _ => None,
+            };
+            let Some(kind) = kind else {
+                return Err(corrupt(
+                    path,
+                    account,
+                    key,
+                    &format!("failure_kind is {:?}", raw.failure_kind),
+                ));
             };
             match &raw.last_reply {
                 Value::Text(reply) => Ok(Status::Failed {

@@ -9,8 +9,9 @@
 //! until the caller commits the transaction ([`Fenced::commit`]): a DELE may follow only
 //! that commit. Times are unix seconds by the database's clock.
 //!
-//! Responsible for: the `ledger_*` tables' rows and reading them back as
-//! [`Status`]es.
+//! Responsible for: the `ledger_*` tables' rows (the history of passes too) and reading
+//! them back; what the administrator reads and asks outside any lease (history,
+//! quarantine, stuck messages) as methods of [`Cluster`].
 //! Must never: write outside a fenced transaction, downgrade a Delivered row (to Failed,
 //! Quarantined or New), format a caller's string into SQL, or panic on a row that breaks
 //! the schema's rules (it is [`ClusterError::Corrupt`]).
@@ -21,8 +22,12 @@ use std::path::{Path, PathBuf};
 use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 
-use super::{AccountKey, ClusterError, Fenced};
-use crate::ledger::{Delivery, FailureKind, Status, Unconfirmed};
+use super::{AccountKey, Cluster, ClusterError, Fenced};
+use crate::keys;
+use crate::ledger::{
+    Delivery, FailureKind, Outcome, PassCounts, PassRow, QuarantineAction, QuarantineRow, Status,
+    StuckRow, Unconfirmed, HISTORY_KEEP,
+};
 
 /// The database's clock in unix seconds as `clock.t`, for a statement's FROM (a macro so
 /// statements stay `&'static str`). `now()` is the transaction's start: one time per
@@ -324,6 +329,132 @@ impl Fenced<'_, AccountKey> {
         Ok(deleted)
     }
 
+    /// Records what a complete listing (UIDL) showed: `seen` holds the UID keys of the
+    /// ledger's rows that it listed. A UID-keyed row it did not show is gone from the
+    /// server from now on (unless already so); one it showed is not. Header-digest and
+    /// size keys are left alone (no listing names them).
+    pub async fn record_listing(&mut self, seen: &HashSet<String>) -> Result<(), ClusterError> {
+        let account = self.account().to_owned();
+        let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
+        let prefixes = [keys::DIGEST_PREFIX, keys::SIZE_PREFIX];
+        self.execute(
+            concat!(
+                "UPDATE ledger_message SET gone_since = \
+                    CASE WHEN key = ANY($2) THEN NULL ELSE t END FROM ",
+                clock!(),
+                " WHERE account = $1 AND NOT starts_with(key, $3) AND NOT starts_with(key, $4) \
+                   AND (key = ANY($2)) = (gone_since IS NOT NULL)"
+            ),
+            &[&account, &seen, &prefixes[0], &prefixes[1]],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Forgets the rows of messages gone from the server for longer than
+    /// `retention_secs` (by the database's clock); returns how many. Gone means, as in the
+    /// local ledger: a UID key that complete listings have not shown since then, a
+    /// header-digest key whose DELE a QUIT applied then, a size key unchanged since then.
+    /// A row whose message is still listed is never forgotten.
+    pub async fn prune(&mut self, retention_secs: i64) -> Result<usize, ClusterError> {
+        let account = self.account().to_owned();
+        let retention = retention_secs.max(0);
+        let changed = self
+            .execute(
+                concat!(
+                    "DELETE FROM ledger_message USING ",
+                    clock!(),
+                    " WHERE account = $1 AND \
+                       CASE WHEN starts_with(key, $3) THEN updated_at \
+                            WHEN starts_with(key, $4) THEN deleted_at \
+                            ELSE gone_since END <= t - $2"
+                ),
+                &[
+                    &account,
+                    &retention,
+                    &keys::SIZE_PREFIX,
+                    &keys::DIGEST_PREFIX,
+                ],
+            )
+            .await?;
+        if changed > 0 {
+            tracing::info!(account, pruned = changed, "pruned cluster ledger rows");
+        }
+        Ok(usize::try_from(changed).unwrap_or(usize::MAX))
+    }
+
+    /// Records one pass of the lease's account in the history, keeping its last
+    /// [`HISTORY_KEEP`].
+    pub async fn record_pass(&mut self, pass: &PassRow) -> Result<(), ClusterError> {
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
+        let counts: Vec<i64> = (pass.counts.in_order()).map(i64::from).to_vec();
+        self.execute(
+            "INSERT INTO ledger_pass (account, started_at, finished_at, outcome, reason, \
+                listed, delivered, deleted, left_over, rejected, deferred, skipped, \
+                quarantined, epoch) \
+             SELECT $1, $2, $3, $4, $5, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], $7 \
+             FROM (SELECT $6::bigint[] AS c) counts",
+            &[
+                &account,
+                &pass.started_at,
+                &pass.finished_at,
+                &pass.outcome.as_str(),
+                &pass.reason,
+                &counts,
+                &epoch,
+            ],
+        )
+        .await?;
+        self.execute(
+            "DELETE FROM ledger_pass WHERE account = $1 AND id NOT IN \
+                (SELECT id FROM ledger_pass WHERE account = $1 ORDER BY id DESC LIMIT $2)",
+            &[&account, &HISTORY_KEEP],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The quarantine actions pending for the account, by key.
+    pub async fn quarantine_actions(
+        &mut self,
+    ) -> Result<HashMap<String, QuarantineAction>, ClusterError> {
+        let account = self.account().to_owned();
+        let rows = self
+            .query(
+                "SELECT key, quarantine_action FROM ledger_message \
+                 WHERE account = $1 AND state = 'quarantined' \
+                    AND quarantine_action IS NOT NULL",
+                &[&account],
+            )
+            .await?;
+        let mut out = HashMap::new();
+        for row in &rows {
+            let key: String = column(row, 0, &account, "?")?;
+            let action: Option<String> = column(row, 1, &account, &key)?;
+            if let Some(a) = action_of(action.as_deref(), &account, &key)? {
+                out.insert(key, a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets (or with `None` clears) what is asked for a quarantined message of the
+    /// account; false when the ledger has no quarantined message of that key.
+    pub async fn set_quarantine_action(
+        &mut self,
+        key: &str,
+        action: Option<QuarantineAction>,
+    ) -> Result<bool, ClusterError> {
+        let account = self.account().to_owned();
+        let changed = self
+            .execute(
+                SET_ACTION,
+                &[&account, &key, &action.map(QuarantineAction::as_str)],
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
     /// The first column of `select` (a constant query taking the account as `$1`).
     async fn keys(&mut self, select: &str) -> Result<HashSet<String>, ClusterError> {
         let account = self.account().to_owned();
@@ -363,6 +494,197 @@ impl Fenced<'_, AccountKey> {
         .await
         .map(|_| ())
     }
+}
+
+/// Sets (`$3`, or clears with NULL) the action asked for quarantined message `$2` of
+/// `$1`, at the database's time.
+const SET_ACTION: &str = concat!(
+    "UPDATE ledger_message SET quarantine_action = $3, action_at = t FROM ",
+    clock!(),
+    " WHERE account = $1 AND key = $2 AND state = 'quarantined'"
+);
+
+/// What the administrator reads and asks of the shared ledger, outside any lease: the
+/// history, the quarantine and the stuck messages. The pass only acts on an asked action
+/// under its lease.
+impl Cluster {
+    /// The last `limit` passes of `account`, newest first.
+    pub async fn passes(
+        &mut self,
+        account: &str,
+        limit: u32,
+    ) -> Result<Vec<PassRow>, ClusterError> {
+        let rows = self
+            .read(
+                "SELECT started_at, finished_at, outcome, reason, listed, delivered, deleted, \
+                        left_over, rejected, deferred, skipped, quarantined \
+                 FROM ledger_pass WHERE account = $1 ORDER BY id DESC LIMIT $2",
+                &[&account, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let count = |i| -> Result<u32, ClusterError> {
+                    failures(column(row, i, account, "-")?, account, "-")
+                };
+                let outcome: String = column(row, 2, account, "-")?;
+                Ok(PassRow {
+                    account: account.to_owned(),
+                    started_at: column(row, 0, account, "-")?,
+                    finished_at: column(row, 1, account, "-")?,
+                    outcome: Outcome::parse(&outcome).ok_or_else(|| ClusterError::Corrupt {
+                        account: account.to_owned(),
+                        key: "-".into(),
+                        detail: format!("unknown pass outcome {outcome:?}"),
+                    })?,
+                    reason: column(row, 3, account, "-")?,
+                    counts: PassCounts {
+                        listed: count(4)?,
+                        delivered: count(5)?,
+                        deleted: count(6)?,
+                        left: count(7)?,
+                        rejected: count(8)?,
+                        deferred: count(9)?,
+                        skipped: count(10)?,
+                        quarantined: count(11)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The quarantined messages of `account` (or of every account), oldest first; those
+    /// discarded are left out (their copy is gone).
+    pub async fn quarantined(
+        &mut self,
+        account: Option<&str>,
+    ) -> Result<Vec<QuarantineRow>, ClusterError> {
+        let rows = self
+            .read(
+                "SELECT account, key, quarantine_path, last_reply, updated_at, \
+                        quarantine_action \
+                 FROM ledger_message \
+                 WHERE state = 'quarantined' AND ($1::text IS NULL OR account = $1) \
+                    AND (quarantine_action IS NULL OR quarantine_action <> 'discard') \
+                 ORDER BY updated_at, account, key",
+                &[&account],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let account: String = column(row, 0, "?", "?")?;
+                let key: String = column(row, 1, &account, "?")?;
+                let path: Option<String> = column(row, 2, &account, &key)?;
+                let action: Option<String> = column(row, 5, &account, &key)?;
+                Ok(QuarantineRow {
+                    path: PathBuf::from(path.ok_or_else(|| ClusterError::Corrupt {
+                        account: account.clone(),
+                        key: key.clone(),
+                        detail: "quarantined without a path".into(),
+                    })?),
+                    reason: column(row, 3, &account, &key)?,
+                    since: column(row, 4, &account, &key)?,
+                    action: action_of(action.as_deref(), &account, &key)?,
+                    account,
+                    key,
+                })
+            })
+            .collect()
+    }
+
+    /// Asks (or with `None` withdraws) an action for a quarantined message; false when
+    /// the ledger has no quarantined message of that account and key.
+    pub async fn ask_quarantine_action(
+        &mut self,
+        account: &str,
+        key: &str,
+        action: Option<QuarantineAction>,
+    ) -> Result<bool, ClusterError> {
+        self.ready().await?;
+        let result = (self.client)
+            .execute(
+                SET_ACTION,
+                &[&account, &key, &action.map(QuarantineAction::as_str)],
+            )
+            .await;
+        Ok(result.map_err(|e| self.fail(e))? > 0)
+    }
+
+    /// The failed messages of `account`, oldest first.
+    pub async fn stuck(&mut self, account: &str) -> Result<Vec<StuckRow>, ClusterError> {
+        let rows = self
+            .read(
+                "SELECT key, failure_kind, last_reply, failures, created_at FROM ledger_message \
+                 WHERE account = $1 AND state = 'failed' ORDER BY created_at, key",
+                &[&account],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = column(row, 0, account, "?")?;
+                let kind: String = column(row, 1, account, &key)?;
+                let reason: Option<String> = column(row, 2, account, &key)?;
+                Ok(StuckRow {
+                    kind: FailureKind::parse(&kind).ok_or_else(|| ClusterError::Corrupt {
+                        account: account.to_owned(),
+                        key: key.clone(),
+                        detail: format!("unknown failure kind {kind:?}"),
+                    })?,
+                    reason: reason.unwrap_or_default(),
+                    failures: failures(column(row, 3, account, &key)?, account, &key)?,
+                    since: column(row, 4, account, &key)?,
+                    key,
+                })
+            })
+            .collect()
+    }
+
+    /// When the oldest message of `account` that failed and is still on the server first
+    /// failed (unix seconds), if there is one.
+    pub async fn oldest_failed_since(
+        &mut self,
+        account: &str,
+    ) -> Result<Option<i64>, ClusterError> {
+        let rows = self
+            .read(
+                "SELECT MIN(created_at) FROM ledger_message \
+                 WHERE account = $1 AND state = 'failed' AND deleted_at IS NULL",
+                &[&account],
+            )
+            .await?;
+        match rows.first() {
+            Some(row) => column(row, 0, account, "-"),
+            None => Ok(None),
+        }
+    }
+
+    /// A query outside any transaction.
+    async fn read(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, ClusterError> {
+        self.ready().await?;
+        let result = self.client.query(sql, params).await;
+        result.map_err(|e| self.fail(e))
+    }
+}
+
+/// A stored quarantine action.
+fn action_of(
+    stored: Option<&str>,
+    account: &str,
+    key: &str,
+) -> Result<Option<QuarantineAction>, ClusterError> {
+    stored
+        .map(|s| {
+            QuarantineAction::parse(s).ok_or_else(|| ClusterError::Corrupt {
+                account: account.to_owned(),
+                key: key.to_owned(),
+                detail: format!("unknown quarantine action {s:?}"),
+            })
+        })
+        .transpose()
 }
 
 /// Column `i` of `row` as `T`; a value of another type is [`ClusterError::Corrupt`].
@@ -409,11 +731,8 @@ fn decode(row: &Row, account: &str, key: &str) -> Result<Status, ClusterError> {
             let count: i64 = column(row, 3, account, key)?;
             let last_reply: Option<String> = column(row, 4, account, key)?;
             let kind: String = column(row, 5, account, key)?;
-            let kind = match kind.as_str() {
-                "refused" => FailureKind::Refused,
-                "mismatch" => FailureKind::Mismatch,
-                other => return Err(corrupt(format!("failure_kind is {other:?}"))),
-            };
+            let kind = FailureKind::parse(&kind)
+                .ok_or_else(|| corrupt(format!("failure_kind is {kind:?}")))?;
             Ok(Status::Failed {
                 failures: failures(count, account, key)?,
                 last_reply: last_reply.ok_or_else(|| corrupt("last_reply is NULL".into()))?,

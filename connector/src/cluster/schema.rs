@@ -71,6 +71,24 @@ CREATE TABLE ledger_shared_uid (
     uid text NOT NULL,
     PRIMARY KEY (account, uid)
 );
+CREATE TABLE ledger_pass (
+    id bigserial PRIMARY KEY,
+    account text NOT NULL,
+    started_at bigint NOT NULL,
+    finished_at bigint NOT NULL,
+    outcome text NOT NULL CHECK (outcome IN ('ok', 'backlog', 'stuck', 'failed')),
+    reason text,
+    listed bigint NOT NULL,
+    delivered bigint NOT NULL,
+    deleted bigint NOT NULL,
+    left_over bigint NOT NULL,
+    rejected bigint NOT NULL,
+    deferred bigint NOT NULL,
+    skipped bigint NOT NULL,
+    quarantined bigint NOT NULL,
+    epoch bigint NOT NULL
+);
+CREATE INDEX ledger_pass_by_account ON ledger_pass (account, id);
 ",
 ];
 

@@ -11,7 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use popbridge::cluster::{Cluster, ClusterError, Lease};
-use popbridge::ledger::{Delivery, FailureKind, Ledger, Status, Unconfirmed};
+use popbridge::ledger::{
+    Delivery, FailureKind, Ledger, Outcome, PassCounts, PassRow, QuarantineAction, QuarantineRow,
+    Status, StuckRow, Unconfirmed,
+};
 use tokio_postgres::NoTls;
 
 use crate::cluster::pg::Postgres;
@@ -61,6 +64,126 @@ struct Trace {
     statuses: HashMap<String, Status>,
     submitting: HashSet<String>,
     shared: HashSet<String>,
+    /// The administrator's side, then pruning and the history.
+    admin: Admin,
+}
+
+/// What the second half of the script returned: quarantine actions, stuck messages,
+/// pruning and the pass history (times the ledgers take themselves left out).
+#[derive(Debug, Default, PartialEq)]
+struct Admin {
+    asked: Vec<bool>,
+    actions: HashMap<String, QuarantineAction>,
+    quarantined: Vec<QuarantineRow>,
+    stuck: Vec<StuckRow>,
+    failed_since: bool,
+    pruned: Vec<usize>,
+    after_prune: Vec<String>,
+    passes: Vec<PassRow>,
+}
+
+fn pass_row(started_at: i64, outcome: Outcome, delivered: u32) -> PassRow {
+    PassRow {
+        account: ACCOUNT.into(),
+        started_at,
+        finished_at: started_at + 5,
+        outcome,
+        reason: (outcome == Outcome::Failed).then(|| "POP3 server gone".into()),
+        counts: PassCounts {
+            listed: 9,
+            delivered,
+            deleted: delivered,
+            left: 1,
+            rejected: 2,
+            deferred: 3,
+            skipped: 4,
+            quarantined: 5,
+        },
+    }
+}
+
+/// The local ledger's admin half of the script.
+fn local_admin(l: &mut Ledger) -> Admin {
+    let a = ACCOUNT;
+    let mut admin = Admin::default();
+    for (key, action) in [
+        ("k6", QuarantineAction::Release),
+        ("k1", QuarantineAction::Discard),
+    ] {
+        admin
+            .asked
+            .push(l.set_quarantine_action(a, key, Some(action)).unwrap());
+    }
+    admin.actions = l.quarantine_actions(a).unwrap();
+    admin.quarantined = l.quarantined(Some(a)).unwrap();
+    admin.stuck = l.stuck(a).unwrap();
+    admin.failed_since = l.oldest_failed_since(a).unwrap().is_some();
+    l.record_listing(a, &set(&["k4"])).unwrap();
+    admin.pruned = vec![l.prune(a, 86_400).unwrap(), l.prune(a, 0).unwrap()];
+    admin.after_prune = l.statuses(a).unwrap().into_keys().collect();
+    for (i, outcome) in [Outcome::Ok, Outcome::Failed, Outcome::Backlog]
+        .into_iter()
+        .enumerate()
+    {
+        l.record_pass(&pass_row(1_000 + i as i64, outcome, i as u32))
+            .unwrap();
+    }
+    admin.passes = l.passes(a, 2).unwrap();
+    admin.timeless()
+}
+
+/// The cluster ledger's: the pass's part under the lease, the administrator's outside it.
+async fn cluster_admin(lease: &mut Lease, c: &mut Cluster) -> Admin {
+    let a = ACCOUNT;
+    let mut admin = Admin::default();
+    for (key, action) in [
+        ("k6", QuarantineAction::Release),
+        ("k1", QuarantineAction::Discard),
+    ] {
+        let asked = c.ask_quarantine_action(a, key, Some(action)).await;
+        admin.asked.push(asked.unwrap());
+    }
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    admin.actions = tx.quarantine_actions().await.unwrap();
+    tx.commit().await.unwrap();
+    admin.quarantined = c.quarantined(Some(a)).await.unwrap();
+    admin.stuck = c.stuck(a).await.unwrap();
+    admin.failed_since = c.oldest_failed_since(a).await.unwrap().is_some();
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    tx.record_listing(&set(&["k4"])).await.unwrap();
+    tx.commit().await.unwrap();
+    for retention in [86_400, 0] {
+        let mut tx = lease.fenced_transaction(c).await.unwrap();
+        admin.pruned.push(tx.prune(retention).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    let mut tx = lease.fenced_transaction(c).await.unwrap();
+    admin.after_prune = tx.statuses().await.unwrap().into_keys().collect();
+    for (i, outcome) in [Outcome::Ok, Outcome::Failed, Outcome::Backlog]
+        .into_iter()
+        .enumerate()
+    {
+        tx.record_pass(&pass_row(1_000 + i as i64, outcome, i as u32))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    admin.passes = c.passes(a, 2).await.unwrap();
+    admin.timeless()
+}
+
+impl Admin {
+    /// Without the times each ledger took from its own clock, and in key order.
+    fn timeless(mut self) -> Self {
+        self.after_prune.sort();
+        for q in &mut self.quarantined {
+            q.since = 0;
+        }
+        for s in &mut self.stuck {
+            s.since = 0;
+        }
+        self
+    }
 }
 
 const QUARANTINE: &str = "/var/lib/popbridge/quarantine/alice/k6.eml";
@@ -122,13 +245,15 @@ fn local_trace(l: &mut Ledger) -> Trace {
     l.clear_unconfirmed(a, "k6").unwrap();
     l.clear_submissions(a, &set(&["k3"])).unwrap();
     deleted.sort();
+    let (statuses, submitting) = (l.statuses(a).unwrap(), l.submitting(a).unwrap());
     Trace {
         counts,
         marked_after_commit,
         deleted,
-        statuses: timeless(l.statuses(a).unwrap()),
-        submitting: l.submitting(a).unwrap(),
+        statuses: timeless(statuses),
+        submitting,
         shared: l.shared_uids(a).unwrap(),
+        admin: local_admin(l),
     }
 }
 
@@ -190,16 +315,18 @@ async fn cluster_trace(lease: &mut Lease, c: &mut Cluster) -> Trace {
     tx.commit().await.unwrap();
     deleted.sort();
     let mut tx = lease.fenced_transaction(c).await.unwrap();
-    let trace = Trace {
+    let (statuses, submitting) = (tx.statuses().await.unwrap(), tx.submitting().await.unwrap());
+    let shared = tx.shared_uids().await.unwrap();
+    tx.commit().await.unwrap();
+    Trace {
         counts,
         marked_after_commit,
         deleted,
-        statuses: timeless(tx.statuses().await.unwrap()),
-        submitting: tx.submitting().await.unwrap(),
-        shared: tx.shared_uids().await.unwrap(),
-    };
-    tx.commit().await.unwrap();
-    trace
+        statuses: timeless(statuses),
+        submitting,
+        shared,
+        admin: cluster_admin(lease, c).await,
+    }
 }
 
 #[tokio::test]
@@ -234,6 +361,21 @@ async fn the_cluster_ledger_keeps_the_same_records_as_the_local_one() {
     ));
     assert_eq!(local.submitting, set(&["k3"]));
     assert_eq!(local.shared, set(&["u1", "u2"]));
+    // An action is asked only of a quarantined message; a complete listing that no longer
+    // shows a message starts its retention, and only the listed one outlives a zero one.
+    let admin = &local.admin;
+    assert_eq!(admin.asked, [true, false]);
+    assert_eq!(
+        admin.actions,
+        HashMap::from([("k6".into(), QuarantineAction::Release)])
+    );
+    assert_eq!(admin.stuck.len(), 1);
+    assert_eq!(admin.pruned, [0, 3]);
+    assert_eq!(admin.after_prune, ["k4"]);
+    assert_eq!(
+        admin.passes.iter().map(|p| p.outcome).collect::<Vec<_>>(),
+        [Outcome::Backlog, Outcome::Failed]
+    );
 }
 
 /// A plain client, for what the test itself reads.
