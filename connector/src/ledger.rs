@@ -260,6 +260,110 @@ pub struct StuckRow {
     pub since: i64,
 }
 
+/// A table of the ledger, as `migrate-ledger` copies it whole into the cluster ledger
+/// (whose tables have the same columns under the names [`Table::cluster_name`] gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// One row per message something was recorded for.
+    Messages,
+    /// Submission marks (possible duplicates).
+    Submissions,
+    /// UIDs listed for more than one message.
+    SharedUids,
+    /// The history of passes, oldest first.
+    Passes,
+}
+
+impl Table {
+    /// Every table, in the order they are copied.
+    pub const ALL: [Table; 4] = [
+        Table::Messages,
+        Table::Submissions,
+        Table::SharedUids,
+        Table::Passes,
+    ];
+
+    /// The columns copied, in order, each with whether it holds text (else an integer);
+    /// the first is always the account.
+    pub fn columns(self) -> &'static [(&'static str, bool)] {
+        match self {
+            Table::Messages => &[
+                ("account", true),
+                ("key", true),
+                ("state", true),
+                ("delivered_at", false),
+                ("size", false),
+                ("delivery_reply", true),
+                ("failures", false),
+                ("last_reply", true),
+                ("failure_kind", true),
+                ("quarantine_path", true),
+                ("deleted_at", false),
+                ("unconfirmed_size", false),
+                ("unconfirmed_listed", false),
+                ("gone_since", false),
+                ("quarantine_action", true),
+                ("action_at", false),
+                ("created_at", false),
+                ("updated_at", false),
+            ],
+            Table::Submissions => &[("account", true), ("key", true), ("since", false)],
+            Table::SharedUids => &[("account", true), ("uid", true)],
+            Table::Passes => &[
+                ("account", true),
+                ("started_at", false),
+                ("finished_at", false),
+                ("outcome", true),
+                ("reason", true),
+                ("listed", false),
+                ("delivered", false),
+                ("deleted", false),
+                ("left_over", false),
+                ("rejected", false),
+                ("deferred", false),
+                ("skipped", false),
+                ("quarantined", false),
+            ],
+        }
+    }
+
+    /// The same table in the cluster database.
+    pub fn cluster_name(self) -> &'static str {
+        match self {
+            Table::Messages => "ledger_message",
+            Table::Submissions => "ledger_submission",
+            Table::SharedUids => "ledger_shared_uid",
+            Table::Passes => "ledger_pass",
+        }
+    }
+
+    /// Selects [`Table::columns`] of every row, in a stable order (passes by id).
+    fn select(self) -> String {
+        let columns: Vec<&str> = self.columns().iter().map(|(name, _)| *name).collect();
+        let (table, order) = match self {
+            Table::Messages => ("messages", "account, key"),
+            Table::Submissions => ("submissions", "account, key"),
+            Table::SharedUids => ("shared_uids", "account, uid"),
+            Table::Passes => ("passes", "id"),
+        };
+        format!(
+            "SELECT {} FROM {table} ORDER BY {order}",
+            columns.join(", ")
+        )
+    }
+}
+
+/// A stored value, as [`Ledger::rows`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    /// No value.
+    Null,
+    /// An integer column's value.
+    Integer(i64),
+    /// A text column's value.
+    Text(String),
+}
+
 /// The newest schema version this code knows (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -1381,6 +1485,37 @@ impl Ledger {
                     failures: u32::try_from(failures).unwrap_or(u32::MAX),
                     since,
                 });
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Every row of `table` as its [`Table::columns`]' values, in a stable order: what
+    /// `migrate-ledger` copies. A value of a type its column does not hold is
+    /// [`LedgerError::Corrupt`].
+    pub fn rows(&self, table: Table) -> Result<Vec<Vec<Cell>>, LedgerError> {
+        let columns = table.columns();
+        let path = &self.path;
+        let mut out = Vec::new();
+        self.each_row(
+            &table.select(),
+            [],
+            |row| {
+                (0..columns.len())
+                    .map(|i| row.get::<_, Value>(i))
+                    .collect::<rusqlite::Result<Vec<Value>>>()
+            },
+            |values| {
+                let cells = (values.into_iter().zip(columns))
+                    .map(|(v, (name, text))| match (v, text) {
+                        (Value::Null, _) => Ok(Cell::Null),
+                        (Value::Integer(n), false) => Ok(Cell::Integer(n)),
+                        (Value::Text(t), true) => Ok(Cell::Text(t)),
+                        (other, _) => Err(format!("{name} is {other:?}")),
+                    })
+                    .collect::<Result<Vec<Cell>, String>>();
+                out.push(cells.map_err(|detail| corrupt(path, "-", "-", &detail))?);
                 Ok(())
             },
         )?;

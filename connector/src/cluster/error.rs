@@ -54,6 +54,9 @@ pub enum ClusterError {
         /// The account or server slot.
         claim: String,
     },
+    /// `migrate-ledger` refused before writing anything.
+    #[error("migrate-ledger: {0}")]
+    Migration(#[from] Refusal),
     /// A ledger row that cannot be read as any status (it breaks the schema's rules).
     #[error("cluster ledger: account {account:?}, key {key:?}: {detail}")]
     Corrupt {
@@ -78,6 +81,32 @@ pub enum ClusterError {
         /// The database client's error.
         #[source]
         source: tokio_postgres::Error,
+    },
+}
+
+/// Why a migration of the local ledger into the cluster's was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The local ledger could not be read.
+    #[error("the local ledger cannot be read: {0}")]
+    Local(#[source] crate::ledger::LedgerError),
+    /// An instance holds an account's lease: it may be writing that account's records.
+    #[error(
+        "an instance holds the lease of account {account:?}: stop every instance before migrating the ledger"
+    )]
+    LeaseHeld {
+        /// The account.
+        account: String,
+    },
+    /// The cluster ledger already has records of an account: copying would merge them.
+    #[error(
+        "the cluster ledger already has records of account {account:?} (in {table}): nothing was copied; a ledger is migrated once, into a cluster that has none of its accounts"
+    )]
+    RecordsExist {
+        /// The account.
+        account: String,
+        /// The cluster table holding them.
+        table: &'static str,
     },
 }
 

@@ -15,6 +15,7 @@
 mod claim;
 mod error;
 mod ledger;
+mod migrate;
 mod schema;
 
 use std::fmt;
@@ -28,7 +29,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
 pub use claim::{AccountKey, Claim, Fenced, Key, Lease, Slot, SlotKey};
-pub use error::ClusterError;
+pub use error::{ClusterError, Refusal};
+pub use migrate::{Migrated, MIGRATED_EPOCH};
 
 use error::connection_lost;
 

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use popbridge::cluster::{Cluster, ClusterError, Lease};
+use popbridge::cluster::{Cluster, ClusterError, Lease, Refusal};
 use popbridge::ledger::{
     Delivery, FailureKind, Ledger, Outcome, PassCounts, PassRow, QuarantineAction, QuarantineRow,
     Status, StuckRow, Unconfirmed,
@@ -506,4 +506,88 @@ async fn a_database_of_the_lease_only_schema_gains_the_ledger_and_keeps_its_leas
         matches!(refused, Some(ClusterError::Schema { found: 99, .. })),
         "{refused:?}"
     );
+}
+
+/// A local ledger with a record of every kind, none pruned.
+fn filled(dir: &Path) -> Ledger {
+    let a = ACCOUNT;
+    let mut l = Ledger::open(dir).unwrap();
+    l.record_failure_of(a, "k4", "size mismatch", FailureKind::Mismatch)
+        .unwrap();
+    l.begin_submissions(a, &["k3"]).unwrap();
+    l.record_deliveries(a, &deliveries(), &[]).unwrap();
+    l.record_quarantined(a, "k6", Path::new(QUARANTINE))
+        .unwrap();
+    l.set_quarantine_action(a, "k6", Some(QuarantineAction::Release))
+        .unwrap();
+    l.record_shared_uids(a, &["u1".into()]).unwrap();
+    for (i, outcome) in [Outcome::Ok, Outcome::Stuck].into_iter().enumerate() {
+        l.record_pass(&pass_row(2_000 + i as i64, outcome, 1))
+            .unwrap();
+    }
+    l.record_deleted(a, &["k1".into()]).unwrap();
+    l.record_listing(a, &set(&["k4", "k6"])).unwrap();
+    l
+}
+
+#[tokio::test]
+async fn a_migrated_ledger_holds_every_record_of_the_local_one_and_is_migrated_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let mut local = filled(state.path());
+    let mut admin = instance(&pg, "admin", LONG_TTL).await;
+    let migrated = admin.migrate_from(&local).await.unwrap();
+    assert_eq!(migrated.accounts, 1);
+    assert_eq!(migrated.rows, [4, 1, 1, 2]);
+    let mut a = instance(&pg, "a", LONG_TTL).await;
+    let mut lease = lease_of(&mut a).await;
+    // Every answer the same, times included (they were copied, not taken anew).
+    assert_eq!(
+        a.quarantined(Some(ACCOUNT)).await.unwrap(),
+        local.quarantined(Some(ACCOUNT)).unwrap()
+    );
+    assert_eq!(
+        a.stuck(ACCOUNT).await.unwrap(),
+        local.stuck(ACCOUNT).unwrap()
+    );
+    assert_eq!(
+        a.passes(ACCOUNT, 10).await.unwrap(),
+        local.passes(ACCOUNT, 10).unwrap()
+    );
+    let mut tx = lease.fenced_transaction(&mut a).await.unwrap();
+    assert_eq!(
+        tx.statuses().await.unwrap(),
+        local.statuses(ACCOUNT).unwrap()
+    );
+    assert_eq!(tx.submitting().await.unwrap(), set(&["k3"]));
+    assert_eq!(tx.shared_uids().await.unwrap(), set(&["u1"]));
+    assert_eq!(
+        tx.quarantine_actions().await.unwrap(),
+        local.quarantine_actions(ACCOUNT).unwrap()
+    );
+    // The unconfirmed DELE and the listing came along: the same decisions follow.
+    let listed = HashMap::from([(200, 0)]);
+    assert_eq!(
+        tx.resolve_unconfirmed(&listed).await.unwrap(),
+        local.resolve_unconfirmed(ACCOUNT, &listed).unwrap()
+    );
+    assert_eq!(tx.prune(0).await.unwrap(), local.prune(ACCOUNT, 0).unwrap());
+    tx.commit().await.unwrap();
+    // Again: refused while a holds the lease, and refused once it is free, since the
+    // records are there; nothing is written twice.
+    let held = admin.migrate_from(&local).await.unwrap_err();
+    assert!(
+        matches!(&held, ClusterError::Migration(Refusal::LeaseHeld { account }) if account == ACCOUNT),
+        "{held}"
+    );
+    lease.release(&mut a).await.unwrap();
+    let twice = admin.migrate_from(&local).await.unwrap_err();
+    assert!(
+        matches!(
+            &twice,
+            ClusterError::Migration(Refusal::RecordsExist { account, .. }) if account == ACCOUNT
+        ),
+        "{twice}"
+    );
+    assert_eq!(a.passes(ACCOUNT, 10).await.unwrap().len(), 2);
 }
