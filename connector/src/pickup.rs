@@ -137,7 +137,7 @@ pub enum PickupOutcome {
     },
 }
 
-/// A message written to the staging folder and not yet published (see [`Pickup::stage`]).
+/// A message written to the staging folder and not yet published (see `Pickup::stage`, a test hook).
 #[derive(Debug)]
 pub struct Staged {
     tmp: PathBuf,

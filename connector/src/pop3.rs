@@ -292,7 +292,7 @@ impl<'a> Settings<'a> {
     }
 }
 
-/// A POP3 connection over `S`: status lines framed by a [`LineDecoder`] of [`MAX_LINE`].
+/// A POP3 connection over `S`: status lines framed by a [`LineDecoder`] of `MAX_LINE` octets.
 pub type Pop3Connection<S> = Connection<S, LineDecoder>;
 
 /// A connection failure while waiting for the reply to `command`.

@@ -20,7 +20,7 @@
 //! Overlap (ARCHITECTURE.md, "The pipelined pass"): RETRs go out ahead in a window bounded
 //! by count and octets; with PIPELINING and CHUNKING, and room under the server's
 //! protocol-error limit, messages are written to the SMTP server ahead of their replies
-//! ([`Flight`]s, answered in order), and accepted deliveries wait for a group commit
+//! (`Flight`s, answered in order), and accepted deliveries wait for a group commit
 //! (one fsync for several) before their DELEs go out. Everything in flight is answered and
 //! committed before the POP3 session ends.
 //!
