@@ -435,6 +435,20 @@ pub struct Along<'a> {
     pub dele: Option<(u64, u32)>,
 }
 
+impl<'a> Along<'a> {
+    /// One delivery with what it brings along, as a group commit of one: the delivery,
+    /// and the keys to mark as submitting.
+    pub fn as_batch(self, key: &'a str, size: u64, reply: &'a str) -> (Delivery<'a>, Vec<&'a str>) {
+        let one = Delivery {
+            key,
+            size,
+            reply,
+            dele: self.dele,
+        };
+        (one, self.next.into_iter().collect())
+    }
+}
+
 /// One accepted delivery of a group commit (see [`Ledger::record_deliveries`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery<'a> {
@@ -473,6 +487,10 @@ pub enum LedgerError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The shared ledger in the cluster database failed, or the account's lease is no
+    /// longer this instance's ([`crate::cluster::ClusterError::is_fenced`]).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A file system operation on the state directory failed.
     #[error("ledger {}: {source}", path.display())]
     Io {
@@ -797,13 +815,7 @@ impl Ledger {
         reply: &str,
         along: Along<'_>,
     ) -> Result<(), LedgerError> {
-        let one = Delivery {
-            key,
-            size,
-            reply,
-            dele: along.dele,
-        };
-        let next: Vec<&str> = along.next.into_iter().collect();
+        let (one, next) = along.as_batch(key, size, reply);
         self.record_deliveries(account, &[one], &next)
     }
 

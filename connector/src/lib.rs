@@ -35,6 +35,7 @@ pub mod routing;
 pub mod secret;
 pub mod smtp;
 pub mod status;
+pub mod store;
 pub mod toml_locate;
 
 pub use popbridge_proto as proto;

@@ -89,7 +89,7 @@ pub enum ClusterError {
 pub enum Refusal {
     /// The local ledger could not be read.
     #[error("the local ledger cannot be read: {0}")]
-    Local(#[source] crate::ledger::LedgerError),
+    Local(#[source] Box<crate::ledger::LedgerError>),
     /// An instance holds an account's lease: it may be writing that account's records.
     #[error(
         "an instance holds the lease of account {account:?}: stop every instance before migrating the ledger"

@@ -37,7 +37,7 @@ impl Cluster {
     pub async fn migrate_from(&mut self, local: &Ledger) -> Result<Migrated, ClusterError> {
         let mut tables = Vec::new();
         for table in Table::ALL {
-            let rows = local.rows(table).map_err(Refusal::Local)?;
+            let rows = local.rows(table).map_err(|e| Refusal::Local(Box::new(e)))?;
             tables.push((table, rows));
         }
         let accounts: Vec<String> = (tables.iter())

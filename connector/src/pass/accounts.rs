@@ -27,7 +27,7 @@ pub fn outcome(s: &Summary) -> (Outcome, Option<String>) {
 
 /// Records a finished pass in the ledger's history (a failure to do so is only logged:
 /// the history is for people, the delivery records are what matters).
-pub(super) fn record_history(ledger: &Mutex<Ledger>, s: &Summary, started_at: i64) {
+pub(super) async fn record_history(store: &Store<'_>, s: &Summary, started_at: i64) {
     let (outcome, reason) = outcome(s);
     let row = PassRow {
         account: s.account.clone(),
@@ -46,7 +46,7 @@ pub(super) fn record_history(ledger: &Mutex<Ledger>, s: &Summary, started_at: i6
             quarantined: s.quarantined,
         },
     };
-    if let Err(e) = lock(ledger).record_pass(&row) {
+    if let Err(e) = store.record_pass(&row).await {
         tracing::warn!(account = %s.account, "ledger: pass history not recorded: {e}");
     }
 }
@@ -250,7 +250,7 @@ impl Runner {
                         pass: Some(id),
                         ..Summary::default()
                     };
-                    record_history(&ledger, &summary, started_at);
+                    record_history(&Store::Local(&ledger), &summary, started_at).await;
                     out.push(summary);
                 }
             }

@@ -13,7 +13,9 @@ pub(super) struct Committing {
     pub(super) deles: Vec<Option<(u64, u32)>>,
     /// The keys it marks as submitting.
     pub(super) next: Vec<String>,
-    pub(super) job: tokio::task::JoinHandle<(Ledger, Result<(), LedgerError>)>,
+    /// The commit's task: the local ledger's connection comes back with its outcome (the
+    /// cluster's commits through the store).
+    pub(super) job: tokio::task::JoinHandle<(Option<Ledger>, Result<(), LedgerError>)>,
 }
 
 /// A delivery as the commit's blocking thread records it (owned: see
@@ -23,6 +25,25 @@ pub(super) struct Record {
     pub(super) size: u64,
     pub(super) reply: String,
     pub(super) dele: Option<(u64, u32)>,
+}
+
+impl Record {
+    /// `records` as the ledgers take them, and `marks` as keys.
+    fn borrowed<'r>(
+        records: &'r [Record],
+        marks: &'r [String],
+    ) -> (Vec<crate::ledger::Delivery<'r>>, Vec<&'r str>) {
+        let deliveries = records
+            .iter()
+            .map(|r| crate::ledger::Delivery {
+                key: &r.key,
+                size: r.size,
+                reply: &r.reply,
+                dele: r.dele,
+            })
+            .collect();
+        (deliveries, marks.iter().map(String::as_str).collect())
+    }
 }
 
 /// A delivery the server accepted, waiting for its group commit.
@@ -58,8 +79,9 @@ impl Run<'_> {
     }
 
     /// Starts the group commit of every accepted delivery waiting, with the submission
-    /// marks of the messages after them, on a blocking thread through the pass's own
-    /// ledger connection (when none is under way: the caller finishes that one first).
+    /// marks of the messages after them (when none is under way: the caller finishes that
+    /// one first): on a blocking thread through the pass's own connection to the local
+    /// ledger, or as a task committing one fenced transaction of the cluster ledger.
     pub(super) fn start_commit(&mut self) {
         if self.batch.is_empty() || self.committing.is_some() || self.crashed.is_some() {
             return;
@@ -77,11 +99,12 @@ impl Run<'_> {
             .last()
             .map(|d| self.upcoming(&d.key))
             .unwrap_or_default();
-        let writer = match self.writer.take() {
-            Some(w) => Ok(w),
-            None => lock(self.cx.ledger).reopen(),
+        let writer = match (&self.store, self.writer.take()) {
+            (Store::Cluster(c), _) => Ok(Err(c.clone())),
+            (Store::Local(_), Some(w)) => Ok(Ok(w)),
+            (Store::Local(l), None) => lock(l).reopen().map(Ok),
         };
-        let mut writer = match writer {
+        let writer = match writer {
             Ok(w) => w,
             Err(e) => return self.not_recorded(batch, &e),
         };
@@ -97,20 +120,19 @@ impl Run<'_> {
             })
             .collect();
         let marks = next.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let deliveries: Vec<crate::ledger::Delivery<'_>> = records
-                .iter()
-                .map(|r| crate::ledger::Delivery {
-                    key: &r.key,
-                    size: r.size,
-                    reply: &r.reply,
-                    dele: r.dele,
-                })
-                .collect();
-            let marks: Vec<&str> = marks.iter().map(String::as_str).collect();
-            let committed = writer.record_deliveries(&account, &deliveries, &marks);
-            (writer, committed)
-        });
+        let job = match writer {
+            Ok(mut writer) => tokio::task::spawn_blocking(move || {
+                let (deliveries, marks) = Record::borrowed(&records, &marks);
+                let committed = writer.record_deliveries(&account, &deliveries, &marks);
+                (Some(writer), committed)
+            }),
+            Err(cluster) => tokio::spawn(async move {
+                let (deliveries, marks) = Record::borrowed(&records, &marks);
+                let committed =
+                    Store::record_deliveries(&cluster, &account, &deliveries, &marks).await;
+                (None, committed)
+            }),
+        };
         self.marking.extend(next.iter().cloned());
         self.committing = Some(Committing {
             batch,
@@ -137,7 +159,7 @@ impl Run<'_> {
         }
         self.marked.extend(c.next);
         for (d, unconfirmed) in c.batch.into_iter().zip(c.deles) {
-            if !self.recorded(txn, d, unconfirmed.is_some()) {
+            if !self.recorded(txn, d, unconfirmed.is_some()).await {
                 return;
             }
         }
@@ -154,11 +176,11 @@ impl Run<'_> {
     /// The outcome of a commit's blocking task; the pass's connection comes back with it.
     pub(super) async fn join_commit(
         &mut self,
-        job: tokio::task::JoinHandle<(Ledger, Result<(), LedgerError>)>,
+        job: tokio::task::JoinHandle<(Option<Ledger>, Result<(), LedgerError>)>,
     ) -> Result<(), LedgerError> {
         match job.await {
             Ok((writer, committed)) => {
-                self.writer = Some(writer);
+                self.writer = writer;
                 committed
             }
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -186,7 +208,12 @@ impl Run<'_> {
     /// A delivery just recorded: counted, reported, then its DELE queued (`unconfirmed`:
     /// recorded as an unconfirmed DELE of a header-digest key). False when the crash fail
     /// point stopped the pass here.
-    pub(super) fn recorded(&mut self, txn: &mut Transaction, d: Done, unconfirmed: bool) -> bool {
+    pub(super) async fn recorded(
+        &mut self,
+        txn: &mut Transaction,
+        d: Done,
+        unconfirmed: bool,
+    ) -> bool {
         let a = self.account;
         let Done {
             item,
@@ -220,7 +247,7 @@ impl Run<'_> {
             // Recorded with the delivery, but the session broke before its DELE went out:
             // an unconfirmed DELE that was never sent would make the message, listed
             // again, look like another identical copy.
-            if let Err(e) = lock(self.cx.ledger).clear_unconfirmed(&a.name, &key) {
+            if let Err(e) = self.store.clear_unconfirmed(&a.name, &key).await {
                 tracing::warn!(account = %a.name, "ledger: {e}");
             }
         }

@@ -29,11 +29,15 @@ pub(super) async fn read_copy(
 impl Run<'_> {
     /// A refused DELE: the message was delivered and recorded, and the next pass deletes
     /// it. A refused DELE certainly did not apply: it must not count as one that may have.
-    pub(super) fn dele_refused(&mut self, msg: u32, reply: &popbridge_proto::pop3::Pop3Reply) {
+    pub(super) async fn dele_refused(
+        &mut self,
+        msg: u32,
+        reply: &popbridge_proto::pop3::Pop3Reply,
+    ) {
         let a = self.account;
         if let Some(key) = self.deleting.remove(&msg) {
             if self.digest_deles.remove(&key) {
-                if let Err(e) = lock(self.cx.ledger).clear_unconfirmed(&a.name, &key) {
+                if let Err(e) = self.store.clear_unconfirmed(&a.name, &key).await {
                     tracing::warn!(account = %a.name, "ledger: {e}");
                 }
             }
@@ -95,7 +99,7 @@ impl Run<'_> {
                 Ok(Response::Refused {
                     pending: Pending::Dele(msg),
                     reply,
-                }) => self.dele_refused(msg, &reply),
+                }) => self.dele_refused(msg, &reply).await,
                 Ok(_) => {
                     return Err(Broken::OutOfStep {
                         reason: "a message arrived where a DELE reply was due".into(),
@@ -135,7 +139,7 @@ impl Run<'_> {
         }
         let plausible = body.line_ends().plausible_sizes(body.len());
         if self.account.verify_list_size && !plausible.contains(&item.size) {
-            self.mismatch(&item, body.len(), false);
+            self.mismatch(&item, body.len(), false).await;
             if body.len() < item.size {
                 // Its end came early: what follows may be the rest of it.
                 return Err(Broken::OutOfStep {
@@ -164,13 +168,14 @@ impl Run<'_> {
 
     /// Records and reports a message whose retrieval did not match its LIST size (not to be
     /// tried again in this pass).
-    pub(super) fn mismatch(&mut self, item: &Item, received: u64, overran: bool) {
+    pub(super) async fn mismatch(&mut self, item: &Item, received: u64, overran: bool) {
         let what = if overran {
             format!("RETR ran past {received} octets")
         } else {
             format!("RETR gave {received} octets")
         };
-        let failures = self.record_suspect(item, &format!("{what}, LIST said {}", item.size));
+        let failures =
+            (self.record_suspect(item, &format!("{what}, LIST said {}", item.size))).await;
         self.summary.mismatched += 1;
         self.emit(Event::SizeMismatch {
             account: self.account.name.clone(),
@@ -185,19 +190,21 @@ impl Run<'_> {
     /// Records a message whose retrieval could not be trusted (refused, or followed by
     /// octets nobody asked for) like a size mismatch: retried last and alone on later
     /// sessions, not again in this pass. Reported as deferred.
-    pub(super) fn suspect(&mut self, item: &Item, reason: &str) {
-        self.record_suspect(item, reason);
+    pub(super) async fn suspect(&mut self, item: &Item, reason: &str) {
+        self.record_suspect(item, reason).await;
         self.defer(item.label(), reason.to_string());
     }
 
     /// Marks `item` as tried alone this pass and records its failure as a mismatch (the
     /// ledger then has it retried last and alone); returns the failure count (0 when the
     /// ledger could not record it).
-    pub(super) fn record_suspect(&mut self, item: &Item, reason: &str) -> u32 {
+    pub(super) async fn record_suspect(&mut self, item: &Item, reason: &str) -> u32 {
         let a = self.account;
         self.tried_alone.insert(item.tried_id());
-        lock(self.cx.ledger)
-            .record_failure_of(&a.name, &item.mismatch_key(), reason, FailureKind::Mismatch)
+        let key = item.mismatch_key();
+        (self.store)
+            .record_failure_of(&a.name, &key, reason, FailureKind::Mismatch)
+            .await
             .unwrap_or_else(|e| {
                 tracing::error!(account = %a.name, "ledger: {e}");
                 0
@@ -274,7 +281,7 @@ impl Run<'_> {
                                 size: item.size,
                                 listed: self.listed_of(item.size),
                             }];
-                            match lock(self.cx.ledger).record_unconfirmed(&a.name, &dele) {
+                            match self.store.record_unconfirmed(&a.name, &dele).await {
                                 Ok(()) => {
                                     self.digest_deles.insert(k.clone());
                                     self.dele(txn, item.n, k)
@@ -316,8 +323,7 @@ impl Run<'_> {
             .join(format!("{}.eml", safe_name(key)));
         let kept = match body.persist(&path).await {
             Err(e) => Err(format!("quarantine failed: {e}")),
-            Ok(()) => lock(self.cx.ledger)
-                .record_quarantined(&a.name, key, &path)
+            Ok(()) => (self.store.record_quarantined(&a.name, key, &path).await)
                 .map_err(|e| format!("quarantine not recorded: the ledger failed: {e}")),
         };
         if let Err(reply) = kept {

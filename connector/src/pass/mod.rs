@@ -93,6 +93,7 @@ use crate::pickup::{Pickup, PickupOutcome};
 use crate::pop3::{self, Pending, Pop3Error, Response, Transaction};
 use crate::routing;
 use crate::smtp::{self, Envelope, SmtpClient, SmtpError};
+use crate::store::Store;
 
 /// The most RETRs kept in flight when the server offers PIPELINING...
 const RETR_WINDOW: usize = 1024;
@@ -369,7 +370,7 @@ impl StopFlag {
 /// Runs ledger work (an fsync) off the async runtime's worker where the runtime allows
 /// it, so other accounts' network I/O goes on meanwhile; in place on a current-thread
 /// runtime (tests under the paused clock), where there is no other worker.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -494,6 +495,9 @@ struct Run<'a> {
     /// This pass's events (each carries the pass id).
     events: PassEvents<'a>,
     account: &'a Account,
+    /// The ledger this pass records in: the local one, or the cluster's under the
+    /// account's lease.
+    store: Store<'a>,
     summary: Summary,
     smtp: Option<SmtpClient>,
     reconnects: u32,
@@ -576,11 +580,23 @@ pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
 
 /// Runs one pass over `account` whose events carry `id`.
 pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) -> Summary {
+    run_account_in(cx, account, id, Store::Local(cx.ledger)).await
+}
+
+/// Runs one pass over `account` whose events carry `id`, recording in `store`: with a
+/// cluster store, every ledger read and write is fenced by the account's lease.
+pub async fn run_account_in<'a>(
+    cx: &'a Context<'a>,
+    account: &'a Account,
+    id: &PassId,
+    store: Store<'a>,
+) -> Summary {
     let events = cx.events.pass(id);
     let mut run = Run {
         cx,
         events,
         account,
+        store,
         summary: Summary {
             account: account.name.clone(),
             pass: Some(id.clone()),
@@ -639,7 +655,7 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
                 error: reason.clone(),
             });
             run.summary.aborted = Some(reason);
-            record_history(cx.ledger, &run.summary, started_at);
+            record_history(&run.store, &run.summary, started_at).await;
             return run.summary;
         }
     };
@@ -681,7 +697,7 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
     if let Some(s) = run.smtp.take() {
         s.quit().await;
     }
-    run.end_marks();
+    run.end_marks().await;
     let s = &run.summary;
     events.emit(Event::PassFinished {
         account: account.name.clone(),
@@ -693,7 +709,7 @@ pub async fn run_account_as(cx: &Context<'_>, account: &Account, id: &PassId) ->
         skipped: s.skipped,
         quarantined: s.quarantined,
     });
-    record_history(cx.ledger, &run.summary, started_at);
+    record_history(&run.store, &run.summary, started_at).await;
     run.summary
 }
 

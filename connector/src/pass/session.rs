@@ -146,33 +146,29 @@ impl Run<'_> {
             octets: sizes.octets(),
         });
         let ledger_error = |e: crate::ledger::LedgerError| AccountFailure::Config(e.to_string());
-        let shared = {
-            let l = lock(self.cx.ledger);
-            self.known = l.statuses(&a.name).map_err(ledger_error)?;
-            self.actions = l.quarantine_actions(&a.name).map_err(ledger_error)?;
-            l.shared_uids(&a.name).map_err(ledger_error)?
-        };
+        self.known = (self.store.statuses(&a.name).await).map_err(ledger_error)?;
+        self.actions = (self.store.quarantine_actions(&a.name).await).map_err(ledger_error)?;
+        let shared = (self.store.shared_uids(&a.name).await).map_err(ledger_error)?;
         let slice = self.slice(&mut txn, &sizes, &shared).await?;
         self.summary.sliced = slice.not_held as u32;
         let unaccounted = slice.unaccounted;
         {
-            let mut l = lock(self.cx.ledger);
-            l.record_shared_uids(&a.name, &slice.fresh)
-                .map_err(ledger_error)?;
+            let store = &self.store;
+            (store.record_shared_uids(&a.name, &slice.fresh).await).map_err(ledger_error)?;
             if slice.unkeyed {
                 // Header-digest keys: settle the DELEs an earlier session could not confirm,
                 // against the whole listing's sizes.
                 for (_, size) in sizes.iter() {
                     *self.size_counts.entry(size).or_default() += 1;
                 }
-                l.resolve_unconfirmed(&a.name, &self.size_counts)
+                (store.resolve_unconfirmed(&a.name, &self.size_counts).await)
                     .map_err(ledger_error)?;
-                self.known = l.statuses(&a.name).map_err(ledger_error)?;
+                self.known = (store.statuses(&a.name).await).map_err(ledger_error)?;
             }
             // Read once per pass: a restarted session would find this pass's own marks,
             // which are not left over from an earlier pass (what this pass sent is tracked
             // where it went), while the earlier passes' marks not yet used stay here.
-            self.session_marks = l.submitting(&a.name).map_err(ledger_error)?;
+            self.session_marks = (store.submitting(&a.name).await).map_err(ledger_error)?;
             if restarts == 0 {
                 self.leftover = self.session_marks.clone();
             }
@@ -287,7 +283,7 @@ impl Run<'_> {
                     return Ok(None);
                 }
                 match txn.quit().await {
-                    Ok(_) => self.confirm_deleted(),
+                    Ok(_) => self.confirm_deleted().await,
                     Err(e) => {
                         self.summary.aborted =
                             Some(format!("QUIT failed, deletions not confirmed: {e}"));
@@ -406,7 +402,7 @@ impl Run<'_> {
         };
         // A complete listing: what it no longer shows has left the server, and what left
         // long enough ago is forgotten.
-        self.forget_gone(&seen);
+        self.forget_gone(&seen).await;
         let mut fresh = Vec::new();
         let mut entries = Vec::with_capacity(uids.held_len());
         for (n, uid) in uids.held() {
@@ -503,14 +499,13 @@ impl Run<'_> {
     /// Records which of the ledger's UID keys a complete listing showed, then prunes the
     /// rows gone for longer than `ledger_retention`. Failures are only logged: pruning
     /// can wait, and a row kept is never a risk.
-    pub(super) fn forget_gone(&mut self, seen: &HashSet<String>) {
+    pub(super) async fn forget_gone(&mut self, seen: &HashSet<String>) {
         let a = &self.account.name;
         let retention =
             i64::try_from(self.cx.config.ledger_retention.as_secs()).unwrap_or(i64::MAX);
-        let mut l = lock(self.cx.ledger);
-        let result = l
-            .record_listing(a, seen)
-            .and_then(|()| l.prune(a, retention));
+        let result = (self.store)
+            .record_listing_and_prune(a, seen, retention)
+            .await;
         if let Err(e) = result {
             tracing::warn!(account = %a, "ledger: not pruned: {e}");
         }
@@ -570,7 +565,8 @@ impl Run<'_> {
                     uid: key,
                 });
             } else if self.summary.rejected > rejected {
-                if let Err(e) = lock(self.cx.ledger).set_quarantine_action(&a.name, &key, None) {
+                let cleared = self.store.set_quarantine_action(&a.name, &key, None).await;
+                if let Err(e) = cleared {
                     tracing::warn!(account = %a.name, "ledger: {e}");
                 }
             }
@@ -582,10 +578,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    pub(super) fn confirm_deleted(&mut self) {
+    pub(super) async fn confirm_deleted(&mut self) {
         let keys: Vec<String> = self.deleting.values().cloned().collect();
         self.summary.deleted = keys.len() as u32;
-        if let Err(e) = lock(self.cx.ledger).record_deleted(&self.account.name, &keys) {
+        if let Err(e) = self.store.record_deleted(&self.account.name, &keys).await {
             tracing::warn!(account = %self.account.name, "ledger: {e}");
         }
     }
@@ -593,7 +589,7 @@ impl Run<'_> {
     /// Ends this pass's submission marks, except those naming a message the SMTP server
     /// may have without this pass knowing: its final data went out without a reply, or an
     /// earlier one's did and the message was not submitted again.
-    pub(super) fn end_marks(&mut self) {
+    pub(super) async fn end_marks(&mut self) {
         let mut keep = self.unknown.clone();
         keep.extend(
             self.leftover
@@ -609,7 +605,11 @@ impl Run<'_> {
         if self.marked.is_empty() && self.leftover.is_empty() {
             return;
         }
-        if let Err(e) = lock(self.cx.ledger).clear_submissions(&self.account.name, &keep) {
+        if let Err(e) = self
+            .store
+            .clear_submissions(&self.account.name, &keep)
+            .await
+        {
             tracing::warn!(account = %self.account.name, "ledger: {e}");
         }
     }
@@ -846,7 +846,7 @@ impl Run<'_> {
                     let reason = format!("RETR refused: {}", reply.to_string().trim_end());
                     let item = by_n.get(&msg).map(|&i| take(i));
                     if let Some(item) = &item {
-                        self.suspect(item, &reason);
+                        self.suspect(item, &reason).await;
                     }
                     break Err(Broken::OutOfStep {
                         reason: format!(
@@ -858,7 +858,7 @@ impl Run<'_> {
                 Ok(Response::Refused {
                     pending: Pending::Dele(msg),
                     reply,
-                }) => self.dele_refused(msg, &reply),
+                }) => self.dele_refused(msg, &reply).await,
                 Err(Pop3Error::TooLarge { limit, .. }) => {
                     let Some(Pending::Retr(msg)) = answering else {
                         break Err(Broken::OutOfStep {
@@ -870,7 +870,7 @@ impl Run<'_> {
                     in_flight_retr -= 1;
                     let item = by_n.get(&msg).map(|&i| take(i));
                     if let Some(item) = &item {
-                        self.mismatch(item, limit, true);
+                        self.mismatch(item, limit, true).await;
                     }
                     break Err(Broken::OutOfStep {
                         reason: format!(
@@ -891,7 +891,7 @@ impl Run<'_> {
                         _ => None,
                     };
                     if let Some(item) = &item {
-                        self.suspect(item, &e.to_string());
+                        self.suspect(item, &e.to_string()).await;
                     }
                     break Err(Broken::OutOfStep {
                         reason: e.to_string(),

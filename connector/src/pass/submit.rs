@@ -163,7 +163,7 @@ impl Run<'_> {
         if !self.marked.contains(&key) {
             // Durable before the final data goes out (normally done ahead, in the commit
             // of earlier deliveries).
-            if let Err(e) = self.mark_ahead(&key) {
+            if let Err(e) = self.mark_ahead(&key).await {
                 tracing::error!(account = %a.name, "ledger: {e}");
                 self.defer_named(key, format!("not submitted: the ledger failed: {e}"), named);
                 return;
@@ -189,11 +189,11 @@ impl Run<'_> {
 
     /// Marks `key` as submitting, with the messages after it that the SMTP session may
     /// take before the next commit, in one commit.
-    pub(super) fn mark_ahead(&mut self, key: &str) -> Result<(), crate::ledger::LedgerError> {
+    pub(super) async fn mark_ahead(&mut self, key: &str) -> Result<(), LedgerError> {
         let mut keys = vec![key.to_string()];
         keys.extend(self.upcoming(key));
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        blocking(|| lock(self.cx.ledger).begin_submissions(&self.account.name, &refs))?;
+        (self.store.begin_submissions(&self.account.name, &refs)).await?;
         self.marked.extend(keys);
         Ok(())
     }
@@ -456,8 +456,9 @@ impl Run<'_> {
                     .reply()
                     .map(|r| r.first_line())
                     .unwrap_or_else(|| e.to_string());
-                let recorded =
-                    blocking(|| lock(self.cx.ledger).record_failure(&a.name, &key, &reply));
+                let recorded = (self.store)
+                    .record_failure_of(&a.name, &key, &reply, FailureKind::Refused)
+                    .await;
                 self.marked.remove(&key);
                 let failures = match recorded {
                     Ok(n) => n,
@@ -562,7 +563,7 @@ impl Run<'_> {
             reply,
             named,
         };
-        if self.delivered(txn, done) {
+        if self.delivered(txn, done).await {
             pickup.settle(&a.name, &key).await;
         }
     }
@@ -571,7 +572,7 @@ impl Run<'_> {
     /// next message's submission mark, and for a digest key its coming DELE), report it,
     /// then queue its DELE. This order is the no-loss, no-duplicate point. Returns false
     /// when the ledger failed: the message then stays on the server (`named` names it).
-    pub(super) fn delivered(&mut self, txn: &mut Transaction, d: Done) -> bool {
+    pub(super) async fn delivered(&mut self, txn: &mut Transaction, d: Done) -> bool {
         let a = self.account;
         let (item, key) = (&d.item, &d.key);
         let dele = !a.leave_on_server;
@@ -579,9 +580,10 @@ impl Run<'_> {
             next: item.next.as_deref().filter(|_| self.pickup.is_none()),
             dele: (item.key.is_none() && dele).then(|| (item.size, self.listed_of(item.size))),
         };
-        if let Err(e) = blocking(|| {
-            lock(self.cx.ledger).record_delivered_then(&a.name, key, d.size, &d.reply, along)
-        }) {
+        let recorded = (self.store)
+            .record_delivered_then(&a.name, key, d.size, &d.reply, along)
+            .await;
+        if let Err(e) = recorded {
             // Delivered but not recorded: the message stays on the server rather than risk
             // losing track; its submission mark names it as a possible duplicate next time.
             tracing::error!(account = %a.name, "ledger: {e}");
@@ -596,7 +598,7 @@ impl Run<'_> {
             self.marked.insert(next.to_string());
         }
         let unconfirmed = along.dele.is_some();
-        self.recorded(txn, d, unconfirmed);
+        self.recorded(txn, d, unconfirmed).await;
         true
     }
 }

@@ -7,6 +7,7 @@ mod broken_commit;
 mod cli;
 mod cluster;
 mod cluster_ledger;
+mod cluster_pass;
 mod daemon;
 mod delivery;
 mod dovecot_tls;

@@ -1,0 +1,313 @@
+//! The ledger a pass reads and writes: the local SQLite ledger of the state directory, or
+//! the shared one in the cluster database under the account's lease.
+//!
+//! Responsible for: one set of calls for both, with the local ledger's error type (a
+//! cluster failure is [`LedgerError::Cluster`]); for the cluster, each call in a fenced
+//! transaction of its own, committed before it returns, so a write is durable when the
+//! call returns, as with the local ledger, and made only while the lease is this
+//! instance's.
+//! Must never: write the cluster ledger outside the lease's fenced transaction, touch
+//! another account than the lease's, or run local ledger work (an fsync) on a runtime
+//! worker where the runtime allows moving it off.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::cluster::{Cluster, ClusterError, Lease};
+use crate::ledger::{
+    Along, Delivery, FailureKind, Ledger, LedgerError, PassRow, QuarantineAction, Status,
+    Unconfirmed,
+};
+
+/// Where a pass records what it did.
+#[derive(Clone)]
+pub enum Store<'a> {
+    /// The state directory's SQLite ledger, shared by the accounts of a run.
+    Local(&'a Mutex<Ledger>),
+    /// The cluster ledger, through one account's lease.
+    Cluster(Arc<ClusterStore>),
+}
+
+/// One account's lease and the connection it is used through, for the passes of that
+/// account: every call waits for the one before (one transaction at a time).
+pub struct ClusterStore {
+    held: tokio::sync::Mutex<Held>,
+    account: String,
+}
+
+struct Held {
+    cluster: Cluster,
+    lease: Lease,
+}
+
+impl ClusterStore {
+    /// The store of `lease`'s account, used through `cluster` (which claimed the lease).
+    pub fn new(cluster: Cluster, lease: Lease) -> Arc<Self> {
+        Arc::new(Self {
+            account: lease.account().to_owned(),
+            held: tokio::sync::Mutex::new(Held { cluster, lease }),
+        })
+    }
+
+    /// The account whose lease this is.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// True while the lease allows work (see [`crate::cluster::Claim::may_act`]).
+    pub async fn may_act(&self) -> bool {
+        self.held.lock().await.lease.may_act()
+    }
+
+    /// The connection and the lease back (to release it, or claim more).
+    pub fn into_parts(self) -> (Cluster, Lease) {
+        let Held { cluster, lease } = self.held.into_inner();
+        (cluster, lease)
+    }
+}
+
+/// Runs `$body` with `$tx`, a fenced transaction of the store's lease, then commits it:
+/// the call's result once the commit returned, else the error (nothing of it committed).
+macro_rules! fenced {
+    ($store:expr, $account:expr, |$tx:ident| $body:expr) => {{
+        let store: &ClusterStore = $store;
+        let account: &str = $account;
+        if store.account != account {
+            return Err(LedgerError::Cluster(ClusterError::Config {
+                reason: format!(
+                    "the lease of account {:?} does not cover account {:?}",
+                    store.account, account
+                ),
+            }));
+        }
+        let mut held = store.held.lock().await;
+        let Held { cluster, lease } = &mut *held;
+        let mut $tx = lease.fenced_transaction(cluster).await?;
+        let out = $body;
+        $tx.commit().await?;
+        Ok(out)
+    }};
+}
+
+/// Runs `f` on the local ledger off the runtime's worker where it can.
+fn local<R>(l: &Mutex<Ledger>, f: impl FnOnce(&mut Ledger) -> R) -> R {
+    crate::pass::blocking(|| f(&mut l.lock().unwrap_or_else(|p| p.into_inner())))
+}
+
+impl Store<'_> {
+    /// Every recorded message of `account`, by key.
+    pub async fn statuses(&self, account: &str) -> Result<HashMap<String, Status>, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.statuses(account)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.statuses().await?),
+        }
+    }
+
+    /// The quarantine actions pending for `account`, by key.
+    pub async fn quarantine_actions(
+        &self,
+        account: &str,
+    ) -> Result<HashMap<String, QuarantineAction>, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.quarantine_actions(account)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.quarantine_actions().await?),
+        }
+    }
+
+    /// The UIDs `account`'s server listed for more than one message.
+    pub async fn shared_uids(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.shared_uids(account)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.shared_uids().await?),
+        }
+    }
+
+    /// The keys of `account` marked as submitting.
+    pub async fn submitting(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.submitting(account)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.submitting().await?),
+        }
+    }
+
+    /// See [`Ledger::record_shared_uids`].
+    pub async fn record_shared_uids(
+        &self,
+        account: &str,
+        uids: &[String],
+    ) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.record_shared_uids(account, uids)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.record_shared_uids(uids).await?),
+        }
+    }
+
+    /// See [`Ledger::resolve_unconfirmed`].
+    pub async fn resolve_unconfirmed(
+        &self,
+        account: &str,
+        listed: &HashMap<u64, u32>,
+    ) -> Result<Vec<String>, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.resolve_unconfirmed(account, listed)),
+            Store::Cluster(c) => {
+                fenced!(c, account, |tx| tx.resolve_unconfirmed(listed).await?)
+            }
+        }
+    }
+
+    /// [`Ledger::record_listing`], then [`Ledger::prune`], in one call.
+    pub async fn record_listing_and_prune(
+        &self,
+        account: &str,
+        seen: &HashSet<String>,
+        retention_secs: i64,
+    ) -> Result<usize, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| {
+                l.record_listing(account, seen)?;
+                l.prune(account, retention_secs)
+            }),
+            Store::Cluster(c) => fenced!(c, account, |tx| {
+                tx.record_listing(seen).await?;
+                tx.prune(retention_secs).await?
+            }),
+        }
+    }
+
+    /// See [`Ledger::set_quarantine_action`].
+    pub async fn set_quarantine_action(
+        &self,
+        account: &str,
+        key: &str,
+        action: Option<QuarantineAction>,
+    ) -> Result<bool, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.set_quarantine_action(account, key, action)),
+            Store::Cluster(c) => {
+                fenced!(c, account, |tx| tx
+                    .set_quarantine_action(key, action)
+                    .await?)
+            }
+        }
+    }
+
+    /// See [`Ledger::record_deleted`].
+    pub async fn record_deleted(&self, account: &str, keys: &[String]) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.record_deleted(account, keys)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.record_deleted(keys).await?),
+        }
+    }
+
+    /// See [`Ledger::clear_submissions`].
+    pub async fn clear_submissions(
+        &self,
+        account: &str,
+        keep: &HashSet<String>,
+    ) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.clear_submissions(account, keep)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.clear_submissions(keep).await?),
+        }
+    }
+
+    /// See [`Ledger::begin_submissions`].
+    pub async fn begin_submissions(&self, account: &str, keys: &[&str]) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.begin_submissions(account, keys)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.begin_submissions(keys).await?),
+        }
+    }
+
+    /// See [`Ledger::record_failure_of`].
+    pub async fn record_failure_of(
+        &self,
+        account: &str,
+        key: &str,
+        reply: &str,
+        kind: FailureKind,
+    ) -> Result<u32, LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.record_failure_of(account, key, reply, kind)),
+            Store::Cluster(c) => {
+                fenced!(c, account, |tx| tx
+                    .record_failure_of(key, reply, kind)
+                    .await?)
+            }
+        }
+    }
+
+    /// See [`Ledger::record_delivered_then`].
+    pub async fn record_delivered_then(
+        &self,
+        account: &str,
+        key: &str,
+        size: u64,
+        reply: &str,
+        along: Along<'_>,
+    ) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| {
+                l.record_delivered_then(account, key, size, reply, along)
+            }),
+            Store::Cluster(c) => {
+                let (one, next) = along.as_batch(key, size, reply);
+                fenced!(c, account, |tx| tx.record_deliveries(&[one], &next).await?)
+            }
+        }
+    }
+
+    /// The group commit on the cluster ledger (the local one commits through a
+    /// connection of its own: see the pass's commit).
+    pub async fn record_deliveries(
+        c: &ClusterStore,
+        account: &str,
+        batch: &[Delivery<'_>],
+        next: &[&str],
+    ) -> Result<(), LedgerError> {
+        fenced!(c, account, |tx| tx.record_deliveries(batch, next).await?)
+    }
+
+    /// See [`Ledger::clear_unconfirmed`].
+    pub async fn clear_unconfirmed(&self, account: &str, key: &str) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.clear_unconfirmed(account, key)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.clear_unconfirmed(key).await?),
+        }
+    }
+
+    /// See [`Ledger::record_unconfirmed`].
+    pub async fn record_unconfirmed(
+        &self,
+        account: &str,
+        dele: &[Unconfirmed],
+    ) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.record_unconfirmed(account, dele)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.record_unconfirmed(dele).await?),
+        }
+    }
+
+    /// See [`Ledger::record_quarantined`].
+    pub async fn record_quarantined(
+        &self,
+        account: &str,
+        key: &str,
+        path: &Path,
+    ) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.record_quarantined(account, key, path)),
+            Store::Cluster(c) => fenced!(c, account, |tx| tx.record_quarantined(key, path).await?),
+        }
+    }
+
+    /// See [`Ledger::record_pass`].
+    pub async fn record_pass(&self, pass: &PassRow) -> Result<(), LedgerError> {
+        match self {
+            Store::Local(l) => local(l, |l| l.record_pass(pass)),
+            Store::Cluster(c) => fenced!(c, &pass.account, |tx| tx.record_pass(pass).await?),
+        }
+    }
+}

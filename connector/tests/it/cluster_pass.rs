@@ -1,0 +1,131 @@
+//! A pass recording in the cluster ledger through the account's lease (the mocks for the
+//! servers, a real PostgreSQL from the `pg` fixture): what it delivers is recorded there
+//! under the lease's epoch before its DELE, and an instance whose lease was taken over
+//! delivers and deletes nothing.
+//!
+//! A machine without PostgreSQL skips these tests (fails with `POPBRIDGE_REQUIRE_PEERS=1`).
+//!
+//! Must never: mock the database, or wait for the database's clock other than by a
+//! bounded poll.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mock_pop3::MockPop3;
+use mock_smtp::MockSmtp;
+use popbridge::cluster::{Cluster, Lease};
+use popbridge::events::{EventSink, PassId};
+use popbridge::faults::Faults;
+use popbridge::ledger::Ledger;
+use popbridge::listing::Budget;
+use popbridge::net::TcpDialer;
+use popbridge::pass::{run_account_in, Context, StopFlag, Summary};
+use popbridge::store::{ClusterStore, Store};
+use tokio_postgres::NoTls;
+
+use crate::cluster::pg::Postgres;
+use crate::cluster::wait_for_db_clock;
+use crate::harness::{delivered_ids, mails, pop3, setup, smtp, Setup};
+
+const LONG_TTL: Duration = Duration::from_secs(600);
+
+/// Instance `id` with the setup's account registered, and its lease on it.
+async fn holder(pg: &Postgres, id: &str, ttl: Duration, account: &str) -> (Cluster, Lease) {
+    let mut c = Cluster::connect(&pg.url(), id, ttl).await.unwrap();
+    c.register(&[account]).await.unwrap();
+    let lease = c
+        .claim(1)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the account is free");
+    (c, lease)
+}
+
+/// One pass over the setup's account recording in `store`; the local ledger of the state
+/// directory is there too, and must stay empty.
+async fn pass_in(s: &Setup, store: Arc<ClusterStore>, local: &Mutex<Ledger>) -> Summary {
+    let events = EventSink::none();
+    let stop = StopFlag::default();
+    let cx = Context {
+        config: &s.config,
+        dialer: &TcpDialer,
+        events: &events,
+        ledger: local,
+        stop: &stop,
+        faults: Faults::NONE,
+        listing_budget: Budget::DEFAULT,
+    };
+    let account = &s.config.accounts[0];
+    run_account_in(&cx, account, &PassId::new(), Store::Cluster(store)).await
+}
+
+/// Every row of the cluster ledger: key, whether deleted, and the epoch of its last write.
+async fn cluster_rows(pg: &Postgres) -> Vec<(String, bool, i64)> {
+    let (db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    db.query(
+        "SELECT key, deleted_at IS NOT NULL, epoch FROM ledger_message \
+         WHERE state = 'delivered' ORDER BY key",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_under_the_lease_records_every_delivery_in_the_cluster_before_deleting_it() {
+    let Some(pg) = Postgres::start() else { return };
+    let pop = pop3(MockPop3::builder().maildrop(mails(1..=5, 700))).await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &sink, "", "");
+    let name = s.config.accounts[0].name.clone();
+    let (cluster, lease) = holder(&pg, "a", LONG_TTL, &name).await;
+    let epoch = lease.epoch();
+    let local = Mutex::new(Ledger::open(&s.state()).unwrap());
+    let summary = pass_in(&s, ClusterStore::new(cluster, lease), &local).await;
+    pop.wait_idle().await;
+    sink.wait_idle().await;
+    assert!(summary.failure.is_none(), "{summary:?}");
+    assert_eq!((summary.delivered, summary.deleted), (5, 5), "{summary:?}");
+    assert_eq!(delivered_ids(&sink).len(), 5);
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
+    // Recorded in the cluster, by this lease, and confirmed deleted there.
+    let rows = cluster_rows(&pg).await;
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.iter().all(|(_, deleted, e)| *deleted && *e == epoch),
+        "{rows:?}"
+    );
+    // The local ledger was not written.
+    let l = local.lock().unwrap();
+    assert!(l.statuses(&name).unwrap().is_empty());
+    assert!(l.passes(&name, 10).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_lease_was_taken_over_delivers_and_deletes_nothing() {
+    let Some(pg) = Postgres::start() else { return };
+    let pop = pop3(MockPop3::builder().maildrop(mails(1..=3, 700))).await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &sink, "", "");
+    let name = s.config.accounts[0].name.clone();
+    let (stale, old) = holder(&pg, "a", Duration::from_secs(1), &name).await;
+    let (db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    wait_for_db_clock(&db, old.expires_at()).await;
+    let (_b, new) = holder(&pg, "b", LONG_TTL, &name).await;
+    assert!(new.epoch() > old.epoch());
+    let local = Mutex::new(Ledger::open(&s.state()).unwrap());
+    let summary = pass_in(&s, ClusterStore::new(stale, old), &local).await;
+    pop.wait_idle().await;
+    sink.wait_idle().await;
+    assert!(summary.failure.is_some(), "{summary:?}");
+    assert_eq!((summary.delivered, summary.deleted), (0, 0), "{summary:?}");
+    assert!(delivered_ids(&sink).is_empty());
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
+    assert!(cluster_rows(&pg).await.is_empty());
+}
