@@ -34,6 +34,9 @@ pub enum Store<'a> {
 pub struct ClusterStore {
     held: tokio::sync::Mutex<Held>,
     account: String,
+    /// Until when the lease allows work, as of its last claim or fence: readable while a
+    /// transaction holds the lease (an instant already past once the lease is lost).
+    act_until: Mutex<tokio::time::Instant>,
 }
 
 struct Held {
@@ -46,6 +49,11 @@ impl ClusterStore {
     pub fn new(cluster: Cluster, lease: Lease) -> Arc<Self> {
         Arc::new(Self {
             account: lease.account().to_owned(),
+            act_until: Mutex::new(if lease.may_act() {
+                lease.act_until()
+            } else {
+                tokio::time::Instant::now()
+            }),
             held: tokio::sync::Mutex::new(Held { cluster, lease }),
         })
     }
@@ -55,9 +63,23 @@ impl ClusterStore {
         &self.account
     }
 
-    /// True while the lease allows work (see [`crate::cluster::Claim::may_act`]).
-    pub async fn may_act(&self) -> bool {
-        self.held.lock().await.lease.may_act()
+    /// True while the lease allows starting work on the account (a RETR, an SMTP
+    /// submission, a DELE, a QUIT that applies them): it was not found lost, and its
+    /// self-fencing deadline has not passed on the local clock, whether or not the
+    /// database answers (see [`crate::cluster::Claim::may_act`]). Never waits for a
+    /// transaction under way.
+    pub fn may_act(&self) -> bool {
+        tokio::time::Instant::now() < *self.act_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes the lease's deadline after a transaction (past, once it is lost).
+    fn note(&self, lease: &Lease) {
+        let until = if lease.is_lost() {
+            tokio::time::Instant::now()
+        } else {
+            lease.act_until()
+        };
+        *self.act_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
     }
 
     /// The connection and the lease back (to release it, or claim more).
@@ -83,10 +105,15 @@ macro_rules! fenced {
         }
         let mut held = store.held.lock().await;
         let Held { cluster, lease } = &mut *held;
-        let mut $tx = lease.fenced_transaction(cluster).await?;
-        let out = $body;
-        $tx.commit().await?;
-        Ok(out)
+        let result = async {
+            let mut $tx = lease.fenced_transaction(cluster).await?;
+            let out = $body;
+            $tx.commit().await?;
+            Ok::<_, LedgerError>(out)
+        }
+        .await;
+        store.note(lease);
+        result
     }};
 }
 

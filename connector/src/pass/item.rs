@@ -247,6 +247,10 @@ impl Run<'_> {
             // session's listing (a later pass deletes the server's copy, if any).
             return;
         }
+        if self.lease_lapsed() {
+            // Recorded as delivered: whoever holds the account next deletes it.
+            return;
+        }
         txn.send_dele(msg);
         self.deleting.insert(msg, key);
     }

@@ -573,6 +573,19 @@ struct Run<'a> {
     hold_deles: bool,
 }
 
+/// Why a pass stopped starting work when the account's cluster lease lapsed.
+const LEASE_LAPSED: &str =
+    "the account's cluster lease lapsed (not renewed in time, or taken over): no new work started";
+
+impl Run<'_> {
+    /// True once the pass records in the cluster ledger and the account's lease no
+    /// longer allows starting work (a RETR, a submission, a DELE, a QUIT); never for the
+    /// local ledger.
+    fn lease_lapsed(&self) -> bool {
+        matches!(&self.store, Store::Cluster(c) if !c.may_act())
+    }
+}
+
 /// Runs one pass over `account`, under a new pass id.
 pub async fn run_account(cx: &Context<'_>, account: &Account) -> Summary {
     run_account_as(cx, account, &PassId::new()).await

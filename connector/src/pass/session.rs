@@ -276,6 +276,15 @@ impl Run<'_> {
             self.summary.sliced = self.summary.sliced.min(bound);
         }
         // Drain replies (DELEs) and QUIT: only a successful QUIT applies the deletions.
+        if result.is_ok() && self.lease_lapsed() {
+            // Another instance may hold the account by now: no QUIT, so that no deletion
+            // of this session applies (RFC 1939: a dropped session deletes nothing).
+            drop(txn);
+            self.summary.aborted = Some(format!(
+                "{LEASE_LAPSED}; the POP3 session was dropped without QUIT, nothing deleted"
+            ));
+            return Ok(None);
+        }
         match result {
             Ok(()) => {
                 if self.reached(Step::DuringQuit) {
@@ -306,7 +315,10 @@ impl Run<'_> {
                 // server refused one of those (a reply never read) could not be told apart
                 // from the QUIT applying it, so the connection is dropped and the next
                 // session deletes them again.
-                let quit = if self.digest_deles.is_empty() {
+                let quit = if self.lease_lapsed() {
+                    drop(txn);
+                    format!("{LEASE_LAPSED}; connection dropped without QUIT")
+                } else if self.digest_deles.is_empty() {
                     match txn.quit_blind().await {
                         Ok(()) => "QUIT sent without reading further replies".to_string(),
                         Err(e) => format!("the connection was then dropped: {e}"),
@@ -765,7 +777,11 @@ impl Run<'_> {
             let low = in_flight_retr == 0
                 || (in_flight_retr <= window - window / 8
                     && retr_bytes <= window_bytes - window_bytes / 8);
-            while low && in_flight_retr < window && !self.cx.stop.is_stopped() {
+            while low
+                && in_flight_retr < window
+                && !self.cx.stop.is_stopped()
+                && !self.lease_lapsed()
+            {
                 match queue.peek().map(|&i| &todo[i]) {
                     Some(item) if item.alone && txn.in_flight() > 0 => break,
                     // Suspects go in a session of their own, once this one's deletions are

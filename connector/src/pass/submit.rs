@@ -234,6 +234,9 @@ impl Run<'_> {
     /// recipient, a message of this POP3 session, room under the error budget and the
     /// window), otherwise on its own once everything in flight is answered.
     pub(super) async fn dispatch(&mut self, txn: &mut Transaction, mut f: Flight) {
+        if self.stop_smtp.is_none() && self.lease_lapsed() {
+            self.stop_smtp = Some(LEASE_LAPSED.into());
+        }
         if f.env.to.len() == 1 && f.item.n != 0 {
             loop {
                 if let Some(why) = self.stop_smtp.clone() {

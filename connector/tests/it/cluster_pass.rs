@@ -11,12 +11,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mock_pop3::MockPop3;
+use mock_pop3::{FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, MockPop3};
 use mock_smtp::MockSmtp;
 use popbridge::cluster::{Cluster, Lease};
 use popbridge::events::{EventSink, PassId};
 use popbridge::faults::Faults;
-use popbridge::ledger::Ledger;
+use popbridge::ledger::{Delivery, Ledger};
 use popbridge::listing::Budget;
 use popbridge::net::TcpDialer;
 use popbridge::pass::{run_account_in, Context, StopFlag, Summary};
@@ -128,4 +128,80 @@ async fn an_instance_whose_lease_was_taken_over_delivers_and_deletes_nothing() {
     assert!(delivered_ids(&sink).is_empty());
     assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
     assert!(cluster_rows(&pg).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_outlives_its_lease_sends_no_dele_and_no_quit() {
+    let Some(pg) = Postgres::start() else { return };
+    // Three messages this account already delivered (recorded in the cluster ledger),
+    // still on the server: a pass would DELE them. The server takes 3 s to answer UIDL,
+    // longer than a 2 s lease allows acting (ttl − margin: 1.5 s) after the fence that
+    // read the ledger.
+    let pop = pop3(
+        MockPop3::builder()
+            .maildrop(mails(1..=3, 700))
+            .fault(PopRule::new(
+                PopHook::command("UIDL"),
+                PopFault::Delay(Duration::from_secs(3)),
+            )),
+    )
+    .await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let s = setup(&pop, &sink, "", "");
+    let name = s.config.accounts[0].name.clone();
+    let (mut cluster, mut lease) = holder(&pg, "a", Duration::from_secs(2), &name).await;
+    let uids: Vec<String> = (1..=3).map(|i| format!("info-{i:06}")).collect();
+    let records: Vec<Delivery<'_>> = uids
+        .iter()
+        .map(|key| Delivery {
+            key,
+            size: 700,
+            reply: "250 ok",
+            dele: None,
+        })
+        .collect();
+    let mut tx = lease.fenced_transaction(&mut cluster).await.unwrap();
+    tx.record_deliveries(&records, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let local = Mutex::new(Ledger::open(&s.state()).unwrap());
+    let summary = pass_in(&s, ClusterStore::new(cluster, lease), &local).await;
+    pop.wait_idle().await;
+    sink.wait_idle().await;
+    assert_eq!(summary.deleted, 0, "{summary:?}");
+    // No DELE went out and the session ended without QUIT: nothing deleted, nothing
+    // submitted again; whoever holds the account next deletes them.
+    let session = &pop.sessions()[0];
+    assert!(
+        !(session.commands.iter()).any(|c| c.starts_with("DELE") || c.starts_with("QUIT")),
+        "{:?}",
+        session.commands
+    );
+    assert_eq!(session.end, Some(mock_pop3::SessionEnd::ClientClosed));
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 3);
+    assert!(delivered_ids(&sink).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_stops_allowing_work_before_the_database_would_give_the_lease_away() {
+    let Some(pg) = Postgres::start() else { return };
+    let (cluster, lease) = holder(&pg, "a", Duration::from_secs(2), "alice").await;
+    let store = ClusterStore::new(cluster, lease);
+    assert!(store.may_act());
+    // No call reaches the database meanwhile: the local deadline alone ends it.
+    let (db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.may_act() {
+        assert!(tokio::time::Instant::now() < deadline, "never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let still_ours: bool = db
+        .query_one(
+            "SELECT expires_at > now() FROM lease WHERE account = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(still_ours, "the database expired the lease first");
 }
