@@ -82,6 +82,18 @@ impl ClusterConfig {
         Ok(self)
     }
 
+    /// True when the connection string itself holds a password.
+    pub fn has_password(&self) -> bool {
+        self.pg.get_password().is_some()
+    }
+
+    /// The same with `password` for the database (from a secret source, never from the
+    /// connection string).
+    pub fn with_password(mut self, password: &str) -> Self {
+        self.pg.password(password);
+        self
+    }
+
     /// This instance's name in the `owner` columns.
     pub fn instance_id(&self) -> &str {
         &self.instance_id
@@ -251,17 +263,31 @@ impl Cluster {
                 &[&limit],
             )
             .await?;
-        let mut leases: Vec<Lease> = rows
-            .iter()
-            .map(|row| {
-                let key = AccountKey {
-                    account: row.get(0),
-                };
-                Claim::new(key, row.get(1), row.get(2), act_until)
-            })
-            .collect();
-        leases.sort_by(|a, b| a.account().cmp(b.account()));
-        Ok(leases)
+        Ok(leases_of(&rows, act_until))
+    }
+
+    /// Claims those of `accounts` whose lease is free or expired by the database's clock
+    /// (adding a lease row for any that has none), each with its epoch raised by one; a
+    /// lease another instance holds, or is claiming right now, is left alone.
+    pub async fn claim_named<S: AsRef<str>>(
+        &mut self,
+        accounts: &[S],
+    ) -> Result<Vec<Lease>, ClusterError> {
+        self.register(accounts).await?;
+        let names: Vec<&str> = accounts.iter().map(AsRef::as_ref).collect();
+        let (rows, act_until) = self
+            .claim_rows(
+                "UPDATE lease SET owner = $1, epoch = lease.epoch + 1, \
+                     expires_at = now() + make_interval(secs => $2) \
+                 FROM (SELECT account FROM lease \
+                       WHERE account = ANY($3) AND (owner IS NULL OR expires_at <= now()) \
+                       ORDER BY account FOR UPDATE SKIP LOCKED) due \
+                 WHERE lease.account = due.account \
+                 RETURNING lease.account, lease.epoch, lease.expires_at",
+                &[&names],
+            )
+            .await?;
+        Ok(leases_of(&rows, act_until))
     }
 
     /// Claims one of the slots `0..cap` of `server` that is free or expired, or `None`
@@ -364,6 +390,21 @@ impl Cluster {
             self.fail(e);
         }
     }
+}
+
+/// The leases in rows of `(account, epoch, expires_at)`, in account order.
+fn leases_of(rows: &[Row], act_until: Instant) -> Vec<Lease> {
+    let mut leases: Vec<Lease> = rows
+        .iter()
+        .map(|row| {
+            let key = AccountKey {
+                account: row.get(0),
+            };
+            Claim::new(key, row.get(1), row.get(2), act_until)
+        })
+        .collect();
+    leases.sort_by(|a, b| a.account().cmp(b.account()));
+    leases
 }
 
 /// Opens a connection; its driver runs as a task until the connection ends.

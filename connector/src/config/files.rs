@@ -57,6 +57,9 @@ impl Config {
                 None => v.push((format!("the password of account {:?}", a.name), &a.secret)),
             }
         }
+        if let Some(p) = self.cluster.as_ref().and_then(|c| c.password.as_ref()) {
+            v.push(("the cluster database password".to_string(), p));
+        }
         v
     }
 

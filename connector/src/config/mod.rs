@@ -70,6 +70,24 @@ pub struct Config {
     /// How long the ledger keeps the row of a message after complete listings stopped
     /// showing it (or, without a UID, after its deletion was confirmed); at least a day.
     pub ledger_retention: Duration,
+    /// Several instances over one PostgreSQL (`[cluster]`): leases on the accounts and
+    /// the shared ledger, instead of the state directory's ledger.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The `[cluster]` section: where the shared database is, and how this instance holds
+/// accounts in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The connection string (a `postgres://` URL or `key=value` pairs): a unix socket
+    /// or a loopback address, without a password.
+    pub database: String,
+    /// The database password, when it needs one.
+    pub password: Option<SecretSource>,
+    /// This instance's name in the leases (default: the host name and the process id).
+    pub instance: Option<String>,
+    /// How long a lease lasts unless renewed; the pass stops acting a quarter earlier.
+    pub lease_ttl: Duration,
 }
 
 /// Limits Exchange applies after it accepted a message over SMTP (the categoriser): they

@@ -38,6 +38,19 @@ pub(super) struct RawConfig {
     pub(super) metrics_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) metrics_allow_non_loopback: bool,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [cluster] table")]
+pub(super) struct RawCluster {
+    pub(super) database: Option<Spanned<String>>,
+    pub(super) password: Option<Spanned<String>>,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) password_command: Option<Spanned<String>>,
+    pub(super) instance: Option<Spanned<String>>,
+    pub(super) lease_ttl: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -12,14 +12,14 @@ use popbridge_proto::smtp::{AddressError, Mailbox};
 use toml::Spanned;
 
 use super::raw::{
-    DurationValue, Int, RawAccount, RawConfig, RawDeliveryKind, RawLimits, RawOAuth2, RawTransport,
-    Scalar, SizeValue,
+    DurationValue, Int, RawAccount, RawCluster, RawConfig, RawDeliveryKind, RawLimits, RawOAuth2,
+    RawTransport, Scalar, SizeValue,
 };
 use super::values::{parse_duration, parse_mode, parse_size};
 use super::{
-    Account, AuthMethod, CatchAll, Config, ConfigError, Exchange, Limits, OAuth2, PickupTransport,
-    ReceiveLimit, SmtpTransport, Timeouts, TlsMode, Transport, DEFAULT_LEDGER_RETENTION,
-    DEFAULT_PICKUP_MODE,
+    Account, AuthMethod, CatchAll, ClusterSettings, Config, ConfigError, Exchange, Limits, OAuth2,
+    PickupTransport, ReceiveLimit, SmtpTransport, Timeouts, TlsMode, Transport,
+    DEFAULT_LEDGER_RETENTION, DEFAULT_PICKUP_MODE,
 };
 use crate::oauth2::TokenUrl;
 use crate::pin::Fingerprint;
@@ -47,6 +47,10 @@ const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MIN_LEDGER_RETENTION: Duration = Duration::from_secs(86_400);
 const DEFAULT_JITTER: Duration = Duration::from_secs(30);
 const PASSWORD_KEYS: &str = "password, password_env, password_file, password_command";
+/// A cluster lease's time to live: the default, and the range accepted.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+const MIN_LEASE_TTL: Duration = Duration::from_secs(10);
+const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 
 pub(super) struct Ctx<'a> {
     pub(super) path: &'a Path,
@@ -331,6 +335,72 @@ impl Ctx<'_> {
             exchange,
             metrics_listen,
             ledger_retention,
+            cluster: match &raw.cluster {
+                Some(c) => Some(self.cluster(c)?),
+                None => None,
+            },
+        })
+    }
+
+    /// The `[cluster]` section: the connection string is parsed and checked here (local,
+    /// no TLS setting, no password in it) without connecting.
+    fn cluster(&self, raw: &Spanned<RawCluster>) -> Res<ClusterSettings> {
+        let c = raw.get_ref();
+        let Some(database) = &c.database else {
+            return Err(self.at(raw, "cluster.database", "missing required key"));
+        };
+        let lease_ttl =
+            self.duration(c.lease_ttl.as_ref(), "cluster.lease_ttl", DEFAULT_LEASE_TTL)?;
+        if let Some(v) = &c.lease_ttl {
+            if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&lease_ttl) {
+                return Err(self.at(
+                    v,
+                    "cluster.lease_ttl",
+                    "must be between 10 seconds and 1 hour",
+                ));
+            }
+        }
+        let text = self.string(database, "cluster.database")?;
+        let checked = crate::cluster::ClusterConfig::new(&text, "check", lease_ttl)
+            .map_err(|e| self.at(database, "cluster.database", e.to_string()))?;
+        if checked.has_password() {
+            return Err(self.at(
+                database,
+                "cluster.database",
+                "holds a password: give it with cluster.password_file, password_env or \
+                 password_command instead (a connection string is shown in process lists and \
+                 error reports)",
+            ));
+        }
+        let instance = match &c.instance {
+            Some(v) => {
+                let name = self.string(v, "cluster.instance")?;
+                if name.len() > 64 || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                    return Err(self.at(
+                        v,
+                        "cluster.instance",
+                        "must be at most 64 characters, without spaces or control characters",
+                    ));
+                }
+                Some(name)
+            }
+            None => None,
+        };
+        let password = self.secret_family(
+            "cluster",
+            "password",
+            [
+                &c.password,
+                &c.password_env,
+                &c.password_file,
+                &c.password_command,
+            ],
+        )?;
+        Ok(ClusterSettings {
+            database: text,
+            password,
+            instance,
+            lease_ttl,
         })
     }
 

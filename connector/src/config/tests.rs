@@ -192,6 +192,7 @@ fn a_full_example_loads_with_the_exact_values() {
         },
         metrics_listen: None,
         ledger_retention: DEFAULT_LEDGER_RETENTION,
+        cluster: None,
     };
     assert_eq!(c, want);
     assert_eq!(c.account("sales").unwrap().port, 110);
@@ -1088,4 +1089,77 @@ fn the_profile_decides_the_policy() {
             quarantine_after: None,
         }
     );
+}
+
+#[test]
+fn a_cluster_section_names_a_local_database_and_keeps_its_password_elsewhere() {
+    let with = |section: &str| format!("{MINIMAL}\n[cluster]\n{section}");
+    assert_eq!(load(MINIMAL).unwrap().cluster, None);
+    let c = load(&with(
+        "database = \"host=/run/postgresql user=popbridge dbname=mail\"\n\
+         password_file = \"/etc/popbridge/db-password\"\ninstance = \"mail-1\"\n\
+         lease_ttl = \"2m\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.cluster,
+        Some(ClusterSettings {
+            database: "host=/run/postgresql user=popbridge dbname=mail".into(),
+            password: Some(SecretSource::File(PathBuf::from(
+                "/etc/popbridge/db-password"
+            ))),
+            instance: Some("mail-1".into()),
+            lease_ttl: Duration::from_secs(120),
+        })
+    );
+    let defaults = load(&with("database = \"postgres://popbridge@localhost/mail\"")).unwrap();
+    let defaults = defaults.cluster.unwrap();
+    assert_eq!((defaults.password, defaults.instance), (None, None));
+    assert_eq!(defaults.lease_ttl, Duration::from_secs(60));
+    for (section, key, why) in [
+        (
+            "lease_ttl = \"1m\"",
+            "cluster",
+            "cluster.database: missing required key",
+        ),
+        (
+            "database = \"postgres://popbridge:s3cr3t-pw@localhost/mail\"",
+            "cluster.database",
+            "holds a password",
+        ),
+        (
+            "database = \"postgres://popbridge@db.example.net/mail\"",
+            "cluster.database",
+            "is not on this machine",
+        ),
+        (
+            "database = \"host=/run/postgresql sslmode=require\"",
+            "cluster.database",
+            "TLS to the cluster database is not supported yet",
+        ),
+        (
+            "database = \"host=/run/postgresql\"\nlease_ttl = \"5s\"",
+            "cluster.lease_ttl",
+            "between 10 seconds and 1 hour",
+        ),
+        (
+            "database = \"host=/run/postgresql\"\ninstance = \"two words\"",
+            "cluster.instance",
+            "without spaces",
+        ),
+        (
+            "database = \"host=/run/postgresql\"\npassword = \"x\"\npassword_env = \"PGPW\"",
+            "cluster.password_env",
+            "conflicts with password",
+        ),
+        (
+            "database = \"host=/run/postgresql\"\nport = 5432",
+            "cluster.port",
+            "unknown key",
+        ),
+    ] {
+        let e = err(&with(section));
+        assert!(e.contains(key) && e.contains(why), "{section}: {e}");
+        assert!(!e.contains("s3cr3t-pw"), "{e}");
+    }
 }

@@ -51,6 +51,100 @@ pub(super) async fn record_history(store: &Store<'_>, s: &Summary, started_at: i
     }
 }
 
+/// One pass over `account` under its cluster lease, claimed through a connection of its
+/// own and released after the pass; skipped (like a pass whose account is locked) when
+/// another instance holds the lease, and a failure when the database cannot be used.
+async fn run_leased(
+    cx: &Context<'_>,
+    cluster: &crate::config::ClusterSettings,
+    account: &Account,
+    id: &PassId,
+) -> Summary {
+    let not_run = |failure: Option<AccountFailure>, aborted: Option<String>| {
+        let why = failure
+            .as_ref()
+            .map(ToString::to_string)
+            .or(aborted.clone());
+        cx.events.pass(id).emit(Event::AccountFailed {
+            account: account.name.clone(),
+            error: why.unwrap_or_default(),
+        });
+        Summary {
+            account: account.name.clone(),
+            pass: Some(id.clone()),
+            failure,
+            aborted,
+            ..Summary::default()
+        }
+    };
+    let store =
+        match lease(cluster, &account.name, cx.config.timeouts.connect).await {
+            Ok(Some(store)) => store,
+            Ok(None) => return not_run(
+                None,
+                Some(
+                    "another instance holds this account's cluster lease; this pass was skipped"
+                        .into(),
+                ),
+            ),
+            Err(e) => {
+                let failure = AccountFailure::Config(format!("cluster database: {e}"));
+                return not_run(Some(failure), None);
+            }
+        };
+    let summary = run_account_in(cx, account, id, Store::Cluster(store.clone())).await;
+    // Given back at once, so that the next due instance need not wait for it to expire.
+    if let Ok(store) = Arc::try_unwrap(store) {
+        let (mut cluster, lease) = store.into_parts();
+        if let Err(e) = lease.release(&mut cluster).await {
+            tracing::warn!(account = %account.name, "cluster lease not released: {e}");
+        }
+    }
+    summary
+}
+
+/// Claims `account`'s lease through a new connection: the store of the pass, `None`
+/// when another instance holds it.
+async fn lease(
+    settings: &crate::config::ClusterSettings,
+    account: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<Arc<crate::store::ClusterStore>>, String> {
+    let instance = match &settings.instance {
+        Some(name) => name.clone(),
+        None => default_instance(),
+    };
+    let mut config =
+        crate::cluster::ClusterConfig::new(&settings.database, &instance, settings.lease_ttl)
+            .map_err(|e| e.to_string())?;
+    if let Some(source) = &settings.password {
+        let secret = source.resolve(timeout).await.map_err(|e| e.to_string())?;
+        config = config.with_password(secret.expose());
+    }
+    let connected = tokio::time::timeout(timeout, crate::cluster::Cluster::connect_with(config))
+        .await
+        .map_err(|_| format!("no connection within {} s", timeout.as_secs()))?;
+    let mut cluster = connected.map_err(|e| e.to_string())?;
+    let mut leases = cluster
+        .claim_named(&[account])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(leases
+        .pop()
+        .map(|lease| crate::store::ClusterStore::new(cluster, lease)))
+}
+
+/// This instance's name when the configuration gives none: the host name and the
+/// process id.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "popbridge".into());
+    format!("{host}:{}", std::process::id())
+}
+
 /// Lock files held by passes of this process.
 static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -218,7 +312,10 @@ impl Runner {
                     faults,
                     listing_budget: Budget::DEFAULT,
                 };
-                run_account_as(&cx, &account, &pass).await
+                match &config.cluster {
+                    None => run_account_as(&cx, &account, &pass).await,
+                    Some(cluster) => run_leased(&cx, cluster, &account, &pass).await,
+                }
             });
             tasks.push((name, id, task));
         }

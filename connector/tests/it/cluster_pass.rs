@@ -11,9 +11,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mock_pop3::MockPop3Handle;
 use mock_pop3::{FaultAction as PopFault, FaultRule as PopRule, Hook as PopHook, MockPop3};
-use mock_smtp::MockSmtp;
+use mock_smtp::{MockSmtp, MockSmtpHandle};
 use popbridge::cluster::{Cluster, Lease};
+use popbridge::config::Config;
 use popbridge::events::{EventSink, PassId};
 use popbridge::faults::Faults;
 use popbridge::ledger::{Delivery, Ledger};
@@ -25,7 +27,7 @@ use tokio_postgres::NoTls;
 
 use crate::cluster::pg::Postgres;
 use crate::cluster::wait_for_db_clock;
-use crate::harness::{delivered_ids, mails, pop3, setup, smtp, Setup};
+use crate::harness::{config_text, delivered_ids, mails, pop3, setup, smtp, Setup};
 
 const LONG_TTL: Duration = Duration::from_secs(600);
 
@@ -204,4 +206,63 @@ async fn the_store_stops_allowing_work_before_the_database_would_give_the_lease_
         .unwrap()
         .get(0);
     assert!(still_ours, "the database expired the lease first");
+}
+
+/// A setup of its own (state directory, configuration) over the same mocks, with a
+/// `[cluster]` section naming `pg`.
+fn instance_setup(pop: &MockPop3Handle, sink: &MockSmtpHandle, pg: &Postgres, id: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[cluster]\ndatabase = \"{}\"\ninstance = \"{id}\"\n",
+        config_text(dir.path(), pop, sink, "leave_on_server = true", ""),
+        pg.url()
+    );
+    let config = Config::from_str(&text, &dir.path().join("popbridge.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    Setup { dir, config }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_configured_for_one_cluster_deliver_each_message_once() {
+    let Some(pg) = Postgres::start() else { return };
+    // Mail kept on the server: only the shared ledger tells an instance what the other
+    // one already delivered (each has a state directory, and a local ledger, of its own).
+    let pop = pop3(MockPop3::builder().maildrop(mails(1..=8, 700))).await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let (a, b) = (
+        instance_setup(&pop, &sink, &pg, "a"),
+        instance_setup(&pop, &sink, &pg, "b"),
+    );
+    // Both at once, then each again: the lease keeps them apart, the shared ledger keeps
+    // each from delivering what the other did.
+    let ((first_a, _), (first_b, _)) = tokio::join!(
+        a.run_through(Arc::new(TcpDialer)),
+        b.run_through(Arc::new(TcpDialer))
+    );
+    let (again_b, _) = b.run_through(Arc::new(TcpDialer)).await;
+    let (again_a, _) = a.run_through(Arc::new(TcpDialer)).await;
+    pop.wait_idle().await;
+    sink.wait_idle().await;
+    let all = [&first_a[0], &first_b[0], &again_b[0], &again_a[0]];
+    for s in all {
+        assert!(s.failure.is_none(), "{s:?}");
+        // Skipped for the other instance's lease, and saying so, or run in full.
+        assert!(
+            s.aborted.is_none() || s.aborted.as_deref().is_some_and(|a| a.contains("lease")),
+            "{s:?}"
+        );
+    }
+    assert_eq!(all.iter().map(|s| s.delivered).sum::<u32>(), 8, "{all:?}");
+    let mut ids = delivered_ids(&sink);
+    assert_eq!(ids.len(), 8, "each message once: {ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8);
+    assert_eq!(pop.maildrop("info").unwrap().remaining.len(), 8);
+    assert_eq!(cluster_rows(&pg).await.len(), 8);
+    // Neither wrote its local ledger.
+    for setup in [&a, &b] {
+        let local = Ledger::open(&setup.state()).unwrap();
+        assert!(local.statuses("info").unwrap().is_empty());
+    }
 }
