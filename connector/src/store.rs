@@ -72,6 +72,17 @@ impl ClusterStore {
         tokio::time::Instant::now() < *self.act_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Renews the lease (the fence in a transaction of its own), waiting for a
+    /// transaction under way; what a pass does between ledger calls, so that a long
+    /// download does not outlive the lease.
+    pub async fn heartbeat(&self) -> Result<(), LedgerError> {
+        let mut held = self.held.lock().await;
+        let Held { cluster, lease } = &mut *held;
+        let result = lease.heartbeat(cluster).await;
+        self.note(lease);
+        Ok(result?)
+    }
+
     /// Notes the lease's deadline after a transaction (past, once it is lost).
     fn note(&self, lease: &Lease) {
         let until = if lease.is_lost() {

@@ -92,7 +92,31 @@ async fn run_leased(
                 return not_run(Some(failure), None);
             }
         };
+    // Renewed a third of the way through each lease while the pass runs, whatever the
+    // pass is waiting for; stopped between two renewals, never in the middle of one.
+    let (stop_beat, mut stopped) = tokio::sync::watch::channel(false);
+    let period = cluster.lease_ttl / 3;
+    let beat = tokio::spawn({
+        let store = store.clone();
+        let name = account.name.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = stopped.changed() => return,
+                }
+                if let Err(e) = store.heartbeat().await {
+                    tracing::warn!(account = %name, "cluster lease not renewed: {e}");
+                    if !store.may_act() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
     let summary = run_account_in(cx, account, id, Store::Cluster(store.clone())).await;
+    let _ = stop_beat.send(true);
+    let _ = beat.await;
     // Given back at once, so that the next due instance need not wait for it to expire.
     if let Ok(store) = Arc::try_unwrap(store) {
         let (mut cluster, lease) = store.into_parts();

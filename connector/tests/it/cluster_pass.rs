@@ -211,10 +211,21 @@ async fn the_store_stops_allowing_work_before_the_database_would_give_the_lease_
 /// A setup of its own (state directory, configuration) over the same mocks, with a
 /// `[cluster]` section naming `pg`.
 fn instance_setup(pop: &MockPop3Handle, sink: &MockSmtpHandle, pg: &Postgres, id: &str) -> Setup {
+    instance_with(pop, sink, pg, id, "leave_on_server = true")
+}
+
+/// [`instance_setup`] with `account_extra` in the account's table.
+fn instance_with(
+    pop: &MockPop3Handle,
+    sink: &MockSmtpHandle,
+    pg: &Postgres,
+    id: &str,
+    account_extra: &str,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "{}\n[cluster]\ndatabase = \"{}\"\ninstance = \"{id}\"\n",
-        config_text(dir.path(), pop, sink, "leave_on_server = true", ""),
+        config_text(dir.path(), pop, sink, account_extra, ""),
         pg.url()
     );
     let config = Config::from_str(&text, &dir.path().join("popbridge.toml"))
@@ -265,4 +276,32 @@ async fn two_instances_configured_for_one_cluster_deliver_each_message_once() {
         let local = Ledger::open(&setup.state()).unwrap();
         assert!(local.statuses("info").unwrap().is_empty());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_renews_the_lease_while_its_pass_waits_for_the_server() {
+    let Some(pg) = Postgres::start() else { return };
+    // The same stall as above (UIDL after 3 s, longer than a 2 s lease), but through a
+    // run, which renews the lease while the pass waits: it completes.
+    let pop = pop3(
+        MockPop3::builder()
+            .maildrop(mails(1..=3, 700))
+            .fault(PopRule::new(
+                PopHook::command("UIDL"),
+                PopFault::Delay(Duration::from_secs(3)),
+            )),
+    )
+    .await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let mut a = instance_with(&pop, &sink, &pg, "a", "");
+    // Below what the configuration accepts (10 s), to keep the test short.
+    a.config.cluster.as_mut().unwrap().lease_ttl = Duration::from_secs(2);
+    let (summaries, _) = a.run_through(Arc::new(TcpDialer)).await;
+    pop.wait_idle().await;
+    sink.wait_idle().await;
+    let s = &summaries[0];
+    assert!(s.failure.is_none() && s.aborted.is_none(), "{s:?}");
+    assert_eq!((s.delivered, s.deleted), (3, 3), "{s:?}");
+    assert!(pop.maildrop("info").unwrap().remaining.is_empty());
+    assert_eq!(cluster_rows(&pg).await.len(), 3);
 }
