@@ -132,13 +132,9 @@ async fn an_instance_whose_lease_was_taken_over_delivers_and_deletes_nothing() {
     assert!(cluster_rows(&pg).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_that_outlives_its_lease_sends_no_dele_and_no_quit() {
-    let Some(pg) = Postgres::start() else { return };
-    // Three messages this account already delivered (recorded in the cluster ledger),
-    // still on the server: a pass would DELE them. The server takes 3 s to answer UIDL,
-    // longer than a 2 s lease allows acting (ttl − margin: 1.5 s) after the fence that
-    // read the ledger.
+/// Three messages on a POP3 server that takes 3 s to answer UIDL (longer than a 2 s
+/// lease), and an SMTP server.
+async fn stalling_servers() -> (MockPop3Handle, MockSmtpHandle) {
     let pop = pop3(
         MockPop3::builder()
             .maildrop(mails(1..=3, 700))
@@ -148,7 +144,17 @@ async fn a_pass_that_outlives_its_lease_sends_no_dele_and_no_quit() {
             )),
     )
     .await;
-    let sink = smtp(MockSmtp::builder()).await;
+    (pop, smtp(MockSmtp::builder()).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_outlives_its_lease_sends_no_dele_and_no_quit() {
+    let Some(pg) = Postgres::start() else { return };
+    // Three messages this account already delivered (recorded in the cluster ledger),
+    // still on the server: a pass would DELE them. The server takes 3 s to answer UIDL,
+    // longer than a 2 s lease allows acting (ttl − margin: 1.5 s) after the fence that
+    // read the ledger.
+    let (pop, sink) = stalling_servers().await;
     let s = setup(&pop, &sink, "", "");
     let name = s.config.accounts[0].name.clone();
     let (mut cluster, mut lease) = holder(&pg, "a", Duration::from_secs(2), &name).await;
@@ -283,16 +289,7 @@ async fn a_run_renews_the_lease_while_its_pass_waits_for_the_server() {
     let Some(pg) = Postgres::start() else { return };
     // The same stall as above (UIDL after 3 s, longer than a 2 s lease), but through a
     // run, which renews the lease while the pass waits: it completes.
-    let pop = pop3(
-        MockPop3::builder()
-            .maildrop(mails(1..=3, 700))
-            .fault(PopRule::new(
-                PopHook::command("UIDL"),
-                PopFault::Delay(Duration::from_secs(3)),
-            )),
-    )
-    .await;
-    let sink = smtp(MockSmtp::builder()).await;
+    let (pop, sink) = stalling_servers().await;
     let mut a = instance_with(&pop, &sink, &pg, "a", "");
     // Below what the configuration accepts (10 s), to keep the test short.
     a.config.cluster.as_mut().unwrap().lease_ttl = Duration::from_secs(2);
