@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::cluster::{Cluster, ClusterError, Lease};
+use crate::cluster::{Cluster, ClusterError, Lease, Slot};
 use crate::ledger::{
     Along, Delivery, FailureKind, Ledger, LedgerError, PassRow, QuarantineAction, Status,
     Unconfirmed,
@@ -42,11 +42,19 @@ pub struct ClusterStore {
 struct Held {
     cluster: Cluster,
     lease: Lease,
+    /// The POP3 server's session slot the pass holds, if it took one.
+    slot: Option<Slot>,
 }
 
 impl ClusterStore {
     /// The store of `lease`'s account, used through `cluster` (which claimed the lease).
     pub fn new(cluster: Cluster, lease: Lease) -> Arc<Self> {
+        Self::with_slot(cluster, lease, None)
+    }
+
+    /// [`ClusterStore::new`], also holding one of the POP3 server's session slots,
+    /// renewed with the lease.
+    pub fn with_slot(cluster: Cluster, lease: Lease, slot: Option<Slot>) -> Arc<Self> {
         Arc::new(Self {
             account: lease.account().to_owned(),
             act_until: Mutex::new(if lease.may_act() {
@@ -54,7 +62,11 @@ impl ClusterStore {
             } else {
                 tokio::time::Instant::now()
             }),
-            held: tokio::sync::Mutex::new(Held { cluster, lease }),
+            held: tokio::sync::Mutex::new(Held {
+                cluster,
+                lease,
+                slot,
+            }),
         })
     }
 
@@ -77,10 +89,22 @@ impl ClusterStore {
     /// download does not outlive the lease.
     pub async fn heartbeat(&self) -> Result<(), LedgerError> {
         let mut held = self.held.lock().await;
-        let Held { cluster, lease } = &mut *held;
+        let Held {
+            cluster,
+            lease,
+            slot,
+        } = &mut *held;
         let result = lease.heartbeat(cluster).await;
         self.note(lease);
-        Ok(result?)
+        result?;
+        // A slot that could not be renewed only lets the cap be exceeded for a while: the
+        // pass goes on (its lease is what keeps the mail safe).
+        if let Some(slot) = slot {
+            if let Err(e) = slot.heartbeat(cluster).await {
+                tracing::warn!(account = %self.account, "server session slot not renewed: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Notes the lease's deadline after a transaction (past, once it is lost).
@@ -93,10 +117,14 @@ impl ClusterStore {
         *self.act_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
     }
 
-    /// The connection and the lease back (to release it, or claim more).
-    pub fn into_parts(self) -> (Cluster, Lease) {
-        let Held { cluster, lease } = self.held.into_inner();
-        (cluster, lease)
+    /// The connection, the lease and the slot back (to release them).
+    pub fn into_parts(self) -> (Cluster, Lease, Option<Slot>) {
+        let Held {
+            cluster,
+            lease,
+            slot,
+        } = self.held.into_inner();
+        (cluster, lease, slot)
     }
 }
 
@@ -115,7 +143,7 @@ macro_rules! fenced {
             }));
         }
         let mut held = store.held.lock().await;
-        let Held { cluster, lease } = &mut *held;
+        let Held { cluster, lease, .. } = &mut *held;
         let result = async {
             let mut $tx = lease.fenced_transaction(cluster).await?;
             let out = $body;

@@ -408,6 +408,12 @@ impl<P: Protocol> Handle<P> {
         self.protocol.host().tracker.wait_idle().await;
     }
 
+    /// The most sessions that ran at the same time so far (a cap across clients holds
+    /// when this stays within it).
+    pub fn peak_sessions(&self) -> usize {
+        self.protocol.host().tracker.peak()
+    }
+
     /// Stops accepting and ends every session.
     pub async fn shutdown(&self) {
         self.protocol.host().tracker.shutdown().await;

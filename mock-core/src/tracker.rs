@@ -15,6 +15,8 @@ use tokio::task::AbortHandle;
 #[derive(Debug)]
 pub struct Tracker {
     active: watch::Sender<usize>,
+    /// The most sessions that ran at once.
+    peak: std::sync::atomic::AtomicUsize,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
@@ -38,6 +40,7 @@ impl Tracker {
     pub fn new() -> Self {
         Self {
             active: watch::channel(0).0,
+            peak: std::sync::atomic::AtomicUsize::new(0),
             tasks: Mutex::new(Vec::new()),
         }
     }
@@ -50,7 +53,10 @@ impl Tracker {
 
     /// Runs a session; it counts as running from this call until it ends or is aborted.
     pub fn spawn_session(&self, session: impl Future<Output = ()> + Send + 'static) {
-        self.active.send_modify(|n| *n += 1);
+        self.active.send_modify(|n| {
+            *n += 1;
+            self.peak.fetch_max(*n, std::sync::atomic::Ordering::SeqCst);
+        });
         let running = Running(self.active.clone());
         let task = tokio::spawn(async move {
             session.await;
@@ -76,6 +82,11 @@ impl Tracker {
         self.keep(task.abort_handle());
     }
 
+    /// The most sessions that ran at the same time so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits until no session is running.
     pub async fn wait_idle(&self) {
         let mut rx = self.active.subscribe();
@@ -90,5 +101,25 @@ impl Tracker {
             t.abort();
         }
         self.wait_idle().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_peak_counts_the_sessions_that_ran_at_once() {
+        let t = Tracker::new();
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        t.spawn_session(async move {
+            let _ = held.await;
+        });
+        t.spawn_session(async {});
+        drop(release);
+        t.wait_idle().await;
+        t.spawn_session(async {});
+        t.wait_idle().await;
+        assert_eq!(t.peak(), 2);
     }
 }

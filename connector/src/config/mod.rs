@@ -88,6 +88,9 @@ pub struct ClusterSettings {
     pub instance: Option<String>,
     /// How long a lease lasts unless renewed; the pass stops acting a quarter earlier.
     pub lease_ttl: Duration,
+    /// The most POP3 sessions the instances of the cluster hold on one server at once
+    /// (every instance must give the same number).
+    pub server_sessions: u32,
 }
 
 /// Limits Exchange applies after it accepted a message over SMTP (the categoriser): they

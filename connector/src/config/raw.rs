@@ -51,6 +51,7 @@ pub(super) struct RawCluster {
     pub(super) password_command: Option<Spanned<String>>,
     pub(super) instance: Option<Spanned<String>>,
     pub(super) lease_ttl: Option<Spanned<DurationValue>>,
+    pub(super) server_sessions: Option<Spanned<Int>>,
 }
 
 #[derive(Deserialize, Default)]

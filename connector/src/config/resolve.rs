@@ -51,6 +51,8 @@ const PASSWORD_KEYS: &str = "password, password_env, password_file, password_com
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 const MIN_LEASE_TTL: Duration = Duration::from_secs(10);
 const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+/// POP3 sessions the cluster holds on one server at once, unless configured.
+const DEFAULT_SERVER_SESSIONS: u32 = 4;
 
 pub(super) struct Ctx<'a> {
     pub(super) path: &'a Path,
@@ -396,11 +398,18 @@ impl Ctx<'_> {
                 &c.password_command,
             ],
         )?;
+        let server_sessions = self.int(
+            c.server_sessions.as_ref(),
+            "cluster.server_sessions",
+            1..=64,
+            DEFAULT_SERVER_SESSIONS,
+        )?;
         Ok(ClusterSettings {
             database: text,
             password,
             instance,
             lease_ttl,
+            server_sessions,
         })
     }
 

@@ -1098,7 +1098,7 @@ fn a_cluster_section_names_a_local_database_and_keeps_its_password_elsewhere() {
     let c = load(&with(
         "database = \"host=/run/postgresql user=popbridge dbname=mail\"\n\
          password_file = \"/etc/popbridge/db-password\"\ninstance = \"mail-1\"\n\
-         lease_ttl = \"2m\"",
+         lease_ttl = \"2m\"\nserver_sessions = 2",
     ))
     .unwrap();
     assert_eq!(
@@ -1110,12 +1110,14 @@ fn a_cluster_section_names_a_local_database_and_keeps_its_password_elsewhere() {
             ))),
             instance: Some("mail-1".into()),
             lease_ttl: Duration::from_secs(120),
+            server_sessions: 2,
         })
     );
     let defaults = load(&with("database = \"postgres://popbridge@localhost/mail\"")).unwrap();
     let defaults = defaults.cluster.unwrap();
     assert_eq!((defaults.password, defaults.instance), (None, None));
     assert_eq!(defaults.lease_ttl, Duration::from_secs(60));
+    assert_eq!(defaults.server_sessions, 4);
     for (section, key, why) in [
         (
             "lease_ttl = \"1m\"",
@@ -1156,6 +1158,11 @@ fn a_cluster_section_names_a_local_database_and_keeps_its_password_elsewhere() {
             "database = \"host=/run/postgresql\"\nport = 5432",
             "cluster.port",
             "unknown key",
+        ),
+        (
+            "database = \"host=/run/postgresql\"\nserver_sessions = 0",
+            "cluster.server_sessions",
+            "between 1 and 64",
         ),
     ] {
         let e = err(&with(section));

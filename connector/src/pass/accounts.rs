@@ -77,21 +77,14 @@ async fn run_leased(
             ..Summary::default()
         }
     };
-    let store =
-        match lease(cluster, &account.name, cx.config.timeouts.connect).await {
-            Ok(Some(store)) => store,
-            Ok(None) => return not_run(
-                None,
-                Some(
-                    "another instance holds this account's cluster lease; this pass was skipped"
-                        .into(),
-                ),
-            ),
-            Err(e) => {
-                let failure = AccountFailure::Config(format!("cluster database: {e}"));
-                return not_run(Some(failure), None);
-            }
-        };
+    let store = match lease(cluster, account, cx.config.timeouts.connect).await {
+        Ok(Ok(store)) => store,
+        Ok(Err(busy)) => return not_run(None, Some(busy)),
+        Err(e) => {
+            let failure = AccountFailure::Config(format!("cluster database: {e}"));
+            return not_run(Some(failure), None);
+        }
+    };
     // Renewed a third of the way through each lease while the pass runs, whatever the
     // pass is waiting for; stopped between two renewals, never in the middle of one.
     let (stop_beat, mut stopped) = tokio::sync::watch::channel(false);
@@ -119,7 +112,12 @@ async fn run_leased(
     let _ = beat.await;
     // Given back at once, so that the next due instance need not wait for it to expire.
     if let Ok(store) = Arc::try_unwrap(store) {
-        let (mut cluster, lease) = store.into_parts();
+        let (mut cluster, lease, slot) = store.into_parts();
+        if let Some(slot) = slot {
+            if let Err(e) = slot.release(&mut cluster).await {
+                tracing::warn!(account = %account.name, "server session slot not released: {e}");
+            }
+        }
         if let Err(e) = lease.release(&mut cluster).await {
             tracing::warn!(account = %account.name, "cluster lease not released: {e}");
         }
@@ -127,13 +125,14 @@ async fn run_leased(
     summary
 }
 
-/// Claims `account`'s lease through a new connection: the store of the pass, `None`
-/// when another instance holds it.
+/// Claims `account`'s lease, then one of its POP3 server's session slots, through a new
+/// connection: the store of the pass, or why the pass is skipped (another instance holds
+/// the account, or the cluster holds every session the server is allowed).
 async fn lease(
     settings: &crate::config::ClusterSettings,
-    account: &str,
+    account: &Account,
     timeout: std::time::Duration,
-) -> Result<Option<Arc<crate::store::ClusterStore>>, String> {
+) -> Result<Result<Arc<crate::store::ClusterStore>, String>, String> {
     let instance = match &settings.instance {
         Some(name) => name.clone(),
         None => default_instance(),
@@ -149,13 +148,31 @@ async fn lease(
         .await
         .map_err(|_| format!("no connection within {} s", timeout.as_secs()))?;
     let mut cluster = connected.map_err(|e| e.to_string())?;
-    let mut leases = cluster
-        .claim_named(&[account])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(leases
-        .pop()
-        .map(|lease| crate::store::ClusterStore::new(cluster, lease)))
+    let claimed = cluster.claim_named(&[&account.name]).await;
+    let Some(lease) = claimed.map_err(|e| e.to_string())?.pop() else {
+        return Ok(Err(
+            "another instance holds this account's cluster lease; this pass was skipped".into(),
+        ));
+    };
+    let server = format!("{}:{}", account.host, account.port);
+    let slot = cluster.claim_slot(&server, settings.server_sessions).await;
+    match slot {
+        Ok(Some(slot)) => Ok(Ok(crate::store::ClusterStore::with_slot(
+            cluster,
+            lease,
+            Some(slot),
+        ))),
+        other => {
+            if let Err(e) = lease.release(&mut cluster).await {
+                tracing::warn!(account = %account.name, "cluster lease not released: {e}");
+            }
+            other.map_err(|e| e.to_string())?;
+            Ok(Err(format!(
+                "the cluster holds all {} sessions allowed on {server}; this pass was skipped",
+                settings.server_sessions
+            )))
+        }
+    }
 }
 
 /// This instance's name when the configuration gives none: the host name and the
