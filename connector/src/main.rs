@@ -125,6 +125,14 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineCommand,
     },
+    /// Copies the ledger of state_dir into the cluster database the [cluster] section
+    /// names, once, before the first run with [cluster]: every record (deliveries,
+    /// failures, quarantine, submission marks, the pass history), so that nothing is
+    /// delivered again. Stop every instance first. Exit 0 copied; 1 refused, nothing
+    /// written (an instance holds one of the accounts, or the cluster already has their
+    /// records); 2 no [cluster] section, or the ledger cannot be read; 3 the database cannot
+    /// be reached.
+    MigrateLedger,
 }
 
 #[derive(Subcommand, Debug)]
@@ -480,6 +488,56 @@ fn open_ledger(config: &Config) -> Result<Ledger, Exit> {
     })
 }
 
+async fn migrate_ledger(config: &Config) -> anyhow::Result<Exit> {
+    use popbridge::cluster::ClusterError;
+    let Some(settings) = &config.cluster else {
+        eprintln!(
+            "popbridge: migrate-ledger: {} has no [cluster] section naming the database to copy the ledger into",
+            config.path.display()
+        );
+        return Ok(Exit::Config);
+    };
+    let ledger = match open_ledger(config) {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let mut cluster = match popbridge::store::connect(settings, config.timeouts.connect).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("popbridge: migrate-ledger: {e}");
+            return Ok(if e.is_unreachable() {
+                Exit::Connect
+            } else {
+                Exit::Config
+            });
+        }
+    };
+    match cluster.migrate_from(&ledger).await {
+        Ok(m) => {
+            let [messages, marks, shared, passes] = m.rows;
+            println!(
+                "copied the ledger of {} account(s) into {}: {messages} message record(s), \
+                 {marks} submission mark(s), {shared} shared UID(s), {passes} pass(es)",
+                m.accounts,
+                cluster.config()
+            );
+            Ok(Exit::Delivered)
+        }
+        Err(ClusterError::Migration(refusal)) => {
+            eprintln!("popbridge: migrate-ledger: {refusal}");
+            Ok(Exit::Stuck)
+        }
+        Err(e) => {
+            eprintln!("popbridge: migrate-ledger: {e}");
+            Ok(if e.is_connection_lost() {
+                Exit::Connect
+            } else {
+                Exit::Config
+            })
+        }
+    }
+}
+
 async fn status(config: &Config, json: bool) -> anyhow::Result<Exit> {
     use popbridge::status::{self, Daemon};
     // No ledger yet (no pass ever ran): nothing to read, and nothing is created.
@@ -675,6 +733,7 @@ fn main() -> ExitCode {
             .map(Exit::code),
         Command::Status { json } => rt.block_on(status(&config, *json)).map(Exit::code),
         Command::Quarantine { action } => quarantine(&cli, &config, action).map(Exit::code),
+        Command::MigrateLedger => rt.block_on(migrate_ledger(&config)).map(Exit::code),
     };
     match result {
         Ok(code) => ExitCode::from(code),

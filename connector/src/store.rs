@@ -15,10 +15,70 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::cluster::{Cluster, ClusterError, Lease, Slot};
+use crate::config::ClusterSettings;
 use crate::ledger::{
     Along, Delivery, FailureKind, Ledger, LedgerError, PassRow, QuarantineAction, Status,
     Unconfirmed,
 };
+
+/// Why the cluster database named by `[cluster]` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The database password could not be obtained (never quoted).
+    #[error("cluster database password: {0}")]
+    Password(#[from] crate::secret::SecretError),
+    /// The connection (with the schema check) took longer than the connect timeout.
+    #[error("cluster database: no connection within {0} s")]
+    Timeout(u64),
+    /// The connection or the schema check failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+impl ConnectError {
+    /// True when the database could not be reached (rather than refused the settings).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Cluster(e) => e.is_connection_lost(),
+            Self::Password(_) => false,
+        }
+    }
+}
+
+/// Connects to the database `settings` name, as this instance (its `instance`, else the
+/// host name and process id), with the password from its secret source; bounded by
+/// `timeout`.
+pub async fn connect(
+    settings: &ClusterSettings,
+    timeout: std::time::Duration,
+) -> Result<Cluster, ConnectError> {
+    let instance = match &settings.instance {
+        Some(name) => name.clone(),
+        None => default_instance(),
+    };
+    let mut config =
+        crate::cluster::ClusterConfig::new(&settings.database, &instance, settings.lease_ttl)?;
+    if let Some(source) = &settings.password {
+        let secret = source.resolve(timeout).await?;
+        config = config.with_password(secret.expose());
+    }
+    tokio::time::timeout(timeout, Cluster::connect_with(config))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout.as_secs()))?
+        .map_err(ConnectError::Cluster)
+}
+
+/// This instance's name when the configuration gives none: the host name and the
+/// process id.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "popbridge".into());
+    format!("{host}:{}", std::process::id())
+}
 
 /// Where a pass records what it did.
 #[derive(Clone)]

@@ -133,21 +133,8 @@ async fn lease(
     account: &Account,
     timeout: std::time::Duration,
 ) -> Result<Result<Arc<crate::store::ClusterStore>, String>, String> {
-    let instance = match &settings.instance {
-        Some(name) => name.clone(),
-        None => default_instance(),
-    };
-    let mut config =
-        crate::cluster::ClusterConfig::new(&settings.database, &instance, settings.lease_ttl)
-            .map_err(|e| e.to_string())?;
-    if let Some(source) = &settings.password {
-        let secret = source.resolve(timeout).await.map_err(|e| e.to_string())?;
-        config = config.with_password(secret.expose());
-    }
-    let connected = tokio::time::timeout(timeout, crate::cluster::Cluster::connect_with(config))
-        .await
-        .map_err(|_| format!("no connection within {} s", timeout.as_secs()))?;
-    let mut cluster = connected.map_err(|e| e.to_string())?;
+    let mut cluster =
+        (crate::store::connect(settings, timeout).await).map_err(|e| e.to_string())?;
     let claimed = cluster.claim_named(&[&account.name]).await;
     let Some(lease) = claimed.map_err(|e| e.to_string())?.pop() else {
         return Ok(Err(
@@ -173,17 +160,6 @@ async fn lease(
             )))
         }
     }
-}
-
-/// This instance's name when the configuration gives none: the host name and the
-/// process id.
-fn default_instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "popbridge".into());
-    format!("{host}:{}", std::process::id())
 }
 
 /// Lock files held by passes of this process.

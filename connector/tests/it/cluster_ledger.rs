@@ -591,3 +591,46 @@ async fn a_migrated_ledger_holds_every_record_of_the_local_one_and_is_migrated_o
     );
     assert_eq!(a.passes(ACCOUNT, 10).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn migrate_ledger_copies_the_state_directorys_ledger_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let local = filled(&state);
+    let config = dir.path().join("popbridge.toml");
+    let head = format!(
+        "state_dir = \"{}\"\n[transport]\nhost = \"127.0.0.1\"\n[[account]]\nname = \"{ACCOUNT}\"\n\
+         host = \"127.0.0.1\"\nusername = \"{ACCOUNT}\"\npassword_env = \"UNUSED_PW\"\n\
+         deliver_to = \"alice@contoso.local\"\n",
+        state.display()
+    );
+    let run = |text: String| {
+        std::fs::write(&config, text).unwrap();
+        let path = config.to_str().unwrap().to_owned();
+        async move {
+            let out = crate::harness::popbridge(&["--config", &path, "migrate-ledger"]).await;
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        }
+    };
+    let (code, _, err) = run(head.clone()).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no [cluster] section"), "{err}");
+    let with_cluster = format!("{head}[cluster]\ndatabase = \"{}\"\n", pg.url());
+    let (code, out, err) = run(with_cluster.clone()).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("copied the ledger of 1 account(s)"), "{out}");
+    let mut a = instance(&pg, "a", LONG_TTL).await;
+    let mut lease = lease_of(&mut a).await;
+    let mut tx = lease.fenced_transaction(&mut a).await.unwrap();
+    assert_eq!(
+        tx.statuses().await.unwrap(),
+        local.statuses(ACCOUNT).unwrap()
+    );
+    tx.commit().await.unwrap();
+    lease.release(&mut a).await.unwrap();
+    let (code, _, err) = run(with_cluster).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already has records"), "{err}");
+}
