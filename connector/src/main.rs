@@ -111,8 +111,9 @@ enum Command {
     },
     /// Per account: the last pass (time, outcome, counts), the next pass (asked of a
     /// running daemon, else "daemon not running"), the messages stuck with their reason
-    /// and age, the quarantined count. Changes nothing. Exit 0; 2 when the ledger cannot
-    /// be read.
+    /// and age, the quarantined count; with [cluster], read from the cluster database, with
+    /// who holds each account's lease. Changes nothing. Exit 0; 2 when the ledger cannot be
+    /// read; 3 when the cluster database cannot be reached.
     Status {
         /// Print stable JSON (`"version": 1`) instead of the table.
         #[arg(long)]
@@ -501,16 +502,9 @@ async fn migrate_ledger(config: &Config) -> anyhow::Result<Exit> {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
-    let mut cluster = match popbridge::store::connect(settings, config.timeouts.connect).await {
+    let mut cluster = match connect_cluster(config, settings).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("popbridge: migrate-ledger: {e}");
-            return Ok(if e.is_unreachable() {
-                Exit::Connect
-            } else {
-                Exit::Config
-            });
-        }
+        Err(code) => return Ok(code),
     };
     match cluster.migrate_from(&ledger).await {
         Ok(m) => {
@@ -538,6 +532,76 @@ async fn migrate_ledger(config: &Config) -> anyhow::Result<Exit> {
     }
 }
 
+/// The cluster database of `[cluster]`; `Err` is the exit code (3 when it cannot be
+/// reached, 2 otherwise) after the reason was printed.
+async fn connect_cluster(
+    config: &Config,
+    settings: &popbridge::config::ClusterSettings,
+) -> Result<popbridge::cluster::Cluster, Exit> {
+    popbridge::store::connect(settings, config.timeouts.connect)
+        .await
+        .map_err(|e| {
+            eprintln!("popbridge: {e}");
+            if e.is_unreachable() {
+                Exit::Connect
+            } else {
+                Exit::Config
+            }
+        })
+}
+
+/// Every account's records and lease from the cluster database, and the database's name;
+/// `Err` is the exit code after the reason was printed.
+async fn cluster_records(
+    config: &Config,
+    settings: &popbridge::config::ClusterSettings,
+) -> Result<
+    (
+        std::collections::HashMap<String, popbridge::status::Records>,
+        String,
+    ),
+    Exit,
+> {
+    use popbridge::status::{LeaseStatus, Records};
+    let mut cluster = connect_cluster(config, settings).await?;
+    let mut out = std::collections::HashMap::new();
+    for a in &config.accounts {
+        let c = &mut cluster;
+        let read = async {
+            let lease = c.lease_state(&a.name).await?.map(|l| LeaseStatus {
+                holder: l.holder,
+                until: l.until.map(|t| {
+                    let secs = t
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    popbridge::report::rfc3339(i64::try_from(secs).unwrap_or(i64::MAX))
+                }),
+                epoch: l.epoch,
+            });
+            Ok::<_, popbridge::cluster::ClusterError>(Records {
+                last_pass: c.passes(&a.name, 1).await?.into_iter().next(),
+                stuck: c.stuck(&a.name).await?,
+                quarantined: c.quarantined(Some(&a.name)).await?,
+                lease,
+            })
+        };
+        match read.await {
+            Ok(r) => {
+                out.insert(a.name.clone(), r);
+            }
+            Err(e) => {
+                eprintln!("popbridge: {e}");
+                return Err(if e.is_connection_lost() {
+                    Exit::Connect
+                } else {
+                    Exit::Config
+                });
+            }
+        }
+    }
+    Ok((out, cluster.config().to_string()))
+}
+
 async fn status(config: &Config, json: bool) -> anyhow::Result<Exit> {
     use popbridge::status::{self, Daemon};
     // No ledger yet (no pass ever ran): nothing to read, and nothing is created.
@@ -546,13 +610,25 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<Exit> {
         .join(popbridge::ledger::FILE_NAME)
         .try_exists()
         .unwrap_or(true);
-    let ledger = if exists {
-        match open_ledger(config) {
-            Ok(l) => Some(l),
+    let (records, cluster) = match &config.cluster {
+        Some(settings) => match cluster_records(config, settings).await {
+            Ok((records, name)) => (Some(records), Some(name)),
             Err(code) => return Ok(code),
+        },
+        None if exists => {
+            let ledger = match open_ledger(config) {
+                Ok(l) => l,
+                Err(code) => return Ok(code),
+            };
+            match status::local_records(config, &ledger) {
+                Ok(r) => (Some(r), None),
+                Err(e) => {
+                    eprintln!("popbridge: {e}");
+                    return Ok(Exit::Config);
+                }
+            }
         }
-    } else {
-        None
+        None => (None, None),
     };
     #[cfg(unix)]
     let daemon = {
@@ -564,13 +640,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<Exit> {
     };
     #[cfg(not(unix))]
     let daemon = Daemon::NotRunning;
-    let report = match status::build(config, ledger.as_ref(), &daemon, unix_now()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("popbridge: {e}");
-            return Ok(Exit::Config);
-        }
-    };
+    let report = status::build(config, records.as_ref(), cluster, &daemon, unix_now());
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -3,14 +3,21 @@
 //! matching their LIST size) with their reason and age, and the quarantined count; as a
 //! table for people or as stable JSON (`--json`, `"version": 1`).
 //!
+//! With a `[cluster]` section the records come from the cluster database, and each
+//! account also shows who holds its lease.
+//!
 //! Must never: change anything (the ledger is only read; the daemon is only asked), or
 //! print untrusted text (keys, server replies) unescaped.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::daemon::DaemonStatus;
-use crate::ledger::{Ledger, LedgerError, PassCounts, PassRow, QuarantineAction};
+use crate::ledger::{
+    Ledger, LedgerError, PassCounts, PassRow, QuarantineAction, QuarantineRow, StuckRow,
+};
 use crate::report::{age, clean, rfc3339};
 
 /// The JSON format's version: raised only when a field changes meaning or goes away.
@@ -28,6 +35,48 @@ pub enum Daemon {
     Running(DaemonStatus),
 }
 
+/// What the ledger (local or the cluster's) holds of one account, as the report reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    /// The last pass recorded.
+    pub last_pass: Option<PassRow>,
+    /// The messages known as stuck, oldest first.
+    pub stuck: Vec<StuckRow>,
+    /// The quarantined messages (not discarded).
+    pub quarantined: Vec<QuarantineRow>,
+    /// Who holds the account's cluster lease (cluster only).
+    pub lease: Option<LeaseStatus>,
+}
+
+/// An account's cluster lease as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseStatus {
+    /// The instance holding it, while it holds it.
+    pub holder: Option<String>,
+    /// Until when, RFC 3339 (the database's clock).
+    pub until: Option<String>,
+    /// Raised by every claim: how many times the account changed hands.
+    pub epoch: i64,
+}
+
+/// The records of every configured account in the local ledger.
+pub fn local_records(
+    config: &Config,
+    ledger: &Ledger,
+) -> Result<HashMap<String, Records>, LedgerError> {
+    let mut out = HashMap::new();
+    for a in &config.accounts {
+        let records = Records {
+            last_pass: ledger.passes(&a.name, 1)?.into_iter().next(),
+            stuck: ledger.stuck(&a.name)?,
+            quarantined: ledger.quarantined(Some(&a.name))?,
+            lease: None,
+        };
+        out.insert(a.name.clone(), records);
+    }
+    Ok(out)
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -39,6 +88,10 @@ pub struct Report {
     pub daemon: DaemonJson,
     /// One entry per configured account, in configuration order.
     pub accounts: Vec<AccountStatus>,
+    /// The cluster database the records come from (`user@host/db`, no password), when
+    /// the configuration has a `[cluster]` section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// The daemon as reported.
@@ -69,6 +122,9 @@ pub struct AccountStatus {
     pub quarantined: usize,
     /// Of those, released and waiting for the next pass.
     pub release_pending: usize,
+    /// Who holds the account's cluster lease (cluster only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
 }
 
 /// A pass as reported.
@@ -104,14 +160,16 @@ pub struct Stuck {
     pub age_secs: i64,
 }
 
-/// Builds the report from the ledger (read only; `None` when there is none yet) and what
-/// the daemon said, as of `now` (unix seconds).
+/// Builds the report from the accounts' records (`None` when there is no ledger yet),
+/// the cluster database they came from (if any) and what the daemon said, as of `now`
+/// (unix seconds).
 pub fn build(
     config: &Config,
-    ledger: Option<&Ledger>,
+    records: Option<&HashMap<String, Records>>,
+    cluster: Option<String>,
     daemon: &Daemon,
     now: i64,
-) -> Result<Report, LedgerError> {
+) -> Report {
     let (daemon_json, next) = match daemon {
         Daemon::NotRunning => (
             DaemonJson {
@@ -144,21 +202,10 @@ pub fn build(
                 .or(next.clone()),
             Daemon::NotRunning => None,
         };
-        let Some(ledger) = ledger else {
-            accounts.push(AccountStatus {
-                account: a.name.clone(),
-                last_pass: None,
-                next_pass: next.clone(),
-                stuck: Vec::new(),
-                quarantined: 0,
-                release_pending: 0,
-            });
-            continue;
-        };
-        let last_pass = ledger.passes(&a.name, 1)?.into_iter().next().map(last);
-        let stuck = ledger
-            .stuck(&a.name)?
-            .into_iter()
+        let empty = Records::default();
+        let r = records.and_then(|r| r.get(&a.name)).unwrap_or(&empty);
+        let last_pass = r.last_pass.clone().map(last);
+        let stuck = (r.stuck.iter())
             .map(|s| Stuck {
                 key: clean(&s.key, TEXT_MAX),
                 kind: s.kind.as_str(),
@@ -168,7 +215,7 @@ pub fn build(
                 age_secs: (now - s.since).max(0),
             })
             .collect();
-        let quarantined = ledger.quarantined(Some(&a.name))?;
+        let quarantined = &r.quarantined;
         accounts.push(AccountStatus {
             account: a.name.clone(),
             last_pass,
@@ -179,14 +226,16 @@ pub fn build(
                 .iter()
                 .filter(|q| q.action == Some(QuarantineAction::Release))
                 .count(),
+            lease: r.lease.clone(),
         });
     }
-    Ok(Report {
+    Report {
         version: FORMAT_VERSION,
         generated_at: rfc3339(now),
         daemon: daemon_json,
         accounts,
-    })
+        cluster,
+    }
 }
 
 fn last(p: PassRow) -> LastPass {
@@ -210,6 +259,9 @@ impl Report {
                 age(self.daemon.next_pass_in_secs.unwrap_or(0))
             )),
             (true, None) => out.push_str("daemon: running, next pass not scheduled yet\n"),
+        }
+        if let Some(c) = &self.cluster {
+            out.push_str(&format!("cluster: {c}\n"));
         }
         for a in &self.accounts {
             out.push_str(&format!("\naccount {}\n", a.account));
@@ -241,6 +293,12 @@ impl Report {
                          {quarantined} quarantined)\n"
                     ));
                 }
+            }
+            if let Some(l) = &a.lease {
+                out.push_str(&match (&l.holder, &l.until) {
+                    (Some(h), Some(t)) => format!("  lease:       held by {h} until {t}\n"),
+                    _ => "  lease:       free\n".to_string(),
+                });
             }
             out.push_str(&format!(
                 "  next pass:   {}\n",

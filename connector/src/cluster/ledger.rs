@@ -658,6 +658,28 @@ impl Cluster {
         }
     }
 
+    /// `account`'s lease as the database has it: holder (while unexpired by its clock),
+    /// until when, and its epoch; `None` when the account has no lease row yet.
+    pub async fn lease_state(&mut self, account: &str) -> Result<Option<LeaseState>, ClusterError> {
+        let rows = self
+            .read(
+                "SELECT CASE WHEN expires_at > now() THEN owner END, \
+                        CASE WHEN expires_at > now() THEN expires_at END, epoch \
+                 FROM lease WHERE account = $1",
+                &[&account],
+            )
+            .await?;
+        rows.first()
+            .map(|row| {
+                Ok(LeaseState {
+                    holder: column(row, 0, account, "-")?,
+                    until: column(row, 1, account, "-")?,
+                    epoch: column(row, 2, account, "-")?,
+                })
+            })
+            .transpose()
+    }
+
     /// A query outside any transaction.
     async fn read(
         &mut self,
@@ -668,6 +690,17 @@ impl Cluster {
         let result = self.client.query(sql, params).await;
         result.map_err(|e| self.fail(e))
     }
+}
+
+/// An account's lease as [`Cluster::lease_state`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The instance holding it, while unexpired.
+    pub holder: Option<String>,
+    /// Until when it is held.
+    pub until: Option<std::time::SystemTime>,
+    /// Raised by every claim.
+    pub epoch: i64,
 }
 
 /// A stored quarantine action.

@@ -30,6 +30,7 @@ use tokio_postgres::{Client, NoTls, Row};
 
 pub use claim::{AccountKey, Claim, Fenced, Key, Lease, Slot, SlotKey};
 pub use error::{ClusterError, Refusal};
+pub use ledger::LeaseState;
 pub use migrate::{Migrated, MIGRATED_EPOCH};
 
 use error::connection_lost;

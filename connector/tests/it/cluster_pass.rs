@@ -371,3 +371,44 @@ async fn two_instances_never_hold_more_sessions_on_one_server_than_the_cap() {
     ids.dedup();
     assert_eq!(ids.len(), 9, "each message once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_the_cluster_ledger_and_shows_the_lease() {
+    let Some(pg) = Postgres::start() else { return };
+    let pop = pop3(MockPop3::builder().maildrop(mails(1..=2, 700))).await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let a = instance_with(&pop, &sink, &pg, "a", "");
+    let (summaries, _) = a.run_through(Arc::new(TcpDialer)).await;
+    assert_eq!(summaries[0].delivered, 2, "{:?}", summaries[0]);
+    // The same configuration, written for the binary (private: it holds a password).
+    let path = a.dir.path().join("popbridge.toml");
+    let text = format!(
+        "{}\n[cluster]\ndatabase = \"{}\"\ninstance = \"admin\"\n",
+        config_text(a.dir.path(), &pop, &sink, "", ""),
+        pg.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out =
+        crate::harness::popbridge(&["--config", path.to_str().unwrap(), "status", "--json"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        doc["cluster"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("postgres ")),
+        "{doc}"
+    );
+    let account = &doc["accounts"][0];
+    assert_eq!(account["last_pass"]["outcome"], "ok", "{doc}");
+    assert_eq!(account["last_pass"]["counts"]["delivered"], 2, "{doc}");
+    // Given back after the pass: free, and claimed once.
+    assert_eq!(account["lease"]["holder"], serde_json::Value::Null, "{doc}");
+    assert_eq!(account["lease"]["epoch"], 1, "{doc}");
+}
