@@ -651,6 +651,17 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<Exit> {
 
 fn quarantine(cli: &Cli, config: &Config, action: &QuarantineCommand) -> anyhow::Result<Exit> {
     use popbridge::quarantine as q;
+    if config.cluster.is_some() {
+        // The records are the cluster's, but each copy is a file on the machine whose
+        // instance quarantined it: acting on the local ledger here would change nothing
+        // the cluster's passes see.
+        eprintln!(
+            "popbridge: quarantine: not available yet with a [cluster] section (the quarantine \
+             records are in the cluster database, the copies on the machine that made them); \
+             `popbridge status` shows each account's quarantined count"
+        );
+        return Ok(Exit::Config);
+    }
     let events = match &cli.events {
         Some(p) => EventSink::file(p)
             .with_context(|| format!("opening the events file {}", p.display()))?,

@@ -634,3 +634,28 @@ async fn migrate_ledger_copies_the_state_directorys_ledger_once() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("already has records"), "{err}");
 }
+
+#[tokio::test]
+async fn quarantine_commands_say_they_are_not_there_yet_with_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("popbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[transport]\nhost = \"127.0.0.1\"\n[[account]]\nname = \"{ACCOUNT}\"\n\
+             host = \"127.0.0.1\"\nusername = \"{ACCOUNT}\"\npassword_env = \"UNUSED_PW\"\n\
+             deliver_to = \"alice@contoso.local\"\n[cluster]\ndatabase = \"host=/nonexistent\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out =
+        crate::harness::popbridge(&["--config", config.to_str().unwrap(), "quarantine", "list"])
+            .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not available yet with a [cluster] section"),
+        "{err}"
+    );
+}
