@@ -91,7 +91,9 @@ for n in $instances; do
                 printf '[[account]]\nname = "box%d"\nhost = "%s"\nport = %s\ntls = "none"\nallow_plaintext = true\n' "$b" "${pop3%:*}" "${pop3##*:}"
                 printf 'username = "box%d"\npassword = "pw%d"\ndeliver_to = "box%d@contoso.local"\n' "$b" "$b" "$b"
             done
-            printf '[cluster]\ndatabase = "postgresql://postgres@/postgres?host=%s/pg"\ninstance = "i%d"\nserver_sessions = 64\n' "$dir" "$i"
+            if [ "${NO_CLUSTER:-}" != 1 ]; then
+                printf '[cluster]\ndatabase = "postgresql://postgres@/postgres?host=%s/pg"\ninstance = "i%d"\nserver_sessions = 64\n' "$dir" "$i"
+            fi
         } > "$dir/i$i/popbridge.toml"
         chmod 600 "$dir/i$i/popbridge.toml"
     done

@@ -93,8 +93,8 @@ pub type Lease = Claim<AccountKey>;
 /// A session slot of a POP3 server held by this instance.
 pub type Slot = Claim<SlotKey>;
 
-/// A row this instance claimed, at one epoch. Use it only through the [`super::Cluster`]
-/// that claimed it.
+/// A row this instance claimed, at one epoch. Use it only through a [`super::Cluster`] of
+/// the instance that claimed it (that one, or another connection of it).
 #[derive(Debug)]
 pub struct Claim<K> {
     key: K,

@@ -228,6 +228,19 @@ impl Cluster {
         })
     }
 
+    /// Another connection of this instance to the same database, without checking the
+    /// schema again (this one did): for a pass, while this one goes on claiming. A claim
+    /// made through either is used through either (the fence names the instance and the
+    /// epoch, not the connection).
+    pub async fn connect_again(&self) -> Result<Self, ClusterError> {
+        Ok(Self {
+            config: self.config.clone(),
+            client: open(&self.config).await?,
+            reconnect_owed: false,
+            rollback_owed: false,
+        })
+    }
+
     /// The configuration this instance connected with.
     pub fn config(&self) -> &ClusterConfig {
         &self.config

@@ -57,6 +57,7 @@ pub(super) async fn record_history(store: &Store<'_>, s: &Summary, started_at: i
 async fn run_leased(
     cx: &Context<'_>,
     cluster: &crate::config::ClusterSettings,
+    claimer: &Claimer,
     account: &Account,
     id: &PassId,
 ) -> Summary {
@@ -77,7 +78,7 @@ async fn run_leased(
             ..Summary::default()
         }
     };
-    let store = match lease(cluster, account, cx.config.timeouts.connect).await {
+    let store = match lease(cluster, claimer, account, cx.config.timeouts.connect).await {
         Ok(Ok(store)) => store,
         Ok(Err(busy)) => return not_run(None, Some(busy)),
         Err(e) => {
@@ -125,39 +126,71 @@ async fn run_leased(
     summary
 }
 
-/// Claims `account`'s lease, then one of its POP3 server's session slots, through a new
-/// connection: the store of the pass, or why the pass is skipped (another instance holds
-/// the account, or the cluster holds every session the server is allowed).
+/// The run's connection that claims leases and slots (or why it could not be made).
+type Claimer = Result<tokio::sync::Mutex<crate::cluster::Cluster>, String>;
+
+/// Claims one of `account`'s POP3 server's session slots, waiting for one to come free
+/// (for at most five lease times to live), then the account's lease, through the run's
+/// claiming connection: the store of the pass (over a connection of its own), or why the
+/// pass is skipped (another instance holds the account, or no session slot came free).
 async fn lease(
     settings: &crate::config::ClusterSettings,
+    claimer: &Claimer,
     account: &Account,
     timeout: std::time::Duration,
 ) -> Result<Result<Arc<crate::store::ClusterStore>, String>, String> {
-    let mut cluster =
-        (crate::store::connect(settings, timeout).await).map_err(|e| e.to_string())?;
-    let claimed = cluster.claim_named(&[&account.name]).await;
-    let Some(lease) = claimed.map_err(|e| e.to_string())?.pop() else {
-        return Ok(Err(
-            "another instance holds this account's cluster lease; this pass was skipped".into(),
-        ));
-    };
+    let claimer = claimer.as_ref().map_err(Clone::clone)?;
     let server = format!("{}:{}", account.host, account.port);
-    let slot = cluster.claim_slot(&server, settings.server_sessions).await;
-    match slot {
-        Ok(Some(slot)) => Ok(Ok(crate::store::ClusterStore::with_slot(
-            cluster,
+    let give_up = tokio::time::Instant::now() + settings.lease_ttl * 5;
+    let mut backoff = std::time::Duration::from_millis(50);
+    let slot = loop {
+        let claimed = claimer
+            .lock()
+            .await
+            .claim_slot(&server, settings.server_sessions)
+            .await;
+        if let Some(slot) = claimed.map_err(|e| e.to_string())? {
+            break slot;
+        }
+        if tokio::time::Instant::now() + backoff > give_up {
+            return Ok(Err(format!(
+                "the cluster held all {} sessions allowed on {server} for {} s; this pass was skipped",
+                settings.server_sessions,
+                (settings.lease_ttl * 5).as_secs()
+            )));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+    };
+    let mut claiming = claimer.lock().await;
+    let cluster = &mut *claiming;
+    let claimed = cluster.claim_named(&[&account.name]).await;
+    let lease = match claimed.map(|mut l| l.pop()) {
+        Ok(Some(lease)) => lease,
+        other => {
+            if let Err(e) = slot.release(cluster).await {
+                tracing::warn!(account = %account.name, "server session slot not released: {e}");
+            }
+            other.map_err(|e| e.to_string())?;
+            return Ok(Err(
+                "another instance holds this account's cluster lease; this pass was skipped".into(),
+            ));
+        }
+    };
+    let own = tokio::time::timeout(timeout, cluster.connect_again()).await;
+    match own {
+        Ok(Ok(connection)) => Ok(Ok(crate::store::ClusterStore::with_slot(
+            connection,
             lease,
             Some(slot),
         ))),
-        other => {
-            if let Err(e) = lease.release(&mut cluster).await {
-                tracing::warn!(account = %account.name, "cluster lease not released: {e}");
-            }
-            other.map_err(|e| e.to_string())?;
-            Ok(Err(format!(
-                "the cluster holds all {} sessions allowed on {server}; this pass was skipped",
-                settings.server_sessions
-            )))
+        failed => {
+            let _ = slot.release(cluster).await;
+            let _ = lease.release(cluster).await;
+            Err(match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no connection within {} s", timeout.as_secs()),
+            })
         }
     }
 }
@@ -305,16 +338,30 @@ impl Runner {
             faults,
         } = self.clone();
         let sem = Arc::new(tokio::sync::Semaphore::new(config.parallel_accounts.max(1)));
+        // With a cluster: one connection claims the accounts' leases for the whole run;
+        // each claimed pass gets a connection of its own.
+        let claimer = match &config.cluster {
+            Some(settings) => {
+                let connected = crate::store::connect(settings, config.timeouts.connect).await;
+                Some(Arc::new(
+                    connected
+                        .map(tokio::sync::Mutex::new)
+                        .map_err(|e| e.to_string()),
+                ))
+            }
+            None => None,
+        };
         let mut tasks = Vec::new();
         for account in accounts {
             let name = account.name.clone();
-            let (config, dialer, events, ledger, sem, stop) = (
+            let (config, dialer, events, ledger, sem, stop, claimer) = (
                 config.clone(),
                 dialer.clone(),
                 events.clone(),
                 ledger.clone(),
                 sem.clone(),
                 stop.clone(),
+                claimer.clone(),
             );
             let id = PassId::new();
             let pass = id.clone();
@@ -329,9 +376,11 @@ impl Runner {
                     faults,
                     listing_budget: Budget::DEFAULT,
                 };
-                match &config.cluster {
-                    None => run_account_as(&cx, &account, &pass).await,
-                    Some(cluster) => run_leased(&cx, cluster, &account, &pass).await,
+                match (&config.cluster, &claimer) {
+                    (Some(cluster), Some(claimer)) => {
+                        run_leased(&cx, cluster, claimer, &account, &pass).await
+                    }
+                    _ => run_account_as(&cx, &account, &pass).await,
                 }
             });
             tasks.push((name, id, task));

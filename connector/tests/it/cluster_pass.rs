@@ -342,7 +342,7 @@ async fn two_instances_never_hold_more_sessions_on_one_server_than_the_cap() {
         Setup { dir, config }
     };
     let (a, b) = (instance("a"), instance("b"));
-    // A pass skipped for the cap comes again with the next run, as with a daemon.
+    // Passes wait for a free session slot; a run repeats only if one gave up waiting.
     let mut delivered = 0;
     for _ in 0..6 {
         let ((sa, _), (sb, _)) = tokio::join!(
