@@ -313,28 +313,41 @@ impl Cluster {
     ) -> Result<Option<Slot>, ClusterError> {
         let cap = i32::try_from(cap).unwrap_or(i32::MAX);
         self.ready().await?;
-        let created = self
-            .client
-            .execute(
-                "INSERT INTO server_slot (server, slot) \
-                 SELECT $1, n FROM generate_series(0, $2 - 1) n ON CONFLICT DO NOTHING",
-                &[&server, &cap],
-            )
-            .await;
-        created.map_err(|e| self.fail(e))?;
-        let (rows, act_until) = self
-            .claim_rows(
-                "UPDATE server_slot SET owner = $1, epoch = server_slot.epoch + 1, \
-                     expires_at = now() + make_interval(secs => $2) \
-                 FROM (SELECT server, slot FROM server_slot \
-                       WHERE server = $3 AND slot < $4 \
-                         AND (owner IS NULL OR expires_at <= now()) \
-                       ORDER BY slot FOR UPDATE SKIP LOCKED LIMIT 1) free \
-                 WHERE server_slot.server = free.server AND server_slot.slot = free.slot \
-                 RETURNING server_slot.slot, server_slot.epoch, server_slot.expires_at",
-                &[&server, &cap],
-            )
-            .await?;
+        let mut rows = Vec::new();
+        let mut act_until = Instant::now();
+        // The slot rows are made the first time a server is seen (or its cap grew), not on
+        // every claim.
+        for create in [false, true] {
+            if create {
+                let created = self
+                    .client
+                    .execute(
+                        "INSERT INTO server_slot (server, slot) \
+                         SELECT $1, n FROM generate_series(0, $2 - 1) n ON CONFLICT DO NOTHING",
+                        &[&server, &cap],
+                    )
+                    .await;
+                // Rows another instance made at the same moment count too: claim again
+                // whatever this insert added.
+                created.map_err(|e| self.fail(e))?;
+            }
+            (rows, act_until) = self
+                .claim_rows(
+                    "UPDATE server_slot SET owner = $1, epoch = server_slot.epoch + 1, \
+                         expires_at = now() + make_interval(secs => $2) \
+                     FROM (SELECT server, slot FROM server_slot \
+                           WHERE server = $3 AND slot < $4 \
+                             AND (owner IS NULL OR expires_at <= now()) \
+                           ORDER BY slot FOR UPDATE SKIP LOCKED LIMIT 1) free \
+                     WHERE server_slot.server = free.server AND server_slot.slot = free.slot \
+                     RETURNING server_slot.slot, server_slot.epoch, server_slot.expires_at",
+                    &[&server, &cap],
+                )
+                .await?;
+            if !rows.is_empty() {
+                break;
+            }
+        }
         Ok(rows.first().map(|row| {
             let key = SlotKey {
                 server: server.to_owned(),

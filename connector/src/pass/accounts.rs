@@ -119,20 +119,45 @@ async fn run_leased(
                 tracing::warn!(account = %account.name, "server session slot not released: {e}");
             }
         }
-        if let Err(e) = lease.release(&mut cluster).await {
-            tracing::warn!(account = %account.name, "cluster lease not released: {e}");
+        match lease.release(&mut cluster).await {
+            // Used again by the run's next pass (a new connection costs the database a
+            // process).
+            Ok(()) => {
+                if let Ok(claiming) = claimer {
+                    claiming.spare.lock().await.push(cluster);
+                }
+            }
+            Err(e) => tracing::warn!(account = %account.name, "cluster lease not released: {e}"),
         }
     }
     summary
 }
 
-/// The run's connection that claims leases and slots (or why it could not be made).
-type Claimer = Result<tokio::sync::Mutex<crate::cluster::Cluster>, String>;
+/// The run's connection that claims leases and slots, and the pass connections free for
+/// the next pass (or why the claiming connection could not be made).
+type Claimer = Result<Claiming, String>;
 
-/// Claims one of `account`'s POP3 server's session slots, waiting for one to come free
-/// (for at most five lease times to live), then the account's lease, through the run's
-/// claiming connection: the store of the pass (over a connection of its own), or why the
-/// pass is skipped (another instance holds the account, or no session slot came free).
+/// See [`Claimer`].
+pub(super) struct Claiming {
+    claims: tokio::sync::Mutex<crate::cluster::Cluster>,
+    spare: tokio::sync::Mutex<Vec<crate::cluster::Cluster>>,
+}
+
+impl Claiming {
+    /// The claiming connection for a run.
+    pub(super) fn new(cluster: crate::cluster::Cluster) -> Self {
+        Self {
+            claims: tokio::sync::Mutex::new(cluster),
+            spare: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Claims `account`'s lease, then one of its POP3 server's session slots, waiting for
+/// one to come free (for at most five lease times to live, renewing the lease meanwhile),
+/// through the run's claiming connection: the store of the pass (over a connection of its
+/// own), or why the pass is skipped (another instance holds the account, or no session
+/// slot came free).
 async fn lease(
     settings: &crate::config::ClusterSettings,
     claimer: &Claimer,
@@ -140,44 +165,53 @@ async fn lease(
     timeout: std::time::Duration,
 ) -> Result<Result<Arc<crate::store::ClusterStore>, String>, String> {
     let claimer = claimer.as_ref().map_err(Clone::clone)?;
+    let claimed = (claimer.claims.lock().await)
+        .claim_named(&[&account.name])
+        .await;
+    let Some(mut lease) = claimed.map_err(|e| e.to_string())?.pop() else {
+        return Ok(Err(
+            "another instance holds this account's cluster lease; this pass was skipped".into(),
+        ));
+    };
     let server = format!("{}:{}", account.host, account.port);
     let give_up = tokio::time::Instant::now() + settings.lease_ttl * 5;
     let mut backoff = std::time::Duration::from_millis(50);
     let slot = loop {
-        let claimed = claimer
-            .lock()
-            .await
-            .claim_slot(&server, settings.server_sessions)
-            .await;
-        if let Some(slot) = claimed.map_err(|e| e.to_string())? {
-            break slot;
+        let mut claiming = claimer.claims.lock().await;
+        let cluster = &mut *claiming;
+        let claimed = cluster.claim_slot(&server, settings.server_sessions).await;
+        let waited_out = tokio::time::Instant::now() + backoff > give_up;
+        let renewed = match &claimed {
+            Ok(None) if !waited_out => lease.heartbeat(cluster).await.map_err(|e| e.to_string()),
+            _ => Ok(()),
+        };
+        match (claimed, renewed) {
+            (Ok(Some(slot)), _) => break slot,
+            (Ok(None), Ok(())) if !waited_out => {}
+            (claimed, renewed) => {
+                if let Err(e) = lease.release(cluster).await {
+                    tracing::warn!(account = %account.name, "cluster lease not released: {e}");
+                }
+                claimed.map_err(|e| e.to_string())?;
+                renewed?;
+                return Ok(Err(format!(
+                    "the cluster held all {} sessions allowed on {server} for {} s; this pass was skipped",
+                    settings.server_sessions,
+                    (settings.lease_ttl * 5).as_secs()
+                )));
+            }
         }
-        if tokio::time::Instant::now() + backoff > give_up {
-            return Ok(Err(format!(
-                "the cluster held all {} sessions allowed on {server} for {} s; this pass was skipped",
-                settings.server_sessions,
-                (settings.lease_ttl * 5).as_secs()
-            )));
-        }
+        drop(claiming);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
     };
-    let mut claiming = claimer.lock().await;
+    let spare = claimer.spare.lock().await.pop();
+    let mut claiming = claimer.claims.lock().await;
     let cluster = &mut *claiming;
-    let claimed = cluster.claim_named(&[&account.name]).await;
-    let lease = match claimed.map(|mut l| l.pop()) {
-        Ok(Some(lease)) => lease,
-        other => {
-            if let Err(e) = slot.release(cluster).await {
-                tracing::warn!(account = %account.name, "server session slot not released: {e}");
-            }
-            other.map_err(|e| e.to_string())?;
-            return Ok(Err(
-                "another instance holds this account's cluster lease; this pass was skipped".into(),
-            ));
-        }
+    let own = match spare {
+        Some(connection) => Ok(Ok(connection)),
+        None => tokio::time::timeout(timeout, cluster.connect_again()).await,
     };
-    let own = tokio::time::timeout(timeout, cluster.connect_again()).await;
     match own {
         Ok(Ok(connection)) => Ok(Ok(crate::store::ClusterStore::with_slot(
             connection,
@@ -344,9 +378,7 @@ impl Runner {
             Some(settings) => {
                 let connected = crate::store::connect(settings, config.timeouts.connect).await;
                 Some(Arc::new(
-                    connected
-                        .map(tokio::sync::Mutex::new)
-                        .map_err(|e| e.to_string()),
+                    connected.map(Claiming::new).map_err(|e| e.to_string()),
                 ))
             }
             None => None,
