@@ -106,6 +106,34 @@ struct Held {
     slot: Option<Slot>,
 }
 
+/// Runs `$body` with `$tx`, a fenced transaction of the store's lease, then commits it:
+/// the call's result once the commit returned, else the error (nothing of it committed).
+macro_rules! fenced {
+    ($store:expr, $account:expr, |$tx:ident| $body:expr) => {{
+        let store: &ClusterStore = $store;
+        let account: &str = $account;
+        if store.account != account {
+            return Err(LedgerError::Cluster(ClusterError::Config {
+                reason: format!(
+                    "the lease of account {:?} does not cover account {:?}",
+                    store.account, account
+                ),
+            }));
+        }
+        let mut held = store.held.lock().await;
+        let Held { cluster, lease, .. } = &mut *held;
+        let result = async {
+            let mut $tx = lease.fenced_transaction(cluster).await?;
+            let out = $body;
+            $tx.commit().await?;
+            Ok::<_, LedgerError>(out)
+        }
+        .await;
+        store.note(lease);
+        result
+    }};
+}
+
 impl ClusterStore {
     /// The store of `lease`'s account, used through `cluster` (which claimed the lease).
     pub fn new(cluster: Cluster, lease: Lease) -> Arc<Self> {
@@ -167,6 +195,19 @@ impl ClusterStore {
         Ok(())
     }
 
+    /// The group commit on the cluster ledger, one fenced transaction (the local ledger
+    /// commits through a connection of the pass's own: see the pass's commit).
+    pub async fn record_deliveries(
+        &self,
+        account: &str,
+        batch: &[Delivery<'_>],
+        next: &[&str],
+    ) -> Result<(), LedgerError> {
+        fenced!(self, account, |tx| tx
+            .record_deliveries(batch, next)
+            .await?)
+    }
+
     /// Notes the lease's deadline after a transaction (past, once it is lost).
     fn note(&self, lease: &Lease) {
         let until = if lease.is_lost() {
@@ -186,34 +227,6 @@ impl ClusterStore {
         } = self.held.into_inner();
         (cluster, lease, slot)
     }
-}
-
-/// Runs `$body` with `$tx`, a fenced transaction of the store's lease, then commits it:
-/// the call's result once the commit returned, else the error (nothing of it committed).
-macro_rules! fenced {
-    ($store:expr, $account:expr, |$tx:ident| $body:expr) => {{
-        let store: &ClusterStore = $store;
-        let account: &str = $account;
-        if store.account != account {
-            return Err(LedgerError::Cluster(ClusterError::Config {
-                reason: format!(
-                    "the lease of account {:?} does not cover account {:?}",
-                    store.account, account
-                ),
-            }));
-        }
-        let mut held = store.held.lock().await;
-        let Held { cluster, lease, .. } = &mut *held;
-        let result = async {
-            let mut $tx = lease.fenced_transaction(cluster).await?;
-            let out = $body;
-            $tx.commit().await?;
-            Ok::<_, LedgerError>(out)
-        }
-        .await;
-        store.note(lease);
-        result
-    }};
 }
 
 /// Runs `f` on the local ledger off the runtime's worker where it can.
@@ -383,17 +396,6 @@ impl Store<'_> {
                 fenced!(c, account, |tx| tx.record_deliveries(&[one], &next).await?)
             }
         }
-    }
-
-    /// The group commit on the cluster ledger (the local one commits through a
-    /// connection of its own: see the pass's commit).
-    pub async fn record_deliveries(
-        c: &ClusterStore,
-        account: &str,
-        batch: &[Delivery<'_>],
-        next: &[&str],
-    ) -> Result<(), LedgerError> {
-        fenced!(c, account, |tx| tx.record_deliveries(batch, next).await?)
     }
 
     /// See [`Ledger::clear_unconfirmed`].

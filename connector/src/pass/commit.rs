@@ -128,8 +128,9 @@ impl Run<'_> {
             }),
             Err(cluster) => tokio::spawn(async move {
                 let (deliveries, marks) = Record::borrowed(&records, &marks);
-                let committed =
-                    Store::record_deliveries(&cluster, &account, &deliveries, &marks).await;
+                let committed = cluster
+                    .record_deliveries(&account, &deliveries, &marks)
+                    .await;
                 (None, committed)
             }),
         };
