@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::error::connection_lost;
+use super::error::{bounded, Failure};
 use super::{Cluster, ClusterError};
 
 /// What a claim is on: the SQL that fences and releases it.
@@ -200,7 +200,7 @@ impl<K: Key> Claim<K> {
                     self.lost = true;
                     return Err(self.fenced());
                 }
-                Err(e) if connection_lost(&e) && !retried => {
+                Err(e) if e.connection_lost() && !retried => {
                     retried = true;
                     cluster.reconnect().await?;
                 }
@@ -225,7 +225,13 @@ impl<K: Key> Claim<K> {
         cluster.ready().await?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&cluster.config.instance_id, &self.epoch];
         params.extend(self.key.params());
-        let result = cluster.client.execute(K::RELEASE, &params).await;
+        let deadline = cluster.config.deadline();
+        let result = bounded(
+            deadline,
+            "the release",
+            cluster.client.execute(K::RELEASE, &params),
+        )
+        .await;
         match result {
             Ok(1) => Ok(()),
             Ok(_) => Err(self.fenced()),
@@ -234,13 +240,15 @@ impl<K: Key> Claim<K> {
     }
 
     /// BEGIN and the fence: the new expiry, or `None` when the row is not ours.
-    async fn begin(&self, cluster: &Cluster) -> Result<Option<SystemTime>, tokio_postgres::Error> {
-        cluster.client.batch_execute("BEGIN").await?;
+    async fn begin(&self, cluster: &Cluster) -> Result<Option<SystemTime>, Failure> {
+        let deadline = cluster.config.deadline();
+        bounded(deadline, "BEGIN", cluster.client.batch_execute("BEGIN")).await?;
         let ttl = cluster.config.ttl.as_secs_f64();
         let mut params: Vec<&(dyn ToSql + Sync)> =
             vec![&ttl, &cluster.config.instance_id, &self.epoch];
         params.extend(self.key.params());
-        let rows = cluster.client.query(K::FENCE, &params).await?;
+        let fence = cluster.client.query(K::FENCE, &params);
+        let rows = bounded(deadline, "the fence", fence).await?;
         Ok(match rows[..] {
             [ref row] => Some(row.get(0)),
             _ => None,
@@ -275,8 +283,8 @@ impl<K: Key> Fenced<'_, K> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, ClusterError> {
-        let result = self.cluster.client.execute(sql, params).await;
-        self.check(result)
+        let statement = self.cluster.client.execute(sql, params);
+        self.check(bounded(self.cluster.config.deadline(), "a ledger write", statement).await)
     }
 
     /// Runs a query inside the transaction.
@@ -285,8 +293,8 @@ impl<K: Key> Fenced<'_, K> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ClusterError> {
-        let result = self.cluster.client.query(sql, params).await;
-        self.check(result)
+        let statement = self.cluster.client.query(sql, params);
+        self.check(bounded(self.cluster.config.deadline(), "a ledger read", statement).await)
     }
 
     /// Commits. Only when COMMIT returned success does the claim's `act_until` move on;
@@ -299,7 +307,9 @@ impl<K: Key> Fenced<'_, K> {
                 claim: self.claim.key.to_string(),
             });
         }
-        match self.cluster.client.batch_execute("COMMIT").await {
+        let deadline = self.cluster.config.deadline();
+        let commit = self.cluster.client.batch_execute("COMMIT");
+        match bounded(deadline, "COMMIT", commit).await {
             Ok(()) => {
                 let claim = &mut *self.claim;
                 claim.act_until = claim
@@ -308,8 +318,11 @@ impl<K: Key> Fenced<'_, K> {
                 claim.expires_at = self.expires_at;
                 Ok(())
             }
-            Err(source) => {
-                if connection_lost(&source) {
+            // Unanswered: the outcome is unknown, so the connection is given up and the
+            // writes count as not committed.
+            Err(stalled @ Failure::Stalled(_)) => Err(self.cluster.fail(stalled)),
+            Err(Failure::Db(source)) => {
+                if super::error::connection_lost(&source) {
                     self.cluster.reconnect_owed = true;
                 }
                 Err(ClusterError::Commit {
@@ -327,7 +340,7 @@ impl<K: Key> Fenced<'_, K> {
         self.cluster.abandon().await;
     }
 
-    fn check<T>(&mut self, result: Result<T, tokio_postgres::Error>) -> Result<T, ClusterError> {
+    fn check<T>(&mut self, result: Result<T, Failure>) -> Result<T, ClusterError> {
         result.map_err(|e| {
             self.failed = true;
             self.cluster.fail(e)

@@ -67,6 +67,21 @@ pub enum ClusterError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The database did not answer a statement (or the opening of a connection) within
+    /// the deadline: the connection is given up, the next call opens another, and
+    /// whatever the statement would have done counts as not done.
+    #[error(
+        "cluster database {target}: no answer to {what} within {:.1} s; the connection was dropped and the outcome counts as not committed",
+        after.as_secs_f64()
+    )]
+    Stalled {
+        /// The database, as [`super::ClusterConfig`] displays it.
+        target: String,
+        /// What went unanswered (`COMMIT`, `the lease fence`, `connecting`, ...).
+        what: &'static str,
+        /// The deadline that passed.
+        after: std::time::Duration,
+    },
     /// COMMIT of a fenced transaction did not succeed: its outcome may be unknown (the
     /// connection dropped), and it must be treated as not committed.
     #[error(
@@ -124,8 +139,65 @@ impl ClusterError {
             ClusterError::Database { source, .. } | ClusterError::Commit { source, .. } => {
                 connection_lost(source)
             }
+            ClusterError::Stalled { .. } => true,
             _ => false,
         }
+    }
+}
+
+/// How a statement failed, before it becomes a [`ClusterError`]: the database's own
+/// error, or no answer within the deadline.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The client's error.
+    Db(tokio_postgres::Error),
+    /// Nothing came back in time; the named statement's outcome is unknown.
+    Stalled(&'static str),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl Failure {
+    /// True when the session with the server is gone or cannot be trusted any more: a
+    /// lost connection, or a statement left unanswered.
+    pub(crate) fn connection_lost(&self) -> bool {
+        match self {
+            Failure::Db(e) => connection_lost(e),
+            Failure::Stalled(_) => true,
+        }
+    }
+
+    /// The error for `target` (the redacted database name), given the deadline.
+    pub(crate) fn into_error(self, target: &str, deadline: std::time::Duration) -> ClusterError {
+        match self {
+            Failure::Db(source) => ClusterError::Database {
+                target: target.to_owned(),
+                source,
+            },
+            Failure::Stalled(what) => ClusterError::Stalled {
+                target: target.to_owned(),
+                what,
+                after: deadline,
+            },
+        }
+    }
+}
+
+/// Awaits `statement` for at most `deadline`: its result, or [`Failure::Stalled`] naming
+/// `what`. The whole exchange (sending, the server's work, every row of the reply) falls
+/// under the one deadline.
+pub(crate) async fn bounded<T>(
+    deadline: std::time::Duration,
+    what: &'static str,
+    statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(deadline, statement).await {
+        Ok(result) => result.map_err(Failure::Db),
+        Err(_) => Err(Failure::Stalled(what)),
     }
 }
 

@@ -687,7 +687,9 @@ impl Cluster {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, ClusterError> {
         self.ready().await?;
-        let result = self.client.query(sql, params).await;
+        let deadline = self.config.deadline();
+        let result =
+            super::error::bounded(deadline, "a ledger read", self.client.query(sql, params)).await;
         result.map_err(|e| self.fail(e))
     }
 }

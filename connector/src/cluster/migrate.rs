@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::types::ToSql;
 
-use super::error::Refusal;
+use super::error::{bounded, Failure, Refusal};
 use super::{Cluster, ClusterError};
 use crate::ledger::{Cell, Ledger, Table};
 
@@ -67,25 +67,27 @@ async fn copy(
     tables: &[(Table, Vec<Vec<Cell>>)],
 ) -> Result<Migrated, ClusterError> {
     let client = &cluster.client;
-    let db = |e| ClusterError::Database {
-        target: cluster.config.target.clone(),
-        source: e,
-    };
-    client.batch_execute("BEGIN").await.map_err(db)?;
-    // Holds off claims and other migrations of these accounts until the copy commits.
-    client
-        .execute(
-            "INSERT INTO lease (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-            &[&accounts],
-        )
+    // Every statement of the copy is bounded like any other.
+    let deadline = cluster.config.deadline();
+    let db = |e: Failure| e.into_error(&cluster.config.target, deadline);
+    bounded(deadline, "BEGIN", client.batch_execute("BEGIN"))
         .await
         .map_err(db)?;
-    let held = client
-        .query(
-            "SELECT account FROM lease WHERE account = ANY($1) \
-             AND owner IS NOT NULL AND expires_at > now() ORDER BY account FOR UPDATE",
-            &[&accounts],
-        )
+    // Holds off claims and other migrations of these accounts until the copy commits.
+    let params: [&(dyn ToSql + Sync); 1] = [&accounts];
+    let register = client.execute(
+        "INSERT INTO lease (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        &params,
+    );
+    bounded(deadline, "the lease registration", register)
+        .await
+        .map_err(db)?;
+    let held = client.query(
+        "SELECT account FROM lease WHERE account = ANY($1) \
+         AND owner IS NOT NULL AND expires_at > now() ORDER BY account FOR UPDATE",
+        &params,
+    );
+    let held = bounded(deadline, "the lease check", held)
         .await
         .map_err(db)?;
     if let Some(row) = held.first() {
@@ -99,14 +101,12 @@ async fn copy(
         ..Migrated::default()
     };
     for (i, (table, rows)) in tables.iter().enumerate() {
-        let found = client
-            .query(
-                &format!(
-                    "SELECT account FROM {} WHERE account = ANY($1) LIMIT 1",
-                    table.cluster_name()
-                ),
-                &[&accounts],
-            )
+        let probe = format!(
+            "SELECT account FROM {} WHERE account = ANY($1) LIMIT 1",
+            table.cluster_name()
+        );
+        let found = client.query(&probe, &params);
+        let found = bounded(deadline, "the records check", found)
             .await
             .map_err(db)?;
         if let Some(row) = found.first() {
@@ -117,7 +117,9 @@ async fn copy(
             .into());
         }
         let insert = insert_statement(*table);
-        let statement = client.prepare(&insert).await.map_err(db)?;
+        let statement = bounded(deadline, "PREPARE", client.prepare(&insert))
+            .await
+            .map_err(db)?;
         for row in rows {
             let values: Vec<Box<dyn ToSql + Sync + Send>> = (row.iter().zip(table.columns()))
                 .map(|(cell, (_, text))| value(cell, *text))
@@ -126,11 +128,19 @@ async fn copy(
                 .iter()
                 .map(|v| v.as_ref() as &(dyn ToSql + Sync))
                 .collect();
-            client.execute(&statement, &params).await.map_err(db)?;
+            bounded(
+                deadline,
+                "a copied row",
+                client.execute(&statement, &params),
+            )
+            .await
+            .map_err(db)?;
         }
         migrated.rows[i] = rows.len() as u64;
     }
-    client.batch_execute("COMMIT").await.map_err(db)?;
+    bounded(deadline, "COMMIT", client.batch_execute("COMMIT"))
+        .await
+        .map_err(db)?;
     Ok(migrated)
 }
 

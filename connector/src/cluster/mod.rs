@@ -3,12 +3,16 @@
 //! not wired into the pass yet).
 //!
 //! Responsible for: the connection to the cluster database (a unix socket or the
-//! loopback, no TLS yet), reconnecting after it was lost, the tables (created
+//! loopback, no TLS yet), a deadline on every statement and on opening a connection
+//! (ttl / 4, at least two seconds: a database that stops answering cannot hold a pass
+//! past its lease), reconnecting after the connection was lost or a statement went
+//! unanswered, the tables (created
 //! idempotently, versioned by `schema_version`), and claiming free or expired rows by the
 //! database's clock (`FOR UPDATE SKIP LOCKED`, epoch + 1). What a claim guarantees, and
 //! how it fences writes, is in [`claim`](Claim); the ledger's records, written only
 //! inside a fenced transaction, are methods of [`Fenced`].
-//! Must never: judge a lease's expiry by the local wall clock, connect to a database on
+//! Must never: wait for the database without a deadline, keep using a connection on
+//! which a statement went unanswered, judge a lease's expiry by the local wall clock, connect to a database on
 //! another machine without TLS, or put the database password in a `Display`/`Debug`
 //! string, an error or a log line.
 
@@ -33,7 +37,10 @@ pub use error::{ClusterError, Refusal};
 pub use ledger::LeaseState;
 pub use migrate::{Migrated, MIGRATED_EPOCH};
 
-use error::connection_lost;
+use error::{bounded, Failure};
+
+/// The shortest deadline for a statement, whatever the lease time.
+const MIN_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Where the cluster database is and who this instance is in it.
 #[derive(Clone)]
@@ -63,6 +70,8 @@ impl ClusterConfig {
         if ttl.is_zero() {
             return Err(config_error("the lease time to live is zero"));
         }
+        let mut pg = pg;
+        server_deadlines(&mut pg, deadline_for(ttl));
         Ok(Self {
             target: target(&pg),
             pg,
@@ -115,6 +124,12 @@ impl ClusterConfig {
     fn act_for(&self) -> Duration {
         self.ttl - self.margin
     }
+
+    /// How long one statement, or the opening of a connection (with the schema check),
+    /// may take: a quarter of the ttl, at least [`MIN_DEADLINE`].
+    pub fn deadline(&self) -> Duration {
+        deadline_for(self.ttl)
+    }
 }
 
 impl fmt::Display for ClusterConfig {
@@ -133,6 +148,27 @@ impl fmt::Debug for ClusterConfig {
             .field("margin", &self.margin)
             .finish()
     }
+}
+
+/// The deadline of a statement for leases of `ttl`.
+fn deadline_for(ttl: Duration) -> Duration {
+    (ttl / 4).max(MIN_DEADLINE)
+}
+
+/// Asks the server to enforce the same deadline from its side: a statement running
+/// longer is cancelled (`statement_timeout`), and a session left idle inside a
+/// transaction longer is ended (`idle_in_transaction_session_timeout`), so a fenced
+/// transaction whose client went silent releases its lease row instead of holding it
+/// until the server notices the connection is dead. Options of the connection string
+/// are kept; these follow them, so where both set one of these two, ours win.
+fn server_deadlines(pg: &mut tokio_postgres::Config, deadline: Duration) {
+    let ms = deadline.as_millis();
+    let ours = format!("-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}");
+    let options = match pg.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
+    };
+    pg.options(&options);
 }
 
 fn config_error(reason: &str) -> ClusterError {
@@ -199,6 +235,9 @@ fn target(pg: &tokio_postgres::Config) -> String {
 pub struct Cluster {
     config: ClusterConfig,
     client: Client,
+    /// The task driving `client`'s connection: stopped when the connection is replaced
+    /// or the `Cluster` dropped, so a connection stuck on a silent link does not linger.
+    driver: tokio::task::AbortHandle,
     /// The connection must be replaced before the next statement.
     reconnect_owed: bool,
     /// A fenced transaction was dropped open: ROLLBACK before the next statement.
@@ -218,11 +257,22 @@ impl Cluster {
 
     /// Connects with a prepared configuration, creating the tables when missing.
     pub async fn connect_with(config: ClusterConfig) -> Result<Self, ClusterError> {
-        let mut client = open(&config).await?;
-        schema::ensure(&mut client, &config.target).await?;
+        let (mut client, driver) = open(&config).await?;
+        let ensured = tokio::time::timeout(
+            config.deadline(),
+            schema::ensure(&mut client, &config.target),
+        )
+        .await;
+        let stalled =
+            || Failure::Stalled("the schema check").into_error(&config.target, config.deadline());
+        if let Err(e) = ensured.unwrap_or_else(|_| Err(stalled())) {
+            driver.abort();
+            return Err(e);
+        }
         Ok(Self {
             config,
             client,
+            driver,
             reconnect_owed: false,
             rollback_owed: false,
         })
@@ -233,9 +283,11 @@ impl Cluster {
     /// made through either is used through either (the fence names the instance and the
     /// epoch, not the connection).
     pub async fn connect_again(&self) -> Result<Self, ClusterError> {
+        let (client, driver) = open(&self.config).await?;
         Ok(Self {
             config: self.config.clone(),
-            client: open(&self.config).await?,
+            client,
+            driver,
             reconnect_owed: false,
             rollback_owed: false,
         })
@@ -250,13 +302,15 @@ impl Cluster {
     pub async fn register<S: AsRef<str>>(&mut self, accounts: &[S]) -> Result<u64, ClusterError> {
         let names: Vec<&str> = accounts.iter().map(AsRef::as_ref).collect();
         self.ready().await?;
-        let result = self
-            .client
-            .execute(
+        let result = bounded(
+            self.config.deadline(),
+            "the lease registration",
+            self.client.execute(
                 "INSERT INTO lease (account) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
                 &[&names],
-            )
-            .await;
+            ),
+        )
+        .await;
         result.map_err(|e| self.fail(e))
     }
 
@@ -319,14 +373,16 @@ impl Cluster {
         // every claim.
         for create in [false, true] {
             if create {
-                let created = self
-                    .client
-                    .execute(
+                let created = bounded(
+                    self.config.deadline(),
+                    "the slot creation",
+                    self.client.execute(
                         "INSERT INTO server_slot (server, slot) \
                          SELECT $1, n FROM generate_series(0, $2 - 1) n ON CONFLICT DO NOTHING",
                         &[&server, &cap],
-                    )
-                    .await;
+                    ),
+                )
+                .await;
                 // Rows another instance made at the same moment count too: claim again
                 // whatever this insert added.
                 created.map_err(|e| self.fail(e))?;
@@ -368,7 +424,12 @@ impl Cluster {
         let mut all: Vec<&(dyn ToSql + Sync)> = vec![&self.config.instance_id, &ttl];
         all.extend_from_slice(params);
         let sent = Instant::now();
-        let result = self.client.query(sql, &all).await;
+        let result = bounded(
+            self.config.deadline(),
+            "a claim",
+            self.client.query(sql, &all),
+        )
+        .await;
         let rows = result.map_err(|e| self.fail(e))?;
         Ok((rows, sent + self.config.act_for()))
     }
@@ -377,7 +438,10 @@ impl Cluster {
     /// the connection was lost.
     async fn ready(&mut self) -> Result<(), ClusterError> {
         if self.rollback_owed && !self.reconnect_owed {
-            if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+            let deadline = self.config.deadline();
+            if let Err(e) =
+                bounded(deadline, "ROLLBACK", self.client.batch_execute("ROLLBACK")).await
+            {
                 return Err(self.fail(e));
             }
         }
@@ -392,27 +456,28 @@ impl Cluster {
     async fn reconnect(&mut self) -> Result<(), ClusterError> {
         // Until a new connection is made, the next call tries again.
         self.reconnect_owed = true;
-        self.client = open(&self.config).await?;
+        self.driver.abort();
+        (self.client, self.driver) = open(&self.config).await?;
         self.reconnect_owed = false;
         self.rollback_owed = false;
         Ok(())
     }
 
-    /// The error for a failed statement; a lost connection is replaced by the next call.
-    fn fail(&mut self, source: tokio_postgres::Error) -> ClusterError {
-        if connection_lost(&source) {
+    /// The error for a failed statement; a lost connection, or one on which a statement
+    /// went unanswered, is replaced by the next call.
+    fn fail(&mut self, failure: impl Into<Failure>) -> ClusterError {
+        let failure = failure.into();
+        if failure.connection_lost() {
             self.reconnect_owed = true;
         }
-        ClusterError::Database {
-            target: self.config.target.clone(),
-            source,
-        }
+        failure.into_error(&self.config.target, self.config.deadline())
     }
 
     /// Ends an open transaction after a failure inside it, now or before the next
     /// statement.
     async fn abandon(&mut self) {
-        if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+        let deadline = self.config.deadline();
+        if let Err(e) = bounded(deadline, "ROLLBACK", self.client.batch_execute("ROLLBACK")).await {
             self.rollback_owed = true;
             self.fail(e);
         }
@@ -434,21 +499,23 @@ fn leases_of(rows: &[Row], act_until: Instant) -> Vec<Lease> {
     leases
 }
 
-/// Opens a connection; its driver runs as a task until the connection ends.
-async fn open(config: &ClusterConfig) -> Result<Client, ClusterError> {
-    let (client, connection) =
-        config
-            .pg
-            .connect(NoTls)
-            .await
-            .map_err(|source| ClusterError::Database {
-                target: config.target.clone(),
-                source,
-            })?;
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Opens a connection (within the deadline); its driver runs as a task until the
+/// connection ends or the returned handle stops it.
+async fn open(config: &ClusterConfig) -> Result<(Client, tokio::task::AbortHandle), ClusterError> {
+    let deadline = config.deadline();
+    let (client, connection) = bounded(deadline, "connecting", config.pg.connect(NoTls))
+        .await
+        .map_err(|e| e.into_error(&config.target, deadline))?;
     // The client sees the end of the connection as `is_closed`; the driver's own error
     // adds nothing a caller could act on.
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok(client)
+    Ok((client, driver.abort_handle()))
 }

@@ -15,6 +15,7 @@ pub(crate) mod pg;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
+use crate::gate::Gate;
 use pg::Postgres;
 use popbridge::cluster::{Cluster, ClusterConfig, ClusterError, Lease};
 use tokio::time::Instant;
@@ -154,6 +155,48 @@ async fn two_instances_claim_disjoint_sets_covering_every_account() {
     }
 }
 
+/// A database that stops answering (a silent link, not a closed one: the gate holds every
+/// byte) costs a fenced write at most its deadlines, never a hang, and nothing of it
+/// commits, also when the held bytes reach the server late; the claim works again once
+/// the link is back. Without the deadlines the write waits until the link returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_fails_a_fenced_write_by_its_deadline() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = observer(&pg).await;
+    let gate = Gate::to_unix(&pg.socket()).await;
+    let ttl = Duration::from_secs(20);
+    let mut a = Cluster::connect(&pg.url_via(gate.addr()), "a", ttl)
+        .await
+        .unwrap();
+    let deadline = a.config().deadline();
+    let mut lease = a.claim_named(&["alice"]).await.unwrap().pop().unwrap();
+    write_fenced(&mut lease, &mut a, "before the cut")
+        .await
+        .unwrap();
+
+    gate.cut();
+    // The fence, then one retry on a new connection: two deadlines, and some slack.
+    let bound = 3 * deadline + Duration::from_secs(5);
+    let err = tokio::time::timeout(bound, write_fenced(&mut lease, &mut a, "during the cut"))
+        .await
+        .expect("a fenced write waited on a silent database past its deadlines")
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Stalled { .. }), "{err}");
+    assert!(err.is_connection_lost() && !err.is_fenced(), "{err}");
+
+    // Before the restore, so that what the gate held has reached the server by the time
+    // the writers are read.
+    gate.restore();
+    write_fenced(&mut lease, &mut a, "after the restore")
+        .await
+        .unwrap();
+    assert_eq!(
+        scratch_writers(&db).await,
+        ["after the restore", "before the cut"],
+        "the write sent during the cut must not commit, even late"
+    );
+}
+
 #[tokio::test]
 async fn expired_lease_is_taken_over_and_the_old_owners_write_is_refused() {
     let Some(pg) = Postgres::start() else { return };
@@ -263,11 +306,13 @@ async fn an_instance_that_cannot_reach_the_database_stops_acting_after_ttl_minus
     let mut a = Cluster::connect_with(config).await.unwrap();
     a.register(&["alice"]).await.unwrap();
 
-    tokio::time::pause();
     let before = Instant::now();
     let mut lease = a.claim(1).await.unwrap().pop().unwrap();
     let after = Instant::now();
     pg.stop();
+    // Paused only now: on the paused clock a statement's deadline would pass the moment
+    // the test waited for a live server. The stopped one's answers are already there.
+    tokio::time::pause();
 
     let err = lease.heartbeat(&mut a).await.unwrap_err();
     assert!(

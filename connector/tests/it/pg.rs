@@ -9,7 +9,8 @@
 //! A missing server skips the test, unless `POPBRIDGE_REQUIRE_PEERS=1`.
 //!
 //! `fsync` is off: the tests never crash the machine, and a clean stop or restart still
-//! writes everything.
+//! writes everything. Commit timestamps are kept (`track_commit_timestamp`), so a test
+//! can tell when a row's transaction committed.
 //!
 //! Must never: listen on TCP, touch a cluster it did not create, wait for the server
 //! other than through `pg_ctl -w` (bounded by its `-t`), or skip silently.
@@ -90,6 +91,17 @@ impl Postgres {
         )
     }
 
+    /// The server's unix socket (for a proxy in front of it).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join(".s.PGSQL.5432")
+    }
+
+    /// The connection URL through a loopback TCP address that forwards to
+    /// [`Postgres::socket`].
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        format!("postgresql://postgres@{addr}/postgres")
+    }
+
     /// Stops the server (fast mode: sessions are ended, nothing is lost).
     pub fn stop(&self) {
         self.pg_ctl(&["stop", "-m", "fast"]);
@@ -98,7 +110,7 @@ impl Postgres {
     /// Starts the server again after [`Postgres::stop`].
     pub fn start_server(&self) {
         let options = format!(
-            "-c listen_addresses='' -k {} -c fsync=off",
+            "-c listen_addresses='' -k {} -c fsync=off -c track_commit_timestamp=on",
             self.dir.path().display()
         );
         let log = self.dir.path().join("server.log");
