@@ -84,8 +84,9 @@ impl Exit {
         match &s.failure {
             Some(AccountFailure::Config(_)) => Exit::Config,
             Some(AccountFailure::Connect(_) | AccountFailure::Auth(_)) => Exit::Connect,
-            // A broken pass: whatever it did not deliver stays on the server.
-            Some(AccountFailure::Internal(_)) => Exit::Stuck,
+            // A broken pass, or one stopped because another instance took its account over:
+            // whatever it did not deliver stays on the server.
+            Some(AccountFailure::Internal(_) | AccountFailure::LeaseLost(_)) => Exit::Stuck,
             None if s.aborted.is_some() || s.stuck() > 0 => Exit::Stuck,
             None if s.backlog() > 0 => Exit::Backlog,
             None => Exit::Delivered,
@@ -124,6 +125,8 @@ mod tests {
         assert_eq!(Exit::of(&aborted), Exit::Stuck);
         let connect = summary(|s| s.failure = Some(AccountFailure::Connect("refused".into())));
         let config = summary(|s| s.failure = Some(AccountFailure::Config("bad".into())));
+        let taken = summary(|s| s.failure = Some(AccountFailure::LeaseLost("fenced".into())));
+        assert_eq!(Exit::of(&taken), Exit::Stuck);
         let ok = Summary::default();
         assert_eq!(Exit::of_all(&[]), Exit::Delivered);
         assert_eq!(Exit::of_all(&[ok.clone(), backlog.clone()]), Exit::Backlog);

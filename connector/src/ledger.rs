@@ -551,6 +551,20 @@ pub enum LedgerError {
     },
 }
 
+impl LedgerError {
+    /// True when the ledger is the cluster's and its database could not be reached or
+    /// stopped answering: a connection failure, not a configuration one.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, LedgerError::Cluster(e) if e.is_connection_lost())
+    }
+
+    /// True when the ledger is the cluster's and the account's lease is no longer this
+    /// instance's (taken over by another).
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, LedgerError::Cluster(e) if e.is_fenced())
+    }
+}
+
 /// Attach the database path to a rusqlite result.
 trait At<T> {
     fn at(self, path: &Path) -> Result<T, LedgerError>;

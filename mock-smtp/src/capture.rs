@@ -61,6 +61,8 @@ pub struct Received {
     pub session: u64,
     /// Its number in the server (from 1).
     pub id: u64,
+    /// The name the client gave in HELO/EHLO before this transaction, if any.
+    pub helo: Option<String>,
     /// MAIL FROM's path as the client sent it (`""` for `<>`).
     pub mail_from: String,
     /// The sender after DefaultDomain repair, when the path was accepted.

@@ -528,6 +528,7 @@ where
         Received {
             session: self.id,
             id,
+            helo: self.helo.clone(),
             mail_from: from.to_string(),
             sender: None,
             params,

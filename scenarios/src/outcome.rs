@@ -748,6 +748,7 @@ mod tests {
         Received {
             session: 1,
             id,
+            helo: Some("popbridge.test".into()),
             mail_from: "scanner@example.net".into(),
             sender: None,
             params: Vec::new(),

@@ -334,18 +334,18 @@ impl Fenced<'_, AccountKey> {
     /// server from now on (unless already so); one it showed is not. Header-digest and
     /// size keys are left alone (no listing names them).
     pub async fn record_listing(&mut self, seen: &HashSet<String>) -> Result<(), ClusterError> {
-        let account = self.account().to_owned();
+        let (account, epoch) = (self.account().to_owned(), self.epoch());
         let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
         let prefixes = [keys::DIGEST_PREFIX, keys::SIZE_PREFIX];
         self.execute(
             concat!(
                 "UPDATE ledger_message SET gone_since = \
-                    CASE WHEN key = ANY($2) THEN NULL ELSE t END FROM ",
+                    CASE WHEN key = ANY($2) THEN NULL ELSE t END, epoch = $5 FROM ",
                 clock!(),
                 " WHERE account = $1 AND NOT starts_with(key, $3) AND NOT starts_with(key, $4) \
                    AND (key = ANY($2)) = (gone_since IS NOT NULL)"
             ),
-            &[&account, &seen, &prefixes[0], &prefixes[1]],
+            &[&account, &seen, &prefixes[0], &prefixes[1], &epoch],
         )
         .await
         .map(|_| ())

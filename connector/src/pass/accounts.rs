@@ -81,10 +81,7 @@ async fn run_leased(
     let store = match lease(cluster, claimer, account, cx.config.timeouts.connect).await {
         Ok(Ok(store)) => store,
         Ok(Err(busy)) => return not_run(None, Some(busy)),
-        Err(e) => {
-            let failure = AccountFailure::Config(format!("cluster database: {e}"));
-            return not_run(Some(failure), None);
-        }
+        Err(failure) => return not_run(Some(failure), None),
     };
     // Renewed a third of the way through each lease while the pass runs, whatever the
     // pass is waiting for; stopped between two renewals, never in the middle of one.
@@ -135,7 +132,19 @@ async fn run_leased(
 
 /// The run's connection that claims leases and slots, and the pass connections free for
 /// the next pass (or why the claiming connection could not be made).
-type Claimer = Result<Claiming, String>;
+type Claimer = Result<Claiming, AccountFailure>;
+
+/// A failure to connect to the cluster database as the pass reports it:
+/// [`AccountFailure::Connect`] when the database could not be reached (exit 3, like a
+/// POP3 server that cannot be reached), [`AccountFailure::Config`] otherwise (the
+/// password's source, the database's schema).
+fn connect_failure(e: crate::store::ConnectError) -> AccountFailure {
+    // The errors name the database themselves.
+    match e.is_unreachable() {
+        true => AccountFailure::Connect(e.to_string()),
+        false => AccountFailure::Config(e.to_string()),
+    }
+}
 
 /// See [`Claimer`].
 pub(super) struct Claiming {
@@ -163,12 +172,12 @@ async fn lease(
     claimer: &Claimer,
     account: &Account,
     timeout: std::time::Duration,
-) -> Result<Result<Arc<crate::store::ClusterStore>, String>, String> {
+) -> Result<Result<Arc<crate::store::ClusterStore>, String>, AccountFailure> {
     let claimer = claimer.as_ref().map_err(Clone::clone)?;
     let claimed = (claimer.claims.lock().await)
         .claim_named(&[&account.name])
         .await;
-    let Some(mut lease) = claimed.map_err(|e| e.to_string())?.pop() else {
+    let Some(mut lease) = claimed.map_err(AccountFailure::of_cluster)?.pop() else {
         return Ok(Err(
             "another instance holds this account's cluster lease; this pass was skipped".into(),
         ));
@@ -182,7 +191,7 @@ async fn lease(
         let claimed = cluster.claim_slot(&server, settings.server_sessions).await;
         let waited_out = tokio::time::Instant::now() + backoff > give_up;
         let renewed = match &claimed {
-            Ok(None) if !waited_out => lease.heartbeat(cluster).await.map_err(|e| e.to_string()),
+            Ok(None) if !waited_out => lease.heartbeat(cluster).await,
             _ => Ok(()),
         };
         match (claimed, renewed) {
@@ -192,8 +201,8 @@ async fn lease(
                 if let Err(e) = lease.release(cluster).await {
                     tracing::warn!(account = %account.name, "cluster lease not released: {e}");
                 }
-                claimed.map_err(|e| e.to_string())?;
-                renewed?;
+                claimed.map_err(AccountFailure::of_cluster)?;
+                renewed.map_err(AccountFailure::of_cluster)?;
                 return Ok(Err(format!(
                     "the cluster held all {} sessions allowed on {server} for {} s; this pass was skipped",
                     settings.server_sessions,
@@ -222,8 +231,11 @@ async fn lease(
             let _ = slot.release(cluster).await;
             let _ = lease.release(cluster).await;
             Err(match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!("no connection within {} s", timeout.as_secs()),
+                Ok(Err(e)) => AccountFailure::of_cluster(e),
+                _ => AccountFailure::Connect(format!(
+                    "cluster database: no connection within {} s",
+                    timeout.as_secs()
+                )),
             })
         }
     }
@@ -378,7 +390,7 @@ impl Runner {
             Some(settings) => {
                 let connected = crate::store::connect(settings, config.timeouts.connect).await;
                 Some(Arc::new(
-                    connected.map(Claiming::new).map_err(|e| e.to_string()),
+                    connected.map(Claiming::new).map_err(connect_failure),
                 ))
             }
             None => None,

@@ -136,6 +136,30 @@ pub enum AccountFailure {
     Auth(String),
     /// The pass itself failed (a bug): nothing it had not recorded was deleted.
     Internal(String),
+    /// The account's cluster lease was taken over by another instance (this one was
+    /// too slow to renew it): the pass stopped, nothing it had not recorded was deleted,
+    /// and the instance holding the lease goes on.
+    LeaseLost(String),
+}
+
+impl AccountFailure {
+    /// A ledger failure as the pass reports it: a cluster database that cannot be reached
+    /// fails it like a server that cannot be, a lease taken over stops it, and any other
+    /// ledger failure is the configuration's (the state directory, the database's schema).
+    pub fn of_ledger(e: crate::ledger::LedgerError) -> Self {
+        if e.is_unreachable() {
+            Self::Connect(e.to_string())
+        } else if e.is_lease_lost() {
+            Self::LeaseLost(e.to_string())
+        } else {
+            Self::Config(e.to_string())
+        }
+    }
+
+    /// [`AccountFailure::of_ledger`] of a cluster database error.
+    pub fn of_cluster(e: crate::cluster::ClusterError) -> Self {
+        Self::of_ledger(e.into())
+    }
 }
 
 impl std::fmt::Display for AccountFailure {
@@ -144,6 +168,7 @@ impl std::fmt::Display for AccountFailure {
             Self::Config(e) => write!(f, "configuration: {e}"),
             Self::Connect(e) => write!(f, "{e}"),
             Self::Auth(e) => write!(f, "{e}"),
+            Self::LeaseLost(e) => write!(f, "{e}"),
             Self::Internal(e) => write!(
                 f,
                 "internal error, please report it: {e}; messages not yet delivered stay on \

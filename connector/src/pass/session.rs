@@ -145,7 +145,7 @@ impl Run<'_> {
             messages: self.summary.listed,
             octets: sizes.octets(),
         });
-        let ledger_error = |e: crate::ledger::LedgerError| AccountFailure::Config(e.to_string());
+        let ledger_error = AccountFailure::of_ledger;
         self.known = (self.store.statuses(&a.name).await).map_err(ledger_error)?;
         self.actions = (self.store.quarantine_actions(&a.name).await).map_err(ledger_error)?;
         let shared = (self.store.shared_uids(&a.name).await).map_err(ledger_error)?;

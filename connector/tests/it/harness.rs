@@ -420,6 +420,21 @@ pub fn exactly_once(ids: &[String], expected: usize) {
 
 /// Writes a configuration or password file as an administrator must: readable by its
 /// owner only (popbridge refuses a password others can read).
+/// `popbridge --config CONFIG --events EVENTS fetch` as a child the caller gives its
+/// output files to: no input, killed when dropped.
+pub fn fetch_command(config: &Path, events: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"));
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("--events")
+        .arg(events)
+        .arg("fetch")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 pub fn write_private(path: &Path, text: impl AsRef<[u8]>) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();

@@ -230,8 +230,17 @@ pub(super) struct Mail {
 }
 
 impl Mail {
+    /// A message of the store: `stored` with LF line ends.
+    pub(super) fn new(message_id: String, sender: String, stored: Vec<u8>) -> Mail {
+        Mail {
+            message_id,
+            sender,
+            stored,
+        }
+    }
+
     /// Octets on the wire: every LF becomes CRLF.
-    fn wire_size(&self) -> usize {
+    pub(super) fn wire_size(&self) -> usize {
         self.stored.len() + self.stored.iter().filter(|&&b| b == b'\n').count()
     }
 
@@ -513,8 +522,8 @@ pub(super) struct DovecotTls {
     pub(super) pop3s_port: std::cell::Cell<u16>,
 }
 
-/// The private Dovecot's configuration: POP3 only, on `port`, plain text allowed, one
-/// passwd-file user whose Maildir is `dir/home/<user>/Maildir`, owned by `mail`; with
+/// The private Dovecot's configuration: POP3 only, on `port`, plain text allowed, the
+/// passwd-file users, each with the Maildir is `dir/home/<user>/Maildir`, owned by `mail`; with
 /// `tls`, STLS on `port` and implicit TLS on a second port.
 fn dovecot_conf(dir: &Path, port: u16, mail: (u32, u32), tls: Option<&DovecotTls>) -> String {
     let d = dir.display();
@@ -571,10 +580,24 @@ service pop3-login {{
 }
 
 pub(super) fn start_dovecot(peers: &Peers, dir: &Path, tls: Option<&DovecotTls>) -> Peer {
+    start_dovecot_for(peers, dir, tls, &[(USER, PASSWORD)])
+}
+
+/// A private Dovecot whose passwd-file holds `users` (name, password; neither with a
+/// `:`), each with the Maildir `dir/home/<user>/Maildir`.
+pub(super) fn start_dovecot_for(
+    peers: &Peers,
+    dir: &Path,
+    tls: Option<&DovecotTls>,
+    users: &[(&str, &str)],
+) -> Peer {
     mkdir(&dir.join("run"), 0o755);
     mkdir(&dir.join("state"), 0o750);
     let passwd = dir.join("passwd");
-    fs::write(&passwd, format!("{USER}:{{PLAIN}}{PASSWORD}::::::\n")).unwrap();
+    let lines: String = (users.iter())
+        .map(|(user, password)| format!("{user}:{{PLAIN}}{password}::::::\n"))
+        .collect();
+    fs::write(&passwd, lines).unwrap();
     fs::set_permissions(&passwd, fs::Permissions::from_mode(0o644)).unwrap();
     let conf = dir.join("dovecot.conf");
     let (out, err) = (dir.join("dovecot.stdout"), dir.join("dovecot.stderr"));

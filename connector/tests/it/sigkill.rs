@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use mock_pop3::{Maildrop, MockPop3, MockPop3Handle};
@@ -96,16 +96,9 @@ impl Lab {
         let n = self.runs.len();
         let events = self.log(n, "events.jsonl");
         let start = self.smtp.captured().len();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_popbridge"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--events")
-            .arg(&events)
-            .arg("fetch")
-            .stdin(Stdio::null())
+        let mut child = fetch_command(&self.config, &events)
             .stdout(std::fs::File::create(self.log(n, "stdout")).unwrap())
             .stderr(std::fs::File::create(self.log(n, "stderr")).unwrap())
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         let mut killed = false;
