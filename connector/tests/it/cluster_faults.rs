@@ -18,8 +18,11 @@
 //!
 //! The faults fire at counts of accepted messages (the SMTP mock's watch), drawn from a
 //! fixed seed; the SMTP mock answers each end of data after a delay, so that the run
-//! lasts long enough for every fault to hit work in progress. The stop and the cut last
-//! longer than the lease, by the real clock: they are faults of time.
+//! lasts long enough for every fault to hit work in progress. The process is stopped
+//! while it holds a lease; the test waits until the database's clock has passed the
+//! expiry of its leases, has another instance take one of those accounts over (that
+//! instance's next process runs `fetch --account`), and resumes the stopped one only
+//! when the takeover is done. The cut lasts longer than the lease by the real clock.
 //!
 //! Needs Dovecot, root, and PostgreSQL (skipped without them, failing with
 //! `POPBRIDGE_REQUIRE_PEERS=1`). About a minute.
@@ -59,7 +62,7 @@ const PARALLEL: usize = 2;
 const SESSIONS: u32 = 8;
 /// The SMTP mock's delay before each final reply to a message's data.
 const END_OF_DATA_DELAY: Duration = Duration::from_millis(250);
-/// How long the stopped process stays stopped and the cut link stays cut.
+/// How long the cut link stays cut.
 const HOLD: Duration = Duration::from_secs(13);
 /// Between one process of a slot and the next.
 const PACE: Duration = Duration::from_millis(200);
@@ -139,6 +142,8 @@ struct Slot {
     config: PathBuf,
     /// The running process's pid.
     pid: watch::Sender<Option<u32>>,
+    /// The next process works on this account only (`fetch --account`).
+    only: Mutex<Option<String>>,
     runs: Mutex<Vec<RunRecord>>,
 }
 
@@ -155,6 +160,11 @@ struct RunRecord {
 impl Slot {
     fn helo(k: usize) -> String {
         format!("i{k}.cluster.test")
+    }
+
+    /// The instance's name in the cluster (`instance`).
+    fn instance(k: usize) -> String {
+        format!("i{k}")
     }
 
     fn new(root: &Path, k: usize, smtp: &MockSmtpHandle, tap: &Tap, database: &str) -> Slot {
@@ -181,7 +191,8 @@ impl Slot {
         }
         write!(
             text,
-            "[cluster]\ndatabase = \"{database}\"\ninstance = \"i{k}\"\nlease_ttl = \"{}s\"\nserver_sessions = {SESSIONS}\n",
+            "[cluster]\ndatabase = \"{database}\"\ninstance = \"{}\"\nlease_ttl = \"{}s\"\nserver_sessions = {SESSIONS}\n",
+            Slot::instance(k),
             TTL.as_secs()
         )
         .unwrap();
@@ -192,6 +203,7 @@ impl Slot {
             dir,
             config,
             pid: watch::channel(None).0,
+            only: Mutex::new(None),
             runs: Mutex::new(Vec::new()),
         }
     }
@@ -202,7 +214,11 @@ impl Slot {
         while !*stop.borrow() {
             let events = self.dir.join(format!("run{n:03}.events.jsonl"));
             let stderr = self.dir.join(format!("run{n:03}.stderr"));
-            let mut child = fetch_command(&self.config, &events)
+            let mut command = fetch_command(&self.config, &events);
+            if let Some(account) = self.only.lock().unwrap().take() {
+                command.arg("--account").arg(account);
+            }
+            let mut child = command
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&stderr).unwrap())
                 .spawn()
@@ -245,6 +261,8 @@ impl Slot {
 #[derive(Default)]
 struct Faults {
     killed: Vec<(usize, u32)>,
+    /// The process that took an account of the stopped one over, and the account.
+    takeover: Option<(u32, String)>,
     log: Vec<String>,
 }
 
@@ -334,21 +352,44 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
         ));
 
         accepted.wait_for(|n| *n >= stop1).await.unwrap();
-        let pid = slots[1].signal("STOP").await;
+        // Stopped while it holds a lease, which another instance then takes over before
+        // the stopped one resumes.
+        let db = connect(&pg.url()).await;
+        held_leases(&db, &Slot::instance(1)).await;
+        let stopped = slots[1].signal("STOP").await;
+        let held = held_leases(&db, &Slot::instance(1)).await;
         say(format!(
-            "SIGSTOP instance 1 (pid {pid}) at {stop1} accepted"
+            "SIGSTOP instance 1 (pid {stopped}) at {stop1} accepted, holding {:?}",
+            held.iter().map(|(a, _)| a).collect::<Vec<_>>()
         ));
         let resume = {
-            let faults = faults.clone();
+            let (faults, rescuer) = (faults.clone(), slots[3].clone());
             tokio::spawn(async move {
-                tokio::time::sleep(HOLD).await;
+                let until = held.iter().map(|(_, t)| *t).max().unwrap();
+                crate::cluster::wait_for_db_clock(&db, until).await;
+                let account = held[0].0.clone();
+                *rescuer.only.lock().unwrap() = Some(account.clone());
+                let killed = rescuer.signal("KILL").await;
+                faults.lock().unwrap().killed.push((3, killed));
+                let mut pid = rescuer.pid.subscribe();
+                let rescue = pid.wait_for(|p| p.is_some_and(|p| p != killed)).await;
+                let rescue = rescue.unwrap().unwrap();
+                pid.wait_for(|p| *p != Some(rescue)).await.unwrap();
+                faults.lock().unwrap().takeover = Some((rescue, account.clone()));
+                note(&faults, began, format!(
+                    "instance 1's leases expired; SIGKILL instance 3 (pid {killed}); its next process (pid {rescue}) took {account} over and ended"
+                ));
                 let sent = std::process::Command::new("kill")
                     .arg("-CONT")
-                    .arg(pid.to_string())
+                    .arg(stopped.to_string())
                     .status()
                     .unwrap();
-                assert!(sent.success(), "kill -CONT {pid}");
-                note(&faults, began, format!("SIGCONT instance 1 (pid {pid})"));
+                assert!(sent.success(), "kill -CONT {stopped}");
+                note(
+                    &faults,
+                    began,
+                    format!("SIGCONT instance 1 (pid {stopped})"),
+                );
             })
         };
 
@@ -360,6 +401,8 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
         tokio::time::sleep(HOLD).await;
         gate.restore();
         say(format!("restored instance {CUT_SLOT}'s database link"));
+
+        resume.await.unwrap();
 
         accepted.wait_for(|n| *n >= restart1).await.unwrap();
         say(format!("restarting PostgreSQL at {restart1} accepted"));
@@ -377,8 +420,6 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
                 "SIGKILL instance {k} (pid {pid}) at {kill2} accepted"
             ));
         }
-        resume.await.unwrap();
-
         // Until every mailbox is empty (whether all of it arrived is the oracle's).
         while left_on_server(work.path()) > 0 {
             ended.recv().await.expect("every instance stopped");
@@ -408,30 +449,33 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
         )
     };
 
-    // How each process ended: by our SIGKILL, or with one of popbridge's exit codes.
+    // Every property is checked, and every one that fails is reported, with its first
+    // cases: a broken build usually breaks several, and each is worth seeing.
+    let mut verdict = Verdict::default();
+
+    // How each process ended: by our SIGKILL, or with one of popbridge's exit codes (not
+    // 2, configuration: an unreachable database is 3, like a server; a lost lease 1).
     let killed: BTreeSet<u32> = faults.killed.iter().map(|(_, pid)| *pid).collect();
     let mut exits: BTreeMap<String, usize> = BTreeMap::new();
+    let mut odd_exits = Vec::new();
     for slot in &slots {
-        // A copy: a failure below reads the runs again for its message.
-        let runs = slot.runs.lock().unwrap().clone();
-        for r in runs {
+        for r in slot.runs.lock().unwrap().iter() {
             let how = match (r.code, r.signal) {
                 (_, Some(9)) if killed.contains(&r.pid) => "killed by the test".to_string(),
-                // Not 2 (configuration): an unreachable database is 3, like a server.
                 (Some(code @ (0 | 1 | 3 | 4)), _) => format!("exit {code}"),
-                _ => panic!(
-                    "instance {} pid {} ended {:?}/{:?}:\n{}\n{}",
-                    slot.k,
-                    r.pid,
-                    r.code,
-                    r.signal,
-                    std::fs::read_to_string(&r.stderr).unwrap_or_default(),
-                    why()
-                ),
+                (code, signal) => {
+                    let err = std::fs::read_to_string(&r.stderr).unwrap_or_default();
+                    odd_exits.push(format!(
+                        "instance {} pid {}: {code:?}/{signal:?}: {err}",
+                        slot.k, r.pid
+                    ));
+                    format!("{code:?}/{signal:?}")
+                }
             };
             *exits.entry(how).or_default() += 1;
         }
     }
+    verdict.check("processes end with a meaningful status", odd_exits);
 
     // Nothing lost: every message reached the SMTP server, none is left on the POP3 one.
     let captured = sink.captured();
@@ -444,15 +488,19 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
             .unwrap_or_else(|| panic!("a transaction of no instance: {:?}", t.helo));
         acceptances.entry(id).or_default().push(k);
     }
-    let never: Vec<&String> = all_ids
-        .keys()
+    let mut lost: Vec<String> = (all_ids.keys())
         .filter(|id| !acceptances.contains_key(*id))
+        .map(|id| format!("{id} never reached the SMTP server"))
         .collect();
-    assert!(never.is_empty(), "never delivered: {never:?}\n{}", why());
-    assert_eq!(left_on_server(work.path()), 0, "{}", why());
+    let left = left_on_server(work.path());
+    if left > 0 {
+        lost.push(format!("{left} messages left on the POP3 server"));
+    }
+    verdict.check("nothing lost", lost);
 
     // Every duplicate was announced by the instance that submitted it again.
     let mut named: Vec<BTreeSet<String>> = vec![BTreeSet::new(); INSTANCES];
+    let mut interrupted = [0; INSTANCES];
     for slot in &slots {
         for r in slot.runs.lock().unwrap().iter() {
             for e in read_events(&r.events) {
@@ -460,16 +508,12 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
                     if let Some(id) = e["message_id"].as_str() {
                         named[slot.k].insert(id.to_owned());
                     }
+                } else if e["kind"] == "pass.interrupted" {
+                    interrupted[slot.k] += 1;
                 }
             }
         }
     }
-    // The stop hit work in progress: on resuming, the stopped process found its lease
-    // lapsed and stopped that pass (it fenced itself).
-    let fenced_itself = (slots[1].runs.lock().unwrap().iter())
-        .flat_map(|r| read_events(&r.events))
-        .any(|e| e["kind"] == "pass.interrupted");
-    assert!(fenced_itself, "the stopped instance interrupted no pass\n{}", why());
     let mut unnamed = Vec::new();
     let mut duplicated = 0;
     for (id, by) in &acceptances {
@@ -484,11 +528,26 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
             }
         }
     }
-    assert!(
-        unnamed.is_empty(),
-        "duplicates not announced:\n{}\n{}",
-        unnamed.join("\n"),
-        why()
+    verdict.check("every duplicate announced", unnamed);
+
+    // The stop hit work in progress: another instance took one of its accounts over
+    // while it was stopped, and on resuming the stopped process found its leases lost
+    // and stopped those passes (it fenced itself).
+    let (by, account) = faults.takeover.clone().expect("the takeover is in the log");
+    let took_over = (slots[3].runs.lock().unwrap().iter())
+        .filter(|r| r.pid == by)
+        .flat_map(|r| read_events(&r.events))
+        .any(|e| e["kind"] == "pass.finished" && e["account"] == account.as_str());
+    let mut not_fenced = Vec::new();
+    if !took_over {
+        not_fenced.push(format!("process {by} finished no pass of {account}"));
+    }
+    if interrupted[1] == 0 {
+        not_fenced.push("the stopped instance interrupted no pass".to_string());
+    }
+    verdict.check(
+        "the stopped instance was taken over and fenced itself",
+        not_fenced,
     );
 
     // The ledger's writes: none at a stale epoch; when each delivery row committed. (A
@@ -510,12 +569,7 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
             format!("{t} {a} {k}: written at epoch {e}, lease at {l:?}")
         })
         .collect();
-    assert!(
-        stale.is_empty(),
-        "ledger writes at a stale epoch:\n{}\n{}",
-        stale.join("\n"),
-        why()
-    );
+    verdict.check("no ledger write at a stale epoch", stale);
     let writes: i64 = db
         .query_one("SELECT count(*) FROM audit_write", &[])
         .await
@@ -558,26 +612,17 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
             }
         }
     }
-    assert!(
-        early.is_empty(),
-        "DELE without a committed delivery:\n{}\n{}",
-        early.join("\n"),
-        why()
-    );
-    assert!(
-        deles >= all_ids.len(),
-        "{deles} DELEs for {} messages",
-        all_ids.len()
-    );
+    if deles < all_ids.len() {
+        early.push(format!("only {deles} DELEs for {} messages", all_ids.len()));
+    }
+    verdict.check("no DELE before its delivery committed", early);
 
     // Never two sessions at work on one account.
-    let overlaps = overlapping_sessions(&sessions);
-    assert!(
-        overlaps.is_empty(),
-        "two sessions at once:\n{}\n{}",
-        overlaps.join("\n"),
-        why()
+    verdict.check(
+        "never two sessions at work on one account",
+        overlapping_sessions(&sessions),
     );
+    verdict.assert(&why());
 
     let extra: usize = acceptances.values().map(|v| v.len() - 1).sum();
     let all_named: usize = named.iter().map(BTreeSet::len).sum();
@@ -594,10 +639,63 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
     drop(dovecot);
 }
 
+/// The oracle's findings: each property that failed, with its first cases.
+#[derive(Default)]
+struct Verdict {
+    failed: Vec<String>,
+}
+
+impl Verdict {
+    /// Records `property` as failed when `cases` is not empty.
+    fn check(&mut self, property: &str, cases: Vec<String>) {
+        if !cases.is_empty() {
+            let shown: Vec<&str> = cases.iter().take(10).map(String::as_str).collect();
+            self.failed.push(format!(
+                "FAILED: {property} ({} cases):\n  {}",
+                cases.len(),
+                shown.join("\n  ")
+            ));
+        }
+    }
+
+    /// Fails the test naming every property that failed, then `context`.
+    fn assert(&self, context: &str) {
+        assert!(
+            self.failed.is_empty(),
+            "{}\n{context}",
+            self.failed.join("\n")
+        );
+    }
+}
+
 /// Adds a line to the faults' log, with the time since the test began.
 fn note(faults: &Mutex<Faults>, began: Instant, what: String) {
     let line = format!("{:6.1} s: {what}", began.elapsed().as_secs_f64());
     faults.lock().unwrap().log.push(line);
+}
+
+/// The leases `instance` holds now (by the database's clock) and until when, waiting
+/// (a bounded poll) until it holds at least one.
+async fn held_leases(db: &tokio_postgres::Client, instance: &str) -> Vec<(String, SystemTime)> {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = db
+            .query(
+                "SELECT account, expires_at FROM lease \
+                 WHERE owner = $1 AND expires_at > now() ORDER BY account",
+                &[&instance],
+            )
+            .await
+            .unwrap();
+        if !rows.is_empty() {
+            return rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{instance} held no lease for 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A plain client of the test's own.
