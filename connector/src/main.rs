@@ -112,8 +112,9 @@ enum Command {
     /// Per account: the last pass (time, outcome, counts), the next pass (asked of a
     /// running daemon, else "daemon not running"), the messages stuck with their reason
     /// and age, the quarantined count; with [cluster], read from the cluster database, with
-    /// who holds each account's lease. Changes nothing. Exit 0; 2 when the ledger cannot be
-    /// read; 3 when the cluster database cannot be reached.
+    /// who holds each account's lease, the instances holding leases and how many accounts
+    /// have stuck messages. Changes nothing. Exit 0; 2 when the ledger cannot be read; 3
+    /// when the cluster database cannot be reached.
     Status {
         /// Print stable JSON (`"version": 1`) instead of the table.
         #[arg(long)]

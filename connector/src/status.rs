@@ -3,8 +3,10 @@
 //! matching their LIST size) with their reason and age, and the quarantined count; as a
 //! table for people or as stable JSON (`--json`, `"version": 1`).
 //!
-//! With a `[cluster]` section the records come from the cluster database, and each
-//! account also shows who holds its lease.
+//! With a `[cluster]` section the records come from the cluster database, each account
+//! also shows who holds its lease, and the report opens with the cluster's view: the
+//! instances holding leases with their accounts, and how many accounts have stuck
+//! messages.
 //!
 //! Must never: change anything (the ledger is only read; the daemon is only asked), or
 //! print untrusted text (keys, server replies) unescaped.
@@ -92,6 +94,19 @@ pub struct Report {
     /// the configuration has a `[cluster]` section.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// With a `[cluster]` section: each instance that holds leases now, with its
+    /// accounts, by instance name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<InstanceStatus>>,
+}
+
+/// An instance of the cluster as its leases show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    /// Its name (`[cluster] instance`).
+    pub instance: String,
+    /// The accounts whose lease it holds, in configuration order.
+    pub accounts: Vec<String>,
 }
 
 /// The daemon as reported.
@@ -229,13 +244,31 @@ pub fn build(
             lease: r.lease.clone(),
         });
     }
+    let instances = cluster.is_some().then(|| instances_of(&accounts));
     Report {
         version: FORMAT_VERSION,
         generated_at: rfc3339(now),
         daemon: daemon_json,
         accounts,
         cluster,
+        instances,
     }
+}
+
+/// The instances holding the accounts' leases, by name.
+fn instances_of(accounts: &[AccountStatus]) -> Vec<InstanceStatus> {
+    let mut held: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for a in accounts {
+        if let Some(holder) = a.lease.as_ref().and_then(|l| l.holder.as_deref()) {
+            held.entry(holder).or_default().push(a.account.clone());
+        }
+    }
+    (held.into_iter())
+        .map(|(instance, accounts)| InstanceStatus {
+            instance: instance.to_owned(),
+            accounts,
+        })
+        .collect()
 }
 
 fn last(p: PassRow) -> LastPass {
@@ -262,6 +295,25 @@ impl Report {
         }
         if let Some(c) = &self.cluster {
             out.push_str(&format!("cluster: {c}\n"));
+            let holding: Vec<String> = (self.instances.iter().flatten())
+                .map(|i| {
+                    format!(
+                        "{} holds {} ({})",
+                        i.instance,
+                        i.accounts.len(),
+                        i.accounts.join(", ")
+                    )
+                })
+                .collect();
+            out.push_str(&match holding.is_empty() {
+                true => "instances: none holds a lease now\n".to_string(),
+                false => format!("instances: {}\n", holding.join("; ")),
+            });
+            let stuck = self.accounts.iter().filter(|a| !a.stuck.is_empty()).count();
+            out.push_str(&format!(
+                "accounts with stuck messages: {stuck} of {}\n",
+                self.accounts.len()
+            ));
         }
         for a in &self.accounts {
             out.push_str(&format!("\naccount {}\n", a.account));

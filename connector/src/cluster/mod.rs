@@ -71,7 +71,7 @@ impl ClusterConfig {
             return Err(config_error("the lease time to live is zero"));
         }
         let mut pg = pg;
-        server_deadlines(&mut pg, deadline_for(ttl));
+        session_settings(&mut pg, deadline_for(ttl));
         Ok(Self {
             target: target(&pg),
             pg,
@@ -155,15 +155,21 @@ fn deadline_for(ttl: Duration) -> Duration {
     (ttl / 4).max(MIN_DEADLINE)
 }
 
-/// Asks the server to enforce the same deadline from its side: a statement running
-/// longer is cancelled (`statement_timeout`), and a session left idle inside a
-/// transaction longer is ended (`idle_in_transaction_session_timeout`), so a fenced
-/// transaction whose client went silent releases its lease row instead of holding it
-/// until the server notices the connection is dead. Options of the connection string
-/// are kept; these follow them, so where both set one of these two, ours win.
-fn server_deadlines(pg: &mut tokio_postgres::Config, deadline: Duration) {
+/// The session settings the guarantees rest on. The server enforces the same deadline
+/// from its side: a statement running longer is cancelled (`statement_timeout`), and a
+/// session left idle inside a transaction longer is ended
+/// (`idle_in_transaction_session_timeout`), so a fenced transaction whose client went
+/// silent releases its lease row instead of holding it until the server notices the
+/// connection is dead. A COMMIT returns only once it is durable (`synchronous_commit`
+/// on, whatever the server's default): a DELE follows a commit that survives a crash of
+/// the database. Options of the connection string are kept; these follow them, so where
+/// both set one of these, ours win.
+fn session_settings(pg: &mut tokio_postgres::Config, deadline: Duration) {
     let ms = deadline.as_millis();
-    let ours = format!("-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}");
+    let ours = format!(
+        "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms} \
+         -c synchronous_commit=on"
+    );
     let options = match pg.get_options() {
         Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
         _ => ours,

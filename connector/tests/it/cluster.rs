@@ -32,10 +32,16 @@ async fn instance(pg: &Postgres, id: &str, ttl: Duration) -> Cluster {
     Cluster::connect(&pg.url(), id, ttl).await.unwrap()
 }
 
-/// A plain client, for what the test itself reads and writes.
-async fn observer(pg: &Postgres) -> tokio_postgres::Client {
+/// A plain client with nothing set up.
+async fn connect_plain(pg: &Postgres) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
     tokio::spawn(connection);
+    client
+}
+
+/// A plain client, for what the test itself reads and writes.
+async fn observer(pg: &Postgres) -> tokio_postgres::Client {
+    let client = connect_plain(pg).await;
     client
         .batch_execute("CREATE TABLE IF NOT EXISTS scratch (account text, writer text)")
         .await
@@ -195,6 +201,37 @@ async fn a_database_that_stops_answering_fails_a_fenced_write_by_its_deadline() 
         ["after the restore", "before the cut"],
         "the write sent during the cut must not commit, even late"
     );
+}
+
+/// The guarantees rest on session settings that the server's defaults must not undo:
+/// durable commits (a DELE follows a commit that survives a crash of the database), and
+/// the deadline enforced from the server's side too.
+#[tokio::test]
+async fn every_connection_commits_durably_and_carries_its_deadline() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = observer(&pg).await;
+    db.batch_execute("ALTER SYSTEM SET synchronous_commit = off")
+        .await
+        .unwrap();
+    db.query("SELECT pg_reload_conf()", &[]).await.unwrap();
+    let show = |row: Vec<tokio_postgres::Row>| -> String { row[0].get(0) };
+    // The server's default is off now, for a plain new session.
+    let plain = connect_plain(&pg).await;
+    let default = show(plain.query("SHOW synchronous_commit", &[]).await.unwrap());
+    assert_eq!(default, "off");
+
+    let mut a = instance(&pg, "a", Duration::from_secs(20)).await;
+    let mut lease = a.claim_named(&["alice"]).await.unwrap().pop().unwrap();
+    let mut tx = lease.fenced_transaction(&mut a).await.unwrap();
+    for (setting, expected) in [
+        ("synchronous_commit", "on"),
+        ("statement_timeout", "5s"),
+        ("idle_in_transaction_session_timeout", "5s"),
+    ] {
+        let value = show(tx.query(&format!("SHOW {setting}"), &[]).await.unwrap());
+        assert_eq!(value, expected, "{setting}");
+    }
+    tx.rollback().await;
 }
 
 #[tokio::test]

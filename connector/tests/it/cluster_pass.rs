@@ -411,4 +411,27 @@ async fn status_reads_the_cluster_ledger_and_shows_the_lease() {
     // Given back after the pass: free, and claimed once.
     assert_eq!(account["lease"]["holder"], serde_json::Value::Null, "{doc}");
     assert_eq!(account["lease"]["epoch"], 1, "{doc}");
+    assert_eq!(doc["instances"], serde_json::json!([]), "{doc}");
+
+    // Held by an instance: the cluster's view names it, with its accounts.
+    let mut b = Cluster::connect(&pg.url(), "b", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(b.claim_named(&["info"]).await.unwrap().len(), 1);
+    let config = path.to_str().unwrap();
+    let out = crate::harness::popbridge(&["--config", config, "status", "--json"]).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["instances"],
+        serde_json::json!([{"instance": "b", "accounts": ["info"]}]),
+        "{doc}"
+    );
+    assert_eq!(doc["accounts"][0]["lease"]["holder"], "b", "{doc}");
+    let out = crate::harness::popbridge(&["--config", config, "status"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("instances: b holds 1 (info)\n"), "{text}");
+    assert!(
+        text.contains("accounts with stuck messages: 0 of 1\n"),
+        "{text}"
+    );
 }
