@@ -167,7 +167,15 @@ impl Slot {
         format!("i{k}")
     }
 
-    fn new(root: &Path, k: usize, smtp: &MockSmtpHandle, tap: &Tap, database: &str) -> Slot {
+    /// Instance `k` moving every mailbox of the POP3 server on `pop3` (loopback) to
+    /// `smtp`, over the cluster `database` (none: the local ledger alone).
+    fn new(
+        root: &Path,
+        k: usize,
+        smtp: &MockSmtpHandle,
+        pop3: u16,
+        database: Option<&str>,
+    ) -> Slot {
         let dir = root.join(format!("i{k}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut text = format!(
@@ -182,20 +190,22 @@ impl Slot {
             write!(
                 text,
                 "{}auth = \"user\"\nusername = \"{}\"\npassword = \"{}\"\ndeliver_to = \"{}@contoso.local\"\n",
-                crate::harness::plain_account(&user(b), "127.0.0.1", tap.addr().port()),
+                crate::harness::plain_account(&user(b), "127.0.0.1", pop3),
                 user(b),
                 password(b),
                 user(b)
             )
             .unwrap();
         }
-        write!(
-            text,
-            "[cluster]\ndatabase = \"{database}\"\ninstance = \"{}\"\nlease_ttl = \"{}s\"\nserver_sessions = {SESSIONS}\n",
-            Slot::instance(k),
-            TTL.as_secs()
-        )
-        .unwrap();
+        if let Some(database) = database {
+            write!(
+                text,
+                "[cluster]\ndatabase = \"{database}\"\ninstance = \"{}\"\nlease_ttl = \"{}s\"\nserver_sessions = {SESSIONS}\n",
+                Slot::instance(k),
+                TTL.as_secs()
+            )
+            .unwrap();
+        }
         let config = dir.join("popbridge.toml");
         write_private(&config, text);
         Slot {
@@ -266,47 +276,81 @@ struct Faults {
     log: Vec<String>,
 }
 
+/// What a run needs: the Dovecot server holding the mailboxes, the SMTP mock, and the
+/// database (its schema made). Dropped in this order; the directory last.
+struct Lab {
+    sink: MockSmtpHandle,
+    dovecot: interop::Peer,
+    pg: Arc<Postgres>,
+    /// Every message's Message-ID, with its mailbox.
+    all_ids: BTreeMap<String, usize>,
+    /// Octets of all the messages, on the wire.
+    octets: usize,
+    work: tempfile::TempDir,
+}
+
+impl Lab {
+    /// The mailboxes drawn from `rng`, on a fresh Dovecot; the SMTP mock answering each
+    /// end of data after `delay`. `None` when the test is skipped (no Dovecot, no root,
+    /// no PostgreSQL).
+    async fn new(rng: &mut StdRng, delay: Option<Duration>) -> Option<Lab> {
+        let work = interop::workdir();
+        let peers = interop::peers(work.path())?;
+        let pg = Arc::new(Postgres::start()?);
+        let mut all_ids: BTreeMap<String, usize> = BTreeMap::new();
+        let mut octets = 0;
+        for b in 0..MAILBOXES {
+            let mails: Vec<Mail> = (0..rng.gen_range(PER_MAILBOX))
+                .map(|i| message(b, i, rng))
+                .collect();
+            for m in &mails {
+                all_ids.insert(m.message_id.clone(), b);
+            }
+            octets += mails.iter().map(Mail::wire_size).sum::<usize>();
+            let maildir = work.path().join("home").join(user(b)).join("Maildir");
+            write_maildir(&maildir, &mails);
+        }
+        chown_tree(&work.path().join("home"), peers.mail);
+        let users: Vec<(String, String)> = (0..MAILBOXES).map(|b| (user(b), password(b))).collect();
+        let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (&u[..], &p[..])).collect();
+        let dovecot = interop::start_dovecot_for(&peers, work.path(), None, &users);
+        let mut builder = MockSmtp::builder().record_transcript(false);
+        if let Some(delay) = delay {
+            builder =
+                builder.fault(FaultRule::new(Hook::EndOfData, FaultAction::Delay(delay)).always());
+        }
+        let sink = smtp(builder).await;
+        // The schema, made once before the instances start.
+        drop(Cluster::connect(&pg.url(), "observer", TTL).await.unwrap());
+        Some(Lab {
+            sink,
+            dovecot,
+            pg,
+            all_ids,
+            octets,
+            work,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_database_restart() {
     let began = Instant::now();
-    let work = interop::workdir();
-    let Some(peers) = interop::peers(work.path()) else {
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let Some(lab) = Lab::new(&mut rng, Some(END_OF_DATA_DELAY)).await else {
         return;
     };
-    let Some(pg) = Postgres::start() else { return };
-    let pg = Arc::new(pg);
-    let mut rng = StdRng::seed_from_u64(SEED);
-
-    // The mailboxes.
-    let mut all_ids: BTreeMap<String, usize> = BTreeMap::new();
-    let mut octets = 0;
-    for b in 0..MAILBOXES {
-        let mails: Vec<Mail> = (0..rng.gen_range(PER_MAILBOX))
-            .map(|i| message(b, i, &mut rng))
-            .collect();
-        for m in &mails {
-            all_ids.insert(m.message_id.clone(), b);
-        }
-        octets += mails.iter().map(Mail::wire_size).sum::<usize>();
-        write_maildir(
-            &work.path().join("home").join(user(b)).join("Maildir"),
-            &mails,
-        );
-    }
-    chown_tree(&work.path().join("home"), peers.mail);
-    let users: Vec<(String, String)> = (0..MAILBOXES).map(|b| (user(b), password(b))).collect();
-    let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (&u[..], &p[..])).collect();
-    let dovecot = interop::start_dovecot_for(&peers, work.path(), None, &users);
+    let Lab {
+        sink,
+        dovecot,
+        pg,
+        all_ids,
+        octets,
+        work,
+    } = lab;
     let tap = Tap::start(dovecot.addr).await;
-    let sink =
-        smtp(MockSmtp::builder().record_transcript(false).fault(
-            FaultRule::new(Hook::EndOfData, FaultAction::Delay(END_OF_DATA_DELAY)).always(),
-        ))
-        .await;
 
-    // The database: the schema, then the audit on its ledger tables.
-    let observer = Cluster::connect(&pg.url(), "observer", TTL).await.unwrap();
-    drop(observer);
+    // The audit on the ledger tables, before any instance writes.
     connect(&pg.url()).await.batch_execute(AUDIT).await.unwrap();
     let gate = Gate::to_unix(&pg.socket()).await;
 
@@ -317,7 +361,8 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
             } else {
                 pg.url()
             };
-            Arc::new(Slot::new(work.path(), k, &sink, &tap, &database))
+            let pop3 = tap.addr().port();
+            Arc::new(Slot::new(work.path(), k, &sink, pop3, Some(&database)))
         })
         .collect();
     let (stop_tx, stop) = watch::channel(false);
@@ -770,4 +815,126 @@ fn last_errors(slots: &[Arc<Slot>]) -> String {
         }
     }
     out
+}
+
+/// Rounds of each count of instances in the throughput measurement.
+const ROUNDS: usize = 3;
+
+/// Throughput of 1, 2 and 4 instances over the same 200 Dovecot mailboxes (the fault
+/// test's, without faults or a delay at the SMTP mock), each count on a fresh Dovecot
+/// and database, and one instance without `[cluster]` for comparison: a measurement,
+/// not run by default, that prints its figures (medians) and checks only that every
+/// message arrived and every mailbox is empty.
+/// `cargo test --release -p popbridge --test it cluster_throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints figures"]
+async fn cluster_throughput_with_one_two_and_four_instances() {
+    // (label, instances, with the cluster)
+    let setups = [
+        ("1, local ledger", 1, false),
+        ("1", 1, true),
+        ("2", 2, true),
+        ("4", 4, true),
+    ];
+    let mut results: BTreeMap<&str, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut size = (0, 0);
+    for _ in 0..ROUNDS {
+        for (label, n, cluster) in setups {
+            let mut rng = StdRng::seed_from_u64(SEED);
+            let Some(lab) = Lab::new(&mut rng, None).await else {
+                return;
+            };
+            size = (lab.all_ids.len(), lab.octets);
+            let database = cluster.then(|| lab.pg.url());
+            let pop3 = lab.dovecot.addr.port();
+            let slots: Vec<Slot> = (0..n)
+                .map(|k| Slot::new(lab.work.path(), k, &lab.sink, pop3, database.as_deref()))
+                .collect();
+            let cpu = Cpu::now();
+            let began = Instant::now();
+            let children: Vec<_> = (slots.iter())
+                .map(|s| {
+                    fetch_command(&s.config, &s.dir.join("events.jsonl"))
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(s.dir.join("stderr")).unwrap())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for mut child in children {
+                let status = child.wait().await.unwrap();
+                // 1: an account another instance held was skipped.
+                assert!(matches!(status.code(), Some(0 | 1)), "{label}: {status}");
+            }
+            let secs = began.elapsed().as_secs_f64();
+            let busy = cpu.busy_cores();
+            assert_eq!(
+                left_on_server(lab.work.path()),
+                0,
+                "{label}: left on the server"
+            );
+            assert_eq!(delivered_ids(&lab.sink).len(), lab.all_ids.len(), "{label}");
+            let (messages, octets) = (lab.all_ids.len() as f64, lab.octets as f64);
+            results
+                .entry(label)
+                .or_default()
+                .push((messages / secs, octets / secs / 1e6, busy));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let one = median(results["1"].iter().map(|r| r.0).collect());
+    let mut table = format!(
+        "cluster throughput: {} messages, {:.1} MB, {MAILBOXES} Dovecot mailboxes, medians of {ROUNDS} rounds\n\
+         | instances | msg/s | MB/s | × one instance | busy cores |\n|---|---|---|---|---|\n",
+        size.0,
+        size.1 as f64 / 1e6
+    );
+    for (label, _, _) in setups {
+        let rows = &results[label];
+        let rate = median(rows.iter().map(|r| r.0).collect());
+        writeln!(
+            table,
+            "| {label} | {rate:.0} | {:.1} | {:.2} | {:.2} |",
+            median(rows.iter().map(|r| r.1).collect()),
+            rate / one,
+            median(rows.iter().map(|r| r.2).collect()),
+        )
+        .unwrap();
+    }
+    eprintln!("{table}");
+}
+
+/// The machine's CPU time from `/proc/stat`, to tell how many cores a run kept busy
+/// (every process counted).
+struct Cpu {
+    busy: u64,
+    total: u64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = (stat.lines().next().unwrap_or_default().split_whitespace())
+            .skip(1)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+        let total: u64 = ticks.iter().take(8).sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Cpu {
+            busy: total - idle,
+            total,
+        }
+    }
+
+    /// Cores kept busy since `self`.
+    fn busy_cores(&self) -> f64 {
+        let now = Cpu::now();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = (now.total - self.total).max(1) as f64;
+        (now.busy - self.busy) as f64 / total * cores
+    }
 }
