@@ -33,7 +33,7 @@ async fn instance(pg: &Postgres, id: &str, ttl: Duration) -> Cluster {
 }
 
 /// A plain client with nothing set up.
-async fn connect_plain(pg: &Postgres) -> tokio_postgres::Client {
+pub(crate) async fn connect_plain(pg: &Postgres) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
     tokio::spawn(connection);
     client

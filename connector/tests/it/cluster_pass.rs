@@ -23,10 +23,9 @@ use popbridge::listing::Budget;
 use popbridge::net::TcpDialer;
 use popbridge::pass::{run_account_in, Context, StopFlag, Summary};
 use popbridge::store::{ClusterStore, Store};
-use tokio_postgres::NoTls;
 
 use crate::cluster::pg::Postgres;
-use crate::cluster::wait_for_db_clock;
+use crate::cluster::{connect_plain, wait_for_db_clock};
 use crate::harness::{
     config_text, delivered_ids, mails, plain_account, pop3, setup, smtp, Setup, PASSWORD,
 };
@@ -66,8 +65,7 @@ async fn pass_in(s: &Setup, store: Arc<ClusterStore>, local: &Mutex<Ledger>) -> 
 
 /// Every row of the cluster ledger: key, whether deleted, and the epoch of its last write.
 async fn cluster_rows(pg: &Postgres) -> Vec<(String, bool, i64)> {
-    let (db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let db = connect_plain(pg).await;
     db.query(
         "SELECT key, deleted_at IS NOT NULL, epoch FROM ledger_message \
          WHERE state = 'delivered' ORDER BY key",
@@ -118,8 +116,7 @@ async fn an_instance_whose_lease_was_taken_over_delivers_and_deletes_nothing() {
     let s = setup(&pop, &sink, "", "");
     let name = s.config.accounts[0].name.clone();
     let (stale, old) = holder(&pg, "a", Duration::from_secs(1), &name).await;
-    let (db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let db = connect_plain(&pg).await;
     wait_for_db_clock(&db, old.expires_at()).await;
     let (_b, new) = holder(&pg, "b", LONG_TTL, &name).await;
     assert!(new.epoch() > old.epoch());
@@ -198,8 +195,7 @@ async fn the_store_stops_allowing_work_before_the_database_would_give_the_lease_
     let store = ClusterStore::new(cluster, lease);
     assert!(store.may_act());
     // No call reaches the database meanwhile: the local deadline alone ends it.
-    let (db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let db = connect_plain(&pg).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while store.may_act() {
         assert!(tokio::time::Instant::now() < deadline, "never stopped");
@@ -433,5 +429,49 @@ async fn status_reads_the_cluster_ledger_and_shows_the_lease() {
     assert!(
         text.contains("accounts with stuck messages: 0 of 1\n"),
         "{text}"
+    );
+}
+
+/// A setup that has been running on its local ledger (mail kept on the server) is
+/// switched to the cluster: after `migrate-ledger`, a run delivers nothing it had
+/// delivered before. The same switch without the migration delivers everything again,
+/// which is what the migration is for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_a_running_setup_to_the_cluster_after_migrate_ledger_delivers_nothing_twice() {
+    let Some(pg) = Postgres::start() else { return };
+    let pop = pop3(MockPop3::builder().maildrop(mails(1..=4, 700))).await;
+    let sink = smtp(MockSmtp::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("popbridge.toml");
+    let local = config_text(dir.path(), &pop, &sink, "leave_on_server = true", "");
+    let popbridge = |text: String, command: &'static str| {
+        crate::harness::write_private(&config, text);
+        let path = config.to_str().unwrap().to_owned();
+        async move {
+            let out = crate::harness::popbridge(&["--config", &path, command]).await;
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.code(), Some(0), "{command}: {err}");
+        }
+    };
+    popbridge(local.clone(), "fetch").await;
+    assert_eq!(sink.counts().accepted, 4, "the local ledger's run");
+
+    // Without the migration: a cluster database of its own knows nothing of them.
+    let db = connect_plain(&pg).await;
+    db.batch_execute("CREATE DATABASE unmigrated")
+        .await
+        .unwrap();
+    let unmigrated = pg.url().replace("/postgres?", "/unmigrated?");
+    let cluster = |url: &str| format!("{local}\n[cluster]\ndatabase = \"{url}\"\n");
+    popbridge(cluster(&unmigrated), "fetch").await;
+    assert_eq!(sink.counts().accepted, 8, "unmigrated, all four again");
+
+    // With it.
+    popbridge(cluster(&pg.url()), "migrate-ledger").await;
+    popbridge(cluster(&pg.url()), "fetch").await;
+    assert_eq!(
+        sink.counts().accepted,
+        8,
+        "after migrate-ledger, none again"
     );
 }
