@@ -5,7 +5,10 @@
 //! deadlines, speed limit and TLS upgrade ([`stream`]), the session host ([`host`]: the
 //! accept loop, one record per session with its transcript and [`SessionEnd`], waiting
 //! for quiet, shutdown and the handle tests inspect, over the task [`tracker`]), the
-//! standalone binaries' helpers ([`standalone`]), and, behind the `test-support` feature,
+//! standalone binaries' helpers ([`standalone`]), the WAN link between a client and a
+//! server that poplab and the connector's tests put in front of a server ([`proxy`]:
+//! delay, bandwidth cap, a cut after N bytes, a silent cut and its restore), and, behind
+//! the `test-support` feature,
 //! the peer-skip helpers of the test suites that drive real programs (`test_support`) and
 //! the protocol-blind half of the mocks' test clients (`test_client`).
 //!
@@ -16,6 +19,7 @@
 pub mod fault;
 pub mod host;
 pub mod pki;
+pub mod proxy;
 pub mod standalone;
 pub mod stream;
 #[cfg(feature = "test-support")]

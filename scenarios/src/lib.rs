@@ -16,7 +16,7 @@ pub mod external;
 pub mod generate;
 pub mod junit;
 pub mod outcome;
-pub mod proxy;
+pub use mock_core::proxy;
 pub mod report;
 pub mod schema;
 pub mod serve;

@@ -15,7 +15,6 @@ pub(crate) mod pg;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use crate::gate::Gate;
 use pg::Postgres;
 use popbridge::cluster::{Cluster, ClusterConfig, ClusterError, Lease};
 use tokio::time::Instant;
@@ -161,7 +160,7 @@ async fn two_instances_claim_disjoint_sets_covering_every_account() {
     }
 }
 
-/// A database that stops answering (a silent link, not a closed one: the gate holds every
+/// A database that stops answering (a silent link, not a closed one: the link proxy holds every
 /// byte) costs a fenced write at most its deadlines, never a hang, and nothing of it
 /// commits, also when the held bytes reach the server late; the claim works again once
 /// the link is back. Without the deadlines the write waits until the link returns.
@@ -169,9 +168,9 @@ async fn two_instances_claim_disjoint_sets_covering_every_account() {
 async fn a_database_that_stops_answering_fails_a_fenced_write_by_its_deadline() {
     let Some(pg) = Postgres::start() else { return };
     let db = observer(&pg).await;
-    let gate = Gate::to_unix(&pg.socket()).await;
+    let link = pg.link().await;
     let ttl = Duration::from_secs(20);
-    let mut a = Cluster::connect(&pg.url_via(gate.addr()), "a", ttl)
+    let mut a = Cluster::connect(&pg.url_via(link.addr()), "a", ttl)
         .await
         .unwrap();
     let deadline = a.config().deadline();
@@ -180,7 +179,7 @@ async fn a_database_that_stops_answering_fails_a_fenced_write_by_its_deadline() 
         .await
         .unwrap();
 
-    gate.cut();
+    link.cut();
     // The fence, then one retry on a new connection: two deadlines, and some slack.
     let bound = 3 * deadline + Duration::from_secs(5);
     let err = tokio::time::timeout(bound, write_fenced(&mut lease, &mut a, "during the cut"))
@@ -190,9 +189,9 @@ async fn a_database_that_stops_answering_fails_a_fenced_write_by_its_deadline() 
     assert!(matches!(err, ClusterError::Stalled { .. }), "{err}");
     assert!(err.is_connection_lost() && !err.is_fenced(), "{err}");
 
-    // Before the restore, so that what the gate held has reached the server by the time
+    // Before the restore, so that what the link held has reached the server by the time
     // the writers are read.
-    gate.restore();
+    link.restore();
     write_fenced(&mut lease, &mut a, "after the restore")
         .await
         .unwrap();

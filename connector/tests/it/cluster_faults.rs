@@ -43,7 +43,6 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::pg::Postgres;
-use crate::gate::Gate;
 use crate::harness::{fetch_command, message_id_of, read_events, smtp, write_private};
 use crate::interop::{self, chown_tree, maildir_files, write_maildir, Mail};
 use crate::pop3_tap::{Tap, TapSession};
@@ -69,7 +68,7 @@ const PACE: Duration = Duration::from_millis(200);
 /// The whole run, faults included.
 const BOUND: Duration = Duration::from_secs(360);
 const SEED: u64 = 0x0c1a_5732_0000_0016;
-/// The instance whose database link goes through the gate.
+/// The instance whose database link goes through the harness's link proxy, which the test cuts.
 const CUT_SLOT: usize = 2;
 
 /// The audit the oracle reads: every write of a ledger row, with the lease's epoch as the
@@ -352,12 +351,12 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
 
     // The audit on the ledger tables, before any instance writes.
     connect(&pg.url()).await.batch_execute(AUDIT).await.unwrap();
-    let gate = Gate::to_unix(&pg.socket()).await;
+    let link = pg.link().await;
 
     let slots: Vec<Arc<Slot>> = (0..INSTANCES)
         .map(|k| {
             let database = if k == CUT_SLOT {
-                pg.url_via(gate.addr())
+                pg.url_via(link.addr())
             } else {
                 pg.url()
             };
@@ -439,12 +438,12 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
         };
 
         accepted.wait_for(|n| *n >= cut1).await.unwrap();
-        gate.cut();
+        link.cut();
         say(format!(
             "cut instance {CUT_SLOT}'s database link at {cut1} accepted"
         ));
         tokio::time::sleep(HOLD).await;
-        gate.restore();
+        link.restore();
         say(format!("restored instance {CUT_SLOT}'s database link"));
 
         resume.await.unwrap();

@@ -12,7 +12,6 @@ mod cluster_pass;
 mod daemon;
 mod delivery;
 mod dovecot_tls;
-mod gate;
 mod harness;
 mod hostile;
 mod interop;

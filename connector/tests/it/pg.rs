@@ -96,6 +96,15 @@ impl Postgres {
         self.dir.path().join(".s.PGSQL.5432")
     }
 
+    /// The harness's link proxy (`mock_core::proxy`, as poplab uses it) from a loopback
+    /// port to [`Postgres::socket`], unshaped: a test cuts it and restores it
+    /// ([`mock_core::proxy::ProxyHandle::cut`]). Connect through it with
+    /// [`Postgres::url_via`].
+    pub async fn link(&self) -> mock_core::proxy::ProxyHandle {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        mock_core::proxy::spawn_to_unix(listener, self.socket(), Default::default()).unwrap()
+    }
+
     /// The connection URL through a loopback TCP address that forwards to
     /// [`Postgres::socket`].
     pub fn url_via(&self, addr: std::net::SocketAddr) -> String {

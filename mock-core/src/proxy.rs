@@ -1,10 +1,13 @@
 //! A WAN link between a client and a server, after toxiproxy: a fixed one-way delay per
-//! direction, a bandwidth cap, and a cut after N bytes.
+//! direction, a bandwidth cap, a cut after N bytes, and a silent cut of a running proxy
+//! that can be restored (a partition: nothing refused, nothing closed, nothing passes).
 //!
 //! Responsible for: shaping one connection ([`pipe`], generic so it runs over
 //! `tokio::io::duplex` under tokio's paused clock), an in-memory shaped stream for the
-//! paused-clock world ([`shaped_duplex`]), and a loopback TCP proxy ([`spawn_tcp`]) for the
-//! real clock and external connectors. Each chunk read at time t is delivered no earlier
+//! paused-clock world ([`shaped_duplex`]), and a loopback TCP proxy ([`spawn_tcp`], or
+//! [`spawn_to_unix`] for a server on a unix socket) for the real clock and external
+//! connectors; [`ProxyHandle::cut`] holds every byte of every connection (and of new
+//! ones) until [`ProxyHandle::restore`], which delivers them late, in order. Each chunk read at time t is delivered no earlier
 //! than t + latency (a timestamped queue per direction, so a long link carries a
 //! bandwidth-delay product, not one chunk per round trip); writes are paced to the cap;
 //! at most [`QUEUE_CHUNKS`] times [`CHUNK`] bytes wait per direction, however many reads
@@ -16,13 +19,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, Instant};
@@ -193,18 +197,23 @@ fn transmission(bytes: usize, rate: u64) -> Duration {
 }
 
 /// Writes the direction's queue to the other side, each chunk at its due time and paced to
-/// the cap; an end-of-stream item shuts the side's write half down. Returns the bytes
-/// written.
+/// the cap, and only while the link is `up`; an end-of-stream item shuts the side's
+/// write half down. Returns the bytes written.
 async fn write_side<W: AsyncWrite + Unpin>(
     mut to: W,
     mut rx: mpsc::Receiver<Item>,
     bandwidth: Option<u64>,
+    mut up: watch::Receiver<bool>,
 ) -> io::Result<u64> {
     let mut written = 0u64;
     // When the link is free again ("next send time" pacing).
     let mut free_at = Instant::now();
     while let Some(item) = rx.recv().await {
         sleep_until(item.due).await;
+        // Cut: held until restored (a proxy that is gone ends the connection anyway).
+        if up.wait_for(|u| *u).await.is_err() {
+            return Ok(written);
+        }
         if item.data.is_empty() {
             to.shutdown().await?;
             return Ok(written);
@@ -238,6 +247,21 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    pipe_while(a, b, shape, watch::channel(true).1).await
+}
+
+/// [`pipe`], delivering only while `up` is true: while it is false, bytes read wait in
+/// the link (up to its bound, then reading stops) and nothing is written either way.
+pub async fn pipe_while<A, B>(
+    a: A,
+    b: B,
+    shape: Shape,
+    up: watch::Receiver<bool>,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let (a_read, a_write) = tokio::io::split(a);
     let (b_read, b_write) = tokio::io::split(b);
     let shared = Shared {
@@ -257,9 +281,9 @@ where
     let shared = &shared;
     let (ra, wb, rb, wa) = tokio::join!(
         async { shared.on_error(read_side(a_read, ab_tx, shape.latency, shared, ab_room).await) },
-        async { shared.on_error(write_side(b_write, ab_rx, shape.bandwidth).await) },
+        async { shared.on_error(write_side(b_write, ab_rx, shape.bandwidth, up.clone()).await) },
         async { shared.on_error(read_side(b_read, ba_tx, shape.latency, shared, ba_room).await) },
-        async { shared.on_error(write_side(a_write, ba_rx, shape.bandwidth).await) },
+        async { shared.on_error(write_side(a_write, ba_rx, shape.bandwidth, up.clone()).await) },
     );
     ra?;
     rb?;
@@ -286,12 +310,25 @@ pub struct ProxyHandle {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    up: watch::Sender<bool>,
 }
 
 impl ProxyHandle {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Cuts the link silently: nothing passes either way on any connection, old or new
+    /// (a new one is accepted and dialled, and then waits too), nothing is refused or
+    /// closed, until [`ProxyHandle::restore`].
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    /// Ends a [`ProxyHandle::cut`]: what waited is delivered, in order, then the rest.
+    pub fn restore(&self) {
+        self.up.send_replace(true);
     }
 
     /// Stops accepting, closes every proxied connection, and waits for that.
@@ -313,6 +350,13 @@ impl Drop for ProxyHandle {
     }
 }
 
+/// Where the proxy dials: a loopback address, or a unix socket of this machine.
+#[derive(Clone, Debug)]
+enum Upstream {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
 /// A loopback TCP proxy: accepts on `listener`, dials `upstream` per connection (a refused
 /// or slow upstream closes that client), shapes both directions. Both addresses must be
 /// loopback. Must be called within a tokio runtime.
@@ -321,26 +365,54 @@ pub fn spawn_tcp(
     upstream: SocketAddr,
     shape: Shape,
 ) -> Result<ProxyHandle, ProxyError> {
+    if !upstream.ip().is_loopback() {
+        return Err(ProxyError::NotLoopback(upstream));
+    }
+    spawn(listener, Upstream::Tcp(upstream), shape)
+}
+
+/// The same proxy in front of a server listening on the unix socket `upstream` (a
+/// database that listens on no TCP port).
+pub fn spawn_to_unix(
+    listener: TcpListener,
+    upstream: PathBuf,
+    shape: Shape,
+) -> Result<ProxyHandle, ProxyError> {
+    spawn(listener, Upstream::Unix(upstream), shape)
+}
+
+fn spawn(
+    listener: TcpListener,
+    upstream: Upstream,
+    shape: Shape,
+) -> Result<ProxyHandle, ProxyError> {
     let addr = listener.local_addr()?;
-    for a in [addr, upstream] {
-        if !a.ip().is_loopback() {
-            return Err(ProxyError::NotLoopback(a));
-        }
+    if !addr.ip().is_loopback() {
+        return Err(ProxyError::NotLoopback(addr));
     }
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, upstream, shape, stopped));
+    let up = watch::Sender::new(true);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        upstream,
+        shape,
+        stopped,
+        up.subscribe(),
+    ));
     Ok(ProxyHandle {
         addr,
         stop: Some(stop),
         task: Some(task),
+        up,
     })
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    upstream: SocketAddr,
+    upstream: Upstream,
     shape: Shape,
     mut stopped: oneshot::Receiver<()>,
+    up: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -350,7 +422,7 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
-                    connections.spawn(proxy_one(client, upstream, shape));
+                    connections.spawn(proxy_one(client, upstream.clone(), shape, up.clone()));
                 }
                 Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
             },
@@ -360,16 +432,26 @@ async fn accept_loop(
 }
 
 /// One client: dial the upstream (dropping the client when that fails), then shape.
-async fn proxy_one(client: TcpStream, upstream: SocketAddr, shape: Shape) {
-    let Ok(Ok(server)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await
-    else {
-        return;
-    };
-    for s in [&client, &server] {
-        let _ = s.set_nodelay(true);
-    }
+async fn proxy_one(client: TcpStream, upstream: Upstream, shape: Shape, up: watch::Receiver<bool>) {
+    let _ = client.set_nodelay(true);
     // Errors only end the connection, as on a real link.
-    let _ = pipe(client, server, shape).await;
+    match upstream {
+        Upstream::Tcp(addr) => {
+            let dial = TcpStream::connect(addr);
+            let Ok(Ok(server)) = tokio::time::timeout(CONNECT_TIMEOUT, dial).await else {
+                return;
+            };
+            let _ = server.set_nodelay(true);
+            let _ = pipe_while(client, server, shape, up).await;
+        }
+        Upstream::Unix(path) => {
+            let dial = UnixStream::connect(path);
+            let Ok(Ok(server)) = tokio::time::timeout(CONNECT_TIMEOUT, dial).await else {
+                return;
+            };
+            let _ = pipe_while(client, server, shape, up).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -663,6 +745,65 @@ mod tests {
             .expect("the client is closed, not left hanging");
         assert!(read.map_or(true, |n| n == 0));
         proxy.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_link_holds_every_byte_until_restored_then_delivers_them_in_order() {
+        let (mut client, proxy_a) = tokio::io::duplex(64 * 1024);
+        let (proxy_b, mut server) = tokio::io::duplex(64 * 1024);
+        let (up, link_up) = watch::channel(true);
+        let _task = tokio::spawn(pipe_while(proxy_a, proxy_b, latency(10), link_up));
+        up.send_replace(false);
+        client.write_all(b"held").await.unwrap();
+        server.write_all(b"back").await.unwrap();
+        // Nothing arrives while the link is cut, however long (an hour of paused time).
+        let mut buf = [0u8; 4];
+        let waited = timeout(Duration::from_secs(3600), server.read(&mut buf)).await;
+        assert!(waited.is_err(), "a byte passed a cut link");
+        up.send_replace(true);
+        exact(&mut server, &mut buf).await;
+        assert_eq!(&buf, b"held");
+        exact(&mut client, &mut buf).await;
+        assert_eq!(&buf, b"back");
+    }
+
+    #[tokio::test]
+    async fn the_proxy_reaches_a_unix_socket_and_a_cut_holds_what_it_carries() {
+        let dir = std::env::temp_dir().join(format!("mock-core-proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("echo.sock");
+        let _ = std::fs::remove_file(&path);
+        let upstream = tokio::net::UnixListener::bind(&path).unwrap();
+        let echo = tokio::spawn(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            let mut buf = [0u8; 4];
+            for _ in 0..2 {
+                exact(&mut s, &mut buf).await;
+                s.write_all(&buf).await.unwrap();
+            }
+        });
+        let proxy = spawn_to_unix(loopback().await, path.clone(), Shape::default()).unwrap();
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 4];
+        c.write_all(b"ping").await.unwrap();
+        timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        proxy.cut();
+        c.write_all(b"pong").await.unwrap();
+        let held = timeout(Duration::from_millis(300), c.read_exact(&mut buf)).await;
+        assert!(held.is_err(), "the echo came back through a cut link");
+        proxy.restore();
+        timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"pong");
+        echo.await.unwrap();
+        proxy.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
