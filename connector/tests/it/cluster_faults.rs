@@ -339,14 +339,8 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
     let Some(lab) = Lab::new(&mut rng, Some(END_OF_DATA_DELAY)).await else {
         return;
     };
-    let Lab {
-        sink,
-        dovecot,
-        pg,
-        all_ids,
-        octets,
-        work,
-    } = lab;
+    let (sink, dovecot, pg, work) = (lab.sink, lab.dovecot, lab.pg, lab.work);
+    let (all_ids, octets) = (lab.all_ids, lab.octets);
     let tap = Tap::start(dovecot.addr).await;
 
     // The audit on the ledger tables, before any instance writes.
