@@ -146,9 +146,11 @@ impl Run<'_> {
             octets: sizes.octets(),
         });
         let ledger_error = AccountFailure::of_ledger;
-        self.known = (self.store.statuses(&a.name).await).map_err(ledger_error)?;
-        self.actions = (self.store.quarantine_actions(&a.name).await).map_err(ledger_error)?;
-        let shared = (self.store.shared_uids(&a.name).await).map_err(ledger_error)?;
+        // Read once per session. The marks are read here too: nothing before the first
+        // message writes them.
+        let opening = (self.store.opening(&a.name).await).map_err(ledger_error)?;
+        (self.known, self.actions) = (opening.known, opening.actions);
+        let shared = opening.shared;
         let slice = self.slice(&mut txn, &sizes, &shared).await?;
         self.summary.sliced = slice.not_held as u32;
         let unaccounted = slice.unaccounted;
@@ -165,10 +167,11 @@ impl Run<'_> {
                     .map_err(ledger_error)?;
                 self.known = (store.statuses(&a.name).await).map_err(ledger_error)?;
             }
-            // Read once per pass: a restarted session would find this pass's own marks,
-            // which are not left over from an earlier pass (what this pass sent is tracked
-            // where it went), while the earlier passes' marks not yet used stay here.
-            self.session_marks = (store.submitting(&a.name).await).map_err(ledger_error)?;
+            // The leftover marks are the first session's: a restarted session would find
+            // this pass's own marks, which are not left over from an earlier pass (what
+            // this pass sent is tracked where it went), while the earlier passes' marks
+            // not yet used stay here.
+            self.session_marks = opening.marks;
             if restarts == 0 {
                 self.leftover = self.session_marks.clone();
             }
