@@ -278,33 +278,6 @@ impl Store<'_> {
         }
     }
 
-    /// The quarantine actions pending for `account`, by key.
-    pub async fn quarantine_actions(
-        &self,
-        account: &str,
-    ) -> Result<HashMap<String, QuarantineAction>, LedgerError> {
-        match self {
-            Store::Local(l) => local(l, |l| l.quarantine_actions(account)),
-            Store::Cluster(c) => fenced!(c, account, |tx| tx.quarantine_actions().await?),
-        }
-    }
-
-    /// The UIDs `account`'s server listed for more than one message.
-    pub async fn shared_uids(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
-        match self {
-            Store::Local(l) => local(l, |l| l.shared_uids(account)),
-            Store::Cluster(c) => fenced!(c, account, |tx| tx.shared_uids().await?),
-        }
-    }
-
-    /// The keys of `account` marked as submitting.
-    pub async fn submitting(&self, account: &str) -> Result<HashSet<String>, LedgerError> {
-        match self {
-            Store::Local(l) => local(l, |l| l.submitting(account)),
-            Store::Cluster(c) => fenced!(c, account, |tx| tx.submitting().await?),
-        }
-    }
-
     /// See [`Ledger::record_shared_uids`].
     pub async fn record_shared_uids(
         &self,

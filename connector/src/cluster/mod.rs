@@ -1,20 +1,20 @@
 //! Several popbridge instances over one PostgreSQL: fenced account leases, per-server
-//! session slots and the shared delivery ledger (the first steps of the cluster design;
-//! not wired into the pass yet).
+//! session slots and the shared delivery ledger, used by the pass through `store.rs`
+//! when the configuration has a `[cluster]` section.
 //!
 //! Responsible for: the connection to the cluster database (a unix socket or the
 //! loopback, no TLS yet), a deadline on every statement and on opening a connection
 //! (ttl / 4, at least two seconds: a database that stops answering cannot hold a pass
 //! past its lease), reconnecting after the connection was lost or a statement went
-//! unanswered, the tables (created
-//! idempotently, versioned by `schema_version`), and claiming free or expired rows by the
-//! database's clock (`FOR UPDATE SKIP LOCKED`, epoch + 1). What a claim guarantees, and
-//! how it fences writes, is in [`claim`](Claim); the ledger's records, written only
-//! inside a fenced transaction, are methods of [`Fenced`].
+//! unanswered, the tables (created idempotently, versioned by `schema_version`), and
+//! claiming free or expired rows by the database's clock (`FOR UPDATE SKIP LOCKED`,
+//! epoch + 1). What a claim guarantees, and how it fences writes, is in
+//! [`claim`](Claim); the ledger's records, written only inside a fenced transaction, are
+//! methods of [`Fenced`].
 //! Must never: wait for the database without a deadline, keep using a connection on
-//! which a statement went unanswered, judge a lease's expiry by the local wall clock, connect to a database on
-//! another machine without TLS, or put the database password in a `Display`/`Debug`
-//! string, an error or a log line.
+//! which a statement went unanswered, judge a lease's expiry by the local wall clock,
+//! connect to a database on another machine without TLS, or put the database password
+//! in a `Display`/`Debug` string, an error or a log line.
 
 mod claim;
 mod error;

@@ -42,6 +42,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::connect_plain;
 use crate::cluster::pg::Postgres;
 use crate::harness::{fetch_command, message_id_of, read_events, smtp, write_private};
 use crate::interop::{self, chown_tree, maildir_files, write_maildir, Mail};
@@ -147,7 +148,7 @@ struct Slot {
 }
 
 /// One `popbridge fetch` process of a slot.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct RunRecord {
     pid: u32,
     events: PathBuf,
@@ -344,7 +345,7 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
     let tap = Tap::start(dovecot.addr).await;
 
     // The audit on the ledger tables, before any instance writes.
-    connect(&pg.url()).await.batch_execute(AUDIT).await.unwrap();
+    connect_plain(&pg).await.batch_execute(AUDIT).await.unwrap();
     let link = pg.link().await;
 
     let slots: Vec<Arc<Slot>> = (0..INSTANCES)
@@ -392,7 +393,7 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
         accepted.wait_for(|n| *n >= stop1).await.unwrap();
         // Stopped while it holds a lease, which another instance then takes over before
         // the stopped one resumes.
-        let db = connect(&pg.url()).await;
+        let db = connect_plain(&pg).await;
         held_leases(&db, &Slot::instance(1)).await;
         let stopped = slots[1].signal("STOP").await;
         let held = held_leases(&db, &Slot::instance(1)).await;
@@ -590,7 +591,7 @@ async fn four_instances_lose_nothing_through_kills_stops_a_cut_link_and_a_databa
 
     // The ledger's writes: none at a stale epoch; when each delivery row committed. (A
     // client of its own: the restart ended every earlier session.)
-    let db = connect(&pg.url()).await;
+    let db = connect_plain(&pg).await;
     let stale = db
         .query(
             "SELECT tbl, account, coalesce(key, ''), epoch, lease_epoch FROM audit_write \
@@ -734,15 +735,6 @@ async fn held_leases(db: &tokio_postgres::Client, instance: &str) -> Vec<(String
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A plain client of the test's own.
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 /// Messages still in the mailboxes.
